@@ -1,0 +1,5 @@
+import sys
+
+from labgate.cli.main import main
+
+sys.exit(main())

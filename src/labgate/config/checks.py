@@ -1,0 +1,204 @@
+"""Cross-file checks: every name a file mentions must resolve somewhere else.
+
+Run after each file validated on its own. Errors stop a config from
+loading; warnings are reported and the config still loads.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+
+from labgate.config.problems import Problem, closest
+from labgate.config.schema.mappings import MappingsConfig
+from labgate.config.schema.providers import ProviderConfig
+
+CAPABILITY_PREFIX = "capability:"
+
+
+@dataclass(frozen=True, slots=True)
+class Names:
+    """What the config makes routable, by name."""
+
+    providers: Mapping[str, ProviderConfig]
+    served: Mapping[str, tuple[str, ...]]  # public model name → providers serving it (active or not)
+    routed: frozenset[str]  # every name a request may use (besides provider/model pairs)
+    patterns: tuple[str, ...]
+
+    @classmethod
+    def of(cls, providers: Mapping[str, ProviderConfig], mappings: MappingsConfig) -> Names:
+        served: dict[str, list[str]] = {}
+        for pname, provider in providers.items():
+            for model in provider.models:
+                for public in filter(None, (model.name, model.alias)):
+                    served.setdefault(public, []).append(pname)
+        routing = mappings.routing
+        routed = (set(served) | set(routing.exact_matches) | set(routing.load_balancing)
+                  | set(routing.aliases)
+                  | {CAPABILITY_PREFIX + c for c in capabilities(providers, mappings)})
+        return cls(providers, {k: tuple(v) for k, v in served.items()}, frozenset(routed),
+                   tuple(p.pattern for p in routing.patterns))
+
+    def is_model(self, name: str) -> bool:
+        return name in self.routed or any(fnmatch.fnmatchcase(name, p) for p in self.patterns)
+
+    def split_pair(self, entry: str) -> tuple[str, str] | None:
+        """``provider/model`` → its parts, when the first part names a provider."""
+        head, sep, tail = entry.partition("/")
+        return (head, tail) if sep and tail and head in self.providers else None
+
+    def suggest(self, name: str) -> str | None:
+        pool = set(self.routed) | set(self.providers)
+        hint = closest(name, pool, n=1)
+        return hint[0] if hint else None
+
+
+def capabilities(providers: Mapping[str, ProviderConfig], mappings: MappingsConfig) -> set[str]:
+    found = set(mappings.routing.capabilities)
+    for provider in providers.values():
+        for model in provider.models:
+            found.update(model.capabilities)
+    return found
+
+
+def check_config(config: object, files: Mapping[str, str]) -> list[Problem]:
+    """Every cross-file problem of a config that validated file by file."""
+    providers: Mapping[str, ProviderConfig] = config.providers  # type: ignore[attr-defined]
+    mappings: MappingsConfig = config.mappings  # type: ignore[attr-defined]
+    names = Names.of(providers, mappings)
+    pfile, mfile = files.get("providers", "providers.yaml"), files.get("mappings", "model-mappings.yaml")
+    problems = list(_check_providers(providers, pfile))
+    problems += _check_routing(names, mappings, mfile)
+    problems += _check_cycles(names, mappings, mfile)
+    return problems
+
+
+def _check_providers(providers: Mapping[str, ProviderConfig], file: str) -> Iterator[Problem]:
+    owners: dict[str, str] = {}
+    for pname, provider in providers.items():
+        seen: set[str] = set()
+        for i, model in enumerate(provider.models):
+            path = f"providers.{pname}.models[{i}]"
+            if model.name in seen:
+                yield Problem(file, path, f"model {model.name!r} is listed twice", severity="warning")
+            seen.add(model.name)
+            if model.alias and model.alias in owners and owners[model.alias] != pname:
+                yield Problem(file, f"{path}.alias", f"alias {model.alias!r} is also a model of "
+                              f"provider {owners[model.alias]!r}; requests go to both", severity="warning")
+            owners.setdefault(model.name, pname)
+        if provider.rate_limits or provider.budget:
+            yield Problem(file, f"providers.{pname}", "rate_limits/budget are accepted but not "
+                          "enforced by this version", severity="warning")
+
+
+def _target(names: Names, entry: str, file: str, path: str, *, provider_ok: bool) -> Iterator[Problem]:
+    """One routing or fallback entry must resolve."""
+    if names.is_model(entry):
+        return
+    pair = names.split_pair(entry)
+    if pair is not None:
+        yield from _provider_model(names, pair[0], pair[1], file, path)
+        return
+    if provider_ok and entry in names.providers:
+        yield from _active(names, entry, file, path)
+        return
+    kind = "model, provider/model pair or provider" if provider_ok else "model or provider/model pair"
+    yield Problem(file, path, f"{entry!r} is not a known {kind}", suggestion=names.suggest(entry))
+
+
+def _provider_model(names: Names, provider: str, model: str, file: str, path: str) -> Iterator[Problem]:
+    if provider not in names.providers:
+        hint = closest(provider, names.providers, n=1)
+        yield Problem(file, path, f"provider {provider!r} does not exist in providers.yaml",
+                      suggestion=hint[0] if hint else None)
+        return
+    yield from _active(names, provider, file, path)
+    listed = [m.name for m in names.providers[provider].models]
+    if listed and model not in listed and model not in {m.alias for m in names.providers[provider].models}:
+        hint = closest(model, listed, n=1)
+        yield Problem(file, path, f"provider {provider!r} does not list model {model!r}",
+                      severity="warning", suggestion=hint[0] if hint else None)
+
+
+def _active(names: Names, provider: str, file: str, path: str) -> Iterator[Problem]:
+    if names.providers[provider].status != "active":
+        yield Problem(file, path, f"provider {provider!r} is inactive; this target is skipped",
+                      severity="warning")
+
+
+def _check_routing(names: Names, mappings: MappingsConfig, file: str) -> Iterator[Problem]:
+    routing = mappings.routing
+    for model, exact in routing.exact_matches.items():
+        base = f"routing.exact_matches.{model}"
+        yield from _provider_model(names, exact.provider, exact.model or model, file, f"{base}.provider")
+        for i, entry in enumerate(exact.fallback_chain):
+            yield from _target(names, entry, file, f"{base}.fallback_chain[{i}]", provider_ok=True)
+    for i, pattern in enumerate(routing.patterns):
+        base = f"routing.patterns[{i}]"
+        if pattern.provider not in names.providers:
+            hint = closest(pattern.provider, names.providers, n=1)
+            yield Problem(file, f"{base}.provider", f"provider {pattern.provider!r} does not exist",
+                          suggestion=hint[0] if hint else None)
+        for j, entry in enumerate(pattern.fallback_chain):
+            yield from _target(names, entry, file, f"{base}.fallback_chain[{j}]", provider_ok=True)
+    for model, balanced in routing.load_balancing.items():
+        base = f"routing.load_balancing.{model}"
+        for i, dep in enumerate(balanced.deployments):
+            yield from _provider_model(names, dep.provider, dep.model or model, file,
+                                       f"{base}.deployments[{i}]")
+        for i, entry in enumerate(balanced.fallback_chain):
+            yield from _target(names, entry, file, f"{base}.fallback_chain[{i}]", provider_ok=True)
+    for capability, models in routing.capabilities.items():
+        for i, entry in enumerate(models):
+            yield from _target(names, entry, file, f"routing.capabilities.{capability}[{i}]",
+                               provider_ok=False)
+    for alias, target in routing.aliases.items():
+        if alias == target:
+            yield Problem(file, f"routing.aliases.{alias}", "an alias cannot point at itself")
+        else:
+            yield from _target(names, target, file, f"routing.aliases.{alias}", provider_ok=False)
+    for model, chain in mappings.fallbacks.items():
+        if not names.is_model(model) and not any(c in model for c in "*?["):
+            yield Problem(file, f"fallbacks.{model}", f"{model!r} is not a routed model",
+                          severity="warning", suggestion=names.suggest(model))
+        for i, entry in enumerate(chain):
+            yield from _target(names, entry, file, f"fallbacks.{model}[{i}]", provider_ok=True)
+    for public, owners in names.served.items():
+        if len(owners) > 1 and public not in routing.load_balancing and public not in routing.exact_matches:
+            yield Problem(file, "routing", f"model {public!r} is served by {', '.join(owners)}; "
+                          "they are tried in provider priority order", severity="warning")
+
+
+def fallback_edges(mappings: MappingsConfig) -> dict[str, list[str]]:
+    """Model → the models its fallback chains name (provider entries are leaves)."""
+    routing = mappings.routing
+    edges: dict[str, list[str]] = {}
+    for model, exact in routing.exact_matches.items():
+        edges.setdefault(model, []).extend(exact.fallback_chain)
+    for model, balanced in routing.load_balancing.items():
+        edges.setdefault(model, []).extend(balanced.fallback_chain)
+    for model, chain in mappings.fallbacks.items():
+        if not any(c in model for c in "*?["):
+            edges.setdefault(model, []).extend(chain)
+    for alias, target in routing.aliases.items():
+        edges.setdefault(alias, []).append(target)
+    return edges
+
+
+def _check_cycles(names: Names, mappings: MappingsConfig, file: str) -> Iterator[Problem]:
+    edges = fallback_edges(mappings)
+    reported: set[frozenset[str]] = set()
+    for start in edges:
+        stack: list[tuple[str, list[str]]] = [(start, [start])]
+        while stack:
+            node, trail = stack.pop()
+            for nxt in edges.get(node, ()):
+                if nxt == start:
+                    cycle = frozenset(trail)
+                    if cycle not in reported:
+                        reported.add(cycle)
+                        yield Problem(file, "fallbacks", "fallback cycle: "
+                                      + " → ".join([*trail, start]))
+                elif nxt not in trail and nxt in edges:
+                    stack.append((nxt, [*trail, nxt]))

@@ -1,0 +1,98 @@
+"""The built-in config: discover local engines on their standard ports.
+
+Used when ``labgate serve`` is given no ``--config``. Each port is probed
+once at start-up with a short timeout; whatever answers is routed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import orjson
+
+from labgate.config.load import Config, build_config
+
+_PROBE_TIMEOUT_S = 0.8
+
+
+@dataclass(frozen=True, slots=True)
+class Engine:
+    """A standard local port and the provider type usually found there."""
+
+    name: str
+    type: str
+    port: int
+
+
+STANDARD_ENGINES = (
+    Engine("ollama", "ollama", 11434),
+    Engine("llama_cpp", "llama_cpp", 8080),
+    Engine("llama_cpp_8000", "llama_cpp", 8000),
+    Engine("vllm", "vllm", 8001),
+    Engine("lmstudio", "lmstudio", 1234),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Found:
+    engine: Engine
+    type: str  # may differ from the engine's usual type (vLLM also likes port 8000)
+    base_url: str
+    models: tuple[str, ...]
+
+
+async def discover(host: str = "127.0.0.1", engines: tuple[Engine, ...] = STANDARD_ENGINES,
+                   *, timeout: float = _PROBE_TIMEOUT_S) -> list[Found]:
+    """Every engine that answers ``GET /v1/models`` on its port, with the models it lists."""
+    client_timeout = aiohttp.ClientTimeout(total=timeout)
+    async with aiohttp.ClientSession(timeout=client_timeout) as session:
+        results = await asyncio.gather(*(_probe(session, host, e) for e in engines))
+    return [r for r in results if r is not None]
+
+
+async def _probe(session: aiohttp.ClientSession, host: str, engine: Engine) -> Found | None:
+    base = f"http://{host}:{engine.port}"
+    try:
+        async with session.get(base + "/v1/models") as resp:
+            if resp.status != 200:
+                return None
+            data = orjson.loads(await resp.read())
+    except (TimeoutError, aiohttp.ClientError, OSError, orjson.JSONDecodeError):
+        return None
+    items = data.get("data") if isinstance(data, dict) else None
+    if not isinstance(items, list):
+        return None
+    models = tuple(str(m["id"]) for m in items if isinstance(m, dict) and "id" in m)
+    owners = {str(m.get("owned_by", "")).lower() for m in items if isinstance(m, dict)}
+    kind = "vllm" if "vllm" in owners else engine.type
+    return Found(engine, kind, base, models)
+
+
+def default_config(found: list[Found]) -> Config:
+    """A config routing every discovered model to the engine that serves it."""
+    providers: dict[str, Any] = {
+        f.engine.name: {"type": f.type, "base_url": f.base_url, "models": list(f.models),
+                        "description": f"discovered on port {f.engine.port}"}
+        for f in found
+    }
+    return build_config({"providers": {"providers": providers}}, {}, source="built-in default")
+
+
+def describe(found: list[Found], engines: tuple[Engine, ...] = STANDARD_ENGINES) -> str:
+    """What discovery found, and how to add more, for the start-up banner."""
+    lines = ["labgate: no --config given; using the built-in default (local engine discovery)."]
+    for engine in engines:
+        hit = next((f for f in found if f.engine is engine), None)
+        if hit is None:
+            lines.append(f"  - {engine.name:<15} port {engine.port:<6} not found")
+        else:
+            names = ", ".join(hit.models) or "(no models listed)"
+            lines.append(f"  + {engine.name:<15} port {engine.port:<6} {hit.type}: {names}")
+    if not found:
+        lines.append("  No local engine answered: requests will get 404 until one is running.")
+    lines.append("  To add providers or cloud APIs, write a config directory "
+                 "(see examples/) and run: labgate serve --config DIR")
+    return "\n".join(lines)

@@ -1,0 +1,212 @@
+"""Read a config directory (or a single ``labgate.yaml``) into validated config models.
+
+Order of work: read YAML → substitute ``${VAR}`` → validate each file with
+its schema (errors name the file and the key path, with "did you mean") →
+cross-file checks (``checks.py``). Nothing here builds runtime objects.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from labgate.config.problems import ConfigError, Problem, closest
+from labgate.config.schema.gateway import GatewayConfig
+from labgate.config.schema.mappings import MappingsConfig
+from labgate.config.schema.providers import ProviderConfig
+from labgate.providers.registry import TYPES
+
+FILES = {"providers": "providers.yaml", "mappings": "model-mappings.yaml",
+         "gateway": "gateway.yaml", "experiments": "experiments.yaml", "ports": "ports.yaml"}
+SINGLE_FILE = "labgate.yaml"
+# Top-level sections of the single-file form, and the file each one stands for.
+SECTIONS = {"providers": "providers", "routing": "mappings", "fallbacks": "mappings",
+            "server": "gateway", "auth": "gateway", "logging": "gateway", "resilience": "gateway"}
+M = TypeVar("M", bound=BaseModel)
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """The validated config: every file's model, plus where it came from."""
+
+    providers: Mapping[str, ProviderConfig]
+    mappings: MappingsConfig
+    gateway: GatewayConfig
+    source: str
+    warnings: tuple[Problem, ...] = field(default=())
+
+
+def load_config(path: str | os.PathLike[str], *, env: Mapping[str, str] | None = None) -> Config:
+    """Load and validate a config directory or a single YAML file; raise :class:`ConfigError`."""
+    raw, names = read_raw(Path(path), env=os.environ if env is None else env)
+    return build_config(raw, names, source=str(path))
+
+
+def read_raw(path: Path, *, env: Mapping[str, str]) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
+    """The raw YAML of each config part, keyed like :data:`FILES`, plus each part's file name."""
+    problems: list[Problem] = []
+    raw: dict[str, dict[str, Any]] = {}
+    names: dict[str, str] = {}
+    if path.is_dir():
+        single = path / SINGLE_FILE
+        if single.exists() and not (path / FILES["providers"]).exists():
+            return read_raw(single, env=env)
+        for part, filename in FILES.items():
+            file = path / filename
+            names[part] = str(file)
+            if file.exists():
+                raw[part] = _read_yaml(file, env, problems)
+        if "providers" not in raw:
+            problems.append(Problem(str(path), "", f"no {FILES['providers']} (or {SINGLE_FILE}) here"))
+    elif path.is_file():
+        document = _read_yaml(path, env, problems)
+        for key, value in document.items():
+            part = SECTIONS.get(key)
+            if part is None:
+                hint = closest(key, SECTIONS)
+                problems.append(Problem(str(path), key, "unknown top-level section",
+                                        suggestion=hint[0] if hint else None))
+                continue
+            raw.setdefault(part, {})[key] = value
+        names = dict.fromkeys(FILES, str(path))
+    else:
+        problems.append(Problem(str(path), "", "no such file or directory"))
+    if problems:
+        raise ConfigError(problems)
+    return raw, names
+
+
+def _read_yaml(file: Path, env: Mapping[str, str], problems: list[Problem]) -> dict[str, Any]:
+    try:
+        text = file.read_text(encoding="utf-8")
+    except OSError as exc:
+        problems.append(Problem(str(file), "", f"cannot read: {exc.strerror}"))
+        return {}
+    missing: list[str] = []
+
+    def substitute(match: re.Match[str]) -> str:
+        name, default = match.group(1), match.group(2)
+        if name in env:
+            return env[name]
+        if default is not None:
+            return default
+        missing.append(name)
+        return ""
+
+    text = _VAR.sub(substitute, text)
+    for name in missing:
+        problems.append(Problem(str(file), "", f"environment variable ${{{name}}} is not set"))
+    try:
+        document = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problems.append(Problem(str(file), "", f"invalid YAML: {where}{getattr(exc, 'problem', exc)}"))
+        return {}
+    if document is None:
+        return {}
+    if not isinstance(document, dict):
+        problems.append(Problem(str(file), "", "the top level must be a mapping"))
+        return {}
+    return document
+
+
+def build_config(raw: Mapping[str, Mapping[str, Any]], names: Mapping[str, str], *,
+                 source: str) -> Config:
+    """Validate each part with its schema, then across files; raise :class:`ConfigError`."""
+    from labgate.config.checks import check_config  # checks import the schema, not us
+
+    problems: list[Problem] = []
+    providers = _providers(raw.get("providers", {}), names.get("providers", source), problems)
+    mappings = _validate(MappingsConfig, raw.get("mappings", {}), names.get("mappings", source),
+                         "", problems)
+    gateway = _validate(GatewayConfig, raw.get("gateway", {}), names.get("gateway", source),
+                        "", problems)
+    if problems:
+        raise ConfigError(problems)
+    assert mappings is not None and gateway is not None
+    config = Config(providers, mappings, gateway, source)
+    problems = check_config(config, names)
+    if any(p.severity == "error" for p in problems):
+        raise ConfigError(problems)
+    return Config(providers, mappings, gateway, source, warnings=tuple(problems))
+
+
+def _providers(raw: Mapping[str, Any], file: str, problems: list[Problem]) -> dict[str, ProviderConfig]:
+    unknown = set(raw) - {"providers"}
+    for key in sorted(unknown):
+        problems.append(Problem(file, key, "unknown top-level key",
+                                suggestion="providers" if closest(key, ["providers"]) else None))
+    section = raw.get("providers") or {}
+    if not isinstance(section, dict):
+        problems.append(Problem(file, "providers", "must be a mapping of provider name → settings"))
+        return {}
+    out: dict[str, ProviderConfig] = {}
+    for name, body in section.items():
+        path = f"providers.{name}"
+        if not isinstance(body, dict):
+            problems.append(Problem(file, path, "must be a mapping"))
+            continue
+        kind = body.get("type")
+        if kind not in TYPES:
+            hint = closest(str(kind), TYPES) if kind else []
+            message = "`type` is required" if kind is None else f"unknown provider type {kind!r}"
+            problems.append(Problem(file, f"{path}.type", f"{message}; one of: {', '.join(TYPES)}",
+                                    suggestion=hint[0] if hint else None))
+            continue
+        config = _validate(TYPES[kind].config, body, file, path, problems)
+        if config is not None:
+            out[str(name)] = config
+    return out
+
+
+def _validate(model: type[M], data: Any, file: str, prefix: str,
+                            problems: list[Problem]) -> M | None:
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        for error in exc.errors():
+            problems.append(_problem(model, error, file, prefix))
+        return None
+
+
+def _problem(model: type[BaseModel], error: Any, file: str, prefix: str) -> Problem:
+    loc = [str(part) for part in error["loc"]]
+    path = ".".join([prefix, *loc] if prefix else loc)
+    suggestion = None
+    message = error["msg"]
+    if error["type"] == "extra_forbidden":
+        message = "unknown key"
+        hint = closest(loc[-1], _fields_at(model, loc[:-1]))
+        suggestion = hint[0] if hint else None
+    return Problem(file, path, message, suggestion=suggestion)
+
+
+def _fields_at(model: type[BaseModel], loc: list[str]) -> list[str]:
+    """The field names allowed at ``loc`` inside ``model`` (best effort, for suggestions)."""
+    current: Any = model
+    for part in loc:
+        fields = getattr(current, "model_fields", None)
+        if fields is None or part not in fields:
+            return []
+        current = _model_of(fields[part].annotation)
+    fields = getattr(current, "model_fields", None)
+    return list(fields) if fields else []
+
+
+def _model_of(annotation: Any) -> Any:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()):
+        found = _model_of(arg)
+        if found is not None:
+            return found
+    return None

@@ -1,0 +1,75 @@
+"""``providers.yaml``: the upstreams labgate can send requests to.
+
+Only what every provider type shares lives here; each adapter folder
+subclasses :class:`ProviderConfig` with its own options and ``type`` values.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator
+
+from labgate.config.schema.base import Strict
+
+
+class PricingConfig(Strict):
+    """USD per million tokens."""
+
+    input_per_1m: float = Field(ge=0)
+    output_per_1m: float = Field(ge=0)
+
+
+class RateLimitsConfig(Strict):
+    rpm: int | None = Field(default=None, ge=1)
+    tpm: int | None = Field(default=None, ge=1)
+
+
+class BudgetConfig(Strict):
+    limit_usd: float = Field(gt=0)
+    period: Literal["day", "week", "month"] = "month"
+
+
+class ModelConfig(Strict):
+    """A model a provider serves. ``name`` is the upstream's name; ``alias`` a public one."""
+
+    name: str = Field(min_length=1)
+    alias: str | None = None
+    context_length: int | None = Field(default=None, ge=1)
+    tags: tuple[str, ...] = ()
+    capabilities: tuple[str, ...] = ()
+    quantization: str | None = None
+    pricing: PricingConfig | None = None
+
+
+class ProviderConfig(Strict):
+    """Fields every provider type accepts; adapters extend this with their own."""
+
+    type: str
+    base_url: str | None = None
+    api_key_env: str | None = None
+    status: Literal["active", "inactive"] = "active"
+    description: str | None = None
+    models: tuple[ModelConfig, ...] = ()
+    headers: dict[str, str] = Field(default_factory=dict)
+    timeout_s: float = Field(default=60.0, gt=0)
+    max_parallel_requests: int | None = Field(default=None, ge=1)
+    priority: int = 100  # lower is tried first when several providers serve one model
+    region: str | None = None
+    rate_limits: RateLimitsConfig | None = None
+    budget: BudgetConfig | None = None
+    pricing: PricingConfig | None = None
+
+    @field_validator("models", mode="before")
+    @classmethod
+    def _names_to_models(cls, value: object) -> object:
+        if isinstance(value, list):
+            return [{"name": v} if isinstance(v, str) else v for v in value]
+        return value
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value

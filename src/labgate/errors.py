@@ -1,0 +1,217 @@
+"""The error hierarchy: every failure a client can see, as data.
+
+Rendering is the server's job (``server/envelopes.py``); adapters translate
+foreign exceptions into these classes at exactly one boundary
+(``providers/http.py``). Status, OpenAI ``type``, Anthropic ``type``,
+``code`` and ``retryable`` are class data.
+
+    LabgateError                      500 api_error
+    ├── RequestError                  400 invalid_request_error   (x-should-retry: false)
+    │   ├── InvalidJSONError          400
+    │   ├── BodyTooLargeError         413
+    │   ├── RouteNotFoundError        404 (unknown path)
+    │   └── MethodNotAllowedError     405
+    ├── AuthenticationError           401 (x-should-retry: false)
+    ├── ModelNotFoundError            404 "did you mean …" (x-should-retry: false)
+    ├── UnsupportedEndpointError      400 the model's provider cannot serve this endpoint
+    ├── UpstreamError                 502  — an attempt failed; the next candidate may succeed
+    │   ├── UpstreamConnectionError   502  could not connect / connection dropped
+    │   ├── UpstreamTimeoutError      504
+    │   ├── UpstreamStatusError       502  upstream answered 5xx
+    │   ├── UpstreamRateLimitError    429  upstream answered 429
+    │   └── UpstreamBadResponseError  502  upstream body is not what the protocol says
+    ├── UpstreamRejectedError         4xx  upstream refused the request itself (not retried)
+    ├── NoHealthyDeploymentError      503  every candidate is cooling down
+    ├── AllAttemptsFailedError        502/504/429 every candidate failed; holds each cause
+    └── InternalError                 500  an unexpected exception (logged once, never on the wire)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+
+class LabgateError(Exception):
+    """Base of every error labgate reports to a client."""
+
+    status: int = 500
+    openai_type: str = "api_error"
+    anthropic_type: str = "api_error"
+    code: str | None = None
+    retryable: bool = False  # may the client (or our attempt loop) try again?
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        if code is not None:
+            self.code = code
+
+    @property
+    def should_retry(self) -> bool:
+        """What ``x-should-retry`` tells the official SDKs."""
+        return self.retryable
+
+
+class RequestError(LabgateError):
+    status = 400
+    openai_type = "invalid_request_error"
+    anthropic_type = "invalid_request_error"
+    code = "invalid_request"
+
+
+class InvalidJSONError(RequestError):
+    code = "invalid_json"
+
+
+class BodyTooLargeError(RequestError):
+    status = 413
+    anthropic_type = "request_too_large"
+    code = "request_too_large"
+
+
+class RouteNotFoundError(RequestError):
+    status = 404
+    anthropic_type = "not_found_error"
+    code = "not_found"
+
+
+class MethodNotAllowedError(RequestError):
+    status = 405
+    code = "method_not_allowed"
+
+
+class AuthenticationError(LabgateError):
+    status = 401
+    openai_type = "authentication_error"
+    anthropic_type = "authentication_error"
+    code = "invalid_api_key"
+
+
+class ModelNotFoundError(LabgateError):
+    status = 404
+    openai_type = "invalid_request_error"
+    anthropic_type = "not_found_error"
+    code = "model_not_found"
+
+    def __init__(self, model: str, suggestions: Sequence[str] = ()) -> None:
+        hint = f" Did you mean {', '.join(repr(s) for s in suggestions)}?" if suggestions else ""
+        super().__init__(f"The model {model!r} does not exist or is not routed by this gateway.{hint}",
+                         param="model")
+        self.model = model
+        self.suggestions = tuple(suggestions)
+
+
+class UnsupportedEndpointError(RequestError):
+    code = "unsupported_endpoint"
+
+
+class UpstreamError(LabgateError):
+    """One attempt failed in a way another deployment might not."""
+
+    status = 502
+    openai_type = "api_error"
+    anthropic_type = "api_error"
+    code = "upstream_error"
+    retryable = True
+
+
+class UpstreamConnectionError(UpstreamError):
+    code = "upstream_connection_error"
+
+
+class UpstreamTimeoutError(UpstreamError):
+    status = 504
+    code = "upstream_timeout"
+    openai_type = "timeout_error"
+    anthropic_type = "timeout_error"
+
+
+class UpstreamStatusError(UpstreamError):
+    code = "upstream_server_error"
+
+    def __init__(self, message: str, *, upstream_status: int) -> None:
+        super().__init__(message)
+        self.upstream_status = upstream_status
+
+
+class UpstreamRateLimitError(UpstreamError):
+    status = 429
+    openai_type = "rate_limit_error"
+    anthropic_type = "rate_limit_error"
+    code = "rate_limit_exceeded"
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class UpstreamBadResponseError(UpstreamError):
+    code = "upstream_bad_response"
+
+
+class UpstreamRejectedError(LabgateError):
+    """The upstream refused the request itself (4xx): the same body fails everywhere."""
+
+    openai_type = "invalid_request_error"
+    anthropic_type = "invalid_request_error"
+    code = "upstream_rejected"
+
+    def __init__(self, message: str, *, status: int, param: str | None = None,
+                 code: str | None = None) -> None:
+        super().__init__(message, param=param, code=code)
+        self.status = status
+        if status == 401:
+            self.openai_type = self.anthropic_type = "authentication_error"
+        elif status == 403:
+            self.openai_type = self.anthropic_type = "permission_error"
+        elif status == 404:
+            self.anthropic_type = "not_found_error"
+
+
+class NoHealthyDeploymentError(LabgateError):
+    status = 503
+    openai_type = "api_error"
+    anthropic_type = "overloaded_error"
+    code = "no_healthy_deployment"
+    retryable = True
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptFailure:
+    """Why one attempt failed: which deployment, and the error it raised."""
+
+    deployment: str
+    error: LabgateError
+
+
+class AllAttemptsFailedError(LabgateError):
+    """Every candidate failed; the message names each attempt's cause."""
+
+    code = "all_attempts_failed"
+    retryable = True
+
+    def __init__(self, failures: Sequence[AttemptFailure]) -> None:
+        causes = "; ".join(f"{f.deployment}: {f.error.message}" for f in failures)
+        super().__init__(f"All {len(failures)} attempt(s) failed: {causes}")
+        self.failures = tuple(failures)
+        statuses = {f.error.status for f in failures}
+        if statuses == {504}:
+            self.status, self.openai_type, self.anthropic_type = 504, "timeout_error", "timeout_error"
+        elif statuses == {429}:
+            self.status, self.openai_type, self.anthropic_type = 429, "rate_limit_error", "rate_limit_error"
+        else:
+            self.status = 502
+        retry_afters = [getattr(f.error, "retry_after", None) for f in failures]
+        self.retry_after = min((r for r in retry_afters if r is not None), default=None)
+
+
+class InternalError(LabgateError):
+    status = 500
+    code = "internal_error"
+    retryable = True

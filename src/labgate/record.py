@@ -1,0 +1,64 @@
+"""The record of one request: filled in along the way, written once at the end.
+
+It is what the access log prints today and what the history store, metrics
+and spend tracking consume later. It never holds secrets or message content.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from labgate.errors import AttemptFailure
+from labgate.providers.base import Usage
+
+CLIENT_CLOSED = 499  # nginx's convention for "the client went away first"
+
+
+@dataclass(slots=True)
+class RequestRecord:
+    request_id: str
+    endpoint: str
+    client_ip: str | None = None
+    started: float = field(default_factory=time.perf_counter)
+    timestamp: float = field(default_factory=time.time)
+    key_id: str | None = None  # a hash prefix of the API key, never the key
+    model: str | None = None
+    stream: bool = False
+    provider: str | None = None
+    deployment: str | None = None
+    attempts: int = 0
+    failures: list[AttemptFailure] = field(default_factory=list)
+    status: int = 200
+    outcome: str = "ok"  # ok | error | client_disconnected | stream_error
+    error_type: str | None = None
+    error_message: str | None = None
+    first_byte: float | None = None
+    finished: float | None = None
+    usage: Usage | None = None
+    finish_reason: str | None = None
+
+    @property
+    def latency_ms(self) -> float | None:
+        return None if self.finished is None else round((self.finished - self.started) * 1000, 3)
+
+    @property
+    def ttft_ms(self) -> float | None:
+        return None if self.first_byte is None else round((self.first_byte - self.started) * 1000, 3)
+
+    def as_log(self) -> dict[str, Any]:
+        usage = self.usage
+        return {
+            "request_id": self.request_id, "ts": round(self.timestamp, 3), "endpoint": self.endpoint,
+            "model": self.model, "stream": self.stream, "provider": self.provider,
+            "deployment": self.deployment, "status": self.status, "outcome": self.outcome,
+            "latency_ms": self.latency_ms, "ttft_ms": self.ttft_ms,
+            "prompt_tokens": usage.prompt_tokens if usage else None,
+            "completion_tokens": usage.completion_tokens if usage else None,
+            "finish_reason": self.finish_reason, "attempts": self.attempts,
+            "failed_attempts": [{"deployment": f.deployment, "error": f.error.code,
+                                 "message": f.error.message} for f in self.failures] or None,
+            "error_type": self.error_type, "error": self.error_message,
+            "key_id": self.key_id, "client_ip": self.client_ip,
+        }

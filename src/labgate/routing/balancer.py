@@ -1,0 +1,53 @@
+"""Orders a route's deployments into the attempts to make, skipping open circuits."""
+
+from __future__ import annotations
+
+import random
+import time
+
+from labgate.errors import NoHealthyDeploymentError
+from labgate.routing.circuit import Circuit
+from labgate.routing.table import Deployment, Group, Route
+
+
+def order(group: Group) -> tuple[Deployment, ...] | list[Deployment]:
+    """The group's deployments in the order its strategy wants them tried."""
+    deps = group.deployments
+    if len(deps) == 1 or group.strategy == "priority":
+        return deps
+    if group.strategy == "round_robin":
+        start = group.turn % len(deps)
+        group.turn += 1
+        return deps[start:] + deps[:start]
+    if group.strategy == "least_busy":
+        return sorted(deps, key=lambda d: d.health.inflight)
+    # weighted: a weighted random permutation (Efraimidis–Spirakis keys)
+    weights = group.weights or (1.0,) * len(deps)
+    keyed = sorted(zip(deps, weights, strict=True), key=lambda dw: -random.random() ** (1.0 / dw[1]))
+    return [d for d, _ in keyed]
+
+
+def plan(route: Route, circuit: Circuit, *, max_attempts: int) -> list[Deployment]:
+    """The deployments to attempt, in order, at most ``max_attempts`` of them."""
+    now = time.monotonic()
+    chosen: list[Deployment] = []
+    seen: set[str] = set()
+    cooling: list[Deployment] = []
+    for group in route.groups:
+        for dep in order(group):
+            if dep.key in seen:
+                continue
+            seen.add(dep.key)
+            if circuit.available(dep.health, now):
+                chosen.append(dep)
+                if len(chosen) == max_attempts:
+                    return chosen
+            else:
+                cooling.append(dep)
+    if not chosen:
+        wait = min(d.health.open_until for d in cooling) - now if cooling else None
+        names = ", ".join(f"{d.key} ({d.health.last_error})" for d in cooling)
+        raise NoHealthyDeploymentError(
+            f"No healthy deployment for model {route.name!r}: every candidate is cooling down "
+            f"after repeated failures: {names}", retry_after=max(1.0, round(wait or 1.0)))
+    return chosen

@@ -1,0 +1,41 @@
+"""Per-deployment health: consecutive failures open a circuit for a cooldown.
+
+In-memory and per process (a Redis backend comes with distributed state).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+
+@dataclass(slots=True)
+class Health:
+    """Mutable health of one deployment; lives as long as its Runtime."""
+
+    failures: int = 0
+    open_until: float = 0.0
+    inflight: int = 0
+    last_error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Circuit:
+    """Decides from :class:`Health` whether a deployment may be tried now."""
+
+    failure_threshold: int
+    cooldown_s: float
+
+    def available(self, health: Health, now: float) -> bool:
+        # After the cooldown one request goes through (half-open); its result decides.
+        return health.open_until <= now
+
+    def record_success(self, health: Health) -> None:
+        health.failures = 0
+        health.open_until = 0.0
+
+    def record_failure(self, health: Health, error: str) -> None:
+        health.failures += 1
+        health.last_error = error
+        if health.failures >= self.failure_threshold:
+            health.open_until = time.monotonic() + self.cooldown_s

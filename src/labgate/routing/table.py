@@ -1,0 +1,211 @@
+"""The route table: every routable name compiled to deployments at config load.
+
+A request does dictionary lookups here; globs are compiled once.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from labgate.config.checks import CAPABILITY_PREFIX, Names, capabilities
+from labgate.config.load import Config
+from labgate.config.problems import closest
+from labgate.config.schema.providers import ModelConfig, ProviderConfig
+from labgate.errors import ModelNotFoundError
+from labgate.providers.base import Adapter
+from labgate.routing.circuit import Health
+
+_DYNAMIC_CACHE = 4096  # routes made on the fly for glob matches and provider/model pairs
+
+
+@dataclass(eq=False, slots=True)
+class Deployment:
+    """One model on one provider: the unit that is attempted, balanced and health-tracked."""
+
+    key: str  # "provider/model"
+    provider: str
+    model: str  # the upstream's name for it
+    adapter: Adapter
+    timeout: float
+    info: ModelConfig | None = None
+    health: Health = field(default_factory=Health)
+
+
+@dataclass(eq=False, slots=True)
+class Group:
+    """Deployments balanced together with one strategy."""
+
+    deployments: tuple[Deployment, ...]
+    strategy: str = "priority"
+    weights: tuple[float, ...] = ()
+    turn: int = 0  # round-robin position
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """A routable name: its primary group, then its fallback groups in order."""
+
+    name: str
+    groups: tuple[Group, ...]
+
+
+class RouteTable:
+    """Resolves a requested model name to a :class:`Route`."""
+
+    def __init__(self, config: Config, adapters: Mapping[str, Adapter]) -> None:
+        self._providers = {n: p for n, p in config.providers.items() if p.status == "active"}
+        self._adapters = adapters
+        self._mappings = config.mappings
+        self._deployments: dict[str, Deployment] = {}
+        self._primary: dict[str, Group] = {}
+        self._names = Names.of(config.providers, config.mappings)
+        self._patterns = [(re.compile(fnmatch.translate(p.pattern)), p.provider, p.fallback_chain)
+                          for p in self._mappings.routing.patterns if p.provider in self._providers]
+        self._globs = [(re.compile(fnmatch.translate(k)), v) for k, v in self._mappings.fallbacks.items()
+                       if any(c in k for c in "*?[")]
+        self._dynamic: dict[str, Route] = {}
+        self.routes: dict[str, Route] = {}
+        self._compile_primaries()
+        self.routes.update((name, self._route(name, group)) for name, group in self._primary.items())
+        self._compile_aliases_and_capabilities()
+
+    # -- lookup (the hot path) -------------------------------------------------
+
+    def resolve(self, name: str) -> Route:
+        route = self.routes.get(name) or self._dynamic.get(name)
+        if route is not None:
+            return route
+        route = self._resolve_dynamic(name)
+        if route is None:
+            raise ModelNotFoundError(name, closest(name, self.routes))
+        if len(self._dynamic) >= _DYNAMIC_CACHE:
+            self._dynamic.clear()
+        self._dynamic[name] = route
+        return route
+
+    @property
+    def deployments(self) -> Mapping[str, Deployment]:
+        return self._deployments
+
+    # -- compile (config load) ---------------------------------------------------
+
+    def _deployment(self, provider: str, model: str) -> Deployment | None:
+        config = self._providers.get(provider)
+        if config is None:
+            return None
+        key = f"{provider}/{model}"
+        found = self._deployments.get(key)
+        if found is None:
+            info = next((m for m in config.models if model in (m.name, m.alias)), None)
+            upstream = info.name if info is not None else model
+            key = f"{provider}/{upstream}"
+            found = self._deployments.get(key)
+            if found is None:
+                found = Deployment(key, provider, upstream, self._adapters[provider],
+                                   config.timeout_s, info)
+                self._deployments[key] = found
+        return found
+
+    def _compile_primaries(self) -> None:
+        by_priority = sorted(self._providers.items(), key=lambda kv: kv[1].priority)
+        for pname, provider in by_priority:
+            for model in provider.models:
+                dep = self._deployment(pname, model.name)
+                for public in filter(None, (model.name, model.alias)):
+                    self._add(public, dep)
+        routing = self._mappings.routing
+        for name, exact in routing.exact_matches.items():
+            dep = self._deployment(exact.provider, exact.model or name)
+            if dep is not None:
+                self._primary[name] = Group((dep,))
+        for name, lb in routing.load_balancing.items():
+            pairs = [(self._deployment(d.provider, d.model or name), d.weight) for d in lb.deployments]
+            live = [(d, w) for d, w in pairs if d is not None]
+            if live:
+                self._primary[name] = Group(tuple(d for d, _ in live), lb.strategy,
+                                            tuple(w for _, w in live))
+
+    def _add(self, public: str, dep: Deployment | None) -> None:
+        if dep is None:
+            return
+        group = self._primary.get(public)
+        if group is None:
+            self._primary[public] = Group((dep,))
+        elif dep not in group.deployments:
+            group.deployments = (*group.deployments, dep)
+
+    def _compile_aliases_and_capabilities(self) -> None:
+        routing = self._mappings.routing
+        for alias, target in routing.aliases.items():
+            groups = self._target_groups(target, requested=alias)
+            if groups:
+                self.routes[alias] = Route(alias, groups)
+        for capability in sorted(capabilities(self._providers, self._mappings)):
+            models = routing.capabilities.get(capability) or _models_with(self._providers, capability)
+            groups = tuple(g for m in models for g in self._target_groups(m, requested=m)[:1])
+            if groups:
+                name = CAPABILITY_PREFIX + capability
+                self.routes[name] = Route(name, groups)
+
+    def _route(self, name: str, primary: Group, chain: tuple[str, ...] | None = None) -> Route:
+        if chain is None:
+            chain = self._chain_for(name)
+        groups = [primary]
+        for entry in chain:
+            groups.extend(self._target_groups(entry, requested=name, fallback=True)[:1])
+        return Route(name, tuple(groups))
+
+    def _chain_for(self, name: str) -> tuple[str, ...]:
+        routing = self._mappings.routing
+        if name in routing.load_balancing and routing.load_balancing[name].fallback_chain:
+            return routing.load_balancing[name].fallback_chain
+        if name in routing.exact_matches and routing.exact_matches[name].fallback_chain:
+            return routing.exact_matches[name].fallback_chain
+        if name in self._mappings.fallbacks:
+            return self._mappings.fallbacks[name]
+        for glob, chain in self._globs:
+            if glob.match(name):
+                return chain
+        return ()
+
+    def _target_groups(self, entry: str, *, requested: str, fallback: bool = False) -> tuple[Group, ...]:
+        """The groups a target entry stands for (a model's own route, or one deployment)."""
+        if entry in self._primary:
+            return (self._primary[entry],)
+        if entry in self.routes:
+            return self.routes[entry].groups
+        pair = self._names.split_pair(entry)
+        if pair is not None:
+            dep = self._deployment(*pair)
+            return (Group((dep,)),) if dep else ()
+        if fallback and entry in self._providers:
+            upstream = requested
+            dep = self._deployment(entry, upstream)
+            return (Group((dep,)),) if dep else ()
+        for regex, provider, _ in self._patterns:
+            if regex.match(entry):
+                dep = self._deployment(provider, entry)
+                return (Group((dep,)),) if dep else ()
+        return ()
+
+    def _resolve_dynamic(self, name: str) -> Route | None:
+        pair = self._names.split_pair(name)
+        if pair is not None and pair[0] in self._providers:
+            dep = self._deployment(*pair)
+            if dep is not None:
+                return self._route(name, Group((dep,)))
+        for regex, provider, chain in self._patterns:
+            if regex.match(name):
+                dep = self._deployment(provider, name)
+                if dep is not None:
+                    return self._route(name, Group((dep,)), chain or None)
+        return None
+
+
+def _models_with(providers: Mapping[str, ProviderConfig], capability: str) -> list[str]:
+    ordered = sorted(providers.values(), key=lambda p: p.priority)
+    return list(dict.fromkeys(m.alias or m.name for p in ordered for m in p.models
+                              if capability in m.capabilities))

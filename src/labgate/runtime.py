@@ -1,0 +1,56 @@
+"""Runtime: the immutable snapshot a request works against, built from a Config.
+
+Everything a request needs is decided here, at load: the route table,
+adapters with their pooled connections, auth keys, limits. A reload builds a
+new Runtime and swaps the reference; requests in flight keep the old one.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from labgate.auth import Auth
+from labgate.config.load import Config
+from labgate.providers.base import Adapter
+from labgate.providers.registry import TYPES
+from labgate.routing.circuit import Circuit
+from labgate.routing.table import RouteTable
+from labgate.telemetry.logs import AccessLog
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Runtime:
+    config: Config
+    adapters: Mapping[str, Adapter]
+    table: RouteTable
+    circuit: Circuit
+    auth: Auth
+    access_log: AccessLog
+    max_attempts: int
+    request_timeout: float
+
+    @classmethod
+    def build(cls, config: Config, *, access_log: AccessLog | None = None) -> Runtime:
+        adapters = {name: TYPES[p.type].build(p, name)
+                    for name, p in config.providers.items() if p.status == "active"}
+        gateway = config.gateway
+        env_name = gateway.auth.master_key_env
+        keys = [os.environ.get(env_name, "")] if env_name else []
+        return cls(
+            config=config,
+            adapters=adapters,
+            table=RouteTable(config, adapters),
+            circuit=Circuit(gateway.resilience.circuit.failure_threshold, gateway.resilience.circuit.cooldown_s),
+            auth=Auth(keys),
+            access_log=access_log or AccessLog(enabled=gateway.logging.requests,
+                                               client_ip=gateway.logging.client_ip),
+            max_attempts=gateway.resilience.max_attempts,
+            request_timeout=gateway.server.request_timeout_s,
+        )
+
+    async def aclose(self) -> None:
+        self.access_log.flush()
+        for adapter in self.adapters.values():
+            await adapter.aclose()

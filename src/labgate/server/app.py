@@ -1,0 +1,51 @@
+"""The HTTP surface: every route labgate serves, in one table."""
+
+from __future__ import annotations
+
+from labgate.errors import LabgateError, MethodNotAllowedError, RouteNotFoundError
+from labgate.gateway import Gateway
+from labgate.server.envelopes import openai_error
+from labgate.server.health import HealthSurface
+from labgate.server.http import Handler, Request, Response
+from labgate.server.ids import request_id
+from labgate.server.openai import OpenAISurface
+
+
+def build_app(gateway: Gateway) -> Handler:
+    """The request handler for the server: route lookup, then the surface's handler."""
+    openai = OpenAISurface(gateway)
+    health = HealthSurface(gateway)
+    routes: dict[str, dict[str, Handler]] = {
+        "/v1/chat/completions": {"POST": openai.chat},
+        "/v1/completions": {"POST": openai.completions},
+        "/v1/embeddings": {"POST": openai.embeddings},
+        "/v1/models": {"GET": openai.models},
+        "/health": {"GET": health.health},
+        "/health/liveness": {"GET": health.liveness},
+        "/health/readiness": {"GET": health.readiness},
+        "/health/providers": {"GET": health.providers},
+    }
+    # clients configured with a base URL lacking /v1 still work
+    for path in ("/chat/completions", "/completions", "/embeddings", "/models"):
+        routes[path] = routes["/v1" + path]
+    prefixes = {"/v1/models/": routes["/v1/models"]}
+
+    async def app(request: Request) -> Response:
+        methods = routes.get(request.path)
+        if methods is None:
+            methods = next((m for p, m in prefixes.items() if request.path.startswith(p)), None)
+        if methods is None:
+            return not_found(request, RouteNotFoundError(f"No route for {request.method} {request.path}."))
+        handler = methods.get(request.method)
+        if handler is None:
+            exc = MethodNotAllowedError(f"{request.method} is not allowed on {request.path}; "
+                                        f"use {', '.join(methods)}.")
+            return not_found(request, exc, [("allow", ", ".join(methods))])
+        return await handler(request)
+
+    return app
+
+
+def not_found(request: Request, exc: LabgateError,
+              headers: list[tuple[str, str]] | None = None) -> Response:
+    return openai_error(exc, request_id(request.headers), headers)

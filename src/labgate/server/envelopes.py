@@ -1,0 +1,45 @@
+"""Errors rendered in the client's dialect, with the headers SDKs act on."""
+
+from __future__ import annotations
+
+import math
+
+import orjson
+
+from labgate.errors import LabgateError
+from labgate.server.http import Response
+
+JSON = ("content-type", "application/json")
+
+
+def error_headers(exc: LabgateError, request_id: str | None) -> list[tuple[str, str]]:
+    headers = [JSON]
+    if request_id:
+        headers.append(("x-request-id", request_id))
+    if not exc.should_retry:
+        headers.append(("x-should-retry", "false"))
+    retry_after = getattr(exc, "retry_after", None)
+    if retry_after is not None:
+        headers.append(("retry-after", str(max(1, math.ceil(retry_after)))))
+    return headers
+
+
+def openai_error_body(exc: LabgateError, request_id: str | None) -> bytes:
+    return orjson.dumps({
+        "error": {"message": exc.message, "type": exc.openai_type, "param": exc.param, "code": exc.code},
+        "request_id": request_id,
+    })
+
+
+def openai_error(exc: LabgateError, request_id: str | None,
+                 extra_headers: list[tuple[str, str]] | None = None) -> Response:
+    """``{"error": {"message", "type", "param", "code"}}`` with the error's status."""
+    headers = error_headers(exc, request_id)
+    if extra_headers:
+        headers.extend(extra_headers)
+    return Response(exc.status, headers, openai_error_body(exc, request_id))
+
+
+def openai_sse_error(exc: LabgateError, request_id: str | None) -> bytes:
+    """The one SSE event that ends a stream which failed after it started."""
+    return b"data: " + openai_error_body(exc, request_id) + b"\n\n"

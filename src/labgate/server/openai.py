@@ -1,0 +1,211 @@
+"""The OpenAI-compatible surface: request checks, then the gateway, then the wire format."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import orjson
+
+from labgate.auth import presented_key
+from labgate.errors import InternalError, InvalidJSONError, LabgateError, RequestError
+from labgate.gateway import Gateway
+from labgate.providers.base import Reply
+from labgate.record import RequestRecord
+from labgate.server.envelopes import JSON, openai_error, openai_sse_error
+from labgate.server.http import Request, Response
+from labgate.server.ids import request_id
+
+log = logging.getLogger("labgate.server")
+SSE_HEADERS = [("content-type", "text/event-stream; charset=utf-8"), ("cache-control", "no-cache"),
+               ("x-accel-buffering", "no")]
+_ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
+
+
+def _is_int(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: object) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+# param → (check, what it must be). Only keys present in a body are looked at.
+_TYPES: dict[str, tuple[Callable[[object], bool], str]] = {
+    "stream": (lambda v: isinstance(v, bool), "a boolean"),
+    "max_tokens": (lambda v: _is_int(v) and v >= 1, "an integer ≥ 1"),  # type: ignore[operator]
+    "max_completion_tokens": (lambda v: _is_int(v) and v >= 1, "an integer ≥ 1"),  # type: ignore[operator]
+    "n": (lambda v: _is_int(v) and v >= 1, "an integer ≥ 1"),  # type: ignore[operator]
+    "temperature": (lambda v: _is_number(v) and 0 <= v <= 2, "a number between 0 and 2"),  # type: ignore[operator]
+    "top_p": (lambda v: _is_number(v) and 0 <= v <= 1, "a number between 0 and 1"),  # type: ignore[operator]
+    "presence_penalty": (_is_number, "a number"),
+    "frequency_penalty": (_is_number, "a number"),
+    "seed": (_is_int, "an integer"),
+    "stop": (lambda v: v is None or isinstance(v, str)
+             or (isinstance(v, list) and all(isinstance(s, str) for s in v)), "a string or array of strings"),
+    "tools": (lambda v: isinstance(v, list) and all(isinstance(t, dict) for t in v), "an array of objects"),
+    "tool_choice": (lambda v: isinstance(v, (str, dict)), "a string or an object"),
+    "response_format": (lambda v: isinstance(v, dict) and isinstance(v.get("type"), str),
+                        "an object with a 'type'"),
+    "stream_options": (lambda v: v is None or isinstance(v, dict), "an object"),
+    "user": (lambda v: isinstance(v, str), "a string"),
+    "dimensions": (lambda v: _is_int(v) and v >= 1, "an integer ≥ 1"),  # type: ignore[operator]
+    "encoding_format": (lambda v: v in ("float", "base64"), "'float' or 'base64'"),
+}
+
+
+def _object(body: bytes) -> dict[str, Any]:
+    try:
+        payload = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidJSONError(f"The request body is not valid JSON: {exc}") from None
+    if not isinstance(payload, dict):
+        raise InvalidJSONError("The request body must be a JSON object.")
+    model = payload.get("model")
+    if not isinstance(model, str) or not model:
+        raise RequestError("'model' is required and must be a non-empty string.", param="model")
+    for key in payload.keys() & _TYPES.keys():
+        check, what = _TYPES[key]
+        if not check(payload[key]):
+            raise RequestError(f"'{key}' must be {what}; got {orjson.dumps(payload[key])[:60].decode()}.",
+                               param=key)
+    return payload
+
+
+def parse_chat(body: bytes) -> dict[str, Any]:
+    payload = _object(body)
+    messages = payload.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise RequestError("'messages' is required and must be a non-empty array.", param="messages")
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict):
+            raise RequestError(f"'messages[{i}]' must be an object.", param=f"messages[{i}]")
+        if message.get("role") not in _ROLES:
+            raise RequestError(f"'messages[{i}].role' must be one of {', '.join(sorted(_ROLES))}.",
+                               param=f"messages[{i}].role")
+        content = message.get("content")
+        if content is not None and not isinstance(content, (str, list)):
+            raise RequestError(f"'messages[{i}].content' must be a string or an array of parts.",
+                               param=f"messages[{i}].content")
+    return payload
+
+
+def parse_completion(body: bytes) -> dict[str, Any]:
+    payload = _object(body)
+    prompt = payload.get("prompt")
+    if not isinstance(prompt, (str, list)) or (isinstance(prompt, list) and not prompt):
+        raise RequestError("'prompt' is required: a string or a non-empty array.", param="prompt")
+    return payload
+
+
+def parse_embedding(body: bytes) -> dict[str, Any]:
+    payload = _object(body)
+    given = payload.get("input")
+    if not isinstance(given, (str, list)) or (isinstance(given, list) and not given):
+        raise RequestError("'input' is required: a string or a non-empty array.", param="input")
+    if payload.get("stream"):
+        raise RequestError("Embeddings cannot be streamed.", param="stream")
+    return payload
+
+
+def route_headers(record: RequestRecord) -> list[tuple[str, str]]:
+    headers = [("x-request-id", record.request_id), ("x-labgate-attempts", str(record.attempts))]
+    if record.provider is not None:
+        headers.append(("x-labgate-provider", record.provider))
+        headers.append(("x-labgate-deployment", record.deployment or ""))
+    return headers
+
+
+class OpenAISurface:
+    """Handlers for ``/v1/chat/completions``, ``/v1/completions``, ``/v1/embeddings``, ``/v1/models``."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+
+    async def chat(self, request: Request) -> Response:
+        return await self._serve(request, "chat", parse_chat)
+
+    async def completions(self, request: Request) -> Response:
+        return await self._serve(request, "completions", parse_completion)
+
+    async def embeddings(self, request: Request) -> Response:
+        return await self._serve(request, "embeddings", parse_embedding)
+
+    async def _serve(self, request: Request, endpoint: str,
+                     parse: Callable[[bytes], dict[str, Any]]) -> Response:
+        record = RequestRecord(request_id(request.headers), endpoint, request.client)
+        try:
+            result = await self.gateway.handle(record, api_key=presented_key(request.headers),
+                                               body=request.body, parse=parse)
+        except LabgateError as exc:
+            return openai_error(exc, record.request_id, route_headers(record)[1:])
+        except Exception:
+            log.exception("unexpected error serving %s (request %s)", endpoint, record.request_id)
+            return openai_error(InternalError("The gateway hit an internal error; it has been logged."),
+                                record.request_id)
+        headers = route_headers(record)
+        if isinstance(result, Reply):
+            headers.append(JSON)
+            return Response(200, headers, result.body)
+        headers.extend(SSE_HEADERS)
+        return Response(200, headers, stream=_sse_errors(result, record.request_id))
+
+    async def models(self, request: Request) -> Response:
+        rt = self.gateway.runtime
+        record = RequestRecord(request_id(request.headers), "models", request.client)
+        try:
+            rt.auth.check(presented_key(request.headers))
+        except LabgateError as exc:
+            return openai_error(exc, record.request_id)
+        prefix = "/v1/models/"
+        if request.path.startswith(prefix):
+            name = request.path[len(prefix):]
+            entry = next((m for m in model_list(self.gateway) if m["id"] == name), None)
+            if entry is None:
+                try:
+                    rt.table.resolve(name)
+                except LabgateError as exc:
+                    return openai_error(exc, record.request_id)
+                entry = {"id": name, "object": "model", "created": 0, "owned_by": "labgate"}
+            return Response(200, [JSON, ("x-request-id", record.request_id)], orjson.dumps(entry))
+        body = orjson.dumps({"object": "list", "data": model_list(self.gateway)})
+        return Response(200, [JSON, ("x-request-id", record.request_id)], body)
+
+
+def model_list(gateway: Gateway) -> list[dict[str, Any]]:
+    """Every routable name with its provider, tags and capabilities as extra fields."""
+    rt = gateway.runtime
+    out = []
+    created = int(time.time())
+    for name, route in rt.table.routes.items():
+        first = route.groups[0].deployments[0]
+        info = first.info
+        out.append({
+            "id": name, "object": "model", "created": created, "owned_by": first.provider,
+            "provider": first.provider,
+            "deployments": [d.key for d in route.groups[0].deployments],
+            "fallbacks": [d.key for g in route.groups[1:] for d in g.deployments],
+            "tags": list(info.tags) if info else [],
+            "capabilities": list(info.capabilities) if info else [],
+            "context_length": info.context_length if info else None,
+        })
+    return out
+
+
+async def _sse_errors(stream: AsyncIterator[bytes], request_id: str) -> AsyncIterator[bytes]:
+    """Relay a stream; a failure after it started becomes one SSE error event, then the end."""
+    try:
+        async for chunk in stream:
+            yield chunk
+    except LabgateError as exc:
+        yield openai_sse_error(exc, request_id)
+    except Exception:
+        log.exception("unexpected error in a stream (request %s)", request_id)
+        yield openai_sse_error(InternalError("The gateway hit an internal error; it has been logged."),
+                               request_id)
+    finally:
+        aclose = getattr(stream, "aclose", None)
+        if aclose is not None:
+            await aclose()

@@ -1,0 +1,84 @@
+"""Structured logs: one JSON line per request, written off the hot path.
+
+Lines are buffered and flushed a few times a second (or at shutdown), so a
+request costs one dict and one orjson call, not a write system call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from typing import IO, Any
+
+import orjson
+
+from labgate.record import RequestRecord
+
+_FLUSH_EVERY_S = 0.2
+_FLUSH_AT_BYTES = 64 * 1024
+
+
+class AccessLog:
+    """Buffers request lines and writes them in batches."""
+
+    def __init__(self, stream: IO[bytes] | None = None, *, enabled: bool = True,
+                 client_ip: bool = True) -> None:
+        self._stream = stream if stream is not None else sys.stdout.buffer
+        self.enabled = enabled
+        self._client_ip = client_ip
+        self._buffer: list[bytes] = []
+        self._size = 0
+        self._timer: asyncio.TimerHandle | None = None
+
+    def write(self, record: RequestRecord) -> None:
+        if not self.enabled:
+            return
+        entry = record.as_log()
+        if not self._client_ip:
+            entry["client_ip"] = None
+        line = orjson.dumps(entry, option=orjson.OPT_APPEND_NEWLINE)
+        self._buffer.append(line)
+        self._size += len(line)
+        if self._size >= _FLUSH_AT_BYTES:
+            self.flush()
+        elif self._timer is None:
+            try:
+                self._timer = asyncio.get_running_loop().call_later(_FLUSH_EVERY_S, self.flush)
+            except RuntimeError:
+                self.flush()
+
+    def flush(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if not self._buffer:
+            return
+        data = b"".join(self._buffer)
+        self._buffer.clear()
+        self._size = 0
+        try:
+            self._stream.write(data)
+            self._stream.flush()
+        except (OSError, ValueError):
+            logging.getLogger("labgate").warning("could not write %d bytes of request log", len(data))
+
+
+class JsonFormatter(logging.Formatter):
+    """Operational log records as JSON lines (same stream shape as the access log)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {"ts": round(record.created, 3), "level": record.levelname.lower(),
+                                 "logger": record.name, "message": record.getMessage()}
+        if record.exc_info:
+            entry["traceback"] = self.formatException(record.exc_info)
+        return orjson.dumps(entry).decode()
+
+
+def configure_logging(level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger("labgate")
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    root.propagate = False
