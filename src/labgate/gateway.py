@@ -65,7 +65,8 @@ class Gateway:
         finally:
             dep.health.inflight -= 1
             await stream.aclose()
-            record.usage, record.finish_reason = stream.info.usage, stream.info.finish_reason
+            info = stream.info
+            record.usage, record.finish_reason, record.first_token = info.usage, info.finish_reason, info.first_token
             self.finish(rt, record, error, streaming=True)
 
     @staticmethod

@@ -35,6 +35,7 @@ class RequestRecord:
     error_type: str | None = None
     error_message: str | None = None
     first_byte: float | None = None
+    first_token: float | None = None  # streams: when the first content passed (not the role chunk)
     finished: float | None = None
     usage: Usage | None = None
     finish_reason: str | None = None
@@ -45,7 +46,8 @@ class RequestRecord:
 
     @property
     def ttft_ms(self) -> float | None:
-        return None if self.first_byte is None else round((self.first_byte - self.started) * 1000, 3)
+        first = self.first_token or self.first_byte
+        return None if first is None else round((first - self.started) * 1000, 3)
 
     def as_log(self) -> dict[str, Any]:
         usage = self.usage

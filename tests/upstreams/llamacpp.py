@@ -96,7 +96,7 @@ def spawn_server(model: Path, alias: str, log_path: Path, *, embedding: bool = F
                  parallel: int = 2, ctx_size: int = 2048, threads: int = 2) -> ServerProcess:
     """Start ``xl_serve.py`` in a subprocess (does not wait for it; see ``wait_ready``)."""
     cmd = [sys.executable, str(XL_SERVE), str(model), "--port", "0", "--alias", alias,
-           "--parallel", str(parallel), "--ctx-size", str(ctx_size), "--threads", str(threads)]
+           "--parallel", str(parallel), "--ctx-size", str(ctx_size), "--threads", str(threads), "--exit-with-parent"]
     if embedding:
         cmd.append("--embedding")
     log = open(log_path, "wb")  # noqa: SIM115 - closed by ServerProcess.stop()

@@ -28,6 +28,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--ctx-size", type=int, default=2048,
                     help="total context, split evenly across the slots (default: 2048)")
     ap.add_argument("--threads", type=int, default=2, help="CPU threads for generation (default: 2)")
+    ap.add_argument("--exit-with-parent", action="store_true",
+                    help="exit when the parent process goes away (no orphaned servers if a test run is killed)")
     return ap.parse_args(argv)
 
 
@@ -38,6 +40,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     stop = threading.Event()
+    parent = os.getppid()
 
     def on_signal(signum: int, _frame: object) -> None:
         stop.set()
@@ -74,7 +77,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"READY http://127.0.0.1:{m.group(1)}", flush=True)
 
     while not stop.wait(0.5):
-        pass
+        if args.exit_with_parent and os.getppid() != parent:
+            print("xl_serve: parent process gone, exiting", file=sys.stderr, flush=True)
+            break
     del server  # ~Server stops the HTTP loop and frees the model
     return 0
 

@@ -32,7 +32,9 @@ class Names:
         for pname, provider in providers.items():
             for model in provider.models:
                 for public in filter(None, (model.name, model.alias)):
-                    served.setdefault(public, []).append(pname)
+                    owners = served.setdefault(public, [])
+                    if pname not in owners:  # a name listed twice by one provider is one owner
+                        owners.append(pname)
         routing = mappings.routing
         routed = (set(served) | set(routing.exact_matches) | set(routing.load_balancing)
                   | set(routing.aliases)
@@ -48,8 +50,8 @@ class Names:
         head, sep, tail = entry.partition("/")
         return (head, tail) if sep and tail and head in self.providers else None
 
-    def suggest(self, name: str) -> str | None:
-        pool = set(self.routed) | set(self.providers)
+    def suggest(self, name: str, *, providers: bool = True) -> str | None:
+        pool = set(self.routed) | set(self.providers) if providers else set(self.routed)
         hint = closest(name, pool, n=1)
         return hint[0] if hint else None
 
@@ -103,8 +105,12 @@ def _target(names: Names, entry: str, file: str, path: str, *, provider_ok: bool
     if provider_ok and entry in names.providers:
         yield from _active(names, entry, file, path)
         return
+    if entry in names.providers:  # only fallback chains may name a provider
+        yield Problem(file, path, f"{entry!r} is a provider; name a model or a provider/model pair here")
+        return
     kind = "model, provider/model pair or provider" if provider_ok else "model or provider/model pair"
-    yield Problem(file, path, f"{entry!r} is not a known {kind}", suggestion=names.suggest(entry))
+    yield Problem(file, path, f"{entry!r} is not a known {kind}",
+                  suggestion=names.suggest(entry, providers=provider_ok))
 
 
 def _provider_model(names: Names, provider: str, model: str, file: str, path: str) -> Iterator[Problem]:
@@ -116,7 +122,7 @@ def _provider_model(names: Names, provider: str, model: str, file: str, path: st
     yield from _active(names, provider, file, path)
     listed = [m.name for m in names.providers[provider].models]
     if listed and model not in listed and model not in {m.alias for m in names.providers[provider].models}:
-        hint = closest(model, listed, n=1)
+        hint = closest(model, listed + [m.alias for m in names.providers[provider].models if m.alias], n=1)
         yield Problem(file, path, f"provider {provider!r} does not list model {model!r}",
                       severity="warning", suggestion=hint[0] if hint else None)
 
@@ -161,7 +167,7 @@ def _check_routing(names: Names, mappings: MappingsConfig, file: str) -> Iterato
     for model, chain in mappings.fallbacks.items():
         if not names.is_model(model) and not any(c in model for c in "*?["):
             yield Problem(file, f"fallbacks.{model}", f"{model!r} is not a routed model",
-                          severity="warning", suggestion=names.suggest(model))
+                          severity="warning", suggestion=names.suggest(model, providers=False))
         for i, entry in enumerate(chain):
             yield from _target(names, entry, file, f"fallbacks.{model}[{i}]", provider_ok=True)
     for public, owners in names.served.items():

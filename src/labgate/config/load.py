@@ -12,7 +12,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, get_origin
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -90,20 +90,6 @@ def _read_yaml(file: Path, env: Mapping[str, str], problems: list[Problem]) -> d
     except OSError as exc:
         problems.append(Problem(str(file), "", f"cannot read: {exc.strerror}"))
         return {}
-    missing: list[str] = []
-
-    def substitute(match: re.Match[str]) -> str:
-        name, default = match.group(1), match.group(2)
-        if name in env:
-            return env[name]
-        if default is not None:
-            return default
-        missing.append(name)
-        return ""
-
-    text = _VAR.sub(substitute, text)
-    for name in missing:
-        problems.append(Problem(str(file), "", f"environment variable ${{{name}}} is not set"))
     try:
         document = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -111,12 +97,38 @@ def _read_yaml(file: Path, env: Mapping[str, str], problems: list[Problem]) -> d
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
         problems.append(Problem(str(file), "", f"invalid YAML: {where}{getattr(exc, 'problem', exc)}"))
         return {}
+    missing: list[str] = []
+    document = _substitute(document, env, missing)
+    for name in dict.fromkeys(missing):
+        problems.append(Problem(str(file), "", f"environment variable ${{{name}}} is not set"))
     if document is None:
         return {}
     if not isinstance(document, dict):
         problems.append(Problem(str(file), "", "the top level must be a mapping"))
         return {}
     return document
+
+
+def _substitute(value: Any, env: Mapping[str, str], missing: list[str]) -> Any:
+    """``${VAR}`` / ``${VAR:-default}`` in string values (after parsing, so comments never count)."""
+    if isinstance(value, str):
+        if "${" not in value:
+            return value
+
+        def one(match: re.Match[str]) -> str:
+            name, default = match.group(1), match.group(2)
+            if name in env:
+                return env[name]
+            if default is None:
+                missing.append(name)
+            return default or ""
+
+        return _VAR.sub(one, value)
+    if isinstance(value, dict):
+        return {k: _substitute(v, env, missing) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_substitute(v, env, missing) for v in value]
+    return value
 
 
 def build_config(raw: Mapping[str, Mapping[str, Any]], names: Mapping[str, str], *,
@@ -156,7 +168,7 @@ def _providers(raw: Mapping[str, Any], file: str, problems: list[Problem]) -> di
             problems.append(Problem(file, path, "must be a mapping"))
             continue
         kind = body.get("type")
-        if kind not in TYPES:
+        if not isinstance(kind, str) or kind not in TYPES:  # a list or mapping is unhashable
             hint = closest(str(kind), TYPES) if kind else []
             message = "`type` is required" if kind is None else f"unknown provider type {kind!r}"
             problems.append(Problem(file, f"{path}.type", f"{message}; one of: {', '.join(TYPES)}",
@@ -193,11 +205,16 @@ def _problem(model: type[BaseModel], error: Any, file: str, prefix: str) -> Prob
 def _fields_at(model: type[BaseModel], loc: list[str]) -> list[str]:
     """The field names allowed at ``loc`` inside ``model`` (best effort, for suggestions)."""
     current: Any = model
+    item = False  # the previous part was a dict or tuple field: this part is a key or an index
     for part in loc:
+        if item:
+            item = False
+            continue
         fields = getattr(current, "model_fields", None)
         if fields is None or part not in fields:
             return []
-        current = _model_of(fields[part].annotation)
+        annotation = fields[part].annotation
+        current, item = _model_of(annotation), get_origin(annotation) in (dict, tuple, list)
     fields = getattr(current, "model_fields", None)
     return list(fields) if fields else []
 

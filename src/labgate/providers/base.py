@@ -65,6 +65,7 @@ class StreamInfo:
     usage: Usage | None = None
     finish_reason: str | None = None
     chunks: int = 0
+    first_token: float | None = None  # perf_counter() when the first content (not the role chunk) passed
 
 
 class Stream(Protocol):

@@ -139,16 +139,27 @@ class RouteTable:
 
     def _compile_aliases_and_capabilities(self) -> None:
         routing = self._mappings.routing
-        for alias, target in routing.aliases.items():
-            groups = self._target_groups(target, requested=alias)
-            if groups:
-                self.routes[alias] = Route(alias, groups)
+        self._compile_aliases(to_capabilities=False)
         for capability in sorted(capabilities(self._providers, self._mappings)):
             models = routing.capabilities.get(capability) or _models_with(self._providers, capability)
             groups = tuple(g for m in models for g in self._target_groups(m, requested=m)[:1])
             if groups:
                 name = CAPABILITY_PREFIX + capability
                 self.routes[name] = Route(name, groups)
+        self._compile_aliases(to_capabilities=True)  # now that capability routes exist
+
+    def _compile_aliases(self, *, to_capabilities: bool) -> None:
+        """An alias routes exactly like its target: same groups, fallbacks included."""
+        aliases = self._mappings.routing.aliases
+        for alias in aliases:
+            target = alias
+            for _ in range(len(aliases)):  # alias → alias: follow to the end (cycles fail at load)
+                target = aliases.get(target, target)
+            if target.startswith(CAPABILITY_PREFIX) != to_capabilities:
+                continue
+            route = self.routes.get(target) or self._resolve_dynamic(target)
+            if route is not None:
+                self.routes[alias] = Route(alias, route.groups)
 
     def _route(self, name: str, primary: Group, chain: tuple[str, ...] | None = None) -> Route:
         if chain is None:

@@ -68,7 +68,7 @@ def _object(body: bytes) -> dict[str, Any]:
         raise RequestError("'model' is required and must be a non-empty string.", param="model")
     for key in payload.keys() & _TYPES.keys():
         check, what = _TYPES[key]
-        if not check(payload[key]):
+        if payload[key] is not None and not check(payload[key]):  # OpenAI accepts null for these
             raise RequestError(f"'{key}' must be {what}; got {orjson.dumps(payload[key])[:60].decode()}.",
                                param=key)
     return payload

@@ -44,7 +44,11 @@ def error(status: int, message: str, code: str | None = None, param: str | None 
 
 
 def _denied(headers: Mapping[str, str], key: str) -> str | None:
+    # Anthropic takes the key as `x-api-key`, or as a Bearer token (what the
+    # Python SDK sends since 2.x).
     given = headers.get("x-api-key")
+    if given is None and headers.get("Authorization", "").startswith("Bearer "):
+        given = headers["Authorization"][7:]
     if given is None:
         return "x-api-key header is required"
     return None if given == key else "invalid x-api-key"
@@ -90,9 +94,7 @@ def _text_of(content: Any) -> str:
 
 def _answers_tool(message: dict[str, Any]) -> bool:
     content = message.get("content")
-    return isinstance(content, list) and any(
-        isinstance(b, dict) and b.get("type") == "tool_result" for b in content
-    )
+    return isinstance(content, list) and any(isinstance(b, dict) and b.get("type") == "tool_result" for b in content)
 
 
 def _reply(body: dict[str, Any], behaviour: Behaviour) -> Reply:

@@ -167,7 +167,12 @@ def _include_usage(body: dict[str, Any]) -> bool:
 
 
 def _chat_events(reply: Reply, call: Call, include_usage: bool) -> tuple[Event, ...]:
-    head = {"id": f"chatcmpl-sim{call.seq}", "object": "chat.completion.chunk", "created": call.created, "model": call.model}
+    head = {
+        "id": f"chatcmpl-sim{call.seq}",
+        "object": "chat.completion.chunk",
+        "created": call.created,
+        "model": call.model,
+    }
 
     def chunk(pace: Pace, delta: dict[str, Any], finish: str | None = None) -> Event:
         choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
@@ -177,7 +182,12 @@ def _chat_events(reply: Reply, call: Call, include_usage: bool) -> tuple[Event, 
     events = [chunk(Pace.NEXT, {"role": "assistant", "content": None if reply.tool_calls else ""})]
     events += [chunk(Pace.TOKEN, {"content": piece}) for piece in reply.pieces]
     for i, tc in enumerate(reply.tool_calls):
-        first = {"index": i, "id": _call_id(call, i), "type": "function", "function": {"name": tc.name, "arguments": ""}}
+        first = {
+            "index": i,
+            "id": _call_id(call, i),
+            "type": "function",
+            "function": {"name": tc.name, "arguments": ""},
+        }
         events.append(chunk(Pace.NEXT, {"tool_calls": [first]}))
         events += [
             chunk(Pace.TOKEN, {"tool_calls": [{"index": i, "function": {"arguments": piece}}]}) for piece in tc.pieces

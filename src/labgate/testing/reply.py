@@ -51,7 +51,7 @@ class ToolCall:
     @property
     def pieces(self) -> tuple[str, ...]:
         """The argument JSON as it streams, one token per piece."""
-        (key, value), = self.input.items()
+        ((key, value),) = self.input.items()
         return ("{" + orjson.dumps(key).decode() + ":", orjson.dumps(value).decode(), "}")
 
 

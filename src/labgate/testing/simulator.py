@@ -104,7 +104,7 @@ class Simulator:
         self._models_body = openai_wire.model_list(self._models)
         self._tags_body = ollama_wire.tags(self._models)
         self._runner: web.AppRunner | None = None
-        self._closing = asyncio.Event()
+        self._active: set[asyncio.Task[Any]] = set()  # handlers answering a model request
 
     # --- what tests read and change -----------------------------------------
 
@@ -168,7 +168,6 @@ class Simulator:
             app.router.add_post(path, self._route(endpoint))
         app.router.add_get("/v1/models", self._list_models)
         app.router.add_get("/api/tags", self._tags)
-        self._closing = asyncio.Event()
         runner = web.AppRunner(app, access_log=None, handler_cancellation=True, shutdown_timeout=0.5)
         await runner.setup()
         site = web.TCPSite(runner, self._host, self._port)
@@ -182,11 +181,12 @@ class Simulator:
         return self
 
     async def stop(self) -> None:
-        """Stop listening, release hanging requests and close every connection."""
+        """Stop listening and close every connection, cutting hanging requests and streams short."""
         if self._runner is None:
             return
         runner, self._runner = self._runner, None
-        self._closing.set()
+        for task in list(self._active):
+            task.cancel()  # aiohttp then closes the connection
         await runner.cleanup()
 
     async def __aenter__(self) -> Simulator:
@@ -236,6 +236,15 @@ class Simulator:
             self._requests.append(Received(request.method, request.path, headers, body))
 
     async def _serve(self, request: web.Request, endpoint: Endpoint) -> web.StreamResponse:
+        task = asyncio.current_task()
+        assert task is not None
+        self._active.add(task)
+        try:
+            return await self._answer(request, endpoint)
+        finally:
+            self._active.discard(task)
+
+    async def _answer(self, request: web.Request, endpoint: Endpoint) -> web.StreamResponse:
         raw = await request.read()
         try:
             body = orjson.loads(raw)
@@ -254,16 +263,19 @@ class Simulator:
             message, code = dialect.unknown_model(model)
             return _error(dialect, 404, message, code=code)
 
-        behaviour = self._per_model.get(model)
-        fault = self._draw_fault(model if behaviour else None, behaviour or self._behaviour)
-        behaviour = behaviour or self._behaviour
+        own = self._per_model.get(model)
+        behaviour = self._behaviour if own is None else own
+        fault = self._draw_fault(None if own is None else model, behaviour)
         if behaviour.latency_s:
             await asyncio.sleep(behaviour.latency_s)
         if fault is not None and not isinstance(fault, CutStream):
             return await self._inject(request, dialect, fault, stream=body.get("stream") is True)
 
         self._seq += 1
-        answer = endpoint.answer(body, behaviour, Call(self._seq, model, int(time.time())))
+        try:
+            answer = endpoint.answer(body, behaviour, Call(self._seq, model, int(time.time())))
+        except (AttributeError, KeyError, TypeError, ValueError) as error:  # a field of the wrong shape
+            return _error(dialect, 400, f"The simulator could not read this request: {error!r}")
         cut = fault.after if isinstance(fault, CutStream) else None
         if answer.events is not None:
             return await self._stream(request, answer.events, behaviour, cut)
@@ -288,7 +300,9 @@ class Simulator:
             return None
         return behaviour.fault
 
-    async def _inject(self, request: web.Request, dialect: Dialect, fault: Fault, *, stream: bool) -> web.StreamResponse:
+    async def _inject(
+        self, request: web.Request, dialect: Dialect, fault: Fault, *, stream: bool
+    ) -> web.StreamResponse:
         match fault:
             case Status(code=code, message=message):
                 return _error(dialect, code, message)
@@ -297,8 +311,8 @@ class Simulator:
                 response.headers["retry-after"] = f"{seconds:g}"
                 return response
             case Hang():
-                await self._closing.wait()
-                return _drop(request, web.Response())
+                # Never set: aiohttp cancels this handler when the client leaves, and `stop` cancels it too.
+                await asyncio.Event().wait()
             case Disconnect():
                 return _drop(request, web.Response())
             case NotJSON() if stream:
@@ -390,7 +404,10 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--completion-tokens", type=int, default=8)
     parser.add_argument("--embedding-dim", type=int, default=16)
     parser.add_argument(
-        "--fault", type=_fault, default=None, help="500|502|503|…, 429[:retry_after], hang, not-json, disconnect, cut[:k]"
+        "--fault",
+        type=_fault,
+        default=None,
+        help="500|502|503|…, 429[:retry_after], hang, not-json, disconnect, cut[:k]",
     )
     parser.add_argument("--fail-first-n", type=int, default=None)
     return parser.parse_args(argv)

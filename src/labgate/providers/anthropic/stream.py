@@ -8,6 +8,7 @@ recorded streams.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import Any
@@ -138,6 +139,8 @@ class StreamTranslator:
             "function": {"name": block.get("name"), "arguments": arguments}}]})]
 
     def _block_delta(self, event: dict[str, Any]) -> list[dict[str, Any] | bytes]:
+        if self.info.first_token is None:
+            self.info.first_token = time.perf_counter()
         delta = event.get("delta")
         index = event.get("index")
         if not isinstance(delta, dict):

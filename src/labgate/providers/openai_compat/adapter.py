@@ -8,12 +8,19 @@ by event while a side tap reads usage and the finish reason.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
 
-from labgate.errors import UpstreamBadResponseError, UpstreamConnectionError
+from labgate.errors import (
+    LabgateError,
+    UpstreamBadResponseError,
+    UpstreamConnectionError,
+    UpstreamRejectedError,
+    UpstreamStatusError,
+)
 from labgate.providers.base import Call, IteratorStream, Reply, StreamInfo, Usage
 from labgate.providers.http import HttpPool, error_for_status, parse_json
 from labgate.providers.openai_compat.config import OpenAICompatibleConfig
@@ -57,7 +64,7 @@ class OpenAICompatibleAdapter:
         status, headers, data = await self._http.request(
             "POST", _PATHS[call.endpoint], orjson.dumps(body), timeout=call.timeout)
         if status >= 300:
-            raise error_for_status(status, data, headers, self._where)
+            raise self._refine(error_for_status(status, data, headers, self._where))
         parsed = parse_json(data, self._where)
         expected = "data" if call.endpoint == "embeddings" else "choices"
         if not isinstance(parsed, dict) or not isinstance(parsed.get(expected), list):
@@ -71,8 +78,11 @@ class OpenAICompatibleAdapter:
         if self.quirks.stream_usage and not client_wants_usage and call.endpoint != "embeddings":
             body["stream_options"] = {**(options if isinstance(options, dict) else {}),
                                       "include_usage": True}
-        upstream = await self._http.open_stream(_PATHS[call.endpoint], orjson.dumps(body),
-                                                timeout=call.timeout)
+        try:
+            upstream = await self._http.open_stream(_PATHS[call.endpoint], orjson.dumps(body),
+                                                    timeout=call.timeout)
+        except UpstreamStatusError as exc:
+            raise self._refine(exc) from exc
         chunks = upstream.chunks()
         info = StreamInfo()
         try:
@@ -140,12 +150,20 @@ class OpenAICompatibleAdapter:
                         continue
             elif event.endswith(_DONE) and event_fields(event)[1] == _DONE:
                 done = True
+            if info.first_token is None and not done and not _role_only(event):
+                info.first_token = time.perf_counter()
             info.chunks += 1
             kept.append(event)
         if not kept:
             return b"", done
         kept.append(b"")
         return b"\n\n".join(kept), done
+
+    def _refine(self, exc: LabgateError) -> LabgateError:
+        """A 5xx the engine uses for a client problem becomes the rejection it is."""
+        if isinstance(exc, UpstreamStatusError) and any(r in exc.message for r in self.quirks.rejects):
+            return UpstreamRejectedError(exc.message, status=400)
+        return exc
 
     async def list_models(self, *, timeout: float) -> list[str]:
         status, headers, data = await self._http.request("GET", "/models", timeout=timeout)
@@ -159,6 +177,12 @@ class OpenAICompatibleAdapter:
 
     async def aclose(self) -> None:
         await self._http.aclose()
+
+
+def _role_only(event: bytes) -> bool:
+    """The opening chunk that carries the role and no content yet."""
+    return b'"role"' in event and (b'"content":""' in event or b'"content":null' in event
+                                   or b'"content": ""' in event or b'"content": null' in event)
 
 
 def _usage(value: Any) -> Usage | None:

@@ -27,6 +27,10 @@ class Quirks:
     # Ask the engine for a usage chunk on streams (stream_options.include_usage) so tokens
     # are known; the chunk is removed again when the client did not ask for it.
     stream_usage: bool = True
+    # Fragments of 5xx error messages that really mean "this request is unservable here"
+    # (the engine reports a client problem as a server error); such answers are not
+    # retried and do not count against the deployment's health.
+    rejects: tuple[str, ...] = ()
     touches: frozenset[str] = field(init=False)  # every key this table may change
 
     def __post_init__(self) -> None:
@@ -40,6 +44,7 @@ class Quirks:
             endpoints=self.endpoints,
             api_key_required=self.api_key_required,
             stream_usage=self.stream_usage,
+            rejects=self.rejects,
         )
 
 
@@ -56,8 +61,11 @@ PRESETS: Mapping[str, Quirks] = MappingProxyType({
                    drop=frozenset({"store", "service_tier", "prediction", "modalities", "audio",
                                    "web_search_options", "safety_identifier", "prompt_cache_key",
                                    "verbosity"})),
-    "llama_cpp": Quirks(default_base_url="http://127.0.0.1:8080/v1", rename=_MAX_TOKENS,
-                        drop=_OPENAI_ONLY | {"parallel_tool_calls", "user", "metadata"}),
+    # llama.cpp honours max_completion_tokens itself but ignores most OpenAI-only params;
+    # it answers 500 for images on a text-only model and for inputs over its batch size.
+    "llama_cpp": Quirks(default_base_url="http://127.0.0.1:8080/v1",
+                        drop=_OPENAI_ONLY | {"parallel_tool_calls", "user", "metadata"},
+                        rejects=("image input is not supported", "is too large to process")),
     "ollama": Quirks(default_base_url="http://127.0.0.1:11434/v1", rename=_MAX_TOKENS,
                      drop=_OPENAI_ONLY | {"parallel_tool_calls", "logit_bias", "metadata"}),
     "lmstudio": Quirks(default_base_url="http://127.0.0.1:1234/v1", rename=_MAX_TOKENS,
@@ -75,6 +83,5 @@ def adapt_body(body: Mapping[str, object], *, model: str, quirks: Quirks) -> dic
         del out[key]
     for src, dst in quirks.rename.items():
         if src in out:
-            value = out.pop(src)
-            out.setdefault(dst, value)
+            out[dst] = out.pop(src)  # the newer name wins, as in OpenAI's own API
     return out

@@ -248,8 +248,9 @@ async def test_stream_relays_openai_chunks_with_usage(upstream: Upstream, adapte
         {**head, "choices": [], "usage": {"prompt_tokens": 12, "completion_tokens": 5, "total_tokens": 17}},
         "[DONE]",
     ]
+    assert stream.info.first_token is not None  # set at the first content_block_delta
     assert stream.info == StreamInfo(usage=Usage(prompt_tokens=12, completion_tokens=5), finish_reason="stop",
-                                     chunks=5)
+                                     chunks=5, first_token=stream.info.first_token)
     assert orjson.loads(upstream.seen[0][2])["stream"] is True
 
 

@@ -1,0 +1,220 @@
+"""The attempt loop: fall through retryable failures, stop on deterministic ones, name every cause."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+
+from labgate.errors import (
+    AllAttemptsFailedError,
+    AttemptFailure,
+    LabgateError,
+    UnsupportedEndpointError,
+    UpstreamConnectionError,
+    UpstreamRateLimitError,
+    UpstreamRejectedError,
+    UpstreamStatusError,
+    UpstreamTimeoutError,
+)
+from labgate.providers.base import Call, IteratorStream, Reply, Stream
+from labgate.record import RequestRecord
+from labgate.routing.attempts import attempt
+from labgate.routing.circuit import Circuit, Health
+from labgate.routing.table import Deployment
+
+BODY: dict[str, Any] = {"model": "public", "messages": [{"role": "user", "content": "hi"}]}
+CIRCUIT = Circuit(failure_threshold=3, cooldown_s=30)
+
+
+class FakeAdapter:
+    """Answers with ``outcome`` (a Reply, a Stream, or an exception to raise) and keeps each Call."""
+
+    def __init__(self, outcome: Reply | Stream | BaseException,
+                 endpoints: frozenset[str] = frozenset({"chat", "completions"})) -> None:
+        self.outcome = outcome
+        self.endpoints = endpoints
+        self.calls: list[tuple[str, Call]] = []
+
+    async def _answer(self, kind: str, call: Call) -> Any:
+        self.calls.append((kind, call))
+        if isinstance(self.outcome, BaseException):
+            raise self.outcome
+        return self.outcome
+
+    async def send(self, call: Call) -> Reply:
+        return await self._answer("send", call)
+
+    async def stream(self, call: Call) -> Stream:
+        return await self._answer("stream", call)
+
+    async def aclose(self) -> None:
+        pass
+
+
+def dep(key: str, outcome: Reply | Stream | BaseException, *, timeout: float = 60.0,
+        endpoints: frozenset[str] = frozenset({"chat", "completions"})) -> Deployment:
+    provider, _, model = key.partition("/")
+    return Deployment(key, provider, model, FakeAdapter(outcome, endpoints), timeout)
+
+
+def calls(d: Deployment) -> list[tuple[str, Call]]:
+    return d.adapter.calls  # type: ignore[attr-defined, no-any-return]
+
+
+async def run(candidates: list[Deployment], record: RequestRecord, *, endpoint: str = "chat",
+              stream: bool = False, deadline_in: float = 600.0) -> tuple[Reply | Stream, Deployment]:
+    return await attempt(candidates, endpoint=endpoint, body=BODY, stream=stream,  # type: ignore[arg-type]
+                         deadline=time.monotonic() + deadline_in, circuit=CIRCUIT, record=record)
+
+
+async def failed(candidates: list[Deployment], record: RequestRecord, **kwargs: Any) -> LabgateError:
+    with pytest.raises(LabgateError) as info:
+        await run(candidates, record, **kwargs)
+    return info.value
+
+
+def new_record() -> RequestRecord:
+    return RequestRecord("req-1", "chat")
+
+
+REPLY = Reply(b'{"id": "x"}')
+
+
+@pytest.mark.asyncio
+async def test_first_candidate_answers() -> None:
+    first, second, record = dep("a/m1", REPLY), dep("b/m2", REPLY), new_record()
+    assert await run([first, second], record) == (REPLY, first)
+    assert calls(first) == [("send", Call("chat", BODY, "m1", 60.0, "req-1"))]
+    assert calls(second) == []
+    assert (record.attempts, record.provider, record.deployment, record.failures) == (1, "a", "a/m1", [])
+    assert first.health == Health()
+
+
+@pytest.mark.asyncio
+async def test_retryable_failure_falls_through_to_the_next() -> None:
+    boom = UpstreamStatusError("upstream answered 503", upstream_status=503)
+    first, second, record = dep("a/m", boom), dep("b/m", REPLY), new_record()
+    assert await run([first, second], record) == (REPLY, second)
+    assert (record.attempts, record.provider, record.deployment, record.failures) == (
+        2, "b", "b/m", [AttemptFailure("a/m", boom)])
+    assert (first.health, second.health) == (Health(failures=1, last_error="upstream answered 503"), Health())
+
+
+@pytest.mark.asyncio
+async def test_a_success_resets_the_circuit_of_its_deployment() -> None:
+    d, record = dep("a/m", REPLY), new_record()
+    d.health.failures, d.health.last_error = 2, "earlier"
+    await run([d], record)
+    assert d.health == Health(failures=0, open_until=0.0, last_error="earlier")
+
+
+@pytest.mark.asyncio
+async def test_rejected_request_stops_at_once() -> None:
+    rejected = UpstreamRejectedError("context length exceeded", status=400, param="messages")
+    first, second, record = dep("a/m", rejected), dep("b/m", REPLY), new_record()
+    assert await failed([first, second], record) is rejected
+    assert (calls(second), record.attempts, record.failures) == ([], 1, [])
+    assert first.health == Health()  # the upstream is fine; the request was not
+
+
+@pytest.mark.asyncio
+async def test_all_failing_names_each_cause() -> None:
+    errors = [UpstreamConnectionError("connection refused"), UpstreamStatusError("500 Internal", upstream_status=500),
+              UpstreamTimeoutError("no answer within 60s")]
+    record = new_record()
+    error = await failed([dep("a/m", errors[0]), dep("b/m", errors[1]), dep("c/m", errors[2])], record)
+    assert isinstance(error, AllAttemptsFailedError)
+    assert (error.status, error.openai_type, error.message, error.failures) == (
+        502, "api_error",
+        "All 3 attempt(s) failed: a/m: connection refused; b/m: 500 Internal; c/m: no answer within 60s",
+        (AttemptFailure("a/m", errors[0]), AttemptFailure("b/m", errors[1]), AttemptFailure("c/m", errors[2])))
+    assert record.attempts == 3
+
+
+@pytest.mark.asyncio
+async def test_all_timed_out_is_504() -> None:
+    error = await failed([dep("a/m", UpstreamTimeoutError("t1")), dep("b/m", UpstreamTimeoutError("t2"))],
+                         new_record())
+    assert (type(error), error.status, error.openai_type, error.anthropic_type) == (
+        AllAttemptsFailedError, 504, "timeout_error", "timeout_error")
+
+
+@pytest.mark.asyncio
+async def test_all_rate_limited_is_429_with_the_soonest_retry_after() -> None:
+    error = await failed([dep("a/m", UpstreamRateLimitError("slow down", retry_after=20)),
+                          dep("b/m", UpstreamRateLimitError("slow down", retry_after=3)),
+                          dep("c/m", UpstreamRateLimitError("slow down"))], new_record())
+    assert (type(error), error.status, error.openai_type, error.retry_after) == (
+        AllAttemptsFailedError, 429, "rate_limit_error", 3)
+
+
+@pytest.mark.asyncio
+async def test_rate_limited_and_timed_out_is_502() -> None:
+    error = await failed([dep("a/m", UpstreamRateLimitError("slow down")), dep("b/m", UpstreamTimeoutError("t"))],
+                         new_record())
+    assert (type(error), error.status, error.openai_type, error.retry_after) == (
+        AllAttemptsFailedError, 502, "api_error", None)
+
+
+@pytest.mark.asyncio
+async def test_unsupported_endpoint_is_skipped() -> None:
+    chat_only = dep("a/m", REPLY, endpoints=frozenset({"chat"}))
+    embedder = dep("b/e", REPLY, endpoints=frozenset({"embeddings"}))
+    record = new_record()
+    assert await run([chat_only, embedder], record, endpoint="embeddings") == (REPLY, embedder)
+    assert (calls(chat_only), record.attempts, [(f.deployment, type(f.error), f.error.message)
+                                                for f in record.failures]) == (
+        [], 1, [("a/m", UnsupportedEndpointError, "provider 'a' does not serve embeddings")])
+
+
+@pytest.mark.asyncio
+async def test_all_unsupported_raises_that_error() -> None:
+    record = new_record()
+    error = await failed([dep("a/m", REPLY), dep("b/m", REPLY)], record, endpoint="embeddings")
+    assert (type(error), error.status, error.message, record.attempts) == (
+        UnsupportedEndpointError, 400, "provider 'a' does not serve embeddings", 0)
+
+
+@pytest.mark.asyncio
+async def test_deadline_passed_is_a_timeout_failure() -> None:
+    first, record = dep("a/m", REPLY), new_record()
+    error = await failed([first, dep("b/m", REPLY)], record, deadline_in=-0.01)
+    assert (type(error), error.status, calls(first), record.attempts) == (AllAttemptsFailedError, 504, [], 0)
+    assert [(f.deployment, type(f.error), f.error.message) for f in record.failures] == [
+        ("a/m", UpstreamTimeoutError, "the request's total deadline passed before this attempt")]
+
+
+@pytest.mark.asyncio
+async def test_each_attempt_gets_at_most_the_time_left() -> None:
+    fast, record = dep("a/m", REPLY, timeout=60.0), new_record()
+    await run([fast], record, deadline_in=0.5)
+    assert 0.4 < calls(fast)[0][1].timeout <= 0.5
+    short = dep("b/m", REPLY, timeout=2.0)
+    await run([short], new_record())
+    assert calls(short)[0][1].timeout == 2.0
+
+
+@pytest.mark.asyncio
+async def test_inflight_returns_to_zero_for_non_stream_outcomes() -> None:
+    ok, failing = dep("a/m", REPLY), dep("b/m", UpstreamConnectionError("refused"))
+    rejected, crashing = dep("c/m", UpstreamRejectedError("bad", status=422)), dep("d/m", RuntimeError("bug"))
+    await run([failing, ok], new_record())
+    with pytest.raises(UpstreamRejectedError):
+        await run([rejected], new_record())
+    with pytest.raises(RuntimeError):
+        await run([crashing], new_record())
+    assert [d.health.inflight for d in (ok, failing, rejected, crashing)] == [0, 0, 0, 0]
+
+
+@pytest.mark.asyncio
+async def test_a_stream_keeps_its_slot_until_it_ends() -> None:
+    async def chunks() -> Any:
+        yield b"data: [DONE]\n\n"
+
+    stream = IteratorStream(chunks())
+    d, failing, record = dep("a/m", stream), dep("b/m", UpstreamConnectionError("refused")), new_record()
+    assert await run([failing, d], record, stream=True) == (stream, d)
+    assert (calls(d)[0][0], d.health.inflight, failing.health.inflight) == ("stream", 1, 0)
+    await stream.aclose()

@@ -1,0 +1,123 @@
+"""The balancer: order each group by its strategy, dedupe, cap, and skip open circuits."""
+
+from __future__ import annotations
+
+import random
+import time
+from collections import Counter
+
+import pytest
+
+from labgate.errors import NoHealthyDeploymentError
+from labgate.routing import balancer
+from labgate.routing.balancer import order, plan
+from labgate.routing.circuit import Circuit, Health
+from labgate.routing.table import Deployment, Group, Route
+
+CIRCUIT = Circuit(failure_threshold=3, cooldown_s=30)
+
+
+def dep(key: str, *, inflight: int = 0, open_for: float = 0.0, error: str | None = None) -> Deployment:
+    provider, _, model = key.partition("/")
+    health = Health(inflight=inflight, last_error=error,
+                    open_until=time.monotonic() + open_for if open_for else 0.0)
+    return Deployment(key, provider, model, adapter=None, timeout=60.0, health=health)  # type: ignore[arg-type]
+
+
+def names(deps: object) -> list[str]:
+    return [d.key for d in deps]  # type: ignore[attr-defined]
+
+
+A, B, C = dep("a/m"), dep("b/m"), dep("c/m")
+
+
+# ---------------------------------------------------------------- order
+
+
+def test_priority_keeps_the_configured_order() -> None:
+    group = Group((A, B, C), "priority")
+    assert [names(order(group)) for _ in range(3)] == [["a/m", "b/m", "c/m"]] * 3
+    assert group.turn == 0
+
+
+def test_round_robin_rotates_the_start() -> None:
+    group = Group((A, B, C), "round_robin")
+    assert [names(order(group)) for _ in range(4)] == [
+        ["a/m", "b/m", "c/m"], ["b/m", "c/m", "a/m"], ["c/m", "a/m", "b/m"], ["a/m", "b/m", "c/m"]]
+
+
+def test_a_single_deployment_is_never_reordered() -> None:
+    group = Group((A,), "round_robin")
+    assert (names(order(group)), names(order(group)), group.turn) == (["a/m"], ["a/m"], 0)
+
+
+def test_least_busy_prefers_fewer_requests_in_flight() -> None:
+    busy, idle, some, also_idle = dep("a/m", inflight=5), dep("b/m"), dep("c/m", inflight=2), dep("d/m")
+    assert names(order(Group((busy, idle, some, also_idle), "least_busy"))) == ["b/m", "d/m", "c/m", "a/m"]
+
+
+def test_weighted_picks_first_in_proportion_to_weight(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(balancer, "random", random.Random(20260101))
+    group = Group((A, B, C), "weighted", (6.0, 3.0, 1.0))
+    orders = [names(order(group)) for _ in range(6000)]
+    firsts = Counter(o[0] for o in orders)
+    shares = {k: round(v / len(orders), 2) for k, v in sorted(firsts.items())}
+    assert shares == pytest.approx({"a/m": 0.6, "b/m": 0.3, "c/m": 0.1}, abs=0.025)
+    assert {tuple(sorted(o)) for o in orders} == {("a/m", "b/m", "c/m")}  # always a permutation
+
+
+def test_weighted_without_weights_is_uniform(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(balancer, "random", random.Random(7))
+    group = Group((A, B), "weighted")
+    firsts = Counter(names(order(group))[0] for _ in range(4000))
+    assert firsts["a/m"] / 4000 == pytest.approx(0.5, abs=0.03)
+
+
+# ---------------------------------------------------------------- plan
+
+
+def test_plan_walks_groups_in_order_and_drops_repeats() -> None:
+    route = Route("m", (Group((A, B), "priority"), Group((B,)), Group((C, A), "priority")))
+    assert names(plan(route, CIRCUIT, max_attempts=10)) == ["a/m", "b/m", "c/m"]
+
+
+def test_plan_stops_at_max_attempts() -> None:
+    route = Route("m", (Group((A, B), "priority"), Group((C,))))
+    assert names(plan(route, CIRCUIT, max_attempts=2)) == ["a/m", "b/m"]
+    assert names(plan(route, CIRCUIT, max_attempts=1)) == ["a/m"]
+
+
+def test_plan_applies_each_groups_strategy() -> None:
+    pool = Group((A, B), "round_robin")
+    route = Route("m", (pool, Group((C,))))
+    assert [names(plan(route, CIRCUIT, max_attempts=4)) for _ in range(2)] == [
+        ["a/m", "b/m", "c/m"], ["b/m", "a/m", "c/m"]]
+
+
+def test_plan_skips_open_circuits() -> None:
+    down = dep("b/m", open_for=30, error="boom")
+    route = Route("m", (Group((A, down, C), "priority"),))
+    assert names(plan(route, CIRCUIT, max_attempts=4)) == ["a/m", "c/m"]
+
+
+def test_open_circuits_do_not_count_against_max_attempts() -> None:
+    down = dep("a/m", open_for=30)
+    route = Route("m", (Group((down, B), "priority"), Group((C,))))
+    assert names(plan(route, CIRCUIT, max_attempts=2)) == ["b/m", "c/m"]
+
+
+def test_all_open_is_no_healthy_deployment_with_retry_after() -> None:
+    route = Route("m", (Group((dep("a/m", open_for=30.4, error="connection refused"),
+                               dep("b/m", open_for=12.3, error="502")), "priority"),))
+    with pytest.raises(NoHealthyDeploymentError) as info:
+        plan(route, CIRCUIT, max_attempts=4)
+    assert (info.value.status, info.value.retry_after, info.value.message) == (
+        503, 12, "No healthy deployment for model 'm': every candidate is cooling down after repeated "
+                 "failures: a/m (connection refused), b/m (502)")
+
+
+def test_retry_after_is_at_least_one_second() -> None:
+    route = Route("m", (Group((dep("a/m", open_for=0.2, error="x"),)),))
+    with pytest.raises(NoHealthyDeploymentError) as info:
+        plan(route, CIRCUIT, max_attempts=4)
+    assert info.value.retry_after == 1.0

@@ -1,0 +1,267 @@
+"""The route table: every way a requested name becomes ordered groups of deployments."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from labgate.config.load import build_config
+from labgate.config.schema.providers import ModelConfig
+from labgate.errors import ModelNotFoundError
+from labgate.routing.table import Route, RouteTable
+
+PROVIDERS: dict[str, Any] = {
+    "ollama": {"type": "ollama", "priority": 1, "timeout_s": 120, "models": [
+        "llama3.1:8b",
+        {"name": "qwen2.5-coder:7b", "alias": "coder", "capabilities": ["code_generation"]},
+    ]},
+    "vllm": {"type": "vllm", "priority": 5, "models": [
+        {"name": "Qwen/Qwen2.5-7B-Instruct", "alias": "qwen-7b", "capabilities": ["chat", "code_generation"]},
+        "llama3.1:8b",
+    ]},
+    "cpp": {"type": "llama_cpp", "models": [{"name": "local-gguf", "capabilities": ["chat"]}]},
+    "openai": {"type": "openai", "status": "inactive", "models": ["gpt-4o"]},
+}
+
+
+class FakeAdapter:
+    """The table only stores adapters; it never calls them."""
+
+    endpoints = frozenset({"chat"})
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+
+def table(mappings: dict[str, Any] | None = None, providers: dict[str, Any] | None = None) -> RouteTable:
+    providers = PROVIDERS if providers is None else providers
+    config = build_config({"providers": {"providers": providers}, "mappings": mappings or {}}, {}, source="test")
+    return RouteTable(config, {name: FakeAdapter(name) for name in providers})
+
+
+def keys(route: Route) -> list[list[str]]:
+    """A route as its groups of deployment keys, in order."""
+    return [[d.key for d in g.deployments] for g in route.groups]
+
+
+# ---------------------------------------------------------------- names providers list
+
+
+def test_provider_model_name_routes_to_its_deployment() -> None:
+    t = table()
+    route = t.resolve("local-gguf")
+    dep = route.groups[0].deployments[0]
+    assert (route.name, keys(route)) == ("local-gguf", [["cpp/local-gguf"]])
+    assert (dep.key, dep.provider, dep.model, dep.adapter.name, dep.timeout, dep.info) == (
+        "cpp/local-gguf", "cpp", "local-gguf", "cpp", 60.0, ModelConfig(name="local-gguf", capabilities=("chat",)))
+
+
+def test_model_alias_routes_to_the_same_deployment() -> None:
+    t = table()
+    by_alias, by_name = t.resolve("coder"), t.resolve("qwen2.5-coder:7b")
+    assert keys(by_alias) == keys(by_name) == [["ollama/qwen2.5-coder:7b"]]
+    assert by_alias.groups[0].deployments[0] is by_name.groups[0].deployments[0]
+    assert by_alias.groups[0].deployments[0].model == "qwen2.5-coder:7b"
+
+
+def test_model_name_containing_a_slash_is_a_model_not_a_pair() -> None:
+    assert keys(table().resolve("Qwen/Qwen2.5-7B-Instruct")) == [["vllm/Qwen/Qwen2.5-7B-Instruct"]]
+
+
+def test_same_model_on_two_providers_is_ordered_by_priority() -> None:
+    assert keys(table().resolve("llama3.1:8b")) == [["ollama/llama3.1:8b", "vllm/llama3.1:8b"]]
+    providers = {**PROVIDERS, "ollama": {**PROVIDERS["ollama"], "priority": 9}}
+    assert keys(table(providers=providers).resolve("llama3.1:8b")) == [["vllm/llama3.1:8b", "ollama/llama3.1:8b"]]
+
+
+def test_inactive_providers_are_not_routed() -> None:
+    t = table({"fallbacks": {"local-gguf": ["openai", "openai/gpt-4o", "coder"]}})
+    assert keys(t.resolve("local-gguf")) == [["cpp/local-gguf"], ["ollama/qwen2.5-coder:7b"]]
+    for name in ("gpt-4o", "openai/gpt-4o"):
+        with pytest.raises(ModelNotFoundError):
+            t.resolve(name)
+    assert sorted(t.deployments) == ["cpp/local-gguf", "ollama/llama3.1:8b", "ollama/qwen2.5-coder:7b",
+                                     "vllm/Qwen/Qwen2.5-7B-Instruct", "vllm/llama3.1:8b"]
+
+
+def test_unknown_model_says_did_you_mean() -> None:
+    with pytest.raises(ModelNotFoundError) as info:
+        table().resolve("codr")
+    assert (info.value.status, info.value.param, info.value.suggestions, info.value.message) == (
+        404, "model", ("coder",),
+        "The model 'codr' does not exist or is not routed by this gateway. Did you mean 'coder'?")
+
+
+def test_unknown_model_without_a_close_name() -> None:
+    with pytest.raises(ModelNotFoundError) as info:
+        table().resolve("mistral-large")
+    assert (info.value.suggestions, info.value.message) == (
+        (), "The model 'mistral-large' does not exist or is not routed by this gateway.")
+
+
+# ---------------------------------------------------------------- routing.exact_matches, patterns, pairs
+
+
+def test_exact_match_renames_to_the_upstream_model_and_shares_its_deployment() -> None:
+    t = table({"routing": {"exact_matches": {"general": {"provider": "vllm", "model": "qwen-7b"},
+                                             "phi3": {"provider": "cpp"}}}})
+    general = t.resolve("general")
+    assert keys(general) == [["vllm/Qwen/Qwen2.5-7B-Instruct"]]
+    assert general.groups[0].deployments[0] is t.resolve("qwen-7b").groups[0].deployments[0]
+    phi = t.resolve("phi3").groups[0].deployments[0]
+    assert (phi.key, phi.model, phi.info) == ("cpp/phi3", "phi3", None)
+
+
+def test_exact_match_overrides_the_providers_listing() -> None:
+    t = table({"routing": {"exact_matches": {"llama3.1:8b": {"provider": "vllm"}}}})
+    assert keys(t.resolve("llama3.1:8b")) == [["vllm/llama3.1:8b"]]
+
+
+def test_pattern_routes_unlisted_names_with_a_glob() -> None:
+    t = table({"routing": {"patterns": [{"pattern": "llama*", "provider": "ollama"},
+                                        {"pattern": "*:7b", "provider": "vllm"}]}})
+    assert keys(t.resolve("llama2:13b")) == [["ollama/llama2:13b"]]
+    assert keys(t.resolve("mistral:7b")) == [["vllm/mistral:7b"]]
+    assert keys(t.resolve("llama3.1:8b")) == [["ollama/llama3.1:8b", "vllm/llama3.1:8b"]]  # listed wins
+    assert t.resolve("llama2:13b") is t.resolve("llama2:13b")  # made once, then looked up
+    with pytest.raises(ModelNotFoundError):
+        t.resolve("phi3")
+
+
+def test_pattern_to_an_inactive_provider_matches_nothing() -> None:
+    t = table({"routing": {"patterns": [{"pattern": "gpt-*", "provider": "openai"}]}})
+    with pytest.raises(ModelNotFoundError):
+        t.resolve("gpt-4o-mini")
+
+
+def test_provider_model_pair() -> None:
+    t = table()
+    assert keys(t.resolve("vllm/qwen-7b")) == [["vllm/Qwen/Qwen2.5-7B-Instruct"]]  # alias → upstream name
+    assert keys(t.resolve("cpp/other.gguf")) == [["cpp/other.gguf"]]  # unlisted names pass through
+    assert keys(t.resolve("vllm/Qwen/Qwen2.5-7B-Instruct")) == [["vllm/Qwen/Qwen2.5-7B-Instruct"]]
+    assert t.resolve("ollama/llama3.1:8b").groups[0].deployments[0] is t.deployments["ollama/llama3.1:8b"]
+
+
+# ---------------------------------------------------------------- capabilities and load balancing
+
+
+def test_capability_route_follows_the_configured_order() -> None:
+    t = table({"routing": {"capabilities": {"code_generation": ["qwen-7b", "coder", "cpp/local-gguf"]}}})
+    route = t.resolve("capability:code_generation")
+    assert (route.name, keys(route)) == ("capability:code_generation", [
+        ["vllm/Qwen/Qwen2.5-7B-Instruct"], ["ollama/qwen2.5-coder:7b"], ["cpp/local-gguf"]])
+
+
+def test_capability_route_without_a_mapping_uses_provider_priority() -> None:
+    t = table()
+    assert keys(t.resolve("capability:code_generation")) == [
+        ["ollama/qwen2.5-coder:7b"], ["vllm/Qwen/Qwen2.5-7B-Instruct"]]
+    assert keys(t.resolve("capability:chat")) == [["vllm/Qwen/Qwen2.5-7B-Instruct"], ["cpp/local-gguf"]]
+
+
+def test_load_balancing_group_has_its_strategy_and_weights() -> None:
+    t = table({"routing": {"load_balancing": {"pool": {"strategy": "weighted", "deployments": [
+        {"provider": "ollama", "model": "llama3.1:8b", "weight": 3},
+        {"provider": "openai", "model": "gpt-4o", "weight": 5},
+        {"provider": "vllm", "model": "qwen-7b"}]}}}})
+    group = t.resolve("pool").groups[0]
+    assert ([d.key for d in group.deployments], group.strategy, group.weights) == (
+        ["ollama/llama3.1:8b", "vllm/Qwen/Qwen2.5-7B-Instruct"], "weighted", (3.0, 1.0))
+    assert group.deployments[0] is t.deployments["ollama/llama3.1:8b"]
+
+
+def test_load_balancing_defaults_to_round_robin_under_the_models_own_name() -> None:
+    t = table({"routing": {"load_balancing": {"llama3.1:8b": {"deployments": [
+        {"provider": "vllm"}, {"provider": "ollama"}]}}}})
+    group = t.resolve("llama3.1:8b").groups[0]
+    assert ([d.key for d in group.deployments], group.strategy, group.weights) == (
+        ["vllm/llama3.1:8b", "ollama/llama3.1:8b"], "round_robin", (1.0, 1.0))
+
+
+# ---------------------------------------------------------------- fallback chains
+
+
+def test_exact_match_chain_adds_one_group_per_entry() -> None:
+    t = table({"routing": {"exact_matches": {"general": {
+        "provider": "ollama", "model": "llama3.1:8b",
+        "fallback_chain": ["qwen-7b", "cpp/local-gguf", "llama3.1:8b"]}}}})
+    assert keys(t.resolve("general")) == [
+        ["ollama/llama3.1:8b"], ["vllm/Qwen/Qwen2.5-7B-Instruct"], ["cpp/local-gguf"],
+        ["ollama/llama3.1:8b", "vllm/llama3.1:8b"]]
+
+
+def test_a_fallback_contributes_only_its_primary_group() -> None:
+    t = table({"fallbacks": {"coder": ["qwen-7b"], "qwen-7b": ["local-gguf"]}})
+    assert keys(t.resolve("coder")) == [["ollama/qwen2.5-coder:7b"], ["vllm/Qwen/Qwen2.5-7B-Instruct"]]
+
+
+def test_fallbacks_by_name_and_by_glob() -> None:
+    t = table({"fallbacks": {"coder": ["qwen-7b"], "*": ["local-gguf"]},
+               "routing": {"patterns": [{"pattern": "llama*", "provider": "ollama", "fallback_chain": ["coder"]},
+                                        {"pattern": "phi*", "provider": "cpp"}]}})
+    assert keys(t.resolve("coder")) == [["ollama/qwen2.5-coder:7b"], ["vllm/Qwen/Qwen2.5-7B-Instruct"]]
+    assert keys(t.resolve("qwen-7b")) == [["vllm/Qwen/Qwen2.5-7B-Instruct"], ["cpp/local-gguf"]]
+    assert keys(t.resolve("llama2")) == [["ollama/llama2"], ["ollama/qwen2.5-coder:7b"]]  # the pattern's own chain
+    assert keys(t.resolve("phi3")) == [["cpp/phi3"], ["cpp/local-gguf"]]
+    assert keys(t.resolve("vllm/x")) == [["vllm/x"], ["cpp/local-gguf"]]
+
+
+def test_own_chain_wins_over_fallbacks() -> None:
+    t = table({"routing": {"exact_matches": {"general": {"provider": "ollama", "model": "llama3.1:8b",
+                                                         "fallback_chain": ["coder"]}}},
+               "fallbacks": {"general": ["qwen-7b"], "*": ["local-gguf"]}})
+    assert keys(t.resolve("general")) == [["ollama/llama3.1:8b"], ["ollama/qwen2.5-coder:7b"]]
+
+
+def test_provider_name_in_a_chain_means_the_same_model_there() -> None:
+    providers = {**PROVIDERS, "cpp": {"type": "llama_cpp", "models": [{"name": "g.gguf", "alias": "general"}]}}
+    t = table({"routing": {"exact_matches": {"general": {"provider": "ollama", "model": "llama3.1:8b"}}},
+               "fallbacks": {"llama3.1:8b": ["cpp"], "general": ["cpp"], "qwen-7b": ["openai", "ollama"]}},
+              providers)
+    assert keys(t.resolve("llama3.1:8b")) == [["ollama/llama3.1:8b", "vllm/llama3.1:8b"], ["cpp/llama3.1:8b"]]
+    assert keys(t.resolve("general")) == [["ollama/llama3.1:8b"], ["cpp/g.gguf"]]  # cpp's alias → its name
+    assert keys(t.resolve("qwen-7b")) == [["vllm/Qwen/Qwen2.5-7B-Instruct"], ["ollama/qwen-7b"]]  # inactive skipped
+
+
+# ---------------------------------------------------------------- aliases
+
+
+def test_alias_routes_like_its_target_fallbacks_included() -> None:
+    t = table({"routing": {"aliases": {"default": "general", "fast": "llama3.1:8b"},
+                           "exact_matches": {"general": {"provider": "ollama", "model": "llama3.1:8b",
+                                                         "fallback_chain": ["qwen-7b"]}}}})
+    assert keys(t.resolve("default")) == keys(t.resolve("general")) == [
+        ["ollama/llama3.1:8b"], ["vllm/Qwen/Qwen2.5-7B-Instruct"]]
+    assert t.resolve("default").groups == t.resolve("general").groups  # the same group objects
+    assert keys(t.resolve("fast")) == [["ollama/llama3.1:8b", "vllm/llama3.1:8b"]]
+
+
+@pytest.mark.parametrize("aliases", [{"a": "b", "b": "coder"}, {"b": "coder", "a": "b"}])
+def test_alias_to_alias_in_either_order(aliases: dict[str, str]) -> None:
+    t = table({"routing": {"aliases": aliases}})
+    assert (keys(t.resolve("a")), keys(t.resolve("b"))) == ([["ollama/qwen2.5-coder:7b"]],) * 2
+
+
+def test_alias_to_a_pattern_pair_or_capability() -> None:
+    t = table({"routing": {"aliases": {"l2": "llama2", "pinned": "vllm/llama3.1:8b",
+                                       "code": "capability:code_generation"},
+                           "patterns": [{"pattern": "llama*", "provider": "ollama"}]},
+               "fallbacks": {"llama2": ["coder"]}})
+    assert keys(t.resolve("l2")) == [["ollama/llama2"], ["ollama/qwen2.5-coder:7b"]]
+    assert keys(t.resolve("pinned")) == [["vllm/llama3.1:8b"]]
+    assert keys(t.resolve("code")) == [["ollama/qwen2.5-coder:7b"], ["vllm/Qwen/Qwen2.5-7B-Instruct"]]
+
+
+def test_alias_to_a_capability_under_a_catch_all_pattern() -> None:
+    t = table({"routing": {"aliases": {"code": "capability:code_generation"},
+                           "patterns": [{"pattern": "*", "provider": "cpp"}]}})
+    assert keys(t.resolve("code")) == [["ollama/qwen2.5-coder:7b"], ["vllm/Qwen/Qwen2.5-7B-Instruct"]]
+    assert sorted(t.deployments) == ["cpp/local-gguf", "ollama/llama3.1:8b", "ollama/qwen2.5-coder:7b",
+                                     "vllm/Qwen/Qwen2.5-7B-Instruct", "vllm/llama3.1:8b"]
+
+
+def test_every_static_route_is_listed() -> None:
+    t = table({"routing": {"aliases": {"default": "coder"}}})
+    assert sorted(t.routes) == ["Qwen/Qwen2.5-7B-Instruct", "capability:chat", "capability:code_generation",
+                                "coder", "default", "llama3.1:8b", "local-gguf", "qwen-7b", "qwen2.5-coder:7b"]

@@ -1,0 +1,773 @@
+"""The HTTP/1.1 server, over real sockets on 127.0.0.1.
+
+Every test is a fixture-free coroutine so the same cases run twice: on the
+default asyncio loop (``@pytest.mark.asyncio``) and on uvloop
+(``test_under_uvloop`` at the end). Every await has a timeout, so a bug fails
+instead of hanging.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from http import HTTPStatus
+from typing import Any, TypeVar
+
+import aiohttp
+import httptools
+import orjson
+import pytest
+import uvloop
+
+from labgate.errors import BodyTooLargeError, InternalError, LabgateError, RequestError
+from labgate.server.http import HttpServer, Request, Response
+
+T = TypeVar("T")
+TIMEOUT = 5.0
+DATE = re.compile(r"[A-Z][a-z]{2}, \d{2} [A-Z][a-z]{2} \d{4} \d{2}:\d{2}:\d{2} GMT")
+JSON = ("content-type", "application/json")
+SSE = ("content-type", "text/event-stream")
+
+
+async def within(awaitable: Awaitable[T], timeout: float = TIMEOUT) -> T:
+    return await asyncio.wait_for(awaitable, timeout)
+
+
+def error_response(exc: LabgateError) -> Response:
+    return Response(exc.status, [JSON], error_body(exc))
+
+
+def error_body(exc: LabgateError) -> bytes:
+    return orjson.dumps({"error": {"message": exc.message, "code": exc.code}})
+
+
+async def echo(request: Request) -> Response:
+    return Response(200, [JSON], orjson.dumps({
+        "method": request.method, "path": request.path, "query": request.query,
+        "headers": request.headers, "body": request.body.decode(), "client": request.client,
+    }))
+
+
+async def text(request: Request) -> Response:
+    return Response(200, [("content-type", "text/plain")], f"{request.method} {request.path}".encode())
+
+
+@contextlib.asynccontextmanager
+async def serving(handler: Callable[[Request], Awaitable[Response]], *, max_body_bytes: int = 1024,
+                  **options: Any) -> AsyncIterator[tuple[HttpServer, int]]:
+    server = HttpServer(handler, max_body_bytes=max_body_bytes, error_response=error_response, **options)
+    port = await within(server.start("127.0.0.1", 0))
+    try:
+        yield server, port
+    finally:
+        await within(server.shutdown(1.0))
+
+
+async def connect(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    return await within(asyncio.open_connection("127.0.0.1", port))
+
+
+@contextlib.contextmanager
+def captured_logs() -> Iterator[list[logging.LogRecord]]:
+    """Records from our server's logger and from asyncio's (unretrieved task errors, failed sends)."""
+    records: list[logging.LogRecord] = []
+
+    class Capture(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    capture = Capture(logging.DEBUG)
+    loggers = [logging.getLogger("labgate.server"), logging.getLogger("asyncio")]
+    for logger in loggers:
+        logger.addHandler(capture)
+    try:
+        yield records
+    finally:
+        for logger in loggers:
+            logger.removeHandler(capture)
+
+
+@dataclass
+class Reply:
+    status: str
+    headers: list[tuple[str, str]]  # in order, without date
+    body: bytes
+
+
+async def read_reply(reader: asyncio.StreamReader, *, method: str = "GET") -> Reply:
+    raw = await within(reader.readuntil(b"\r\n\r\n"))
+    status, *lines = raw[:-4].decode("latin-1").split("\r\n")
+    fields = [tuple(line.split(": ", 1)) for line in lines]
+    dates = [value for name, value in fields if name == "date"]
+    assert len(dates) == 1 and DATE.fullmatch(dates[0]), fields
+    headers = [(name, value) for name, value in fields if name != "date"]
+    framing = dict(headers)
+    if method == "HEAD" or status.split()[1] in ("204", "304"):
+        body = b""
+    elif "content-length" in framing:
+        body = await within(reader.readexactly(int(framing["content-length"])))
+    elif framing.get("transfer-encoding") == "chunked":
+        body = b"".join(await read_chunks(reader))
+    else:
+        body = await within(reader.read())  # delimited by the close
+    return Reply(status, headers, body)
+
+
+async def read_chunks(reader: asyncio.StreamReader) -> list[bytes]:
+    chunks = []
+    while True:
+        size = int(await within(reader.readuntil(b"\r\n")), 16)
+        data = await within(reader.readexactly(size + 2))
+        assert data[-2:] == b"\r\n"
+        if size == 0:
+            return chunks
+        chunks.append(data[:-2])
+
+
+async def assert_closed(reader: asyncio.StreamReader) -> None:
+    assert await within(reader.read()) == b""
+
+
+def json_reply(data: Any, status: str = "HTTP/1.1 200 OK", extra: tuple[tuple[str, str], ...] = ()) -> Reply:
+    body = orjson.dumps(data)
+    return Reply(status, [JSON, ("content-length", str(len(body))), *extra], body)
+
+
+def error_reply(exc: LabgateError) -> Reply:
+    body = error_body(exc)
+    status = f"HTTP/1.1 {exc.status} {HTTPStatus(exc.status).phrase}"
+    return Reply(status, [JSON, ("content-length", str(len(body))), ("connection", "close")], body)
+
+
+def text_reply(body: bytes, extra: tuple[tuple[str, str], ...] = ()) -> Reply:
+    return Reply("HTTP/1.1 200 OK", [("content-type", "text/plain"), ("content-length", str(len(body))), *extra],
+                 body)
+
+
+async def eventually(condition: Callable[[], bool]) -> None:
+    async def poll() -> None:
+        while not condition():
+            await asyncio.sleep(0.005)
+    await within(poll())
+
+
+# --- requests and responses
+
+
+@pytest.mark.asyncio
+async def test_get_builds_the_request_and_answers_with_content_length() -> None:
+    async with serving(echo) as (_, port):
+        reader, writer = await connect(port)
+        writer.write(b"GET /v1/models?limit=2&q=a%20b HTTP/1.1\r\nHost: t\r\nX-Multi: a\r\n"
+                     b"x-multi: b\r\nUser-Agent: ua/1  \r\n\r\n")
+        assert await read_reply(reader) == json_reply({
+            "method": "GET", "path": "/v1/models", "query": "limit=2&q=a%20b",
+            "headers": {"host": "t", "x-multi": "a, b", "user-agent": "ua/1"}, "body": "", "client": "127.0.0.1",
+        })
+        writer.close()
+
+
+@pytest.mark.asyncio
+async def test_post_with_aiohttp_reads_the_body() -> None:
+    async with serving(echo) as (_, port), aiohttp.ClientSession() as session:
+        async with session.post(f"http://127.0.0.1:{port}/v1/chat/completions", data=b'{"model": "m"}',
+                                headers={"content-type": "application/json"},
+                                skip_auto_headers=("user-agent", "accept", "accept-encoding")) as response:
+            assert (response.status, response.headers["content-type"], await within(response.json())) == (
+                200, "application/json", {
+                    "method": "POST", "path": "/v1/chat/completions", "query": "",
+                    "headers": {"host": f"127.0.0.1:{port}", "content-type": "application/json",
+                                "content-length": "14"},
+                    "body": '{"model": "m"}', "client": "127.0.0.1",
+                })
+
+
+@pytest.mark.asyncio
+async def test_absolute_form_target_gives_path_and_query() -> None:
+    async with serving(text) as (_, port):
+        reader, writer = await connect(port)
+        writer.write(b"GET http://example.com:8080/a/b?c=d HTTP/1.1\r\nHost: example.com\r\n\r\n")
+        assert await read_reply(reader) == text_reply(b"GET /a/b")
+        writer.close()
+
+
+@pytest.mark.asyncio
+async def test_keep_alive_answers_several_requests_on_one_connection() -> None:
+    async with serving(text) as (_, port):
+        reader, writer = await connect(port)
+        for path in ("/one", "/two", "/three"):
+            writer.write(f"GET {path} HTTP/1.1\r\nHost: t\r\n\r\n".encode())
+            assert await read_reply(reader) == text_reply(f"GET {path}".encode())
+        writer.close()
+
+
+@pytest.mark.asyncio
+async def test_aiohttp_reuses_one_connection() -> None:
+    peers: set[int] = set()
+
+    async def handler(request: Request) -> Response:
+        return await text(request)
+
+    async with serving(handler) as (server, port):
+        connector = aiohttp.TCPConnector(limit=1)
+        async with aiohttp.ClientSession(connector=connector) as session:
+            for path in ("/a", "/b", "/c"):
+                async with session.get(f"http://127.0.0.1:{port}{path}") as response:
+                    assert (response.status, await within(response.read())) == (200, f"GET {path}".encode())
+                peers.add(len(server._connections))
+        assert peers == {1}
+
+
+@pytest.mark.asyncio
+async def test_pipelined_requests_are_answered_in_order() -> None:
+    async def handler(request: Request) -> Response:
+        if request.path == "/slow":
+            await asyncio.sleep(0.05)
+        return Response(200, [("content-type", "text/plain")], f"{request.path} {request.body.decode()}".encode())
+
+    async with serving(handler) as (_, port):
+        reader, writer = await connect(port)
+        writer.write(b"GET /slow HTTP/1.1\r\nHost: t\r\n\r\n"
+                     b"POST /post HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n\r\nhello"
+                     b"GET /fast HTTP/1.1\r\nHost: t\r\n\r\n")
+        assert [await read_reply(reader) for _ in range(3)] == [
+            text_reply(b"/slow "), text_reply(b"/post hello"), text_reply(b"/fast ")]
+        writer.close()
+
+
+@pytest.mark.asyncio
+async def test_chunked_request_body_is_decoded() -> None:
+    async def handler(request: Request) -> Response:
+        return Response(200, [("content-type", "text/plain")], request.body)
+
+    async with serving(handler) as (_, port):
+        reader, writer = await connect(port)
+        writer.write(b"POST /c HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n")
+        await within(writer.drain())
+        await asyncio.sleep(0.01)
+        writer.write(b"6\r\n world\r\n0\r\n\r\n")
+        assert await read_reply(reader) == text_reply(b"hello world")
+        writer.close()
+
+
+@pytest.mark.asyncio
+async def test_expect_100_continue_is_answered_before_the_body_is_sent() -> None:
+    async with serving(echo) as (_, port):
+        reader, writer = await connect(port)
+        writer.write(b"POST /e HTTP/1.1\r\nHost: t\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n")
+        assert await within(reader.readexactly(25)) == b"HTTP/1.1 100 Continue\r\n\r\n"
+        writer.write(b"hello")
+        assert await read_reply(reader) == json_reply({
+            "method": "POST", "path": "/e", "query": "",
+            "headers": {"host": "t", "expect": "100-continue", "content-length": "5"},
+            "body": "hello", "client": "127.0.0.1",
+        })
+        writer.close()
+
+
+@pytest.mark.asyncio
+async def test_expect_100_continue_with_aiohttp() -> None:
+    async with serving(text) as (_, port), aiohttp.ClientSession() as session:
+        async with session.post(f"http://127.0.0.1:{port}/x", data=b"body", expect100=True) as response:
+            assert (response.status, await within(response.read())) == (200, b"POST /x")
+
+
+@pytest.mark.asyncio
+async def test_expect_100_continue_waits_for_the_answers_owed_before_it() -> None:
+    release = asyncio.Event()
+
+    async def handler(request: Request) -> Response:
+        if request.path == "/slow":
+            await release.wait()
+        return Response(200, [("content-type", "text/plain")], f"{request.path} {request.body.decode()}".encode())
+
+    async with serving(handler) as (_, port):
+        reader, writer = await connect(port)
+        writer.write(b"GET /slow HTTP/1.1\r\nHost: t\r\n\r\n"
+                     b"POST /e HTTP/1.1\r\nHost: t\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n")
+        await asyncio.sleep(0.05)
+        release.set()
+        assert await read_reply(reader) == text_reply(b"/slow ")
+        assert await within(reader.readexactly(25)) == b"HTTP/1.1 100 Continue\r\n\r\n"
+        writer.write(b"ok")
+        assert await read_reply(reader) == text_reply(b"/e ok")
+        writer.close()
+
+
+@pytest.mark.asyncio
+async def test_head_gets_the_length_but_no_body() -> None:
+    async with serving(text) as (_, port):
+        reader, writer = await connect(port)
+        writer.write(b"HEAD /h HTTP/1.1\r\nHost: t\r\n\r\nGET /g HTTP/1.1\r\nHost: t\r\n\r\n")
+        assert await read_reply(reader, method="HEAD") == Reply(
+            "HTTP/1.1 200 OK", [("content-type", "text/plain"), ("content-length", "7")], b"")
+        assert await read_reply(reader) == text_reply(b"GET /g")
+        writer.close()
+
+
+@pytest.mark.asyncio
+async def test_handler_framing_headers_are_replaced_and_connection_close_honoured() -> None:
+    async def handler(request: Request) -> Response:
+        return Response(201, [("Content-Length", "999"), ("x-a", "1"), ("Connection", "close")], b"made")
+
+    async with serving(handler) as (_, port):
+        reader, writer = await connect(port)
+        writer.write(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        assert await read_reply(reader) == Reply(
+            "HTTP/1.1 201 Created", [("x-a", "1"), ("content-length", "4"), ("connection", "close")], b"made")
+        await assert_closed(reader)
+
+
+@pytest.mark.asyncio
+async def test_no_content_has_neither_length_nor_body() -> None:
+    async def handler(request: Request) -> Response:
+        return Response(204, [("x-a", "1")], b"ignored")
+
+    async with serving(handler) as (_, port):
+        reader, writer = await connect(port)
+        writer.write(b"DELETE /x HTTP/1.1\r\nHost: t\r\n\r\nGET /y HTTP/1.1\r\nHost: t\r\n\r\n")
+        assert await read_reply(reader) == Reply("HTTP/1.1 204 No Content", [("x-a", "1")], b"")
+        assert await read_reply(reader) == Reply("HTTP/1.1 204 No Content", [("x-a", "1")], b"")
+        writer.close()
+
+
+@pytest.mark.asyncio
+async def test_client_connection_close_is_honoured() -> None:
+    async with serving(text) as (_, port):
+        reader, writer = await connect(port)
+        writer.write(b"GET /x HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        assert await read_reply(reader) == text_reply(b"GET /x", (("connection", "close"),))
+        await assert_closed(reader)
+
+
+@pytest.mark.asyncio
+async def test_http_1_0_closes_unless_keep_alive_is_asked() -> None:
+    async with serving(text) as (_, port):
+        reader, writer = await connect(port)
+        writer.write(b"GET /a HTTP/1.0\r\n\r\n")
+        assert await read_reply(reader) == text_reply(b"GET /a", (("connection", "close"),))
+        await assert_closed(reader)
+
+        reader, writer = await connect(port)
+        writer.write(b"GET /b HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+        assert await read_reply(reader) == text_reply(b"GET /b", (("connection", "keep-alive"),))
+        writer.write(b"GET /c HTTP/1.0\r\n\r\n")
+        assert await read_reply(reader) == text_reply(b"GET /c", (("connection", "close"),))
+        await assert_closed(reader)
+
+
+# --- errors
+
+
+@pytest.mark.asyncio
+async def test_too_large_content_length_gets_413_without_reading_the_body() -> None:
+    calls: list[Request] = []
+
+    async def handler(request: Request) -> Response:
+        calls.append(request)
+        return await text(request)
+
+    async with serving(handler, max_body_bytes=1024) as (_, port):
+        reader, writer = await connect(port)
+        writer.write(b"POST /big HTTP/1.1\r\nHost: t\r\nContent-Length: 1000000\r\n\r\n")
+        assert await read_reply(reader) == error_reply(
+            BodyTooLargeError("The request body is 1000000 bytes; the limit is 1024."))
+        await assert_closed(reader)
+        # the limit is inclusive
+        reader, writer = await connect(port)
+        writer.write(b"POST /fits HTTP/1.1\r\nHost: t\r\nContent-Length: 1024\r\n\r\n" + b"x" * 1024)
+        assert await read_reply(reader) == text_reply(b"POST /fits")
+        writer.close()
+    assert [r.path for r in calls] == ["/fits"]
+
+
+@pytest.mark.asyncio
+async def test_too_large_content_length_with_expect_gets_413_not_100() -> None:
+    async with serving(text, max_body_bytes=10) as (_, port):
+        reader, writer = await connect(port)
+        writer.write(b"POST / HTTP/1.1\r\nHost: t\r\nExpect: 100-continue\r\nContent-Length: 11\r\n\r\n")
+        assert await read_reply(reader) == error_reply(
+            BodyTooLargeError("The request body is 11 bytes; the limit is 10."))
+        await assert_closed(reader)
+
+
+@pytest.mark.asyncio
+async def test_chunked_body_growing_past_the_limit_gets_413() -> None:
+    async with serving(text, max_body_bytes=1024) as (_, port):
+        reader, writer = await connect(port)
+        writer.write(b"POST /c HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
+                     b"3e8\r\n" + b"x" * 1000 + b"\r\n" + b"64\r\n" + b"y" * 100 + b"\r\n")
+        assert await read_reply(reader) == error_reply(
+            BodyTooLargeError("The request body exceeds the limit of 1024 bytes."))
+        await assert_closed(reader)
+
+
+@pytest.mark.asyncio
+async def test_malformed_request_gets_400_after_the_answers_owed_before_it() -> None:
+    bad = b"GET /b HTTP/1.1\r\nBad Header Line\r\n\r\n"
+    with pytest.raises(httptools.HttpParserError) as parsed:
+        httptools.HttpRequestParser(object()).feed_data(bad)
+    async with serving(text) as (_, port):
+        reader, writer = await connect(port)
+        writer.write(b"GET /a HTTP/1.1\r\nHost: t\r\n\r\n" + bad)
+        assert await read_reply(reader) == text_reply(b"GET /a")
+        assert await read_reply(reader) == error_reply(RequestError(f"Malformed HTTP request: {parsed.value}."))
+        await assert_closed(reader)
+
+
+@pytest.mark.asyncio
+async def test_header_section_over_the_limit_gets_400() -> None:
+    too_large = RequestError("The request's header section is too large.", code="header_too_large")
+    async with serving(text, max_header_bytes=1024) as (_, port):
+        reader, writer = await connect(port)
+        writer.write(b"GET / HTTP/1.1\r\nHost: t\r\nX-Big: " + b"v" * 1100 + b"\r\n\r\n")
+        assert await read_reply(reader) == error_reply(too_large)
+        await assert_closed(reader)
+
+        # a header line that never ends is cut off too, though the parser has not handed it over yet
+        reader, writer = await connect(port)
+        writer.write(b"GET / HTTP/1.1\r\nX-Endless: ")
+        for _ in range(5):
+            await within(writer.drain())
+            await asyncio.sleep(0.02)
+            writer.write(b"v" * 1000)
+        assert await read_reply(reader) == error_reply(too_large)
+        await assert_closed(reader)
+
+
+@pytest.mark.asyncio
+async def test_handler_exception_gets_the_500_envelope_and_is_logged_once() -> None:
+    async def handler(request: Request) -> Response:
+        if request.path == "/boom":
+            raise RuntimeError("secret detail")
+        return await text(request)
+
+    with captured_logs() as records:
+        async with serving(handler) as (_, port):
+            reader, writer = await connect(port)
+            writer.write(b"GET /boom HTTP/1.1\r\nHost: t\r\n\r\n")
+            body = error_body(InternalError("internal error"))
+            assert await read_reply(reader) == Reply(
+                "HTTP/1.1 500 Internal Server Error", [JSON, ("content-length", str(len(body)))], body)
+            writer.write(b"GET /after HTTP/1.1\r\nHost: t\r\n\r\n")  # the connection is still good
+            assert await read_reply(reader) == text_reply(b"GET /after")
+            writer.close()
+    assert [(r.name, r.levelno, r.getMessage(), repr(r.exc_info[1] if r.exc_info else None)) for r in records] == [
+        ("labgate.server", logging.ERROR, "unhandled error answering GET /boom", "RuntimeError('secret detail')")]
+
+
+@pytest.mark.asyncio
+async def test_invalid_response_headers_get_the_500_envelope() -> None:
+    async def handler(request: Request) -> Response:
+        return Response(200, [("x-injected", "a\r\nset-cookie: evil")], b"no")
+
+    with captured_logs() as records:
+        async with serving(handler) as (_, port):
+            reader, writer = await connect(port)
+            writer.write(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+            body = error_body(InternalError("internal error"))
+            assert await read_reply(reader) == Reply(
+                "HTTP/1.1 500 Internal Server Error", [JSON, ("content-length", str(len(body)))], body)
+            writer.close()
+    assert [(r.name, r.getMessage()) for r in records] == [("labgate.server", "unhandled error answering GET /")]
+
+
+# --- streams
+
+
+@pytest.mark.asyncio
+async def test_stream_chunks_go_out_as_they_are_produced() -> None:
+    release = asyncio.Event()
+
+    async def chunks() -> AsyncIterator[bytes]:
+        yield b"data: first\n\n"
+        await release.wait()
+        yield b""  # nothing to send: no empty HTTP chunk either
+        yield b"data: second\n\n"
+
+    async def handler(request: Request) -> Response:
+        return Response(200, [SSE], stream=chunks()) if request.path == "/s" else await text(request)
+
+    async with serving(handler) as (_, port):
+        reader, writer = await connect(port)
+        writer.write(b"POST /s HTTP/1.1\r\nHost: t\r\n\r\n")
+        head = await within(reader.readuntil(b"\r\n\r\n"))
+        assert re.sub(rb"date: [^\r]*\r\n", b"", head) == (
+            b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n")
+        first = b"d\r\ndata: first\n\n\r\n"
+        assert await within(reader.readexactly(len(first))) == first
+        assert not release.is_set()
+        release.set()
+        rest = b"e\r\ndata: second\n\n\r\n0\r\n\r\n"
+        assert await within(reader.readexactly(len(rest))) == rest
+        writer.write(b"GET /after HTTP/1.1\r\nHost: t\r\n\r\n")
+        assert await read_reply(reader) == text_reply(b"GET /after")
+        writer.close()
+
+
+@pytest.mark.asyncio
+async def test_stream_with_aiohttp_client_sees_the_first_chunk_early() -> None:
+    release = asyncio.Event()
+
+    async def chunks() -> AsyncIterator[bytes]:
+        yield b"one"
+        await release.wait()
+        yield b"two"
+
+    async def handler(request: Request) -> Response:
+        return Response(200, [SSE], stream=chunks())
+
+    async with serving(handler) as (_, port), aiohttp.ClientSession() as session:
+        async with session.get(f"http://127.0.0.1:{port}/s") as response:
+            assert (response.status, response.headers["transfer-encoding"]) == (200, "chunked")
+            assert await within(response.content.readexactly(3)) == b"one"
+            release.set()
+            assert await within(response.read()) == b"two"
+
+
+@pytest.mark.asyncio
+async def test_stream_with_content_length_and_to_http_1_0_is_not_chunked() -> None:
+    async def chunks() -> AsyncIterator[bytes]:
+        yield b"ab"
+        yield b"cd"
+
+    async def handler(request: Request) -> Response:
+        headers = [("content-length", "4")] if request.path == "/sized" else []
+        return Response(200, headers, stream=chunks())
+
+    async with serving(handler) as (_, port):
+        reader, writer = await connect(port)
+        writer.write(b"GET /sized HTTP/1.1\r\nHost: t\r\n\r\n")
+        assert await read_reply(reader) == Reply("HTTP/1.1 200 OK", [("content-length", "4")], b"abcd")
+        writer.close()
+        reader, writer = await connect(port)
+        writer.write(b"GET /any HTTP/1.0\r\n\r\n")
+        assert await read_reply(reader) == Reply("HTTP/1.1 200 OK", [("connection", "close")], b"abcd")
+
+
+@pytest.mark.asyncio
+async def test_stream_failing_after_the_head_is_logged_and_the_connection_closed() -> None:
+    async def chunks() -> AsyncIterator[bytes]:
+        yield b"partial"
+        raise RuntimeError("upstream broke")
+
+    async def handler(request: Request) -> Response:
+        return Response(200, [SSE], stream=chunks())
+
+    with captured_logs() as records:
+        async with serving(handler) as (server, port):
+            reader, writer = await connect(port)
+            writer.write(b"GET /s HTTP/1.1\r\nHost: t\r\n\r\n")
+            await within(reader.readuntil(b"\r\n\r\n"))
+            assert await within(reader.read()) == b"7\r\npartial\r\n"  # no terminator: the client sees the break
+            await eventually(lambda: server.inflight == 0)
+    assert [(r.name, r.getMessage(), repr(r.exc_info[1] if r.exc_info else None)) for r in records] == [
+        ("labgate.server", "response stream failed after the head was sent", "RuntimeError('upstream broke')")]
+
+
+@pytest.mark.asyncio
+async def test_client_disconnect_mid_stream_closes_the_iterator() -> None:
+    closed = asyncio.Event()
+    seen: list[str] = []
+
+    async def chunks() -> AsyncIterator[bytes]:
+        try:
+            yield b"first"
+            await asyncio.Event().wait()
+            yield b"never"
+        except BaseException as exc:
+            seen.append(type(exc).__name__)
+            raise
+        finally:
+            closed.set()
+
+    async def handler(request: Request) -> Response:
+        return Response(200, [SSE], stream=chunks())
+
+    with captured_logs() as records:
+        async with serving(handler) as (server, port):
+            reader, writer = await connect(port)
+            writer.write(b"GET /s HTTP/1.1\r\nHost: t\r\n\r\n")
+            await within(reader.readuntil(b"\r\n\r\n"))
+            assert await within(reader.readexactly(10)) == b"5\r\nfirst\r\n"
+            assert server.inflight == 1
+            writer.close()
+            await within(closed.wait())
+            await eventually(lambda: server.inflight == 0)
+    assert (seen, records) == (["CancelledError"], [])
+
+
+@pytest.mark.asyncio
+async def test_client_disconnect_while_writes_are_paused_closes_the_iterator() -> None:
+    closed = asyncio.Event()
+
+    async def chunks() -> AsyncIterator[bytes]:
+        try:
+            while True:
+                yield b"x" * 65536
+        finally:
+            closed.set()
+
+    async def handler(request: Request) -> Response:
+        return Response(200, [], stream=chunks())
+
+    with captured_logs() as records:
+        async with serving(handler) as (server, port):
+            reader, writer = await connect(port)
+            writer.write(b"GET /s HTTP/1.1\r\nHost: t\r\n\r\n")
+            await within(reader.readuntil(b"\r\n\r\n"))
+            await asyncio.sleep(0.1)  # the client reads nothing: the server's buffers fill, writing pauses
+            assert not closed.is_set()
+            writer.transport.abort()
+            await within(closed.wait())
+            await eventually(lambda: server.inflight == 0)
+    assert records == []
+
+
+@pytest.mark.asyncio
+async def test_client_disconnect_cancels_a_slow_handler() -> None:
+    started, cancelled = asyncio.Event(), asyncio.Event()
+
+    async def handler(request: Request) -> Response:
+        started.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+        return await text(request)
+
+    with captured_logs() as records:
+        async with serving(handler) as (server, port):
+            reader, writer = await connect(port)
+            writer.write(b"POST /slow HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n\r\nhi")
+            await within(started.wait())
+            assert server.inflight == 1
+            writer.close()
+            await within(cancelled.wait())
+            await eventually(lambda: server.inflight == 0)
+    assert records == []
+
+
+# --- lifecycle
+
+
+@pytest.mark.asyncio
+async def test_idle_keep_alive_connection_is_closed_after_the_timeout() -> None:
+    async with serving(text, keepalive_timeout=0.2) as (_, port):
+        reader, writer = await connect(port)
+        writer.write(b"GET /a HTTP/1.1\r\nHost: t\r\n\r\n")
+        assert await read_reply(reader) == text_reply(b"GET /a")
+        started = time.monotonic()
+        await asyncio.sleep(0.1)
+        writer.write(b"GET /b HTTP/1.1\r\nHost: t\r\n\r\n")  # activity restarts the clock
+        assert await read_reply(reader) == text_reply(b"GET /b")
+        await assert_closed(reader)
+        assert 0.25 < time.monotonic() - started < 2
+
+
+@pytest.mark.asyncio
+async def test_graceful_shutdown_waits_for_the_request_in_flight() -> None:
+    started, release = asyncio.Event(), asyncio.Event()
+
+    async def handler(request: Request) -> Response:
+        if request.path == "/slow":
+            started.set()
+            await release.wait()
+        return await text(request)
+
+    async with serving(handler) as (server, port):
+        idle_reader, idle_writer = await connect(port)
+        idle_writer.write(b"GET /idle HTTP/1.1\r\nHost: t\r\n\r\n")
+        assert await read_reply(idle_reader) == text_reply(b"GET /idle")
+        reader, writer = await connect(port)
+        writer.write(b"GET /slow HTTP/1.1\r\nHost: t\r\n\r\n")
+        await within(started.wait())
+
+        shutdown = asyncio.create_task(server.shutdown(5.0))
+        await assert_closed(idle_reader)  # idle connections close at once
+        with pytest.raises(OSError):
+            await connect(port)  # no longer listening
+        assert (shutdown.done(), server.inflight) == (False, 1)
+        release.set()
+        assert await read_reply(reader) == text_reply(b"GET /slow", (("connection", "close"),))
+        await assert_closed(reader)
+        await within(shutdown)
+        assert (server.inflight, server._connections) == (0, set())
+
+
+@pytest.mark.asyncio
+async def test_shutdown_cancels_what_outlives_the_grace() -> None:
+    handler_cancelled, stream_closed = asyncio.Event(), asyncio.Event()
+
+    async def chunks() -> AsyncIterator[bytes]:
+        try:
+            yield b"first"
+            await asyncio.Event().wait()
+        finally:
+            stream_closed.set()
+
+    async def handler(request: Request) -> Response:
+        if request.path == "/stream":
+            return Response(200, [SSE], stream=chunks())
+        try:
+            await asyncio.Event().wait()
+        finally:
+            handler_cancelled.set()
+        raise AssertionError("unreachable")
+
+    with captured_logs() as records:
+        async with serving(handler) as (server, port):
+            slow_reader, slow_writer = await connect(port)
+            slow_writer.write(b"GET /slow HTTP/1.1\r\nHost: t\r\n\r\n")
+            stream_reader, stream_writer = await connect(port)
+            stream_writer.write(b"GET /stream HTTP/1.1\r\nHost: t\r\n\r\n")
+            await within(stream_reader.readuntil(b"\r\n\r\n"))
+            await eventually(lambda: server.inflight == 2)
+            started = time.monotonic()
+            await within(server.shutdown(0.2))
+            assert 0.2 <= time.monotonic() - started < 2
+            assert (handler_cancelled.is_set(), stream_closed.is_set(), server.inflight) == (True, True, 0)
+            await assert_closed(slow_reader)
+            assert await within(stream_reader.read()) == b"5\r\nfirst\r\n"
+    assert records == []
+
+
+# --- the same cases on uvloop
+
+UVLOOP_CASES = [
+    test_get_builds_the_request_and_answers_with_content_length,
+    test_post_with_aiohttp_reads_the_body,
+    test_keep_alive_answers_several_requests_on_one_connection,
+    test_pipelined_requests_are_answered_in_order,
+    test_chunked_request_body_is_decoded,
+    test_expect_100_continue_is_answered_before_the_body_is_sent,
+    test_expect_100_continue_waits_for_the_answers_owed_before_it,
+    test_head_gets_the_length_but_no_body,
+    test_client_connection_close_is_honoured,
+    test_http_1_0_closes_unless_keep_alive_is_asked,
+    test_too_large_content_length_gets_413_without_reading_the_body,
+    test_chunked_body_growing_past_the_limit_gets_413,
+    test_malformed_request_gets_400_after_the_answers_owed_before_it,
+    test_header_section_over_the_limit_gets_400,
+    test_handler_exception_gets_the_500_envelope_and_is_logged_once,
+    test_stream_chunks_go_out_as_they_are_produced,
+    test_stream_failing_after_the_head_is_logged_and_the_connection_closed,
+    test_client_disconnect_mid_stream_closes_the_iterator,
+    test_client_disconnect_while_writes_are_paused_closes_the_iterator,
+    test_client_disconnect_cancels_a_slow_handler,
+    test_idle_keep_alive_connection_is_closed_after_the_timeout,
+    test_graceful_shutdown_waits_for_the_request_in_flight,
+    test_shutdown_cancels_what_outlives_the_grace,
+]
+
+
+@pytest.mark.parametrize("case", UVLOOP_CASES, ids=lambda case: case.__name__.removeprefix("test_"))
+def test_under_uvloop(case: Callable[[], Awaitable[None]]) -> None:
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(case())
