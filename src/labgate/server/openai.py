@@ -10,6 +10,7 @@ from typing import Any
 import orjson
 
 from labgate.auth import presented_key
+from labgate.config.checks import CAPABILITY_PREFIX
 from labgate.errors import InternalError, InvalidJSONError, LabgateError, RequestError
 from labgate.gateway import Gateway
 from labgate.providers.base import Reply
@@ -180,6 +181,8 @@ def model_list(gateway: Gateway) -> list[dict[str, Any]]:
     out = []
     created = int(time.time())
     for name, route in rt.table.routes.items():
+        if name.startswith(CAPABILITY_PREFIX):
+            continue  # routable, but not a model a UI should offer
         first = route.groups[0].deployments[0]
         info = first.info
         out.append({

@@ -57,6 +57,9 @@ async def text(request: Request) -> Response:
     return Response(200, [("content-type", "text/plain")], f"{request.method} {request.path}".encode())
 
 
+_clients: dict[int, list[asyncio.StreamWriter]] = {}  # by server port: closed when the server stops
+
+
 @contextlib.asynccontextmanager
 async def serving(handler: Callable[[Request], Awaitable[Response]], *, max_body_bytes: int = 1024,
                   **options: Any) -> AsyncIterator[tuple[HttpServer, int]]:
@@ -66,10 +69,16 @@ async def serving(handler: Callable[[Request], Awaitable[Response]], *, max_body
         yield server, port
     finally:
         await within(server.shutdown(1.0))
+        for writer in _clients.pop(port, []):
+            writer.close()
+            with contextlib.suppress(OSError):
+                await within(writer.wait_closed())
 
 
 async def connect(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    return await within(asyncio.open_connection("127.0.0.1", port))
+    reader, writer = await within(asyncio.open_connection("127.0.0.1", port))
+    _clients.setdefault(port, []).append(writer)
+    return reader, writer
 
 
 @contextlib.contextmanager
@@ -151,7 +160,7 @@ def text_reply(body: bytes, extra: tuple[tuple[str, str], ...] = ()) -> Reply:
 
 async def eventually(condition: Callable[[], bool]) -> None:
     async def poll() -> None:
-        while not condition():
+        while not condition():  # noqa: ASYNC110 (the server has no event for this)
             await asyncio.sleep(0.005)
     await within(poll())
 
@@ -174,17 +183,17 @@ async def test_get_builds_the_request_and_answers_with_content_length() -> None:
 
 @pytest.mark.asyncio
 async def test_post_with_aiohttp_reads_the_body() -> None:
-    async with serving(echo) as (_, port), aiohttp.ClientSession() as session:
-        async with session.post(f"http://127.0.0.1:{port}/v1/chat/completions", data=b'{"model": "m"}',
-                                headers={"content-type": "application/json"},
-                                skip_auto_headers=("user-agent", "accept", "accept-encoding")) as response:
-            assert (response.status, response.headers["content-type"], await within(response.json())) == (
-                200, "application/json", {
-                    "method": "POST", "path": "/v1/chat/completions", "query": "",
-                    "headers": {"host": f"127.0.0.1:{port}", "content-type": "application/json",
-                                "content-length": "14"},
-                    "body": '{"model": "m"}', "client": "127.0.0.1",
-                })
+    async with serving(echo) as (_, port), aiohttp.ClientSession() as session, session.post(
+            f"http://127.0.0.1:{port}/v1/chat/completions", data=b'{"model": "m"}',
+            headers={"content-type": "application/json"},
+            skip_auto_headers=("user-agent", "accept", "accept-encoding")) as response:
+        assert (response.status, response.headers["content-type"], await within(response.json())) == (
+            200, "application/json", {
+                "method": "POST", "path": "/v1/chat/completions", "query": "",
+                "headers": {"host": f"127.0.0.1:{port}", "content-type": "application/json",
+                            "content-length": "14"},
+                "body": '{"model": "m"}', "client": "127.0.0.1",
+            })
 
 
 @pytest.mark.asyncio
@@ -272,9 +281,9 @@ async def test_expect_100_continue_is_answered_before_the_body_is_sent() -> None
 
 @pytest.mark.asyncio
 async def test_expect_100_continue_with_aiohttp() -> None:
-    async with serving(text) as (_, port), aiohttp.ClientSession() as session:
-        async with session.post(f"http://127.0.0.1:{port}/x", data=b"body", expect100=True) as response:
-            assert (response.status, await within(response.read())) == (200, b"POST /x")
+    async with serving(text) as (_, port), aiohttp.ClientSession() as session, session.post(
+            f"http://127.0.0.1:{port}/x", data=b"body", expect100=True) as response:
+        assert (response.status, await within(response.read())) == (200, b"POST /x")
 
 
 @pytest.mark.asyncio
@@ -522,12 +531,12 @@ async def test_stream_with_aiohttp_client_sees_the_first_chunk_early() -> None:
     async def handler(request: Request) -> Response:
         return Response(200, [SSE], stream=chunks())
 
-    async with serving(handler) as (_, port), aiohttp.ClientSession() as session:
-        async with session.get(f"http://127.0.0.1:{port}/s") as response:
-            assert (response.status, response.headers["transfer-encoding"]) == (200, "chunked")
-            assert await within(response.content.readexactly(3)) == b"one"
-            release.set()
-            assert await within(response.read()) == b"two"
+    async with serving(handler) as (_, port), aiohttp.ClientSession() as session, session.get(
+            f"http://127.0.0.1:{port}/s") as response:
+        assert (response.status, response.headers["transfer-encoding"]) == (200, "chunked")
+        assert await within(response.content.readexactly(3)) == b"one"
+        release.set()
+        assert await within(response.read()) == b"two"
 
 
 @pytest.mark.asyncio
@@ -644,7 +653,7 @@ async def test_client_disconnect_cancels_a_slow_handler() -> None:
 
     with captured_logs() as records:
         async with serving(handler) as (server, port):
-            reader, writer = await connect(port)
+            _, writer = await connect(port)
             writer.write(b"POST /slow HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n\r\nhi")
             await within(started.wait())
             assert server.inflight == 1

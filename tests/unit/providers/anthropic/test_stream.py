@@ -118,8 +118,10 @@ def test_recorded_stream_in_one_piece() -> None:
     out, t = run([RECORDED])
     assert events(out) == [*EXPECTED, USAGE_CHUNK, "[DONE]"]
     assert (t.info, t.started, t.done) == (
-        StreamInfo(usage=Usage(prompt_tokens=35, completion_tokens=42), finish_reason="tool_calls", chunks=12),
+        StreamInfo(usage=Usage(prompt_tokens=35, completion_tokens=42), finish_reason="tool_calls", chunks=12,
+                   first_token=t.info.first_token),
         True, True)
+    assert t.info.first_token is not None  # set at the first content_block_delta
 
 
 def test_every_two_way_split_gives_the_same_bytes() -> None:
