@@ -200,7 +200,8 @@ class AllAttemptsFailedError(LabgateError):
         causes = "; ".join(f"{f.deployment}: {f.error.message}" for f in failures)
         super().__init__(f"All {len(failures)} attempt(s) failed: {causes}")
         self.failures = tuple(failures)
-        statuses = {f.error.status for f in failures}
+        # skipped deployments (e.g. endpoint unsupported) say nothing about the upstreams' state
+        statuses = {f.error.status for f in failures if not isinstance(f.error, RequestError)}
         if statuses == {504}:
             self.status, self.openai_type, self.anthropic_type = 504, "timeout_error", "timeout_error"
         elif statuses == {429}:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import logging
 import os
 import signal
 import socket
@@ -15,7 +14,7 @@ from typing import Any
 from labgate.config.load import Config, load_config
 from labgate.config.problems import ConfigError
 
-log = logging.getLogger("labgate")
+_STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
 
 
 def register(commands: Any) -> None:
@@ -103,8 +102,9 @@ async def _serve(config: Config, host: str, sock: socket.socket) -> int:
     running = await start_gateway(config, host=host, sock=sock)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    for sig in _STOP_SIGNALS:
         loop.add_signal_handler(sig, stop.set)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)  # held since fork, if we are a worker
     await stop.wait()
     print("labgate: shutting down; letting in-flight requests finish", file=sys.stderr, flush=True)
     await running.stop()
@@ -117,6 +117,8 @@ def _prefork(config: Config, host: str, sock: socket.socket, workers: int) -> in
     for _ in range(workers):
         pid = os.fork()
         if pid == 0:
+            # a stop signal that arrives while this worker starts waits until it can shut down cleanly
+            signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
             os._exit(asyncio.run(_serve(config, host, sock)))
         children.append(pid)
     sock.close()

@@ -27,8 +27,13 @@ class Circuit:
     cooldown_s: float
 
     def available(self, health: Health, now: float) -> bool:
-        # After the cooldown one request goes through (half-open); its result decides.
-        return health.open_until <= now
+        """May this deployment be tried now? After a cooldown, one probe is let through."""
+        if health.open_until > now:
+            return False
+        if health.failures >= self.failure_threshold:
+            # half-open: this request is the probe; others wait until it succeeds or another cooldown ends
+            health.open_until = now + self.cooldown_s
+        return True
 
     def record_success(self, health: Health) -> None:
         health.failures = 0

@@ -67,7 +67,9 @@ def _object(body: bytes) -> dict[str, Any]:
     model = payload.get("model")
     if not isinstance(model, str) or not model:
         raise RequestError("'model' is required and must be a non-empty string.", param="model")
-    for key in payload.keys() & _TYPES.keys():
+    for key in payload:  # in body order, so the reported param is stable
+        if key not in _TYPES:
+            continue
         check, what = _TYPES[key]
         if payload[key] is not None and not check(payload[key]):  # OpenAI accepts null for these
             raise RequestError(f"'{key}' must be {what}; got {orjson.dumps(payload[key])[:60].decode()}.",
