@@ -125,7 +125,7 @@ def test_default_config_says_what_it_found() -> None:
 
 
 def test_demo_serves_every_endpoint() -> None:
-    with process("demo", "--port", "0", "--tokens-per-s", "0") as (proc, url):
+    with process("demo", "--port", "0", "--tokens-per-s", "0") as (_proc, url):
         status, body = call(url + "/v1/chat/completions", {**CHAT, "model": "default"})
         assert status == 200 and body["model"] == "sim-llama"
         status, body = call(url + "/v1/chat/completions", {**CHAT, "model": "sim-claude"})

@@ -142,7 +142,8 @@ class HttpServer:
         ``connection: close`` is honoured, and its content-length is kept only on a stream.
         """
         status = response.status
-        lines = [_STATUS_LINES.get(status) or _status_line(status)]
+        line = _STATUS_LINES.get(status)
+        lines = [line if line is not None and status >= 200 else _status_line(status)]
         stream = response.stream
         length: int | None = None
         dated = False
@@ -164,7 +165,7 @@ class HttpServer:
             lines.append(f"{name}: {value}\r\n")
         if not dated:
             lines.append(self._date())
-        if status < 200 or status == 204 or status == 304:
+        if status == 204 or status == 304:
             mode = _NO_BODY
         elif stream is None:
             lines.append(f"content-length: {len(response.body)}\r\n")
@@ -191,8 +192,8 @@ class HttpServer:
 
 
 def _status_line(status: int) -> str:
-    if type(status) is not int or not 100 <= status <= 999:
-        raise ValueError(f"invalid HTTP status {status!r}")
+    if type(status) is not int or not 200 <= status <= 999:  # a 1xx is not an answer
+        raise ValueError(f"invalid status for a response: {status!r}")
     return f"HTTP/1.1 {status} \r\n"
 
 
@@ -492,6 +493,8 @@ class _Connection(asyncio.Protocol):
 
     def _idle(self) -> None:
         """Every answer owed is written and the connection stays open."""
+        if self._transport.is_closing():
+            return
         if self._fatal is not None:
             self._answer_fatal()
             return
