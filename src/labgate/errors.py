@@ -9,6 +9,7 @@ foreign exceptions into these classes at exactly one boundary
     ├── RequestError                  400 invalid_request_error   (x-should-retry: false)
     │   ├── InvalidJSONError          400
     │   ├── BodyTooLargeError         413
+    │   ├── HeaderTooLargeError       431
     │   ├── RouteNotFoundError        404 (unknown path)
     │   └── MethodNotAllowedError     405
     ├── AuthenticationError           401 (x-should-retry: false)
@@ -69,6 +70,11 @@ class BodyTooLargeError(RequestError):
     status = 413
     anthropic_type = "request_too_large"
     code = "request_too_large"
+
+
+class HeaderTooLargeError(RequestError):
+    status = 431
+    code = "header_too_large"
 
 
 class RouteNotFoundError(RequestError):

@@ -6,7 +6,13 @@ first complete request starts a task that runs the handler and writes the
 response; requests that arrive meanwhile (pipelining) wait in a queue, with
 reading paused. Reading is *not* paused for the request being answered, so a
 client that goes away is noticed at once: its handler is cancelled, or its
-stream's iterator closed.
+stream's iterator closed. (A client's EOF counts as going away: HTTP clients
+do not half-close, and a cancelled upstream call is worth more than serving
+one that does.)
+
+One timer per connection, re-armed lazily: a connection that sends nothing
+for ``keepalive_timeout`` while no request is being answered is closed, and a
+client that takes nothing we write for as long is cut off.
 
 What a client sees as an error body always comes from the ``error_response``
 callable (the JSON envelopes): this module only decides when — 400 for
@@ -29,7 +35,7 @@ from http import HTTPStatus
 
 import httptools
 
-from labgate.errors import BodyTooLargeError, InternalError, LabgateError, RequestError
+from labgate.errors import BodyTooLargeError, HeaderTooLargeError, InternalError, LabgateError, RequestError
 
 
 @dataclass(slots=True)
@@ -587,5 +593,5 @@ def _split_target(url: bytes) -> tuple[str, str]:
     return path.decode("latin-1"), query.decode("latin-1")
 
 
-def _header_too_large() -> RequestError:
-    return RequestError("The request's header section is too large.", code="header_too_large")
+def _header_too_large() -> HeaderTooLargeError:
+    return HeaderTooLargeError("The request's header section is too large.")

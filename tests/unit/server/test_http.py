@@ -24,7 +24,7 @@ import orjson
 import pytest
 import uvloop
 
-from labgate.errors import BodyTooLargeError, InternalError, LabgateError, RequestError
+from labgate.errors import BodyTooLargeError, HeaderTooLargeError, InternalError, LabgateError, RequestError
 from labgate.server.http import HttpServer, Request, Response
 
 T = TypeVar("T")
@@ -435,8 +435,8 @@ async def test_malformed_request_gets_400_after_the_answers_owed_before_it() -> 
 
 
 @pytest.mark.asyncio
-async def test_header_section_over_the_limit_gets_400() -> None:
-    too_large = RequestError("The request's header section is too large.", code="header_too_large")
+async def test_header_section_over_the_limit_gets_431() -> None:
+    too_large = HeaderTooLargeError("The request's header section is too large.")
     async with serving(text, max_header_bytes=1024) as (_, port):
         reader, writer = await connect(port)
         writer.write(b"GET / HTTP/1.1\r\nHost: t\r\nX-Big: " + b"v" * 1100 + b"\r\n\r\n")
@@ -827,7 +827,7 @@ UVLOOP_CASES = [
     test_too_large_content_length_gets_413_without_reading_the_body,
     test_chunked_body_growing_past_the_limit_gets_413,
     test_malformed_request_gets_400_after_the_answers_owed_before_it,
-    test_header_section_over_the_limit_gets_400,
+    test_header_section_over_the_limit_gets_431,
     test_handler_exception_gets_the_500_envelope_and_is_logged_once,
     test_stream_chunks_go_out_as_they_are_produced,
     test_stream_with_content_length_and_to_http_1_0_is_not_chunked,
