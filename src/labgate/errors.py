@@ -20,7 +20,8 @@ foreign exceptions into these classes at exactly one boundary
     │   ├── UpstreamTimeoutError      504
     │   ├── UpstreamStatusError       502  upstream answered 5xx
     │   ├── UpstreamRateLimitError    429  upstream answered 429
-    │   └── UpstreamBadResponseError  502  upstream body is not what the protocol says
+    │   ├── UpstreamBadResponseError  502  upstream body is not what the protocol says
+    │   └── UpstreamDeploymentError   502  upstream answered 401/403/404: this deployment cannot serve
     ├── UpstreamRejectedError         4xx  upstream refused the request itself (not retried)
     ├── NoHealthyDeploymentError      503  every candidate is cooling down
     ├── AllAttemptsFailedError        502/504/429 every candidate failed; holds each cause
@@ -157,6 +158,20 @@ class UpstreamBadResponseError(UpstreamError):
     code = "upstream_bad_response"
 
 
+class UpstreamDeploymentError(UpstreamError):
+    """The upstream refused *this deployment* (401/403 bad credentials, 404 model not there).
+
+    The client's request is fine and another deployment may serve it, so it falls back;
+    with nothing left it is the gateway's upstream that failed: 502.
+    """
+
+    code = "upstream_deployment_error"
+
+    def __init__(self, message: str, *, upstream_status: int) -> None:
+        super().__init__(message)
+        self.upstream_status = upstream_status
+
+
 class UpstreamRejectedError(LabgateError):
     """The upstream refused the request itself (4xx): the same body fails everywhere."""
 
@@ -168,12 +183,8 @@ class UpstreamRejectedError(LabgateError):
                  code: str | None = None) -> None:
         super().__init__(message, param=param, code=code)
         self.status = status
-        if status == 401:
-            self.openai_type = self.anthropic_type = "authentication_error"
-        elif status == 403:
-            self.openai_type = self.anthropic_type = "permission_error"
-        elif status == 404:
-            self.anthropic_type = "not_found_error"
+        if status == 413:
+            self.anthropic_type = "request_too_large"
 
 
 class NoHealthyDeploymentError(LabgateError):

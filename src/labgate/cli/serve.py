@@ -22,9 +22,23 @@ def register(commands: Any) -> None:
     p.add_argument("--config", metavar="DIR", help="config directory or labgate.yaml "
                    "(default: discover local engines)")
     p.add_argument("--host", help="listen address (default from gateway.yaml, else 127.0.0.1)")
-    p.add_argument("--port", type=int, help="listen port (default from gateway.yaml, else 4000)")
-    p.add_argument("--workers", type=int, help="worker processes sharing the port (default 1)")
+    p.add_argument("--port", type=_port, help="listen port (default from gateway.yaml, else 4000; 0 = any free)")
+    p.add_argument("--workers", type=_positive, help="worker processes sharing the port (default 1)")
     p.set_defaults(run=run)
+
+
+def _port(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{value} is not a port (0-65535)")
+    return value
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    return value
 
 
 def run(args: argparse.Namespace) -> int:

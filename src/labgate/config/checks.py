@@ -7,6 +7,7 @@ loading; warnings are reported and the config still loads.
 from __future__ import annotations
 
 import fnmatch
+import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
@@ -89,9 +90,24 @@ def _check_providers(providers: Mapping[str, ProviderConfig], file: str) -> Iter
                 yield Problem(file, f"{path}.alias", f"alias {model.alias!r} is also a model of "
                               f"provider {owners[model.alias]!r}; requests go to both", severity="warning")
             owners.setdefault(model.name, pname)
+        if provider.status == "active":
+            yield from _check_key(pname, provider, file)
         if provider.rate_limits or provider.budget:
             yield Problem(file, f"providers.{pname}", "rate_limits/budget are accepted but not "
                           "enforced by this version", severity="warning")
+
+
+_KEYED_TYPES = frozenset({"openai", "anthropic"})
+
+
+def _check_key(pname: str, provider: ProviderConfig, file: str) -> Iterator[Problem]:
+    """A cloud provider without a usable key fails every request with 401: say so now."""
+    path = f"providers.{pname}.api_key_env"
+    if provider.api_key_env and not os.environ.get(provider.api_key_env):
+        yield Problem(file, path, f"${provider.api_key_env} is not set: requests to {pname!r} go without "
+                      "a key", severity="warning")
+    elif not provider.api_key_env and provider.type in _KEYED_TYPES and not provider.base_url:
+        yield Problem(file, path, f"{provider.type} needs an API key; set api_key_env", severity="warning")
 
 
 def _target(names: Names, entry: str, file: str, path: str, *, provider_ok: bool) -> Iterator[Problem]:
@@ -160,6 +176,9 @@ def _check_routing(names: Names, mappings: MappingsConfig, file: str) -> Iterato
             yield from _target(names, entry, file, f"routing.capabilities.{capability}[{i}]",
                                provider_ok=False)
     for alias, target in routing.aliases.items():
+        if alias in names.served:
+            yield Problem(file, f"routing.aliases.{alias}", f"alias {alias!r} hides the model of that name "
+                          f"served by {', '.join(names.served[alias])}", severity="warning")
         if alias == target:
             yield Problem(file, f"routing.aliases.{alias}", "an alias cannot point at itself")
         else:

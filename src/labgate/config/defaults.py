@@ -92,7 +92,8 @@ def describe(found: list[Found], engines: tuple[Engine, ...] = STANDARD_ENGINES)
             names = ", ".join(hit.models) or "(no models listed)"
             lines.append(f"  + {engine.name:<15} port {engine.port:<6} {hit.type}: {names}")
     if not found:
-        lines.append("  No local engine answered: requests will get 404 until one is running.")
+        lines.append("  No local engine answered: every model is unknown (404). Start an engine, "
+                     "then restart labgate.")
     lines.append("  To add providers or cloud APIs, write a config directory "
                  "(see examples/) and run: labgate serve --config DIR")
     return "\n".join(lines)

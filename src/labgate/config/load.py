@@ -117,9 +117,10 @@ def _substitute(value: Any, env: Mapping[str, str], missing: list[str]) -> Any:
 
         def one(match: re.Match[str]) -> str:
             name, default = match.group(1), match.group(2)
-            if name in env:
-                return env[name]
-            if default is None:
+            value = env.get(name)
+            if value or (value is not None and default is None):
+                return value
+            if default is None:  # as in the shell, `:-` also stands in for an empty value
                 missing.append(name)
             return default or ""
 

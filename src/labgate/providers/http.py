@@ -1,8 +1,17 @@
-"""Pooled keep-alive HTTP to upstreams: the one place aiohttp exceptions become ours.
+"""HTTP/1.1 to upstreams over pooled keep-alive connections: the one place transport failures become ours.
 
-Every adapter talks to its upstream through an :class:`HttpPool`. Foreign
-exceptions (aiohttp, OSError, asyncio timeouts) are translated here and
-nowhere else, as httpx does in ``map_httpcore_exceptions``.
+Every adapter talks to its upstream through an :class:`HttpPool`, which
+frames requests and applies timeouts over the connections of
+:mod:`labgate.providers.pool` (asyncio protocols parsed by llhttp, like our
+server). Every failure leaves here as a labgate error naming the provider, as
+httpx does in ``map_httpcore_exceptions``.
+
+Why not aiohttp's client: it cost ~3x the CPU per request on the gateway's
+hot path (see ``bench/RESULTS.md``), and we use none of what it adds
+(cookies, redirects, decompression, proxies, multipart).
+
+Bodies pass through untouched: no ``accept-encoding`` is sent, so upstreams
+answer with identity encoding.
 """
 
 from __future__ import annotations
@@ -10,9 +19,9 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from urllib.parse import urlsplit
 
-import aiohttp
+import httptools
 import orjson
 
 from labgate.errors import (
@@ -24,6 +33,12 @@ from labgate.errors import (
     UpstreamStatusError,
     UpstreamTimeoutError,
 )
+from labgate.providers.pool import BodyQueue, Connection, Pool
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+_FRAMING = frozenset({"content-length", "transfer-encoding", "connection"})
+# RFC 9110 9.2.2: these may be sent again when a reused connection fails before any answer.
+_IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 
 
 @contextmanager
@@ -33,15 +48,11 @@ def translate_errors(where: str) -> Iterator[None]:
         yield
     except LabgateError:
         raise
-    except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
+    except TimeoutError as exc:
         raise UpstreamTimeoutError(f"{where} timed out") from exc
-    except aiohttp.ClientPayloadError as exc:
-        raise UpstreamConnectionError(f"{where} cut the response short ({exc})") from exc
-    except aiohttp.ServerDisconnectedError as exc:
-        raise UpstreamConnectionError(f"{where} closed the connection") from exc
-    except aiohttp.ClientConnectorError as exc:
-        raise UpstreamConnectionError(f"cannot connect to {where} ({exc.os_error or exc})") from exc
-    except (aiohttp.ClientError, OSError) as exc:
+    except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
+        raise UpstreamBadResponseError(f"{where} sent a malformed HTTP response ({exc})") from exc
+    except OSError as exc:
         raise UpstreamConnectionError(f"{where} connection failed ({type(exc).__name__}: {exc})") from exc
 
 
@@ -55,6 +66,8 @@ def error_for_status(status: int, body: bytes, headers: Mapping[str, str], where
         return UpstreamTimeoutError(text)
     if status >= 500:
         return UpstreamStatusError(text, upstream_status=status)
+    if status in (401, 403, 404):
+        return UpstreamDeploymentError(text, upstream_status=status)
     return UpstreamRejectedError(text, status=status, param=_error_param(body))
 
 
@@ -99,77 +112,141 @@ def parse_json(body: bytes, where: str) -> object:
         raise UpstreamBadResponseError(f"{where} sent a body that is not JSON: {snippet!r}") from exc
 
 
-@dataclass(slots=True)
 class UpstreamStream:
-    """An open streaming response: status is 2xx; iterate the raw bytes."""
+    """An open streaming response: status is 2xx; iterate the raw (de-chunked) body bytes."""
 
-    response: aiohttp.ClientResponse
-    where: str
-    idle_timeout: float
+    __slots__ = ("_body", "idle_timeout", "where")
+
+    def __init__(self, body: BodyQueue, where: str, idle_timeout: float) -> None:
+        self._body = body
+        self.where = where
+        self.idle_timeout = idle_timeout
 
     async def chunks(self) -> AsyncIterator[bytes]:
-        """The raw body as it arrives; transport failures become upstream errors."""
-        content = self.response.content
+        """The body as it arrives, waiting at most ``idle_timeout`` for each piece; raises only our errors."""
+        body = self._body
         try:
             while True:
-                with translate_errors(self.where):
-                    chunk = await asyncio.wait_for(content.readany(), self.idle_timeout)
+                chunk = await body.read(self.idle_timeout)
                 if not chunk:
                     return
                 yield chunk
         finally:
-            self.response.release()
+            body.close()
 
     def close(self) -> None:
-        self.response.close()
+        """Stop reading; an unfinished body's connection is closed, not reused."""
+        self._body.close()
 
 
 class HttpPool:
-    """A keep-alive connection pool to one upstream base URL."""
+    """Keep-alive HTTP/1.1 to one upstream base URL (``http`` or ``https``).
+
+    ``max_connections`` > 0 bounds the connections open at once; further
+    requests queue, first come first served, within their timeout.
+    """
+
+    __slots__ = ("_fixed", "_pool", "_prefix", "base_url", "name", "where")
 
     def __init__(self, base_url: str, *, name: str, headers: Mapping[str, str],
                  max_connections: int = 0) -> None:
         self.base_url = base_url.rstrip("/")
         self.name = name
-        self._headers = {"content-type": "application/json", **headers}
-        self._max_connections = max_connections
-        self._session: aiohttp.ClientSession | None = None
+        self.where = f"provider {name!r}"
+        url = urlsplit(self.base_url)
+        if url.scheme not in _DEFAULT_PORTS or not url.hostname:
+            raise ValueError(f"{self.where}: base URL {base_url!r} is not an http:// or https:// URL")
+        port = url.port or _DEFAULT_PORTS[url.scheme]
+        host = f"[{url.hostname}]" if ":" in url.hostname else url.hostname
+        if port != _DEFAULT_PORTS[url.scheme]:
+            host = f"{host}:{port}"
+        fixed = {"host": host, "content-type": "application/json"}
+        for key, value in headers.items():
+            if key.lower() in _FRAMING:
+                raise ValueError(f"{self.where}: header {key!r} is set by the HTTP client, not by config")
+            fixed[key.lower()] = value
+        lines = "".join(f"{key}: {value}\r\n" for key, value in fixed.items())
+        if lines.count("\n") != len(fixed) or lines.count("\r") != len(fixed):
+            raise ValueError(f"{self.where}: a header name or value contains CR or LF")
+        self._fixed = (lines + "connection: keep-alive\r\n").encode("latin-1")
+        self._prefix = url.path.encode("ascii")
+        self._pool = Pool(url.hostname, port, tls=url.scheme == "https", where=self.where,
+                          limit=max_connections)
 
-    def _client(self) -> aiohttp.ClientSession:
-        # Created lazily: a session binds to the running loop.
-        if self._session is None:
-            connector = aiohttp.TCPConnector(limit=self._max_connections, limit_per_host=0,
-                                             ttl_dns_cache=300, enable_cleanup_closed=True)
-            self._session = aiohttp.ClientSession(
-                connector=connector, headers=self._headers, skip_auto_headers=("User-Agent",),
-                auto_decompress=True, json_serialize=lambda o: orjson.dumps(o).decode())
-        return self._session
+    def _message(self, method: str, path: str, body: bytes | None) -> bytes:
+        """The request as written: one buffer, so one write and (under TCP_NODELAY) one segment for small bodies."""
+        target = self._prefix + path.encode("ascii")
+        if body is None and (method == "GET" or method == "HEAD"):
+            return b"%s %s HTTP/1.1\r\n%s\r\n" % (method.encode("ascii"), target, self._fixed)
+        body = body or b""
+        return b"%s %s HTTP/1.1\r\n%scontent-length: %d\r\n\r\n%s" % (
+            method.encode("ascii"), target, self._fixed, len(body), body)
 
     async def request(self, method: str, path: str, body: bytes | None = None, *,
                       timeout: float) -> tuple[int, Mapping[str, str], bytes]:
-        """One whole request; returns status, headers and body. Raises only our errors."""
-        where = f"provider {self.name!r}"
-        with translate_errors(where):
-            async with asyncio.timeout(timeout):
-                async with self._client().request(method, self.base_url + path, data=body) as resp:
-                    data = await resp.read()
-                    return resp.status, resp.headers, data
+        """One whole request within ``timeout`` s; returns status, headers (lower-case names) and body.
+
+        Raises only our errors. A reused connection that fails before any byte of
+        the answer is retried once, on a fresh connection, for idempotent methods
+        only: a POST may have been processed although no answer came back (Go's
+        ``net/http`` and aiohttp draw the same line). Connections the server
+        closed while idle are never handed out, so that race stays narrow.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        data = self._message(method, path, body)
+        retry = method in _IDEMPOTENT
+        while True:
+            conn = await self._pool.acquire(deadline)
+            reused = conn.uses > 0
+            try:
+                status, headers, answer = await self._answer(conn, conn.send(data, stream=False,
+                                                                             no_body=method == "HEAD"),
+                                                             deadline, timeout)
+            except UpstreamConnectionError:
+                if retry and reused and not conn.received:
+                    retry = False
+                    continue
+                raise
+            return status, headers, answer  # type: ignore[return-value]  # bytes when not streaming
 
     async def open_stream(self, path: str, body: bytes, *, timeout: float) -> UpstreamStream:
-        """POST and wait for a 2xx status line; non-2xx raises the matching upstream error."""
-        where = f"provider {self.name!r}"
-        with translate_errors(where):
-            async with asyncio.timeout(timeout):
-                resp = await self._client().post(self.base_url + path, data=body)
-                if resp.status >= 300:
-                    try:
-                        data = await resp.read()
-                    finally:
-                        resp.release()
-                    raise error_for_status(resp.status, data, resp.headers, where)
-        return UpstreamStream(resp, where, timeout)
+        """POST and wait at most ``timeout`` s for a 2xx head; non-2xx raises the matching upstream error.
+
+        The stream then waits at most ``timeout`` s for each piece of the body.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        conn = await self._pool.acquire(deadline)
+        status, headers, queue = await self._answer(conn, conn.send(self._message("POST", path, body),
+                                                                    stream=True), deadline, timeout)
+        assert isinstance(queue, BodyQueue)
+        if status >= 300:
+            try:
+                error = b"".join([chunk async for chunk in self._error_body(queue, deadline, loop)])
+            finally:
+                queue.close()
+            raise error_for_status(status, error, headers, self.where)
+        return UpstreamStream(queue, self.where, timeout)
+
+    @staticmethod
+    async def _answer(conn: Connection, waiter: asyncio.Future[tuple[int, dict[str, str], bytes | BodyQueue]],
+                      deadline: float, timeout: float) -> tuple[int, dict[str, str], bytes | BodyQueue]:
+        timer = conn.loop.call_at(deadline, conn.time_out, waiter, timeout)
+        try:
+            return await waiter
+        except asyncio.CancelledError:
+            conn.abandon(waiter)
+            raise
+        finally:
+            timer.cancel()
+
+    @staticmethod
+    async def _error_body(queue: BodyQueue, deadline: float,
+                          loop: asyncio.AbstractEventLoop) -> AsyncIterator[bytes]:
+        while chunk := await queue.read(max(deadline - loop.time(), 0.0)):
+            yield chunk
 
     async def aclose(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        """Close every connection (exchanges in flight fail); the pool serves no more requests."""
+        await self._pool.aclose()

@@ -67,10 +67,15 @@ class RouteTable:
         self._globs = [(re.compile(fnmatch.translate(k)), v) for k, v in self._mappings.fallbacks.items()
                        if any(c in k for c in "*?[")]
         self._dynamic: dict[str, Route] = {}
+        self._capabilities: dict[str, tuple[Group, ...]] = {}
         self.routes: dict[str, Route] = {}
+        # Order matters: fallback chains may name aliases and capability routes, and an
+        # alias takes its target's whole route, fallbacks included.
         self._compile_primaries()
+        self._compile_capabilities()
         self.routes.update((name, self._route(name, group)) for name, group in self._primary.items())
-        self._compile_aliases_and_capabilities()
+        self.routes.update((name, Route(name, groups)) for name, groups in self._capabilities.items())
+        self._compile_aliases()
 
     # -- lookup (the hot path) -------------------------------------------------
 
@@ -137,36 +142,48 @@ class RouteTable:
         elif dep not in group.deployments:
             group.deployments = (*group.deployments, dep)
 
-    def _compile_aliases_and_capabilities(self) -> None:
+    def _compile_capabilities(self) -> None:
         routing = self._mappings.routing
-        self._compile_aliases(to_capabilities=False)
         for capability in sorted(capabilities(self._providers, self._mappings)):
             models = routing.capabilities.get(capability) or _models_with(self._providers, capability)
             groups = tuple(g for m in models for g in self._target_groups(m, requested=m)[:1])
             if groups:
-                name = CAPABILITY_PREFIX + capability
-                self.routes[name] = Route(name, groups)
-        self._compile_aliases(to_capabilities=True)  # now that capability routes exist
+                self._capabilities[CAPABILITY_PREFIX + capability] = groups
 
-    def _compile_aliases(self, *, to_capabilities: bool) -> None:
+    def _compile_aliases(self) -> None:
         """An alias routes exactly like its target: same groups, fallbacks included."""
-        aliases = self._mappings.routing.aliases
-        for alias in aliases:
-            target = alias
-            for _ in range(len(aliases)):  # alias → alias: follow to the end (cycles fail at load)
-                target = aliases.get(target, target)
-            if target.startswith(CAPABILITY_PREFIX) != to_capabilities:
-                continue
+        for alias in self._mappings.routing.aliases:
+            target = self._unalias(alias)
             route = self.routes.get(target) or self._resolve_dynamic(target)
             if route is not None:
                 self.routes[alias] = Route(alias, route.groups)
+
+    def _unalias(self, name: str) -> str:
+        aliases = self._mappings.routing.aliases
+        for _ in range(len(aliases)):  # alias → alias: follow to the end (cycles fail at load)
+            if name not in aliases:
+                break
+            name = aliases[name]
+        return name
+
+    def _same_model(self, provider: str, requested: str) -> str:
+        """What "the same model" is called on ``provider``, for a provider-name fallback entry."""
+        config = self._providers[provider]
+        if any(requested in (m.name, m.alias) for m in config.models):
+            return requested
+        primary = self._primary.get(requested)
+        if primary is not None:
+            return primary.deployments[0].model
+        pair = self._names.split_pair(requested)
+        return pair[1] if pair is not None else requested
 
     def _route(self, name: str, primary: Group, chain: tuple[str, ...] | None = None) -> Route:
         if chain is None:
             chain = self._chain_for(name)
         groups = [primary]
         for entry in chain:
-            groups.extend(self._target_groups(entry, requested=name, fallback=True)[:1])
+            found = self._target_groups(entry, requested=name, fallback=True)
+            groups.extend(found if self._unalias(entry) in self._capabilities else found[:1])
         return Route(name, tuple(groups))
 
     def _chain_for(self, name: str) -> tuple[str, ...]:
@@ -184,17 +201,17 @@ class RouteTable:
 
     def _target_groups(self, entry: str, *, requested: str, fallback: bool = False) -> tuple[Group, ...]:
         """The groups a target entry stands for (a model's own route, or one deployment)."""
+        entry = self._unalias(entry)
         if entry in self._primary:
             return (self._primary[entry],)
-        if entry in self.routes:
-            return self.routes[entry].groups
+        if entry in self._capabilities:
+            return self._capabilities[entry]
         pair = self._names.split_pair(entry)
         if pair is not None:
             dep = self._deployment(*pair)
             return (Group((dep,)),) if dep else ()
         if fallback and entry in self._providers:
-            upstream = requested
-            dep = self._deployment(entry, upstream)
+            dep = self._deployment(entry, self._same_model(entry, requested))
             return (Group((dep,)),) if dep else ()
         for regex, provider, _ in self._patterns:
             if regex.match(entry):

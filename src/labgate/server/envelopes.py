@@ -19,6 +19,8 @@ def error_headers(exc: LabgateError, request_id: str | None) -> list[tuple[str, 
     if not exc.should_retry:
         headers.append(("x-should-retry", "false"))
     retry_after = getattr(exc, "retry_after", None)
+    if retry_after is None and exc.status in (429, 503):
+        retry_after = 1.0  # tell clients to back off even when the upstream did not say how long
     if retry_after is not None:
         headers.append(("retry-after", str(max(1, math.ceil(retry_after)))))
     return headers

@@ -140,7 +140,7 @@ def test_describe_says_when_nothing_answered() -> None:
     assert describe([], engines) == "\n".join([
         "labgate: no --config given; using the built-in default (local engine discovery).",
         "  - ollama          port 11434  not found",
-        "  No local engine answered: requests will get 404 until one is running.",
+        "  No local engine answered: every model is unknown (404). Start an engine, then restart labgate.",
         "  To add providers or cloud APIs, write a config directory (see examples/) and run: "
         "labgate serve --config DIR",
     ])

@@ -221,7 +221,8 @@ def test_provider_name_in_a_chain_means_the_same_model_there() -> None:
               providers)
     assert keys(t.resolve("llama3.1:8b")) == [["ollama/llama3.1:8b", "vllm/llama3.1:8b"], ["cpp/llama3.1:8b"]]
     assert keys(t.resolve("general")) == [["ollama/llama3.1:8b"], ["cpp/g.gguf"]]  # cpp's alias → its name
-    assert keys(t.resolve("qwen-7b")) == [["vllm/Qwen/Qwen2.5-7B-Instruct"], ["ollama/qwen-7b"]]  # inactive skipped
+    # not listed there: the primary deployment's upstream name is sent (the inactive openai is skipped)
+    assert keys(t.resolve("qwen-7b")) == [["vllm/Qwen/Qwen2.5-7B-Instruct"], ["ollama/Qwen/Qwen2.5-7B-Instruct"]]
 
 
 # ---------------------------------------------------------------- aliases
@@ -265,3 +266,22 @@ def test_every_static_route_is_listed() -> None:
     t = table({"routing": {"aliases": {"default": "coder"}}})
     assert sorted(t.routes) == ["Qwen/Qwen2.5-7B-Instruct", "capability:chat", "capability:code_generation",
                                 "coder", "default", "llama3.1:8b", "local-gguf", "qwen-7b", "qwen2.5-coder:7b"]
+
+
+def test_fallback_chain_may_name_aliases_and_capability_routes() -> None:
+    providers = {
+        "ollama": {"type": "ollama", "models": [{"name": "llama3.1:8b"},
+                                                {"name": "qwen2.5-coder:7b", "capabilities": ["code"]}]},
+        "cpp": {"type": "llama_cpp", "models": ["local-gguf"]},
+    }
+    t = table({"routing": {"aliases": {"fast": "local-gguf"}},
+               "fallbacks": {"llama3.1:8b": ["fast", "capability:code"]}}, providers)
+    assert keys(t.resolve("llama3.1:8b")) == [["ollama/llama3.1:8b"], ["cpp/local-gguf"],
+                                              ["ollama/qwen2.5-coder:7b"]]
+
+
+def test_provider_fallback_for_a_provider_model_pair_uses_the_model_part() -> None:
+    providers = {"ollama": {"type": "ollama", "models": ["llama3.1:8b"]},
+                 "cpp": {"type": "llama_cpp", "models": ["local-gguf"]}}
+    t = table({"fallbacks": {"*": ["ollama"]}}, providers)
+    assert keys(t.resolve("cpp/local-gguf")) == [["cpp/local-gguf"], ["ollama/local-gguf"]]

@@ -137,7 +137,8 @@ class OpenAICompatibleAdapter:
         for event in events:
             if not event.strip():
                 continue
-            if b'"usage":{' in event or b'"finish_reason":"' in event:
+            if (b'"usage":{' in event or b'"finish_reason":"' in event
+                    or b'"usage": {' in event or b'"finish_reason": "' in event):
                 _, data = event_fields(event)
                 try:
                     parsed = orjson.loads(data)
