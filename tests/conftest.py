@@ -8,10 +8,15 @@ set (``.ci/run`` sets it): then such a skip is a failure.
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Generator
 from typing import Any
 
 import pytest
+
+# Gateways started by tests (in process or as `labgate serve`) keep their request history
+# (the default SQLite store) here, never in the user's data directory.
+os.environ.setdefault("LABGATE_DATA_DIR", tempfile.mkdtemp(prefix="labgate-test-data-"))
 
 
 @pytest.hookimpl(hookwrapper=True)

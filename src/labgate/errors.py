@@ -11,20 +11,26 @@ foreign exceptions into these classes at exactly one boundary
     │   ├── BodyTooLargeError         413
     │   ├── HeaderTooLargeError       431
     │   ├── RouteNotFoundError        404 (unknown path)
-    │   └── MethodNotAllowedError     405
+    │   ├── RecordNotFoundError       404 no history record with that id
+    │   ├── MethodNotAllowedError     405
+    │   ├── ConfigInvalidError        422 a reload refused: the new config does not validate
+    │   └── ReloadUnavailableError    409 the config did not come from files; nothing to reload
     ├── AuthenticationError           401 (x-should-retry: false)
+    ├── PermissionDeniedError         403 an admin call without the rights it needs
     ├── ModelNotFoundError            404 "did you mean …" (x-should-retry: false)
     ├── UnsupportedEndpointError      400 the model's provider cannot serve this endpoint
     ├── UpstreamError                 502  — an attempt failed; the next candidate may succeed
     │   ├── UpstreamConnectionError   502  could not connect / connection dropped
     │   ├── UpstreamTimeoutError      504
-    │   ├── UpstreamStatusError       502  upstream answered 5xx
+    │   ├── UpstreamStatusError       502  upstream answered 5xx (503/529: Anthropic overloaded_error)
     │   ├── UpstreamRateLimitError    429  upstream answered 429
     │   ├── UpstreamBadResponseError  502  upstream body is not what the protocol says
     │   └── UpstreamDeploymentError   502  upstream answered 401/403/404: this deployment cannot serve
     ├── UpstreamRejectedError         4xx  upstream refused the request itself (not retried)
-    ├── NoHealthyDeploymentError      503  every candidate is cooling down
+    ├── NoHealthyDeploymentError      503  every candidate is cooling down (Anthropic overloaded_error)
     ├── AllAttemptsFailedError        502/504/429 every candidate failed; holds each cause
+    │                                      (Anthropic overloaded_error when every one was overloaded)
+    ├── HistoryUnavailableError       503  history is off, or its store cannot be read now
     └── InternalError                 500  an unexpected exception (logged once, never on the wire)
 """
 
@@ -84,9 +90,31 @@ class RouteNotFoundError(RequestError):
     code = "not_found"
 
 
+class RecordNotFoundError(RequestError):
+    status = 404
+    anthropic_type = "not_found_error"
+    code = "record_not_found"
+
+
 class MethodNotAllowedError(RequestError):
     status = 405
     code = "method_not_allowed"
+
+
+class ConfigInvalidError(RequestError):
+    """A reload was refused: the config on disk has errors (``problems``); the old one keeps serving."""
+
+    status = 422
+    code = "config_invalid"
+
+    def __init__(self, message: str, problems: Sequence[object] = ()) -> None:
+        super().__init__(message)
+        self.problems = tuple(problems)
+
+
+class ReloadUnavailableError(RequestError):
+    status = 409
+    code = "reload_unavailable"
 
 
 class AuthenticationError(LabgateError):
@@ -94,6 +122,13 @@ class AuthenticationError(LabgateError):
     openai_type = "authentication_error"
     anthropic_type = "authentication_error"
     code = "invalid_api_key"
+
+
+class PermissionDeniedError(LabgateError):
+    status = 403
+    openai_type = "permission_error"
+    anthropic_type = "permission_error"
+    code = "permission_denied"
 
 
 class ModelNotFoundError(LabgateError):
@@ -135,12 +170,18 @@ class UpstreamTimeoutError(UpstreamError):
     anthropic_type = "timeout_error"
 
 
+# Upstream statuses that mean "saturated, come back later": 503, and Anthropic's 529.
+OVERLOADED_STATUSES = frozenset({503, 529})
+
+
 class UpstreamStatusError(UpstreamError):
     code = "upstream_server_error"
 
     def __init__(self, message: str, *, upstream_status: int) -> None:
         super().__init__(message)
         self.upstream_status = upstream_status
+        if upstream_status in OVERLOADED_STATUSES:
+            self.anthropic_type = "overloaded_error"
 
 
 class UpstreamRateLimitError(UpstreamError):
@@ -199,6 +240,14 @@ class NoHealthyDeploymentError(LabgateError):
         self.retry_after = retry_after
 
 
+class HistoryUnavailableError(LabgateError):
+    """Request history is off (``store.capture: none``) or its store failed to answer."""
+
+    status = 503
+    code = "history_unavailable"
+    retryable = True
+
+
 @dataclass(frozen=True, slots=True)
 class AttemptFailure:
     """Why one attempt failed: which deployment, and the error it raised."""
@@ -225,6 +274,9 @@ class AllAttemptsFailedError(LabgateError):
             self.status, self.openai_type, self.anthropic_type = 429, "rate_limit_error", "rate_limit_error"
         else:
             self.status = 502
+        tried = [f.error for f in failures if not isinstance(f.error, RequestError)]
+        if tried and all(e.anthropic_type == "overloaded_error" for e in tried):
+            self.anthropic_type = "overloaded_error"  # every upstream is saturated
         retry_afters = [getattr(f.error, "retry_after", None) for f in failures]
         self.retry_after = min((r for r in retry_afters if r is not None), default=None)
 

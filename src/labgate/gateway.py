@@ -9,55 +9,73 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from labgate.errors import InternalError, LabgateError
-from labgate.providers.base import Endpoint, Reply, Stream
+from labgate.providers.base import Endpoint, IteratorStream, Reply, Stream, Translated
 from labgate.record import CLIENT_CLOSED, RequestRecord
 from labgate.routing.attempts import attempt
 from labgate.routing.balancer import plan
 from labgate.routing.table import Deployment
 from labgate.runtime import Runtime
 
-Parser = Callable[[bytes], dict[str, Any]]
+if TYPE_CHECKING:
+    from labgate.store.writer import HistoryWriter
+
+# An OpenAI-dialect payload, or (from another dialect's surface) a Translated one.
+Parser = Callable[[bytes], dict[str, Any] | Translated]
 
 
 class Gateway:
-    """Holds the current :class:`Runtime`; a reload swaps ``self.runtime``."""
+    """Holds the current :class:`Runtime`; a reload swaps ``self.runtime``.
 
-    def __init__(self, runtime: Runtime) -> None:
+    ``history`` (process lifetime, not per Runtime: a reload keeps its queue)
+    receives every finished record; ``None`` means history is off.
+    """
+
+    def __init__(self, runtime: Runtime, *, history: HistoryWriter | None = None) -> None:
         self.runtime = runtime
+        self.history = history
+        self._keep_content = history is not None and history.keeps_content
 
     async def handle(self, record: RequestRecord, *, api_key: str | None, body: bytes,
-                     parse: Parser) -> Reply | AsyncIterator[bytes]:
-        """Serve one API call: a whole reply, or the stream of bytes to relay."""
+                     parse: Parser) -> Reply | Stream:
+        """Serve one API call: a whole reply, or the stream of bytes to relay (each in its ``dialect``)."""
         rt = self.runtime  # taken once: a reload never changes it under this request
         try:
             record.key_id = rt.auth.check(api_key)
-            payload = parse(body)
+            payload, endpoint, native = parse(body), _endpoint(record), None
+            if isinstance(payload, Translated):  # the client spoke another dialect
+                payload, endpoint, native = payload.body, payload.endpoint, payload.native
             record.model, record.stream = payload["model"], payload.get("stream") is True
+            record.payload = payload  # a reference for history; read off the hot path
             route = rt.table.resolve(record.model)
             candidates = plan(route, rt.circuit, max_attempts=rt.max_attempts)
             result, dep = await attempt(
-                candidates, endpoint=_endpoint(record), body=payload, stream=record.stream,
+                candidates, endpoint=endpoint, body=payload, native=native, stream=record.stream,
                 deadline=time.monotonic() + rt.request_timeout, circuit=rt.circuit, record=record)
         except BaseException as exc:
             self.finish(rt, record, exc)
             raise
         if isinstance(result, Reply):
             record.usage, record.finish_reason = result.usage, result.finish_reason
+            if self._keep_content:
+                record.reply = result.body
             self.finish(rt, record)
             return result
-        return self._relay(rt, result, dep, record)
+        return IteratorStream(self._relay(rt, result, dep, record), result.info, result.dialect)
 
     async def _relay(self, rt: Runtime, stream: Stream, dep: Deployment,
                      record: RequestRecord) -> AsyncIterator[bytes]:
         """Forward a stream chunk by chunk; the record is written when it ends, however it ends."""
         error: BaseException | None = None
+        chunks = record.chunks = [] if self._keep_content else None
         try:
             async for chunk in stream:
                 if record.first_byte is None:
                     record.first_byte = time.perf_counter()
+                if chunks is not None:
+                    chunks.append(chunk)
                 yield chunk
         except BaseException as exc:
             error = exc
@@ -69,10 +87,9 @@ class Gateway:
             record.usage, record.finish_reason, record.first_token = info.usage, info.finish_reason, info.first_token
             self.finish(rt, record, error, streaming=True)
 
-    @staticmethod
-    def finish(rt: Runtime, record: RequestRecord, error: BaseException | None = None, *,
+    def finish(self, rt: Runtime, record: RequestRecord, error: BaseException | None = None, *,
                streaming: bool = False) -> None:
-        """Close the record with its outcome and hand it to telemetry."""
+        """Close the record with its outcome and hand it to telemetry and history."""
         record.finished = time.perf_counter()
         if record.first_byte is None and error is None:
             record.first_byte = record.finished
@@ -86,6 +103,8 @@ class Gateway:
                     record.status = exc.status
                 record.error_type, record.error_message = exc.code, exc.message
         rt.access_log.write(record)
+        if self.history is not None:
+            self.history.put(record)
 
 
 def _endpoint(record: RequestRecord) -> Endpoint:

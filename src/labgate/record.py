@@ -1,7 +1,10 @@
 """The record of one request: filled in along the way, written once at the end.
 
-It is what the access log prints today and what the history store, metrics
-and spend tracking consume later. It never holds secrets or message content.
+It is what the access log prints and what the history store, metrics and
+spend tracking consume. It never holds secrets. It keeps a *reference* to the
+parsed request (``payload``) and, when history captures content, to the
+response bytes (``reply`` / ``chunks``): nothing is copied or serialised on
+the hot path; the history writer extracts what it stores later, off it.
 """
 
 from __future__ import annotations
@@ -39,6 +42,14 @@ class RequestRecord:
     finished: float | None = None
     usage: Usage | None = None
     finish_reason: str | None = None
+    experiment: str | None = None
+    variant: str | None = None
+    cache_hit: bool = False
+    cost: float | None = None  # set once pricing lands
+    tags: list[str] | None = None
+    payload: dict[str, Any] | None = None  # the parsed request body, by reference
+    reply: bytes | None = None  # a whole answer's body (history capture "full" only)
+    chunks: list[bytes] | None = None  # a stream's relayed bytes (history capture "full" only)
 
     @property
     def latency_ms(self) -> float | None:

@@ -9,12 +9,17 @@ import os
 import signal
 import socket
 import sys
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from labgate.config.load import Config, load_config
+from labgate.config.load import Config
 from labgate.config.problems import ConfigError
 
+if TYPE_CHECKING:
+    from labgate.config.reload import ConfigSource, Loaded, ReloadResult
+
 _STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
+_HELD_SIGNALS = {*_STOP_SIGNALS, signal.SIGHUP}  # SIGHUP: reload the config
 
 
 def register(commands: Any) -> None:
@@ -44,15 +49,23 @@ def _positive(text: str) -> int:
 def run(args: argparse.Namespace) -> int:
     from labgate.telemetry.logs import configure_logging
 
+    from labgate.config.reload import ConfigSource, load_files
+
     _install_uvloop()
+    loaded: Loaded | None = None
     try:
-        config = load_config(args.config) if args.config else asyncio.run(_discovered())
+        if args.config:  # remembered, so that a reload reads the same files again
+            loaded, source = load_files(Path(args.config)), ConfigSource(path=Path(args.config))
+            config = loaded.config
+        else:  # a reload runs discovery again
+            config, source = asyncio.run(_discovered()), ConfigSource(load=_rediscover)
     except ConfigError as exc:
         print(f"labgate: the config is invalid:\n{exc}", file=sys.stderr)
         return 1
     configure_logging(config.gateway.logging.level)
     for warning in config.warnings:
         print(f"labgate: {warning}", file=sys.stderr)
+    _port_warnings(config)
     server = config.gateway.server
     host = args.host or server.host
     port = server.port if args.port is None else args.port
@@ -61,8 +74,8 @@ def run(args: argparse.Namespace) -> int:
     port = sock.getsockname()[1]
     _banner(config, host, port, workers)
     if workers == 1:
-        return asyncio.run(_serve(config, host, sock))
-    return _prefork(config, host, sock, workers)
+        return asyncio.run(_serve(config, host, sock, source, loaded))
+    return _prefork(config, host, sock, workers, source, loaded)
 
 
 def _install_uvloop() -> None:
@@ -79,6 +92,26 @@ async def _discovered() -> Config:
     found = await discover()
     print(describe(found), file=sys.stderr)
     return default_config(found)
+
+
+async def _rediscover() -> Config:
+    from labgate.config.defaults import default_config, discover
+
+    return default_config(await discover())
+
+
+def _port_warnings(config: Config) -> None:
+    """Live conflicts with ``ports.yaml`` (a registered port held by another process): warnings at start."""
+    if not config.ports.ports:
+        return
+    from labgate.config.ports import inspect
+
+    states = asyncio.run(inspect(config.ports.ports, file="ports.yaml", health=False,
+                                 gateway_port=config.gateway.server.port))
+    for state in states:
+        for problem in state.problems:
+            if problem.severity == "error":
+                print(f"labgate: warning: port conflict: {problem}", file=sys.stderr)
 
 
 def _listen(host: str, port: int) -> socket.socket:
@@ -110,32 +143,58 @@ def _banner(config: Config, host: str, port: int, workers: int) -> None:
           file=sys.stderr, flush=True)
 
 
-async def _serve(config: Config, host: str, sock: socket.socket) -> int:
+async def _serve(config: Config, host: str, sock: socket.socket, source: ConfigSource | None = None,
+                 loaded: Loaded | None = None, *, worker: bool = False) -> int:
     from labgate.server.serve import start_gateway
 
-    running = await start_gateway(config, host=host, sock=sock)
+    # a worker that applied a reload from the admin API asks the parent to reload its siblings too
+    on_reload = _reload_siblings if worker else None
+    running = await start_gateway(config, host=host, sock=sock, source=source, loaded=loaded, on_reload=on_reload)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in _STOP_SIGNALS:
         loop.add_signal_handler(sig, stop.set)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)  # held since fork, if we are a worker
+    reloads: set[asyncio.Task[Any]] = set()
+
+    def reload() -> None:
+        assert running.reloader is not None
+        task = loop.create_task(running.reloader.reload(trigger="SIGHUP"))
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, reload)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _HELD_SIGNALS)  # held since fork, if we are a worker
     await stop.wait()
     print("labgate: shutting down; letting in-flight requests finish", file=sys.stderr, flush=True)
     await running.stop()
     return 0
 
 
-def _prefork(config: Config, host: str, sock: socket.socket, workers: int) -> int:
-    """Fork workers that share the listening socket; the parent relays signals."""
+def _reload_siblings(result: ReloadResult) -> None:
+    os.kill(os.getppid(), signal.SIGHUP)  # the parent relays it to every worker; this one finds no change
+
+
+def _prefork(config: Config, host: str, sock: socket.socket, workers: int, source: ConfigSource | None = None,
+             loaded: Loaded | None = None) -> int:
+    """Fork workers that share the listening socket; the parent relays signals (SIGHUP too)."""
     children: list[int] = []
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})  # until the parent can relay it
     for _ in range(workers):
         pid = os.fork()
         if pid == 0:
-            # a stop signal that arrives while this worker starts waits until it can shut down cleanly
-            signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
-            os._exit(asyncio.run(_serve(config, host, sock)))
+            # a signal that arrives while this worker starts waits until it can act on it cleanly
+            signal.pthread_sigmask(signal.SIG_BLOCK, _HELD_SIGNALS)
+            os._exit(asyncio.run(_serve(config, host, sock, source, loaded, worker=True)))
         children.append(pid)
     sock.close()
+
+    def relay_hup(signum: int, _frame: object) -> None:
+        for child in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, signal.SIGHUP)
+
+    signal.signal(signal.SIGHUP, relay_hup)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
 
     def relay(signum: int, _frame: object) -> None:
         for child in children:

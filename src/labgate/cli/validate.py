@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import sys
+from dataclasses import replace
 from typing import Any
 
 import orjson
 
-from labgate.config.load import load_config
+from labgate.config.load import Config, load_config
 from labgate.config.problems import ConfigError, Problem
 
 
@@ -16,6 +18,10 @@ def register(commands: Any) -> None:
     p = commands.add_parser("validate", help="validate a config directory (exit 0 valid, 1 invalid)")
     p.add_argument("--config", metavar="DIR", default=".", help="config directory or labgate.yaml")
     p.add_argument("--json", action="store_true", help="print a JSON report (for CI)")
+    p.add_argument("--check-providers", action="store_true",
+                   help="also reach each active provider and check that it has the configured models")
+    p.add_argument("--check-ports", action="store_true",
+                   help="also check ports.yaml: conflicts in the files and on this machine are errors")
     p.set_defaults(run=run)
 
 
@@ -26,7 +32,30 @@ def run(args: argparse.Namespace) -> int:
         return report(args.config, exc.problems, as_json=args.json, valid=False)
     summary = {"providers": len(config.providers),
                "active_providers": sum(p.status == "active" for p in config.providers.values())}
-    return report(args.config, config.warnings, as_json=args.json, valid=True, summary=summary)
+    problems = list(config.warnings)
+    if args.check_providers or args.check_ports:
+        problems = asyncio.run(_live_checks(config, problems, providers=args.check_providers,
+                                            ports=args.check_ports))
+    valid = not any(p.severity == "error" for p in problems)
+    return report(args.config, tuple(problems), as_json=args.json, valid=valid, summary=summary)
+
+
+async def _live_checks(config: Config, problems: list[Problem], *, providers: bool, ports: bool) -> list[Problem]:
+    """``--check-providers`` / ``--check-ports``: what the machine says, added to the file checks."""
+    if ports:
+        from labgate.cli.ports import check
+        from labgate.config.checks import port_conflicts
+        from labgate.config.load import FILES
+
+        files = {"ports": config.source if config.source.endswith(".yaml") else f"{config.source}/{FILES['ports']}"}
+        static = port_conflicts(config, files)
+        problems = [p for p in problems if p not in {replace(s, severity="warning") for s in static}] + static
+        problems += [p for state in await check(config) for p in state.problems]
+    if providers:
+        from labgate.config.probe import check_providers
+
+        problems += [p for report in await check_providers(config) for p in report.problems]
+    return problems
 
 
 def report(source: str, problems: tuple[Problem, ...], *, as_json: bool, valid: bool,

@@ -9,8 +9,9 @@ from __future__ import annotations
 import fnmatch
 import os
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
+from labgate.config.ports import static_conflicts
 from labgate.config.problems import Problem, closest
 from labgate.config.schema.mappings import MappingsConfig
 from labgate.config.schema.providers import ProviderConfig
@@ -74,7 +75,19 @@ def check_config(config: object, files: Mapping[str, str]) -> list[Problem]:
     problems = list(_check_providers(providers, pfile))
     problems += _check_routing(names, mappings, mfile)
     problems += _check_cycles(names, mappings, mfile)
+    problems += port_conflicts(config, files, severity="warning")
     return problems
+
+
+def port_conflicts(config: object, files: Mapping[str, str], *, severity: str = "error") -> list[Problem]:
+    """``ports.yaml`` against itself and ``gateway.yaml``: warnings at load, errors under ``--check-ports``."""
+    ports = getattr(config, "ports", None)
+    if ports is None or not ports.ports:
+        return []
+    server = config.gateway.server  # type: ignore[attr-defined]
+    found = static_conflicts(ports.ports, server_host=server.host, server_port=server.port,
+                             file=files.get("ports", "ports.yaml"))
+    return [p if p.severity == "warning" else replace(p, severity=severity) for p in found]
 
 
 def _check_providers(providers: Mapping[str, ProviderConfig], file: str) -> Iterator[Problem]:

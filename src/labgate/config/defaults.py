@@ -37,11 +37,23 @@ STANDARD_ENGINES = (
 
 
 @dataclass(frozen=True, slots=True)
+class ModelDetails:
+    """What an engine says about one model beyond its name (Ollama's ``/api/tags``)."""
+
+    name: str
+    size_bytes: int | None = None
+    quantization: str | None = None
+    parameter_size: str | None = None
+    family: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Found:
     engine: Engine
     type: str  # may differ from the engine's usual type (vLLM also likes port 8000)
     base_url: str
     models: tuple[str, ...]
+    details: tuple[ModelDetails, ...] = ()  # per model, when the engine tells more than names
 
 
 async def discover(host: str = "127.0.0.1", engines: tuple[Engine, ...] = STANDARD_ENGINES,
@@ -68,7 +80,34 @@ async def _probe(session: aiohttp.ClientSession, host: str, engine: Engine) -> F
     models = tuple(str(m["id"]) for m in items if isinstance(m, dict) and "id" in m)
     owners = {str(m.get("owned_by", "")).lower() for m in items if isinstance(m, dict)}
     kind = "vllm" if "vllm" in owners else engine.type
-    return Found(engine, kind, base, models)
+    details = await _ollama_tags(session, base) if kind == "ollama" else ()
+    return Found(engine, kind, base, models, details)
+
+
+async def _ollama_tags(session: aiohttp.ClientSession, base: str) -> tuple[ModelDetails, ...]:
+    """Size, quantization and parameter count of each model, from Ollama's native ``/api/tags``."""
+    try:
+        async with session.get(base + "/api/tags") as resp:
+            if resp.status != 200:
+                return ()
+            data = orjson.loads(await resp.read())
+    except (TimeoutError, aiohttp.ClientError, OSError, orjson.JSONDecodeError):
+        return ()
+    entries = data.get("models") if isinstance(data, dict) else None
+    out = []
+    for entry in entries if isinstance(entries, list) else ():
+        if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
+            continue
+        info = entry.get("details") if isinstance(entry.get("details"), dict) else {}
+        size = entry.get("size")
+        out.append(ModelDetails(entry["name"], size if isinstance(size, int) else None,
+                                _text(info.get("quantization_level")), _text(info.get("parameter_size")),
+                                _text(info.get("family"))))
+    return tuple(out)
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
 
 
 def default_config(found: list[Found]) -> Config:

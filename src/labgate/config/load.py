@@ -20,6 +20,7 @@ from pydantic import BaseModel, ValidationError
 from labgate.config.problems import ConfigError, Problem, closest
 from labgate.config.schema.gateway import GatewayConfig
 from labgate.config.schema.mappings import MappingsConfig
+from labgate.config.schema.ports import PortsConfig
 from labgate.config.schema.providers import ProviderConfig
 from labgate.providers.registry import TYPES
 
@@ -28,7 +29,8 @@ FILES = {"providers": "providers.yaml", "mappings": "model-mappings.yaml",
 SINGLE_FILE = "labgate.yaml"
 # Top-level sections of the single-file form, and the file each one stands for.
 SECTIONS = {"providers": "providers", "routing": "mappings", "fallbacks": "mappings",
-            "server": "gateway", "auth": "gateway", "logging": "gateway", "resilience": "gateway"}
+            "server": "gateway", "auth": "gateway", "logging": "gateway", "resilience": "gateway",
+            "store": "gateway", "config": "gateway", "ports": "ports"}
 M = TypeVar("M", bound=BaseModel)
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
@@ -42,6 +44,7 @@ class Config:
     gateway: GatewayConfig
     source: str
     warnings: tuple[Problem, ...] = field(default=())
+    ports: PortsConfig = field(default_factory=PortsConfig)  # ports.yaml: the local service registry
 
 
 def load_config(path: str | os.PathLike[str], *, env: Mapping[str, str] | None = None) -> Config:
@@ -143,14 +146,15 @@ def build_config(raw: Mapping[str, Mapping[str, Any]], names: Mapping[str, str],
                          "", problems)
     gateway = _validate(GatewayConfig, raw.get("gateway", {}), names.get("gateway", source),
                         "", problems)
+    ports = _validate(PortsConfig, raw.get("ports", {}), names.get("ports", source), "", problems)
     if problems:
         raise ConfigError(problems)
-    assert mappings is not None and gateway is not None
-    config = Config(providers, mappings, gateway, source)
+    assert mappings is not None and gateway is not None and ports is not None
+    config = Config(providers, mappings, gateway, source, ports=ports)
     problems = check_config(config, names)
     if any(p.severity == "error" for p in problems):
         raise ConfigError(problems)
-    return Config(providers, mappings, gateway, source, warnings=tuple(problems))
+    return Config(providers, mappings, gateway, source, warnings=tuple(problems), ports=ports)
 
 
 def _providers(raw: Mapping[str, Any], file: str, problems: list[Problem]) -> dict[str, ProviderConfig]:

@@ -2,7 +2,13 @@
 
 An adapter turns one OpenAI-dialect call into a request to its upstream and
 the upstream's answer back into OpenAI-dialect bytes. It raises only
-:mod:`labgate.errors` exceptions. Optional abilities (listing models) are
+:mod:`labgate.errors` exceptions.
+
+A call from a client of another dialect (Anthropic's ``/v1/messages``) also
+carries that client's own body in :attr:`Call.native`. An adapter that
+speaks the client's dialect sends it instead (only ``model`` rewritten) and
+marks its answer with that ``dialect``, so bytes pass through untranslated;
+every other adapter ignores it. Optional abilities (listing models) are
 separate protocols, checked with ``isinstance`` where they are used.
 
 Contract for :meth:`Adapter.stream`: it returns only once the upstream has
@@ -18,8 +24,11 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
-Endpoint = Literal["chat", "completions", "embeddings"]
+# "messages": an Anthropic Messages request that the OpenAI dialect cannot carry
+# (server tools, documents, ...), so only adapters that speak Anthropic serve it.
+Endpoint = Literal["chat", "completions", "embeddings", "messages"]
 ALL_ENDPOINTS: frozenset[str] = frozenset({"chat", "completions", "embeddings"})
+Dialect = Literal["openai", "anthropic"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,7 +38,9 @@ class Call:
     ``body`` is the client's parsed JSON; adapters must not mutate it (a
     fallback attempt reuses it). ``model`` is the upstream's name for the
     model. ``timeout`` is what this attempt may spend, already bounded by
-    the request's total deadline.
+    the request's total deadline. ``native`` is the client's Anthropic
+    Messages body when the client spoke Anthropic (``body`` is then its
+    OpenAI translation); it is not mutated either.
     """
 
     endpoint: Endpoint
@@ -37,6 +48,22 @@ class Call:
     model: str
     timeout: float
     request_id: str
+    native: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Translated:
+    """What a surface for another dialect parses a request into.
+
+    ``body`` is the OpenAI-dialect translation (routing reads ``model`` and
+    ``stream`` from it); ``native`` is the client's own body, for adapters
+    that speak its dialect; ``endpoint`` is ``"messages"`` when ``body``
+    could not carry the request's whole meaning.
+    """
+
+    body: dict[str, Any]
+    native: dict[str, Any]
+    endpoint: Endpoint = "chat"
 
 
 @dataclass(slots=True)
@@ -51,11 +78,15 @@ class Usage:
 
 @dataclass(slots=True)
 class Reply:
-    """A complete (non-stream) answer: OpenAI-dialect JSON bytes plus what we tapped."""
+    """A complete (non-stream) answer: JSON bytes in ``dialect`` plus what we tapped.
+
+    ``finish_reason`` is always in OpenAI's vocabulary, whatever the dialect.
+    """
 
     body: bytes
     usage: Usage | None = None
     finish_reason: str | None = None
+    dialect: Dialect = "openai"
 
 
 @dataclass(slots=True)
@@ -69,9 +100,10 @@ class StreamInfo:
 
 
 class Stream(Protocol):
-    """OpenAI SSE bytes (``data: {...}\\n\\n`` … ``data: [DONE]\\n\\n``)."""
+    """SSE bytes in ``dialect``: OpenAI's (``data: {...}\\n\\n`` … ``data: [DONE]\\n\\n``) or Anthropic's."""
 
     info: StreamInfo
+    dialect: Dialect
 
     def __aiter__(self) -> AsyncIterator[bytes]: ...
 
@@ -103,6 +135,7 @@ class IteratorStream:
 
     iterator: AsyncIterator[bytes]
     info: StreamInfo = field(default_factory=StreamInfo)
+    dialect: Dialect = "openai"
 
     def __aiter__(self) -> AsyncIterator[bytes]:
         return self.iterator

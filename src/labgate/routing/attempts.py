@@ -25,9 +25,9 @@ from labgate.routing.table import Deployment
 
 
 async def attempt(candidates: list[Deployment], *, endpoint: Endpoint, body: dict[str, Any],
-                  stream: bool, deadline: float, circuit: Circuit,
-                  record: RequestRecord) -> tuple[Reply | Stream, Deployment]:
-    """The first successful answer and the deployment that gave it."""
+                  stream: bool, deadline: float, circuit: Circuit, record: RequestRecord,
+                  native: dict[str, Any] | None = None) -> tuple[Reply | Stream, Deployment]:
+    """The first successful answer and the deployment that gave it (``native``: see :class:`Call`)."""
     failures = record.failures
     for dep in candidates:
         if endpoint not in dep.adapter.endpoints:
@@ -41,7 +41,7 @@ async def attempt(candidates: list[Deployment], *, endpoint: Endpoint, body: dic
             break
         record.attempts += 1
         record.provider, record.deployment = dep.provider, dep.key
-        call = Call(endpoint, body, dep.model, min(dep.timeout, remaining), record.request_id)
+        call = Call(endpoint, body, dep.model, min(dep.timeout, remaining), record.request_id, native)
         dep.health.inflight += 1
         try:
             result = await (dep.adapter.stream(call) if stream else dep.adapter.send(call))

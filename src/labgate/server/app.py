@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from labgate.config.reload import Reloader
 from labgate.errors import LabgateError, MethodNotAllowedError, RouteNotFoundError
 from labgate.gateway import Gateway
+from labgate.server.admin_config import config_routes
+from labgate.server.admin_history import history_routes
+from labgate.server.anthropic import AnthropicSurface
 from labgate.server.envelopes import openai_error
 from labgate.server.health import HealthSurface
 from labgate.server.http import Handler, Request, Response
@@ -11,15 +15,18 @@ from labgate.server.ids import request_id
 from labgate.server.openai import OpenAISurface
 
 
-def build_app(gateway: Gateway) -> Handler:
+def build_app(gateway: Gateway, *, reloader: Reloader | None = None) -> Handler:
     """The request handler for the server: route lookup, then the surface's handler."""
     openai = OpenAISurface(gateway)
+    anthropic = AnthropicSurface(gateway)
     health = HealthSurface(gateway)
     routes: dict[str, dict[str, Handler]] = {
         "/v1/chat/completions": {"POST": openai.chat},
         "/v1/completions": {"POST": openai.completions},
         "/v1/embeddings": {"POST": openai.embeddings},
         "/v1/models": {"GET": openai.models},
+        "/v1/messages": {"POST": anthropic.messages},
+        "/v1/messages/count_tokens": {"POST": anthropic.count_tokens},
         "/health": {"GET": health.health},
         "/health/liveness": {"GET": health.liveness},
         "/health/readiness": {"GET": health.readiness},
@@ -29,6 +36,12 @@ def build_app(gateway: Gateway) -> Handler:
     for path in ("/chat/completions", "/completions", "/embeddings", "/models"):
         routes[path] = routes["/v1" + path]
     prefixes = {"/v1/models/": routes["/v1/models"]}
+    # /admin/history, /admin/analytics/* (server/admin_history.py)
+    history, history_prefixes = history_routes(gateway)
+    routes.update(history)
+    prefixes.update(history_prefixes)
+    # /admin/config, /admin/config/validate, /admin/config/reload (server/admin_config.py)
+    routes.update(config_routes(gateway, reloader))
 
     async def app(request: Request) -> Response:
         methods = routes.get(request.path)

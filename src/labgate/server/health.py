@@ -11,6 +11,7 @@ import orjson
 from labgate.errors import LabgateError
 from labgate.gateway import Gateway
 from labgate.providers.base import ModelLister
+from labgate.runtime import Runtime
 from labgate.server.envelopes import JSON
 from labgate.server.http import Request, Response
 
@@ -46,7 +47,7 @@ class HealthSurface:
         if self._probed and self._probed[1] is rt and now - self._probed[0] < _PROBE_CACHE_S:
             return _json(200, self._probed[2])
         names = list(rt.adapters)
-        results = await asyncio.gather(*(self._probe(name) for name in names))
+        results = await asyncio.gather(*(self._probe(rt, name) for name in names))
         report = {"providers": dict(zip(names, results, strict=True))}
         for name, provider in rt.config.providers.items():
             if provider.status != "active":
@@ -54,8 +55,7 @@ class HealthSurface:
         self._probed = (now, rt, report)
         return _json(200, report)
 
-    async def _probe(self, name: str) -> dict[str, Any]:
-        rt = self.gateway.runtime
+    async def _probe(self, rt: Runtime, name: str) -> dict[str, Any]:
         adapter = rt.adapters[name]
         configured = [m.name for m in rt.config.providers[name].models]
         if not isinstance(adapter, ModelLister):

@@ -114,6 +114,11 @@ class HttpServer:
         """Requests whose handler or response stream is running right now."""
         return self._inflight
 
+    def busy_tasks(self) -> set[asyncio.Task[None]]:
+        """The tasks answering requests right now, streams included (a reload waits for them to end
+        before it closes the old runtime's upstream connections)."""
+        return {conn.task for conn in self._connections if conn.task is not None}
+
     async def shutdown(self, grace: float) -> None:
         """Stop accepting, close idle connections, give in-flight requests ``grace`` s, then cancel them."""
         self._closing = True

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from labgate.config.load import Config
+from labgate.config.reload import ConfigSource, Loaded, Reloader, ReloadResult, loaded_from
 from labgate.errors import LabgateError
 from labgate.gateway import Gateway
 from labgate.runtime import Runtime
@@ -13,6 +15,7 @@ from labgate.server.app import build_app
 from labgate.server.envelopes import openai_error
 from labgate.server.http import HttpServer, Response
 from labgate.server.ids import request_id
+from labgate.store.writer import HistoryWriter
 from labgate.telemetry.logs import AccessLog
 
 
@@ -26,27 +29,48 @@ class RunningGateway:
     server: HttpServer
     host: str
     port: int
+    reloader: Reloader | None = None
 
     @property
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
     async def stop(self, grace: float | None = None) -> None:
-        """Stop accepting, let in-flight requests finish (up to ``grace`` s), close upstreams."""
+        """Stop accepting, let in-flight requests finish (up to ``grace`` s), close upstreams,
+        then write the history still queued."""
         runtime = self.gateway.runtime
         await self.server.shutdown(runtime.config.gateway.server.shutdown_grace_s if grace is None else grace)
-        await runtime.aclose()
+        if self.reloader is not None:
+            await self.reloader.aclose()  # stop watching; runtimes retired by reloads close now
+        await self.gateway.runtime.aclose()
+        if self.gateway.history is not None:
+            await self.gateway.history.close()
 
 
 async def start_gateway(config: Config, *, host: str | None = None, port: int | None = None,
                         sock: socket.socket | None = None,
-                        access_log: AccessLog | None = None) -> RunningGateway:
-    """Build the runtime and listen; ``port=0`` picks a free port."""
+                        access_log: AccessLog | None = None, source: ConfigSource | None = None,
+                        loaded: Loaded | None = None,
+                        on_reload: Callable[[ReloadResult], None] | None = None) -> RunningGateway:
+    """Build the runtime, open the history store (``store:``), and listen; ``port=0`` picks a free port."""
     server_config = config.gateway.server
-    gateway = Gateway(Runtime.build(config, access_log=access_log))
-    server = HttpServer(build_app(gateway), max_body_bytes=server_config.max_body_bytes,
-                        error_response=_error_response,
-                        keepalive_timeout=server_config.keepalive_timeout_s)
-    host = server_config.host if host is None else host
-    bound = await server.start(host, server_config.port if port is None else port, sock=sock)
-    return RunningGateway(gateway, server, host, bound)
+    history = HistoryWriter.from_config(config.gateway.store, source=config.source)
+    if history is not None:
+        await history.start()
+    try:
+        gateway = Gateway(Runtime.build(config, access_log=access_log), history=history)
+        # hot reload: `source` says where to read the config again (SIGHUP, /admin/config/reload, watch)
+        reloader = Reloader(gateway, loaded or loaded_from(config), source=source, access_log=access_log,
+                            on_applied=on_reload)
+        server = HttpServer(build_app(gateway, reloader=reloader), max_body_bytes=server_config.max_body_bytes,
+                            error_response=_error_response,
+                            keepalive_timeout=server_config.keepalive_timeout_s)
+        reloader.in_flight = server.busy_tasks
+        host = server_config.host if host is None else host
+        bound = await server.start(host, server_config.port if port is None else port, sock=sock)
+        await reloader.start()
+    except BaseException:
+        if history is not None:
+            await history.close()
+        raise
+    return RunningGateway(gateway, server, host, bound, reloader)

@@ -1,4 +1,4 @@
-"""``gateway.yaml``: the server, auth, routing limits and logging."""
+"""``gateway.yaml``: the server, auth, routing limits, logging and the history store."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ from typing import Literal
 from pydantic import Field
 
 from labgate.config.schema.base import Strict
+from labgate.config.schema.reload import ReloadConfig
+from labgate.config.schema.store import StoreConfig
 
 
 class ServerConfig(Strict):
@@ -44,3 +46,5 @@ class GatewayConfig(Strict):
     auth: AuthConfig = Field(default_factory=AuthConfig)
     resilience: ResilienceConfig = Field(default_factory=ResilienceConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    store: StoreConfig = Field(default_factory=StoreConfig)
+    config: ReloadConfig = Field(default_factory=ReloadConfig)  # hot reload, watching, backups

@@ -4,6 +4,11 @@ Requests and whole responses are translated by :mod:`.translate`, streams
 event by event by :mod:`.stream`; every byte goes through :class:`HttpPool`,
 so transport failures and error statuses (529 overloaded → retryable
 :class:`UpstreamStatusError`) become labgate errors in one place.
+
+A call from an Anthropic client (``Call.native``) is passed through: its own
+body goes upstream with only ``model`` rewritten, and the upstream's body or
+events come back as they are, marked ``dialect="anthropic"``
+(:mod:`.passthrough` taps usage and the stop reason on the way).
 """
 
 from __future__ import annotations
@@ -22,9 +27,11 @@ from labgate.errors import (
     UpstreamConnectionError,
 )
 from labgate.providers.anthropic.config import DEFAULT_BASE_URL, AnthropicConfig
+from labgate.providers.anthropic.passthrough import MessageTap
 from labgate.providers.anthropic.stream import StreamTranslator
 from labgate.providers.anthropic.translate import (
     chat_request_to_messages,
+    finish_reason,
     message_to_chat_completion,
     read_usage,
 )
@@ -37,9 +44,9 @@ _MAX_MODEL_PAGES = 20
 
 
 class AnthropicAdapter:
-    """Serves OpenAI chat completions from an Anthropic Messages upstream."""
+    """Serves OpenAI chat completions, and Anthropic clients untranslated, from a Messages upstream."""
 
-    endpoints = frozenset({"chat"})
+    endpoints = frozenset({"chat", "messages"})
 
     def __init__(self, config: AnthropicConfig, *, name: str) -> None:
         self.name = name
@@ -56,6 +63,8 @@ class AnthropicAdapter:
                               max_connections=config.max_parallel_requests or 0)
 
     def _body(self, call: Call, *, stream: bool) -> bytes:
+        if call.native is not None:
+            return orjson.dumps({**call.native, "model": call.model})
         if call.endpoint != "chat":
             raise UnsupportedEndpointError(
                 f"{self._where} (anthropic) serves chat completions only, not {call.endpoint}")
@@ -70,30 +79,43 @@ class AnthropicAdapter:
         if status >= 300:
             raise error_for_status(status, data, headers, self._where)
         message = parse_json(data, self._where)
+        if call.native is not None:
+            return self._native_reply(message, data)
         completion = message_to_chat_completion(message, created=int(time.time()),
                                                 where=self._where)
         usage = read_usage(message.get("usage")) if isinstance(message, dict) else None
         return Reply(body=orjson.dumps(completion), usage=usage,
                      finish_reason=completion["choices"][0]["finish_reason"])
 
+    def _native_reply(self, message: object, data: bytes) -> Reply:
+        if not isinstance(message, dict) or message.get("type") != "message":
+            raise UpstreamBadResponseError(f"{self._where} sent a body that is not a message")
+        return Reply(body=data, usage=read_usage(message.get("usage")),
+                     finish_reason=finish_reason(message.get("stop_reason")), dialect="anthropic")
+
     async def stream(self, call: Call) -> IteratorStream:
         body = self._body(call, stream=True)
-        options = call.body.get("stream_options")
-        include_usage = isinstance(options, dict) and bool(options.get("include_usage"))
         upstream = await self._http.open_stream(_MESSAGES, body, timeout=call.timeout)
         chunks = upstream.chunks()
         info = StreamInfo()
-        translator = StreamTranslator(info, include_usage=include_usage,
-                                      created=int(time.time()), where=self._where)
+        translator: StreamTranslator | MessageTap
+        if call.native is not None:
+            translator = MessageTap(info, where=self._where)
+        else:
+            options = call.body.get("stream_options")
+            include_usage = isinstance(options, dict) and bool(options.get("include_usage"))
+            translator = StreamTranslator(info, include_usage=include_usage,
+                                          created=int(time.time()), where=self._where)
         try:
             first = await self._first_output(chunks, translator)
         except BaseException:
             await chunks.aclose()
             raise
-        return IteratorStream(self._relay(chunks, translator, first), info)
+        dialect = "anthropic" if call.native is not None else "openai"
+        return IteratorStream(self._relay(chunks, translator, first), info, dialect)
 
     async def _first_output(self, chunks: AsyncIterator[bytes],
-                            translator: StreamTranslator) -> bytes:
+                            translator: StreamTranslator | MessageTap) -> bytes:
         """Read until ``message_start`` has arrived and been translated (the stream contract)."""
         out: list[bytes] = []
         async for chunk in chunks:
@@ -102,7 +124,7 @@ class AnthropicAdapter:
                 return b"".join(out)
         raise UpstreamConnectionError(f"{self._where} closed the stream before its first event")
 
-    async def _relay(self, chunks: AsyncIterator[bytes], translator: StreamTranslator,
+    async def _relay(self, chunks: AsyncIterator[bytes], translator: StreamTranslator | MessageTap,
                      first: bytes) -> AsyncIterator[bytes]:
         try:
             out = first

@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from labgate.errors import UpstreamBadResponseError
+from labgate.errors import LabgateError, UpstreamBadResponseError
 from labgate.providers.anthropic.translate import (
     cached_tokens,
     finish_reason,
@@ -175,13 +175,25 @@ class StreamTranslator:
         return out
 
     def _error(self, event: dict[str, Any]) -> list[dict[str, Any] | bytes]:
-        error = event.get("error")
-        kind = error.get("type") if isinstance(error, dict) else None
-        status = ERROR_STATUS.get(kind, 500) if isinstance(kind, str) else 500
-        raise error_for_status(status, orjson.dumps(event), {}, f"{self.where} (in its stream)")
+        raise stream_error(event, self.where)
 
     def _merge_usage(self, usage: Any) -> None:
-        # message_delta's usage is cumulative but may leave out fields message_start gave.
-        if isinstance(usage, dict):
-            self._usage.update((k, v) for k, v in usage.items() if v is not None)
-            self.info.usage = read_usage(self._usage)
+        merge_usage(self._usage, usage, self.info)
+
+
+def stream_error(event: dict[str, Any], where: str) -> LabgateError:
+    """The labgate error an Anthropic ``error`` event stands for (``overloaded_error`` → 529)."""
+    error = event.get("error")
+    kind = error.get("type") if isinstance(error, dict) else None
+    status = ERROR_STATUS.get(kind, 500) if isinstance(kind, str) else 500
+    return error_for_status(status, orjson.dumps(event), {}, f"{where} (in its stream)")
+
+
+def merge_usage(merged: dict[str, Any], usage: Any, info: StreamInfo) -> None:
+    """Fold one event's ``usage`` into ``merged`` and ``info``.
+
+    message_delta's usage is cumulative but may leave out fields message_start gave.
+    """
+    if isinstance(usage, dict):
+        merged.update((k, v) for k, v in usage.items() if v is not None)
+        info.usage = read_usage(merged)

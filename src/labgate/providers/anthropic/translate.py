@@ -21,6 +21,7 @@ from labgate.providers.base import Usage
 
 # Anthropic stop_reason → OpenAI finish_reason. pause_turn (a server tool paused a long
 # turn) has no OpenAI equivalent; the turn did end normally from the client's view.
+# Read backwards (inbound.STOP_REASONS), the first stop reason per finish reason wins.
 FINISH_REASONS: Mapping[str, str] = MappingProxyType({
     "end_turn": "stop",
     "stop_sequence": "stop",
@@ -34,6 +35,9 @@ FINISH_REASONS: Mapping[str, str] = MappingProxyType({
 _TOOL_CHOICES: Mapping[str, dict[str, str]] = MappingProxyType({
     "auto": {"type": "auto"}, "required": {"type": "any"}, "none": {"type": "none"}})
 _SYSTEM_ROLES = frozenset({"system", "developer"})
+# How an Anthropic tool result's is_error travels in an OpenAI tool message: as the
+# text's first word (inbound.py writes it, _tool_result reads it back).
+TOOL_ERROR_MARK = "[tool error]"
 _EMPTY_SCHEMA = MappingProxyType({"type": "object", "properties": {}})
 
 
@@ -118,9 +122,14 @@ def _add_sampling(body: Mapping[str, Any], out: dict[str, Any]) -> None:
 # ---------------------------------------------------------------- messages
 
 
-def _split_messages(messages: list[Any]) -> tuple[str, list[dict[str, Any]]]:
-    """The joined system prompt, and the turns with same-role neighbours merged."""
+def _split_messages(messages: list[Any]) -> tuple[str | list[dict[str, Any]], list[dict[str, Any]]]:
+    """The system prompt, and the turns with same-role neighbours merged.
+
+    System texts are joined, except that one system message made of several
+    text parts keeps them as blocks (what an Anthropic client sent as blocks).
+    """
     system: list[str] = []
+    system_messages: list[Any] = []
     turns: list[dict[str, Any]] = []
     for i, message in enumerate(messages):
         if not isinstance(message, Mapping):
@@ -128,6 +137,7 @@ def _split_messages(messages: list[Any]) -> tuple[str, list[dict[str, Any]]]:
         role = message.get("role")
         if role in _SYSTEM_ROLES:
             system.extend(_texts(message.get("content"), f"messages[{i}].content"))
+            system_messages.append(message.get("content"))
             continue
         role, blocks = _turn(message, i)
         if not blocks:
@@ -136,6 +146,8 @@ def _split_messages(messages: list[Any]) -> tuple[str, list[dict[str, Any]]]:
             turns[-1]["content"].extend(blocks)
         else:
             turns.append({"role": role, "content": blocks})
+    if len(system_messages) == 1 and isinstance(system_messages[0], list) and len(system) > 1:
+        return _text_blocks(system), turns
     return "\n\n".join(t for t in system if t), turns
 
 
@@ -243,10 +255,17 @@ def _tool_result(message: Mapping[str, Any], where: str) -> dict[str, Any]:
     block: dict[str, Any] = {"type": "tool_result", "tool_use_id": call_id}
     content = message.get("content")
     if isinstance(content, str):
+        if content == TOOL_ERROR_MARK or content.startswith(TOOL_ERROR_MARK + " "):
+            block["is_error"] = True
+            content = content[len(TOOL_ERROR_MARK) + 1:]
         if content:
             block["content"] = content
     else:
-        parts = _text_blocks(_texts(content, f"{where}.content"))
+        texts = _texts(content, f"{where}.content")
+        if texts and texts[0] == TOOL_ERROR_MARK:
+            block["is_error"] = True
+            texts = texts[1:]
+        parts = _text_blocks(texts)
         if parts:
             block["content"] = parts
     return block

@@ -216,7 +216,7 @@ async def test_other_endpoints_are_refused(adapter: AnthropicAdapter) -> None:
     call = Call(endpoint="embeddings", body={"input": "x"}, model="m", timeout=1, request_id="r")
     with pytest.raises(UnsupportedEndpointError):
         await within(adapter.send(call))
-    assert adapter.endpoints == frozenset({"chat"})
+    assert adapter.endpoints == frozenset({"chat", "messages"})
 
 
 @pytest.mark.asyncio

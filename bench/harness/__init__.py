@@ -1,0 +1,1 @@
+"""The pieces behind ``bench/gateway.py``: machine facts, processes, load generators, targets, report."""

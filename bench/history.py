@@ -1,0 +1,362 @@
+"""History benchmark: throughput with history on (SQLite, PostgreSQL) as a ratio of history off, in one run.
+
+    .venv/bin/python bench/history.py [--rounds 3] [--duration 10] [--connections 16] [--capture full]
+                                      [--no-postgres] [--drop-check] [--rate 2000] [--drop-seconds 60]
+
+Uses the gateway benchmark's harness (``bench/harness``): the fast fake
+upstream (``bench/upstream.py``) and wrk, pinned to the load core, and
+``labgate serve`` pinned to the gateway core. Each round starts a fresh
+gateway per mode, in a rotated order, and measures the same leg: non-stream
+chat completions, wrk closed loop, ``--connections`` connections, after a
+2 s warm-up. Modes differ only in ``gateway.yaml``'s ``store:`` section:
+
+    off       store.capture: none
+    sqlite    store.url: a fresh SQLite file            (capture: --capture)
+    postgres  store.url: DATABASE_URL, a fresh schema   (capture: --capture)
+
+It prints per mode the median req/s (min–max), the gateway's CPU µs per
+request (its utime+stime over the leg / requests) and the median of the
+per-round ratios to ``off``; then the records the store holds against the
+requests sent (every request must be there after the clean stop).
+
+``--drop-check``: for SQLite and PostgreSQL, an open-loop load at ``--rate``
+req/s for ``--drop-seconds`` s with the default ``store.queue_size``, then
+the writer's ``dropped`` counter and the row count against requests answered.
+
+PostgreSQL is a system service that is not pinned: its CPU time comes out
+of whichever core it lands on. Timing is never pass/fail; exit status 0 when
+every leg ran, 1 when one failed, 2 when the harness could not start.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import re
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import timeit
+import urllib.request
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+try:
+    import orjson
+    import uvloop
+except ImportError as missing:
+    raise SystemExit(f"bench: {missing.name} is missing — run with the project's venv: "
+                     f".venv/bin/python {' '.join(sys.argv)}") from None
+
+from harness import load, machine, procs
+
+BENCH = Path(__file__).resolve().parent
+KEY = "sk-labgate-history-bench"  # a throwaway key for the benchmark only
+DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/test"
+
+
+@dataclass(slots=True)
+class Leg:
+    rps: float
+    cpu_us: float
+    requests: int
+    errors: int
+    dropped: int | None = None
+    stored: int | None = None
+    answered: int | None = None
+
+
+@dataclass(slots=True)
+class Mode:
+    name: str
+    store: str  # the gateway.yaml store section
+    count: object = None  # () -> rows in the store, or None
+    legs: list[Leg] = field(default_factory=list)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse(argv)
+    if load.wrk_path() is None:
+        print(f"bench: {load.WRK_MISSING}", file=sys.stderr)
+        return 2
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    place = machine.placement()
+    os.sched_setaffinity(0, place.load)  # this script's own load (drop check) stays off the gateway core
+    work = Path(tempfile.mkdtemp(prefix="labgate-history-bench-"))
+    print(f"bench: {machine.cpu_model()}, {place.cores} cores; {place.note}")
+    print(f"bench: put() on the request path: {_put_cost_ns():.0f} ns per record (deque append + checks)")
+    upstream_port = procs.free_port()
+    upstream = procs.spawn([sys.executable, str(BENCH / "upstream.py"), "--port", str(upstream_port)],
+                           cores=place.load, log=work / "upstream.log")
+    schemas: list[str] = []
+    try:
+        procs.wait_listening(upstream_port, proc=upstream, timeout=15)
+        modes = _modes(args, work, schemas)
+        failed = _throughput(args, modes, place, work, f"http://127.0.0.1:{upstream_port}")
+        _report(modes, args)
+        if args.drop_check:
+            failed |= _drop_check(args, modes, place, work, f"http://127.0.0.1:{upstream_port}")
+    except (RuntimeError, OSError) as exc:
+        print(f"bench: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        procs.stop(upstream)
+        for schema in schemas:
+            with contextlib.suppress(Exception):
+                asyncio.run(_pg(args.database_url, f"DROP SCHEMA IF EXISTS {schema} CASCADE"))
+    print(f"bench: logs in {work}")
+    return 1 if failed else 0
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="bench/history.py", description=__doc__.splitlines()[0])
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--duration", type=int, default=10, help="seconds per measured leg")
+    p.add_argument("--connections", type=int, default=16)
+    p.add_argument("--capture", choices=("full", "metadata"), default="full")
+    p.add_argument("--no-postgres", action="store_true")
+    p.add_argument("--database-url", default=os.environ.get("DATABASE_URL", DEFAULT_DATABASE_URL))
+    p.add_argument("--drop-check", action="store_true", help="also run the open-loop drop check")
+    p.add_argument("--rate", type=int, default=2000, help="drop check: requests per second")
+    p.add_argument("--drop-seconds", type=int, default=60, help="drop check: seconds")
+    return p.parse_args(argv)
+
+
+def _put_cost_ns() -> float:
+    """What history adds to a request in the process: one ``put`` (measured in this process)."""
+    from labgate.record import RequestRecord
+    from labgate.store.writer import HistoryWriter
+
+    writer = HistoryWriter(store=None, queue_size=10**9, batch_size=10**9)  # type: ignore[arg-type]
+    record = RequestRecord("req", "chat")
+    n = 200_000
+    seconds = min(timeit.repeat(lambda: writer.put(record), number=n, repeat=5))
+    return seconds / n * 1e9
+
+
+# --- modes and gateways ------------------------------------------------------------
+
+
+async def _pg(url: str, sql: str) -> object:
+    import asyncpg
+
+    conn = await asyncpg.connect(url)
+    try:
+        return await conn.fetchval(sql) if sql.lstrip().upper().startswith("SELECT") else await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+def _with_schema(url: str, schema: str) -> str:
+    return f"{url}{'&' if '?' in url else '?'}search_path={schema}"
+
+
+def _modes(args: argparse.Namespace, work: Path, schemas: list[str]) -> list[Mode]:
+    db = work / "history.db"
+    modes = [Mode("off", "store:\n  capture: none\n"),
+             Mode("sqlite", f"store:\n  url: {db}\n  capture: {args.capture}\n",
+                  count=lambda: _sqlite_count(db))]
+    if not args.no_postgres:
+        schema = f"labgate_bench_{uuid.uuid4().hex[:10]}"
+        try:
+            asyncio.run(_pg(args.database_url, f"CREATE SCHEMA {schema}"))
+        except Exception as exc:
+            raise RuntimeError(f"PostgreSQL at {args.database_url} is not usable ({exc}); "
+                               "run with --no-postgres to skip it") from None
+        schemas.append(schema)
+        url = _with_schema(args.database_url, schema)
+        modes.append(Mode("postgres", f"store:\n  url: \"{url}\"\n  capture: {args.capture}\n",
+                          count=lambda: int(asyncio.run(_pg(url, "SELECT count(*) FROM requests")))))  # type: ignore[arg-type]
+    return modes
+
+
+def _sqlite_count(path: Path) -> int:
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        return int(conn.execute("SELECT count(*) FROM requests").fetchone()[0])
+
+
+def _config(directory: Path, *, upstream: str, port: int, store: str) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "providers.yaml").write_text(
+        f"providers:\n  fast:\n    type: openai_compatible\n    base_url: {upstream}/v1\n    models: [bench]\n")
+    (directory / "gateway.yaml").write_text(
+        f"server:\n  host: 127.0.0.1\n  port: {port}\nauth:\n  master_key_env: LABGATE_BENCH_KEY\n"
+        f"logging:\n  level: info\n  requests: true\n{store}")
+
+
+@contextlib.contextmanager
+def _gateway(mode: Mode, place: machine.Placement, work: Path, upstream: str, tag: str):  # type: ignore[no-untyped-def]
+    port = procs.free_port()
+    config = work / f"config-{mode.name}"
+    _config(config, upstream=upstream, port=port, store=mode.store)
+    env = {**os.environ, "LABGATE_BENCH_KEY": KEY}
+    with (work / f"access-{mode.name}.log").open("ab") as access:
+        proc = procs.spawn([sys.executable, "-m", "labgate", "serve", "--config", str(config)],
+                           cores=place.gateway, log=work / f"labgate-{mode.name}-{tag}.log", env=env, stdout=access)
+    try:
+        procs.wait_listening(port, proc=proc, timeout=30)
+        yield proc, port
+    finally:
+        procs.stop(proc, grace=30)
+
+
+def _status(port: int) -> dict[str, object]:
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/admin/history/status",
+                                     headers={"authorization": f"Bearer {KEY}"})
+    with urllib.request.urlopen(request, timeout=10) as resp:
+        return orjson.loads(resp.read())
+
+
+# --- the closed-loop throughput leg ---------------------------------------------------
+
+
+def _throughput(args: argparse.Namespace, modes: list[Mode], place: machine.Placement, work: Path,
+                upstream: str) -> bool:
+    failed = False
+    for round_no in range(args.rounds):
+        order = modes[round_no % len(modes):] + modes[:round_no % len(modes)]
+        for mode in order:
+            before_rows = mode.count() if mode.count and round_no else 0  # type: ignore[operator]
+            try:
+                leg = _leg(args, mode, place, work, upstream, f"r{round_no}")
+            except (RuntimeError, subprocess.SubprocessError, OSError) as exc:
+                print(f"bench: round {round_no + 1} {mode.name} failed: {exc}", file=sys.stderr)
+                failed = True
+                continue
+            if mode.count is not None:
+                leg.stored = mode.count() - before_rows  # type: ignore[operator]
+            mode.legs.append(leg)
+            print(f"bench: round {round_no + 1} {mode.name:8} {leg.rps:8.0f} req/s  {leg.cpu_us:6.1f} µs CPU/req"
+                  + (f"  stored {leg.stored}/{leg.answered}  dropped {leg.dropped}" if leg.stored is not None else ""),
+                  flush=True)
+    return failed
+
+
+def _leg(args: argparse.Namespace, mode: Mode, place: machine.Placement, work: Path, upstream: str,
+         tag: str) -> Leg:
+    with _gateway(mode, place, work, upstream, tag) as (proc, port):
+        target = load.Target(f"http://127.0.0.1:{port}/v1/chat/completions", (f"authorization: Bearer {KEY}",))
+        warm = load.wrk(target, connections=args.connections, seconds=2, cores=place.load)
+        cpu0 = procs.cpu_seconds(proc.pid)
+        result = load.wrk(target, connections=args.connections, seconds=args.duration, cores=place.load)
+        cpu1 = procs.cpu_seconds(proc.pid)
+        dropped = _status(port)["dropped"] if mode.count is not None else None
+    # answered: what wrk completed (warm-up + leg). The gateway also answered the few requests wrk still had
+    # in flight when it stopped (≤ connections per run), so stored - answered lies in [0, 2 × connections].
+    return Leg(rps=result.rps, cpu_us=(cpu1 - cpu0) / max(1, result.requests) * 1e6, requests=result.requests,
+               errors=result.errors + result.status_errors, dropped=dropped,  # type: ignore[arg-type]
+               answered=warm.requests + result.requests)
+
+
+def _report(modes: list[Mode], args: argparse.Namespace) -> None:
+    off = {i: leg for i, leg in enumerate(modes[0].legs)}
+    print(f"\nbench: history throughput, non-stream chat, c={args.connections}, {args.duration} s legs, "
+          f"{args.rounds} rounds, capture {args.capture}")
+    print(f"  {'mode':9} {'req/s (median, min–max)':>28} {'CPU µs/req':>11} {'ratio vs off':>13} "
+          f"{'stored/answered':>16} {'dropped':>8}")
+    for mode in modes:
+        if not mode.legs:
+            print(f"  {mode.name:9} (no successful leg)")
+            continue
+        rps = [leg.rps for leg in mode.legs]
+        ratios = [leg.rps / off[i].rps for i, leg in enumerate(mode.legs) if i in off and off[i].rps]
+        stored = (f"{sum(leg.stored or 0 for leg in mode.legs)}/{sum(leg.answered or 0 for leg in mode.legs)}"
+                  if mode.count is not None else "-")
+        dropped = str(sum(leg.dropped or 0 for leg in mode.legs)) if mode.count is not None else "-"
+        print(f"  {mode.name:9} {statistics.median(rps):>10.0f} ({min(rps):.0f}–{max(rps):.0f}){'':>6} "
+              f"{statistics.median(leg.cpu_us for leg in mode.legs):>11.1f} "
+              f"{statistics.median(ratios) if ratios else float('nan'):>13.3f} {stored:>16} {dropped:>8}")
+
+
+# --- the open-loop drop check ----------------------------------------------------------
+
+
+def _drop_check(args: argparse.Namespace, modes: list[Mode], place: machine.Placement, work: Path,
+                upstream: str) -> bool:
+    failed = False
+    print(f"\nbench: drop check — open loop, {args.rate} req/s for {args.drop_seconds} s, default queue size")
+    for mode in modes:
+        if mode.count is None:
+            continue
+        before = mode.count()  # type: ignore[operator]
+        with _gateway(mode, place, work, upstream, "drop") as (_proc, port):
+            sent = asyncio.run(_open_loop(port, rate=args.rate, seconds=args.drop_seconds))
+            status = _status(port)
+        stored = mode.count() - before  # type: ignore[operator]
+        ok = status["dropped"] == 0 and stored == sent.sent
+        failed |= not ok
+        print(f"  {mode.name:9} sent {sent.sent} in {sent.seconds:.1f} s ({sent.sent / sent.seconds:.0f} req/s), "
+              f"answered {sent.answered} (status≠200: {sent.bad}), late starts {sent.late}, "
+              f"dropped {status['dropped']}, peak queued {sent.peak_queue}, stored {stored} of {sent.sent} sent"
+              f"  {'OK' if ok else 'MISMATCH'}")
+    return failed
+
+
+@dataclass(slots=True)
+class OpenLoop:
+    sent: int = 0
+    answered: int = 0
+    bad: int = 0
+    late: int = 0  # requests that started > 10 ms after their slot (the client fell behind)
+    seconds: float = 0.0
+    peak_queue: int = 0
+
+
+_LENGTH = re.compile(rb"content-length:\s*(\d+)", re.IGNORECASE)
+
+
+async def _open_loop(port: int, *, rate: int, seconds: int) -> OpenLoop:
+    """Send ``rate`` req/s on a fixed schedule (not waiting for answers), reusing idle keep-alive connections."""
+    body = load.body("bench").encode()
+    request = (b"POST /v1/chat/completions HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n"
+               b"authorization: Bearer " + KEY.encode() + b"\r\ncontent-length: %d\r\n\r\n" % len(body) + body)
+    idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+    out = OpenLoop()
+    loop = asyncio.get_running_loop()
+    tasks: set[asyncio.Task[None]] = set()
+
+    async def one() -> None:
+        conn = idle.pop() if idle else await asyncio.open_connection("127.0.0.1", port)
+        reader, writer = conn
+        writer.write(request)
+        head = await reader.readuntil(b"\r\n\r\n")
+        match = _LENGTH.search(head)
+        await reader.readexactly(int(match.group(1)) if match else 0)
+        out.answered += 1
+        out.bad += head[9:12] != b"200"
+        idle.append(conn)
+
+    total = rate * seconds
+    start = loop.time()
+    peak_check = time.monotonic()
+    while out.sent < total:
+        now = loop.time()
+        due = min(total, int((now - start) * rate) + 1)
+        while out.sent < due:
+            slot = start + out.sent / rate
+            out.late += now - slot > 0.010
+            task = asyncio.create_task(one())
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+            out.sent += 1
+        if time.monotonic() - peak_check > 1.0:
+            peak_check = time.monotonic()
+            status = await asyncio.to_thread(_status, port)
+            out.peak_queue = max(out.peak_queue, int(status["queued"]))  # type: ignore[call-overload]
+        await asyncio.sleep(0.001)
+    out.seconds = loop.time() - start
+    if tasks:
+        await asyncio.wait(tasks, timeout=30)
+    for _, writer in idle:
+        writer.close()
+    return out
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,83 @@
+"""``labgate ports``: each registered port's state, and which process holds it."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from dataclasses import replace
+from typing import Any
+
+import orjson
+
+from labgate.cli.style import Style
+from labgate.config.load import FILES, Config, load_config
+from labgate.config.ports import PortState, inspect
+from labgate.config.problems import ConfigError
+
+
+def register(commands: Any) -> None:
+    p = commands.add_parser("ports", help="show the state of the ports registered in ports.yaml")
+    p.add_argument("--config", metavar="DIR", default=".", help="config directory or labgate.yaml")
+    p.add_argument("--required", action="store_true", help="only the services marked required")
+    p.add_argument("--port", type=int, action="append", metavar="N",
+                   help="only this port (repeatable; an unregistered port shows who holds it)")
+    p.add_argument("--json", action="store_true", help="print a JSON report")
+    p.add_argument("--color", choices=("auto", "always", "never"), default="auto")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"labgate: the config is invalid:\n{exc}", file=sys.stderr)
+        return 1
+    if not config.ports.ports and not args.port:
+        print(f"labgate: no {FILES['ports']} in {args.config}: nothing is registered "
+              "(see docs/operations.md#ports)", file=sys.stderr)
+        return 1
+    states = asyncio.run(check(config, required_only=args.required, only=args.port))
+    if args.json:
+        sys.stdout.write(orjson.dumps({"ports": [s.as_dict() for s in states]},
+                                      option=orjson.OPT_INDENT_2).decode() + "\n")
+    else:
+        print(table(states, Style.for_stream(sys.stdout, args.color)))
+    return 1 if any(p.severity == "error" for s in states for p in s.problems) else 0
+
+
+async def check(config: Config, *, required_only: bool = False, only: list[int] | None = None) -> list[PortState]:
+    """The registry's live state; a required service that is down counts as an error here."""
+    file = config.source if config.source.endswith(".yaml") else f"{config.source}/{FILES['ports']}"
+    states = await inspect(config.ports.ports, file=file, only=only, required_only=required_only,
+                           gateway_port=config.gateway.server.port)
+    if required_only:  # asking about required services: one that is down fails the check
+        states = [replace(s, problems=tuple(replace(p, severity="error") if "not listening" in p.message else p
+                                            for p in s.problems)) for s in states]
+    return states
+
+
+def table(states: list[PortState], style: Style) -> str:
+    rows = [("SERVICE", "PORT", "PROTO", "REQ", "STATE", "PROCESS", "HEALTH")]
+    for s in states:
+        state = "listening" if s.listening else ("reserved" if s.reserved else "free")
+        rows.append((s.name or "-", str(s.port), s.protocol, "yes" if s.required else "",
+                     state, ", ".join(map(str, s.holders)) or ("?" if s.listening else ""), s.health or ""))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = []
+    for i, row in enumerate(rows):
+        line = "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+        if i == 0:
+            line = style.bold(line)
+        elif any(p.severity == "error" for p in states[i - 1].problems):
+            line = style.red(line)
+        elif states[i - 1].problems:
+            line = style.yellow(line)
+        lines.append(line)
+    for s in states:
+        for problem in s.problems:
+            paint = style.red if problem.severity == "error" else style.yellow
+            lines.append(paint(str(problem)))
+    errors = sum(p.severity == "error" for s in states for p in s.problems)
+    lines.append(f"{len(states)} port(s), {errors} conflict(s)")
+    return "\n".join(lines)

@@ -1,0 +1,42 @@
+"""``gateway.yaml`` → ``store:``: where request history goes and how much of it is kept."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator
+
+from labgate.config.schema.base import Strict
+
+Capture = Literal["full", "metadata", "none"]
+
+
+class StoreConfig(Strict):
+    """Request history.
+
+    ``url`` is a SQLite file path (relative paths are relative to the config
+    directory; ``sqlite:///abs/path.db`` also works) or a ``postgresql://``
+    URL. Unset means ``history.db`` in the data directory: ``$LABGATE_DATA_DIR``,
+    else ``$XDG_DATA_HOME/labgate``, else ``~/.local/share/labgate``.
+    """
+
+    url: str | None = None
+    capture: Capture = "full"  # full: + messages and responses; metadata: no content; none: no history
+    retention_days: float | None = Field(default=None, gt=0)  # unset: keep forever
+    queue_size: int = Field(default=20_000, ge=1)  # records waiting for the writer; past it they are dropped
+    batch_size: int = Field(default=500, ge=1)  # records per transaction
+    flush_interval_s: float = Field(default=0.5, gt=0)  # a crash loses at most about this much history
+    client_ip: bool = True  # store the client's address
+
+    @field_validator("url")
+    @classmethod
+    def _known_scheme(cls, url: str | None) -> str | None:
+        if url is None:
+            return None
+        scheme, sep, _ = url.partition("://")
+        if sep and scheme not in ("postgresql", "postgres", "sqlite"):
+            raise ValueError(f"unsupported store scheme {scheme!r}: use a SQLite file path, "
+                             "sqlite:///path or postgresql://…")
+        if not url.strip():
+            raise ValueError("must not be empty")
+        return url

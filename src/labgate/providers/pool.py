@@ -1,0 +1,497 @@
+"""Keep-alive HTTP/1.1 connections to one upstream: the pool, and the protocol each connection runs.
+
+A :class:`Connection` is an ``asyncio.Protocol`` feeding llhttp (via
+httptools). It carries one exchange at a time: :meth:`Connection.send` writes
+a whole request in one ``transport.write`` and returns a future for the
+answer. When the response is complete and allows keep-alive, the connection
+goes back to its :class:`Pool` at once, from the protocol callback; a
+connection that errored, was cut, timed out, was abandoned mid-response or
+answered ``connection: close`` is closed instead, never reused.
+
+The pool hands out the idle connection used last (so the others age and
+expire after ``IDLE_EXPIRY_S``), opens new ones as needed and, when
+``limit`` > 0, queues callers FIFO once ``limit`` connections are open or
+opening. A pooled connection the server has closed is dropped as soon as the
+loop sees the close (``connection_lost``), so it is never handed out.
+
+Every failure comes out as a labgate error naming the provider; callers
+(``providers/http.py``) decide about retries and status codes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import ssl
+from collections import deque
+from functools import cache
+
+import httptools
+
+from labgate.errors import (
+    LabgateError,
+    UpstreamBadResponseError,
+    UpstreamConnectionError,
+    UpstreamTimeoutError,
+)
+
+IDLE_EXPIRY_S = 30.0  # an idle pooled connection is closed after this long
+_PAUSE_ABOVE = 256 * 1024  # stop reading a stream whose consumer lags this many bytes behind
+_CLOSE_WAIT_S = 1.0  # how long aclose waits for the transports to report closed
+
+# (status, headers, body): body is bytes for a whole response, a BodyQueue for a stream
+Answer = tuple[int, dict[str, str], "bytes | BodyQueue"]
+
+
+@cache
+def tls_context() -> ssl.SSLContext:
+    """The system's trust store and defaults, built once (loading CA certificates takes milliseconds)."""
+    return ssl.create_default_context()
+
+
+class Pool:
+    """Keep-alive connections to one ``host:port``, at most ``limit`` of them (0: no limit)."""
+
+    __slots__ = ("_all", "_closed", "_idle", "_open", "_sweeper", "_waiters", "host", "limit", "port", "tls",
+                 "where")
+
+    def __init__(self, host: str, port: int, *, tls: bool, where: str, limit: int = 0) -> None:
+        self.host = host
+        self.port = port
+        self.tls = tls
+        self.where = where  # "provider 'x'", for messages
+        self.limit = limit
+        self._idle: dict[Connection, None] = {}  # insertion order = idle since; popitem() takes the newest
+        self._all: set[Connection] = set()  # connected, idle or busy
+        self._open = 0  # connections open or opening: each holds one of the ``limit`` slots
+        self._waiters: deque[asyncio.Future[Connection | None]] = deque()
+        self._sweeper: asyncio.TimerHandle | None = None
+        self._closed = False
+
+    @property
+    def idle(self) -> int:
+        return len(self._idle)
+
+    @property
+    def open(self) -> int:
+        return self._open
+
+    async def acquire(self, deadline: float) -> Connection:
+        """A connection ready for one request: idle, new, or the next one freed (FIFO) at the limit."""
+        idle = self._idle
+        while idle:
+            conn = idle.popitem()[0]
+            if not conn.transport.is_closing():  # type: ignore[union-attr]  # pooled ones are connected
+                return conn
+        if self._closed:
+            raise UpstreamConnectionError(f"{self.where}: the connection pool is closed")
+        if self.limit and self._open >= self.limit:
+            conn = await self._wait_turn(deadline)
+            if conn is not None:
+                return conn
+        else:
+            self._open += 1
+        return await self._connect(deadline)
+
+    async def _wait_turn(self, deadline: float) -> Connection | None:
+        """Queue for a connection (returned) or a free slot (None: open one)."""
+        waiter: asyncio.Future[Connection | None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            async with asyncio.timeout_at(deadline):
+                return await waiter
+        except BaseException as exc:
+            if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
+                handed = waiter.result()  # handed over just as we gave up: pass it on
+                if handed is None:
+                    self._free_slot()
+                else:
+                    self.put(handed)
+            if isinstance(exc, TimeoutError):
+                raise UpstreamTimeoutError(
+                    f"{self.where} timed out waiting for a free connection "
+                    f"(all {self.limit} busy)") from None
+            raise
+
+    async def _connect(self, deadline: float) -> Connection:
+        loop = asyncio.get_running_loop()
+        conn = Connection(self, loop)
+        tls = tls_context() if self.tls else None
+        try:
+            async with asyncio.timeout_at(deadline):
+                await loop.create_connection(lambda: conn, self.host, self.port, ssl=tls,
+                                             server_hostname=self.host if tls else None)
+        except BaseException as exc:
+            conn.drop_slot()
+            if conn.transport is not None:
+                conn.transport.abort()
+            if isinstance(exc, TimeoutError):
+                raise UpstreamTimeoutError(
+                    f"{self.where} timed out connecting to {self.host}:{self.port}") from None
+            if isinstance(exc, OSError):  # refused, unreachable, DNS (gaierror), TLS (SSLError)
+                raise UpstreamConnectionError(
+                    f"cannot connect to {self.where} at {self.host}:{self.port} ({exc})") from exc
+            raise
+        if self._closed:
+            conn.abort()
+            raise UpstreamConnectionError(f"{self.where}: the connection pool is closed")
+        return conn
+
+    def put(self, conn: Connection) -> None:
+        """``conn`` finished an exchange and may serve another: to the first waiter, else idle."""
+        if self._closed:
+            conn.close()
+            return
+        waiters = self._waiters
+        while waiters:
+            waiter = waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(conn)
+                return
+        conn.idle_since = conn.loop.time()
+        self._idle[conn] = None
+        if self._sweeper is None:
+            self._sweeper = conn.loop.call_at(conn.idle_since + IDLE_EXPIRY_S, self._sweep)
+
+    def forget(self, conn: Connection) -> None:
+        """``conn`` is closed: never hand it out again, and free its slot."""
+        self._idle.pop(conn, None)
+        self._all.discard(conn)
+        conn.drop_slot()
+
+    def _free_slot(self) -> None:
+        waiters = self._waiters
+        while waiters:
+            waiter = waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)  # the slot passes to the waiter, which opens a connection
+                return
+        self._open -= 1
+
+    def _sweep(self) -> None:
+        """Close the connections idle for ``IDLE_EXPIRY_S``; come back when the next one will be."""
+        self._sweeper = None
+        idle = self._idle
+        if not idle:
+            return
+        loop = next(iter(idle)).loop
+        expired_before = loop.time() - IDLE_EXPIRY_S
+        for conn in list(idle):  # oldest first
+            if conn.idle_since > expired_before:
+                self._sweeper = loop.call_at(conn.idle_since + IDLE_EXPIRY_S, self._sweep)
+                return
+            del idle[conn]
+            conn.close()
+
+    async def aclose(self) -> None:
+        """Close every connection, aborting exchanges in flight; later requests fail."""
+        self._closed = True
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_exception(UpstreamConnectionError(f"{self.where}: the connection pool was closed"))
+        self._idle.clear()
+        conns = list(self._all)
+        for conn in conns:
+            conn.fail(UpstreamConnectionError(f"{self.where}: the connection pool was closed"))
+        if conns:
+            await asyncio.wait([conn.closed for conn in conns], timeout=_CLOSE_WAIT_S)
+
+
+class Connection(asyncio.Protocol):
+    """One keep-alive connection: one request at a time, its response parsed by llhttp."""
+
+    __slots__ = ("_body", "_complete", "_headers", "_interim", "_keep", "_no_body", "_parser", "_paused", "_pool",
+                 "_status", "_stream", "_waiter", "closed", "holds_slot", "idle_since", "loop", "lost", "received",
+                 "transport", "uses")
+
+    def __init__(self, pool: Pool, loop: asyncio.AbstractEventLoop) -> None:
+        self._pool = pool
+        self.loop = loop
+        self.transport: asyncio.Transport | None = None
+        self._parser = httptools.HttpResponseParser(self)
+        self.closed: asyncio.Future[None] = loop.create_future()  # done once connection_lost ran
+        self.holds_slot = True
+        self.lost = False
+        self.uses = 0  # requests sent
+        self.idle_since = 0.0
+        self._paused = False
+        # the exchange in progress (the waiter stays set until the response is complete or failed)
+        self._waiter: asyncio.Future[Answer] | None = None
+        self._stream: BodyQueue | None = None
+        self._no_body = False  # a HEAD request: the answer has headers only
+        self.received = False  # any byte of the answer has arrived
+        self._status = 0
+        self._headers: dict[str, str] = {}
+        self._body: list[bytes] = []
+        self._interim = False  # parsing a 1xx answer, which a final one follows
+        self._complete = False
+        self._keep = False
+
+    # --- the exchange
+
+    def send(self, data: bytes, *, stream: bool, no_body: bool = False) -> asyncio.Future[Answer]:
+        """Write one whole request; the future gets the answer (at its head, for a stream)."""
+        self._waiter = waiter = self.loop.create_future()
+        self._stream = BodyQueue(self) if stream else None
+        self._no_body = no_body
+        self.received = False
+        self._status = 0
+        self.uses += 1
+        self.transport.write(data)  # type: ignore[union-attr]  # acquired connections are connected
+        return waiter
+
+    def abandon(self, waiter: asyncio.Future[Answer]) -> None:
+        """The caller gave up on this exchange (cancelled): if it is still going, cut the connection."""
+        if self._waiter is waiter:
+            self._waiter = self._stream = None
+            self._body = []
+            self.abort()
+
+    def cut(self, stream: BodyQueue) -> None:
+        """The reader of ``stream`` stopped before its end: the connection cannot be reused."""
+        if self._stream is stream:
+            self._waiter = self._stream = None
+            self._body = []
+        self.abort()
+
+    def time_out(self, waiter: asyncio.Future[Answer], timeout: float) -> None:
+        """Timer callback: the answer's head (or whole body) did not come within ``timeout``."""
+        if self._waiter is waiter:
+            self.fail(UpstreamTimeoutError(f"{self._pool.where} timed out after {timeout:g} s"))
+
+    def fail(self, error: LabgateError) -> None:
+        """End the exchange in progress (if any) with ``error``, and the connection with it."""
+        self._fail(error)
+        self.abort()
+
+    def _finish(self) -> None:
+        """The answer is complete: deliver it, then pool or close the connection."""
+        self._complete = False
+        waiter, stream = self._waiter, self._stream
+        self._waiter = self._stream = None
+        if stream is None:
+            if waiter is not None and not waiter.done():
+                body = b"" if self._no_body else b"".join(self._body)  # a HEAD answer's body is not ours
+                waiter.set_result((self._status, self._headers, body))
+        else:
+            stream.finish()
+        self._body = []
+        if self._keep and not self.lost:
+            if self._paused:
+                self.resume()
+            self._pool.put(self)
+        else:
+            self.close()
+
+    def _fail(self, error: LabgateError) -> None:
+        waiter, stream = self._waiter, self._stream
+        self._waiter = self._stream = None
+        self._body = []
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(error)
+        elif stream is not None:
+            stream.fail(error)
+
+    def _close_delimited(self) -> bool:
+        """The body of the answer being read ends when the connection does (no length, not chunked)."""
+        headers = self._headers
+        return "content-length" not in headers and "chunked" not in headers.get("transfer-encoding", "").lower()
+
+    # --- transport events
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # a stream transport (TCP or TLS)
+        self._pool._all.add(self)
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        self._pool.forget(self)
+        if not self.closed.done():
+            self.closed.set_result(None)
+        if self._waiter is None:
+            return
+        if self._status and not self._interim and self._close_delimited():
+            self._keep = False
+            self._finish()  # the close is the end of the body
+            return
+        where = self._pool.where
+        cause = f" ({exc})" if exc else ""
+        if self.received:
+            self._fail(UpstreamConnectionError(f"{where} cut the response short{cause}"))
+        else:
+            self._fail(UpstreamConnectionError(f"{where} closed the connection before answering{cause}"))
+
+    def eof_received(self) -> bool:
+        self._pool.forget(self)  # at once: connection_lost comes an iteration later
+        return False  # the server is done with this connection: close it
+
+    def data_received(self, data: bytes) -> None:
+        if self._waiter is None:  # bytes nobody asked for: the framing can no longer be trusted
+            self.abort()
+            return
+        self.received = True
+        try:
+            self._parser.feed_data(data)
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
+            self._fail(UpstreamBadResponseError(f"{self._pool.where} sent a malformed HTTP response ({exc})"))
+            self.abort()
+            return
+        if self._complete:
+            self._finish()
+
+    # --- parser callbacks
+
+    def on_message_begin(self) -> None:
+        self._headers = {}
+        self._body = []
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        key = name.decode("latin-1").lower()
+        text = value.decode("latin-1")
+        headers = self._headers
+        previous = headers.get(key)
+        headers[key] = text if previous is None else f"{previous}, {text}"
+
+    def on_headers_complete(self) -> None:
+        status = self._parser.get_status_code()
+        if status < 200:
+            self._interim = True  # 100 Continue, 103 Early Hints: the real answer follows
+            return
+        self._status = status
+        stream = self._stream
+        if stream is not None:
+            waiter = self._waiter
+            if waiter is not None and not waiter.done():
+                waiter.set_result((status, self._headers, stream))
+        if self._no_body:
+            self._complete = True
+            self._keep = False  # llhttp would wait for the body a HEAD answer announces
+
+    def on_body(self, body: bytes) -> None:
+        stream = self._stream
+        if stream is None:
+            self._body.append(body)
+        else:
+            stream.feed(body)
+
+    def on_message_complete(self) -> None:
+        if self._interim:
+            self._interim = False
+            return
+        if not self._complete:
+            self._complete = True
+            self._keep = self._parser.should_keep_alive()  # only valid inside this callback
+
+    # --- flow and closing
+
+    def pause(self) -> None:
+        if not self._paused and not self.lost:
+            self._paused = True
+            self.transport.pause_reading()  # type: ignore[union-attr]
+
+    def resume(self) -> None:
+        if self._paused and not self.lost:
+            self._paused = False
+            self.transport.resume_reading()  # type: ignore[union-attr]
+
+    def drop_slot(self) -> None:
+        if self.holds_slot:
+            self.holds_slot = False
+            self._pool._free_slot()
+
+    def close(self) -> None:
+        if self.transport is not None and not self.lost:
+            self.transport.close()
+
+    def abort(self) -> None:
+        if self.transport is not None and not self.lost:
+            self.transport.abort()
+
+
+class BodyQueue:
+    """A streamed body between the connection (producer) and one reader, with flow control."""
+
+    __slots__ = ("_chunks", "_conn", "_done", "_error", "_size", "_waiter")
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn: Connection | None = conn  # None once the body is complete or failed
+        self._chunks: list[bytes] = []
+        self._size = 0
+        self._done = False
+        self._error: LabgateError | None = None
+        self._waiter: asyncio.Future[None] | None = None
+
+    def feed(self, chunk: bytes) -> None:
+        self._chunks.append(chunk)
+        self._size += len(chunk)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+        if self._size > _PAUSE_ABOVE and self._conn is not None:
+            self._conn.pause()
+
+    def finish(self) -> None:
+        self._done = True
+        self._conn = None
+        self._wake()
+
+    def fail(self, error: LabgateError) -> None:
+        self._error = error
+        self._conn = None
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def read(self, idle_timeout: float) -> bytes:
+        """Everything received since the last read; b"" at the end. Waits at most ``idle_timeout``."""
+        while not self._chunks:
+            if self._error is not None:
+                raise self._error
+            if self._done:
+                return b""
+            await self._wait(idle_timeout)
+        chunks = self._chunks
+        data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        chunks.clear()
+        self._size = 0
+        if self._conn is not None:
+            self._conn.resume()
+        return data
+
+    async def _wait(self, idle_timeout: float) -> None:
+        conn = self._conn
+        assert conn is not None
+        loop = conn.loop
+        self._waiter = waiter = loop.create_future()
+        timer = loop.call_later(idle_timeout, self._idle_timeout, conn, idle_timeout)
+        try:
+            await waiter
+        finally:
+            timer.cancel()
+            self._waiter = None
+
+    def _idle_timeout(self, conn: Connection, idle_timeout: float) -> None:
+        if self._conn is conn:
+            self.fail(UpstreamTimeoutError(
+                f"{conn._pool.where} sent nothing for {idle_timeout:g} s in the middle of a stream"))
+            conn.cut(self)
+
+    def close(self) -> None:
+        """The reader is done: a body not yet complete cuts its connection (it cannot be reused)."""
+        conn = self._conn
+        if conn is not None:
+            self._conn = None
+            self._done = True
+            conn.cut(self)

@@ -1,0 +1,215 @@
+"""A finished :class:`RequestRecord` → one ``requests`` row, as much as the capture mode allows.
+
+Runs in the history writer, off the hot path: the request path only kept
+references (the parsed body, the reply bytes or the relayed stream chunks);
+here they are serialised, and the answer's text and tool calls are pulled
+out of OpenAI (or Anthropic) JSON or SSE.
+
+``full`` keeps messages, parameters, response text, tool calls and the
+normalised prompt. ``metadata`` keeps everything else: numbers and flags
+among the parameters, but no text a user or a model wrote.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import orjson
+
+from labgate.record import RequestRecord
+from labgate.store.base import Row
+
+log = logging.getLogger("labgate.store")
+
+# The body key holding the input, per endpoint ("messages": the Anthropic surface).
+INPUT_KEYS = {"chat": "messages", "completions": "prompt", "embeddings": "input", "messages": "messages"}
+_NOT_PARAMETERS = frozenset({"model", "messages", "prompt", "input", "stream"})
+_METADATA_STRINGS = frozenset({"reasoning_effort", "service_tier", "encoding_format"})
+PROMPT_CHARS = 500
+
+
+def build_row(record: RequestRecord, *, capture: str, client_ip: bool) -> Row:
+    """The row for one record; never raises (unreadable content is left out and logged)."""
+    payload = record.payload or {}
+    usage = record.usage
+    prompt_tokens = usage.prompt_tokens if usage is not None else None
+    completion_tokens = usage.completion_tokens if usage is not None else None
+    messages = parameters = response = tool_calls = prompt = None
+    try:
+        params = {k: v for k, v in payload.items() if k not in _NOT_PARAMETERS}
+        if capture == "full":
+            given = payload.get(INPUT_KEYS.get(record.endpoint, "messages"))
+            messages = _json(given)
+            parameters = _json(params) if params else None
+            text, calls = answer(record)
+            response, tool_calls = text, _json(calls)
+            prompt = normalized_prompt(record.endpoint, given)
+        else:
+            kept = {k: v for k, v in params.items()
+                    if isinstance(v, (int, float)) or (k in _METADATA_STRINGS and isinstance(v, str))}
+            parameters = _json(kept) if kept else None
+    except Exception:  # a body we do not understand must not cost the record
+        log.warning("history: could not read the content of request %s", record.request_id, exc_info=True)
+    temperature = payload.get("temperature")
+    max_tokens = payload.get("max_tokens", payload.get("max_completion_tokens"))
+    metadata = payload.get("metadata")
+    failures = record.failures
+    return (
+        record.request_id,
+        record.timestamp,
+        record.endpoint,
+        record.key_id,
+        record.model,
+        record.provider,
+        record.deployment,
+        record.experiment,
+        record.variant,
+        record.stream,
+        capture,
+        messages,
+        parameters,
+        temperature if isinstance(temperature, (int, float)) and not isinstance(temperature, bool) else None,
+        max_tokens if isinstance(max_tokens, int) and not isinstance(max_tokens, bool) else None,
+        response,
+        tool_calls,
+        prompt,
+        record.finish_reason,
+        record.status,
+        record.outcome,
+        record.error_type,
+        record.error_message,
+        record.latency_ms,
+        record.ttft_ms,
+        prompt_tokens,
+        completion_tokens,
+        prompt_tokens + completion_tokens if usage is not None else None,  # type: ignore[operator]
+        record.cost,
+        record.cache_hit,
+        record.attempts,
+        _json([{"deployment": f.deployment, "error": f.error.code, "message": f.error.message}
+               for f in failures]) if failures else None,
+        record.client_ip if client_ip else None,
+        _json(record.tags if record.tags is not None else _tags(metadata)),
+        _json(metadata) if isinstance(metadata, dict) and metadata else None,
+    )
+
+
+def _json(value: Any) -> str | None:
+    return None if value is None else orjson.dumps(value).decode()
+
+
+def _tags(metadata: Any) -> list[str] | None:
+    tags = metadata.get("tags") if isinstance(metadata, dict) else None
+    if isinstance(tags, str):
+        tags = [t.strip() for t in tags.split(",") if t.strip()]
+    if isinstance(tags, list) and tags and all(isinstance(t, str) for t in tags):
+        return tags
+    return None
+
+
+def normalized_prompt(endpoint: str, given: Any) -> str | None:
+    """The last user prompt, lower-cased with runs of whitespace collapsed, at most 500 characters."""
+    text: Any = None
+    if endpoint in ("chat", "messages") and isinstance(given, list):
+        for message in reversed(given):
+            if isinstance(message, dict) and message.get("role") == "user":
+                text = _text_of(message.get("content"))
+                break
+    elif endpoint == "completions":
+        text = given if isinstance(given, str) else (given[0] if isinstance(given, list) and given else None)
+    if not isinstance(text, str):
+        return None
+    return " ".join(text.split()).lower()[:PROMPT_CHARS] or None
+
+
+def _text_of(content: Any) -> str | None:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):  # content parts: keep the text ones
+        parts = [p.get("text") for p in content if isinstance(p, dict) and isinstance(p.get("text"), str)]
+        return " ".join(parts) if parts else None
+    return None
+
+
+def answer(record: RequestRecord) -> tuple[str | None, list[Any] | None]:
+    """The answer's text and tool calls (first choice), from the reply body or the relayed stream."""
+    if record.reply is not None:
+        return _from_body(record.reply)
+    if record.chunks:
+        return _from_sse(b"".join(record.chunks))
+    return None, None
+
+
+def _from_body(body: bytes) -> tuple[str | None, list[Any] | None]:
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None, None
+    if not isinstance(doc, dict):
+        return None, None
+    choices = doc.get("choices")
+    if isinstance(choices, list) and choices and isinstance(choices[0], dict):
+        choice = choices[0]
+        message = choice.get("message")
+        if isinstance(message, dict):
+            return _text_of(message.get("content")), message.get("tool_calls") or None
+        text = choice.get("text")
+        return (text if isinstance(text, str) else None), None
+    content = doc.get("content")  # Anthropic Messages
+    if isinstance(content, list):
+        texts = [b["text"] for b in content if isinstance(b, dict) and b.get("type") == "text"]
+        tools = [b for b in content if isinstance(b, dict) and b.get("type") == "tool_use"]
+        return ("".join(texts) if texts else None), tools or None
+    return None, None
+
+
+def _from_sse(data: bytes) -> tuple[str | None, list[Any] | None]:
+    """Join the deltas of choice 0; a cut stream gives what had arrived (a torn last event is skipped)."""
+    texts: list[str] = []
+    tools: dict[int, dict[str, Any]] = {}
+    for line in data.split(b"\n"):
+        if not line.startswith(b"data:"):
+            continue
+        body = line[5:].strip()
+        if not body or body == b"[DONE]":
+            continue
+        try:
+            event = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            continue
+        if not isinstance(event, dict):
+            continue
+        for choice in event.get("choices") or ():
+            if isinstance(choice, dict) and choice.get("index", 0) == 0:
+                _add_delta(choice, texts, tools)
+        if event.get("type") == "content_block_delta":  # Anthropic
+            delta = event.get("delta") or {}
+            if isinstance(delta.get("text"), str):
+                texts.append(delta["text"])
+    calls = [tools[i] for i in sorted(tools)] or None
+    return ("".join(texts) if texts else None), calls
+
+
+def _add_delta(choice: dict[str, Any], texts: list[str], tools: dict[int, dict[str, Any]]) -> None:
+    delta = choice.get("delta")
+    if not isinstance(delta, dict):
+        text = choice.get("text")  # a streamed completion
+        if isinstance(text, str):
+            texts.append(text)
+        return
+    content = delta.get("content")
+    if isinstance(content, str):
+        texts.append(content)
+    for piece in delta.get("tool_calls") or ():
+        if not isinstance(piece, dict):
+            continue
+        call = tools.setdefault(piece.get("index", 0), {"id": None, "type": "function",
+                                                        "function": {"name": "", "arguments": ""}})
+        if piece.get("id"):
+            call["id"] = piece["id"]
+        function = piece.get("function") or {}
+        if function.get("name"):
+            call["function"]["name"] += function["name"]
+        if isinstance(function.get("arguments"), str):
+            call["function"]["arguments"] += function["arguments"]

@@ -1,0 +1,103 @@
+"""History in PostgreSQL (asyncpg): shared by every gateway replica.
+
+Rows go in with ``COPY`` (``copy_records_to_table``, binary protocol), one
+statement per batch, so a batch is all in or all out. The schema is created
+or migrated when the store opens, under an advisory lock so that replicas
+starting together do not race. Install with ``pip install 'labgate[postgres]'``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from functools import lru_cache
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from labgate.store.base import Dialect, Row
+from labgate.store.schema import NAMES, POSTGRES_MIGRATIONS, TABLE, VERSION_TABLE
+
+POSTGRES = Dialect(
+    name="postgres",
+    like="ILIKE",
+    time_param="to_timestamp(?)",
+    epoch="EXTRACT(EPOCH FROM timestamp)::float8",
+    percentile_sql="percentile_cont({fraction}) WITHIN GROUP (ORDER BY {col})",
+    bucket_sql="(floor({epoch} / {seconds}) * {seconds})",
+)
+_MIGRATION_LOCK = 0x6C616267_61746531  # "labgate1": the advisory lock held while migrating
+_PLACEHOLDER = re.compile(r"\?")
+
+
+@lru_cache(maxsize=256)
+def numbered(sql: str) -> str:
+    """``?`` placeholders → ``$1, $2, …`` (our SQL never holds a literal ``?``)."""
+    counter = iter(range(1, 10_000))
+    return _PLACEHOLDER.sub(lambda _: f"${next(counter)}", sql)
+
+
+class PostgresStore:
+    """History in a PostgreSQL database (``store.url: postgresql://…``)."""
+
+    dialect = POSTGRES
+
+    def __init__(self, url: str, *, pool_size: int = 4) -> None:
+        self.url = url
+        self._pool_size = pool_size
+        self._pool: Any = None
+
+    @property
+    def display_url(self) -> str:
+        parts = urlsplit(self.url)
+        if parts.password is None:
+            return self.url
+        netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+        return urlunsplit(parts._replace(netloc=netloc))
+
+    async def open(self) -> None:
+        try:
+            import asyncpg
+        except ImportError:
+            raise RuntimeError("a postgresql:// history store needs asyncpg: "
+                               "pip install 'labgate[postgres]'") from None
+        pool = await asyncpg.create_pool(self.url, min_size=1, max_size=self._pool_size, command_timeout=60)
+        try:
+            async with pool.acquire() as conn, conn.transaction():
+                await conn.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK)
+                await conn.execute(f"CREATE TABLE IF NOT EXISTS {VERSION_TABLE} (version INTEGER NOT NULL)")
+                current = await conn.fetchval(f"SELECT max(version) FROM {VERSION_TABLE}") or 0
+                for version in sorted(v for v in POSTGRES_MIGRATIONS if v > current):
+                    for statement in POSTGRES_MIGRATIONS[version]:
+                        await conn.execute(statement)
+                    await conn.execute(f"INSERT INTO {VERSION_TABLE} (version) VALUES ($1)", version)
+        except BaseException:
+            await pool.close()
+            raise
+        self._pool = pool
+
+    async def write(self, rows: Sequence[Row]) -> None:
+        records = [(row[0], datetime.fromtimestamp(row[1], UTC), *row[2:]) for row in rows]
+        async with self._acquire() as conn:
+            await conn.copy_records_to_table(TABLE, records=records, columns=NAMES)
+
+    async def fetch(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        async with self._acquire() as conn:
+            records = await conn.fetch(numbered(sql), *params)
+        return [{k: v.timestamp() if isinstance(v, datetime) else v for k, v in r.items()} for r in records]
+
+    async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        async with self._acquire() as conn:
+            status = await conn.execute(numbered(sql), *params)
+        tail = status.rsplit(" ", 1)[-1]  # "DELETE 12"
+        return int(tail) if tail.isdigit() else 0
+
+    async def aclose(self) -> None:
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            await pool.close()
+
+    def _acquire(self) -> Any:
+        if self._pool is None:
+            raise RuntimeError(f"history store {self.display_url} is not open")
+        return self._pool.acquire()

@@ -1,0 +1,80 @@
+"""The ``requests`` table: one row per request, the same columns in SQLite and PostgreSQL.
+
+It extends the table our users know from the seeds (``model``, ``provider``,
+``messages``, ``temperature``, ``max_tokens``, ``response``,
+``response_time_ms``, ``tokens_used``, ``error``, ``metadata``; indexes on
+model, timestamp and provider) with what the gateway knows about a request.
+
+Migrations are numbered; ``history_schema_version`` holds the last one applied. A
+store applies the missing ones when it opens (PostgreSQL under an advisory
+lock, so replicas starting together do not race).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Column:
+    name: str
+    sqlite: str
+    postgres: str
+
+
+COLUMNS: tuple[Column, ...] = (
+    Column("request_id", "TEXT NOT NULL", "TEXT NOT NULL"),
+    Column("timestamp", "REAL NOT NULL", "TIMESTAMPTZ NOT NULL"),  # SQLite: Unix seconds, UTC
+    Column("endpoint", "TEXT NOT NULL", "TEXT NOT NULL"),  # chat | completions | embeddings | …
+    Column("key_id", "TEXT", "TEXT"),  # a hash prefix of the API key, never the key
+    Column("model", "TEXT", "TEXT"),  # as requested (NULL when the body never parsed)
+    Column("provider", "TEXT", "TEXT"),  # the provider of the last attempt
+    Column("deployment", "TEXT", "TEXT"),
+    Column("experiment", "TEXT", "TEXT"),
+    Column("variant", "TEXT", "TEXT"),
+    Column("stream", "INTEGER NOT NULL", "BOOLEAN NOT NULL"),
+    Column("capture", "TEXT NOT NULL", "TEXT NOT NULL"),  # full | metadata: what this row holds
+    Column("messages", "TEXT", "JSONB"),  # chat messages, a completion's prompt or embedding input
+    Column("parameters", "TEXT", "JSONB"),  # every other body key (metadata capture: numbers only)
+    Column("temperature", "REAL", "DOUBLE PRECISION"),
+    Column("max_tokens", "INTEGER", "INTEGER"),
+    Column("response", "TEXT", "TEXT"),  # the answer's text (first choice)
+    Column("tool_calls", "TEXT", "JSONB"),
+    Column("prompt", "TEXT", "TEXT"),  # the last user prompt, normalised, for "most common prompts"
+    Column("finish_reason", "TEXT", "TEXT"),
+    Column("status", "INTEGER NOT NULL", "INTEGER NOT NULL"),  # HTTP status; 499: the client left first
+    Column("outcome", "TEXT NOT NULL", "TEXT NOT NULL"),  # ok | error | stream_error | client_disconnected
+    Column("error_type", "TEXT", "TEXT"),
+    Column("error", "TEXT", "TEXT"),
+    Column("response_time_ms", "REAL", "DOUBLE PRECISION"),
+    Column("ttft_ms", "REAL", "DOUBLE PRECISION"),
+    Column("prompt_tokens", "INTEGER", "INTEGER"),
+    Column("completion_tokens", "INTEGER", "INTEGER"),
+    Column("tokens_used", "INTEGER", "INTEGER"),
+    Column("cost", "REAL", "DOUBLE PRECISION"),
+    Column("cache_hit", "INTEGER NOT NULL", "BOOLEAN NOT NULL"),
+    Column("attempts", "INTEGER NOT NULL", "INTEGER NOT NULL"),
+    Column("failed_attempts", "TEXT", "JSONB"),  # [{deployment, error, message}] per failed attempt
+    Column("client_ip", "TEXT", "TEXT"),
+    Column("tags", "TEXT", "JSONB"),
+    Column("metadata", "TEXT", "JSONB"),
+)
+NAMES: tuple[str, ...] = tuple(c.name for c in COLUMNS)
+JSON_COLUMNS = frozenset({"messages", "parameters", "tool_calls", "failed_attempts", "tags", "metadata"})
+BOOL_COLUMNS = frozenset({"stream", "cache_hit"})
+INDEXES = {"idx_requests_timestamp": "timestamp", "idx_requests_model": "model",
+           "idx_requests_provider": "provider", "idx_requests_request_id": "request_id"}
+TABLE = "requests"
+
+
+def _create(dialect: str, primary_key: str) -> list[str]:
+    columns = ",\n    ".join(f"{c.name} {getattr(c, dialect)}" for c in COLUMNS)
+    statements = [f"CREATE TABLE IF NOT EXISTS {TABLE} (\n    {primary_key},\n    {columns}\n)"]
+    statements += [f"CREATE INDEX IF NOT EXISTS {name} ON {TABLE} ({column})" for name, column in INDEXES.items()]
+    return statements
+
+
+# version → statements. Append new versions; never edit an applied one.
+SQLITE_MIGRATIONS: dict[int, list[str]] = {1: _create("sqlite", "id INTEGER PRIMARY KEY AUTOINCREMENT")}
+POSTGRES_MIGRATIONS: dict[int, list[str]] = {1: _create("postgres", "id BIGSERIAL PRIMARY KEY")}
+VERSION_TABLE = "history_schema_version"

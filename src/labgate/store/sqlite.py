@@ -1,0 +1,157 @@
+"""The embedded history store: one SQLite file in WAL mode, written from its own thread.
+
+Why the stdlib ``sqlite3`` on a dedicated thread rather than ``aiosqlite``:
+aiosqlite is the same thing (a thread per connection) plus a future per
+call and a dependency. Here one thread owns the writing connection (a batch
+is one ``executemany`` in one transaction, and SQLite releases the GIL while
+it works), a second owns a reading connection (WAL lets it read while the
+writer writes), and nothing else touches either.
+
+Several processes (``serve --workers N``, the CLI) may open the same file:
+WAL allows readers alongside one writer, and writers wait for each other up
+to the busy timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import sqlite3
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+from labgate.store.base import Dialect, Row
+from labgate.store.schema import NAMES, SQLITE_MIGRATIONS, TABLE, VERSION_TABLE
+
+T = TypeVar("T")
+
+SQLITE = Dialect(
+    name="sqlite",
+    like="LIKE",  # case-insensitive for ASCII
+    time_param="?",
+    epoch="timestamp",
+    percentile_sql="percentile_cont({col}, {fraction})",
+    bucket_sql="(CAST({epoch} / {seconds} AS INTEGER) * {seconds})",  # timestamps are positive: truncation = floor
+)
+_INSERT = f"INSERT INTO {TABLE} ({', '.join(NAMES)}) VALUES ({', '.join('?' * len(NAMES))})"
+
+
+class _PercentileCont:
+    """``percentile_cont(value, fraction)``: PostgreSQL's ``percentile_cont`` as an SQLite aggregate."""
+
+    def __init__(self) -> None:
+        self.values: list[float] = []
+        self.fraction = 0.5
+
+    def step(self, value: float | None, fraction: float) -> None:
+        if value is not None:
+            self.values.append(value)
+        self.fraction = fraction
+
+    def finalize(self) -> float | None:
+        return percentile_cont(self.values, self.fraction)
+
+
+def percentile_cont(values: list[float], fraction: float) -> float | None:
+    """Linear interpolation between the closest ranks, as PostgreSQL computes it."""
+    if not values:
+        return None
+    values.sort()
+    position = (len(values) - 1) * fraction
+    low, high = math.floor(position), math.ceil(position)
+    return values[low] + (values[high] - values[low]) * (position - low)
+
+
+class SQLiteStore:
+    """History in one SQLite file."""
+
+    dialect = SQLITE
+
+    def __init__(self, path: str | Path, *, busy_timeout_s: float = 30.0) -> None:
+        self.path = Path(path)
+        self._busy_timeout = busy_timeout_s
+        self._write_thread = ThreadPoolExecutor(1, thread_name_prefix="labgate-history-write")
+        self._read_thread = ThreadPoolExecutor(1, thread_name_prefix="labgate-history-read")
+        self._writer: sqlite3.Connection | None = None
+        self._reader: sqlite3.Connection | None = None
+
+    @property
+    def display_url(self) -> str:
+        return str(self.path)
+
+    async def open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._writer = await self._run(self._write_thread, self._connect_and_migrate)
+        self._reader = await self._run(self._read_thread, self._connect)
+
+    async def write(self, rows: Sequence[Row]) -> None:
+        await self._run(self._write_thread, self._insert, rows)
+
+    async def fetch(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        return await self._run(self._read_thread, self._select, sql, params)
+
+    async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        return await self._run(self._write_thread, self._change, sql, params)
+
+    async def aclose(self) -> None:
+        for thread, attr in ((self._write_thread, "_writer"), (self._read_thread, "_reader")):
+            conn = getattr(self, attr)
+            if conn is not None:
+                await self._run(thread, conn.close)
+                setattr(self, attr, None)
+            thread.shutdown(wait=True)
+
+    # --- on the store's threads ------------------------------------------------
+
+    @staticmethod
+    async def _run(thread: ThreadPoolExecutor, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(thread, fn, *args)
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, timeout=self._busy_timeout, isolation_level=None)
+        conn.execute("PRAGMA synchronous=NORMAL")  # with WAL: durable across a process crash, fsync at checkpoints
+        conn.create_aggregate("percentile_cont", 2, _PercentileCont)  # type: ignore[arg-type]
+        conn.row_factory = sqlite3.Row
+        return conn
+
+    def _connect_and_migrate(self) -> sqlite3.Connection:
+        conn = self._connect()
+        if conn.execute("PRAGMA journal_mode=WAL").fetchone()[0] != "wal":
+            raise sqlite3.OperationalError(f"{self.path}: cannot switch to WAL mode")
+        conn.execute("BEGIN IMMEDIATE")  # one process migrates; the others wait, then find it done
+        try:
+            conn.execute(f"CREATE TABLE IF NOT EXISTS {VERSION_TABLE} (version INTEGER NOT NULL)")
+            current = conn.execute(f"SELECT max(version) FROM {VERSION_TABLE}").fetchone()[0] or 0
+            for version in sorted(v for v in SQLITE_MIGRATIONS if v > current):
+                for statement in SQLITE_MIGRATIONS[version]:
+                    conn.execute(statement)
+                conn.execute(f"INSERT INTO {VERSION_TABLE} (version) VALUES (?)", (version,))
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            conn.close()
+            raise
+        return conn
+
+    def _insert(self, rows: Sequence[Row]) -> None:
+        conn = self._conn(self._writer)
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.executemany(_INSERT, rows)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    def _select(self, sql: str, params: Sequence[Any]) -> list[dict[str, Any]]:
+        return [dict(row) for row in self._conn(self._reader).execute(sql, params)]
+
+    def _change(self, sql: str, params: Sequence[Any]) -> int:
+        return self._conn(self._writer).execute(sql, params).rowcount
+
+    def _conn(self, conn: sqlite3.Connection | None) -> sqlite3.Connection:
+        if conn is None:
+            raise RuntimeError(f"history store {self.path} is not open")
+        return conn

@@ -1,0 +1,292 @@
+"""The history writer: a bounded queue on the request path, batched writes behind it.
+
+The request path calls :meth:`HistoryWriter.put` once per request: a length
+check and a ``deque.append`` of the record (no copy, no serialisation). When
+the queue is full the record is dropped and counted
+(``labgate_history_dropped_total``), with a warning at most every 10 s; the
+gateway keeps serving.
+
+A background task wakes when a batch is ready or every ``flush_interval_s``,
+turns records into rows (``capture.py``) and writes each batch in one
+transaction. A failed write is retried with backoff (the queue absorbs the
+meantime); a batch that keeps failing is retried row by row so that one bad
+row cannot block the rest (rows rejected then are counted and logged).
+Retention is a periodic purge of rows older than ``retention_days``.
+
+The writer lives as long as the process, not a Runtime: a config reload
+keeps the queue. :meth:`close` (clean shutdown) writes everything queued.
+A crash loses what was queued: at most ~``flush_interval_s`` of requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Sequence
+from typing import Any
+
+from labgate.config.schema.store import Capture, StoreConfig
+from labgate.record import RequestRecord
+from labgate.store import resolve_url, store_for
+from labgate.store.base import Row, Store
+from labgate.store.capture import build_row
+from labgate.store.schema import TABLE
+
+log = logging.getLogger("labgate.store")
+
+_WARN_EVERY_S = 10.0
+_CONVERT_SLICE = 64  # rows converted between two yields to the event loop
+_BACKOFF_S = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
+_ROW_BY_ROW_AFTER = 3  # failed attempts at one batch before trying its rows one by one
+_PURGE_CHUNK = 5000
+
+
+class HistoryWriter:
+    """Takes finished records on the request path; writes them to a :class:`Store` in batches."""
+
+    def __init__(self, store: Store, *, capture: Capture = "full", queue_size: int = 20_000,
+                 batch_size: int = 500, flush_interval_s: float = 0.5, client_ip: bool = True,
+                 retention_days: float | None = None, purge_every_s: float = 3600.0) -> None:
+        self.store = store
+        self.capture = capture
+        self.keeps_content = capture == "full"
+        self.queue_size = queue_size
+        self._queue: deque[RequestRecord] = deque()
+        self._batch = batch_size
+        self._interval = flush_interval_s
+        self._client_ip = client_ip
+        self._retention_s = retention_days * 86400.0 if retention_days else None
+        self._purge_every = purge_every_s
+        self._pending: list[Row] = []  # converted, not yet written (a batch being retried)
+        self._pending_failures = 0
+        self._draining = asyncio.Lock()  # the task and flush() never write the same batch twice
+        self._wake: asyncio.Event | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+        self._ready = False
+        self._next_warning = 0.0
+        self._dropped_since_warning = 0
+        self.dropped = 0
+        self.written = 0
+        self.rejected = 0
+        self.failed_writes = 0
+        self.purged = 0
+        self.last_error: str | None = None
+
+    @classmethod
+    def from_config(cls, config: StoreConfig, *, source: str | None = None) -> HistoryWriter | None:
+        """The writer ``store:`` asks for, or None for ``capture: none``."""
+        if config.capture == "none":
+            return None
+        return cls(store_for(resolve_url(config.url, source=source)), capture=config.capture,
+                   queue_size=config.queue_size, batch_size=config.batch_size,
+                   flush_interval_s=config.flush_interval_s, client_ip=config.client_ip,
+                   retention_days=config.retention_days)
+
+    # --- the request path ----------------------------------------------------
+
+    def put(self, record: RequestRecord) -> None:
+        """Queue a finished record; never blocks. Full queue: drop it and count."""
+        queue = self._queue
+        if len(queue) >= self.queue_size:
+            self._drop()
+            return
+        queue.append(record)
+        if len(queue) == self._batch and self._wake is not None:
+            self._wake.set()
+
+    def _drop(self) -> None:
+        self.dropped += 1
+        self._dropped_since_warning += 1
+        now = time.monotonic()
+        if now >= self._next_warning:
+            log.warning("history queue full (%d records): dropped %d record(s) since the last warning, "
+                        "%d in total; the store is not keeping up (%s)", self.queue_size,
+                        self._dropped_since_warning, self.dropped, self.last_error or "no write error")
+            self._dropped_since_warning = 0
+            self._next_warning = now + _WARN_EVERY_S
+
+    # --- lifecycle -----------------------------------------------------------
+
+    async def start(self, *, open_timeout: float = 10.0) -> None:
+        """Open the store and start the background task.
+
+        A store that cannot be opened now (PostgreSQL down) is logged and
+        retried in the background; the gateway serves meanwhile and records
+        queue up to ``queue_size``.
+        """
+        self._wake = asyncio.Event()
+        try:
+            await asyncio.wait_for(self._open(), open_timeout)
+        except Exception as exc:  # logged and retried by the loop
+            self._failed("open", exc)
+        self._task = asyncio.create_task(self._run(), name="labgate-history-writer")
+
+    async def flush(self) -> None:
+        """Write everything queued so far (tests, admin); raises if the store fails."""
+        if not self._ready:
+            await self._open()
+        await self._drain()
+
+    async def close(self, timeout: float = 15.0) -> None:
+        """Stop the task, write everything still queued (up to ``timeout`` s), close the store."""
+        self._stopping = True
+        if self._task is not None:
+            assert self._wake is not None
+            self._wake.set()
+            await self._task  # it finishes its current batch; never cancelled mid-write (no duplicates)
+            self._task = None
+        deadline = time.monotonic() + timeout
+        attempt = 0
+        while self._queue or self._pending:
+            try:
+                await self.flush()
+            except Exception as exc:
+                self._failed("final flush", exc)
+                wait = _BACKOFF_S[min(attempt, len(_BACKOFF_S) - 1)]
+                attempt += 1
+                if time.monotonic() + wait > deadline:
+                    lost = len(self._queue) + len(self._pending)
+                    log.error("history: %d record(s) could not be written before shutdown and are lost", lost)
+                    break
+                await asyncio.sleep(wait)
+        with contextlib.suppress(Exception):
+            await self.store.aclose()
+
+    def stats(self) -> dict[str, Any]:
+        return {"store": self.store.display_url, "capture": self.capture, "ready": self._ready,
+                "queued": len(self._queue) + len(self._pending), "queue_size": self.queue_size,
+                "written": self.written, "dropped": self.dropped, "rejected": self.rejected,
+                "failed_writes": self.failed_writes, "purged": self.purged, "last_error": self.last_error}
+
+    def prometheus(self) -> str:
+        """The writer's counters in the Prometheus text format."""
+        lines = []
+        for name, kind, value, help_text in (
+                ("labgate_history_written_total", "counter", self.written, "History records written."),
+                ("labgate_history_dropped_total", "counter", self.dropped,
+                 "History records dropped because the queue was full."),
+                ("labgate_history_rejected_total", "counter", self.rejected,
+                 "History records the store refused."),
+                ("labgate_history_write_failures_total", "counter", self.failed_writes, "Failed batch writes."),
+                ("labgate_history_queued", "gauge", len(self._queue) + len(self._pending),
+                 "History records waiting to be written.")):
+            lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}", f"{name} {value}"]
+        return "\n".join(lines) + "\n"
+
+    # --- the background task ---------------------------------------------------
+
+    async def _run(self) -> None:
+        failures = 0
+        next_purge = time.monotonic()
+        while not self._stopping:
+            try:
+                if not self._ready:
+                    await self._open()
+                await self._drain()
+                if self._retention_s is not None and time.monotonic() >= next_purge:
+                    await self.purge()
+                    next_purge = time.monotonic() + self._purge_every
+                failures = 0
+            except Exception as exc:
+                self._failed("write" if self._ready else "open", exc)
+                failures += 1
+            if self._stopping:
+                break
+            await self._sleep(_BACKOFF_S[min(failures, len(_BACKOFF_S)) - 1] if failures else None)
+
+    async def _sleep(self, backoff: float | None) -> None:
+        assert self._wake is not None
+        self._wake.clear()
+        if backoff is None and len(self._queue) >= self._batch:
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(backoff or self._interval):
+                if backoff is None:
+                    await self._wake.wait()
+                else:  # after a failure only shutdown cuts the backoff short
+                    while not self._stopping:
+                        await self._wake.wait()
+                        self._wake.clear()
+
+    async def _open(self) -> None:
+        await self.store.open()
+        self._ready = True
+        log.info("history: writing to %s (capture: %s)", self.store.display_url, self.capture)
+
+    async def _drain(self) -> None:
+        queue = self._queue
+        async with self._draining:
+            while self._pending or queue:
+                if not self._pending:
+                    self._pending = await self._convert(min(self._batch, len(queue)))
+                await self._write_pending()
+
+    async def _convert(self, count: int) -> list[Row]:
+        rows: list[Row] = []
+        pop, capture, client_ip = self._queue.popleft, self.capture, self._client_ip
+        while count > 0:
+            for _ in range(min(count, _CONVERT_SLICE)):
+                rows.append(build_row(pop(), capture=capture, client_ip=client_ip))
+            count -= _CONVERT_SLICE
+            if count > 0:
+                await asyncio.sleep(0)  # let requests run between slices
+        return rows
+
+    async def _write_pending(self) -> None:
+        rows = self._pending
+        try:
+            await self.store.write(rows)
+        except Exception:
+            self._pending_failures += 1
+            if self._pending_failures < _ROW_BY_ROW_AFTER:
+                raise
+            await self._write_one_by_one(rows)
+        else:
+            self.written += len(rows)
+        self._pending = []
+        self._pending_failures = 0
+        self.last_error = None
+
+    async def _write_one_by_one(self, rows: Sequence[Row]) -> None:
+        """A batch that keeps failing: keep the rows the store accepts, count the ones it refuses."""
+        refused: list[tuple[Row, Exception]] = []
+        for row in rows:
+            try:
+                await self.store.write([row])
+            except Exception as exc:
+                refused.append((row, exc))
+            else:
+                self.written += 1
+        if len(refused) == len(rows):
+            raise refused[0][1]  # nothing goes in: the store is down, not the rows bad; keep them
+        self.rejected += len(refused)
+        log.error("history: the store refused %d record(s), e.g. request %s: %s", len(refused),
+                  refused[0][0][0], refused[0][1])
+
+    async def purge(self) -> int:
+        """Delete rows older than ``retention_days``; returns how many."""
+        if self._retention_s is None:
+            return 0
+        cutoff = time.time() - self._retention_s
+        sql = (f"DELETE FROM {TABLE} WHERE id IN (SELECT id FROM {TABLE} "
+               f"WHERE timestamp < {self.store.dialect.time_param} LIMIT {_PURGE_CHUNK})")
+        total = 0
+        while True:
+            deleted = await self.store.execute(sql, (cutoff,))
+            total += deleted
+            if deleted < _PURGE_CHUNK:
+                break
+            await asyncio.sleep(0)
+        self.purged += total
+        if total:
+            log.info("history: purged %d record(s) older than %g days", total, self._retention_s / 86400)
+        return total
+
+    def _failed(self, what: str, exc: BaseException) -> None:
+        self.failed_writes += what != "open"
+        self.last_error = f"{what}: {type(exc).__name__}: {exc}"
+        log.warning("history: %s failed on %s: %s", what, self.store.display_url, self.last_error)
