@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
+import functools
 import os
 import shutil
 import subprocess
@@ -35,6 +36,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 try:
@@ -53,6 +55,21 @@ REPO = BENCH.parent
 PEERS = ("litellm", "portkey")
 
 
+@dataclass(frozen=True, slots=True)
+class Run:
+    """What every part of one benchmark run shares."""
+
+    args: argparse.Namespace
+    workdir: Path
+    place: machine.Placement
+    upstream_url: str
+    sources: dict[str, Path]  # labgate target name → its src/ snapshot
+
+    def start_labgate(self, tag: str, name: str = "labgate") -> Running:
+        return targets.start_labgate(self.workdir, upstream=self.upstream_url, cores=self.place.gateway, tag=tag,
+                                     source=self.sources[name], name=name, extra_yaml=self.args.gateway_yaml)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
     if load.wrk_path() is None:
@@ -65,27 +82,24 @@ def main(argv: list[str] | None = None) -> int:
     keep = args.keep
     upstream: subprocess.Popen[bytes] | None = None
     try:
-        source, what = targets.snapshot_labgate(REPO, workdir, rev=args.labgate_rev)
-        header.append(f"labgate under test: {what}")
-        print(header[-1], file=sys.stderr)
-        args.labgate_source = source
-        args.compare_sources = {}
-        for rev in args.compare_rev:
-            other, other_what = targets.snapshot_labgate(REPO, workdir, rev=rev)
-            args.compare_sources[f"labgate@{rev}"] = other
-            header.append(f"labgate@{rev}: {other_what}")
+        sources: dict[str, Path] = {}  # labgate target name → the src/ snapshot it runs
+        for name, rev in [("labgate", args.labgate_rev), *((f"labgate@{r}", r) for r in args.compare_rev)]:
+            sources[name], what = targets.snapshot_labgate(REPO, workdir, rev=rev)
+            header.append(f"{'labgate under test' if name == 'labgate' else name}: {what}")
             print(header[-1], file=sys.stderr)
         upstream, direct = _start_upstream(workdir, place)
-        upstream_url = direct.target.url.removesuffix("/v1/chat/completions")
+        run = Run(args, workdir, place, direct.target.url.removesuffix("/v1/chat/completions"), sources)
         if args.soak:
-            return _soak(args, workdir, place, upstream_url)
+            return _soak(run)
         peers = _install_peers(args, workdir)
-        results = _rounds(args, workdir, place, direct, upstream_url, peers)
-        if args.profile:
-            _profile(args, workdir, place, upstream_url)
+        results = _rounds(run, direct, peers)
+        profile = _profile(run) if args.profile else []
         keep = keep or bool(results["failures"])
         _print(results, header, args)
-        return 1 if results["failures"] else 0
+        if profile:
+            print("\n".join(profile))
+        # a peer that fails is reported, never fatal: peers are optional
+        return 1 if results["labgate_failed"] else 0
     except RuntimeError as exc:
         print(f"bench: {exc}", file=sys.stderr)
         keep = True
@@ -123,6 +137,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
                    help="run labgate's src/ from this git revision (default: a snapshot of the working tree)")
     p.add_argument("--compare-rev", metavar="REV", action="append", default=[],
                    help="also measure labgate from this git revision, as target labgate@REV (repeatable)")
+    p.add_argument("--gateway-yaml", default="", metavar="YAML",
+                   help="extra top-level sections for labgate's generated gateway.yaml, "
+                        "e.g. 'store: {capture: metadata}'")
     p.add_argument("--keep", action="store_true", help="keep the work dir (configs, logs)")
     args = p.parse_args(argv)
     if args.quick:
@@ -141,6 +158,8 @@ def _header(place: machine.Placement, args: argparse.Namespace) -> list[str]:
              f"load average before: {load1:.2f} {load5:.2f} {load15:.2f}",
              f"placement: {place.note}",
              f"plan: {args.rounds} round(s), {args.duration} s legs, c={args.concurrency}"]
+    if args.gateway_yaml:
+        lines.append(f"labgate gateway.yaml extra: {args.gateway_yaml}")
     if load1 >= 0.5 * place.cores or load1 >= 1.0:
         lines.append(f"WARNING: load average {load1:.2f} is high — other processes share these cores; "
                      "the 'other CPU on gateway core' row shows how much they took during the c=16 legs")
@@ -193,14 +212,11 @@ def _plan(args: argparse.Namespace) -> legs.Plan:
                      connections=args.concurrency)
 
 
-def _rounds(args: argparse.Namespace, workdir: Path, place: machine.Placement, direct: Running,
-            upstream_url: str, peers: dict[str, Peer]) -> dict[str, object]:
+def _rounds(run: Run, direct: Running, peers: dict[str, Peer]) -> dict[str, object]:
+    args, workdir, place, upstream_url = run.args, run.workdir, run.place, run.upstream_url
     plan = _plan(args)
     starters: dict[str, Callable[[str], Running]] = {
-        "labgate": lambda tag: targets.start_labgate(workdir, upstream=upstream_url, cores=place.gateway, tag=tag,
-                                          source=args.labgate_source)}
-    for name, source in args.compare_sources.items():
-        starters[name] = _labgate_starter(workdir, upstream_url, place, name, source)
+        name: functools.partial(run.start_labgate, name=name) for name in run.sources}
     if "litellm" in peers:
         starters["litellm"] = lambda tag: targets.start_litellm(peers["litellm"], workdir, upstream=upstream_url,
                                                                 cores=place.gateway, tag=tag)
@@ -210,6 +226,7 @@ def _rounds(args: argparse.Namespace, workdir: Path, place: machine.Placement, d
     names = ["direct", *starters]
     rounds: list[dict[str, dict[str, float]]] = []
     failures: list[str] = []
+    labgate_failed = False  # a leg of direct or labgate failed
     started = time.monotonic()
     for number in range(1, args.rounds + 1):
         this: dict[str, dict[str, float]] = {}
@@ -219,6 +236,7 @@ def _rounds(args: argparse.Namespace, workdir: Path, place: machine.Placement, d
                 running = direct if name == "direct" else starters[name](f"r{number}")
             except RuntimeError as exc:
                 failures.append(f"{tag}: {exc}")
+                labgate_failed = labgate_failed or name not in peers
                 print(f"bench: {tag}: {exc}", file=sys.stderr)
                 continue
             try:
@@ -231,6 +249,7 @@ def _rounds(args: argparse.Namespace, workdir: Path, place: machine.Placement, d
                     procs.stop(running.proc)
             this[name] = outcome.metrics
             failures += [f"{tag}: {f}" for f in outcome.failures]
+            labgate_failed = labgate_failed or bool(outcome.failures and name not in peers)
             for f in outcome.failures:
                 print(f"bench: {tag}: {f}", file=sys.stderr)
             m = outcome.metrics
@@ -242,13 +261,8 @@ def _rounds(args: argparse.Namespace, workdir: Path, place: machine.Placement, d
     ratios = report.ratios(rounds, "labgate", [n for n in names if n != "labgate"])
     versions = {name: peer.version for name, peer in peers.items()}
     return {"targets": names, "rounds": rounds, "summary": summary, "ratios": ratios, "failures": failures,
+            "labgate_failed": labgate_failed,
             "peer_versions": versions, "seconds": round(time.monotonic() - started, 1)}
-
-
-def _labgate_starter(workdir: Path, upstream_url: str, place: machine.Placement, name: str,
-                     source: Path) -> Callable[[str], Running]:
-    return lambda tag: targets.start_labgate(workdir, upstream=upstream_url, cores=place.gateway, tag=tag,
-                                             source=source, name=name)
 
 
 def _print(results: dict[str, object], header: list[str], args: argparse.Namespace) -> None:
@@ -277,10 +291,10 @@ def _print(results: dict[str, object], header: list[str], args: argparse.Namespa
     print("\n".join(lines))
 
 
-def _soak(args: argparse.Namespace, workdir: Path, place: machine.Placement, upstream_url: str) -> int:
+def _soak(run: Run) -> int:
     """labgate at steady c=16 load for --soak seconds; RSS every --soak-every seconds; drift in %."""
-    running = targets.start_labgate(workdir, upstream=upstream_url, cores=place.gateway, tag="soak",
-                                    source=args.labgate_source)
+    args, place = run.args, run.place
+    running = run.start_labgate("soak")
     assert running.proc is not None
     samples: list[tuple[float, float]] = [(0.0, procs.rss_mb(running.pid))]
     print(f"bench: soak {args.soak} s at c={args.concurrency}; idle RSS {samples[0][1]:.1f} MB", file=sys.stderr)
@@ -315,13 +329,13 @@ def _soak(args: argparse.Namespace, workdir: Path, place: machine.Placement, ups
     return 1 if result.status_errors or result.requests == 0 else 0
 
 
-def _profile(args: argparse.Namespace, workdir: Path, place: machine.Placement, upstream_url: str) -> None:
-    """py-spy samples labgate (own time per function) while wrk drives it at c=16."""
+def _profile(run: Run) -> list[str]:
+    """py-spy samples labgate (own time per function, all threads) while wrk drives it at c=16."""
+    args, workdir, place = run.args, run.workdir, run.place
     if not args.py_spy:
         print("bench: --profile needs py-spy (pip install py-spy, or --py-spy PATH)", file=sys.stderr)
-        return
-    running = targets.start_labgate(workdir, upstream=upstream_url, cores=place.gateway, tag="profile",
-                                    source=args.labgate_source)
+        return []
+    running = run.start_labgate("profile")
     assert running.proc is not None
     raw = workdir / "profile.txt"
     seconds = max(5, args.duration)
@@ -337,19 +351,20 @@ def _profile(args: argparse.Namespace, workdir: Path, place: machine.Placement, 
         procs.stop(running.proc)
     if spy.returncode != 0 or not raw.exists():
         print(f"bench: py-spy failed: {spy.stderr.strip()[-400:]}", file=sys.stderr)
-        return
+        return []
     own: dict[str, int] = {}
     total = 0
     for line in raw.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
         with contextlib.suppress(ValueError):
-            n = int(count)
-            own[stack.rsplit(";", 1)[-1]] = own.get(stack.rsplit(";", 1)[-1], 0) + n
-            total += n
-    print(f"\nprofile: labgate at c={args.concurrency}, {result.rps:,.0f} req/s under py-spy --nonblocking; "
-          f"{total} samples; top 15 functions by own time:")
-    for frame, n in sorted(own.items(), key=lambda kv: -kv[1])[:15]:
-        print(f"  {n / total * 100:5.1f}%  {frame}")
+            leaf = stack.rsplit(";", 1)[-1].strip() or "(no Python frame)"
+            own[leaf] = own.get(leaf, 0) + int(count)
+            total += int(count)
+    lines = [f"profile: labgate at c={args.concurrency}, {result.rps:,.0f} req/s while py-spy sampled it "
+             f"(--nonblocking, 200 Hz, all threads); {total} samples; top 15 functions by own time "
+             "(time in C code such as uvloop's is charged to the Python frame that called it):"]
+    lines += [f"  {n / total * 100:5.1f}%  {frame}" for frame, n in sorted(own.items(), key=lambda kv: -kv[1])[:15]]
+    return lines
 
 
 if __name__ == "__main__":

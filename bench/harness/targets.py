@@ -131,8 +131,11 @@ def snapshot_labgate(repo: Path, workdir: Path, *, rev: str | None) -> tuple[Pat
     return dest / "src", what
 
 
-def write_labgate_config(directory: Path, *, upstream: str, port: int) -> None:
-    """One openai_compatible provider at the upstream; auth on; one JSON access-log line per request."""
+def write_labgate_config(directory: Path, *, upstream: str, port: int, extra: str = "") -> None:
+    """One openai_compatible provider at the upstream; auth on; one JSON access-log line per request.
+
+    ``extra`` is YAML appended to gateway.yaml (more top-level sections, e.g. ``store: {capture: none}``).
+    """
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "providers.yaml").write_text(
         "providers:\n"
@@ -145,16 +148,19 @@ def write_labgate_config(directory: Path, *, upstream: str, port: int) -> None:
         "server:\n"
         f"  host: 127.0.0.1\n  port: {port}\n"
         "auth:\n  master_key_env: LABGATE_BENCH_KEY\n"
-        "logging:\n  level: info\n  requests: true\n")
+        "logging:\n  level: info\n  requests: true\n" + (extra.strip() + "\n" if extra.strip() else ""))
 
 
 def start_labgate(workdir: Path, *, upstream: str, cores: frozenset[int], tag: str, source: Path,
-                  name: str = "labgate") -> Running:
+                  name: str = "labgate", extra_yaml: str = "") -> Running:
     """labgate from ``source`` (a ``src/`` dir put first on PYTHONPATH), pinned to ``cores``."""
     port = procs.free_port()
-    config = workdir / "labgate-config"
-    write_labgate_config(config, upstream=upstream, port=port)
+    config = workdir / f"{name.replace('@', '-').replace('/', '_')}-config"
+    write_labgate_config(config, upstream=upstream, port=port, extra=extra_yaml)
+    # The history store (default: SQLite with full capture) stays on, but in the work dir,
+    # not in the user's data directory.
     env = {**os.environ, "LABGATE_BENCH_KEY": LABGATE_KEY, "LABGATE_BENCH_UPSTREAM_KEY": UPSTREAM_KEY,
+           "LABGATE_DATA_DIR": str(workdir / f"data-{name.replace('@', '-').replace('/', '_')}"),
            "PYTHONPATH": os.pathsep.join(filter(None, (str(source), os.environ.get("PYTHONPATH"))))}
     target = Target(f"http://127.0.0.1:{port}/v1/chat/completions", (f"authorization: Bearer {LABGATE_KEY}",))
     safe = name.replace("@", "-").replace("/", "_")

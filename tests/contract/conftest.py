@@ -44,7 +44,7 @@ MASTER_KEY_ENV = "LABGATE_CONTRACT_MASTER_KEY"
 OPENAI_KEY = "sk-sim-openai"  # what the OpenAI-dialect simulator requires
 ANTHROPIC_KEY = "sk-ant-sim"  # what the Anthropic simulator requires
 KEY_ENV = {"openai": "LABGATE_CONTRACT_OPENAI_KEY", "anthropic": "LABGATE_CONTRACT_ANTHROPIC_KEY"}
-PROVIDER_TIMEOUT_S = 0.3  # timeout_s of the shared gateway's providers: what a hanging upstream costs
+PROVIDER_TIMEOUT_S = 0.25  # timeout_s of the shared gateway's providers: what a hanging upstream costs
 BACKUP_REPLY = "from the backup"
 MAX_BODY_BYTES = 256 * 1024
 

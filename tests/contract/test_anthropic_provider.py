@@ -30,9 +30,11 @@ CLAUDE_SEARCH = {"name": "search", "description": "Search the web.",
                  "input_schema": SEARCH["function"]["parameters"]}
 
 
-@pytest.fixture
-def client(gateway: Any) -> Iterator[openai.OpenAI]:
-    with openai.OpenAI(base_url=gateway.url + "/v1", api_key=gateway.key, max_retries=0, timeout=10) as sdk:
+@pytest.fixture(scope="module")
+def client(session_gateway: Any) -> Iterator[openai.OpenAI]:
+    """One client for the module (building one costs ~60 ms); tests still take ``gateway`` or ``sims``."""
+    with openai.OpenAI(base_url=session_gateway.url + "/v1", api_key=session_gateway.key, max_retries=0,
+                       timeout=10) as sdk:
         yield sdk
 
 

@@ -44,3 +44,57 @@ def llamacpp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     helper = _load_upstream_helper()
     with helper.llamacpp_servers(tmp_path_factory.mktemp("llamacpp"), timeout=30.0) as servers:
         yield servers
+
+
+# --- request history stores (tests/integration/test_store_*.py) ----------------------------------
+
+DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/test"
+
+
+def _pg_admin(url: str, sql: str) -> None:
+    import asyncio
+
+    import asyncpg
+
+    async def run() -> None:
+        conn = await asyncpg.connect(url, timeout=5)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    asyncio.run(run())
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A PostgreSQL URL whose ``search_path`` is a fresh, empty schema (dropped afterwards).
+
+    ``DATABASE_URL`` (default ``postgresql://postgres@127.0.0.1:5432/test``); skips with the reason
+    when asyncpg is missing or the server cannot be reached (``.ci/run`` turns that into a failure).
+    """
+    import os
+    import uuid
+
+    url = os.environ.get("DATABASE_URL", DEFAULT_DATABASE_URL)
+    try:
+        import asyncpg  # noqa: F401
+    except ImportError:
+        pytest.skip("asyncpg is not installed: pip install 'labgate[postgres]'")
+    schema = f"labgate_test_{uuid.uuid4().hex[:12]}"
+    try:
+        _pg_admin(url, f"CREATE SCHEMA {schema}")
+    except Exception as exc:
+        pytest.skip(f"PostgreSQL unreachable at {url}: {exc}")
+    try:
+        yield f"{url}{'&' if '?' in url else '?'}search_path={schema}"
+    finally:
+        _pg_admin(url, f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.integration)])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh history store: a SQLite file, and (integration) a PostgreSQL schema."""
+    if request.param == "sqlite":
+        return str(tmp_path / "history.db")
+    return str(request.getfixturevalue("pg_url"))

@@ -99,7 +99,11 @@ def _run(command: Callable[[argparse.Namespace, Store, IO[str]], Awaitable[int]]
                                                                                              int]:
     def run(args: argparse.Namespace) -> int:
         try:
-            return asyncio.run(_with_store(args, command))
+            url = store_url(args)
+            if not is_postgres(url) and not Path(url).exists():
+                raise HistoryCommandError(f"no history at {url} (nothing recorded yet, or another store: "
+                                          "see --config / --store)")
+            return asyncio.run(_with_store(url, args, command))
         except (HistoryCommandError, ValueError) as exc:
             print(f"labgate history: {exc}", file=sys.stderr)
             return 1
@@ -109,12 +113,8 @@ def _run(command: Callable[[argparse.Namespace, Store, IO[str]], Awaitable[int]]
     return run
 
 
-async def _with_store(args: argparse.Namespace, command: Callable[[argparse.Namespace, Store, IO[str]],
-                                                                  Awaitable[int]]) -> int:
-    url = store_url(args)
-    if not is_postgres(url) and not Path(url).exists():
-        raise HistoryCommandError(f"no history at {url} (nothing recorded yet, or another store: "
-                                  "see --config / --store)")
+async def _with_store(url: str, args: argparse.Namespace,
+                      command: Callable[[argparse.Namespace, Store, IO[str]], Awaitable[int]]) -> int:
     store = store_for(url)
     try:
         await store.open()
@@ -220,7 +220,7 @@ async def _record(store: Store, ident: str) -> dict[str, Any]:
 async def _export(args: argparse.Namespace, store: Store, out: IO[str]) -> int:
     from labgate.store.export import export
 
-    target = open(args.output, "wb") if args.output else sys.stdout.buffer  # noqa: SIM115 (closed below)
+    target = await asyncio.to_thread(Path(args.output).open, "wb") if args.output else sys.stdout.buffer
     try:
         async for chunk in export(store, _filter(args), args.format):
             target.write(chunk)
@@ -256,7 +256,8 @@ async def _stats(args: argparse.Namespace, store: Store, out: IO[str]) -> int:
               f"cache hit rate   {_pct(totals['cache_hit_rate'])}\n")
     out.write("models\n")
     for model in totals["models"]:
-        out.write(f"  {model['model'] or '(none)':30} {model['requests']:>8} requests {model['total_tokens']:>10} tokens\n")
+        out.write(f"  {model['model'] or '(none)':30} {model['requests']:>8} requests "
+                  f"{model['total_tokens']:>10} tokens\n")
     if any(g["errors"] for g in failing["groups"]):
         out.write("errors by provider\n")
         for group in failing["groups"]:
@@ -318,7 +319,7 @@ def _gateway(args: argparse.Namespace) -> tuple[str, str | None]:
         from labgate.config.load import load_config
 
         gateway = load_config(args.config).gateway
-        host = "127.0.0.1" if gateway.server.host in ("0.0.0.0", "::") else gateway.server.host  # noqa: S104
+        host = "127.0.0.1" if gateway.server.host in ("0.0.0.0", "::") else gateway.server.host
         url = f"http://{host}:{gateway.server.port}"
         key_env = gateway.auth.master_key_env or key_env
     if args.api_key_env:

@@ -79,5 +79,5 @@ def table(states: list[PortState], style: Style) -> str:
             paint = style.red if problem.severity == "error" else style.yellow
             lines.append(paint(str(problem)))
     errors = sum(p.severity == "error" for s in states for p in s.problems)
-    lines.append(f"{len(states)} port(s), {errors} conflict(s)")
+    lines.append(f"{len(states)} port(s), {errors} problem(s)")
     return "\n".join(lines)

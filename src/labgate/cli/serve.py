@@ -47,9 +47,8 @@ def _positive(text: str) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from labgate.telemetry.logs import configure_logging
-
     from labgate.config.reload import ConfigSource, load_files
+    from labgate.telemetry.logs import configure_logging
 
     _install_uvloop()
     loaded: Loaded | None = None

@@ -72,7 +72,8 @@ def _object(body: bytes) -> dict[str, Any]:
             continue
         check, what = _TYPES[key]
         if payload[key] is not None and not check(payload[key]):  # OpenAI accepts null for these
-            raise RequestError(f"'{key}' must be {what}; got {orjson.dumps(payload[key])[:60].decode()}.",
+            # decode before cutting: 60 bytes may end inside a multi-byte character
+            raise RequestError(f"'{key}' must be {what}; got {orjson.dumps(payload[key]).decode()[:60]}.",
                                param=key)
     return payload
 

@@ -43,7 +43,7 @@ def resolve_url(url: str | None, *, source: str | None = None) -> str:
         return str(default_data_dir() / "history.db")
     if is_postgres(url):
         return url
-    path = Path(url.removeprefix("sqlite://")).expanduser()
+    path = Path(url.removeprefix("sqlite:///").removeprefix("sqlite://")).expanduser()  # SQLAlchemy's form
     if not path.is_absolute() and source:
         base = Path(source)
         if base.exists():

@@ -34,6 +34,7 @@ GROUPS = {"model": "model", "provider": "provider", "key": "key_id", "deployment
 BUCKETS = {"minute": 60, "hour": 3600, "day": 86400, "week": 604800}
 _ERROR = "CASE WHEN outcome IN ('error', 'stream_error') THEN 1 ELSE 0 END"
 _HIT = "CASE WHEN cache_hit THEN 1 ELSE 0 END"
+EVERYTHING = Filter()
 
 
 def bucket_seconds(given: str | int) -> int:
@@ -72,7 +73,7 @@ def _ms(value: float | None) -> float | None:
     return None if value is None else round(float(value), 3)
 
 
-async def volume(store: Store, where: Filter = Filter(), *, bucket: str | int = "hour",
+async def volume(store: Store, where: Filter = EVERYTHING, *, bucket: str | int = "hour",
                  by: str | None = "model") -> list[dict[str, Any]]:
     seconds = bucket_seconds(bucket)
     clause, params = where.where(store)
@@ -84,7 +85,7 @@ async def volume(store: Store, where: Filter = Filter(), *, bucket: str | int = 
     return _order(out, "bucket", "group")
 
 
-async def latency(store: Store, where: Filter = Filter(), *, bucket: str | int | None = None,
+async def latency(store: Store, where: Filter = EVERYTHING, *, bucket: str | int | None = None,
                   by: str | None = "model") -> list[dict[str, Any]]:
     d = store.dialect
     clause, params = where.where(store)
@@ -109,7 +110,7 @@ async def latency(store: Store, where: Filter = Filter(), *, bucket: str | int |
     return _order(out, "bucket", "group")
 
 
-async def tokens(store: Store, where: Filter = Filter(), *, by: str | None = "model") -> list[dict[str, Any]]:
+async def tokens(store: Store, where: Filter = EVERYTHING, *, by: str | None = "model") -> list[dict[str, Any]]:
     clause, params = where.where(store)
     rows = await store.fetch(
         f"SELECT {_group(by)} AS grp, count(*) AS requests, sum(prompt_tokens) AS prompt_tokens, "
@@ -122,7 +123,7 @@ async def tokens(store: Store, where: Filter = Filter(), *, by: str | None = "mo
     return _order(out, "group")
 
 
-async def errors(store: Store, where: Filter = Filter(), *, by: str | None = "provider") -> dict[str, Any]:
+async def errors(store: Store, where: Filter = EVERYTHING, *, by: str | None = "provider") -> dict[str, Any]:
     clause, params = where.where(store)
     rows = await store.fetch(
         f"SELECT {_group(by)} AS grp, count(*) AS requests, sum({_ERROR}) AS errors "
@@ -140,7 +141,7 @@ async def errors(store: Store, where: Filter = Filter(), *, by: str | None = "pr
     return {"groups": groups, "types": by_type}
 
 
-async def prompts(store: Store, where: Filter = Filter(), *, limit: int = 20) -> list[dict[str, Any]]:
+async def prompts(store: Store, where: Filter = EVERYTHING, *, limit: int = 20) -> list[dict[str, Any]]:
     clause, params = where.where(store)
     joiner = " AND " if clause else " WHERE "
     rows = await store.fetch(
@@ -149,7 +150,7 @@ async def prompts(store: Store, where: Filter = Filter(), *, limit: int = 20) ->
     return [{"prompt": r["prompt"], "count": int(r["n"]), "models": int(r["models"])} for r in rows]
 
 
-async def cache(store: Store, where: Filter = Filter(), *, by: str | None = None) -> list[dict[str, Any]]:
+async def cache(store: Store, where: Filter = EVERYTHING, *, by: str | None = None) -> list[dict[str, Any]]:
     clause, params = where.where(store)
     rows = await store.fetch(
         f"SELECT {_group(by)} AS grp, count(*) AS requests, sum({_HIT}) AS hits FROM {TABLE}{clause} GROUP BY 1",
@@ -158,7 +159,7 @@ async def cache(store: Store, where: Filter = Filter(), *, by: str | None = None
                     "hit_rate": _ratio(int(r["hits"]), int(r["requests"]))} for r in rows], "group")
 
 
-async def summary(store: Store, where: Filter = Filter()) -> dict[str, Any]:
+async def summary(store: Store, where: Filter = EVERYTHING) -> dict[str, Any]:
     """Totals over the window: volume, outcomes, latency, tokens, cost, cache, busiest models."""
     overall = (await latency(store, where, by=None)) or [{}]
     token_rows = await tokens(store, where, by=None)

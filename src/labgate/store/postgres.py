@@ -37,6 +37,13 @@ def numbered(sql: str) -> str:
     return _PLACEHOLDER.sub(lambda _: f"${next(counter)}", sql)
 
 
+def _clean(value: Any) -> Any:
+    """PostgreSQL text and JSON cannot hold NUL characters (SQLite can): replace them with U+FFFD."""
+    if isinstance(value, str) and ("\x00" in value or "\\u0000" in value):
+        return value.replace("\x00", "\ufffd").replace("\\u0000", "\\ufffd")
+    return value
+
+
 class PostgresStore:
     """History in a PostgreSQL database (``store.url: postgresql://…``)."""
 
@@ -46,6 +53,7 @@ class PostgresStore:
         self.url = url
         self._pool_size = pool_size
         self._pool: Any = None
+        self._asyncpg: Any = None
 
     @property
     def display_url(self) -> str:
@@ -75,11 +83,18 @@ class PostgresStore:
             await pool.close()
             raise
         self._pool = pool
+        self._asyncpg = asyncpg
 
     async def write(self, rows: Sequence[Row]) -> None:
         records = [(row[0], datetime.fromtimestamp(row[1], UTC), *row[2:]) for row in rows]
         async with self._acquire() as conn:
-            await conn.copy_records_to_table(TABLE, records=records, columns=NAMES)
+            try:
+                await conn.copy_records_to_table(TABLE, records=records, columns=NAMES)
+            except self._asyncpg.exceptions.DataError:
+                cleaned = [tuple(_clean(v) for v in record) for record in records]
+                if cleaned == records:
+                    raise
+                await conn.copy_records_to_table(TABLE, records=cleaned, columns=NAMES)
 
     async def fetch(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
         async with self._acquire() as conn:

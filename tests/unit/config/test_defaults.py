@@ -144,3 +144,16 @@ def test_describe_says_when_nothing_answered() -> None:
         "  To add providers or cloud APIs, write a config directory (see examples/) and run: "
         "labgate serve --config DIR",
     ])
+
+
+@pytest.mark.asyncio
+async def test_discover_reads_ollama_sizes_and_quantization() -> None:
+    from labgate.config.defaults import ModelDetails
+    from labgate.testing import Simulator
+
+    async with Simulator(models=["llama3.1:8b"]) as sim:
+        found = await discover(engines=(Engine("ollama", "ollama", sim.port),))
+    [ollama] = found
+    size = ollama.details[0].size_bytes
+    assert isinstance(size, int) and size > 1_000_000
+    assert ollama.details == (ModelDetails("llama3.1:8b", size, "Q4_K_M", "1B", "sim"),)

@@ -25,6 +25,8 @@ from labgate.config.migrate.litellm import PREFIXES, STRATEGY_IN, Note, env_name
 _KNOWN_PARAMS = {"model", "api_base", "base_url", "api_key", "rpm", "tpm", "timeout", "stream_timeout",
                  "max_parallel_requests", "weight", "order", "input_cost_per_token", "output_cost_per_token"}
 _IGNORED_SETTINGS = {"set_verbose", "json_logs", "drop_params", "telemetry"}
+_NOT_NEEDED = {"drop_params": "not needed: labgate drops or renames what each engine rejects (quirks)",
+               "json_logs": "not needed: labgate logs JSON lines"}
 
 
 @dataclass
@@ -163,7 +165,10 @@ class _Importer:
             return base
         port = urlsplit(base_url).port if base_url and "${" not in base_url else None
         host = urlsplit(base_url).hostname if base_url and "${" not in base_url else None
-        for suffix in (str(port) if port else None, re.sub(r"\W+", "_", host or "") or None):
+        taken = {urlsplit(p.get("base_url") or "").port for n, p in self.providers.items()
+                 if n == base or n.startswith(base + "_")}
+        by_port = str(port) if port and port not in taken else None  # a port says which engine, if it differs
+        for suffix in (by_port, re.sub(r"\W+", "_", host or "") or None):
             if suffix and f"{base}_{suffix}" not in self.providers:
                 return f"{base}_{suffix}"
         n = 2
@@ -302,9 +307,7 @@ class _Importer:
                                            "context_window_fallbacks", "content_policy_fallbacks",
                                            "num_retries", "request_timeout", "model_group_alias"}):
             if key in _IGNORED_SETTINGS:
-                self.note(f"litellm_settings.{key}", "not needed: labgate adapts parameters per engine "
-                          "and logs JSON lines" if key == "drop_params" or key == "json_logs"
-                          else "not needed in labgate", "info")
+                self.note(f"litellm_settings.{key}", _NOT_NEEDED.get(key, "not needed in labgate"), "info")
             else:
                 self.note(f"litellm_settings.{key}", "no labgate equivalent; not imported")
         general = self.doc.get("general_settings") or {}

@@ -15,7 +15,8 @@ class StoreConfig(Strict):
     """Request history.
 
     ``url`` is a SQLite file path (relative paths are relative to the config
-    directory; ``sqlite:///abs/path.db`` also works) or a ``postgresql://``
+    directory; SQLAlchemy's ``sqlite:///relative.db`` and ``sqlite:////abs/path.db``
+    also work) or a ``postgresql://``
     URL. Unset means ``history.db`` in the data directory: ``$LABGATE_DATA_DIR``,
     else ``$XDG_DATA_HOME/labgate``, else ``~/.local/share/labgate``.
     """

@@ -26,7 +26,7 @@ from labgate.errors import (
 )
 from labgate.providers.anthropic.adapter import AnthropicAdapter
 from labgate.providers.anthropic.config import AnthropicConfig
-from labgate.providers.base import Call, IteratorStream, ModelLister, StreamInfo, Usage
+from labgate.providers.base import Call, IteratorStream, ModelLister, Reply, StreamInfo, Usage
 
 T = TypeVar("T")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -340,3 +340,75 @@ async def test_list_models_follows_pages(upstream: Upstream, adapter: AnthropicA
     assert await within(adapter.list_models(timeout=TIMEOUT)) == ["claude-a", "claude-b", "claude-c"]
     assert [path for path, _, _ in upstream.seen] == ["/v1/models?limit=1000",
                                                       "/v1/models?limit=1000&after_id=claude-b"]
+
+
+# --- pass-through: a call from an Anthropic client ---------------------------------------------------
+
+NATIVE = {"model": "public", "max_tokens": 50, "system": [{"type": "text", "text": "Be brief.",
+                                                             "cache_control": {"type": "ephemeral"}}],
+          "messages": [{"role": "user", "content": "hi ☀️"}], "thinking": {"type": "enabled", "budget_tokens": 9},
+          "tools": [{"type": "web_search_20250305", "name": "web_search"}]}
+
+
+def native_call(**native: Any) -> Call:
+    body = {**NATIVE, **native}
+    return Call(endpoint="messages", body={"model": "public", "messages": []}, model="claude-x", timeout=TIMEOUT,
+                request_id="req-1", native=body)
+
+
+@pytest.mark.asyncio
+async def test_a_native_call_sends_the_clients_body_with_only_the_model_changed(
+        upstream: Upstream, adapter: AnthropicAdapter) -> None:
+    message = {"id": "msg_1", "type": "message", "role": "assistant", "model": "claude-x",
+               "content": [{"type": "text", "text": "Hi."}], "stop_reason": "max_tokens", "stop_sequence": None,
+               "usage": {"input_tokens": 7, "cache_read_input_tokens": 3, "output_tokens": 2}}
+    raw = orjson.dumps(message, option=orjson.OPT_INDENT_2)  # odd spacing, to see it is not re-encoded
+
+    async def answer(request: web.Request) -> web.StreamResponse:
+        return web.Response(body=raw, content_type="application/json")
+    upstream.handler = answer
+    reply = await within(adapter.send(native_call()))
+    assert reply == Reply(body=raw, usage=Usage(prompt_tokens=10, completion_tokens=2), finish_reason="length",
+                          dialect="anthropic")
+    path, headers, body = upstream.seen[-1]
+    assert (path, orjson.loads(body)) == ("/v1/messages", {**NATIVE, "model": "claude-x"})
+    assert list(orjson.loads(body)) == list(NATIVE)  # key order kept too
+    assert (headers["x-api-key"], headers["anthropic-version"]) == ("sk-test", "2023-06-01")
+
+
+@pytest.mark.asyncio
+async def test_a_native_call_relays_the_stream_untranslated(upstream: Upstream, adapter: AnthropicAdapter) -> None:
+    ping = sse("ping", {"type": "ping"})
+    upstream.handler = stream_answer([MESSAGE_START[:30], MESSAGE_START[30:] + ping, TEXT, MESSAGE_END])
+    stream = await within(adapter.stream(native_call(stream=True)))
+    assert stream.dialect == "anthropic"
+    assert b"".join(await drain(stream)) == MESSAGE_START + ping + TEXT + MESSAGE_END
+    assert (stream.info.usage, stream.info.finish_reason) == (Usage(12, 5), "stop")
+    assert stream.info.first_token is not None
+    assert orjson.loads(upstream.seen[-1][2]) == {**NATIVE, "stream": True, "model": "claude-x"}
+
+
+@pytest.mark.asyncio
+async def test_a_native_stream_that_fails_before_its_first_event_can_fall_back(
+        upstream: Upstream, adapter: AnthropicAdapter) -> None:
+    upstream.handler = stream_answer([sse("error", OVERLOADED)])
+    with pytest.raises(UpstreamStatusError) as info:
+        await within(adapter.stream(native_call(stream=True)))
+    assert (info.value.upstream_status, info.value.anthropic_type) == (529, "overloaded_error")
+
+
+@pytest.mark.asyncio
+async def test_a_native_reply_that_is_not_a_message_is_a_bad_response(
+        upstream: Upstream, adapter: AnthropicAdapter) -> None:
+    upstream.handler = json_answer(200, {"type": "completion", "completion": "hi"})
+    with pytest.raises(UpstreamBadResponseError, match="provider 'claude' sent a body that is not a message"):
+        await within(adapter.send(native_call()))
+
+
+@pytest.mark.asyncio
+async def test_native_errors_are_the_same_errors(upstream: Upstream, adapter: AnthropicAdapter) -> None:
+    upstream.handler = json_answer(400, {"type": "error", "error": {"type": "invalid_request_error",
+                                                                    "message": "max_tokens: too large"}})
+    with pytest.raises(UpstreamRejectedError) as info:
+        await within(adapter.send(native_call()))
+    assert (info.value.status, info.value.message) == (400, "provider 'claude' answered 400: max_tokens: too large")

@@ -1,0 +1,111 @@
+"""The SQLite store on a real file: WAL, migrations, many writers (threads and processes), percentiles."""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from labgate.record import RequestRecord
+from labgate.store.capture import build_row
+from labgate.store.sqlite import SQLiteStore, percentile_cont
+from labgate.store.writer import HistoryWriter
+
+pytestmark = pytest.mark.asyncio
+
+
+def rows(prefix: str, n: int) -> list[tuple[object, ...]]:
+    out = []
+    for i in range(n):
+        r = RequestRecord(f"{prefix}-{i}", "chat", started=0.0, timestamp=1_700_000_000.0 + i)
+        r.finished = 0.01
+        out.append(build_row(r, capture="full", client_ip=True))
+    return out
+
+
+async def test_open_creates_a_wal_file_and_migrates_once(tmp_path: Path) -> None:
+    path = tmp_path / "sub" / "history.db"
+    for _ in range(2):
+        store = SQLiteStore(path)
+        await store.open()
+        await store.aclose()
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+        assert conn.execute("SELECT version FROM history_schema_version").fetchall() == [(1,)]
+        indexes = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+    assert {"idx_requests_timestamp", "idx_requests_model", "idx_requests_provider",
+            "idx_requests_request_id"} <= indexes
+
+
+async def test_write_is_all_or_nothing(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "h.db")
+    await store.open()
+    good = rows("ok", 3)
+    bad = [*good, (None, *good[0][1:])]  # request_id NOT NULL
+    with pytest.raises(sqlite3.IntegrityError):
+        await store.write(bad)
+    assert await store.fetch("SELECT count(*) AS n FROM requests") == [{"n": 0}]
+    await store.write(good)
+    assert await store.fetch("SELECT request_id FROM requests ORDER BY id") == [
+        {"request_id": "ok-0"}, {"request_id": "ok-1"}, {"request_id": "ok-2"}]
+    assert await store.execute("DELETE FROM requests WHERE request_id = ?", ["ok-1"]) == 1
+    await store.aclose()
+
+
+async def test_many_concurrent_writers_in_one_process(tmp_path: Path) -> None:
+    path = tmp_path / "h.db"
+    stores = [SQLiteStore(path) for _ in range(6)]
+    for store in stores:
+        await store.open()
+    await asyncio.gather(*(s.write(rows(f"w{i}-b{b}", 50)) for i, s in enumerate(stores) for b in range(5)))
+    found = await stores[0].fetch("SELECT count(*) AS n, count(DISTINCT request_id) AS d, max(id) AS top "
+                                  "FROM requests")
+    assert found == [{"n": 1500, "d": 1500, "top": 1500}]
+    for store in stores:
+        await store.aclose()
+
+
+def _write_from_a_process(path: str, prefix: str) -> None:
+    async def run() -> None:
+        writer = HistoryWriter(SQLiteStore(path), batch_size=25, flush_interval_s=0.01)
+        await writer.start()
+        for i in range(300):
+            r = RequestRecord(f"{prefix}-{i}", "chat", started=0.0)
+            r.finished = 0.001
+            writer.put(r)
+            if i % 50 == 0:
+                await asyncio.sleep(0)
+        await writer.close()
+
+    asyncio.run(run())
+
+
+async def test_many_writer_processes_share_one_file(tmp_path: Path) -> None:
+    """Like ``serve --workers 4``: each worker has its own writer on the same file."""
+    path = str(tmp_path / "h.db")
+    context = multiprocessing.get_context("spawn")
+    workers = [context.Process(target=_write_from_a_process, args=(path, f"p{i}")) for i in range(4)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(60)
+        assert worker.exitcode == 0
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("SELECT count(*), count(DISTINCT request_id) FROM requests").fetchone() == (1200, 1200)
+        assert conn.execute("SELECT count(*) FROM requests WHERE request_id LIKE 'p3-%'").fetchone() == (300,)
+
+
+async def test_percentile_cont_is_postgres_percentile_cont(tmp_path: Path) -> None:
+    assert percentile_cont([], 0.5) is None
+    assert percentile_cont([7.0], 0.99) == 7.0
+    assert percentile_cont([40.0, 10.0, 30.0, 20.0], 0.5) == 25.0
+    assert percentile_cont([10.0, 20.0, 30.0, 40.0], 0.9) == pytest.approx(37.0)
+    store = SQLiteStore(tmp_path / "h.db")
+    await store.open()
+    found = await store.fetch("SELECT percentile_cont(v, 0.25) AS q FROM (SELECT 1.0 AS v UNION ALL SELECT 3.0 "
+                              "UNION ALL SELECT NULL UNION ALL SELECT 5.0)")
+    assert found == [{"q": 2.0}]
+    await store.aclose()

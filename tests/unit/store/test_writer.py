@@ -1,0 +1,204 @@
+"""The history writer: bounded queue, batches, drops counted, retries, shutdown flush, retention."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import pytest
+
+from labgate.record import RequestRecord
+from labgate.store.base import Row
+from labgate.store.sqlite import SQLITE
+from labgate.store.writer import HistoryWriter
+
+pytestmark = pytest.mark.asyncio
+
+
+class FakeStore:
+    """A store in memory; ``fail`` decides, per write, whether it raises."""
+
+    dialect = SQLITE
+    display_url = "memory"
+
+    def __init__(self, fail: Callable[[Sequence[Row]], bool] = lambda rows: False, *, delay: float = 0.0) -> None:
+        self.batches: list[list[str]] = []
+        self.fail = fail
+        self.delay = delay
+        self.opened = 0
+        self.closed = False
+        self.executed: list[tuple[str, tuple[Any, ...]]] = []
+        self.open_fails = 0
+
+    async def open(self) -> None:
+        if self.open_fails:
+            self.open_fails -= 1
+            raise ConnectionRefusedError("store down")
+        self.opened += 1
+
+    async def write(self, rows: Sequence[Row]) -> None:
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        if self.fail(rows):
+            raise ConnectionError("write failed")
+        self.batches.append([r[0] for r in rows])
+
+    async def fetch(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        return []
+
+    async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        self.executed.append((sql, tuple(params)))
+        return 0
+
+    async def aclose(self) -> None:
+        self.closed = True
+
+    @property
+    def written(self) -> list[str]:
+        return [rid for batch in self.batches for rid in batch]
+
+
+def rec(n: int) -> RequestRecord:
+    r = RequestRecord(f"req-{n}", "chat", started=1.0, timestamp=1000.0 + n)
+    r.finished = 1.1
+    return r
+
+
+async def test_batches_of_batch_size_in_order_then_close_writes_the_rest() -> None:
+    store = FakeStore()
+    writer = HistoryWriter(store, batch_size=4, flush_interval_s=30)
+    await writer.start()
+    for n in range(10):
+        writer.put(rec(n))
+    await asyncio.sleep(0.05)  # the 4th record woke the task; it wrote everything queued by then
+    assert store.written == [f"req-{n}" for n in range(10)]
+    assert [len(b) for b in store.batches] == [4, 4, 2]
+    writer.put(rec(10))
+    await writer.close()
+    assert store.written[-1] == "req-10" and store.closed
+    assert writer.stats() == {"store": "memory", "capture": "full", "ready": True, "queued": 0, "queue_size": 20000,
+                              "written": 11, "dropped": 0, "rejected": 0, "failed_writes": 0, "purged": 0,
+                              "last_error": None}
+
+
+async def test_flush_interval_writes_a_partial_batch() -> None:
+    store = FakeStore()
+    writer = HistoryWriter(store, batch_size=100, flush_interval_s=0.05)
+    await writer.start()
+    writer.put(rec(1))
+    await asyncio.sleep(0.2)
+    assert store.batches == [["req-1"]]
+    await writer.close()
+
+
+async def test_a_full_queue_drops_counts_and_warns_once(caplog: pytest.LogCaptureFixture) -> None:
+    store = FakeStore()
+    writer = HistoryWriter(store, queue_size=3, batch_size=100, flush_interval_s=30)
+    await writer.start()
+    with caplog.at_level(logging.WARNING, logger="labgate.store"):
+        for n in range(8):
+            writer.put(rec(n))
+    assert writer.dropped == 5
+    warnings = [r.getMessage() for r in caplog.records if "queue full" in r.getMessage()]
+    assert warnings == ["history queue full (3 records): dropped 1 record(s) since the last warning, 1 in total; "
+                        "the store is not keeping up (no write error)"]
+    assert "labgate_history_dropped_total 5" in writer.prometheus()
+    await writer.close()
+    assert store.written == ["req-0", "req-1", "req-2"]
+
+
+async def test_a_failed_write_is_retried_without_duplicates(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("labgate.store.writer._BACKOFF_S", (0.01,))
+    failures = iter([True, False])
+    store = FakeStore(fail=lambda rows: next(failures, False))
+    writer = HistoryWriter(store, batch_size=2, flush_interval_s=0.01)
+    await writer.start()
+    for n in range(5):
+        writer.put(rec(n))
+    await asyncio.sleep(0.3)
+    await writer.close()
+    assert store.written == [f"req-{n}" for n in range(5)]
+    assert (writer.written, writer.failed_writes, writer.last_error) == (5, 1, None)
+
+
+async def test_a_bad_row_is_rejected_after_retries_and_the_rest_written(monkeypatch: pytest.MonkeyPatch,
+                                                                        caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setattr("labgate.store.writer._BACKOFF_S", (0.01,))
+    store = FakeStore(fail=lambda rows: any(r[0] == "req-2" for r in rows))
+    writer = HistoryWriter(store, batch_size=10, flush_interval_s=0.01)
+    await writer.start()
+    for n in range(5):
+        writer.put(rec(n))
+    await asyncio.sleep(0.3)
+    await writer.close()
+    assert sorted(store.written) == ["req-0", "req-1", "req-3", "req-4"]
+    assert (writer.rejected, writer.written) == (1, 4)
+    assert "the store refused 1 record(s), e.g. request req-2" in caplog.text
+
+
+async def test_a_store_that_is_down_loses_nothing_that_fits_the_queue(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("labgate.store.writer._BACKOFF_S", (0.02,))
+    down = True
+    store = FakeStore(fail=lambda rows: down)
+    store.open_fails = 2
+    writer = HistoryWriter(store, batch_size=3, flush_interval_s=0.01)
+    await writer.start()  # does not raise: the gateway serves while history waits
+    for n in range(7):
+        writer.put(rec(n))
+    await asyncio.sleep(0.2)
+    assert store.written == [] and writer.stats()["queued"] == 7
+    assert "write failed" in (writer.last_error or "")
+    down = False
+    await asyncio.sleep(0.2)
+    assert store.written == [f"req-{n}" for n in range(7)]
+    await writer.close()
+
+
+async def test_close_gives_up_after_its_timeout(caplog: pytest.LogCaptureFixture,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("labgate.store.writer._BACKOFF_S", (0.05,))
+    store = FakeStore(fail=lambda rows: True)
+    writer = HistoryWriter(store, batch_size=100, flush_interval_s=30)
+    await writer.start()
+    writer.put(rec(1))
+    await writer.close(timeout=0.2)
+    assert "1 record(s) could not be written before shutdown and are lost" in caplog.text
+    assert store.closed
+
+
+async def test_close_waits_for_a_batch_in_flight_and_never_writes_it_twice() -> None:
+    store = FakeStore(delay=0.1)
+    writer = HistoryWriter(store, batch_size=2, flush_interval_s=30)
+    await writer.start()
+    writer.put(rec(1))
+    writer.put(rec(2))
+    await asyncio.sleep(0.02)  # the batch is being written
+    writer.put(rec(3))
+    await writer.close()
+    assert store.written == ["req-1", "req-2", "req-3"]
+
+
+async def test_retention_purges_periodically() -> None:
+    store = FakeStore()
+    writer = HistoryWriter(store, retention_days=2, purge_every_s=0.05, flush_interval_s=0.01)
+    await writer.start()
+    await asyncio.sleep(0.2)
+    await writer.close()
+    assert len(store.executed) >= 2
+    sql, params = store.executed[0]
+    assert sql.startswith("DELETE FROM requests WHERE id IN (SELECT id FROM requests WHERE timestamp < ?")
+    import time
+
+    assert abs(params[0] - (time.time() - 2 * 86400)) < 5
+
+
+async def test_no_retention_means_no_purge() -> None:
+    store = FakeStore()
+    writer = HistoryWriter(store, flush_interval_s=0.01)
+    await writer.start()
+    await asyncio.sleep(0.05)
+    assert await writer.purge() == 0
+    await writer.close()
+    assert store.executed == []
