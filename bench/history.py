@@ -64,9 +64,11 @@ DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/test"
 @dataclass(slots=True)
 class Leg:
     rps: float
-    cpu_us: float
+    cpu_us: float  # the whole gateway process, per request, in the closed-loop leg
     requests: int
     errors: int
+    fixed_cpu_us: float = 0.0  # at the fixed open-loop rate: the whole process, per request
+    fixed_loop_us: float = 0.0  # … of which the event-loop (main) thread
     dropped: int | None = None
     stored: int | None = None
     answered: int | None = None
@@ -120,6 +122,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--duration", type=int, default=10, help="seconds per measured leg")
     p.add_argument("--connections", type=int, default=16)
     p.add_argument("--capture", choices=("full", "metadata"), default="full")
+    p.add_argument("--fixed-rate", type=int, default=2000,
+                   help="req/s of the open-loop leg that compares CPU per request at equal load (0: skip it)")
     p.add_argument("--no-postgres", action="store_true")
     p.add_argument("--database-url", default=os.environ.get("DATABASE_URL", DEFAULT_DATABASE_URL))
     p.add_argument("--drop-check", action="store_true", help="also run the open-loop drop check")
@@ -233,9 +237,19 @@ def _throughput(args: argparse.Namespace, modes: list[Mode], place: machine.Plac
                 leg.stored = mode.count() - before_rows  # type: ignore[operator]
             mode.legs.append(leg)
             print(f"bench: round {round_no + 1} {mode.name:8} {leg.rps:8.0f} req/s  {leg.cpu_us:6.1f} µs CPU/req"
+                  f"  at {args.fixed_rate}/s: {leg.fixed_cpu_us:6.1f} µs/req ({leg.fixed_loop_us:.1f} loop thread)"
                   + (f"  stored {leg.stored}/{leg.answered}  dropped {leg.dropped}" if leg.stored is not None else ""),
                   flush=True)
     return failed
+
+
+def _thread_cpu(pid: int) -> tuple[float, float]:
+    """(whole process, main thread) user+system CPU seconds; the main thread runs the event loop."""
+    main = 0.0
+    with contextlib.suppress(OSError):
+        fields = Path(f"/proc/{pid}/task/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        main = (int(fields[11]) + int(fields[12])) / machine.TICKS
+    return procs.cpu_seconds(pid), main
 
 
 def _leg(args: argparse.Namespace, mode: Mode, place: machine.Placement, work: Path, upstream: str,
@@ -246,20 +260,31 @@ def _leg(args: argparse.Namespace, mode: Mode, place: machine.Placement, work: P
         cpu0 = procs.cpu_seconds(proc.pid)
         result = load.wrk(target, connections=args.connections, seconds=args.duration, cores=place.load)
         cpu1 = procs.cpu_seconds(proc.pid)
+        fixed_cpu = fixed_loop = 0.0
+        fixed_sent = 0
+        if args.fixed_rate:
+            total0, main0 = _thread_cpu(proc.pid)
+            fixed = asyncio.run(_open_loop(port, rate=args.fixed_rate, seconds=args.duration, watch=False))
+            time.sleep(2 * 0.5)  # let the writer finish the leg's last batches (default flush interval 0.5 s)
+            total1, main1 = _thread_cpu(proc.pid)
+            fixed_sent = fixed.sent
+            fixed_cpu = (total1 - total0) / max(1, fixed.answered) * 1e6
+            fixed_loop = (main1 - main0) / max(1, fixed.answered) * 1e6
         dropped = _status(port)["dropped"] if mode.count is not None else None
-    # answered: what wrk completed (warm-up + leg). The gateway also answered the few requests wrk still had
-    # in flight when it stopped (≤ connections per run), so stored - answered lies in [0, 2 × connections].
+    # answered: what wrk completed (warm-up + leg) and the fixed-rate leg sent. The gateway also answered the
+    # few requests wrk still had in flight when it stopped (≤ connections per run): stored - answered is small.
     return Leg(rps=result.rps, cpu_us=(cpu1 - cpu0) / max(1, result.requests) * 1e6, requests=result.requests,
                errors=result.errors + result.status_errors, dropped=dropped,  # type: ignore[arg-type]
-               answered=warm.requests + result.requests)
+               answered=warm.requests + result.requests + fixed_sent, fixed_cpu_us=fixed_cpu,
+               fixed_loop_us=fixed_loop)
 
 
 def _report(modes: list[Mode], args: argparse.Namespace) -> None:
     off = {i: leg for i, leg in enumerate(modes[0].legs)}
     print(f"\nbench: history throughput, non-stream chat, c={args.connections}, {args.duration} s legs, "
           f"{args.rounds} rounds, capture {args.capture}")
-    print(f"  {'mode':9} {'req/s (median, min–max)':>28} {'CPU µs/req':>11} {'ratio vs off':>13} "
-          f"{'stored/answered':>16} {'dropped':>8}")
+    print(f"  {'mode':9} {'req/s (median, min–max)':>28} {'ratio vs off':>13} {'CPU µs/req':>11} "
+          f"{'@fixed: µs/req':>15} {'loop thread':>12} {'CPU ratio':>10} {'stored/answered':>16} {'dropped':>8}")
     for mode in modes:
         if not mode.legs:
             print(f"  {mode.name:9} (no successful leg)")
@@ -269,9 +294,16 @@ def _report(modes: list[Mode], args: argparse.Namespace) -> None:
         stored = (f"{sum(leg.stored or 0 for leg in mode.legs)}/{sum(leg.answered or 0 for leg in mode.legs)}"
                   if mode.count is not None else "-")
         dropped = str(sum(leg.dropped or 0 for leg in mode.legs)) if mode.count is not None else "-"
-        print(f"  {mode.name:9} {statistics.median(rps):>10.0f} ({min(rps):.0f}–{max(rps):.0f}){'':>6} "
-              f"{statistics.median(leg.cpu_us for leg in mode.legs):>11.1f} "
-              f"{statistics.median(ratios) if ratios else float('nan'):>13.3f} {stored:>16} {dropped:>8}")
+        fixed = statistics.median(leg.fixed_cpu_us for leg in mode.legs)
+        cpu_ratio = statistics.median(off[i].fixed_cpu_us / leg.fixed_cpu_us for i, leg in enumerate(mode.legs)
+                                      if i in off and leg.fixed_cpu_us)
+        print(f"  {mode.name:9} {statistics.median(rps):>10.0f} ({min(rps):.0f}–{max(rps):.0f})".ljust(40)
+              + f"{statistics.median(ratios) if ratios else float('nan'):>13.3f} "
+              f"{statistics.median(leg.cpu_us for leg in mode.legs):>11.1f} {fixed:>15.1f} "
+              f"{statistics.median(leg.fixed_loop_us for leg in mode.legs):>12.1f} {cpu_ratio:>10.3f} "
+              f"{stored:>16} {dropped:>8}")
+    print("  ratio vs off: median of per-round req/s ratios (closed loop). CPU ratio: off's CPU µs/req over this\n"
+          "  mode's, at the same fixed open-loop rate: the throughput ratio a CPU-bound gateway core would show.")
 
 
 # --- the open-loop drop check ----------------------------------------------------------
@@ -311,7 +343,7 @@ class OpenLoop:
 _LENGTH = re.compile(rb"content-length:\s*(\d+)", re.IGNORECASE)
 
 
-async def _open_loop(port: int, *, rate: int, seconds: int) -> OpenLoop:
+async def _open_loop(port: int, *, rate: int, seconds: int, watch: bool = True) -> OpenLoop:
     """Send ``rate`` req/s on a fixed schedule (not waiting for answers), reusing idle keep-alive connections."""
     body = load.body("bench").encode()
     request = (b"POST /v1/chat/completions HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n"
@@ -345,7 +377,7 @@ async def _open_loop(port: int, *, rate: int, seconds: int) -> OpenLoop:
             tasks.add(task)
             task.add_done_callback(tasks.discard)
             out.sent += 1
-        if time.monotonic() - peak_check > 1.0:
+        if watch and time.monotonic() - peak_check > 1.0:
             peak_check = time.monotonic()
             status = await asyncio.to_thread(_status, port)
             out.peak_queue = max(out.peak_queue, int(status["queued"]))  # type: ignore[call-overload]

@@ -70,6 +70,8 @@ def measure(running: Running, *, plan: Plan, placement: Placement, upstream_pid:
         wall = after.wall - before.wall
         own = after.measured - before.measured
         m.update(rps=w.rps, p50_ms=w.p50_ms, p90_ms=w.p90_ms, p99_ms=w.p99_ms, cpu_us=own / w.requests * 1e6)
+        if own > 0:  # what one core fully given to it would serve; robust when others share the core
+            m["rps_per_core"] = w.requests / own
         load_busy = (after.load_core - before.load_core) / TICKS
         ours_on_load = (after.upstream - before.upstream) + (after.children - before.children)  # + wrk
         m["load_core_pct"] = load_busy / wall / len(placement.load) * 100

@@ -71,6 +71,8 @@ def run(args: argparse.Namespace) -> int:
     workers = args.workers or server.workers
     sock = _listen(host, port)
     port = sock.getsockname()[1]
+    # a SIGHUP sent as soon as we say we listen waits until the reload handler is installed
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
     _banner(config, host, port, workers)
     if workers == 1:
         return asyncio.run(_serve(config, host, sock, source, loaded))

@@ -50,6 +50,8 @@ def build_app(gateway: Gateway, *, reloader: Reloader | None = None) -> Handler:
         if methods is None:
             return not_found(request, RouteNotFoundError(f"No route for {request.method} {request.path}."))
         handler = methods.get(request.method)
+        if handler is None and request.method == "HEAD":
+            handler = methods.get("GET")  # the server sends the head without the body
         if handler is None:
             exc = MethodNotAllowedError(f"{request.method} is not allowed on {request.path}; "
                                         f"use {', '.join(methods)}.")

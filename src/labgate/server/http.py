@@ -28,7 +28,7 @@ import logging
 import socket
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from email.utils import formatdate
 from http import HTTPStatus
@@ -61,6 +61,8 @@ class Response:
 
 
 Handler = Callable[[Request], Awaitable[Response]]
+# Renders the server's own errors; gets the request's headers as far as they were read.
+ErrorResponder = Callable[[LabgateError, Mapping[str, str]], Response]
 
 log = logging.getLogger("labgate.server")
 
@@ -83,7 +85,7 @@ class HttpServer:
     __slots__ = ("_closing", "_connections", "_date_at", "_date_line", "_error_response", "_handler", "_inflight",
                  "_keepalive", "_max_body", "_max_head", "_servers")
 
-    def __init__(self, handler: Handler, *, max_body_bytes: int, error_response: Callable[[LabgateError], Response],
+    def __init__(self, handler: Handler, *, max_body_bytes: int, error_response: ErrorResponder,
                  keepalive_timeout: float = 75.0, max_header_bytes: int = 65536) -> None:
         self._handler = handler
         self._error_response = error_response
@@ -430,7 +432,7 @@ class _Connection(asyncio.Protocol):
                 log.exception("unhandled error answering %s %s", request.method, request.path)
                 if response is not None and response.stream is not None:
                     await _aclose(response.stream)
-                response = server._error_response(InternalError("internal error"))
+                response = server._error_response(InternalError("internal error"), request.headers)
                 close = self._must_close(keep_alive)
                 head, mode, close, length = server._head(response, send_body=send_body, close=close, http10=http10)
             transport = self._transport
@@ -547,7 +549,7 @@ class _Connection(asyncio.Protocol):
         assert error is not None
         transport = self._transport
         try:
-            response = self._server._error_response(error)
+            response = self._server._error_response(error, self._headers)
             if response.stream is not None:
                 raise TypeError("error_response must return a whole body")
             head, mode, _, _ = self._server._head(response, send_body=True, close=True, http10=False)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from labgate.config.load import Config
@@ -19,8 +19,8 @@ from labgate.store.writer import HistoryWriter
 from labgate.telemetry.logs import AccessLog
 
 
-def _error_response(exc: LabgateError) -> Response:
-    return openai_error(exc, request_id({}))
+def _error_response(exc: LabgateError, headers: Mapping[str, str]) -> Response:
+    return openai_error(exc, request_id(headers))
 
 
 @dataclass(slots=True)

@@ -13,7 +13,7 @@ import contextlib
 import logging
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any, TypeVar
@@ -38,7 +38,7 @@ async def within(awaitable: Awaitable[T], timeout: float = TIMEOUT) -> T:
     return await asyncio.wait_for(awaitable, timeout)
 
 
-def error_response(exc: LabgateError) -> Response:
+def error_response(exc: LabgateError, headers: Mapping[str, str]) -> Response:
     return Response(exc.status, [JSON], error_body(exc))
 
 

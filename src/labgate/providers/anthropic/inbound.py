@@ -123,10 +123,7 @@ def _add_user(content: Any, where: str, messages: list[dict[str, Any]], reasons:
 
 def _image_part(block: Mapping[str, Any]) -> dict[str, Any]:
     source = block["source"]
-    if source["type"] == "url":
-        url = source["url"]
-    else:
-        url = f"data:{source['media_type']};base64,{source['data']}"
+    url = source["url"] if source["type"] == "url" else f"data:{source['media_type']};base64,{source['data']}"
     return {"type": "image_url", "image_url": {"url": url}}
 
 

@@ -27,7 +27,10 @@ _BEFORE_START = frozenset({"message_start", "error", "ping"})
 
 
 class MessageTap:
-    """Pass one Anthropic stream through; :attr:`started` after ``message_start``, :attr:`done` after ``message_stop``."""
+    """Pass one Anthropic stream through.
+
+    :attr:`started` is set after ``message_start``, :attr:`done` after ``message_stop``.
+    """
 
     def __init__(self, info: StreamInfo, *, where: str) -> None:
         self.info = info

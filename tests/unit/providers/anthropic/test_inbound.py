@@ -253,7 +253,8 @@ def test_estimate_counts_utf8_bytes_over_four_plus_images_and_messages() -> None
     body = request(user([{"type": "text", "text": "x" * 40}, PNG]),
                    assistant([{"type": "text", "text": "日本"}, {"type": "tool_use", "id": "i", "name": "ab",
                                                                  "input": {"k": 1}}]),
-                   user([{"type": "tool_result", "tool_use_id": "i", "content": [{"type": "text", "text": "yy"}, PNG]}]),
+                   user([{"type": "tool_result", "tool_use_id": "i",
+                          "content": [{"type": "text", "text": "yy"}, PNG]}]),
                    system="s" * 10, tools=[{**tool, "cache_control": {"type": "ephemeral"}}])
     size = 10 + 40 + 6 + (2 + len('{"k":1}')) + 2 + len('{"name":"t","input_schema":{"type":"object"}}')
     assert estimate_input_tokens(body) == -(-size // 4) + 2 * IMAGE_TOKENS + 3 * MESSAGE_TOKENS

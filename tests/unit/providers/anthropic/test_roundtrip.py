@@ -15,6 +15,7 @@ not survive is a documented lossy corner, tested in ``test_inbound.py``.
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 from typing import Any
@@ -96,7 +97,7 @@ def parse_sse(raw: bytes) -> list[Any]:
 def pieces(raw: bytes, cuts: list[int] | None) -> list[bytes]:
     """``raw`` split at these offsets: translators must not care where the network cuts."""
     edges = [0, *sorted(c % (len(raw) + 1) for c in cuts or ()), len(raw)]
-    return [raw[a:b] for a, b in zip(edges, edges[1:], strict=False)]
+    return [raw[a:b] for a, b in itertools.pairwise(edges)]
 
 
 def events_to_chunks(events: list[dict[str, Any]], cuts: list[int] | None = None) -> list[Any]:
@@ -506,7 +507,7 @@ def stream_plans(draw: st.DrawFn) -> dict[str, Any]:
             arguments = orjson.dumps(draw(INPUTS)).decode()
             cuts = sorted(draw(st.lists(st.integers(1, max(1, len(arguments) - 1)), max_size=3, unique=True)))
             edges = [0, *[c for c in cuts if c < len(arguments)], len(arguments)]
-            fragments = [arguments[a:b] for a, b in zip(edges, edges[1:], strict=False) if a < b]
+            fragments = [arguments[a:b] for a, b in itertools.pairwise(edges) if a < b]
             if arguments == "{}" and draw(st.booleans()):
                 fragments = []  # a call with no arguments streams none
             blocks.append(("tool", draw(IDS), draw(NAMES), fragments))
