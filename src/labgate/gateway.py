@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from labgate.errors import InternalError, LabgateError
@@ -63,29 +63,7 @@ class Gateway:
                 record.reply = result.body
             self.finish(rt, record)
             return result
-        return IteratorStream(self._relay(rt, result, dep, record), result.info, result.dialect)
-
-    async def _relay(self, rt: Runtime, stream: Stream, dep: Deployment,
-                     record: RequestRecord) -> AsyncIterator[bytes]:
-        """Forward a stream chunk by chunk; the record is written when it ends, however it ends."""
-        error: BaseException | None = None
-        chunks = record.chunks = [] if self._keep_content else None
-        try:
-            async for chunk in stream:
-                if record.first_byte is None:
-                    record.first_byte = time.perf_counter()
-                if chunks is not None:
-                    chunks.append(chunk)
-                yield chunk
-        except BaseException as exc:
-            error = exc
-            raise
-        finally:
-            dep.health.inflight -= 1
-            await stream.aclose()
-            info = stream.info
-            record.usage, record.finish_reason, record.first_token = info.usage, info.finish_reason, info.first_token
-            self.finish(rt, record, error, streaming=True)
+        return IteratorStream(Relay(self, rt, result, dep, record), result.info, result.dialect)
 
     def finish(self, rt: Runtime, record: RequestRecord, error: BaseException | None = None, *,
                streaming: bool = False) -> None:
@@ -105,6 +83,57 @@ class Gateway:
         rt.access_log.write(record)
         if self.history is not None:
             self.history.put(record)
+
+
+class Relay:
+    """Forwards a stream chunk by chunk; the record is written when it ends, however it ends.
+
+    A class rather than an async generator: a generator that was never started skips its
+    ``finally`` on aclose(), and a client can go away before the first chunk is pulled.
+    """
+
+    __slots__ = ("_chunks", "_dep", "_done", "_gateway", "_it", "_record", "_rt", "_stream")
+
+    def __init__(self, gateway: Gateway, rt: Runtime, stream: Stream, dep: Deployment,
+                 record: RequestRecord) -> None:
+        self._gateway, self._rt, self._stream, self._dep, self._record = gateway, rt, stream, dep, record
+        self._it = stream.__aiter__()
+        self._chunks = record.chunks = [] if gateway._keep_content else None
+        self._done = False
+
+    def __aiter__(self) -> Relay:
+        return self
+
+    async def __anext__(self) -> bytes:
+        try:
+            chunk = await self._it.__anext__()
+        except StopAsyncIteration:
+            await self._end(None)
+            raise
+        except BaseException as exc:
+            await self._end(exc)
+            raise
+        record = self._record
+        if record.first_byte is None:
+            record.first_byte = time.perf_counter()
+        if self._chunks is not None:
+            self._chunks.append(chunk)
+        return chunk
+
+    async def aclose(self) -> None:
+        await self._end(GeneratorExit())
+
+    async def _end(self, error: BaseException | None) -> None:
+        if self._done:
+            return
+        self._done = True
+        self._dep.health.inflight -= 1
+        record, info = self._record, self._stream.info
+        try:
+            await self._stream.aclose()
+        finally:
+            record.usage, record.finish_reason, record.first_token = info.usage, info.finish_reason, info.first_token
+            self._gateway.finish(self._rt, record, error, streaming=True)
 
 
 def _endpoint(record: RequestRecord) -> Endpoint:

@@ -20,7 +20,7 @@ iterator.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
@@ -136,11 +136,19 @@ class IteratorStream:
     iterator: AsyncIterator[bytes]
     info: StreamInfo = field(default_factory=StreamInfo)
     dialect: Dialect = "openai"
+    # Frees what the iterator holds. An async generator that was never started does not
+    # run its ``finally`` on aclose(), so resources opened before it must be released here.
+    release: Callable[[], Awaitable[None]] | None = None
 
     def __aiter__(self) -> AsyncIterator[bytes]:
         return self.iterator
 
     async def aclose(self) -> None:
         aclose = getattr(self.iterator, "aclose", None)
-        if aclose is not None:
-            await aclose()
+        try:
+            if aclose is not None:
+                await aclose()
+        finally:
+            release, self.release = self.release, None
+            if release is not None:
+                await release()

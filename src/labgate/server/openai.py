@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -18,6 +18,7 @@ from labgate.record import RequestRecord
 from labgate.server.envelopes import JSON, openai_error, openai_sse_error
 from labgate.server.http import Request, Response
 from labgate.server.ids import request_id
+from labgate.server.sse import ErrorEventStream
 
 log = logging.getLogger("labgate.server")
 SSE_HEADERS = [("content-type", "text/event-stream; charset=utf-8"), ("cache-control", "no-cache"),
@@ -154,7 +155,7 @@ class OpenAISurface:
             headers.append(JSON)
             return Response(200, headers, result.body)
         headers.extend(SSE_HEADERS)
-        return Response(200, headers, stream=_sse_errors(result, record.request_id))
+        return Response(200, headers, stream=ErrorEventStream(result, openai_sse_error, record.request_id))
 
     async def models(self, request: Request) -> Response:
         rt = self.gateway.runtime
@@ -198,20 +199,3 @@ def model_list(gateway: Gateway) -> list[dict[str, Any]]:
             "context_length": info.context_length if info else None,
         })
     return out
-
-
-async def _sse_errors(stream: AsyncIterator[bytes], request_id: str) -> AsyncIterator[bytes]:
-    """Relay a stream; a failure after it started becomes one SSE error event, then the end."""
-    try:
-        async for chunk in stream:
-            yield chunk
-    except LabgateError as exc:
-        yield openai_sse_error(exc, request_id)
-    except Exception:
-        log.exception("unexpected error in a stream (request %s)", request_id)
-        yield openai_sse_error(InternalError("The gateway hit an internal error; it has been logged."),
-                               request_id)
-    finally:
-        aclose = getattr(stream, "aclose", None)
-        if aclose is not None:
-            await aclose()

@@ -54,7 +54,11 @@ def build_row(record: RequestRecord, *, capture: str, client_ip: bool) -> Row:
     temperature = payload.get("temperature")
     max_tokens = payload.get("max_tokens", payload.get("max_completion_tokens"))
     metadata = payload.get("metadata")
+    if not isinstance(metadata, dict):
+        metadata = None
+    tags = record.tags if record.tags is not None else _tags(metadata) if metadata else None
     failures = record.failures
+    started, finished, first = record.started, record.finished, record.first_token or record.first_byte
     return (
         record.request_id,
         record.timestamp,
@@ -79,8 +83,8 @@ def build_row(record: RequestRecord, *, capture: str, client_ip: bool) -> Row:
         record.outcome,
         record.error_type,
         record.error_message,
-        record.latency_ms,
-        record.ttft_ms,
+        round((finished - started) * 1000, 3) if finished is not None else None,  # as RequestRecord.latency_ms
+        round((first - started) * 1000, 3) if first is not None else None,  # as RequestRecord.ttft_ms
         prompt_tokens,
         completion_tokens,
         prompt_tokens + completion_tokens if usage is not None else None,  # type: ignore[operator]
@@ -90,8 +94,8 @@ def build_row(record: RequestRecord, *, capture: str, client_ip: bool) -> Row:
         _json([{"deployment": f.deployment, "error": f.error.code, "message": f.error.message}
                for f in failures]) if failures else None,
         record.client_ip if client_ip else None,
-        _json(record.tags if record.tags is not None else _tags(metadata)),
-        _json(metadata) if isinstance(metadata, dict) and metadata else None,
+        _json(tags) if tags else None,
+        _json(metadata) if metadata else None,
     )
 
 
@@ -99,8 +103,8 @@ def _json(value: Any) -> str | None:
     return None if value is None else orjson.dumps(value).decode()
 
 
-def _tags(metadata: Any) -> list[str] | None:
-    tags = metadata.get("tags") if isinstance(metadata, dict) else None
+def _tags(metadata: dict[str, Any]) -> list[str] | None:
+    tags = metadata.get("tags")
     if isinstance(tags, str):
         tags = [t.strip() for t in tags.split(",") if t.strip()]
     if isinstance(tags, list) and tags and all(isinstance(t, str) for t in tags):

@@ -37,6 +37,13 @@ SQLITE = Dialect(
 )
 _INSERT = f"INSERT INTO {TABLE} ({', '.join(NAMES)}) VALUES ({', '.join('?' * len(NAMES))})"
 
+# The stdlib binds only exact int, float, str and bytearray without an "adaptation" lookup; None and bool
+# take a slow path (a registry miss, then two getattr calls that raise). A history row has a dozen NULLs and
+# two flags: these identity adapters (None stays NULL, a bool its 0/1) halve the cost of binding a row.
+# They change nothing for any other sqlite3 user in the process.
+sqlite3.register_adapter(type(None), lambda value: value)
+sqlite3.register_adapter(bool, int)
+
 
 class _PercentileCont:
     """``percentile_cont(value, fraction)``: PostgreSQL's ``percentile_cont`` as an SQLite aggregate."""

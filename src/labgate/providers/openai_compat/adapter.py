@@ -91,7 +91,7 @@ class OpenAICompatibleAdapter:
             await chunks.aclose()
             raise
         relay = self._relay(chunks, first, info, strip_usage=not client_wants_usage)
-        return IteratorStream(relay, info)
+        return IteratorStream(relay, info, release=chunks.aclose)
 
     async def _first_events(self, chunks: AsyncIterator[bytes]) -> tuple[SSEBuffer, list[bytes]]:
         """Read until one whole event has arrived and check that it is JSON (or [DONE])."""
