@@ -11,9 +11,8 @@ Anthropic's envelope (:func:`anthropic_error`).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from collections.abc import AsyncIterable, AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any, NoReturn
 
 import orjson
@@ -39,6 +38,7 @@ from labgate.server.envelopes import JSON, anthropic_error, anthropic_sse_error
 from labgate.server.http import Request, Response
 from labgate.server.ids import request_id
 from labgate.server.openai import SSE_HEADERS, route_headers
+from labgate.server.sse import ErrorEventStream
 
 log = logging.getLogger("labgate.server")
 PING_INTERVAL_S = 10.0  # a translated stream silent this long gets a ping (proxies drop idle streams)
@@ -244,9 +244,12 @@ class AnthropicSurface:
             log.exception("unexpected error serving messages (request %s)", record.request_id)
             return anthropic_error(InternalError("The gateway hit an internal error; it has been logged."),
                                    record.request_id)
-        events = result if result.dialect == "anthropic" else self._translated(result, record)
+        # an Anthropic upstream's events go as they came; an OpenAI-dialect one's are translated
+        events = result if result.dialect == "anthropic" else EventStream(
+            result, where=f"provider {record.provider!r}", ping_interval=self.ping_interval)
         headers.extend(SSE_HEADERS)
-        return Response(200, headers, stream=_sse_errors(events, record.request_id))
+        return Response(200, headers, stream=ErrorEventStream(events, anthropic_sse_error,  # type: ignore[arg-type]
+                                                              record.request_id))
 
     async def count_tokens(self, request: Request) -> Response:
         """An estimate of the request's input tokens (:func:`estimate_input_tokens` says how)."""
@@ -269,18 +272,6 @@ class AnthropicSurface:
         where = f"provider {record.provider!r}"
         return orjson.dumps(chat_completion_to_message(orjson.loads(reply.body), where=where))
 
-    async def _translated(self, stream: Stream, record: RequestRecord) -> AsyncIterator[bytes]:
-        """An OpenAI-dialect stream as Anthropic events, with a ping whenever it goes quiet."""
-        translator = EventTranslator(where=f"provider {record.provider!r}")
-        try:
-            async with contextlib.aclosing(with_pings(stream, self.ping_interval)) as chunks:
-                async for chunk in chunks:
-                    out = PING if chunk is None else translator.feed(chunk)
-                    if out:
-                        yield out
-        finally:
-            await stream.aclose()
-
 
 def _explained(exc: LabgateError, body: bytes) -> LabgateError:
     """Name the Anthropic-only features when no deployment could take a native-only request."""
@@ -298,45 +289,52 @@ async def _next(iterator: AsyncIterator[bytes]) -> bytes | None:
     return await anext(iterator, None)
 
 
-async def with_pings(chunks: AsyncIterable[bytes], interval: float) -> AsyncIterator[bytes | None]:
-    """The chunks, with ``None`` in between whenever ``interval`` seconds pass without one.
+class EventStream:
+    """An OpenAI-dialect stream as Anthropic events, with a ``ping`` whenever it goes quiet.
 
-    The next chunk is awaited in its own task, so a ping never cancels the
-    read it interrupts.
+    The next upstream chunk is awaited in its own task, so a ping never
+    cancels the read it interrupts. A class rather than an async generator:
+    ``aclose()`` must reach the stream underneath even when no event was
+    ever pulled (the relay then records the request and frees its slot).
     """
-    iterator = aiter(chunks)
-    pending = asyncio.ensure_future(_next(iterator))
-    try:
-        while True:
-            done, _ = await asyncio.wait((pending,), timeout=interval)
+
+    __slots__ = ("_done", "_interval", "_it", "_pending", "_stream", "_translator")
+
+    def __init__(self, stream: Stream, *, where: str, ping_interval: float) -> None:
+        self._stream = stream
+        self._it = aiter(stream)
+        self._translator = EventTranslator(where=where)
+        self._interval = ping_interval
+        self._pending: asyncio.Future[bytes | None] | None = None
+        self._done = False
+
+    def __aiter__(self) -> EventStream:
+        return self
+
+    async def __anext__(self) -> bytes:
+        while not self._done:
+            if self._pending is None:
+                self._pending = asyncio.ensure_future(_next(self._it))
+            done, _ = await asyncio.wait((self._pending,), timeout=self._interval)
             if not done:
-                yield None
-                continue
+                return PING
+            pending, self._pending = self._pending, None
             chunk = pending.result()
             if chunk is None:
-                return
-            yield chunk
-            pending = asyncio.ensure_future(_next(iterator))
-    finally:
-        if not pending.done():
-            pending.cancel()
-            await asyncio.wait((pending,))
-        if not pending.cancelled():
-            pending.exception()  # retrieved: it was raised above, or nobody is left to read it
+                break
+            out = self._translator.feed(chunk)
+            if out:
+                return out
+        self._done = True
+        raise StopAsyncIteration
 
-
-async def _sse_errors(events: AsyncIterable[bytes], request_id: str) -> AsyncIterator[bytes]:
-    """Relay a stream; a failure after it started becomes one Anthropic ``error`` event, then the end."""
-    try:
-        async for chunk in events:
-            yield chunk
-    except LabgateError as exc:
-        yield anthropic_sse_error(exc, request_id)
-    except Exception:
-        log.exception("unexpected error in a stream (request %s)", request_id)
-        yield anthropic_sse_error(InternalError("The gateway hit an internal error; it has been logged."),
-                                  request_id)
-    finally:
-        aclose = getattr(events, "aclose", None)
-        if aclose is not None:
-            await aclose()
+    async def aclose(self) -> None:
+        self._done = True
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            if not pending.done():
+                pending.cancel()
+                await asyncio.wait((pending,))
+            if not pending.cancelled():
+                pending.exception()  # retrieved: nobody is left to read it
+        await self._stream.aclose()

@@ -19,9 +19,10 @@ import pytest_asyncio
 
 from labgate.errors import RequestError
 from labgate.gateway import Gateway
-from labgate.providers.base import Translated
+from labgate.providers.anthropic.inbound_stream import PING
+from labgate.providers.base import StreamInfo, Translated
 from labgate.runtime import Runtime
-from labgate.server.anthropic import AnthropicSurface, check_request, parse_messages, with_pings
+from labgate.server.anthropic import AnthropicSurface, EventStream, check_request, parse_messages
 from labgate.server.http import Request, Response
 from labgate.telemetry.logs import AccessLog
 from labgate.testing import Behaviour, CutStream, Simulator, Status
@@ -131,56 +132,92 @@ def test_a_request_only_anthropic_can_serve_is_the_messages_endpoint() -> None:
     assert parse_messages(orjson.dumps(payload)).endpoint == "messages"
 
 
-# ---------------------------------------------------------------- pings
+# ---------------------------------------------------------------- pings and closing
 
 
-async def slow(*items: tuple[float, bytes]) -> AsyncIterator[bytes]:
-    for delay, item in items:
-        await asyncio.sleep(delay)
-        yield item
+def openai_chunk(text: str) -> bytes:
+    data = {"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "m",
+            "choices": [{"index": 0, "delta": {"content": text}, "finish_reason": None}]}
+    return b"data: " + orjson.dumps(data) + b"\n\n"
+
+
+DONE = b"data: [DONE]\n\n"
+
+
+class Upstream:
+    """A Stream of OpenAI SSE chunks, each after its delay; remembers whether it was closed."""
+
+    def __init__(self, *items: tuple[float, bytes], fail: Exception | None = None) -> None:
+        self.items, self.fail, self.closed = items, fail, False
+        self.info = StreamInfo()
+        self.dialect = "openai"
+        self._it = self._chunks()
+
+    async def _chunks(self) -> AsyncIterator[bytes]:
+        for delay, item in self.items:
+            await asyncio.sleep(delay)
+            yield item
+        if self.fail is not None:
+            raise self.fail
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self._it
+
+    async def aclose(self) -> None:
+        self.closed = True
+        await self._it.aclose()  # type: ignore[attr-defined]
+
+
+def events(upstream: Upstream, interval: float) -> EventStream:
+    return EventStream(upstream, where="provider 'p'", ping_interval=interval)  # type: ignore[arg-type]
+
+
+def kinds(out: list[bytes]) -> list[str]:
+    return [line.removeprefix(b"event: ").decode() for piece in out for line in piece.split(b"\n")
+            if line.startswith(b"event: ")]
 
 
 @pytest.mark.asyncio
 async def test_pings_fill_the_silences() -> None:
-    out = [c async for c in with_pings(slow((0, b"a"), (0.17, b"b"), (0, b"c")), 0.05)]
-    assert out[0] == b"a" and out[-2:] == [b"b", b"c"]
-    assert out[1:-2] == [None] * len(out[1:-2]) and 2 <= len(out[1:-2]) <= 4
+    out = [c async for c in events(Upstream((0, openai_chunk("a")), (0.17, openai_chunk("b")), (0, DONE)), 0.05)]
+    names = kinds(out)
+    assert names[:4] == ["message_start", "ping", "content_block_start", "content_block_delta"]
+    assert names[-4:] == ["content_block_delta", "content_block_stop", "message_delta", "message_stop"]
+    assert 2 <= out.count(PING) <= 4 and names.count("ping") == out.count(PING) + 1
 
 
 @pytest.mark.asyncio
 async def test_no_ping_when_chunks_keep_coming() -> None:
-    assert [c async for c in with_pings(slow((0.01, b"a"), (0.01, b"b")), 1.0)] == [b"a", b"b"]
+    out = [c async for c in events(Upstream((0.01, openai_chunk("a")), (0.01, DONE)), 1.0)]
+    assert kinds(out).count("ping") == 1  # the one right after message_start
 
 
 @pytest.mark.asyncio
 async def test_an_error_from_the_stream_is_raised() -> None:
-    async def failing() -> AsyncIterator[bytes]:
-        yield b"a"
-        raise RequestError("boom")
-
-    seen = []
+    stream = events(Upstream((0, openai_chunk("a")), fail=RequestError("boom")), 1.0)
+    first = await anext(stream)
+    assert kinds([first])[0] == "message_start"
     with pytest.raises(RequestError, match="boom"):
-        async for chunk in with_pings(failing(), 1.0):
-            seen.append(chunk)
-    assert seen == [b"a"]
+        await anext(stream)
 
 
 @pytest.mark.asyncio
 async def test_closing_during_a_silence_cancels_the_pending_read() -> None:
-    closed = asyncio.Event()
+    upstream = Upstream((0, openai_chunk("a")), (60, DONE))
+    stream = events(upstream, 0.01)
+    assert kinds([await anext(stream)])[0] == "message_start"
+    assert await anext(stream) == PING
+    await asyncio.wait_for(stream.aclose(), TIMEOUT)
+    assert upstream.closed
+    with pytest.raises(StopAsyncIteration):
+        await anext(stream)
 
-    async def hanging() -> AsyncIterator[bytes]:
-        try:
-            yield b"a"
-            await asyncio.sleep(60)
-            yield b"never"
-        finally:
-            closed.set()
 
-    pinged = with_pings(hanging(), 0.01)
-    assert [await anext(pinged), await anext(pinged)] == [b"a", None]
-    await asyncio.wait_for(pinged.aclose(), TIMEOUT)
-    assert closed.is_set()
+@pytest.mark.asyncio
+async def test_closing_before_the_first_event_closes_the_stream_underneath() -> None:
+    upstream = Upstream((0, openai_chunk("a")), (0, DONE))
+    await events(upstream, 1.0).aclose()
+    assert upstream.closed
 
 
 # ---------------------------------------------------------------- the handlers, against simulators
@@ -312,6 +349,16 @@ async def test_a_client_that_goes_away_mid_stream_is_recorded(served: Served) ->
     await asyncio.wait_for(response.stream.aclose(), TIMEOUT)  # type: ignore[attr-defined]
     assert served.records()[-1]["outcome"] == "client_disconnected"
     assert served.runtime.table.deployments["oai/m-oai"].health.inflight == 0
+
+
+@pytest.mark.parametrize(("model", "deployment"), [("m-oai", "oai/m-oai"), ("m-ant", "ant/m-ant")])
+@pytest.mark.asyncio
+async def test_a_client_gone_before_the_first_event_is_recorded(served: Served, model: str, deployment: str) -> None:
+    response = await served.surface.messages(served.request(body(model=model, stream=True)))
+    assert response.stream is not None
+    await asyncio.wait_for(response.stream.aclose(), TIMEOUT)  # type: ignore[attr-defined]
+    assert served.records()[-1]["outcome"] == "client_disconnected"
+    assert served.runtime.table.deployments[deployment].health.inflight == 0
 
 
 @pytest.mark.asyncio
