@@ -41,16 +41,17 @@ async def test_open_creates_a_wal_file_and_migrates_once(tmp_path: Path) -> None
 
 
 async def test_write_is_all_or_nothing(tmp_path: Path) -> None:
+    """A batch spans several INSERT statements (100 rows each); one bad row rolls back all of them."""
     store = SQLiteStore(tmp_path / "h.db")
     await store.open()
-    good = rows("ok", 3)
-    bad = [*good, (None, *good[0][1:])]  # request_id NOT NULL
+    good = rows("ok", 250)
+    bad = [*good[:240], (None, *good[0][1:]), *good[240:]]  # request_id NOT NULL, in the third statement
     with pytest.raises(sqlite3.IntegrityError):
         await store.write(bad)
     assert await store.fetch("SELECT count(*) AS n FROM requests") == [{"n": 0}]
     await store.write(good)
-    assert await store.fetch("SELECT request_id FROM requests ORDER BY id") == [
-        {"request_id": "ok-0"}, {"request_id": "ok-1"}, {"request_id": "ok-2"}]
+    found = await store.fetch("SELECT id, request_id, timestamp FROM requests ORDER BY id")
+    assert found == [{"id": i + 1, "request_id": f"ok-{i}", "timestamp": 1_700_000_000.0 + i} for i in range(250)]
     assert await store.execute("DELETE FROM requests WHERE request_id = ?", ["ok-1"]) == 1
     await store.aclose()
 

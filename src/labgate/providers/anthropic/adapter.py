@@ -112,7 +112,7 @@ class AnthropicAdapter:
             await chunks.aclose()
             raise
         dialect = "anthropic" if call.native is not None else "openai"
-        return IteratorStream(self._relay(chunks, translator, first), info, dialect)
+        return IteratorStream(self._relay(chunks, translator, first), info, dialect, release=chunks.aclose)
 
     async def _first_output(self, chunks: AsyncIterator[bytes],
                             translator: StreamTranslator | MessageTap) -> bytes:
