@@ -157,7 +157,8 @@ def _header(place: machine.Placement, args: argparse.Namespace) -> list[str]:
              f"labgate {_labgate_version()}",
              f"load average before: {load1:.2f} {load5:.2f} {load15:.2f}",
              f"placement: {place.note}",
-             f"plan: {args.rounds} round(s), {args.duration} s legs, c={args.concurrency}"]
+             (f"plan: soak {args.soak} s at c={args.concurrency}, RSS every {args.soak_every} s" if args.soak else
+              f"plan: {args.rounds} round(s), {args.duration} s legs, c={args.concurrency}")]
     if args.gateway_yaml:
         lines.append(f"labgate gateway.yaml extra: {args.gateway_yaml}")
     if load1 >= 0.5 * place.cores or load1 >= 1.0:

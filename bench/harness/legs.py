@@ -104,7 +104,11 @@ def measure(running: Running, *, plan: Plan, placement: Placement, upstream_pid:
     _leg(out, name, "non-stream c=1", c1)
     _leg(out, name, "burst streams", burst)
     _leg(out, name, "paced streams", paced)
-    m["rss_load_mb"] = procs.rss_mb(pid)
+    code = running.proc.poll() if running.proc is not None else None
+    if code is not None:
+        out.failures.append(f"{name}: the process exited with status {code} during the legs (see its log)")
+    else:
+        m["rss_load_mb"] = procs.rss_mb(pid)
     if direct is not None:
         for mine, theirs, key in (("p50_ms", "p50_ms", "added_p50_ms"), ("p99_ms", "p99_ms", "added_p99_ms"),
                                   ("c1_p50_ms", "c1_p50_ms", "added_c1_p50_ms"),

@@ -96,10 +96,11 @@ def cpu_seconds(pid: int) -> float:
 
 
 def rss_mb(pid: int) -> float:
+    """Resident memory in MiB; OSError when the process is gone (a zombie has no VmRSS)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
-    return 0.0
+    raise ProcessLookupError(f"process {pid} has exited")
 
 
 def wait_listening(port: int, *, proc: subprocess.Popen[bytes], timeout: float) -> None:

@@ -8,6 +8,7 @@ starting together do not race. Install with ``pip install 'labgate[postgres]'``.
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -54,6 +55,8 @@ class PostgresStore:
         self._pool_size = pool_size
         self._pool: Any = None
         self._asyncpg: Any = None
+        self._writer: Any = None
+        self._writing = asyncio.Lock()
 
     @property
     def display_url(self) -> str:
@@ -87,7 +90,8 @@ class PostgresStore:
 
     async def write(self, rows: Sequence[Row]) -> None:
         records = [(row[0], datetime.fromtimestamp(row[1], UTC), *row[2:]) for row in rows]
-        async with self._acquire() as conn:
+        async with self._writing:  # one connection, one COPY at a time
+            conn = await self._writer_connection()
             try:
                 await conn.copy_records_to_table(TABLE, records=records, columns=NAMES)
             except self._asyncpg.exceptions.DataError:
@@ -95,6 +99,19 @@ class PostgresStore:
                 if cleaned == records:
                     raise
                 await conn.copy_records_to_table(TABLE, records=cleaned, columns=NAMES)
+
+    async def _writer_connection(self) -> Any:
+        """The connection writes use, held between batches (no pool reset round trip per batch)."""
+        conn = self._writer
+        if conn is not None and not conn.is_closed():
+            return conn
+        if self._pool is None:
+            raise RuntimeError(f"history store {self.display_url} is not open")
+        if conn is not None:  # broken (server restarted): give it back, take a fresh one
+            self._writer = None
+            await self._pool.release(conn)
+        self._writer = await self._pool.acquire()
+        return self._writer
 
     async def fetch(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
         async with self._acquire() as conn:
@@ -110,6 +127,9 @@ class PostgresStore:
     async def aclose(self) -> None:
         if self._pool is not None:
             pool, self._pool = self._pool, None
+            if self._writer is not None:
+                await pool.release(self._writer)
+                self._writer = None
             await pool.close()
 
     def _acquire(self) -> Any:

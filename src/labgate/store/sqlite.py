@@ -3,9 +3,9 @@
 Why the stdlib ``sqlite3`` on a dedicated thread rather than ``aiosqlite``:
 aiosqlite is the same thing (a thread per connection) plus a future per
 call and a dependency. Here one thread owns the writing connection (a batch
-is one ``executemany`` in one transaction, and SQLite releases the GIL while
-it works), a second owns a reading connection (WAL lets it read while the
-writer writes), and nothing else touches either.
+is one transaction, and SQLite releases the GIL while it works), a second
+owns a reading connection (WAL lets it read while the writer writes), and
+nothing else touches either.
 
 A batch goes in as multi-row ``INSERT`` statements (100 rows each): the GIL
 is released once per statement while SQLite works, not once per row, so the
