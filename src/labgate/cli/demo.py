@@ -45,7 +45,12 @@ def run(args: argparse.Namespace) -> int:
 
 async def _demo(args: argparse.Namespace) -> int:
     from labgate.server.serve import start_gateway
-    from labgate.testing import Behaviour, Simulator
+
+    try:
+        from labgate.testing import Behaviour, Simulator
+    except ImportError as exc:
+        print(f"labgate demo needs the simulator's extra: pip install 'labgate[testing]' ({exc})", file=sys.stderr)
+        return 1
 
     pace = Behaviour(latency_s=0.02, ttft_s=0.05, tokens_per_s=args.tokens_per_s, completion_tokens=24)
     async with Simulator(behaviour=pace, models=["sim-llama", "sim-coder", "sim-embed"]) as local, \

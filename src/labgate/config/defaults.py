@@ -10,10 +10,11 @@ import asyncio
 from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
 import orjson
 
 from labgate.config.load import Config, build_config
+from labgate.errors import LabgateError
+from labgate.providers.http import fetch
 
 _PROBE_TIMEOUT_S = 0.8
 
@@ -59,40 +60,35 @@ class Found:
 async def discover(host: str = "127.0.0.1", engines: tuple[Engine, ...] = STANDARD_ENGINES,
                    *, timeout: float = _PROBE_TIMEOUT_S) -> list[Found]:
     """Every engine that answers ``GET /v1/models`` on its port, with the models it lists."""
-    client_timeout = aiohttp.ClientTimeout(total=timeout)
-    async with aiohttp.ClientSession(timeout=client_timeout) as session:
-        results = await asyncio.gather(*(_probe(session, host, e) for e in engines))
+    results = await asyncio.gather(*(_probe(host, e, timeout) for e in engines))
     return [r for r in results if r is not None]
 
 
-async def _probe(session: aiohttp.ClientSession, host: str, engine: Engine) -> Found | None:
-    base = f"http://{host}:{engine.port}"
+async def _get_json(url: str, timeout: float) -> Any:
+    """The JSON an engine answers with 200, or None for anything else (closed port, error, not JSON)."""
     try:
-        async with session.get(base + "/v1/models") as resp:
-            if resp.status != 200:
-                return None
-            data = orjson.loads(await resp.read())
-    except (TimeoutError, aiohttp.ClientError, OSError, orjson.JSONDecodeError):
+        status, body = await fetch(url, timeout=timeout, name="discovery")
+        return orjson.loads(body) if status == 200 else None
+    except (LabgateError, orjson.JSONDecodeError):
         return None
+
+
+async def _probe(host: str, engine: Engine, timeout: float) -> Found | None:
+    base = f"http://{host}:{engine.port}"
+    data = await _get_json(base + "/v1/models", timeout)
     items = data.get("data") if isinstance(data, dict) else None
     if not isinstance(items, list):
         return None
     models = tuple(str(m["id"]) for m in items if isinstance(m, dict) and "id" in m)
     owners = {str(m.get("owned_by", "")).lower() for m in items if isinstance(m, dict)}
     kind = "vllm" if "vllm" in owners else engine.type
-    details = await _ollama_tags(session, base) if kind == "ollama" else ()
+    details = await _ollama_tags(base, timeout) if kind == "ollama" else ()
     return Found(engine, kind, base, models, details)
 
 
-async def _ollama_tags(session: aiohttp.ClientSession, base: str) -> tuple[ModelDetails, ...]:
+async def _ollama_tags(base: str, timeout: float) -> tuple[ModelDetails, ...]:
     """Size, quantization and parameter count of each model, from Ollama's native ``/api/tags``."""
-    try:
-        async with session.get(base + "/api/tags") as resp:
-            if resp.status != 200:
-                return ()
-            data = orjson.loads(await resp.read())
-    except (TimeoutError, aiohttp.ClientError, OSError, orjson.JSONDecodeError):
-        return ()
+    data = await _get_json(base + "/api/tags", timeout)
     entries = data.get("models") if isinstance(data, dict) else None
     out = []
     for entry in entries if isinstance(entries, list) else ():

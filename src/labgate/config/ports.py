@@ -25,10 +25,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import aiohttp
-
 from labgate.config.problems import Problem
 from labgate.config.schema.ports import PortConfig
+from labgate.errors import LabgateError
+from labgate.providers.http import fetch
 
 GATEWAY = "labgate"  # the registry entry (or process name) that stands for the gateway itself
 _HEALTH_TIMEOUT_S = 2.0
@@ -213,9 +213,7 @@ async def inspect(ports: Mapping[str, PortConfig], *, file: str, only: Iterable[
     states: list[PortState] = []
     entries = [(n, p) for n, p in ports.items()
                if (wanted is None or p.port in wanted) and (not required_only or p.required)]
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=_HEALTH_TIMEOUT_S)) as session:
-        states.extend(await asyncio.gather(*(_state(session if health else None, table, n, p, file)
-                                             for n, p in entries)))
+    states.extend(await asyncio.gather(*(_state(health, table, n, p, file) for n, p in entries)))
     registered = {p.port for _, p in entries}
     for port in sorted((wanted or set()) - registered):
         holders = tuple(table.get(("tcp", port), ()))
@@ -230,7 +228,7 @@ async def inspect(ports: Mapping[str, PortConfig], *, file: str, only: Iterable[
     return states
 
 
-async def _state(session: aiohttp.ClientSession | None, table: Mapping[tuple[str, int], list[Holder]], name: str,
+async def _state(health_check: bool, table: Mapping[tuple[str, int], list[Holder]], name: str,
                  entry: PortConfig, file: str) -> PortState:
     key = (_family(entry.protocol), entry.port)
     holders = tuple(table.get(key, ()))
@@ -249,18 +247,19 @@ async def _state(session: aiohttp.ClientSession | None, table: Mapping[tuple[str
         problems.append(Problem(file, path, f"required service {name!r} is not listening on port {entry.port}",
                                 severity="warning"))
     health = None
-    if listening and entry.health_url and session is not None:
-        health = await _probe(session, entry.health_url)
+    if listening and entry.health_url and health_check:
+        health = await _probe(entry.health_url)
         if health != "ok":
             problems.append(Problem(file, f"{path}.health_url", f"health check {health}", severity="warning"))
     return PortState(name, entry.port, entry.protocol, listening, holders, entry.required,
                      entry.status == "reserved", health, tuple(problems))
 
 
-async def _probe(session: aiohttp.ClientSession, url: str) -> str:
+async def _probe(url: str) -> str:
     try:
-        async with session.get(url) as resp:
-            await resp.read()
-            return "ok" if resp.status < 400 else f"failed: HTTP {resp.status}"
-    except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-        return f"failed: {type(exc).__name__}"
+        status, _ = await fetch(url, timeout=_HEALTH_TIMEOUT_S, name="health check")
+    except LabgateError as exc:
+        return f"failed: {exc.message}"
+    except ValueError:
+        return "failed: not an http:// or https:// URL"
+    return "ok" if status < 400 else f"failed: HTTP {status}"

@@ -252,3 +252,16 @@ class HttpPool:
     async def aclose(self) -> None:
         """Close every connection (exchanges in flight fail); the pool serves no more requests."""
         await self._pool.aclose()
+
+
+async def fetch(url: str, *, timeout: float, name: str = "probe") -> tuple[int, bytes]:
+    """One GET on a fresh connection (discovery, health checks): status and body, or our error."""
+    split = urlsplit(url)
+    base = f"{split.scheme}://{split.netloc}"
+    path = (split.path or "/") + (f"?{split.query}" if split.query else "")
+    pool = HttpPool(base, name=name, headers={})
+    try:
+        status, _, body = await pool.request("GET", path, timeout=timeout)
+        return status, body
+    finally:
+        await pool.aclose()
