@@ -92,7 +92,9 @@ def main(argv: list[str] | None = None) -> int:
     os.sched_setaffinity(0, place.load)  # this script's own load (drop check) stays off the gateway core
     work = Path(tempfile.mkdtemp(prefix="labgate-history-bench-"))
     print(f"bench: {machine.cpu_model()}, {place.cores} cores; {place.note}")
-    print(f"bench: put() on the request path: {_put_cost_ns():.0f} ns per record (deque append + checks)")
+    put_ns, convert_ns = _put_cost_ns()
+    print(f"bench: in-process costs: put() on the request path {put_ns:.0f} ns; the conversion to a row "
+          f"right after (capture full) {convert_ns / 1000:.1f} µs")
     upstream_port = procs.free_port()
     upstream = procs.spawn([sys.executable, str(BENCH / "upstream.py"), "--port", str(upstream_port)],
                            cores=place.load, log=work / "upstream.log")
@@ -132,16 +134,33 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def _put_cost_ns() -> float:
-    """What history adds to a request in the process: one ``put`` (measured in this process)."""
+def _put_cost_ns() -> tuple[float, float]:
+    """What history adds to a request in the gateway process, measured here on a typical record:
+    ``put`` (the request path: a length check and a ``call_soon``) and the conversion to a row that
+    the scheduled callback does right after (hot in the cache, as in the gateway)."""
+    import orjson
+
+    from labgate.providers.base import Usage
     from labgate.record import RequestRecord
+    from labgate.store.capture import build_row
     from labgate.store.writer import HistoryWriter
 
+    loop = asyncio.new_event_loop()
     writer = HistoryWriter(store=None, queue_size=10**9, batch_size=10**9)  # type: ignore[arg-type]
-    record = RequestRecord("req", "chat")
-    n = 200_000
-    seconds = min(timeit.repeat("put(record)", globals={"put": writer.put, "record": record}, number=n, repeat=5))
-    return seconds / n * 1e9
+    writer._loop = loop  # as after start(): put() schedules the conversion
+    record = RequestRecord("req", "chat", "127.0.0.1")
+    record.payload = orjson.loads(load.body("bench"))
+    record.model, record.provider, record.deployment, record.attempts = "bench", "fast", "fast/bench", 1
+    record.usage, record.finish_reason, record.finished = Usage(12, 7), "stop", record.started + 0.001
+    record.reply = (b'{"id":"c","object":"chat.completion","created":1,"model":"bench","choices":[{"index":0,'
+                    b'"message":{"role":"assistant","content":"Hello from the bench upstream."},'
+                    b'"finish_reason":"stop"}],"usage":{"prompt_tokens":12,"completion_tokens":7}}')
+    n = 100_000
+    put = min(timeit.repeat("put(record)", globals={"put": writer.put, "record": record}, number=n, repeat=5)) / n
+    loop.close()
+    convert = min(timeit.repeat("build_row(record, capture='full', client_ip=True)",
+                                globals={"build_row": build_row, "record": record}, number=n, repeat=5)) / n
+    return put * 1e9, convert * 1e9
 
 
 # --- modes and gateways ------------------------------------------------------------

@@ -186,3 +186,23 @@ async def test_a_reload_keeps_the_queue(store_url: str, monkeypatch: pytest.Monk
             await r.read()
         assert running.gateway.history is not None and running.gateway.history.stats()["queued"] == 2
     assert sorted(await records(store_url)) == ["after", "before"]
+
+
+async def test_anthropic_surface_requests_are_recorded(store_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    async with gateway({"url": store_url}, monkeypatch) as (running, _good, _bad), aiohttp.ClientSession() as http:
+        for rid, stream in (("anthropic", False), ("anthropic-stream", True)):
+            body = {"model": "m1", "max_tokens": 16, "stream": stream,
+                    "messages": [{"role": "user", "content": "Hi from Claude land"}]}
+            async with http.post(running.url + "/v1/messages", json=body,
+                                 headers={"x-api-key": KEY, "x-request-id": rid}) as r:
+                assert r.status == 200
+                await r.read()
+    found = await records(store_url)
+    for rid, stream in (("anthropic", False), ("anthropic-stream", True)):
+        record = found[rid]
+        assert {k: record[k] for k in ("endpoint", "model", "stream", "status", "outcome", "response", "prompt",
+                                       "messages", "max_tokens", "completion_tokens")} == {
+            "endpoint": "messages", "model": "m1", "stream": stream, "status": 200, "outcome": "ok",
+            "response": SIM8, "prompt": "hi from claude land",
+            "messages": [{"role": "user", "content": "Hi from Claude land"}], "max_tokens": 16,
+            "completion_tokens": 8}

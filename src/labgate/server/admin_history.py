@@ -9,6 +9,7 @@ whole gateway is open, and says so at start-up). Query parameters:
     /admin/history/{id}            one whole record (request id or row id)
     /admin/history/export          + format=jsonl|json|csv                  oldest first, streamed
     /admin/history/status          the writer: queued, written, dropped, last error
+    /admin/history/metrics         the same counters in the Prometheus text format
     /admin/analytics/volume        + bucket (minute|hour|day|week|seconds), by (model|provider|key|…)
     /admin/analytics/latency       + bucket (optional), by
     /admin/analytics/tokens        + by
@@ -52,6 +53,7 @@ def history_routes(gateway: Gateway) -> tuple[dict[str, dict[str, Handler]], dic
     routes: dict[str, dict[str, Handler]] = {
         HISTORY: {"GET": surface.search},
         HISTORY + "/status": {"GET": surface.status},
+        HISTORY + "/metrics": {"GET": surface.metrics},
         HISTORY + "/export": {"GET": surface.export},
     }
     for name in surface.analytics:
@@ -101,6 +103,17 @@ class HistorySurface:
             assert self.gateway.history is not None
             return self.gateway.history.stats()
         return await self._serve(request, run)
+
+    async def metrics(self, request: Request) -> Response:
+        """``labgate_history_dropped_total`` and friends, for Prometheus (until ``/metrics`` serves them)."""
+        rid = request_id(request.headers)
+        try:
+            self._open(request)
+        except LabgateError as exc:
+            return openai_error(exc, rid)
+        assert self.gateway.history is not None
+        return Response(200, [("content-type", "text/plain; version=0.0.4; charset=utf-8"), ("x-request-id", rid)],
+                        self.gateway.history.prometheus().encode())
 
     def analytics_route(self, name: str) -> Handler:
         compute = self.analytics[name]

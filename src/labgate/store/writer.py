@@ -1,16 +1,17 @@
 """The history writer: a bounded queue on the request path, batched writes behind it.
 
 The request path calls :meth:`HistoryWriter.put` once per request: a length
-check and a ``call_soon`` (no copy, no serialisation). When the queue is
-full the record is dropped and counted (``labgate_history_dropped_total``),
-with a warning at most every 10 s; the gateway keeps serving.
+check and a list append (no copy, no serialisation). When the queue is full
+the record is dropped and counted (``labgate_history_dropped_total``), with
+a warning at most every 10 s; the gateway keeps serving.
 
-The record becomes a row (``capture.py``) in that callback, on the next turn
-of the event loop: after the response has been handed to the socket, while
-the request's objects are still in the CPU cache (converting them a batch
-later, from cold memory, profiled two to three times slower), and the record
-is freed at once. A background task wakes when a batch of rows is ready or
-every ``flush_interval_s`` and writes each batch in one transaction. A
+The records put during one turn of the event loop become rows
+(``capture.py``) in one callback on the next turn: after the responses have
+been handed to their sockets, while the requests' objects are still warm in
+the CPU cache (a batch later they would be read back from cold memory), and
+the records are freed at once.
+A background task wakes when a batch of rows is ready or every
+``flush_interval_s`` and writes each batch in one transaction. A
 failed write is retried with backoff (the queue absorbs the meantime); a
 batch that keeps failing is retried row by row so that one bad row cannot
 block the rest (rows rejected then are counted and logged).
@@ -67,7 +68,7 @@ class HistoryWriter:
         self._draining = asyncio.Lock()  # the task and flush() never write the same batch twice
         self._wake: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._converting = 0  # records put but not yet rows (their conversion is scheduled)
+        self._fresh: list[RequestRecord] = []  # put during this turn of the loop; rows at its end
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         self._ready = False
@@ -94,20 +95,24 @@ class HistoryWriter:
 
     def put(self, record: RequestRecord) -> None:
         """Queue a finished record; never blocks. Full queue: drop it and count."""
-        if len(self._queue) + self._converting >= self.queue_size:
+        fresh = self._fresh
+        if len(self._queue) + len(fresh) >= self.queue_size:
             self._drop()
             return
-        self._converting += 1
-        if self._loop is None:  # not started (tests): convert now
-            self._take(record)
-        else:
-            self._loop.call_soon(self._take, record)
+        fresh.append(record)
+        if len(fresh) == 1:  # the first of this turn of the loop: convert them all at its end
+            if self._loop is None:  # not started (tests): now
+                self._convert()
+            else:
+                self._loop.call_soon(self._convert)
 
-    def _take(self, record: RequestRecord) -> None:
-        self._converting -= 1
-        queue = self._queue
-        queue.append(build_row(record, capture=self.capture, client_ip=self._client_ip))
-        if len(queue) == self._batch and self._wake is not None:
+    def _convert(self) -> None:
+        fresh, self._fresh = self._fresh, []
+        queue, capture, client_ip = self._queue, self.capture, self._client_ip
+        before = len(queue)
+        for record in fresh:
+            queue.append(build_row(record, capture=capture, client_ip=client_ip))
+        if before < self._batch <= len(queue) and self._wake is not None:
             self._wake.set()
 
     def _drop(self) -> None:
@@ -171,7 +176,7 @@ class HistoryWriter:
 
     def stats(self) -> dict[str, Any]:
         return {"store": self.store.display_url, "capture": self.capture, "ready": self._ready,
-                "queued": len(self._queue) + len(self._pending) + self._converting, "queue_size": self.queue_size,
+                "queued": len(self._queue) + len(self._pending) + len(self._fresh), "queue_size": self.queue_size,
                 "written": self.written, "dropped": self.dropped, "rejected": self.rejected,
                 "failed_writes": self.failed_writes, "purged": self.purged, "last_error": self.last_error}
 

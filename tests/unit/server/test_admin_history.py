@@ -57,7 +57,7 @@ async def get(served: tuple[RunningGateway, aiohttp.ClientSession], path: str, *
 
 async def test_the_master_key_is_required(served: Any) -> None:
     for path in ("/admin/history", "/admin/history/r0", "/admin/history/export", "/admin/history/status",
-                 "/admin/analytics/summary"):
+                 "/admin/history/metrics", "/admin/analytics/summary"):
         status, body = await get(served, path, key=None)
         assert (status, body["error"]["type"]) == (401, "authentication_error"), path
         status, body = await get(served, path, key="sk-wrong")
@@ -144,3 +144,13 @@ async def test_status_shows_the_writer(served: Any, tmp_path: Path) -> None:
     assert (status, body) == (200, {"store": str(tmp_path / "h.db"), "capture": "full", "ready": True, "queued": 0,
                                     "queue_size": 20000, "written": 4, "dropped": 0, "rejected": 0,
                                     "failed_writes": 0, "purged": 0, "last_error": None})
+
+
+async def test_metrics_in_the_prometheus_format(served: Any) -> None:
+    status, data = await get(served, "/admin/history/metrics")
+    assert status == 200
+    lines = data.decode().splitlines()
+    assert "# TYPE labgate_history_dropped_total counter" in lines
+    assert [line for line in lines if not line.startswith("#")] == [
+        "labgate_history_written_total 4", "labgate_history_dropped_total 0", "labgate_history_rejected_total 0",
+        "labgate_history_write_failures_total 0", "labgate_history_queued 0"]
