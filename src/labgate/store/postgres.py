@@ -72,7 +72,8 @@ class PostgresStore:
         except ImportError:
             raise RuntimeError("a postgresql:// history store needs asyncpg: "
                                "pip install 'labgate[postgres]'") from None
-        pool = await asyncpg.create_pool(self.url, min_size=1, max_size=self._pool_size, command_timeout=60)
+        pool = await asyncpg.create_pool(self.url, min_size=1, max_size=self._pool_size, command_timeout=60,
+                                         timeout=10)  # to connect
         try:
             async with pool.acquire() as conn, conn.transaction():
                 await conn.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK)

@@ -152,12 +152,17 @@ class HistoryWriter:
     async def close(self, timeout: float = 15.0) -> None:
         """Stop the task, write everything still queued (up to ``timeout`` s), close the store."""
         self._stopping = True
+        deadline = time.monotonic() + timeout
         if self._task is not None:
             assert self._wake is not None
             self._wake.set()
-            await self._task  # it finishes its current batch; never cancelled mid-write (no duplicates)
+            # it finishes its current batch (cancelling a write could write it twice), unless it hangs
+            done, _ = await asyncio.wait({self._task}, timeout=timeout)
+            if not done:
+                self._task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._task
             self._task = None
-        deadline = time.monotonic() + timeout
         attempt = 0
         while self._queue or self._pending:
             try:

@@ -202,3 +202,17 @@ async def test_no_retention_means_no_purge() -> None:
     assert await writer.purge() == 0
     await writer.close()
     assert store.executed == []
+
+
+async def test_an_unreachable_postgres_does_not_stop_the_gateway(caplog: pytest.LogCaptureFixture) -> None:
+    from labgate.store.postgres import PostgresStore
+
+    writer = HistoryWriter(PostgresStore("postgresql://postgres@127.0.0.1:9/nothing"), flush_interval_s=0.01)
+    await writer.start(open_timeout=5)  # refused at once: logged, retried in the background
+    writer.put(rec(1))
+    await asyncio.sleep(0.05)
+    stats = writer.stats()
+    assert (stats["ready"], stats["queued"], stats["store"]) == (False, 1, "postgresql://postgres@127.0.0.1:9/nothing")
+    assert (stats["last_error"] or "").startswith("open: ")
+    await writer.close(timeout=0.3)
+    assert "1 record(s) could not be written before shutdown and are lost" in caplog.text
