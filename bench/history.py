@@ -35,6 +35,7 @@ import asyncio
 import contextlib
 import os
 import re
+import signal
 import sqlite3
 import statistics
 import subprocess
@@ -88,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench: {load.WRK_MISSING}", file=sys.stderr)
         return 2
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(2))  # run the finally blocks: stop what we started
     place = machine.placement()
     os.sched_setaffinity(0, place.load)  # this script's own load (drop check) stays off the gateway core
     work = Path(tempfile.mkdtemp(prefix="labgate-history-bench-"))
