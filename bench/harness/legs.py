@@ -110,11 +110,10 @@ def measure(running: Running, *, plan: Plan, placement: Placement, upstream_pid:
     else:
         m["rss_load_mb"] = procs.rss_mb(pid)
     if direct is not None:
-        for mine, theirs, key in (("p50_ms", "p50_ms", "added_p50_ms"), ("p99_ms", "p99_ms", "added_p99_ms"),
-                                  ("c1_p50_ms", "c1_p50_ms", "added_c1_p50_ms"),
-                                  ("paced_ttfb_p50_ms", "paced_ttfb_p50_ms", "added_ttfb_p50_ms")):
-            if mine in m and theirs in direct:
-                m[key] = m[mine] - direct[theirs]
+        for key, added in (("p50_ms", "added_p50_ms"), ("p99_ms", "added_p99_ms"),
+                           ("c1_p50_ms", "added_c1_p50_ms"), ("paced_ttfb_p50_ms", "added_ttfb_p50_ms")):
+            if key in m and key in direct:
+                m[added] = m[key] - direct[key]
     return out
 
 

@@ -68,7 +68,7 @@ class HistoryWriter:
         self._draining = asyncio.Lock()  # the task and flush() never write the same batch twice
         self._wake: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._fresh: list[RequestRecord] = []  # put during this turn of the loop; rows at its end
+        self._fresh: list[RequestRecord] = []  # put during this turn of the loop; rows on the next
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         self._ready = False
@@ -100,7 +100,7 @@ class HistoryWriter:
             self._drop()
             return
         fresh.append(record)
-        if len(fresh) == 1:  # the first of this turn of the loop: convert them all at its end
+        if len(fresh) == 1:  # the first of this turn of the loop: convert them all on the next turn
             if self._loop is None:  # not started (tests): now
                 self._convert()
             else:
