@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 from collections.abc import Mapping
 
-from labgate.errors import AuthenticationError
+from labgate.errors import AuthenticationError, PermissionDeniedError
 
 
 class Auth:
@@ -33,6 +34,25 @@ class Auth:
         if not matched:
             raise AuthenticationError("Incorrect API key provided.")
         return key_id(presented)
+
+
+def admit_admin(auth: Auth, headers: Mapping[str, str], client: str | None) -> None:
+    """Admin routes: the master key when one is configured; without one, loopback clients only
+    (config and history hold what an open network port should not hand out)."""
+    if auth.enabled:
+        auth.check(presented_key(headers))
+    elif not _loopback(client):
+        raise PermissionDeniedError("This gateway has no master key (auth.master_key_env), so its admin API "
+                                    "answers loopback clients only.")
+
+
+def _loopback(client: str | None) -> bool:
+    if client is None:
+        return True  # not an IP socket (a Unix socket): local by construction
+    try:
+        return ipaddress.ip_address(client.split("%", 1)[0]).is_loopback
+    except ValueError:
+        return False
 
 
 def key_id(key: str) -> str:

@@ -49,3 +49,19 @@ def test_missing_or_wrong_key_is_refused(presented: str | None, message: str) ->
 ])
 def test_presented_key_reads_bearer_then_x_api_key(headers: dict[str, str], key: str | None) -> None:
     assert presented_key(headers) == key
+
+
+def test_admin_needs_the_key_or_else_a_loopback_client() -> None:
+    from labgate.auth import admit_admin
+    from labgate.errors import PermissionDeniedError
+
+    open_gateway = Auth([])
+    admit_admin(open_gateway, {}, "127.0.0.1")
+    admit_admin(open_gateway, {}, "::1")
+    admit_admin(open_gateway, {}, None)  # a Unix socket
+    with pytest.raises(PermissionDeniedError):
+        admit_admin(open_gateway, {}, "10.1.2.3")
+    keyed = Auth(["sk-admin"])
+    admit_admin(keyed, {"authorization": "Bearer sk-admin"}, "10.1.2.3")
+    with pytest.raises(AuthenticationError):
+        admit_admin(keyed, {}, "127.0.0.1")

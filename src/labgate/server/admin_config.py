@@ -12,15 +12,14 @@ something to accept from anyone who can reach the port.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 from typing import Any
 
 import orjson
 
-from labgate.auth import presented_key
+from labgate.auth import admit_admin
 from labgate.config.problems import ConfigError
 from labgate.config.reload import Reloader, changed_routes, diff
-from labgate.errors import ConfigInvalidError, LabgateError, PermissionDeniedError, ReloadUnavailableError
+from labgate.errors import ConfigInvalidError, LabgateError, ReloadUnavailableError
 from labgate.gateway import Gateway
 from labgate.server.envelopes import JSON, openai_error, openai_error_body
 from labgate.server.http import Handler, Request, Response
@@ -42,27 +41,13 @@ def _json(data: Any, rid: str, status: int = 200) -> Response:
     return Response(status, [JSON, ("x-request-id", rid), ("cache-control", "no-store")], orjson.dumps(data))
 
 
-def _loopback(client: str | None) -> bool:
-    if client is None:
-        return True  # not an IP socket (a Unix socket): local by construction
-    try:
-        return ipaddress.ip_address(client.split("%", 1)[0]).is_loopback
-    except ValueError:
-        return False
-
-
 class ConfigSurface:
     def __init__(self, gateway: Gateway, reloader: Reloader) -> None:
         self.gateway = gateway
         self.reloader = reloader
 
     def _admit(self, request: Request) -> None:
-        auth = self.gateway.runtime.auth
-        if auth.enabled:
-            auth.check(presented_key(request.headers))
-        elif not _loopback(request.client):
-            raise PermissionDeniedError("This gateway has no master key (auth.master_key_env), so its config "
-                                        "admin API answers loopback clients only.")
+        admit_admin(self.gateway.runtime.auth, request.headers, request.client)
 
     async def show(self, request: Request) -> Response:
         rid = request_id(request.headers)

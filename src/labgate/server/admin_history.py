@@ -28,7 +28,7 @@ from urllib.parse import parse_qs
 
 import orjson
 
-from labgate.auth import presented_key
+from labgate.auth import admit_admin
 from labgate.errors import HistoryUnavailableError, LabgateError, RecordNotFoundError, RequestError
 from labgate.gateway import Gateway
 from labgate.server.envelopes import JSON, openai_error
@@ -151,7 +151,7 @@ class HistorySurface:
                                 rid)
 
     def _open(self, request: Request) -> tuple[Store, Params]:
-        self.gateway.runtime.auth.check(presented_key(request.headers))
+        admit_admin(self.gateway.runtime.auth, request.headers, request.client)
         history = self.gateway.history
         if history is None:
             raise HistoryUnavailableError("Request history is off (store.capture: none).")
