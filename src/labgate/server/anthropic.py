@@ -35,6 +35,7 @@ from labgate.providers.anthropic.inbound_stream import PING, EventTranslator
 from labgate.providers.base import Reply, Stream, Translated
 from labgate.record import RequestRecord
 from labgate.server.envelopes import JSON, anthropic_error, anthropic_sse_error
+from labgate.server.fields import is_int, is_number
 from labgate.server.http import Request, Response
 from labgate.server.ids import request_id
 from labgate.server.openai import SSE_HEADERS, route_headers
@@ -52,20 +53,12 @@ def _fail(path: str, problem: str) -> NoReturn:
     raise RequestError(f"{path}: {problem}", param=path)
 
 
-def _is_int(v: object) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_number(v: object) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
 # key → (check, what Anthropic says when it fails). Only keys present in a body are looked at.
 _SCALARS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "stream": (lambda v: isinstance(v, bool), "Input should be a valid boolean"),
-    "temperature": (lambda v: _is_number(v) and 0 <= v <= 1, "Input should be a number between 0 and 1"),
-    "top_p": (lambda v: _is_number(v) and 0 <= v <= 1, "Input should be a number between 0 and 1"),
-    "top_k": (lambda v: _is_int(v) and v >= 0, "Input should be a non-negative integer"),
+    "temperature": (lambda v: is_number(v) and 0 <= v <= 1, "Input should be a number between 0 and 1"),
+    "top_p": (lambda v: is_number(v) and 0 <= v <= 1, "Input should be a number between 0 and 1"),
+    "top_k": (lambda v: is_int(v) and v >= 0, "Input should be a non-negative integer"),
     "stop_sequences": (lambda v: isinstance(v, list) and all(isinstance(s, str) for s in v),
                        "Input should be a valid list of strings"),
     "metadata": (lambda v: isinstance(v, dict) and isinstance(v.get("user_id"), (str, type(None))),
@@ -88,7 +81,7 @@ def check_request(payload: dict[str, Any], *, needs_max_tokens: bool = True) -> 
     if needs_max_tokens or max_tokens is not None:
         if max_tokens is None:
             _fail("max_tokens", "Field required")
-        if not _is_int(max_tokens) or max_tokens < 1:
+        if not is_int(max_tokens) or max_tokens < 1:
             _fail("max_tokens", "Input should be an integer greater than or equal to 1")
     for key in payload:  # in body order, so the reported problem is stable
         rule = _SCALARS.get(key)

@@ -16,6 +16,7 @@ from labgate.gateway import Gateway
 from labgate.providers.base import Reply
 from labgate.record import RequestRecord
 from labgate.server.envelopes import JSON, openai_error, openai_sse_error
+from labgate.server.fields import is_int, is_number
 from labgate.server.http import Request, Response
 from labgate.server.ids import request_id
 from labgate.server.sse import ErrorEventStream
@@ -26,25 +27,17 @@ SSE_HEADERS = [("content-type", "text/event-stream; charset=utf-8"), ("cache-con
 _ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 
 
-def _is_int(v: object) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_number(v: object) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
 # param → (check, what it must be). Only keys present in a body are looked at.
 _TYPES: dict[str, tuple[Callable[[object], bool], str]] = {
     "stream": (lambda v: isinstance(v, bool), "a boolean"),
-    "max_tokens": (lambda v: _is_int(v) and v >= 1, "an integer ≥ 1"),  # type: ignore[operator]
-    "max_completion_tokens": (lambda v: _is_int(v) and v >= 1, "an integer ≥ 1"),  # type: ignore[operator]
-    "n": (lambda v: _is_int(v) and v >= 1, "an integer ≥ 1"),  # type: ignore[operator]
-    "temperature": (lambda v: _is_number(v) and 0 <= v <= 2, "a number between 0 and 2"),  # type: ignore[operator]
-    "top_p": (lambda v: _is_number(v) and 0 <= v <= 1, "a number between 0 and 1"),  # type: ignore[operator]
-    "presence_penalty": (_is_number, "a number"),
-    "frequency_penalty": (_is_number, "a number"),
-    "seed": (_is_int, "an integer"),
+    "max_tokens": (lambda v: is_int(v) and v >= 1, "an integer ≥ 1"),  # type: ignore[operator]
+    "max_completion_tokens": (lambda v: is_int(v) and v >= 1, "an integer ≥ 1"),  # type: ignore[operator]
+    "n": (lambda v: is_int(v) and v >= 1, "an integer ≥ 1"),  # type: ignore[operator]
+    "temperature": (lambda v: is_number(v) and 0 <= v <= 2, "a number between 0 and 2"),  # type: ignore[operator]
+    "top_p": (lambda v: is_number(v) and 0 <= v <= 1, "a number between 0 and 1"),  # type: ignore[operator]
+    "presence_penalty": (is_number, "a number"),
+    "frequency_penalty": (is_number, "a number"),
+    "seed": (is_int, "an integer"),
     "stop": (lambda v: v is None or isinstance(v, str)
              or (isinstance(v, list) and all(isinstance(s, str) for s in v)), "a string or array of strings"),
     "tools": (lambda v: isinstance(v, list) and all(isinstance(t, dict) for t in v), "an array of objects"),
@@ -53,7 +46,7 @@ _TYPES: dict[str, tuple[Callable[[object], bool], str]] = {
                         "an object with a 'type'"),
     "stream_options": (lambda v: v is None or isinstance(v, dict), "an object"),
     "user": (lambda v: isinstance(v, str), "a string"),
-    "dimensions": (lambda v: _is_int(v) and v >= 1, "an integer ≥ 1"),  # type: ignore[operator]
+    "dimensions": (lambda v: is_int(v) and v >= 1, "an integer ≥ 1"),  # type: ignore[operator]
     "encoding_format": (lambda v: v in ("float", "base64"), "'float' or 'base64'"),
 }
 
