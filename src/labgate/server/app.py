@@ -8,7 +8,7 @@ from labgate.gateway import Gateway
 from labgate.server.admin_config import config_routes
 from labgate.server.admin_history import history_routes
 from labgate.server.anthropic import AnthropicSurface
-from labgate.server.envelopes import openai_error
+from labgate.server.envelopes import anthropic_error, openai_error
 from labgate.server.health import HealthSurface
 from labgate.server.http import Handler, Request, Response
 from labgate.server.ids import request_id
@@ -63,4 +63,6 @@ def build_app(gateway: Gateway, *, reloader: Reloader | None = None) -> Handler:
 
 def not_found(request: Request, exc: LabgateError,
               headers: list[tuple[str, str]] | None = None) -> Response:
-    return openai_error(exc, request_id(request.headers), headers)
+    # Anthropic-API clients get their own envelope, even for a wrong path or method
+    render = anthropic_error if request.path.startswith("/v1/messages") else openai_error
+    return render(exc, request_id(request.headers), headers)

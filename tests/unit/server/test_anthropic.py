@@ -433,3 +433,16 @@ async def test_a_tool_call_from_an_openai_engine_is_a_tool_use_block(served: Ser
         "id": "chatcmpl-sim1", "type": "message", "role": "assistant", "model": "m-oai",
         "content": [{"type": "tool_use", "id": "call_sim1_0", "name": "f", "input": {"query": "find x"}}],
         "stop_reason": "tool_use", "stop_sequence": None, "usage": {"input_tokens": 2, "output_tokens": 3}}
+
+
+@pytest.mark.asyncio
+async def test_wrong_method_on_messages_gets_the_anthropic_envelope() -> None:
+    from labgate.server.app import build_app
+
+    config = config_from({"p": {"type": "openai_compatible", "base_url": "http://127.0.0.1:9", "models": ["m"]}})
+    app = build_app(Gateway(Runtime.build(config, access_log=AccessLog(io.BytesIO()))))
+    response = await app(Request("GET", "/v1/messages", "", {"x-request-id": "r-405"}, b""))
+    assert response.status == 405
+    assert orjson.loads(response.body) == {
+        "type": "error", "request_id": "r-405",
+        "error": {"type": "invalid_request_error", "message": "GET is not allowed on /v1/messages; use POST."}}
