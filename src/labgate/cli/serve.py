@@ -150,11 +150,13 @@ async def _serve(config: Config, host: str, sock: socket.socket, source: ConfigS
 
     # a worker that applied a reload from the admin API asks the parent to reload its siblings too
     on_reload = _reload_siblings if worker else None
-    running = await start_gateway(config, host=host, sock=sock, source=source, loaded=loaded, on_reload=on_reload)
+    # Stop signals are handled from before the first request can be served (the socket is
+    # already listening, and start-up may still be opening the history store).
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in _STOP_SIGNALS:
         loop.add_signal_handler(sig, stop.set)
+    running = await start_gateway(config, host=host, sock=sock, source=source, loaded=loaded, on_reload=on_reload)
     reloads: set[asyncio.Task[Any]] = set()
 
     def reload() -> None:
