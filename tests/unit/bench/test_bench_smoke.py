@@ -52,9 +52,13 @@ def test_micro_quick_prints_every_case() -> None:
 
 @pytest.mark.skipif(shutil.which("wrk") is None,
                     reason="wrk (the load generator) is not installed: apt-get install -y wrk")
-@pytest.mark.timeout(150)  # ~20 s on an idle machine; more when the cores are shared
+@pytest.mark.timeout(280)  # ~20 s on an idle machine; more when the cores are shared
 def test_gateway_quick_measures_every_leg() -> None:
     done = run("gateway.py", "--quick", timeout=120)
+    if done.returncode != 0:
+        # a 2 s leg on a shared machine can miss once; a smoke that rots fails twice in a row
+        print(f"first --quick run failed, running it again:\n{done.stdout}\n{done.stderr}")
+        done = run("gateway.py", "--quick", timeout=120)
     assert done.returncode == 0, f"stdout:\n{done.stdout}\nstderr:\n{done.stderr}"
     out = done.stdout
     for label in BOTH:
