@@ -39,7 +39,8 @@ async def gateway(store: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> Asy
                      "good": {"type": "openai_compatible", "base_url": good.url + "/v1", "models": ["m1", "slow"]}}
         mappings = {"routing": {"exact_matches": {"m2": {"provider": "bad", "fallback_chain": ["good/m1"]}}}}
         config = config_from(providers, mappings, {"auth": {"master_key_env": "LABGATE_HISTORY_TEST_KEY"},
-                                                   "store": store, "logging": {"requests": False}})
+                                                   "store": {"capture": "full", **store},
+                                                   "logging": {"requests": False}})
         running = await start_gateway(config, host="127.0.0.1", port=0)
         try:
             yield running, good, bad

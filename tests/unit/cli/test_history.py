@@ -33,7 +33,8 @@ def config_dir(tmp_path: Path, upstream: Simulator, monkeypatch: pytest.MonkeyPa
     (tmp_path / "providers.yaml").write_text(
         f"providers:\n  sim:\n    type: openai_compatible\n    base_url: {upstream.url}/v1\n    models: [m1, m2]\n")
     (tmp_path / "gateway.yaml").write_text("auth:\n  master_key_env: LABGATE_CLI_TEST_KEY\n"
-                                           "logging:\n  requests: false\nstore:\n  url: data/history.db\n")
+                                           "logging:\n  requests: false\n"
+                                           "store:\n  url: data/history.db\n  capture: full\n")
     return tmp_path
 
 

@@ -15,7 +15,7 @@ PROVIDERS = "providers:\n  sim:\n    type: openai_compatible\n    base_url: http
 
 
 def test_defaults() -> None:
-    assert StoreConfig().model_dump() == {"url": None, "capture": "full", "retention_days": None,
+    assert StoreConfig().model_dump() == {"url": None, "capture": "metadata", "retention_days": None,
                                           "queue_size": 20_000, "batch_size": 500, "flush_interval_s": 0.5,
                                           "client_ip": True}
 

@@ -29,7 +29,8 @@ async def served(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterat
         provider = {"type": "openai_compatible", "base_url": sim.url + "/v1", "models": ["m1", "m2"]}
         config = config_from({"sim": provider},
                              gateway={"auth": {"master_key_env": "LABGATE_ADMIN_TEST_KEY"},
-                                      "store": {"url": str(tmp_path / "h.db")}, "logging": {"requests": False}})
+                                      "store": {"url": str(tmp_path / "h.db"), "capture": "full"},
+                                      "logging": {"requests": False}})
         running = await start_gateway(config, host="127.0.0.1", port=0)
         auth = {"authorization": f"Bearer {KEY}"}
         for n, (model, text) in enumerate([("m1", "Hello"), ("m2", "hello"), ("m1", "Bye"), ("nope", "x")]):

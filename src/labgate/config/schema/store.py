@@ -22,7 +22,9 @@ class StoreConfig(Strict):
     """
 
     url: str | None = None
-    capture: Capture = "full"  # full: + messages and responses; metadata: no content; none: no history
+    # metadata (default): everything but content — private, and cheap on the hot path;
+    # full: + messages and responses (what `history replay` needs); none: no history
+    capture: Capture = "metadata"
     retention_days: float | None = Field(default=None, gt=0)  # unset: keep forever
     queue_size: int = Field(default=20_000, ge=1)  # records waiting for the writer; past it they are dropped
     batch_size: int = Field(default=500, ge=1)  # records per transaction
