@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -122,8 +123,14 @@ class LiveGateway:
         return self.log.records()
 
     def record(self, request_id: str) -> dict[str, Any]:
-        (found,) = [r for r in self.records() if r["request_id"] == request_id]
-        return found
+        """One request's record; a stream's is written just after its last byte went out, so wait a little."""
+        deadline = time.monotonic() + 5
+        while True:
+            found = [r for r in self.records() if r["request_id"] == request_id]
+            if found or time.monotonic() > deadline:
+                (record,) = found
+                return record
+            time.sleep(0.02)
 
     def inflight(self) -> tuple[int, int]:
         """Requests the HTTP server is answering, and upstream calls held by deployments."""

@@ -7,6 +7,7 @@ with ``finish_reason: "length"`` — token counts are exact.
 from __future__ import annotations
 
 import io
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -45,10 +46,17 @@ def client(gateway: tuple[RunningGateway, Captured]) -> openai.OpenAI:
     return openai.OpenAI(base_url=gateway[0].url + "/v1", api_key="unused", max_retries=0, timeout=20)
 
 
-def last_record(gateway: tuple[RunningGateway, Captured]) -> dict[str, Any]:
+def record_of(gateway: tuple[RunningGateway, Captured], request_id: str) -> dict[str, Any]:
+    """The access-log line of one request; a stream's is written just after its last byte went out."""
     running, log = gateway
-    running.gateway.runtime.access_log.flush()
-    return log.lines()[-1]
+    deadline = time.monotonic() + 5
+    while True:
+        running.gateway.runtime.access_log.flush()
+        found = [line for line in log.lines() if line["request_id"] == request_id]
+        if found or time.monotonic() > deadline:
+            assert len(found) == 1, f"{len(found)} records for {request_id}"
+            return found[0]
+        time.sleep(0.02)
 
 
 def test_models_lists_the_configured_names(client: openai.OpenAI) -> None:
@@ -61,7 +69,8 @@ def test_models_lists_the_configured_names(client: openai.OpenAI) -> None:
 def test_chat_non_stream_counts_tokens_exactly(client: openai.OpenAI,
                                                gateway: tuple[RunningGateway, Captured]) -> None:
     raw = client.chat.completions.with_raw_response.create(
-        model="local-chat", max_tokens=8, messages=[{"role": "user", "content": "hello gateway"}])
+        model="local-chat", max_tokens=8, messages=[{"role": "user", "content": "hello gateway"}],
+        extra_headers={"x-request-id": "itest-chat-8"})
     reply = raw.parse()
     assert raw.headers["x-labgate-provider"] == "llama"
     assert raw.headers["x-labgate-deployment"] == "llama/tiny"
@@ -69,7 +78,7 @@ def test_chat_non_stream_counts_tokens_exactly(client: openai.OpenAI,
     assert reply.choices[0].finish_reason == "length"
     assert reply.usage is not None and reply.usage.completion_tokens == 8
     assert len(reply.choices[0].message.content.split()) == 8
-    record = last_record(gateway)
+    record = record_of(gateway, "itest-chat-8")
     assert (record["model"], record["deployment"], record["status"], record["completion_tokens"],
             record["finish_reason"]) == ("local-chat", "llama/tiny", 200, 8, "length")
 
@@ -89,10 +98,11 @@ def test_stream_without_usage_request_still_records_tokens(
         client: openai.OpenAI, gateway: tuple[RunningGateway, Captured]) -> None:
     """llama.cpp sends usage only when asked: labgate asks, records it, and hides it from the client."""
     chunks = list(client.chat.completions.create(
-        model="tiny", max_tokens=5, stream=True, messages=[{"role": "user", "content": "hello"}]))
+        model="tiny", max_tokens=5, stream=True, messages=[{"role": "user", "content": "hello"}],
+        extra_headers={"x-request-id": "itest-stream-5"}))
     assert all(c.usage is None for c in chunks)
     assert all(c.choices for c in chunks)
-    record = last_record(gateway)
+    record = record_of(gateway, "itest-stream-5")
     assert (record["stream"], record["completion_tokens"], record["finish_reason"]) == (True, 5, "length")
     assert record["ttft_ms"] is not None and record["ttft_ms"] <= record["latency_ms"]
 
