@@ -803,7 +803,7 @@ async def test_shutdown_cancels_what_outlives_the_grace() -> None:
             await eventually(lambda: server.inflight == 2)
             started = time.monotonic()
             await within(server.shutdown(0.2))
-            assert 0.2 <= time.monotonic() - started < 2
+            assert 0.19 <= time.monotonic() - started < 2  # event-loop timers may fire ~1 ms early
             assert (handler_cancelled.is_set(), stream_closed.is_set(), server.inflight) == (True, True, 0)
             await assert_closed(slow_reader)
             assert await within(stream_reader.read()) == b"5\r\nfirst\r\n"

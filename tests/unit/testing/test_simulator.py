@@ -527,7 +527,7 @@ async def test_hang_makes_the_client_time_out_and_stop_releases_it() -> None:
         started = time.monotonic()
         with pytest.raises(openai.APITimeoutError):
             await client.chat.completions.create(model="m", messages=USER)
-        assert 0.2 <= time.monotonic() - started < 2
+        assert 0.19 <= time.monotonic() - started < 2  # timers may fire ~1 ms early
         async with session() as http:
             pending = asyncio.create_task(
                 http.post(sim.url + "/v1/chat/completions", json={"model": "m", "messages": []})
