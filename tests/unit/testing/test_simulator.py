@@ -752,11 +752,12 @@ async def test_latency_ttft_and_tokens_per_second() -> None:
         await post(sim, "/v1/chat/completions", {"model": "m", "messages": USER})
         whole = time.monotonic() - started
     # head after latency; first token ttft later; then one every 50 ms
-    assert 0.05 <= head_at < 0.145
+    # lower bounds allow a timer firing ~1 ms early; upper bounds leave room for a busy machine
+    assert 0.045 <= head_at < 0.145
     assert len(arrivals) == 3
-    assert 0.15 <= arrivals[0] < 0.245
-    assert 0.25 <= arrivals[2] < 0.5
-    assert 0.25 <= whole < 0.5  # latency + ttft + 2 token intervals, all before the head
+    assert 0.145 <= arrivals[0] < 0.3
+    assert 0.245 <= arrivals[2] < 0.6
+    assert 0.245 <= whole < 0.6  # latency + ttft + 2 token intervals, all before the head
 
 
 # --- running it --------------------------------------------------------------------
