@@ -19,11 +19,9 @@ answer with identity encoding.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Mapping
 from urllib.parse import urlsplit
 
-import httptools
 import orjson
 
 from labgate.errors import (
@@ -42,21 +40,6 @@ _DEFAULT_PORTS = {"http": 80, "https": 443}
 _FRAMING = frozenset({"content-length", "transfer-encoding", "connection"})
 # RFC 9110 9.2.2: these may be sent again when a reused connection fails before any answer.
 _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
-
-
-@contextmanager
-def translate_errors(where: str) -> Iterator[None]:
-    """Turn transport exceptions into our upstream errors, naming ``where``."""
-    try:
-        yield
-    except LabgateError:
-        raise
-    except TimeoutError as exc:
-        raise UpstreamTimeoutError(f"{where} timed out") from exc
-    except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
-        raise UpstreamBadResponseError(f"{where} sent a malformed HTTP response ({exc})") from exc
-    except OSError as exc:
-        raise UpstreamConnectionError(f"{where} connection failed ({type(exc).__name__}: {exc})") from exc
 
 
 def error_for_status(status: int, body: bytes, headers: Mapping[str, str], where: str) -> LabgateError:
