@@ -67,6 +67,7 @@ class Run:
 
     def start_labgate(self, tag: str, name: str = "labgate") -> Running:
         return targets.start_labgate(self.workdir, upstream=self.upstream_url, cores=self.place.gateway, tag=tag,
+                                     helper_cores=self.place.load,
                                      source=self.sources[name], name=name, extra_yaml=self.args.gateway_yaml)
 
 
@@ -297,7 +298,7 @@ def _soak(run: Run) -> int:
     args, place = run.args, run.place
     running = run.start_labgate("soak")
     assert running.proc is not None
-    samples: list[tuple[float, float]] = [(0.0, procs.rss_mb(running.pid))]
+    samples: list[tuple[float, float]] = [(0.0, procs.tree_rss_mb(running.pid))]
     print(f"bench: soak {args.soak} s at c={args.concurrency}; idle RSS {samples[0][1]:.1f} MB", file=sys.stderr)
     try:
         wrk = load.wrk_start(running.target, connections=args.concurrency, seconds=args.soak, cores=place.load)
@@ -307,11 +308,11 @@ def _soak(run: Run) -> int:
             while wrk.poll() is None and time.monotonic() < wake:
                 time.sleep(0.2)
             if wrk.poll() is None:
-                samples.append((time.monotonic() - started, procs.rss_mb(running.pid)))
+                samples.append((time.monotonic() - started, procs.tree_rss_mb(running.pid)))
                 print(f"bench: soak t={samples[-1][0]:5.0f} s RSS {samples[-1][1]:.1f} MB", file=sys.stderr)
         result = load.wrk_finish(wrk, timeout=30)
         if time.monotonic() - started - samples[-1][0] > 1:
-            samples.append((time.monotonic() - started, procs.rss_mb(running.pid)))
+            samples.append((time.monotonic() - started, procs.tree_rss_mb(running.pid)))
     finally:
         procs.stop(running.proc)
     loaded = samples[1:]

@@ -66,6 +66,7 @@ DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/test"
 class Leg:
     rps: float
     cpu_us: float  # the whole gateway process, per request, in the closed-loop leg
+    writer_cpu_us: float  # its writer process (on the load core), per request, in the same leg
     requests: int
     errors: int
     fixed_cpu_us: float = 0.0  # at the fixed open-loop rate: the whole process, per request
@@ -95,8 +96,9 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="labgate-history-bench-"))
     print(f"bench: {machine.cpu_model()}, {place.cores} cores; {place.note}")
     put_ns, convert_ns = _put_cost_ns()
-    print(f"bench: in-process costs: put() on the request path {put_ns:.0f} ns; the conversion to a row "
-          f"right after (capture full) {convert_ns / 1000:.1f} µs")
+    print(f"bench: history in the gateway process, capture full: put() + its share of the batch's marshal "
+          f"{put_ns:.0f} ns per record (writer process); with store.writer: thread, the conversion to a row "
+          f"{convert_ns / 1000:.1f} µs more, and the SQLite insert")
     upstream_port = procs.free_port()
     upstream = procs.spawn([sys.executable, str(BENCH / "upstream.py"), "--port", str(upstream_port)],
                            cores=place.load, log=work / "upstream.log")
@@ -126,6 +128,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--duration", type=int, default=10, help="seconds per measured leg")
     p.add_argument("--connections", type=int, default=16)
     p.add_argument("--capture", choices=("full", "metadata"), default="full")
+    p.add_argument("--writer", choices=("process", "thread"), default="process",
+                   help="store.writer: a writer process (default) or in the gateway process")
     p.add_argument("--fixed-rate", type=int, default=2000,
                    help="req/s of the open-loop leg that compares CPU per request at equal load (0: skip it)")
     p.add_argument("--no-postgres", action="store_true")
@@ -137,19 +141,20 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 
 
 def _put_cost_ns() -> tuple[float, float]:
-    """What history adds to a request in the gateway process, measured here on a typical record:
-    ``put`` (the request path: a length check and a ``call_soon``) and the conversion to a row that
-    the scheduled callback does right after (hot in the cache, as in the gateway)."""
+    """What history adds to a request in the gateway process, measured here on a typical record, for the
+    default writer process: ``put`` (``wire``: a tuple of references) plus its share of the batch's
+    ``marshal.dumps``; and, for ``store.writer: thread``, the conversion to a row done in the process."""
+    import marshal
+
     import orjson
 
     from labgate.providers.base import Usage
     from labgate.record import RequestRecord
     from labgate.store.capture import build_row
-    from labgate.store.writer import HistoryWriter
+    from labgate.store.process import WriterProcess
 
-    loop = asyncio.new_event_loop()
-    writer = HistoryWriter(store=None, queue_size=10**9, batch_size=10**9)  # type: ignore[arg-type]
-    writer._loop = loop  # as after start(): put() schedules the conversion
+    writer = WriterProcess(str(Path(tempfile.gettempdir()) / "unused.db"), capture="full",
+                           queue_size=10**9, batch_size=10**9)
     record = RequestRecord("req", "chat", "127.0.0.1")
     record.payload = orjson.loads(load.body("bench"))
     record.model, record.provider, record.deployment, record.attempts = "bench", "fast", "fast/bench", 1
@@ -159,10 +164,12 @@ def _put_cost_ns() -> tuple[float, float]:
                     b'"finish_reason":"stop"}],"usage":{"prompt_tokens":12,"completion_tokens":7}}')
     n = 100_000
     put = min(timeit.repeat("put(record)", globals={"put": writer.put, "record": record}, number=n, repeat=5)) / n
-    loop.close()
+    batch = writer._buffer[:256]
+    send = min(timeit.repeat("dumps(('rows', batch))", globals={"dumps": marshal.dumps, "batch": batch},
+                             number=200, repeat=5)) / 200 / len(batch)
     convert = min(timeit.repeat("build_row(record, capture='full', client_ip=True)",
                                 globals={"build_row": build_row, "record": record}, number=n, repeat=5)) / n
-    return put * 1e9, convert * 1e9
+    return (put + send) * 1e9, convert * 1e9
 
 
 # --- modes and gateways ------------------------------------------------------------
@@ -185,7 +192,7 @@ def _with_schema(url: str, schema: str) -> str:
 def _modes(args: argparse.Namespace, work: Path, schemas: list[str]) -> list[Mode]:
     db = work / "history.db"
     modes = [Mode("off", "store:\n  capture: none\n"),
-             Mode("sqlite", f"store:\n  url: {db}\n  capture: {args.capture}\n",
+             Mode("sqlite", f"store:\n  url: {db}\n  capture: {args.capture}\n  writer: {args.writer}\n",
                   count=lambda: _sqlite_count(db))]
     if not args.no_postgres:
         schema = f"labgate_bench_{uuid.uuid4().hex[:10]}"
@@ -196,7 +203,7 @@ def _modes(args: argparse.Namespace, work: Path, schemas: list[str]) -> list[Mod
                                "run with --no-postgres to skip it") from None
         schemas.append(schema)
         url = _with_schema(args.database_url, schema)
-        modes.append(Mode("postgres", f"store:\n  url: \"{url}\"\n  capture: {args.capture}\n",
+        modes.append(Mode("postgres", f"store:\n  url: \"{url}\"\n  capture: {args.capture}\n  writer: {args.writer}\n",
                           count=lambda: int(asyncio.run(_pg(url, "SELECT count(*) FROM requests")))))  # type: ignore[arg-type]
     return modes
 
@@ -226,6 +233,7 @@ def _gateway(mode: Mode, place: machine.Placement, work: Path, upstream: str, ta
                            cores=place.gateway, log=work / f"labgate-{mode.name}-{tag}.log", env=env, stdout=access)
     try:
         procs.wait_listening(port, proc=proc, timeout=30)
+        procs.pin_helpers(proc.pid, place.load)  # the writer process (store.writer: process), off the gateway core
         yield proc, port
     finally:
         procs.stop(proc, grace=30)
@@ -258,6 +266,7 @@ def _throughput(args: argparse.Namespace, modes: list[Mode], place: machine.Plac
                 leg.stored = mode.count() - before_rows  # type: ignore[operator]
             mode.legs.append(leg)
             print(f"bench: round {round_no + 1} {mode.name:8} {leg.rps:8.0f} req/s  {leg.cpu_us:6.1f} µs CPU/req"
+                  f" (+ writer {leg.writer_cpu_us:5.1f})"
                   f"  at {args.fixed_rate}/s: {leg.fixed_cpu_us:6.1f} µs/req ({leg.fixed_loop_us:.1f} loop thread)"
                   + (f"  stored {leg.stored}/{leg.answered}  dropped {leg.dropped}" if leg.stored is not None else ""),
                   flush=True)
@@ -278,9 +287,10 @@ def _leg(args: argparse.Namespace, mode: Mode, place: machine.Placement, work: P
     with _gateway(mode, place, work, upstream, tag) as (proc, port):
         target = load.Target(f"http://127.0.0.1:{port}/v1/chat/completions", (f"authorization: Bearer {KEY}",))
         warm = load.wrk(target, connections=args.connections, seconds=2, cores=place.load)
-        cpu0 = procs.cpu_seconds(proc.pid)
+        cpu0, writer0 = procs.cpu_seconds(proc.pid), procs.helpers_cpu_seconds(proc.pid)
         result = load.wrk(target, connections=args.connections, seconds=args.duration, cores=place.load)
-        cpu1 = procs.cpu_seconds(proc.pid)
+        time.sleep(2 * 0.5)  # the writer finishes the leg's last batches (default flush interval 0.5 s)
+        cpu1, writer1 = procs.cpu_seconds(proc.pid), procs.helpers_cpu_seconds(proc.pid)
         fixed_cpu = fixed_loop = 0.0
         fixed_sent = 0
         if args.fixed_rate:
@@ -294,7 +304,8 @@ def _leg(args: argparse.Namespace, mode: Mode, place: machine.Placement, work: P
         dropped = _status(port)["dropped"] if mode.count is not None else None
     # answered: what wrk completed (warm-up + leg) and the fixed-rate leg sent. The gateway also answered the
     # few requests wrk still had in flight when it stopped (≤ connections per run): stored - answered is small.
-    return Leg(rps=result.rps, cpu_us=(cpu1 - cpu0) / max(1, result.requests) * 1e6, requests=result.requests,
+    return Leg(rps=result.rps, cpu_us=(cpu1 - cpu0) / max(1, result.requests) * 1e6,
+               writer_cpu_us=(writer1 - writer0) / max(1, result.requests) * 1e6, requests=result.requests,
                errors=result.errors + result.status_errors, dropped=dropped,  # type: ignore[arg-type]
                answered=warm.requests + result.requests + fixed_sent, fixed_cpu_us=fixed_cpu,
                fixed_loop_us=fixed_loop)
@@ -305,7 +316,8 @@ def _report(modes: list[Mode], args: argparse.Namespace) -> None:
     print(f"\nbench: history throughput, non-stream chat, c={args.connections}, {args.duration} s legs, "
           f"{args.rounds} rounds, capture {args.capture}")
     print(f"  {'mode':9} {'req/s (median, min–max)':>28} {'ratio vs off':>13} {'CPU µs/req':>11} "
-          f"{'@fixed: µs/req':>15} {'loop thread':>12} {'CPU ratio':>10} {'stored/answered':>16} {'dropped':>8}")
+          f"{'+ writer':>9} {'@fixed: µs/req':>15} {'loop thread':>12} {'CPU ratio':>10} {'stored/answered':>16} "
+          f"{'dropped':>8}")
     for mode in modes:
         if not mode.legs:
             print(f"  {mode.name:9} (no successful leg)")
@@ -316,15 +328,18 @@ def _report(modes: list[Mode], args: argparse.Namespace) -> None:
                   if mode.count is not None else "-")
         dropped = str(sum(leg.dropped or 0 for leg in mode.legs)) if mode.count is not None else "-"
         fixed = statistics.median(leg.fixed_cpu_us for leg in mode.legs)
-        cpu_ratio = statistics.median(off[i].fixed_cpu_us / leg.fixed_cpu_us for i, leg in enumerate(mode.legs)
-                                      if i in off and leg.fixed_cpu_us)
+        cpu_ratios = [off[i].fixed_cpu_us / leg.fixed_cpu_us for i, leg in enumerate(mode.legs)
+                      if i in off and leg.fixed_cpu_us]
+        cpu_ratio = statistics.median(cpu_ratios) if cpu_ratios else float("nan")
         print(f"  {mode.name:9} {statistics.median(rps):>10.0f} ({min(rps):.0f}–{max(rps):.0f})".ljust(40)
               + f"{statistics.median(ratios) if ratios else float('nan'):>13.3f} "
-              f"{statistics.median(leg.cpu_us for leg in mode.legs):>11.1f} {fixed:>15.1f} "
+              f"{statistics.median(leg.cpu_us for leg in mode.legs):>11.1f} "
+              f"{statistics.median(leg.writer_cpu_us for leg in mode.legs):>9.1f} {fixed:>15.1f} "
               f"{statistics.median(leg.fixed_loop_us for leg in mode.legs):>12.1f} {cpu_ratio:>10.3f} "
               f"{stored:>16} {dropped:>8}")
-    print("  ratio vs off: median of per-round req/s ratios (closed loop). CPU ratio: off's CPU µs/req over this\n"
-          "  mode's, at the same fixed open-loop rate: the throughput ratio a CPU-bound gateway core would show.")
+    print("  ratio vs off: median of per-round req/s ratios (closed loop). CPU µs/req: the gateway process;\n"
+          "  + writer: its history writer process (store.writer: process), pinned to the load core. CPU ratio:\n"
+          "  off's CPU µs/req over this mode's (gateway process), at the same fixed open-loop rate.")
 
 
 # --- the open-loop drop check ----------------------------------------------------------

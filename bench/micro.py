@@ -14,7 +14,8 @@ provider/model), body parse and rewrite (``parse_chat``, ``adapt_body``,
 ``orjson.dumps``), the OpenAI stream tap (``SSEBuffer.feed`` and
 ``OpenAICompatibleAdapter._tap`` over a 20-chunk stream), Anthropic
 translation (request, response, and ``StreamTranslator.feed`` over a
-recorded event stream) and the access-log record (``RequestRecord.as_log`` + orjson).
+recorded event stream), the access-log record (``RequestRecord.as_log`` + orjson) and the
+metrics count (``Metrics.observe``: a whole answer, a stream).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from labgate.providers.sse import SSEBuffer
 from labgate.record import RequestRecord
 from labgate.routing.table import RouteTable
 from labgate.server.openai import parse_chat
+from labgate.telemetry.metrics import Metrics
 from labgate.testing.gateway import config_from
 
 
@@ -172,6 +174,13 @@ def cases() -> list[Case]:
                            model="coder", provider="ollama", deployment="ollama/qwen2.5-coder:7b", attempts=1,
                            first_byte=time.perf_counter(), finished=time.perf_counter(),
                            usage=Usage(40, 20), finish_reason="stop")
+    answered, streamed = (RequestRecord("req-0123456789abcdef", "chat", model="coder", stream=stream,
+                                        provider="ollama", deployment="ollama/qwen2.5-coder:7b", attempts=1,
+                                        usage=Usage(40, 20)) for stream in (False, True))
+    answered.finished = answered.first_byte = answered.started + 1.3
+    streamed.first_byte = streamed.first_token = streamed.started + 0.08
+    streamed.finished = streamed.started + 1.3
+    metrics = Metrics()
 
     return [
         Case("route.resolve exact (provider's model)", lambda: resolve("coder")),
@@ -196,6 +205,8 @@ def cases() -> list[Case]:
         Case("anthropic StreamTranslator.feed, 26 events", anthropic_stream, "stream"),
         Case("RequestRecord.as_log + orjson.dumps",
              lambda: orjson.dumps(record.as_log(), option=orjson.OPT_APPEND_NEWLINE)),
+        Case("Metrics.observe, whole answer", lambda: metrics.observe(answered)),
+        Case("Metrics.observe, stream", lambda: metrics.observe(streamed)),
     ]
 
 

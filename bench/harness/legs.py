@@ -57,7 +57,7 @@ def measure(running: Running, *, plan: Plan, placement: Placement, upstream_pid:
     if running.cold_start_ms is not None:
         m["cold_start_ms"] = running.cold_start_ms
     time.sleep(plan.idle_pause)
-    m["rss_idle_mb"] = procs.rss_mb(pid)
+    m["rss_idle_mb"] = procs.tree_rss_mb(pid)
     half = max(1, plan.seconds // 2)
 
     def c16() -> None:
@@ -70,10 +70,13 @@ def measure(running: Running, *, plan: Plan, placement: Placement, upstream_pid:
         wall = after.wall - before.wall
         own = after.measured - before.measured
         m.update(rps=w.rps, p50_ms=w.p50_ms, p90_ms=w.p90_ms, p99_ms=w.p99_ms, cpu_us=own / w.requests * 1e6)
+        if after.helpers or before.helpers:
+            m["helper_cpu_us"] = (after.helpers - before.helpers) / w.requests * 1e6
         if own > 0:  # what one core fully given to it would serve; robust when others share the core
             m["rps_per_core"] = w.requests / own
         load_busy = (after.load_core - before.load_core) / TICKS
         ours_on_load = (after.upstream - before.upstream) + (after.children - before.children)  # + wrk
+        ours_on_load += after.helpers - before.helpers  # labgate's writer process, pinned there
         m["load_core_pct"] = load_busy / wall / len(placement.load) * 100
         if placement.gateway != placement.load:
             # on the gateway core everything but the measured process is someone else's work
@@ -108,7 +111,7 @@ def measure(running: Running, *, plan: Plan, placement: Placement, upstream_pid:
     if code is not None:
         out.failures.append(f"{name}: the process exited with status {code} during the legs (see its log)")
     else:
-        m["rss_load_mb"] = procs.rss_mb(pid)
+        m["rss_load_mb"] = procs.tree_rss_mb(pid)
     if direct is not None:
         for key, added in (("p50_ms", "added_p50_ms"), ("p99_ms", "added_p99_ms"),
                            ("c1_p50_ms", "added_c1_p50_ms"), ("paced_ttfb_p50_ms", "added_ttfb_p50_ms")):
@@ -119,10 +122,11 @@ def measure(running: Running, *, plan: Plan, placement: Placement, upstream_pid:
 
 @dataclass(frozen=True, slots=True)
 class _Sample:
-    """CPU seconds so far: the measured process, the upstream, reaped children (wrk), both cores."""
+    """CPU seconds so far: the measured process, its helpers, the upstream, reaped children (wrk), both cores."""
 
     wall: float
     measured: float
+    helpers: float
     upstream: float
     children: float
     gateway_core: int
@@ -131,7 +135,8 @@ class _Sample:
     @classmethod
     def take(cls, pid: int, upstream_pid: int, placement: Placement) -> _Sample:
         times = os.times()
-        return cls(time.monotonic(), procs.cpu_seconds(pid), procs.cpu_seconds(upstream_pid),
+        return cls(time.monotonic(), procs.cpu_seconds(pid), procs.helpers_cpu_seconds(pid),
+                   procs.cpu_seconds(upstream_pid),
                    times.children_user + times.children_system,
                    core_busy_ticks(placement.gateway), core_busy_ticks(placement.load))
 

@@ -70,6 +70,39 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
+def helpers(pid: int) -> list[int]:
+    """The processes below ``pid`` (labgate's history writer)."""
+    return descendants(pid)[1:]
+
+
+def pin_helpers(pid: int, cores: frozenset[int]) -> list[int]:
+    """Move the processes below ``pid`` to ``cores``; the ones moved."""
+    moved = []
+    for child in helpers(pid):
+        with contextlib.suppress(OSError):
+            os.sched_setaffinity(child, cores)
+            moved.append(child)
+    return moved
+
+
+def helpers_cpu_seconds(pid: int) -> float:
+    """CPU time of the live processes below ``pid``."""
+    total = 0.0
+    for child in helpers(pid):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            total += cpu_seconds(child)
+    return total
+
+
+def tree_rss_mb(pid: int) -> float:
+    """Resident memory of ``pid`` and the processes below it."""
+    total = rss_mb(pid)
+    for child in helpers(pid):
+        with contextlib.suppress(OSError):
+            total += rss_mb(child)
+    return total
+
+
 def listener(port: int, root: int) -> int | None:
     """The process under ``root`` that holds the socket listening on ``port`` (npx → node, etc.)."""
     inodes = set()

@@ -20,6 +20,7 @@ class Metric:
 METRICS: tuple[Metric, ...] = (
     Metric("rps", "req/s (non-stream, c=16)"),
     Metric("cpu_us", "CPU µs/request (measured process)", 1),
+    Metric("helper_cpu_us", "  + its writer process, on the load core", 1),
     Metric("rps_per_core", "req/s per CPU-second (1e6 ÷ CPU µs)"),
     Metric("p50_ms", "latency p50 ms (c=16)", 2),
     Metric("p90_ms", "latency p90 ms (c=16)", 2),

@@ -70,8 +70,9 @@ def first_ok(target: Target, *, started: float, proc: subprocess.Popen[bytes], t
 
 
 def start(name: str, argv: list[str], *, port: int, target: Target, cores: frozenset[int], log: Path,
-          env: dict[str, str] | None = None, stdout: Path | None = None, timeout: float = 60.0) -> Running:
-    """Spawn, wait for the first 200, find the listening process."""
+          env: dict[str, str] | None = None, stdout: Path | None = None, timeout: float = 60.0,
+          helper_cores: frozenset[int] | None = None) -> Running:
+    """Spawn, wait for the first 200, find the listening process; move its helper processes to ``helper_cores``."""
     out = stdout.open("ab") if stdout is not None else None
     started = time.perf_counter()
     proc = procs.spawn(argv, cores=cores, log=log, env=env, stdout=out)
@@ -80,6 +81,8 @@ def start(name: str, argv: list[str], *, port: int, target: Target, cores: froze
     try:
         cold = first_ok(target, started=started, proc=proc, timeout=timeout)
         pid = procs.listener(port, proc.pid) or proc.pid
+        if helper_cores is not None:
+            procs.pin_helpers(pid, helper_cores)
     except BaseException as exc:
         procs.stop(proc)
         tail = log.read_text(errors="replace")[-1500:] if log.exists() else ""
@@ -152,8 +155,9 @@ def write_labgate_config(directory: Path, *, upstream: str, port: int, extra: st
 
 
 def start_labgate(workdir: Path, *, upstream: str, cores: frozenset[int], tag: str, source: Path,
-                  name: str = "labgate", extra_yaml: str = "") -> Running:
-    """labgate from ``source`` (a ``src/`` dir put first on PYTHONPATH), pinned to ``cores``."""
+                  name: str = "labgate", extra_yaml: str = "", helper_cores: frozenset[int] | None = None) -> Running:
+    """labgate from ``source`` (a ``src/`` dir put first on PYTHONPATH), pinned to ``cores``; its history
+    writer process to ``helper_cores`` (as the OS would put it on an idle core; its CPU is reported apart)."""
     port = procs.free_port()
     config = workdir / f"{name.replace('@', '-').replace('/', '_')}-config"
     write_labgate_config(config, upstream=upstream, port=port, extra=extra_yaml)
@@ -166,7 +170,7 @@ def start_labgate(workdir: Path, *, upstream: str, cores: frozenset[int], tag: s
     safe = name.replace("@", "-").replace("/", "_")
     return start(name, [*labgate_command(), "serve", "--config", str(config), "--port", str(port)],
                  port=port, target=target, cores=cores, log=workdir / f"{safe}-{tag}.log", env=env,
-                 stdout=workdir / f"{safe}-access.log", timeout=30)
+                 stdout=workdir / f"{safe}-access.log", timeout=30, helper_cores=helper_cores)
 
 
 # ---------------------------------------------------------------- peers

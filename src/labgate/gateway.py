@@ -20,7 +20,8 @@ from labgate.routing.table import Deployment
 from labgate.runtime import Runtime
 
 if TYPE_CHECKING:
-    from labgate.store.writer import HistoryWriter
+    from labgate.store.writer import History
+    from labgate.telemetry.metrics import Metrics
 
 # An OpenAI-dialect payload, or (from another dialect's surface) a Translated one.
 Parser = Callable[[bytes], dict[str, Any] | Translated]
@@ -30,12 +31,15 @@ class Gateway:
     """Holds the current :class:`Runtime`; a reload swaps ``self.runtime``.
 
     ``history`` (process lifetime, not per Runtime: a reload keeps its queue)
-    receives every finished record; ``None`` means history is off.
+    receives every finished record; ``None`` means history is off. ``metrics``
+    (process lifetime too) counts every finished record; ``None`` means metrics are off.
     """
 
-    def __init__(self, runtime: Runtime, *, history: HistoryWriter | None = None) -> None:
+    def __init__(self, runtime: Runtime, *, history: History | None = None,
+                 metrics: Metrics | None = None) -> None:
         self.runtime = runtime
         self.history = history
+        self.metrics = metrics
         self._keep_content = history is not None and history.keeps_content
 
     async def handle(self, record: RequestRecord, *, api_key: str | None, body: bytes,
@@ -83,6 +87,8 @@ class Gateway:
         rt.access_log.write(record)
         if self.history is not None:
             self.history.put(record)
+        if self.metrics is not None:
+            self.metrics.observe(record)
 
 
 class Relay:

@@ -51,7 +51,8 @@ _SECRET = re.compile(r"key|secret|token|password|passwd|authorization|credential
 MASK = "***"
 # Settings a running server cannot change: they take effect at the next start.
 RESTART_ONLY = ("gateway.server.host", "gateway.server.port", "gateway.server.workers",
-                "gateway.server.max_body_bytes", "gateway.server.keepalive_timeout_s", "gateway.store")
+                "gateway.server.max_body_bytes", "gateway.server.keepalive_timeout_s", "gateway.store",
+                "gateway.metrics.enabled")
 
 
 # --- what is loaded ------------------------------------------------------------------

@@ -59,7 +59,9 @@ class RouteTable:
         self._providers = {n: p for n, p in config.providers.items() if p.status == "active"}
         self._adapters = adapters
         self._mappings = config.mappings
-        self._deployments: dict[str, Deployment] = {}
+        self._deployments: dict[str, Deployment] = {}  # the config's
+        self._dynamic_deployments: dict[str, Deployment] = {}  # made for names clients sent (provider/model)
+        self._compiled = False
         self._primary: dict[str, Group] = {}
         self._names = Names.of(config.providers, config.mappings)
         self._patterns = [(re.compile(fnmatch.translate(p.pattern)), p.provider, p.fallback_chain)
@@ -76,6 +78,7 @@ class RouteTable:
         self.routes.update((name, self._route(name, group)) for name, group in self._primary.items())
         self.routes.update((name, Route(name, groups)) for name, groups in self._capabilities.items())
         self._compile_aliases()
+        self._compiled = True
 
     # -- lookup (the hot path) -------------------------------------------------
 
@@ -101,17 +104,23 @@ class RouteTable:
         config = self._providers.get(provider)
         if config is None:
             return None
+        known, made = self._deployments, self._dynamic_deployments
         key = f"{provider}/{model}"
-        found = self._deployments.get(key)
+        found = known.get(key) or made.get(key)
         if found is None:
             info = next((m for m in config.models if model in (m.name, m.alias)), None)
             upstream = info.name if info is not None else model
             key = f"{provider}/{upstream}"
-            found = self._deployments.get(key)
+            found = known.get(key) or made.get(key)
             if found is None:
                 found = Deployment(key, provider, upstream, self._adapters[provider],
                                    config.timeout_s, info)
-                self._deployments[key] = found
+                if self._compiled:  # a name a client sent (provider/anything): bounded, like _dynamic
+                    if len(made) >= _DYNAMIC_CACHE:
+                        made.clear()
+                    made[key] = found
+                else:
+                    known[key] = found
         return found
 
     def _compile_primaries(self) -> None:

@@ -105,7 +105,7 @@ class HistorySurface:
         return await self._serve(request, run)
 
     async def metrics(self, request: Request) -> Response:
-        """``labgate_history_dropped_total`` and friends, for Prometheus (until ``/metrics`` serves them)."""
+        """``labgate_history_dropped_total`` and friends, for Prometheus (``/metrics`` serves them too)."""
         rid = request_id(request.headers)
         try:
             self._open(request)

@@ -12,6 +12,7 @@ from labgate.server.envelopes import anthropic_error, openai_error
 from labgate.server.health import HealthSurface
 from labgate.server.http import Handler, Request, Response
 from labgate.server.ids import request_id
+from labgate.server.metrics import metrics_routes
 from labgate.server.openai import OpenAISurface
 
 
@@ -42,6 +43,8 @@ def build_app(gateway: Gateway, *, reloader: Reloader | None = None) -> Handler:
     prefixes.update(history_prefixes)
     # /admin/config, /admin/config/validate, /admin/config/reload (server/admin_config.py)
     routes.update(config_routes(gateway, reloader))
+    # /metrics, unless metrics.enabled is false (server/metrics.py)
+    routes.update(metrics_routes(gateway))
 
     async def app(request: Request) -> Response:
         methods = routes.get(request.path)

@@ -15,8 +15,9 @@ from labgate.server.app import build_app
 from labgate.server.envelopes import openai_error
 from labgate.server.http import HttpServer, Response
 from labgate.server.ids import request_id
-from labgate.store.writer import HistoryWriter
+from labgate.store.writer import history_for
 from labgate.telemetry.logs import AccessLog
+from labgate.telemetry.metrics import Metrics
 
 
 def _error_response(exc: LabgateError, headers: Mapping[str, str]) -> Response:
@@ -54,11 +55,12 @@ async def start_gateway(config: Config, *, host: str | None = None, port: int | 
                         on_reload: Callable[[ReloadResult], None] | None = None) -> RunningGateway:
     """Build the runtime, open the history store (``store:``), and listen; ``port=0`` picks a free port."""
     server_config = config.gateway.server
-    history = HistoryWriter.from_config(config.gateway.store, source=config.source)
+    history = history_for(config.gateway.store, source=config.source)
     if history is not None:
         await history.start()
     try:
-        gateway = Gateway(Runtime.build(config, access_log=access_log), history=history)
+        gateway = Gateway(Runtime.build(config, access_log=access_log), history=history,
+                          metrics=Metrics.from_config(config.gateway.metrics))
         # hot reload: `source` says where to read the config again (SIGHUP, /admin/config/reload, watch)
         reloader = Reloader(gateway, loaded or loaded_from(config), source=source, access_log=access_log,
                             on_applied=on_reload)
@@ -66,6 +68,8 @@ async def start_gateway(config: Config, *, host: str | None = None, port: int | 
                             error_response=_error_response,
                             keepalive_timeout=server_config.keepalive_timeout_s)
         reloader.in_flight = server.busy_tasks
+        if gateway.metrics is not None:
+            gateway.metrics.in_flight = lambda: max(server.inflight - 1, 0)  # read by a scrape: not counting it
         host = server_config.host if host is None else host
         bound = await server.start(host, server_config.port if port is None else port, sock=sock)
         await reloader.start()

@@ -25,51 +25,83 @@ log = logging.getLogger("labgate.store")
 # The body key holding the input, per endpoint ("messages": the Anthropic surface).
 INPUT_KEYS = {"chat": "messages", "completions": "prompt", "embeddings": "input", "messages": "messages"}
 _NOT_PARAMETERS = frozenset({"model", "messages", "prompt", "input", "stream"})
+_CONTENT = frozenset({"messages", "prompt", "input", "system", "tools", "functions"})  # left behind without "full"
 _METADATA_STRINGS = frozenset({"reasoning_effort", "service_tier", "encoding_format"})
 PROMPT_CHARS = 500
 
 
 def build_row(record: RequestRecord, *, capture: str, client_ip: bool) -> Row:
     """The row for one record; never raises (unreadable content is left out and logged)."""
-    payload = record.payload or {}
-    usage = record.usage
-    prompt_tokens = usage.prompt_tokens if usage is not None else None
-    completion_tokens = usage.completion_tokens if usage is not None else None
+    return row_from_wire(wire(record, keep_content=capture == "full"), capture=capture, client_ip=client_ip)
+
+
+# What a record becomes on the request path (see ``wire``): ~0.5 µs, builtins only.
+Wire = tuple[Any, ...]
+
+
+def wire(record: RequestRecord, *, keep_content: bool) -> Wire:
+    """The record as plain builtins: what the writer needs, in a tuple ``marshal`` carries in one call.
+
+    Runs on the request path (the writer may be another process), so it only
+    gathers references: no serialising. Without ``keep_content`` the input,
+    the reply and the stream's chunks are left behind.
+    """
+    usage, failures, payload = record.usage, record.failures, record.payload
+    if not keep_content and payload:
+        payload = {k: v for k, v in payload.items() if k not in _CONTENT}
+    return (record.request_id, record.timestamp, record.endpoint, record.key_id, record.model, record.provider,
+            record.deployment, record.experiment, record.variant, record.stream, record.finish_reason,
+            record.status, record.outcome, record.error_type, record.error_message, record.started,
+            record.finished, record.first_token or record.first_byte,
+            usage.prompt_tokens if usage is not None else None,
+            usage.completion_tokens if usage is not None else None,
+            record.cost, record.cache_hit, record.attempts,
+            [(f.deployment, f.error.code, f.error.message) for f in failures] if failures else None,
+            record.client_ip, record.tags, payload,
+            record.reply if keep_content else None, record.chunks if keep_content else None)
+
+
+def row_from_wire(w: Wire, *, capture: str, client_ip: bool) -> Row:
+    """The ``requests`` row for a record in its :func:`wire` form; never raises on content it cannot read."""
+    (request_id, timestamp, endpoint, key_id, model, provider, deployment, experiment, variant, stream,
+     finish_reason, status, outcome, error_type, error_message, started, finished, first, prompt_tokens,
+     completion_tokens, cost, cache_hit, attempts, failures, ip, tags, payload, reply, chunks) = w
+    if not isinstance(payload, dict):
+        payload = {}
     messages = parameters = response = tool_calls = prompt = None
     try:
         params = {k: v for k, v in payload.items() if k not in _NOT_PARAMETERS}
         if capture == "full":
-            given = payload.get(INPUT_KEYS.get(record.endpoint, "messages"))
+            given = payload.get(INPUT_KEYS.get(endpoint, "messages"))
             messages = _json(given)
             parameters = _json(params) if params else None
-            text, calls = answer(record)
+            text, calls = answer_from(reply, chunks)
             response, tool_calls = text, _json(calls)
-            prompt = normalized_prompt(record.endpoint, given)
+            prompt = normalized_prompt(endpoint, given)
         else:
             kept = {k: v for k, v in params.items()
                     if isinstance(v, (int, float)) or (k in _METADATA_STRINGS and isinstance(v, str))}
             parameters = _json(kept) if kept else None
     except Exception:  # a body we do not understand must not cost the record
-        log.warning("history: could not read the content of request %s", record.request_id, exc_info=True)
+        log.warning("history: could not read the content of request %s", request_id, exc_info=True)
     temperature = payload.get("temperature")
     max_tokens = payload.get("max_tokens", payload.get("max_completion_tokens"))
     metadata = payload.get("metadata")
     if not isinstance(metadata, dict):
         metadata = None
-    tags = record.tags if record.tags is not None else _tags(metadata) if metadata else None
-    failures = record.failures
-    started, finished, first = record.started, record.finished, record.first_token or record.first_byte
+    if tags is None and metadata:
+        tags = _tags(metadata)
     return (
-        record.request_id,
-        record.timestamp,
-        record.endpoint,
-        record.key_id,
-        record.model,
-        record.provider,
-        record.deployment,
-        record.experiment,
-        record.variant,
-        record.stream,
+        request_id,
+        timestamp,
+        endpoint,
+        key_id,
+        model,
+        provider,
+        deployment,
+        experiment,
+        variant,
+        stream,
         capture,
         messages,
         parameters,
@@ -78,22 +110,22 @@ def build_row(record: RequestRecord, *, capture: str, client_ip: bool) -> Row:
         response,
         tool_calls,
         prompt,
-        record.finish_reason,
-        record.status,
-        record.outcome,
-        record.error_type,
-        record.error_message,
+        finish_reason,
+        status,
+        outcome,
+        error_type,
+        error_message,
         round((finished - started) * 1000, 3) if finished is not None else None,  # as RequestRecord.latency_ms
         round((first - started) * 1000, 3) if first is not None else None,  # as RequestRecord.ttft_ms
         prompt_tokens,
         completion_tokens,
-        prompt_tokens + completion_tokens if usage is not None else None,  # type: ignore[operator]
-        record.cost,
-        record.cache_hit,
-        record.attempts,
-        _json([{"deployment": f.deployment, "error": f.error.code, "message": f.error.message}
-               for f in failures]) if failures else None,
-        record.client_ip if client_ip else None,
+        prompt_tokens + completion_tokens if prompt_tokens is not None else None,
+        cost,
+        cache_hit,
+        attempts,
+        _json([{"deployment": d, "error": code, "message": message} for d, code, message in failures])
+        if failures else None,
+        ip if client_ip else None,
         _json(tags) if tags else None,
         _json(metadata) if metadata else None,
     )
@@ -138,10 +170,14 @@ def _text_of(content: Any) -> str | None:
 
 def answer(record: RequestRecord) -> tuple[str | None, list[Any] | None]:
     """The answer's text and tool calls (first choice), from the reply body or the relayed stream."""
-    if record.reply is not None:
-        return _from_body(record.reply)
-    if record.chunks:
-        return _from_sse(b"".join(record.chunks))
+    return answer_from(record.reply, record.chunks)
+
+
+def answer_from(reply: bytes | None, chunks: list[bytes] | None) -> tuple[str | None, list[Any] | None]:
+    if reply is not None:
+        return _from_body(reply)
+    if chunks:
+        return _from_sse(b"".join(chunks))
     return None, None
 
 

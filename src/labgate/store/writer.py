@@ -29,15 +29,17 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 
-from labgate.config.schema.store import Capture, StoreConfig
 from labgate.record import RequestRecord
 from labgate.store import resolve_url, store_for
 from labgate.store.base import Row, Store
-from labgate.store.capture import build_row
+from labgate.store.capture import Wire, build_row, row_from_wire
 from labgate.store.schema import TABLE
+
+if TYPE_CHECKING:
+    from labgate.config.schema.store import Capture, StoreConfig
 
 log = logging.getLogger("labgate.store")
 
@@ -47,8 +49,56 @@ _ROW_BY_ROW_AFTER = 3  # failed attempts at one batch before trying its rows one
 _PURGE_CHUNK = 5000
 
 
+class History(Protocol):
+    """What the gateway holds: :class:`HistoryWriter` (in process) or ``process.WriterProcess``."""
+
+    capture: Capture
+    keeps_content: bool
+    store: Store  # for reading (the admin API)
+
+    def put(self, record: RequestRecord) -> None: ...
+    async def start(self, *, open_timeout: float = 10.0) -> None: ...
+    async def flush(self) -> None: ...
+    async def close(self, timeout: float = 15.0) -> None: ...
+    def stats(self) -> dict[str, Any]: ...
+    def prometheus(self) -> str: ...
+
+
+def history_for(config: StoreConfig, *, source: str | None = None) -> History | None:
+    """The history ``store:`` asks for: None for ``capture: none``; else a writer process, or a thread."""
+    if config.capture == "none":
+        return None
+    if config.writer == "process":
+        from labgate.store.process import WriterProcess
+
+        return WriterProcess.from_config(config, resolve_url(config.url, source=source))
+    return HistoryWriter.from_config(config, source=source)
+
+
+def warn_dropped(queue_size: int, since_warning: int, total: int, last_error: str | None) -> None:
+    log.warning("history queue full (%d records): dropped %d record(s) since the last warning, "
+                "%d in total; the store is not keeping up (%s)", queue_size, since_warning, total,
+                last_error or "no write error")
+
+
+def prometheus_text(stats: dict[str, Any]) -> str:
+    """A writer's counters (``stats()``) in the Prometheus text format."""
+    lines = []
+    for name, kind, key, help_text in (
+            ("labgate_history_written_total", "counter", "written", "History records written."),
+            ("labgate_history_dropped_total", "counter", "dropped",
+             "History records dropped because the queue was full."),
+            ("labgate_history_rejected_total", "counter", "rejected", "History records the store refused."),
+            ("labgate_history_write_failures_total", "counter", "failed_writes", "Failed batch writes."),
+            ("labgate_history_queued", "gauge", "queued", "History records waiting to be written.")):
+        lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}", f"{name} {stats[key]}"]
+    return "\n".join(lines) + "\n"
+
+
 class HistoryWriter:
     """Takes finished records on the request path; writes them to a :class:`Store` in batches."""
+
+    writer = "thread"
 
     def __init__(self, store: Store, *, capture: Capture = "full", queue_size: int = 20_000,
                  batch_size: int = 500, flush_interval_s: float = 0.5, client_ip: bool = True,
@@ -80,6 +130,7 @@ class HistoryWriter:
         self.failed_writes = 0
         self.purged = 0
         self.last_error: str | None = None
+        self.on_change: Callable[[], None] | None = None  # after each write or drop (the writer process reports)
 
     @classmethod
     def from_config(cls, config: StoreConfig, *, source: str | None = None) -> HistoryWriter | None:
@@ -115,16 +166,31 @@ class HistoryWriter:
         if before < self._batch <= len(queue) and self._wake is not None:
             self._wake.set()
 
-    def _drop(self) -> None:
-        self.dropped += 1
-        self._dropped_since_warning += 1
+    def accept(self, wires: list[Wire]) -> None:
+        """Queue records that arrive in their wire form (in the writer process); past the bound, drop."""
+        queue, capture, client_ip = self._queue, self.capture, self._client_ip
+        before = len(queue)
+        room = max(0, self.queue_size - before - len(self._pending))
+        for w in wires[:room]:
+            queue.append(row_from_wire(w, capture=capture, client_ip=client_ip))
+        if len(wires) > room:
+            self._drop(len(wires) - room)
+            self._changed()
+        if before < self._batch <= len(queue) and self._wake is not None:
+            self._wake.set()
+
+    def _drop(self, count: int = 1) -> None:
+        self.dropped += count
+        self._dropped_since_warning += count
         now = time.monotonic()
         if now >= self._next_warning:
-            log.warning("history queue full (%d records): dropped %d record(s) since the last warning, "
-                        "%d in total; the store is not keeping up (%s)", self.queue_size,
-                        self._dropped_since_warning, self.dropped, self.last_error or "no write error")
+            warn_dropped(self.queue_size, self._dropped_since_warning, self.dropped, self.last_error)
             self._dropped_since_warning = 0
             self._next_warning = now + _WARN_EVERY_S
+
+    def _changed(self) -> None:
+        if self.on_change is not None:
+            self.on_change()
 
     # --- lifecycle -----------------------------------------------------------
 
@@ -180,25 +246,15 @@ class HistoryWriter:
             await self.store.aclose()
 
     def stats(self) -> dict[str, Any]:
-        return {"store": self.store.display_url, "capture": self.capture, "ready": self._ready,
-                "queued": len(self._queue) + len(self._pending) + len(self._fresh), "queue_size": self.queue_size,
-                "written": self.written, "dropped": self.dropped, "rejected": self.rejected,
-                "failed_writes": self.failed_writes, "purged": self.purged, "last_error": self.last_error}
+        return {"store": self.store.display_url, "capture": self.capture, "writer": self.writer,
+                "ready": self._ready, "queued": len(self._queue) + len(self._pending) + len(self._fresh),
+                "queue_size": self.queue_size, "written": self.written, "dropped": self.dropped,
+                "rejected": self.rejected, "failed_writes": self.failed_writes, "purged": self.purged,
+                "last_error": self.last_error}
 
     def prometheus(self) -> str:
         """The writer's counters in the Prometheus text format."""
-        lines = []
-        for name, kind, value, help_text in (
-                ("labgate_history_written_total", "counter", self.written, "History records written."),
-                ("labgate_history_dropped_total", "counter", self.dropped,
-                 "History records dropped because the queue was full."),
-                ("labgate_history_rejected_total", "counter", self.rejected,
-                 "History records the store refused."),
-                ("labgate_history_write_failures_total", "counter", self.failed_writes, "Failed batch writes."),
-                ("labgate_history_queued", "gauge", len(self._queue) + len(self._pending),
-                 "History records waiting to be written.")):
-            lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}", f"{name} {value}"]
-        return "\n".join(lines) + "\n"
+        return prometheus_text(self.stats())
 
     # --- the background task ---------------------------------------------------
 
@@ -217,6 +273,7 @@ class HistoryWriter:
             except Exception as exc:
                 self._failed("write" if self._ready else "open", exc)
                 failures += 1
+            self._changed()
             if self._stopping:
                 break
             await self._sleep(_BACKOFF_S[min(failures, len(_BACKOFF_S)) - 1] if failures else None)

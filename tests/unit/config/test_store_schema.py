@@ -6,6 +6,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from labgate.config.load import load_config
 from labgate.config.problems import ConfigError
@@ -17,7 +18,19 @@ PROVIDERS = "providers:\n  sim:\n    type: openai_compatible\n    base_url: http
 def test_defaults() -> None:
     assert StoreConfig().model_dump() == {"url": None, "capture": "metadata", "retention_days": None,
                                           "queue_size": 20_000, "batch_size": 500, "flush_interval_s": 0.5,
-                                          "client_ip": True}
+                                          "client_ip": True, "writer": "process", "writer_cpus": None}
+
+
+@pytest.mark.parametrize("cpus", [[], [-1], ["a"]])
+def test_writer_cpus_must_be_cpu_numbers(cpus: list[object]) -> None:
+    with pytest.raises(ValidationError):
+        StoreConfig(writer_cpus=cpus)  # type: ignore[arg-type]
+
+
+def test_writer_is_process_or_thread() -> None:
+    assert StoreConfig(writer="thread").writer == "thread"
+    with pytest.raises(ValidationError):
+        StoreConfig(writer="fork")  # type: ignore[arg-type]
 
 
 def test_single_file_form_accepts_store(tmp_path: Path) -> None:

@@ -285,3 +285,18 @@ def test_provider_fallback_for_a_provider_model_pair_uses_the_model_part() -> No
                  "cpp": {"type": "llama_cpp", "models": ["local-gguf"]}}
     t = table({"fallbacks": {"*": ["ollama"]}}, providers)
     assert keys(t.resolve("cpp/local-gguf")) == [["cpp/local-gguf"], ["ollama/local-gguf"]]
+
+
+def test_names_clients_invent_do_not_grow_memory_without_bound() -> None:
+    """``provider/anything`` makes a deployment on the fly; clients choose the names, so those are bounded."""
+    from labgate.routing import table as module
+
+    t = table()
+    configured = dict(t.deployments)
+    for i in range(module._DYNAMIC_CACHE + 10):
+        route = t.resolve(f"cpp/invented-{i}")
+        assert keys(route) == [[f"cpp/invented-{i}"]]
+    assert dict(t.deployments) == configured  # the config's deployments only
+    assert len(t._dynamic) <= module._DYNAMIC_CACHE
+    assert len(t._dynamic_deployments) <= module._DYNAMIC_CACHE
+    assert t.resolve("cpp/invented-3").groups[0].deployments[0].model == "invented-3"  # made again when asked

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -142,9 +143,12 @@ async def test_analytics_endpoints(served: Any) -> None:
 
 async def test_status_shows_the_writer(served: Any, tmp_path: Path) -> None:
     status, body = await get(served, "/admin/history/status")
-    assert (status, body) == (200, {"store": str(tmp_path / "h.db"), "capture": "full", "ready": True, "queued": 0,
-                                    "queue_size": 20000, "written": 4, "dropped": 0, "rejected": 0,
-                                    "failed_writes": 0, "purged": 0, "last_error": None})
+    pid = body.pop("pid", None)
+    assert isinstance(pid, int) and pid != os.getpid()  # the writer process (store.writer: process, the default)
+    assert (status, body) == (200, {"store": str(tmp_path / "h.db"), "capture": "full", "writer": "process",
+                                    "ready": True, "queued": 0, "queue_size": 20000, "written": 4, "dropped": 0,
+                                    "rejected": 0, "failed_writes": 0, "purged": 0, "last_error": None,
+                                    "restarts": 0})
 
 
 async def test_metrics_in_the_prometheus_format(served: Any) -> None:

@@ -78,7 +78,8 @@ async def test_batches_of_batch_size_in_order_then_close_writes_the_rest() -> No
     writer.put(rec(10))
     await writer.close()
     assert store.written[-1] == "req-10" and store.closed
-    assert writer.stats() == {"store": "memory", "capture": "full", "ready": True, "queued": 0, "queue_size": 20000,
+    assert writer.stats() == {"store": "memory", "capture": "full", "writer": "thread", "ready": True, "queued": 0,
+                              "queue_size": 20000,
                               "written": 11, "dropped": 0, "rejected": 0, "failed_writes": 0, "purged": 0,
                               "last_error": None}
 

@@ -1,4 +1,4 @@
-"""``gateway.yaml``: the server, auth, routing limits, logging and the history store."""
+"""``gateway.yaml``: the server, auth, routing limits, logging, the history store and metrics."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import Field
 
 from labgate.config.schema.base import Strict
+from labgate.config.schema.metrics import MetricsConfig
 from labgate.config.schema.reload import ReloadConfig
 from labgate.config.schema.store import StoreConfig
 
@@ -47,4 +48,5 @@ class GatewayConfig(Strict):
     resilience: ResilienceConfig = Field(default_factory=ResilienceConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     store: StoreConfig = Field(default_factory=StoreConfig)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)  # GET /metrics (Prometheus)
     config: ReloadConfig = Field(default_factory=ReloadConfig)  # hot reload, watching, backups

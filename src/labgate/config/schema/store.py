@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
 
@@ -30,6 +30,11 @@ class StoreConfig(Strict):
     batch_size: int = Field(default=500, ge=1)  # records per transaction
     flush_interval_s: float = Field(default=0.5, gt=0)  # a crash loses at most about this much history
     client_ip: bool = True  # store the client's address
+    # process (default): rows are built and written by a child process, off the serving core and its GIL;
+    # thread: in the gateway process (a thread for SQLite, the event loop for PostgreSQL)
+    writer: Literal["process", "thread"] = "process"
+    # pin the writer process to these CPUs (default: wherever the OS puts it)
+    writer_cpus: list[Annotated[int, Field(ge=0)]] | None = Field(default=None, min_length=1)
 
     @field_validator("url")
     @classmethod

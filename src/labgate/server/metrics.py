@@ -1,0 +1,48 @@
+"""``GET /metrics``: Prometheus metrics (text exposition format 0.0.4).
+
+The route exists when ``metrics.enabled`` (the default); otherwise it is an
+unknown path (404). With ``metrics.require_key`` it needs the master key, as
+the admin API does; otherwise no key is needed, as for ``/health``.
+The request counters come from :class:`~labgate.telemetry.metrics.Metrics`;
+the history writer's counters (``labgate_history_*``) follow when history is on.
+"""
+
+from __future__ import annotations
+
+from labgate.auth import admit_admin
+from labgate.errors import LabgateError
+from labgate.gateway import Gateway
+from labgate.server.envelopes import openai_error
+from labgate.server.http import Handler, Request, Response
+from labgate.server.ids import request_id
+from labgate.telemetry.metrics import CONTENT_TYPE, Metrics
+
+METRICS = "/metrics"
+
+
+def metrics_routes(gateway: Gateway) -> dict[str, dict[str, Handler]]:
+    """The ``/metrics`` route for ``server/app.py``'s table; none when metrics are off."""
+    metrics = gateway.metrics
+    if metrics is None:
+        return {}
+
+    async def scrape(request: Request) -> Response:
+        rid = request_id(request.headers)
+        rt = gateway.runtime
+        if rt.config.gateway.metrics.require_key:  # read per scrape: a reload may change it
+            try:
+                admit_admin(rt.auth, request.headers, request.client)
+            except LabgateError as exc:
+                return openai_error(exc, rid)
+        return Response(200, [("content-type", CONTENT_TYPE), ("x-request-id", rid), ("cache-control", "no-store")],
+                        exposition(gateway, metrics))
+
+    return {METRICS: {"GET": scrape}}
+
+
+def exposition(gateway: Gateway, metrics: Metrics) -> bytes:
+    """Every metric of this process, history's counters included when history is on."""
+    text = metrics.render()
+    if gateway.history is not None:
+        text += gateway.history.prometheus()
+    return text.encode()

@@ -1,0 +1,228 @@
+"""Prometheus metrics: counted on the request path in plain dicts, rendered only when scraped.
+
+:meth:`Metrics.observe` runs once per finished request (from ``Gateway.finish``)
+and only adds numbers: three dictionary lookups find the request's series
+(model → provider → endpoint), then counters are incremented and each
+histogram takes one ``bisect`` into fixed bucket bounds. Text is made by
+:meth:`Metrics.render` only when ``GET /metrics`` asks for it (text exposition
+format 0.0.4); per-(model, provider) metrics are summed over endpoints then.
+
+Label values are bounded, so clients cannot grow memory by inventing names:
+
+- ``model`` is the name the client sent only when it was routed to a provider
+  (``record.provider`` is set); otherwise ``""``. Provider/model pairs and
+  pattern routes still let a client choose names on a routed provider, so at
+  most :data:`MAX_LABEL_VALUES` distinct models get their own label; later
+  ones are counted under :data:`OVERFLOW` (and not remembered). Deployments
+  (``provider/model``, in failure counts) have the same cap.
+- ``provider`` comes from the config; ``endpoint`` and the failure ``error``
+  codes are fixed sets; ``status`` is the HTTP status code sent.
+
+One ``Metrics`` lives as long as the process (a config reload keeps its counts).
+With several workers each process counts its own requests.
+"""
+
+from __future__ import annotations
+
+import time
+from bisect import bisect_left
+from collections.abc import Callable
+from importlib.metadata import PackageNotFoundError, version
+
+from labgate.config.schema.metrics import MetricsConfig
+from labgate.record import RequestRecord
+
+# Seconds. LLM calls range from a cached embedding (milliseconds) to a long generation (minutes).
+BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0)
+MAX_LABEL_VALUES = 1000  # distinct models (and deployments) with their own series; the rest share OVERFLOW
+OVERFLOW = "(other)"
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+_BOUNDS = [*(repr(b) for b in BUCKETS), "+Inf"]
+
+
+class _Series:
+    """What one ``(model, provider, endpoint)`` has counted. Histograms are lists: the count per
+    bucket (not cumulative), the count above the last bound, then the sum."""
+
+    __slots__ = ("completion", "durations", "prompt", "statuses", "stream_errors", "ttft")
+
+    def __init__(self) -> None:
+        self.statuses: dict[int, int] = {}  # HTTP status sent -> requests
+        self.stream_errors = 0
+        self.durations: list[float] = [0] * (len(BUCKETS) + 2)
+        self.ttft: list[float] = [0] * (len(BUCKETS) + 2)
+        self.prompt = 0
+        self.completion = 0
+
+
+Endpoints = dict[str, _Series]
+Providers = dict[str, Endpoints]
+
+
+class Metrics:
+    """The process's request counters and histograms; ``render()`` gives the Prometheus text."""
+
+    __slots__ = ("_deployments", "_failures", "_labels", "_models", "_unrouted", "in_flight", "started",
+                 "version")
+
+    def __init__(self) -> None:
+        # model label -> provider -> endpoint -> series; "" for requests that were not routed
+        self._labels: dict[str, Providers] = {}
+        self._unrouted = self._labels[""] = {}
+        self._models: dict[str, Providers] = {}  # a routed name a client sent -> its label's entry
+        self._failures: dict[tuple[str, str], int] = {}  # (deployment label, error code) -> attempts
+        self._deployments: dict[str, str] = {}  # a deployment -> its label value
+        self.in_flight: Callable[[], int] | None = None  # set by the server: requests being answered
+        self.started = time.time()
+        self.version = _version()
+
+    @classmethod
+    def from_config(cls, config: MetricsConfig) -> Metrics | None:
+        """The metrics ``metrics:`` asks for, or None for ``enabled: false`` (nothing is counted)."""
+        return cls() if config.enabled else None
+
+    # --- the request path ----------------------------------------------------
+
+    def observe(self, record: RequestRecord) -> None:
+        """Count one finished request (``Gateway.finish`` calls it once the record is closed)."""
+        provider = record.provider
+        if provider is None:  # not routed: whatever model name was sent, it gets no series of its own
+            providers, provider = self._unrouted, ""
+        else:
+            providers = self._models.get(record.model)  # type: ignore[arg-type]
+            if providers is None:
+                providers = self._model(record.model or "")
+        endpoints = providers.get(provider)
+        if endpoints is None:
+            endpoints = providers[provider] = {}
+        series = endpoints.get(record.endpoint)
+        if series is None:
+            series = endpoints[record.endpoint] = _Series()
+
+        statuses, status = series.statuses, record.status
+        statuses[status] = statuses.get(status, 0) + 1
+        started = record.started
+        seconds = record.finished - started  # type: ignore[operator]
+        hist = series.durations
+        hist[bisect_left(BUCKETS, seconds)] += 1
+        hist[-1] += seconds
+        if record.stream:
+            if record.outcome == "stream_error":
+                series.stream_errors += 1
+            first = record.first_token or record.first_byte
+            if first is not None:
+                seconds = first - started
+                hist = series.ttft
+                hist[bisect_left(BUCKETS, seconds)] += 1
+                hist[-1] += seconds
+        usage = record.usage
+        if usage is not None:
+            series.prompt += usage.prompt_tokens
+            series.completion += usage.completion_tokens
+        if record.failures:
+            self._count_failures(record)
+
+    def _model(self, name: str) -> Providers:
+        """The first request routed under ``name``: its own label, or OVERFLOW once the cap is reached
+        (then ``name`` is not remembered, so the names kept stay bounded too)."""
+        if len(self._models) >= MAX_LABEL_VALUES:
+            return self._labels.setdefault(OVERFLOW, {})
+        providers = self._models[name] = self._labels.setdefault(name, {})
+        return providers
+
+    def _count_failures(self, record: RequestRecord) -> None:
+        failures, labels = self._failures, self._deployments
+        for failure in record.failures:
+            deployment = labels.get(failure.deployment)
+            if deployment is None:
+                deployment = OVERFLOW
+                if len(labels) < MAX_LABEL_VALUES:
+                    deployment = labels[failure.deployment] = failure.deployment
+            key = (deployment, failure.error.code or "")
+            failures[key] = failures.get(key, 0) + 1
+
+    # --- the scrape ------------------------------------------------------------
+
+    def render(self) -> str:
+        """Every metric in the Prometheus text exposition format 0.0.4."""
+        out: list[str] = []
+        series = sorted(((model, provider, endpoint), s) for model, providers in self._labels.items()
+                        for provider, endpoints in providers.items() for endpoint, s in endpoints.items())
+        _header(out, "labgate_requests_total", "counter",
+                "API requests finished, by the HTTP status sent (499: the client went away first).")
+        for (model, provider, endpoint), s in series:
+            for status, count in sorted(s.statuses.items()):
+                labels = _labels(endpoint=endpoint, model=model, provider=provider, status=str(status))
+                out.append(f"labgate_requests_total{labels} {count}")
+        _header(out, "labgate_stream_errors_total", "counter",
+                "Streams that failed after they started (sent as status 200, then an error event).")
+        for (model, provider, endpoint), s in series:
+            if s.stream_errors:
+                labels = _labels(endpoint=endpoint, model=model, provider=provider)
+                out.append(f"labgate_stream_errors_total{labels} {s.stream_errors}")
+        _histogram(out, "labgate_request_duration_seconds", "Time from receiving an API request to its last byte.",
+                   {_labels(endpoint=e, model=m, provider=p): s.durations for (m, p, e), s in series})
+        # per (model, provider): the endpoints' series added up
+        by_model: dict[tuple[str, str], list[_Series]] = {}
+        for (model, provider, _), s in series:
+            by_model.setdefault((model, provider), []).append(s)
+        ttft = {_labels(model=m, provider=p): [sum(c) for c in zip(*(s.ttft for s in group), strict=True)]
+                for (m, p), group in by_model.items()}
+        _histogram(out, "labgate_time_to_first_token_seconds",
+                   "Streams: time from receiving the request to the first content chunk.",
+                   {labels: hist for labels, hist in ttft.items() if any(hist[:-1])})
+        _header(out, "labgate_tokens_total", "counter", "Tokens the upstreams reported using.")
+        for (model, provider), group in by_model.items():
+            prompt, completion = sum(s.prompt for s in group), sum(s.completion for s in group)
+            if model or provider:  # requests that were not routed used no tokens
+                for kind, count in (("prompt", prompt), ("completion", completion)):
+                    out.append(f"labgate_tokens_total{_labels(model=model, provider=provider, type=kind)} {count}")
+        _header(out, "labgate_upstream_failures_total", "counter",
+                "Failed or skipped upstream attempts, by deployment and error code.")
+        for (deployment, error), count in sorted(self._failures.items()):
+            out.append(f"labgate_upstream_failures_total{_labels(deployment=deployment, error=error)} {count}")
+        if self.in_flight is not None:
+            _header(out, "labgate_requests_in_flight", "gauge",
+                    "HTTP requests being answered now (streams included), this scrape not counted.")
+            out.append(f"labgate_requests_in_flight {self.in_flight()}")
+        _header(out, "labgate_build_info", "gauge", "The running labgate version (always 1).")
+        out.append(f"labgate_build_info{_labels(version=self.version)} 1")
+        _header(out, "labgate_start_time_seconds", "gauge", "Unix time this gateway process started serving.")
+        out.append(f"labgate_start_time_seconds {self.started!r}")
+        return "\n".join(out) + "\n"
+
+
+def _header(out: list[str], name: str, kind: str, help_text: str) -> None:
+    out.append(f"# HELP {name} {help_text}")
+    out.append(f"# TYPE {name} {kind}")
+
+
+def _histogram(out: list[str], name: str, help_text: str, series: dict[str, list[float]]) -> None:
+    """``series``: rendered labels (``{a="b"}``) -> counts per bucket, above the last bound, and sum."""
+    _header(out, name, "histogram", help_text)
+    for labels, hist in series.items():
+        inner = labels[1:-1] + "," if labels != "{}" else ""
+        cumulative = 0
+        for bound, count in zip(_BOUNDS, hist, strict=False):  # hist ends with the sum: not a bucket
+            cumulative += int(count)
+            out.append(f'{name}_bucket{{{inner}le="{bound}"}} {cumulative}')
+        out.append(f"{name}_sum{labels} {float(hist[-1])!r}")
+        out.append(f"{name}_count{labels} {cumulative}")
+
+
+def _labels(**labels: str) -> str:
+    return "{" + ",".join(f'{k}="{_escape(v)}"' for k, v in labels.items()) + "}"
+
+
+def _escape(value: str) -> str:
+    if "\\" in value or '"' in value or "\n" in value:
+        return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    return value
+
+
+def _version() -> str:
+    try:
+        return version("labgate")
+    except PackageNotFoundError:
+        return "unknown"
+

@@ -1,0 +1,326 @@
+"""The history writer process: records shipped to a child that writes them to a real SQLite file.
+
+Each test starts real writer processes (``python -m labgate.store.process``)
+and checks, after closing them, that none is left behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import marshal
+import os
+import signal
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from labgate.config.schema.store import StoreConfig
+from labgate.errors import HistoryUnavailableError
+from labgate.providers.base import Usage
+from labgate.record import RequestRecord
+from labgate.store.capture import wire
+from labgate.store.process import WriterProcess, _Child
+from labgate.store.writer import HistoryWriter, history_for
+
+CHAT = {"model": "m1", "messages": [{"role": "user", "content": "What is the SECRET capital of France?"}],
+        "temperature": 0.2, "max_tokens": 64, "stream": False}
+REPLY = orjson.dumps({"id": "c1", "object": "chat.completion", "choices": [
+    {"index": 0, "message": {"role": "assistant", "content": "Paris, in confidence."}, "finish_reason": "stop"}]})
+
+
+def rec(n: int) -> RequestRecord:
+    r = RequestRecord(f"req-{n}", "chat", "10.0.0.7", started=1.0, timestamp=1_700_000_000.0 + n)
+    r.model, r.provider, r.status, r.usage, r.finished = "m1", "p1", 200 + n % 2, Usage(n, 2 * n), 1.25
+    return r
+
+
+def chat_rec(n: int) -> RequestRecord:
+    r = rec(n)
+    r.payload, r.reply = CHAT, REPLY
+    return r
+
+
+def rows(path: Path, columns: str = "request_id") -> list[tuple[Any, ...]]:
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        return conn.execute(f"SELECT {columns} FROM requests ORDER BY id").fetchall()
+
+
+def writer_children() -> list[int]:
+    """Pids of this process's children that are writer processes (zombies included)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            status = (entry / "status").read_text()
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        ppid = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("PPid:"))
+        if ppid == os.getpid() and b"labgate.store.process" in cmdline:
+            found.append(int(entry.name))
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def cpus_allowed(pid: int) -> str:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return next(line.split(":", 1)[1].strip() for line in status.splitlines() if line.startswith("Cpus_allowed_list:"))
+
+
+def proc_state(pid: int) -> str:
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+
+
+@pytest.fixture(autouse=True)
+def no_leftover_children() -> Iterator[None]:
+    before = set(writer_children())  # session-scoped gateways elsewhere in the suite have their own
+    yield
+    assert set(writer_children()) - before == set()
+
+
+@contextlib.asynccontextmanager
+async def running(writer: WriterProcess, close_timeout: float = 5.0) -> AsyncIterator[WriterProcess]:
+    """A started writer, closed at the end whatever happens (a stopped child is continued first)."""
+    await writer.start()
+    try:
+        yield writer
+    finally:
+        pid = writer.stats()["pid"]
+        if pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+        await writer.close(timeout=close_timeout)
+
+
+async def wait_for(condition: Any, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.01)
+
+
+@pytest.mark.asyncio
+async def test_flush_writes_everything_then_close_ends_the_child(tmp_path: Path) -> None:
+    path = tmp_path / "h.db"
+    async with running(WriterProcess(str(path))) as writer:
+        for n in range(1000):
+            writer.put(rec(n))
+        await writer.flush()
+        assert rows(path, "request_id, timestamp, endpoint, model, provider, status, prompt_tokens, "
+                          "completion_tokens, tokens_used, response_time_ms, client_ip, capture") == [
+            (f"req-{n}", 1_700_000_000.0 + n, "chat", "m1", "p1", 200 + n % 2, n, 2 * n, 3 * n, 250.0,
+             "10.0.0.7", "metadata") for n in range(1000)]
+        pid = writer.stats()["pid"]
+        assert isinstance(pid, int) and pid != os.getpid() and alive(pid)
+        assert writer.stats()["ready"] is True
+    assert not alive(pid)
+    stats = writer.stats()
+    assert (stats["pid"], stats["written"], stats["dropped"], stats["queued"], stats["restarts"]) == (
+        None, 1000, 0, 0, 0)
+    assert "labgate_history_written_total 1000" in writer.prometheus()
+
+
+@pytest.mark.asyncio
+async def test_close_without_flush_writes_everything_put(tmp_path: Path) -> None:
+    path = tmp_path / "h.db"
+    writer = WriterProcess(str(path))
+    writer.put(rec(0))  # before start: kept until the child is there
+    async with running(writer):
+        for n in range(1, 301):  # the child is still starting: nothing has been written yet
+            writer.put(rec(n))
+    assert rows(path) == [(f"req-{n}",) for n in range(301)]
+    assert (writer.stats()["written"], writer.stats()["dropped"], writer.stats()["queued"]) == (301, 0, 0)
+
+
+@pytest.mark.asyncio
+async def test_close_right_after_puts_on_a_warm_child(tmp_path: Path) -> None:
+    path = tmp_path / "h.db"
+    async with running(WriterProcess(str(path), send_interval_s=10.0)) as writer:
+        writer.put(rec(0))
+        await writer.flush()
+        for n in range(1, 4):  # waiting for a send 10 s away: close sends them
+            writer.put(rec(n))
+    assert rows(path) == [(f"req-{n}",) for n in range(4)]
+
+
+def test_wire_without_content_leaves_the_text_behind() -> None:
+    w = wire(chat_rec(1), keep_content=False)
+    payload, reply, chunks = w[-3:]
+    assert payload == {"model": "m1", "temperature": 0.2, "max_tokens": 64, "stream": False}
+    assert (reply, chunks) == (None, None)
+    assert b"SECRET" not in marshal.dumps(w) and b"confidence" not in marshal.dumps(w)
+    full = wire(chat_rec(1), keep_content=True)
+    assert full[-3]["messages"] == CHAT["messages"] and full[-2] == REPLY
+
+
+@pytest.mark.asyncio
+async def test_capture_metadata_sends_no_content_to_the_child(tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    sent: list[bytes] = []
+    send = _Child.send
+
+    def spy(child: _Child, frame: tuple[Any, ...]) -> None:
+        sent.append(marshal.dumps(frame))
+        send(child, frame)
+
+    monkeypatch.setattr(_Child, "send", spy)
+    path = tmp_path / "h.db"
+    async with running(WriterProcess(str(path), capture="metadata")) as writer:
+        writer.put(chat_rec(1))
+        await writer.flush()
+    assert any(b"req-1" in frame for frame in sent)
+    assert not any(b"SECRET" in frame or b"confidence" in frame for frame in sent)
+    assert rows(path, "request_id, capture, messages, response, prompt, temperature, max_tokens, parameters") == [
+        ("req-1", "metadata", None, None, None, 0.2, 64, '{"temperature":0.2,"max_tokens":64}')]
+
+
+@pytest.mark.asyncio
+async def test_capture_full_keeps_messages_and_response(tmp_path: Path) -> None:
+    path = tmp_path / "h.db"
+    async with running(WriterProcess(str(path), capture="full")) as writer:
+        writer.put(chat_rec(1))
+        await writer.flush()
+    assert rows(path, "request_id, capture, messages, response, prompt, temperature") == [
+        ("req-1", "full", orjson.dumps(CHAT["messages"]).decode(), "Paris, in confidence.",
+         "what is the secret capital of france?", 0.2)]
+
+
+@pytest.mark.asyncio
+async def test_a_full_queue_drops_and_counts_without_blocking(tmp_path: Path) -> None:
+    path = tmp_path / "h.db"
+    async with running(WriterProcess(str(path), queue_size=50, send_interval_s=0.001)) as writer:
+        writer.put(rec(0))
+        await writer.flush()  # the child is up, has written req-0 and reported it
+        pid = writer.stats()["pid"]
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            await wait_for(lambda: proc_state(pid) == "T")
+            started = time.perf_counter()
+            for n in range(1, 81):
+                writer.put(rec(n))
+                if n % 10 == 0:
+                    await asyncio.sleep(0.005)  # let the sends go out to the stopped child's pipe
+            assert time.perf_counter() - started < 0.5
+            stats = writer.stats()
+            assert (stats["queued"], stats["dropped"], stats["written"]) == (50, 30, 1)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        await writer.flush()
+        assert rows(path) == [(f"req-{n}",) for n in range(51)]
+        stats = writer.stats()
+        assert (stats["queued"], stats["dropped"], stats["written"], stats["pid"]) == (0, 30, 51, pid)
+        writer.put(rec(99))  # room again
+        await writer.flush()
+        assert rows(path)[-1] == ("req-99",)
+
+
+@pytest.mark.asyncio
+async def test_a_killed_child_is_replaced(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("labgate.store.process._RESTART_BACKOFF_S", (0.05,))
+    path = tmp_path / "h.db"
+    async with running(WriterProcess(str(path))) as writer:
+        for n in range(20):
+            writer.put(rec(n))
+        await writer.flush()
+        first = writer.stats()["pid"]
+        os.kill(first, signal.SIGKILL)
+        await wait_for(lambda: writer.stats()["restarts"] == 1)
+        for n in range(20, 30):  # no child yet: kept until the new one starts
+            writer.put(rec(n))
+        await wait_for(lambda: writer.stats()["pid"] is not None)
+        second = writer.stats()["pid"]
+        assert second != first and not alive(first) and alive(second)
+        for n in range(30, 40):
+            writer.put(rec(n))
+        await writer.flush()
+        assert rows(path) == [(f"req-{n}",) for n in range(40)]
+        stats = writer.stats()
+        assert (stats["written"], stats["dropped"], stats["queued"], stats["restarts"]) == (40, 0, 0, 1)
+    assert not alive(second)
+    assert (writer.stats()["written"], writer.stats()["dropped"]) == (40, 0)
+
+
+@pytest.mark.asyncio
+async def test_records_held_by_a_killed_child_are_counted_as_dropped(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("labgate.store.process._RESTART_BACKOFF_S", (0.05,))
+    path = tmp_path / "h.db"
+    async with running(WriterProcess(str(path), send_interval_s=0.001)) as writer:
+        writer.put(rec(0))
+        await writer.flush()
+        pid = writer.stats()["pid"]
+        os.kill(pid, signal.SIGSTOP)
+        await wait_for(lambda: proc_state(pid) == "T")
+        for n in range(1, 6):
+            writer.put(rec(n))
+        await asyncio.sleep(0.05)  # sent: in the stopped child's pipe
+        assert writer.stats()["queued"] == 5
+        os.kill(pid, signal.SIGKILL)
+        await wait_for(lambda: writer.stats()["restarts"] == 1)
+        stats = writer.stats()
+        assert (stats["written"], stats["dropped"], stats["queued"]) == (1, 5, 0)
+        writer.put(rec(6))
+        await writer.flush()
+    assert rows(path) == [("req-0",), ("req-6",)]
+    assert (writer.stats()["written"], writer.stats()["dropped"]) == (2, 5)
+
+
+@pytest.mark.asyncio
+async def test_writer_cpus_pins_the_child(tmp_path: Path) -> None:
+    if 0 not in os.sched_getaffinity(0):
+        pytest.skip("CPU 0 is not available to this process")
+    async with running(WriterProcess(str(tmp_path / "h.db"), cpus=[0])) as writer:
+        await writer.flush()  # the child has set its affinity before reading anything
+        assert cpus_allowed(writer.stats()["pid"]) == "0"
+
+
+@pytest.mark.asyncio
+async def test_flush_raises_when_the_store_cannot_be_opened(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("not a directory")
+    path = tmp_path / "file" / "h.db"
+    writer = WriterProcess(str(path))
+    async with running(writer, close_timeout=1.0):
+        writer.put(rec(1))
+        with pytest.raises(HistoryUnavailableError, match="history write failed: FileExistsError"):
+            await writer.flush()
+        stats = writer.stats()
+        assert stats["last_error"].startswith("open: FileExistsError")
+        assert (stats["ready"], stats["written"], stats["queued"]) == (False, 0, 1)
+        started = time.monotonic()
+    # the child retries its final write until killed at the timeout; what it held is dropped
+    assert time.monotonic() - started < 2.0
+    assert (writer.stats()["written"], writer.stats()["dropped"], writer.stats()["queued"]) == (0, 1, 0)
+    assert not path.exists()
+
+
+@pytest.mark.asyncio
+async def test_history_for_builds_the_configured_writer(tmp_path: Path) -> None:
+    path = tmp_path / "h.db"
+    assert history_for(StoreConfig(url=str(path), capture="none")) is None
+    thread = history_for(StoreConfig(url=str(path), writer="thread"))
+    assert isinstance(thread, HistoryWriter) and thread.writer == "thread"
+    config = StoreConfig(url=str(path), capture="full", queue_size=123, writer_cpus=[0])
+    assert config.writer == "process"  # the default
+    writer = history_for(config)
+    assert isinstance(writer, WriterProcess)
+    assert (writer.capture, writer.keeps_content, writer.queue_size) == ("full", True, 123)
+    async with running(writer):
+        writer.put(chat_rec(1))
+        await writer.flush()
+        if 0 in os.sched_getaffinity(0):
+            assert cpus_allowed(writer.stats()["pid"]) == "0"
+    assert rows(path, "request_id, capture, response") == [("req-1", "full", "Paris, in confidence.")]
