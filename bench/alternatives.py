@@ -48,6 +48,7 @@ sys.path.insert(0, str(HERE))
 
 from harness import procs  # noqa: E402
 from harness.load import LUA  # noqa: E402
+from harness.machine import TICKS, core_busy_ticks  # noqa: E402
 
 PY = sys.executable
 SERVER_CORE, LOAD_CORE = frozenset({0}), frozenset({1})
@@ -373,10 +374,18 @@ def leg_json(deps: Path, versions: dict[str, str], rounds: int, number: int) -> 
 
 
 def leg_workers(work: Path, rounds: int, seconds: float) -> str:
+    """``--workers 1`` vs ``2``, unpinned, with the whole machine's CPU accounted for.
+
+    On a box where the upstream and wrk share the cores with the gateway, more workers can only
+    use what those leave. So besides req/s this prints the machine's busy share during the leg and
+    the machine's CPU per request (gateway tree + upstream + wrk + anything else): if the second
+    worker adds throughput until the machine is busy, and the machine's CPU per request stays the
+    same, the workers do not serialise on anything and the ceiling is the hardware.
+    """
     upstream, url = start_upstream(work / "upstream-w.log", ALL_CORES)
     key, ukey = "sk-labgate-bench", "sk-upstream-bench"
     running: dict[int, tuple[subprocess.Popen[bytes], int]] = {}
-    results: dict[int, list[tuple[float, float]]] = {1: [], 2: []}
+    results: dict[int, list[tuple[float, float, float, float]]] = {1: [], 2: []}
     try:
         for workers in (1, 2):
             config = work / f"labgate-w{workers}"
@@ -399,22 +408,27 @@ def leg_workers(work: Path, rounds: int, seconds: float) -> str:
             wrk(f"http://127.0.0.1:{port}/v1/chat/completions", conns=32, seconds=1, cores=None, headers=auth)
         for _ in range(rounds):
             for workers, (proc, port) in running.items():
-                before = tree_cpu(proc.pid)
+                before, busy0, wall0 = tree_cpu(proc.pid), core_busy_ticks(ALL_CORES), time.monotonic()
                 n, dur, errors = wrk(f"http://127.0.0.1:{port}/v1/chat/completions", conns=32, seconds=seconds,
                                      cores=None, headers=auth)
                 cpu = tree_cpu(proc.pid) - before
+                busy = (core_busy_ticks(ALL_CORES) - busy0) / TICKS
+                wall = time.monotonic() - wall0
                 if errors or not n:
                     raise RuntimeError(f"labgate --workers {workers}: {errors} errors in {n} requests")
-                results[workers].append((n / dur, cpu / n * 1e6))
+                results[workers].append((n / dur, cpu / n * 1e6, busy / wall / len(ALL_CORES) * 100,
+                                         busy / n * 1e6))
     finally:
         for proc, _ in running.values():
             procs.stop(proc)
         procs.stop(upstream)
-    base = statistics.median(r for r, _ in results[1])
-    rows = [[f"labgate serve --workers {w}", med([r for r, _ in res]), med([c for _, c in res]),
-             f"×{statistics.median(r for r, _ in res) / base:.2f}"] for w, res in results.items()]
-    return table(["labgate, unpinned (2 cores shared with upstream + wrk), wrk -t1 -c32", "req/s",
-                  "gateway CPU µs/request", "vs 1 worker"], rows)
+    base = statistics.median(r[0] for r in results[1])
+    rows = [[f"labgate serve --workers {w}", med([r[0] for r in res]), med([r[1] for r in res]),
+             med([r[2] for r in res]), med([r[3] for r in res]),
+             f"×{statistics.median(r[0] for r in res) / base:.2f}"] for w, res in results.items()]
+    return table([f"labgate, unpinned ({len(ALL_CORES)} cores shared with upstream + wrk), wrk -t1 -c32", "req/s",
+                  "gateway CPU µs/request (all its processes)", "machine busy %", "machine CPU µs/request",
+                  "vs 1 worker"], rows)
 
 
 # ---------------------------------------------------------------- main

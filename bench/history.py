@@ -23,8 +23,12 @@ requests sent (every request must be there after the clean stop).
 req/s for ``--drop-seconds`` s with the default ``store.queue_size``, then
 the writer's ``dropped`` counter and the row count against requests answered.
 
-PostgreSQL is a system service that is not pinned: its CPU time comes out
-of whichever core it lands on. Timing is never pass/fail; exit status 0 when
+History's own work runs beside the gateway, not in it: the writer process
+(``store.writer: process``, the default; ``--writer thread`` keeps it in the
+gateway process) is moved to the load core, and so are the PostgreSQL
+backends serving labgate's sessions (``application_name`` 'labgate'), as if
+the database ran on its own host; their CPU is reported apart ("+ writer":
+the writer process). Timing is never pass/fail; exit status 0 when
 every leg ran, 1 when one failed, 2 when the harness could not start.
 """
 
@@ -81,6 +85,7 @@ class Mode:
     name: str
     store: str  # the gateway.yaml store section
     count: object = None  # () -> rows in the store, or None
+    url: str = ""  # PostgreSQL: the store's URL
     legs: list[Leg] = field(default_factory=list)
 
 
@@ -204,7 +209,8 @@ def _modes(args: argparse.Namespace, work: Path, schemas: list[str]) -> list[Mod
         schemas.append(schema)
         url = _with_schema(args.database_url, schema)
         modes.append(Mode("postgres", f"store:\n  url: \"{url}\"\n  capture: {args.capture}\n  writer: {args.writer}\n",
-                          count=lambda: int(asyncio.run(_pg(url, "SELECT count(*) FROM requests")))))  # type: ignore[arg-type]
+                          count=lambda: int(asyncio.run(_pg(url, "SELECT count(*) FROM requests"))),  # type: ignore[arg-type]
+                          url=url))
     return modes
 
 
@@ -234,9 +240,25 @@ def _gateway(mode: Mode, place: machine.Placement, work: Path, upstream: str, ta
     try:
         procs.wait_listening(port, proc=proc, timeout=30)
         procs.pin_helpers(proc.pid, place.load)  # the writer process (store.writer: process), off the gateway core
+        if mode.name == "postgres":
+            _pin_postgres_sessions(port, mode, place)
         yield proc, port
     finally:
         procs.stop(proc, grace=30)
+
+
+def _pin_postgres_sessions(port: int, mode: Mode, place: machine.Placement) -> None:
+    """PostgreSQL's backends serving labgate (application_name 'labgate') go to the load core, like the
+    writer: a database normally runs on its own host, not on the gateway's core."""
+    deadline = time.monotonic() + 10
+    while not _status(port).get("ready") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    pids = asyncio.run(_pg(mode.url, "SELECT string_agg(pid::text, ',') FROM pg_stat_activity "
+                                     "WHERE application_name = 'labgate'"))
+    for pid in str(pids or "").split(","):
+        if pid:  # a PostgreSQL backend is one thread
+            with contextlib.suppress(OSError):
+                os.sched_setaffinity(int(pid), place.load)
 
 
 def _status(port: int) -> dict[str, object]:

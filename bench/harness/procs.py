@@ -76,11 +76,14 @@ def helpers(pid: int) -> list[int]:
 
 
 def pin_helpers(pid: int, cores: frozenset[int]) -> list[int]:
-    """Move the processes below ``pid`` to ``cores``; the ones moved."""
+    """Move the processes below ``pid`` to ``cores``, every thread of them (``sched_setaffinity`` of a
+    pid moves one thread only; threads started before it keep their cores); the processes moved."""
     moved = []
     for child in helpers(pid):
         with contextlib.suppress(OSError):
-            os.sched_setaffinity(child, cores)
+            for task in Path(f"/proc/{child}/task").iterdir():
+                with contextlib.suppress(OSError):
+                    os.sched_setaffinity(int(task.name), cores)
             moved.append(child)
     return moved
 

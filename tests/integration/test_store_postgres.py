@@ -91,3 +91,16 @@ async def test_nul_characters_are_replaced_not_refused(pg_url: str) -> None:
                      {"request_id": "plain", "m": None, "response": None, "prompt": None}]
     await store.aclose()
 
+
+
+async def test_sessions_are_named_labgate_in_pg_stat_activity(pg_url: str) -> None:
+    """An operator can tell labgate's connections apart (and a URL that names them wins)."""
+    sql = "SELECT application_name FROM pg_stat_activity WHERE pid = pg_backend_pid()"
+    for url, expected in ((pg_url, "labgate"),
+                          (pg_url + ("&" if "?" in pg_url else "?") + "application_name=lab-east", "lab-east")):
+        store = PostgresStore(url)
+        await store.open()
+        try:
+            assert await store.fetch(sql) == [{"application_name": expected}]
+        finally:
+            await store.aclose()

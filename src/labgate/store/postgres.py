@@ -27,6 +27,7 @@ POSTGRES = Dialect(
     percentile_sql="percentile_cont({fraction}) WITHIN GROUP (ORDER BY {col})",
     bucket_sql="(floor({epoch} / {seconds}) * {seconds})",
 )
+APPLICATION_NAME = "labgate"
 _MIGRATION_LOCK = 0x6C616267_61746531  # "labgate1": the advisory lock held while migrating
 _PLACEHOLDER = re.compile(r"\?")
 
@@ -72,8 +73,10 @@ class PostgresStore:
         except ImportError:
             raise RuntimeError("a postgresql:// history store needs asyncpg: "
                                "pip install 'labgate[postgres]'") from None
+        # application_name: labgate's sessions are recognisable in pg_stat_activity (unless the URL names them)
+        settings = {} if "application_name=" in self.url else {"application_name": APPLICATION_NAME}
         pool = await asyncpg.create_pool(self.url, min_size=1, max_size=self._pool_size, command_timeout=60,
-                                         timeout=10)  # to connect
+                                         timeout=10, server_settings=settings)  # timeout: to connect
         try:
             async with pool.acquire() as conn, conn.transaction():
                 await conn.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK)

@@ -18,7 +18,8 @@ PROVIDERS = "providers:\n  sim:\n    type: openai_compatible\n    base_url: http
 def test_defaults() -> None:
     assert StoreConfig().model_dump() == {"url": None, "capture": "metadata", "retention_days": None,
                                           "queue_size": 20_000, "batch_size": 500, "flush_interval_s": 0.5,
-                                          "client_ip": True, "writer": "process", "writer_cpus": None}
+                                          "client_ip": True, "writer": "process", "writer_cpus": None,
+                                          "writer_nice": 0, "send_interval_s": 0.01}
 
 
 @pytest.mark.parametrize("cpus", [[], [-1], ["a"]])

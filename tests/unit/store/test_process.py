@@ -324,3 +324,16 @@ async def test_history_for_builds_the_configured_writer(tmp_path: Path) -> None:
         if 0 in os.sched_getaffinity(0):
             assert cpus_allowed(writer.stats()["pid"]) == "0"
     assert rows(path, "request_id, capture, response") == [("req-1", "full", "Paris, in confidence.")]
+
+
+@pytest.mark.asyncio
+async def test_a_record_json_cannot_carry_still_reaches_the_store(tmp_path: Path) -> None:
+    """Metadata batches go as JSON; one with an int beyond 64 bits goes as marshal instead."""
+    path = tmp_path / "h.db"
+    async with running(WriterProcess(str(path), capture="metadata")) as writer:
+        huge = rec(1)
+        huge.payload = {"model": "m1", "seed": 2**70, "max_tokens": 8}
+        writer.put(huge)
+        writer.put(rec(2))
+        await writer.flush()
+    assert rows(path, "request_id, max_tokens") == [("req-1", 8), ("req-2", None)]

@@ -35,6 +35,10 @@ class StoreConfig(Strict):
     writer: Literal["process", "thread"] = "process"
     # pin the writer process to these CPUs (default: wherever the OS puts it)
     writer_cpus: list[Annotated[int, Field(ge=0)]] | None = Field(default=None, min_length=1)
+    # the writer process's niceness: 0 competes with serving for the CPU (no drops); 10 or more: serving first
+    writer_nice: int = Field(default=0, ge=0, le=19)
+    # how often the gateway sends its batch to the writer process: a gateway crash loses at most this much
+    send_interval_s: float = Field(default=0.01, gt=0, le=5)
 
     @field_validator("url")
     @classmethod
