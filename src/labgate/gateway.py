@@ -52,7 +52,7 @@ class Gateway:
             if isinstance(payload, Translated):  # the client spoke another dialect
                 payload, endpoint, native = payload.body, payload.endpoint, payload.native
             record.model, record.stream = payload["model"], payload.get("stream") is True
-            record.payload = payload  # a reference for history; read off the hot path
+            record.payload, record.body = payload, body  # references for history; read off the hot path
             route = rt.table.resolve(record.model)
             candidates = plan(route, rt.circuit, max_attempts=rt.max_attempts)
             result, dep = await attempt(

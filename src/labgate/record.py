@@ -48,6 +48,7 @@ class RequestRecord:
     cost: float | None = None  # set once pricing lands
     tags: list[str] | None = None
     payload: dict[str, Any] | None = None  # the parsed request body, by reference
+    body: bytes | None = None  # the request's bytes, by reference (what history reads parameters from)
     reply: bytes | None = None  # a whole answer's body (history capture "full" only)
     chunks: list[bytes] | None = None  # a stream's relayed bytes (history capture "full" only)
 

@@ -46,9 +46,12 @@ def wire(record: RequestRecord, *, keep_content: bool) -> Wire:
     gathers references: no serialising. Without ``keep_content`` the input,
     the reply and the stream's chunks are left behind.
     """
-    usage, failures, payload = record.usage, record.failures, record.payload
+    usage, failures, payload, body = record.usage, record.failures, record.payload, None
     if not keep_content and payload:
-        payload = {k: v for k, v in payload.items() if k not in _CONTENT}
+        if record.body is not None:  # the writer reads the parameters out of the bytes (cheaper than a filtered copy)
+            payload, body = None, record.body
+        else:
+            payload = {k: v for k, v in payload.items() if k not in _CONTENT}
     return (record.request_id, record.timestamp, record.endpoint, record.key_id, record.model, record.provider,
             record.deployment, record.experiment, record.variant, record.stream, record.finish_reason,
             record.status, record.outcome, record.error_type, record.error_message, record.started,
@@ -58,14 +61,16 @@ def wire(record: RequestRecord, *, keep_content: bool) -> Wire:
             record.cost, record.cache_hit, record.attempts,
             [(f.deployment, f.error.code, f.error.message) for f in failures] if failures else None,
             record.client_ip, record.tags, payload,
-            record.reply if keep_content else None, record.chunks if keep_content else None)
+            record.reply if keep_content else None, record.chunks if keep_content else None, body)
 
 
 def row_from_wire(w: Wire, *, capture: str, client_ip: bool) -> Row:
     """The ``requests`` row for a record in its :func:`wire` form; never raises on content it cannot read."""
     (request_id, timestamp, endpoint, key_id, model, provider, deployment, experiment, variant, stream,
      finish_reason, status, outcome, error_type, error_message, started, finished, first, prompt_tokens,
-     completion_tokens, cost, cache_hit, attempts, failures, ip, tags, payload, reply, chunks) = w
+     completion_tokens, cost, cache_hit, attempts, failures, ip, tags, payload, reply, chunks, body) = w
+    if payload is None and body is not None:
+        payload = _parameters_of(body)
     if not isinstance(payload, dict):
         payload = {}
     messages = parameters = response = tool_calls = prompt = None
@@ -129,6 +134,19 @@ def row_from_wire(w: Wire, *, capture: str, client_ip: bool) -> Row:
         _json(tags) if tags else None,
         _json(metadata) if metadata else None,
     )
+
+
+def _parameters_of(body: bytes) -> dict[str, Any] | None:
+    """The request's parameters (``capture: metadata``): its JSON less the content, which is dropped here."""
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(doc, dict):
+        return None
+    for key in _CONTENT & doc.keys():
+        del doc[key]
+    return doc
 
 
 def _json(value: Any) -> str | None:

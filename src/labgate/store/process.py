@@ -9,7 +9,7 @@ runs in a child process that the OS schedules on another core::
     gateway process                                   writer process (python -m labgate.store.process)
     Gateway.finish ─▶ WriterProcess.put               HistoryWriter.accept ─▶ rows ─▶ Store.write
       wire(record): a tuple of references (~0.5 µs)      (the same writer, queue and retries as
-      every 10 ms: orjson/marshal(batch) ─▶ stdin ──────▶  store.writer: thread, in this process)
+      every 10 ms: marshal.dumps(batch) ─▶ stdin ───────▶  store.writer: thread, in this process)
                   ◀── stdout: one JSON line of counters per change, and each flush's answer
 
 Bounded as the thread writer is: records sent but not yet written (per the
@@ -58,7 +58,6 @@ SEND_INTERVAL_S = 0.01
 _RESTART_BACKOFF_S = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
 _COUNTERS = ("written", "dropped", "rejected", "failed_writes", "purged")
 _LEN = 4  # bytes of the little-endian length before each frame
-_JSON, _MARSHAL = b"j", b"m"  # the frame's first byte: how its body is encoded
 
 
 class WriterProcess:
@@ -288,18 +287,12 @@ class _Child(asyncio.SubprocessProtocol):
         self.stdin = transport.get_pipe_transport(0)  # type: ignore[assignment]
 
     def send(self, frame: tuple[Any, ...]) -> None:
-        """One frame: its length, its format (JSON: orjson, about twice as fast as marshal for
-        records without bytes; marshal: records that carry reply bytes or stream chunks), its body."""
+        """One frame: its length, then its body (marshal: builtins and bytes, in one C call)."""
         assert self.stdin is not None
-        data = b""
-        if not self.owner.keeps_content:  # no bytes in the records
-            with contextlib.suppress(TypeError):  # an int beyond 64 bits: marshal takes it
-                data = _JSON + orjson.dumps(frame)
-        if not data:
-            try:
-                data = _MARSHAL + marshal.dumps(frame)
-            except ValueError:  # something unmarshallable in a payload: send those records without it
-                data = _MARSHAL + marshal.dumps((frame[0], [_marshallable(w) for w in frame[1]]))
+        try:
+            data = marshal.dumps(frame)
+        except ValueError:  # something unmarshallable in a payload: send those records without it
+            data = marshal.dumps((frame[0], [_marshallable(w) for w in frame[1]]))
         self.stdin.writelines((len(data).to_bytes(_LEN, "little"), data))
 
     async def flush(self, seq: int) -> str | None:
@@ -364,7 +357,7 @@ def _marshallable(w: Wire) -> Wire:
         return w
     except ValueError:
         log.warning("history: request %s carries an object that cannot be recorded; its body is left out", w[0])
-        return (*w[:26], None, None, None)
+        return (*w[:26], None, None, None, None)
 
 
 # --- the writer process ----------------------------------------------------------
@@ -408,8 +401,7 @@ async def _serve(settings: dict[str, Any]) -> None:
     while True:
         try:
             size = int.from_bytes(await reader.readexactly(_LEN), "little")
-            data = await reader.readexactly(size)
-            kind, body = orjson.loads(data[1:]) if data[:1] == _JSON else marshal.loads(data[1:])
+            kind, body = marshal.loads(await reader.readexactly(size))
         except asyncio.IncompleteReadError:
             break  # the gateway closed our stdin (a clean stop) or died: write what we have, then exit
         if kind == "rows":

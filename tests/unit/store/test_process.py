@@ -24,8 +24,9 @@ from labgate.config.schema.store import StoreConfig
 from labgate.errors import HistoryUnavailableError
 from labgate.providers.base import Usage
 from labgate.record import RequestRecord
-from labgate.store.capture import wire
+from labgate.store.capture import row_from_wire, wire
 from labgate.store.process import WriterProcess, _Child
+from labgate.store.schema import NAMES
 from labgate.store.writer import HistoryWriter, history_for
 
 CHAT = {"model": "m1", "messages": [{"role": "user", "content": "What is the SECRET capital of France?"}],
@@ -159,12 +160,28 @@ async def test_close_right_after_puts_on_a_warm_child(tmp_path: Path) -> None:
 
 def test_wire_without_content_leaves_the_text_behind() -> None:
     w = wire(chat_rec(1), keep_content=False)
-    payload, reply, chunks = w[-3:]
+    payload, reply, chunks, body = w[-4:]
     assert payload == {"model": "m1", "temperature": 0.2, "max_tokens": 64, "stream": False}
-    assert (reply, chunks) == (None, None)
+    assert (reply, chunks, body) == (None, None, None)
     assert b"SECRET" not in marshal.dumps(w) and b"confidence" not in marshal.dumps(w)
     full = wire(chat_rec(1), keep_content=True)
-    assert full[-3]["messages"] == CHAT["messages"] and full[-2] == REPLY
+    assert full[-4]["messages"] == CHAT["messages"] and full[-3] == REPLY
+
+
+def test_metadata_rows_read_the_parameters_out_of_the_request_bytes() -> None:
+    """In the gateway the record holds the request's bytes: the writer parses them, keeps the parameters."""
+    r = chat_rec(1)
+    r.body = orjson.dumps(CHAT)
+    w = wire(r, keep_content=False)
+    assert w[-4] is None and w[-1] is r.body  # a reference: nothing copied or filtered on the request path
+    row = dict(zip(NAMES, row_from_wire(w, capture="metadata", client_ip=True), strict=True))
+    assert (row["messages"], row["response"], row["prompt"], row["temperature"], row["max_tokens"]) == (
+        None, None, None, 0.2, 64)
+    assert row["parameters"] == '{"temperature":0.2,"max_tokens":64}'
+    r.body = b"not json"
+    broken = dict(zip(NAMES, row_from_wire(wire(r, keep_content=False), capture="metadata", client_ip=True),
+                      strict=True))
+    assert (broken["request_id"], broken["parameters"], broken["max_tokens"]) == ("req-1", None, None)
 
 
 @pytest.mark.asyncio
@@ -327,8 +344,8 @@ async def test_history_for_builds_the_configured_writer(tmp_path: Path) -> None:
 
 
 @pytest.mark.asyncio
-async def test_a_record_json_cannot_carry_still_reaches_the_store(tmp_path: Path) -> None:
-    """Metadata batches go as JSON; one with an int beyond 64 bits goes as marshal instead."""
+async def test_a_record_with_a_huge_int_still_reaches_the_store(tmp_path: Path) -> None:
+    """An int beyond 64 bits (which JSON libraries refuse) crosses to the writer; the row keeps the rest."""
     path = tmp_path / "h.db"
     async with running(WriterProcess(str(path), capture="metadata")) as writer:
         huge = rec(1)
