@@ -69,3 +69,20 @@ def test_gateway_quick_measures_every_leg() -> None:
             f"no labgate number for {label!r} in:\n{out}")
     assert re.search(rf"^labgate vs direct: req/s × {NUMBER}; burst streams/s × {NUMBER}$", out, re.M), out
     assert "load average before:" in out and "FAILED" not in out
+
+
+@pytest.mark.skipif(shutil.which("wrk") is None,
+                    reason="wrk (the load generator) is not installed: apt-get install -y wrk")
+@pytest.mark.timeout(200)
+def test_history_bench_runs_and_every_request_is_stored() -> None:
+    """``bench/history.py``, one short round on SQLite: every leg runs and the store holds what was answered."""
+    done = run("history.py", "--rounds", "1", "--duration", "1", "--fixed-rate", "0", "--no-postgres",
+               "--capture", "metadata", timeout=150)
+    assert done.returncode == 0, f"stdout:\n{done.stdout}\nstderr:\n{done.stderr}"
+    sqlite = re.search(rf"^  sqlite\s+{NUMBER} \({NUMBER}–{NUMBER}\)\s+{NUMBER}\s+{NUMBER}\s+{NUMBER}\s+.*"
+                       r"\s(\d+)/(\d+)\s+(\d+)$", done.stdout, re.M)
+    assert sqlite, done.stdout
+    stored, answered, dropped = (int(g) for g in sqlite.groups())
+    # stored may exceed answered by the requests wrk still had in flight when it stopped: ≤ 16 per wrk run
+    # (the warm-up and the leg)
+    assert dropped == 0 and answered <= stored <= answered + 2 * 16, done.stdout
