@@ -1,8 +1,10 @@
 """Request history: a record per request, stored in SQLite (default) or PostgreSQL.
 
-    gateway.finish ─▶ HistoryWriter.put (bounded queue; drop + count when full)
-                      └▶ background task: records → rows (capture.py) in batches
-                         └▶ Store.write (sqlite.py: WAL file │ postgres.py: COPY)
+    gateway.finish ─▶ WriterProcess.put (process.py; bounded; drop + count when full)
+                      └▶ every 10 ms, one marshalled batch ─▶ the writer process's stdin
+                         └▶ HistoryWriter (writer.py): records → rows (capture.py) in batches
+                            └▶ Store.write (sqlite.py: WAL file │ postgres.py: COPY)
+    (store.writer: thread runs the HistoryWriter in the gateway process instead)
     admin API / CLI ─▶ query.py (search, show, export) · analytics.py ─▶ Store.fetch
 
 ``store_for(url)`` picks the store from the URL; ``resolve_url`` turns the
