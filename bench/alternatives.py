@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import os
 import shutil
@@ -213,11 +212,7 @@ def run_client(kind: str, url: str, n: int, conc: int) -> None:
 
 
 def tree_cpu(pid: int) -> float:
-    total = 0.0
-    for p in procs.descendants(pid):
-        with contextlib.suppress(OSError):
-            total += procs.cpu_seconds(p)
-    return total
+    return procs.total_cpu_seconds(procs.descendants(pid))
 
 
 def wrk(url: str, *, conns: int, seconds: float, cores: frozenset[int] | None, headers: str = "",

@@ -88,13 +88,18 @@ def pin_helpers(pid: int, cores: frozenset[int]) -> list[int]:
     return moved
 
 
+def total_cpu_seconds(pids: list[int]) -> float:
+    """CPU time of these processes, those still alive."""
+    total = 0.0
+    for pid in pids:
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            total += cpu_seconds(pid)
+    return total
+
+
 def helpers_cpu_seconds(pid: int) -> float:
     """CPU time of the live processes below ``pid``."""
-    total = 0.0
-    for child in helpers(pid):
-        with contextlib.suppress(OSError, IndexError, ValueError):
-            total += cpu_seconds(child)
-    return total
+    return total_cpu_seconds(helpers(pid))
 
 
 def tree_rss_mb(pid: int) -> float:

@@ -37,6 +37,7 @@ from labgate.server.ids import request_id
 from labgate.store import analytics, query
 from labgate.store.base import Store
 from labgate.store.export import CONTENT_TYPES, export
+from labgate.telemetry.metrics import CONTENT_TYPE
 
 log = logging.getLogger("labgate.server")
 HISTORY = "/admin/history"
@@ -112,7 +113,7 @@ class HistorySurface:
         except LabgateError as exc:
             return openai_error(exc, rid)
         assert self.gateway.history is not None
-        return Response(200, [("content-type", "text/plain; version=0.0.4; charset=utf-8"), ("x-request-id", rid)],
+        return Response(200, [("content-type", CONTENT_TYPE), ("x-request-id", rid)],
                         self.gateway.history.prometheus().encode())
 
     def analytics_route(self, name: str) -> Handler:

@@ -32,7 +32,8 @@ PROMPT_CHARS = 500
 
 def build_row(record: RequestRecord, *, capture: str, client_ip: bool) -> Row:
     """The row for one record; never raises (unreadable content is left out and logged)."""
-    return row_from_wire(wire(record, keep_content=capture == "full"), capture=capture, client_ip=client_ip)
+    # in process: the parsed body as it is (row_from_wire keeps no content unless capture is full)
+    return row_from_wire(wire(record, keep_content=True), capture=capture, client_ip=client_ip)
 
 
 # What a record becomes on the request path (see ``wire``): ~0.5 µs, builtins only.
@@ -62,6 +63,11 @@ def wire(record: RequestRecord, *, keep_content: bool) -> Wire:
             [(f.deployment, f.error.code, f.error.message) for f in failures] if failures else None,
             record.client_ip, record.tags, payload,
             record.reply if keep_content else None, record.chunks if keep_content else None, body)
+
+
+def without_bodies(w: Wire) -> Wire:
+    """The wire form less the request's and the answer's contents (the last four fields)."""
+    return (*w[:-4], None, None, None, None)
 
 
 def row_from_wire(w: Wire, *, capture: str, client_ip: bool) -> Row:

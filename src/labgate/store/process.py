@@ -38,7 +38,6 @@ import marshal
 import os
 import signal
 import sys
-import time
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -46,8 +45,8 @@ import orjson
 from labgate.errors import HistoryUnavailableError
 from labgate.record import RequestRecord
 from labgate.store import store_for
-from labgate.store.capture import Wire, wire
-from labgate.store.writer import HistoryWriter, prometheus_text, warn_dropped
+from labgate.store.capture import Wire, wire, without_bodies
+from labgate.store.writer import DropWarning, HistoryWriter, prometheus_text
 
 if TYPE_CHECKING:
     from labgate.config.schema.store import Capture, StoreConfig
@@ -94,8 +93,7 @@ class WriterProcess:
         self._last_report: dict[str, Any] = {}  # of the last child that exited
         self._closing = False
         self._reader_ready = False
-        self._next_warning = 0.0
-        self._dropped_since_warning = 0
+        self._drop_warning = DropWarning(queue_size)
 
     @classmethod
     def from_config(cls, config: StoreConfig, url: str) -> WriterProcess:
@@ -133,13 +131,11 @@ class WriterProcess:
     def _drop(self, count: int) -> None:
         """The queue is full: drop and count, with a warning at most every 10 s."""
         self._dropped += count
-        self._dropped_since_warning += count
-        now = time.monotonic()
-        if now >= self._next_warning:
-            stats = self.stats()
-            warn_dropped(self.queue_size, self._dropped_since_warning, stats["dropped"], stats["last_error"])
-            self._dropped_since_warning = 0
-            self._next_warning = now + 10.0
+        self._drop_warning.add(count, self._drop_totals)
+
+    def _drop_totals(self) -> tuple[int, str | None]:
+        stats = self.stats()
+        return stats["dropped"], stats["last_error"]
 
     # --- lifecycle -----------------------------------------------------------
 
@@ -201,7 +197,7 @@ class WriterProcess:
         if child is not self._child:
             return
         report = self._last_report = child.report
-        lost = self._sent - report["written"] - report["dropped"] - report["rejected"]
+        lost = self._in_flight  # per its last report, read before this
         for name in _COUNTERS:
             self._past[name] += report[name]
         self._child, self._sent, self._in_flight = None, 0, 0
@@ -357,7 +353,7 @@ def _marshallable(w: Wire) -> Wire:
         return w
     except ValueError:
         log.warning("history: request %s carries an object that cannot be recorded; its body is left out", w[0])
-        return (*w[:26], None, None, None, None)
+        return without_bodies(w)
 
 
 # --- the writer process ----------------------------------------------------------

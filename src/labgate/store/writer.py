@@ -75,10 +75,27 @@ def history_for(config: StoreConfig, *, source: str | None = None) -> History | 
     return HistoryWriter.from_config(config, source=source)
 
 
-def warn_dropped(queue_size: int, since_warning: int, total: int, last_error: str | None) -> None:
-    log.warning("history queue full (%d records): dropped %d record(s) since the last warning, "
-                "%d in total; the store is not keeping up (%s)", queue_size, since_warning, total,
-                last_error or "no write error")
+class DropWarning:
+    """Records dropped because the queue was full: a warning at most every 10 s, with how many since the last."""
+
+    __slots__ = ("_next", "_since", "queue_size")
+
+    def __init__(self, queue_size: int) -> None:
+        self.queue_size = queue_size
+        self._since = 0
+        self._next = 0.0
+
+    def add(self, count: int, totals: Callable[[], tuple[int, str | None]]) -> None:
+        """``totals``: the dropped count in all and the last write error, asked for only when it warns."""
+        self._since += count
+        now = time.monotonic()
+        if now >= self._next:
+            total, last_error = totals()
+            log.warning("history queue full (%d records): dropped %d record(s) since the last warning, "
+                        "%d in total; the store is not keeping up (%s)", self.queue_size, self._since, total,
+                        last_error or "no write error")
+            self._since = 0
+            self._next = now + _WARN_EVERY_S
 
 
 def prometheus_text(stats: dict[str, Any]) -> str:
@@ -122,8 +139,7 @@ class HistoryWriter:
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         self._ready = False
-        self._next_warning = 0.0
-        self._dropped_since_warning = 0
+        self._drop_warning = DropWarning(queue_size)
         self.dropped = 0
         self.written = 0
         self.rejected = 0
@@ -181,12 +197,7 @@ class HistoryWriter:
 
     def _drop(self, count: int = 1) -> None:
         self.dropped += count
-        self._dropped_since_warning += count
-        now = time.monotonic()
-        if now >= self._next_warning:
-            warn_dropped(self.queue_size, self._dropped_since_warning, self.dropped, self.last_error)
-            self._dropped_since_warning = 0
-            self._next_warning = now + _WARN_EVERY_S
+        self._drop_warning.add(count, lambda: (self.dropped, self.last_error))
 
     def _changed(self) -> None:
         if self.on_change is not None:
