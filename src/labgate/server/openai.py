@@ -15,10 +15,10 @@ from labgate.errors import InternalError, InvalidJSONError, LabgateError, Reques
 from labgate.gateway import Gateway
 from labgate.providers.base import Reply
 from labgate.record import RequestRecord
-from labgate.server.envelopes import JSON, openai_error, openai_sse_error
-from labgate.server.fields import is_int, is_number
+from labgate.server.envelopes import JSON, header_value, openai_error, openai_sse_error
+from labgate.server.fields import is_int, is_number, model_problem
 from labgate.server.http import Request, Response
-from labgate.server.ids import request_id
+from labgate.server.ids import client_request_id, request_id
 from labgate.server.sse import ErrorEventStream
 
 log = logging.getLogger("labgate.server")
@@ -61,6 +61,9 @@ def _object(body: bytes) -> dict[str, Any]:
     model = payload.get("model")
     if not isinstance(model, str) or not model:
         raise RequestError("'model' is required and must be a non-empty string.", param="model")
+    problem = model_problem(model)
+    if problem is not None:
+        raise RequestError(f"'model' {problem}.", param="model")
     for key in payload:  # in body order, so the reported param is stable
         if key not in _TYPES:
             continue
@@ -109,11 +112,17 @@ def parse_embedding(body: bytes) -> dict[str, Any]:
 
 
 def route_headers(record: RequestRecord) -> list[tuple[str, str]]:
+    """``x-request-id`` first, then what happened; names pass :func:`header_value` (they may hold anything)."""
     headers = [("x-request-id", record.request_id), ("x-labgate-attempts", str(record.attempts))]
     if record.provider is not None:
-        headers.append(("x-labgate-provider", record.provider))
-        headers.append(("x-labgate-deployment", record.deployment or ""))
+        headers.append(("x-labgate-provider", header_value(record.provider)))
+        headers.append(("x-labgate-deployment", header_value(record.deployment or "")))
     return headers
+
+
+def new_record(request: Request, endpoint: str) -> RequestRecord:
+    """The record of an API request: labgate's own id, the client's ``x-request-id`` beside it."""
+    return RequestRecord(request_id(), endpoint, request.client, client_request_id(request.headers))
 
 
 class OpenAISurface:
@@ -133,7 +142,7 @@ class OpenAISurface:
 
     async def _serve(self, request: Request, endpoint: str,
                      parse: Callable[[bytes], dict[str, Any]]) -> Response:
-        record = RequestRecord(request_id(request.headers), endpoint, request.client)
+        record = new_record(request, endpoint)
         try:
             result = await self.gateway.handle(record, api_key=presented_key(request.headers),
                                                body=request.body, parse=parse)
@@ -152,7 +161,7 @@ class OpenAISurface:
 
     async def models(self, request: Request) -> Response:
         rt = self.gateway.runtime
-        record = RequestRecord(request_id(request.headers), "models", request.client)
+        record = new_record(request, "models")
         try:
             rt.auth.check(presented_key(request.headers))
         except LabgateError as exc:

@@ -22,8 +22,8 @@ class Column:
     postgres: str
 
 
-COLUMNS: tuple[Column, ...] = (
-    Column("request_id", "TEXT NOT NULL", "TEXT NOT NULL"),
+_V1: tuple[Column, ...] = (  # the table as migration 1 created it: never edit
+    Column("request_id", "TEXT NOT NULL", "TEXT NOT NULL"),  # labgate's own id (server/ids.py)
     Column("timestamp", "REAL NOT NULL", "TIMESTAMPTZ NOT NULL"),  # SQLite: Unix seconds, UTC
     Column("endpoint", "TEXT NOT NULL", "TEXT NOT NULL"),  # chat | completions | embeddings | …
     Column("key_id", "TEXT", "TEXT"),  # a hash prefix of the API key, never the key
@@ -59,6 +59,9 @@ COLUMNS: tuple[Column, ...] = (
     Column("tags", "TEXT", "JSONB"),
     Column("metadata", "TEXT", "JSONB"),
 )
+# Columns added since, each by its migration (ALTER TABLE … ADD COLUMN appends: the order is kept).
+_V2 = Column("client_request_id", "TEXT", "TEXT")  # the client's x-request-id; never names a record
+COLUMNS: tuple[Column, ...] = (*_V1, _V2)
 NAMES: tuple[str, ...] = tuple(c.name for c in COLUMNS)
 JSON_COLUMNS = frozenset({"messages", "parameters", "tool_calls", "failed_attempts", "tags", "metadata"})
 BOOL_COLUMNS = frozenset({"stream", "cache_hit"})
@@ -68,13 +71,19 @@ TABLE = "requests"
 
 
 def _create(dialect: str, primary_key: str) -> list[str]:
-    columns = ",\n    ".join(f"{c.name} {getattr(c, dialect)}" for c in COLUMNS)
+    columns = ",\n    ".join(f"{c.name} {getattr(c, dialect)}" for c in _V1)
     statements = [f"CREATE TABLE IF NOT EXISTS {TABLE} (\n    {primary_key},\n    {columns}\n)"]
     statements += [f"CREATE INDEX IF NOT EXISTS {name} ON {TABLE} ({column})" for name, column in INDEXES.items()]
     return statements
 
 
 # version → statements. Append new versions; never edit an applied one.
-SQLITE_MIGRATIONS: dict[int, list[str]] = {1: _create("sqlite", "id INTEGER PRIMARY KEY AUTOINCREMENT")}
-POSTGRES_MIGRATIONS: dict[int, list[str]] = {1: _create("postgres", "id BIGSERIAL PRIMARY KEY")}
+SQLITE_MIGRATIONS: dict[int, list[str]] = {
+    1: _create("sqlite", "id INTEGER PRIMARY KEY AUTOINCREMENT"),
+    2: [f"ALTER TABLE {TABLE} ADD COLUMN {_V2.name} {_V2.sqlite}"],
+}
+POSTGRES_MIGRATIONS: dict[int, list[str]] = {
+    1: _create("postgres", "id BIGSERIAL PRIMARY KEY"),
+    2: [f"ALTER TABLE {TABLE} ADD COLUMN IF NOT EXISTS {_V2.name} {_V2.postgres}"],
+}
 VERSION_TABLE = "history_schema_version"

@@ -34,7 +34,7 @@ async def test_open_creates_a_wal_file_and_migrates_once(tmp_path: Path) -> None
         await store.aclose()
     with sqlite3.connect(path) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
-        assert conn.execute("SELECT version FROM history_schema_version").fetchall() == [(1,)]
+        assert conn.execute("SELECT version FROM history_schema_version").fetchall() == [(1,), (2,)]
         indexes = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
     assert {"idx_requests_timestamp", "idx_requests_model", "idx_requests_provider",
             "idx_requests_request_id"} <= indexes

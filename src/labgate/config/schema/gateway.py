@@ -1,4 +1,4 @@
-"""``gateway.yaml``: the server, auth, routing limits, logging, the history store and metrics."""
+"""``gateway.yaml``: the server, auth, CORS, routing limits, logging, the history store and metrics."""
 
 from __future__ import annotations
 
@@ -20,6 +20,23 @@ class ServerConfig(Strict):
     request_timeout_s: float = Field(default=600.0, gt=0)  # total deadline across all attempts
     keepalive_timeout_s: float = Field(default=75.0, gt=0)
     shutdown_grace_s: float = Field(default=30.0, ge=0)
+    # Host names (any port) this gateway answers for, against DNS rebinding (server/origin.py).
+    # None: loopback names, IP literals and the listen host; any host at all when a master key is set.
+    # "*" allows any host; "*.example.com" a domain's subdomains.
+    allowed_hosts: list[str] | None = None
+
+
+class CorsConfig(Strict):
+    """Which browser origins may call the gateway (server/origin.py); none but its own by default."""
+
+    allow_origins: list[str] = Field(default_factory=list)  # "https://app.example.com", or "*"
+    allow_methods: list[str] = Field(default_factory=lambda: ["GET", "POST", "OPTIONS"])
+    allow_headers: list[str] = Field(default_factory=lambda: ["*"])  # "*": those the preflight asks for
+    expose_headers: list[str] = Field(default_factory=lambda: [
+        "x-request-id", "x-client-request-id", "request-id", "x-labgate-provider", "x-labgate-deployment",
+        "x-labgate-attempts", "retry-after", "x-should-retry"])
+    allow_credentials: bool = False
+    max_age_s: int = Field(default=600, ge=0, le=86400)  # how long a browser may cache a preflight
 
 
 class AuthConfig(Strict):
@@ -45,6 +62,7 @@ class LoggingConfig(Strict):
 class GatewayConfig(Strict):
     server: ServerConfig = Field(default_factory=ServerConfig)
     auth: AuthConfig = Field(default_factory=AuthConfig)
+    cors: CorsConfig = Field(default_factory=CorsConfig)  # browser origins allowed (none by default)
     resilience: ResilienceConfig = Field(default_factory=ResilienceConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     store: StoreConfig = Field(default_factory=StoreConfig)
