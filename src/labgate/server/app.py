@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from labgate.config.reload import Reloader
 from labgate.errors import LabgateError, MethodNotAllowedError, RouteNotFoundError
 from labgate.gateway import Gateway
@@ -69,13 +71,13 @@ def build_app(gateway: Gateway, *, reloader: Reloader | None = None, listen_host
             return error(request, refusal)
         origin = request.headers.get("origin")
         if origin is None:
-            return echo_client_id(request, await route(request))
+            return echo_client_id(request.headers, await route(request))
         if edge.is_preflight(request):
-            return echo_client_id(request, Response(204, [("x-request-id", request_id()),
+            return echo_client_id(request.headers, Response(204, [("x-request-id", request_id()),
                                                           *edge.preflight_headers(request)]))
         response = await route(request)
         response.headers.extend(edge.cors_headers(origin))
-        return echo_client_id(request, response)
+        return echo_client_id(request.headers, response)
 
     async def route(request: Request) -> Response:
         methods = routes.get(request.path)
@@ -98,12 +100,12 @@ def build_app(gateway: Gateway, *, reloader: Reloader | None = None, listen_host
 def error(request: Request, exc: LabgateError, headers: list[tuple[str, str]] | None = None) -> Response:
     """An answer before any surface: Anthropic-API clients get their own envelope, even for a wrong path."""
     render = anthropic_error if request.path.startswith("/v1/messages") else openai_error
-    return echo_client_id(request, render(exc, request_id(), headers))
+    return echo_client_id(request.headers, render(exc, request_id(), headers))
 
 
-def echo_client_id(request: Request, response: Response) -> Response:
+def echo_client_id(headers: Mapping[str, str], response: Response) -> Response:
     """Every answer names the client's own ``x-request-id`` (when sane) as ``x-client-request-id``."""
-    given = client_request_id(request.headers)
+    given = client_request_id(headers)
     if given is not None:
         response.headers.append(("x-client-request-id", given))
     return response

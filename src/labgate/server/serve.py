@@ -11,7 +11,7 @@ from labgate.config.reload import ConfigSource, Loaded, Reloader, ReloadResult, 
 from labgate.errors import LabgateError
 from labgate.gateway import Gateway
 from labgate.runtime import Runtime
-from labgate.server.app import build_app
+from labgate.server.app import build_app, echo_client_id
 from labgate.server.envelopes import openai_error
 from labgate.server.http import HttpServer, Response
 from labgate.server.ids import request_id
@@ -21,7 +21,7 @@ from labgate.telemetry.metrics import Metrics
 
 
 def _error_response(exc: LabgateError, headers: Mapping[str, str]) -> Response:
-    return openai_error(exc, request_id(headers))
+    return echo_client_id(headers, openai_error(exc, request_id()))
 
 
 @dataclass(slots=True)
