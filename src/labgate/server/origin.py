@@ -168,3 +168,16 @@ class Edge:
         if cors.expose_headers:
             headers.append(("access-control-expose-headers", ", ".join(cors.expose_headers)))
         return headers
+
+
+def is_loopback(host: str) -> bool:
+    """Whether a listen address only takes connections from this machine (``::ffff:127.0.0.1`` counts)."""
+    name = host_name(host) if host.startswith("[") else host.strip().lower().rstrip(".")
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        address = ipaddress.ip_address(name.strip("[]"))
+    except ValueError:
+        return False
+    mapped = getattr(address, "ipv4_mapped", None)
+    return address.is_loopback or (mapped is not None and mapped.is_loopback)

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from labgate.config.schema.base import Strict
 from labgate.config.schema.metrics import MetricsConfig
 from labgate.config.schema.reload import ReloadConfig
 from labgate.config.schema.store import StoreConfig
+
+_HOST = re.compile(r"\*|(\*\.)?[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*\.?|\[[0-9A-Fa-f:.]+\]|[0-9A-Fa-f]*:[0-9A-Fa-f:.]+")
+_ORIGIN = re.compile(r"\*|null|[A-Za-z][A-Za-z0-9+.-]*://(\*\.)?[A-Za-z0-9_.-]+(:\d{1,5})?"
+                     r"|[A-Za-z][A-Za-z0-9+.-]*://\[[0-9A-Fa-f:.]+\](:\d{1,5})?")
 
 
 class ServerConfig(Strict):
@@ -25,6 +30,15 @@ class ServerConfig(Strict):
     # "*" allows any host; "*.example.com" a domain's subdomains.
     allowed_hosts: list[str] | None = None
 
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _host_names(cls, hosts: list[str] | None) -> list[str] | None:
+        for host in hosts or ():
+            if not _HOST.fullmatch(host):
+                raise ValueError(f"{host!r} is not a host name: give a name or IP address without scheme, port "
+                                 "or path ('gateway.example.com', '10.0.0.5', '[::1]'), '*.example.com' or '*'")
+        return hosts
+
 
 class CorsConfig(Strict):
     """Which browser origins may call the gateway (server/origin.py); none but its own by default."""
@@ -37,6 +51,16 @@ class CorsConfig(Strict):
         "x-labgate-attempts", "retry-after", "x-should-retry"])
     allow_credentials: bool = False
     max_age_s: int = Field(default=600, ge=0, le=86400)  # how long a browser may cache a preflight
+
+    @field_validator("allow_origins")
+    @classmethod
+    def _origins(cls, origins: list[str]) -> list[str]:
+        for origin in origins:
+            if not _ORIGIN.fullmatch(origin):
+                raise ValueError(f"{origin!r} is not an origin: give scheme://host[:port] without a path "
+                                 "('https://app.example.com', 'http://localhost:3000'), "
+                                 "'https://*.example.com', 'null' or '*'")
+        return origins
 
 
 class AuthConfig(Strict):
