@@ -80,8 +80,9 @@ class Edge:
         names = [] if hosts is None else [h for h in hosts if h != "*"]
         self._hosts = frozenset(_normalised(h) for h in names if not h.startswith("*."))
         self._suffixes = tuple(_normalised(h)[1:] for h in names if h.startswith("*."))  # ".example.com"
-        self.allowed_hosts = None if self._any_host else tuple(sorted({*self._hosts, *(f"*{s}" for s in
-                                                                                        self._suffixes)}))
+        # what the banner shows: the names in the order given
+        self.allowed_hosts = None if self._any_host else tuple(dict.fromkeys(
+            f"*{_normalised(h)[1:]}" if h.startswith("*.") else _normalised(h) for h in names))
         self._verdicts: dict[str, bool] = {}
         origins = [o.rstrip("/").lower() for o in cors.allow_origins]
         self._any_origin = "*" in origins
