@@ -58,7 +58,7 @@ async def check(config: Config, *, required_only: bool = False, only: list[int] 
 
 
 def table(states: list[PortState], style: Style) -> str:
-    rows = [("SERVICE", "PORT", "PROTO", "REQ", "STATE", "PROCESS", "HEALTH")]
+    rows: list[tuple[str, ...]] = [("SERVICE", "PORT", "PROTO", "REQ", "STATE", "PROCESS", "HEALTH")]
     for s in states:
         state = "listening" if s.listening else ("reserved" if s.reserved else "free")
         rows.append(tuple(shown(cell) for cell in (
