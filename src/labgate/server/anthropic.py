@@ -263,7 +263,6 @@ class AnthropicSurface:
         return Response(200, [JSON, ("x-request-id", rid), ("request-id", rid)], body)
 
 
-
 def _as_message(reply: Reply, record: RequestRecord) -> Reply:
     """A whole reply as a Messages response (the gateway calls this before the record closes)."""
     if reply.dialect == "anthropic":
