@@ -129,7 +129,7 @@ def _message(model: type[BaseModel], error: Any, loc: list[int | str]) -> tuple[
     if template is None:
         return _fallback(str(error["msg"])), None
     try:
-        message = template.format(**{k: v for k, v in ctx.items()})
+        message = template.format(**{k: _number(v) for k, v in ctx.items()})
     except (KeyError, IndexError):
         message = _fallback(str(error["msg"]))
     suggestion = None
@@ -137,6 +137,11 @@ def _message(model: type[BaseModel], error: Any, loc: list[int | str]) -> tuple[
         hint = closest(error["input"], _QUOTED.findall(str(ctx.get("expected", ""))), n=1)
         suggestion = hint[0] if hint else None
     return message, suggestion
+
+
+def _number(value: Any) -> Any:
+    """``0.0`` → ``0``: the limit as a user would write it."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
 
 
 def _fallback(msg: str) -> str:
