@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -106,14 +107,17 @@ def _report(notes: list[Note], *, as_json: bool, written: list[str]) -> None:
 
 
 def run_export(args: argparse.Namespace) -> int:
+    from labgate.config.load import read_raw
     from labgate.config.migrate.to_litellm import export_litellm
+    from labgate.config.variables import References
 
     try:
         config = load_config(args.config)
+        written = read_raw(Path(args.config), env=References(os.environ)).parts
     except ConfigError as exc:
         print(f"labgate: the config is invalid:\n{exc}", file=sys.stderr)
         return 1
-    doc, notes = export_litellm(config)
+    doc, notes = export_litellm(config, written=written)
     text = f"# Exported by `labgate export litellm` from {config.source}.\n" + _dump(doc)
     if args.out:
         Path(args.out).write_text(text, encoding="utf-8")

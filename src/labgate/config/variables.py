@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator, Mapping
-from typing import Any
+from typing import Any, TypeVar
+
+from pydantic import BaseModel
 
 from labgate.config.problems import Problem
 from labgate.config.reader import key_path
 
-NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+M = TypeVar("M", bound=BaseModel)
 _REFERENCE = re.compile(r"\$\{([^}]*)\}")
 _VALID = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)(?::-(.*))?", re.DOTALL)
 
@@ -64,21 +66,6 @@ def _text(value: str, env: Mapping[str, str], path: str, file: str, lines: Mappi
     return out
 
 
-def references(value: Any) -> Iterator[str]:
-    """The names of the variables ``value`` refers to (valid references only)."""
-    if isinstance(value, str):
-        for match in _REFERENCE.finditer(value):
-            valid = _VALID.fullmatch(match.group(1))
-            if valid is not None:
-                yield valid.group(1)
-    elif isinstance(value, dict):
-        for v in value.values():
-            yield from references(v)
-    elif isinstance(value, list):
-        for v in value:
-            yield from references(v)
-
-
 class References(Mapping[str, str]):
     """An environment in which ``${VAR}`` stands for itself: to see which values come from it."""
 
@@ -95,3 +82,41 @@ class References(Mapping[str, str]):
 
     def __len__(self) -> int:
         return len(self._env)
+
+
+def keep_references(model: M, written: Any) -> M:
+    """``model`` with each value that came from a ``${VAR}`` reference put back as written.
+
+    For output that must name the variable rather than carry its value (``labgate
+    export litellm``). The copy is not validated again: a ``${PORT}`` in a number
+    field stays a string. ``written`` is the file's data read with references kept.
+    """
+    if not isinstance(written, dict):
+        return model
+    update: dict[str, Any] = {}
+    for name, info in type(model).model_fields.items():
+        key = info.alias if info.alias in written else name
+        if key not in written:
+            continue
+        value = getattr(model, name)
+        kept = _keep(value, written[key])
+        if kept is not value:
+            update[name] = kept
+    return model.model_copy(update=update) if update else model
+
+
+def _keep(value: Any, written: Any) -> Any:
+    if isinstance(written, str) and "${" in written:
+        if isinstance(value, BaseModel):  # the short form of a model: `- ${MODEL}` for `{name: ...}`
+            return value.model_copy(update={"name": written}) if "name" in type(value).model_fields else value
+        return written
+    if isinstance(value, BaseModel):
+        return keep_references(value, written)
+    if isinstance(value, tuple | list) and isinstance(written, list) and len(value) == len(written):
+        items = [_keep(v, w) for v, w in zip(value, written, strict=True)]
+        changed = any(a is not b for a, b in zip(items, value, strict=True))
+        return type(value)(items) if changed else value
+    if isinstance(value, dict) and isinstance(written, dict):
+        kept = {k: _keep(v, written.get(k)) for k, v in value.items()}
+        return kept if any(kept[k] is not value[k] for k in value) else value
+    return value
