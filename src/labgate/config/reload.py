@@ -391,7 +391,7 @@ class Reloader:
             if pending:
                 _, late = await asyncio.wait(pending, timeout=timeout)
                 if late:
-                    log.warning("%d request(s) still running %.0f s after a reload; closing the old "
+                    log.warning("%d request(s) still running %g s after a reload; closing the old "
                                 "runtime's upstream connections under them", len(late), timeout)
             await runtime.aclose()
 
