@@ -94,8 +94,8 @@ def read_raw(path: Path, *, env: Mapping[str, str]) -> Raw:
             part = SECTIONS.get(key) if isinstance(key, str) else None
             if part is None:
                 hint = closest(str(key), SECTIONS)
-                problems.append(Problem(str(path), str(key), "unknown top-level section",
-                                        suggestion=hint[0] if hint else None, line=where.get(str(key))))
+                problems.append(Problem(str(path), key_path("", key), "unknown top-level section",
+                                        suggestion=hint[0] if hint else None, line=where.get(key_path("", key))))
                 continue
             raw.setdefault(part, {})[key] = value
         names = dict.fromkeys(FILES, str(path))
@@ -162,7 +162,8 @@ def _part(file: str, names: Mapping[str, str]) -> str:
 def _providers(raw: Mapping[str, Any], file: str, problems: list[Problem],
                lines: Mapping[str, int]) -> dict[str, ProviderConfig]:
     for key in sorted(map(str, set(raw) - {"providers"})):
-        problems.append(Problem(file, key, "unknown top-level key", line=lines.get(key),
+        path = key_path("", key)
+        problems.append(Problem(file, path, "unknown top-level key", line=lines.get(path),
                                 suggestion="providers" if closest(key, ["providers"]) else None))
     section = raw.get("providers") or {}
     if not isinstance(section, dict):
@@ -171,7 +172,7 @@ def _providers(raw: Mapping[str, Any], file: str, problems: list[Problem],
         return {}
     out: dict[str, ProviderConfig] = {}
     for name, body in section.items():
-        path = key_path("providers", name)
+        path = key_path("providers", str(name))
         if not isinstance(name, str) or not PROVIDER_NAME.fullmatch(name):
             problems.append(Problem(file, path, f"{name!r} cannot be a provider name: {NAME_RULE}",
                                     line=line_of(path, lines)))

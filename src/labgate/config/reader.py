@@ -44,7 +44,9 @@ def key_path(prefix: str, key: object) -> str:
     if isinstance(key, int) and not isinstance(key, bool):
         return f"{prefix}[{key}]"
     text = str(key)
-    if not text or text != text.strip() or " " in text:  # shown quoted, so that it can be seen
+    if not text.isprintable():
+        text = '"' + text.encode("unicode_escape").decode("ascii") + '"'
+    elif not text or text != text.strip() or " " in text:  # shown quoted, so that it can be seen
         text = f'"{text}"'
     return f"{prefix}.{text}" if prefix else text
 
@@ -94,8 +96,9 @@ def decode(data: bytes, file: str, problems: list[Problem]) -> str | None:
 
 def parse(text: str, file: str, doc: Document) -> None:
     """YAML → data, with duplicate keys and alias bombs refused."""
-    loader = yaml.SafeLoader(text)
+    loader: yaml.SafeLoader | None = None
     try:
+        loader = yaml.SafeLoader(text)  # checks every character first
         node = loader.get_single_node()
         if node is None:
             doc.empty = True
@@ -110,6 +113,8 @@ def parse(text: str, file: str, doc: Document) -> None:
         mark = exc.problem_mark or exc.context_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
         what = exc.problem or exc.context or "cannot parse"
+        if exc.context and what.startswith("but "):  # "expected a single document…, but found another"
+            what = f"{exc.context}, {what}"
         doc.problems.append(Problem(file, "", f"invalid YAML: {where}{what}",
                                     line=mark.line + 1 if mark else None))
     except yaml.YAMLError as exc:  # ReaderError: a character YAML does not allow
@@ -120,14 +125,15 @@ def parse(text: str, file: str, doc: Document) -> None:
     except (ValueError, TypeError, OverflowError) as exc:  # e.g. a timestamp like 2024-13-45
         doc.problems.append(Problem(file, "", f"invalid YAML value: {exc}"))
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
 
 
 def _reason(exc: yaml.YAMLError) -> str:
     character = getattr(exc, "character", None)
-    if isinstance(character, str):
-        return f"the character {character!r} (U+{ord(character):04X}) is not allowed in YAML"
-    return str(exc)
+    if isinstance(character, int):
+        return f"the character U+{character:04X} is not allowed in YAML"
+    return str(exc).splitlines()[0]
 
 
 class _Walk:

@@ -35,7 +35,7 @@ def _walk(value: Any, env: Mapping[str, str], path: str, file: str, lines: Mappi
     if isinstance(value, str):
         return _text(value, env, path, file, lines, problems) if "${" in value else value
     if isinstance(value, dict):
-        return {k: _walk(v, env, key_path(path, k), file, lines, problems) for k, v in value.items()}
+        return {k: _walk(v, env, key_path(path, str(k)), file, lines, problems) for k, v in value.items()}
     if isinstance(value, list):
         return [_walk(v, env, key_path(path, i), file, lines, problems) for i, v in enumerate(value)]
     return value
