@@ -60,7 +60,9 @@ async def audit(config: Config, *, required_only: bool = False,
     each port's live state."""
     from labgate.config.checks import port_conflicts
 
-    static = port_conflicts(config, {"ports": ports_file(config)})
+    lines = {(p.file, p.path, p.message): p.line for p in config.warnings}  # found at load, with their lines
+    static = [replace(p, line=lines.get((p.file, p.path, p.message)))
+              for p in port_conflicts(config, {"ports": ports_file(config)})]
     return static, await check(config, required_only=required_only, only=only)
 
 
