@@ -124,3 +124,25 @@ providers:
         "variable inside a longer value (or with a default); LiteLLM reads only whole values as os.environ/NAME: "
         "written as it stands, put the whole value in one variable",
     ]
+
+
+@pytest.mark.parametrize(("data", "problem"), [
+    (b"model_list:\n  - model_name: caf\xe9\n", "not UTF-8: byte 0xe9 at line 2, column 20 (byte 31); config files "
+     "must be UTF-8"),
+    (b"model_list: []\nmodel_list: []\n", "`model_list`: duplicate key `model_list` (first at line 1, again at "
+     "line 2); YAML would keep only the last one"),
+])
+def test_import_litellm_reads_with_the_same_reader(tmp_path: Path, data: bytes, problem: str,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    source = tmp_path / "config.yaml"
+    source.write_bytes(data)
+    assert main(["import", "litellm", str(source), "--out", str(tmp_path / "out")]) == 1
+    assert capsys.readouterr().err.splitlines() == [f"labgate: cannot read {source}:", f"error: {source}:2: {problem}"]
+    assert not (tmp_path / "out").exists()
+
+
+def test_process_names_that_are_not_utf8_are_read(tmp_path: Path) -> None:
+    from labgate.config.ports import _read
+
+    (tmp_path / "comm").write_bytes(b"caf\xe9-engine\n")
+    assert _read(tmp_path / "comm") == "caf\ufffd-engine"

@@ -43,13 +43,16 @@ def _dump(doc: Any) -> str:
 
 def run_import(args: argparse.Namespace) -> int:
     from labgate.config.migrate.from_litellm import import_litellm
+    from labgate.config.reader import read_document
 
     source = Path(args.file)
-    try:
-        doc = yaml.safe_load(source.read_text(encoding="utf-8")) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        print(f"labgate: cannot read {source}: {exc}", file=sys.stderr)
+    read = read_document(source)  # the same reader as labgate's own files: UTF-8, duplicate keys, lines
+    if read.problems:
+        print(f"labgate: cannot read {source}:", file=sys.stderr)
+        for problem in read.problems:
+            print(problem, file=sys.stderr)
         return 1
+    doc = read.data if read.data is not None else {}
     if not isinstance(doc, dict):
         print(f"labgate: {source}: the top level must be a mapping", file=sys.stderr)
         return 1
