@@ -108,7 +108,8 @@ providers:
     out = capsys.readouterr()
     assert not any(value in out.out + out.err for value in SECRETS.values() if len(value) > 2)
     doc = yaml.safe_load(out.out)
-    local = {"model": "ollama_chat/llama3", "api_base": "os.environ/LAB_OLLAMA_URL", "timeout": "os.environ/LAB_TIMEOUT"}
+    local = {"model": "ollama_chat/llama3", "api_base": "os.environ/LAB_OLLAMA_URL",
+             "timeout": "os.environ/LAB_TIMEOUT"}
     assert doc["model_list"] == [
         {"model_name": "llama3", "litellm_params": local},
         {"model_name": "os.environ/LAB_MODEL", "litellm_params": {**local, "model": "ollama_chat/${LAB_MODEL}"}},

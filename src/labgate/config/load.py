@@ -91,13 +91,13 @@ def read_raw(path: Path, *, env: Mapping[str, str]) -> Raw:
     elif path.is_file():
         document, where = _read_yaml(path, env, problems, required=True)
         for key, value in document.items():
-            part = SECTIONS.get(key) if isinstance(key, str) else None
-            if part is None:
+            found = SECTIONS.get(key) if isinstance(key, str) else None
+            if found is None:
                 hint = closest(str(key), SECTIONS)
                 problems.append(Problem(str(path), key_path("", key), "unknown top-level section",
                                         suggestion=hint[0] if hint else None, line=where.get(key_path("", key))))
                 continue
-            raw.setdefault(part, {})[key] = value
+            raw.setdefault(found, {})[key] = value
         names = dict.fromkeys(FILES, str(path))
         lines = dict.fromkeys(FILES, where)
     else:

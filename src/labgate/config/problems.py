@@ -23,7 +23,7 @@ class Problem:
         hint = f" (did you mean `{self.suggestion}`?)" if self.suggestion else ""
         return f"{self.severity}: {where}: {self.message}{hint}"
 
-    def as_dict(self) -> dict[str, str | None]:
+    def as_dict(self) -> dict[str, str | int | None]:
         return {"severity": self.severity, "file": self.file, "path": self.path,
                 "message": self.message, "suggestion": self.suggestion, "line": self.line}
 

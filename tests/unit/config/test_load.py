@@ -11,7 +11,7 @@ from labgate.config.load import Config, load_config
 from labgate.config.problems import ConfigError, Problem
 from labgate.config.schema.gateway import AuthConfig, GatewayConfig, ServerConfig
 from labgate.config.schema.mappings import ExactMatchConfig, MappingsConfig, PatternConfig, RoutingConfig
-from labgate.config.schema.providers import ModelConfig
+from labgate.config.schema.providers import ModelConfig, PricingConfig
 from labgate.providers.anthropic.config import AnthropicConfig
 from labgate.providers.openai_compat.config import OpenAICompatibleConfig
 
@@ -290,7 +290,7 @@ def test_models_as_strings_or_objects(tmp_path: Path) -> None:
         type="anthropic", api_key_env="ANTHROPIC_API_KEY",
         models=(ModelConfig(name="claude-haiku"),
                 ModelConfig(name="claude-sonnet-4-5", alias="claude", context_length=200000, tags=("smart",),
-                            pricing={"input_per_1m": 3, "output_per_1m": 15})))}
+                            pricing=PricingConfig(input_per_1m=3, output_per_1m=15))))}
 
 
 def test_patterns_accept_the_mapping_short_form(tmp_path: Path) -> None:

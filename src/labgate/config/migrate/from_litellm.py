@@ -182,7 +182,8 @@ class _Importer:
         if model is None:
             model = {"name": upstream}
             models.append(model)
-        info = entry.get("model_info") if isinstance(entry.get("model_info"), dict) else {}
+        found = entry.get("model_info")
+        info: dict[str, Any] = found if isinstance(found, dict) else {}
         params = entry["litellm_params"]
         context = info.get("max_input_tokens") or info.get("max_tokens")
         if isinstance(context, int) and context > 0:
