@@ -147,3 +147,16 @@ def test_process_names_that_are_not_utf8_are_read(tmp_path: Path) -> None:
 
     (tmp_path / "comm").write_bytes(b"caf\xe9-engine\n")
     assert _read(tmp_path / "comm") == "caf\ufffd-engine"
+
+
+def test_ports_in_a_single_file_config_name_that_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    port = _free_port()
+    (tmp_path / "labgate.yaml").write_text("providers: {p: {type: vllm, base_url: 'http://127.0.0.1:9'}}\n"
+                                           f"ports:\n  a: {{port: {port}}}\n  b: {{port: {port}}}\n")
+    duplicate = Problem(str(tmp_path / "labgate.yaml"), "ports.b.port", f"port {port} is also registered to 'a'",
+                        line=4)
+    assert main(["validate", "--config", str(tmp_path), "--check-ports", "--json"]) == 1
+    report = orjson.loads(capsys.readouterr().out)
+    assert (report["errors"], report["warnings"]) == ([duplicate.as_dict()], [])
+    assert main(["ports", "--config", str(tmp_path), "--json"]) == 1
+    assert orjson.loads(capsys.readouterr().out)["problems"] == [duplicate.as_dict()]

@@ -140,3 +140,23 @@ def test_union_errors_are_one_plain_problem(tmp_path: Path) -> None:
         Problem(file, "store.retention_days", "expected a number", line=3),
         Problem(file, "store.writer_cpus[0]", "expected a whole number", line=2),
         Problem(file, "store.writer_cpus[1]", "must be at least 0", line=2))
+
+
+@pytest.mark.parametrize("entry", ["load_config", "load_files"])
+def test_a_file_that_cannot_be_read_is_a_problem_for_every_reader(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                  entry: str) -> None:
+    from labgate.config.reload import load_files
+
+    file = tmp_path / "providers.yaml"
+    file.write_text("providers: {p: {type: vllm, base_url: 'http://h:1'}}\n")
+    real = Path.read_bytes
+
+    def denied(self: Path) -> bytes:
+        if self == file:
+            raise PermissionError(13, "Permission denied", str(self))
+        return real(self)
+
+    monkeypatch.setattr(Path, "read_bytes", denied)
+    with pytest.raises(ConfigError) as info:
+        load_config(tmp_path, env={}) if entry == "load_config" else load_files(tmp_path)
+    assert info.value.problems == (Problem(str(file), "", "cannot read the file: Permission denied"),)

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import sys
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -50,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
 
 def ports_file(config: Config) -> str:
     """Where the registry of ``config`` was read from (for problems)."""
-    return config.source if config.source.endswith(".yaml") else f"{config.source}/{FILES['ports']}"
+    return config.files.get("ports") or str(Path(config.source) / FILES["ports"])
 
 
 async def audit(config: Config, *, required_only: bool = False,

@@ -54,6 +54,8 @@ class Config:
     source: str
     warnings: tuple[Problem, ...] = field(default=())
     ports: PortsConfig = field(default_factory=PortsConfig)  # ports.yaml: the local service registry
+    # the file each part was read from, keyed like FILES (empty when built in memory)
+    files: Mapping[str, str] = field(default_factory=dict, compare=False)
 
 
 def load_config(path: str | os.PathLike[str], *, env: Mapping[str, str] | None = None) -> Config:
@@ -146,13 +148,13 @@ def build_config(raw: Mapping[str, Mapping[str, Any]], names: Mapping[str, str],
     if problems:
         raise ConfigError(problems)
     assert mappings is not None and gateway is not None and ports is not None
-    config = Config(providers, mappings, gateway, source, ports=ports)
+    config = Config(providers, mappings, gateway, source, ports=ports, files=dict(names))
     problems = check_config(config, names)
     problems = [replace(p, line=line_of(p.path, lines.get(_part(p.file, names), {}))) if p.line is None else p
                 for p in problems]
     if any(p.severity == "error" for p in problems):
         raise ConfigError(problems)
-    return Config(providers, mappings, gateway, source, warnings=tuple(problems), ports=ports)
+    return Config(providers, mappings, gateway, source, warnings=tuple(problems), ports=ports, files=dict(names))
 
 
 def _part(file: str, names: Mapping[str, str]) -> str:

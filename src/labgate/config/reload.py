@@ -121,7 +121,11 @@ def digest(config: Config) -> str:
 
 def load_files(path: Path) -> Loaded:
     """Read and validate the config at ``path`` (blocking: run it in a thread); raise ConfigError."""
-    files = backup.read_files(path)
+    try:
+        files = backup.read_files(path)
+    except OSError as exc:  # the same problem load_config reports for an unreadable file
+        raise ConfigError([Problem(str(exc.filename or path), "", f"cannot read the file: {exc.strerror or exc}")]
+                          ) from None
     config = load_config(path)
     try:
         raw_refs = read_raw(path, env=References(os.environ)).parts
