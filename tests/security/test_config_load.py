@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from labgate.config.load import load_config
 from labgate.config.problems import ConfigError, Problem
-from labgate.config.reader import MAX_NODES
+from labgate.config.reader import MAX_FILE_BYTES, MAX_NODES
 
 
 def problems_of(directory: Path, text: str | bytes, env: dict[str, str] | None = None) -> tuple[Problem, ...]:
@@ -149,14 +150,36 @@ def test_a_file_that_cannot_be_read_is_a_problem_for_every_reader(tmp_path: Path
 
     file = tmp_path / "providers.yaml"
     file.write_text("providers: {p: {type: vllm, base_url: 'http://h:1'}}\n")
-    real = Path.read_bytes
+    real_read, real_open = Path.read_bytes, Path.open
 
     def denied(self: Path) -> bytes:
         if self == file:
             raise PermissionError(13, "Permission denied", str(self))
-        return real(self)
+        return real_read(self)
+
+    def denied_open(self: Path, *args: Any, **kwargs: Any) -> Any:
+        if self == file:
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_open(self, *args, **kwargs)
 
     monkeypatch.setattr(Path, "read_bytes", denied)
+    monkeypatch.setattr(Path, "open", denied_open)
     with pytest.raises(ConfigError) as info:
         load_config(tmp_path, env={}) if entry == "load_config" else load_files(tmp_path)
     assert info.value.problems == (Problem(str(file), "", "cannot read the file: Permission denied"),)
+
+
+def test_a_file_past_the_size_limit_is_refused_unread(tmp_path: Path) -> None:
+    padding = b"# " + b"x" * 1000 + b"\n"
+    data = b"providers: {p: {type: vllm, base_url: 'http://h:1'}}\n"
+    data += padding * (MAX_FILE_BYTES // len(padding) + 1)
+    assert problems_of(tmp_path, data) == (Problem(
+        str(tmp_path / "providers.yaml"), "", "the file is larger than 8 MiB; a config file is a few KiB"),)
+    (tmp_path / "providers.yaml").write_bytes(data[:MAX_FILE_BYTES])  # at the limit: read
+    assert list(load_config(tmp_path, env={}).providers) == ["p"]
+
+
+def test_the_encoding_error_column_counts_characters(tmp_path: Path) -> None:
+    assert problems_of(tmp_path, "providers:\n  é: {description: ".encode() + b"\xff}\n") == (Problem(
+        str(tmp_path / "providers.yaml"), "", "not UTF-8: byte 0xff at line 2, column 20 (byte 31); config files "
+        "must be UTF-8", line=2),)

@@ -2,7 +2,7 @@
 
 Every way a file can fail to read becomes a :class:`Problem` naming the file
 and where in it (line, and the byte for an encoding error); nothing here
-raises. Besides what PyYAML checks, a key given twice in one mapping is an
+raises. A file larger than :data:`MAX_FILE_BYTES` is refused unread. Besides what PyYAML checks, a key given twice in one mapping is an
 error (PyYAML keeps the last one silently, so the first provider of that
 name would be lost), and a document whose aliases would expand past
 :data:`MAX_NODES` values is refused (an alias "bomb" would otherwise hang
@@ -25,6 +25,7 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 from labgate.config.problems import Problem
 
 MAX_NODES = 100_000  # values in one file after aliases are expanded; a real config has a few hundred
+MAX_FILE_BYTES = 8 * 1024 * 1024  # a real config file is a few KiB
 _MERGE = "tag:yaml.org,2002:merge"
 _BOMS = {b"\xff\xfe": "UTF-16", b"\xfe\xff": "UTF-16", b"\xff\xfe\x00\x00": "UTF-32"}
 
@@ -66,9 +67,14 @@ def read_document(file: Path) -> Document:
     doc = Document()
     name = str(file)
     try:
-        data = file.read_bytes()
+        with file.open("rb") as f:
+            data = f.read(MAX_FILE_BYTES + 1)
     except OSError as exc:
         doc.problems.append(Problem(name, "", f"cannot read the file: {exc.strerror or exc}"))
+        return doc
+    if len(data) > MAX_FILE_BYTES:
+        doc.problems.append(Problem(name, "", f"the file is larger than {MAX_FILE_BYTES // (1024 * 1024)} MiB; "
+                                    "a config file is a few KiB"))
         return doc
     text = decode(data, name, doc.problems)
     if text is None:
@@ -88,7 +94,8 @@ def decode(data: bytes, file: str, problems: list[Problem]) -> str | None:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
         line = data.count(b"\n", 0, exc.start) + 1
-        column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+        start = data.rfind(b"\n", 0, exc.start) + 1
+        column = len(data[start:exc.start].decode("utf-8", "replace")) + 1  # in characters, as editors count
         problems.append(Problem(file, "", f"not UTF-8: byte 0x{data[exc.start]:02x} at line {line}, column "
                                 f"{column} (byte {exc.start}); config files must be UTF-8", line=line))
         return None
