@@ -2,11 +2,12 @@
 
 Every way a file can fail to read becomes a :class:`Problem` naming the file
 and where in it (line, and the byte for an encoding error); nothing here
-raises. A file larger than :data:`MAX_FILE_BYTES` is refused unread. Besides what PyYAML checks, a key given twice in one mapping is an
-error (PyYAML keeps the last one silently, so the first provider of that
-name would be lost), and a document whose aliases would expand past
-:data:`MAX_NODES` values is refused (an alias "bomb" would otherwise hang
-the ``${VAR}`` substitution and validation that walk the expanded tree).
+raises. A file larger than :data:`MAX_FILE_BYTES` is refused unread. Besides
+what PyYAML checks, a key given twice in one mapping is an error (PyYAML keeps
+the last one silently, so the first provider of that name would be lost), and
+a document whose aliases would expand past :data:`MAX_NODES` values is refused
+(an alias "bomb" would otherwise hang the ``${VAR}`` substitution and the
+validation that walk the expanded tree).
 
 Besides the data, a read returns the line of each key path (``providers.local.models[0]``),
 so that schema problems found later can say where they are.
