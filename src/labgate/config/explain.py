@@ -73,23 +73,34 @@ def explain(exc: ValidationError, model: type[BaseModel], data: Any, *, file: st
             lines: Mapping[str, int] | None = None) -> list[Problem]:
     """One plain problem per distinct mistake in ``exc`` (``data`` is what was validated)."""
     out: dict[tuple[str, str], Problem] = {}
+    alternatives: dict[str, list[str]] = {}  # path → what each branch of a union there expected
     for error in exc.errors(include_url=False):
-        loc, key_error = _clean(error["loc"], data)
+        loc, key_error, tagged = _clean(error["loc"], data)
         path = prefix
         for part in loc:
             path = key_path(path, part)
         message, suggestion = _message(model, error, loc)
         if key_error:
             message = "keys here must be text (put the key in quotes)"
+        if tagged and message.startswith("expected "):  # one problem per union: "expected A or B"
+            seen = alternatives.setdefault(path, [])
+            out.pop((path, "expected " + " or ".join(seen)), None)
+            if message.removeprefix("expected ") not in seen:
+                seen.append(message.removeprefix("expected "))
+            message = "expected " + " or ".join(seen)
         line = line_of(path, lines or {})
         out.setdefault((path, message), Problem(file, path, message, suggestion=suggestion, line=line))
-    return list(out.values())
+    # A union branch that got inside the value (`[0]` of a list) explains better than one that did not.
+    deeper = {p for p in alternatives for q in alternatives if q.startswith((p + ".", p + "["))}
+    return [p for (path, message), p in out.items()
+            if not (path in deeper and message == "expected " + " or ".join(alternatives[path]))]
 
 
-def _clean(loc: tuple[int | str, ...], data: Any) -> tuple[list[int | str], bool]:
-    """The error's location as the user's key path: union branch tags dropped."""
+def _clean(loc: tuple[int | str, ...], data: Any) -> tuple[list[int | str], bool, bool]:
+    """The error's location as the user's key path (union branch tags dropped); whether it is about a
+    mapping key; whether a tag was dropped (the error is one branch of a union)."""
     parts: list[int | str] = []
-    key_error = False
+    key_error = tagged = False
     current: Any = data
     for i, part in enumerate(loc):
         last = i == len(loc) - 1
@@ -108,8 +119,9 @@ def _clean(loc: tuple[int | str, ...], data: Any) -> tuple[list[int | str], bool
         elif isinstance(current, dict) and (part in current or last):
             parts.append(part)
             current = current.get(part, _UNKNOWN)
-        # else: a union branch tag (``str``, ``function-after[...]``), not a key the user wrote
-    return parts, key_error
+        else:  # a union branch tag (``str``, ``function-after[...]``), not a key the user wrote
+            tagged = True
+    return parts, key_error, tagged
 
 
 def _message(model: type[BaseModel], error: Any, loc: list[int | str]) -> tuple[str, str | None]:
