@@ -68,8 +68,7 @@ def read_document(file: Path) -> Document:
     doc = Document()
     name = str(file)
     try:
-        with file.open("rb") as f:
-            data = f.read(MAX_FILE_BYTES + 1)
+        data = _read_at_most(file, MAX_FILE_BYTES + 1)
     except OSError as exc:
         doc.problems.append(Problem(name, "", f"cannot read the file: {exc.strerror or exc}"))
         return doc
@@ -82,6 +81,17 @@ def read_document(file: Path) -> Document:
         return doc
     parse(text, name, doc)
     return doc
+
+
+def _read_at_most(file: Path, limit: int) -> bytes:
+    """The file's first ``limit`` bytes, read in chunks (a FIFO or device has no size to check first)."""
+    chunks: list[bytes] = []
+    total = 0
+    with file.open("rb") as f:
+        while total < limit and (chunk := f.read(min(65536, limit - total))):
+            chunks.append(chunk)
+            total += len(chunk)
+    return b"".join(chunks)
 
 
 def decode(data: bytes, file: str, problems: list[Problem]) -> str | None:
