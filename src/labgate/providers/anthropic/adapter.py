@@ -36,7 +36,7 @@ from labgate.providers.anthropic.translate import (
     read_usage,
 )
 from labgate.providers.base import Call, IteratorStream, Reply, StreamInfo
-from labgate.providers.http import HttpPool, error_for_status, parse_json
+from labgate.providers.http import HttpPool, parse_json
 
 _MESSAGES = "/v1/messages"
 _MODELS_PAGE = "/v1/models?limit=1000"
@@ -60,7 +60,8 @@ class AnthropicAdapter:
         # The paths carry /v1; accept a base URL written the way OpenAI's are, too.
         base_url = base_url.removesuffix("/v1")
         self._http = HttpPool(base_url, name=name, headers=headers,
-                              max_connections=config.max_parallel_requests or 0)
+                              max_connections=config.max_parallel_requests or 0,
+                              max_response_bytes=config.max_response_bytes)
 
     def _body(self, call: Call, *, stream: bool) -> bytes:
         if call.native is not None:
@@ -77,7 +78,7 @@ class AnthropicAdapter:
         status, headers, data = await self._http.request("POST", _MESSAGES, body,
                                                          timeout=call.timeout)
         if status >= 300:
-            raise error_for_status(status, data, headers, self._where)
+            raise self._http.error_for(status, data, headers)
         message = parse_json(data, self._where)
         if call.native is not None:
             return self._native_reply(message, data)
@@ -161,7 +162,7 @@ class AnthropicAdapter:
     async def _get_json(self, path: str, *, timeout: float) -> dict[str, Any]:
         status, headers, data = await self._http.request("GET", path, timeout=timeout)
         if status >= 300:
-            raise error_for_status(status, data, headers, self._where)
+            raise self._http.error_for(status, data, headers)
         parsed = parse_json(data, self._where)
         if not isinstance(parsed, dict):
             raise UpstreamBadResponseError(f"{self._where} {path} is not a JSON object")

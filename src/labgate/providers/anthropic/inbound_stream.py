@@ -22,6 +22,7 @@ import orjson
 
 from labgate.errors import UpstreamBadResponseError, UpstreamStatusError
 from labgate.providers.anthropic.inbound import anthropic_usage, stop_reason
+from labgate.providers.http import upstream_snippet
 from labgate.providers.sse import SSEBuffer, event_fields
 
 PING = b'event: ping\ndata: {"type":"ping"}\n\n'
@@ -158,7 +159,7 @@ def _object(data: bytes, where: str) -> dict[str, Any]:
     try:
         parsed = orjson.loads(data)
     except orjson.JSONDecodeError as exc:
-        raise UpstreamBadResponseError(f"{where} sent a stream event that is not JSON: {data[:80]!r}") from exc
+        raise UpstreamBadResponseError(f"{where} sent a stream event that is not JSON: {upstream_snippet(data)}") from exc
     if not isinstance(parsed, dict):
         raise UpstreamBadResponseError(f"{where} sent a stream event that is not an object")
     return parsed

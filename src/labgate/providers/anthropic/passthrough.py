@@ -19,6 +19,7 @@ from labgate.errors import UpstreamBadResponseError
 from labgate.providers.anthropic.stream import merge_usage, stream_error
 from labgate.providers.anthropic.translate import finish_reason
 from labgate.providers.base import StreamInfo
+from labgate.providers.http import upstream_snippet
 from labgate.providers.sse import SSEBuffer, event_fields
 
 # Events whose data the tap reads; all others pass unread.
@@ -53,7 +54,7 @@ class MessageTap:
             if name is None:  # no `event:` line: the type is in the data
                 name = _type_of(data, self.where)
             if not self.started and name not in _BEFORE_START:
-                raise UpstreamBadResponseError(f"{self.where} sent {name!r} before 'message_start'")
+                raise UpstreamBadResponseError(f"{self.where} sent {upstream_snippet(name)} before 'message_start'")
             if name in _READ:
                 self._read(name, data)
             elif name == "content_block_delta" and self.info.first_token is None:
@@ -86,7 +87,7 @@ def _object(data: bytes, where: str) -> dict[str, Any]:
     try:
         event = orjson.loads(data)
     except orjson.JSONDecodeError as exc:
-        raise UpstreamBadResponseError(f"{where} sent a stream event that is not JSON: {data[:80]!r}") from exc
+        raise UpstreamBadResponseError(f"{where} sent a stream event that is not JSON: {upstream_snippet(data)}") from exc
     if not isinstance(event, dict):
         raise UpstreamBadResponseError(f"{where} sent a stream event that is not an object")
     return event

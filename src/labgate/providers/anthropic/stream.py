@@ -23,7 +23,7 @@ from labgate.providers.anthropic.translate import (
     usage_json,
 )
 from labgate.providers.base import StreamInfo
-from labgate.providers.http import error_for_status
+from labgate.providers.http import error_for_status, upstream_snippet
 from labgate.providers.sse import SSEBuffer, event_fields
 
 # Anthropic error type → the HTTP status it stands for outside a stream (overloaded is 529).
@@ -95,14 +95,14 @@ class StreamTranslator:
             event = orjson.loads(data)
         except orjson.JSONDecodeError as exc:
             raise UpstreamBadResponseError(
-                f"{self.where} sent a stream event that is not JSON: {data[:80]!r}") from exc
+                f"{self.where} sent a stream event that is not JSON: {upstream_snippet(data)}") from exc
         if not isinstance(event, dict):
             raise UpstreamBadResponseError(f"{self.where} sent a stream event that is not an object")
         kind = event.get("type") or name
         handler = self._handlers.get(kind) if isinstance(kind, str) else None
         if not self.started and kind not in ("message_start", "error", "ping"):
             raise UpstreamBadResponseError(
-                f"{self.where} sent {kind!r} before 'message_start'")
+                f"{self.where} sent {upstream_snippet(kind)} before 'message_start'")
         # ping, content_block_stop and event types added later carry nothing to forward.
         return handler(event) if handler is not None else []
 
