@@ -159,7 +159,8 @@ def _object(data: bytes, where: str) -> dict[str, Any]:
     try:
         parsed = orjson.loads(data)
     except orjson.JSONDecodeError as exc:
-        raise UpstreamBadResponseError(f"{where} sent a stream event that is not JSON: {upstream_snippet(data)}") from exc
+        raise UpstreamBadResponseError(
+            f"{where} sent a stream event that is not JSON: {upstream_snippet(data)}") from exc
     if not isinstance(parsed, dict):
         raise UpstreamBadResponseError(f"{where} sent a stream event that is not an object")
     return parsed

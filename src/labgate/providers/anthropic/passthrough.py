@@ -87,7 +87,8 @@ def _object(data: bytes, where: str) -> dict[str, Any]:
     try:
         event = orjson.loads(data)
     except orjson.JSONDecodeError as exc:
-        raise UpstreamBadResponseError(f"{where} sent a stream event that is not JSON: {upstream_snippet(data)}") from exc
+        raise UpstreamBadResponseError(
+            f"{where} sent a stream event that is not JSON: {upstream_snippet(data)}") from exc
     if not isinstance(event, dict):
         raise UpstreamBadResponseError(f"{where} sent a stream event that is not an object")
     return event
