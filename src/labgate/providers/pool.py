@@ -493,6 +493,9 @@ class Connection(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         self._in_head = False
         status = self._parser.get_status_code()
+        if status < 100:  # llhttp takes any three digits; 0xx is no HTTP status at all
+            self._halt = UpstreamBadResponseError(f"{self._pool.where} sent the invalid status {status:03d}")
+            raise _Halt
         if status < 200:
             self._interim += 1  # 100 Continue, 103 Early Hints: the real answer follows
             if self._interim > MAX_INTERIM:
