@@ -430,6 +430,9 @@ class Connection(asyncio.Protocol):
             return
         except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
             self._dirty = True
+            if self._complete:  # e.g. bytes after a `connection: close` answer: the answer stands
+                self._finish()
+                return
             self.fail(UpstreamBadResponseError(f"{self._pool.where} sent a malformed HTTP response ({exc})"))
             return
         if self._complete:
