@@ -111,7 +111,8 @@ def reference(data: bytes) -> tuple[tuple[int, dict[str, str], bytes] | None, bo
     conn.send(h11.Request(method="POST", target="/x", headers=[("host", "up"), ("content-length", "0")]))
     conn.send(h11.EndOfMessage())
     conn.receive_data(data)
-    status, headers, body = 0, {}, b""
+    status, body = 0, b""
+    headers: dict[str, str] = {}
     try:
         while True:
             event = conn.next_event()
@@ -128,7 +129,9 @@ def reference(data: bytes) -> tuple[tuple[int, dict[str, str], bytes] | None, bo
                 body += bytes(event.data)
             elif isinstance(event, h11.EndOfMessage):
                 trailing, _ = conn.trailing_data
-                return (status, headers, body), not trailing
+                # llhttp (like RFC 9112's robustness rule for servers) skips empty lines between
+                # messages: a CR or LF cannot start an answer, so it cannot desync the connection.
+                return (status, headers, body), not bytes(trailing).strip(b"\r\n")
     except h11.RemoteProtocolError:
         return None, False
 
@@ -249,7 +252,7 @@ def test_any_bytes_end_cleanly_and_only_a_clean_exchange_is_pooled(wire: bytes, 
     if outcome.answer is not None:
         assert outcome.answer[0] >= 200
     if outcome.pooled:  # the reference agrees: one complete response, nothing after it
-        expected, clean = reference(wire.lstrip(b"\r\n"))
+        expected, clean = reference(wire)
         assert expected is not None and clean, wire
         assert outcome.answer is not None
         assert (outcome.answer[0], outcome.answer[2]) == (expected[0], expected[2])

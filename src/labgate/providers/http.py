@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Mapping
 from email.utils import parsedate_to_datetime
 from time import time
 from urllib.parse import urlsplit
@@ -145,7 +145,7 @@ class UpstreamStream:
         self.where = where
         self.idle_timeout = idle_timeout
 
-    async def chunks(self) -> AsyncIterator[bytes]:
+    async def chunks(self) -> AsyncGenerator[bytes, None]:
         """The body as it arrives, waiting at most ``idle_timeout`` for each piece; raises only our errors."""
         body = self._body
         try:

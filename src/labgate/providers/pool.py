@@ -19,7 +19,8 @@ messages and no byte has arrived that was not asked for. Bytes after a
 complete response (a duplicate, a second response in the same read, an
 unsolicited one while idle) mean the upstream and we no longer agree on
 where answers start, so the connection is closed: in the same read, the
-parser stops at the next message's first byte (``on_message_begin`` raises);
+parser stops at the next message's first byte (``on_message_begin`` raises;
+llhttp skips bare CR/LF between messages, which cannot start an answer);
 in a later read, ``data_received`` sees bytes with no exchange in progress
 and aborts. Neither costs anything per request. What ``data_received`` cannot
 see are bytes that reached the socket after the loop last polled it, and a

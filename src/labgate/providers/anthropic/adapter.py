@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 from urllib.parse import quote
 
@@ -35,7 +35,7 @@ from labgate.providers.anthropic.translate import (
     message_to_chat_completion,
     read_usage,
 )
-from labgate.providers.base import Call, IteratorStream, Reply, StreamInfo
+from labgate.providers.base import Call, Dialect, IteratorStream, Reply, StreamInfo
 from labgate.providers.http import HttpPool, parse_json
 
 _MESSAGES = "/v1/messages"
@@ -112,7 +112,7 @@ class AnthropicAdapter:
         except BaseException:
             await chunks.aclose()
             raise
-        dialect = "anthropic" if call.native is not None else "openai"
+        dialect: Dialect = "anthropic" if call.native is not None else "openai"
         return IteratorStream(self._relay(chunks, translator, first), info, dialect, release=chunks.aclose)
 
     async def _first_output(self, chunks: AsyncIterator[bytes],
@@ -125,7 +125,7 @@ class AnthropicAdapter:
                 return b"".join(out)
         raise UpstreamConnectionError(f"{self._where} closed the stream before its first event")
 
-    async def _relay(self, chunks: AsyncIterator[bytes], translator: StreamTranslator | MessageTap,
+    async def _relay(self, chunks: AsyncGenerator[bytes, None], translator: StreamTranslator | MessageTap,
                      first: bytes) -> AsyncIterator[bytes]:
         try:
             out = first

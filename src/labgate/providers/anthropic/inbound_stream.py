@@ -92,7 +92,7 @@ class EventTranslator:
 
     def _start(self, chunk: dict[str, Any], out: list[bytes]) -> None:
         self.started = True
-        message = {"id": chunk.get("id"), "type": "message", "role": "assistant",
+        message: dict[str, Any] = {"id": chunk.get("id"), "type": "message", "role": "assistant",
                    "model": chunk.get("model"), "content": [], "stop_reason": None,
                    "stop_sequence": None, "usage": {"input_tokens": 0, "output_tokens": 0}}
         out.append(event("message_start", {"type": "message_start", "message": message}))
@@ -115,7 +115,7 @@ class EventTranslator:
         if not isinstance(tool, int):  # engines that leave out the index: a new id is a new call
             tool = (call.get("id") or self._last_tool) if self._tools else position
         self._last_tool = tool
-        function = call.get("function") if isinstance(call.get("function"), dict) else {}
+        function: dict[str, Any] = call["function"] if isinstance(call.get("function"), dict) else {}
         index = self._tools.get(tool)
         if index is None:
             block_id = call.get("id") or f"toolu_{self._blocks}"

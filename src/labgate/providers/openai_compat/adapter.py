@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 import orjson
@@ -110,7 +110,7 @@ class OpenAICompatibleAdapter:
                 return buffer, events
         raise UpstreamConnectionError(f"{self._where} closed the stream before its first event")
 
-    async def _relay(self, chunks: AsyncIterator[bytes], first: tuple[SSEBuffer, list[bytes]],
+    async def _relay(self, chunks: AsyncGenerator[bytes, None], first: tuple[SSEBuffer, list[bytes]],
                      info: StreamInfo, *, strip_usage: bool) -> AsyncIterator[bytes]:
         buffer, events = first
         done = False
