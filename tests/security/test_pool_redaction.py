@@ -19,6 +19,7 @@ import orjson
 import pytest
 import pytest_asyncio
 
+from labgate.errors import LabgateError
 from labgate.providers.http import error_for_status
 from labgate.redact import MASK, redact, secrets_in
 from labgate.server.serve import RunningGateway, start_gateway
@@ -167,3 +168,23 @@ async def test_an_echoed_key_reaches_no_client_log_history_or_health(served: Any
     for name, entry in report["providers"].items():
         assert entry["error"].endswith("Also: your key ***."), entry
         assert_no_secret(orjson.dumps(entry), f"health {name}")
+
+
+@pytest.mark.parametrize("tap", ["passthrough", "translated"])
+def test_an_error_event_inside_an_anthropic_stream_is_redacted(tap: str) -> None:
+    from labgate.providers.anthropic.passthrough import MessageTap
+    from labgate.providers.anthropic.stream import StreamTranslator
+    from labgate.providers.base import StreamInfo
+
+    translator: MessageTap | StreamTranslator
+    if tap == "passthrough":
+        translator = MessageTap(StreamInfo(), where="provider 'ant'", secrets=(ODD_KEY,))
+    else:
+        translator = StreamTranslator(StreamInfo(), include_usage=False, created=0, where="provider 'ant'",
+                                      secrets=(ODD_KEY,))
+    message = f"bad credential {ODD_KEY} / {ANTHROPIC_KEY}"
+    event = b"event: error\ndata: " + orjson.dumps(
+        {"type": "error", "error": {"type": "authentication_error", "message": message}}) + b"\n\n"
+    with pytest.raises(LabgateError) as caught:
+        translator.feed(event)
+    assert caught.value.message == "provider 'ant' (in its stream) answered 401: bad credential *** / sk-ant-***"

@@ -101,12 +101,12 @@ class AnthropicAdapter:
         info = StreamInfo()
         translator: StreamTranslator | MessageTap
         if call.native is not None:
-            translator = MessageTap(info, where=self._where)
+            translator = MessageTap(info, where=self._where, secrets=self._http.secrets)
         else:
             options = call.body.get("stream_options")
             include_usage = isinstance(options, dict) and bool(options.get("include_usage"))
-            translator = StreamTranslator(info, include_usage=include_usage,
-                                          created=int(time.time()), where=self._where)
+            translator = StreamTranslator(info, include_usage=include_usage, created=int(time.time()),
+                                          where=self._where, secrets=self._http.secrets)
         try:
             first = await self._first_output(chunks, translator)
         except BaseException:

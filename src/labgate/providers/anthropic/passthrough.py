@@ -33,9 +33,10 @@ class MessageTap:
     :attr:`started` is set after ``message_start``, :attr:`done` after ``message_stop``.
     """
 
-    def __init__(self, info: StreamInfo, *, where: str) -> None:
+    def __init__(self, info: StreamInfo, *, where: str, secrets: tuple[str, ...] = ()) -> None:
         self.info = info
         self.where = where
+        self.secrets = secrets  # the provider's credentials, masked in an error event's message
         self.started = False
         self.done = False
         self._buffer = SSEBuffer()
@@ -69,7 +70,7 @@ class MessageTap:
     def _read(self, name: str, data: bytes) -> None:
         event = _object(data, self.where)
         if name == "error":
-            raise stream_error(event, self.where)
+            raise stream_error(event, self.where, self.secrets)
         if name == "message_start":
             message = event.get("message")
             if not isinstance(message, dict):

@@ -53,11 +53,13 @@ class StreamTranslator:
     :class:`UpstreamStatusError`).
     """
 
-    def __init__(self, info: StreamInfo, *, include_usage: bool, created: int, where: str) -> None:
+    def __init__(self, info: StreamInfo, *, include_usage: bool, created: int, where: str,
+                 secrets: tuple[str, ...] = ()) -> None:
         self.info = info
         self.include_usage = include_usage
         self.created = created
         self.where = where
+        self.secrets = secrets  # the provider's credentials, masked in an error event's message
         self.started = False
         self.done = False
         self._buffer = SSEBuffer()
@@ -175,18 +177,18 @@ class StreamTranslator:
         return out
 
     def _error(self, event: dict[str, Any]) -> list[dict[str, Any] | bytes]:
-        raise stream_error(event, self.where)
+        raise stream_error(event, self.where, self.secrets)
 
     def _merge_usage(self, usage: Any) -> None:
         merge_usage(self._usage, usage, self.info)
 
 
-def stream_error(event: dict[str, Any], where: str) -> LabgateError:
+def stream_error(event: dict[str, Any], where: str, secrets: tuple[str, ...] = ()) -> LabgateError:
     """The labgate error an Anthropic ``error`` event stands for (``overloaded_error`` → 529)."""
     error = event.get("error")
     kind = error.get("type") if isinstance(error, dict) else None
     status = ERROR_STATUS.get(kind, 500) if isinstance(kind, str) else 500
-    return error_for_status(status, orjson.dumps(event), {}, f"{where} (in its stream)")
+    return error_for_status(status, orjson.dumps(event), {}, f"{where} (in its stream)", secrets=secrets)
 
 
 def merge_usage(merged: dict[str, Any], usage: Any, info: StreamInfo) -> None:
