@@ -42,7 +42,8 @@ from labgate.errors import (
     UpstreamStatusError,
     UpstreamTimeoutError,
 )
-from labgate.providers.pool import DEFAULT_MAX_BODY, Answer, BodyQueue, Connection, Pool
+from labgate.providers.body import BodyQueue
+from labgate.providers.pool import DEFAULT_MAX_BODY, Answer, Connection, Pool
 from labgate.redact import redact, secrets_in
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
