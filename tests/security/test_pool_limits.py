@@ -319,3 +319,23 @@ async def test_retry_after_inf_from_an_upstream_is_a_clean_429() -> None:
             assert math.isfinite(caught.value.status)
         finally:
             await http.aclose()
+
+
+@pytest.mark.parametrize("junk", [
+    b"1;" + b"e" * 1000,  # a chunk extension that never ends
+    b"1\r\nx\r\n0\r\nx-trailer: " + b"t" * 1000,  # a trailer line that never ends
+])
+async def test_chunk_framing_without_body_bytes_is_bounded(counted: dict[str, int], junk: bytes) -> None:
+    """httptools accumulates a trailer line as it does a header line; llhttp skips extensions. Either way
+    the bytes between body bytes are bounded like a header section."""
+    def script(request: Received) -> Sequence[Step]:
+        return [HEAD + b"transfer-encoding: chunked\r\n\r\n" + junk[:-1000], Flood(junk[-1000:], 64 * 1024 * 1024)]
+
+    async with HostileUpstream(script) as up:
+        http = client(up)
+        try:
+            with pytest.raises(UpstreamBadResponseError, match="bytes of chunk framing or trailers without a body"):
+                await post(http)
+            assert counted["bytes"] <= 2 * MAX_HEADER_BYTES + 2 * READ_MAX
+        finally:
+            await http.aclose()

@@ -281,7 +281,7 @@ class Connection(asyncio.Protocol):
         self._repeated: dict[str, list[str]] | None = None  # values of a header sent more than once
         self._head_bytes = 0  # header bytes parsed, counted as the server counts them
         self._head_lines = 0
-        self._head_raw = 0  # bytes received while the header section is still open (see data_received)
+        self._head_raw = 0  # bytes received while the head is open, or since the last body byte (data_received)
         self._in_head = True
         self._interim = 0  # 1xx answers seen before the final one
         self._body: list[bytes] = []
@@ -429,6 +429,7 @@ class Connection(asyncio.Protocol):
             self.abort()
             return
         self.received = True
+        size = self._size
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserCallbackError as exc:
@@ -450,6 +451,18 @@ class Connection(asyncio.Protocol):
             if self._head_raw > MAX_HEADER_BYTES:
                 self._dirty = True
                 self.fail(self._head_too_large())
+        elif self._size == size:
+            # a read without one body byte: chunk framing, extensions or trailers (a trailer line, too,
+            # is accumulated by httptools). As much as a header section between body bytes, no more.
+            # Twice the head's limit: the read that ended the head counts, head bytes and all.
+            self._head_raw += len(data)
+            if self._head_raw > 2 * MAX_HEADER_BYTES:
+                self._dirty = True
+                self.fail(UpstreamBadResponseError(
+                    f"{self._pool.where} sent over {2 * MAX_HEADER_BYTES} bytes of chunk framing or trailers "
+                    "without a body byte"))
+        else:
+            self._head_raw = 0
 
     def _halted(self, exc: httptools.HttpParserCallbackError) -> None:
         """A callback stopped llhttp mid-read: the parser is spent, so the connection is too."""
@@ -513,6 +526,7 @@ class Connection(asyncio.Protocol):
                 raise _Halt
             self._head_lines = self._head_bytes = self._head_raw = 0
             return
+        self._head_raw = 0
         repeated = self._repeated
         headers = self._headers
         if repeated is not None:
