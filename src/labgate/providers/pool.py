@@ -33,7 +33,8 @@ look exactly like its answer; no client can tell them apart.
 
 Every limit on what an upstream sends is explicit: the header section
 (``MAX_HEADER_BYTES``, ``MAX_HEADER_COUNT``, interim answers
-``MAX_INTERIM``), the body (the pool's ``max_body``, ``max_response_bytes``
+``MAX_INTERIM``; chunk framing and trailers between body bytes, twice
+``MAX_HEADER_BYTES``), the body (the pool's ``max_body``, ``max_response_bytes``
 in config; a ``content-length`` above it is refused before any body byte is
 read) and an error body (``MAX_ERROR_BODY``: read that far, then the
 connection is dropped and the error reported with what arrived).
