@@ -339,3 +339,16 @@ async def test_chunk_framing_without_body_bytes_is_bounded(counted: dict[str, in
             assert counted["bytes"] <= 2 * MAX_HEADER_BYTES + 2 * READ_MAX
         finally:
             await http.aclose()
+
+
+async def test_trailers_are_not_taken_for_headers() -> None:
+    answer = (HEAD + b"transfer-encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\nretry-after: inf\r\nx-late: 1\r\n\r\n")
+    async with HostileUpstream(lambda request: [answer]) as up:
+        http = client(up)
+        try:
+            status, headers, body = await post(http)
+            assert (status, body, headers) == (200, b"{}", {"transfer-encoding": "chunked"})
+            assert (await post(http))[2] == b"{}"
+            assert up.accepted == 1
+        finally:
+            await http.aclose()

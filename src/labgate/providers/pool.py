@@ -497,6 +497,8 @@ class Connection(asyncio.Protocol):
         if self._head_bytes > MAX_HEADER_BYTES or self._head_lines > MAX_HEADER_COUNT:
             self._halt = self._head_too_large()
             raise _Halt
+        if not self._in_head:
+            return  # a trailer (after a chunked body): counted against the limits, not kept
         key = name.decode("latin-1").lower()
         text = value.decode("latin-1")
         headers = self._headers
