@@ -12,6 +12,7 @@ from labgate.server.admin_config import config_routes
 from labgate.server.admin_history import history_routes
 from labgate.server.anthropic import AnthropicSurface
 from labgate.server.envelopes import anthropic_error, openai_error
+from labgate.server.feedback import feedback_routes
 from labgate.server.health import HealthSurface
 from labgate.server.http import Handler, Request, Response
 from labgate.server.ids import client_request_id, request_id
@@ -50,6 +51,8 @@ def build_app(gateway: Gateway, *, reloader: Reloader | None = None, listen_host
     prefixes.update(history_prefixes)
     # /admin/config, /admin/config/validate, /admin/config/reload (server/admin_config.py)
     routes.update(config_routes(gateway, reloader))
+    # POST /v1/feedback, /admin/analytics/feedback (server/feedback.py)
+    routes.update(feedback_routes(gateway))
     # /metrics, unless metrics.enabled is false (server/metrics.py)
     routes.update(metrics_routes(gateway))
 

@@ -87,3 +87,27 @@ POSTGRES_MIGRATIONS: dict[int, list[str]] = {
     2: [f"ALTER TABLE {TABLE} ADD COLUMN IF NOT EXISTS {_V2.name} {_V2.postgres}"],
 }
 VERSION_TABLE = "history_schema_version"
+
+# Migration 4: the ``feedback`` table (POST /v1/feedback; server/feedback.py). One row per vote, any number per
+# request; ``request_id`` names the ``requests`` row (labgate's id), not a foreign key: a record and its
+# feedback are written by different processes, and retention deletes records without touching votes.
+# (Migration 3 is the cache's; the numbers are settled when the branches merge.)
+FEEDBACK_TABLE = "feedback"
+FEEDBACK_VERSION = 4
+FEEDBACK_NAMES: tuple[str, ...] = ("feedback_id", "request_id", "timestamp", "score", "thumbs", "preferred",
+                                   "comment", "who", "comparison_id", "key_id")
+
+
+def _feedback(dialect: str, primary_key: str) -> list[str]:
+    time, flag = ("REAL", "INTEGER") if dialect == "sqlite" else ("TIMESTAMPTZ", "BOOLEAN")
+    return [
+        f"CREATE TABLE IF NOT EXISTS {FEEDBACK_TABLE} (\n    {primary_key},\n    feedback_id TEXT NOT NULL,\n"
+        f"    request_id TEXT NOT NULL,\n    timestamp {time} NOT NULL,\n    score INTEGER,\n"
+        f"    thumbs INTEGER,\n    preferred {flag},\n    comment TEXT,\n    who TEXT,\n"
+        f"    comparison_id TEXT,\n    key_id TEXT\n)",
+        f"CREATE INDEX IF NOT EXISTS idx_feedback_request_id ON {FEEDBACK_TABLE} (request_id)",
+    ]
+
+
+SQLITE_MIGRATIONS[FEEDBACK_VERSION] = _feedback("sqlite", "id INTEGER PRIMARY KEY AUTOINCREMENT")
+POSTGRES_MIGRATIONS[FEEDBACK_VERSION] = _feedback("postgres", "id BIGSERIAL PRIMARY KEY")

@@ -50,10 +50,13 @@ async def test_a_version_1_database_gains_client_request_id(tmp_path: Path) -> N
         await store.aclose()
     assert (old["client_request_id"], new["client_request_id"]) == (None, "client-9")
     with sqlite3.connect(path) as conn:
-        assert conn.execute("SELECT version FROM history_schema_version").fetchall() == [(1,), (2,)]
+        assert conn.execute("SELECT version FROM history_schema_version ORDER BY version").fetchall() == [
+            (v,) for v in sorted(SQLITE_MIGRATIONS)]
 
 
 async def test_open_creates_a_wal_file_and_migrates_once(tmp_path: Path) -> None:
+    from labgate.store.schema import SQLITE_MIGRATIONS
+
     path = tmp_path / "sub" / "history.db"
     for _ in range(2):
         store = SQLiteStore(path)
@@ -61,7 +64,8 @@ async def test_open_creates_a_wal_file_and_migrates_once(tmp_path: Path) -> None
         await store.aclose()
     with sqlite3.connect(path) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
-        assert conn.execute("SELECT version FROM history_schema_version").fetchall() == [(1,), (2,)]
+        assert conn.execute("SELECT version FROM history_schema_version ORDER BY version").fetchall() == [
+            (v,) for v in sorted(SQLITE_MIGRATIONS)]
         indexes = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
     assert {"idx_requests_timestamp", "idx_requests_model", "idx_requests_provider",
             "idx_requests_request_id"} <= indexes
