@@ -19,6 +19,7 @@ from labgate.server.ids import client_request_id, request_id
 from labgate.server.metrics import metrics_routes
 from labgate.server.openai import OpenAISurface
 from labgate.server.origin import Edge
+from labgate.server.ui import ui_routes
 
 
 def build_app(gateway: Gateway, *, reloader: Reloader | None = None, listen_host: str | None = None) -> Handler:
@@ -53,6 +54,10 @@ def build_app(gateway: Gateway, *, reloader: Reloader | None = None, listen_host
     routes.update(config_routes(gateway, reloader))
     # POST /v1/feedback, /admin/analytics/feedback (server/feedback.py)
     routes.update(feedback_routes(gateway))
+    # /ui/: the Lab UI's static files (server/ui.py)
+    ui, ui_prefixes = ui_routes()
+    routes.update(ui)
+    prefixes.update(ui_prefixes)
     # /metrics, unless metrics.enabled is false (server/metrics.py)
     routes.update(metrics_routes(gateway))
 
