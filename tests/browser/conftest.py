@@ -180,6 +180,14 @@ def distinct_rows(png: bytes) -> int:
 
 
 @pytest.fixture
+def expect(browser: Any) -> Any:
+    """Playwright's ``expect`` (imported here: without Playwright the tests skip, or fail in CI)."""
+    from playwright.sync_api import expect
+
+    return expect
+
+
+@pytest.fixture
 def shot() -> Any:
     """``shot(page, name)``: see :func:`take_shot`."""
     return take_shot

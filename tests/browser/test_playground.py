@@ -7,11 +7,9 @@ import urllib.request
 from typing import Any
 
 import orjson
-from playwright.sync_api import expect
 
 
-
-def test_a_streamed_answer_appears_token_by_token(page: Any, lab: Any, shot: Any) -> None:
+def test_a_streamed_answer_appears_token_by_token(page: Any, lab: Any, shot: Any, expect: Any) -> None:
     page.goto(lab.url + "/ui/#/playground")
     page.select_option("#model", "m-b")
     page.locator("#turns textarea").nth(0).fill("You are terse.")
@@ -47,7 +45,7 @@ def test_a_streamed_answer_appears_token_by_token(page: Any, lab: Any, shot: Any
     shot(page, "playground")
 
 
-def test_multi_turn_without_streaming_and_a_thumbs_up(page: Any, lab: Any, shot: Any) -> None:
+def test_multi_turn_without_streaming_and_a_thumbs_up(page: Any, lab: Any, shot: Any, expect: Any) -> None:
     page.goto(lab.url + "/ui/#/playground")
     page.uncheck("#stream")
     page.locator("#turns textarea").nth(1).fill("first question")
