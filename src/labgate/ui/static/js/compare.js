@@ -81,6 +81,7 @@ export async function render(main) {
         await post("/v1/feedback", { request_id: col.requestId, comparison_id: comparisonId, who: "lab-ui", ...fields });
         button.setAttribute("aria-pressed", "true");
         if (fields.preferred) {
+          col.el.classList.add("chosen");
           for (const c of cols) for (const b of c.votes.querySelectorAll(".prefer")) b.disabled = true;
           if (!revealed) reveal();
         }
@@ -109,8 +110,8 @@ export async function render(main) {
           h("span", {}, "cost ", cost));
         record(result.requestId).then((rec) => { cost.textContent = rec ? money(rec.cost) : "n/a"; })
           .catch(() => { cost.textContent = "n/a"; });
-        const up = h("button", { type: "button", class: "quiet", "aria-label": `Thumbs up for ${isBlind ? `Model ${col.label}` : col.model}`, "aria-pressed": "false" }, "👍");
-        const down = h("button", { type: "button", class: "quiet", "aria-label": `Thumbs down for ${isBlind ? `Model ${col.label}` : col.model}`, "aria-pressed": "false" }, "👎");
+        const up = h("button", { type: "button", class: "quiet", "aria-label": `Thumbs up for ${isBlind ? `Model ${col.label}` : col.model}`, "aria-pressed": "false" }, "▲ Good");
+        const down = h("button", { type: "button", class: "quiet", "aria-label": `Thumbs down for ${isBlind ? `Model ${col.label}` : col.model}`, "aria-pressed": "false" }, "▼ Bad");
         const prefer = h("button", { type: "button", class: "prefer", "aria-pressed": "false" }, "Prefer this answer");
         up.addEventListener("click", () => vote(col, { thumbs: "up" }, up));
         down.addEventListener("click", () => vote(col, { thumbs: "down" }, down));

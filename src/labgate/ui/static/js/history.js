@@ -92,7 +92,7 @@ export async function render(main) {
       rec.failed_attempts && rec.failed_attempts.length ? h("div", {}, h("h2", {}, "Failed attempts"), h("pre", {}, JSON.stringify(rec.failed_attempts, null, 2))) : null,
       h("h2", {}, "Feedback"),
       rec.feedback && rec.feedback.length ? h("ul", { id: "rec-feedback" }, rec.feedback.map((v) => h("li", {},
-        [v.thumbs === 1 ? "👍" : v.thumbs === -1 ? "👎" : "", v.score ? `score ${v.score}` : "", v.preferred ? "preferred" : "",
+        [v.thumbs === 1 ? "thumbs up" : v.thumbs === -1 ? "thumbs down" : "", v.score ? `score ${v.score}` : "", v.preferred ? "preferred" : "",
           v.comment ? `“${v.comment}”` : "", v.who ? `by ${v.who}` : "", v.comparison_id ? `(${v.comparison_id})` : "", v.timestamp].filter(Boolean).join(" "))))
         : h("p", { class: "muted", id: "rec-feedback" }, "No feedback."),
       canReplay ? h("div", { class: "row" }, h("label", {}, "Replay on", replayModel),

@@ -119,8 +119,8 @@ export async function render(main) {
       answer.dataset.requestId = result.requestId || "";
       clear(feedback,
         h("span", { class: "muted" }, "Was this good?"),
-        voteButton("👍", "Thumbs up", result.requestId, { thumbs: "up" }),
-        voteButton("👎", "Thumbs down", result.requestId, { thumbs: "down" }),
+        voteButton("▲ Good", "Thumbs up", result.requestId, { thumbs: "up" }),
+        voteButton("▼ Bad", "Thumbs down", result.requestId, { thumbs: "down" }),
         h("button", { type: "button", class: "quiet", onclick: () => {
           addTurn("assistant", result.text);
           addTurn("user", "").querySelector("textarea").focus();
