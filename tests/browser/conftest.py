@@ -67,6 +67,10 @@ class Lab:
     def url(self) -> str:
         return self.running.url
 
+    def rewrite(self, *, extra_model: str | None = None) -> None:
+        """Change the config files on disk (the running gateway serves the old ones until reloaded)."""
+        write_config(self.config_dir, self.sim.url, extra_model=extra_model)
+
     def flush(self) -> None:
         assert self.running.gateway.history is not None
         self.thread.run(self.running.gateway.history.flush())
