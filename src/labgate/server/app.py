@@ -8,6 +8,7 @@ from labgate.config.reload import Reloader
 from labgate.errors import LabgateError, MethodNotAllowedError, RouteNotFoundError
 from labgate.gateway import Gateway
 from labgate.runtime import Runtime
+from labgate.server.admin_backups import backup_routes
 from labgate.server.admin_config import config_routes
 from labgate.server.admin_history import history_routes
 from labgate.server.anthropic import AnthropicSurface
@@ -52,6 +53,10 @@ def build_app(gateway: Gateway, *, reloader: Reloader | None = None, listen_host
     prefixes.update(history_prefixes)
     # /admin/config, /admin/config/validate, /admin/config/reload (server/admin_config.py)
     routes.update(config_routes(gateway, reloader))
+    # /admin/config/backups, …/{name}/restore (server/admin_backups.py)
+    backups, backup_prefixes = backup_routes(gateway, reloader)
+    routes.update(backups)
+    prefixes.update(backup_prefixes)
     # POST /v1/feedback, /admin/analytics/feedback (server/feedback.py)
     routes.update(feedback_routes(gateway))
     # /ui/: the Lab UI's static files (server/ui.py)
