@@ -14,6 +14,7 @@ const main = document.getElementById("main");
 const dialog = document.getElementById("key-dialog");
 const input = document.getElementById("key-input");
 let current = null;
+let routed = false;
 
 // Ask for a key; resolves true when one was given.
 function askKey() {
@@ -63,7 +64,8 @@ async function route() {
     clear(main, h("h1", {}, "Something went wrong"), h("p", { class: "error" }, err.message || String(err)));
   }
   document.title = `labgate · ${name}`;
-  main.focus({ preventScroll: true });
+  if (routed) main.focus({ preventScroll: true }); // after a page change; the first load starts at the top
+  routed = true;
 }
 
 window.addEventListener("hashchange", route);

@@ -17,7 +17,7 @@ export async function render(main) {
   const providersBox = h("div", { class: "table-wrap", id: "providers" }, h("p", { class: "muted" }, "Probing providers…"));
   const configBox = h("div", { id: "config" });
   const validateBox = h("div", { id: "validation", "aria-live": "polite" });
-  const backupsBox = h("div", { id: "backups" });
+  const backupsBox = h("div", { id: "backups", class: "table-wrap" });
   const validate = h("button", { type: "button", id: "validate" }, "Validate files on disk");
   const reload = h("button", { type: "button", id: "reload", disabled: true }, "Reload");
 
