@@ -21,9 +21,9 @@ from urllib.parse import unquote, urlsplit
 
 import orjson
 
-from labgate.errors import RouteNotFoundError
+from labgate.errors import MethodNotAllowedError, RouteNotFoundError
 from labgate.server.envelopes import openai_error
-from labgate.server.http import Handler, Request, Response
+from labgate.server.http import Handler, HttpServer, Request, Response
 from labgate.server.ids import request_id
 
 PREFIX = "/ui/"
@@ -102,3 +102,28 @@ def ui_routes(*, gateway_url: str = "") -> tuple[dict[str, dict[str, Handler]], 
     """``(exact routes, prefix routes)`` for ``server/app.py``'s table."""
     files = UiFiles(gateway_url=gateway_url)
     return {"/ui": {"GET": files.serve}}, {PREFIX: {"GET": files.serve}}
+
+
+STANDALONE_MAX_BODY_BYTES = 1024  # the standalone UI server takes GETs only
+
+
+async def start_ui_server(gateway_url: str, *, host: str = "127.0.0.1", port: int = 5001) -> tuple[HttpServer, int]:
+    """``labgate ui``: the UI on its own port; the browser calls ``gateway_url`` (which must list this
+    origin in ``cors.allow_origins``). Returns the server and the port it listens on."""
+    files = UiFiles(gateway_url=gateway_url)
+
+    async def handler(request: Request) -> Response:
+        if request.method not in ("GET", "HEAD"):
+            return openai_error(MethodNotAllowedError(f"{request.method} is not allowed here; the UI server "
+                                                      "only serves files."), request_id(), [("allow", "GET")])
+        if request.path == "/":
+            return Response(308, [("location", PREFIX), ("x-request-id", request_id()), *files.headers])
+        if request.path == "/ui" or request.path.startswith(PREFIX):
+            return await files.serve(request)
+        return openai_error(RouteNotFoundError(f"No route for {request.path[:100]}; the UI is at {PREFIX}."),
+                            request_id(), files.headers)
+
+    server = HttpServer(handler, max_body_bytes=STANDALONE_MAX_BODY_BYTES,
+                        error_response=lambda exc, headers: openai_error(exc, request_id()))
+    bound = await server.start(host, port)
+    return server, bound
