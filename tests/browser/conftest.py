@@ -192,6 +192,11 @@ def expect(browser: Any) -> Any:
 
 
 @pytest.fixture
+def artifacts() -> Path:
+    return ARTIFACTS
+
+
+@pytest.fixture
 def shot() -> Any:
     """``shot(page, name)``: see :func:`take_shot`."""
     return take_shot
