@@ -61,3 +61,21 @@ def test_search_open_replay_and_export(page: Any, lab: Any, shot: Any, expect: A
     assert [(b["model"], b["messages"]) for b in replayed] == [
         ("m-b", [{"role": "user", "content": f"{marker} one"}])]
     assert replayed[0]["max_tokens"] == 16
+
+
+def test_metadata_capture_is_explained(page: Any, lab: Any, expect: Any) -> None:
+    from labgate.server.serve import start_gateway
+    from labgate.telemetry.logs import AccessLog
+    from labgate.testing.gateway import config_from
+
+    config = config_from(
+        {"sim": {"type": "openai_compatible", "base_url": lab.sim.url + "/v1", "models": ["m-a"]}},
+        gateway={"auth": {"master_key_env": "LABGATE_UI_TEST_MASTER_KEY"}, "logging": {"requests": False},
+                 "store": {"url": str(lab.config_dir / "metadata.db"), "capture": "metadata"}})
+    gateway = lab.thread.run(start_gateway(config, host="127.0.0.1", port=0, access_log=AccessLog(enabled=False)))
+    try:
+        page.goto(gateway.url + "/ui/#/history")
+        expect(page.locator("#capture-note")).to_contain_text('capture is "metadata"')
+        assert page.is_disabled("#f-text")
+    finally:
+        lab.thread.run(gateway.stop(grace=1.0))
