@@ -52,6 +52,9 @@ async def test_list_create_and_restore(served: Any) -> None:
     status, restored = await call(running, "POST", f"/admin/config/backups/{made['name']}/restore")
     assert status == 200 and restored["restored"] == made["name"]
     assert b"m1" in (config / "providers.yaml").read_bytes()
+    _, listed = await call(running, "GET", "/admin/config/backups")
+    kept = next(b for b in listed["data"] if b["name"] == restored["kept_as"])
+    assert kept["reason"] == f"before restoring {made['name']}"  # the replaced files are not lost
 
 
 @pytest.mark.asyncio

@@ -2,7 +2,8 @@
 
     GET  /admin/config/backups                  every backup, newest first, and where they are
     POST /admin/config/backups                  back up the files on disk now (reason "api")
-    POST /admin/config/backups/{name}/restore   verify, then put its files back in the config directory
+    POST /admin/config/backups/{name}/restore   verify, keep the current files as a backup, then put the
+                                                backup's files back in the config directory
 
 A restore changes files only: what serves changes at the next reload, which
 the caller validates first (``POST /admin/config/validate`` shows the diff).
@@ -82,6 +83,15 @@ class BackupSurface:
         made = await asyncio.to_thread(backup.create, path, directory, reason="api")
         return _json(made.as_dict(), rid, 201)
 
+    @staticmethod
+    def _restore(found: backup.Backup, path: Path, directory: Path) -> backup.Backup | None:
+        """As ``labgate backup restore``: the current files are kept as a backup first."""
+        saved = None
+        if backup.config_files(path):
+            saved = backup.ensure(path, directory, reason=f"before restoring {found.name}")
+        backup.restore(found, path)
+        return saved
+
     async def restore(self, request: Request) -> Response:
         rid = request_id(request.headers)
         try:
@@ -98,8 +108,9 @@ class BackupSurface:
             if problems:
                 return _refusal(ConfigInvalidError(f"Backup {found.name} does not verify; nothing restored.",
                                                    problems), rid, self.reloader.active.version)
-            await asyncio.to_thread(backup.restore, found, path)
+            saved = await asyncio.to_thread(self._restore, found, path, directory)
         except LabgateError as exc:
             return openai_error(exc, rid)
         return _json({"restored": found.name, "version": found.version, "active_version": self.reloader.active.version,
+                      "kept_as": saved.name if saved is not None else None,
                       "next": "POST /admin/config/validate shows the diff; POST /admin/config/reload applies it"}, rid)
