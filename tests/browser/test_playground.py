@@ -79,3 +79,21 @@ def test_the_ui_asks_for_the_key_when_auth_is_on(bare_page: Any, lab: Any) -> No
     page.wait_for_selector("#model option[value='m-a']", state="attached")
     assert page.evaluate("sessionStorage.getItem('labgate.key')") == lab.key
     assert page.evaluate("localStorage.length") == 0  # never beyond the session
+
+
+def test_tools_as_json_and_the_streamed_tool_call(page: Any, lab: Any, expect: Any) -> None:
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {
+        "type": "object", "properties": {"city": {"type": "string"}}}}}]
+    page.goto(lab.url + "/ui/#/playground")
+    page.locator("#turns textarea").nth(1).fill("weather in Oslo?")
+    page.fill("#tools", orjson.dumps(tools).decode())
+    page.click("#send")
+    expect(page.locator("#ttft, #stats:has-text('tokens')").first).to_be_visible()
+    expect(page.locator("#send")).to_be_enabled()
+    assert lab.sim.requests[-1].body["tools"] == tools
+    (call,) = orjson.loads(page.text_content("#answer pre"))  # the streamed pieces merged into one call
+    assert call["function"]["name"] == "get_weather"
+    assert isinstance(orjson.loads(call["function"]["arguments"]), dict)
+    page.fill("#tools", "[not json")
+    page.click("#send")
+    expect(page.locator("#toast")).to_contain_text("tools")

@@ -24,7 +24,7 @@ from labgate.testing.gateway import config_from
 try:  # the HTTP library the SDK is built on: openai 3.x uses httpx2, earlier versions httpx
     import httpx2 as httpx
 except ImportError:  # pragma: no cover
-    import httpx  # type: ignore[no-redef]
+    import httpx  # type: ignore[no-redef,import-not-found]
 
 KEY = "sk-feedback-test-0123456789"
 

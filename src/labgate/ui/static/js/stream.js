@@ -64,7 +64,13 @@ export async function run(body, { onText = () => {}, signal } = {}) {
         for (const choice of chunk.choices || []) {
           const delta = choice.delta || {};
           if (choice.finish_reason) out.finish = choice.finish_reason;
-          if (delta.tool_calls) out.toolCalls.push(...delta.tool_calls);
+          for (const part of delta.tool_calls || []) { // streamed in pieces: merge by index
+            const at = part.index ?? out.toolCalls.length;
+            const call = out.toolCalls[at] || (out.toolCalls[at] = { id: part.id, type: "function", function: { name: "", arguments: "" } });
+            if (part.id) call.id = part.id;
+            if (part.function && part.function.name) call.function.name += part.function.name;
+            if (part.function && part.function.arguments) call.function.arguments += part.function.arguments;
+          }
           if (delta.content) {
             if (out.ttftMs === null) out.ttftMs = performance.now() - started;
             out.text += delta.content;
