@@ -151,8 +151,8 @@ def _banner(config: Config, host: str, port: int, workers: int) -> None:
         print(f"labgate: WARNING: listening on {host}, reachable from other machines, with NO master key: "
               "anyone who can reach this port can use your providers and spend their keys. Set "
               "auth.master_key_env (and the variable it names) or listen on 127.0.0.1.", file=sys.stderr)
-    print(f"labgate: listening on http://{host}:{port} ({workers} worker{'s' * (workers > 1)})",
-          file=sys.stderr, flush=True)
+    print(f"labgate: listening on http://{host}:{port} ({workers} worker{'s' * (workers > 1)}); "
+          f"Lab UI at http://{host}:{port}/ui/", file=sys.stderr, flush=True)
 
 
 async def _serve(config: Config, host: str, sock: socket.socket, source: ConfigSource | None = None,
