@@ -1,7 +1,7 @@
 """The Lab UI in a real browser: Playwright (PyPI) driving the system Chromium, against a real gateway
 wired to the provider simulator.
 
-- ``lab``: one gateway for the session, read from a config directory (so the UI's reload has files to
+- ``lab``: one gateway per test module, read from a config directory (so the UI's reload has files to
   read again), auth on (``lab.key``), history in SQLite with ``capture: full``; its provider is a
   simulator serving ``m-a``, ``m-b``, ``m-c`` that streams at a readable pace.
 - ``page``: a fresh browser tab (1280×900) with the key already in session storage, unless the test
@@ -87,7 +87,7 @@ def write_config(directory: Path, sim_url: str, *, extra_model: str | None = Non
         "logging": {"requests": False}}))
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def lab() -> Iterator[Lab]:
     os.environ[KEY_ENV] = KEY
     directory = Path(tempfile.mkdtemp(prefix="labgate-ui-"))
@@ -107,8 +107,10 @@ def lab() -> Iterator[Lab]:
         shutil.rmtree(directory, ignore_errors=True)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
+    """Chromium, per module: Playwright's sync API runs an event loop in the main thread while it is
+    started, which would break every asyncio test collected after these (session scope kept it running)."""
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
