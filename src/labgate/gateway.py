@@ -54,10 +54,14 @@ class Gateway:
             record.model, record.stream = payload["model"], payload.get("stream") is True
             record.payload, record.body = payload, body  # references for history; read off the hot path
             route = rt.table.resolve(record.model)
+            if rt.cache and (hit := await rt.cache.get(route, record, native or payload)):
+                return self.done(rt, record, hit)
             candidates = plan(route, rt.circuit, max_attempts=rt.max_attempts)
             result, dep = await attempt(
                 candidates, endpoint=endpoint, body=payload, native=native, stream=record.stream,
                 deadline=time.monotonic() + rt.request_timeout, circuit=rt.circuit, record=record)
+            if record.cache_ticket is not None:  # a cache miss: stored at finish if it completes
+                record.cache_ticket.result = result
         except BaseException as exc:
             self.finish(rt, record, exc)
             raise
@@ -68,6 +72,11 @@ class Gateway:
             self.finish(rt, record)
             return result
         return IteratorStream(Relay(self, rt, result, dep, record), result.info, result.dialect)
+
+    def done(self, rt: Runtime, record: RequestRecord, hit: Reply | Stream) -> Reply | Stream:
+        """Answer from the cache: the record closes now (a replayed stream is already in memory)."""
+        self.finish(rt, record)
+        return hit
 
     def finish(self, rt: Runtime, record: RequestRecord, error: BaseException | None = None, *,
                streaming: bool = False) -> None:
@@ -84,6 +93,8 @@ class Gateway:
                 if not streaming:
                     record.status = exc.status
                 record.error_type, record.error_message = exc.code, exc.message
+        if rt.cache is not None and record.cache_ticket is not None:
+            rt.cache.store(record)  # a complete answer is kept; requests waiting for it are released
         rt.access_log.write(record)
         if self.history is not None:
             self.history.put(record)
@@ -104,7 +115,7 @@ class Relay:
                  record: RequestRecord) -> None:
         self._gateway, self._rt, self._stream, self._dep, self._record = gateway, rt, stream, dep, record
         self._it = stream.__aiter__()
-        self._chunks = record.chunks = [] if gateway._keep_content else None
+        self._chunks = record.chunks = [] if gateway._keep_content or record.cache_ticket is not None else None
         self._done = False
 
     def __aiter__(self) -> Relay:

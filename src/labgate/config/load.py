@@ -30,7 +30,8 @@ SINGLE_FILE = "labgate.yaml"
 # Top-level sections of the single-file form, and the file each one stands for.
 SECTIONS = {"providers": "providers", "routing": "mappings", "fallbacks": "mappings",
             "server": "gateway", "auth": "gateway", "logging": "gateway", "resilience": "gateway",
-            "store": "gateway", "metrics": "gateway", "config": "gateway", "ports": "ports"}
+            "store": "gateway", "metrics": "gateway", "config": "gateway", "ports": "ports",
+            "state": "gateway", "cache": "gateway"}
 M = TypeVar("M", bound=BaseModel)
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 

@@ -223,6 +223,7 @@ class AnthropicSurface:
 
     async def messages(self, request: Request) -> Response:
         record = RequestRecord(request_id(request.headers), "messages", request.client)
+        record.cache_control = request.headers.get("cache-control")  # the response cache's request controls
         try:
             result = await self.gateway.handle(record, api_key=presented_key(request.headers),
                                                body=request.body, parse=parse_messages)

@@ -113,7 +113,17 @@ def route_headers(record: RequestRecord) -> list[tuple[str, str]]:
     if record.provider is not None:
         headers.append(("x-labgate-provider", record.provider))
         headers.append(("x-labgate-deployment", record.deployment or ""))
+    if record.cache_status is not None:  # a cache is configured (docs/cache.md)
+        headers.extend(cache_headers(record))
     return headers
+
+
+def cache_headers(record: RequestRecord) -> list[tuple[str, str]]:
+    """``x-labgate-cache`` (hit | miss | bypass | off; an unavailable backend shows as off) and ``age`` on hits."""
+    status = record.cache_status
+    if status == "hit":
+        return [("x-labgate-cache", "hit"), ("age", str(record.cache_age or 0))]
+    return [("x-labgate-cache", "off" if status == "unavailable" else status or "off")]
 
 
 class OpenAISurface:
@@ -134,6 +144,7 @@ class OpenAISurface:
     async def _serve(self, request: Request, endpoint: str,
                      parse: Callable[[bytes], dict[str, Any]]) -> Response:
         record = RequestRecord(request_id(request.headers), endpoint, request.client)
+        record.cache_control = request.headers.get("cache-control")  # the response cache's request controls
         try:
             result = await self.gateway.handle(record, api_key=presented_key(request.headers),
                                                body=request.body, parse=parse)

@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import Field
 
 from labgate.config.schema.base import Strict
+from labgate.config.schema.cache import CacheConfig, StateConfig
 from labgate.config.schema.metrics import MetricsConfig
 from labgate.config.schema.reload import ReloadConfig
 from labgate.config.schema.store import StoreConfig
@@ -50,3 +51,5 @@ class GatewayConfig(Strict):
     store: StoreConfig = Field(default_factory=StoreConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)  # GET /metrics (Prometheus)
     config: ReloadConfig = Field(default_factory=ReloadConfig)  # hot reload, watching, backups
+    state: StateConfig = Field(default_factory=StateConfig)  # shared state backend (Redis) or in-process
+    cache: CacheConfig | None = None  # the response cache; absent: off (docs/cache.md)
