@@ -31,6 +31,7 @@ foreign exceptions into these classes at exactly one boundary
     ├── AllAttemptsFailedError        502/504/429 every candidate failed; holds each cause
     │                                      (Anthropic overloaded_error when every one was overloaded)
     ├── HistoryUnavailableError       503  history is off, or its store cannot be read now
+    ├── CacheUnavailableError         503  the response cache is off, or its backend cannot be reached now
     └── InternalError                 500  an unexpected exception (logged once, never on the wire)
 """
 
@@ -245,6 +246,14 @@ class HistoryUnavailableError(LabgateError):
 
     status = 503
     code = "history_unavailable"
+    retryable = True
+
+
+class CacheUnavailableError(LabgateError):
+    """The response cache is not configured (no ``cache:``) or its backend failed to answer (admin API)."""
+
+    status = 503
+    code = "cache_unavailable"
     retryable = True
 
 

@@ -14,6 +14,7 @@ delete with ``UNLINK`` in batches.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -93,10 +94,8 @@ class RedisLink:
                 "last_error": self.last_error}
 
     async def aclose(self) -> None:
-        try:
+        with contextlib.suppress(*self._errors):  # closing a pool to a dead server: nothing left to release
             await self.client.aclose()
-        except self._errors:
-            pass  # closing a pool to a dead server: nothing left to release
 
 
 class RedisEntries:
