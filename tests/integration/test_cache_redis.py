@@ -88,9 +88,9 @@ def calls(sim: Simulator) -> int:
 
 @asynccontextmanager
 async def setup() -> AsyncIterator[tuple[Simulator, aiohttp.ClientSession]]:
-    async with Simulator(Behaviour(tokens_per_s=0), models=["m"]) as sim:
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as client:
-            yield sim, client
+    async with Simulator(Behaviour(tokens_per_s=0), models=["m"]) as sim, \
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as client:
+        yield sim, client
 
 
 async def _flush(url: str, namespace: str) -> None:
@@ -107,18 +107,17 @@ async def _flush(url: str, namespace: str) -> None:
 @pytest.mark.asyncio
 async def test_two_gateways_share_entries_and_namespaces_isolate(redis_url: str) -> None:
     shared, other = _ns(), _ns()
-    async with setup() as (sim, client):
-        async with gateway(sim, {"url": redis_url, "namespace": shared}) as a, \
+    async with setup() as (sim, client), gateway(sim, {"url": redis_url, "namespace": shared}) as a, \
                 gateway(sim, {"url": redis_url, "namespace": shared}) as b, \
                 gateway(sim, {"url": redis_url, "namespace": other}) as c:
-            status, first, miss = await post(client, a, CHAT)
-            assert (status, first) == (200, "miss")
-            status, second, hit = await post(client, b, CHAT)  # another gateway: the entry is in Redis
-            assert (status, second) == (200, "hit")
-            assert hit == miss
-            assert calls(sim) == 1
-            assert (await post(client, c, CHAT))[1] == "miss"  # another namespace sees nothing
-            assert calls(sim) == 2
+        status, first, miss = await post(client, a, CHAT)
+        assert (status, first) == (200, "miss")
+        status, second, hit = await post(client, b, CHAT)  # another gateway: the entry is in Redis
+        assert (status, second) == (200, "hit")
+        assert hit == miss
+        assert calls(sim) == 1
+        assert (await post(client, c, CHAT))[1] == "miss"  # another namespace sees nothing
+        assert calls(sim) == 2
     await _flush(redis_url, shared)
     await _flush(redis_url, other)
 
@@ -126,41 +125,39 @@ async def test_two_gateways_share_entries_and_namespaces_isolate(redis_url: str)
 @pytest.mark.asyncio
 async def test_ttl_expiry(redis_url: str) -> None:
     ns = _ns()
-    async with setup() as (sim, client):
-        async with gateway(sim, {"url": redis_url, "namespace": ns, "ttl_s": 0.5}) as gw:
-            assert (await post(client, gw, CHAT))[1] == "miss"
-            assert (await post(client, gw, CHAT))[1] == "hit"
-            await asyncio.sleep(0.7)
-            assert (await post(client, gw, CHAT))[1] == "miss"
-            # a request's own ttl wins over the configured one
-            body = {**CHAT, "messages": [{"role": "user", "content": "short"}], "cache": {"ttl": 0.3}}
-            assert (await post(client, gw, body))[1] == "miss"
-            await asyncio.sleep(0.5)
-            assert (await post(client, gw, body))[1] == "miss"
+    async with setup() as (sim, client), gateway(sim, {"url": redis_url, "namespace": ns, "ttl_s": 0.5}) as gw:
+        assert (await post(client, gw, CHAT))[1] == "miss"
+        assert (await post(client, gw, CHAT))[1] == "hit"
+        await asyncio.sleep(0.7)
+        assert (await post(client, gw, CHAT))[1] == "miss"
+        # a request's own ttl wins over the configured one
+        body = {**CHAT, "messages": [{"role": "user", "content": "short"}], "cache": {"ttl": 0.3}}
+        assert (await post(client, gw, body))[1] == "miss"
+        await asyncio.sleep(0.5)
+        assert (await post(client, gw, body))[1] == "miss"
     await _flush(redis_url, ns)
 
 
 @pytest.mark.asyncio
 async def test_flush_by_namespace_leaves_the_other_intact(redis_url: str) -> None:
     keep, gone = _ns(), _ns()
-    async with setup() as (sim, client):
-        async with gateway(sim, {"url": redis_url, "namespace": keep}) as a, \
+    async with setup() as (sim, client), gateway(sim, {"url": redis_url, "namespace": keep}) as a, \
                 gateway(sim, {"url": redis_url, "namespace": gone}) as b:
-            await post(client, a, CHAT)
-            await post(client, b, CHAT)
-            await post(client, b, {**CHAT, "max_tokens": 3})
-            async with client.get(b.url + f"/admin/cache/keys?namespace={gone}") as r:
-                assert r.status == 200
-                assert len((await r.json())["data"]) == 2
-            async with client.post(b.url + f"/admin/cache/flush?namespace={gone}") as r:
-                assert (r.status, await r.json()) == (200, {"deleted": 2, "namespace": gone})
-            async with client.get(a.url + "/admin/cache/stats") as r:
-                stats = await r.json()
-            assert stats["namespaces"][keep]["entries"] == 1
-            assert stats["namespaces"][keep]["misses"] == 1
-            assert gone not in stats["namespaces"] or stats["namespaces"][gone]["entries"] == 0
-            assert (await post(client, a, CHAT))[1] == "hit"
-            assert (await post(client, b, CHAT))[1] == "miss"
+        await post(client, a, CHAT)
+        await post(client, b, CHAT)
+        await post(client, b, {**CHAT, "max_tokens": 3})
+        async with client.get(b.url + f"/admin/cache/keys?namespace={gone}") as r:
+            assert r.status == 200
+            assert len((await r.json())["data"]) == 2
+        async with client.post(b.url + f"/admin/cache/flush?namespace={gone}") as r:
+            assert (r.status, await r.json()) == (200, {"deleted": 2, "namespace": gone})
+        async with client.get(a.url + "/admin/cache/stats") as r:
+            stats = await r.json()
+        assert stats["namespaces"][keep]["entries"] == 1
+        assert stats["namespaces"][keep]["misses"] == 1
+        assert gone not in stats["namespaces"] or stats["namespaces"][gone]["entries"] == 0
+        assert (await post(client, a, CHAT))[1] == "hit"
+        assert (await post(client, b, CHAT))[1] == "miss"
     await _flush(redis_url, keep)
     await _flush(redis_url, gone)
 
@@ -246,25 +243,25 @@ async def test_redis_stopped_and_restarted_mid_test_fails_open(redis_url: str,
                                                                caplog: pytest.LogCaptureFixture) -> None:
     with throwaway_redis() as (port, server):
         url = f"redis://127.0.0.1:{port}/0"
-        async with setup() as (sim, client):
-            async with gateway(sim, {"namespace": "outage"}, {"url": url, "retry_s": 0.3, "timeout_s": 0.5}) as gw:
-                assert (await post(client, gw, CHAT))[1] == "miss"
-                assert (await post(client, gw, CHAT))[1] == "hit"
-                server.stop()
-                caplog.clear()
-                for _ in range(3):  # served without the cache, logged once
-                    status, cache, _ = await post(client, gw, CHAT)
-                    assert (status, cache) == (200, "off")
-                outage_logs = [r for r in caplog.records if "unavailable" in r.getMessage()]
-                assert len(outage_logs) == 1
-                async with client.get(gw.url + "/metrics") as r:
-                    metrics = await r.text()
-                assert 'labgate_cache_requests_total{result="unavailable"} 3' in metrics
-                async with client.get(gw.url + "/admin/cache/stats") as r:
-                    assert r.status == 503
-                    assert (await r.json())["error"]["code"] == "cache_unavailable"
-                server.start()  # same port, empty
-                await asyncio.sleep(0.4)  # past retry_s: the next request tries Redis again
-                assert (await post(client, gw, CHAT))[1] == "miss"
-                assert (await post(client, gw, CHAT))[1] == "hit"
-                assert calls(sim) == 5
+        async with setup() as (sim, client), \
+                gateway(sim, {"namespace": "outage"}, {"url": url, "retry_s": 0.3, "timeout_s": 0.5}) as gw:
+            assert (await post(client, gw, CHAT))[1] == "miss"
+            assert (await post(client, gw, CHAT))[1] == "hit"
+            server.stop()
+            caplog.clear()
+            for _ in range(3):  # served without the cache, logged once
+                status, cache, _ = await post(client, gw, CHAT)
+                assert (status, cache) == (200, "off")
+            outage_logs = [r for r in caplog.records if "unavailable" in r.getMessage()]
+            assert len(outage_logs) == 1
+            async with client.get(gw.url + "/metrics") as r:
+                metrics = await r.text()
+            assert 'labgate_cache_requests_total{result="unavailable"} 3' in metrics
+            async with client.get(gw.url + "/admin/cache/stats") as r:
+                assert r.status == 503
+                assert (await r.json())["error"]["code"] == "cache_unavailable"
+            server.start()  # same port, empty
+            await asyncio.sleep(0.4)  # past retry_s: the next request tries Redis again
+            assert (await post(client, gw, CHAT))[1] == "miss"
+            assert (await post(client, gw, CHAT))[1] == "hit"
+            assert calls(sim) == 5

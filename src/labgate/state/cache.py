@@ -369,8 +369,13 @@ def _is_glob(name: str) -> bool:
     return any(c in name for c in "*?[")
 
 
+_EXACT_INT = 2**53  # floats up to this are integers exactly; orjson parses bigger integers as floats
+
+
 def _hash(endpoint: str, target: str, body: dict[str, Any]) -> str:
-    keyed = {k: (int(v) if type(v) is float and v.is_integer() else v)
+    # top-level 0.0 and 0 are the same parameter (temperature: 0 / 0.0); bigger floats stay floats,
+    # since int(1e300) does not fit the 64 bits orjson serialises
+    keyed = {k: (int(v) if type(v) is float and v.is_integer() and -_EXACT_INT <= v <= _EXACT_INT else v)
              for k, v in body.items() if k not in NOT_KEYED}
     material = orjson.dumps([endpoint, target, keyed], option=orjson.OPT_SORT_KEYS)
     return hashlib.blake2b(material, digest_size=HASH_HEX // 2).hexdigest()

@@ -120,6 +120,13 @@ async def test_fields_that_cannot_change_the_answer_share_the_entry(env: Env) ->
 
 
 @pytest.mark.asyncio
+async def test_huge_numbers_in_the_body_are_cached_not_a_500(env: Env) -> None:
+    raw = b'{"model":"m","temperature":0,"messages":[{"role":"user","content":"hi"}],"x":99999999999999999999999}'
+    async with env.client.post(env.gw.url + "/v1/chat/completions", data=raw) as got:
+        assert (got.status, got.headers["x-labgate-cache"]) == (200, "miss")
+
+
+@pytest.mark.asyncio
 async def test_nondeterministic_request_is_bypassed_by_default(env: Env) -> None:
     body = {**CHAT, "temperature": 0.7}
     first, second = await env.post(body), await env.post(body)
