@@ -115,7 +115,7 @@ class RedisEntries:
             raise link.failed(exc) from None
         if link.down_until:
             link.succeeded()
-        return value  # type: ignore[no-any-return]
+        return value
 
     async def put(self, key: str, value: bytes, ttl_s: float) -> None:
         link = self.link

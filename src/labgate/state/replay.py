@@ -24,7 +24,7 @@ DONE_EVENT = b"data: [DONE]\n\n"
 
 def _events(chunks: list[bytes]) -> list[tuple[str | None, bytes]]:
     buffer = SSEBuffer()
-    out = []
+    out: list[tuple[str | None, bytes]] = []
     for chunk in chunks:
         out.extend(event_fields(e) for e in buffer.feed(chunk) if e.strip())
     if buffer.pending.strip():
@@ -210,7 +210,7 @@ def _event(name: str, data: dict[str, Any]) -> bytes:
     return b"event: " + name.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
 
 
-_EMPTY_BLOCK = {"text": {"text": ""}, "tool_use": {"input": {}}, "server_tool_use": {"input": {}},
+_EMPTY_BLOCK: dict[str, dict[str, Any]] = {"text": {"text": ""}, "tool_use": {"input": {}}, "server_tool_use": {"input": {}},
                 "thinking": {"thinking": "", "signature": ""}}
 
 

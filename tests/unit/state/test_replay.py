@@ -57,6 +57,9 @@ def test_openai_completion_round_trip(texts: list[str], finish: str) -> None:
     assert assemble(events, dialect="openai", endpoint="completions") == doc
 
 
+values = st.one_of(text, st.integers(-(2**63), 2**63 - 1), st.booleans())  # what JSON parsing can give
+
+
 @st.composite
 def messages(draw: st.DrawFn) -> dict[str, Any]:
     blocks: list[dict[str, Any]] = []
@@ -65,8 +68,7 @@ def messages(draw: st.DrawFn) -> dict[str, Any]:
             blocks.append({"type": "text", "text": draw(text)})
         else:
             blocks.append({"type": "tool_use", "id": "toolu_1", "name": "lookup",
-                           "input": draw(st.dictionaries(st.from_regex(r"[a-z]{1,5}", fullmatch=True),
-                                                         st.one_of(text, st.integers(-(2**63), 2**63 - 1), st.booleans()),
+                           "input": draw(st.dictionaries(st.from_regex(r"[a-z]{1,5}", fullmatch=True), values,
                                                          max_size=3))})
     if draw(st.booleans()):
         blocks.insert(0, {"type": "thinking", "thinking": draw(text), "signature": "sig"})
