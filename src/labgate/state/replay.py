@@ -210,8 +210,9 @@ def _event(name: str, data: dict[str, Any]) -> bytes:
     return b"event: " + name.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
 
 
-_EMPTY_BLOCK: dict[str, dict[str, Any]] = {"text": {"text": ""}, "tool_use": {"input": {}}, "server_tool_use": {"input": {}},
-                "thinking": {"thinking": "", "signature": ""}}
+_EMPTY_BLOCK: dict[str, dict[str, Any]] = {  # what a block's start event holds before its deltas
+    "text": {"text": ""}, "tool_use": {"input": {}}, "server_tool_use": {"input": {}},
+    "thinking": {"thinking": "", "signature": ""}}
 
 
 def _replay_anthropic(doc: dict[str, Any]) -> list[bytes]:
