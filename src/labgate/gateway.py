@@ -115,7 +115,8 @@ class Relay:
                  record: RequestRecord) -> None:
         self._gateway, self._rt, self._stream, self._dep, self._record = gateway, rt, stream, dep, record
         self._it = stream.__aiter__()
-        self._chunks = record.chunks = [] if gateway._keep_content or record.cache_ticket is not None else None
+        ticket = record.cache_ticket  # a cache miss keeps the chunks (bounded) to store the answer
+        self._chunks = record.chunks = [] if gateway._keep_content else ticket.capture() if ticket else None
         self._done = False
 
     def __aiter__(self) -> Relay:

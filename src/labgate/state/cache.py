@@ -53,6 +53,7 @@ log = logging.getLogger("labgate.state")
 NOT_KEYED = frozenset({"model", "stream", "stream_options", "user", "cache", "metadata", "store",
                        "safety_identifier", "prompt_cache_key"})
 STORABLE = frozenset({"stop", "length", "tool_calls"})  # finish reasons of complete answers
+STREAM_OVERHEAD = 4  # a stream miss is captured up to this many times max_entry_bytes of SSE (framing, repeats)
 MAX_REQUEST_TTL_S = 30 * 24 * 3600.0  # the most a request's own ``cache.ttl`` may ask for
 HASH_HEX = 32  # hex characters of a key's hash (BLAKE2b, 16 bytes)
 ENTRY_GLOB = "[0-9a-f]" * HASH_HEX  # matches the hash part of every cache key, and nothing else
@@ -135,6 +136,27 @@ class Counts:
                 "saved_tokens": {"prompt": self.saved_prompt_tokens, "completion": self.saved_completion_tokens}}
 
 
+class Capture(list[bytes]):
+    """A stream miss's relayed chunks, kept up to a byte budget; past it the stream is not stored."""
+
+    __slots__ = ("left",)
+
+    def __init__(self, budget: int) -> None:
+        super().__init__()
+        self.left = budget
+
+    def append(self, chunk: bytes) -> None:
+        self.left -= len(chunk)
+        if self.left >= 0:
+            super().append(chunk)
+        elif self:
+            self.clear()  # over budget: nothing is kept (and nothing stored)
+
+    @property
+    def overflowed(self) -> bool:
+        return self.left < 0
+
+
 @dataclass(slots=True, eq=False)
 class Ticket:
     """A miss the request will store at its end (and release the requests waiting for it)."""
@@ -145,6 +167,11 @@ class Ticket:
     store: bool  # false: the client said no-store
     flight: asyncio.Future[Entry | None] | None = None
     result: Reply | Stream | None = None  # set by the gateway once the attempts answered
+    capture_bytes: int = 0  # a stream's SSE bytes kept for assembling its entry
+
+    def capture(self) -> list[bytes] | None:
+        """Where the relay keeps a stream's chunks for this entry (None: nothing to store)."""
+        return Capture(self.capture_bytes) if self.store else None
 
 
 @dataclass(slots=True, eq=False)
@@ -202,7 +229,8 @@ class Cache:
             hit = await self._lookup(key, record, counts, max_age)
             if hit is not None:
                 return hit
-        ticket = Ticket(key, policy.ttl_s if ttl is None else ttl, counts, not no_store)
+        ticket = Ticket(key, policy.ttl_s if ttl is None else ttl, counts, not no_store,
+                        capture_bytes=self.config.max_entry_bytes * STREAM_OVERHEAD)
         if ticket.store and self.config.single_flight and key not in self._flights:
             ticket.flight = asyncio.get_running_loop().create_future()
             self._flights[key] = _Flight(ticket.flight)
@@ -298,7 +326,10 @@ class Cache:
         if isinstance(result, Reply):
             body = result.body
         else:
-            doc = assemble(record.chunks or [], dialect=result.dialect, endpoint=endpoint)
+            chunks = record.chunks
+            if chunks is None or (isinstance(chunks, Capture) and chunks.overflowed):
+                return None  # longer than an entry may be
+            doc = assemble(chunks, dialect=result.dialect, endpoint=endpoint)
             if doc is None:
                 return None  # the stream did not finish: never stored
             if result.dialect == "openai" and "usage" not in doc and record.usage is not None:

@@ -12,9 +12,10 @@ import orjson
 import pytest
 import pytest_asyncio
 
+from labgate.runtime import Runtime
 from labgate.server.serve import RunningGateway, start_gateway
 from labgate.testing import Behaviour, Simulator
-from labgate.testing.behaviour import CutStream
+from labgate.testing.behaviour import CutStream, Status
 from labgate.testing.gateway import config_from
 
 CHAT = {"model": "m", "temperature": 0, "messages": [{"role": "user", "content": "hello"}]}
@@ -197,3 +198,80 @@ async def test_route_options_namespace_ttl_and_off() -> None:
         assert len(keys) == 1 and keys[0].key.startswith("labgate:mm:")
         await asyncio.sleep(0.25)
         assert (await env.post(CHAT)).headers["x-labgate-cache"] == "miss"  # expired
+
+
+@pytest.mark.asyncio
+async def test_single_flight_leader_failure_hands_over_to_one_waiter() -> None:
+    behaviour = Behaviour(latency_s=0.2, tokens_per_s=0, fault=Status(500), fail_first_n=1)
+    async for env in _env({"backend": "memory"}, behaviour=behaviour):
+        responses = await asyncio.gather(*(env.post(CHAT) for _ in range(6)))
+        assert sorted(r.status_code for r in responses) == [200] * 5 + [502]
+        assert env.upstream_calls() == 2  # the failed leader, then one waiter that took over
+        assert sorted(r.headers["x-labgate-cache"] for r in responses) == ["hit"] * 4 + ["miss"] * 2
+
+
+@pytest.mark.asyncio
+async def test_single_flight_wait_is_bounded() -> None:
+    cache = {"backend": "memory", "single_flight_wait_s": 0.1}
+    async for env in _env(cache, behaviour=Behaviour(latency_s=0.4, tokens_per_s=0)):
+        started = asyncio.get_running_loop().time()
+        first, second = await asyncio.gather(env.post(CHAT), env.post(CHAT))
+        assert (first.status_code, second.status_code) == (200, 200)
+        assert env.upstream_calls() == 2  # the waiter gave up after 0.1 s and went upstream itself
+        assert asyncio.get_running_loop().time() - started < 0.8
+
+
+@pytest.mark.asyncio
+async def test_single_flight_off_sends_every_miss_upstream() -> None:
+    async for env in _env({"backend": "memory", "single_flight": False},
+                          behaviour=Behaviour(latency_s=0.2, tokens_per_s=0)):
+        await asyncio.gather(*(env.post(CHAT) for _ in range(3)))
+        assert env.upstream_calls() == 3
+
+
+@pytest.mark.asyncio
+async def test_a_stream_longer_than_an_entry_is_not_stored() -> None:
+    cache = {"backend": "memory", "max_entry_bytes": 256}
+    async for env in _env(cache, behaviour=Behaviour(tokens_per_s=0, completion_tokens=400)):
+        streamed = await env.post({**CHAT, "stream": True})
+        assert streamed.status_code == 200 and streamed.content.endswith(b"data: [DONE]\n\n")
+        assert (await env.post(CHAT)).headers["x-labgate-cache"] == "miss"  # nothing stored
+        assert (await env.post(CHAT)).headers["x-labgate-cache"] == "miss"  # the whole answer is too big too
+        assert env.upstream_calls() == 3
+
+
+@pytest.mark.asyncio
+async def test_reload_keeps_the_entries_and_counts() -> None:
+    async for env in _env({"backend": "memory"}):
+        await env.post(CHAT)
+        old = env.gw.gateway.runtime
+        new = Runtime.build(old.config, previous=old)
+        env.gw.gateway.runtime = new
+        await old.aclose()
+        assert (await env.post(CHAT)).headers["x-labgate-cache"] == "hit"
+        assert new.cache is not None and new.cache.counts["default"].hits == 1
+        assert env.upstream_calls() == 1
+
+
+@pytest.mark.asyncio
+async def test_embeddings_are_cached_whatever_the_temperature(env: Env) -> None:
+    body = {"model": "m", "input": ["a", "b"]}
+    miss = await env.post(body, "/v1/embeddings")
+    hit = await env.post(body, "/v1/embeddings")
+    assert (miss.headers["x-labgate-cache"], hit.headers["x-labgate-cache"]) == ("miss", "hit")
+    assert hit.content == miss.content
+    assert env.upstream_calls() == 1
+
+
+@pytest.mark.asyncio
+async def test_hits_go_to_metrics_as_saved_tokens_not_used_ones(env: Env) -> None:
+    await env.post(CHAT)
+    await env.post(CHAT)
+    async with env.client.get(env.gw.url + "/metrics") as got:
+        text = await got.text()
+    usage = orjson.loads((await env.post(CHAT)).content)["usage"]
+    assert 'labgate_cache_requests_total{result="hit"} 1' in text
+    assert 'labgate_cache_requests_total{result="miss"} 1' in text
+    assert f'labgate_cache_saved_tokens_total{{type="completion"}} {usage["completion_tokens"]}' in text
+    assert (f'labgate_tokens_total{{model="m",provider="p",type="completion"}} {usage["completion_tokens"]}'
+            in text)  # counted once: the miss

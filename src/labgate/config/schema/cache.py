@@ -51,7 +51,7 @@ class CacheConfig(Strict):
     single_flight_wait_s: float = Field(default=30.0, gt=0)  # a waiter goes upstream itself after this
 
     @model_validator(mode="after")
-    def _redis_has_url(self) -> CacheConfig:
+    def _url_needs_redis(self) -> CacheConfig:
         if self.backend == "memory" and self.url is not None:
             raise ValueError("cache.url is only used by backend: redis")
         return self

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from labgate.config.schema.base import Strict
 from labgate.config.schema.cache import CacheConfig, StateConfig
@@ -53,3 +53,10 @@ class GatewayConfig(Strict):
     config: ReloadConfig = Field(default_factory=ReloadConfig)  # hot reload, watching, backups
     state: StateConfig = Field(default_factory=StateConfig)  # shared state backend (Redis) or in-process
     cache: CacheConfig | None = None  # the response cache; absent: off (docs/cache.md)
+
+    @model_validator(mode="after")
+    def _cache_backend_has_url(self) -> GatewayConfig:
+        cache = self.cache
+        if cache is not None and cache.backend == "redis" and not (cache.url or self.state.url):
+            raise ValueError("cache.backend is redis but no Redis URL is set: add cache.url or state.url")
+        return self
