@@ -220,7 +220,8 @@ class Cache:
             record.cache_status = "bypass"  # non-deterministic: the policy says skip
             counts.bypass += 1
             return None
-        key = policy.prefix + _hash(record.endpoint, target, body)
+        key = policy.prefix + _hash(record.endpoint, f"{record.key_id}|{target}" if self.config.per_key else target,
+                                    body)
         if no_cache:
             record.cache_status = "bypass"
             counts.bypass += 1

@@ -47,6 +47,8 @@ class CacheConfig(Strict):
     max_entries: int = Field(default=10_000, ge=1)  # memory backend: LRU bound on entries
     max_bytes: int = Field(default=256 * 1024 * 1024, ge=1024)  # memory backend: LRU bound on stored bytes
     max_entry_bytes: int = Field(default=4 * 1024 * 1024, ge=256)  # a bigger answer is not stored
+    # true: each API key has its own entries (a hit never reveals that another key sent the same prompt)
+    per_key: bool = False
     single_flight: bool = True  # identical concurrent misses make one upstream call
     single_flight_wait_s: float = Field(default=30.0, gt=0)  # a waiter goes upstream itself after this
 
