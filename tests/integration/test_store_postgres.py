@@ -25,7 +25,8 @@ def record(rid: str, **fields: object) -> RequestRecord:
 async def test_replicas_starting_together_migrate_once(pg_url: str) -> None:
     stores = [PostgresStore(pg_url) for _ in range(5)]
     await asyncio.gather(*(s.open() for s in stores))
-    assert await stores[0].fetch("SELECT version FROM history_schema_version") == [{"version": 1}]
+    assert await stores[0].fetch("SELECT version FROM history_schema_version ORDER BY version") == [
+        {"version": 1}, {"version": 2}]
     indexes = await stores[0].fetch("SELECT indexname FROM pg_indexes WHERE tablename = 'requests' "
                                     "AND schemaname = current_schema() ORDER BY indexname")
     assert [i["indexname"] for i in indexes] == ["idx_requests_model", "idx_requests_provider",
@@ -34,7 +35,7 @@ async def test_replicas_starting_together_migrate_once(pg_url: str) -> None:
     await asyncio.gather(*(s.aclose() for s in stores))
     again = PostgresStore(pg_url)
     await again.open()  # already migrated: nothing to do
-    assert await again.fetch("SELECT count(*) AS n FROM history_schema_version") == [{"n": 1}]
+    assert await again.fetch("SELECT count(*) AS n FROM history_schema_version") == [{"n": 2}]
     await again.aclose()
 
 

@@ -22,7 +22,7 @@ class Column:
     postgres: str
 
 
-COLUMNS: tuple[Column, ...] = (
+COLUMNS_V1: tuple[Column, ...] = (
     Column("request_id", "TEXT NOT NULL", "TEXT NOT NULL"),
     Column("timestamp", "REAL NOT NULL", "TIMESTAMPTZ NOT NULL"),  # SQLite: Unix seconds, UTC
     Column("endpoint", "TEXT NOT NULL", "TEXT NOT NULL"),  # chat | completions | embeddings | …
@@ -59,6 +59,12 @@ COLUMNS: tuple[Column, ...] = (
     Column("tags", "TEXT", "JSONB"),
     Column("metadata", "TEXT", "JSONB"),
 )
+# migration 2: the response cache (docs/cache.md)
+CACHE_COLUMNS: tuple[Column, ...] = (
+    Column("cache", "TEXT", "TEXT"),  # hit | miss | bypass | off | unavailable; NULL: no cache configured
+    Column("cache_bytes", "INTEGER", "INTEGER"),  # hits: bytes served from the cache; misses: bytes stored
+)
+COLUMNS: tuple[Column, ...] = COLUMNS_V1 + CACHE_COLUMNS
 NAMES: tuple[str, ...] = tuple(c.name for c in COLUMNS)
 JSON_COLUMNS = frozenset({"messages", "parameters", "tool_calls", "failed_attempts", "tags", "metadata"})
 BOOL_COLUMNS = frozenset({"stream", "cache_hit"})
@@ -68,13 +74,19 @@ TABLE = "requests"
 
 
 def _create(dialect: str, primary_key: str) -> list[str]:
-    columns = ",\n    ".join(f"{c.name} {getattr(c, dialect)}" for c in COLUMNS)
+    columns = ",\n    ".join(f"{c.name} {getattr(c, dialect)}" for c in COLUMNS_V1)
     statements = [f"CREATE TABLE IF NOT EXISTS {TABLE} (\n    {primary_key},\n    {columns}\n)"]
     statements += [f"CREATE INDEX IF NOT EXISTS {name} ON {TABLE} ({column})" for name, column in INDEXES.items()]
     return statements
 
 
 # version → statements. Append new versions; never edit an applied one.
-SQLITE_MIGRATIONS: dict[int, list[str]] = {1: _create("sqlite", "id INTEGER PRIMARY KEY AUTOINCREMENT")}
-POSTGRES_MIGRATIONS: dict[int, list[str]] = {1: _create("postgres", "id BIGSERIAL PRIMARY KEY")}
+SQLITE_MIGRATIONS: dict[int, list[str]] = {
+    1: _create("sqlite", "id INTEGER PRIMARY KEY AUTOINCREMENT"),
+    2: [f"ALTER TABLE {TABLE} ADD COLUMN {c.name} {c.sqlite}" for c in CACHE_COLUMNS],
+}
+POSTGRES_MIGRATIONS: dict[int, list[str]] = {
+    1: _create("postgres", "id BIGSERIAL PRIMARY KEY"),
+    2: [f"ALTER TABLE {TABLE} ADD COLUMN IF NOT EXISTS {c.name} {c.postgres}" for c in CACHE_COLUMNS],
+}
 VERSION_TABLE = "history_schema_version"
