@@ -81,4 +81,5 @@ class RequestRecord:
                                  "message": f.error.message} for f in self.failures] or None,
             "error_type": self.error_type, "error": self.error_message,
             "key_id": self.key_id, "client_ip": self.client_ip,
+            "cache": self.cache_status,
         }
