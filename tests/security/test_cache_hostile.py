@@ -20,7 +20,7 @@ from labgate.runtime import Runtime
 from labgate.server.admin_cache import CacheSurface
 from labgate.server.http import Request
 from labgate.server.serve import RunningGateway, start_gateway
-from labgate.state.cache import _controls
+from labgate.state.controls import parse_controls
 from labgate.testing import Behaviour, Simulator
 from labgate.testing.gateway import config_from
 
@@ -37,13 +37,13 @@ json_values = st.recursive(st.none() | st.booleans() | st.integers(-(2**63), 2**
 @given(st.one_of(st.none(), st.text(max_size=40)), json_values)
 def test_controls_either_parse_or_are_a_request_error(header: str | None, field: Any) -> None:
     try:
-        no_cache, no_store, ttl, max_age = _controls(header, field)
+        asked = parse_controls(header, field)
     except RequestError as exc:
         assert exc.status == 400 and exc.param is not None and exc.param.startswith("cache")
         return
-    assert isinstance(no_cache, bool) and isinstance(no_store, bool)
-    assert ttl is None or 0 < ttl <= 30 * 24 * 3600
-    assert max_age is None or max_age >= 0
+    assert isinstance(asked.no_cache, bool) and isinstance(asked.no_store, bool)
+    assert asked.ttl is None or 0 < asked.ttl <= 30 * 24 * 3600
+    assert asked.max_age is None or asked.max_age >= 0
 
 
 @pytest_asyncio.fixture

@@ -10,7 +10,7 @@ length or tool_calls; embeddings) and writes them in the background.
 The key is ``labgate:{namespace}:{hash}``: a BLAKE2b hash of the endpoint, the
 route's resolved target (its primary deployments) and the request body as
 canonical JSON, less the fields that cannot change the answer
-(:data:`NOT_KEYED`; ``stream`` among them, so a streamed and a whole request
+(:data:`labgate.state.keys.NOT_KEYED`; ``stream`` among them, so a streamed and a whole request
 share an entry).
 
 Single flight: identical concurrent misses in one process make one upstream
@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import fnmatch
-import hashlib
 import logging
 import re
 import time
@@ -37,9 +36,11 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from labgate.config.schema.cache import CacheConfig, RouteCacheConfig, StateConfig
-from labgate.errors import RequestError
-from labgate.providers.base import IteratorStream, Reply, Stream, StreamInfo, Usage
+from labgate.providers.base import IteratorStream, Reply, Stream, StreamInfo
 from labgate.state.base import KEY_PREFIX, EntryStore, StateUnavailableError
+from labgate.state.controls import parse_controls
+from labgate.state.entry import Capture, Entry
+from labgate.state.keys import key_hash
 from labgate.state.replay import assemble, replay
 
 if TYPE_CHECKING:
@@ -49,21 +50,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("labgate.state")
 
-# body fields that cannot change the answer: left out of the key
-NOT_KEYED = frozenset({"model", "stream", "stream_options", "user", "cache", "metadata", "store",
-                       "safety_identifier", "prompt_cache_key"})
 STORABLE = frozenset({"stop", "length", "tool_calls"})  # finish reasons of complete answers
 STREAM_OVERHEAD = 4  # a stream miss is captured up to this many times max_entry_bytes of SSE (framing, repeats)
-MAX_REQUEST_TTL_S = 30 * 24 * 3600.0  # the most a request's own ``cache.ttl`` may ask for
-HASH_HEX = 32  # hex characters of a key's hash (BLAKE2b, 16 bytes)
-ENTRY_GLOB = "[0-9a-f]" * HASH_HEX  # matches the hash part of every cache key, and nothing else
 _MEMO_LIMIT = 4096  # routes whose policy is remembered (dynamic names are bounded like the route table's)
-_MAX_AGE = re.compile(r"max-age\s*=\s*(\d+)")
-
-
-def key_glob(namespace: str | None, pattern: str | None = None) -> str:
-    """The glob matching cache keys of ``namespace`` (all namespaces if None) whose hash matches ``pattern``."""
-    return f"{KEY_PREFIX}:{namespace or '*'}:{pattern or ENTRY_GLOB}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,39 +64,6 @@ class Policy:
     ttl_s: float
     endpoints: frozenset[str]
     nondeterministic: bool  # cache requests whose temperature is not 0
-
-
-@dataclass(slots=True)
-class Entry:
-    """One cached answer: the whole body in ``dialect``, and what the record needs from it."""
-
-    body: bytes
-    dialect: str
-    endpoint: str
-    created: float  # Unix time it was stored
-    finish_reason: str | None
-    usage: Usage | None
-    provider: str | None
-    deployment: str | None
-
-    def encode(self) -> bytes:
-        usage = None if self.usage is None else [self.usage.prompt_tokens, self.usage.completion_tokens]
-        meta = {"v": 1, "d": self.dialect, "e": self.endpoint, "t": self.created, "f": self.finish_reason,
-                "u": usage, "p": self.provider, "dep": self.deployment}
-        return orjson.dumps(meta) + b"\n" + self.body
-
-    @classmethod
-    def decode(cls, raw: bytes) -> Entry | None:
-        head, sep, body = raw.partition(b"\n")
-        if not sep:
-            return None
-        try:
-            meta = orjson.loads(head)
-            usage = meta["u"]
-            return cls(body, meta["d"], meta["e"], float(meta["t"]), meta["f"],
-                       None if usage is None else Usage(int(usage[0]), int(usage[1])), meta["p"], meta["dep"])
-        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, IndexError):
-            return None
 
 
 @dataclass(slots=True)
@@ -134,27 +90,6 @@ class Counts:
                 "single_flight_waits": self.waited, "stored": self.stored, "store_failures": self.store_failures,
                 "bytes_served": self.bytes_served, "bytes_stored": self.bytes_stored,
                 "saved_tokens": {"prompt": self.saved_prompt_tokens, "completion": self.saved_completion_tokens}}
-
-
-class Capture(list[bytes]):
-    """A stream miss's relayed chunks, kept up to a byte budget; past it the stream is not stored."""
-
-    __slots__ = ("left",)
-
-    def __init__(self, budget: int) -> None:
-        super().__init__()
-        self.left = budget
-
-    def append(self, chunk: bytes) -> None:
-        self.left -= len(chunk)
-        if self.left >= 0:
-            super().append(chunk)
-        elif self:
-            self.clear()  # over budget: nothing is kept (and nothing stored)
-
-    @property
-    def overflowed(self) -> bool:
-        return self.left < 0
 
 
 @dataclass(slots=True, eq=False)
@@ -215,22 +150,22 @@ class Cache:
                 self.counts[policy.namespace].off += 1
             return None
         counts = self.counts[policy.namespace]
-        no_cache, no_store, ttl, max_age = _controls(record.cache_control, controls)
+        asked = parse_controls(record.cache_control, controls)
         if not (policy.nondeterministic or record.endpoint == "embeddings" or body.get("temperature") == 0):
             record.cache_status = "bypass"  # non-deterministic: the policy says skip
             counts.bypass += 1
             return None
-        key = policy.prefix + _hash(record.endpoint, f"{record.key_id}|{target}" if self.config.per_key else target,
+        key = policy.prefix + key_hash(record.endpoint, f"{record.key_id}|{target}" if self.config.per_key else target,
                                     body)
-        if no_cache:
+        if asked.no_cache:
             record.cache_status = "bypass"
             counts.bypass += 1
         else:
             record.cache_status = "miss"
-            hit = await self._lookup(key, record, counts, max_age)
+            hit = await self._lookup(key, record, counts, asked.max_age)
             if hit is not None:
                 return hit
-        ticket = Ticket(key, policy.ttl_s if ttl is None else ttl, counts, not no_store,
+        ticket = Ticket(key, policy.ttl_s if asked.ttl is None else asked.ttl, counts, not asked.no_store,
                         capture_bytes=self.config.max_entry_bytes * STREAM_OVERHEAD)
         if ticket.store and self.config.single_flight and key not in self._flights:
             ticket.flight = asyncio.get_running_loop().create_future()
@@ -399,52 +334,6 @@ async def _iterate(events: list[bytes]) -> AsyncIterator[bytes]:
 
 def _is_glob(name: str) -> bool:
     return any(c in name for c in "*?[")
-
-
-_EXACT_INT = 2**53  # floats up to this are integers exactly; orjson parses bigger integers as floats
-
-
-def _hash(endpoint: str, target: str, body: dict[str, Any]) -> str:
-    # top-level 0.0 and 0 are the same parameter (temperature: 0 / 0.0); bigger floats stay floats,
-    # since int(1e300) does not fit the 64 bits orjson serialises
-    keyed = {k: (int(v) if type(v) is float and v.is_integer() and -_EXACT_INT <= v <= _EXACT_INT else v)
-             for k, v in body.items() if k not in NOT_KEYED}
-    material = orjson.dumps([endpoint, target, keyed], option=orjson.OPT_SORT_KEYS)
-    return hashlib.blake2b(material, digest_size=HASH_HEX // 2).hexdigest()
-
-
-def _controls(header: str | None, field: Any) -> tuple[bool, bool, float | None, float | None]:
-    """``(no_cache, no_store, ttl, max_age)`` from ``cache-control`` and the body's ``cache`` object."""
-    no_cache = no_store = False
-    ttl = max_age = None
-    if header:
-        lowered = header.lower()
-        no_cache = "no-cache" in lowered
-        no_store = "no-store" in lowered
-        found = _MAX_AGE.search(lowered)
-        if found:
-            max_age = float(found.group(1))
-    if field is None:
-        return no_cache, no_store, ttl, max_age
-    if not isinstance(field, dict):
-        raise RequestError("'cache' must be an object such as {\"no-cache\": true, \"ttl\": 600}.", param="cache")
-    for name in ("no-cache", "no-store"):
-        if name in field and not isinstance(field[name], bool):
-            raise RequestError(f"'cache.{name}' must be a boolean.", param=f"cache.{name}")
-    no_cache = no_cache or field.get("no-cache") is True
-    no_store = no_store or field.get("no-store") is True
-    for name in ("ttl", "s-maxage"):
-        value = field.get(name)
-        if value is None:
-            continue
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= MAX_REQUEST_TTL_S:
-            raise RequestError(f"'cache.{name}' must be a number of seconds between 0 and {MAX_REQUEST_TTL_S:g}.",
-                               param=f"cache.{name}")
-        if name == "ttl":
-            ttl = float(value)
-        else:
-            max_age = float(value)
-    return no_cache, no_store, ttl, max_age
 
 
 def cache_for(config: Config, *, previous: Cache | None = None) -> Cache | None:

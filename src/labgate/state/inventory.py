@@ -14,7 +14,8 @@ from typing import Any
 
 from labgate.config.schema.cache import NAMESPACE_PATTERN
 from labgate.state.base import EntryStore
-from labgate.state.cache import Counts, key_glob
+from labgate.state.cache import Counts
+from labgate.state.keys import key_glob
 
 ADMIN_SCAN_LIMIT = 100_000  # keys read for one stats call; past it the figures are lower bounds
 MAX_LIST = 10_000  # keys one listing may return

@@ -8,20 +8,22 @@ from hypothesis import strategies as st
 
 from labgate.errors import RequestError
 from labgate.providers.base import Usage
-from labgate.state.cache import ENTRY_GLOB, Entry, _controls, _hash, key_glob
+from labgate.state.controls import Controls, parse_controls
+from labgate.state.entry import Entry
+from labgate.state.keys import ENTRY_GLOB, key_glob, key_hash
 
 BODY = {"model": "m", "temperature": 0, "messages": [{"role": "user", "content": "hi"}]}
 
 
 def test_fields_that_cannot_change_the_answer_are_not_keyed() -> None:
-    base = _hash("chat", "p/m", BODY)
+    base = key_hash("chat", "p/m", BODY)
     same = {"messages": BODY["messages"], "temperature": 0.0, "model": "alias", "stream": True,
             "stream_options": {"include_usage": True}, "user": "u", "cache": {"ttl": 5}, "metadata": {"a": "b"}}
-    assert _hash("chat", "p/m", same) == base
-    assert _hash("chat", "p/other", BODY) != base  # another target
-    assert _hash("completions", "p/m", BODY) != base  # another endpoint
-    assert _hash("chat", "p/m", {**BODY, "max_tokens": 5}) != base
-    assert _hash("chat", "p/m", {**BODY, "temperature": 0.5}) != base
+    assert key_hash("chat", "p/m", same) == base
+    assert key_hash("chat", "p/other", BODY) != base  # another target
+    assert key_hash("completions", "p/m", BODY) != base  # another endpoint
+    assert key_hash("chat", "p/m", {**BODY, "max_tokens": 5}) != base
+    assert key_hash("chat", "p/m", {**BODY, "temperature": 0.5}) != base
     assert len(base) == 32 and all(c in "0123456789abcdef" for c in base)
 
 
@@ -29,21 +31,21 @@ def test_fields_that_cannot_change_the_answer_are_not_keyed() -> None:
                        st.one_of(st.integers(-(2**63), 2**63 - 1), st.floats(allow_nan=False), st.text(max_size=5),
                                  st.booleans()), max_size=6))
 def test_key_does_not_depend_on_key_order(body: dict[str, object]) -> None:
-    assert _hash("chat", "t", body) == _hash("chat", "t", dict(reversed(list(body.items()))))
+    assert key_hash("chat", "t", body) == key_hash("chat", "t", dict(reversed(list(body.items()))))
 
 
 def test_huge_integral_floats_do_not_break_the_key() -> None:
     # orjson parses integers past 64 bits as floats: 1e23 is integral but no 64-bit int
-    assert _hash("chat", "t", {**BODY, "seed": 1e23}) != _hash("chat", "t", {**BODY, "seed": 1e22})
-    assert _hash("chat", "t", {**BODY, "x": -1e300}) != _hash("chat", "t", BODY)
+    assert key_hash("chat", "t", {**BODY, "seed": 1e23}) != key_hash("chat", "t", {**BODY, "seed": 1e22})
+    assert key_hash("chat", "t", {**BODY, "x": -1e300}) != key_hash("chat", "t", BODY)
 
 
 def test_controls_from_header_and_body() -> None:
-    assert _controls(None, None) == (False, False, None, None)
-    assert _controls("no-cache", None) == (True, False, None, None)
-    assert _controls("No-Store, max-age=30", None) == (False, True, None, 30.0)
-    assert _controls(None, {"no-cache": True, "ttl": 60, "s-maxage": 10}) == (True, False, 60.0, 10.0)
-    assert _controls(None, {"no-store": True}) == (False, True, None, None)
+    assert parse_controls(None, None) == Controls()
+    assert parse_controls("no-cache", None) == Controls(no_cache=True)
+    assert parse_controls("No-Store, max-age=30", None) == Controls(no_store=True, max_age=30.0)
+    assert parse_controls(None, {"no-cache": True, "ttl": 60, "s-maxage": 10}) == Controls(True, False, 60.0, 10.0)
+    assert parse_controls(None, {"no-store": True}) == Controls(no_store=True)
 
 
 @pytest.mark.parametrize(("field", "param"), [
@@ -51,7 +53,7 @@ def test_controls_from_header_and_body() -> None:
     ({"ttl": 10**9}, "cache.ttl"), ({"s-maxage": 0}, "cache.s-maxage"), ({"no-cache": "true"}, "cache.no-cache")])
 def test_bad_controls_are_request_errors(field: object, param: str) -> None:
     with pytest.raises(RequestError) as caught:
-        _controls(None, field)
+        parse_controls(None, field)
     assert caught.value.param == param
 
 
