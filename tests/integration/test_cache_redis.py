@@ -9,13 +9,18 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import time
+import urllib.request
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -265,3 +270,61 @@ async def test_redis_stopped_and_restarted_mid_test_fails_open(redis_url: str,
             assert (await post(client, gw, CHAT))[1] == "miss"
             assert (await post(client, gw, CHAT))[1] == "hit"
             assert calls(sim) == 5
+
+
+# --- two `labgate serve` processes -------------------------------------------------------------
+
+LISTENING = re.compile(r"listening on (http://\S+) ")
+
+
+@contextmanager
+def serve_process(config: Path) -> Iterator[str]:
+    """``labgate serve --config DIR --port 0`` in its own process; yields its URL."""
+    proc = subprocess.Popen([sys.executable, "-m", "labgate", "serve", "--config", str(config), "--port", "0"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    assert proc.stderr is not None
+    seen = ""
+    try:
+        deadline = time.monotonic() + 20
+        while (found := LISTENING.search(seen)) is None:
+            line = proc.stderr.readline().decode(errors="replace")
+            if not line and proc.poll() is not None:
+                pytest.fail(f"labgate exited early ({proc.returncode}): {seen}")
+            seen += line
+            assert time.monotonic() < deadline, seen
+        yield found.group(1)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def chat(url: str, body: dict[str, Any]) -> tuple[str, bytes]:
+    request = urllib.request.Request(url + "/v1/chat/completions", data=orjson.dumps(body), method="POST")
+    with urllib.request.urlopen(request, timeout=10) as r:
+        return r.headers["x-labgate-cache"], r.read()
+
+
+def test_two_gateway_processes_share_entries(redis_url: str, tmp_path: Path) -> None:
+    ns = _ns()
+    with Simulator(Behaviour(tokens_per_s=0), models=["m"]).run_in_thread() as sim:
+        (tmp_path / "providers.yaml").write_text(
+            f"providers:\n  p:\n    type: openai_compatible\n    base_url: {sim.url}/v1\n    models: [m]\n")
+        (tmp_path / "gateway.yaml").write_text(
+            f"state:\n  url: {redis_url}\ncache:\n  namespace: {ns}\nstore:\n  capture: none\n"
+            "logging:\n  requests: false\n")
+        try:
+            with serve_process(tmp_path) as first, serve_process(tmp_path) as second:
+                status, miss = chat(first, CHAT)
+                assert status == "miss"
+                deadline = time.monotonic() + 5  # the first process stores in the background
+                while (answer := chat(second, CHAT))[0] != "hit":
+                    assert time.monotonic() < deadline, "the second process never saw the entry"
+                    time.sleep(0.05)
+                assert answer[1] == miss
+                assert chat(first, {**CHAT, "stream": True})[0] == "hit"
+                assert sum(1 for r in sim.requests if r.method == "POST") == 1
+        finally:
+            asyncio.run(_flush(redis_url, ns))
