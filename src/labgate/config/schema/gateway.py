@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from importlib.util import find_spec
 from typing import Literal
 
 from pydantic import Field, model_validator
@@ -57,6 +58,11 @@ class GatewayConfig(Strict):
     @model_validator(mode="after")
     def _cache_backend_has_url(self) -> GatewayConfig:
         cache = self.cache
-        if cache is not None and cache.backend == "redis" and not (cache.url or self.state.url):
+        if cache is None or not cache.enabled:
+            return self
+        url = cache.url or self.state.url
+        if cache.backend == "redis" and not url:
             raise ValueError("cache.backend is redis but no Redis URL is set: add cache.url or state.url")
+        if (cache.backend or ("redis" if url else "memory")) == "redis" and find_spec("redis") is None:
+            raise ValueError("the cache's Redis backend needs the redis client: pip install 'labgate[redis]'")
         return self
