@@ -349,7 +349,13 @@ def cache_for(config: Config, *, previous: Cache | None = None) -> Cache | None:
     if previous is not None and _same_backend(previous.config, settings, gateway.state, previous):
         previous.owns_entries = False
         return Cache(settings, routes, previous.entries, counts=previous.counts)
-    return Cache(settings, routes, _entries(settings, gateway.state))
+    cache = Cache(settings, routes, _entries(settings, gateway.state))
+    status = cache.entries.status()
+    log.info("cache: %s backend%s, namespace %s, ttl %gs, %s requests%s", status["backend"],
+             f" at {status['url']}" if "url" in status else "", settings.namespace, settings.ttl_s,
+             "every" if settings.nondeterministic == "cache" else "temperature-0",
+             ", per API key" if settings.per_key else "")
+    return cache
 
 
 def _backend(settings: CacheConfig, state: StateConfig) -> tuple[str, str | None]:
