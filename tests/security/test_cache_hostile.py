@@ -105,6 +105,9 @@ async def test_admin_rejects_bad_parameters(served: tuple[RunningGateway, aiohtt
         body = await r.json()
         assert r.status == 400, body
         assert body["error"]["type"] == "invalid_request_error"
+    if query.startswith("limit") and query != "limit=10001":  # 10001 keys may be scanned, not listed
+        async with http.get(gw.url + "/admin/cache/stats?" + query.replace("limit", "scan_limit"), headers=AUTH) as r:
+            assert r.status == 400
     if query.startswith("namespace"):
         async with http.post(gw.url + "/admin/cache/flush?" + query, headers=AUTH) as r:
             assert r.status == 400

@@ -2,8 +2,9 @@
 
 Admission is the admin rule (the master key; loopback only when none is set).
 
-    GET  /admin/cache/stats                         entries and bytes per namespace, this process's
-                                                    hits, misses, hit rate, bytes and saved tokens
+    GET  /admin/cache/stats  ?scan_limit= (≤ 1000000, default 20000: keys read; past it: lower bounds)
+                             entries and bytes per namespace, this process's hits, misses, hit rate, bytes
+                             and saved tokens
     GET  /admin/cache/keys   ?namespace= &pattern= &limit= (≤ 10000, default 100)
     POST /admin/cache/flush  ?namespace=            (no namespace: every namespace) → {"deleted": n}
 """
@@ -45,15 +46,14 @@ class CacheSurface:
         self.gateway = gateway
 
     async def stats(self, request: Request) -> Response:
-        return await self._serve(request, lambda cache, p: _stats(cache))
+        return await self._serve(request, lambda cache, p: _stats(cache, _limit(p, "scan_limit", inventory.SCAN_LIMIT,
+                                                                                 inventory.MAX_SCAN_LIMIT)))
 
     async def keys(self, request: Request) -> Response:
         async def run(cache: Cache, params: Params) -> Any:
-            limit = params.get("limit", "100")
-            if not limit.isdigit() or not 1 <= int(limit) <= inventory.MAX_LIST:
-                raise RequestError(f"'limit' must be an integer between 1 and {inventory.MAX_LIST}.", param="limit")
             found = await inventory.keys(cache.entries, namespace=params.get("namespace"),
-                                         pattern=params.get("pattern"), limit=int(limit))
+                                         pattern=params.get("pattern"),
+                                         limit=_limit(params, "limit", 100, inventory.MAX_LIST))
             return {"data": found}
         return await self._serve(request, run)
 
@@ -84,8 +84,17 @@ class CacheSurface:
         return Response(200, [JSON, ("x-request-id", rid), ("cache-control", "no-store")], orjson.dumps(data))
 
 
-async def _stats(cache: Cache) -> dict[str, Any]:
-    data = await inventory.stats(cache.entries, cache.counts)
+def _limit(params: Params, name: str, default: int, most: int) -> int:
+    given = params.get(name)
+    if given is None:
+        return default
+    if not given.isdigit() or not 1 <= int(given) <= most:
+        raise RequestError(f"'{name}' must be an integer between 1 and {most}.", param=name)
+    return int(given)
+
+
+async def _stats(cache: Cache, limit: int) -> dict[str, Any]:
+    data = await inventory.stats(cache.entries, cache.counts, limit=limit)
     config = cache.config
     data["config"] = {"namespace": config.namespace, "ttl_s": config.ttl_s, "endpoints": list(config.endpoints),
                       "nondeterministic": config.nondeterministic, "single_flight": config.single_flight}

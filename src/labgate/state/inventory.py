@@ -17,7 +17,8 @@ from labgate.state.base import EntryStore
 from labgate.state.cache import Counts
 from labgate.state.keys import key_glob
 
-ADMIN_SCAN_LIMIT = 100_000  # keys read for one stats call; past it the figures are lower bounds
+SCAN_LIMIT = 20_000  # keys one stats call reads by default (it runs on a serving process); past it: lower bounds
+MAX_SCAN_LIMIT = 1_000_000
 MAX_LIST = 10_000  # keys one listing may return
 _NAMESPACE = re.compile(NAMESPACE_PATTERN)
 _PATTERN = re.compile(r"^[A-Za-z0-9*?\[\]\-]{1,64}$")  # a glob over a key's hash part
@@ -38,7 +39,7 @@ def check_pattern(pattern: str | None) -> str | None:
 
 
 async def stats(entries: EntryStore, counts: dict[str, Counts] | None = None, *,
-                limit: int = ADMIN_SCAN_LIMIT) -> dict[str, Any]:
+                limit: int = SCAN_LIMIT) -> dict[str, Any]:
     """Entries and bytes per namespace (plus this process's hit/miss counts when given)."""
     infos = await entries.keys(key_glob(None), limit=limit)
     namespaces: dict[str, dict[str, Any]] = {}
