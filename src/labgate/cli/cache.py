@@ -7,7 +7,7 @@ and master key come from ``--config DIR`` (``server.host/port``,
 Redis backend directly instead (no gateway needed; entries and bytes only,
 hit rates are counted by the gateway processes).
 
-    labgate cache stats [--json]                         entries, bytes, hit rate per namespace
+    labgate cache stats [--scan-limit N] [--json]        entries, bytes, hit rate per namespace
     labgate cache keys [--namespace N] [--pattern P] [--limit 100] [--json]
     labgate cache watch [--interval 5]                   stats, refreshed until Ctrl-C
     labgate cache flush [--namespace N] [--yes]          asks first unless --yes
@@ -39,6 +39,7 @@ def register(commands: Any) -> None:
     stats = sub.add_parser("stats", help="entries, bytes and hit rate per namespace")
     _target(stats)
     stats.add_argument("--json", action="store_true", help="print JSON")
+    _scan_limit(stats)
     stats.set_defaults(run=_run(_stats))
     keys = sub.add_parser("keys", help="list cache keys with their size and time to live")
     _target(keys)
@@ -51,12 +52,18 @@ def register(commands: Any) -> None:
     _target(watch)
     watch.add_argument("--interval", type=float, default=WATCH_INTERVAL_S, help="seconds between refreshes")
     watch.add_argument("--count", type=int, default=0, help=argparse.SUPPRESS)  # refreshes, then stop (tests)
+    _scan_limit(watch)
     watch.set_defaults(run=_run(_watch))
     flush = sub.add_parser("flush", help="delete cache entries (asks for confirmation)")
     _target(flush)
     flush.add_argument("--namespace", "-n", help="only this namespace (default: every namespace)")
     flush.add_argument("--yes", "-y", action="store_true", help="do not ask")
     flush.set_defaults(run=_run(_flush))
+
+
+def _scan_limit(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--scan-limit", type=int, metavar="N",
+                   help="read at most N keys (default 20000); past it the figures are lower bounds")
 
 
 def _target(p: argparse.ArgumentParser) -> None:
@@ -109,7 +116,7 @@ class Backend:
             raise CacheCommandError(str(exc)) from None
         try:
             if path == "stats":
-                return await inventory.stats(entries)
+                return await inventory.stats(entries, limit=params.get("scan_limit") or inventory.SCAN_LIMIT)
             if path == "keys":
                 return {"data": await inventory.keys(entries, namespace=params.get("namespace"),
                                                      pattern=params.get("pattern"), limit=params["limit"])}
@@ -153,7 +160,7 @@ def _run(command: Callable[[argparse.Namespace, Backend, IO[str]], int]) -> Call
 
 
 def _stats(args: argparse.Namespace, backend: Backend, out: IO[str]) -> int:
-    data = backend.call("GET", "stats", {})
+    data = backend.call("GET", "stats", {"scan_limit": args.scan_limit})
     if args.json:
         out.write(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode() + "\n")
     else:
@@ -212,7 +219,7 @@ def _watch(args: argparse.Namespace, backend: Backend, out: IO[str]) -> int:
     shown = 0
     try:
         while True:
-            data = backend.call("GET", "stats", {})
+            data = backend.call("GET", "stats", {"scan_limit": args.scan_limit})
             if out.isatty():
                 out.write("\x1b[2J\x1b[H")  # clear the screen, like `watch`
             out.write(time.strftime("%H:%M:%S ") + render_stats(data, backend.where))
