@@ -13,10 +13,12 @@ foreign exceptions into these classes at exactly one boundary
     │   ├── RouteNotFoundError        404 (unknown path)
     │   ├── RecordNotFoundError       404 no history record with that id
     │   ├── MethodNotAllowedError     405
+    │   ├── MisdirectedRequestError   421 the Host header names no host this gateway answers for
     │   ├── ConfigInvalidError        422 a reload refused: the new config does not validate
     │   └── ReloadUnavailableError    409 the config did not come from files; nothing to reload
     ├── AuthenticationError           401 (x-should-retry: false)
-    ├── PermissionDeniedError         403 an admin call without the rights it needs
+    ├── PermissionDeniedError         403 an admin call without the rights it needs; a browser
+    │                                      request from an origin not in cors.allow_origins
     ├── ModelNotFoundError            404 "did you mean …" (x-should-retry: false)
     ├── UnsupportedEndpointError      400 the model's provider cannot serve this endpoint
     ├── UpstreamError                 502  — an attempt failed; the next candidate may succeed
@@ -33,12 +35,18 @@ foreign exceptions into these classes at exactly one boundary
     ├── HistoryUnavailableError       503  history is off, or its store cannot be read now
     ├── CacheUnavailableError         503  the response cache is off, or its backend cannot be reached now
     └── InternalError                 500  an unexpected exception (logged once, never on the wire)
+
+On ``/v1/messages`` an ``overloaded_error`` is answered with Anthropic's 529
+(:meth:`LabgateError.status_in`): the one place that decides it, for the
+envelope and for the record alike.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+
+ANTHROPIC_OVERLOADED_STATUS = 529  # Anthropic's status for overloaded_error
 
 
 class LabgateError(Exception):
@@ -61,6 +69,12 @@ class LabgateError(Exception):
     def should_retry(self) -> bool:
         """What ``x-should-retry`` tells the official SDKs."""
         return self.retryable
+
+    def status_in(self, dialect: str) -> int:
+        """The HTTP status a client of ``dialect`` (``openai`` | ``anthropic``) is answered with."""
+        if dialect == "anthropic" and self.anthropic_type == "overloaded_error":
+            return ANTHROPIC_OVERLOADED_STATUS
+        return self.status
 
 
 class RequestError(LabgateError):
@@ -100,6 +114,13 @@ class RecordNotFoundError(RequestError):
 class MethodNotAllowedError(RequestError):
     status = 405
     code = "method_not_allowed"
+
+
+class MisdirectedRequestError(RequestError):
+    """The ``Host`` header names a host this gateway does not answer for (DNS rebinding defence)."""
+
+    status = 421
+    code = "host_not_allowed"
 
 
 class ConfigInvalidError(RequestError):

@@ -25,6 +25,8 @@ if TYPE_CHECKING:
 
 # An OpenAI-dialect payload, or (from another dialect's surface) a Translated one.
 Parser = Callable[[bytes], dict[str, Any] | Translated]
+# A whole reply in the client's dialect (another dialect's surface translates it back).
+Answer = Callable[[Reply, RequestRecord], Reply]
 
 
 class Gateway:
@@ -43,8 +45,12 @@ class Gateway:
         self._keep_content = history is not None and history.keeps_content
 
     async def handle(self, record: RequestRecord, *, api_key: str | None, body: bytes,
-                     parse: Parser) -> Reply | Stream:
-        """Serve one API call: a whole reply, or the stream of bytes to relay (each in its ``dialect``)."""
+                     parse: Parser, answer: Answer | None = None) -> Reply | Stream:
+        """Serve one API call: a whole reply, or the stream of bytes to relay (each in its ``dialect``).
+
+        ``answer`` turns a whole reply into what the client gets before the record closes, so that
+        a reply that cannot be translated is recorded with the error status the client sees.
+        """
         rt = self.runtime  # taken once: a reload never changes it under this request
         try:
             record.key_id = rt.auth.check(api_key)
@@ -55,26 +61,31 @@ class Gateway:
             record.payload, record.body = payload, body  # references for history; read off the hot path
             route = rt.table.resolve(record.model)
             if rt.cache and (hit := await rt.cache.get(route, record, native or payload)):
-                return self.done(rt, record, hit)
+                return self.done(rt, record, hit, answer)
             candidates = plan(route, rt.circuit, max_attempts=rt.max_attempts)
             result, dep = await attempt(
                 candidates, endpoint=endpoint, body=payload, native=native, stream=record.stream,
                 deadline=time.monotonic() + rt.request_timeout, circuit=rt.circuit, record=record)
+            if isinstance(result, Reply):
+                record.usage, record.finish_reason = result.usage, result.finish_reason
+                if answer is not None:
+                    result = answer(result, record)
             if record.cache_ticket is not None:  # a cache miss: stored at finish if it completes
                 record.cache_ticket.result = result
         except BaseException as exc:
             self.finish(rt, record, exc)
             raise
         if isinstance(result, Reply):
-            record.usage, record.finish_reason = result.usage, result.finish_reason
             if self._keep_content:
                 record.reply = result.body
             self.finish(rt, record)
             return result
         return IteratorStream(Relay(self, rt, result, dep, record), result.info, result.dialect)
 
-    def done(self, rt: Runtime, record: RequestRecord, hit: Reply | Stream) -> Reply | Stream:
+    def done(self, rt: Runtime, record: RequestRecord, hit: Reply | Stream, answer: Answer | None) -> Reply | Stream:
         """Answer from the cache: the record closes now (a replayed stream is already in memory)."""
+        if answer is not None and isinstance(hit, Reply):
+            hit = answer(hit, record)
         self.finish(rt, record)
         return hit
 
@@ -91,7 +102,7 @@ class Gateway:
                 exc = error if isinstance(error, LabgateError) else InternalError("internal error")
                 record.outcome = "stream_error" if streaming else "error"
                 if not streaming:
-                    record.status = exc.status
+                    record.status = exc.status_in(record.dialect)  # what the client's envelope says
                 record.error_type, record.error_message = exc.code, exc.message
         if rt.cache is not None and record.cache_ticket is not None:
             rt.cache.store(record)  # a complete answer is kept; requests waiting for it are released

@@ -17,13 +17,15 @@ from labgate.errors import AttemptFailure
 from labgate.providers.base import Usage
 
 CLIENT_CLOSED = 499  # nginx's convention for "the client went away first"
+ANTHROPIC_ENDPOINTS = frozenset({"messages"})  # served by server/anthropic.py
 
 
 @dataclass(slots=True)
 class RequestRecord:
-    request_id: str
+    request_id: str  # labgate's own (server/ids.py): unique, unguessable
     endpoint: str
     client_ip: str | None = None
+    client_request_id: str | None = None  # the client's x-request-id, when sane; never names a record
     started: float = field(default_factory=time.perf_counter)
     timestamp: float = field(default_factory=time.time)
     key_id: str | None = None  # a hash prefix of the API key, never the key
@@ -59,6 +61,11 @@ class RequestRecord:
     cache_ticket: Any = None  # a miss to store when the request finishes (state.cache.Ticket)
 
     @property
+    def dialect(self) -> str:
+        """The API dialect the client speaks (its error statuses differ: see ``LabgateError.status_in``)."""
+        return "anthropic" if self.endpoint in ANTHROPIC_ENDPOINTS else "openai"
+
+    @property
     def latency_ms(self) -> float | None:
         return None if self.finished is None else round((self.finished - self.started) * 1000, 3)
 
@@ -70,7 +77,8 @@ class RequestRecord:
     def as_log(self) -> dict[str, Any]:
         usage = self.usage
         return {
-            "request_id": self.request_id, "ts": round(self.timestamp, 3), "endpoint": self.endpoint,
+            "request_id": self.request_id, "client_request_id": self.client_request_id,
+            "ts": round(self.timestamp, 3), "endpoint": self.endpoint,
             "model": self.model, "stream": self.stream, "provider": self.provider,
             "deployment": self.deployment, "status": self.status, "outcome": self.outcome,
             "latency_ms": self.latency_ms, "ttft_ms": self.ttft_ms,

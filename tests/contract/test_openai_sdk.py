@@ -228,10 +228,11 @@ def test_models_retrieve(client: openai.OpenAI) -> None:
 def test_raw_response_headers(client: openai.OpenAI) -> None:
     raw = client.chat.completions.with_raw_response.create(model="fb-vllm", messages=USER,
                                                            extra_headers={"x-request-id": "sdk-contract-1"})
-    assert {k: raw.headers.get(k) for k in ("x-request-id", "x-labgate-provider", "x-labgate-deployment",
+    assert {k: raw.headers.get(k) for k in ("x-client-request-id", "x-labgate-provider", "x-labgate-deployment",
                                             "x-labgate-attempts")} == {
-        "x-request-id": "sdk-contract-1", "x-labgate-provider": "vllm", "x-labgate-deployment": "vllm/m-vllm",
+        "x-client-request-id": "sdk-contract-1", "x-labgate-provider": "vllm", "x-labgate-deployment": "vllm/m-vllm",
         "x-labgate-attempts": "1"}
+    assert raw.headers["x-request-id"].startswith("req_")  # labgate's own id, never the client's
     assert raw.parse().choices[0].message.content == sim_text(8)
 
 

@@ -52,7 +52,7 @@ def record_of(gateway: tuple[RunningGateway, Captured], request_id: str) -> dict
     deadline = time.monotonic() + 5
     while True:
         running.gateway.runtime.access_log.flush()
-        found = [line for line in log.lines() if line["request_id"] == request_id]
+        found = [line for line in log.lines() if line["client_request_id"] == request_id]  # the id sent
         if found or time.monotonic() > deadline:
             assert len(found) == 1, f"{len(found)} records for {request_id}"
             return found[0]

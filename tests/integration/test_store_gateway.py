@@ -52,7 +52,7 @@ async def records(url: str) -> dict[str, dict[str, Any]]:
     store = store_for(url)
     await store.open()
     try:
-        return {r["request_id"]: r async for r in query.walk(store, query.Filter())}
+        return {r["client_request_id"]: r async for r in query.walk(store, query.Filter())}  # by the id sent
     finally:
         await store.aclose()
 

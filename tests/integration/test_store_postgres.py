@@ -26,7 +26,7 @@ async def test_replicas_starting_together_migrate_once(pg_url: str) -> None:
     stores = [PostgresStore(pg_url) for _ in range(5)]
     await asyncio.gather(*(s.open() for s in stores))
     assert await stores[0].fetch("SELECT version FROM history_schema_version ORDER BY version") == [
-        {"version": 1}, {"version": 2}]
+        {"version": 1}, {"version": 2}, {"version": 3}]
     indexes = await stores[0].fetch("SELECT indexname FROM pg_indexes WHERE tablename = 'requests' "
                                     "AND schemaname = current_schema() ORDER BY indexname")
     assert [i["indexname"] for i in indexes] == ["idx_requests_model", "idx_requests_provider",
@@ -35,8 +35,40 @@ async def test_replicas_starting_together_migrate_once(pg_url: str) -> None:
     await asyncio.gather(*(s.aclose() for s in stores))
     again = PostgresStore(pg_url)
     await again.open()  # already migrated: nothing to do
-    assert await again.fetch("SELECT count(*) AS n FROM history_schema_version") == [{"n": 2}]
+    assert await again.fetch("SELECT count(*) AS n FROM history_schema_version") == [{"n": 3}]
     await again.aclose()
+
+
+async def test_a_version_1_table_gains_client_request_id(pg_url: str) -> None:
+    """A table created before client_request_id existed: migration 2 adds the column, old rows keep NULL."""
+    import asyncpg
+
+    from labgate.store.query import get
+    from labgate.store.schema import POSTGRES_MIGRATIONS
+
+    conn = await asyncpg.connect(pg_url)
+    try:
+        for statement in POSTGRES_MIGRATIONS[1]:
+            await conn.execute(statement)
+        await conn.execute("CREATE TABLE history_schema_version (version INTEGER NOT NULL)")
+        await conn.execute("INSERT INTO history_schema_version VALUES (1)")
+        await conn.execute("INSERT INTO requests (request_id, timestamp, endpoint, stream, capture, status, outcome, "
+                           "cache_hit, attempts) VALUES ('old-1', now(), 'chat', false, 'metadata', 200, 'ok', "
+                           "false, 1)")
+    finally:
+        await conn.close()
+    store = PostgresStore(pg_url)
+    await store.open()
+    try:
+        await store.write([build_row(record("req_new", client_request_id="client-9"), capture="metadata",
+                                     client_ip=True)])
+        old, new = await get(store, "old-1"), await get(store, "req_new")
+        versions = await store.fetch("SELECT version FROM history_schema_version ORDER BY version")
+    finally:
+        await store.aclose()
+    assert (old["client_request_id"], new["client_request_id"]) == (None, "client-9")
+    assert (old["cache"], new["cache"], old["cache_bytes"]) == (None, None, None)  # migration 3 (the cache)
+    assert versions == [{"version": 1}, {"version": 2}, {"version": 3}]
 
 
 async def test_many_concurrent_writers(pg_url: str) -> None:

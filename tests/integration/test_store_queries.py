@@ -297,11 +297,12 @@ def test_search_pages_and_summary_columns(store: Any) -> None:
          "key_id": K2, "model": "m-b", "provider": "p1", "deployment": "p1/m-b", "stream": False, "status": 429,
          "outcome": "error", "error_type": "rate_limit_exceeded", "response_time_ms": 50.0, "ttft_ms": None,
          "prompt_tokens": None, "completion_tokens": None, "tokens_used": None, "cost": None, "cache_hit": False,
-         "prompt": None},
+         "prompt": None, "client_request_id": None},
         {"id": 9, "request_id": "req-9", "timestamp": "2025-01-01T12:00:00.000Z", "endpoint": "chat",
          "key_id": K1, "model": "m-a", "provider": "p2", "deployment": "p2/m-a", "stream": True, "status": 200,
          "outcome": "ok", "error_type": None, "response_time_ms": 600.0, "ttft_ms": 90.0, "prompt_tokens": 12,
-         "completion_tokens": 50, "tokens_used": 62, "cost": 0.03, "cache_hit": False, "prompt": "summarize this"},
+         "completion_tokens": 50, "tokens_used": 62, "cost": 0.03, "cache_hit": False, "prompt": "summarize this",
+         "client_request_id": None},
     ]
 
 

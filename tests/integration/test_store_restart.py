@@ -132,7 +132,7 @@ def stored_ids(url: str) -> list[str]:
         store = store_for(url)
         await store.open()
         try:
-            return [r["request_id"] async for r in query.walk(store, query.Filter())]
+            return [r["client_request_id"] async for r in query.walk(store, query.Filter())]  # the ids sent
         finally:
             await store.aclose()
 

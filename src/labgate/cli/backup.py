@@ -9,6 +9,7 @@ from typing import Any
 
 import orjson
 
+from labgate.cli.style import shown
 from labgate.config import backup as backups
 from labgate.config.problems import ConfigError
 
@@ -59,7 +60,7 @@ def run_list(args: argparse.Namespace) -> int:
         print(f"no backups in {backup_dir(args)}")
         return 0
     for b in found:
-        print(f"{b.name:<22} {b.version:<24} {b.created:%Y-%m-%d %H:%M:%S} UTC  {b.reason}")
+        print(f"{shown(b.name):<22} {shown(b.version):<24} {b.created:%Y-%m-%d %H:%M:%S} UTC  {shown(b.reason)}")
     print(f"{len(found)} backup(s) in {backup_dir(args)}")
     return 0
 

@@ -22,6 +22,7 @@ from typing import IO, Any, TypeVar
 
 import orjson
 
+from labgate.cli.style import shown
 from labgate.config.problems import ConfigError
 from labgate.store import is_postgres, resolve_url, store_for
 from labgate.store.base import Store
@@ -159,12 +160,12 @@ async def _search(args: argparse.Namespace, store: Store, out: IO[str]) -> int:
         print("no matching requests", file=sys.stderr)
         return 0
     header = ("ID", "TIME (UTC)", "MODEL", "PROVIDER", "STATUS", "MS", "TOKENS", "PROMPT")
-    table = [header] + [(
+    table = [header] + [tuple(shown(cell) for cell in (
         str(r["id"]), (r["timestamp"] or "")[:19].replace("T", " "), r["model"] or "-", r["provider"] or "-",
         f"{r['status']}" + ("" if r["outcome"] == "ok" else f" {r['outcome']}"),
         f"{r['response_time_ms']:.0f}" if r["response_time_ms"] is not None else "-",
         str(r["tokens_used"]) if r["tokens_used"] is not None else "-",
-        r["prompt"] or "") for r in rows]
+        r["prompt"] or "")) for r in rows]
     widths = [max(len(row[i]) for row in table) for i in range(len(header) - 1)]
     room = max(20, shutil.get_terminal_size((120, 24)).columns - sum(widths) - 2 * len(widths))
     for row in table:
@@ -181,11 +182,13 @@ async def _show(args: argparse.Namespace, store: Store, out: IO[str]) -> int:
     skip = {"messages", "response", "tool_calls", "parameters", "failed_attempts"}
     for name, value in record.items():
         if name not in skip and value is not None:
-            out.write(f"{name:18} {orjson.dumps(value).decode() if isinstance(value, (list, dict)) else value}\n")
+            text = orjson.dumps(value).decode() if isinstance(value, (list, dict)) else str(value)
+            out.write(f"{name:18} {shown(text)}\n")
     if record["parameters"]:
-        out.write(f"{'parameters':18} {orjson.dumps(record['parameters']).decode()}\n")
+        out.write(f"{'parameters':18} {shown(orjson.dumps(record['parameters']).decode())}\n")
     for failure in record["failed_attempts"] or ():
-        out.write(f"{'failed attempt':18} {failure['deployment']}: {failure['error']}: {failure['message']}\n")
+        cause = f"{failure['deployment']}: {failure['error']}: {failure['message']}"
+        out.write(f"{'failed attempt':18} {shown(cause)}\n")
     if record["capture"] != "full":
         out.write("\n(content not captured: store.capture was metadata)\n")
         return 0
@@ -195,13 +198,13 @@ async def _show(args: argparse.Namespace, store: Store, out: IO[str]) -> int:
         if isinstance(message, dict):
             content = message.get("content")
             text = content if isinstance(content, str) else orjson.dumps(content).decode()
-            out.write(f"[{message.get('role')}] {text}\n")
+            out.write(shown(f"[{message.get('role')}] {text}", keep="\n\t") + "\n")
         else:
-            out.write(f"{message}\n")
+            out.write(shown(f"{message}", keep="\n\t") + "\n")
     out.write("--- response\n")
-    out.write((record["response"] or "") + "\n")
+    out.write(shown(record["response"] or "", keep="\n\t") + "\n")
     if record["tool_calls"]:
-        out.write(f"tool calls: {orjson.dumps(record['tool_calls']).decode()}\n")
+        out.write(f"tool calls: {shown(orjson.dumps(record['tool_calls']).decode())}\n")
     return 0
 
 
@@ -256,17 +259,17 @@ async def _stats(args: argparse.Namespace, store: Store, out: IO[str]) -> int:
               f"cache hit rate   {_pct(totals['cache_hit_rate'])}\n")
     out.write("models\n")
     for model in totals["models"]:
-        out.write(f"  {model['model'] or '(none)':30} {model['requests']:>8} requests "
+        out.write(f"  {shown(model['model'] or '(none)'):30} {model['requests']:>8} requests "
                   f"{model['total_tokens']:>10} tokens\n")
     if any(g["errors"] for g in failing["groups"]):
         out.write("errors by provider\n")
         for group in failing["groups"]:
             if group["errors"]:
-                out.write(f"  {group['group'] or '(none)':30} {group['errors']:>8} of {group['requests']}"
+                out.write(f"  {shown(group['group'] or '(none)'):30} {group['errors']:>8} of {group['requests']}"
                           f" ({_pct(group['error_rate'])})\n")
         out.write("errors by type\n")
         for kind in failing["types"]:
-            out.write(f"  {kind['error_type'] or '(none)':30} {kind['count']:>8}  ({kind['outcome']})\n")
+            out.write(f"  {shown(kind['error_type'] or '(none)'):30} {kind['count']:>8}  ({kind['outcome']})\n")
     return 0
 
 
@@ -372,9 +375,9 @@ def side_by_side(left: tuple[str, str], right: tuple[str, str], *, width: int) -
     column = max(20, (width - 3) // 2)
 
     def lines(title: str, text: str) -> list[str]:
-        wrapped = [piece for para in (text or "").splitlines() or [""]
-                   for piece in (textwrap.wrap(para, column) or [""])]
-        return [textwrap.shorten(title, column, placeholder="…"), "-" * column, *wrapped]
+        wrapped = [piece for para in (text or "").split("\n") or [""]
+                   for piece in (textwrap.wrap(shown(para), column) or [""])]
+        return [textwrap.shorten(shown(title), column, placeholder="…"), "-" * column, *wrapped]
 
     a, b = lines(*left), lines(*right)
     rows = max(len(a), len(b))

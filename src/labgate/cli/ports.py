@@ -10,7 +10,7 @@ from typing import Any
 
 import orjson
 
-from labgate.cli.style import Style
+from labgate.cli.style import Style, shown
 from labgate.config.load import FILES, Config, load_config
 from labgate.config.ports import PortState, inspect
 from labgate.config.problems import ConfigError
@@ -58,11 +58,12 @@ async def check(config: Config, *, required_only: bool = False, only: list[int] 
 
 
 def table(states: list[PortState], style: Style) -> str:
-    rows = [("SERVICE", "PORT", "PROTO", "REQ", "STATE", "PROCESS", "HEALTH")]
+    rows: list[tuple[str, ...]] = [("SERVICE", "PORT", "PROTO", "REQ", "STATE", "PROCESS", "HEALTH")]
     for s in states:
         state = "listening" if s.listening else ("reserved" if s.reserved else "free")
-        rows.append((s.name or "-", str(s.port), s.protocol, "yes" if s.required else "",
-                     state, ", ".join(map(str, s.holders)) or ("?" if s.listening else ""), s.health or ""))
+        rows.append(tuple(shown(cell) for cell in (
+            s.name or "-", str(s.port), s.protocol, "yes" if s.required else "",
+            state, ", ".join(map(str, s.holders)) or ("?" if s.listening else ""), s.health or "")))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = []
     for i, row in enumerate(rows):
@@ -77,7 +78,7 @@ def table(states: list[PortState], style: Style) -> str:
     for s in states:
         for problem in s.problems:
             paint = style.red if problem.severity == "error" else style.yellow
-            lines.append(paint(str(problem)))
+            lines.append(paint(shown(str(problem))))
     errors = sum(p.severity == "error" for s in states for p in s.problems)
     lines.append(f"{len(states)} port(s), {errors} problem(s)")
     return "\n".join(lines)

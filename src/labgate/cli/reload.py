@@ -31,7 +31,7 @@ from typing import Any
 
 import orjson
 
-from labgate.cli.style import Style
+from labgate.cli.style import Style, shown
 from labgate.config import backup as backups
 from labgate.config.problems import ConfigError
 
@@ -125,7 +125,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"running {running['version']} at {client.url}; new {new.version}")
     for change in changes:
         paint = {"+": style.green, "-": style.red, "~": style.yellow}[change.op]
-        print(paint(str(change)))
+        print(paint(shown(str(change))))  # values from the running gateway's /admin/config
     if running["version"] == new.version:
         print("no changes: the gateway already runs this config")
         return 0

@@ -130,8 +130,11 @@ def _listen(host: str, port: int) -> socket.socket:
 
 
 def _banner(config: Config, host: str, port: int, workers: int) -> None:
+    from labgate.server.origin import Edge, is_loopback
+
     auth = config.gateway.auth.master_key_env
-    if auth and os.environ.get(auth):
+    keyed = bool(auth and os.environ.get(auth))
+    if keyed:
         key_line = f"auth: master key from ${auth}"
     elif auth:
         key_line = f"auth: ${auth} is not set — NO AUTH, every client is accepted"
@@ -140,6 +143,14 @@ def _banner(config: Config, host: str, port: int, workers: int) -> None:
     active = [n for n, p in config.providers.items() if p.status == "active"]
     print(f"labgate: config {config.source}; providers: {', '.join(active) or 'none'}; {key_line}",
           file=sys.stderr)
+    hosts = Edge.from_config(config.gateway, listen_host=host, auth_enabled=keyed).allowed_hosts
+    print("labgate: answering for " + ("any Host" if hosts is None else f"Host {', '.join(hosts)} and IP addresses")
+          + "; browser origins: " + (", ".join(config.gateway.cors.allow_origins) or "its own only"),
+          file=sys.stderr)
+    if not keyed and not is_loopback(host):
+        print(f"labgate: WARNING: listening on {host}, reachable from other machines, with NO master key: "
+              "anyone who can reach this port can use your providers and spend their keys. Set "
+              "auth.master_key_env (and the variable it names) or listen on 127.0.0.1.", file=sys.stderr)
     print(f"labgate: listening on http://{host}:{port} ({workers} worker{'s' * (workers > 1)})",
           file=sys.stderr, flush=True)
 

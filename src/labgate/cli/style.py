@@ -1,4 +1,4 @@
-"""Terminal colours for the CLI: on for a terminal, off for pipes and ``NO_COLOR``."""
+"""Terminal output for the CLI: colours (on for a terminal, off for pipes and ``NO_COLOR``) and escaping."""
 
 from __future__ import annotations
 
@@ -38,3 +38,27 @@ class Style:
 
     def bold(self, text: str) -> str:
         return self._paint("1", text)
+
+
+_NAMED_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def shown(text: str, *, keep: str = "") -> str:
+    """``text`` safe to print in a terminal: every non-printable character escaped (``\\n``, ``\\x1b``, ``\\u202e``).
+
+    Every table and record the CLI prints passes its values through here: a model name, prompt or error
+    message holding a line break would break the table's rows, and an ANSI escape sequence (``\\x1b[…``)
+    could recolour, hide or rewrite what the terminal shows. ``keep`` names characters left as they are
+    (``"\\n"`` where a value is printed as text over several lines).
+    """
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() or c in keep else _escape(c) for c in text)
+
+
+def _escape(char: str) -> str:
+    named = _NAMED_ESCAPES.get(char)
+    if named is not None:
+        return named
+    code = ord(char)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"

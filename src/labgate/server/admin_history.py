@@ -4,9 +4,10 @@ Every route needs the master key (when one is configured: with no key the
 whole gateway is open, and says so at start-up). Query parameters:
 
     filters     model, provider, status (200 | 5xx | ok | error | stream_error | client_disconnected),
-                text, since, until (ISO 8601, Unix seconds or an age: 2h, 7d), key, endpoint
+                text, since, until (ISO 8601, Unix seconds or an age: 2h, 7d), key, endpoint,
+                client_request_id (the client's x-request-id)
     /admin/history                 + limit (≤ 1000, default 50), offset     newest first
-    /admin/history/{id}            one whole record (request id or row id)
+    /admin/history/{id}            one whole record (labgate's x-request-id, or the row id)
     /admin/history/export          + format=jsonl|json|csv                  oldest first, streamed
     /admin/history/status          the writer: queued, written, dropped, last error
     /admin/history/metrics         the same counters in the Prometheus text format
@@ -42,7 +43,7 @@ from labgate.telemetry.metrics import CONTENT_TYPE
 log = logging.getLogger("labgate.server")
 HISTORY = "/admin/history"
 ANALYTICS = "/admin/analytics/"
-_FILTERS = ("model", "provider", "status", "text", "key", "endpoint")
+_FILTERS = ("model", "provider", "status", "text", "key", "endpoint", "client_request_id")
 _MAX_LIMIT = 1000
 
 Params = dict[str, str]

@@ -24,6 +24,7 @@ from labgate.errors import (
     LabgateError,
     RequestError,
     UnsupportedEndpointError,
+    UpstreamBadResponseError,
 )
 from labgate.gateway import Gateway
 from labgate.providers.anthropic.inbound import (
@@ -35,10 +36,10 @@ from labgate.providers.anthropic.inbound_stream import PING, EventTranslator
 from labgate.providers.base import Reply, Stream, Translated
 from labgate.record import RequestRecord
 from labgate.server.envelopes import JSON, anthropic_error, anthropic_sse_error
-from labgate.server.fields import is_int, is_number
+from labgate.server.fields import is_int, is_number, model_problem
 from labgate.server.http import Request, Response
 from labgate.server.ids import request_id
-from labgate.server.openai import SSE_HEADERS, route_headers
+from labgate.server.openai import SSE_HEADERS, new_record, route_headers
 from labgate.server.sse import ErrorEventStream
 
 log = logging.getLogger("labgate.server")
@@ -77,6 +78,9 @@ def check_request(payload: dict[str, Any], *, needs_max_tokens: bool = True) -> 
     model = payload.get("model")
     if not isinstance(model, str) or not model:
         _fail("model", "Field required" if model is None else "Input should be a non-empty string")
+    problem = model_problem(model)
+    if problem is not None:
+        _fail("model", f"Input {problem}")
     max_tokens = payload.get("max_tokens")
     if needs_max_tokens or max_tokens is not None:
         if max_tokens is None:
@@ -222,16 +226,15 @@ class AnthropicSurface:
         self.ping_interval = ping_interval
 
     async def messages(self, request: Request) -> Response:
-        record = RequestRecord(request_id(request.headers), "messages", request.client)
-        record.cache_control = request.headers.get("cache-control")  # the response cache's request controls
+        record = new_record(request, "messages")
         try:
             result = await self.gateway.handle(record, api_key=presented_key(request.headers),
-                                               body=request.body, parse=parse_messages)
+                                               body=request.body, parse=parse_messages, answer=_as_message)
             headers = route_headers(record)
             headers.append(("request-id", record.request_id))
             if isinstance(result, Reply):
                 headers.append(JSON)
-                return Response(200, headers, self._message_body(result, record))
+                return Response(200, headers, result.body)
         except LabgateError as exc:
             return anthropic_error(_explained(exc, request.body), record.request_id, route_headers(record)[1:])
         except Exception:
@@ -259,12 +262,18 @@ class AnthropicSurface:
         body = orjson.dumps({"input_tokens": estimate_input_tokens(payload)})
         return Response(200, [JSON, ("x-request-id", rid), ("request-id", rid)], body)
 
-    @staticmethod
-    def _message_body(reply: Reply, record: RequestRecord) -> bytes:
-        if reply.dialect == "anthropic":
-            return reply.body
-        where = f"provider {record.provider!r}"
-        return orjson.dumps(chat_completion_to_message(orjson.loads(reply.body), where=where))
+
+def _as_message(reply: Reply, record: RequestRecord) -> Reply:
+    """A whole reply as a Messages response (the gateway calls this before the record closes)."""
+    if reply.dialect == "anthropic":
+        return reply
+    where = f"provider {record.provider!r}"
+    try:
+        completion = orjson.loads(reply.body)
+    except orjson.JSONDecodeError:
+        raise UpstreamBadResponseError(f"{where} sent a chat completion that is not JSON") from None
+    body = orjson.dumps(chat_completion_to_message(completion, where=where))
+    return Reply(body, reply.usage, reply.finish_reason, "anthropic")
 
 
 def _explained(exc: LabgateError, body: bytes) -> LabgateError:

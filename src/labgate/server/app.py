@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from labgate.config.reload import Reloader
 from labgate.errors import LabgateError, MethodNotAllowedError, RouteNotFoundError
 from labgate.gateway import Gateway
+from labgate.runtime import Runtime
 from labgate.server.admin_cache import cache_routes
 from labgate.server.admin_config import config_routes
 from labgate.server.admin_history import history_routes
@@ -12,13 +15,17 @@ from labgate.server.anthropic import AnthropicSurface
 from labgate.server.envelopes import anthropic_error, openai_error
 from labgate.server.health import HealthSurface
 from labgate.server.http import Handler, Request, Response
-from labgate.server.ids import request_id
+from labgate.server.ids import client_request_id, request_id
 from labgate.server.metrics import metrics_routes
 from labgate.server.openai import OpenAISurface
+from labgate.server.origin import Edge
 
 
-def build_app(gateway: Gateway, *, reloader: Reloader | None = None) -> Handler:
-    """The request handler for the server: route lookup, then the surface's handler."""
+def build_app(gateway: Gateway, *, reloader: Reloader | None = None, listen_host: str | None = None) -> Handler:
+    """The request handler for the server: the Host/Origin check, route lookup, then the surface's handler.
+
+    ``listen_host`` (the address the server listens on) is a name the gateway answers for.
+    """
     openai = OpenAISurface(gateway)
     anthropic = AnthropicSurface(gateway)
     health = HealthSurface(gateway)
@@ -49,26 +56,59 @@ def build_app(gateway: Gateway, *, reloader: Reloader | None = None) -> Handler:
     # /metrics, unless metrics.enabled is false (server/metrics.py)
     routes.update(metrics_routes(gateway))
 
+    edges: dict[Runtime, Edge] = {}  # the current runtime's, rebuilt after a reload
+
+    def edge_of(rt: Runtime) -> Edge:
+        edge = edges.get(rt)
+        if edge is None:
+            edges.clear()
+            edge = edges[rt] = Edge.from_config(rt.config.gateway, listen_host=listen_host,
+                                                auth_enabled=rt.auth.enabled)
+        return edge
+
     async def app(request: Request) -> Response:
+        # Host allow-list and Origin check (server/origin.py): before anything is routed
+        edge = edge_of(gateway.runtime)
+        refusal = edge.refusal(request)
+        if refusal is not None:
+            return error(request, refusal)
+        origin = request.headers.get("origin")
+        if origin is None:
+            return echo_client_id(request.headers, await route(request))
+        if edge.is_preflight(request):
+            return echo_client_id(request.headers, Response(204, [("x-request-id", request_id()),
+                                                          *edge.preflight_headers(request)]))
+        response = await route(request)
+        response.headers.extend(edge.cors_headers(origin))
+        return echo_client_id(request.headers, response)
+
+    async def route(request: Request) -> Response:
         methods = routes.get(request.path)
         if methods is None:
             methods = next((m for p, m in prefixes.items() if request.path.startswith(p)), None)
         if methods is None:
-            return not_found(request, RouteNotFoundError(f"No route for {request.method} {request.path}."))
+            return error(request, RouteNotFoundError(f"No route for {request.method} {request.path}."))
         handler = methods.get(request.method)
         if handler is None and request.method == "HEAD":
             handler = methods.get("GET")  # the server sends the head without the body
         if handler is None:
             exc = MethodNotAllowedError(f"{request.method} is not allowed on {request.path}; "
                                         f"use {', '.join(methods)}.")
-            return not_found(request, exc, [("allow", ", ".join(methods))])
+            return error(request, exc, [("allow", ", ".join(methods))])
         return await handler(request)
 
     return app
 
 
-def not_found(request: Request, exc: LabgateError,
-              headers: list[tuple[str, str]] | None = None) -> Response:
-    # Anthropic-API clients get their own envelope, even for a wrong path or method
+def error(request: Request, exc: LabgateError, headers: list[tuple[str, str]] | None = None) -> Response:
+    """An answer before any surface: Anthropic-API clients get their own envelope, even for a wrong path."""
     render = anthropic_error if request.path.startswith("/v1/messages") else openai_error
-    return render(exc, request_id(request.headers), headers)
+    return echo_client_id(request.headers, render(exc, request_id(), headers))
+
+
+def echo_client_id(headers: Mapping[str, str], response: Response) -> Response:
+    """Every answer names the client's own ``x-request-id`` (when sane) as ``x-client-request-id``."""
+    given = client_request_id(headers)
+    if given is not None:
+        response.headers.append(("x-client-request-id", given))
+    return response

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from urllib.parse import quote
 
 import orjson
 
@@ -10,7 +11,21 @@ from labgate.errors import LabgateError
 from labgate.server.http import Response
 
 JSON = ("content-type", "application/json")
-OVERLOADED_STATUS = 529  # Anthropic's status for overloaded_error
+# What a header value may hold as it is: printable ASCII. Anything else is percent-encoded (UTF-8).
+_HEADER_SAFE = "".join(chr(c) for c in range(0x20, 0x7F) if chr(c) != "%")
+
+
+def header_value(value: str) -> str:
+    """``value`` made safe for a response header: as it is when printable ASCII, else percent-encoded.
+
+    Names that reach headers (provider, deployment: ``provider/<anything the client sent>``) may hold
+    CR/LF, other control characters or non-Latin-1 text; written raw, those would split the head or fail
+    to encode (and the client would get a 500 while the record said otherwise). Encoded (``%0D%0A``,
+    ``%E6%A8%A1``, ``%25`` for a ``%`` among them), every value goes out, readable and unambiguous.
+    """
+    if value.isascii() and value.isprintable():
+        return value
+    return quote(value, safe=_HEADER_SAFE, errors="backslashreplace")  # even a lone surrogate
 
 
 def error_headers(exc: LabgateError, request_id: str | None) -> list[tuple[str, str]]:
@@ -62,8 +77,7 @@ def anthropic_error(exc: LabgateError, request_id: str | None,
         headers.append(("request-id", request_id))  # where the anthropic SDK reads it
     if extra_headers:
         headers.extend(extra_headers)
-    status = OVERLOADED_STATUS if exc.anthropic_type == "overloaded_error" else exc.status
-    return Response(status, headers, anthropic_error_body(exc, request_id))
+    return Response(exc.status_in("anthropic"), headers, anthropic_error_body(exc, request_id))
 
 
 def anthropic_sse_error(exc: LabgateError, request_id: str | None) -> bytes:

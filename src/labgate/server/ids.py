@@ -1,18 +1,40 @@
-"""Request ids: cheap, unique per process start, and accepted from clients when sane."""
+"""Request ids: labgate's own (unguessable, never chosen by a client) and the client's, kept apart.
+
+labgate's id names a request in the response (``x-request-id``, the error
+envelope's ``request_id``), the access log and the history
+(``/admin/history/<id>``): 128 random bits from the OS (``os.urandom``), so
+ids are unique across processes, restarts and replicas, and no client can
+guess another's id or make its request share one. (It was once the client's
+``x-request-id`` when given, and a sequential counter otherwise: a client
+could reuse a victim's id and have ``/admin/history/<id>`` show its own record.)
+
+A client's ``x-request-id`` is kept as ``client_request_id`` when it is
+printable ASCII of at most :data:`MAX_CLIENT_REQUEST_ID` characters (else it
+is dropped), stored beside the record and echoed as ``x-client-request-id``.
+It never names a record.
+"""
 
 from __future__ import annotations
 
-import itertools
 import os
 from collections.abc import Mapping
 
-_PREFIX = "req_" + os.urandom(6).hex()
-_COUNTER = itertools.count(1)
+PREFIX = "req_"
+MAX_CLIENT_REQUEST_ID = 128  # characters; a longer x-request-id is dropped
 
 
-def request_id(headers: Mapping[str, str]) -> str:
-    """The client's ``x-request-id`` if it is short and printable, else a new id."""
+def request_id(headers: Mapping[str, str] | None = None) -> str:
+    """A new id for a request: always labgate's own, whatever the request's ``headers`` say.
+
+    (``headers`` is accepted so that every surface calls this the same way; a
+    client's ``x-request-id`` is read by :func:`client_request_id` instead.)
+    """
+    return PREFIX + os.urandom(16).hex()  # ~0.5 µs
+
+
+def client_request_id(headers: Mapping[str, str]) -> str | None:
+    """The client's ``x-request-id`` if it is printable ASCII and at most 128 characters, else None."""
     given = headers.get("x-request-id")
-    if given and len(given) <= 128 and given.isprintable() and given.isascii():
+    if given and len(given) <= MAX_CLIENT_REQUEST_ID and given.isascii() and given.isprintable():
         return given
-    return f"{_PREFIX}{next(_COUNTER):010x}"
+    return None

@@ -15,10 +15,10 @@ from labgate.errors import InternalError, InvalidJSONError, LabgateError, Reques
 from labgate.gateway import Gateway
 from labgate.providers.base import Reply
 from labgate.record import RequestRecord
-from labgate.server.envelopes import JSON, openai_error, openai_sse_error
-from labgate.server.fields import is_int, is_number
+from labgate.server.envelopes import JSON, header_value, openai_error, openai_sse_error
+from labgate.server.fields import is_int, is_number, model_problem
 from labgate.server.http import Request, Response
-from labgate.server.ids import request_id
+from labgate.server.ids import client_request_id, request_id
 from labgate.server.sse import ErrorEventStream
 
 log = logging.getLogger("labgate.server")
@@ -61,6 +61,9 @@ def _object(body: bytes) -> dict[str, Any]:
     model = payload.get("model")
     if not isinstance(model, str) or not model:
         raise RequestError("'model' is required and must be a non-empty string.", param="model")
+    problem = model_problem(model)
+    if problem is not None:
+        raise RequestError(f"'model' {problem}.", param="model")
     for key in payload:  # in body order, so the reported param is stable
         if key not in _TYPES:
             continue
@@ -109,10 +112,11 @@ def parse_embedding(body: bytes) -> dict[str, Any]:
 
 
 def route_headers(record: RequestRecord) -> list[tuple[str, str]]:
+    """``x-request-id`` first, then what happened; names pass :func:`header_value` (they may hold anything)."""
     headers = [("x-request-id", record.request_id), ("x-labgate-attempts", str(record.attempts))]
     if record.provider is not None:
-        headers.append(("x-labgate-provider", record.provider))
-        headers.append(("x-labgate-deployment", record.deployment or ""))
+        headers.append(("x-labgate-provider", header_value(record.provider)))
+        headers.append(("x-labgate-deployment", header_value(record.deployment or "")))
     if record.cache_status is not None:  # a cache is configured (docs/cache.md)
         headers.extend(cache_headers(record))
     return headers
@@ -124,6 +128,12 @@ def cache_headers(record: RequestRecord) -> list[tuple[str, str]]:
     if status == "hit":
         return [("x-labgate-cache", "hit"), ("age", str(record.cache_age or 0))]
     return [("x-labgate-cache", "off" if status == "unavailable" else status or "off")]
+
+
+def new_record(request: Request, endpoint: str) -> RequestRecord:
+    """The record of an API request: labgate's own id, the client's ``x-request-id`` beside it."""
+    return RequestRecord(request_id(), endpoint, request.client, client_request_id(request.headers),
+                         cache_control=request.headers.get("cache-control"))  # the response cache's controls
 
 
 class OpenAISurface:
@@ -143,8 +153,7 @@ class OpenAISurface:
 
     async def _serve(self, request: Request, endpoint: str,
                      parse: Callable[[bytes], dict[str, Any]]) -> Response:
-        record = RequestRecord(request_id(request.headers), endpoint, request.client)
-        record.cache_control = request.headers.get("cache-control")  # the response cache's request controls
+        record = new_record(request, endpoint)
         try:
             result = await self.gateway.handle(record, api_key=presented_key(request.headers),
                                                body=request.body, parse=parse)
@@ -163,7 +172,7 @@ class OpenAISurface:
 
     async def models(self, request: Request) -> Response:
         rt = self.gateway.runtime
-        record = RequestRecord(request_id(request.headers), "models", request.client)
+        record = new_record(request, "models")
         try:
             rt.auth.check(presented_key(request.headers))
         except LabgateError as exc:

@@ -11,7 +11,7 @@ from labgate.config.reload import ConfigSource, Loaded, Reloader, ReloadResult, 
 from labgate.errors import LabgateError
 from labgate.gateway import Gateway
 from labgate.runtime import Runtime
-from labgate.server.app import build_app
+from labgate.server.app import build_app, echo_client_id
 from labgate.server.envelopes import openai_error
 from labgate.server.http import HttpServer, Response
 from labgate.server.ids import request_id
@@ -21,7 +21,7 @@ from labgate.telemetry.metrics import Metrics
 
 
 def _error_response(exc: LabgateError, headers: Mapping[str, str]) -> Response:
-    return openai_error(exc, request_id(headers))
+    return echo_client_id(headers, openai_error(exc, request_id()))
 
 
 @dataclass(slots=True)
@@ -64,13 +64,14 @@ async def start_gateway(config: Config, *, host: str | None = None, port: int | 
         # hot reload: `source` says where to read the config again (SIGHUP, /admin/config/reload, watch)
         reloader = Reloader(gateway, loaded or loaded_from(config), source=source, access_log=access_log,
                             on_applied=on_reload)
-        server = HttpServer(build_app(gateway, reloader=reloader), max_body_bytes=server_config.max_body_bytes,
+        host = server_config.host if host is None else host
+        server = HttpServer(build_app(gateway, reloader=reloader, listen_host=host),
+                            max_body_bytes=server_config.max_body_bytes,
                             error_response=_error_response,
                             keepalive_timeout=server_config.keepalive_timeout_s)
         reloader.in_flight = server.busy_tasks
         if gateway.metrics is not None:
             gateway.metrics.in_flight = lambda: max(server.inflight - 1, 0)  # read by a scrape: not counting it
-        host = server_config.host if host is None else host
         bound = await server.start(host, server_config.port if port is None else port, sock=sock)
         await reloader.start()
     except BaseException:

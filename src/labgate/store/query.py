@@ -20,7 +20,7 @@ from labgate.store.schema import BOOL_COLUMNS, JSON_COLUMNS, NAMES, TABLE
 
 SUMMARY = ("id", "request_id", "timestamp", "endpoint", "key_id", "model", "provider", "deployment",
            "stream", "status", "outcome", "error_type", "response_time_ms", "ttft_ms", "prompt_tokens",
-           "completion_tokens", "tokens_used", "cost", "cache_hit", "prompt")
+           "completion_tokens", "tokens_used", "cost", "cache_hit", "prompt", "client_request_id")
 ALL = ("id", *NAMES)
 OUTCOMES = ("ok", "error", "stream_error", "client_disconnected")
 _RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")
@@ -39,6 +39,7 @@ class Filter:
     until: float | None = None  # Unix seconds, exclusive
     key: str | None = None  # key id (key-…)
     endpoint: str | None = None
+    client_request_id: str | None = None  # the client's x-request-id (several records may share one)
 
     def where(self, store: Store) -> tuple[str, list[Any]]:
         """The ``WHERE`` clause (or "") and its parameters."""
@@ -46,7 +47,7 @@ class Filter:
         clauses: list[str] = []
         params: list[Any] = []
         for column, value in (("model", self.model), ("provider", self.provider), ("key_id", self.key),
-                              ("endpoint", self.endpoint)):
+                              ("endpoint", self.endpoint), ("client_request_id", self.client_request_id)):
             if value is not None:
                 clauses.append(f"{column} = ?")
                 params.append(value)
@@ -136,7 +137,8 @@ async def count(store: Store, where: Filter) -> int:
 
 
 async def get(store: Store, ident: str) -> dict[str, Any] | None:
-    """One whole record, by request id (the latest, if a client reused one) or by row id."""
+    """One whole record, by labgate's request id or by row id (never by a client's ``x-request-id``:
+    labgate's ids are its own and unique; a client's is ``client_request_id``, a search filter)."""
     columns = ", ".join(ALL)
     rows = await store.fetch(f"SELECT {columns} FROM {TABLE} WHERE request_id = ? ORDER BY id DESC LIMIT 1",
                              [ident])

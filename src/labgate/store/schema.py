@@ -22,8 +22,8 @@ class Column:
     postgres: str
 
 
-COLUMNS_V1: tuple[Column, ...] = (
-    Column("request_id", "TEXT NOT NULL", "TEXT NOT NULL"),
+_V1: tuple[Column, ...] = (  # the table as migration 1 created it: never edit
+    Column("request_id", "TEXT NOT NULL", "TEXT NOT NULL"),  # labgate's own id (server/ids.py)
     Column("timestamp", "REAL NOT NULL", "TIMESTAMPTZ NOT NULL"),  # SQLite: Unix seconds, UTC
     Column("endpoint", "TEXT NOT NULL", "TEXT NOT NULL"),  # chat | completions | embeddings | …
     Column("key_id", "TEXT", "TEXT"),  # a hash prefix of the API key, never the key
@@ -59,12 +59,13 @@ COLUMNS_V1: tuple[Column, ...] = (
     Column("tags", "TEXT", "JSONB"),
     Column("metadata", "TEXT", "JSONB"),
 )
-# migration 2: the response cache (docs/cache.md)
-CACHE_COLUMNS: tuple[Column, ...] = (
+# Columns added since, each by its migration (ALTER TABLE … ADD COLUMN appends: the order is kept).
+_V2 = Column("client_request_id", "TEXT", "TEXT")  # the client's x-request-id; never names a record
+_V3 = (  # the response cache (docs/cache.md)
     Column("cache", "TEXT", "TEXT"),  # hit | miss | bypass | off | unavailable; NULL: no cache configured
     Column("cache_bytes", "INTEGER", "INTEGER"),  # hits: bytes served from the cache; misses: bytes stored
 )
-COLUMNS: tuple[Column, ...] = COLUMNS_V1 + CACHE_COLUMNS
+COLUMNS: tuple[Column, ...] = (*_V1, _V2, *_V3)
 NAMES: tuple[str, ...] = tuple(c.name for c in COLUMNS)
 JSON_COLUMNS = frozenset({"messages", "parameters", "tool_calls", "failed_attempts", "tags", "metadata"})
 BOOL_COLUMNS = frozenset({"stream", "cache_hit"})
@@ -74,7 +75,7 @@ TABLE = "requests"
 
 
 def _create(dialect: str, primary_key: str) -> list[str]:
-    columns = ",\n    ".join(f"{c.name} {getattr(c, dialect)}" for c in COLUMNS_V1)
+    columns = ",\n    ".join(f"{c.name} {getattr(c, dialect)}" for c in _V1)
     statements = [f"CREATE TABLE IF NOT EXISTS {TABLE} (\n    {primary_key},\n    {columns}\n)"]
     statements += [f"CREATE INDEX IF NOT EXISTS {name} ON {TABLE} ({column})" for name, column in INDEXES.items()]
     return statements
@@ -83,10 +84,12 @@ def _create(dialect: str, primary_key: str) -> list[str]:
 # version → statements. Append new versions; never edit an applied one.
 SQLITE_MIGRATIONS: dict[int, list[str]] = {
     1: _create("sqlite", "id INTEGER PRIMARY KEY AUTOINCREMENT"),
-    2: [f"ALTER TABLE {TABLE} ADD COLUMN {c.name} {c.sqlite}" for c in CACHE_COLUMNS],
+    2: [f"ALTER TABLE {TABLE} ADD COLUMN {_V2.name} {_V2.sqlite}"],
+    3: [f"ALTER TABLE {TABLE} ADD COLUMN {c.name} {c.sqlite}" for c in _V3],
 }
 POSTGRES_MIGRATIONS: dict[int, list[str]] = {
     1: _create("postgres", "id BIGSERIAL PRIMARY KEY"),
-    2: [f"ALTER TABLE {TABLE} ADD COLUMN IF NOT EXISTS {c.name} {c.postgres}" for c in CACHE_COLUMNS],
+    2: [f"ALTER TABLE {TABLE} ADD COLUMN IF NOT EXISTS {_V2.name} {_V2.postgres}"],
+    3: [f"ALTER TABLE {TABLE} ADD COLUMN IF NOT EXISTS {c.name} {c.postgres}" for c in _V3],
 }
 VERSION_TABLE = "history_schema_version"

@@ -18,6 +18,7 @@ from labgate.testing.gateway import gateway_in_thread
 
 KEY = "sk-cli-history-test-0123456789"
 SIM8 = " sim1 sim2 sim3 sim4 sim5 sim6 sim7 sim8"
+IDS: dict[str, str] = {}  # the client's x-request-id → labgate's id (which names the record), per `running`
 
 
 @pytest.fixture(scope="module")
@@ -52,9 +53,13 @@ def running(config_dir: Path) -> Iterator[RunningGateway]:
                                    "temperature": 0.1}),
                 headers={"content-type": "application/json", "authorization": f"Bearer {KEY}", "x-request-id": rid})
             try:
-                urllib.request.urlopen(request, timeout=10).read()
+                with urllib.request.urlopen(request, timeout=10) as answer:
+                    answer.read()
+                    IDS[rid] = answer.headers["x-request-id"]
             except urllib.error.HTTPError as exc:
                 assert exc.code == 404
+                IDS[rid] = exc.headers["x-request-id"]
+            assert IDS[rid].startswith("req_")
         history = gw.gateway.history
         assert history is not None
         for _ in range(200):
@@ -79,34 +84,39 @@ def test_search_finds_the_store_from_config_or_url(running: RunningGateway, conf
     assert [line.split()[3] for line in lines[1:]] == ["m9", "m2", "m1"]
     assert lines[1].split()[5:7] == ["404", "error"] and lines[3].endswith("what is 2+2?")
     code, out, _ = run(capsys, "search", "--store", str(config_dir / "data" / "history.db"), "--model", "m2", "--json")
-    assert code == 0 and [(r["request_id"], r["prompt"]) for r in orjson.loads(out)] == [("a2", "say hello")]
+    assert code == 0 and [(r["request_id"], r["client_request_id"], r["prompt"]) for r in orjson.loads(out)] == [
+        (IDS["a2"], "a2", "say hello")]
     code, out, err = run(capsys, "search", "--config", str(config_dir), "--text", "nothing like this")
     assert (code, out, err) == (0, "", "no matching requests\n")
 
 
 def test_show(running: RunningGateway, config_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, _ = run(capsys, "show", "a1", "--config", str(config_dir))
+    code, out, _ = run(capsys, "show", IDS["a1"], "--config", str(config_dir))
     assert code == 0
-    assert "request_id         a1\n" in out and "model              m1\n" in out
+    assert f"request_id         {IDS['a1']}\n" in out and "model              m1\n" in out
+    assert "client_request_id  a1\n" in out
     assert out.endswith(f"--- request\n[user] What is   2+2?\n--- response\n{SIM8}\n")
     assert 'parameters         {"temperature":0.1}\n' in out
-    code, out, _ = run(capsys, "show", "a3", "--config", str(config_dir), "--json")
+    code, out, _ = run(capsys, "show", IDS["a3"], "--config", str(config_dir), "--json")
     record = orjson.loads(out)
     assert (record["status"], record["error_type"], record["messages"]) == (
         404, "model_not_found", [{"role": "user", "content": "oops"}])
     code, _, err = run(capsys, "show", "zz", "--config", str(config_dir))
     assert code == 1 and "no request with id 'zz'" in err
+    code, _, err = run(capsys, "show", "a1", "--config", str(config_dir))  # the client's id names no record
+    assert code == 1 and "no request with id 'a1'" in err
 
 
 def test_export(running: RunningGateway, config_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run(capsys, "export", "--config", str(config_dir), "--format", "jsonl", "--status", "200")
-    assert code == 0 and [orjson.loads(line)["request_id"] for line in out.splitlines()] == ["a1", "a2"]
+    assert code == 0 and [orjson.loads(line)["request_id"] for line in out.splitlines()] == [IDS["a1"], IDS["a2"]]
     target = tmp_path / "out.csv"
     code, _, _ = run(capsys, "export", "--config", str(config_dir), "--format", "csv", "-o", str(target))
     with target.open() as f:
-        assert [(r["request_id"], r["model"]) for r in csv.DictReader(f)] == [("a1", "m1"), ("a2", "m2"), ("a3", "m9")]
+        assert [(r["request_id"], r["client_request_id"], r["model"]) for r in csv.DictReader(f)] == [
+            (IDS["a1"], "a1", "m1"), (IDS["a2"], "a2", "m2"), (IDS["a3"], "a3", "m9")]
     code, out, _ = run(capsys, "export", "--config", str(config_dir), "--format", "json", "--since", "1h")
-    assert [r["request_id"] for r in orjson.loads(out)] == ["a1", "a2", "a3"]
+    assert [r["request_id"] for r in orjson.loads(out)] == [IDS["a1"], IDS["a2"], IDS["a3"]]
 
 
 def test_stats(running: RunningGateway, config_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -123,7 +133,8 @@ def test_stats(running: RunningGateway, config_dir: Path, capsys: pytest.Capture
 def test_replay_side_by_side(running: RunningGateway, config_dir: Path, capsys: pytest.CaptureFixture[str],
                              upstream: Simulator) -> None:
     upstream.clear()
-    code, out, err = run(capsys, "replay", "a1", "--config", str(config_dir), "--url", running.url, "--model", "m2")
+    code, out, err = run(capsys, "replay", IDS["a1"], "--config", str(config_dir), "--url", running.url,
+                         "--model", "m2")
     assert (code, err) == (0, "")
     lines = out.splitlines()
     assert lines[0].startswith("original · m1 via sim · ") and " │ replay · m2 via sim · " in lines[0]
@@ -137,10 +148,10 @@ def test_replay_side_by_side(running: RunningGateway, config_dir: Path, capsys: 
 
 def test_replay_errors(running: RunningGateway, config_dir: Path, capsys: pytest.CaptureFixture[str],
                        monkeypatch: pytest.MonkeyPatch) -> None:
-    code, _, err = run(capsys, "replay", "a1", "--config", str(config_dir), "--url", "http://127.0.0.1:9")
+    code, _, err = run(capsys, "replay", IDS["a1"], "--config", str(config_dir), "--url", "http://127.0.0.1:9")
     assert code == 1 and "cannot reach the gateway at http://127.0.0.1:9" in err
     monkeypatch.setenv("LABGATE_CLI_TEST_KEY", "sk-wrong")
-    code, _, err = run(capsys, "replay", "a1", "--config", str(config_dir), "--url", running.url)
+    code, _, err = run(capsys, "replay", IDS["a1"], "--config", str(config_dir), "--url", running.url)
     assert code == 1 and "the gateway answered 401" in err
 
 

@@ -69,14 +69,15 @@ async def test_the_master_key_is_required(served: Any) -> None:
 async def test_search_with_filters_and_paging(served: Any) -> None:
     status, body = await get(served, "/admin/history?model=m1")
     assert status == 200
-    assert [(r["request_id"], r["model"], r["status"]) for r in body["data"]] == [("r2", "m1", 200), ("r0", "m1", 200)]
+    assert [(r["client_request_id"], r["model"], r["status"]) for r in body["data"]] == [
+        ("r2", "m1", 200), ("r0", "m1", 200)]
     assert (body["limit"], body["offset"], body["has_more"]) == (50, 0, False)
     status, body = await get(served, "/admin/history?limit=1&offset=1")
-    assert [r["request_id"] for r in body["data"]] == ["r2"] and body["has_more"] is True
+    assert [r["client_request_id"] for r in body["data"]] == ["r2"] and body["has_more"] is True
     status, body = await get(served, "/admin/history?text=HELLO&status=ok")
-    assert [r["request_id"] for r in body["data"]] == ["r1", "r0"]
+    assert [r["client_request_id"] for r in body["data"]] == ["r1", "r0"]
     status, body = await get(served, "/admin/history?status=4xx")
-    assert [(r["request_id"], r["error_type"]) for r in body["data"]] == [("r3", "model_not_found")]
+    assert [(r["client_request_id"], r["error_type"]) for r in body["data"]] == [("r3", "model_not_found")]
     status, body = await get(served, "/admin/history?since=1h&until=2999-01-01")
     assert len(body["data"]) == 4
 
@@ -96,25 +97,31 @@ async def test_bad_parameters_are_400s(served: Any) -> None:
 
 
 async def test_show_one_record(served: Any) -> None:
-    status, body = await get(served, "/admin/history/r1")
+    status, found = await get(served, "/admin/history?client_request_id=r1")
+    (rid,) = [r["request_id"] for r in found["data"]]
+    assert rid.startswith("req_")
+    status, body = await get(served, f"/admin/history/{rid}")
     assert status == 200
-    assert {k: body[k] for k in ("request_id", "model", "messages", "response", "prompt", "outcome")} == {
-        "request_id": "r1", "model": "m2", "messages": [{"role": "user", "content": "hello"}],
+    assert {k: body[k] for k in ("request_id", "client_request_id", "model", "messages", "response", "prompt",
+                                 "outcome")} == {
+        "request_id": rid, "client_request_id": "r1", "model": "m2", "messages": [{"role": "user", "content": "hello"}],
         "response": " sim1 sim2 sim3 sim4 sim5 sim6 sim7 sim8", "prompt": "hello", "outcome": "ok"}
     status, body = await get(served, f"/admin/history/{body['id']}")
-    assert (status, body["request_id"]) == (200, "r1")
+    assert (status, body["request_id"]) == (200, rid)
+    status, body = await get(served, "/admin/history/r1")  # the client's id names no record
+    assert (status, body["error"]["code"]) == (404, "record_not_found")
     status, body = await get(served, "/admin/history/nope")
     assert (status, body["error"]["code"]) == (404, "record_not_found")
 
 
 async def test_export_formats(served: Any) -> None:
     status, data = await get(served, "/admin/history/export?format=jsonl&model=m1")
-    assert status == 200 and [orjson.loads(line)["request_id"] for line in data.splitlines()] == ["r0", "r2"]
+    assert status == 200 and [orjson.loads(line)["client_request_id"] for line in data.splitlines()] == ["r0", "r2"]
     status, data = await get(served, "/admin/history/export?format=json")
-    assert [r["request_id"] for r in data] == ["r0", "r1", "r2", "r3"]
+    assert [r["client_request_id"] for r in data] == ["r0", "r1", "r2", "r3"]
     status, data = await get(served, "/admin/history/export?format=csv")
     rows = list(csv.DictReader(io.StringIO(data.decode())))
-    assert [(r["request_id"], r["status"]) for r in rows] == [("r0", "200"), ("r1", "200"), ("r2", "200"),
+    assert [(r["client_request_id"], r["status"]) for r in rows] == [("r0", "200"), ("r1", "200"), ("r2", "200"),
                                                                ("r3", "404")]
     status, body = await get(served, "/admin/history/export?format=xml")
     assert (status, body["error"]["param"]) == (400, "format")

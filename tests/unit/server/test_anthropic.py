@@ -443,6 +443,8 @@ async def test_wrong_method_on_messages_gets_the_anthropic_envelope() -> None:
     app = build_app(Gateway(Runtime.build(config, access_log=AccessLog(io.BytesIO()))))
     response = await app(Request("GET", "/v1/messages", "", {"x-request-id": "r-405"}, b""))
     assert response.status == 405
+    headers = dict(response.headers)
+    assert (headers["x-client-request-id"], headers["x-request-id"][:4]) == ("r-405", "req_")
     assert orjson.loads(response.body) == {
-        "type": "error", "request_id": "r-405",
+        "type": "error", "request_id": headers["x-request-id"],
         "error": {"type": "invalid_request_error", "message": "GET is not allowed on /v1/messages; use POST."}}

@@ -74,7 +74,7 @@ async def test_metrics_count_the_requests_served(sim: Simulator, tmp_path: Path,
     finally:
         await running.stop(grace=1.0)
 
-    assert (status, headers["Content-Type"], headers["x-request-id"]) == (
+    assert (status, headers["Content-Type"], headers["x-client-request-id"]) == (
         200, "text/plain; version=0.0.4; charset=utf-8", "scrape-1")
     assert families["labgate_requests_total"].samples == {
         'labgate_requests_total{endpoint="chat",model="",provider="",status="401"}': 1,
@@ -117,7 +117,7 @@ async def test_require_key_asks_for_the_master_key(sim: Simulator, monkeypatch: 
     finally:
         await running.stop(grace=1.0)
     assert [status for status, _, _ in (missing, wrong, right)] == [401, 401, 200]
-    assert (missing[1]["x-request-id"], orjson.loads(missing[2])["error"]["type"]) == (
+    assert (missing[1]["x-client-request-id"], orjson.loads(missing[2])["error"]["type"]) == (
         "scrape-1", "authentication_error")
     assert "labgate_requests_total" in parse_metrics(right[2].decode())
 
@@ -130,6 +130,6 @@ async def test_disabled_metrics_are_an_unknown_path(sim: Simulator, monkeypatch:
             status, headers, body = await scrape(running, http, key=KEY)
     finally:
         await running.stop(grace=1.0)
-    assert (status, headers["x-request-id"]) == (404, "scrape-1")
+    assert (status, headers["x-client-request-id"]) == (404, "scrape-1")
     assert orjson.loads(body) == {"error": {"message": "No route for GET /metrics.", "type": "invalid_request_error",
-                                            "param": None, "code": "not_found"}, "request_id": "scrape-1"}
+                                            "param": None, "code": "not_found"}, "request_id": headers["x-request-id"]}

@@ -23,7 +23,7 @@ REPLY = orjson.dumps({"id": "c1", "object": "chat.completion", "choices": [
 
 
 def record(**fields: Any) -> RequestRecord:
-    rec = RequestRecord("req-1", "chat", "10.0.0.7", started=100.0, timestamp=1_700_000_000.5)
+    rec = RequestRecord("req-1", "chat", "10.0.0.7", "client-7", started=100.0, timestamp=1_700_000_000.5)
     rec.key_id, rec.model, rec.provider, rec.deployment = "key-abc", "m1", "p1", "p1/m1"
     rec.attempts, rec.usage, rec.finish_reason = 2, Usage(12, 3), "stop"
     rec.first_byte, rec.finished = 100.05, 100.25
@@ -47,7 +47,7 @@ COMMON = {
     "completion_tokens": 3, "tokens_used": 15, "cost": None, "cache_hit": False, "attempts": 2,
     "failed_attempts": '[{"deployment":"p0/m1","error":"upstream_server_error","message":"p0 answered 503"}]',
     "client_ip": "10.0.0.7", "tags": '["exp-1","blue"]', "metadata": '{"project":"lab-a","tags":"exp-1, blue"}',
-    "cache": None, "cache_bytes": None,
+    "client_request_id": "client-7", "cache": None, "cache_bytes": None,
 }
 
 

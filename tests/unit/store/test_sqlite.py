@@ -27,6 +27,34 @@ def rows(prefix: str, n: int) -> list[tuple[object, ...]]:
     return out
 
 
+async def test_a_version_1_database_gains_client_request_id(tmp_path: Path) -> None:
+    """A history file written before client_request_id existed: migration 2 adds the column, old rows keep NULL."""
+    from labgate.store.query import get
+    from labgate.store.schema import SQLITE_MIGRATIONS
+
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as conn:
+        for statement in SQLITE_MIGRATIONS[1]:
+            conn.execute(statement)
+        conn.execute("CREATE TABLE history_schema_version (version INTEGER NOT NULL)")
+        conn.execute("INSERT INTO history_schema_version VALUES (1)")
+        conn.execute("INSERT INTO requests (request_id, timestamp, endpoint, stream, capture, status, outcome, "
+                     "cache_hit, attempts) VALUES ('old-1', 1700000000, 'chat', 0, 'metadata', 200, 'ok', 0, 1)")
+    store = SQLiteStore(path)
+    await store.open()
+    try:
+        record = RequestRecord("req_new", "chat", None, "client-9", started=0.0, timestamp=1_700_000_001.0)
+        record.finished = 0.01
+        await store.write([build_row(record, capture="metadata", client_ip=True)])
+        old, new = await get(store, "old-1"), await get(store, "req_new")
+    finally:
+        await store.aclose()
+    assert (old["client_request_id"], new["client_request_id"]) == (None, "client-9")
+    assert (old["cache"], old["cache_bytes"]) == (None, None)
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("SELECT version FROM history_schema_version").fetchall() == [(1,), (2,), (3,)]
+
+
 async def test_open_creates_a_wal_file_and_migrates_once(tmp_path: Path) -> None:
     path = tmp_path / "sub" / "history.db"
     for _ in range(2):
@@ -35,7 +63,7 @@ async def test_open_creates_a_wal_file_and_migrates_once(tmp_path: Path) -> None
         await store.aclose()
     with sqlite3.connect(path) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
-        assert conn.execute("SELECT version FROM history_schema_version").fetchall() == [(1,), (2,)]
+        assert conn.execute("SELECT version FROM history_schema_version").fetchall() == [(1,), (2,), (3,)]
         indexes = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
     assert {"idx_requests_timestamp", "idx_requests_model", "idx_requests_provider",
             "idx_requests_request_id"} <= indexes
@@ -127,5 +155,5 @@ async def test_a_version_1_database_gains_the_cache_columns(tmp_path: Path) -> N
     with sqlite3.connect(path) as conn:
         columns = [r[1] for r in conn.execute("PRAGMA table_info(requests)")]
         assert columns[-2:] == ["cache", "cache_bytes"]
-        assert conn.execute("SELECT max(version) FROM history_schema_version").fetchone() == (2,)
+        assert conn.execute("SELECT max(version) FROM history_schema_version").fetchone() == (3,)
         assert conn.execute("SELECT request_id, cache FROM requests").fetchall() == [("after", None)]

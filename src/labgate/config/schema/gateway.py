@@ -1,17 +1,22 @@
-"""``gateway.yaml``: the server, auth, routing limits, logging, the history store and metrics."""
+"""``gateway.yaml``: the server, auth, CORS, routing limits, logging, the history store and metrics."""
 
 from __future__ import annotations
 
+import re
 from importlib.util import find_spec
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from labgate.config.schema.base import Strict
 from labgate.config.schema.cache import CacheConfig, StateConfig
 from labgate.config.schema.metrics import MetricsConfig
 from labgate.config.schema.reload import ReloadConfig
 from labgate.config.schema.store import StoreConfig
+
+_HOST = re.compile(r"\*|(\*\.)?[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*\.?|\[[0-9A-Fa-f:.]+\]|[0-9A-Fa-f]*:[0-9A-Fa-f:.]+")
+_ORIGIN = re.compile(r"\*|null|[A-Za-z][A-Za-z0-9+.-]*://(\*\.)?[A-Za-z0-9_.-]+(:\d{1,5})?"
+                     r"|[A-Za-z][A-Za-z0-9+.-]*://\[[0-9A-Fa-f:.]+\](:\d{1,5})?")
 
 
 class ServerConfig(Strict):
@@ -22,6 +27,42 @@ class ServerConfig(Strict):
     request_timeout_s: float = Field(default=600.0, gt=0)  # total deadline across all attempts
     keepalive_timeout_s: float = Field(default=75.0, gt=0)
     shutdown_grace_s: float = Field(default=30.0, ge=0)
+    # Host names (any port) this gateway answers for, against DNS rebinding (server/origin.py).
+    # None: loopback names, IP literals and the listen host; any host at all when a master key is set.
+    # "*" allows any host; "*.example.com" a domain's subdomains.
+    allowed_hosts: list[str] | None = None
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _host_names(cls, hosts: list[str] | None) -> list[str] | None:
+        for host in hosts or ():
+            if not _HOST.fullmatch(host):
+                raise ValueError(f"{host!r} is not a host name: give a name or IP address without scheme, port "
+                                 "or path ('gateway.example.com', '10.0.0.5', '[::1]'), '*.example.com' or '*'")
+        return hosts
+
+
+class CorsConfig(Strict):
+    """Which browser origins may call the gateway (server/origin.py); none but its own by default."""
+
+    allow_origins: list[str] = Field(default_factory=list)  # "https://app.example.com", or "*"
+    allow_methods: list[str] = Field(default_factory=lambda: ["GET", "POST", "OPTIONS"])
+    allow_headers: list[str] = Field(default_factory=lambda: ["*"])  # "*": those the preflight asks for
+    expose_headers: list[str] = Field(default_factory=lambda: [
+        "x-request-id", "x-client-request-id", "request-id", "x-labgate-provider", "x-labgate-deployment",
+        "x-labgate-attempts", "retry-after", "x-should-retry"])
+    allow_credentials: bool = False
+    max_age_s: int = Field(default=600, ge=0, le=86400)  # how long a browser may cache a preflight
+
+    @field_validator("allow_origins")
+    @classmethod
+    def _origins(cls, origins: list[str]) -> list[str]:
+        for origin in origins:
+            if not _ORIGIN.fullmatch(origin):
+                raise ValueError(f"{origin!r} is not an origin: give scheme://host[:port] without a path "
+                                 "('https://app.example.com', 'http://localhost:3000'), "
+                                 "'https://*.example.com', 'null' or '*'")
+        return origins
 
 
 class AuthConfig(Strict):
@@ -47,6 +88,7 @@ class LoggingConfig(Strict):
 class GatewayConfig(Strict):
     server: ServerConfig = Field(default_factory=ServerConfig)
     auth: AuthConfig = Field(default_factory=AuthConfig)
+    cors: CorsConfig = Field(default_factory=CorsConfig)  # browser origins allowed (none by default)
     resilience: ResilienceConfig = Field(default_factory=ResilienceConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     store: StoreConfig = Field(default_factory=StoreConfig)
