@@ -275,3 +275,18 @@ async def test_hits_go_to_metrics_as_saved_tokens_not_used_ones(env: Env) -> Non
     assert f'labgate_cache_saved_tokens_total{{type="completion"}} {usage["completion_tokens"]}' in text
     assert (f'labgate_tokens_total{{model="m",provider="p",type="completion"}} {usage["completion_tokens"]}'
             in text)  # counted once: the miss
+
+
+@pytest.mark.asyncio
+async def test_repeated_queries_workload_hit_rate(env: Env) -> None:
+    """The seeds' Workflow 3 target (>70% hits on repeated queries), read back from /admin/cache/stats."""
+    prompts = [f"question {i}" for i in range(5)]
+    for _ in range(4):
+        for prompt in prompts:
+            await env.post({**CHAT, "messages": [{"role": "user", "content": prompt}]})
+    async with env.client.get(env.gw.url + "/admin/cache/stats") as got:
+        stats = await got.json()
+    default = stats["namespaces"]["default"]
+    assert (default["entries"], default["hits"], default["misses"], default["hit_rate"]) == (5, 15, 5, 0.75)
+    assert stats["total"]["hit_rate"] == 0.75 > 0.7
+    assert env.upstream_calls() == 5
