@@ -252,8 +252,12 @@ class Cache:
         value = entry.encode()
         if len(value) > self.config.max_entry_bytes:
             return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # finished outside the loop (interpreter shutdown): the record matters, not the entry
+            return
         record.cache_bytes = len(value)
-        task = asyncio.get_running_loop().create_task(self._put(ticket, value))
+        task = loop.create_task(self._put(ticket, value))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
