@@ -117,3 +117,16 @@ def test_the_anthropic_sdk_does_not_retry_a_refused_deployment(gateway: Any, sim
                                    "provider 'anthropic' answered 403: no access"},
         "request_id": raised.value.response.headers["x-request-id"]})
     assert len(sims.bodies("m-anthropic")) == 1
+
+
+@pytest.mark.parametrize(("extra", "param"), [({"dimensions": 1_000_000_000}, "dimensions"),
+                                              ({"input": [None, {}]}, "input")])
+def test_an_embedding_the_simulator_refuses_is_the_clients_400(gateway: Any, sims: Any, extra: dict,
+                                                               param: str) -> None:
+    """What once killed `labgate demo` (its simulator allocated without bound) is now a 400 from upstream."""
+    body = {"model": "m-openai", "input": "a", **extra}
+    answer = http().post(gateway.url + "/v1/embeddings", json=body,
+                         headers={"authorization": f"Bearer {gateway.key}"})
+    error = orjson.loads(answer.content)["error"]
+    assert (answer.status_code, error["type"], error["code"], error["param"], seen(answer)["x-should-retry"]) == (
+        400, "invalid_request_error", "upstream_rejected", param, "false")
