@@ -102,9 +102,9 @@ def _content(content: object, where: str) -> tuple[str, str] | None:
             return f"{where}.{i}: Input should be a valid content block", f"{where}.{i}"
         if block["type"] == "text" and not isinstance(block.get("text"), str):
             return f"{where}.{i}.text: Input should be a valid string", f"{where}.{i}.text"
-        if block["type"] == "tool_result" and "content" in block:
-            if (problem := _content(block["content"], f"{where}.{i}.content")) is not None:
-                return problem
+        nested = block.get("content") if block["type"] == "tool_result" else None
+        if nested is not None and (problem := _content(nested, f"{where}.{i}.content")) is not None:
+            return problem
     return None
 
 
