@@ -183,9 +183,15 @@ def _int(params: Params, name: str, default: int, low: int, high: int | None) ->
 
 
 async def _logged(stream: AsyncIterator[bytes], rid: str) -> AsyncIterator[bytes]:
-    """An export that fails midway is cut short (the client sees a truncated body) and logged."""
+    """An export that fails midway must not look complete: the error goes on to the server.
+
+    The head (200) is already sent, so the server closes the connection without the
+    terminating chunk, and the client's HTTP library reports an incomplete body. Swallowing
+    the error here would let the server end the body properly, a truncated export that
+    looks whole. The server logs the failure once, with this request id and the cause.
+    """
     try:
         async for chunk in stream:
             yield chunk
-    except Exception:
-        log.exception("history export failed midway (request %s)", rid)
+    except Exception as exc:
+        raise HistoryUnavailableError(f"history export failed midway (request {rid})") from exc
