@@ -42,7 +42,6 @@ from labgate.telemetry.metrics import CONTENT_TYPE
 log = logging.getLogger("labgate.server")
 HISTORY = "/admin/history"
 ANALYTICS = "/admin/analytics/"
-_FILTERS = ("model", "provider", "status", "text", "key", "endpoint")
 _MAX_LIMIT = 1000
 
 Params = dict[str, str]
@@ -160,11 +159,10 @@ class HistorySurface:
 
 
 def _filter(params: Params) -> query.Filter:
-    times = {}
-    for name in ("since", "until"):
-        if name in params:
-            times[name] = query.parse_time(params[name])
-    return query.Filter(**{k: params[k] for k in _FILTERS if k in params}, **times)
+    since, until = (query.parse_time(params[name]) if name in params else None for name in ("since", "until"))
+    return query.Filter(model=params.get("model"), provider=params.get("provider"), status=params.get("status"),
+                        text=params.get("text"), key=params.get("key"), endpoint=params.get("endpoint"),
+                        since=since, until=until)
 
 
 def _by(params: Params, default: str | None) -> str | None:

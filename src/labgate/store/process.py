@@ -38,7 +38,7 @@ import marshal
 import os
 import signal
 import sys
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import orjson
 
@@ -292,9 +292,11 @@ class _Child(asyncio.SubprocessProtocol):
         self.exited: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]  # uvloop's is not a SubprocessTransport subclass
-        self.pid = transport.get_pid()
-        self.stdin = transport.get_pipe_transport(0)  # type: ignore[assignment]
+        # a subprocess transport, though uvloop's does not subclass asyncio.SubprocessTransport
+        process = cast(asyncio.SubprocessTransport, transport)
+        self.transport = process
+        self.pid = process.get_pid()
+        self.stdin = cast(asyncio.WriteTransport | None, process.get_pipe_transport(0))
 
     def send(self, frame: tuple[Any, ...]) -> None:
         """One frame: its length, then its body (marshal: builtins and bytes, in one C call)."""
@@ -306,7 +308,8 @@ class _Child(asyncio.SubprocessProtocol):
         self.stdin.writelines((len(data).to_bytes(_LEN, "little"), data))
 
     async def flush(self, seq: int) -> str | None:
-        future = self._flushes[seq] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
+        self._flushes[seq] = future
         self.send(("flush", seq))
         return await future
 

@@ -89,9 +89,9 @@ class Metrics:
         if provider is None:  # not routed: whatever model name was sent, it gets no series of its own
             providers, provider = self._unrouted, ""
         else:
-            providers = self._models.get(record.model)  # type: ignore[arg-type]
-            if providers is None:
-                providers = self._model(record.model or "")
+            model = record.model or ""
+            found = self._models.get(model)
+            providers = self._model(model) if found is None else found
         endpoints = providers.get(provider)
         if endpoints is None:
             endpoints = providers[provider] = {}

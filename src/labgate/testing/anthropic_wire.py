@@ -159,7 +159,8 @@ def _reply(body: dict[str, Any], behaviour: Behaviour) -> Reply:
     texts = [_text_of(body.get("system"))] + [_text_of(m.get("content")) for m in messages]
     prompt_tokens = count_words(texts)
     tools = body.get("tools") or ()
-    choice = body.get("tool_choice") if isinstance(body.get("tool_choice"), dict) else {"type": "auto"}
+    given = body.get("tool_choice")
+    choice: dict[str, Any] = given if isinstance(given, dict) else {"type": "auto"}
     if tools and choice.get("type") != "none" and not (messages and _answers_tool(messages[-1])):
         if choice.get("type") == "tool":
             names = [choice.get("name", "")]
@@ -217,6 +218,7 @@ def _events(reply: Reply, message: dict[str, Any]) -> tuple[Event, ...]:
     }
     events = [_event(Pace.HEAD, {"type": "message_start", "message": start}), _event(Pace.HEAD, {"type": "ping"})]
     for index, block in enumerate(message["content"]):
+        opened: dict[str, Any]
         if block["type"] == "text":
             opened = {"type": "text", "text": ""}
             deltas = [{"type": "text_delta", "text": piece} for piece in reply.pieces]

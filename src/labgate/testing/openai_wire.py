@@ -107,8 +107,9 @@ def _chat_reply(body: dict[str, Any], behaviour: Behaviour) -> Reply:
 
 def _max_tokens(body: dict[str, Any], *names: str) -> int | None:
     for name in names:
-        if isinstance(body.get(name), int):
-            return body[name]
+        value = body.get(name)
+        if isinstance(value, int):
+            return value
     return None
 
 

@@ -314,9 +314,9 @@ class Simulator:
             case Status(code=code, message=message):
                 return _error(dialect, code, message)
             case RateLimit(retry_after=seconds):
-                response = _error(dialect, 429, "Rate limit reached (simulated).", code="rate_limit_exceeded")
-                response.headers["retry-after"] = f"{seconds:g}"
-                return response
+                limited = _error(dialect, 429, "Rate limit reached (simulated).", code="rate_limit_exceeded")
+                limited.headers["retry-after"] = f"{seconds:g}"
+                return limited
             case Hang():
                 # Never set: aiohttp cancels this handler when the client leaves, and `stop` cancels it too.
                 await asyncio.Event().wait()

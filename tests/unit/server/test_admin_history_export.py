@@ -58,12 +58,11 @@ async def test_an_export_that_fails_midway_closes_without_the_last_chunk(
                              "x-request-id: exp-1\r\n\r\n".encode())
                 raw = await asyncio.wait_for(reader.read(-1), 5)  # read until the server closes
                 writer.close()
-                async with aiohttp.ClientSession() as http:
-                    async with http.get(running.url + "/admin/history/export",
-                                        headers={"authorization": f"Bearer {KEY}"}) as response:
-                        assert response.status == 200
-                        with pytest.raises(aiohttp.ClientPayloadError):
-                            await response.read()
+                async with aiohttp.ClientSession() as http, http.get(
+                        running.url + "/admin/history/export", headers={"authorization": f"Bearer {KEY}"}) as response:
+                    assert response.status == 200
+                    with pytest.raises(aiohttp.ClientPayloadError):
+                        await response.read()
         finally:
             await running.stop(grace=1.0)
     head, _, body = raw.partition(b"\r\n\r\n")
