@@ -101,8 +101,9 @@ class Metrics:
 
         statuses, status = series.statuses, record.status
         statuses[status] = statuses.get(status, 0) + 1
-        started = record.started
-        seconds = record.finished - started  # type: ignore[operator]
+        started, finished = record.started, record.finished
+        assert finished is not None  # Gateway.finish closes the record before the sinks see it
+        seconds = finished - started
         hist = series.durations
         hist[bisect_left(BUCKETS, seconds)] += 1
         hist[-1] += seconds
