@@ -136,7 +136,7 @@ async def test_a_failed_non_latin1_deployment_is_the_502_it_is_recorded_as(serve
     status, headers, body = await post(served.running.port, "/v1/chat/completions",
                                        {"model": "sim/未知", "messages": [{"role": "user", "content": "hi"}]})
     assert (status, headers["x-labgate-deployment"], body["error"]["code"]) == (
-        502, "sim/%E6%9C%AA%E7%9F%A5", "all_attempts_failed")
+        502, "sim/%E6%9C%AA%E7%9F%A5", "all_deployments_rejected")  # the simulator's 404: no such model
     (record,) = await served.records()
     assert record["status"] == 502
 
