@@ -644,12 +644,15 @@ async def test_client_that_reads_nothing_is_cut_after_the_timeout() -> None:
 
 @pytest.mark.asyncio
 async def test_client_disconnect_mid_stream_closes_the_iterator() -> None:
-    closed = asyncio.Event()
+    # a client's EOF may be a half-close, so a stream goes on until its next chunk meets the reset
+    closed, release = asyncio.Event(), asyncio.Event()
     seen: list[str] = []
 
     async def chunks() -> AsyncIterator[bytes]:
         try:
             yield b"first"
+            await release.wait()
+            yield b"second"
             await asyncio.Event().wait()
             yield b"never"
         except BaseException as exc:
@@ -669,6 +672,8 @@ async def test_client_disconnect_mid_stream_closes_the_iterator() -> None:
             assert await within(reader.readexactly(10)) == b"5\r\nfirst\r\n"
             assert server.inflight == 1
             writer.close()
+            await asyncio.sleep(0.05)
+            release.set()
             await within(closed.wait())
             await eventually(lambda: server.inflight == 0)
     assert (seen, records) == (["CancelledError"], [])
