@@ -7,9 +7,9 @@ request being answered, so a client that goes away is noticed at once: its handl
 its stream's iterator closed. A client's EOF is ambiguous: it may have half-closed
 (``shutdown(SHUT_WR)``, ``nc -N``) and wait for the answers to its complete requests, or closed its
 socket and left. Both get their answers written; to tell them apart while a handler still runs, the
-server sends an interim ``100 Continue`` (which every HTTP/1.1 client skips) and checks the socket
-for the reset that a closed socket's host sends back: a client that left is still cancelled, a few
-round trips later. (Once a stream's head is out, the next chunk meets that reset instead.)
+server sends an interim ``100 Continue`` (which every HTTP/1.1 client skips; once a response's
+head is out, its next chunk does the same) and checks the socket for the reset that a closed
+socket's host sends back: a client that left is still cancelled, a few round trips later.
 
 Times (deadlines.py): the idle and read deadlines share one timer; a client that takes nothing we
 write for ``keepalive_timeout`` is cut off, streamed or whole body, and so is one that leaves a
@@ -42,7 +42,9 @@ log = logging.getLogger("labgate.server")
 
 _JOIN_BODY_BELOW = 65536  # smaller bodies go out in one write with the head (one segment under TCP_NODELAY)
 _LINGER_S = 2.0  # after an error answer, drain the client's unsent body so it reads our answer, not a reset
-_GONE_CHECKS_S = (0.05, 0.25, 1.0, 4.0)  # after the EOF probe, when to look for the reset of a client that left
+# after a client's EOF, while its answer is being made: when to look for the reset of a client that left
+_GONE_CHECKS_S = (0.05, 0.25, 1.0)  # then every _GONE_EVERY_S until the answer is done
+_GONE_EVERY_S = 2.0
 
 
 class Connection(asyncio.Protocol):
@@ -129,11 +131,11 @@ class Connection(asyncio.Protocol):
         if self._may_probe:
             self._may_probe = False
             self._transport.write(CONTINUE)
-            self._loop.call_later(_GONE_CHECKS_S[0], self._check_gone, 0)
+        self._loop.call_later(_GONE_CHECKS_S[0], self._check_gone, 0)
         return True
 
     def _check_gone(self, attempt: int) -> None:
-        """After the EOF probe: a pending socket error is the reset of a client that closed and left."""
+        """After a client's EOF: a pending socket error is the reset its host sent to what we wrote."""
         if self._lost or self.task is None:
             return
         sock = self._transport.get_extra_info("socket")
@@ -143,9 +145,11 @@ class Connection(asyncio.Protocol):
             error = 1
         if error:
             self._transport.abort()  # connection_lost cancels the handler
-        elif attempt + 1 < len(_GONE_CHECKS_S):
-            self._loop.call_later(_GONE_CHECKS_S[attempt + 1] - _GONE_CHECKS_S[attempt], self._check_gone,
-                                  attempt + 1)
+        else:
+            attempt += 1
+            last = attempt >= len(_GONE_CHECKS_S)
+            delay = _GONE_EVERY_S if last else _GONE_CHECKS_S[attempt] - _GONE_CHECKS_S[attempt - 1]
+            self._loop.call_later(delay, self._check_gone, attempt)
 
     def pause_writing(self) -> None:
         self._write_paused = True
