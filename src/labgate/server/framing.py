@@ -212,15 +212,16 @@ class RequestReader:
 
 
 def _check_codings(value: str) -> None:
-    """Only ``chunked``, once and last, is a transfer coding we read (llhttp checks that it is last)."""
+    """Only ``chunked``, once and last, is a transfer coding we read (RFC 9112 §6.1, §6.3)."""
     codings = [c.strip().lower() for c in value.split(",") if c.strip()]
+    if codings[-1:] != ["chunked"]:
+        raise RequestError("The request's last transfer coding is not chunked: its length is unknown.")
     if codings.count("chunked") > 1:
         raise RequestError("The chunked transfer coding is applied more than once.")
-    unknown = [c for c in codings if c != "chunked"]
-    if unknown or codings[-1:] != ["chunked"]:
-        shown = ", ".join(repr(c[:40]) for c in unknown[:3]) or repr(value[:40])
-        raise UnsupportedFramingError(f"Transfer coding {shown} is not supported; send the body "
-                                      "with Content-Length or chunked.")
+    unknown = ", ".join(repr(c[:40]) for c in codings[:-1][:3])
+    if unknown:
+        raise UnsupportedFramingError(f"Transfer coding {unknown} is not supported; send the body "
+                                      "with Content-Length or chunked alone.")
 
 
 def split_target(url: bytes) -> tuple[str, str]:
