@@ -137,10 +137,8 @@ def read_reply(sock: socket.socket, *, interim: list[int] | None = None) -> Repl
 
 
 def assert_closed(sock: socket.socket) -> None:
-    try:
+    with contextlib.suppress(ConnectionResetError):
         assert sock.recv(65536) == b""
-    except ConnectionResetError:
-        pass
 
 
 def assert_envelope(reply: Reply | None, status: int, code: str) -> dict[str, Any]:

@@ -13,7 +13,7 @@ import contextlib
 import logging
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator, Mapping
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any, TypeVar
@@ -128,7 +128,7 @@ async def read_reply(reader: asyncio.StreamReader, *, method: str = "GET") -> Re
 
 
 async def read_chunks(reader: asyncio.StreamReader) -> list[bytes]:
-    chunks = []
+    chunks: list[bytes] = []
     while True:
         size = int(await within(reader.readuntil(b"\r\n")), 16)
         data = await within(reader.readexactly(size + 2))
@@ -849,6 +849,6 @@ UVLOOP_CASES = [
 
 
 @pytest.mark.parametrize("case", UVLOOP_CASES, ids=lambda case: case.__name__.removeprefix("test_"))
-def test_under_uvloop(case: Callable[[], Awaitable[None]]) -> None:
+def test_under_uvloop(case: Callable[[], Coroutine[Any, Any, None]]) -> None:
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         runner.run(case())
