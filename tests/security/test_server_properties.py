@@ -15,6 +15,7 @@ an incomplete request ends in a close instead of a wait), and reads everything b
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import socket
 import threading
@@ -147,7 +148,7 @@ def splits(data: bytes) -> st.SearchStrategy[list[bytes]]:
 
 def _cut(data: bytes, cuts: list[int]) -> list[bytes]:
     bounds = [0, *cuts, len(data)]
-    return [data[a:b] for a, b in zip(bounds, bounds[1:], strict=False) if b > a]
+    return [data[a:b] for a, b in itertools.pairwise(bounds) if b > a]
 
 
 # --- talking to the server
