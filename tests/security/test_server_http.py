@@ -215,6 +215,21 @@ def test_the_read_deadline_is_per_request_on_a_kept_alive_connection() -> None:
         sock.close()
 
 
+def test_the_read_deadline_counts_from_the_request_not_from_the_connection() -> None:
+    timeout = 1.0
+    with serving(request_read_timeout=timeout, keepalive_timeout=10.0) as served:
+        sock = served.connect()
+        sock.sendall(b"GET /first HTTP/1.1\r\nHost: t\r\n\r\n")
+        assert read_reply(sock).status == 200  # type: ignore[union-attr]
+        time.sleep(0.7 * timeout)  # idle: not part of the next request's time
+        sock.sendall(b"GET /second HTTP/1.1\r\n")
+        time.sleep(0.6 * timeout)  # the connection is now older than the deadline; the request is not
+        sock.sendall(b"Host: t\r\n\r\n")
+        reply = read_reply(sock)
+        assert reply is not None and (reply.status, reply.json()["path"]) == (200, "/second")
+        sock.close()
+
+
 def test_blank_lines_between_requests_do_not_keep_a_connection_open() -> None:
     keepalive = 1.0
     with serving(keepalive_timeout=keepalive, request_read_timeout=30.0) as served:
