@@ -39,3 +39,17 @@ def test_limit_log_says_once_per_interval_and_counts_the_rest(monkeypatch: pytes
         log.warn("max_connections", "refused %s", "y")
     assert [r.getMessage() for r in caplog.records] == [
         "refused x", "other 1", "refused y (and 4 more since the last such warning)"]
+
+
+def test_start_warns_when_max_connections_needs_more_descriptors_than_allowed(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    resource = pytest.importorskip("resource")
+    from labgate.server import http
+
+    monkeypatch.setattr(resource, "getrlimit", lambda _: (1024, 4096))
+    with caplog.at_level(logging.WARNING, logger="labgate.server"):
+        http._warn_if_fds_short(512)  # two descriptors each: fits exactly
+        http._warn_if_fds_short(4096)
+    assert [r.getMessage() for r in caplog.records] == [
+        "server.max_connections is 4096 but the file descriptor limit (ulimit -n) is 1024: "
+        "raise the limit or lower max_connections to about 512"]
