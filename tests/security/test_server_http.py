@@ -307,6 +307,25 @@ def test_connections_over_max_connections_per_ip_get_503_then_close() -> None:
     assert len(warnings_about(records, "(server.max_connections_per_ip)")) == 1
 
 
+def test_refusals_past_max_refusing_are_closed_without_an_answer(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("labgate.server.connection.MAX_REFUSING", 1)
+    with serving(max_connections=1) as served:
+        held = served.connect()
+        served.eventually(lambda: served.server.admission.open == 1)
+        answered = served.connect()  # refused and answered; left open by the client, so it lingers
+        assert_envelope(read_reply(answered), 503, "too_many_connections")
+        served.eventually(lambda: served.server.admission.refusing == 1)
+        dropped = served.connect()  # a second refusal meanwhile: closed at once
+        with contextlib.suppress(ConnectionResetError):
+            assert read_reply(dropped) is None
+        answered.close()
+        served.eventually(lambda: served.server.admission.refusing == 0)
+        again = served.connect()
+        assert_envelope(read_reply(again), 503, "too_many_connections")
+        for sock in (held, dropped, again):
+            sock.close()
+
+
 def test_many_half_requests_from_one_client_are_capped() -> None:
     with serving(max_connections=1000, max_connections_per_ip=20) as served:
         socks = [served.connect("127.0.0.9") for _ in range(40)]

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING
 from labgate.errors import ConnectionLimitError, InternalError, LabgateError, RequestTimeoutError
 from labgate.server.deadlines import BUSY, IDLE, READING, Deadlines
 from labgate.server.framing import RequestReader
+from labgate.server.limits import MAX_REFUSING
 from labgate.server.messages import Request, Response
 from labgate.server.respond import CHUNKED, CONTINUE, LAST_CHUNK, NO_BODY, WHOLE, aclose
 
@@ -52,7 +53,7 @@ class Connection(asyncio.Protocol):
 
     __slots__ = ("_abort_timer", "_admitted", "_client", "_continue", "_deadlines", "_drain_waiter", "_fatal",
                  "_limits", "_lingering", "_loop", "_lost", "_may_probe", "_queue", "_reader", "_reading_paused",
-                 "_server", "_stopped", "_transport", "_write_paused", "task")
+                 "_refusing", "_server", "_stopped", "_transport", "_write_paused", "task")
 
     def __init__(self, server: HttpServer) -> None:
         self._server = server
@@ -69,6 +70,7 @@ class Connection(asyncio.Protocol):
         self._stopped = False  # parsing is over for good: bytes received from now on are discarded
         self._fatal: LabgateError | None = None  # to answer, then close, once the queue is done
         self._admitted = False  # counted by the server's Admission (released when the connection is lost)
+        self._refusing = False  # refused, and being answered 503 (counted in Admission.refusing)
         self._lost = False
         self._reading_paused = False
         self._write_paused = False
@@ -90,9 +92,15 @@ class Connection(asyncio.Protocol):
             self._stopped = True
             transport.close()
             return
-        refused = server.admission.admit(client)
+        admission = server.admission
+        refused = admission.admit(client)
         if refused is not None:
             self._stopped = True
+            if admission.refusing >= MAX_REFUSING:
+                self._transport.abort()  # a flood: answering each refusal would hold its descriptor too
+                return
+            admission.refusing += 1
+            self._refusing = True
             self._fatal = ConnectionLimitError(refused)
             self._answer_fatal()
             return
@@ -111,6 +119,9 @@ class Connection(asyncio.Protocol):
         if self._admitted:
             self._admitted = False
             server.admission.release(self._client)
+        elif self._refusing:
+            self._refusing = False
+            server.admission.refusing -= 1
         self._queue.clear()
         self._deadlines.cancel()
         if self._abort_timer is not None:

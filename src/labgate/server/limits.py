@@ -15,6 +15,9 @@ from dataclasses import dataclass
 log = logging.getLogger("labgate.server")
 
 LOG_EVERY_S = 10.0  # at most one warning per kind of limit this often
+# Refused connections being answered (503, then a short linger) at once; past it a refused one is
+# closed at once, so a flood of connections cannot hold descriptors through its refusals.
+MAX_REFUSING = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,13 +59,14 @@ class LimitLog:
 class Admission:
     """Counts open connections, in all and per client address, against their caps."""
 
-    __slots__ = ("_by_ip", "_limits", "_log", "open")
+    __slots__ = ("_by_ip", "_limits", "_log", "open", "refusing")
 
     def __init__(self, limits: ServerLimits, limit_log: LimitLog) -> None:
         self._limits = limits
         self._log = limit_log
         self._by_ip: dict[str | None, int] = {}
         self.open = 0
+        self.refusing = 0  # refused connections still being answered (see MAX_REFUSING)
 
     def admit(self, client: str | None) -> str | None:
         """Count a new connection from ``client``; if a cap is reached, don't, and say which (for the client)."""
