@@ -372,7 +372,7 @@ def test_a_trailer_authorization_is_not_accepted_as_auth_by_the_gateway(monkeypa
 
 
 def test_trailer_bytes_count_against_the_header_limit() -> None:
-    with serving(max_header_bytes=2048) as served:
+    with captured_logs() as records, serving(max_header_bytes=2048) as served:
         head = b"POST /t HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n1\r\na\r\n0\r\n"
         many = b"".join(b"X-T%d: %s\r\n" % (i, b"v" * 90) for i in range(25))  # ~2.5 KB of trailer fields
         assert_envelope(exchange(served, head + many + b"\r\n"), 431, "header_too_large")
@@ -388,6 +388,8 @@ def test_trailer_bytes_count_against_the_header_limit() -> None:
                     time.sleep(0.005)
         assert_envelope(read_reply(sock), 431, "header_too_large")
         sock.close()
+    assert warnings_about(records, "(server.max_header_bytes)") == [
+        "a request from 127.0.0.1 was refused with 431 (server.max_header_bytes)"]  # twice: logged once
 
 
 def test_tiny_chunks_arrive_as_one_body() -> None:

@@ -46,6 +46,7 @@ _LINGER_S = 2.0  # after an error answer, drain the client's unsent body so it r
 # after a client's EOF, while its answer is being made: when to look for the reset of a client that left
 _GONE_CHECKS_S = (0.05, 0.25, 1.0)  # then every _GONE_EVERY_S until the answer is done
 _GONE_EVERY_S = 2.0
+_SIZE_LIMITS = {413: "server.max_body_bytes", 431: "server.max_header_bytes"}  # logged when they bite
 
 
 class Connection(asyncio.Protocol):
@@ -196,6 +197,10 @@ class Connection(asyncio.Protocol):
 
     def stop_reading(self, error: LabgateError | None) -> None:
         """No more requests from this connection; answer ``error`` (if any) after those already queued."""
+        if error is not None and error.status in _SIZE_LIMITS:
+            key = _SIZE_LIMITS[error.status]
+            self._server.limit_log.warn(key, "a request from %s was refused with %d (%s)", self._client,
+                                        error.status, key)
         self._stopped = True
         self._fatal = error
         self._pause_reading()
