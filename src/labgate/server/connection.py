@@ -44,7 +44,7 @@ log = logging.getLogger("labgate.server")
 _JOIN_BODY_BELOW = 65536  # smaller bodies go out in one write with the head (one segment under TCP_NODELAY)
 _LINGER_S = 2.0  # after an error answer, drain the client's unsent body so it reads our answer, not a reset
 # after a client's EOF, while its answer is being made: when to look for the reset of a client that left
-_GONE_CHECKS_S = (0.05, 0.25, 1.0)  # then every _GONE_EVERY_S until the answer is done
+_GONE_CHECKS_S = (0.0, 0.002, 0.02, 0.1, 0.5, 1.0)  # then every _GONE_EVERY_S until the answer is done
 _GONE_EVERY_S = 2.0
 _SIZE_LIMITS = {413: "server.max_body_bytes", 431: "server.max_header_bytes"}  # logged when they bite
 
