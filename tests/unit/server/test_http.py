@@ -901,6 +901,42 @@ async def test_whole_body_a_client_never_reads_is_dropped_after_the_write_timeou
         await eventually(lambda: not server.connections)  # cut off, its buffered answer freed
 
 
+class BufferedTransport(asyncio.Transport):
+    """A transport whose written bytes never leave (the client reads nothing)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.closed = self.aborted = False
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return ("127.0.0.1", 1) if name == "peername" else default
+
+    def get_write_buffer_size(self) -> int:
+        return 4096
+
+    def is_closing(self) -> bool:
+        return self.closed or self.aborted
+
+    def close(self) -> None:
+        self.closed = True  # a real transport would now wait for the flush, for ever
+
+    def abort(self) -> None:
+        self.aborted = True
+
+
+@pytest.mark.asyncio
+async def test_a_close_that_cannot_flush_is_aborted_after_the_write_timeout() -> None:
+    from labgate.server.connection import Connection
+
+    server = HttpServer(text, error_response=error_response, keepalive_timeout=0.05)
+    connection, transport = Connection(server), BufferedTransport()
+    connection.connection_made(transport)
+    await eventually(lambda: transport.closed)  # the idle timeout closes it
+    assert not transport.aborted
+    await eventually(lambda: transport.aborted)  # and the bytes it cannot flush do not hold it open
+    connection.connection_lost(None)
+
+
 # --- the same cases on uvloop
 
 UVLOOP_CASES = [
