@@ -10,6 +10,8 @@ foreign exceptions into these classes at exactly one boundary
     │   ├── InvalidJSONError          400
     │   ├── BodyTooLargeError         413
     │   ├── HeaderTooLargeError       431
+    │   ├── RequestTimeoutError       408 head and body not received within server.request_read_timeout_s
+    │   ├── UnsupportedFramingError   501 a transfer coding we do not implement (505: an HTTP version)
     │   ├── RouteNotFoundError        404 (unknown path)
     │   ├── RecordNotFoundError       404 no history record with that id
     │   ├── MethodNotAllowedError     405
@@ -35,6 +37,7 @@ foreign exceptions into these classes at exactly one boundary
     │                                      code all_deployments_rejected, x-should-retry: false, when
     │                                      every upstream refused its deployment with 401/403/404)
     ├── HistoryUnavailableError       503  history is off, or its store cannot be read now
+    ├── ConnectionLimitError          503  server.max_connections(_per_ip) reached: the connection is refused
     └── InternalError                 500  an unexpected exception (logged once, never on the wire)
 
 On ``/v1/messages`` an ``overloaded_error`` is answered with Anthropic's 529
@@ -98,6 +101,25 @@ class BodyTooLargeError(RequestError):
 class HeaderTooLargeError(RequestError):
     status = 431
     code = "header_too_large"
+
+
+class RequestTimeoutError(RequestError):
+    """The client took longer than ``server.request_read_timeout_s`` to send a request's head and body."""
+
+    status = 408
+    code = "request_timeout"
+    retryable = True
+
+
+class UnsupportedFramingError(RequestError):
+    """A transfer coding (501) or HTTP version (505) the server does not implement."""
+
+    status = 501
+    code = "unsupported_framing"
+
+    def __init__(self, message: str, *, status: int = 501) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class RouteNotFoundError(RequestError):
@@ -277,6 +299,15 @@ class HistoryUnavailableError(LabgateError):
 
     status = 503
     code = "history_unavailable"
+    retryable = True
+
+
+class ConnectionLimitError(LabgateError):
+    """A new connection over ``server.max_connections`` or ``server.max_connections_per_ip``."""
+
+    status = 503
+    anthropic_type = "overloaded_error"
+    code = "too_many_connections"
     retryable = True
 
 
