@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import sys
 from typing import Any
 
@@ -15,22 +16,53 @@ from labgate.config.defaults import STANDARD_ENGINES, Engine, Found, ModelDetail
 
 def register(commands: Any) -> None:
     p = commands.add_parser("discover", help="probe local engine ports and print providers.yaml entries")
-    p.add_argument("--host", default="127.0.0.1", help="where the engines run (default 127.0.0.1)")
-    p.add_argument("--engine", action="append", metavar="TYPE:PORT",
-                   help="probe this port as this engine type too (repeatable), e.g. vllm:8002")
-    p.add_argument("--timeout", type=float, default=0.8, help="seconds per probe (default 0.8)")
+    p.add_argument("--host", type=host, default="127.0.0.1", help="where the engines run (default 127.0.0.1)")
+    p.add_argument("--engine", type=engine, action="append", metavar="TYPE:PORT",
+                   help=f"probe this port as this engine type too (repeatable), e.g. vllm:8002; "
+                        f"TYPE is one of {', '.join(ENGINE_TYPES)}")
+    p.add_argument("--timeout", type=timeout, default=0.8,
+                   help=f"seconds per probe, more than 0 and at most {MAX_TIMEOUT_S:g} (default 0.8)")
     p.add_argument("--json", action="store_true", help="print what was found as JSON")
     p.set_defaults(run=run)
 
 
+# Engine types that answer `GET /v1/models` on a local port (what discovery can probe).
+ENGINE_TYPES = ("ollama", "llama_cpp", "vllm", "lmstudio", "openai_compatible")
+MAX_TIMEOUT_S = 60.0
+
+
+def host(text: str) -> str:
+    """``--host``: a host name or address (a bare IPv6 address is bracketed for the URL)."""
+    if not text or any(c.isspace() or c in "/@?#" for c in text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a host name or address")
+    return f"[{text}]" if ":" in text and not text.startswith("[") else text
+
+
+def engine(text: str) -> Engine:
+    """``--engine TYPE:PORT``."""
+    kind, sep, port = text.partition(":")
+    if not sep or not kind:
+        raise argparse.ArgumentTypeError(f"expected TYPE:PORT (e.g. vllm:8002), got {text!r}")
+    if kind not in ENGINE_TYPES:
+        raise argparse.ArgumentTypeError(f"unknown engine type {kind!r}; one of: {', '.join(ENGINE_TYPES)}")
+    if not (port.isascii() and port.isdigit()) or not 1 <= int(port) <= 65535:
+        raise argparse.ArgumentTypeError(f"port {port!r} is not a number from 1 to 65535")
+    return Engine(f"{kind}_{int(port)}", kind, int(port))
+
+
+def timeout(text: str) -> float:
+    """``--timeout``: seconds, more than 0 and at most :data:`MAX_TIMEOUT_S`."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not math.isfinite(value) or not 0 < value <= MAX_TIMEOUT_S:
+        raise argparse.ArgumentTypeError(f"{text} must be more than 0 and at most {MAX_TIMEOUT_S:g} seconds")
+    return value
+
+
 def run(args: argparse.Namespace) -> int:
-    engines = list(STANDARD_ENGINES)
-    for spec in args.engine or ():
-        kind, _, port = spec.partition(":")
-        if not port.isdigit():
-            print(f"labgate: --engine wants TYPE:PORT, got {spec!r}", file=sys.stderr)
-            return 2
-        engines.append(Engine(f"{kind}_{port}", kind, int(port)))
+    engines = [*STANDARD_ENGINES, *(args.engine or ())]
     found = asyncio.run(discover(args.host, tuple(engines), timeout=args.timeout))
     if args.json:
         sys.stdout.write(orjson.dumps([_as_dict(f) for f in found], option=orjson.OPT_INDENT_2).decode() + "\n")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -42,13 +43,16 @@ def _dump(doc: Any) -> str:
 
 def run_import(args: argparse.Namespace) -> int:
     from labgate.config.migrate.from_litellm import import_litellm
+    from labgate.config.reader import read_document
 
     source = Path(args.file)
-    try:
-        doc = yaml.safe_load(source.read_text(encoding="utf-8")) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        print(f"labgate: cannot read {source}: {exc}", file=sys.stderr)
+    read = read_document(source)  # the same reader as labgate's own files: UTF-8, duplicate keys, lines
+    if read.problems:
+        print(f"labgate: cannot read {source}:", file=sys.stderr)
+        for problem in read.problems:
+            print(problem, file=sys.stderr)
         return 1
+    doc = read.data if read.data is not None else {}
     if not isinstance(doc, dict):
         print(f"labgate: {source}: the top level must be a mapping", file=sys.stderr)
         return 1
@@ -106,14 +110,17 @@ def _report(notes: list[Note], *, as_json: bool, written: list[str]) -> None:
 
 
 def run_export(args: argparse.Namespace) -> int:
+    from labgate.config.load import read_raw
     from labgate.config.migrate.to_litellm import export_litellm
+    from labgate.config.variables import References
 
     try:
         config = load_config(args.config)
+        written = read_raw(Path(args.config), env=References(os.environ)).parts
     except ConfigError as exc:
         print(f"labgate: the config is invalid:\n{exc}", file=sys.stderr)
         return 1
-    doc, notes = export_litellm(config)
+    doc, notes = export_litellm(config, written=written)
     text = f"# Exported by `labgate export litellm` from {config.source}.\n" + _dump(doc)
     if args.out:
         Path(args.out).write_text(text, encoding="utf-8")

@@ -43,14 +43,11 @@ def run(args: argparse.Namespace) -> int:
 async def _live_checks(config: Config, problems: list[Problem], *, providers: bool, ports: bool) -> list[Problem]:
     """``--check-providers`` / ``--check-ports``: what the machine says, added to the file checks."""
     if ports:
-        from labgate.cli.ports import check
-        from labgate.config.checks import port_conflicts
-        from labgate.config.load import FILES
+        from labgate.cli.ports import audit
 
-        files = {"ports": config.source if config.source.endswith(".yaml") else f"{config.source}/{FILES['ports']}"}
-        static = port_conflicts(config, files)
+        static, states = await audit(config)  # the same report as `labgate ports`
         problems = [p for p in problems if p not in {replace(s, severity="warning") for s in static}] + static
-        problems += [p for state in await check(config) for p in state.problems]
+        problems += [p for state in states for p in state.problems]
     if providers:
         from labgate.config.probe import check_providers
 

@@ -10,6 +10,7 @@ import fnmatch
 import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
+from typing import Literal
 
 from labgate.config.ports import static_conflicts
 from labgate.config.problems import Problem, closest
@@ -79,7 +80,8 @@ def check_config(config: object, files: Mapping[str, str]) -> list[Problem]:
     return problems
 
 
-def port_conflicts(config: object, files: Mapping[str, str], *, severity: str = "error") -> list[Problem]:
+def port_conflicts(config: object, files: Mapping[str, str], *,
+                   severity: Literal["error", "warning"] = "error") -> list[Problem]:
     """``ports.yaml`` against itself and ``gateway.yaml``: warnings at load, errors under ``--check-ports``."""
     ports = getattr(config, "ports", None)
     if ports is None or not ports.ports:

@@ -94,7 +94,8 @@ async def _ollama_tags(base: str, timeout: float) -> tuple[ModelDetails, ...]:
     for entry in entries if isinstance(entries, list) else ():
         if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
             continue
-        info = entry.get("details") if isinstance(entry.get("details"), dict) else {}
+        found = entry.get("details")
+        info: dict[str, Any] = found if isinstance(found, dict) else {}
         size = entry.get("size")
         out.append(ModelDetails(entry["name"], size if isinstance(size, int) else None,
                                 _text(info.get("quantization_level")), _text(info.get("parameter_size")),

@@ -188,8 +188,8 @@ def _socket_inodes(proc: Path, wanted: set[str]) -> Iterator[tuple[int, str]]:
 
 
 def _read(path: Path) -> str | None:
-    try:
-        return path.read_text().strip()
+    try:  # a process names itself: any bytes, not always UTF-8
+        return path.read_bytes().decode("utf-8", "replace").strip()
     except OSError:
         return None
 

@@ -15,15 +15,17 @@ class Problem:
     message: str
     severity: Literal["error", "warning"] = "error"
     suggestion: str | None = None
+    line: int | None = None  # 1-based line in ``file``, when known
 
     def __str__(self) -> str:
-        where = f"{self.file}: `{self.path}`" if self.path else self.file
+        file = f"{self.file}:{self.line}" if self.line else self.file
+        where = f"{file}: `{self.path}`" if self.path else file
         hint = f" (did you mean `{self.suggestion}`?)" if self.suggestion else ""
         return f"{self.severity}: {where}: {self.message}{hint}"
 
-    def as_dict(self) -> dict[str, str | None]:
+    def as_dict(self) -> dict[str, str | int | None]:
         return {"severity": self.severity, "file": self.file, "path": self.path,
-                "message": self.message, "suggestion": self.suggestion}
+                "message": self.message, "suggestion": self.suggestion, "line": self.line}
 
 
 class ConfigError(Exception):

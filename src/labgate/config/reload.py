@@ -39,6 +39,7 @@ import orjson
 from labgate.config import backup
 from labgate.config.load import Config, load_config, read_raw
 from labgate.config.problems import ConfigError, Problem
+from labgate.config.variables import References
 from labgate.runtime import Runtime
 
 if TYPE_CHECKING:
@@ -52,7 +53,10 @@ MASK = "***"
 # Settings a running server cannot change: they take effect at the next start.
 RESTART_ONLY = ("gateway.server.host", "gateway.server.port", "gateway.server.workers",
                 "gateway.server.max_body_bytes", "gateway.server.keepalive_timeout_s", "gateway.store",
-                "gateway.metrics.enabled")
+                "gateway.metrics.enabled",
+                # the HTTP server's limits (server/limits.py) are fixed when it starts
+                "gateway.server.max_header_bytes", "gateway.server.request_read_timeout_s",
+                "gateway.server.max_connections", "gateway.server.max_connections_per_ip")
 
 
 # --- what is loaded ------------------------------------------------------------------
@@ -66,24 +70,6 @@ class Loaded:
     version: str
     view: dict[str, Any]  # secrets masked, ${VAR} references shown as written
     files: dict[str, bytes] = field(default_factory=dict)  # the bytes it was loaded from (none: not from files)
-
-
-class _References(Mapping[str, str]):
-    """An environment that substitutes ``${VAR}`` with itself, to see which values come from it."""
-
-    def __init__(self, env: Mapping[str, str]) -> None:
-        self._env = env
-
-    def __getitem__(self, name: str) -> str:
-        if name not in self._env:
-            raise KeyError(name)
-        return "${" + name + "}"
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._env)
-
-    def __len__(self) -> int:
-        return len(self._env)
 
 
 def config_view(config: Config, raw_refs: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -138,10 +124,14 @@ def digest(config: Config) -> str:
 
 def load_files(path: Path) -> Loaded:
     """Read and validate the config at ``path`` (blocking: run it in a thread); raise ConfigError."""
-    files = backup.read_files(path)
+    try:
+        files = backup.read_files(path)
+    except OSError as exc:  # the same problem load_config reports for an unreadable file
+        raise ConfigError([Problem(str(exc.filename or path), "", f"cannot read the file: {exc.strerror or exc}")]
+                          ) from None
     config = load_config(path)
     try:
-        raw_refs, _ = read_raw(path, env=_References(os.environ))
+        raw_refs = read_raw(path, env=References(os.environ)).parts
     except ConfigError:  # changed under us since load_config: show values without references
         raw_refs = {}
     return Loaded(config, backup.version_of(files), config_view(config, raw_refs), files)
@@ -408,7 +398,7 @@ class Reloader:
             if pending:
                 _, late = await asyncio.wait(pending, timeout=timeout)
                 if late:
-                    log.warning("%d request(s) still running %.0f s after a reload; closing the old "
+                    log.warning("%d request(s) still running %g s after a reload; closing the old "
                                 "runtime's upstream connections under them", len(late), timeout)
             await runtime.aclose()
 

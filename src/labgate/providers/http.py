@@ -14,12 +14,20 @@ decompression, proxies, multipart).
 
 Bodies pass through untouched: no ``accept-encoding`` is sent, so upstreams
 answer with identity encoding.
+
+Upstream text that becomes our error message (an error body, a snippet of a
+body that is not JSON) is redacted here (:func:`labgate.redact.redact`, with
+the provider's own configured credentials), so the client, the log, history
+and ``/health/providers`` never see a key an upstream echoed back.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Mapping
+import math
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Mapping
+from email.utils import parsedate_to_datetime
+from time import time
 from urllib.parse import urlsplit
 
 import orjson
@@ -34,17 +42,25 @@ from labgate.errors import (
     UpstreamStatusError,
     UpstreamTimeoutError,
 )
-from labgate.providers.pool import Answer, BodyQueue, Connection, Pool
+from labgate.providers.body import BodyQueue
+from labgate.providers.pool import DEFAULT_MAX_BODY, Answer, Connection, Pool
+from labgate.redact import redact, secrets_in
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 _FRAMING = frozenset({"content-length", "transfer-encoding", "connection"})
 # RFC 9110 9.2.2: these may be sent again when a reused connection fails before any answer.
 _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
+MAX_RETRY_AFTER_S = 3600.0  # an upstream's Retry-After is clamped to [0, this]
+_MESSAGE_CHARS = 1000  # an upstream's error message is cut to this many characters
 
 
-def error_for_status(status: int, body: bytes, headers: Mapping[str, str], where: str) -> LabgateError:
-    """The error an upstream's non-2xx answer stands for (both dialects carry ``error.message``)."""
-    message = _error_message(body)
+def error_for_status(status: int, body: bytes, headers: Mapping[str, str], where: str, *,
+                     secrets: Iterable[str] = ()) -> LabgateError:
+    """The error an upstream's non-2xx answer stands for (both dialects carry ``error.message``).
+
+    The message is the upstream's, redacted (``secrets``: the provider's own credentials).
+    """
+    message = redact(_error_message(body)[:_MESSAGE_CHARS], secrets)
     text = f"{where} answered {status}: {message}"
     if status == 429:
         return UpstreamRateLimitError(text, retry_after=_retry_after(headers))
@@ -54,7 +70,8 @@ def error_for_status(status: int, body: bytes, headers: Mapping[str, str], where
         return UpstreamStatusError(text, upstream_status=status)
     if status in (401, 403, 404):
         return UpstreamDeploymentError(text, upstream_status=status)
-    return UpstreamRejectedError(text, status=status, param=_error_param(body))
+    param = _error_param(body)
+    return UpstreamRejectedError(text, status=status, param=None if param is None else redact(param[:100]))
 
 
 def _error_message(body: bytes) -> str:
@@ -81,12 +98,33 @@ def _error_param(body: bytes) -> str | None:
     return param if isinstance(param, str) else None
 
 
-def _retry_after(headers: Mapping[str, str]) -> float | None:
-    value = headers.get("retry-after") or headers.get("Retry-After")
-    try:
-        return float(value) if value is not None else None
-    except ValueError:
+def retry_after(value: str | None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` value (seconds or an HTTP date), clamped to
+    [0, ``MAX_RETRY_AFTER_S``]; None when absent or not a number (``inf``, ``nan``, garbage)."""
+    if value is None:
         return None
+    text = value.strip()
+    try:
+        seconds = float(text)
+    except ValueError:
+        try:
+            seconds = parsedate_to_datetime(text).timestamp() - time()
+        except (TypeError, ValueError, IndexError, OverflowError):
+            return None
+    if not math.isfinite(seconds):
+        return None
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER_S)
+
+
+def _retry_after(headers: Mapping[str, str]) -> float | None:
+    return retry_after(headers.get("retry-after") or headers.get("Retry-After"))
+
+
+def upstream_snippet(data: bytes | str | None, chars: int = 80) -> str:
+    """A short, redacted quote of upstream bytes (quoted as bytes) or text, for an error message."""
+    if isinstance(data, bytes):
+        return repr(redact(data[:chars].decode("latin-1")).encode("latin-1"))
+    return repr(redact(str(data)[:chars]))
 
 
 def parse_json(body: bytes, where: str) -> object:
@@ -94,8 +132,8 @@ def parse_json(body: bytes, where: str) -> object:
     try:
         return orjson.loads(body)
     except orjson.JSONDecodeError as exc:
-        snippet = body[:80].decode("utf-8", "replace")
-        raise UpstreamBadResponseError(f"{where} sent a body that is not JSON: {snippet!r}") from exc
+        snippet = upstream_snippet(body[:80].decode("utf-8", "replace"))
+        raise UpstreamBadResponseError(f"{where} sent a body that is not JSON: {snippet}") from exc
 
 
 class UpstreamStream:
@@ -108,7 +146,7 @@ class UpstreamStream:
         self.where = where
         self.idle_timeout = idle_timeout
 
-    async def chunks(self) -> AsyncIterator[bytes]:
+    async def chunks(self) -> AsyncGenerator[bytes, None]:
         """The body as it arrives, waiting at most ``idle_timeout`` for each piece; raises only our errors."""
         body = self._body
         try:
@@ -132,10 +170,10 @@ class HttpPool:
     requests queue, first come first served, within their timeout.
     """
 
-    __slots__ = ("_fixed", "_pool", "_prefix", "base_url", "name", "where")
+    __slots__ = ("_fixed", "_pool", "_prefix", "base_url", "name", "secrets", "where")
 
     def __init__(self, base_url: str, *, name: str, headers: Mapping[str, str],
-                 max_connections: int = 0) -> None:
+                 max_connections: int = 0, max_response_bytes: int = DEFAULT_MAX_BODY) -> None:
         self.base_url = base_url.rstrip("/")
         self.name = name
         self.where = f"provider {name!r}"
@@ -151,13 +189,18 @@ class HttpPool:
             if key.lower() in _FRAMING:
                 raise ValueError(f"{self.where}: header {key!r} is set by the HTTP client, not by config")
             fixed[key.lower()] = value
+        self.secrets = secrets_in(fixed)  # what an upstream could echo back: masked in its error text
         lines = "".join(f"{key}: {value}\r\n" for key, value in fixed.items())
         if lines.count("\n") != len(fixed) or lines.count("\r") != len(fixed):
             raise ValueError(f"{self.where}: a header name or value contains CR or LF")
         self._fixed = (lines + "connection: keep-alive\r\n").encode("latin-1")
         self._prefix = url.path.encode("ascii")
         self._pool = Pool(url.hostname, port, tls=url.scheme == "https", where=self.where,
-                          limit=max_connections)
+                          limit=max_connections, max_body=max_response_bytes)
+
+    def error_for(self, status: int, body: bytes, headers: Mapping[str, str]) -> LabgateError:
+        """:func:`error_for_status` for this upstream, its own credentials masked in the message."""
+        return error_for_status(status, body, headers, self.where, secrets=self.secrets)
 
     def _message(self, method: str, path: str, body: bytes | None) -> bytes:
         """The request as written: one buffer, so one write and (under TCP_NODELAY) one segment for small bodies."""
@@ -206,12 +249,12 @@ class HttpPool:
         waiter = conn.send(self._message("POST", path, body), stream=True)
         status, headers, queue = await self._answer(conn, waiter, deadline, timeout)
         assert isinstance(queue, BodyQueue)
-        if status >= 300:
+        if status >= 300:  # its body is read up to pool.MAX_ERROR_BODY bytes, within the deadline
             try:
                 error = b"".join([chunk async for chunk in self._error_body(queue, deadline, loop)])
             finally:
                 queue.close()
-            raise error_for_status(status, error, headers, self.where)
+            raise self.error_for(status, error, headers)
         return UpstreamStream(queue, self.where, timeout)
 
     @staticmethod

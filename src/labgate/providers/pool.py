@@ -14,6 +14,31 @@ expire after ``IDLE_EXPIRY_S``), opens new ones as needed and, when
 opening. A pooled connection the server has closed is dropped as soon as the
 loop sees the close (``connection_lost``), so it is never handed out.
 
+A connection is reused only when it is known clean: llhttp is between
+messages and no byte has arrived that was not asked for. Bytes after a
+complete response (a duplicate, a second response in the same read, an
+unsolicited one while idle) mean the upstream and we no longer agree on
+where answers start, so the connection is closed: in the same read, the
+parser stops at the next message's first byte (``on_message_begin`` raises;
+llhttp skips bare CR/LF between messages, which cannot start an answer);
+in a later read, ``data_received`` sees bytes with no exchange in progress
+and aborts. Neither costs anything per request. What ``data_received`` cannot
+see are bytes that reached the socket after the loop last polled it, and a
+pooled connection can be handed out in the same loop iteration (LIFO reuse):
+so before reusing one, :meth:`Connection.quiet` asks the kernel with one
+``poll(2)`` of zero timeout (~0.5 µs, only on reuse) whether anything is
+waiting; if so the connection is dropped. What remains is inherent to
+HTTP/1.1: bytes the upstream sends after we have written the next request
+look exactly like its answer; no client can tell them apart.
+
+Every limit on what an upstream sends is explicit: the header section
+(``MAX_HEADER_BYTES``, ``MAX_HEADER_COUNT``, interim answers
+``MAX_INTERIM``; chunk framing and trailers between body bytes, twice
+``MAX_HEADER_BYTES``), the body (the pool's ``max_body``, ``max_response_bytes``
+in config; a ``content-length`` above it is refused before any body byte is
+read) and an error body (``MAX_ERROR_BODY``: read that far, then the
+connection is dropped and the error reported with what arrived).
+
 Every failure comes out as a labgate error naming the provider; callers
 (``providers/http.py``) decide about retries and status codes.
 """
@@ -22,6 +47,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import select
 import socket
 import ssl
 from collections import deque
@@ -35,10 +61,17 @@ from labgate.errors import (
     UpstreamConnectionError,
     UpstreamTimeoutError,
 )
+from labgate.providers.body import BodyQueue
 
 IDLE_EXPIRY_S = 30.0  # an idle pooled connection is closed after this long
-_PAUSE_ABOVE = 256 * 1024  # stop reading a stream whose consumer lags this many bytes behind
 _CLOSE_WAIT_S = 1.0  # how long aclose waits for the transports to report closed
+MAX_HEADER_BYTES = 65536  # an answer's header section (names, values and 4 bytes a line), as the server's
+MAX_HEADER_COUNT = 256  # header lines in one answer
+MAX_INTERIM = 8  # 1xx answers before the final one
+MAX_ERROR_BODY = 65536  # bytes of a non-2xx answer's body that are read (the message is in the first few)
+DEFAULT_MAX_BODY = 64 * 1024 * 1024  # bytes of a 2xx body (whole or streamed), unless the provider says
+
+TOO_LARGE = "upstream_response_too_large"  # the error code of a body over the limit
 
 # (status, headers, body): body is bytes for a whole response, a BodyQueue for a stream
 Answer = tuple[int, dict[str, str], "bytes | BodyQueue"]
@@ -53,15 +86,17 @@ def tls_context() -> ssl.SSLContext:
 class Pool:
     """Keep-alive connections to one ``host:port``, at most ``limit`` of them (0: no limit)."""
 
-    __slots__ = ("_all", "_closed", "_idle", "_open", "_sweeper", "_waiters", "host", "limit", "port", "tls",
-                 "where")
+    __slots__ = ("_all", "_closed", "_idle", "_open", "_sweeper", "_waiters", "host", "limit", "max_body", "port",
+                 "tls", "where")
 
-    def __init__(self, host: str, port: int, *, tls: bool, where: str, limit: int = 0) -> None:
+    def __init__(self, host: str, port: int, *, tls: bool, where: str, limit: int = 0,
+                 max_body: int = DEFAULT_MAX_BODY) -> None:
         self.host = host
         self.port = port
         self.tls = tls
         self.where = where  # "provider 'x'", for messages
         self.limit = limit
+        self.max_body = max_body  # bytes of a 2xx body; more is an error (UpstreamBadResponseError, TOO_LARGE)
         self._idle: dict[Connection, None] = {}  # insertion order = idle since; popitem() takes the newest
         self._all: set[Connection] = set()  # connected, idle or busy
         self._open = 0  # connections open or opening: each holds one of the ``limit`` slots
@@ -80,19 +115,25 @@ class Pool:
     async def acquire(self, deadline: float) -> Connection:
         """A connection ready for one request: idle, new, or the next one freed (FIFO) at the limit."""
         idle = self._idle
-        while idle:
-            conn = idle.popitem()[0]
-            if not conn.transport.is_closing():  # type: ignore[union-attr]  # pooled ones are connected
-                return conn
-        if self._closed:
-            raise UpstreamConnectionError(f"{self.where}: the connection pool is closed")
-        if self.limit and self._open >= self.limit:
-            conn = await self._wait_turn(deadline)
-            if conn is not None:
-                return conn
-        else:
+        while True:
+            while idle:
+                conn = idle.popitem()[0]
+                if conn.reusable() and conn.quiet():
+                    return conn
+                conn.abort()
+            if self._closed:
+                raise UpstreamConnectionError(f"{self.where}: the connection pool is closed")
+            if self.limit and self._open >= self.limit:
+                handed = await self._wait_turn(deadline)
+                if handed is None:
+                    return await self._connect(deadline)
+                if handed.reusable() and handed.quiet():
+                    return handed
+                # it turned dirty or was closed between the hand-over and now: its slot went on; queue again
+                handed.abort()
+                continue
             self._open += 1
-        return await self._connect(deadline)
+            return await self._connect(deadline)
 
     async def _wait_turn(self, deadline: float) -> Connection | None:
         """Queue for a connection (returned) or a free slot (None: open one)."""
@@ -140,7 +181,7 @@ class Pool:
 
     def put(self, conn: Connection) -> None:
         """``conn`` finished an exchange and may serve another: to the first waiter, else idle."""
-        if self._closed:
+        if self._closed or not conn.reusable():
             conn.close()
             return
         waiters = self._waiters
@@ -202,21 +243,28 @@ class Pool:
             await asyncio.wait([conn.closed for conn in conns], timeout=_CLOSE_WAIT_S)
 
 
+class _Halt(Exception):
+    """Raised in a parser callback to stop llhttp at once; ``data_received`` reads why from the connection."""
+
+
 class Connection(asyncio.Protocol):
     """One keep-alive connection: one request at a time, its response parsed by llhttp."""
 
-    __slots__ = ("_body", "_complete", "_headers", "_interim", "_keep", "_no_body", "_parser", "_paused", "_pool",
-                 "_status", "_stream", "_waiter", "closed", "holds_slot", "idle_since", "loop", "lost", "received",
-                 "transport", "uses")
+    __slots__ = ("_body", "_complete", "_dirty", "_halt", "_head_bytes", "_head_lines", "_head_raw", "_headers",
+                 "_in_head", "_interim", "_keep", "_limit", "_no_body", "_parser", "_paused", "_poll", "_pool",
+                 "_repeated", "_size", "_status", "_stream", "_waiter", "closed", "holds_slot", "idle_since", "loop",
+                 "lost", "received", "transport", "uses")
 
     def __init__(self, pool: Pool, loop: asyncio.AbstractEventLoop) -> None:
         self._pool = pool
         self.loop = loop
         self.transport: asyncio.Transport | None = None
         self._parser = httptools.HttpResponseParser(self)
+        self._poll: select.poll | None = None  # the socket, for quiet(); None where poll(2) is missing
         self.closed: asyncio.Future[None] = loop.create_future()  # done once connection_lost ran
         self.holds_slot = True
         self.lost = False
+        self._dirty = False  # bytes arrived that no exchange asked for, or llhttp is not between messages
         self.uses = 0  # requests sent
         self.idle_since = 0.0
         self._paused = False
@@ -225,12 +273,46 @@ class Connection(asyncio.Protocol):
         self._stream: BodyQueue | None = None
         self._no_body = False  # a HEAD request: the answer has headers only
         self.received = False  # any byte of the answer has arrived
+        self._reset()
+
+    def _reset(self) -> None:
+        """Per-exchange parse state (a handful of stores: the whole per-request cost of the limits)."""
         self._status = 0
         self._headers: dict[str, str] = {}
+        self._repeated: dict[str, list[str]] | None = None  # values of a header sent more than once
+        self._head_bytes = 0  # header bytes parsed, counted as the server counts them
+        self._head_lines = 0
+        self._head_raw = 0  # bytes received while the head is open, or since the last body byte (data_received)
+        self._in_head = True
+        self._interim = 0  # 1xx answers seen before the final one
         self._body: list[bytes] = []
-        self._interim = False  # parsing a 1xx answer, which a final one follows
+        self._size = 0  # body bytes received
+        self._limit = self._pool.max_body
+        self._halt: LabgateError | None = None  # why a callback stopped the parser (None: the answer is complete)
         self._complete = False
         self._keep = False
+
+    @property
+    def where(self) -> str:
+        """"provider 'x'", for messages."""
+        return self._pool.where
+
+    def reusable(self) -> bool:
+        """Clean and connected: llhttp is between messages and nothing unasked-for has arrived."""
+        return not (self._dirty or self.lost or self.transport is None or self.transport.is_closing())
+
+    def quiet(self) -> bool:
+        """Nothing waits unread in the socket (one zero-timeout poll): checked just before reuse."""
+        poller = self._poll
+        if poller is None:
+            return True
+        try:
+            if not poller.poll(0):
+                return True
+        except (OSError, ValueError):  # closed under us
+            pass
+        self._dirty = True
+        return False
 
     # --- the exchange
 
@@ -240,7 +322,7 @@ class Connection(asyncio.Protocol):
         self._stream = BodyQueue(self) if stream else None
         self._no_body = no_body
         self.received = False
-        self._status = 0
+        self._reset()
         self.uses += 1
         self.transport.write(data)  # type: ignore[union-attr]  # acquired connections are connected
         return waiter
@@ -271,6 +353,9 @@ class Connection(asyncio.Protocol):
 
     def _finish(self) -> None:
         """The answer is complete: deliver it, then pool or close the connection."""
+        if self._status < 200:  # never parsed a final status: not an answer, whatever the bytes said
+            self.fail(UpstreamBadResponseError(f"{self._pool.where} sent a response without a status"))
+            return
         self._complete = False
         waiter, stream = self._waiter, self._stream
         self._waiter = self._stream = None
@@ -281,7 +366,7 @@ class Connection(asyncio.Protocol):
         else:
             stream.finish()
         self._body = []
-        if self._keep and not self.lost:
+        if self._keep and not self._dirty and not self.lost:
             if self._paused:
                 self.resume()
             self._pool.put(self)
@@ -311,6 +396,10 @@ class Connection(asyncio.Protocol):
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if sock is not None and hasattr(select, "poll"):
+            with contextlib.suppress(OSError, ValueError):
+                self._poll = poller = select.poll()
+                poller.register(sock.fileno(), select.POLLIN | select.POLLPRI)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
@@ -319,7 +408,7 @@ class Connection(asyncio.Protocol):
             self.closed.set_result(None)
         if self._waiter is None:
             return
-        if self._status and not self._interim and self._close_delimited():
+        if self._status and not self._in_head and not self._dirty and self._close_delimited():
             self._keep = False
             self._finish()  # the close is the end of the body
             return
@@ -336,56 +425,157 @@ class Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         if self._waiter is None:  # bytes nobody asked for: the framing can no longer be trusted
+            self._dirty = True
+            self._pool.forget(self)
             self.abort()
             return
         self.received = True
+        size = self._size
         try:
             self._parser.feed_data(data)
+        except httptools.HttpParserCallbackError as exc:
+            self._halted(exc)
+            return
         except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
-            self._fail(UpstreamBadResponseError(f"{self._pool.where} sent a malformed HTTP response ({exc})"))
-            self.abort()
+            self._dirty = True
+            if self._complete:  # e.g. bytes after a `connection: close` answer: the answer stands
+                self._finish()
+                return
+            self.fail(UpstreamBadResponseError(f"{self._pool.where} sent a malformed HTTP response ({exc})"))
             return
         if self._complete:
             self._finish()
+        elif self._in_head:
+            # httptools accumulates a header line before we see it: a line that never ends must not grow
+            # without bound. Every byte of this exchange so far belongs to a header section (1xx or final).
+            self._head_raw += len(data)
+            if self._head_raw > MAX_HEADER_BYTES:
+                self._dirty = True
+                self.fail(self._head_too_large())
+        elif self._size == size:
+            # a read without one body byte: chunk framing, extensions or trailers (a trailer line, too,
+            # is accumulated by httptools). As much as a header section between body bytes, no more.
+            # Twice the head's limit: the read that ended the head counts, head bytes and all.
+            self._head_raw += len(data)
+            if self._head_raw > 2 * MAX_HEADER_BYTES:
+                self._dirty = True
+                self.fail(UpstreamBadResponseError(
+                    f"{self._pool.where} sent over {2 * MAX_HEADER_BYTES} bytes of chunk framing or trailers "
+                    "without a body byte"))
+        else:
+            self._head_raw = 0
+
+    def _halted(self, exc: httptools.HttpParserCallbackError) -> None:
+        """A callback stopped llhttp mid-read: the parser is spent, so the connection is too."""
+        self._dirty = True
+        error = self._halt
+        if error is None and not self._complete:  # not ours: a bug in a callback, reported as the upstream's
+            error = UpstreamBadResponseError(f"{self._pool.where} sent a response we could not parse ({exc})")
+        if error is None:  # the answer was complete and more bytes followed: deliver it, drop the connection
+            self._finish()
+        else:
+            self.fail(error)
+
+    def _head_too_large(self) -> LabgateError:
+        return UpstreamBadResponseError(
+            f"{self._pool.where} sent a header section over the limit "
+            f"({MAX_HEADER_COUNT} lines, {MAX_HEADER_BYTES} bytes)")
 
     # --- parser callbacks
 
     def on_message_begin(self) -> None:
+        if self._complete:  # a second answer (or anything) after a complete one, in the same read
+            raise _Halt
+        # a final answer after a 1xx: start its head afresh
         self._headers = {}
-        self._body = []
+        self._repeated = None
+        self._in_head = True
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        self._head_lines += 1
+        self._head_bytes += len(name) + len(value) + 4
+        if self._head_bytes > MAX_HEADER_BYTES or self._head_lines > MAX_HEADER_COUNT:
+            self._halt = self._head_too_large()
+            raise _Halt
+        if not self._in_head:
+            return  # a trailer (after a chunked body): counted against the limits, not kept
         key = name.decode("latin-1").lower()
         text = value.decode("latin-1")
         headers = self._headers
         previous = headers.get(key)
-        headers[key] = text if previous is None else f"{previous}, {text}"
+        if previous is None:
+            headers[key] = text
+        else:  # joined once, at the end of the head: linear in the number of lines
+            repeated = self._repeated
+            if repeated is None:
+                self._repeated = repeated = {}
+            values = repeated.get(key)
+            if values is None:
+                repeated[key] = [previous, text]
+            else:
+                values.append(text)
 
     def on_headers_complete(self) -> None:
+        self._in_head = False
         status = self._parser.get_status_code()
+        if status < 100:  # llhttp takes any three digits; 0xx is no HTTP status at all
+            self._halt = UpstreamBadResponseError(f"{self._pool.where} sent the invalid status {status:03d}")
+            raise _Halt
         if status < 200:
-            self._interim = True  # 100 Continue, 103 Early Hints: the real answer follows
+            self._interim += 1  # 100 Continue, 103 Early Hints: the real answer follows
+            if self._interim > MAX_INTERIM:
+                self._halt = UpstreamBadResponseError(f"{self._pool.where} sent more than {MAX_INTERIM} "
+                                                      "interim (1xx) responses")
+                raise _Halt
+            self._head_lines = self._head_bytes = self._head_raw = 0
             return
+        self._head_raw = 0
+        repeated = self._repeated
+        headers = self._headers
+        if repeated is not None:
+            for key, values in repeated.items():
+                headers[key] = ", ".join(values)
+        if status >= 300:
+            self._limit = MAX_ERROR_BODY
+        else:
+            length = headers.get("content-length")
+            if length is not None and length.isdigit() and int(length) > self._limit:
+                self._halt = self._too_large(f"announced a {length}-byte body")
+                raise _Halt
         self._status = status
         stream = self._stream
         if stream is not None:
             waiter = self._waiter
             if waiter is not None and not waiter.done():
-                waiter.set_result((status, self._headers, stream))
+                waiter.set_result((status, headers, stream))
         if self._no_body:
             self._complete = True
             self._keep = False  # llhttp would wait for the body a HEAD answer announces
 
+    def _too_large(self, what: str) -> LabgateError:
+        return UpstreamBadResponseError(
+            f"{self._pool.where} {what}, over the limit of {self._pool.max_body} bytes (max_response_bytes)",
+            code=TOO_LARGE)
+
     def on_body(self, body: bytes) -> None:
+        self._size = size = self._size + len(body)
+        if size > self._limit:
+            if self._status < 300:
+                self._halt = self._too_large("sent a body")
+                raise _Halt
+            body = body[:len(body) - (size - self._limit)]  # an error body: keep its start, stop reading
+            self._complete = True
+            self._keep = False
         stream = self._stream
         if stream is None:
             self._body.append(body)
         else:
             stream.feed(body)
+        if self._complete:
+            raise _Halt  # deliver what we have (``_halted``); the rest is never read
 
     def on_message_complete(self) -> None:
-        if self._interim:
-            self._interim = False
+        if self._status == 0:  # the end of a 1xx answer
             return
         if not self._complete:
             self._complete = True
@@ -415,83 +605,3 @@ class Connection(asyncio.Protocol):
     def abort(self) -> None:
         if self.transport is not None and not self.lost:
             self.transport.abort()
-
-
-class BodyQueue:
-    """A streamed body between the connection (producer) and one reader, with flow control."""
-
-    __slots__ = ("_chunks", "_conn", "_done", "_error", "_size", "_waiter")
-
-    def __init__(self, conn: Connection) -> None:
-        self._conn: Connection | None = conn  # None once the body is complete or failed
-        self._chunks: list[bytes] = []
-        self._size = 0
-        self._done = False
-        self._error: LabgateError | None = None
-        self._waiter: asyncio.Future[None] | None = None
-
-    def feed(self, chunk: bytes) -> None:
-        self._chunks.append(chunk)
-        self._size += len(chunk)
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-        if self._size > _PAUSE_ABOVE and self._conn is not None:
-            self._conn.pause()
-
-    def finish(self) -> None:
-        self._done = True
-        self._conn = None
-        self._wake()
-
-    def fail(self, error: LabgateError) -> None:
-        self._error = error
-        self._conn = None
-        self._wake()
-
-    def _wake(self) -> None:
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
-    async def read(self, idle_timeout: float) -> bytes:
-        """Everything received since the last read; b"" at the end. Waits at most ``idle_timeout``."""
-        while not self._chunks:
-            if self._error is not None:
-                raise self._error
-            if self._done:
-                return b""
-            await self._wait(idle_timeout)
-        chunks = self._chunks
-        data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-        chunks.clear()
-        self._size = 0
-        if self._conn is not None:
-            self._conn.resume()
-        return data
-
-    async def _wait(self, idle_timeout: float) -> None:
-        conn = self._conn
-        assert conn is not None
-        loop = conn.loop
-        self._waiter = waiter = loop.create_future()
-        timer = loop.call_later(idle_timeout, self._idle_timeout, conn, idle_timeout)
-        try:
-            await waiter
-        finally:
-            timer.cancel()
-            self._waiter = None
-
-    def _idle_timeout(self, conn: Connection, idle_timeout: float) -> None:
-        if self._conn is conn:
-            self.fail(UpstreamTimeoutError(
-                f"{conn._pool.where} sent nothing for {idle_timeout:g} s in the middle of a stream"))
-            conn.cut(self)
-
-    def close(self) -> None:
-        """The reader is done: a body not yet complete cuts its connection (it cannot be reused)."""
-        conn = self._conn
-        if conn is not None:
-            self._conn = None
-            self._done = True
-            conn.cut(self)

@@ -2,6 +2,11 @@
 
 Splits a byte stream into whole events without copying more than it must;
 callers look at only the events they care about and pass the rest on.
+
+An event that arrives in many pieces is kept as a list of pieces and joined
+once, when its blank line arrives: linear in its size, however it is split
+(re-joining the pending bytes on every piece would be quadratic). Its size
+is bounded by what the connection lets through (``max_response_bytes``).
 """
 
 from __future__ import annotations
@@ -10,22 +15,41 @@ from __future__ import annotations
 class SSEBuffer:
     """Feed it network chunks; get back the complete events (each without its blank line)."""
 
-    __slots__ = ("_pending",)
+    __slots__ = ("_cr", "_parts")
 
     def __init__(self) -> None:
-        self._pending = b""
+        self._parts: list[bytes] = []  # an event not yet terminated, CRLF already folded to LF
+        self._cr = False  # the last chunk ended with a CR whose LF may start the next one
 
     def feed(self, chunk: bytes) -> list[bytes]:
-        data = self._pending + chunk if self._pending else chunk
-        if b"\r" in data:  # CRLF framing; a chunk may end between \r and \n
-            data = data.replace(b"\r\n", b"\n")
-        *events, self._pending = data.split(b"\n\n")
+        if self._cr:
+            chunk = b"\r" + chunk
+            self._cr = False
+        if b"\r" in chunk:  # CRLF framing; a chunk may end between \r and \n
+            chunk = chunk.replace(b"\r\n", b"\n")
+            if chunk.endswith(b"\r"):
+                self._cr = True
+                chunk = chunk[:-1]
+        parts = self._parts
+        if not parts:
+            data = chunk
+        elif b"\n\n" in chunk or (chunk[:1] == b"\n" and parts[-1][-1:] == b"\n"):
+            parts.append(chunk)
+            data = b"".join(parts)
+            parts.clear()
+        else:
+            if chunk:
+                parts.append(chunk)
+            return []
+        *events, pending = data.split(b"\n\n")
+        if pending:
+            parts.append(pending)
         return events
 
     @property
     def pending(self) -> bytes:
         """Bytes of an event not yet terminated."""
-        return self._pending
+        return b"".join(self._parts) + (b"\r" if self._cr else b"")
 
 
 def event_fields(event: bytes) -> tuple[str | None, bytes]:

@@ -1,4 +1,16 @@
-"""``/health/*``: liveness, readiness and each provider's reachability. No key needed."""
+"""``/health/*``: liveness, readiness and each provider's reachability.
+
+``/health``, ``/health/liveness`` and ``/health/readiness`` need no key.
+``/health/providers`` shows its per-provider detail (error text, which can
+name internal hosts and ports, and model lists) only to callers the admin
+API would admit (``auth.admit_admin``: the master key when auth is on;
+loopback clients when it is off); everyone else gets the aggregate: how
+many providers answer, and an overall status.
+
+Probes are shared: callers that arrive while one is running wait for it,
+and its result serves for ``_PROBE_CACHE_S``, so this unauthenticated route
+cannot be used to multiply requests to the upstreams.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +20,7 @@ from typing import Any
 
 import orjson
 
+from labgate.auth import admit_admin
 from labgate.errors import LabgateError
 from labgate.gateway import Gateway
 from labgate.providers.base import ModelLister
@@ -17,6 +30,7 @@ from labgate.server.http import Request, Response
 
 _PROBE_TIMEOUT_S = 3.0
 _PROBE_CACHE_S = 2.0
+DETAIL_HINT = "send the master key (as for /admin) for each provider's detail"
 
 
 def _json(status: int, data: Any) -> Response:
@@ -27,6 +41,7 @@ class HealthSurface:
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
         self._probed: tuple[float, Any, dict[str, Any]] | None = None
+        self._probing: tuple[Runtime, asyncio.Task[dict[str, Any]]] | None = None
 
     async def health(self, request: Request) -> Response:
         rt = self.gateway.runtime
@@ -43,17 +58,31 @@ class HealthSurface:
 
     async def providers(self, request: Request) -> Response:
         rt = self.gateway.runtime
-        now = time.monotonic()
-        if self._probed and self._probed[1] is rt and now - self._probed[0] < _PROBE_CACHE_S:
-            return _json(200, self._probed[2])
+        report = await self._report(rt)
+        try:
+            admit_admin(rt.auth, request.headers, request.client)
+        except LabgateError:
+            return _json(200, aggregate(report))
+        return _json(200, report)
+
+    async def _report(self, rt: Runtime) -> dict[str, Any]:
+        probed = self._probed
+        if probed and probed[1] is rt and time.monotonic() - probed[0] < _PROBE_CACHE_S:
+            return probed[2]
+        probing = self._probing
+        if probing is None or probing[0] is not rt or probing[1].done():
+            probing = self._probing = (rt, asyncio.ensure_future(self._probe_all(rt)))
+        return await asyncio.shield(probing[1])
+
+    async def _probe_all(self, rt: Runtime) -> dict[str, Any]:
         names = list(rt.adapters)
         results = await asyncio.gather(*(self._probe(rt, name) for name in names))
         report = {"providers": dict(zip(names, results, strict=True))}
         for name, provider in rt.config.providers.items():
             if provider.status != "active":
                 report["providers"][name] = {"status": "inactive", "reachable": None}
-        self._probed = (now, rt, report)
-        return _json(200, report)
+        self._probed = (time.monotonic(), rt, report)
+        return report
 
     async def _probe(self, rt: Runtime, name: str) -> dict[str, Any]:
         adapter = rt.adapters[name]
@@ -63,7 +92,7 @@ class HealthSurface:
         started = time.perf_counter()
         try:
             models = await adapter.list_models(timeout=_PROBE_TIMEOUT_S)
-        except LabgateError as exc:
+        except LabgateError as exc:  # its message is already redacted (providers/http.py)
             return {"status": "active", "reachable": False, "error": exc.message,
                     "latency_ms": round((time.perf_counter() - started) * 1000, 1),
                     "configured_models": configured}
@@ -71,3 +100,13 @@ class HealthSurface:
                 "latency_ms": round((time.perf_counter() - started) * 1000, 1),
                 "models": models, "configured_models": configured,
                 "missing_models": [m for m in configured if m not in models]}
+
+
+def aggregate(report: dict[str, Any]) -> dict[str, Any]:
+    """What anyone may see: counts and an overall status, no names, hosts, errors or models."""
+    entries = [entry for entry in report["providers"].values() if entry.get("status") == "active"]
+    reachable = sum(1 for entry in entries if entry.get("reachable") is True)
+    unreachable = sum(1 for entry in entries if entry.get("reachable") is False)
+    status = "down" if entries and unreachable == len(entries) else "degraded" if unreachable else "ok"
+    return {"status": status, "active": len(entries), "reachable": reachable, "unreachable": unreachable,
+            "detail": DETAIL_HINT}

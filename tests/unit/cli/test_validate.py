@@ -40,7 +40,7 @@ routing:
     assert main(["validate", "--config", str(tmp_path)]) == 1
     out = capsys.readouterr().out
     assert ("error: " + str(tmp_path / "model-mappings.yaml")
-            + ": `routing.exact_matches.coder.fallback_chain[0]`: 'qwen2.5-coder:7' is not a known model, "
+            + ":7: `routing.exact_matches.coder.fallback_chain[0]`: 'qwen2.5-coder:7' is not a known model, "
             "provider/model pair or provider (did you mean `qwen2.5-coder:7b`?)") in out
     assert out.strip().endswith("INVALID (1 error(s), 0 warning(s))")
 
@@ -57,7 +57,7 @@ providers:
     assert report == {
         "config": str(tmp_path), "valid": False, "warnings": [],
         "errors": [{"severity": "error", "file": str(tmp_path / "providers.yaml"),
-                    "path": "providers.local.base_ulr", "message": "unknown key", "suggestion": "base_url"}],
+                    "path": "providers.local.base_ulr", "message": "unknown key", "suggestion": "base_url", "line": 5}],
     }
 
 

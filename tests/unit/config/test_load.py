@@ -11,7 +11,7 @@ from labgate.config.load import Config, load_config
 from labgate.config.problems import ConfigError, Problem
 from labgate.config.schema.gateway import AuthConfig, GatewayConfig, ServerConfig
 from labgate.config.schema.mappings import ExactMatchConfig, MappingsConfig, PatternConfig, RoutingConfig
-from labgate.config.schema.providers import ModelConfig
+from labgate.config.schema.providers import ModelConfig, PricingConfig
 from labgate.providers.anthropic.config import AnthropicConfig
 from labgate.providers.openai_compat.config import OpenAICompatibleConfig
 
@@ -103,7 +103,7 @@ def test_directory_form_wins_over_a_stray_labgate_yaml(tmp_path: Path) -> None:
 def test_single_file_unknown_section_suggests_the_closest(tmp_path: Path) -> None:
     single = write(tmp_path / "labgate.yaml", PROVIDERS + "    routng: {}\n")
     assert problems_of(single) == (
-        Problem(str(single), "routng", "unknown top-level section", suggestion="routing"),)
+        Problem(str(single), "routng", "unknown top-level section", suggestion="routing", line=9),)
 
 
 def test_missing_path_and_empty_directory(tmp_path: Path) -> None:
@@ -144,8 +144,10 @@ def test_missing_variable_is_a_problem_naming_the_file(tmp_path: Path) -> None:
     """)
     with pytest.raises(ConfigError) as info:
         load_config(tmp_path, env={"OLLAMA_HOST": "http://x"})
-    assert info.value.problems == (Problem(str(file), "", "environment variable ${OLLAMA_URL} is not set"),)
-    assert str(info.value) == f"error: {file}: environment variable ${{OLLAMA_URL}} is not set"
+    assert info.value.problems == (Problem(str(file), "providers.local.base_url",
+                                           "environment variable ${OLLAMA_URL} is not set", line=3),)
+    assert str(info.value) == (f"error: {file}:3: `providers.local.base_url`: environment variable "
+                               "${OLLAMA_URL} is not set")
 
 
 def test_variable_in_a_comment_is_ignored(tmp_path: Path) -> None:
@@ -180,20 +182,22 @@ def test_invalid_yaml_names_line_and_column(tmp_path: Path) -> None:
            base_url: http://x
     """)
     assert problems_of(tmp_path) == (Problem(
-        str(file), "", "invalid YAML: line 4, column 4: expected <block end>, but found '<block mapping start>'"),)
+        str(file), "", "invalid YAML: line 4, column 4: expected <block end>, but found '<block mapping start>'",
+        line=4),)
 
 
 def test_top_level_must_be_a_mapping(tmp_path: Path) -> None:
     file = write(tmp_path / "providers.yaml", "- ollama\n")
-    assert problems_of(tmp_path) == (Problem(str(file), "", "the top level must be a mapping"),)
+    assert problems_of(tmp_path) == (Problem(str(file), "", "the top level must be a mapping of keys, not a list",
+                                             line=1),)
 
 
 def test_problems_of_every_file_are_reported_together(tmp_path: Path) -> None:
     providers = write(tmp_path / "providers.yaml", "providers: {o: {type: ollama, timeout_s: -1}}\n")
     gateway = write(tmp_path / "gateway.yaml", "server: {port: 70000}\n")
     assert problems_of(tmp_path) == (
-        Problem(str(providers), "providers.o.timeout_s", "Input should be greater than 0"),
-        Problem(str(gateway), "server.port", "Input should be less than or equal to 65535"),
+        Problem(str(providers), "providers.o.timeout_s", "must be greater than 0", line=1),
+        Problem(str(gateway), "server.port", "must be at most 65535", line=1),
     )
 
 
@@ -204,7 +208,7 @@ def test_problems_of_every_file_are_reported_together(tmp_path: Path) -> None:
     ("providers.yaml", "providers: {ollama: {type: ollama, base_ulr: 'http://x'}}",
      "providers.ollama.base_ulr", "base_url"),
     ("providers.yaml", "providers: {o: {type: ollama, models: [{name: a, capabilites: [chat]}]}}",
-     "providers.o.models.0.capabilites", "capabilities"),
+     "providers.o.models[0].capabilites", "capabilities"),
     ("providers.yaml", "providers: {o: {type: ollama, quirks: {renam: {}}}}",
      "providers.o.quirks.renam", "rename"),
     ("providers.yaml", "providers: {o: {type: anthropic, default_max_token: 5}}",
@@ -212,9 +216,9 @@ def test_problems_of_every_file_are_reported_together(tmp_path: Path) -> None:
     ("model-mappings.yaml", "routing: {exact_matches: {x: {provider: o, fallback_chian: []}}}",
      "routing.exact_matches.x.fallback_chian", "fallback_chain"),
     ("model-mappings.yaml", "routing: {load_balancing: {x: {deployments: [{provider: o, wieght: 2}]}}}",
-     "routing.load_balancing.x.deployments.0.wieght", "weight"),
+     "routing.load_balancing.x.deployments[0].wieght", "weight"),
     ("model-mappings.yaml", "routing: {patterns: [{pattern: 'l*', provider: o, fallback_chian: []}]}",
-     "routing.patterns.0.fallback_chian", "fallback_chain"),
+     "routing.patterns[0].fallback_chian", "fallback_chain"),
     ("model-mappings.yaml", "fallback: {}", "fallback", "fallbacks"),
     ("model-mappings.yaml", "routing: {alias: {}}", "routing.alias", "aliases"),
     ("gateway.yaml", "server: {prot: 4000}", "server.prot", "port"),
@@ -227,12 +231,13 @@ def test_unknown_key_suggests_the_closest(tmp_path: Path, file: str, text: str, 
         write(tmp_path / "providers.yaml", "providers: {o: {type: ollama, models: [m]}}\n")
     target = write(tmp_path / file, text + "\n")
     assert [p for p in problems_of(tmp_path) if p.message == "unknown key"] == [
-        Problem(str(target), path, "unknown key", suggestion=suggestion)]
+        Problem(str(target), path, "unknown key", suggestion=suggestion, line=1)]
 
 
 def test_unknown_top_level_key_in_providers_yaml(tmp_path: Path) -> None:
     file = write(tmp_path / "providers.yaml", "provider: {o: {type: ollama}}\n")
-    assert problems_of(tmp_path) == (Problem(str(file), "provider", "unknown top-level key", suggestion="providers"),)
+    assert problems_of(tmp_path) == (Problem(str(file), "provider", "unknown top-level key", suggestion="providers",
+                                             line=1),)
 
 
 @pytest.mark.parametrize(("kind", "message", "suggestion"), [
@@ -244,29 +249,27 @@ def test_unknown_top_level_key_in_providers_yaml(tmp_path: Path) -> None:
 ])
 def test_unknown_provider_type(tmp_path: Path, kind: str, message: str, suggestion: str | None) -> None:
     file = write(tmp_path / "providers.yaml", f"providers: {{local: {{type: {kind}}}}}\n")
-    assert problems_of(tmp_path) == (Problem(str(file), "providers.local.type", message, suggestion=suggestion),)
+    assert problems_of(tmp_path) == (Problem(str(file), "providers.local.type", message, suggestion=suggestion,
+                                             line=1),)
 
 
 @pytest.mark.parametrize(("body", "path", "message"), [
-    ("{type: ollama, timeout_s: soon}", "providers.ollama.timeout_s",
-     "Input should be a valid number, unable to parse string as a number"),
-    ("{type: ollama, priority: first}", "providers.ollama.priority",
-     "Input should be a valid integer, unable to parse string as an integer"),
+    ("{type: ollama, timeout_s: soon}", "providers.ollama.timeout_s", "expected a number"),
+    ("{type: ollama, priority: first}", "providers.ollama.priority", "expected a whole number"),
     ("{type: ollama, base_url: 'localhost:11434'}", "providers.ollama.base_url",
-     "Value error, must start with http:// or https://"),
-    ("{type: ollama, status: off}", "providers.ollama.status", "Input should be 'active' or 'inactive'"),
-    ("{type: ollama, models: llama3}", "providers.ollama.models", "Input should be a valid tuple"),
-    ("{type: ollama, models: [3]}", "providers.ollama.models.0",
-     "Input should be a valid dictionary or instance of ModelConfig"),
-    ("{type: ollama, models: [{name: a, context_length: 0}]}", "providers.ollama.models.0.context_length",
-     "Input should be greater than or equal to 1"),
-    ("{type: openai_compatible}", "providers.ollama",
-     "Value error, `base_url` is required for type openai_compatible"),
-    ("[ollama]", "providers.ollama", "must be a mapping"),
+     "must start with http:// or https://"),
+    ("{type: ollama, status: off}", "providers.ollama.status", "expected 'active' or 'inactive'"),
+    ("{type: ollama, models: llama3}", "providers.ollama.models", "expected a list"),
+    ("{type: ollama, models: [3]}", "providers.ollama.models[0]",
+     "expected a model name or a mapping with `name`"),
+    ("{type: ollama, models: [{name: a, context_length: 0}]}", "providers.ollama.models[0].context_length",
+     "must be at least 1"),
+    ("{type: openai_compatible}", "providers.ollama", "`base_url` is required for type openai_compatible"),
+    ("[ollama]", "providers.ollama", "expected a mapping of provider settings (`type`, `base_url`, `models`, ...)"),
 ])
 def test_wrong_types_name_the_key(tmp_path: Path, body: str, path: str, message: str) -> None:
     file = write(tmp_path / "providers.yaml", f"providers:\n  ollama: {body}\n")
-    assert problems_of(tmp_path) == (Problem(str(file), path, message),)
+    assert problems_of(tmp_path) == (Problem(str(file), path, message, line=2),)
 
 
 def test_models_as_strings_or_objects(tmp_path: Path) -> None:
@@ -287,7 +290,7 @@ def test_models_as_strings_or_objects(tmp_path: Path) -> None:
         type="anthropic", api_key_env="ANTHROPIC_API_KEY",
         models=(ModelConfig(name="claude-haiku"),
                 ModelConfig(name="claude-sonnet-4-5", alias="claude", context_length=200000, tags=("smart",),
-                            pricing={"input_per_1m": 3, "output_per_1m": 15})))}
+                            pricing=PricingConfig(input_per_1m=3, output_per_1m=15))))}
 
 
 def test_patterns_accept_the_mapping_short_form(tmp_path: Path) -> None:

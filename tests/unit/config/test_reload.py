@@ -163,3 +163,76 @@ async def test_reloads_keep_a_backup_of_each_config(tmp_path: Path) -> None:
 
     assert [b.version for b in list_backups(tmp_path / "backups")] == [applied.version, loaded.version]
     await reloader.aclose()
+
+
+@pytest.mark.asyncio
+async def test_a_hung_request_holds_the_old_runtime_only_until_the_drain_bound(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    provider = "providers:\n  p:\n    type: vllm\n    base_url: http://127.0.0.1:9\n    models: [m1]\n"
+    loaded = load_files(write(tmp_path, provider, gateway="config: {drain_timeout_s: 0.2}\n"))
+    gateway = FakeGateway(Runtime.build(loaded.config))
+    closed: list[Runtime] = []
+
+    async def aclose(self: Runtime) -> None:
+        closed.append(self)
+
+    monkeypatch.setattr(Runtime, "aclose", aclose)
+    hung = asyncio.create_task(asyncio.Event().wait())  # a stream whose upstream never ends
+    reloader = Reloader(gateway, loaded, source=ConfigSource(path=tmp_path))  # type: ignore[arg-type]
+    reloader.in_flight = lambda: {hung}
+    old = gateway.runtime
+    write(tmp_path, provider.replace("[m1]", "[m1, m2]"), gateway="config: {drain_timeout_s: 0.2}\n")
+    assert (await reloader.reload(trigger="test")).status == "applied"
+    await asyncio.sleep(0.05)
+    assert (closed, reloader.draining) == ([], 1)  # still within the bound: waiting
+    await asyncio.sleep(0.4)
+    assert (closed, reloader.draining, hung.done()) == ([old], 0, False)  # closed under the hung request
+    assert [r.getMessage() for r in caplog.records if r.name == "labgate.config" and r.levelname == "WARNING"] == [
+        "1 request(s) still running 0.2 s after a reload; closing the old runtime's upstream connections under them"]
+    hung.cancel()
+
+
+def test_the_drain_bound_is_finite_and_positive(tmp_path: Path) -> None:
+    from labgate.config.problems import ConfigError, Problem
+    from labgate.config.schema.reload import ReloadConfig
+
+    assert ReloadConfig().drain_timeout_s == 600.0
+    provider = "providers:\n  p: {type: vllm, base_url: 'http://127.0.0.1:9'}\n"
+    for value, message in ((".inf", "expected a finite number"), ("0", "must be greater than 0"),
+                           ("-1", "must be greater than 0")):
+        write(tmp_path, provider, gateway=f"config: {{drain_timeout_s: {value}}}\n")
+        with pytest.raises(ConfigError) as info:
+            load_files(tmp_path)
+        assert info.value.problems == (
+            Problem(str(tmp_path / "gateway.yaml"), "config.drain_timeout_s", message, line=2),)
+
+
+@pytest.mark.asyncio
+async def test_a_provider_that_fails_to_build_refuses_the_reload(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    from labgate.config.problems import Problem
+    from labgate.providers.openai_compat.adapter import OpenAICompatibleAdapter
+
+    provider = "providers:\n  p:\n    type: vllm\n    base_url: http://127.0.0.1:9\n    models: [m1]\n"
+    loaded = load_files(write(tmp_path, provider))
+    gateway = FakeGateway(Runtime.build(loaded.config))
+    reloader = Reloader(gateway, loaded, source=ConfigSource(path=tmp_path))  # type: ignore[arg-type]
+    serving = gateway.runtime
+    built = OpenAICompatibleAdapter.__init__
+
+    def refuse(self: OpenAICompatibleAdapter, config: Any, *, name: str) -> None:
+        if name == "broken":
+            raise RuntimeError("the adapter cannot start")
+        built(self, config, name=name)
+
+    monkeypatch.setattr(OpenAICompatibleAdapter, "__init__", refuse)
+    write(tmp_path, provider + "  broken:\n    type: vllm\n    base_url: http://127.0.0.1:9\n    models: [m2]\n")
+    result = await reloader.reload(trigger="test")
+    assert (result.status, result.version, result.previous) == ("refused", loaded.version, loaded.version)
+    assert result.problems == (Problem(str(tmp_path), "", "cannot build the runtime: the adapter cannot start"),)
+    assert gateway.runtime is serving and reloader.active is loaded and reloader.reloads == 0
+    assert reloader.describe()["last_reload"]["errors"] == [
+        {"severity": "error", "file": str(tmp_path), "path": "", "line": None, "suggestion": None,
+         "message": "cannot build the runtime: the adapter cannot start"}]
+    await reloader.aclose()
+    await gateway.runtime.aclose()

@@ -46,10 +46,10 @@ def test_single_file_form_accepts_store(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("yaml", "key", "message"), [
-    ("store:\n  capture: everything\n", "store.capture", "Input should be 'full', 'metadata' or 'none'"),
+    ("store:\n  capture: everything\n", "store.capture", "expected 'full', 'metadata' or 'none'"),
     ("store:\n  url: mysql://x/y\n", "store.url", "unsupported store scheme 'mysql'"),
-    ("store:\n  retention_days: 0\n", "store.retention_days", "greater than 0"),
-    ("store:\n  queue_size: 0\n", "store.queue_size", "greater than or equal to 1"),
+    ("store:\n  retention_days: 0\n", "store.retention_days", "must be greater than 0"),
+    ("store:\n  queue_size: 0\n", "store.queue_size", "must be at least 1"),
     ("store:\n  flush_interval: 1\n", "store.flush_interval", "unknown key"),
 ])
 def test_bad_store_settings_name_the_key(tmp_path: Path, yaml: str, key: str, message: str) -> None:

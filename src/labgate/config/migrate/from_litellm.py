@@ -168,7 +168,8 @@ class _Importer:
         taken = {urlsplit(p.get("base_url") or "").port for n, p in self.providers.items()
                  if n == base or n.startswith(base + "_")}
         by_port = str(port) if port and port not in taken else None  # a port says which engine, if it differs
-        for suffix in (by_port, re.sub(r"\W+", "_", host or "") or None):
+        # a provider name is ASCII letters, digits, `_`, `-`, `.`, at most 64 (load.PROVIDER_NAME)
+        for suffix in (by_port, re.sub(r"[^A-Za-z0-9]+", "_", host or "").strip("_")[:40] or None):
             if suffix and f"{base}_{suffix}" not in self.providers:
                 return f"{base}_{suffix}"
         n = 2
@@ -182,7 +183,8 @@ class _Importer:
         if model is None:
             model = {"name": upstream}
             models.append(model)
-        info = entry.get("model_info") if isinstance(entry.get("model_info"), dict) else {}
+        found = entry.get("model_info")
+        info: dict[str, Any] = found if isinstance(found, dict) else {}
         params = entry["litellm_params"]
         context = info.get("max_input_tokens") or info.get("max_tokens")
         if isinstance(context, int) and context > 0:

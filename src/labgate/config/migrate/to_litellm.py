@@ -6,15 +6,26 @@ active provider becomes a ``model_list`` deployment (keys as
 deployments under their public name; fallback chains, aliases, retries and
 the master key go to ``router_settings`` / ``general_settings``. What LiteLLM
 cannot express (capability routes, per-model strategies) is reported.
+
+A value written as ``${VAR}`` is exported as ``os.environ/VAR``, never as the
+value it has here: the export goes into files and tickets, secrets must not.
+LiteLLM reads only whole values from the environment, so a reference inside a
+longer value (``http://${HOST}:8000/v1``) is written as it stands, with a note.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import re
+from collections.abc import Mapping
 from typing import Any
 
 from labgate.config.load import Config
 from labgate.config.migrate.litellm import ENV_PREFIX, EXPORT_PREFIX, STRATEGY_OUT, Note
 from labgate.config.schema.providers import ModelConfig, ProviderConfig
+from labgate.config.variables import keep_references
+
+_WHOLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
 class _Exporter:
@@ -165,8 +176,15 @@ class _Exporter:
         return router
 
 
-def export_litellm(config: Config) -> tuple[dict[str, Any], list[Note]]:
-    """A LiteLLM proxy config equivalent to ``config`` (as a YAML-ready dict), and what did not carry over."""
+def export_litellm(config: Config, *, written: Mapping[str, Any] | None = None
+                   ) -> tuple[dict[str, Any], list[Note]]:
+    """A LiteLLM proxy config equivalent to ``config`` (as a YAML-ready dict), and what did not carry over.
+
+    ``written``: the files' data read with ``${VAR}`` references kept (``load.read_raw`` with
+    ``variables.References``); every value that came from one is exported as a reference.
+    """
+    if written is not None:
+        config = _as_written(config, written)
     exporter = _Exporter(config)
     exporter.models()
     router = exporter.router()
@@ -174,4 +192,30 @@ def export_litellm(config: Config) -> tuple[dict[str, Any], list[Note]]:
     key_env = config.gateway.auth.master_key_env
     if key_env:
         doc["general_settings"] = {"master_key": ENV_PREFIX + key_env}
-    return doc, exporter.notes
+    return _references(doc, exporter.notes, ""), exporter.notes
+
+
+def _as_written(config: Config, written: Mapping[str, Any]) -> Config:
+    providers = (written.get("providers") or {}).get("providers") or {}
+    return dataclasses.replace(
+        config,
+        providers={n: keep_references(p, providers.get(n)) for n, p in config.providers.items()},
+        mappings=keep_references(config.mappings, written.get("mappings")),
+        gateway=keep_references(config.gateway, written.get("gateway")))
+
+
+def _references(value: Any, notes: list[Note], path: str) -> Any:
+    """``${VAR}`` → ``os.environ/VAR``; a reference inside a longer value stays as written, with a note."""
+    if isinstance(value, str) and "${" in value:
+        whole = _WHOLE.fullmatch(value)
+        if whole:
+            return ENV_PREFIX + whole.group(1)
+        notes.append(Note(path, f"{value!r} uses an environment variable inside a longer value (or with a "
+                          "default); LiteLLM reads only whole values as os.environ/NAME: written as it stands, "
+                          "put the whole value in one variable", "approximate"))
+        return value
+    if isinstance(value, dict):
+        return {k: _references(v, notes, f"{path}.{k}" if path else str(k)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_references(v, notes, f"{path}[{i}]") for i, v in enumerate(value)]
+    return value

@@ -54,6 +54,8 @@ class ProviderConfig(Strict):
     headers: dict[str, str] = Field(default_factory=dict)
     timeout_s: float = Field(default=60.0, gt=0)
     max_parallel_requests: int | None = Field(default=None, ge=1)
+    # bytes of an answer's body (whole or streamed); more is a 502 (the same as providers.pool.DEFAULT_MAX_BODY)
+    max_response_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
     priority: int = 100  # lower is tried first when several providers serve one model
     region: str | None = None
     rate_limits: RateLimitsConfig | None = None

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 from urllib.parse import quote
 
@@ -35,8 +35,8 @@ from labgate.providers.anthropic.translate import (
     message_to_chat_completion,
     read_usage,
 )
-from labgate.providers.base import Call, IteratorStream, Reply, StreamInfo
-from labgate.providers.http import HttpPool, error_for_status, parse_json
+from labgate.providers.base import Call, Dialect, IteratorStream, Reply, StreamInfo
+from labgate.providers.http import HttpPool, parse_json
 
 _MESSAGES = "/v1/messages"
 _MODELS_PAGE = "/v1/models?limit=1000"
@@ -60,7 +60,8 @@ class AnthropicAdapter:
         # The paths carry /v1; accept a base URL written the way OpenAI's are, too.
         base_url = base_url.removesuffix("/v1")
         self._http = HttpPool(base_url, name=name, headers=headers,
-                              max_connections=config.max_parallel_requests or 0)
+                              max_connections=config.max_parallel_requests or 0,
+                              max_response_bytes=config.max_response_bytes)
 
     def _body(self, call: Call, *, stream: bool) -> bytes:
         if call.native is not None:
@@ -77,7 +78,7 @@ class AnthropicAdapter:
         status, headers, data = await self._http.request("POST", _MESSAGES, body,
                                                          timeout=call.timeout)
         if status >= 300:
-            raise error_for_status(status, data, headers, self._where)
+            raise self._http.error_for(status, data, headers)
         message = parse_json(data, self._where)
         if call.native is not None:
             return self._native_reply(message, data)
@@ -100,18 +101,18 @@ class AnthropicAdapter:
         info = StreamInfo()
         translator: StreamTranslator | MessageTap
         if call.native is not None:
-            translator = MessageTap(info, where=self._where)
+            translator = MessageTap(info, where=self._where, secrets=self._http.secrets)
         else:
             options = call.body.get("stream_options")
             include_usage = isinstance(options, dict) and bool(options.get("include_usage"))
-            translator = StreamTranslator(info, include_usage=include_usage,
-                                          created=int(time.time()), where=self._where)
+            translator = StreamTranslator(info, include_usage=include_usage, created=int(time.time()),
+                                          where=self._where, secrets=self._http.secrets)
         try:
             first = await self._first_output(chunks, translator)
         except BaseException:
             await chunks.aclose()
             raise
-        dialect = "anthropic" if call.native is not None else "openai"
+        dialect: Dialect = "anthropic" if call.native is not None else "openai"
         return IteratorStream(self._relay(chunks, translator, first), info, dialect, release=chunks.aclose)
 
     async def _first_output(self, chunks: AsyncIterator[bytes],
@@ -124,7 +125,7 @@ class AnthropicAdapter:
                 return b"".join(out)
         raise UpstreamConnectionError(f"{self._where} closed the stream before its first event")
 
-    async def _relay(self, chunks: AsyncIterator[bytes], translator: StreamTranslator | MessageTap,
+    async def _relay(self, chunks: AsyncGenerator[bytes, None], translator: StreamTranslator | MessageTap,
                      first: bytes) -> AsyncIterator[bytes]:
         try:
             out = first
@@ -161,7 +162,7 @@ class AnthropicAdapter:
     async def _get_json(self, path: str, *, timeout: float) -> dict[str, Any]:
         status, headers, data = await self._http.request("GET", path, timeout=timeout)
         if status >= 300:
-            raise error_for_status(status, data, headers, self._where)
+            raise self._http.error_for(status, data, headers)
         parsed = parse_json(data, self._where)
         if not isinstance(parsed, dict):
             raise UpstreamBadResponseError(f"{self._where} {path} is not a JSON object")

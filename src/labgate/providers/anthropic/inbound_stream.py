@@ -22,6 +22,7 @@ import orjson
 
 from labgate.errors import UpstreamBadResponseError, UpstreamStatusError
 from labgate.providers.anthropic.inbound import anthropic_usage, stop_reason
+from labgate.providers.http import upstream_snippet
 from labgate.providers.sse import SSEBuffer, event_fields
 
 PING = b'event: ping\ndata: {"type":"ping"}\n\n'
@@ -91,7 +92,7 @@ class EventTranslator:
 
     def _start(self, chunk: dict[str, Any], out: list[bytes]) -> None:
         self.started = True
-        message = {"id": chunk.get("id"), "type": "message", "role": "assistant",
+        message: dict[str, Any] = {"id": chunk.get("id"), "type": "message", "role": "assistant",
                    "model": chunk.get("model"), "content": [], "stop_reason": None,
                    "stop_sequence": None, "usage": {"input_tokens": 0, "output_tokens": 0}}
         out.append(event("message_start", {"type": "message_start", "message": message}))
@@ -114,7 +115,7 @@ class EventTranslator:
         if not isinstance(tool, int):  # engines that leave out the index: a new id is a new call
             tool = (call.get("id") or self._last_tool) if self._tools else position
         self._last_tool = tool
-        function = call.get("function") if isinstance(call.get("function"), dict) else {}
+        function: dict[str, Any] = call["function"] if isinstance(call.get("function"), dict) else {}
         index = self._tools.get(tool)
         if index is None:
             block_id = call.get("id") or f"toolu_{self._blocks}"
@@ -158,7 +159,8 @@ def _object(data: bytes, where: str) -> dict[str, Any]:
     try:
         parsed = orjson.loads(data)
     except orjson.JSONDecodeError as exc:
-        raise UpstreamBadResponseError(f"{where} sent a stream event that is not JSON: {data[:80]!r}") from exc
+        raise UpstreamBadResponseError(
+            f"{where} sent a stream event that is not JSON: {upstream_snippet(data)}") from exc
     if not isinstance(parsed, dict):
         raise UpstreamBadResponseError(f"{where} sent a stream event that is not an object")
     return parsed

@@ -19,6 +19,7 @@ from labgate.errors import UpstreamBadResponseError
 from labgate.providers.anthropic.stream import merge_usage, stream_error
 from labgate.providers.anthropic.translate import finish_reason
 from labgate.providers.base import StreamInfo
+from labgate.providers.http import upstream_snippet
 from labgate.providers.sse import SSEBuffer, event_fields
 
 # Events whose data the tap reads; all others pass unread.
@@ -32,9 +33,10 @@ class MessageTap:
     :attr:`started` is set after ``message_start``, :attr:`done` after ``message_stop``.
     """
 
-    def __init__(self, info: StreamInfo, *, where: str) -> None:
+    def __init__(self, info: StreamInfo, *, where: str, secrets: tuple[str, ...] = ()) -> None:
         self.info = info
         self.where = where
+        self.secrets = secrets  # the provider's credentials, masked in an error event's message
         self.started = False
         self.done = False
         self._buffer = SSEBuffer()
@@ -53,7 +55,7 @@ class MessageTap:
             if name is None:  # no `event:` line: the type is in the data
                 name = _type_of(data, self.where)
             if not self.started and name not in _BEFORE_START:
-                raise UpstreamBadResponseError(f"{self.where} sent {name!r} before 'message_start'")
+                raise UpstreamBadResponseError(f"{self.where} sent {upstream_snippet(name)} before 'message_start'")
             if name in _READ:
                 self._read(name, data)
             elif name == "content_block_delta" and self.info.first_token is None:
@@ -68,7 +70,7 @@ class MessageTap:
     def _read(self, name: str, data: bytes) -> None:
         event = _object(data, self.where)
         if name == "error":
-            raise stream_error(event, self.where)
+            raise stream_error(event, self.where, self.secrets)
         if name == "message_start":
             message = event.get("message")
             if not isinstance(message, dict):
@@ -86,7 +88,8 @@ def _object(data: bytes, where: str) -> dict[str, Any]:
     try:
         event = orjson.loads(data)
     except orjson.JSONDecodeError as exc:
-        raise UpstreamBadResponseError(f"{where} sent a stream event that is not JSON: {data[:80]!r}") from exc
+        raise UpstreamBadResponseError(
+            f"{where} sent a stream event that is not JSON: {upstream_snippet(data)}") from exc
     if not isinstance(event, dict):
         raise UpstreamBadResponseError(f"{where} sent a stream event that is not an object")
     return event

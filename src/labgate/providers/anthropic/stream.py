@@ -23,7 +23,7 @@ from labgate.providers.anthropic.translate import (
     usage_json,
 )
 from labgate.providers.base import StreamInfo
-from labgate.providers.http import error_for_status
+from labgate.providers.http import error_for_status, upstream_snippet
 from labgate.providers.sse import SSEBuffer, event_fields
 
 # Anthropic error type → the HTTP status it stands for outside a stream (overloaded is 529).
@@ -53,11 +53,13 @@ class StreamTranslator:
     :class:`UpstreamStatusError`).
     """
 
-    def __init__(self, info: StreamInfo, *, include_usage: bool, created: int, where: str) -> None:
+    def __init__(self, info: StreamInfo, *, include_usage: bool, created: int, where: str,
+                 secrets: tuple[str, ...] = ()) -> None:
         self.info = info
         self.include_usage = include_usage
         self.created = created
         self.where = where
+        self.secrets = secrets  # the provider's credentials, masked in an error event's message
         self.started = False
         self.done = False
         self._buffer = SSEBuffer()
@@ -95,14 +97,14 @@ class StreamTranslator:
             event = orjson.loads(data)
         except orjson.JSONDecodeError as exc:
             raise UpstreamBadResponseError(
-                f"{self.where} sent a stream event that is not JSON: {data[:80]!r}") from exc
+                f"{self.where} sent a stream event that is not JSON: {upstream_snippet(data)}") from exc
         if not isinstance(event, dict):
             raise UpstreamBadResponseError(f"{self.where} sent a stream event that is not an object")
         kind = event.get("type") or name
         handler = self._handlers.get(kind) if isinstance(kind, str) else None
         if not self.started and kind not in ("message_start", "error", "ping"):
             raise UpstreamBadResponseError(
-                f"{self.where} sent {kind!r} before 'message_start'")
+                f"{self.where} sent {upstream_snippet(kind)} before 'message_start'")
         # ping, content_block_stop and event types added later carry nothing to forward.
         return handler(event) if handler is not None else []
 
@@ -175,18 +177,18 @@ class StreamTranslator:
         return out
 
     def _error(self, event: dict[str, Any]) -> list[dict[str, Any] | bytes]:
-        raise stream_error(event, self.where)
+        raise stream_error(event, self.where, self.secrets)
 
     def _merge_usage(self, usage: Any) -> None:
         merge_usage(self._usage, usage, self.info)
 
 
-def stream_error(event: dict[str, Any], where: str) -> LabgateError:
+def stream_error(event: dict[str, Any], where: str, secrets: tuple[str, ...] = ()) -> LabgateError:
     """The labgate error an Anthropic ``error`` event stands for (``overloaded_error`` → 529)."""
     error = event.get("error")
     kind = error.get("type") if isinstance(error, dict) else None
     status = ERROR_STATUS.get(kind, 500) if isinstance(kind, str) else 500
-    return error_for_status(status, orjson.dumps(event), {}, f"{where} (in its stream)")
+    return error_for_status(status, orjson.dumps(event), {}, f"{where} (in its stream)", secrets=secrets)
 
 
 def merge_usage(merged: dict[str, Any], usage: Any, info: StreamInfo) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 import orjson
@@ -22,7 +22,7 @@ from labgate.errors import (
     UpstreamStatusError,
 )
 from labgate.providers.base import Call, IteratorStream, Reply, StreamInfo, Usage
-from labgate.providers.http import HttpPool, error_for_status, parse_json
+from labgate.providers.http import HttpPool, parse_json, upstream_snippet
 from labgate.providers.openai_compat.config import OpenAICompatibleConfig
 from labgate.providers.openai_compat.quirks import PRESETS, Quirks, adapt_body
 from labgate.providers.sse import SSEBuffer, event_fields
@@ -57,14 +57,15 @@ class OpenAICompatibleAdapter:
             headers["authorization"] = f"Bearer {key}"
         self._where = f"provider {name!r}"
         self._http = HttpPool(api_root(base_url), name=name, headers=headers,
-                              max_connections=config.max_parallel_requests or 0)
+                              max_connections=config.max_parallel_requests or 0,
+                              max_response_bytes=config.max_response_bytes)
 
     async def send(self, call: Call) -> Reply:
         body = adapt_body(call.body, model=call.model, quirks=self.quirks)
         status, headers, data = await self._http.request(
             "POST", _PATHS[call.endpoint], orjson.dumps(body), timeout=call.timeout)
         if status >= 300:
-            raise self._refine(error_for_status(status, data, headers, self._where))
+            raise self._refine(self._http.error_for(status, data, headers))
         parsed = parse_json(data, self._where)
         expected = "data" if call.endpoint == "embeddings" else "choices"
         if not isinstance(parsed, dict) or not isinstance(parsed.get(expected), list):
@@ -105,11 +106,11 @@ class OpenAICompatibleAdapter:
                         orjson.loads(data)
                     except orjson.JSONDecodeError as exc:
                         raise UpstreamBadResponseError(
-                            f"{self._where} sent a stream event that is not JSON: {data[:80]!r}") from exc
+                            f"{self._where} sent a stream event that is not JSON: {upstream_snippet(data)}") from exc
                 return buffer, events
         raise UpstreamConnectionError(f"{self._where} closed the stream before its first event")
 
-    async def _relay(self, chunks: AsyncIterator[bytes], first: tuple[SSEBuffer, list[bytes]],
+    async def _relay(self, chunks: AsyncGenerator[bytes, None], first: tuple[SSEBuffer, list[bytes]],
                      info: StreamInfo, *, strip_usage: bool) -> AsyncIterator[bytes]:
         buffer, events = first
         done = False
@@ -169,7 +170,7 @@ class OpenAICompatibleAdapter:
     async def list_models(self, *, timeout: float) -> list[str]:
         status, headers, data = await self._http.request("GET", "/models", timeout=timeout)
         if status >= 300:
-            raise error_for_status(status, data, headers, self._where)
+            raise self._http.error_for(status, data, headers)
         parsed = parse_json(data, self._where)
         items = parsed.get("data") if isinstance(parsed, dict) else None
         if not isinstance(items, list):

@@ -119,3 +119,16 @@ def test_degenerate_configs_are_reported_not_crashed(doc: dict[str, Any]) -> Non
     result = import_litellm(doc)
     assert result.files == {"providers.yaml": {"providers": {}}}
     assert len(result.notes) == (0 if not doc else 1)
+
+
+def test_provider_names_made_from_hosts_are_valid_names() -> None:
+    doc = {"model_list": [
+        {"model_name": "a", "litellm_params": {"model": "hosted_vllm/a", "api_base": "http://gpu.example:8000/v1"}},
+        {"model_name": "b", "litellm_params": {"model": "hosted_vllm/b", "api_base": "http://bücher.example:8000/v1"}},
+        {"model_name": "c", "litellm_params": {"model": "hosted_vllm/c",
+                                               "api_base": "http://" + "x" * 80 + ".example:8000/v1"}},
+    ]}
+    result = import_litellm(doc)
+    assert list(result.files["providers.yaml"]["providers"]) == [
+        "vllm", "vllm_b_cher_example", "vllm_" + "x" * 40]
+    assert sorted(as_config(result.files).providers) == ["vllm", "vllm_b_cher_example", "vllm_" + "x" * 40]
