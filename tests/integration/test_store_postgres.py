@@ -69,6 +69,7 @@ async def test_a_version_1_table_gains_client_request_id(pg_url: str) -> None:
     finally:
         await store.aclose()
     assert (old["client_request_id"], new["client_request_id"]) == (None, "client-9")
+    assert (old["cache"], new["cache"], old["cache_bytes"]) == (None, None, None)  # migration 3 (the cache)
     assert versions == [{"version": v} for v in sorted(POSTGRES_MIGRATIONS)]
 
 
