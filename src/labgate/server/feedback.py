@@ -8,8 +8,9 @@
 Any client with an API key may vote (the same key check as ``/v1/chat/completions``).
 ``request_id`` is labgate's id (the ``x-request-id`` the answer carried). A vote
 on an id the history does not hold is refused with **404** ``record_not_found``
-— after the writer has been flushed once, so a vote sent right after the answer
-(before its record reached the database) is not refused. Bad fields: 400 naming
+— after the writer has been flushed once when records are waiting to be written,
+so a vote sent right after the answer (before its record reached the database)
+is not refused. Bad fields: 400 naming
 the field. History off (``store.capture: none``): 503.
 """
 
@@ -155,5 +156,7 @@ class FeedbackSurface:
             return True
         history = self.gateway.history
         assert history is not None
+        if history.stats().get("queued", 1) == 0:
+            return False  # nothing waits to be written: the id is unknown (a flood of bogus ids costs no flush)
         await history.flush()  # the record may still be queued: the answer went out before it was written
         return await store_feedback.record_exists(store, rid)

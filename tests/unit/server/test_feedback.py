@@ -113,6 +113,28 @@ async def test_unknown_request_id_is_404_and_nothing_is_stored(served: Any, tmp_
 
 
 @pytest.mark.asyncio
+async def test_an_unknown_id_flushes_the_writer_only_when_records_wait(served: Any,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    running, client = served
+    history = running.gateway.history
+    flushes: list[int] = []
+    real_flush = history.flush
+
+    async def counted() -> None:
+        flushes.append(history.stats()["queued"])
+        await real_flush()
+
+    monkeypatch.setattr(history, "flush", counted)
+    await _answered(client)
+    await real_flush()  # written: nothing waits
+    assert (await _vote(client, {"request_id": "req_unknown", "score": 1})).status_code == 404
+    assert flushes == []
+    rid = await _answered(client)  # queued, not yet written
+    assert (await _vote(client, {"request_id": rid, "score": 1})).status_code == 201
+    assert len(flushes) <= 1 and all(q > 0 for q in flushes)
+
+
+@pytest.mark.asyncio
 @pytest.mark.parametrize(("body", "param"), [
     ({"thumbs": "up"}, "request_id"),
     ({"request_id": "", "thumbs": "up"}, "request_id"),
