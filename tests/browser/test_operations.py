@@ -55,3 +55,32 @@ def test_an_invalid_config_is_refused_with_its_problems(page: Any, lab: Any, exp
         assert page.is_disabled("#reload")
     finally:
         path.unlink()
+
+
+def test_the_response_cache_stats_keys_and_flush(page: Any, lab: Any, expect: Any) -> None:
+    from labgate.server.serve import start_gateway
+    from labgate.telemetry.logs import AccessLog
+    from labgate.testing.gateway import config_from
+
+    config = config_from(
+        {"sim": {"type": "openai_compatible", "base_url": lab.sim.url + "/v1", "models": ["m-a"]}},
+        gateway={"auth": {"master_key_env": "LABGATE_UI_TEST_MASTER_KEY"}, "logging": {"requests": False},
+                 "store": {"capture": "none"}, "cache": {}})
+    gateway = lab.thread.run(start_gateway(config, host="127.0.0.1", port=0, access_log=AccessLog(enabled=False)))
+    try:
+        body = orjson.dumps({"model": "m-a", "temperature": 0, "messages": [{"role": "user", "content": "cache me"}]})
+        for _ in range(2):
+            req = urllib.request.Request(gateway.url + "/v1/chat/completions", data=body, method="POST",
+                                         headers={"authorization": f"Bearer {lab.key}",
+                                                  "content-type": "application/json"})
+            urllib.request.urlopen(req).read()
+        page.goto(gateway.url + "/ui/#/operations")
+        expect(page.locator("#cache-entries")).to_have_text("1")
+        expect(page.locator("#cache-hit-rate")).to_have_text("50.0%")
+        assert page.locator("#cache code").first.text_content().startswith("labgate:")
+        page.once("dialog", lambda dialog: dialog.accept())
+        page.click("#cache-flush")
+        expect(page.locator("#cache-entries")).to_have_text("0")
+        expect(page.locator("#cache")).to_contain_text("No cached answers.")
+    finally:
+        lab.thread.run(gateway.stop(grace=1.0))

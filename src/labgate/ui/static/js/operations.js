@@ -1,5 +1,6 @@
 // Operations: providers and their health, the running config (secrets masked by the gateway), validate
-// (shows the diff against what serves) then reload, and the config backups with restore.
+// (shows the diff against what serves) then reload, the config backups with restore, and the response cache
+// (stats, keys, flush) where it is configured.
 import { get, post } from "./api.js";
 import { clear, fmt, h, toast } from "./dom.js";
 
@@ -18,6 +19,7 @@ export async function render(main) {
   const configBox = h("div", { id: "config" });
   const validateBox = h("div", { id: "validation", "aria-live": "polite" });
   const backupsBox = h("div", { id: "backups", class: "table-wrap" });
+  const cacheBox = h("div", { id: "cache", class: "table-wrap" });
   const validate = h("button", { type: "button", id: "validate" }, "Validate files on disk");
   const reload = h("button", { type: "button", id: "reload", disabled: true }, "Reload");
 
@@ -71,6 +73,43 @@ export async function render(main) {
     }
   }
 
+  async function loadCache() {
+    let stats;
+    let keys;
+    try {
+      [stats, keys] = await Promise.all([get("/admin/cache/stats"), get("/admin/cache/keys?limit=20")]);
+    } catch (err) {
+      clear(cacheBox, h("p", { class: "muted" }, err.status === 404 ? "This gateway has no cache API." : err.message));
+      return;
+    }
+    const t = stats.total || {};
+    const c = stats.config || {};
+    const b = stats.backend || {};
+    const flush = h("button", { type: "button", class: "quiet", id: "cache-flush", onclick: async () => {
+      if (!window.confirm("Delete every cached answer in every namespace?")) return;
+      try {
+        const r = await post("/admin/cache/flush", {});
+        toast(`Flushed ${r.deleted} entries`);
+        await loadCache();
+      } catch (err) {
+        toast(`Flush refused: ${err.message}`);
+      }
+    } }, "Flush the cache");
+    clear(cacheBox,
+      h("div", { class: "stats" },
+        h("span", {}, "backend ", h("b", {}, `${b.backend || "–"}${b.up === false ? " (down)" : ""}`)),
+        h("span", {}, "entries ", h("b", { id: "cache-entries" }, t.entries ?? 0)),
+        h("span", {}, "bytes ", h("b", {}, t.bytes ?? 0)),
+        h("span", {}, "hit rate ", h("b", { id: "cache-hit-rate" }, fmt((t.hit_rate || 0) * 100, 1, "%"))),
+        h("span", {}, "hits ", h("b", {}, t.hits ?? 0)), h("span", {}, "misses ", h("b", {}, t.misses ?? 0)),
+        h("span", {}, "saved tokens ", h("b", {}, t.saved_tokens ?? 0)),
+        h("span", {}, "namespace ", h("b", {}, c.namespace ?? "–")), h("span", {}, "ttl ", h("b", {}, fmt(c.ttl_s, 0, " s")))),
+      keys.data.length ? h("table", {}, h("thead", {}, h("tr", {}, ["key", "namespace", "bytes", "expires in"].map((x) => h("th", { scope: "col" }, x)))),
+        h("tbody", {}, keys.data.map((k) => h("tr", {}, h("td", {}, h("code", {}, k.key)), h("td", {}, k.namespace), h("td", {}, k.bytes), h("td", {}, fmt(k.ttl_s, 0, " s"))))))
+        : h("p", { class: "muted" }, "No cached answers."),
+      h("div", { class: "row" }, flush, h("button", { type: "button", class: "quiet", onclick: loadCache }, "Refresh")));
+  }
+
   async function restore(name) {
     if (!window.confirm(`Put the files of ${name} back in the config directory? Validate and reload afterwards to serve them.`)) return;
     try {
@@ -117,6 +156,7 @@ export async function render(main) {
       h("button", { type: "button", class: "quiet", onclick: loadProviders }, "Refresh")), providersBox),
     h("section", { class: "panel stack", "aria-label": "Config" }, h("h2", {}, "Config"), configBox,
       h("div", { class: "row" }, validate, reload, h("span", { class: "muted" }, "Reload is enabled once validation has shown the diff.")), validateBox),
-    h("section", { class: "panel", "aria-label": "Backups" }, h("h2", {}, "Backups"), backupsBox));
-  await Promise.all([loadProviders(), loadConfig(), loadBackups()]);
+    h("section", { class: "panel", "aria-label": "Backups" }, h("h2", {}, "Backups"), backupsBox),
+    h("section", { class: "panel stack", "aria-label": "Response cache" }, h("h2", {}, "Response cache"), cacheBox));
+  await Promise.all([loadProviders(), loadConfig(), loadBackups(), loadCache()]);
 }
