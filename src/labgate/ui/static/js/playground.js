@@ -115,6 +115,7 @@ export async function render(main) {
         stat("tokens/s", "tps", fmt(result.tokensPerS, 1)),
         stat("cost", "cost", "…"),
         stat("provider", "provider", result.provider || "–"),
+        result.cache ? stat("cache", "cache", result.cache) : null,
         stat("request", "request-id", result.requestId || "–"));
       answer.dataset.requestId = result.requestId || "";
       clear(feedback,

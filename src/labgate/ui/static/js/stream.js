@@ -24,12 +24,13 @@ export async function run(body, { onText = () => {}, signal } = {}) {
   });
   const requestId = answer.headers.get("x-request-id");
   const provider = answer.headers.get("x-labgate-provider");
+  const cache = answer.headers.get("x-labgate-cache"); // hit | miss | bypass | … (only when a cache is configured)
   if (!answer.ok) {
     let parsed = null;
     try { parsed = await answer.json(); } catch { /* not JSON */ }
     throw new ApiError(answer.status, parsed, requestId);
   }
-  const out = { text: "", toolCalls: [], requestId, provider, usage: null, ttftMs: null, totalMs: null,
+  const out = { text: "", toolCalls: [], requestId, provider, cache, usage: null, ttftMs: null, totalMs: null,
                 tokensPerS: null, raw: "", finish: null };
   if (!body.stream) {
     const data = await answer.json();
