@@ -26,7 +26,7 @@ def test_charts_are_drawn_and_non_empty(page: Any, lab: Any, shot: Any, expect: 
     expect(page.locator("#summary")).to_be_visible()
     assert int(page.text_content("#sum-requests")) >= 3
     cards = page.locator(".chart-card")
-    expect(cards).to_have_count(8)
+    expect(cards).to_have_count(9)
     for title in ("Requests over time", "Latency p50 / p95 over time", "Time to first token (streams)",
                   "Tokens by model", "Feedback by model"):
         card = page.locator(f".chart-card[aria-label='{title}']")

@@ -24,7 +24,7 @@ export async function render(main) {
     const [, , bucket] = RANGES.find((r) => r[0] === range.value);
     const f = { since: range.value };
     const group = by.value;
-    const [summary, volume, latency, perModel, tokens, errs, prompts, feedback, status] = await Promise.all([
+    const [summary, volume, latency, perModel, tokens, errs, prompts, feedback, status, cache] = await Promise.all([
       get(`/admin/analytics/summary${query(f)}`),
       get(`/admin/analytics/volume${query({ ...f, bucket, by: group })}`),
       get(`/admin/analytics/latency${query({ ...f, bucket, by: "none" })}`),
@@ -34,6 +34,7 @@ export async function render(main) {
       get(`/admin/analytics/prompts${query({ ...f, limit: 10 })}`),
       get(`/admin/analytics/feedback${query(f)}`).catch(() => []),
       get("/admin/history/status"),
+      get(`/admin/analytics/cache${query({ ...f, by: group })}`).catch(() => []),
     ]);
     const time = (iso) => Date.parse(iso);
     const groups = [...new Set(volume.map((r) => r.group))];
@@ -42,7 +43,8 @@ export async function render(main) {
       card("Requests over time", volume.length ? [lines("Requests per bucket", volumeSeries), legend(groups)] : empty()),
       card("Latency p50 / p95 over time", latency.length ? [lines("Latency", [
         { name: "p50", points: latency.map((r) => [time(r.bucket), r.p50_ms]) },
-        { name: "p95", points: latency.map((r) => [time(r.bucket), r.p95_ms]) }], { unit: "ms" }), legend(["p50", "p95"])] : empty()),
+        { name: "p95", points: latency.map((r) => [time(r.bucket), r.p95_ms]) },
+        { name: "TTFT p50", points: latency.map((r) => [time(r.bucket), r.ttft_p50_ms]) }], { unit: "ms" }), legend(["p50", "p95", "TTFT p50"])] : empty()),
       card("Time to first token (streams)", perModel.some((r) => r.ttft_p50_ms !== null)
         ? [bars("TTFT by group", perModel.map((r) => ({ label: r.group, p50: r.ttft_p50_ms, p95: r.ttft_p95_ms })), { series: ["p50", "p95"], unit: "ms" }), legend(["p50", "p95"])]
         : empty("No streamed requests in this range.")),
@@ -57,6 +59,9 @@ export async function render(main) {
       card("Feedback by model", feedback.length ? [bars("Votes", feedback.map((r) => ({ label: r.model, up: r.thumbs_up, down: r.thumbs_down, preferred: r.preferred })), { series: ["up", "down", "preferred"] }),
         legend(["thumbs up", "thumbs down", "preferred"]),
         h("p", { class: "muted" }, feedback.map((r) => `${r.model}: mean score ${fmt(r.mean_score, 2)} (${r.scored} scored)`).join(" · "))] : empty("No feedback yet.")),
+      card("Cache hit rate", cache.some((r) => r.cache_hits > 0)
+        ? bars(`Cache hit rate by ${group}`, cache.map((r) => ({ label: r.group, value: (r.hit_rate || 0) * 100 })), { unit: "%" })
+        : empty("No cache hits in this range.")),
       card("Top prompts", status.capture !== "full" ? h("p", { class: "note" }, `Content capture is "${status.capture}": prompts are not stored.`)
         : prompts.length ? h("ol", { id: "top-prompts" }, prompts.map((p) => h("li", {}, `${p.prompt} — ${p.count}× on ${p.models} model(s)`))) : empty()),
     ];
