@@ -30,6 +30,7 @@ def test_validate_shows_the_diff_then_reload_applies_it(page: Any, lab: Any, sho
     try:
         page.click("#validate")
         expect(page.locator("#diff")).to_contain_text("m-new")
+        expect(page.locator("#diff li.diff-add")).to_contain_text("m-new")  # an addition, marked as one
         expect(page.locator("#reload")).to_be_enabled()
         assert "m-new" not in models(lab)  # validating applies nothing
         shot(page, "operations")

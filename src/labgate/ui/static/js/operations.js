@@ -6,7 +6,7 @@ import { clear, fmt, h, toast } from "./dom.js";
 
 function changeList(changes) {
   if (!changes.length) return h("p", { class: "muted" }, "No differences: the files on disk are what serves.");
-  return h("ul", { id: "diff" }, changes.map((c) => h("li", { class: c.op === "added" ? "diff-add" : c.op === "removed" ? "diff-del" : "" },
+  return h("ul", { id: "diff" }, changes.map((c) => h("li", { class: ["+", "added"].includes(c.op) ? "diff-add" : ["-", "removed"].includes(c.op) ? "diff-del" : "" },
     `${c.op} ${c.section} ${c.name}${c.detail ? `: ${c.detail}` : ""}`)));
 }
 
