@@ -15,7 +15,9 @@ from labgate.server.app import build_app, echo_client_id
 from labgate.server.envelopes import openai_error
 from labgate.server.http import HttpServer, Response
 from labgate.server.ids import request_id
+from labgate.server.metrics import exposition
 from labgate.store.writer import history_for
+from labgate.telemetry.group import WorkerGroup
 from labgate.telemetry.logs import AccessLog
 from labgate.telemetry.metrics import Metrics
 
@@ -41,6 +43,8 @@ class RunningGateway:
         then write the history still queued."""
         runtime = self.gateway.runtime
         await self.server.shutdown(runtime.config.gateway.server.shutdown_grace_s if grace is None else grace)
+        if self.gateway.metrics is not None and self.gateway.metrics.group is not None:
+            await self.gateway.metrics.group.stop()
         if self.reloader is not None:
             await self.reloader.aclose()  # stop watching; runtimes retired by reloads close now
         await self.gateway.runtime.aclose()
@@ -52,8 +56,11 @@ async def start_gateway(config: Config, *, host: str | None = None, port: int | 
                         sock: socket.socket | None = None,
                         access_log: AccessLog | None = None, source: ConfigSource | None = None,
                         loaded: Loaded | None = None,
-                        on_reload: Callable[[ReloadResult], None] | None = None) -> RunningGateway:
-    """Build the runtime, open the history store (``store:``), and listen; ``port=0`` picks a free port."""
+                        on_reload: Callable[[ReloadResult], None] | None = None,
+                        metrics_group: str | None = None) -> RunningGateway:
+    """Build the runtime, open the history store (``store:``), and listen; ``port=0`` picks a free port.
+
+    ``metrics_group``: the directory a ``--workers N`` parent made, so a scrape adds up every worker."""
     server_config = config.gateway.server
     history = history_for(config.gateway.store, source=config.source)
     if history is not None:
@@ -72,6 +79,8 @@ async def start_gateway(config: Config, *, host: str | None = None, port: int | 
         reloader.in_flight = server.busy_tasks
         if gateway.metrics is not None:
             gateway.metrics.in_flight = lambda: max(server.inflight - 1, 0)  # read by a scrape: not counting it
+            if metrics_group is not None:
+                await _join_group(gateway, gateway.metrics, metrics_group)
         bound = await server.start(host, server_config.port if port is None else port, sock=sock)
         await reloader.start()
     except BaseException:
@@ -79,3 +88,9 @@ async def start_gateway(config: Config, *, host: str | None = None, port: int | 
             await history.close()
         raise
     return RunningGateway(gateway, server, host, bound, reloader)
+
+
+async def _join_group(gateway: Gateway, metrics: Metrics, directory: str) -> None:
+    group = WorkerGroup(directory)
+    await group.start(lambda: exposition(gateway, metrics))
+    metrics.group = group
