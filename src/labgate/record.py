@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from labgate.errors import AttemptFailure
 from labgate.providers.base import Usage
+
+if TYPE_CHECKING:
+    from labgate.telemetry.traces import Trace
 
 CLIENT_CLOSED = 499  # nginx's convention for "the client went away first"
 ANTHROPIC_ENDPOINTS = frozenset({"messages"})  # served by server/anthropic.py
@@ -53,6 +56,9 @@ class RequestRecord:
     body: bytes | None = None  # the request's bytes, by reference (what history reads parameters from)
     reply: bytes | None = None  # a whole answer's body (history capture "full" only)
     chunks: list[bytes] | None = None  # a stream's relayed bytes (history capture "full" only)
+    traceparent: str | None = None  # the client's W3C trace context headers, as sent
+    tracestate: str | None = None
+    trace: Trace | None = None  # set when tracing is on and this request is traced (telemetry/traces.py)
 
     @property
     def dialect(self) -> str:
@@ -83,4 +89,5 @@ class RequestRecord:
                                  "message": f.error.message} for f in self.failures] or None,
             "error_type": self.error_type, "error": self.error_message,
             "key_id": self.key_id, "client_ip": self.client_ip,
+            "trace_id": None if self.trace is None else self.trace.trace_hex,
         }

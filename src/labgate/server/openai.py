@@ -122,7 +122,9 @@ def route_headers(record: RequestRecord) -> list[tuple[str, str]]:
 
 def new_record(request: Request, endpoint: str) -> RequestRecord:
     """The record of an API request: labgate's own id, the client's ``x-request-id`` beside it."""
-    return RequestRecord(request_id(), endpoint, request.client, client_request_id(request.headers))
+    headers = request.headers
+    return RequestRecord(request_id(), endpoint, request.client, client_request_id(headers),
+                         traceparent=headers.get("traceparent"), tracestate=headers.get("tracestate"))
 
 
 class OpenAISurface:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from labgate.store.writer import history_for
 from labgate.telemetry.group import WorkerGroup
 from labgate.telemetry.logs import AccessLog
 from labgate.telemetry.metrics import Metrics
+from labgate.telemetry.traces import Tracer
 
 
 def _error_response(exc: LabgateError, headers: Mapping[str, str]) -> Response:
@@ -50,6 +52,8 @@ class RunningGateway:
         await self.gateway.runtime.aclose()
         if self.gateway.history is not None:
             await self.gateway.history.close()
+        if self.gateway.traces is not None:
+            await asyncio.to_thread(self.gateway.traces.close)  # exports what is queued
 
 
 async def start_gateway(config: Config, *, host: str | None = None, port: int | None = None,
@@ -67,7 +71,8 @@ async def start_gateway(config: Config, *, host: str | None = None, port: int | 
         await history.start()
     try:
         gateway = Gateway(Runtime.build(config, access_log=access_log), history=history,
-                          metrics=Metrics.from_config(config.gateway.metrics))
+                          metrics=Metrics.from_config(config.gateway.metrics),
+                          traces=Tracer.from_config(config.gateway.tracing))
         # hot reload: `source` says where to read the config again (SIGHUP, /admin/config/reload, watch)
         reloader = Reloader(gateway, loaded or loaded_from(config), source=source, access_log=access_log,
                             on_applied=on_reload)

@@ -11,6 +11,7 @@ from labgate.config.schema.base import Strict
 from labgate.config.schema.metrics import MetricsConfig
 from labgate.config.schema.reload import ReloadConfig
 from labgate.config.schema.store import StoreConfig
+from labgate.config.schema.tracing import TracingConfig
 
 _HOST = re.compile(r"\*|(\*\.)?[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*\.?|\[[0-9A-Fa-f:.]+\]|[0-9A-Fa-f]*:[0-9A-Fa-f:.]+")
 _ORIGIN = re.compile(r"\*|null|[A-Za-z][A-Za-z0-9+.-]*://(\*\.)?[A-Za-z0-9_.-]+(:\d{1,5})?"
@@ -91,4 +92,5 @@ class GatewayConfig(Strict):
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     store: StoreConfig = Field(default_factory=StoreConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)  # GET /metrics (Prometheus)
+    tracing: TracingConfig = Field(default_factory=TracingConfig)  # OpenTelemetry traces (OTLP/HTTP)
     config: ReloadConfig = Field(default_factory=ReloadConfig)  # hot reload, watching, backups
