@@ -17,7 +17,7 @@ from labgate.telemetry import traces
 from labgate.telemetry.traces import Trace, Tracer, parse_traceparent
 
 pytest.importorskip("opentelemetry.sdk", reason="needs the otel extra: pip install 'labgate[otel]'")
-from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult  # noqa: E402
+from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
 
 class Exporter(SpanExporter):
