@@ -45,7 +45,8 @@ class Runtime:
             circuit=Circuit(gateway.resilience.circuit.failure_threshold, gateway.resilience.circuit.cooldown_s),
             auth=Auth(keys),
             access_log=access_log or AccessLog(enabled=gateway.logging.requests,
-                                               client_ip=gateway.logging.client_ip),
+                                               client_ip=gateway.logging.client_ip,
+                                               slow_ms=gateway.logging.slow_request_ms),
             max_attempts=gateway.resilience.max_attempts,
             request_timeout=gateway.server.request_timeout_s,
         )

@@ -82,6 +82,8 @@ class LoggingConfig(Strict):
     level: Literal["debug", "info", "warning", "error"] = "info"
     requests: bool = True  # one JSON line per request
     client_ip: bool = True
+    # a request that takes at least this long is also logged at warning with its breakdown; null: never
+    slow_request_ms: float | None = Field(default=30_000.0, gt=0)
 
 
 class GatewayConfig(Strict):
