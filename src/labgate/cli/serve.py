@@ -49,6 +49,7 @@ def _positive(text: str) -> int:
 def run(args: argparse.Namespace) -> int:
     from labgate.config.reload import ConfigSource, load_files
     from labgate.telemetry.logs import configure_logging
+    from labgate.telemetry.traces import missing_sdk
 
     _install_uvloop()
     loaded: Loaded | None = None
@@ -60,6 +61,9 @@ def run(args: argparse.Namespace) -> int:
             config, source = asyncio.run(_discovered()), ConfigSource(load=_rediscover)
     except ConfigError as exc:
         print(f"labgate: the config is invalid:\n{exc}", file=sys.stderr)
+        return 1
+    if config.gateway.tracing.enabled and (problem := missing_sdk()) is not None:
+        print(f"labgate: {problem}", file=sys.stderr)
         return 1
     configure_logging(config.gateway.logging.level)
     for warning in config.warnings:

@@ -41,6 +41,17 @@ _ids = random.Random()  # ids need to be unique, not secret: the fast generator,
 log = logging.getLogger("labgate.traces")
 
 
+def missing_sdk() -> str | None:
+    """Why ``tracing.enabled`` cannot work here (the SDK is not installed), or None."""
+    try:
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter  # noqa: F401
+        from opentelemetry.sdk.trace import ReadableSpan  # noqa: F401
+    except ImportError as exc:
+        return (f"tracing.enabled needs the OpenTelemetry SDK and its OTLP/HTTP exporter ({exc}): "
+                "pip install 'labgate[otel]'")
+    return None
+
+
 def parse_traceparent(value: str | None) -> tuple[int, int, int] | None:
     """(trace id, parent span id, flags) of a W3C ``traceparent``, or None if it is not valid."""
     if not value or len(value) > 512:
@@ -116,10 +127,11 @@ class Tracer:
         """The tracer ``tracing:`` asks for, or None when it is off (then tracing costs nothing)."""
         if not config.enabled:
             return None
-        try:
-            from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-        except ImportError as exc:
-            raise RuntimeError("tracing.enabled needs the OpenTelemetry SDK: pip install 'labgate[otel]'") from exc
+        problem = missing_sdk()
+        if problem is not None:
+            raise RuntimeError(problem)
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
         exporter = OTLPSpanExporter(endpoint=config.endpoint, headers=config.headers,
                                     timeout=config.export_timeout_s)
         return cls(exporter, ratio=_ratio(config.sampling_ratio), service_name=config.service_name,

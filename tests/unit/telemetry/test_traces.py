@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -170,3 +171,19 @@ def test_the_sampler_environment_variables(monkeypatch: pytest.MonkeyPatch) -> N
     assert traces._ratio(0.5) == 0.5  # gateway.yaml wins
     monkeypatch.setenv("OTEL_TRACES_SAMPLER_ARG", "lots")
     assert traces._ratio(None) == 1.0
+
+
+def test_without_the_sdk_serve_refuses_tracing_and_says_what_to_install(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    from labgate.cli import serve
+    from labgate.cli.main import main
+
+    monkeypatch.setattr(serve, "_install_uvloop", lambda: None)  # leave this process's event loop policy alone
+    monkeypatch.setitem(sys.modules, "opentelemetry.exporter.otlp.proto.http.trace_exporter", None)
+    assert "pip install 'labgate[otel]'" in (traces.missing_sdk() or "")
+    with pytest.raises(RuntimeError, match=r"labgate\[otel\]"):
+        Tracer.from_config(TracingConfig(enabled=True))
+    (tmp_path / "providers.yaml").write_text("providers: {}\n")
+    (tmp_path / "gateway.yaml").write_text("tracing: {enabled: true}\nserver: {port: 1}\n")
+    assert main(["serve", "--config", str(tmp_path)]) == 1
+    assert "labgate: tracing.enabled needs the OpenTelemetry SDK" in capsys.readouterr().err
