@@ -18,7 +18,7 @@ from labgate.server.http import HttpServer, Response
 from labgate.server.ids import request_id
 from labgate.server.metrics import exposition
 from labgate.store.writer import history_for
-from labgate.telemetry.group import WorkerGroup
+from labgate.telemetry.group import FOR_SIBLING, WorkerGroup
 from labgate.telemetry.logs import AccessLog
 from labgate.telemetry.metrics import Metrics
 from labgate.telemetry.traces import Tracer
@@ -83,7 +83,8 @@ async def start_gateway(config: Config, *, host: str | None = None, port: int | 
                             keepalive_timeout=server_config.keepalive_timeout_s)
         reloader.in_flight = server.busy_tasks
         if gateway.metrics is not None:
-            gateway.metrics.in_flight = lambda: max(server.inflight - 1, 0)  # read by a scrape: not counting it
+            # read by a scrape, not counting the scrape itself (unless a sibling worker asked: see group.py)
+            gateway.metrics.in_flight = lambda: max(server.inflight - (not FOR_SIBLING.get()), 0)
             if metrics_group is not None:
                 await _join_group(gateway, gateway.metrics, metrics_group)
         bound = await server.start(host, server_config.port if port is None else port, sock=sock)

@@ -24,6 +24,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable
+from contextvars import ContextVar
 from pathlib import Path
 
 SIBLING_TIMEOUT_S = 2.0  # a scrape waits at most this long for a sibling's text
@@ -32,6 +33,9 @@ _FIRST = frozenset({"labgate_start_time_seconds"})  # the group's earliest value
 _ONE = frozenset({"labgate_build_info"})  # the same in every worker: kept, not added
 
 log = logging.getLogger("labgate.metrics")
+# True while this worker renders its text for a sibling's scrape: that read is not one of this
+# worker's HTTP requests, so its in-flight count must not leave one out for it (server/serve.py)
+FOR_SIBLING: ContextVar[bool] = ContextVar("labgate_metrics_for_sibling", default=False)
 
 
 def make_group_dir(workers: int) -> str:
@@ -75,6 +79,7 @@ class WorkerGroup:
     async def _answer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             assert self._render is not None
+            FOR_SIBLING.set(True)  # this connection's own task: the scrape's context is not touched
             writer.write(self._render().encode())
             await writer.drain()
         except (ConnectionError, OSError):

@@ -104,3 +104,24 @@ async def test_a_worker_that_has_not_joined_yet_is_missing(group_dir: Path) -> N
     assert out.endswith("labgate_metrics_workers 1\n# HELP labgate_metrics_workers_missing Workers that did not "
                         "answer this scrape in time.\n# TYPE labgate_metrics_workers_missing gauge\n"
                         "labgate_metrics_workers_missing 2\n")
+
+
+@pytest.mark.asyncio
+async def test_a_worker_knows_when_it_renders_for_a_sibling(group_dir: Path) -> None:
+    """Its in-flight count then leaves nothing out: the sibling's scrape is not one of its requests."""
+    from labgate.telemetry.group import FOR_SIBLING
+
+    me, sibling = WorkerGroup(str(group_dir)), WorkerGroup(str(group_dir))
+    sibling.path = group_dir / "sibling.sock"
+
+    def render() -> str:
+        return f"# HELP s s\n# TYPE s gauge\ns {int(FOR_SIBLING.get())}\n"
+
+    await sibling.start(render)
+    await me.start(render)
+    try:
+        out = await me.gather(render())
+    finally:
+        await asyncio.gather(me.stop(), sibling.stop())
+    assert "\ns 1\n" in out  # 0 from the scraped worker itself, 1 from the sibling's answer
+    assert FOR_SIBLING.get() is False
