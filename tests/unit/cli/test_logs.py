@@ -119,16 +119,16 @@ def test_tail_filters_and_prints_pretty_or_json(log_file: Path, capsys: pytest.C
 
 
 def test_tail_follows_lines_appended_later(log_file: Path) -> None:
-    proc = subprocess.Popen([sys.executable, "-m", "labgate", "logs", "tail", str(log_file), "--lines", "0",
+    proc = subprocess.Popen([sys.executable, "-m", "labgate", "logs", "tail", str(log_file), "--lines", "1",
                              "--json"], stdout=subprocess.PIPE)
     try:
-        time.sleep(1.0)
+        assert proc.stdout is not None
+        assert orjson.loads(proc.stdout.readline())["request_id"] == "r9"  # the last line: tail is running
         with log_file.open("ab") as f:
             f.write(orjson.dumps(line("late", 3.0))[:20])  # half a line first: not printed until whole
             f.flush()
             time.sleep(0.5)
             f.write(orjson.dumps(line("late", 3.0))[20:] + b"\n")
-        assert proc.stdout is not None
         assert orjson.loads(proc.stdout.readline())["request_id"] == "late"
     finally:
         proc.terminate()

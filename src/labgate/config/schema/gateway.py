@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import re
+from importlib.util import find_spec
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from labgate.config.schema.base import Strict
+from labgate.config.schema.cache import CacheConfig, StateConfig
 from labgate.config.schema.metrics import MetricsConfig
 from labgate.config.schema.reload import ReloadConfig
 from labgate.config.schema.store import StoreConfig
@@ -24,8 +26,13 @@ class ServerConfig(Strict):
     workers: int = Field(default=1, ge=1)
     max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
     request_timeout_s: float = Field(default=600.0, gt=0)  # total deadline across all attempts
-    keepalive_timeout_s: float = Field(default=75.0, gt=0)
+    keepalive_timeout_s: float = Field(default=75.0, gt=0)  # idle between requests; also the write timeout
     shutdown_grace_s: float = Field(default=30.0, ge=0)
+    # client-facing HTTP limits (server/limits.py): what a slow or hostile client can hold
+    max_header_bytes: int = Field(default=64 * 1024, ge=1024)  # request line + headers (+ trailers): 431
+    request_read_timeout_s: float = Field(default=60.0, gt=0)  # whole head and body from the first byte: 408
+    max_connections: int = Field(default=4096, ge=1)  # open client connections; more get 503 and are closed
+    max_connections_per_ip: int = Field(default=512, ge=1)  # the same, per client address
     # Host names (any port) this gateway answers for, against DNS rebinding (server/origin.py).
     # None: loopback names, IP literals and the listen host; any host at all when a master key is set.
     # "*" allows any host; "*.example.com" a domain's subdomains.
@@ -96,3 +103,17 @@ class GatewayConfig(Strict):
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)  # GET /metrics (Prometheus)
     tracing: TracingConfig = Field(default_factory=TracingConfig)  # OpenTelemetry traces (OTLP/HTTP)
     config: ReloadConfig = Field(default_factory=ReloadConfig)  # hot reload, watching, backups
+    state: StateConfig = Field(default_factory=StateConfig)  # shared state backend (Redis) or in-process
+    cache: CacheConfig | None = None  # the response cache; absent: off (docs/cache.md)
+
+    @model_validator(mode="after")
+    def _cache_backend_has_url(self) -> GatewayConfig:
+        cache = self.cache
+        if cache is None or not cache.enabled:
+            return self
+        url = cache.url or self.state.url
+        if cache.backend == "redis" and not url:
+            raise ValueError("cache.backend is redis but no Redis URL is set: add cache.url or state.url")
+        if (cache.backend or ("redis" if url else "memory")) == "redis" and find_spec("redis") is None:
+            raise ValueError("the cache's Redis backend needs the redis client: pip install 'labgate[redis]'")
+        return self
