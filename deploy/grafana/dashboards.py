@@ -38,6 +38,8 @@ DASHBOARDS: dict[str, tuple[str, list[Panel]]] = {
             ("sum by (endpoint) (rate(labgate_requests_total[5m]))", "{{endpoint}}")], 12),
         ("Not routed (unknown model, bad key or body)", "timeseries", "reqps", [
             ('sum by (status) (rate(labgate_requests_total{provider=""}[5m]))', "{{status}}")], 12),
+        ("Response cache hit ratio", "stat", "percentunit", [("labgate:cache_hit_ratio:rate5m", "hits")], 8),
+        ("Response cache results", "timeseries", "reqps", [("labgate:cache_requests:rate5m", "{{result}}")], 16),
     ]),
     "labgate-tokens": ("labgate / Tokens and cost", [
         ("Tokens per second by model", "timeseries", "short", [
@@ -51,7 +53,9 @@ DASHBOARDS: dict[str, tuple[str, list[Panel]]] = {
             ' / sum by (model) (rate(labgate_requests_total{status="200"}[5m]))', "{{model}}")], 12),
         ("Prompt share of tokens", "timeseries", "percentunit", [(
             'sum(rate(labgate_tokens_total{type="prompt"}[5m])) / sum(rate(labgate_tokens_total[5m]))',
-            "prompt share")], 24),
+            "prompt share")], 12),
+        ("Tokens saved by the response cache", "timeseries", "short", [
+            ("sum by (type) (rate(labgate_cache_saved_tokens_total[5m]))", "{{type}}")], 12),
     ]),
     "labgate-performance": ("labgate / Performance", [
         ("Latency p50 / p95 / p99 by model", "timeseries", "s", [

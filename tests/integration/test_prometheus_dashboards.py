@@ -84,7 +84,8 @@ def traffic(url: str) -> None:
     bodies = [{"model": "good/m1", "messages": hi}, {"model": "good/m2", "messages": hi, "stream": True},
               {"model": "mix", "messages": hi}, {"model": "mix", "messages": hi, "stream": True},
               {"model": "cut/m3", "messages": hi, "stream": True}, {"model": "nope", "messages": hi},
-              {"model": "down/m1", "messages": hi}]
+              {"model": "down/m1", "messages": hi},
+              {"model": "good/m1", "messages": hi, "temperature": 0}]  # the response cache: a miss, then hits
     deadline = time.monotonic() + TRAFFIC_S
     with ThreadPoolExecutor(4) as pool:
         while time.monotonic() < deadline:
@@ -131,7 +132,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]
         (config / "model-mappings.yaml").write_text(yaml.safe_dump({"routing": {"exact_matches": {
             "mix": {"provider": "flaky", "model": "m1", "fallback_chain": ["good/m1"]}}}}))
         (config / "gateway.yaml").write_text(yaml.safe_dump({
-            "logging": {"requests": False}, "resilience": {"circuit": {"failure_threshold": 100000}}}))
+            "logging": {"requests": False}, "resilience": {"circuit": {"failure_threshold": 100000}},
+            "cache": {"backend": "memory"}}))
         labgate = stack.enter_context(_labgate(config))
         prom = stack.enter_context(_prometheus(prometheus, tmp, labgate))
         traffic(labgate)
