@@ -48,7 +48,7 @@ def setup() -> Iterator[tuple[Any, Simulator, Simulator, str, LoopThread, Runnin
                                                   "fallback_chain": ["good/m"]}}}},
             {"tracing": {"enabled": True, "endpoint": otlp.url, "export_interval_s": 0.05,
                          "service_name": "labgate-test"},
-             "resilience": {"circuit": {"failure_threshold": 1000}}})
+             "resilience": {"circuit": {"failure_threshold": 1000}}, "cache": {"backend": "memory"}})
         thread = LoopThread()
         stack.callback(thread.close)
         log = Lines()
@@ -95,7 +95,7 @@ def test_a_plain_request_makes_a_server_span_with_a_route_and_an_upstream_child(
         "gen_ai.usage.output_tokens": 5, "gen_ai.response.finish_reasons": ["stop"],
         "http.response.status_code": 200, "labgate.request_id": answer.headers["x-request-id"],
         "labgate.endpoint": "chat", "labgate.stream": False, "labgate.outcome": "ok", "labgate.attempts": 1,
-        "labgate.cache_hit": False, "labgate.deployment": "good/m",
+        "labgate.cache_hit": False, "labgate.cache": "bypass", "labgate.deployment": "good/m",
         "labgate.ttft_ms": root.attributes["labgate.ttft_ms"]}
     assert root.attributes["gen_ai.usage.input_tokens"] > 0
     assert root.resource["service.name"] == "labgate-test"
@@ -187,6 +187,22 @@ def test_an_invalid_traceparent_starts_a_new_trace(setup: Any, header: str) -> N
     headers = good.requests[0].headers
     assert headers["traceparent"].split("-")[1] != "0af7651916cd43dd8448eb211c80319c"
     assert "tracestate" not in headers
+
+
+def test_a_cache_hit_is_a_trace_without_upstream_spans(setup: Any) -> None:
+    otlp, good, _, url, *_ = setup
+    body = {"model": "good/m", "temperature": 0, "messages": [{"role": "user", "content": "cache me"}]}
+    good.clear()
+    assert post(url, body).status == 200  # a miss: stored
+    miss_trace = good.requests[0].headers["traceparent"].split("-")[1]
+    assert tree(otlp, miss_trace, 3)["chat good/m"].attributes["labgate.cache"] == "miss"
+    hit = post(url, body, {"traceparent": "00-1af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"})
+    assert hit.status == 200 and len(good.requests) == 1  # answered from the cache
+    spans = tree(otlp, "1af7651916cd43dd8448eb211c80319c", 2)
+    assert sorted(spans) == ["chat good/m", "route"]
+    root = spans["chat good/m"]
+    assert (root.attributes["labgate.cache"], root.attributes["labgate.cache_hit"]) == ("hit", True)
+    assert root.attributes["labgate.attempts"] == 0
 
 
 async def _flush(running: RunningGateway) -> None:

@@ -113,7 +113,7 @@ def _request_attributes(record: RequestRecord) -> dict[str, Any]:
     optional = {
         "gen_ai.request.model": record.model, "gen_ai.provider.name": record.provider,
         "labgate.deployment": record.deployment, "labgate.experiment": record.experiment,
-        "labgate.variant": record.variant, "error.type": record.error_type,
+        "labgate.variant": record.variant, "error.type": record.error_type, "labgate.cache": record.cache_status,
         "labgate.client_request_id": record.client_request_id, "labgate.ttft_ms": record.ttft_ms,
     }
     attributes.update({k: v for k, v in optional.items() if v is not None})
