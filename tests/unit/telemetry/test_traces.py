@@ -187,3 +187,20 @@ def test_without_the_sdk_serve_refuses_tracing_and_says_what_to_install(
     (tmp_path / "gateway.yaml").write_text("tracing: {enabled: true}\nserver: {port: 1}\n")
     assert main(["serve", "--config", str(tmp_path)]) == 1
     assert "labgate: tracing.enabled needs the OpenTelemetry SDK" in capsys.readouterr().err
+
+
+def test_the_single_file_form_takes_a_tracing_section(tmp_path: Any) -> None:
+    from labgate.config.load import load_config
+
+    (tmp_path / "labgate.yaml").write_text(
+        "providers:\n  sim: {type: openai_compatible, base_url: 'http://127.0.0.1:9/v1', models: [m]}\n"
+        "tracing: {enabled: true, sampling_ratio: 0.25, endpoint: 'http://127.0.0.1:4318/v1/traces'}\n")
+    tracing = load_config(tmp_path / "labgate.yaml").gateway.tracing
+    assert (tracing.enabled, tracing.sampling_ratio, tracing.endpoint) == (
+        True, 0.25, "http://127.0.0.1:4318/v1/traces")
+
+
+def test_a_reload_says_tracing_changes_wait_for_a_restart() -> None:
+    from labgate.config.reload import RESTART_ONLY
+
+    assert "gateway.tracing.enabled".startswith(RESTART_ONLY)
