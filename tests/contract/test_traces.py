@@ -43,7 +43,8 @@ def setup() -> Iterator[tuple[Any, Simulator, Simulator, str, LoopThread, Runnin
         bad = stack.enter_context(Simulator(Behaviour(fault=Status(503)), models=["m"]).run_in_thread())
         config = config_from(
             {"good": {"type": "openai_compatible", "base_url": good.url + "/v1", "models": ["m"]},
-             "bad": {"type": "openai_compatible", "base_url": bad.url + "/v1", "models": ["m"]}},
+             "bad": {"type": "openai_compatible", "base_url": bad.url + "/v1", "models": ["m"]},
+             "anth": {"type": "anthropic", "base_url": good.url, "models": ["m"]}},
             {"routing": {"exact_matches": {"fb": {"provider": "bad", "model": "m",
                                                   "fallback_chain": ["good/m"]}}}},
             {"tracing": {"enabled": True, "endpoint": otlp.url, "export_interval_s": 0.05,
@@ -203,6 +204,21 @@ def test_a_cache_hit_is_a_trace_without_upstream_spans(setup: Any) -> None:
     root = spans["chat good/m"]
     assert (root.attributes["labgate.cache"], root.attributes["labgate.cache_hit"]) == ("hit", True)
     assert root.attributes["labgate.attempts"] == 0
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_the_anthropic_adapter_sends_the_trace_context_too(setup: Any, stream: bool) -> None:
+    otlp, good, _, url, *_ = setup
+    good.clear()
+    answer = post(url, {"model": "anth/m", "stream": stream, "messages": [{"role": "user", "content": "hi"}]},
+                  {"traceparent": "00-2af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01", "tracestate": "a=b"})
+    assert answer.status == 200
+    (received,) = good.requests
+    assert received.path == "/v1/messages"
+    _, trace_id, parent, flags = received.headers["traceparent"].split("-")
+    assert (trace_id, flags, received.headers["tracestate"]) == ("2af7651916cd43dd8448eb211c80319c", "01", "a=b")
+    spans = tree(otlp, trace_id, 4 if stream else 3)
+    assert spans["upstream anth/m"].span_id == parent
 
 
 async def _flush(running: RunningGateway) -> None:
