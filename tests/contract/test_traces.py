@@ -211,12 +211,14 @@ def test_the_anthropic_adapter_sends_the_trace_context_too(setup: Any, stream: b
     otlp, good, _, url, *_ = setup
     good.clear()
     answer = post(url, {"model": "anth/m", "stream": stream, "messages": [{"role": "user", "content": "hi"}]},
-                  {"traceparent": "00-2af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01", "tracestate": "a=b"})
+                  {"traceparent": f"00-{int(stream) + 2}af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+                   "tracestate": "a=b"})
     assert answer.status == 200
     (received,) = good.requests
     assert received.path == "/v1/messages"
     _, trace_id, parent, flags = received.headers["traceparent"].split("-")
-    assert (trace_id, flags, received.headers["tracestate"]) == ("2af7651916cd43dd8448eb211c80319c", "01", "a=b")
+    assert (trace_id, flags, received.headers["tracestate"]) == (
+        f"{int(stream) + 2}af7651916cd43dd8448eb211c80319c", "01", "a=b")
     spans = tree(otlp, trace_id, 4 if stream else 3)
     assert spans["upstream anth/m"].span_id == parent
 
