@@ -22,6 +22,7 @@ from labgate.runtime import Runtime
 if TYPE_CHECKING:
     from labgate.store.writer import History
     from labgate.telemetry.metrics import Metrics
+    from labgate.telemetry.traces import Tracer
 
 # An OpenAI-dialect payload, or (from another dialect's surface) a Translated one.
 Parser = Callable[[bytes], dict[str, Any] | Translated]
@@ -35,13 +36,16 @@ class Gateway:
     ``history`` (process lifetime, not per Runtime: a reload keeps its queue)
     receives every finished record; ``None`` means history is off. ``metrics``
     (process lifetime too) counts every finished record; ``None`` means metrics are off.
+    ``traces`` (process lifetime) gives sampled requests a trace and exports their spans,
+    built from the finished record off the request path; ``None`` means tracing is off.
     """
 
     def __init__(self, runtime: Runtime, *, history: History | None = None,
-                 metrics: Metrics | None = None) -> None:
+                 metrics: Metrics | None = None, traces: Tracer | None = None) -> None:
         self.runtime = runtime
         self.history = history
         self.metrics = metrics
+        self.traces = traces
         self._keep_content = history is not None and history.keeps_content
 
     async def handle(self, record: RequestRecord, *, api_key: str | None, body: bytes,
@@ -52,6 +56,8 @@ class Gateway:
         a reply that cannot be translated is recorded with the error status the client sees.
         """
         rt = self.runtime  # taken once: a reload never changes it under this request
+        if self.traces is not None:
+            self.traces.begin(record)  # ids and the traceparent the attempts send upstream
         try:
             record.key_id = rt.auth.check(api_key)
             parsed, endpoint, native = parse(body), _endpoint(record), None
@@ -113,6 +119,8 @@ class Gateway:
             self.history.put(record)
         if self.metrics is not None:
             self.metrics.observe(record)
+        if self.traces is not None:
+            self.traces.put(record)
 
 
 class Relay:

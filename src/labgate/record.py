@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from labgate.errors import AttemptFailure
 from labgate.providers.base import Usage
+
+if TYPE_CHECKING:
+    from labgate.telemetry.traces import Trace
 
 CLIENT_CLOSED = 499  # nginx's convention for "the client went away first"
 ANTHROPIC_ENDPOINTS = frozenset({"messages"})  # served by server/anthropic.py
@@ -59,6 +62,9 @@ class RequestRecord:
     cache_bytes: int = 0  # hits: bytes served from the cache; misses: bytes stored
     cache_control: str | None = None  # the request's cache-control header (set by the surface)
     cache_ticket: Any = None  # a miss to store when the request finishes (state.cache.Ticket)
+    traceparent: str | None = None  # the client's W3C trace context headers, as sent
+    tracestate: str | None = None
+    trace: Trace | None = None  # set when tracing is on and this request is traced (telemetry/traces.py)
 
     @property
     def dialect(self) -> str:
@@ -90,4 +96,5 @@ class RequestRecord:
             "error_type": self.error_type, "error": self.error_message,
             "key_id": self.key_id, "client_ip": self.client_ip,
             "cache": self.cache_status,
+            "trace_id": None if self.trace is None else self.trace.trace_hex,
         }

@@ -32,7 +32,7 @@ async def attempt(candidates: list[Deployment], *, endpoint: Endpoint, body: dic
                   stream: bool, deadline: float, circuit: Circuit, record: RequestRecord,
                   native: dict[str, Any] | None = None) -> tuple[Reply | Stream, Deployment]:
     """The first successful answer and the deployment that gave it (``native``: see :class:`Call`)."""
-    failures = record.failures
+    failures, trace = record.failures, record.trace
     for dep in candidates:
         if endpoint not in dep.adapter.endpoints:
             failures.append(AttemptFailure(dep.key, UnsupportedEndpointError(
@@ -45,7 +45,8 @@ async def attempt(candidates: list[Deployment], *, endpoint: Endpoint, body: dic
             break
         record.attempts += 1
         record.provider, record.deployment = dep.provider, dep.key
-        call = Call(endpoint, body, dep.model, min(dep.timeout, remaining), record.request_id, native)
+        context = b"" if trace is None else trace.start_attempt(dep.key)  # traceparent header for the upstream
+        call = Call(endpoint, body, dep.model, min(dep.timeout, remaining), record.request_id, native, context)
         dep.health.inflight += 1
         try:
             result = await (dep.adapter.stream(call) if stream else dep.adapter.send(call))
@@ -53,10 +54,16 @@ async def attempt(candidates: list[Deployment], *, endpoint: Endpoint, body: dic
             dep.health.inflight -= 1
             circuit.record_failure(dep.health, exc.message)
             failures.append(AttemptFailure(dep.key, exc))
+            if trace is not None:
+                trace.end_attempt(exc)
             continue
-        except BaseException:
+        except BaseException as exc:
             dep.health.inflight -= 1
+            if trace is not None:
+                trace.end_attempt(exc)
             raise
+        if trace is not None:
+            trace.end_attempt(None)
         if not stream:
             dep.health.inflight -= 1  # a stream gives its slot back when it ends
         circuit.record_success(dep.health)

@@ -132,8 +132,10 @@ def cache_headers(record: RequestRecord) -> list[tuple[str, str]]:
 
 def new_record(request: Request, endpoint: str) -> RequestRecord:
     """The record of an API request: labgate's own id, the client's ``x-request-id`` beside it."""
-    return RequestRecord(request_id(), endpoint, request.client, client_request_id(request.headers),
-                         cache_control=request.headers.get("cache-control"))  # the response cache's controls
+    headers = request.headers
+    return RequestRecord(request_id(), endpoint, request.client, client_request_id(headers),
+                         cache_control=headers.get("cache-control"),  # the response cache's controls
+                         traceparent=headers.get("traceparent"), tracestate=headers.get("tracestate"))
 
 
 class OpenAISurface:

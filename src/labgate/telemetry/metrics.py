@@ -19,7 +19,8 @@ Label values are bounded, so clients cannot grow memory by inventing names:
   codes are fixed sets; ``status`` is the HTTP status code sent.
 
 One ``Metrics`` lives as long as the process (a config reload keeps its counts).
-With several workers each process counts its own requests.
+With several workers each process counts its own requests; a scrape adds up the
+whole group's through :mod:`labgate.telemetry.group`.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 from labgate.config.schema.metrics import MetricsConfig
 from labgate.record import RequestRecord
+from labgate.telemetry.group import WorkerGroup
 
 # Seconds. LLM calls range from a cached embedding (milliseconds) to a long generation (minutes).
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0)
@@ -62,8 +64,8 @@ Providers = dict[str, Endpoints]
 class Metrics:
     """The process's request counters and histograms; ``render()`` gives the Prometheus text."""
 
-    __slots__ = ("_cache", "_deployments", "_failures", "_labels", "_models", "_unrouted", "in_flight", "started",
-                 "version")
+    __slots__ = ("_cache", "_deployments", "_failures", "_labels", "_models", "_unrouted", "group", "in_flight",
+                 "started", "version")
 
     def __init__(self) -> None:
         # model label -> provider -> endpoint -> series; "" for requests that were not routed
@@ -77,6 +79,7 @@ class Metrics:
         self.version = _version()
         # the response cache: status -> requests, and bytes / saved tokens (docs/cache.md)
         self._cache: dict[str, int] = {}
+        self.group: WorkerGroup | None = None  # set under --workers N: a scrape adds the siblings' counts
 
     @classmethod
     def from_config(cls, config: MetricsConfig) -> Metrics | None:

@@ -13,6 +13,7 @@ from labgate.config.schema.cache import CacheConfig, StateConfig
 from labgate.config.schema.metrics import MetricsConfig
 from labgate.config.schema.reload import ReloadConfig
 from labgate.config.schema.store import StoreConfig
+from labgate.config.schema.tracing import TracingConfig
 
 _HOST = re.compile(r"\*|(\*\.)?[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*\.?|\[[0-9A-Fa-f:.]+\]|[0-9A-Fa-f]*:[0-9A-Fa-f:.]+")
 _ORIGIN = re.compile(r"\*|null|[A-Za-z][A-Za-z0-9+.-]*://(\*\.)?[A-Za-z0-9_.-]+(:\d{1,5})?"
@@ -88,6 +89,8 @@ class LoggingConfig(Strict):
     level: Literal["debug", "info", "warning", "error"] = "info"
     requests: bool = True  # one JSON line per request
     client_ip: bool = True
+    # a request that takes at least this long is also logged at warning with its breakdown; null: never
+    slow_request_ms: float | None = Field(default=30_000.0, gt=0)
 
 
 class GatewayConfig(Strict):
@@ -98,6 +101,7 @@ class GatewayConfig(Strict):
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     store: StoreConfig = Field(default_factory=StoreConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)  # GET /metrics (Prometheus)
+    tracing: TracingConfig = Field(default_factory=TracingConfig)  # OpenTelemetry traces (OTLP/HTTP)
     config: ReloadConfig = Field(default_factory=ReloadConfig)  # hot reload, watching, backups
     state: StateConfig = Field(default_factory=StateConfig)  # shared state backend (Redis) or in-process
     cache: CacheConfig | None = None  # the response cache; absent: off (docs/cache.md)
