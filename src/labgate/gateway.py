@@ -65,7 +65,8 @@ class Gateway:
             candidates = plan(route, rt.circuit, max_attempts=rt.max_attempts)
             result, dep = await attempt(
                 candidates, endpoint=endpoint, body=payload, native=native, stream=record.stream,
-                deadline=time.monotonic() + rt.request_timeout, circuit=rt.circuit, record=record)
+                deadline=time.monotonic() + rt.request_timeout, circuit=rt.circuit, record=record,
+                queue=rt.queue)  # capacity: busy deployments are skipped, then waited for in priority order
             if isinstance(result, Reply):
                 record.usage, record.finish_reason = result.usage, result.finish_reason
                 if answer is not None:
@@ -144,11 +145,11 @@ class Relay:
         if self._done:
             return
         self._done = True
-        self._dep.health.inflight -= 1
         record, info = self._record, self._stream.info
         try:
             await self._stream.aclose()
         finally:
+            self._dep.release()  # the stream's lease ends here, once its connection is back in the pool
             record.usage, record.finish_reason, record.first_token = info.usage, info.finish_reason, info.first_token
             self._gateway.finish(self._rt, record, error, streaming=True)
 

@@ -49,6 +49,8 @@ class RequestRecord:
     cache_hit: bool = False
     cost: float | None = None  # set once pricing lands
     tags: list[str] | None = None
+    priority: str | None = None  # the x-labgate-priority header as sent (read only when a queue exists)
+    queue_ms: float | None = None  # time spent waiting for capacity, when it had to wait
     payload: dict[str, Any] | None = None  # the parsed request body, by reference
     body: bytes | None = None  # the request's bytes, by reference (what history reads parameters from)
     reply: bytes | None = None  # a whole answer's body (history capture "full" only)

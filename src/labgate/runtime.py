@@ -16,6 +16,7 @@ from labgate.config.load import Config
 from labgate.providers.base import Adapter
 from labgate.providers.registry import TYPES
 from labgate.routing.circuit import Circuit
+from labgate.routing.queue import Queue
 from labgate.routing.table import RouteTable
 from labgate.telemetry.logs import AccessLog
 
@@ -30,6 +31,7 @@ class Runtime:
     access_log: AccessLog
     max_attempts: int
     request_timeout: float
+    queue: Queue | None = None  # None unless some provider sets max_parallel_requests
 
     @classmethod
     def build(cls, config: Config, *, access_log: AccessLog | None = None) -> Runtime:
@@ -38,16 +40,18 @@ class Runtime:
         gateway = config.gateway
         env_name = gateway.auth.master_key_env
         keys = [os.environ.get(env_name, "")] if env_name else []
+        table = RouteTable(config, adapters)
         return cls(
             config=config,
             adapters=adapters,
-            table=RouteTable(config, adapters),
+            table=table,
             circuit=Circuit(gateway.resilience.circuit.failure_threshold, gateway.resilience.circuit.cooldown_s),
             auth=Auth(keys),
             access_log=access_log or AccessLog(enabled=gateway.logging.requests,
                                                client_ip=gateway.logging.client_ip),
             max_attempts=gateway.resilience.max_attempts,
             request_timeout=gateway.server.request_timeout_s,
+            queue=Queue.of(gateway.queue) if table.gates else None,
         )
 
     async def aclose(self) -> None:

@@ -20,11 +20,20 @@ def order(group: Group) -> tuple[Deployment, ...] | list[Deployment]:
         group.turn += 1
         return deps[start:] + deps[:start]
     if group.strategy == "least_busy":
-        return sorted(deps, key=lambda d: d.health.inflight)
+        # fewest in flight (relative to max_parallel_requests, where set); ties rotate like round_robin,
+        # so a lightly loaded group still spreads its requests
+        start = group.turn % len(deps)
+        group.turn += 1
+        return sorted(deps[start:] + deps[:start], key=_load)
     # weighted: a weighted random permutation (Efraimidis–Spirakis keys)
     weights = group.weights or (1.0,) * len(deps)
     keyed = sorted(zip(deps, weights, strict=True), key=lambda dw: -random.random() ** (1.0 / dw[1]))
     return [d for d, _ in keyed]
+
+
+def _load(dep: Deployment) -> float:
+    gate = dep.gate
+    return dep.health.inflight if gate is None else dep.health.inflight / gate.limit
 
 
 def plan(route: Route, circuit: Circuit, *, max_attempts: int) -> list[Deployment]:

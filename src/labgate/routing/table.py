@@ -17,6 +17,7 @@ from labgate.config.schema.providers import ModelConfig, ProviderConfig
 from labgate.errors import ModelNotFoundError
 from labgate.providers.base import Adapter
 from labgate.routing.circuit import Health
+from labgate.routing.gate import Gate
 
 _DYNAMIC_CACHE = 4096  # routes made on the fly for glob matches and provider/model pairs
 
@@ -32,6 +33,13 @@ class Deployment:
     timeout: float
     info: ModelConfig | None = None
     health: Health = field(default_factory=Health)
+    gate: Gate | None = None  # the provider's capacity (max_parallel_requests), shared by its models
+
+    def release(self) -> None:
+        """Give back what the attempt loop took for one attempt (the one place a lease ends)."""
+        self.health.inflight -= 1
+        if self.gate is not None:
+            self.gate.release()
 
 
 @dataclass(eq=False, slots=True)
@@ -64,6 +72,10 @@ class RouteTable:
         self._compiled = False
         self._primary: dict[str, Group] = {}
         self._names = Names.of(config.providers, config.mappings)
+        queue = config.gateway.queue
+        self.gates: dict[str, Gate] = {
+            name: Gate(p.max_parallel_requests, max_queue=queue.max_size if p.max_queue is None else p.max_queue)
+            for name, p in self._providers.items() if p.max_parallel_requests is not None}
         self._patterns = [(re.compile(fnmatch.translate(p.pattern)), p.provider, p.fallback_chain)
                           for p in self._mappings.routing.patterns if p.provider in self._providers]
         self._globs = [(re.compile(fnmatch.translate(k)), v) for k, v in self._mappings.fallbacks.items()
@@ -114,7 +126,7 @@ class RouteTable:
             found = known.get(key) or made.get(key)
             if found is None:
                 found = Deployment(key, provider, upstream, self._adapters[provider],
-                                   config.timeout_s, info)
+                                   config.timeout_s, info, gate=self.gates.get(provider))
                 if self._compiled:  # a name a client sent (provider/anything): bounded, like _dynamic
                     if len(made) >= _DYNAMIC_CACHE:
                         made.clear()

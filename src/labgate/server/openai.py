@@ -122,7 +122,9 @@ def route_headers(record: RequestRecord) -> list[tuple[str, str]]:
 
 def new_record(request: Request, endpoint: str) -> RequestRecord:
     """The record of an API request: labgate's own id, the client's ``x-request-id`` beside it."""
-    return RequestRecord(request_id(), endpoint, request.client, client_request_id(request.headers))
+    record = RequestRecord(request_id(), endpoint, request.client, client_request_id(request.headers))
+    record.priority = request.headers.get("x-labgate-priority")  # read by routing/queue.py, if capacity is set
+    return record
 
 
 class OpenAISurface:

@@ -171,12 +171,12 @@ def test_load_balancing_group_has_its_strategy_and_weights() -> None:
     assert group.deployments[0] is t.deployments["ollama/llama3.1:8b"]
 
 
-def test_load_balancing_defaults_to_round_robin_under_the_models_own_name() -> None:
+def test_load_balancing_defaults_to_least_busy_under_the_models_own_name() -> None:
     t = table({"routing": {"load_balancing": {"llama3.1:8b": {"deployments": [
         {"provider": "vllm"}, {"provider": "ollama"}]}}}})
     group = t.resolve("llama3.1:8b").groups[0]
     assert ([d.key for d in group.deployments], group.strategy, group.weights) == (
-        ["vllm/llama3.1:8b", "ollama/llama3.1:8b"], "round_robin", (1.0, 1.0))
+        ["vllm/llama3.1:8b", "ollama/llama3.1:8b"], "least_busy", (1.0, 1.0))
 
 
 # ---------------------------------------------------------------- fallback chains

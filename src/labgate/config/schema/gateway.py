@@ -9,6 +9,7 @@ from pydantic import Field, field_validator
 
 from labgate.config.schema.base import Strict
 from labgate.config.schema.metrics import MetricsConfig
+from labgate.config.schema.queue import QueueConfig
 from labgate.config.schema.reload import ReloadConfig
 from labgate.config.schema.store import StoreConfig
 
@@ -97,3 +98,4 @@ class GatewayConfig(Strict):
     store: StoreConfig = Field(default_factory=StoreConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)  # GET /metrics (Prometheus)
     config: ReloadConfig = Field(default_factory=ReloadConfig)  # hot reload, watching, backups
+    queue: QueueConfig = Field(default_factory=QueueConfig)  # waiting for capacity (docs/reliability.md)

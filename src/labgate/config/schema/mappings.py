@@ -33,7 +33,8 @@ class DeploymentConfig(Strict):
 
 
 class LoadBalancingConfig(Strict):
-    strategy: Literal["priority", "round_robin", "weighted", "least_busy"] = "round_robin"
+    # least_busy by default: it follows unequal engine speeds with no tuning (docs/routing.md)
+    strategy: Literal["priority", "round_robin", "weighted", "least_busy"] = "least_busy"
     deployments: tuple[DeploymentConfig, ...] = Field(min_length=1)
     fallback_chain: tuple[str, ...] = ()
 
