@@ -110,13 +110,17 @@ class Relay:
     ``finally`` on aclose(), and a client can go away before the first chunk is pulled.
     """
 
-    __slots__ = ("_chunks", "_dep", "_done", "_gateway", "_it", "_record", "_rt", "_stream")
+    __slots__ = ("_chunks", "_dep", "_done", "_gateway", "_it", "_record", "_rescued_from", "_rt", "_sent",
+                 "_stream")
 
     def __init__(self, gateway: Gateway, rt: Runtime, stream: Stream, dep: Deployment,
                  record: RequestRecord) -> None:
         self._gateway, self._rt, self._stream, self._dep, self._record = gateway, rt, stream, dep, record
         self._it = stream.__aiter__()
         self._chunks = record.chunks = [] if gateway._keep_content else None
+        # what the client has received, for stream rescue (None: rescue is off)
+        self._sent = None if rt.rescue is None else self._chunks if self._chunks is not None else []
+        self._rescued_from: str | None = None
         self._done = False
 
     def __aiter__(self) -> Relay:
@@ -126,17 +130,46 @@ class Relay:
         try:
             chunk = await self._it.__anext__()
         except StopAsyncIteration:
+            if self._rescued_from is not None:  # a rescued stream ends with a comment saying so
+                chunk, self._rescued_from = self._rt.rescue.trailer(self._record, self._rescued_from), None  # type: ignore[union-attr]
+                return chunk
             await self._end(None)
             raise
         except BaseException as exc:
+            if self._sent is not None and await self._rescue(exc):
+                return await self.__anext__()
             await self._end(exc)
             raise
         record = self._record
         if record.first_byte is None:
             record.first_byte = time.perf_counter()
-        if self._chunks is not None:
+        if self._sent is not None:
+            self._sent.append(chunk)
+        elif self._chunks is not None:
             self._chunks.append(chunk)
         return chunk
+
+    async def _rescue(self, error: BaseException) -> bool:
+        """Stream rescue (routing/rescue.py): go on from the partial answer on another deployment."""
+        rescue, record, sent = self._rt.rescue, self._record, self._sent
+        if rescue is None or sent is None or not rescue.can_rescue(record, error):
+            return False
+        try:
+            found = await rescue.resume(self._rt, record, self._dep, error, sent)  # type: ignore[arg-type]
+        except BaseException as late:  # the client left while we looked for a continuation
+            await self._end(late)
+            raise
+        if found is None:
+            return False
+        old, failed = self._stream, self._dep
+        record.first_token = old.info.first_token
+        self._stream, self._dep, self._rescued_from = found[0], found[1], failed.key
+        self._it = self._stream.__aiter__()
+        try:
+            await old.aclose()
+        finally:
+            failed.release()  # the broken attempt's lease ends with it
+        return True
 
     async def aclose(self) -> None:
         await self._end(GeneratorExit())
@@ -150,7 +183,8 @@ class Relay:
             await self._stream.aclose()
         finally:
             self._dep.release()  # the stream's lease ends here, once its connection is back in the pool
-            record.usage, record.finish_reason, record.first_token = info.usage, info.finish_reason, info.first_token
+            record.usage, record.finish_reason = info.usage, info.finish_reason
+            record.first_token = record.first_token or info.first_token
             self._gateway.finish(self._rt, record, error, streaming=True)
 
 

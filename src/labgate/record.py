@@ -51,6 +51,7 @@ class RequestRecord:
     tags: list[str] | None = None
     priority: str | None = None  # the x-labgate-priority header as sent (read only when a queue exists)
     queue_ms: float | None = None  # time spent waiting for capacity, when it had to wait
+    rescues: int = 0  # streams continued on another deployment after a break (routing/rescue.py)
     payload: dict[str, Any] | None = None  # the parsed request body, by reference
     body: bytes | None = None  # the request's bytes, by reference (what history reads parameters from)
     reply: bytes | None = None  # a whole answer's body (history capture "full" only)

@@ -17,6 +17,7 @@ from labgate.providers.base import Adapter
 from labgate.providers.registry import TYPES
 from labgate.routing.circuit import Circuit
 from labgate.routing.queue import Queue
+from labgate.routing.rescue import Rescue
 from labgate.routing.table import RouteTable
 from labgate.telemetry.logs import AccessLog
 
@@ -32,6 +33,7 @@ class Runtime:
     max_attempts: int
     request_timeout: float
     queue: Queue | None = None  # None unless some provider sets max_parallel_requests
+    rescue: Rescue | None = None  # None unless resilience.stream_rescue
 
     @classmethod
     def build(cls, config: Config, *, access_log: AccessLog | None = None) -> Runtime:
@@ -52,6 +54,7 @@ class Runtime:
             max_attempts=gateway.resilience.max_attempts,
             request_timeout=gateway.server.request_timeout_s,
             queue=Queue.of(gateway.queue) if table.gates else None,
+            rescue=Rescue() if gateway.resilience.stream_rescue else None,
         )
 
     async def aclose(self) -> None:

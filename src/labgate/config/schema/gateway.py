@@ -81,6 +81,7 @@ class CircuitConfig(Strict):
 class ResilienceConfig(Strict):
     max_attempts: int = Field(default=4, ge=1)
     circuit: CircuitConfig = Field(default_factory=CircuitConfig)
+    stream_rescue: bool = False  # continue a stream that broke mid-answer on another deployment (reliability.md)
 
 
 class LoggingConfig(Strict):
