@@ -51,6 +51,7 @@ class RequestRecord:
     tags: list[str] | None = None
     priority: str | None = None  # the x-labgate-priority header as sent (read only when a queue exists)
     queue_ms: float | None = None  # time spent waiting for capacity, when it had to wait
+    spill: str | None = None  # why a preferred deployment was passed over for load (prefer_local_under)
     rescues: int = 0  # streams continued on another deployment after a break (routing/rescue.py)
     payload: dict[str, Any] | None = None  # the parsed request body, by reference
     body: bytes | None = None  # the request's bytes, by reference (what history reads parameters from)
@@ -73,7 +74,7 @@ class RequestRecord:
 
     def as_log(self) -> dict[str, Any]:
         usage = self.usage
-        return {
+        entry = {
             "request_id": self.request_id, "client_request_id": self.client_request_id,
             "ts": round(self.timestamp, 3), "endpoint": self.endpoint,
             "model": self.model, "stream": self.stream, "provider": self.provider,
@@ -87,3 +88,11 @@ class RequestRecord:
             "error_type": self.error_type, "error": self.error_message,
             "key_id": self.key_id, "client_ip": self.client_ip,
         }
+        # traffic control, only when it happened (capacity, spill, rescue: docs/reliability.md)
+        if self.queue_ms is not None:
+            entry["queue_ms"] = self.queue_ms
+        if self.spill is not None:
+            entry["spill"] = self.spill
+        if self.rescues:
+            entry["rescues"] = self.rescues
+        return entry

@@ -44,6 +44,11 @@ def queued(gate: Gate, count: int) -> bool:
     return gate.waiting == count
 
 
+def settled(task: asyncio.Task[Any], sim: Simulator, held: int) -> bool:
+    """The request was answered, or reached ``sim`` beside the ``held`` ones already there."""
+    return task.done() or len(sim.requests) > held
+
+
 async def until(condition: Callable[[], bool], within: float = 5.0) -> None:
     """Poll ``condition`` (state of the gateway or a simulator) until it holds; fail after ``within`` s."""
     deadline = time.monotonic() + within
@@ -208,3 +213,41 @@ async def test_an_unknown_priority_is_a_400_when_the_request_has_to_queue() -> N
         bad = await r.chat(**{"x-labgate-priority": "urgent!"})
         assert (bad.status_code, orjson.loads(bad.content)["error"]["param"]) == (400, "x-labgate-priority")
         assert (await held).status_code == 200
+
+
+@pytest.mark.asyncio
+async def test_prefer_local_under_spills_exactly_when_local_load_crosses_the_threshold() -> None:
+    async with Simulator(Behaviour(latency_s=1.0), models=["m"]) as local, \
+            Simulator(Behaviour(), models=["m"]) as cloud:
+        providers = {"local": provider(local, max_parallel_requests=4), "cloud": provider(cloud)}
+        mappings = {"routing": {"prefer_local_under": 0.5,
+                                "exact_matches": {"m": {"provider": "local", "fallback_chain": ["cloud"]}}}}
+        async with rig(providers, mappings) as r:
+            held: list[asyncio.Task[httpx2.Response]] = []
+            seen: list[tuple[int, str, str | None]] = []
+            for in_flight in range(3):  # 0 and 1 in flight: under 50 % of 4; 2: at it
+                await until(functools.partial(lambda n: len(local.requests) == n, in_flight))
+                task = asyncio.create_task(r.chat())
+                await until(functools.partial(settled, task, local, len(held)))
+                if task.done():
+                    answer = await task
+                    seen.append((in_flight, answer.headers["x-labgate-deployment"],
+                                 answer.headers.get("x-labgate-spill")))
+                else:
+                    held.append(task)
+                    seen.append((in_flight, "local/m", None))
+            assert seen == [(0, "local/m", None), (1, "local/m", None),
+                            (2, "cloud/m", "local/m at 2/4 in flight (prefer_local_under)")]
+            assert [(await t).headers["x-labgate-deployment"] for t in held] == ["local/m", "local/m"]
+
+
+@pytest.mark.asyncio
+async def test_prefer_local_under_with_nothing_to_spill_to_still_uses_the_free_local_slots() -> None:
+    async with Simulator(Behaviour(latency_s=0.5), models=["m"]) as local:
+        mappings = {"routing": {"prefer_local_under": 0.5}}
+        async with rig({"local": provider(local, max_parallel_requests=2)}, mappings) as r:
+            first = asyncio.create_task(r.chat())
+            await until(lambda: len(local.requests) == 1)
+            second = await r.chat()  # 1 of 2 in flight: over the threshold, but nothing else serves "m"
+            assert (second.status_code, second.headers.get("x-labgate-spill"), (await first).status_code) == (
+                200, None, 200)

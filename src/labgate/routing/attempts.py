@@ -9,8 +9,8 @@ at once: the same body fails everywhere. When every attempt failed,
 :class:`AllAttemptsFailedError` holds each cause and decides whether the
 client may retry.
 
-Busy is not broken. A deployment whose gate is full (``max_parallel_requests``)
-is passed over without waiting and without an attempt; one whose pooled
+Busy is not broken. A deployment whose gate is full (``max_parallel_requests``,
+or its ``prefer_local_under`` share of it) is passed over without waiting and without an attempt; one whose pooled
 connections are all in use (:class:`DeploymentBusyError`) is recorded as a
 failed attempt but never counted by the circuit breaker. When the other
 candidates are used up, the request waits in the priority queue
@@ -56,8 +56,10 @@ async def attempt(candidates: list[Deployment], *, endpoint: Endpoint, body: dic
                 f"provider {dep.provider!r} does not serve {endpoint}")))
             continue
         gate = dep.gate
-        if gate is not None and not gate.try_acquire():
-            busy.append(dep)  # full: try the others first, then wait for it in the queue
+        if gate is not None and not gate.try_prefer():
+            busy.append(dep)  # full (or over prefer_local_under): try the others first, then it, then queue
+            if gate.inflight < gate.limit:
+                record.spill = f"{dep.key} at {gate.inflight}/{gate.limit} in flight (prefer_local_under)"
             continue
         if deadline <= time.monotonic():
             if gate is not None:
@@ -68,8 +70,11 @@ async def attempt(candidates: list[Deployment], *, endpoint: Endpoint, body: dic
         if result is not None:
             return result, dep
     while busy and queue is not None and deadline > time.monotonic():
-        dep = await queue.wait(busy, record, deadline)  # holds a slot of dep's gate from here
+        # nothing else answered: a slot under the hard limit, else the first one freed, in priority order
+        free = next((d for d in busy if d.gate is not None and d.gate.try_acquire()), None)
+        dep = free if free is not None else await queue.wait(busy, record, deadline)  # holds a slot from here
         busy.remove(dep)
+        record.spill = None
         result = await _try(dep, endpoint, body, stream, deadline, circuit, record, native)
         if result is not None:
             return result, dep

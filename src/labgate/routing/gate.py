@@ -55,11 +55,12 @@ class Waiter:
 class Gate:
     """At most ``limit`` requests in flight on one deployment; at most ``max_queue`` waiting for it."""
 
-    __slots__ = ("inflight", "limit", "line", "max_queue", "waiting")
+    __slots__ = ("inflight", "limit", "line", "max_queue", "spill_at", "waiting")
 
-    def __init__(self, limit: int, *, max_queue: int) -> None:
+    def __init__(self, limit: int, *, max_queue: int, spill_at: float | None = None) -> None:
         self.limit = limit
         self.max_queue = max_queue
+        self.spill_at = limit if spill_at is None else spill_at  # prefer_local_under × limit
         self.inflight = 0
         self.waiting = 0  # live waiters in ``line``
         self.line: list[tuple[int, int, Waiter]] = []  # a heap: (priority, arrival, waiter)
@@ -68,6 +69,13 @@ class Gate:
     def load(self) -> float:
         """In-flight requests as a fraction of the limit (1.0: full)."""
         return self.inflight / self.limit
+
+    def try_prefer(self) -> bool:
+        """Take a slot only while under ``spill_at`` (prefer_local_under): the first pass over candidates."""
+        if self.inflight < self.spill_at and self.inflight < self.limit:
+            self.inflight += 1
+            return True
+        return False
 
     def try_acquire(self) -> bool:
         """Take a slot if one is free (never waits). A free slot means nobody live is waiting."""

@@ -72,9 +72,10 @@ class RouteTable:
         self._compiled = False
         self._primary: dict[str, Group] = {}
         self._names = Names.of(config.providers, config.mappings)
-        queue = config.gateway.queue
+        queue, spill = config.gateway.queue, self._mappings.routing.prefer_local_under
         self.gates: dict[str, Gate] = {
-            name: Gate(p.max_parallel_requests, max_queue=queue.max_size if p.max_queue is None else p.max_queue)
+            name: Gate(p.max_parallel_requests, max_queue=queue.max_queue_size if p.max_queue is None else p.max_queue,
+                 spill_at=p.max_parallel_requests * (spill or 1.0))
             for name, p in self._providers.items() if p.max_parallel_requests is not None}
         self._patterns = [(re.compile(fnmatch.translate(p.pattern)), p.provider, p.fallback_chain)
                           for p in self._mappings.routing.patterns if p.provider in self._providers]

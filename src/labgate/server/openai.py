@@ -117,6 +117,8 @@ def route_headers(record: RequestRecord) -> list[tuple[str, str]]:
     if record.provider is not None:
         headers.append(("x-labgate-provider", header_value(record.provider)))
         headers.append(("x-labgate-deployment", header_value(record.deployment or "")))
+    if record.spill is not None:  # routed past a loaded local deployment (prefer_local_under)
+        headers.append(("x-labgate-spill", header_value(record.spill)))
     return headers
 
 

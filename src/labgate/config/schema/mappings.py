@@ -45,6 +45,9 @@ class RoutingConfig(Strict):
     capabilities: dict[str, tuple[str, ...]] = Field(default_factory=dict)
     load_balancing: dict[str, LoadBalancingConfig] = Field(default_factory=dict)
     aliases: dict[str, str] = Field(default_factory=dict)
+    # a provider with max_parallel_requests at or over this share of it is passed over for the route's
+    # other candidates (cloud fallback) instead of queueing; None: only a full provider is (docs/routing.md)
+    prefer_local_under: float | None = Field(default=None, gt=0, le=1)
 
     @field_validator("patterns", mode="before")
     @classmethod
