@@ -30,6 +30,7 @@ from labgate.errors import (
     AllAttemptsFailedError,
     AttemptFailure,
     DeploymentBusyError,
+    NoHealthyDeploymentError,
     UnsupportedEndpointError,
     UpstreamError,
     UpstreamTimeoutError,
@@ -94,6 +95,12 @@ async def _try(dep: Deployment, endpoint: Endpoint, body: dict[str, Any], stream
         if dep.gate is not None:
             dep.gate.release()
         _out_of_time(record, dep)
+        return None
+    if not circuit.claim(dep.health, time.monotonic()):  # its half-open probe went to another request
+        if dep.gate is not None:
+            dep.gate.release()
+        record.failures.append(AttemptFailure(dep.key, NoHealthyDeploymentError(
+            f"{dep.key} is cooling down: another request is probing it", retry_after=1.0)))
         return None
     record.attempts += 1
     record.provider, record.deployment = dep.provider, dep.key

@@ -1,7 +1,14 @@
-"""Orders a route's deployments into the attempts to make, skipping open circuits."""
+"""Orders a route's deployments into the attempts to make, skipping open circuits.
+
+Tiers: a model served by several providers is tried in their ``priority`` order, so the best
+tier whose circuit is closed takes the traffic and a tier whose circuits opened (or whose
+region was marked down) hands over to the next one until it recovers. A ``failover_only``
+deployment is planned only when no other candidate of the route is healthy.
+"""
 
 from __future__ import annotations
 
+import math
 import random
 import time
 
@@ -42,19 +49,25 @@ def plan(route: Route, circuit: Circuit, *, max_attempts: int) -> list[Deploymen
     chosen: list[Deployment] = []
     seen: set[str] = set()
     cooling: list[Deployment] = []
+    reserve: list[Deployment] = []  # failover_only: planned only when nothing else is healthy
     for group in route.groups:
         for dep in order(group):
             if dep.key in seen:
                 continue
             seen.add(dep.key)
-            if circuit.available(dep.health, now):
+            if not circuit.available(dep.health, now):
+                cooling.append(dep)
+            elif dep.failover_only:
+                reserve.append(dep)
+            else:
                 chosen.append(dep)
                 if len(chosen) == max_attempts:
                     return chosen
-            else:
-                cooling.append(dep)
+    if not chosen and reserve:
+        return reserve[:max_attempts]
     if not chosen:
-        wait = min(d.health.open_until for d in cooling) - now if cooling else None
+        ends = [d.health.open_until for d in cooling if d.health.open_until != math.inf]  # inf: region down
+        wait = min(ends) - now if ends else None
         names = ", ".join(f"{d.key} ({d.health.last_error})" for d in cooling)
         raise NoHealthyDeploymentError(
             f"No healthy deployment for model {route.name!r}: every candidate is cooling down "

@@ -6,6 +6,7 @@ A request does dictionary lookups here; globs are compiled once.
 from __future__ import annotations
 
 import fnmatch
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -34,6 +35,8 @@ class Deployment:
     info: ModelConfig | None = None
     health: Health = field(default_factory=Health)
     gate: Gate | None = None  # the provider's capacity (max_parallel_requests), shared by its models
+    region: str | None = None
+    failover_only: bool = False  # only when nothing better is healthy (balancer.plan)
 
     def release(self) -> None:
         """Give back what the attempt loop took for one attempt (the one place a lease ends)."""
@@ -111,6 +114,19 @@ class RouteTable:
     def deployments(self) -> Mapping[str, Deployment]:
         return self._deployments
 
+    def mark_region(self, region: str, *, down: bool) -> list[str]:
+        """Take every deployment of ``region`` out of routing (its circuits held open) or put it back.
+
+        Returns the deployments changed. Costs nothing per request: planning already skips open circuits.
+        """
+        changed = [d for d in self._deployments.values() if d.region == region]
+        for dep in changed:
+            dep.health.open_until = math.inf if down else 0.0
+            if not down:
+                dep.health.failures = 0
+            dep.health.last_error = f"region {region!r} marked down" if down else dep.health.last_error
+        return [d.key for d in changed]
+
     # -- compile (config load) ---------------------------------------------------
 
     def _deployment(self, provider: str, model: str) -> Deployment | None:
@@ -127,7 +143,8 @@ class RouteTable:
             found = known.get(key) or made.get(key)
             if found is None:
                 found = Deployment(key, provider, upstream, self._adapters[provider],
-                                   config.timeout_s, info, gate=self.gates.get(provider))
+                                   config.timeout_s, info, gate=self.gates.get(provider), region=config.region,
+                                   failover_only=config.failover_only)
                 if self._compiled:  # a name a client sent (provider/anything): bounded, like _dynamic
                     if len(made) >= _DYNAMIC_CACHE:
                         made.clear()

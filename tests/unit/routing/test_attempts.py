@@ -313,3 +313,17 @@ async def test_a_failed_attempt_gives_its_gate_slot_back() -> None:
     ok.gate = Gate(2, max_queue=0)
     await run([broken, ok], new_record())
     assert (broken.gate.inflight, ok.gate.inflight, broken.health.inflight, ok.health.inflight) == (0, 0, 0, 0)
+
+
+@pytest.mark.asyncio
+async def test_a_half_open_deployment_probed_by_another_request_is_passed_over() -> None:
+    probing = dep("a/m", Reply(b"{}"))
+    probing.health.failures, probing.health.open_until = 3, time.monotonic() - 1
+    other = dep("b/m", Reply(b"{}"))
+    first, second = new_record(), new_record()
+    assert (await run([probing, other], first))[1] is probing  # the probe
+    probing.health.failures, probing.health.open_until = 3, time.monotonic() - 1
+    CIRCUIT.claim(probing.health, time.monotonic())  # another request holds the probe now
+    assert (await run([probing, other], second))[1] is other
+    assert (len(calls(probing)), second.attempts, second.failures[0].error.code) == (
+        1, 1, "no_healthy_deployment")

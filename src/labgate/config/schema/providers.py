@@ -58,7 +58,8 @@ class ProviderConfig(Strict):
     # bytes of an answer's body (whole or streamed); more is a 502 (the same as providers.pool.DEFAULT_MAX_BODY)
     max_response_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
     priority: int = 100  # lower is tried first when several providers serve one model
-    region: str | None = None
+    region: str | None = None  # RouteTable.mark_region takes a whole region out of routing and back
+    failover_only: bool = False  # planned only when no other candidate of the route is healthy (docs/routing.md)
     rate_limits: RateLimitsConfig | None = None
     budget: BudgetConfig | None = None
     pricing: PricingConfig | None = None
