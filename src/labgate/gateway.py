@@ -43,6 +43,7 @@ class Gateway:
         self.history = history
         self.metrics = metrics
         self._keep_content = history is not None and history.keeps_content
+        self.draining = False  # shutdown began: readiness fails so load balancers stop sending
 
     async def handle(self, record: RequestRecord, *, api_key: str | None, body: bytes,
                      parse: Parser, answer: Answer | None = None) -> Reply | Stream:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from labgate.auth import Auth
 from labgate.config.load import Config
+from labgate.errors import OverCapacityError
 from labgate.providers.base import Adapter
 from labgate.providers.registry import TYPES
 from labgate.routing.circuit import Circuit
@@ -56,6 +57,13 @@ class Runtime:
             queue=Queue.of(gateway.queue) if table.gates else None,
             rescue=Rescue() if gateway.resilience.stream_rescue else None,
         )
+
+    def drain(self) -> None:
+        """Shutdown begins: requests waiting for capacity get 503 ``shutting_down`` with retry-after now
+        (and so do any that would queue from here on); requests in flight finish."""
+        for gate in self.table.gates.values():
+            gate.close(OverCapacityError("The gateway is shutting down; retry on another instance.",
+                                         code="shutting_down", status=503, retry_after=1.0))
 
     async def aclose(self) -> None:
         self.access_log.flush()

@@ -46,7 +46,7 @@ class Waiter:
                 gate.line = [entry for entry in gate.line if not entry[2].future.done() and entry[2] is not self]
                 heapq.heapify(gate.line)
         future = self.future
-        if future.done() and not future.cancelled():
+        if future.done() and not future.cancelled() and future.exception() is None:
             return future.result()
         future.cancel()  # a gate that reaches this entry later skips it
         return None
@@ -55,7 +55,7 @@ class Waiter:
 class Gate:
     """At most ``limit`` requests in flight on one deployment; at most ``max_queue`` waiting for it."""
 
-    __slots__ = ("inflight", "limit", "line", "max_queue", "spill_at", "waiting")
+    __slots__ = ("closed", "inflight", "limit", "line", "max_queue", "spill_at", "waiting")
 
     def __init__(self, limit: int, *, max_queue: int, spill_at: float | None = None) -> None:
         self.limit = limit
@@ -63,6 +63,7 @@ class Gate:
         self.spill_at = limit if spill_at is None else spill_at  # prefer_local_under × limit
         self.inflight = 0
         self.waiting = 0  # live waiters in ``line``
+        self.closed: BaseException | None = None  # set by close(): what a request that would queue gets
         self.line: list[tuple[int, int, Waiter]] = []  # a heap: (priority, arrival, waiter)
 
     @property
@@ -93,6 +94,17 @@ class Gate:
                 waiter.future.set_result(self)
                 return
         self.inflight -= 1
+
+    def close(self, error: BaseException) -> None:
+        """Shutdown: every waiter gets ``error`` now, and so does anyone who would queue later.
+
+        Requests in flight keep their slots and finish.
+        """
+        self.closed = error
+        for _, _, waiter in self.line:
+            if not waiter.future.done():
+                waiter.future.set_exception(error)
+        self.line = []
 
     def room(self) -> bool:
         """May one more request wait in this gate's line?"""

@@ -58,6 +58,9 @@ class Queue:
     async def wait(self, busy: list[Deployment], record: RequestRecord, deadline: float) -> Deployment:
         """Wait for a slot on any of ``busy``; returns the deployment whose slot this request now holds."""
         gates: list[Gate] = [d.gate for d in busy if d.gate is not None and d.gate.room()]
+        closed = next((d.gate.closed for d in busy if d.gate is not None and d.gate.closed is not None), None)
+        if closed is not None:  # the gateway is shutting down
+            raise closed
         if not gates:
             raise OverCapacityError(
                 f"Every deployment for model {record.model!r} is at capacity and its queue is full; "

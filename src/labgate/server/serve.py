@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -47,9 +48,13 @@ class RunningGateway:
         return f"http://{self.host}:{self.port}"
 
     async def stop(self, grace: float | None = None) -> None:
-        """Stop accepting, let in-flight requests finish (up to ``grace`` s), close upstreams,
-        then write the history still queued."""
+        """Turn unready, answer queued requests 503, stop accepting, let in-flight requests finish
+        (up to ``grace`` s), close upstreams, then write the history still queued."""
         runtime = self.gateway.runtime
+        self.gateway.draining = True  # /health/readiness answers 503 from now on
+        runtime.drain()  # queued requests: 503 shutting_down at once; in-flight ones go on
+        if runtime.config.gateway.server.drain_delay_s:
+            await asyncio.sleep(runtime.config.gateway.server.drain_delay_s)
         await self.server.shutdown(runtime.config.gateway.server.shutdown_grace_s if grace is None else grace)
         if self.reloader is not None:
             await self.reloader.aclose()  # stop watching; runtimes retired by reloads close now

@@ -26,6 +26,9 @@ class ServerConfig(Strict):
     request_timeout_s: float = Field(default=600.0, gt=0)  # total deadline across all attempts
     keepalive_timeout_s: float = Field(default=75.0, gt=0)  # idle between requests; also the write timeout
     shutdown_grace_s: float = Field(default=30.0, ge=0)
+    # on SIGTERM: unready (and queued requests answered 503) this long before new connections are refused,
+    # so a load balancer polling /health/readiness stops sending first (docs/reliability.md)
+    drain_delay_s: float = Field(default=0.0, ge=0, le=300)
     # client-facing HTTP limits (server/limits.py): what a slow or hostile client can hold
     max_header_bytes: int = Field(default=64 * 1024, ge=1024)  # request line + headers (+ trailers): 431
     request_read_timeout_s: float = Field(default=60.0, gt=0)  # whole head and body from the first byte: 408
