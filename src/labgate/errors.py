@@ -332,7 +332,7 @@ class OverCapacityError(LabgateError):
         self.status = status
         self.retry_after = retry_after
         if status == 429:
-            self.openai_type = "rate_limit_error"
+            self.openai_type = self.anthropic_type = "rate_limit_error"
 
 
 class HistoryUnavailableError(LabgateError):
