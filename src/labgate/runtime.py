@@ -37,13 +37,15 @@ class Runtime:
     rescue: Rescue | None = None  # None unless resilience.stream_rescue
 
     @classmethod
-    def build(cls, config: Config, *, access_log: AccessLog | None = None) -> Runtime:
+    def build(cls, config: Config, *, access_log: AccessLog | None = None,
+              previous: Runtime | None = None) -> Runtime:
+        """``previous``: the runtime a reload replaces (unchanged providers keep capacity and circuit state)."""
         adapters = {name: TYPES[p.type].build(p, name)
                     for name, p in config.providers.items() if p.status == "active"}
         gateway = config.gateway
         env_name = gateway.auth.master_key_env
         keys = [os.environ.get(env_name, "")] if env_name else []
-        table = RouteTable(config, adapters)
+        table = RouteTable(config, adapters, previous=None if previous is None else previous.table)
         return cls(
             config=config,
             adapters=adapters,

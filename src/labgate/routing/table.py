@@ -66,7 +66,9 @@ class Route:
 class RouteTable:
     """Resolves a requested model name to a :class:`Route`."""
 
-    def __init__(self, config: Config, adapters: Mapping[str, Adapter]) -> None:
+    def __init__(self, config: Config, adapters: Mapping[str, Adapter], *,
+                 previous: RouteTable | None = None) -> None:
+        """``previous``: the table a reload replaces; unchanged providers keep their gates and circuits."""
         self._providers = {n: p for n, p in config.providers.items() if p.status == "active"}
         self._adapters = adapters
         self._mappings = config.mappings
@@ -80,6 +82,12 @@ class RouteTable:
             name: Gate(p.max_parallel_requests, max_queue=queue.max_queue_size if p.max_queue is None else p.max_queue,
                  spill_at=p.max_parallel_requests * (spill or 1.0))
             for name, p in self._providers.items() if p.max_parallel_requests is not None}
+        kept: set[str] = set()  # providers whose config a reload did not change
+        if previous is not None:
+            kept = {n for n, p in self._providers.items() if previous._providers.get(n) == p}
+            for name in kept & self.gates.keys() & previous.gates.keys():
+                if previous.gates[name].spill_at == self.gates[name].spill_at:
+                    self.gates[name] = previous.gates[name]  # its in-flight count and line go on
         self._patterns = [(re.compile(fnmatch.translate(p.pattern)), p.provider, p.fallback_chain)
                           for p in self._mappings.routing.patterns if p.provider in self._providers]
         self._globs = [(re.compile(fnmatch.translate(k)), v) for k, v in self._mappings.fallbacks.items()
@@ -95,6 +103,11 @@ class RouteTable:
         self.routes.update((name, Route(name, groups)) for name, groups in self._capabilities.items())
         self._compile_aliases()
         self._compiled = True
+        if previous is not None:  # circuit state survives a reload for deployments that did not change
+            for key, dep in self._deployments.items():
+                before = previous._deployments.get(key)
+                if before is not None and dep.provider in kept:
+                    dep.health = before.health
 
     # -- lookup (the hot path) -------------------------------------------------
 

@@ -300,3 +300,26 @@ def test_names_clients_invent_do_not_grow_memory_without_bound() -> None:
     assert len(t._dynamic) <= module._DYNAMIC_CACHE
     assert len(t._dynamic_deployments) <= module._DYNAMIC_CACHE
     assert t.resolve("cpp/invented-3").groups[0].deployments[0].model == "invented-3"  # made again when asked
+
+
+# ---------------------------------------------------------------- reload: state of unchanged providers
+
+
+def reloaded(providers: dict[str, Any], previous: RouteTable) -> RouteTable:
+    config = build_config({"providers": {"providers": providers}, "mappings": {}}, {}, source="test")
+    return RouteTable(config, {name: FakeAdapter(name) for name in providers}, previous=previous)
+
+
+def test_a_reload_keeps_circuit_and_capacity_state_of_unchanged_providers_only() -> None:
+    """Issue 17 item 7: circuit state survives a reload for deployments that did not change."""
+    before = {"a": {"type": "ollama", "models": ["m"], "max_parallel_requests": 2},
+              "b": {"type": "ollama", "models": ["n"], "max_parallel_requests": 2}}
+    old = table(providers=before)
+    for key in ("a/m", "b/n"):
+        old.deployments[key].health.failures = 2
+    old.gates["a"].try_acquire()
+    after = {**before, "b": {**before["b"], "timeout_s": 5}}  # b changed, a did not
+    new = reloaded(after, old)
+    assert (new.deployments["a/m"].health is old.deployments["a/m"].health, new.gates["a"] is old.gates["a"],
+            new.deployments["a/m"].gate is old.gates["a"], new.gates["a"].inflight) == (True, True, True, 1)
+    assert (new.deployments["b/n"].health.failures, new.gates["b"] is old.gates["b"]) == (0, False)
