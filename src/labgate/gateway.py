@@ -16,6 +16,7 @@ from labgate.providers.base import Endpoint, IteratorStream, Reply, Stream, Tran
 from labgate.record import CLIENT_CLOSED, RequestRecord
 from labgate.routing.attempts import attempt
 from labgate.routing.balancer import plan
+from labgate.routing.rescue import trailer
 from labgate.routing.table import Deployment
 from labgate.runtime import Runtime
 
@@ -132,7 +133,7 @@ class Relay:
             chunk = await self._it.__anext__()
         except StopAsyncIteration:
             if self._rescued_from is not None:  # a rescued stream ends with a comment saying so
-                chunk, self._rescued_from = self._rt.rescue.trailer(self._record, self._rescued_from), None  # type: ignore[union-attr]
+                chunk, self._rescued_from = trailer(self._record, self._rescued_from), None
                 return chunk
             await self._end(None)
             raise
@@ -151,25 +152,19 @@ class Relay:
         return chunk
 
     async def _rescue(self, error: BaseException) -> bool:
-        """Stream rescue (routing/rescue.py): go on from the partial answer on another deployment."""
-        rescue, record, sent = self._rt.rescue, self._record, self._sent
-        if rescue is None or sent is None or not rescue.can_rescue(record, error):
+        """Stream rescue (routing/rescue.py): continue from the partial answer on another deployment."""
+        rescue, failed = self._rt.rescue, self._dep
+        if rescue is None or self._sent is None:
             return False
-        try:
-            found = await rescue.resume(self._rt, record, self._dep, error, sent)  # type: ignore[arg-type]
+        try:  # on success the broken stream is closed and its lease released
+            found = await rescue.resume(self._rt, self._record, self._stream, failed, error, self._sent)
         except BaseException as late:  # the client left while we looked for a continuation
             await self._end(late)
             raise
         if found is None:
             return False
-        old, failed = self._stream, self._dep
-        record.first_token = old.info.first_token
-        self._stream, self._dep, self._rescued_from = found[0], found[1], failed.key
+        (self._stream, self._dep), self._rescued_from = found, failed.key
         self._it = self._stream.__aiter__()
-        try:
-            await old.aclose()
-        finally:
-            failed.release()  # the broken attempt's lease ends with it
         return True
 
     async def aclose(self) -> None:

@@ -24,6 +24,7 @@ Cost: while on, the relay keeps a reference to each event it forwarded
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -55,9 +56,14 @@ class Rescue:
         return (isinstance(error, UpstreamError) and record.endpoint == "chat" and record.dialect == "openai"
                 and record.rescues < self.max_rescues and payload is not None and payload.get("n", 1) in (1, None))
 
-    async def resume(self, rt: Runtime, record: RequestRecord, failed: Deployment, error: LabgateError,
-                     sent: Sequence[bytes]) -> tuple[Stream, Deployment] | None:
-        """A stream continuing ``sent`` on another deployment, or None when none can (the caller re-raises)."""
+    async def resume(self, rt: Runtime, record: RequestRecord, broken: Stream, failed: Deployment,
+                     error: BaseException, sent: Sequence[bytes]) -> tuple[Stream, Deployment] | None:
+        """A stream continuing ``sent`` on another deployment, or None when none can (the caller re-raises).
+
+        On success the broken stream is closed and ``failed``'s lease released: its attempt is over.
+        """
+        if not isinstance(error, UpstreamError) or not self.can_rescue(record, error):
+            return None
         partial = partial_text(sent)
         payload = record.payload
         if partial is None or payload is None:
@@ -82,13 +88,25 @@ class Rescue:
             return None
         if isinstance(result, Reply):  # not for a stream request; kept for the type checker
             return None
+        record.first_token = broken.info.first_token  # the client's first token came from the broken stream
+        try:
+            with contextlib.suppress(Exception):  # closing a broken upstream may fail; the continuation goes on
+                await broken.aclose()
+        except BaseException:  # cancelled meanwhile: the continuation is given back too
+            try:
+                await result.aclose()
+            finally:
+                dep.release()
+                failed.release()
+            raise
+        failed.release()  # the broken attempt's lease ends with it
         return result, dep
 
-    @staticmethod
-    def trailer(record: RequestRecord, failed: str) -> bytes:
-        """The SSE comment that ends a rescued stream: which deployment broke and which continued."""
-        return (f": labgate rescued this stream: {failed} failed mid-answer, "
-                f"{record.deployment} continued it (attempts={record.attempts})\n\n").encode()
+
+def trailer(record: RequestRecord, failed: str) -> bytes:
+    """The SSE comment that ends a rescued stream: which deployment broke and which continued."""
+    return (f": labgate rescued this stream: {failed} failed mid-answer, "
+            f"{record.deployment} continued it (attempts={record.attempts})\n\n").encode()
 
 
 def partial_text(events: Sequence[bytes]) -> str | None:
