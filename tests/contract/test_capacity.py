@@ -251,3 +251,22 @@ async def test_prefer_local_under_with_nothing_to_spill_to_still_uses_the_free_l
             second = await r.chat()  # 1 of 2 in flight: over the threshold, but nothing else serves "m"
             assert (second.status_code, second.headers.get("x-labgate-spill"), (await first).status_code) == (
                 200, None, 200)
+
+
+@pytest.mark.asyncio
+async def test_metrics_show_in_flight_capacity_queue_depth_and_wait() -> None:
+    async with Simulator(Behaviour(latency_s=0.3), models=["m"]) as sim, \
+            rig({"p": provider(sim, max_parallel_requests=1)}) as r:
+        gate = r.gateway.gateway.runtime.table.gates["p"]
+        held = asyncio.create_task(r.chat())
+        await until(lambda: bool(sim.requests))
+        queued = asyncio.create_task(r.chat())
+        await until(lambda: gate.waiting == 1)
+        during = (await r.http.get(r.gateway.url + "/metrics")).text.splitlines()
+        await asyncio.gather(held, queued)
+        after = (await r.http.get(r.gateway.url + "/metrics")).text.splitlines()
+    assert [line for line in during if line.startswith(("labgate_provider_", "labgate_queue_depth"))] == [
+        'labgate_provider_in_flight{provider="p"} 1', 'labgate_provider_capacity{provider="p"} 1',
+        'labgate_queue_depth{provider="p"} 1']
+    assert [line for line in after if line.startswith("labgate_queue_wait_seconds_count")] == [
+        "labgate_queue_wait_seconds_count{} 1"]

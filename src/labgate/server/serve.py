@@ -85,6 +85,8 @@ async def start_gateway(config: Config, *, host: str | None = None, port: int | 
         reloader.in_flight = server.busy_tasks
         if gateway.metrics is not None:
             gateway.metrics.in_flight = lambda: max(server.inflight - 1, 0)  # read by a scrape: not counting it
+            gateway.metrics.capacity = lambda: [(name, g.inflight, g.limit, g.waiting)
+                                                for name, g in gateway.runtime.table.gates.items()]
         bound = await server.start(host, server_config.port if port is None else port, sock=sock)
         await reloader.start()
     except BaseException:

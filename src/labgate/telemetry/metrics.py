@@ -62,8 +62,8 @@ Providers = dict[str, Endpoints]
 class Metrics:
     """The process's request counters and histograms; ``render()`` gives the Prometheus text."""
 
-    __slots__ = ("_deployments", "_failures", "_labels", "_models", "_unrouted", "in_flight", "started",
-                 "version")
+    __slots__ = ("_deployments", "_failures", "_labels", "_models", "_queued", "_unrouted", "capacity", "in_flight",
+                 "started", "version")
 
     def __init__(self) -> None:
         # model label -> provider -> endpoint -> series; "" for requests that were not routed
@@ -73,6 +73,9 @@ class Metrics:
         self._failures: dict[tuple[str, str], int] = {}  # (deployment label, error code) -> attempts
         self._deployments: dict[str, str] = {}  # a deployment -> its label value
         self.in_flight: Callable[[], int] | None = None  # set by the server: requests being answered
+        # set by the server when providers have max_parallel_requests: (provider, in flight, limit, waiting)
+        self.capacity: Callable[[], list[tuple[str, int, int, int]]] | None = None
+        self._queued: list[float] = [0] * len(BUCKETS) + [0, 0.0]  # time requests waited for capacity (buckets, sum)
         self.started = time.time()
         self.version = _version()
 
@@ -122,6 +125,10 @@ class Metrics:
             series.completion += usage.completion_tokens
         if record.failures:
             self._count_failures(record)
+        if record.queue_ms is not None:  # it waited in the capacity queue (routing/queue.py)
+            seconds, hist = record.queue_ms / 1000, self._queued
+            hist[bisect_left(BUCKETS, seconds)] += 1
+            hist[-1] += seconds
 
     def _model(self, name: str) -> Providers:
         """The first request routed under ``name``: its own label, or OVERFLOW once the cap is reached
@@ -182,6 +189,9 @@ class Metrics:
                 "Failed or skipped upstream attempts, by deployment and error code.")
         for (deployment, error), count in sorted(self._failures.items()):
             out.append(f"labgate_upstream_failures_total{_labels(deployment=deployment, error=error)} {count}")
+        gates = None if self.capacity is None else self.capacity()
+        if gates:  # only while some provider has max_parallel_requests
+            self._render_capacity(out, gates)
         if self.in_flight is not None:
             _header(out, "labgate_requests_in_flight", "gauge",
                     "HTTP requests being answered now (streams included), this scrape not counted.")
@@ -191,6 +201,18 @@ class Metrics:
         _header(out, "labgate_start_time_seconds", "gauge", "Unix time this gateway process started serving.")
         out.append(f"labgate_start_time_seconds {self.started!r}")
         return "\n".join(out) + "\n"
+
+
+    def _render_capacity(self, out: list[str], gates: list[tuple[str, int, int, int]]) -> None:
+        _header(out, "labgate_provider_in_flight", "gauge",
+                "Requests in flight on a provider with max_parallel_requests (this worker).")
+        out.extend(f"labgate_provider_in_flight{_labels(provider=p)} {n}" for p, n, _, _ in gates)
+        _header(out, "labgate_provider_capacity", "gauge", "A provider's max_parallel_requests.")
+        out.extend(f"labgate_provider_capacity{_labels(provider=p)} {limit}" for p, _, limit, _ in gates)
+        _header(out, "labgate_queue_depth", "gauge", "Requests waiting for a provider's capacity now.")
+        out.extend(f"labgate_queue_depth{_labels(provider=p)} {waiting}" for p, _, _, waiting in gates)
+        _histogram(out, "labgate_queue_wait_seconds", "Time requests waited for capacity (those that waited).",
+                   {"{}": self._queued})
 
 
 def _header(out: list[str], name: str, kind: str, help_text: str) -> None:
