@@ -90,13 +90,14 @@ async def attempt(candidates: list[Deployment], *, endpoint: Endpoint, body: dic
 async def _try(dep: Deployment, endpoint: Endpoint, body: dict[str, Any], stream: bool, deadline: float,
                circuit: Circuit, record: RequestRecord, native: dict[str, Any] | None) -> Reply | Stream | None:
     """One attempt on ``dep`` (its gate slot, if any, already taken): the answer, or None after a failure."""
-    remaining = deadline - time.monotonic()
+    now = time.monotonic()
+    remaining = deadline - now
     if remaining <= 0:
         if dep.gate is not None:
             dep.gate.release()
         _out_of_time(record, dep)
         return None
-    if not circuit.claim(dep.health, time.monotonic()):  # its half-open probe went to another request
+    if not circuit.claim(dep.health, now):  # its half-open probe went to another request
         if dep.gate is not None:
             dep.gate.release()
         record.failures.append(AttemptFailure(dep.key, NoHealthyDeploymentError(
