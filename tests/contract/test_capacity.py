@@ -11,6 +11,7 @@ import functools
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx2
@@ -19,8 +20,9 @@ import pytest
 
 from labgate.routing.gate import Gate
 from labgate.server.serve import RunningGateway, start_gateway
+from labgate.store import query, store_for
 from labgate.telemetry.logs import AccessLog
-from labgate.testing import Behaviour, Simulator
+from labgate.testing import Behaviour, Simulator, Status
 from labgate.testing.gateway import config_from
 
 pytestmark = pytest.mark.timeout(60)
@@ -270,3 +272,104 @@ async def test_metrics_show_in_flight_capacity_queue_depth_and_wait() -> None:
         'labgate_queue_depth{provider="p"} 1']
     assert [line for line in after if line.startswith("labgate_queue_wait_seconds_count")] == [
         "labgate_queue_wait_seconds_count{} 1"]
+
+
+# ---------------------------------------------------------------- tiers and regions
+
+
+TIER_CIRCUIT = {"resilience": {"circuit": {"failure_threshold": 1, "cooldown_s": 0.3}}}
+
+
+def tiers(primary: Simulator, backup: Simulator) -> dict[str, Any]:
+    return {"west": provider(primary, priority=1, region="us-west-1"),
+            "east": provider(backup, priority=2, region="us-east-1", failover_only=True)}
+
+
+@pytest.mark.asyncio
+async def test_failover_only_takes_traffic_only_while_the_primary_tier_is_down_and_gives_it_back() -> None:
+    async with Simulator(Behaviour(), models=["m"]) as primary, Simulator(Behaviour(), models=["m"]) as backup, \
+            rig(tiers(primary, backup), gateway=TIER_CIRCUIT) as r:
+        served = [(await r.chat()).headers["x-labgate-deployment"]]
+        primary.set(Behaviour(fault=Status(500)))
+        failing = await r.chat()  # the primary was healthy when planned: no failover for this request
+        served.append(f"{failing.status_code}")
+        served.append((await r.chat()).headers["x-labgate-deployment"])  # its circuit is open: the backup
+        primary.set(Behaviour())
+        await asyncio.sleep(0.35)  # the cooldown ends: the next request probes the primary
+        served += [(await r.chat()).headers["x-labgate-deployment"] for _ in range(2)]
+        assert served == ["west/m", "502", "east/m", "west/m", "west/m"]
+        assert len(backup.requests) == 1
+
+
+@pytest.mark.asyncio
+async def test_a_region_marked_down_moves_its_traffic_to_the_next_tier_and_back() -> None:
+    async with Simulator(Behaviour(), models=["m"]) as primary, Simulator(Behaviour(), models=["m"]) as backup, \
+            rig(tiers(primary, backup), gateway=TIER_CIRCUIT) as r:
+        table = r.gateway.gateway.runtime.table
+        assert table.mark_region("us-west-1", down=True) == ["west/m"]
+        down = [(await r.chat()).headers["x-labgate-deployment"] for _ in range(2)]
+        table.mark_region("us-west-1", down=False)
+        up = [(await r.chat()).headers["x-labgate-deployment"] for _ in range(2)]
+        assert (down, up) == (["east/m", "east/m"], ["west/m", "west/m"])
+
+
+@pytest.mark.asyncio
+async def test_every_region_down_is_a_503_with_retry_after() -> None:
+    async with Simulator(Behaviour(), models=["m"]) as primary, Simulator(Behaviour(), models=["m"]) as backup, \
+            rig(tiers(primary, backup), gateway=TIER_CIRCUIT) as r:
+        table = r.gateway.gateway.runtime.table
+        table.mark_region("us-west-1", down=True)
+        table.mark_region("us-east-1", down=True)
+        answer = await r.chat()
+        assert (answer.status_code, answer.headers["retry-after"], answer.json()["error"]["code"]) == (
+            503, "1", "no_healthy_deployment")
+
+
+# ---------------------------------------------------------------- shutdown drain
+
+
+async def history(url: str) -> dict[str, dict[str, Any]]:
+    store = store_for(url)
+    await store.open()
+    try:
+        return {r["client_request_id"]: r async for r in query.walk(store, query.Filter())}
+    finally:
+        await store.aclose()
+
+
+@pytest.mark.asyncio
+async def test_shutdown_answers_the_queue_with_503_and_lets_in_flight_requests_and_streams_finish(
+        tmp_path: Path) -> None:
+    store_url = str(tmp_path / "history.db")
+    async with Simulator(Behaviour(latency_s=0.4, tokens_per_s=20, completion_tokens=6), models=["m"]) as sim:
+        config = config_from({"p": provider(sim, max_parallel_requests=2)}, gateway={
+            "server": {"drain_delay_s": 0.3},
+            "store": {"url": store_url, "writer": "thread", "flush_interval_s": 0.05}})
+        running = await start_gateway(config, host="127.0.0.1", port=0, access_log=AccessLog(enabled=False))
+        gate = running.gateway.runtime.table.gates["p"]
+        async with httpx2.AsyncClient(timeout=20) as http:
+            url = running.url + "/v1/chat/completions"
+
+            async def call(rid: str, stream: bool) -> httpx2.Response:
+                return await http.post(url, json={"model": "m", **CHAT, "stream": stream},
+                                       headers={"x-request-id": rid})
+
+            flying = [asyncio.create_task(call("stream", True)), asyncio.create_task(call("plain", False))]
+            await until(lambda: gate.inflight == 2)
+            queued = [asyncio.create_task(call(f"queued-{i}", i % 2 == 0)) for i in range(3)]
+            await until(lambda: gate.waiting == 3)
+            stopping = asyncio.create_task(running.stop(grace=10))
+            await until(lambda: running.gateway.draining)
+            ready = await http.get(running.url + "/health/readiness")
+            refused = await asyncio.gather(*queued)
+            done = await asyncio.gather(*flying)
+            await stopping
+    assert ready.status_code == 503
+    assert [(r.status_code, r.headers["retry-after"], r.json()["error"]["code"]) for r in refused] == [
+        (503, "1", "shutting_down")] * 3
+    assert [r.status_code for r in done] == [200, 200]
+    assert done[0].content.endswith(b"data: [DONE]\n\n")
+    found = await history(store_url)
+    assert {rid: (r["status"], r["outcome"]) for rid, r in found.items()} == {
+        "stream": (200, "ok"), "plain": (200, "ok"), "queued-0": (503, "error"), "queued-1": (503, "error"),
+        "queued-2": (503, "error")}

@@ -8,21 +8,59 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import string
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
 
 import httpx2
 import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from tests.contract.test_capacity import CHAT, provider, rig, until
 
 from labgate.errors import RequestError
 from labgate.record import RequestRecord
 from labgate.routing.queue import PRIORITIES, Queue
+from labgate.server.serve import RunningGateway, start_gateway
+from labgate.telemetry.logs import AccessLog
 from labgate.testing import Behaviour, Simulator
+from labgate.testing.gateway import config_from
 
 pytestmark = pytest.mark.timeout(60)
+CHAT = {"messages": [{"role": "user", "content": "hi"}]}
 QUEUE = Queue(timeout=1.0, overflow_status=429, retry_after=1.0, default_priority=2, routes={"batch": 3})
+
+
+@dataclass
+class Rig:
+    gateway: RunningGateway
+    http: httpx2.AsyncClient
+
+    async def chat(self) -> httpx2.Response:
+        return await self.http.post(self.gateway.url + "/v1/chat/completions", json={"model": "m", **CHAT})
+
+
+def provider(sim: Simulator, **extra: Any) -> dict[str, Any]:
+    return {"type": "openai_compatible", "base_url": sim.url + "/v1", "models": ["m"], **extra}
+
+
+@contextlib.asynccontextmanager
+async def rig(providers: dict[str, Any]) -> AsyncIterator[Rig]:
+    running = await start_gateway(config_from(providers), host="127.0.0.1", port=0,
+                                  access_log=AccessLog(enabled=False))
+    try:
+        async with httpx2.AsyncClient(timeout=30, limits=httpx2.Limits(max_connections=200)) as http:
+            yield Rig(running, http)
+    finally:
+        await running.stop(grace=2.0)
+
+
+async def until(condition: Callable[[], bool], within: float = 5.0) -> None:
+    deadline = time.monotonic() + within
+    while not condition():
+        assert time.monotonic() < deadline, "the condition never held"
+        await asyncio.sleep(0.002)
 
 
 @settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])

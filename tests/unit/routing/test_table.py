@@ -37,7 +37,7 @@ class FakeAdapter:
 def table(mappings: dict[str, Any] | None = None, providers: dict[str, Any] | None = None) -> RouteTable:
     providers = PROVIDERS if providers is None else providers
     config = build_config({"providers": {"providers": providers}, "mappings": mappings or {}}, {}, source="test")
-    return RouteTable(config, {name: FakeAdapter(name) for name in providers})
+    return RouteTable(config, {name: FakeAdapter(name) for name in providers})  # type: ignore[misc]
 
 
 def keys(route: Route) -> list[list[str]]:
@@ -53,7 +53,7 @@ def test_provider_model_name_routes_to_its_deployment() -> None:
     route = t.resolve("local-gguf")
     dep = route.groups[0].deployments[0]
     assert (route.name, keys(route)) == ("local-gguf", [["cpp/local-gguf"]])
-    assert (dep.key, dep.provider, dep.model, dep.adapter.name, dep.timeout, dep.info) == (
+    assert (dep.key, dep.provider, dep.model, dep.adapter.name, dep.timeout, dep.info) == (  # type: ignore[attr-defined]
         "cpp/local-gguf", "cpp", "local-gguf", "cpp", 60.0, ModelConfig(name="local-gguf", capabilities=("chat",)))
 
 
@@ -307,7 +307,8 @@ def test_names_clients_invent_do_not_grow_memory_without_bound() -> None:
 
 def reloaded(providers: dict[str, Any], previous: RouteTable) -> RouteTable:
     config = build_config({"providers": {"providers": providers}, "mappings": {}}, {}, source="test")
-    return RouteTable(config, {name: FakeAdapter(name) for name in providers}, previous=previous)
+    return RouteTable(config, {name: FakeAdapter(name) for name in providers},  # type: ignore[misc]
+                      previous=previous)
 
 
 def test_a_reload_keeps_circuit_and_capacity_state_of_unchanged_providers_only() -> None:
