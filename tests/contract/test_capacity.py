@@ -343,7 +343,7 @@ async def test_shutdown_answers_the_queue_with_503_and_lets_in_flight_requests_a
     store_url = str(tmp_path / "history.db")
     async with Simulator(Behaviour(latency_s=0.4, tokens_per_s=20, completion_tokens=6), models=["m"]) as sim:
         config = config_from({"p": provider(sim, max_parallel_requests=2)}, gateway={
-            "server": {"drain_delay_s": 0.3},
+            "server": {"drain_delay_s": 1.0},
             "store": {"url": store_url, "writer": "thread", "flush_interval_s": 0.05}})
         running = await start_gateway(config, host="127.0.0.1", port=0, access_log=AccessLog(enabled=False))
         gate = running.gateway.runtime.table.gates["p"]
