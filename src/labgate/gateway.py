@@ -16,6 +16,7 @@ from labgate.providers.base import Endpoint, IteratorStream, Reply, Stream, Tran
 from labgate.record import CLIENT_CLOSED, RequestRecord
 from labgate.routing.attempts import attempt
 from labgate.routing.balancer import plan
+from labgate.routing.rescue import trailer
 from labgate.routing.table import Deployment
 from labgate.runtime import Runtime
 
@@ -47,6 +48,7 @@ class Gateway:
         self.metrics = metrics
         self.traces = traces
         self._keep_content = history is not None and history.keeps_content
+        self.draining = False  # shutdown began: readiness fails so load balancers stop sending
 
     async def handle(self, record: RequestRecord, *, api_key: str | None, body: bytes,
                      parse: Parser, answer: Answer | None = None) -> Reply | Stream:
@@ -73,7 +75,8 @@ class Gateway:
             candidates = plan(route, rt.circuit, max_attempts=rt.max_attempts)
             result, dep = await attempt(
                 candidates, endpoint=endpoint, body=payload, native=native, stream=record.stream,
-                deadline=time.monotonic() + rt.request_timeout, circuit=rt.circuit, record=record)
+                deadline=time.monotonic() + rt.request_timeout, circuit=rt.circuit, record=record,
+                queue=rt.queue)  # capacity: busy deployments are skipped, then waited for in priority order
             if isinstance(result, Reply):
                 record.usage, record.finish_reason = result.usage, result.finish_reason
                 if answer is not None:
@@ -130,7 +133,8 @@ class Relay:
     ``finally`` on aclose(), and a client can go away before the first chunk is pulled.
     """
 
-    __slots__ = ("_chunks", "_dep", "_done", "_gateway", "_it", "_record", "_rt", "_stream")
+    __slots__ = ("_chunks", "_dep", "_done", "_gateway", "_it", "_record", "_rescued_from", "_rt", "_sent",
+                 "_stream")
 
     def __init__(self, gateway: Gateway, rt: Runtime, stream: Stream, dep: Deployment,
                  record: RequestRecord) -> None:
@@ -138,6 +142,9 @@ class Relay:
         self._it = stream.__aiter__()
         ticket = record.cache_ticket  # a cache miss keeps the chunks (bounded) to store the answer
         self._chunks = record.chunks = [] if gateway._keep_content else ticket.capture() if ticket else None
+        # what the client has received, for stream rescue (None: rescue is off); history's list when it keeps one
+        self._sent = None if rt.rescue is None else self._chunks if gateway._keep_content else []
+        self._rescued_from: str | None = None
         self._done = False
 
     def __aiter__(self) -> Relay:
@@ -147,9 +154,14 @@ class Relay:
         try:
             chunk = await self._it.__anext__()
         except StopAsyncIteration:
+            if self._rescued_from is not None:  # a rescued stream ends with a comment saying so
+                chunk, self._rescued_from = trailer(self._record, self._rescued_from), None
+                return chunk
             await self._end(None)
             raise
         except BaseException as exc:
+            if self._sent is not None and await self._rescue(exc):
+                return await self.__anext__()
             await self._end(exc)
             raise
         record = self._record
@@ -157,7 +169,25 @@ class Relay:
             record.first_byte = time.perf_counter()
         if self._chunks is not None:
             self._chunks.append(chunk)
+        if self._sent is not None and self._sent is not self._chunks:
+            self._sent.append(chunk)
         return chunk
+
+    async def _rescue(self, error: BaseException) -> bool:
+        """Stream rescue (routing/rescue.py): continue from the partial answer on another deployment."""
+        rescue, failed = self._rt.rescue, self._dep
+        if rescue is None or self._sent is None:
+            return False
+        try:  # on success the broken stream is closed and its lease released
+            found = await rescue.resume(self._rt, self._record, self._stream, failed, error, self._sent)
+        except BaseException as late:  # the client left while we looked for a continuation
+            await self._end(late)
+            raise
+        if found is None:
+            return False
+        (self._stream, self._dep), self._rescued_from = found, failed.key
+        self._it = self._stream.__aiter__()
+        return True
 
     async def aclose(self) -> None:
         await self._end(GeneratorExit())
@@ -166,12 +196,13 @@ class Relay:
         if self._done:
             return
         self._done = True
-        self._dep.health.inflight -= 1
         record, info = self._record, self._stream.info
         try:
             await self._stream.aclose()
         finally:
-            record.usage, record.finish_reason, record.first_token = info.usage, info.finish_reason, info.first_token
+            self._dep.release()  # the stream's lease ends here, once its connection is back in the pool
+            record.usage, record.finish_reason = info.usage, info.finish_reason
+            record.first_token = record.first_token or info.first_token
             self._gateway.finish(self._rt, record, error, streaming=True)
 
 

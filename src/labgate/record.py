@@ -52,6 +52,10 @@ class RequestRecord:
     cache_hit: bool = False
     cost: float | None = None  # set once pricing lands
     tags: list[str] | None = None
+    priority: str | None = None  # the x-labgate-priority header as sent (read only when a queue exists)
+    queue_ms: float | None = None  # time spent waiting for capacity, when it had to wait
+    spill: str | None = None  # why a preferred deployment was passed over for load (prefer_local_under)
+    rescues: int = 0  # streams continued on another deployment after a break (routing/rescue.py)
     payload: dict[str, Any] | None = None  # the parsed request body, by reference
     body: bytes | None = None  # the request's bytes, by reference (what history reads parameters from)
     reply: bytes | None = None  # a whole answer's body (history capture "full" only)
@@ -82,7 +86,7 @@ class RequestRecord:
 
     def as_log(self) -> dict[str, Any]:
         usage = self.usage
-        return {
+        entry = {
             "request_id": self.request_id, "client_request_id": self.client_request_id,
             "ts": round(self.timestamp, 3), "endpoint": self.endpoint,
             "model": self.model, "stream": self.stream, "provider": self.provider,
@@ -98,3 +102,11 @@ class RequestRecord:
             "cache": self.cache_status,
             "trace_id": None if self.trace is None else self.trace.trace_hex,
         }
+        # traffic control, only when it happened (capacity, spill, rescue: docs/reliability.md)
+        if self.queue_ms is not None:
+            entry["queue_ms"] = self.queue_ms
+        if self.spill is not None:
+            entry["spill"] = self.spill
+        if self.rescues:
+            entry["rescues"] = self.rescues
+        return entry

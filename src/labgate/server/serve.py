@@ -51,9 +51,13 @@ class RunningGateway:
         return f"http://{self.host}:{self.port}"
 
     async def stop(self, grace: float | None = None) -> None:
-        """Stop accepting, let in-flight requests finish (up to ``grace`` s), close upstreams,
-        then write the history still queued."""
+        """Turn unready, answer queued requests 503, stop accepting, let in-flight requests finish
+        (up to ``grace`` s), close upstreams, then write the history still queued."""
         runtime = self.gateway.runtime
+        self.gateway.draining = True  # /health/readiness answers 503 from now on
+        runtime.drain()  # queued requests: 503 shutting_down at once; in-flight ones go on
+        if runtime.config.gateway.server.drain_delay_s:
+            await asyncio.sleep(runtime.config.gateway.server.drain_delay_s)
         await self.server.shutdown(runtime.config.gateway.server.shutdown_grace_s if grace is None else grace)
         if self.gateway.metrics is not None and self.gateway.metrics.group is not None:
             await self.gateway.metrics.group.stop()
@@ -95,6 +99,8 @@ async def start_gateway(config: Config, *, host: str | None = None, port: int | 
             gateway.metrics.in_flight = lambda: max(server.inflight - (not FOR_SIBLING.get()), 0)
             if metrics_group is not None:
                 await _join_group(gateway, gateway.metrics, metrics_group)
+            gateway.metrics.capacity = lambda: [(name, g.inflight, g.limit, g.waiting)
+                                                for name, g in gateway.runtime.table.gates.items()]
         bound = await server.start(host, server_config.port if port is None else port, sock=sock)
         await reloader.start()
     except BaseException:

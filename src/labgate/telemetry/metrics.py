@@ -64,8 +64,8 @@ Providers = dict[str, Endpoints]
 class Metrics:
     """The process's request counters and histograms; ``render()`` gives the Prometheus text."""
 
-    __slots__ = ("_cache", "_deployments", "_failures", "_labels", "_models", "_unrouted", "group", "in_flight",
-                 "started", "version")
+    __slots__ = ("_cache", "_deployments", "_failures", "_labels", "_models", "_queued", "_unrouted", "capacity",
+                 "group", "in_flight", "started", "version")
 
     def __init__(self) -> None:
         # model label -> provider -> endpoint -> series; "" for requests that were not routed
@@ -75,6 +75,9 @@ class Metrics:
         self._failures: dict[tuple[str, str], int] = {}  # (deployment label, error code) -> attempts
         self._deployments: dict[str, str] = {}  # a deployment -> its label value
         self.in_flight: Callable[[], int] | None = None  # set by the server: requests being answered
+        # set by the server when providers have max_parallel_requests: (provider, in flight, limit, waiting)
+        self.capacity: Callable[[], list[tuple[str, int, int, int]]] | None = None
+        self._queued: list[float] = [0] * len(BUCKETS) + [0, 0.0]  # time requests waited for capacity (buckets, sum)
         self.started = time.time()
         self.version = _version()
         # the response cache: status -> requests, and bytes / saved tokens (docs/cache.md)
@@ -127,6 +130,10 @@ class Metrics:
             series.completion += usage.completion_tokens
         if record.failures:
             self._count_failures(record)
+        if record.queue_ms is not None:  # it waited in the capacity queue (routing/queue.py)
+            seconds, hist = record.queue_ms / 1000, self._queued
+            hist[bisect_left(BUCKETS, seconds)] += 1
+            hist[-1] += seconds
         if record.cache_status is not None:
             self._count_cache(record)
 
@@ -202,6 +209,9 @@ class Metrics:
             out.append(f"labgate_upstream_failures_total{_labels(deployment=deployment, error=error)} {count}")
         if self._cache:
             self._render_cache(out)
+        gates = None if self.capacity is None else self.capacity()
+        if gates:  # only while some provider has max_parallel_requests
+            self._render_capacity(out, gates)
         if self.in_flight is not None:
             _header(out, "labgate_requests_in_flight", "gauge",
                     "HTTP requests being answered now (streams included), this scrape not counted.")
@@ -225,6 +235,18 @@ class Metrics:
                 "Tokens of the answers served from the cache: upstream usage saved.")
         for kind in ("prompt", "completion"):
             out.append(f"labgate_cache_saved_tokens_total{_labels(type=kind)} {counts.get('saved_' + kind, 0)}")
+
+
+    def _render_capacity(self, out: list[str], gates: list[tuple[str, int, int, int]]) -> None:
+        _header(out, "labgate_provider_in_flight", "gauge",
+                "Requests in flight on a provider with max_parallel_requests (this worker).")
+        out.extend(f"labgate_provider_in_flight{_labels(provider=p)} {n}" for p, n, _, _ in gates)
+        _header(out, "labgate_provider_capacity", "gauge", "A provider's max_parallel_requests.")
+        out.extend(f"labgate_provider_capacity{_labels(provider=p)} {limit}" for p, _, limit, _ in gates)
+        _header(out, "labgate_queue_depth", "gauge", "Requests waiting for a provider's capacity now.")
+        out.extend(f"labgate_queue_depth{_labels(provider=p)} {waiting}" for p, _, _, waiting in gates)
+        _histogram(out, "labgate_queue_wait_seconds", "Time requests waited for capacity (those that waited).",
+                   {"{}": self._queued})
 
 
 def _header(out: list[str], name: str, kind: str, help_text: str) -> None:
