@@ -78,7 +78,7 @@ def test_tools_round_trip(request: pytest.FixtureRequest, compat: Compat, name: 
     assert call["name"] == "weather" and call["args"] == {"city": "weather in Oslo"}
     result = ToolMessage(weather.invoke(call["args"]), tool_call_id=call["id"])
     second = llm.invoke([question, first, result])
-    assert not second.tool_calls and second.text().strip() == sim_text(8).strip()
+    assert not second.tool_calls and second.text.strip() == sim_text(8).strip()
 
 
 @pytest.mark.parametrize(("name", "model"), CASES)
