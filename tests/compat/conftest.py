@@ -153,3 +153,35 @@ def render_table(results: dict[tuple[str, str], list[tuple[str, str]]]) -> str:
                 cells.append("⏭ skipped")
         lines.append(f"| {framework} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------- one path through a real engine
+
+
+UPSTREAMS = Path(__file__).resolve().parent.parent / "upstreams"
+
+
+@pytest.fixture(scope="session")
+def llamacpp_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A gateway in front of the real llama.cpp server of tests/integration (model ``local-chat``); its URL."""
+    import importlib.util
+    import sys
+
+    try:
+        import gguf  # noqa: F401
+        import xllamacpp  # noqa: F401
+    except (ImportError, OSError) as e:
+        pytest.skip(f"llama.cpp upstream unavailable: cannot import xllamacpp/gguf ({e})")
+    name = "_labgate_upstreams_llamacpp"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, UPSTREAMS / "llamacpp.py")
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    helper = sys.modules[name]
+    with helper.llamacpp_servers(tmp_path_factory.mktemp("llamacpp"), timeout=30.0) as servers:
+        config = config_from({"llama": {"type": "llama_cpp", "base_url": servers.chat_url,
+                                        "models": [{"name": "tiny", "alias": "local-chat"}]}})
+        with gateway_in_thread(config) as running:
+            yield running.url
