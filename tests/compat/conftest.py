@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import os
 
-# Before any framework is imported: no telemetry, no tracing, no price-list download.
+# Before any framework is imported: no telemetry, no tracing, no price-list download. (Set for the
+# whole pytest session once this conftest is collected: only switches no other test reads. Clients
+# get their keys explicitly, so OPENAI_API_KEY / ANTHROPIC_API_KEY stay as they were.)
 for _name, _value in {
     "OPENAI_AGENTS_DISABLE_TRACING": "1",
     "LANGCHAIN_TRACING_V2": "false",
@@ -30,8 +32,6 @@ for _name, _value in {
     "DO_NOT_TRACK": "1",
     "ANONYMIZED_TELEMETRY": "False",
     "NO_PROXY": "127.0.0.1,localhost",
-    "OPENAI_API_KEY": "sk-compat-unused",
-    "ANTHROPIC_API_KEY": "sk-ant-compat-unused",
 }.items():
     os.environ[_name] = _value
 

@@ -49,7 +49,7 @@ def test_chat(request: pytest.FixtureRequest, compat: Compat, name: str, model: 
     request.applymarker(pytest.mark.compat(f"pydantic-ai {name}", "chat"))
     result = agent(name, compat, model).run_sync("hello there")
     assert result.output.strip() == sim_text(8).strip()
-    assert result.usage().output_tokens == 8
+    assert result.usage.output_tokens == 8
 
 
 @pytest.mark.parametrize(("name", "model"), CASES)

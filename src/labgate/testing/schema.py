@@ -84,7 +84,8 @@ class _Generator:
         return node if node is not None else {}
 
     def _object(self, schema: Mapping[str, Any], depth: int) -> dict[str, Any]:
-        properties = schema.get("properties") if isinstance(schema.get("properties"), Mapping) else {}
+        given = schema.get("properties")
+        properties: Mapping[str, Any] = given if isinstance(given, Mapping) else {}
         required = [k for k in schema.get("required") or () if isinstance(k, str)]
         out = {key: self.value(properties.get(key, _extra(schema)), depth + 1) for key in required}
         wanted = int(schema.get("minProperties") or 0)
@@ -102,7 +103,8 @@ class _Generator:
         return out
 
     def _array(self, schema: Mapping[str, Any], depth: int) -> list[Any]:
-        prefix = schema.get("prefixItems") if isinstance(schema.get("prefixItems"), list) else []
+        given = schema.get("prefixItems")
+        prefix: list[Any] = given if isinstance(given, list) else []
         items = schema.get("items", {})
         if isinstance(items, list):  # draft 4-7 tuple form
             prefix, items = items, schema.get("additionalItems", {})
