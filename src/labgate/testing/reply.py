@@ -127,8 +127,7 @@ def text_reply(
     else:
         pieces = sim_pieces(behaviour.completion_tokens)
         if schema is not None:
-            value = instance(schema, "".join(pieces).strip())
-            pieces = reply_pieces(orjson.dumps(value).decode())
+            pieces = reply_pieces(_dumps(instance(schema, "".join(pieces).strip()), "null"))
         elif json_mode:
             pieces = _as_json_object(pieces)
     finish = Finish.STOP
@@ -154,7 +153,17 @@ def tool_reply(tools: Sequence[tuple[str, Any]], *, query: str, prompt_tokens: i
 
 def _arguments(schema: Any, query: str) -> dict[str, Any]:
     value = instance(schema if isinstance(schema, dict) else {"type": "object"}, query)
-    return value if isinstance(value, dict) else {"query": query}  # tool arguments are always an object
+    if not isinstance(value, dict) or _dumps(value, "") == "":
+        return {"query": query}  # tool arguments are always a JSON object
+    return value
+
+
+def _dumps(value: Any, otherwise: str) -> str:
+    """``value`` as JSON, or ``otherwise`` when orjson cannot write it (an integer past 64 bits)."""
+    try:
+        return orjson.dumps(value).decode()
+    except orjson.JSONEncodeError:
+        return otherwise
 
 
 def _as_json_object(pieces: tuple[str, ...]) -> tuple[str, ...]:

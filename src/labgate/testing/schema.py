@@ -24,6 +24,13 @@ from collections.abc import Mapping
 from typing import Any
 
 MAX_DEPTH = 32  # $ref chains and nesting deeper than this end in null (a recursive schema's base case)
+# A hostile schema (minItems: 10**9, nested arrays of 1000 items) must not make the simulator
+# allocate without bound: an instance costs one unit per value plus one per string character,
+# at most MAX_VALUES units in all (past that, null and shorter arrays); a string is at most
+# MAX_STRING characters; integers stay within 64 bits (what orjson can write).
+MAX_VALUES = 100_000
+MAX_STRING = 10_000
+_INT_LIMIT = 2**63 - 1
 _FORMATS = {"date": "2026-01-01", "date-time": "2026-01-01T00:00:00Z", "time": "00:00:00Z",
             "email": "sim@example.com", "uri": "https://example.com/", "uuid": "00000000-0000-4000-8000-000000000000"}
 _TYPE_ORDER = ("object", "array", "string", "integer", "number", "boolean", "null")
@@ -38,10 +45,14 @@ class _Generator:
     def __init__(self, root: Mapping[str, Any], text: str) -> None:
         self.root = root
         self.text = text
+        self.budget = MAX_VALUES
 
     def value(self, schema: Any, depth: int) -> Any:
-        if schema is True or schema is None or depth > MAX_DEPTH:
-            return None if depth > MAX_DEPTH else {}
+        self.budget -= 1
+        if depth > MAX_DEPTH or self.budget < 0:
+            return None
+        if schema is True or schema is None:
+            return {}
         if not isinstance(schema, Mapping):
             return None
         if isinstance(schema.get("$ref"), str):
@@ -69,7 +80,13 @@ class _Generator:
         if kind == "string":
             return self._string(schema)
         if kind in ("integer", "number"):
-            return _number(schema, integer=kind == "integer")
+            try:
+                number = _number(schema, integer=kind == "integer")
+            except (OverflowError, ValueError, ZeroDivisionError):
+                return 0  # bounds beyond what floats hold: a hostile schema, answered with 0
+            if isinstance(number, int):
+                return max(-_INT_LIMIT, min(_INT_LIMIT, number))
+            return number if math.isfinite(number) else 0
         if kind == "boolean":
             return False
         return None
@@ -88,7 +105,7 @@ class _Generator:
         properties: Mapping[str, Any] = given if isinstance(given, Mapping) else {}
         required = [k for k in schema.get("required") or () if isinstance(k, str)]
         out = {key: self.value(properties.get(key, _extra(schema)), depth + 1) for key in required}
-        wanted = int(schema.get("minProperties") or 0)
+        wanted = _size(schema.get("minProperties"))
         for key, sub in properties.items():
             if len(out) >= wanted:
                 break
@@ -97,7 +114,7 @@ class _Generator:
         if not properties and not required and extra is True and "patternProperties" not in schema:
             out = {"query": self.text}
         i = 0
-        while len(out) < wanted and extra is not False:
+        while len(out) < wanted and extra is not False and self.budget > 0:
             out.setdefault(f"key{i}", self.value(_extra(schema), depth + 1))
             i += 1
         return out
@@ -108,22 +125,34 @@ class _Generator:
         items = schema.get("items", {})
         if isinstance(items, list):  # draft 4-7 tuple form
             prefix, items = items, schema.get("additionalItems", {})
-        size = max(int(schema.get("minItems") or 0), 0)
+        size = _size(schema.get("minItems"))
         out = [self.value(prefix[i], depth + 1) for i in range(min(size, len(prefix)))]
         if size > len(out):
+            before = self.budget
             element = self.value(items, depth + 1)
-            out.extend(_distinct(element, size - len(out), schema.get("uniqueItems") is True))
+            cost = max(before - self.budget, 1)  # each copy weighs what the element did
+            count = min(size - len(out) - 1, max(self.budget // cost, 0)) + 1
+            self.budget -= (count - 1) * cost
+            out.extend(_distinct(element, count, schema.get("uniqueItems") is True))
         return out
 
     def _string(self, schema: Mapping[str, Any]) -> str:
         fmt = schema.get("format")
         value = _FORMATS.get(fmt, self.text) if isinstance(fmt, str) else self.text
-        low, high = int(schema.get("minLength") or 0), schema.get("maxLength")
+        low, high = min(_size(schema.get("minLength")), MAX_STRING), schema.get("maxLength")
         if len(value) < low:
             value += "x" * (low - len(value))
         if isinstance(high, int) and len(value) > high:
             value = value[:max(high, 0)]
+        self.budget -= len(value)
         return value
+
+
+def _size(value: Any) -> int:
+    """A size keyword (minItems, minLength, minProperties) as a count: at most MAX_VALUES, else 0."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return max(0, min(value, MAX_VALUES))
+    return 0
 
 
 def _kind(schema: Mapping[str, Any]) -> str | None:
