@@ -34,7 +34,7 @@ test: $(STAMP)
 # here that `make test` does not show is drift in a dependency, to fix before re-locking.
 test-latest: | $(UV)
 	$(UV) venv --allow-existing --quiet $(LATEST)
-	VIRTUAL_ENV=$(LATEST) $(UV) pip install --quiet --upgrade --refresh -e '.[dev]'
+	VIRTUAL_ENV=$(LATEST) $(UV) pip install --quiet --upgrade --refresh -e '.[dev,compat]'
 	$(LATEST)/bin/python -m pytest $(ARGS)
 
 demo: $(STAMP)
