@@ -206,6 +206,8 @@ def _number(schema: Mapping[str, Any], *, integer: bool) -> int | float:
         value = upper
     if step is not None:
         k = math.ceil(value / step) if lower is not None and value == lower else math.floor(value / step)
+        if lower is not None and k * step < lower:  # value / step underflowed (a tiny exclusive bound)
+            k += 1
         value = k * step
         if upper is not None and value > upper:
             value = (k - 1) * step
