@@ -131,14 +131,23 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     path = Path(target)
     text = path.read_text()
     start, end = text.index(TABLE_START) + len(TABLE_START), text.index(TABLE_END)
-    path.write_text(text[:start] + "\n" + render_table(_results) + text[end:])
+    path.write_text(text[:start] + "\n" + render_table(_results, kept=text[start:end]) + text[end:])
 
 
-def render_table(results: dict[tuple[str, str], list[tuple[str, str]]]) -> str:
-    """Frameworks × features: ✅ all passed, ❌ some failed (named), ⏭ skipped, — not tested."""
-    frameworks = sorted({framework for framework, _ in results})
+def render_table(results: dict[tuple[str, str], list[tuple[str, str]]], *, kept: str = "") -> str:
+    """Frameworks × features: ✅ all passed, ❌ some failed (named), ⏭ skipped, — not tested.
+
+    Rows of ``kept`` (the table as it was) for frameworks this run did not test stay:
+    ``make test-compat-legacy`` and the main run each update their own rows.
+    """
+    tested = {framework for (framework, _), runs in results.items() if any(o != "skipped" for o, _ in runs)}
+    rows = {line.split("|")[1].strip(): line for line in kept.splitlines()
+            if line.startswith("| ") and not line.startswith("| framework |")}
     lines = ["| framework | " + " | ".join(FEATURES) + " |", "|---" * (len(FEATURES) + 1) + "|"]
-    for framework in frameworks:
+    for framework in sorted(tested | set(rows)):
+        if framework not in tested:
+            lines.append(rows[framework])
+            continue
         cells = []
         for feature in FEATURES:
             runs = results.get((framework, feature), [])
