@@ -50,10 +50,9 @@ def test_json_schema_mode(request: pytest.FixtureRequest, compat: Compat, model:
     assert isinstance(city, City) and city.name == city.country
 
 
-def test_json_mode_on_an_openai_model(request: pytest.FixtureRequest, compat: Compat) -> None:
+def test_json_mode_on_an_openai_model(compat: Compat) -> None:
     """``Mode.JSON`` is ``json_object`` plus the schema in the prompt; the simulator answers ``{"reply": …}``,
     which instructor then rejects: the wire works, the fake model does not read prompts."""
-    request.applymarker(pytest.mark.compat("instructor (OpenAI SDK)", "chat"))
     with pytest.raises(InstructorRetryException):
         client(compat, instructor.Mode.JSON).chat.completions.create(
             model="m-oai", messages=USER, response_model=City, max_retries=0)

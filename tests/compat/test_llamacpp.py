@@ -21,14 +21,21 @@ class City(BaseModel):
     name: str
 
 
-def test_chat_openai_chat_and_stream(request: pytest.FixtureRequest, llamacpp_gateway: str) -> None:
+def chat_openai(url: str) -> ChatOpenAI:
+    return ChatOpenAI(model=MODEL, base_url=url + "/v1", api_key="unused",  # type: ignore[arg-type]
+                      max_retries=0, timeout=30, max_tokens=8, stream_usage=True)
+
+
+def test_chat_openai_chat(request: pytest.FixtureRequest, llamacpp_gateway: str) -> None:
     request.applymarker(pytest.mark.compat("LangChain ChatOpenAI → llama.cpp", "chat"))
-    llm = ChatOpenAI(model=MODEL, base_url=llamacpp_gateway + "/v1", api_key="unused",  # type: ignore[arg-type]
-                     max_retries=0, timeout=30, max_tokens=8, stream_usage=True)
-    reply = llm.invoke("hello")
+    reply = chat_openai(llamacpp_gateway).invoke("hello")
     assert isinstance(reply.content, str) and reply.usage_metadata is not None
     assert 0 < reply.usage_metadata["output_tokens"] <= 8
-    chunks = list(llm.stream("hello"))
+
+
+def test_chat_openai_stream(request: pytest.FixtureRequest, llamacpp_gateway: str) -> None:
+    request.applymarker(pytest.mark.compat("LangChain ChatOpenAI → llama.cpp", "stream"))
+    chunks = list(chat_openai(llamacpp_gateway).stream("hello"))
     assert len(chunks) > 1 and sum((c.usage_metadata or {}).get("output_tokens", 0) for c in chunks) > 0
 
 
