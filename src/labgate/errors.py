@@ -29,14 +29,19 @@ foreign exceptions into these classes at exactly one boundary
     │   ├── UpstreamStatusError       502  upstream answered 5xx (503/529: Anthropic overloaded_error)
     │   ├── UpstreamRateLimitError    429  upstream answered 429
     │   ├── UpstreamBadResponseError  502  upstream body is not what the protocol says
-    │   └── UpstreamDeploymentError   502  upstream answered 401/403/404: this deployment cannot serve
+    │   ├── UpstreamDeploymentError   502  upstream answered 401/403/404: this deployment cannot serve
+    │   └── DeploymentBusyError       503  every slot / pooled connection of the deployment is busy:
+    │                                      try the next candidate or queue; never a circuit failure
     ├── UpstreamRejectedError         4xx  upstream refused the request itself (not retried, no fallback)
     ├── NoHealthyDeploymentError      503  every candidate is cooling down (Anthropic overloaded_error)
+    ├── OverCapacityError             429/503  every candidate is full and the queue refused or timed out,
+    │                                      or the gateway is shutting down (retry-after always)
     ├── AllAttemptsFailedError        502/504/429 every candidate failed; holds each cause
     │                                      (Anthropic overloaded_error when every one was overloaded;
     │                                      code all_deployments_rejected, x-should-retry: false, when
     │                                      every upstream refused its deployment with 401/403/404)
     ├── HistoryUnavailableError       503  history is off, or its store cannot be read now
+    ├── CacheUnavailableError         503  the response cache is off, or its backend cannot be reached now
     ├── ConnectionLimitError          503  server.max_connections(_per_ip) reached: the connection is refused
     └── InternalError                 500  an unexpected exception (logged once, never on the wire)
 
@@ -267,6 +272,22 @@ class UpstreamDeploymentError(UpstreamError):
         self.upstream_status = upstream_status
 
 
+class DeploymentBusyError(UpstreamError):
+    """The deployment is at capacity (its ``max_parallel_requests`` or its pooled connections).
+
+    Busy is not broken: the attempt loop tries the next candidate (or queues) and never
+    counts this against the deployment's circuit.
+    """
+
+    status = 503
+    anthropic_type = "overloaded_error"
+    code = "deployment_busy"
+
+    def __init__(self, message: str, *, retry_after: float | None = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 class UpstreamRejectedError(LabgateError):
     """The upstream refused the request itself (4xx): the same body fails everywhere."""
 
@@ -294,11 +315,40 @@ class NoHealthyDeploymentError(LabgateError):
         self.retry_after = retry_after
 
 
+class OverCapacityError(LabgateError):
+    """No capacity for this request now: the queue is full (``queue_full``), the wait ran out
+    (``queue_timeout``), or the gateway is draining for shutdown (``shutting_down``).
+
+    ``status`` is 429 or 503 (``queue.overflow_status`` in ``gateway.yaml``); ``retry-after`` is always sent.
+    """
+
+    status = 503
+    openai_type = "api_error"
+    anthropic_type = "overloaded_error"
+    code = "over_capacity"
+    retryable = True
+
+    def __init__(self, message: str, *, code: str, status: int = 503, retry_after: float = 1.0) -> None:
+        super().__init__(message, code=code)
+        self.status = status
+        self.retry_after = retry_after
+        if status == 429:
+            self.openai_type = self.anthropic_type = "rate_limit_error"
+
+
 class HistoryUnavailableError(LabgateError):
     """Request history is off (``store.capture: none``) or its store failed to answer."""
 
     status = 503
     code = "history_unavailable"
+    retryable = True
+
+
+class CacheUnavailableError(LabgateError):
+    """The response cache is not configured (no ``cache:``) or its backend failed to answer (admin API)."""
+
+    status = 503
+    code = "cache_unavailable"
     retryable = True
 
 
@@ -341,6 +391,8 @@ class AllAttemptsFailedError(LabgateError):
             self.status, self.openai_type, self.anthropic_type = 504, "timeout_error", "timeout_error"
         elif statuses == {429}:
             self.status, self.openai_type, self.anthropic_type = 429, "rate_limit_error", "rate_limit_error"
+        elif statuses == {503}:
+            self.status = 503  # every deployment was busy: come back shortly
         else:
             self.status = 502
         tried = [f.error for f in failures if not isinstance(f.error, RequestError)]

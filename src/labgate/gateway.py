@@ -16,12 +16,14 @@ from labgate.providers.base import Endpoint, IteratorStream, Reply, Stream, Tran
 from labgate.record import CLIENT_CLOSED, RequestRecord
 from labgate.routing.attempts import attempt
 from labgate.routing.balancer import plan
+from labgate.routing.rescue import trailer
 from labgate.routing.table import Deployment
 from labgate.runtime import Runtime
 
 if TYPE_CHECKING:
     from labgate.store.writer import History
     from labgate.telemetry.metrics import Metrics
+    from labgate.telemetry.traces import Tracer
 
 # An OpenAI-dialect payload, or (from another dialect's surface) a Translated one.
 Parser = Callable[[bytes], dict[str, Any] | Translated]
@@ -35,14 +37,18 @@ class Gateway:
     ``history`` (process lifetime, not per Runtime: a reload keeps its queue)
     receives every finished record; ``None`` means history is off. ``metrics``
     (process lifetime too) counts every finished record; ``None`` means metrics are off.
+    ``traces`` (process lifetime) gives sampled requests a trace and exports their spans,
+    built from the finished record off the request path; ``None`` means tracing is off.
     """
 
     def __init__(self, runtime: Runtime, *, history: History | None = None,
-                 metrics: Metrics | None = None) -> None:
+                 metrics: Metrics | None = None, traces: Tracer | None = None) -> None:
         self.runtime = runtime
         self.history = history
         self.metrics = metrics
+        self.traces = traces
         self._keep_content = history is not None and history.keeps_content
+        self.draining = False  # shutdown began: readiness fails so load balancers stop sending
 
     async def handle(self, record: RequestRecord, *, api_key: str | None, body: bytes,
                      parse: Parser, answer: Answer | None = None) -> Reply | Stream:
@@ -52,6 +58,8 @@ class Gateway:
         a reply that cannot be translated is recorded with the error status the client sees.
         """
         rt = self.runtime  # taken once: a reload never changes it under this request
+        if self.traces is not None:
+            self.traces.begin(record)  # ids and the traceparent the attempts send upstream
         try:
             record.key_id = rt.auth.check(api_key)
             parsed, endpoint, native = parse(body), _endpoint(record), None
@@ -62,14 +70,19 @@ class Gateway:
             record.model, record.stream = payload["model"], payload.get("stream") is True
             record.payload, record.body = payload, body  # references for history; read off the hot path
             route = rt.table.resolve(record.model)
+            if rt.cache and (hit := await rt.cache.get(route, record, native or payload)):
+                return self.done(rt, record, hit, answer)
             candidates = plan(route, rt.circuit, max_attempts=rt.max_attempts)
             result, dep = await attempt(
                 candidates, endpoint=endpoint, body=payload, native=native, stream=record.stream,
-                deadline=time.monotonic() + rt.request_timeout, circuit=rt.circuit, record=record)
+                deadline=time.monotonic() + rt.request_timeout, circuit=rt.circuit, record=record,
+                queue=rt.queue)  # capacity: busy deployments are skipped, then waited for in priority order
             if isinstance(result, Reply):
                 record.usage, record.finish_reason = result.usage, result.finish_reason
                 if answer is not None:
                     result = answer(result, record)
+            if record.cache_ticket is not None:  # a cache miss: stored at finish if it completes
+                record.cache_ticket.result = result
         except BaseException as exc:
             self.finish(rt, record, exc)
             raise
@@ -79,6 +92,13 @@ class Gateway:
             self.finish(rt, record)
             return result
         return IteratorStream(Relay(self, rt, result, dep, record), result.info, result.dialect)
+
+    def done(self, rt: Runtime, record: RequestRecord, hit: Reply | Stream, answer: Answer | None) -> Reply | Stream:
+        """Answer from the cache: the record closes now (a replayed stream is already in memory)."""
+        if answer is not None and isinstance(hit, Reply):
+            hit = answer(hit, record)
+        self.finish(rt, record)
+        return hit
 
     def finish(self, rt: Runtime, record: RequestRecord, error: BaseException | None = None, *,
                streaming: bool = False) -> None:
@@ -95,11 +115,15 @@ class Gateway:
                 if not streaming:
                     record.status = exc.status_in(record.dialect)  # what the client's envelope says
                 record.error_type, record.error_message = exc.code, exc.message
+        if rt.cache is not None and record.cache_ticket is not None:
+            rt.cache.store(record)  # a complete answer is kept; requests waiting for it are released
         rt.access_log.write(record)
         if self.history is not None:
             self.history.put(record)
         if self.metrics is not None:
             self.metrics.observe(record)
+        if self.traces is not None:
+            self.traces.put(record)
 
 
 class Relay:
@@ -109,13 +133,18 @@ class Relay:
     ``finally`` on aclose(), and a client can go away before the first chunk is pulled.
     """
 
-    __slots__ = ("_chunks", "_dep", "_done", "_gateway", "_it", "_record", "_rt", "_stream")
+    __slots__ = ("_chunks", "_dep", "_done", "_gateway", "_it", "_record", "_rescued_from", "_rt", "_sent",
+                 "_stream")
 
     def __init__(self, gateway: Gateway, rt: Runtime, stream: Stream, dep: Deployment,
                  record: RequestRecord) -> None:
         self._gateway, self._rt, self._stream, self._dep, self._record = gateway, rt, stream, dep, record
         self._it = stream.__aiter__()
-        self._chunks = record.chunks = [] if gateway._keep_content else None
+        ticket = record.cache_ticket  # a cache miss keeps the chunks (bounded) to store the answer
+        self._chunks = record.chunks = [] if gateway._keep_content else ticket.capture() if ticket else None
+        # what the client has received, for stream rescue (None: rescue is off); history's list when it keeps one
+        self._sent = None if rt.rescue is None else self._chunks if gateway._keep_content else []
+        self._rescued_from: str | None = None
         self._done = False
 
     def __aiter__(self) -> Relay:
@@ -125,9 +154,14 @@ class Relay:
         try:
             chunk = await self._it.__anext__()
         except StopAsyncIteration:
+            if self._rescued_from is not None:  # a rescued stream ends with a comment saying so
+                chunk, self._rescued_from = trailer(self._record, self._rescued_from), None
+                return chunk
             await self._end(None)
             raise
         except BaseException as exc:
+            if self._sent is not None and await self._rescue(exc):
+                return await self.__anext__()
             await self._end(exc)
             raise
         record = self._record
@@ -135,7 +169,25 @@ class Relay:
             record.first_byte = time.perf_counter()
         if self._chunks is not None:
             self._chunks.append(chunk)
+        if self._sent is not None and self._sent is not self._chunks:
+            self._sent.append(chunk)
         return chunk
+
+    async def _rescue(self, error: BaseException) -> bool:
+        """Stream rescue (routing/rescue.py): continue from the partial answer on another deployment."""
+        rescue, failed = self._rt.rescue, self._dep
+        if rescue is None or self._sent is None:
+            return False
+        try:  # on success the broken stream is closed and its lease released
+            found = await rescue.resume(self._rt, self._record, self._stream, failed, error, self._sent)
+        except BaseException as late:  # the client left while we looked for a continuation
+            await self._end(late)
+            raise
+        if found is None:
+            return False
+        (self._stream, self._dep), self._rescued_from = found, failed.key
+        self._it = self._stream.__aiter__()
+        return True
 
     async def aclose(self) -> None:
         await self._end(GeneratorExit())
@@ -144,12 +196,13 @@ class Relay:
         if self._done:
             return
         self._done = True
-        self._dep.health.inflight -= 1
         record, info = self._record, self._stream.info
         try:
             await self._stream.aclose()
         finally:
-            record.usage, record.finish_reason, record.first_token = info.usage, info.finish_reason, info.first_token
+            self._dep.release()  # the stream's lease ends here, once its connection is back in the pool
+            record.usage, record.finish_reason = info.usage, info.finish_reason
+            record.first_token = record.first_token or info.first_token
             self._gateway.finish(self._rt, record, error, streaming=True)
 
 

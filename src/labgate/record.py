@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from labgate.errors import AttemptFailure
 from labgate.providers.base import Usage
+
+if TYPE_CHECKING:
+    from labgate.telemetry.traces import Trace
 
 CLIENT_CLOSED = 499  # nginx's convention for "the client went away first"
 ANTHROPIC_ENDPOINTS = frozenset({"messages"})  # served by server/anthropic.py
@@ -49,10 +52,23 @@ class RequestRecord:
     cache_hit: bool = False
     cost: float | None = None  # set once pricing lands
     tags: list[str] | None = None
+    priority: str | None = None  # the x-labgate-priority header as sent (read only when a queue exists)
+    queue_ms: float | None = None  # time spent waiting for capacity, when it had to wait
+    spill: str | None = None  # why a preferred deployment was passed over for load (prefer_local_under)
+    rescues: int = 0  # streams continued on another deployment after a break (routing/rescue.py)
     payload: dict[str, Any] | None = None  # the parsed request body, by reference
     body: bytes | None = None  # the request's bytes, by reference (what history reads parameters from)
     reply: bytes | None = None  # a whole answer's body (history capture "full" only)
-    chunks: list[bytes] | None = None  # a stream's relayed bytes (history capture "full" only)
+    chunks: list[bytes] | None = None  # a stream's relayed bytes (history capture "full", or a cache miss)
+    # the response cache (state/cache.py): None when no cache is configured
+    cache_status: str | None = None  # hit | miss | bypass | off | unavailable
+    cache_age: int | None = None  # hits: seconds since the entry was stored (the `age` header)
+    cache_bytes: int = 0  # hits: bytes served from the cache; misses: bytes stored
+    cache_control: str | None = None  # the request's cache-control header (set by the surface)
+    cache_ticket: Any = None  # a miss to store when the request finishes (state.cache.Ticket)
+    traceparent: str | None = None  # the client's W3C trace context headers, as sent
+    tracestate: str | None = None
+    trace: Trace | None = None  # set when tracing is on and this request is traced (telemetry/traces.py)
 
     @property
     def dialect(self) -> str:
@@ -70,7 +86,7 @@ class RequestRecord:
 
     def as_log(self) -> dict[str, Any]:
         usage = self.usage
-        return {
+        entry = {
             "request_id": self.request_id, "client_request_id": self.client_request_id,
             "ts": round(self.timestamp, 3), "endpoint": self.endpoint,
             "model": self.model, "stream": self.stream, "provider": self.provider,
@@ -83,4 +99,14 @@ class RequestRecord:
                                  "message": f.error.message} for f in self.failures] or None,
             "error_type": self.error_type, "error": self.error_message,
             "key_id": self.key_id, "client_ip": self.client_ip,
+            "cache": self.cache_status,
+            "trace_id": None if self.trace is None else self.trace.trace_hex,
         }
+        # traffic control, only when it happened (capacity, spill, rescue: docs/reliability.md)
+        if self.queue_ms is not None:
+            entry["queue_ms"] = self.queue_ms
+        if self.spill is not None:
+            entry["spill"] = self.spill
+        if self.rescues:
+            entry["rescues"] = self.rescues
+        return entry

@@ -13,10 +13,14 @@ from dataclasses import dataclass
 
 from labgate.auth import Auth
 from labgate.config.load import Config
+from labgate.errors import OverCapacityError
 from labgate.providers.base import Adapter
 from labgate.providers.registry import TYPES
 from labgate.routing.circuit import Circuit
+from labgate.routing.queue import Queue
+from labgate.routing.rescue import Rescue
 from labgate.routing.table import RouteTable
+from labgate.state.cache import Cache, cache_for
 from labgate.telemetry.logs import AccessLog
 
 
@@ -30,27 +34,47 @@ class Runtime:
     access_log: AccessLog
     max_attempts: int
     request_timeout: float
+    cache: Cache | None = None  # the response cache (state/cache.py); None: not configured
+    queue: Queue | None = None  # None unless some provider sets max_parallel_requests
+    rescue: Rescue | None = None  # None unless resilience.stream_rescue
 
     @classmethod
-    def build(cls, config: Config, *, access_log: AccessLog | None = None) -> Runtime:
+    def build(cls, config: Config, *, access_log: AccessLog | None = None,
+              previous: Runtime | None = None) -> Runtime:
+        """``previous``: the Runtime a reload replaces: unchanged providers keep capacity and circuit state,
+        and the cache keeps its entries when its backend is unchanged."""
         adapters = {name: TYPES[p.type].build(p, name)
                     for name, p in config.providers.items() if p.status == "active"}
         gateway = config.gateway
         env_name = gateway.auth.master_key_env
         keys = [os.environ.get(env_name, "")] if env_name else []
+        table = RouteTable(config, adapters, previous=None if previous is None else previous.table)
         return cls(
             config=config,
             adapters=adapters,
-            table=RouteTable(config, adapters),
+            table=table,
             circuit=Circuit(gateway.resilience.circuit.failure_threshold, gateway.resilience.circuit.cooldown_s),
             auth=Auth(keys),
             access_log=access_log or AccessLog(enabled=gateway.logging.requests,
-                                               client_ip=gateway.logging.client_ip),
+                                               client_ip=gateway.logging.client_ip,
+                                               slow_ms=gateway.logging.slow_request_ms),
             max_attempts=gateway.resilience.max_attempts,
             request_timeout=gateway.server.request_timeout_s,
+            cache=cache_for(config, previous=previous.cache if previous is not None else None),
+            queue=Queue.of(gateway.queue) if table.gates else None,
+            rescue=Rescue() if gateway.resilience.stream_rescue else None,
         )
+
+    def drain(self) -> None:
+        """Shutdown begins: requests waiting for capacity get 503 ``shutting_down`` with retry-after now
+        (and so do any that would queue from here on); requests in flight finish."""
+        for gate in self.table.gates.values():
+            gate.close(OverCapacityError("The gateway is shutting down; retry on another instance.",
+                                         code="shutting_down", status=503, retry_after=1.0))
 
     async def aclose(self) -> None:
         self.access_log.flush()
+        if self.cache is not None:
+            await self.cache.aclose()
         for adapter in self.adapters.values():
             await adapter.aclose()

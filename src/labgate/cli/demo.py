@@ -68,6 +68,7 @@ Try:
        -d '{{"model": "sim-claude", "stream": true, "messages": [{{"role": "user", "content": "hi"}}]}}'
   curl {url}/v1/embeddings -H 'content-type: application/json' -d '{{"model": "sim-embed", "input": "hi"}}'
   curl {url}/health/providers
+The Lab UI (playground, compare, history, analytics, operations): {url}/ui/
 Or with the openai SDK: OpenAI(base_url="{url}/v1", api_key="demo").
 Ctrl-C stops.""", file=sys.stderr, flush=True)
         stop = asyncio.Event()

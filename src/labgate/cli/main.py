@@ -7,14 +7,30 @@ import sys
 from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, version
 
-from labgate.cli import backup, demo, discover, history, migrate, ports, reload, serve, validate
+from labgate.cli import (
+    backup,
+    cache,
+    demo,
+    discover,
+    history,
+    load,
+    logs,
+    migrate,
+    ports,
+    reload,
+    serve,
+    test_request,
+    ui,
+    validate,
+)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="labgate", description="Self-hosted AI gateway and lab.")
     parser.add_argument("--version", action="version", version=f"labgate {installed_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (serve, validate, demo, reload, backup, ports, discover, migrate, history):
+    for module in (serve, validate, demo, reload, backup, ports, discover, migrate, history, cache, logs,
+                   test_request, load, ui):
         module.register(commands)
     args = parser.parse_args(argv)
     return int(args.run(args) or 0)

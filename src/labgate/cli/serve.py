@@ -49,6 +49,7 @@ def _positive(text: str) -> int:
 def run(args: argparse.Namespace) -> int:
     from labgate.config.reload import ConfigSource, load_files
     from labgate.telemetry.logs import configure_logging
+    from labgate.telemetry.traces import missing_sdk
 
     _install_uvloop()
     loaded: Loaded | None = None
@@ -60,6 +61,9 @@ def run(args: argparse.Namespace) -> int:
             config, source = asyncio.run(_discovered()), ConfigSource(load=_rediscover)
     except ConfigError as exc:
         print(f"labgate: the config is invalid:\n{exc}", file=sys.stderr)
+        return 1
+    if config.gateway.tracing.enabled and (problem := missing_sdk()) is not None:
+        print(f"labgate: {problem}", file=sys.stderr)
         return 1
     configure_logging(config.gateway.logging.level)
     for warning in config.warnings:
@@ -151,12 +155,12 @@ def _banner(config: Config, host: str, port: int, workers: int) -> None:
         print(f"labgate: WARNING: listening on {host}, reachable from other machines, with NO master key: "
               "anyone who can reach this port can use your providers and spend their keys. Set "
               "auth.master_key_env (and the variable it names) or listen on 127.0.0.1.", file=sys.stderr)
-    print(f"labgate: listening on http://{host}:{port} ({workers} worker{'s' * (workers > 1)})",
-          file=sys.stderr, flush=True)
+    print(f"labgate: listening on http://{host}:{port} ({workers} worker{'s' * (workers > 1)}); "
+          f"Lab UI at http://{host}:{port}/ui/", file=sys.stderr, flush=True)
 
 
 async def _serve(config: Config, host: str, sock: socket.socket, source: ConfigSource | None = None,
-                 loaded: Loaded | None = None, *, worker: bool = False) -> int:
+                 loaded: Loaded | None = None, *, worker: bool = False, metrics_group: str | None = None) -> int:
     from labgate.server.serve import start_gateway
 
     # a worker that applied a reload from the admin API asks the parent to reload its siblings too
@@ -167,7 +171,8 @@ async def _serve(config: Config, host: str, sock: socket.socket, source: ConfigS
     loop = asyncio.get_running_loop()
     for sig in _STOP_SIGNALS:
         loop.add_signal_handler(sig, stop.set)
-    running = await start_gateway(config, host=host, sock=sock, source=source, loaded=loaded, on_reload=on_reload)
+    running = await start_gateway(config, host=host, sock=sock, source=source, loaded=loaded, on_reload=on_reload,
+                                  metrics_group=metrics_group)
     reloads: set[asyncio.Task[Any]] = set()
 
     def reload() -> None:
@@ -191,14 +196,17 @@ def _reload_siblings(result: ReloadResult) -> None:
 def _prefork(config: Config, host: str, sock: socket.socket, workers: int, source: ConfigSource | None = None,
              loaded: Loaded | None = None) -> int:
     """Fork workers that share the listening socket; the parent relays signals (SIGHUP too)."""
+    from labgate.telemetry.group import make_group_dir, remove_group_dir
+
     children: list[int] = []
+    group = make_group_dir(workers)  # the workers' metrics sockets: a scrape adds up the whole group
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})  # until the parent can relay it
     for _ in range(workers):
         pid = os.fork()
         if pid == 0:
             # a signal that arrives while this worker starts waits until it can act on it cleanly
             signal.pthread_sigmask(signal.SIG_BLOCK, _HELD_SIGNALS)
-            os._exit(asyncio.run(_serve(config, host, sock, source, loaded, worker=True)))
+            os._exit(asyncio.run(_serve(config, host, sock, source, loaded, worker=True, metrics_group=group)))
         children.append(pid)
     sock.close()
 
@@ -221,4 +229,5 @@ def _prefork(config: Config, host: str, sock: socket.socket, workers: int, sourc
     for child in children:
         _, code = os.waitpid(child, 0)
         status = status or os.waitstatus_to_exitcode(code)
+    remove_group_dir(group)
     return status

@@ -53,7 +53,7 @@ MASK = "***"
 # Settings a running server cannot change: they take effect at the next start.
 RESTART_ONLY = ("gateway.server.host", "gateway.server.port", "gateway.server.workers",
                 "gateway.server.max_body_bytes", "gateway.server.keepalive_timeout_s", "gateway.store",
-                "gateway.metrics.enabled",
+                "gateway.metrics.enabled", "gateway.tracing",
                 # the HTTP server's limits (server/limits.py) are fixed when it starts
                 "gateway.server.max_header_bytes", "gateway.server.request_read_timeout_s",
                 "gateway.server.max_connections", "gateway.server.max_connections_per_ip")
@@ -361,7 +361,7 @@ class Reloader:
                                           loaded.config.warnings, duration_ms=_ms(started))
                     self.last = result
                     return result
-                runtime = Runtime.build(loaded.config, access_log=self._access_log)
+                runtime = Runtime.build(loaded.config, access_log=self._access_log, previous=self.gateway.runtime)
             except ConfigError as exc:
                 result = ReloadResult("refused", trigger, previous.version, previous.version, exc.problems,
                                       duration_ms=_ms(started))

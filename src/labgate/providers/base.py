@@ -40,7 +40,8 @@ class Call:
     model. ``timeout`` is what this attempt may spend, already bounded by
     the request's total deadline. ``native`` is the client's Anthropic
     Messages body when the client spoke Anthropic (``body`` is then its
-    OpenAI translation); it is not mutated either.
+    OpenAI translation); it is not mutated either. ``headers`` are header
+    lines to add to this attempt's request (``traceparent`` when traced).
     """
 
     endpoint: Endpoint
@@ -49,6 +50,7 @@ class Call:
     timeout: float
     request_id: str
     native: dict[str, Any] | None = None
+    headers: bytes = b""  # extra header lines for this attempt (the W3C trace context), each ending CRLF
 
 
 @dataclass(frozen=True, slots=True)

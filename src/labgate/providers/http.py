@@ -202,17 +202,19 @@ class HttpPool:
         """:func:`error_for_status` for this upstream, its own credentials masked in the message."""
         return error_for_status(status, body, headers, self.where, secrets=self.secrets)
 
-    def _message(self, method: str, path: str, body: bytes | None) -> bytes:
-        """The request as written: one buffer, so one write and (under TCP_NODELAY) one segment for small bodies."""
+    def _message(self, method: str, path: str, body: bytes | None, extra: bytes = b"") -> bytes:
+        """The request as written: one buffer, so one write and (under TCP_NODELAY) one segment for small bodies.
+
+        ``extra``: header lines for this request only, each ending in CRLF (the trace context)."""
         target = self._prefix + path.encode("ascii")
         if body is None and (method == "GET" or method == "HEAD"):
-            return b"%s %s HTTP/1.1\r\n%s\r\n" % (method.encode("ascii"), target, self._fixed)
+            return b"%s %s HTTP/1.1\r\n%s%s\r\n" % (method.encode("ascii"), target, extra, self._fixed)
         body = body or b""
-        return b"%s %s HTTP/1.1\r\n%scontent-length: %d\r\n\r\n%s" % (
-            method.encode("ascii"), target, self._fixed, len(body), body)
+        return b"%s %s HTTP/1.1\r\n%s%scontent-length: %d\r\n\r\n%s" % (
+            method.encode("ascii"), target, extra, self._fixed, len(body), body)
 
     async def request(self, method: str, path: str, body: bytes | None = None, *,
-                      timeout: float) -> tuple[int, Mapping[str, str], bytes]:
+                      timeout: float, extra_headers: bytes = b"") -> tuple[int, Mapping[str, str], bytes]:
         """One whole request within ``timeout`` s; returns status, headers (lower-case names) and body.
 
         Raises only our errors. A reused connection that fails before any byte of
@@ -223,7 +225,7 @@ class HttpPool:
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        data = self._message(method, path, body)
+        data = self._message(method, path, body, extra_headers)
         retry = method in _IDEMPOTENT
         while True:
             conn = await self._pool.acquire(deadline)
@@ -238,7 +240,8 @@ class HttpPool:
                 raise
             return status, headers, answer  # type: ignore[return-value]  # bytes when not streaming
 
-    async def open_stream(self, path: str, body: bytes, *, timeout: float) -> UpstreamStream:
+    async def open_stream(self, path: str, body: bytes, *, timeout: float,
+                          extra_headers: bytes = b"") -> UpstreamStream:
         """POST and wait at most ``timeout`` s for a 2xx head; non-2xx raises the matching upstream error.
 
         The stream then waits at most ``timeout`` s for each piece of the body.
@@ -246,7 +249,7 @@ class HttpPool:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         conn = await self._pool.acquire(deadline)
-        waiter = conn.send(self._message("POST", path, body), stream=True)
+        waiter = conn.send(self._message("POST", path, body, extra_headers), stream=True)
         status, headers, queue = await self._answer(conn, waiter, deadline, timeout)
         assert isinstance(queue, BodyQueue)
         if status >= 300:  # its body is read up to pool.MAX_ERROR_BODY bytes, within the deadline

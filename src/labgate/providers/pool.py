@@ -56,6 +56,7 @@ from functools import cache
 import httptools
 
 from labgate.errors import (
+    DeploymentBusyError,
     LabgateError,
     UpstreamBadResponseError,
     UpstreamConnectionError,
@@ -149,10 +150,10 @@ class Pool:
                     self._free_slot()
                 else:
                     self.put(handed)
-            if isinstance(exc, TimeoutError):
-                raise UpstreamTimeoutError(
-                    f"{self.where} timed out waiting for a free connection "
-                    f"(all {self.limit} busy)") from None
+            if isinstance(exc, TimeoutError):  # busy is not broken: not a failure of the upstream
+                raise DeploymentBusyError(
+                    f"{self.where} is busy: no free connection within the time left "
+                    f"(all {self.limit} in use)") from None
             raise
 
     async def _connect(self, deadline: float) -> Connection:

@@ -8,16 +8,29 @@ An upstream that rejects the request itself (any other 4xx) stops the loop
 at once: the same body fails everywhere. When every attempt failed,
 :class:`AllAttemptsFailedError` holds each cause and decides whether the
 client may retry.
+
+Busy is not broken. A deployment whose gate is full (``max_parallel_requests``,
+or its ``prefer_local_under`` share of it) is passed over without waiting and without an attempt; one whose pooled
+connections are all in use (:class:`DeploymentBusyError`) is recorded as a
+failed attempt but never counted by the circuit breaker. When the other
+candidates are used up, the request waits in the priority queue
+(:mod:`labgate.routing.queue`) for the first of the busy ones to free a slot.
+
+Each attempt takes a lease (``health.inflight``, and a slot of the gate if
+any) that :meth:`Deployment.release` gives back: here for a whole reply or a
+failure, at the relay's end for a stream.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from labgate.errors import (
     AllAttemptsFailedError,
     AttemptFailure,
+    DeploymentBusyError,
+    NoHealthyDeploymentError,
     UnsupportedEndpointError,
     UpstreamError,
     UpstreamTimeoutError,
@@ -27,40 +40,103 @@ from labgate.record import RequestRecord
 from labgate.routing.circuit import Circuit
 from labgate.routing.table import Deployment
 
+if TYPE_CHECKING:
+    from labgate.routing.queue import Queue
+
 
 async def attempt(candidates: list[Deployment], *, endpoint: Endpoint, body: dict[str, Any],
                   stream: bool, deadline: float, circuit: Circuit, record: RequestRecord,
-                  native: dict[str, Any] | None = None) -> tuple[Reply | Stream, Deployment]:
+                  native: dict[str, Any] | None = None,
+                  queue: Queue | None = None) -> tuple[Reply | Stream, Deployment]:
     """The first successful answer and the deployment that gave it (``native``: see :class:`Call`)."""
     failures = record.failures
+    busy: list[Deployment] = []
     for dep in candidates:
         if endpoint not in dep.adapter.endpoints:
             failures.append(AttemptFailure(dep.key, UnsupportedEndpointError(
                 f"provider {dep.provider!r} does not serve {endpoint}")))
             continue
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            failures.append(AttemptFailure(dep.key, UpstreamTimeoutError(
-                "the request's total deadline passed before this attempt")))
-            break
-        record.attempts += 1
-        record.provider, record.deployment = dep.provider, dep.key
-        call = Call(endpoint, body, dep.model, min(dep.timeout, remaining), record.request_id, native)
-        dep.health.inflight += 1
-        try:
-            result = await (dep.adapter.stream(call) if stream else dep.adapter.send(call))
-        except UpstreamError as exc:
-            dep.health.inflight -= 1
-            circuit.record_failure(dep.health, exc.message)
-            failures.append(AttemptFailure(dep.key, exc))
+        gate = dep.gate
+        if gate is not None and not gate.try_prefer():
+            busy.append(dep)  # full (or over prefer_local_under): try the others first, then it, then queue
+            if gate.inflight < gate.limit:
+                record.spill = f"{dep.key} at {gate.inflight}/{gate.limit} in flight (prefer_local_under)"
             continue
-        except BaseException:
-            dep.health.inflight -= 1
-            raise
-        if not stream:
-            dep.health.inflight -= 1  # a stream gives its slot back when it ends
-        circuit.record_success(dep.health)
-        return result, dep
+        if deadline <= time.monotonic():
+            if gate is not None:
+                gate.release()
+            _out_of_time(record, dep)
+            break
+        result = await _try(dep, endpoint, body, stream, deadline, circuit, record, native)
+        if result is not None:
+            return result, dep
+    while busy and queue is not None and deadline > time.monotonic():
+        # nothing else answered: a slot under the hard limit, else the first one freed, in priority order
+        free = next((d for d in busy if d.gate is not None and d.gate.try_acquire()), None)
+        dep = free if free is not None else await queue.wait(busy, record, deadline)  # holds a slot from here
+        busy.remove(dep)
+        record.spill = None
+        result = await _try(dep, endpoint, body, stream, deadline, circuit, record, native)
+        if result is not None:
+            return result, dep
+    for dep in busy:
+        failures.append(AttemptFailure(dep.key, DeploymentBusyError(
+            f"provider {dep.provider!r} is at its max_parallel_requests")))
     if failures and all(isinstance(f.error, UnsupportedEndpointError) for f in failures):
         raise failures[0].error
     raise AllAttemptsFailedError(failures)
+
+
+async def _try(dep: Deployment, endpoint: Endpoint, body: dict[str, Any], stream: bool, deadline: float,
+               circuit: Circuit, record: RequestRecord, native: dict[str, Any] | None) -> Reply | Stream | None:
+    """One attempt on ``dep`` (its gate slot, if any, already taken): the answer, or None after a failure."""
+    now = time.monotonic()
+    remaining = deadline - now
+    if remaining <= 0:
+        if dep.gate is not None:
+            dep.gate.release()
+        _out_of_time(record, dep)
+        return None
+    if not circuit.claim(dep.health, now):  # its half-open probe went to another request
+        if dep.gate is not None:
+            dep.gate.release()
+        record.failures.append(AttemptFailure(dep.key, NoHealthyDeploymentError(
+            f"{dep.key} is cooling down: another request is probing it", retry_after=1.0)))
+        return None
+    record.attempts += 1
+    record.provider, record.deployment = dep.provider, dep.key
+    trace = record.trace
+    context = b"" if trace is None else trace.start_attempt(dep.key)  # traceparent header for the upstream
+    call = Call(endpoint, body, dep.model, min(dep.timeout, remaining), record.request_id, native, context)
+    dep.health.inflight += 1
+    try:
+        result = await (dep.adapter.stream(call) if stream else dep.adapter.send(call))
+    except DeploymentBusyError as exc:  # busy, not broken: the circuit never hears of it
+        dep.release()
+        record.failures.append(AttemptFailure(dep.key, exc))
+        if trace is not None:
+            trace.end_attempt(exc)
+        return None
+    except UpstreamError as exc:
+        dep.release()
+        circuit.record_failure(dep.health, exc.message)
+        record.failures.append(AttemptFailure(dep.key, exc))
+        if trace is not None:
+            trace.end_attempt(exc)
+        return None
+    except BaseException as exc:
+        dep.release()
+        if trace is not None:
+            trace.end_attempt(exc)
+        raise
+    if trace is not None:
+        trace.end_attempt(None)
+    if not stream:
+        dep.release()  # a stream gives its lease back when the relay ends
+    circuit.record_success(dep.health)
+    return result
+
+
+def _out_of_time(record: RequestRecord, dep: Deployment) -> None:
+    record.failures.append(AttemptFailure(dep.key, UpstreamTimeoutError(
+        "the request's total deadline passed before this attempt")))

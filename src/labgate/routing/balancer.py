@@ -1,7 +1,14 @@
-"""Orders a route's deployments into the attempts to make, skipping open circuits."""
+"""Orders a route's deployments into the attempts to make, skipping open circuits.
+
+Tiers: a model served by several providers is tried in their ``priority`` order, so the best
+tier whose circuit is closed takes the traffic and a tier whose circuits opened (or whose
+region was marked down) hands over to the next one until it recovers. A ``failover_only``
+deployment is planned only when no other candidate of the route is healthy.
+"""
 
 from __future__ import annotations
 
+import math
 import random
 import time
 
@@ -20,11 +27,20 @@ def order(group: Group) -> tuple[Deployment, ...] | list[Deployment]:
         group.turn += 1
         return deps[start:] + deps[:start]
     if group.strategy == "least_busy":
-        return sorted(deps, key=lambda d: d.health.inflight)
+        # fewest in flight (relative to max_parallel_requests, where set); ties rotate like round_robin,
+        # so a lightly loaded group still spreads its requests
+        start = group.turn % len(deps)
+        group.turn += 1
+        return sorted(deps[start:] + deps[:start], key=_load)
     # weighted: a weighted random permutation (Efraimidis–Spirakis keys)
     weights = group.weights or (1.0,) * len(deps)
     keyed = sorted(zip(deps, weights, strict=True), key=lambda dw: -random.random() ** (1.0 / dw[1]))
     return [d for d, _ in keyed]
+
+
+def _load(dep: Deployment) -> float:
+    gate = dep.gate
+    return dep.health.inflight if gate is None else dep.health.inflight / gate.limit
 
 
 def plan(route: Route, circuit: Circuit, *, max_attempts: int) -> list[Deployment]:
@@ -33,19 +49,25 @@ def plan(route: Route, circuit: Circuit, *, max_attempts: int) -> list[Deploymen
     chosen: list[Deployment] = []
     seen: set[str] = set()
     cooling: list[Deployment] = []
+    reserve: list[Deployment] = []  # failover_only: planned only when nothing else is healthy
     for group in route.groups:
         for dep in order(group):
             if dep.key in seen:
                 continue
             seen.add(dep.key)
-            if circuit.available(dep.health, now):
+            if not circuit.available(dep.health, now):
+                cooling.append(dep)
+            elif dep.failover_only:
+                reserve.append(dep)
+            else:
                 chosen.append(dep)
                 if len(chosen) == max_attempts:
                     return chosen
-            else:
-                cooling.append(dep)
+    if not chosen and reserve:
+        return reserve[:max_attempts]
     if not chosen:
-        wait = min(d.health.open_until for d in cooling) - now if cooling else None
+        ends = [d.health.open_until for d in cooling if d.health.open_until != math.inf]  # inf: region down
+        wait = min(ends) - now if ends else None
         names = ", ".join(f"{d.key} ({d.health.last_error})" for d in cooling)
         raise NoHealthyDeploymentError(
             f"No healthy deployment for model {route.name!r}: every candidate is cooling down "

@@ -27,12 +27,22 @@ class Circuit:
     cooldown_s: float
 
     def available(self, health: Health, now: float) -> bool:
-        """May this deployment be tried now? After a cooldown, one probe is let through."""
+        """May this deployment be planned now? (Read only: planning never uses up the half-open probe.)"""
+        return health.open_until <= now
+
+    def claim(self, health: Health, now: float) -> bool:
+        """Just before an attempt: may it go? After a cooldown, one probe is let through.
+
+        The probe is claimed here, by the request that really sends it, not when a plan lists the
+        deployment: a plan that succeeds on an earlier candidate never reaches it and used to keep
+        the circuit open for another cooldown without having probed anything.
+        """
+        if health.failures < self.failure_threshold:
+            return True
         if health.open_until > now:
-            return False
-        if health.failures >= self.failure_threshold:
-            # half-open: this request is the probe; others wait until it succeeds or another cooldown ends
-            health.open_until = now + self.cooldown_s
+            return False  # another request is probing; this one moves on
+        # half-open: this request is the probe; others wait until it succeeds or another cooldown ends
+        health.open_until = now + self.cooldown_s
         return True
 
     def record_success(self, health: Health) -> None:

@@ -6,6 +6,7 @@ A request does dictionary lookups here; globs are compiled once.
 from __future__ import annotations
 
 import fnmatch
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ from labgate.config.schema.providers import ModelConfig, ProviderConfig
 from labgate.errors import ModelNotFoundError
 from labgate.providers.base import Adapter
 from labgate.routing.circuit import Health
+from labgate.routing.gate import Gate
 
 _DYNAMIC_CACHE = 4096  # routes made on the fly for glob matches and provider/model pairs
 
@@ -32,6 +34,15 @@ class Deployment:
     timeout: float
     info: ModelConfig | None = None
     health: Health = field(default_factory=Health)
+    gate: Gate | None = None  # the provider's capacity (max_parallel_requests), shared by its models
+    region: str | None = None
+    failover_only: bool = False  # only when nothing better is healthy (balancer.plan)
+
+    def release(self) -> None:
+        """Give back what the attempt loop took for one attempt (the one place a lease ends)."""
+        self.health.inflight -= 1
+        if self.gate is not None:
+            self.gate.release()
 
 
 @dataclass(eq=False, slots=True)
@@ -55,7 +66,9 @@ class Route:
 class RouteTable:
     """Resolves a requested model name to a :class:`Route`."""
 
-    def __init__(self, config: Config, adapters: Mapping[str, Adapter]) -> None:
+    def __init__(self, config: Config, adapters: Mapping[str, Adapter], *,
+                 previous: RouteTable | None = None) -> None:
+        """``previous``: the table a reload replaces; unchanged providers keep their gates and circuits."""
         self._providers = {n: p for n, p in config.providers.items() if p.status == "active"}
         self._adapters = adapters
         self._mappings = config.mappings
@@ -64,6 +77,17 @@ class RouteTable:
         self._compiled = False
         self._primary: dict[str, Group] = {}
         self._names = Names.of(config.providers, config.mappings)
+        queue, spill = config.gateway.queue, self._mappings.routing.prefer_local_under
+        self.gates: dict[str, Gate] = {
+            name: Gate(p.max_parallel_requests, max_queue=queue.max_queue_size if p.max_queue is None else p.max_queue,
+                 spill_at=p.max_parallel_requests * (spill or 1.0))
+            for name, p in self._providers.items() if p.max_parallel_requests is not None}
+        kept: set[str] = set()  # providers whose config a reload did not change
+        if previous is not None:
+            kept = {n for n, p in self._providers.items() if previous._providers.get(n) == p}
+            for name in kept & self.gates.keys() & previous.gates.keys():
+                if previous.gates[name].spill_at == self.gates[name].spill_at:
+                    self.gates[name] = previous.gates[name]  # its in-flight count and line go on
         self._patterns = [(re.compile(fnmatch.translate(p.pattern)), p.provider, p.fallback_chain)
                           for p in self._mappings.routing.patterns if p.provider in self._providers]
         self._globs = [(re.compile(fnmatch.translate(k)), v) for k, v in self._mappings.fallbacks.items()
@@ -79,6 +103,11 @@ class RouteTable:
         self.routes.update((name, Route(name, groups)) for name, groups in self._capabilities.items())
         self._compile_aliases()
         self._compiled = True
+        if previous is not None:  # circuit state survives a reload for deployments that did not change
+            for key, dep in self._deployments.items():
+                before = previous._deployments.get(key)
+                if before is not None and dep.provider in kept:
+                    dep.health = before.health
 
     # -- lookup (the hot path) -------------------------------------------------
 
@@ -98,6 +127,19 @@ class RouteTable:
     def deployments(self) -> Mapping[str, Deployment]:
         return self._deployments
 
+    def mark_region(self, region: str, *, down: bool) -> list[str]:
+        """Take every deployment of ``region`` out of routing (its circuits held open) or put it back.
+
+        Returns the deployments changed. Costs nothing per request: planning already skips open circuits.
+        """
+        changed = [d for d in self._deployments.values() if d.region == region]
+        for dep in changed:
+            dep.health.open_until = math.inf if down else 0.0
+            if not down:
+                dep.health.failures = 0
+            dep.health.last_error = f"region {region!r} marked down" if down else dep.health.last_error
+        return [d.key for d in changed]
+
     # -- compile (config load) ---------------------------------------------------
 
     def _deployment(self, provider: str, model: str) -> Deployment | None:
@@ -114,7 +156,8 @@ class RouteTable:
             found = known.get(key) or made.get(key)
             if found is None:
                 found = Deployment(key, provider, upstream, self._adapters[provider],
-                                   config.timeout_s, info)
+                                   config.timeout_s, info, gate=self.gates.get(provider), region=config.region,
+                                   failover_only=config.failover_only)
                 if self._compiled:  # a name a client sent (provider/anything): bounded, like _dynamic
                     if len(made) >= _DYNAMIC_CACHE:
                         made.clear()

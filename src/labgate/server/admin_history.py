@@ -7,7 +7,7 @@ whole gateway is open, and says so at start-up). Query parameters:
                 text, since, until (ISO 8601, Unix seconds or an age: 2h, 7d), key, endpoint,
                 client_request_id (the client's x-request-id)
     /admin/history                 + limit (≤ 1000, default 50), offset     newest first
-    /admin/history/{id}            one whole record (labgate's x-request-id, or the row id)
+    /admin/history/{id}            one whole record (labgate's x-request-id, or the row id), with its feedback
     /admin/history/export          + format=jsonl|json|csv                  oldest first, streamed
     /admin/history/status          the writer: queued, written, dropped, last error
     /admin/history/metrics         the same counters in the Prometheus text format
@@ -96,6 +96,7 @@ class HistorySurface:
             found = await query.get(store, ident)
             if found is None:
                 raise RecordNotFoundError(f"No history record with id {ident!r}.")
+            found["feedback"] = await query.feedback(store, found["request_id"])  # POST /v1/feedback
             return found
         return await self._serve(request, run)
 

@@ -8,16 +8,20 @@ from labgate.config.reload import Reloader
 from labgate.errors import LabgateError, MethodNotAllowedError, RouteNotFoundError
 from labgate.gateway import Gateway
 from labgate.runtime import Runtime
+from labgate.server.admin_backups import backup_routes
+from labgate.server.admin_cache import cache_routes
 from labgate.server.admin_config import config_routes
 from labgate.server.admin_history import history_routes
 from labgate.server.anthropic import AnthropicSurface
 from labgate.server.envelopes import anthropic_error, openai_error
+from labgate.server.feedback import feedback_routes
 from labgate.server.health import HealthSurface
 from labgate.server.http import Handler, Request, Response
 from labgate.server.ids import client_request_id, request_id
 from labgate.server.metrics import metrics_routes
 from labgate.server.openai import OpenAISurface
 from labgate.server.origin import Edge
+from labgate.server.ui import ui_routes
 
 
 def build_app(gateway: Gateway, *, reloader: Reloader | None = None, listen_host: str | None = None) -> Handler:
@@ -50,6 +54,18 @@ def build_app(gateway: Gateway, *, reloader: Reloader | None = None, listen_host
     prefixes.update(history_prefixes)
     # /admin/config, /admin/config/validate, /admin/config/reload (server/admin_config.py)
     routes.update(config_routes(gateway, reloader))
+    # /admin/cache/stats, /admin/cache/keys, /admin/cache/flush (server/admin_cache.py)
+    routes.update(cache_routes(gateway))
+    # /admin/config/backups, …/{name}/restore (server/admin_backups.py)
+    backups, backup_prefixes = backup_routes(gateway, reloader)
+    routes.update(backups)
+    prefixes.update(backup_prefixes)
+    # POST /v1/feedback, /admin/analytics/feedback (server/feedback.py)
+    routes.update(feedback_routes(gateway))
+    # /ui/: the Lab UI's static files (server/ui.py)
+    ui, ui_prefixes = ui_routes()
+    routes.update(ui)
+    prefixes.update(ui_prefixes)
     # /metrics, unless metrics.enabled is false (server/metrics.py)
     routes.update(metrics_routes(gateway))
 

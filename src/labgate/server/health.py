@@ -51,6 +51,8 @@ class HealthSurface:
         return _json(200, {"status": "alive"})
 
     async def readiness(self, request: Request) -> Response:
+        if self.gateway.draining:
+            return _json(503, {"status": "not_ready", "reason": "shutting down"})
         routes = len(self.gateway.runtime.table.routes)
         if routes == 0:
             return _json(503, {"status": "not_ready", "reason": "no model is routable"})

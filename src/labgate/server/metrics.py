@@ -5,6 +5,7 @@ unknown path (404). With ``metrics.require_key`` it needs the master key, as
 the admin API does; otherwise no key is needed, as for ``/health``.
 The request counters come from :class:`~labgate.telemetry.metrics.Metrics`;
 the history writer's counters (``labgate_history_*``) follow when history is on.
+Under ``--workers N`` the scraped worker adds its siblings' texts (telemetry/group.py).
 """
 
 from __future__ import annotations
@@ -34,15 +35,18 @@ def metrics_routes(gateway: Gateway) -> dict[str, dict[str, Handler]]:
                 admit_admin(rt.auth, request.headers, request.client)
             except LabgateError as exc:
                 return openai_error(exc, rid)
+        text = exposition(gateway, metrics)
+        if metrics.group is not None:  # --workers N: the whole process group's counts
+            text = await metrics.group.gather(text)
         return Response(200, [("content-type", CONTENT_TYPE), ("x-request-id", rid), ("cache-control", "no-store")],
-                        exposition(gateway, metrics))
+                        text.encode())
 
     return {METRICS: {"GET": scrape}}
 
 
-def exposition(gateway: Gateway, metrics: Metrics) -> bytes:
+def exposition(gateway: Gateway, metrics: Metrics) -> str:
     """Every metric of this process, history's counters included when history is on."""
     text = metrics.render()
     if gateway.history is not None:
         text += gateway.history.prometheus()
-    return text.encode()
+    return text

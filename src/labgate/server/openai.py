@@ -117,12 +117,29 @@ def route_headers(record: RequestRecord) -> list[tuple[str, str]]:
     if record.provider is not None:
         headers.append(("x-labgate-provider", header_value(record.provider)))
         headers.append(("x-labgate-deployment", header_value(record.deployment or "")))
+    if record.cache_status is not None:  # a cache is configured (docs/cache.md)
+        headers.extend(cache_headers(record))
+    if record.spill is not None:  # routed past a loaded local deployment (prefer_local_under)
+        headers.append(("x-labgate-spill", header_value(record.spill)))
     return headers
+
+
+def cache_headers(record: RequestRecord) -> list[tuple[str, str]]:
+    """``x-labgate-cache`` (hit | miss | bypass | off; an unavailable backend shows as off) and ``age`` on hits."""
+    status = record.cache_status
+    if status == "hit":
+        return [("x-labgate-cache", "hit"), ("age", str(record.cache_age or 0))]
+    return [("x-labgate-cache", "off" if status == "unavailable" else status or "off")]
 
 
 def new_record(request: Request, endpoint: str) -> RequestRecord:
     """The record of an API request: labgate's own id, the client's ``x-request-id`` beside it."""
-    return RequestRecord(request_id(), endpoint, request.client, client_request_id(request.headers))
+    headers = request.headers
+    record = RequestRecord(request_id(), endpoint, request.client, client_request_id(headers),
+                           cache_control=headers.get("cache-control"),  # the response cache's controls
+                           traceparent=headers.get("traceparent"), tracestate=headers.get("tracestate"))
+    record.priority = headers.get("x-labgate-priority")  # read by routing/queue.py, if capacity is set
+    return record
 
 
 class OpenAISurface:

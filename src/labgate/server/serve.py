@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -16,9 +17,12 @@ from labgate.server.app import build_app, echo_client_id
 from labgate.server.envelopes import openai_error
 from labgate.server.http import HttpServer, Response, ServerLimits
 from labgate.server.ids import request_id
+from labgate.server.metrics import exposition
 from labgate.store.writer import history_for
+from labgate.telemetry.group import FOR_SIBLING, WorkerGroup
 from labgate.telemetry.logs import AccessLog
 from labgate.telemetry.metrics import Metrics
+from labgate.telemetry.traces import Tracer
 
 
 def error_response(exc: LabgateError, headers: Mapping[str, str]) -> Response:
@@ -47,30 +51,42 @@ class RunningGateway:
         return f"http://{self.host}:{self.port}"
 
     async def stop(self, grace: float | None = None) -> None:
-        """Stop accepting, let in-flight requests finish (up to ``grace`` s), close upstreams,
-        then write the history still queued."""
+        """Turn unready, answer queued requests 503, stop accepting, let in-flight requests finish
+        (up to ``grace`` s), close upstreams, then write the history still queued."""
         runtime = self.gateway.runtime
+        self.gateway.draining = True  # /health/readiness answers 503 from now on
+        runtime.drain()  # queued requests: 503 shutting_down at once; in-flight ones go on
+        if runtime.config.gateway.server.drain_delay_s:
+            await asyncio.sleep(runtime.config.gateway.server.drain_delay_s)
         await self.server.shutdown(runtime.config.gateway.server.shutdown_grace_s if grace is None else grace)
+        if self.gateway.metrics is not None and self.gateway.metrics.group is not None:
+            await self.gateway.metrics.group.stop()
         if self.reloader is not None:
             await self.reloader.aclose()  # stop watching; runtimes retired by reloads close now
         await self.gateway.runtime.aclose()
         if self.gateway.history is not None:
             await self.gateway.history.close()
+        if self.gateway.traces is not None:
+            await asyncio.to_thread(self.gateway.traces.close)  # exports what is queued
 
 
 async def start_gateway(config: Config, *, host: str | None = None, port: int | None = None,
                         sock: socket.socket | None = None,
                         access_log: AccessLog | None = None, source: ConfigSource | None = None,
                         loaded: Loaded | None = None,
-                        on_reload: Callable[[ReloadResult], None] | None = None) -> RunningGateway:
-    """Build the runtime, open the history store (``store:``), and listen; ``port=0`` picks a free port."""
+                        on_reload: Callable[[ReloadResult], None] | None = None,
+                        metrics_group: str | None = None) -> RunningGateway:
+    """Build the runtime, open the history store (``store:``), and listen; ``port=0`` picks a free port.
+
+    ``metrics_group``: the directory a ``--workers N`` parent made, so a scrape adds up every worker."""
     server_config = config.gateway.server
     history = history_for(config.gateway.store, source=config.source)
     if history is not None:
         await history.start()
     try:
         gateway = Gateway(Runtime.build(config, access_log=access_log), history=history,
-                          metrics=Metrics.from_config(config.gateway.metrics))
+                          metrics=Metrics.from_config(config.gateway.metrics),
+                          traces=Tracer.from_config(config.gateway.tracing))
         # hot reload: `source` says where to read the config again (SIGHUP, /admin/config/reload, watch)
         reloader = Reloader(gateway, loaded or loaded_from(config), source=source, access_log=access_log,
                             on_applied=on_reload)
@@ -79,7 +95,12 @@ async def start_gateway(config: Config, *, host: str | None = None, port: int | 
                             limits=server_limits(server_config))
         reloader.in_flight = server.busy_tasks
         if gateway.metrics is not None:
-            gateway.metrics.in_flight = lambda: max(server.inflight - 1, 0)  # read by a scrape: not counting it
+            # read by a scrape, not counting the scrape itself (unless a sibling worker asked: see group.py)
+            gateway.metrics.in_flight = lambda: max(server.inflight - (not FOR_SIBLING.get()), 0)
+            if metrics_group is not None:
+                await _join_group(gateway, gateway.metrics, metrics_group)
+            gateway.metrics.capacity = lambda: [(name, g.inflight, g.limit, g.waiting)
+                                                for name, g in gateway.runtime.table.gates.items()]
         bound = await server.start(host, server_config.port if port is None else port, sock=sock)
         await reloader.start()
     except BaseException:
@@ -87,3 +108,9 @@ async def start_gateway(config: Config, *, host: str | None = None, port: int | 
             await history.close()
         raise
     return RunningGateway(gateway, server, host, bound, reloader)
+
+
+async def _join_group(gateway: Gateway, metrics: Metrics, directory: str) -> None:
+    group = WorkerGroup(directory)
+    await group.start(lambda: exposition(gateway, metrics))
+    metrics.group = group

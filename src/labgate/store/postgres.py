@@ -81,8 +81,9 @@ class PostgresStore:
             async with pool.acquire() as conn, conn.transaction():
                 await conn.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK)
                 await conn.execute(f"CREATE TABLE IF NOT EXISTS {VERSION_TABLE} (version INTEGER NOT NULL)")
-                current = await conn.fetchval(f"SELECT max(version) FROM {VERSION_TABLE}") or 0
-                for version in sorted(v for v in POSTGRES_MIGRATIONS if v > current):
+                # every version not yet applied (a gap filled by a later merge is still applied)
+                applied = {r[0] for r in await conn.fetch(f"SELECT version FROM {VERSION_TABLE}")}
+                for version in sorted(v for v in POSTGRES_MIGRATIONS if v not in applied):
                     for statement in POSTGRES_MIGRATIONS[version]:
                         await conn.execute(statement)
                     await conn.execute(f"INSERT INTO {VERSION_TABLE} (version) VALUES ($1)", version)

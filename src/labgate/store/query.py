@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 
 from labgate.store.base import Store
-from labgate.store.schema import BOOL_COLUMNS, JSON_COLUMNS, NAMES, TABLE
+from labgate.store.schema import BOOL_COLUMNS, FEEDBACK_NAMES, FEEDBACK_TABLE, JSON_COLUMNS, NAMES, TABLE
 
 SUMMARY = ("id", "request_id", "timestamp", "endpoint", "key_id", "model", "provider", "deployment",
            "stream", "status", "outcome", "error_type", "response_time_ms", "ttft_ms", "prompt_tokens",
@@ -145,6 +145,20 @@ async def get(store: Store, ident: str) -> dict[str, Any] | None:
     if not rows and ident.isdigit():
         rows = await store.fetch(f"SELECT {columns} FROM {TABLE} WHERE id = ?", [int(ident)])
     return decode(rows[0]) if rows else None
+
+
+async def feedback(store: Store, request_id: str) -> list[dict[str, Any]]:
+    """Every vote on one request (``POST /v1/feedback``), oldest first."""
+    rows = await store.fetch(f"SELECT {', '.join(FEEDBACK_NAMES)} FROM {FEEDBACK_TABLE} WHERE request_id = ? "
+                             "ORDER BY id", [request_id])
+    out = []
+    for row in rows:
+        vote = dict(row)
+        vote["timestamp"] = iso(row["timestamp"])
+        if vote["preferred"] is not None:
+            vote["preferred"] = bool(vote["preferred"])
+        out.append(vote)
+    return out
 
 
 async def walk(store: Store, where: Filter, *, page: int = 1000) -> AsyncIterator[dict[str, Any]]:

@@ -144,8 +144,10 @@ class SQLiteStore:
         conn.execute("BEGIN IMMEDIATE")  # one process migrates; the others wait, then find it done
         try:
             conn.execute(f"CREATE TABLE IF NOT EXISTS {VERSION_TABLE} (version INTEGER NOT NULL)")
-            current = conn.execute(f"SELECT max(version) FROM {VERSION_TABLE}").fetchone()[0] or 0
-            for version in sorted(v for v in SQLITE_MIGRATIONS if v > current):
+            # every version not yet applied (not only those above the highest): branches that each added
+            # a migration may be merged in any order, and a gap filled later is still applied
+            applied = {row[0] for row in conn.execute(f"SELECT version FROM {VERSION_TABLE}")}
+            for version in sorted(v for v in SQLITE_MIGRATIONS if v not in applied):
                 for statement in SQLITE_MIGRATIONS[version]:
                     conn.execute(statement)
                 conn.execute(f"INSERT INTO {VERSION_TABLE} (version) VALUES (?)", (version,))

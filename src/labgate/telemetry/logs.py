@@ -1,7 +1,9 @@
 """Structured logs: one JSON line per request, written off the hot path.
 
 Lines are buffered and flushed a few times a second (or at shutdown), so a
-request costs one dict and one orjson call, not a write system call.
+request costs one dict and one orjson call, not a write system call. A request
+slower than ``logging.slow_request_ms`` is also logged at warning on the
+operational log (stderr), with its breakdown under ``request``.
 """
 
 from __future__ import annotations
@@ -23,15 +25,19 @@ class AccessLog:
     """Buffers request lines and writes them in batches."""
 
     def __init__(self, stream: IO[bytes] | None = None, *, enabled: bool = True,
-                 client_ip: bool = True) -> None:
+                 client_ip: bool = True, slow_ms: float | None = None) -> None:
         self._stream = stream if stream is not None else sys.stdout.buffer
         self.enabled = enabled
+        self._slow_s = None if slow_ms is None else slow_ms / 1000
         self._client_ip = client_ip
         self._buffer: list[bytes] = []
         self._size = 0
         self._timer: asyncio.TimerHandle | None = None
 
     def write(self, record: RequestRecord) -> None:
+        if self._slow_s is not None and record.finished is not None and \
+                record.finished - record.started >= self._slow_s:
+            log_slow(record)
         if not self.enabled:
             return
         entry = record.as_log()
@@ -64,12 +70,37 @@ class AccessLog:
             logging.getLogger("labgate").warning("could not write %d bytes of request log", len(data))
 
 
+def log_slow(record: RequestRecord) -> None:
+    """A slow request at warning, with where its time went."""
+    usage, first = record.usage, record.first_token or record.first_byte
+    breakdown: dict[str, Any] = {
+        "request_id": record.request_id, "model": record.model, "deployment": record.deployment,
+        "status": record.status, "outcome": record.outcome, "stream": record.stream,
+        "latency_ms": record.latency_ms, "ttft_ms": record.ttft_ms, "attempts": record.attempts,
+        "failed_attempts": [f"{f.deployment}: {f.error.code}" for f in record.failures] or None,
+        "completion_tokens": usage.completion_tokens if usage else None, "tokens_per_s": None,
+        "trace_id": None if record.trace is None else record.trace.trace_hex,
+    }
+    if usage and usage.completion_tokens and first is not None and record.finished is not None \
+            and record.finished > first:
+        breakdown["tokens_per_s"] = round(usage.completion_tokens / (record.finished - first), 1)
+    trace = record.trace
+    if trace is not None and trace.attempts:  # traced: time in each upstream attempt
+        breakdown["upstream_ms"] = [round((end - start) * 1000, 3) for _, _, start, end, _, _ in trace.attempts]
+    logging.getLogger("labgate.requests").warning(
+        "slow request %s: %s ms (%s, %d attempt(s), first token %s ms)", record.request_id, record.latency_ms,
+        record.deployment or record.model, record.attempts, record.ttft_ms, extra={"request": breakdown})
+
+
 class JsonFormatter(logging.Formatter):
     """Operational log records as JSON lines (same stream shape as the access log)."""
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {"ts": round(record.created, 3), "level": record.levelname.lower(),
                                  "logger": record.name, "message": record.getMessage()}
+        request = getattr(record, "request", None)
+        if request is not None:
+            entry["request"] = request
         if record.exc_info:
             entry["traceback"] = self.formatException(record.exc_info)
         return orjson.dumps(entry).decode()

@@ -19,7 +19,8 @@ Label values are bounded, so clients cannot grow memory by inventing names:
   codes are fixed sets; ``status`` is the HTTP status code sent.
 
 One ``Metrics`` lives as long as the process (a config reload keeps its counts).
-With several workers each process counts its own requests.
+With several workers each process counts its own requests; a scrape adds up the
+whole group's through :mod:`labgate.telemetry.group`.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 from labgate.config.schema.metrics import MetricsConfig
 from labgate.record import RequestRecord
+from labgate.telemetry.group import WorkerGroup
 
 # Seconds. LLM calls range from a cached embedding (milliseconds) to a long generation (minutes).
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0)
@@ -62,8 +64,8 @@ Providers = dict[str, Endpoints]
 class Metrics:
     """The process's request counters and histograms; ``render()`` gives the Prometheus text."""
 
-    __slots__ = ("_deployments", "_failures", "_labels", "_models", "_unrouted", "in_flight", "started",
-                 "version")
+    __slots__ = ("_cache", "_deployments", "_failures", "_labels", "_models", "_queued", "_unrouted", "capacity",
+                 "group", "in_flight", "started", "version")
 
     def __init__(self) -> None:
         # model label -> provider -> endpoint -> series; "" for requests that were not routed
@@ -73,8 +75,14 @@ class Metrics:
         self._failures: dict[tuple[str, str], int] = {}  # (deployment label, error code) -> attempts
         self._deployments: dict[str, str] = {}  # a deployment -> its label value
         self.in_flight: Callable[[], int] | None = None  # set by the server: requests being answered
+        # set by the server when providers have max_parallel_requests: (provider, in flight, limit, waiting)
+        self.capacity: Callable[[], list[tuple[str, int, int, int]]] | None = None
+        self._queued: list[float] = [0] * len(BUCKETS) + [0, 0.0]  # time requests waited for capacity (buckets, sum)
         self.started = time.time()
         self.version = _version()
+        # the response cache: status -> requests, and bytes / saved tokens (docs/cache.md)
+        self._cache: dict[str, int] = {}
+        self.group: WorkerGroup | None = None  # set under --workers N: a scrape adds the siblings' counts
 
     @classmethod
     def from_config(cls, config: MetricsConfig) -> Metrics | None:
@@ -117,11 +125,28 @@ class Metrics:
                 hist[bisect_left(BUCKETS, seconds)] += 1
                 hist[-1] += seconds
         usage = record.usage
-        if usage is not None:
+        if usage is not None and not record.cache_hit:  # a hit's usage was saved, not used
             series.prompt += usage.prompt_tokens
             series.completion += usage.completion_tokens
         if record.failures:
             self._count_failures(record)
+        if record.queue_ms is not None:  # it waited in the capacity queue (routing/queue.py)
+            seconds, hist = record.queue_ms / 1000, self._queued
+            hist[bisect_left(BUCKETS, seconds)] += 1
+            hist[-1] += seconds
+        if record.cache_status is not None:
+            self._count_cache(record)
+
+    def _count_cache(self, record: RequestRecord) -> None:
+        counts, status = self._cache, record.cache_status or ""
+        counts[status] = counts.get(status, 0) + 1
+        if record.cache_bytes:
+            kind = "bytes_served" if record.cache_hit else "bytes_stored"
+            counts[kind] = counts.get(kind, 0) + record.cache_bytes
+        usage = record.usage
+        if record.cache_hit and usage is not None:
+            counts["saved_prompt"] = counts.get("saved_prompt", 0) + usage.prompt_tokens
+            counts["saved_completion"] = counts.get("saved_completion", 0) + usage.completion_tokens
 
     def _model(self, name: str) -> Providers:
         """The first request routed under ``name``: its own label, or OVERFLOW once the cap is reached
@@ -182,6 +207,11 @@ class Metrics:
                 "Failed or skipped upstream attempts, by deployment and error code.")
         for (deployment, error), count in sorted(self._failures.items()):
             out.append(f"labgate_upstream_failures_total{_labels(deployment=deployment, error=error)} {count}")
+        if self._cache:
+            self._render_cache(out)
+        gates = None if self.capacity is None else self.capacity()
+        if gates:  # only while some provider has max_parallel_requests
+            self._render_capacity(out, gates)
         if self.in_flight is not None:
             _header(out, "labgate_requests_in_flight", "gauge",
                     "HTTP requests being answered now (streams included), this scrape not counted.")
@@ -191,6 +221,32 @@ class Metrics:
         _header(out, "labgate_start_time_seconds", "gauge", "Unix time this gateway process started serving.")
         out.append(f"labgate_start_time_seconds {self.started!r}")
         return "\n".join(out) + "\n"
+
+    def _render_cache(self, out: list[str]) -> None:
+        counts = self._cache
+        _header(out, "labgate_cache_requests_total", "counter",
+                "Requests by response-cache result (unavailable: the backend was down; served without it).")
+        for status in ("hit", "miss", "bypass", "off", "unavailable"):
+            out.append(f"labgate_cache_requests_total{_labels(result=status)} {counts.get(status, 0)}")
+        _header(out, "labgate_cache_bytes_total", "counter", "Answer bytes served from the cache, and stored in it.")
+        for kind in ("served", "stored"):
+            out.append(f"labgate_cache_bytes_total{_labels(direction=kind)} {counts.get('bytes_' + kind, 0)}")
+        _header(out, "labgate_cache_saved_tokens_total", "counter",
+                "Tokens of the answers served from the cache: upstream usage saved.")
+        for kind in ("prompt", "completion"):
+            out.append(f"labgate_cache_saved_tokens_total{_labels(type=kind)} {counts.get('saved_' + kind, 0)}")
+
+
+    def _render_capacity(self, out: list[str], gates: list[tuple[str, int, int, int]]) -> None:
+        _header(out, "labgate_provider_in_flight", "gauge",
+                "Requests in flight on a provider with max_parallel_requests (this worker).")
+        out.extend(f"labgate_provider_in_flight{_labels(provider=p)} {n}" for p, n, _, _ in gates)
+        _header(out, "labgate_provider_capacity", "gauge", "A provider's max_parallel_requests.")
+        out.extend(f"labgate_provider_capacity{_labels(provider=p)} {limit}" for p, _, limit, _ in gates)
+        _header(out, "labgate_queue_depth", "gauge", "Requests waiting for a provider's capacity now.")
+        out.extend(f"labgate_queue_depth{_labels(provider=p)} {waiting}" for p, _, _, waiting in gates)
+        _histogram(out, "labgate_queue_wait_seconds", "Time requests waited for capacity (those that waited).",
+                   {"{}": self._queued})
 
 
 def _header(out: list[str], name: str, kind: str, help_text: str) -> None:

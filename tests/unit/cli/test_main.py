@@ -30,9 +30,9 @@ def test_version_from_the_installed_command() -> None:
 def test_docs_list_every_command(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         main(["--help"])
-    listed = re.findall(r"^    (\w+)\s", capsys.readouterr().out, re.MULTILINE)
+    listed = re.findall(r"^    ([a-z][\w-]*)\s", capsys.readouterr().out, re.MULTILINE)
     table = DOCS.read_text().split("\n## ", 1)[0]  # the list at the top of the page
-    documented = re.findall(r"^\| `labgate (\w+)", table, re.MULTILINE)
+    documented = re.findall(r"^\| `labgate ([a-z][\w-]*)", table, re.MULTILINE)
     assert listed[:3] == ["serve", "validate", "demo"]
     assert documented == listed  # every command, in --help's order: a new command needs its row
     assert "`labgate --version`" in table

@@ -27,6 +27,7 @@ import pytest
 import uvloop
 
 from labgate.errors import (
+    DeploymentBusyError,
     UpstreamBadResponseError,
     UpstreamConnectionError,
     UpstreamRateLimitError,
@@ -392,9 +393,9 @@ async def test_waiting_for_a_connection_counts_against_the_timeout() -> None:
     async with upstream(held_until(release)) as up, client(up, max_connections=1) as http:
         first = asyncio.create_task(post(http, b"1"))
         await eventually(lambda: len(up.requests) == 1)
-        with pytest.raises(UpstreamTimeoutError) as caught:
+        with pytest.raises(DeploymentBusyError) as caught:  # busy, not broken: never a circuit failure
             await post(http, b"2", timeout=0.1)
-        assert caught.value.message == "provider 'up' timed out waiting for a free connection (all 1 busy)"
+        assert caught.value.message == "provider 'up' is busy: no free connection within the time left (all 1 in use)"
         release.set()
         assert (await within(first))[2] == b"1"
         assert (await post(http, b"3"))[2] == b"3"

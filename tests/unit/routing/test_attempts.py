@@ -10,6 +10,7 @@ import pytest
 from labgate.errors import (
     AllAttemptsFailedError,
     AttemptFailure,
+    DeploymentBusyError,
     LabgateError,
     UnsupportedEndpointError,
     UpstreamConnectionError,
@@ -23,6 +24,7 @@ from labgate.providers.base import Call, IteratorStream, Reply, Stream
 from labgate.record import RequestRecord
 from labgate.routing.attempts import attempt
 from labgate.routing.circuit import Circuit, Health
+from labgate.routing.gate import Gate
 from labgate.routing.table import Deployment
 
 BODY: dict[str, Any] = {"model": "public", "messages": [{"role": "user", "content": "hi"}]}
@@ -61,7 +63,7 @@ def dep(key: str, outcome: Reply | Stream | BaseException, *, timeout: float = 6
 
 
 def calls(d: Deployment) -> list[tuple[str, Call]]:
-    return d.adapter.calls  # type: ignore[attr-defined, no-any-return]
+    return d.adapter.calls  # type: ignore[attr-defined]
 
 
 async def run(candidates: list[Deployment], record: RequestRecord, *, endpoint: str = "chat",
@@ -147,7 +149,7 @@ async def test_all_rate_limited_is_429_with_the_soonest_retry_after() -> None:
     error = await failed([dep("a/m", UpstreamRateLimitError("slow down", retry_after=20)),
                           dep("b/m", UpstreamRateLimitError("slow down", retry_after=3)),
                           dep("c/m", UpstreamRateLimitError("slow down"))], new_record())
-    assert (type(error), error.status, error.openai_type, error.retry_after) == (
+    assert (type(error), error.status, error.openai_type, error.retry_after) == (  # type: ignore[attr-defined]
         AllAttemptsFailedError, 429, "rate_limit_error", 3)
 
 
@@ -155,7 +157,7 @@ async def test_all_rate_limited_is_429_with_the_soonest_retry_after() -> None:
 async def test_rate_limited_and_timed_out_is_502() -> None:
     error = await failed([dep("a/m", UpstreamRateLimitError("slow down")), dep("b/m", UpstreamTimeoutError("t"))],
                          new_record())
-    assert (type(error), error.status, error.openai_type, error.retry_after) == (
+    assert (type(error), error.status, error.openai_type, error.retry_after) == (  # type: ignore[attr-defined]
         AllAttemptsFailedError, 502, "api_error", None)
 
 
@@ -261,3 +263,67 @@ async def test_refused_and_a_transient_failure_may_be_retried(other: LabgateErro
     error = await failed([dep("a/m", refused(401)), dep("b/m", other)], new_record())
     assert (type(error), error.status, error.code, error.should_retry) == (
         AllAttemptsFailedError, 502, "all_attempts_failed", True)
+
+
+@pytest.mark.asyncio
+async def test_a_busy_deployment_is_not_a_circuit_failure() -> None:
+    """Issue 17 item 7: every pooled connection in use is "busy", never "failing"."""
+    busy = dep("a/m", DeploymentBusyError("provider 'a' is busy"))
+    second = dep("b/m", Reply(b"{}"))
+    record = new_record()
+    _, used = await run([busy, second], record)
+    assert (used, busy.health, second.health) == (second, Health(), Health())
+    assert record.failures == [AttemptFailure("a/m", busy.adapter.outcome)]  # type: ignore[attr-defined]
+
+
+@pytest.mark.asyncio
+async def test_every_deployment_busy_is_a_503_with_retry_after() -> None:
+    candidates = [dep("a/m", DeploymentBusyError("a busy")), dep("b/m", DeploymentBusyError("b busy"))]
+    error = await failed(candidates, new_record())
+    assert (type(error), error.status, error.retry_after, [d.health for d in candidates]) == (  # type: ignore[attr-defined]
+        AllAttemptsFailedError, 503, 1.0, [Health(), Health()])
+
+
+@pytest.mark.asyncio
+async def test_a_full_gate_is_passed_over_without_an_attempt_and_without_a_queue() -> None:
+    full = dep("a/m", Reply(b"{}"))
+    full.gate = Gate(1, max_queue=0)
+    assert full.gate.try_acquire()
+    second = dep("b/m", Reply(b"{}"))
+    record = new_record()
+    _, used = await run([full, second], record)
+    assert (used, calls(full), record.attempts, full.gate.inflight) == (second, [], 1, 1)
+
+
+@pytest.mark.asyncio
+async def test_only_full_gates_and_no_queue_is_all_busy() -> None:
+    full = dep("a/m", Reply(b"{}"))
+    full.gate = Gate(1, max_queue=0)
+    full.gate.try_acquire()
+    error = await failed([full], new_record())
+    assert (error.status, error.code, error.failures[0].error.code) == (  # type: ignore[attr-defined]
+        503, "all_attempts_failed", "deployment_busy")
+
+
+@pytest.mark.asyncio
+async def test_a_failed_attempt_gives_its_gate_slot_back() -> None:
+    broken = dep("a/m", UpstreamStatusError("upstream answered 503", upstream_status=503))
+    broken.gate = Gate(2, max_queue=0)
+    ok = dep("b/m", Reply(b"{}"))
+    ok.gate = Gate(2, max_queue=0)
+    await run([broken, ok], new_record())
+    assert (broken.gate.inflight, ok.gate.inflight, broken.health.inflight, ok.health.inflight) == (0, 0, 0, 0)
+
+
+@pytest.mark.asyncio
+async def test_a_half_open_deployment_probed_by_another_request_is_passed_over() -> None:
+    probing = dep("a/m", Reply(b"{}"))
+    probing.health.failures, probing.health.open_until = 3, time.monotonic() - 1
+    other = dep("b/m", Reply(b"{}"))
+    first, second = new_record(), new_record()
+    assert (await run([probing, other], first))[1] is probing  # the probe
+    probing.health.failures, probing.health.open_until = 3, time.monotonic() - 1
+    CIRCUIT.claim(probing.health, time.monotonic())  # another request holds the probe now
+    assert (await run([probing, other], second))[1] is other
+    assert (len(calls(probing)), second.attempts, second.failures[0].error.code) == (
+        1, 1, "no_healthy_deployment")

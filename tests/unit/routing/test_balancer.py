@@ -12,6 +12,7 @@ from labgate.errors import NoHealthyDeploymentError
 from labgate.routing import balancer
 from labgate.routing.balancer import order, plan
 from labgate.routing.circuit import Circuit, Health
+from labgate.routing.gate import Gate
 from labgate.routing.table import Deployment, Group, Route
 
 CIRCUIT = Circuit(failure_threshold=3, cooldown_s=30)
@@ -51,9 +52,17 @@ def test_a_single_deployment_is_never_reordered() -> None:
     assert (names(order(group)), names(order(group)), group.turn) == (["a/m"], ["a/m"], 0)
 
 
-def test_least_busy_prefers_fewer_requests_in_flight() -> None:
+def test_least_busy_prefers_fewer_requests_in_flight_and_rotates_ties() -> None:
     busy, idle, some, also_idle = dep("a/m", inflight=5), dep("b/m"), dep("c/m", inflight=2), dep("d/m")
-    assert names(order(Group((busy, idle, some, also_idle), "least_busy"))) == ["b/m", "d/m", "c/m", "a/m"]
+    group = Group((busy, idle, some, also_idle), "least_busy")
+    assert [names(order(group)) for _ in range(3)] == [
+        ["b/m", "d/m", "c/m", "a/m"], ["b/m", "d/m", "c/m", "a/m"], ["d/m", "b/m", "c/m", "a/m"]]
+
+
+def test_least_busy_weighs_in_flight_against_each_deployments_capacity() -> None:
+    small, large = dep("a/m", inflight=2), dep("b/m", inflight=3)
+    small.gate, large.gate = Gate(2, max_queue=0), Gate(8, max_queue=0)
+    assert names(order(Group((small, large), "least_busy"))) == ["b/m", "a/m"]  # 3/8 < 2/2
 
 
 def test_weighted_picks_first_in_proportion_to_weight(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -62,3 +62,18 @@ def test_threshold_of_one_opens_on_the_first_failure() -> None:
     circuit.record_failure(health, "x")
     assert (health.open_until, circuit.available(health, NOW + 4.9), circuit.available(health, NOW + 5)) == (
         NOW + 5, False, True)
+
+
+def test_planning_never_uses_up_the_half_open_probe_only_an_attempt_claims_it() -> None:
+    """Issue 17 item 7: a plan that succeeds on an earlier candidate must not spend the probe."""
+    circuit, health = Circuit(failure_threshold=2, cooldown_s=10), Health(failures=2, open_until=NOW - 0.1)
+    assert [circuit.available(health, NOW) for _ in range(3)] == [True, True, True]
+    assert health.open_until == NOW - 0.1  # still half-open: nothing was probed
+    assert (circuit.claim(health, NOW), circuit.claim(health, NOW)) == (True, False)  # one probe at a time
+    assert (health.open_until, circuit.available(health, NOW + 1)) == (NOW + 10, False)
+
+
+def test_a_closed_circuit_is_always_claimed() -> None:
+    circuit, health = Circuit(failure_threshold=2, cooldown_s=10), Health(failures=1)
+    assert [circuit.claim(health, NOW) for _ in range(3)] == [True, True, True]
+    assert health == Health(failures=1)

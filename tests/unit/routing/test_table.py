@@ -37,7 +37,7 @@ class FakeAdapter:
 def table(mappings: dict[str, Any] | None = None, providers: dict[str, Any] | None = None) -> RouteTable:
     providers = PROVIDERS if providers is None else providers
     config = build_config({"providers": {"providers": providers}, "mappings": mappings or {}}, {}, source="test")
-    return RouteTable(config, {name: FakeAdapter(name) for name in providers})
+    return RouteTable(config, {name: FakeAdapter(name) for name in providers})  # type: ignore[misc]
 
 
 def keys(route: Route) -> list[list[str]]:
@@ -53,7 +53,7 @@ def test_provider_model_name_routes_to_its_deployment() -> None:
     route = t.resolve("local-gguf")
     dep = route.groups[0].deployments[0]
     assert (route.name, keys(route)) == ("local-gguf", [["cpp/local-gguf"]])
-    assert (dep.key, dep.provider, dep.model, dep.adapter.name, dep.timeout, dep.info) == (
+    assert (dep.key, dep.provider, dep.model, dep.adapter.name, dep.timeout, dep.info) == (  # type: ignore[attr-defined]
         "cpp/local-gguf", "cpp", "local-gguf", "cpp", 60.0, ModelConfig(name="local-gguf", capabilities=("chat",)))
 
 
@@ -171,12 +171,12 @@ def test_load_balancing_group_has_its_strategy_and_weights() -> None:
     assert group.deployments[0] is t.deployments["ollama/llama3.1:8b"]
 
 
-def test_load_balancing_defaults_to_round_robin_under_the_models_own_name() -> None:
+def test_load_balancing_defaults_to_least_busy_under_the_models_own_name() -> None:
     t = table({"routing": {"load_balancing": {"llama3.1:8b": {"deployments": [
         {"provider": "vllm"}, {"provider": "ollama"}]}}}})
     group = t.resolve("llama3.1:8b").groups[0]
     assert ([d.key for d in group.deployments], group.strategy, group.weights) == (
-        ["vllm/llama3.1:8b", "ollama/llama3.1:8b"], "round_robin", (1.0, 1.0))
+        ["vllm/llama3.1:8b", "ollama/llama3.1:8b"], "least_busy", (1.0, 1.0))
 
 
 # ---------------------------------------------------------------- fallback chains
@@ -300,3 +300,27 @@ def test_names_clients_invent_do_not_grow_memory_without_bound() -> None:
     assert len(t._dynamic) <= module._DYNAMIC_CACHE
     assert len(t._dynamic_deployments) <= module._DYNAMIC_CACHE
     assert t.resolve("cpp/invented-3").groups[0].deployments[0].model == "invented-3"  # made again when asked
+
+
+# ---------------------------------------------------------------- reload: state of unchanged providers
+
+
+def reloaded(providers: dict[str, Any], previous: RouteTable) -> RouteTable:
+    config = build_config({"providers": {"providers": providers}, "mappings": {}}, {}, source="test")
+    return RouteTable(config, {name: FakeAdapter(name) for name in providers},  # type: ignore[misc]
+                      previous=previous)
+
+
+def test_a_reload_keeps_circuit_and_capacity_state_of_unchanged_providers_only() -> None:
+    """Issue 17 item 7: circuit state survives a reload for deployments that did not change."""
+    before = {"a": {"type": "ollama", "models": ["m"], "max_parallel_requests": 2},
+              "b": {"type": "ollama", "models": ["n"], "max_parallel_requests": 2}}
+    old = table(providers=before)
+    for key in ("a/m", "b/n"):
+        old.deployments[key].health.failures = 2
+    old.gates["a"].try_acquire()
+    after = {**before, "b": {**before["b"], "timeout_s": 5}}  # b changed, a did not
+    new = reloaded(after, old)
+    assert (new.deployments["a/m"].health is old.deployments["a/m"].health, new.gates["a"] is old.gates["a"],
+            new.deployments["a/m"].gate is old.gates["a"], new.gates["a"].inflight) == (True, True, True, 1)
+    assert (new.deployments["b/n"].health.failures, new.gates["b"] is old.gates["b"]) == (0, False)

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import re
+from importlib.util import find_spec
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from labgate.config.schema.base import Strict
+from labgate.config.schema.cache import CacheConfig, StateConfig
 from labgate.config.schema.metrics import MetricsConfig
+from labgate.config.schema.queue import QueueConfig
 from labgate.config.schema.reload import ReloadConfig
 from labgate.config.schema.store import StoreConfig
+from labgate.config.schema.tracing import TracingConfig
 
 _HOST = re.compile(r"\*|(\*\.)?[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*\.?|\[[0-9A-Fa-f:.]+\]|[0-9A-Fa-f]*:[0-9A-Fa-f:.]+")
 _ORIGIN = re.compile(r"\*|null|[A-Za-z][A-Za-z0-9+.-]*://(\*\.)?[A-Za-z0-9_.-]+(:\d{1,5})?"
@@ -25,6 +29,9 @@ class ServerConfig(Strict):
     request_timeout_s: float = Field(default=600.0, gt=0)  # total deadline across all attempts
     keepalive_timeout_s: float = Field(default=75.0, gt=0)  # idle between requests; also the write timeout
     shutdown_grace_s: float = Field(default=30.0, ge=0)
+    # on SIGTERM: unready (and queued requests answered 503) this long before new connections are refused,
+    # so a load balancer polling /health/readiness stops sending first (docs/reliability.md)
+    drain_delay_s: float = Field(default=0.0, ge=0, le=300)
     # client-facing HTTP limits (server/limits.py): what a slow or hostile client can hold
     max_header_bytes: int = Field(default=64 * 1024, ge=1024)  # request line + headers (+ trailers): 431
     request_read_timeout_s: float = Field(default=60.0, gt=0)  # whole head and body from the first byte: 408
@@ -80,12 +87,15 @@ class CircuitConfig(Strict):
 class ResilienceConfig(Strict):
     max_attempts: int = Field(default=4, ge=1)
     circuit: CircuitConfig = Field(default_factory=CircuitConfig)
+    stream_rescue: bool = False  # continue a stream that broke mid-answer on another deployment (reliability.md)
 
 
 class LoggingConfig(Strict):
     level: Literal["debug", "info", "warning", "error"] = "info"
     requests: bool = True  # one JSON line per request
     client_ip: bool = True
+    # a request that takes at least this long is also logged at warning with its breakdown; null: never
+    slow_request_ms: float | None = Field(default=30_000.0, gt=0)
 
 
 class GatewayConfig(Strict):
@@ -96,4 +106,20 @@ class GatewayConfig(Strict):
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     store: StoreConfig = Field(default_factory=StoreConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)  # GET /metrics (Prometheus)
+    tracing: TracingConfig = Field(default_factory=TracingConfig)  # OpenTelemetry traces (OTLP/HTTP)
     config: ReloadConfig = Field(default_factory=ReloadConfig)  # hot reload, watching, backups
+    state: StateConfig = Field(default_factory=StateConfig)  # shared state backend (Redis) or in-process
+    cache: CacheConfig | None = None  # the response cache; absent: off (docs/cache.md)
+    queue: QueueConfig = Field(default_factory=QueueConfig)  # waiting for capacity (docs/reliability.md)
+
+    @model_validator(mode="after")
+    def _cache_backend_has_url(self) -> GatewayConfig:
+        cache = self.cache
+        if cache is None or not cache.enabled:
+            return self
+        url = cache.url or self.state.url
+        if cache.backend == "redis" and not url:
+            raise ValueError("cache.backend is redis but no Redis URL is set: add cache.url or state.url")
+        if (cache.backend or ("redis" if url else "memory")) == "redis" and find_spec("redis") is None:
+            raise ValueError("the cache's Redis backend needs the redis client: pip install 'labgate[redis]'")
+        return self

@@ -12,6 +12,7 @@ from typing import Literal
 from pydantic import Field, field_validator
 
 from labgate.config.schema.base import Strict
+from labgate.config.schema.cache import RouteCacheConfig
 
 
 class ExactMatchConfig(Strict):
@@ -33,7 +34,8 @@ class DeploymentConfig(Strict):
 
 
 class LoadBalancingConfig(Strict):
-    strategy: Literal["priority", "round_robin", "weighted", "least_busy"] = "round_robin"
+    # least_busy by default: it follows unequal engine speeds with no tuning (docs/routing.md)
+    strategy: Literal["priority", "round_robin", "weighted", "least_busy"] = "least_busy"
     deployments: tuple[DeploymentConfig, ...] = Field(min_length=1)
     fallback_chain: tuple[str, ...] = ()
 
@@ -44,6 +46,10 @@ class RoutingConfig(Strict):
     capabilities: dict[str, tuple[str, ...]] = Field(default_factory=dict)
     load_balancing: dict[str, LoadBalancingConfig] = Field(default_factory=dict)
     aliases: dict[str, str] = Field(default_factory=dict)
+    cache: dict[str, RouteCacheConfig] = Field(default_factory=dict)  # model or glob → cache options
+    # a provider with max_parallel_requests at or over this share of it is passed over for the route's
+    # other candidates (cloud fallback) instead of queueing; None: only a full provider is (docs/routing.md)
+    prefer_local_under: float | None = Field(default=None, gt=0, le=1)
 
     @field_validator("patterns", mode="before")
     @classmethod

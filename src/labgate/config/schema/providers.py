@@ -53,11 +53,13 @@ class ProviderConfig(Strict):
     models: tuple[ModelConfig, ...] = ()
     headers: dict[str, str] = Field(default_factory=dict)
     timeout_s: float = Field(default=60.0, gt=0)
-    max_parallel_requests: int | None = Field(default=None, ge=1)
+    max_parallel_requests: int | None = Field(default=None, ge=1)  # in flight on this engine; more wait or spill
+    max_queue: int | None = Field(default=None, ge=0)  # waiting for it; None: gateway.yaml queue.max_size
     # bytes of an answer's body (whole or streamed); more is a 502 (the same as providers.pool.DEFAULT_MAX_BODY)
     max_response_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
     priority: int = 100  # lower is tried first when several providers serve one model
-    region: str | None = None
+    region: str | None = None  # RouteTable.mark_region takes a whole region out of routing and back
+    failover_only: bool = False  # planned only when no other candidate of the route is healthy (docs/routing.md)
     rate_limits: RateLimitsConfig | None = None
     budget: BudgetConfig | None = None
     pricing: PricingConfig | None = None

@@ -76,7 +76,7 @@ class AnthropicAdapter:
     async def send(self, call: Call) -> Reply:
         body = self._body(call, stream=False)
         status, headers, data = await self._http.request("POST", _MESSAGES, body,
-                                                         timeout=call.timeout)
+                                                         timeout=call.timeout, extra_headers=call.headers)
         if status >= 300:
             raise self._http.error_for(status, data, headers)
         message = parse_json(data, self._where)
@@ -96,7 +96,7 @@ class AnthropicAdapter:
 
     async def stream(self, call: Call) -> IteratorStream:
         body = self._body(call, stream=True)
-        upstream = await self._http.open_stream(_MESSAGES, body, timeout=call.timeout)
+        upstream = await self._http.open_stream(_MESSAGES, body, timeout=call.timeout, extra_headers=call.headers)
         chunks = upstream.chunks()
         info = StreamInfo()
         translator: StreamTranslator | MessageTap

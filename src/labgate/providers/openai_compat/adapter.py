@@ -63,7 +63,7 @@ class OpenAICompatibleAdapter:
     async def send(self, call: Call) -> Reply:
         body = adapt_body(call.body, model=call.model, quirks=self.quirks)
         status, headers, data = await self._http.request(
-            "POST", _PATHS[call.endpoint], orjson.dumps(body), timeout=call.timeout)
+            "POST", _PATHS[call.endpoint], orjson.dumps(body), timeout=call.timeout, extra_headers=call.headers)
         if status >= 300:
             raise self._refine(self._http.error_for(status, data, headers))
         parsed = parse_json(data, self._where)
@@ -81,7 +81,7 @@ class OpenAICompatibleAdapter:
                                       "include_usage": True}
         try:
             upstream = await self._http.open_stream(_PATHS[call.endpoint], orjson.dumps(body),
-                                                    timeout=call.timeout)
+                                                    timeout=call.timeout, extra_headers=call.headers)
         except UpstreamStatusError as exc:
             raise self._refine(exc) from exc
         chunks = upstream.chunks()

@@ -1,0 +1,23 @@
+"""``gateway.yaml`` ``queue:``: how requests wait when every candidate deployment is at capacity.
+
+Only used where a provider sets ``max_parallel_requests`` (see ``docs/reliability.md``).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from labgate.config.schema.base import Strict
+
+Priority = Literal["critical", "high", "normal", "low"]
+
+
+class QueueConfig(Strict):
+    max_queue_size: int = Field(default=256, ge=0)  # waiting per provider, unless its max_queue says; 0: reject
+    timeout_s: float = Field(default=30.0, gt=0)  # the longest a request waits for a slot: then 503 queue_timeout
+    overflow_status: Literal[429, 503] = 429  # what a request gets when the line is full (queue_full)
+    retry_after_s: float = Field(default=1.0, gt=0)  # the retry-after sent with queue_full / queue_timeout
+    default_priority: Priority = "normal"
+    routes: dict[str, Priority] = Field(default_factory=dict)  # requested model → its priority

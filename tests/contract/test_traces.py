@@ -1,0 +1,227 @@
+"""OpenTelemetry traces: the span tree an OTLP/HTTP receiver gets for a plain request, a
+fallback and a stream, and the W3C trace context the upstream receives."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import orjson
+import pytest
+import urllib3
+
+from labgate.server.serve import RunningGateway, start_gateway
+from labgate.telemetry.logs import AccessLog
+from labgate.testing import Behaviour, Simulator, Status
+from labgate.testing.gateway import LoopThread, config_from
+
+otlp_module = pytest.importorskip("labgate.testing.otlp", reason="needs opentelemetry-proto (dev extra)")
+pytest.importorskip("opentelemetry.sdk", reason="needs the otel extra: pip install 'labgate[otel]'")
+OtlpReceiver = otlp_module.OtlpReceiver
+SERVER, CLIENT, INTERNAL, ERROR = 2, 3, 1, 2
+CLIENT_PARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+
+
+class Lines:
+    def __init__(self) -> None:
+        self.data = b""
+
+    def write(self, data: bytes) -> None:
+        self.data += data
+
+    def flush(self) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def setup() -> Iterator[tuple[Any, Simulator, Simulator, str, LoopThread, RunningGateway, Lines]]:
+    with contextlib.ExitStack() as stack:
+        otlp = stack.enter_context(OtlpReceiver().run_in_thread())
+        good = stack.enter_context(Simulator(Behaviour(completion_tokens=5), models=["m"]).run_in_thread())
+        bad = stack.enter_context(Simulator(Behaviour(fault=Status(503)), models=["m"]).run_in_thread())
+        config = config_from(
+            {"good": {"type": "openai_compatible", "base_url": good.url + "/v1", "models": ["m"]},
+             "bad": {"type": "openai_compatible", "base_url": bad.url + "/v1", "models": ["m"]},
+             "anth": {"type": "anthropic", "base_url": good.url, "models": ["m"]}},
+            {"routing": {"exact_matches": {"fb": {"provider": "bad", "model": "m",
+                                                  "fallback_chain": ["good/m"]}}}},
+            {"tracing": {"enabled": True, "endpoint": otlp.url, "export_interval_s": 0.05,
+                         "service_name": "labgate-test"},
+             "resilience": {"circuit": {"failure_threshold": 1000}}, "cache": {"backend": "memory"}})
+        thread = LoopThread()
+        stack.callback(thread.close)
+        log = Lines()
+        running = thread.run(start_gateway(config, host="127.0.0.1", port=0, access_log=AccessLog(log)))
+        stack.callback(lambda: thread.run(running.stop(grace=2.0)))
+        yield otlp, good, bad, f"http://127.0.0.1:{running.port}", thread, running, log
+
+
+def post(url: str, body: dict[str, Any], headers: dict[str, str] | None = None) -> urllib3.BaseHTTPResponse:
+    return urllib3.request("POST", url + "/v1/chat/completions", body=orjson.dumps(body),
+                           headers={"content-type": "application/json", **(headers or {})}, timeout=10)
+
+
+def tree(otlp: Any, trace_id: str, count: int) -> dict[str, Any]:
+    """The trace's spans by name, once all ``count`` have arrived."""
+    deadline = time.monotonic() + 10
+    while len(spans := [s for s in otlp.wait_for(0) if s.trace_id == trace_id]) < count:
+        assert time.monotonic() < deadline, spans
+        time.sleep(0.02)
+    time.sleep(0.1)  # nothing more arrives for this trace
+    spans = [s for s in otlp.wait_for(0) if s.trace_id == trace_id]
+    assert len(spans) == count, spans
+    return {s.name: s for s in spans}
+
+
+def test_a_plain_request_makes_a_server_span_with_a_route_and_an_upstream_child(setup: Any) -> None:
+    otlp, good, _, url, *_ = setup
+    good.clear()
+    answer = post(url, {"model": "good/m", "messages": [{"role": "user", "content": "hi"}]})
+    assert answer.status == 200
+    (received,) = good.requests
+    traceparent = received.headers["traceparent"]
+    version, trace_id, upstream_parent, flags = traceparent.split("-")
+    assert (version, flags) == ("00", "01")
+    spans = tree(otlp, trace_id, 3)
+    assert sorted(spans) == ["chat good/m", "route", "upstream good/m"]
+    root, route, attempt = spans["chat good/m"], spans["route"], spans["upstream good/m"]
+    assert root.parent_span_id == "" and root.kind == SERVER and root.status == 0
+    assert route.parent_span_id == root.span_id and attempt.parent_span_id == root.span_id
+    assert attempt.span_id == upstream_parent and attempt.kind == CLIENT  # the upstream's parent is the attempt
+    assert root.attributes == {
+        "gen_ai.operation.name": "chat", "gen_ai.request.model": "good/m", "gen_ai.provider.name": "good",
+        "gen_ai.usage.input_tokens": root.attributes["gen_ai.usage.input_tokens"],
+        "gen_ai.usage.output_tokens": 5, "gen_ai.response.finish_reasons": ["stop"],
+        "http.response.status_code": 200, "labgate.request_id": answer.headers["x-request-id"],
+        "labgate.endpoint": "chat", "labgate.stream": False, "labgate.outcome": "ok", "labgate.attempts": 1,
+        "labgate.cache_hit": False, "labgate.cache": "bypass", "labgate.deployment": "good/m",
+        "labgate.ttft_ms": root.attributes["labgate.ttft_ms"]}
+    assert root.attributes["gen_ai.usage.input_tokens"] > 0
+    assert root.resource["service.name"] == "labgate-test"
+    assert root.start_ns <= route.start_ns <= route.end_ns <= attempt.start_ns <= attempt.end_ns <= root.end_ns
+
+
+def test_a_fallback_shows_the_failed_attempt_with_its_error(setup: Any) -> None:
+    otlp, good, bad, url, *_ = setup
+    good.clear()
+    bad.clear()
+    answer = post(url, {"model": "fb", "messages": [{"role": "user", "content": "hi"}]})
+    assert answer.status == 200 and answer.headers["x-labgate-attempts"] == "2"
+    trace_id = good.requests[0].headers["traceparent"].split("-")[1]
+    assert bad.requests[0].headers["traceparent"].split("-")[1] == trace_id  # one trace, two attempts
+    spans = tree(otlp, trace_id, 4)
+    assert sorted(spans) == ["chat fb", "route", "upstream bad/m", "upstream good/m"]
+    failed, ok = spans["upstream bad/m"], spans["upstream good/m"]
+    assert (failed.status, failed.attributes["error.type"]) == (ERROR, "upstream_server_error")
+    assert "503" in failed.status_message
+    assert ok.status == 0 and "error.type" not in ok.attributes
+    assert failed.end_ns <= ok.start_ns
+    assert failed.span_id == bad.requests[0].headers["traceparent"].split("-")[2]
+    assert spans["chat fb"].attributes["labgate.attempts"] == 2
+
+
+def test_a_stream_has_a_stream_span_with_the_first_token_event(setup: Any) -> None:
+    otlp, good, _, url, *_ = setup
+    good.clear()
+    answer = post(url, {"model": "good/m", "stream": True, "messages": [{"role": "user", "content": "hi"}]})
+    assert answer.status == 200 and b"[DONE]" in answer.data
+    trace_id = good.requests[0].headers["traceparent"].split("-")[1]
+    spans = tree(otlp, trace_id, 4)
+    assert sorted(spans) == ["chat good/m", "route", "stream", "upstream good/m"]
+    stream, root = spans["stream"], spans["chat good/m"]
+    assert stream.parent_span_id == root.span_id and stream.kind == INTERNAL
+    ((name, at, attributes),) = stream.events
+    assert name == "gen_ai.first_token" and stream.start_ns <= at <= stream.end_ns
+    assert attributes["labgate.ttft_ms"] == root.attributes["labgate.ttft_ms"]
+    assert root.attributes["labgate.stream"] is True
+    assert spans["upstream good/m"].end_ns <= stream.start_ns
+
+
+def test_the_clients_trace_context_is_continued_and_passed_upstream(setup: Any) -> None:
+    otlp, good, _, url, thread, running, log = setup
+    good.clear()
+    answer = post(url, {"model": "good/m", "messages": [{"role": "user", "content": "hi"}]},
+                  {"traceparent": CLIENT_PARENT, "tracestate": "vendor=abc"})
+    assert answer.status == 200
+    headers = good.requests[0].headers
+    _, trace_id, parent, flags = headers["traceparent"].split("-")
+    assert (trace_id, flags) == ("0af7651916cd43dd8448eb211c80319c", "01")
+    assert headers["tracestate"] == "vendor=abc"
+    spans = tree(otlp, trace_id, 3)
+    root = spans["chat good/m"]
+    assert root.parent_span_id == "b7ad6b7169203331"
+    assert root.trace_state == "vendor=abc"
+    assert spans["upstream good/m"].span_id == parent
+    # the request log line carries the trace id
+    thread.run(_flush(running))
+    lines = [orjson.loads(line) for line in log.data.splitlines()]
+    (line,) = [line for line in lines if line["request_id"] == answer.headers["x-request-id"]]
+    assert line["trace_id"] == trace_id
+
+
+def test_a_client_that_says_not_sampled_is_followed_but_its_context_still_goes_upstream(setup: Any) -> None:
+    otlp, good, _, url, *_ = setup
+    good.clear()
+    otlp.clear()
+    unsampled = CLIENT_PARENT[:-2] + "00"
+    assert post(url, {"model": "good/m", "messages": [{"role": "user", "content": "hi"}]},
+                {"traceparent": unsampled}).status == 200
+    _, trace_id, _, flags = good.requests[0].headers["traceparent"].split("-")
+    assert (trace_id, flags) == ("0af7651916cd43dd8448eb211c80319c", "00")
+    post(url, {"model": "good/m", "messages": [{"role": "user", "content": "marker"}]})  # sampled: exported
+    marker = good.requests[1].headers["traceparent"].split("-")[1]
+    tree(otlp, marker, 3)
+    assert [s for s in otlp.spans if s.trace_id == trace_id] == []
+
+
+@pytest.mark.parametrize("header", ["garbage", "00-" + "0" * 32 + "-b7ad6b7169203331-01",
+                                    "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-extra",
+                                    "ff-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+                                    "00-0AF7651916CD43DD8448EB211C80319C-b7ad6b7169203331-01"])
+def test_an_invalid_traceparent_starts_a_new_trace(setup: Any, header: str) -> None:
+    _, good, _, url, *_ = setup
+    good.clear()
+    assert post(url, {"model": "good/m", "messages": [{"role": "user", "content": "hi"}]},
+                {"traceparent": header, "tracestate": "x=1"}).status == 200
+    headers = good.requests[0].headers
+    assert headers["traceparent"].split("-")[1] != "0af7651916cd43dd8448eb211c80319c"
+    assert "tracestate" not in headers
+
+
+def test_a_cache_hit_is_a_trace_without_upstream_spans(setup: Any) -> None:
+    otlp, good, _, url, *_ = setup
+    body = {"model": "good/m", "temperature": 0, "messages": [{"role": "user", "content": "cache me"}]}
+    good.clear()
+    assert post(url, body).status == 200  # a miss: stored
+    miss_trace = good.requests[0].headers["traceparent"].split("-")[1]
+    assert tree(otlp, miss_trace, 3)["chat good/m"].attributes["labgate.cache"] == "miss"
+    hit = post(url, body, {"traceparent": "00-1af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"})
+    assert hit.status == 200 and len(good.requests) == 1  # answered from the cache
+    spans = tree(otlp, "1af7651916cd43dd8448eb211c80319c", 2)
+    assert sorted(spans) == ["chat good/m", "route"]
+    root = spans["chat good/m"]
+    assert (root.attributes["labgate.cache"], root.attributes["labgate.cache_hit"]) == ("hit", True)
+    assert root.attributes["labgate.attempts"] == 0
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_the_anthropic_adapter_sends_the_trace_context_too(setup: Any, stream: bool) -> None:
+    otlp, good, _, url, *_ = setup
+    good.clear()
+    answer = post(url, {"model": "anth/m", "stream": stream, "messages": [{"role": "user", "content": "hi"}]},
+                  {"traceparent": f"00-{int(stream) + 2}af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+                   "tracestate": "a=b"})
+    assert answer.status == 200
+    (received,) = good.requests
+    assert received.path == "/v1/messages"
+    _, trace_id, parent, flags = received.headers["traceparent"].split("-")
+    assert (trace_id, flags, received.headers["tracestate"]) == (
+        f"{int(stream) + 2}af7651916cd43dd8448eb211c80319c", "01", "a=b")
+    spans = tree(otlp, trace_id, 4 if stream else 3)
+    assert spans["upstream anth/m"].span_id == parent
+
+
+async def _flush(running: RunningGateway) -> None:
+    running.gateway.runtime.access_log.flush()

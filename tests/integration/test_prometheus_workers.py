@@ -1,0 +1,106 @@
+"""``serve --workers 2``: every scrape answers with the whole process group's counts."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import orjson
+import pytest
+
+from labgate.testing import Simulator
+from labgate.testing.prometheus import parse_metrics
+
+LISTENING = re.compile(r"listening on (http://127\.0\.0\.1:\d+)")
+CHAT = {"model": "m1", "messages": [{"role": "user", "content": "hello"}]}
+
+
+@contextmanager
+def serve(config: Path, *args: str) -> Iterator[str]:
+    proc = subprocess.Popen([sys.executable, "-m", "labgate", "serve", "--config", str(config), "--port", "0", *args],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=dict(os.environ))
+    assert proc.stderr is not None
+    seen = ""
+    deadline = time.monotonic() + 20
+    try:
+        while (match := LISTENING.search(seen)) is None:
+            line = proc.stderr.readline().decode(errors="replace")
+            if not line and proc.poll() is not None:
+                pytest.fail(f"labgate exited early ({proc.returncode}): {seen}")
+            seen += line
+            assert time.monotonic() < deadline, seen
+        yield match.group(1)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(15) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def post(url: str) -> int:
+    request = urllib.request.Request(url + "/v1/chat/completions", data=orjson.dumps(CHAT),
+                                     headers={"content-type": "application/json", "connection": "close"})
+    with urllib.request.urlopen(request, timeout=10) as resp:
+        return resp.status
+
+
+def scrape(url: str) -> dict[str, float]:
+    request = urllib.request.Request(url + "/metrics", headers={"connection": "close"})
+    with urllib.request.urlopen(request, timeout=10) as resp:
+        families = parse_metrics(resp.read().decode())
+    return {key: value for family in families.values() for key, value in family.samples.items()}
+
+
+@pytest.fixture
+def config_dir(tmp_path: Path) -> Iterator[Path]:
+    with Simulator(models=["m1"]).run_in_thread() as sim:
+        (tmp_path / "providers.yaml").write_text(
+            f"providers:\n  sim:\n    type: openai_compatible\n    base_url: {sim.url}/v1\n    models: [m1]\n")
+        (tmp_path / "gateway.yaml").write_text("logging:\n  requests: false\n")
+        yield tmp_path
+
+
+def test_every_scrape_of_two_workers_reports_every_request(config_dir: Path) -> None:
+    n = 40
+    key = 'labgate_requests_total{endpoint="chat",model="m1",provider="sim",status="200"}'
+    with serve(config_dir, "--workers", "2") as url:
+        wait_for_workers(url, 2)
+        assert [post(url) for _ in range(n)] == [200] * n  # a new connection each: both workers serve
+        scrapes = [scrape(url) for _ in range(6)]  # a new connection each: both workers answer some
+    for samples in scrapes:
+        assert samples[key] == n
+        assert samples['labgate_request_duration_seconds_count{endpoint="chat",model="m1",provider="sim"}'] == n
+        assert samples["labgate_metrics_workers"] == 2
+        assert samples["labgate_metrics_workers_missing"] == 0
+        assert samples['labgate_build_info{version="' + samples_version(samples) + '"}'] == 1
+
+
+def wait_for_workers(url: str, workers: int) -> None:
+    """Both workers have started (the parent's banner comes before they have)."""
+    deadline = time.monotonic() + 20
+    while (samples := scrape(url))["labgate_metrics_workers_missing"] > 0:
+        assert samples["labgate_metrics_workers"] + samples["labgate_metrics_workers_missing"] == workers
+        assert time.monotonic() < deadline, samples
+        time.sleep(0.05)
+
+
+def samples_version(samples: dict[str, float]) -> str:
+    (key,) = [k for k in samples if k.startswith("labgate_build_info")]
+    return key.split('"')[1]
+
+
+def test_one_worker_has_no_group(config_dir: Path) -> None:
+    with serve(config_dir) as url:
+        assert post(url) == 200
+        samples = scrape(url)
+    assert samples['labgate_requests_total{endpoint="chat",model="m1",provider="sim",status="200"}'] == 1
+    assert "labgate_metrics_workers" not in samples

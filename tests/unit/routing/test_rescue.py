@@ -1,0 +1,56 @@
+"""Stream rescue's pure parts: the partial answer read back from relayed events, and what may be rescued."""
+
+from __future__ import annotations
+
+import orjson
+from hypothesis import given
+from hypothesis import strategies as st
+
+from labgate.errors import InternalError, UpstreamConnectionError
+from labgate.record import RequestRecord
+from labgate.routing.rescue import Rescue, partial_text, trailer
+
+
+def event(delta: dict[str, object], index: int = 0) -> bytes:
+    return b"data: " + orjson.dumps({"choices": [{"index": index, "delta": delta}]}) + b"\n\n"
+
+
+def test_the_partial_answer_is_the_text_of_the_events_in_order() -> None:
+    events = [event({"role": "assistant", "content": ""}), event({"content": "The"}), event({"content": " fox"}),
+              b": a comment\n\n", b"data: [DONE]\n\n"]
+    assert partial_text(events) == "The fox"
+
+
+@given(st.lists(st.text(max_size=20), max_size=20))
+def test_any_text_split_into_events_reads_back_whole(parts: list[str]) -> None:
+    assert partial_text([event({"content": p}) for p in parts]) == "".join(parts)
+
+
+def test_tool_calls_another_choice_or_an_unreadable_event_cannot_be_continued() -> None:
+    assert [partial_text(events) for events in (
+        [event({"content": "x"}), event({"tool_calls": [{"index": 0, "function": {"name": "f"}}]})],
+        [event({"content": "x"}), event({"content": "y"}, index=1)],
+        [event({"content": "x"}), b"data: {not json\n\n"],
+    )] == [None, None, None]
+
+
+def test_only_openai_chat_streams_broken_by_an_upstream_are_rescued_once() -> None:
+    rescue = Rescue()
+
+    def record(endpoint: str = "chat", rescues: int = 0, **payload: object) -> RequestRecord:
+        r = RequestRecord("req", endpoint)
+        r.payload, r.rescues = {"model": "m", "messages": [], **payload}, rescues
+        return r
+
+    cut = UpstreamConnectionError("cut")
+    assert [rescue.can_rescue(r, e) for r, e in (
+        (record(), cut), (record(n=1), cut), (record(), InternalError()), (record("messages"), cut),
+        (record("completions"), cut), (record(rescues=1), cut), (record(n=2), cut),
+    )] == [True, True, False, False, False, False, False]
+
+
+def test_the_trailer_is_an_sse_comment_naming_both_deployments() -> None:
+    r = RequestRecord("req", "chat")
+    r.deployment, r.attempts = "b/m", 2
+    assert trailer(r, "a/m") == (
+        b": labgate rescued this stream: a/m failed mid-answer, b/m continued it (attempts=2)\n\n")
