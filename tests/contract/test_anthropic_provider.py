@@ -211,8 +211,9 @@ def test_upstream_failure_is_our_envelope(client: openai.OpenAI, faults: Any, fa
 @pytest.mark.parametrize(("options", "param", "message"), [
     ({"n": 2}, "n", "this provider returns one choice; 'n' must be 1"),
     ({"logprobs": True}, "logprobs", "this provider does not return log probabilities"),
-    ({"response_format": {"type": "json_object"}}, "response_format",
-     "this provider does not support JSON response formats"),
+    ({"response_format": {"type": "json_object"}}, "response_format.type",
+     "this provider has no JSON-object mode: send response_format type 'json_schema' with a schema "
+     "(Anthropic structured outputs)"),
 ], ids=["n", "logprobs", "response_format"])
 def test_what_anthropic_cannot_honour_is_refused(client: openai.OpenAI, sims: Any, options: dict[str, Any],
                                                  param: str, message: str) -> None:

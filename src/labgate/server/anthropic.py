@@ -70,6 +70,7 @@ _SCALARS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "tools": (lambda v: isinstance(v, list), "Input should be a valid list"),
     "tool_choice": (lambda v: isinstance(v, dict), "Input should be a valid dictionary"),
     "thinking": (lambda v: isinstance(v, dict), "Input should be a valid dictionary"),
+    "output_config": (lambda v: isinstance(v, dict), "Input should be a valid dictionary"),
 }
 
 
@@ -102,6 +103,11 @@ def check_request(payload: dict[str, Any], *, needs_max_tokens: bool = True) -> 
         _check_tool(tool, f"tools.{i}")
     if payload.get("tool_choice") is not None:
         _check_tool_choice(payload["tool_choice"])
+    config = payload.get("output_config")
+    if isinstance(config, dict) and config.get("format") is not None:
+        _check_output_format(config["format"], "output_config.format")
+    if payload.get("output_format") is not None:
+        _check_output_format(payload["output_format"], "output_format")
 
 
 def _check_message(message: Any, path: str) -> None:
@@ -185,6 +191,16 @@ def _check_tool(tool: Any, path: str) -> None:
             _fail(f"{path}.description", "Input should be a valid string")
     elif not isinstance(tool["type"], str):
         _fail(f"{path}.type", "Input should be a valid string")
+
+
+def _check_output_format(fmt: Any, path: str) -> None:
+    """Structured output: ``{"type": "json_schema", "schema": {...}}``, the only format Anthropic has."""
+    if not isinstance(fmt, dict):
+        _fail(path, "Input should be a valid dictionary")
+    if fmt.get("type") != "json_schema":
+        _fail(f"{path}.type", "Input should be 'json_schema'")
+    if not isinstance(fmt.get("schema"), dict):
+        _fail(f"{path}.schema", "Field required: a JSON schema object")
 
 
 def _check_tool_choice(choice: dict[str, Any]) -> None:

@@ -162,20 +162,30 @@ def _reply(body: dict[str, Any], behaviour: Behaviour) -> Reply:
     given = body.get("tool_choice")
     choice: dict[str, Any] = given if isinstance(given, dict) else {"type": "auto"}
     if tools and choice.get("type") != "none" and not (messages and _answers_tool(messages[-1])):
+        schemas = {t.get("name", ""): t.get("input_schema") for t in tools}
         if choice.get("type") == "tool":
             names = [choice.get("name", "")]
         else:
             count = 1 if choice.get("disable_parallel_tool_use") else behaviour.parallel_tool_calls
             names = [t.get("name", "") for t in tools[:count]]
         query = next((_text_of(m.get("content")) for m in reversed(messages) if m.get("role") == "user"), "")
-        return tool_reply(names, query=query, prompt_tokens=prompt_tokens)
+        return tool_reply([(name, schemas.get(name)) for name in names], query=query, prompt_tokens=prompt_tokens)
     stops = body.get("stop_sequences")
     return text_reply(
         behaviour,
         prompt_tokens=prompt_tokens,
         max_tokens=body["max_tokens"],
         stop=[s for s in stops if isinstance(s, str)] if isinstance(stops, list) else (),
+        schema=_output_schema(body),
     )
+
+
+def _output_schema(body: dict[str, Any]) -> Any:
+    """Structured output's schema: ``output_config.format``, else the older ``output_format``; or None."""
+    config = body.get("output_config")
+    fmt = config.get("format") if isinstance(config, dict) else None
+    fmt = fmt if fmt is not None else body.get("output_format")
+    return fmt.get("schema") if isinstance(fmt, dict) and fmt.get("type") == "json_schema" else None
 
 
 def _blocks(reply: Reply, call: Call) -> list[dict[str, Any]]:

@@ -89,19 +89,24 @@ def _chat_reply(body: dict[str, Any], behaviour: Behaviour) -> Reply:
     tools = body.get("tools") or ()
     choice = body.get("tool_choice", "auto")
     if tools and choice != "none" and (not messages or messages[-1].get("role") != "tool"):
+        functions = [t.get("function") or t for t in tools if isinstance(t, dict)]
+        schemas = {f.get("name", ""): f.get("parameters") for f in functions}
         if isinstance(choice, dict):
             names = [(choice.get("function") or choice).get("name", "")]
         else:
             count = behaviour.parallel_tool_calls if body.get("parallel_tool_calls") is not False else 1
-            names = [(t.get("function") or t).get("name", "") for t in tools[:count]]
+            names = [f.get("name", "") for f in functions[:count]]
         query = next((_text_of(m.get("content")) for m in reversed(messages) if m.get("role") == "user"), "")
-        return tool_reply(names, query=query, prompt_tokens=prompt_tokens)
+        return tool_reply([(name, schemas.get(name)) for name in names], query=query, prompt_tokens=prompt_tokens)
+    response_format = body.get("response_format") or {}
+    spec = response_format.get("json_schema") if response_format.get("type") == "json_schema" else None
     return text_reply(
         behaviour,
         prompt_tokens=prompt_tokens,
         max_tokens=_max_tokens(body, "max_completion_tokens", "max_tokens"),
         stop=_stops(body.get("stop")),
-        json_mode=(body.get("response_format") or {}).get("type") in ("json_object", "json_schema"),
+        json_mode=response_format.get("type") in ("json_object", "json_schema"),
+        schema=spec.get("schema", {}) if isinstance(spec, dict) else None,
     )
 
 

@@ -4,8 +4,14 @@ Everything is deterministic so tests can compute the expected value:
 
 - text: ``sim_text(n)`` == ``" sim1 sim2 … simN"``: ``n`` tokens, each one
   word with a leading space;
-- tool calls: arguments ``{"query": <last user text>}``, streamed in three
-  pieces (``'{"query":'``, the JSON string, ``'}'``), three tokens per call;
+- tool calls: arguments are the minimal instance of the tool's schema
+  (:func:`labgate.testing.schema.instance`) whose string slots hold the last
+  user text; a tool without declared properties gets ``{"query": <text>}``.
+  They stream one piece per key and value (``'{"query":'``, the JSON
+  string, ``'}'``), one token per piece;
+- JSON mode: ``json_schema`` answers the schema's minimal instance with the
+  generated text in its string slots; ``json_object`` answers
+  ``{"reply": <text>}``;
 - prompt tokens: whitespace-separated words in all prompt text, at least 1;
 - embeddings: ``embedding(text, dim)``, a unit vector seeded by a hash of the
   text, whose components are exact float32 values (so the JSON-float and
@@ -27,6 +33,7 @@ from typing import Any
 import orjson
 
 from labgate.testing.behaviour import Behaviour
+from labgate.testing.schema import instance
 
 
 class Finish(enum.Enum):
@@ -50,9 +57,13 @@ class ToolCall:
 
     @property
     def pieces(self) -> tuple[str, ...]:
-        """The argument JSON as it streams, one token per piece."""
-        ((key, value),) = self.input.items()
-        return ("{" + orjson.dumps(key).decode() + ":", orjson.dumps(value).decode(), "}")
+        """The argument JSON as it streams, one token per piece: each key with its opener, each value, ``}``."""
+        if not self.input:
+            return ("{}",)
+        out: list[str] = []
+        for i, (key, value) in enumerate(self.input.items()):
+            out += [("{" if i == 0 else ",") + orjson.dumps(key).decode() + ":", orjson.dumps(value).decode()]
+        return (*out, "}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +82,7 @@ class Reply:
 
     @property
     def completion_tokens(self) -> int:
-        return len(self.pieces) + 3 * len(self.tool_calls)
+        return len(self.pieces) + sum(len(call.pieces) for call in self.tool_calls)
 
 
 @lru_cache(maxsize=64)
@@ -104,13 +115,20 @@ def text_reply(
     max_tokens: int | None,
     stop: Sequence[str] = (),
     json_mode: bool = False,
+    schema: Any = None,
 ) -> Reply:
-    """The text answer: generated (or fixed) tokens, capped by ``max_tokens``, cut at a stop sequence."""
+    """The text answer: generated (or fixed) tokens, capped by ``max_tokens``, cut at a stop sequence.
+
+    With a JSON ``schema`` (structured output) the answer is the schema's
+    minimal instance, the generated text in its string slots.
+    """
     if behaviour.reply is not None:
         pieces = reply_pieces(behaviour.reply)
     else:
         pieces = sim_pieces(behaviour.completion_tokens)
-        if json_mode:
+        if schema is not None:
+            pieces = reply_pieces(_dumps(instance(schema, "".join(pieces).strip()), "null"))
+        elif json_mode:
             pieces = _as_json_object(pieces)
     finish = Finish.STOP
     if max_tokens is not None and max_tokens < len(pieces):
@@ -123,10 +141,29 @@ def text_reply(
     return Reply(pieces, finish, prompt_tokens)
 
 
-def tool_reply(names: Sequence[str], *, query: str, prompt_tokens: int) -> Reply:
-    """A reply that calls each named tool with ``{"query": query}``."""
-    calls = tuple(ToolCall(name, {"query": query}) for name in names)
+def tool_reply(tools: Sequence[tuple[str, Any]], *, query: str, prompt_tokens: int) -> Reply:
+    """A reply that calls each ``(name, parameters schema)`` with the schema's minimal instance.
+
+    The instance's string slots hold ``query``; a schema without declared
+    properties (or a missing one) gives ``{"query": query}``.
+    """
+    calls = tuple(ToolCall(name, _arguments(schema, query)) for name, schema in tools)
     return Reply((), Finish.TOOL_CALLS, prompt_tokens, tool_calls=calls)
+
+
+def _arguments(schema: Any, query: str) -> dict[str, Any]:
+    value = instance(schema if isinstance(schema, dict) else {"type": "object"}, query)
+    if not isinstance(value, dict) or _dumps(value, "") == "":
+        return {"query": query}  # tool arguments are always a JSON object
+    return value
+
+
+def _dumps(value: Any, otherwise: str) -> str:
+    """``value`` as JSON, or ``otherwise`` when orjson cannot write it (an integer past 64 bits)."""
+    try:
+        return orjson.dumps(value).decode()
+    except orjson.JSONEncodeError:
+        return otherwise
 
 
 def _as_json_object(pieces: tuple[str, ...]) -> tuple[str, ...]:

@@ -277,7 +277,7 @@ async def test_a_translated_answer(served: Served) -> None:
     assert response.status == 200
     assert dict(response.headers)["x-labgate-provider"] == "oai"
     assert await body_of(response) == {
-        "id": "chatcmpl-sim1", "type": "message", "role": "assistant", "model": "m-oai",
+        "id": "msg_sim1", "type": "message", "role": "assistant", "model": "m-oai",
         "content": [{"type": "text", "text": " sim1 sim2 sim3"}], "stop_reason": "end_turn", "stop_sequence": None,
         "usage": {"input_tokens": 1, "output_tokens": 3}}
     assert served.oai.requests[-1].body == {"model": "m-oai", "messages": [{"role": "user", "content": "hi"}],
@@ -430,7 +430,7 @@ async def test_a_tool_call_from_an_openai_engine_is_a_tool_use_block(served: Ser
                    messages=[{"role": "user", "content": "find x"}])
     response = await served.surface.messages(served.request(payload))
     assert await body_of(response) == {
-        "id": "chatcmpl-sim1", "type": "message", "role": "assistant", "model": "m-oai",
+        "id": "msg_sim1", "type": "message", "role": "assistant", "model": "m-oai",
         "content": [{"type": "tool_use", "id": "call_sim1_0", "name": "f", "input": {"query": "find x"}}],
         "stop_reason": "tool_use", "stop_sequence": None, "usage": {"input_tokens": 2, "output_tokens": 3}}
 

@@ -8,8 +8,12 @@ parsed JSON, which the surface has already checked for shape.
 What the OpenAI dialect cannot carry is handled one of three ways:
 
 - dropped, when no OpenAI-dialect model could act on it: ``thinking`` and
-  ``redacted_thinking`` blocks, the ``thinking`` setting, ``cache_control``,
-  ``service_tier`` and other bookkeeping keys;
+  ``redacted_thinking`` blocks, the ``thinking`` setting,
+  ``output_config.effort``, ``cache_control``, ``service_tier`` and other
+  bookkeeping keys;
+- translated, when the OpenAI dialect has the same meaning: structured output
+  (``output_config.format``, and the older ``output_format``) becomes
+  ``response_format: json_schema`` with ``strict: true``;
 - written into the text, when the meaning must reach the model: a tool
   result's ``is_error`` becomes a leading :data:`TOOL_ERROR_MARK`, which
   :mod:`.translate` reads back; images inside a tool result move to a user
@@ -28,7 +32,14 @@ from typing import Any, cast
 import orjson
 
 from labgate.errors import UpstreamBadResponseError
-from labgate.providers.anthropic.translate import FINISH_REASONS, TOOL_ERROR_MARK, tool_call
+from labgate.providers.anthropic.translate import (
+    FINISH_REASONS,
+    MESSAGE_ID_PREFIX,
+    OUTPUT_SCHEMA_NAME,
+    TOOL_ERROR_MARK,
+    dialect_id,
+    tool_call,
+)
 
 # OpenAI finish_reason → Anthropic stop_reason: FINISH_REASONS inverted, the first
 # stop reason listed for a finish reason winning; legacy function_call is a tool use.
@@ -38,7 +49,7 @@ STOP_REASONS: Mapping[str, str] = MappingProxyType(
 _TOOL_CHOICES: Mapping[str, str] = MappingProxyType({"auto": "auto", "any": "required", "none": "none"})
 _DROPPED_BLOCKS = frozenset({"thinking", "redacted_thinking"})
 # Request keys only Anthropic's own servers can honour.
-_NATIVE_ONLY_KEYS = ("mcp_servers", "container", "output_format")
+_NATIVE_ONLY_KEYS = ("mcp_servers", "container")
 IMAGE_TOKENS = 1600  # Anthropic's cost of an image scaled to its 1.15-megapixel limit
 MESSAGE_TOKENS = 4  # role and turn markers per message
 
@@ -67,6 +78,7 @@ def messages_to_chat_request(body: Mapping[str, Any]) -> tuple[dict[str, Any], s
     if body.get("stop_sequences"):
         out["stop"] = list(body["stop_sequences"])
     _add_tools(body, out, reasons)
+    _add_response_format(body, out)
     metadata = body.get("metadata")
     if isinstance(metadata, Mapping) and isinstance(metadata.get("user_id"), str):
         out["user"] = metadata["user_id"]
@@ -204,6 +216,31 @@ def _add_tools(body: Mapping[str, Any], out: dict[str, Any], reasons: list[str])
         out["parallel_tool_calls"] = False
 
 
+# ---------------------------------------------------------------- structured output
+
+
+def output_format(body: Mapping[str, Any]) -> Any:
+    """The request's structured-output format: ``output_config.format``, else the older ``output_format``."""
+    config = body.get("output_config")
+    if isinstance(config, Mapping) and config.get("format") is not None:
+        return config["format"]
+    return body.get("output_format")
+
+
+def _add_response_format(body: Mapping[str, Any], out: dict[str, Any]) -> None:
+    """Anthropic structured output → OpenAI ``response_format: json_schema`` (shape checked by the surface).
+
+    ``strict: true``: Anthropic guarantees the schema, and so must the upstream
+    (llama.cpp and vLLM constrain decoding to it; OpenAI refuses a schema it
+    cannot make strict, which the client then sees as a 400).
+    """
+    fmt = output_format(body)
+    if fmt is None:
+        return
+    out["response_format"] = {"type": "json_schema", "json_schema": {
+        "name": OUTPUT_SCHEMA_NAME, "schema": fmt["schema"], "strict": True}}
+
+
 # ---------------------------------------------------------------- responses
 
 
@@ -221,7 +258,7 @@ def chat_completion_to_message(completion: Any, *, where: str) -> dict[str, Any]
     for k, call in enumerate(message.get("tool_calls") or ()):
         content.append(tool_use_block(call, where=f"{where} tool call {k}"))
     reason, sequence = stop_reason(cast(Mapping[str, Any], choice))  # a Mapping: it held the message
-    return {"id": completion.get("id"), "type": "message", "role": "assistant",
+    return {"id": dialect_id(completion.get("id"), MESSAGE_ID_PREFIX), "type": "message", "role": "assistant",
             "model": completion.get("model"), "content": content, "stop_reason": reason,
             "stop_sequence": sequence, "usage": anthropic_usage(completion.get("usage"))}
 

@@ -22,6 +22,7 @@ import orjson
 
 from labgate.errors import UpstreamBadResponseError, UpstreamStatusError
 from labgate.providers.anthropic.inbound import anthropic_usage, stop_reason
+from labgate.providers.anthropic.translate import MESSAGE_ID_PREFIX, dialect_id
 from labgate.providers.http import upstream_snippet
 from labgate.providers.sse import SSEBuffer, event_fields
 
@@ -92,7 +93,8 @@ class EventTranslator:
 
     def _start(self, chunk: dict[str, Any], out: list[bytes]) -> None:
         self.started = True
-        message: dict[str, Any] = {"id": chunk.get("id"), "type": "message", "role": "assistant",
+        message: dict[str, Any] = {
+                   "id": dialect_id(chunk.get("id"), MESSAGE_ID_PREFIX), "type": "message", "role": "assistant",
                    "model": chunk.get("model"), "content": [], "stop_reason": None,
                    "stop_sequence": None, "usage": {"input_tokens": 0, "output_tokens": 0}}
         out.append(event("message_start", {"type": "message_start", "message": message}))

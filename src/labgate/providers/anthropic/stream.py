@@ -17,7 +17,9 @@ import orjson
 
 from labgate.errors import LabgateError, UpstreamBadResponseError
 from labgate.providers.anthropic.translate import (
+    CHAT_ID_PREFIX,
     cached_tokens,
+    dialect_id,
     finish_reason,
     read_usage,
     usage_json,
@@ -117,7 +119,7 @@ class StreamTranslator:
         if not isinstance(message, dict):
             raise UpstreamBadResponseError(f"{self.where} sent 'message_start' without a message")
         self.started = True
-        self._head = {"id": message.get("id"), "object": "chat.completion.chunk",
+        self._head = {"id": dialect_id(message.get("id"), CHAT_ID_PREFIX), "object": "chat.completion.chunk",
                       "created": self.created, "model": message.get("model")}
         self._merge_usage(message.get("usage"))
         return [self._chunk({"role": "assistant", "content": ""})]

@@ -2,14 +2,20 @@
 
 Pure functions over parsed JSON: no I/O, no clock (``created`` is passed in).
 A request the upstream could not honour faithfully (``n > 1``, ``logprobs``,
-a JSON response format, legacy ``functions``) is refused with a
+``response_format: json_object``, legacy ``functions``) is refused with a
 :class:`RequestError` naming the parameter, rather than answered differently
 from what the client asked; parameters that only tune sampling or
-bookkeeping are dropped.
+bookkeeping are dropped. ``response_format: json_schema`` becomes Anthropic's
+structured output (``output_config.format``), whose JSON text comes back as
+the message content.
+
+Ids are given in the client's dialect (:func:`dialect_id`): ``chatcmpl-…``
+for a translated message, ``msg_…`` for a translated chat completion.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any
@@ -39,6 +45,29 @@ _SYSTEM_ROLES = frozenset({"system", "developer"})
 # text's first word (inbound.py writes it, _tool_result reads it back).
 TOOL_ERROR_MARK = "[tool error]"
 _EMPTY_SCHEMA = MappingProxyType({"type": "object", "properties": {}})
+CHAT_ID_PREFIX = "chatcmpl-"  # OpenAI's chat completion ids
+MESSAGE_ID_PREFIX = "msg_"  # Anthropic's message ids
+_ID_PREFIXES = (CHAT_ID_PREFIX, MESSAGE_ID_PREFIX)
+# The name an Anthropic structured-output schema gets as an OpenAI json_schema (the
+# Messages API names none; OpenAI requires one matching ^[a-zA-Z0-9_-]{1,64}$).
+OUTPUT_SCHEMA_NAME = "output"
+
+
+def dialect_id(upstream: Any, prefix: str) -> str:
+    """The upstream's response id in the client's dialect: ``prefix`` + the upstream's own part.
+
+    ``chatcmpl-abc`` becomes ``msg_abc`` and back (so the id still finds the
+    upstream's logs); an id of neither form gets ``prefix`` in front; a missing
+    one is 96 random bits.
+    """
+    if not isinstance(upstream, str) or not upstream:
+        return prefix + os.urandom(12).hex()
+    if upstream.startswith(prefix):
+        return upstream
+    for foreign in _ID_PREFIXES:
+        if upstream.startswith(foreign):
+            return prefix + upstream[len(foreign):]
+    return prefix + upstream
 
 
 def chat_request_to_messages(body: Mapping[str, Any], *, model: str, default_max_tokens: int,
@@ -62,6 +91,7 @@ def chat_request_to_messages(body: Mapping[str, Any], *, model: str, default_max
         out["system"] = system
     _add_sampling(body, out)
     _add_tools(body, out)
+    _add_output_format(body.get("response_format"), out)
     if isinstance(body.get("user"), str):
         out["metadata"] = {"user_id": body["user"]}
     if stream:
@@ -79,10 +109,6 @@ def _refuse_unsupported(body: Mapping[str, Any]) -> None:
             raise RequestError("this provider does not return log probabilities", param=key)
     if body.get("logit_bias"):
         raise RequestError("this provider does not support 'logit_bias'", param="logit_bias")
-    response_format = body.get("response_format")
-    if isinstance(response_format, Mapping) and response_format.get("type", "text") != "text":
-        raise RequestError("this provider does not support JSON response formats",
-                           param="response_format")
     modalities = body.get("modalities")
     if body.get("audio") is not None or (isinstance(modalities, list) and set(modalities) - {"text"}):
         raise RequestError("this provider answers with text only", param="modalities")
@@ -271,6 +297,37 @@ def _tool_result(message: Mapping[str, Any], where: str) -> dict[str, Any]:
     return block
 
 
+# ---------------------------------------------------------------- structured output
+
+
+def _add_output_format(response_format: Any, out: dict[str, Any]) -> None:
+    """OpenAI ``response_format`` → Anthropic ``output_config.format`` (structured outputs).
+
+    ``json_schema`` carries its schema over (Anthropic constrains decoding to it,
+    as OpenAI's ``strict: true`` does; ``name`` and ``description`` have no
+    Anthropic field and only label the schema). ``json_object`` ("any JSON
+    object") has no Anthropic form and is refused rather than answered as text.
+    """
+    if response_format is None:
+        return
+    if not isinstance(response_format, Mapping):
+        raise RequestError("'response_format' must be an object", param="response_format")
+    kind = response_format.get("type", "text")
+    if kind == "text":
+        return
+    if kind == "json_object":
+        raise RequestError("this provider has no JSON-object mode: send response_format type 'json_schema' "
+                           "with a schema (Anthropic structured outputs)", param="response_format.type")
+    if kind != "json_schema":
+        raise RequestError(f"unsupported response_format type {kind!r}", param="response_format.type")
+    spec = response_format.get("json_schema")
+    schema = spec.get("schema") if isinstance(spec, Mapping) else None
+    if not isinstance(schema, Mapping):
+        raise RequestError("response_format json_schema needs a 'schema' object",
+                           param="response_format.json_schema.schema")
+    out["output_config"] = {"format": {"type": "json_schema", "schema": schema}}
+
+
 # ---------------------------------------------------------------- tools
 
 
@@ -340,7 +397,7 @@ def message_to_chat_completion(message: Any, *, created: int, where: str) -> dic
         reply["tool_calls"] = tool_calls
     usage = read_usage(message.get("usage"))
     return {
-        "id": message.get("id"),
+        "id": dialect_id(message.get("id"), CHAT_ID_PREFIX),
         "object": "chat.completion",
         "created": created,
         "model": message.get("model"),

@@ -156,7 +156,7 @@ async def test_send_translates_both_ways_and_sends_the_anthropic_headers(
     reply = await within(adapter.send(chat_call(max_tokens=10, stop=["x"])))
     completion = orjson.loads(reply.body)
     assert completion == {
-        "id": "msg_1", "object": "chat.completion", "created": completion["created"], "model": "claude-x-2025",
+        "id": "chatcmpl-1", "object": "chat.completion", "created": completion["created"], "model": "claude-x-2025",
         "choices": [{"index": 0, "logprobs": None, "finish_reason": "tool_calls", "message": {
             "role": "assistant", "content": "Hi!",
             "tool_calls": [{"id": "toolu_1", "type": "function", "function": {"name": "f", "arguments": '{"a":1}'}}]}}],
@@ -239,7 +239,7 @@ async def test_stream_relays_openai_chunks_with_usage(upstream: Upstream, adapte
     upstream.handler = stream_answer([raw[i:i + 37] for i in range(0, len(raw), 37)])
     stream = await within(adapter.stream(chat_call(stream=True, stream_options={"include_usage": True})))
     events = parsed(await drain(stream))
-    head = {"id": "msg_9", "object": "chat.completion.chunk", "created": events[0]["created"], "model": "claude-x"}
+    head = {"id": "chatcmpl-9", "object": "chat.completion.chunk", "created": events[0]["created"], "model": "claude-x"}
     assert events == [
         {**head, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
                               "finish_reason": None}]},

@@ -133,7 +133,6 @@ def test_a_final_assistant_turn_is_sent_as_a_message_not_a_prefill() -> None:
     ({}, [user([{"type": "document", "source": {"type": "url", "url": "https://example.com/a.pdf"}}])],
      "a 'document' block (messages.0.content.0)"),
     ({"mcp_servers": [{"type": "url", "url": "https://mcp.example.com", "name": "x"}]}, [], "'mcp_servers'"),
-    ({"output_format": {"type": "json_schema", "schema": {"type": "object"}}}, [], "'output_format'"),
     ({}, [user("q"), assistant([{"type": "server_tool_use", "id": "srvtoolu_1", "name": "web_search",
                                  "input": {"query": "x"}}])], "a 'server_tool_use' block (messages.1.content.0)"),
     ({}, [user("q"), assistant([USE]), user([{"type": "tool_result", "tool_use_id": "toolu_1", "content": [

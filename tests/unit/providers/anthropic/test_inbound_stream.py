@@ -66,7 +66,7 @@ def test_the_exact_event_sequence_for_text() -> None:
                        chunk({"content": " there"}), chunk({}, "stop"), usage(5, 2), DONE)
     assert events == [
         ("message_start", {"type": "message_start", "message": {
-            "id": "chatcmpl-1", "type": "message", "role": "assistant", "model": "qwen", "content": [],
+            "id": "msg_1", "type": "message", "role": "assistant", "model": "qwen", "content": [],
             "stop_reason": None, "stop_sequence": None, "usage": {"input_tokens": 0, "output_tokens": 0}}}),
         ("ping", {"type": "ping"}),
         ("content_block_start", {"type": "content_block_start", "index": 0,

@@ -544,7 +544,8 @@ def plan_events(plan: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def plan_chunks(plan: dict[str, Any]) -> list[Any]:
-    head = {"id": plan["id"], "object": "chat.completion.chunk", "created": CREATED, "model": plan["model"]}
+    head = {"id": "chatcmpl-" + plan["id"].removeprefix("msg_"), "object": "chat.completion.chunk",
+            "created": CREATED, "model": plan["model"]}
 
     def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
         return {**head, "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}

@@ -69,7 +69,7 @@ RECORDED = b"".join([
 
 
 def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
-    return {"id": "msg_01", "object": "chat.completion.chunk", "created": 1700000000, "model": "claude-x",
+    return {"id": "chatcmpl-01", "object": "chat.completion.chunk", "created": 1700000000, "model": "claude-x",
             "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
 
 
@@ -89,7 +89,7 @@ EXPECTED = [
     chunk(tool_delta(1, function={"arguments": ' "CET"}'})),
     chunk({}, "tool_calls"),
 ]
-USAGE_CHUNK = {"id": "msg_01", "object": "chat.completion.chunk", "created": 1700000000, "model": "claude-x",
+USAGE_CHUNK = {"id": "chatcmpl-01", "object": "chat.completion.chunk", "created": 1700000000, "model": "claude-x",
                "choices": [], "usage": {"prompt_tokens": 35, "completion_tokens": 42, "total_tokens": 77,
                                         "prompt_tokens_details": {"cached_tokens": 10}}}
 

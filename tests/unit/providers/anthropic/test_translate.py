@@ -213,7 +213,7 @@ def test_stop_list_max_tokens_and_low_temperature_kept() -> None:
     ({"logprobs": True}, "logprobs"),
     ({"top_logprobs": 3}, "top_logprobs"),
     ({"logit_bias": {"50256": -100}}, "logit_bias"),
-    ({"response_format": {"type": "json_object"}}, "response_format"),
+    ({"response_format": {"type": "json_object"}}, "response_format.type"),
     ({"modalities": ["text", "audio"]}, "modalities"),
     ({"functions": [{"name": "f"}]}, "functions"),
     ({"max_tokens": 0}, "max_tokens"),
@@ -266,7 +266,7 @@ MESSAGE = {
 
 def test_message_with_text_and_tools_becomes_a_chat_completion() -> None:
     assert message_to_chat_completion(MESSAGE, created=1700000000, where="provider 'a'") == {
-        "id": "msg_01", "object": "chat.completion", "created": 1700000000, "model": "claude-x-20250101",
+        "id": "chatcmpl-01", "object": "chat.completion", "created": 1700000000, "model": "claude-x-20250101",
         "choices": [{
             "index": 0, "logprobs": None, "finish_reason": "tool_calls",
             "message": {"role": "assistant", "content": "Let me check both.", "tool_calls": [
