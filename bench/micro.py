@@ -14,8 +14,9 @@ provider/model), body parse and rewrite (``parse_chat``, ``adapt_body``,
 ``orjson.dumps``), the OpenAI stream tap (``SSEBuffer.feed`` and
 ``OpenAICompatibleAdapter._tap`` over a 20-chunk stream), Anthropic
 translation (request, response, and ``StreamTranslator.feed`` over a
-recorded event stream), the access-log record (``RequestRecord.as_log`` + orjson) and the
-metrics count (``Metrics.observe``: a whole answer, a stream).
+recorded event stream), the access-log record (``RequestRecord.as_log`` + orjson), the
+metrics count (``Metrics.observe``: a whole answer, a stream) and the response cache (the key's
+hash, a memory hit through ``Cache.get``, a whole answer replayed as a stream).
 """
 
 from __future__ import annotations
@@ -35,10 +36,15 @@ from labgate.providers.anthropic.translate import chat_request_to_messages, mess
 from labgate.providers.base import StreamInfo, Usage
 from labgate.providers.openai_compat.adapter import OpenAICompatibleAdapter
 from labgate.providers.openai_compat.quirks import PRESETS, adapt_body
+from labgate.providers.registry import TYPES
 from labgate.providers.sse import SSEBuffer
 from labgate.record import RequestRecord
 from labgate.routing.table import RouteTable
 from labgate.server.openai import parse_chat
+from labgate.state.cache import cache_for
+from labgate.state.entry import Entry
+from labgate.state.keys import key_hash
+from labgate.state.replay import replay
 from labgate.telemetry.metrics import Metrics
 from labgate.testing.gateway import config_from
 
@@ -181,6 +187,7 @@ def cases() -> list[Case]:
     streamed.first_byte = streamed.first_token = streamed.started + 0.08
     streamed.finished = streamed.started + 1.3
     metrics = Metrics()
+    hit, replayed = _cache_cases()
 
     return [
         Case("route.resolve exact (provider's model)", lambda: resolve("coder")),
@@ -207,7 +214,41 @@ def cases() -> list[Case]:
              lambda: orjson.dumps(record.as_log(), option=orjson.OPT_APPEND_NEWLINE)),
         Case("Metrics.observe, whole answer", lambda: metrics.observe(answered)),
         Case("Metrics.observe, stream", lambda: metrics.observe(streamed)),
+        Case("cache key_hash (4-message chat body)", lambda: key_hash("chat", "ollama/qwen2.5-coder:7b", CHAT)),
+        Case("cache memory hit: Cache.get", hit),
+        Case("cache replay: whole chat answer as a stream", replayed),
     ]
+
+
+def _cache_cases() -> tuple[Callable[[], object], Callable[[], object]]:
+    """A memory hit through ``Cache.get`` (its coroutine never suspends: driven by hand), and a replay."""
+    config = config_from({"p": {"type": "openai_compatible", "base_url": "http://127.0.0.1:9/v1",
+                                "models": ["coder"]}}, gateway={"cache": {"nondeterministic": "cache"}})
+    cache = cache_for(config)
+    assert cache is not None
+    route = RouteTable(config, {"p": TYPES["openai_compatible"].build(config.providers["p"], "p")}).resolve("coder")
+    answer = orjson.dumps({"id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "coder",
+                           "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hello! " * 40},
+                                        "finish_reason": "stop"}],
+                           "usage": {"prompt_tokens": 40, "completion_tokens": 80, "total_tokens": 120}})
+    key = cache.default.prefix + key_hash("chat", "p/coder", CHAT)
+    entry = Entry(answer, "openai", "chat", time.time(), "stop", Usage(40, 80), "p", "p/coder")
+    cache.entries.put_now(key, entry.encode(), 3600)  # type: ignore[attr-defined]
+
+    def hit() -> object:
+        record = RequestRecord("req-0123456789abcdef", "chat")
+        body = dict(CHAT)
+        record.payload = body
+        coroutine = cache.get(route, record, body)
+        try:
+            coroutine.send(None)
+        except StopIteration as done:
+            assert done.value is not None
+            return done.value
+        raise RuntimeError("a memory hit suspended")
+
+    doc = orjson.loads(answer)
+    return hit, lambda: replay(doc, dialect="openai", endpoint="chat", include_usage=True)
 
 
 # ---------------------------------------------------------------- timing

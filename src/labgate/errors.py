@@ -33,6 +33,7 @@ foreign exceptions into these classes at exactly one boundary
     ├── AllAttemptsFailedError        502/504/429 every candidate failed; holds each cause
     │                                      (Anthropic overloaded_error when every one was overloaded)
     ├── HistoryUnavailableError       503  history is off, or its store cannot be read now
+    ├── CacheUnavailableError         503  the response cache is off, or its backend cannot be reached now
     └── InternalError                 500  an unexpected exception (logged once, never on the wire)
 
 On ``/v1/messages`` an ``overloaded_error`` is answered with Anthropic's 529
@@ -266,6 +267,14 @@ class HistoryUnavailableError(LabgateError):
 
     status = 503
     code = "history_unavailable"
+    retryable = True
+
+
+class CacheUnavailableError(LabgateError):
+    """The response cache is not configured (no ``cache:``) or its backend failed to answer (admin API)."""
+
+    status = 503
+    code = "cache_unavailable"
     retryable = True
 
 

@@ -60,6 +60,8 @@ class Gateway:
             record.model, record.stream = payload["model"], payload.get("stream") is True
             record.payload, record.body = payload, body  # references for history; read off the hot path
             route = rt.table.resolve(record.model)
+            if rt.cache and (hit := await rt.cache.get(route, record, native or payload)):
+                return self.done(rt, record, hit, answer)
             candidates = plan(route, rt.circuit, max_attempts=rt.max_attempts)
             result, dep = await attempt(
                 candidates, endpoint=endpoint, body=payload, native=native, stream=record.stream,
@@ -68,6 +70,8 @@ class Gateway:
                 record.usage, record.finish_reason = result.usage, result.finish_reason
                 if answer is not None:
                     result = answer(result, record)
+            if record.cache_ticket is not None:  # a cache miss: stored at finish if it completes
+                record.cache_ticket.result = result
         except BaseException as exc:
             self.finish(rt, record, exc)
             raise
@@ -77,6 +81,13 @@ class Gateway:
             self.finish(rt, record)
             return result
         return IteratorStream(Relay(self, rt, result, dep, record), result.info, result.dialect)
+
+    def done(self, rt: Runtime, record: RequestRecord, hit: Reply | Stream, answer: Answer | None) -> Reply | Stream:
+        """Answer from the cache: the record closes now (a replayed stream is already in memory)."""
+        if answer is not None and isinstance(hit, Reply):
+            hit = answer(hit, record)
+        self.finish(rt, record)
+        return hit
 
     def finish(self, rt: Runtime, record: RequestRecord, error: BaseException | None = None, *,
                streaming: bool = False) -> None:
@@ -93,6 +104,8 @@ class Gateway:
                 if not streaming:
                     record.status = exc.status_in(record.dialect)  # what the client's envelope says
                 record.error_type, record.error_message = exc.code, exc.message
+        if rt.cache is not None and record.cache_ticket is not None:
+            rt.cache.store(record)  # a complete answer is kept; requests waiting for it are released
         rt.access_log.write(record)
         if self.history is not None:
             self.history.put(record)
@@ -113,7 +126,8 @@ class Relay:
                  record: RequestRecord) -> None:
         self._gateway, self._rt, self._stream, self._dep, self._record = gateway, rt, stream, dep, record
         self._it = stream.__aiter__()
-        self._chunks = record.chunks = [] if gateway._keep_content else None
+        ticket = record.cache_ticket  # a cache miss keeps the chunks (bounded) to store the answer
+        self._chunks = record.chunks = [] if gateway._keep_content else ticket.capture() if ticket else None
         self._done = False
 
     def __aiter__(self) -> Relay:

@@ -52,7 +52,13 @@ class RequestRecord:
     payload: dict[str, Any] | None = None  # the parsed request body, by reference
     body: bytes | None = None  # the request's bytes, by reference (what history reads parameters from)
     reply: bytes | None = None  # a whole answer's body (history capture "full" only)
-    chunks: list[bytes] | None = None  # a stream's relayed bytes (history capture "full" only)
+    chunks: list[bytes] | None = None  # a stream's relayed bytes (history capture "full", or a cache miss)
+    # the response cache (state/cache.py): None when no cache is configured
+    cache_status: str | None = None  # hit | miss | bypass | off | unavailable
+    cache_age: int | None = None  # hits: seconds since the entry was stored (the `age` header)
+    cache_bytes: int = 0  # hits: bytes served from the cache; misses: bytes stored
+    cache_control: str | None = None  # the request's cache-control header (set by the surface)
+    cache_ticket: Any = None  # a miss to store when the request finishes (state.cache.Ticket)
 
     @property
     def dialect(self) -> str:
@@ -83,4 +89,5 @@ class RequestRecord:
                                  "message": f.error.message} for f in self.failures] or None,
             "error_type": self.error_type, "error": self.error_message,
             "key_id": self.key_id, "client_ip": self.client_ip,
+            "cache": self.cache_status,
         }

@@ -17,6 +17,7 @@ from labgate.providers.base import Adapter
 from labgate.providers.registry import TYPES
 from labgate.routing.circuit import Circuit
 from labgate.routing.table import RouteTable
+from labgate.state.cache import Cache, cache_for
 from labgate.telemetry.logs import AccessLog
 
 
@@ -30,9 +31,12 @@ class Runtime:
     access_log: AccessLog
     max_attempts: int
     request_timeout: float
+    cache: Cache | None = None  # the response cache (state/cache.py); None: not configured
 
     @classmethod
-    def build(cls, config: Config, *, access_log: AccessLog | None = None) -> Runtime:
+    def build(cls, config: Config, *, access_log: AccessLog | None = None,
+              previous: Runtime | None = None) -> Runtime:
+        """``previous``: the Runtime a reload replaces (the cache keeps its entries when its backend is unchanged)."""
         adapters = {name: TYPES[p.type].build(p, name)
                     for name, p in config.providers.items() if p.status == "active"}
         gateway = config.gateway
@@ -48,9 +52,12 @@ class Runtime:
                                                client_ip=gateway.logging.client_ip),
             max_attempts=gateway.resilience.max_attempts,
             request_timeout=gateway.server.request_timeout_s,
+            cache=cache_for(config, previous=previous.cache if previous is not None else None),
         )
 
     async def aclose(self) -> None:
         self.access_log.flush()
+        if self.cache is not None:
+            await self.cache.aclose()
         for adapter in self.adapters.values():
             await adapter.aclose()

@@ -231,11 +231,11 @@ def test_most_common_prompts(store: Any) -> None:
 
 def test_cache_hit_rate(store: Any) -> None:
     assert store.run(analytics.cache(store.store)) == [
-        {"group": None, "requests": 11, "cache_hits": 3, "hit_rate": 0.272727}]
+        {"group": None, "requests": 11, "cache_hits": 3, "hit_rate": 0.272727, "saved_tokens": 92}]
     assert store.run(analytics.cache(store.store, by="model")) == [
-        {"group": "m-a", "requests": 6, "cache_hits": 2, "hit_rate": 0.333333},
-        {"group": "m-b", "requests": 4, "cache_hits": 1, "hit_rate": 0.25},
-        {"group": None, "requests": 1, "cache_hits": 0, "hit_rate": 0.0},
+        {"group": "m-a", "requests": 6, "cache_hits": 2, "hit_rate": 0.333333, "saved_tokens": 32},
+        {"group": "m-b", "requests": 4, "cache_hits": 1, "hit_rate": 0.25, "saved_tokens": 60},
+        {"group": None, "requests": 1, "cache_hits": 0, "hit_rate": 0.0, "saved_tokens": 0},
     ]
 
 

@@ -36,7 +36,8 @@ SINGLE_FILE = "labgate.yaml"
 # Top-level sections of the single-file form, and the file each one stands for.
 SECTIONS = {"providers": "providers", "routing": "mappings", "fallbacks": "mappings",
             "server": "gateway", "auth": "gateway", "logging": "gateway", "resilience": "gateway",
-            "store": "gateway", "metrics": "gateway", "config": "gateway", "ports": "ports"}
+            "store": "gateway", "metrics": "gateway", "config": "gateway", "ports": "ports",
+            "state": "gateway", "cache": "gateway"}
 M = TypeVar("M", bound=BaseModel)
 # A provider name is routed as the first part of `provider/model` and shown in headers and metrics.
 PROVIDER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")

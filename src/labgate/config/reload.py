@@ -358,7 +358,7 @@ class Reloader:
                                           loaded.config.warnings, duration_ms=_ms(started))
                     self.last = result
                     return result
-                runtime = Runtime.build(loaded.config, access_log=self._access_log)
+                runtime = Runtime.build(loaded.config, access_log=self._access_log, previous=self.gateway.runtime)
             except ConfigError as exc:
                 result = ReloadResult("refused", trigger, previous.version, previous.version, exc.problems,
                                       duration_ms=_ms(started))

@@ -8,6 +8,7 @@ from labgate.config.reload import Reloader
 from labgate.errors import LabgateError, MethodNotAllowedError, RouteNotFoundError
 from labgate.gateway import Gateway
 from labgate.runtime import Runtime
+from labgate.server.admin_cache import cache_routes
 from labgate.server.admin_config import config_routes
 from labgate.server.admin_history import history_routes
 from labgate.server.anthropic import AnthropicSurface
@@ -50,6 +51,8 @@ def build_app(gateway: Gateway, *, reloader: Reloader | None = None, listen_host
     prefixes.update(history_prefixes)
     # /admin/config, /admin/config/validate, /admin/config/reload (server/admin_config.py)
     routes.update(config_routes(gateway, reloader))
+    # /admin/cache/stats, /admin/cache/keys, /admin/cache/flush (server/admin_cache.py)
+    routes.update(cache_routes(gateway))
     # /metrics, unless metrics.enabled is false (server/metrics.py)
     routes.update(metrics_routes(gateway))
 

@@ -117,12 +117,23 @@ def route_headers(record: RequestRecord) -> list[tuple[str, str]]:
     if record.provider is not None:
         headers.append(("x-labgate-provider", header_value(record.provider)))
         headers.append(("x-labgate-deployment", header_value(record.deployment or "")))
+    if record.cache_status is not None:  # a cache is configured (docs/cache.md)
+        headers.extend(cache_headers(record))
     return headers
+
+
+def cache_headers(record: RequestRecord) -> list[tuple[str, str]]:
+    """``x-labgate-cache`` (hit | miss | bypass | off; an unavailable backend shows as off) and ``age`` on hits."""
+    status = record.cache_status
+    if status == "hit":
+        return [("x-labgate-cache", "hit"), ("age", str(record.cache_age or 0))]
+    return [("x-labgate-cache", "off" if status == "unavailable" else status or "off")]
 
 
 def new_record(request: Request, endpoint: str) -> RequestRecord:
     """The record of an API request: labgate's own id, the client's ``x-request-id`` beside it."""
-    return RequestRecord(request_id(), endpoint, request.client, client_request_id(request.headers))
+    return RequestRecord(request_id(), endpoint, request.client, client_request_id(request.headers),
+                         cache_control=request.headers.get("cache-control"))  # the response cache's controls
 
 
 class OpenAISurface:

@@ -17,7 +17,7 @@ Definitions (the tests check each one against hand-computed values):
   ``stream_error``; a client that left is not an error), and the error rate;
   plus the count of each error type.
 - ``prompts``: the most common normalised prompts (``capture: full`` only).
-- ``cache``: requests, cache hits and hit rate per group.
+- ``cache``: requests, cache hits, hit rate and the tokens hits saved, per group.
 - ``summary``: the totals ``labgate history stats`` prints.
 """
 
@@ -153,10 +153,13 @@ async def prompts(store: Store, where: Filter = EVERYTHING, *, limit: int = 20) 
 async def cache(store: Store, where: Filter = EVERYTHING, *, by: str | None = None) -> list[dict[str, Any]]:
     clause, params = where.where(store)
     rows = await store.fetch(
-        f"SELECT {_group(by)} AS grp, count(*) AS requests, sum({_HIT}) AS hits FROM {TABLE}{clause} GROUP BY 1",
+        f"SELECT {_group(by)} AS grp, count(*) AS requests, sum({_HIT}) AS hits, "
+        f"sum(CASE WHEN cache_hit THEN coalesce(tokens_used, 0) ELSE 0 END) AS saved FROM {TABLE}{clause} GROUP BY 1",
         params)
+    # a hit's row carries the usage of the answer it replayed: the upstream tokens it saved
     return _order([{"group": r["grp"], "requests": int(r["requests"]), "cache_hits": int(r["hits"]),
-                    "hit_rate": _ratio(int(r["hits"]), int(r["requests"]))} for r in rows], "group")
+                    "hit_rate": _ratio(int(r["hits"]), int(r["requests"])), "saved_tokens": int(r["saved"] or 0)}
+                   for r in rows], "group")
 
 
 async def summary(store: Store, where: Filter = EVERYTHING) -> dict[str, Any]:

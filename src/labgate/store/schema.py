@@ -61,7 +61,11 @@ _V1: tuple[Column, ...] = (  # the table as migration 1 created it: never edit
 )
 # Columns added since, each by its migration (ALTER TABLE … ADD COLUMN appends: the order is kept).
 _V2 = Column("client_request_id", "TEXT", "TEXT")  # the client's x-request-id; never names a record
-COLUMNS: tuple[Column, ...] = (*_V1, _V2)
+_V3 = (  # the response cache (docs/cache.md)
+    Column("cache", "TEXT", "TEXT"),  # hit | miss | bypass | off | unavailable; NULL: no cache configured
+    Column("cache_bytes", "INTEGER", "INTEGER"),  # hits: bytes served from the cache; misses: bytes stored
+)
+COLUMNS: tuple[Column, ...] = (*_V1, _V2, *_V3)
 NAMES: tuple[str, ...] = tuple(c.name for c in COLUMNS)
 JSON_COLUMNS = frozenset({"messages", "parameters", "tool_calls", "failed_attempts", "tags", "metadata"})
 BOOL_COLUMNS = frozenset({"stream", "cache_hit"})
@@ -81,9 +85,11 @@ def _create(dialect: str, primary_key: str) -> list[str]:
 SQLITE_MIGRATIONS: dict[int, list[str]] = {
     1: _create("sqlite", "id INTEGER PRIMARY KEY AUTOINCREMENT"),
     2: [f"ALTER TABLE {TABLE} ADD COLUMN {_V2.name} {_V2.sqlite}"],
+    3: [f"ALTER TABLE {TABLE} ADD COLUMN {c.name} {c.sqlite}" for c in _V3],
 }
 POSTGRES_MIGRATIONS: dict[int, list[str]] = {
     1: _create("postgres", "id BIGSERIAL PRIMARY KEY"),
     2: [f"ALTER TABLE {TABLE} ADD COLUMN IF NOT EXISTS {_V2.name} {_V2.postgres}"],
+    3: [f"ALTER TABLE {TABLE} ADD COLUMN IF NOT EXISTS {c.name} {c.postgres}" for c in _V3],
 }
 VERSION_TABLE = "history_schema_version"

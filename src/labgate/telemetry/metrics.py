@@ -62,7 +62,7 @@ Providers = dict[str, Endpoints]
 class Metrics:
     """The process's request counters and histograms; ``render()`` gives the Prometheus text."""
 
-    __slots__ = ("_deployments", "_failures", "_labels", "_models", "_unrouted", "in_flight", "started",
+    __slots__ = ("_cache", "_deployments", "_failures", "_labels", "_models", "_unrouted", "in_flight", "started",
                  "version")
 
     def __init__(self) -> None:
@@ -75,6 +75,8 @@ class Metrics:
         self.in_flight: Callable[[], int] | None = None  # set by the server: requests being answered
         self.started = time.time()
         self.version = _version()
+        # the response cache: status -> requests, and bytes / saved tokens (docs/cache.md)
+        self._cache: dict[str, int] = {}
 
     @classmethod
     def from_config(cls, config: MetricsConfig) -> Metrics | None:
@@ -116,11 +118,24 @@ class Metrics:
                 hist[bisect_left(BUCKETS, seconds)] += 1
                 hist[-1] += seconds
         usage = record.usage
-        if usage is not None:
+        if usage is not None and not record.cache_hit:  # a hit's usage was saved, not used
             series.prompt += usage.prompt_tokens
             series.completion += usage.completion_tokens
         if record.failures:
             self._count_failures(record)
+        if record.cache_status is not None:
+            self._count_cache(record)
+
+    def _count_cache(self, record: RequestRecord) -> None:
+        counts, status = self._cache, record.cache_status or ""
+        counts[status] = counts.get(status, 0) + 1
+        if record.cache_bytes:
+            kind = "bytes_served" if record.cache_hit else "bytes_stored"
+            counts[kind] = counts.get(kind, 0) + record.cache_bytes
+        usage = record.usage
+        if record.cache_hit and usage is not None:
+            counts["saved_prompt"] = counts.get("saved_prompt", 0) + usage.prompt_tokens
+            counts["saved_completion"] = counts.get("saved_completion", 0) + usage.completion_tokens
 
     def _model(self, name: str) -> Providers:
         """The first request routed under ``name``: its own label, or OVERFLOW once the cap is reached
@@ -181,6 +196,8 @@ class Metrics:
                 "Failed or skipped upstream attempts, by deployment and error code.")
         for (deployment, error), count in sorted(self._failures.items()):
             out.append(f"labgate_upstream_failures_total{_labels(deployment=deployment, error=error)} {count}")
+        if self._cache:
+            self._render_cache(out)
         if self.in_flight is not None:
             _header(out, "labgate_requests_in_flight", "gauge",
                     "HTTP requests being answered now (streams included), this scrape not counted.")
@@ -190,6 +207,20 @@ class Metrics:
         _header(out, "labgate_start_time_seconds", "gauge", "Unix time this gateway process started serving.")
         out.append(f"labgate_start_time_seconds {self.started!r}")
         return "\n".join(out) + "\n"
+
+    def _render_cache(self, out: list[str]) -> None:
+        counts = self._cache
+        _header(out, "labgate_cache_requests_total", "counter",
+                "Requests by response-cache result (unavailable: the backend was down; served without it).")
+        for status in ("hit", "miss", "bypass", "off", "unavailable"):
+            out.append(f"labgate_cache_requests_total{_labels(result=status)} {counts.get(status, 0)}")
+        _header(out, "labgate_cache_bytes_total", "counter", "Answer bytes served from the cache, and stored in it.")
+        for kind in ("served", "stored"):
+            out.append(f"labgate_cache_bytes_total{_labels(direction=kind)} {counts.get('bytes_' + kind, 0)}")
+        _header(out, "labgate_cache_saved_tokens_total", "counter",
+                "Tokens of the answers served from the cache: upstream usage saved.")
+        for kind in ("prompt", "completion"):
+            out.append(f"labgate_cache_saved_tokens_total{_labels(type=kind)} {counts.get('saved_' + kind, 0)}")
 
 
 def _header(out: list[str], name: str, kind: str, help_text: str) -> None:

@@ -141,7 +141,7 @@ async def test_analytics_endpoints(served: Any) -> None:
     status, body = await get(served, "/admin/analytics/prompts?limit=1")
     assert body == [{"prompt": "hello", "count": 2, "models": 2}]
     status, body = await get(served, "/admin/analytics/cache?by=none")
-    assert body == [{"group": None, "requests": 4, "cache_hits": 0, "hit_rate": 0.0}]
+    assert body == [{"group": None, "requests": 4, "cache_hits": 0, "hit_rate": 0.0, "saved_tokens": 0}]
     status, body = await get(served, "/admin/analytics/latency?by=model")
     assert [(r["group"], r["requests"]) for r in body] == [("m1", 2), ("m2", 1), ("nope", 1)]
     status, body = await get(served, "/admin/analytics/summary")

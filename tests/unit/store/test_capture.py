@@ -47,7 +47,7 @@ COMMON = {
     "completion_tokens": 3, "tokens_used": 15, "cost": None, "cache_hit": False, "attempts": 2,
     "failed_attempts": '[{"deployment":"p0/m1","error":"upstream_server_error","message":"p0 answered 503"}]',
     "client_ip": "10.0.0.7", "tags": '["exp-1","blue"]', "metadata": '{"project":"lab-a","tags":"exp-1, blue"}',
-    "client_request_id": "client-7",
+    "client_request_id": "client-7", "cache": None, "cache_bytes": None,
 }
 
 
@@ -149,3 +149,10 @@ def test_answers_in_other_shapes() -> None:
 ])
 def test_normalized_prompt(endpoint: str, given: Any, expected: str | None) -> None:
     assert normalized_prompt(endpoint, given) == expected
+
+
+def test_cache_hit_row_carries_status_bytes_and_the_saved_usage() -> None:
+    hit = record(cache_status="hit", cache_hit=True, cache_bytes=321, attempts=0, failures=[])
+    row = as_dict(build_row(hit, capture="metadata", client_ip=False))
+    assert (row["cache"], row["cache_bytes"], row["cache_hit"]) == ("hit", 321, True)
+    assert (row["prompt_tokens"], row["completion_tokens"]) == (12, 3)  # the tokens the hit saved

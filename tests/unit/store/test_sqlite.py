@@ -11,6 +11,7 @@ import pytest
 
 from labgate.record import RequestRecord
 from labgate.store.capture import build_row
+from labgate.store.schema import SQLITE_MIGRATIONS
 from labgate.store.sqlite import SQLiteStore, percentile_cont
 from labgate.store.writer import HistoryWriter
 
@@ -49,8 +50,9 @@ async def test_a_version_1_database_gains_client_request_id(tmp_path: Path) -> N
     finally:
         await store.aclose()
     assert (old["client_request_id"], new["client_request_id"]) == (None, "client-9")
+    assert (old["cache"], old["cache_bytes"]) == (None, None)
     with sqlite3.connect(path) as conn:
-        assert conn.execute("SELECT version FROM history_schema_version").fetchall() == [(1,), (2,)]
+        assert conn.execute("SELECT version FROM history_schema_version").fetchall() == [(1,), (2,), (3,)]
 
 
 async def test_open_creates_a_wal_file_and_migrates_once(tmp_path: Path) -> None:
@@ -61,7 +63,7 @@ async def test_open_creates_a_wal_file_and_migrates_once(tmp_path: Path) -> None
         await store.aclose()
     with sqlite3.connect(path) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
-        assert conn.execute("SELECT version FROM history_schema_version").fetchall() == [(1,), (2,)]
+        assert conn.execute("SELECT version FROM history_schema_version").fetchall() == [(1,), (2,), (3,)]
         indexes = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
     assert {"idx_requests_timestamp", "idx_requests_model", "idx_requests_provider",
             "idx_requests_request_id"} <= indexes
@@ -137,3 +139,21 @@ async def test_percentile_cont_is_postgres_percentile_cont(tmp_path: Path) -> No
                               "UNION ALL SELECT NULL UNION ALL SELECT 5.0)")
     assert found == [{"q": 2.0}]
     await store.aclose()
+
+
+async def test_a_version_1_database_gains_the_cache_columns(tmp_path: Path) -> None:
+    path = tmp_path / "v1.db"
+    with sqlite3.connect(path) as conn:  # a history file written before migration 2 existed
+        conn.execute("CREATE TABLE history_schema_version (version INTEGER NOT NULL)")
+        for statement in SQLITE_MIGRATIONS[1]:
+            conn.execute(statement)
+        conn.execute("INSERT INTO history_schema_version (version) VALUES (1)")
+    store = SQLiteStore(path)
+    await store.open()
+    await store.write([build_row(RequestRecord("after", "chat"), capture="metadata", client_ip=True)])
+    await store.aclose()
+    with sqlite3.connect(path) as conn:
+        columns = [r[1] for r in conn.execute("PRAGMA table_info(requests)")]
+        assert columns[-2:] == ["cache", "cache_bytes"]
+        assert conn.execute("SELECT max(version) FROM history_schema_version").fetchone() == (3,)
+        assert conn.execute("SELECT request_id, cache FROM requests").fetchall() == [("after", None)]

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import re
+from importlib.util import find_spec
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from labgate.config.schema.base import Strict
+from labgate.config.schema.cache import CacheConfig, StateConfig
 from labgate.config.schema.metrics import MetricsConfig
 from labgate.config.schema.reload import ReloadConfig
 from labgate.config.schema.store import StoreConfig
@@ -92,3 +94,17 @@ class GatewayConfig(Strict):
     store: StoreConfig = Field(default_factory=StoreConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)  # GET /metrics (Prometheus)
     config: ReloadConfig = Field(default_factory=ReloadConfig)  # hot reload, watching, backups
+    state: StateConfig = Field(default_factory=StateConfig)  # shared state backend (Redis) or in-process
+    cache: CacheConfig | None = None  # the response cache; absent: off (docs/cache.md)
+
+    @model_validator(mode="after")
+    def _cache_backend_has_url(self) -> GatewayConfig:
+        cache = self.cache
+        if cache is None or not cache.enabled:
+            return self
+        url = cache.url or self.state.url
+        if cache.backend == "redis" and not url:
+            raise ValueError("cache.backend is redis but no Redis URL is set: add cache.url or state.url")
+        if (cache.backend or ("redis" if url else "memory")) == "redis" and find_spec("redis") is None:
+            raise ValueError("the cache's Redis backend needs the redis client: pip install 'labgate[redis]'")
+        return self

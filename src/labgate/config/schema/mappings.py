@@ -12,6 +12,7 @@ from typing import Literal
 from pydantic import Field, field_validator
 
 from labgate.config.schema.base import Strict
+from labgate.config.schema.cache import RouteCacheConfig
 
 
 class ExactMatchConfig(Strict):
@@ -44,6 +45,7 @@ class RoutingConfig(Strict):
     capabilities: dict[str, tuple[str, ...]] = Field(default_factory=dict)
     load_balancing: dict[str, LoadBalancingConfig] = Field(default_factory=dict)
     aliases: dict[str, str] = Field(default_factory=dict)
+    cache: dict[str, RouteCacheConfig] = Field(default_factory=dict)  # model or glob → cache options
 
     @field_validator("patterns", mode="before")
     @classmethod

@@ -1,0 +1,52 @@
+"""The state protocols: what a feature needs from a backend, one small protocol per kind of state."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+KEY_PREFIX = "labgate"  # every key labgate writes starts with "labgate:"
+
+
+class StateUnavailableError(Exception):
+    """The backend cannot be used right now (down, timed out, or resting after a failure).
+
+    Backends raise only this, so features fail open without knowing the client library.
+    """
+
+
+@dataclass(frozen=True, slots=True)
+class KeyInfo:
+    """One stored key, for listings (``labgate cache keys``)."""
+
+    key: str
+    bytes: int
+    ttl_s: float | None  # seconds left; None: no expiry
+
+
+class EntryStore(Protocol):
+    """Opaque values under string keys, each with a time to live: the cache's entries.
+
+    ``get`` and ``put`` are the request path (one round trip each on Redis);
+    the rest serves admin commands and may be slow.
+    """
+
+    backend: str  # "memory" | "redis"
+
+    async def get(self, key: str) -> bytes | None: ...
+
+    async def put(self, key: str, value: bytes, ttl_s: float) -> None: ...
+
+    async def keys(self, pattern: str, *, limit: int) -> list[KeyInfo]:
+        """Keys matching a glob (``labgate:ns:*``), at most ``limit``."""
+        ...
+
+    async def delete(self, pattern: str) -> int:
+        """Delete every key matching the glob; returns how many went."""
+        ...
+
+    def status(self) -> dict[str, object]:
+        """The backend's health for ``/admin/cache/stats`` (up, failures, last error)."""
+        ...
+
+    async def aclose(self) -> None: ...

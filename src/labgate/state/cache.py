@@ -1,0 +1,396 @@
+"""The response cache: one lookup before the attempts, one store when the request finishes.
+
+``Gateway.handle`` calls :meth:`Cache.get` once the route is resolved; a hit
+is answered from here (a stream request gets the entry replayed as SSE, see
+:mod:`labgate.state.replay`). A miss that may be stored leaves a
+:class:`Ticket` on the record; ``Gateway.finish`` calls :meth:`Cache.store`,
+which keeps only successful, complete answers (``finish_reason`` stop,
+length or tool_calls; embeddings) and writes them in the background.
+
+The key is ``labgate:{namespace}:{hash}``: a BLAKE2b hash of the endpoint, the
+route's resolved target (its primary deployments) and the request body as
+canonical JSON, less the fields that cannot change the answer
+(:data:`labgate.state.keys.NOT_KEYED`; ``stream`` among them, so a streamed and a whole request
+share an entry).
+
+Single flight: identical concurrent misses in one process make one upstream
+call; the others wait for it (at most ``single_flight_wait_s``, after which a
+waiter goes upstream itself). Across processes there is no single flight:
+replicas that miss together each call upstream once.
+
+Fail open: when the backend is unavailable the request is served without the
+cache (status ``unavailable``, counted; the backend logs the outage once).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fnmatch
+import logging
+import re
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from labgate.config.schema.cache import CacheConfig, RouteCacheConfig, StateConfig
+from labgate.providers.base import IteratorStream, Reply, Stream, StreamInfo
+from labgate.state.base import KEY_PREFIX, EntryStore, StateUnavailableError
+from labgate.state.controls import parse_controls
+from labgate.state.entry import Capture, Entry
+from labgate.state.keys import key_hash
+from labgate.state.replay import assemble, replay
+
+if TYPE_CHECKING:
+    from labgate.config.load import Config
+    from labgate.record import RequestRecord
+    from labgate.routing.table import Route
+
+log = logging.getLogger("labgate.state")
+
+STORABLE = frozenset({"stop", "length", "tool_calls"})  # finish reasons of complete answers
+STREAM_OVERHEAD = 4  # a stream miss is captured up to this many times max_entry_bytes of SSE (framing, repeats)
+_MEMO_LIMIT = 4096  # routes whose policy is remembered (dynamic names are bounded like the route table's)
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """A route's cache options, resolved once per route name."""
+
+    namespace: str
+    prefix: str  # "labgate:{namespace}:"
+    ttl_s: float
+    endpoints: frozenset[str]
+    nondeterministic: bool  # cache requests whose temperature is not 0
+
+
+@dataclass(slots=True)
+class Counts:
+    """What one namespace has seen in this process (``/admin/cache/stats``)."""
+
+    hits: int = 0
+    misses: int = 0
+    bypass: int = 0
+    off: int = 0
+    unavailable: int = 0
+    waited: int = 0  # hits served by waiting for an identical request in flight (single flight)
+    stored: int = 0
+    store_failures: int = 0
+    bytes_served: int = 0
+    bytes_stored: int = 0
+    saved_prompt_tokens: int = 0
+    saved_completion_tokens: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        looked = self.hits + self.misses
+        return {"hits": self.hits, "misses": self.misses, "bypass": self.bypass, "off": self.off,
+                "unavailable": self.unavailable, "hit_rate": round(self.hits / looked, 4) if looked else None,
+                "single_flight_waits": self.waited, "stored": self.stored, "store_failures": self.store_failures,
+                "bytes_served": self.bytes_served, "bytes_stored": self.bytes_stored,
+                "saved_tokens": {"prompt": self.saved_prompt_tokens, "completion": self.saved_completion_tokens}}
+
+
+@dataclass(slots=True, eq=False)
+class Ticket:
+    """A miss the request will store at its end (and release the requests waiting for it)."""
+
+    key: str
+    ttl_s: float
+    counts: Counts
+    store: bool  # false: the client said no-store
+    flight: asyncio.Future[Entry | None] | None = None
+    result: Reply | Stream | None = None  # set by the gateway once the attempts answered
+    capture_bytes: int = 0  # a stream's SSE bytes kept for assembling its entry
+
+    def capture(self) -> list[bytes] | None:
+        """Where the relay keeps a stream's chunks for this entry (None: nothing to store)."""
+        return Capture(self.capture_bytes) if self.store else None
+
+
+@dataclass(slots=True, eq=False)
+class _Flight:
+    future: asyncio.Future[Entry | None]
+    started: float = field(default_factory=time.monotonic)
+
+
+class Cache:
+    """The response cache of one Runtime (``Runtime.cache``; None when ``cache:`` is absent)."""
+
+    def __init__(self, config: CacheConfig, routes: dict[str, RouteCacheConfig], entries: EntryStore, *,
+                 counts: dict[str, Counts] | None = None) -> None:
+        self.config = config
+        self.entries = entries
+        self.counts: dict[str, Counts] = counts if counts is not None else {}
+        self.owns_entries = True  # false once a reload handed them to the next Runtime's cache
+        self._routes = {k: v for k, v in routes.items() if not _is_glob(k)}
+        self._globs = [(re.compile(fnmatch.translate(k)), v) for k, v in routes.items() if _is_glob(k)]
+        self._memo: dict[str, tuple[Policy | None, str]] = {}
+        self._flights: dict[str, _Flight] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.default = self._policy(None)
+        for name in {self.default.namespace, *(r.namespace for r in routes.values() if r.namespace)}:
+            self.counts.setdefault(name, Counts())
+
+    # --- the request path ------------------------------------------------------
+
+    async def get(self, route: Route, record: RequestRecord, body: dict[str, Any]) -> Reply | Stream | None:
+        """A hit to answer with, or None (then ``record.cache_ticket`` may hold the store to make)."""
+        memo = self._memo.get(route.name)
+        if memo is None:
+            memo = self._remember(route)
+        policy, target = memo
+        controls = body.pop("cache", None)
+        if record.payload is not None and record.payload is not body:
+            record.payload.pop("cache", None)  # the Anthropic surface's translation carries it too
+        if policy is None or record.endpoint not in policy.endpoints:
+            record.cache_status = "off"
+            if policy is not None:
+                self.counts[policy.namespace].off += 1
+            return None
+        counts = self.counts[policy.namespace]
+        asked = parse_controls(record.cache_control, controls)
+        if not (policy.nondeterministic or record.endpoint == "embeddings" or body.get("temperature") == 0):
+            record.cache_status = "bypass"  # non-deterministic: the policy says skip
+            counts.bypass += 1
+            return None
+        key = policy.prefix + key_hash(record.endpoint, f"{record.key_id}|{target}" if self.config.per_key else target,
+                                    body)
+        if asked.no_cache:
+            record.cache_status = "bypass"
+            counts.bypass += 1
+        else:
+            record.cache_status = "miss"
+            hit = await self._lookup(key, record, counts, asked.max_age)
+            if hit is not None:
+                return hit
+        ticket = Ticket(key, policy.ttl_s if asked.ttl is None else asked.ttl, counts, not asked.no_store,
+                        capture_bytes=self.config.max_entry_bytes * STREAM_OVERHEAD)
+        if ticket.store and self.config.single_flight and key not in self._flights:
+            ticket.flight = asyncio.get_running_loop().create_future()
+            self._flights[key] = _Flight(ticket.flight)
+        record.cache_ticket = ticket
+        if record.cache_status == "miss":
+            counts.misses += 1
+        return None
+
+    async def _lookup(self, key: str, record: RequestRecord, counts: Counts,
+                      max_age: float | None) -> Reply | Stream | None:
+        try:
+            raw = await self.entries.get(key)
+        except StateUnavailableError:
+            record.cache_status = "unavailable"
+            counts.unavailable += 1
+            raw = None
+        if raw is not None:
+            entry = Entry.decode(raw)
+            if entry is not None and (max_age is None or time.time() - entry.created <= max_age):
+                return self._hit(record, entry, counts)
+        if self.config.single_flight and self._flights.get(key) is not None:
+            entry = await self._join(key)
+            if entry is not None:
+                counts.waited += 1
+                return self._hit(record, entry, counts)
+        return None
+
+    async def _join(self, key: str) -> Entry | None:
+        """Wait for the identical request in flight; None when it failed or took too long."""
+        wait = self.config.single_flight_wait_s
+        deadline = time.monotonic() + wait
+        while (flight := self._flights.get(key)) is not None:
+            remaining = deadline - time.monotonic()
+            if flight.started < time.monotonic() - wait:
+                self._flights.pop(key, None)  # stale: its request never finished; the next one leads
+                return None
+            if remaining <= 0:
+                return None
+            await asyncio.wait((flight.future,), timeout=remaining)
+            if flight.future.done():
+                entry = flight.future.result()
+                if entry is not None:
+                    return entry
+        return None
+
+    def _hit(self, record: RequestRecord, entry: Entry, counts: Counts) -> Reply | Stream:
+        record.cache_status, record.cache_hit = "hit", True
+        record.cache_age = max(0, int(time.time() - entry.created))
+        record.cache_bytes = len(entry.body)
+        record.usage, record.finish_reason = entry.usage, entry.finish_reason
+        record.provider, record.deployment = entry.provider, entry.deployment
+        counts.hits += 1
+        counts.bytes_served += len(entry.body)
+        if entry.usage is not None:
+            counts.saved_prompt_tokens += entry.usage.prompt_tokens
+            counts.saved_completion_tokens += entry.usage.completion_tokens
+        if not record.stream:
+            return Reply(entry.body, entry.usage, entry.finish_reason, entry.dialect)  # type: ignore[arg-type]
+        options = (record.payload or {}).get("stream_options")
+        events = replay(orjson.loads(entry.body), dialect=entry.dialect, endpoint=entry.endpoint,
+                        include_usage=isinstance(options, dict) and options.get("include_usage") is True)
+        info = StreamInfo(usage=entry.usage, finish_reason=entry.finish_reason, chunks=len(events))
+        return IteratorStream(_iterate(events), info, entry.dialect)  # type: ignore[arg-type]
+
+    def store(self, record: RequestRecord) -> None:
+        """At the request's end: keep its answer if complete, and release the requests waiting for it."""
+        ticket, record.cache_ticket = record.cache_ticket, None
+        entry = None
+        if ticket.store and record.outcome == "ok" and ticket.result is not None:
+            try:
+                entry = self._entry(record, ticket.result)
+            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
+                # an upstream answer we cannot read back is served as it came, and not stored
+                log.warning("cache: could not read the answer of request %s back; not stored", record.request_id)
+        if ticket.flight is not None:
+            flight = self._flights.get(ticket.key)
+            if flight is not None and flight.future is ticket.flight:
+                del self._flights[ticket.key]
+            if not ticket.flight.done():
+                ticket.flight.set_result(entry)
+        if entry is None:
+            return
+        value = entry.encode()
+        if len(value) > self.config.max_entry_bytes:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # finished outside the loop (interpreter shutdown): the record matters, not the entry
+            return
+        record.cache_bytes = len(value)
+        task = loop.create_task(self._put(ticket, value))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _entry(self, record: RequestRecord, result: Reply | Stream) -> Entry | None:
+        endpoint = record.endpoint
+        if isinstance(result, Reply):
+            body = result.body
+        else:
+            chunks = record.chunks
+            if chunks is None or (isinstance(chunks, Capture) and chunks.overflowed):
+                return None  # longer than an entry may be
+            doc = assemble(chunks, dialect=result.dialect, endpoint=endpoint)
+            if doc is None:
+                return None  # the stream did not finish: never stored
+            if result.dialect == "openai" and "usage" not in doc and record.usage is not None:
+                usage = record.usage
+                doc["usage"] = {"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
+                                "total_tokens": usage.total_tokens}
+            body = orjson.dumps(doc)
+        if record.finish_reason not in STORABLE and not (endpoint == "embeddings" and record.finish_reason is None):
+            return None
+        return Entry(body, result.dialect, endpoint, time.time(), record.finish_reason, record.usage,
+                     record.provider, record.deployment)
+
+    async def _put(self, ticket: Ticket, value: bytes) -> None:
+        try:
+            await self.entries.put(ticket.key, value, ticket.ttl_s)
+        except StateUnavailableError:
+            ticket.counts.store_failures += 1
+            return
+        ticket.counts.stored += 1
+        ticket.counts.bytes_stored += len(value)
+
+    # --- policy ------------------------------------------------------------------
+
+    def _remember(self, route: Route) -> tuple[Policy | None, str]:
+        if len(self._memo) >= _MEMO_LIMIT:
+            self._memo.clear()
+        options = self._routes.get(route.name) or next(
+            (options for glob, options in self._globs if glob.match(route.name)), None)
+        policy = None if options is not None and not options.enabled else self._policy(options)
+        target = "|".join(d.key for d in route.groups[0].deployments)
+        memo = self._memo[route.name] = (policy, target)
+        return memo
+
+    def _policy(self, options: RouteCacheConfig | None) -> Policy:
+        c = self.config
+        namespace = (options.namespace if options else None) or c.namespace
+        ttl = (options.ttl_s if options else None) or c.ttl_s
+        endpoints = (options.endpoints if options else None) or c.endpoints
+        nondeterministic = (options.nondeterministic if options else None) or c.nondeterministic
+        return Policy(namespace, f"{KEY_PREFIX}:{namespace}:", ttl, frozenset(endpoints),
+                      nondeterministic == "cache")
+
+    def namespaces(self) -> list[str]:
+        """The namespaces this config writes to."""
+        return sorted(self.counts)
+
+    async def drain(self) -> None:
+        """Wait for the stores still being written (shutdown, tests)."""
+        while self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def aclose(self) -> None:
+        await self.drain()
+        for flight in self._flights.values():
+            if not flight.future.done():
+                flight.future.set_result(None)
+        self._flights.clear()
+        if self.owns_entries:
+            await self.entries.aclose()
+
+
+async def _iterate(events: list[bytes]) -> AsyncIterator[bytes]:
+    for event in events:
+        yield event
+
+
+def _is_glob(name: str) -> bool:
+    return any(c in name for c in "*?[")
+
+
+def cache_for(config: Config, *, previous: Cache | None = None) -> Cache | None:
+    """The Runtime's cache for ``cache:`` (None when absent or disabled).
+
+    A reload that keeps the backend settings keeps the entries (and the counts) of ``previous``.
+    """
+    gateway = config.gateway
+    settings = gateway.cache
+    if settings is None or not settings.enabled:
+        return None
+    routes = config.mappings.routing.cache
+    if previous is not None and _same_backend(previous.config, settings, gateway.state, previous):
+        previous.owns_entries = False
+        return Cache(settings, routes, previous.entries, counts=previous.counts)
+    cache = Cache(settings, routes, _entries(settings, gateway.state))
+    status = cache.entries.status()
+    log.info("cache: %s backend%s, namespace %s, ttl %gs, %s requests%s", status["backend"],
+             f" at {status['url']}" if "url" in status else "", settings.namespace, settings.ttl_s,
+             "every" if settings.nondeterministic == "cache" else "temperature-0",
+             ", per API key" if settings.per_key else "")
+    return cache
+
+
+def _backend(settings: CacheConfig, state: StateConfig) -> tuple[str, str | None]:
+    url = settings.url or state.url
+    backend = settings.backend or ("redis" if url else "memory")
+    if backend == "redis" and not url:
+        raise ValueError("cache.backend is redis but there is no Redis URL: set cache.url or state.url")
+    return backend, url
+
+
+def _entries(settings: CacheConfig, state: StateConfig) -> EntryStore:
+    backend, url = _backend(settings, state)
+    if backend == "memory":
+        from labgate.state.memory import MemoryEntries
+
+        return MemoryEntries(max_entries=settings.max_entries, max_bytes=settings.max_bytes)
+    from labgate.state.redis import RedisEntries, RedisLink
+
+    assert url is not None
+    link = RedisLink(url, timeout_s=state.timeout_s, retry_s=state.retry_s, max_connections=state.max_connections)
+    link.source = (url, state)
+    return RedisEntries(link)
+
+
+def _same_backend(old: CacheConfig, new: CacheConfig, state: StateConfig, previous: Cache) -> bool:
+    if not previous.owns_entries:
+        return False
+    backend, url = _backend(new, state)
+    if backend != previous.entries.backend:
+        return False
+    if backend == "memory":
+        return (old.max_entries, old.max_bytes) == (new.max_entries, new.max_bytes)
+    link = getattr(previous.entries, "link", None)
+    return link is not None and getattr(link, "source", None) == (url, state)
