@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from labgate.errors import InternalError, LabgateError
+from labgate.keys import check_model
 from labgate.providers.base import Endpoint, IteratorStream, Reply, Stream, Translated
 from labgate.record import CLIENT_CLOSED, RequestRecord
 from labgate.routing.attempts import attempt
@@ -53,12 +54,15 @@ class Gateway:
         """
         rt = self.runtime  # taken once: a reload never changes it under this request
         try:
-            record.key_id = rt.auth.check(api_key)
+            record.key_id, key = rt.auth.admit(api_key)  # the master key, a virtual key (keys.py), or no auth
             payload, endpoint, native = parse(body), _endpoint(record), None
             if isinstance(payload, Translated):  # the client spoke another dialect
                 payload, endpoint, native = payload.body, payload.endpoint, payload.native
             record.model, record.stream = payload["model"], payload.get("stream") is True
             record.payload, record.body = payload, body  # references for history; read off the hot path
+            if key is not None:
+                record.api_key = key
+                check_model(key, record.model)  # the key's allowed models (globs)
             route = rt.table.resolve(record.model)
             if rt.cache and (hit := await rt.cache.get(route, record, native or payload)):
                 return self.done(rt, record, hit, answer)

@@ -28,7 +28,8 @@ class RequestRecord:
     client_request_id: str | None = None  # the client's x-request-id, when sane; never names a record
     started: float = field(default_factory=time.perf_counter)
     timestamp: float = field(default_factory=time.time)
-    key_id: str | None = None  # a hash prefix of the API key, never the key
+    key_id: str | None = None  # a hash prefix of the master key, or a virtual key's id: never the key
+    api_key: Any = None  # the virtual key (keys.VirtualKey: no secret in it); None: master key or no auth
     model: str | None = None
     stream: bool = False
     provider: str | None = None

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from labgate.auth import Auth
 from labgate.config.load import Config
+from labgate.keys import KeyRing
 from labgate.providers.base import Adapter
 from labgate.providers.registry import TYPES
 from labgate.routing.circuit import Circuit
@@ -35,8 +36,9 @@ class Runtime:
 
     @classmethod
     def build(cls, config: Config, *, access_log: AccessLog | None = None,
-              previous: Runtime | None = None) -> Runtime:
-        """``previous``: the Runtime a reload replaces (the cache keeps its entries when its backend is unchanged)."""
+              previous: Runtime | None = None, keyring: KeyRing | None = None) -> Runtime:
+        """``previous``: the Runtime a reload replaces (the cache keeps its entries when its backend is unchanged;
+        its virtual keys are kept). ``keyring``: the process's virtual keys (None: off)."""
         adapters = {name: TYPES[p.type].build(p, name)
                     for name, p in config.providers.items() if p.status == "active"}
         gateway = config.gateway
@@ -47,7 +49,7 @@ class Runtime:
             adapters=adapters,
             table=RouteTable(config, adapters),
             circuit=Circuit(gateway.resilience.circuit.failure_threshold, gateway.resilience.circuit.cooldown_s),
-            auth=Auth(keys),
+            auth=Auth(keys, keyring=previous.auth.keyring if previous is not None else keyring),
             access_log=access_log or AccessLog(enabled=gateway.logging.requests,
                                                client_ip=gateway.logging.client_ip),
             max_attempts=gateway.resilience.max_attempts,

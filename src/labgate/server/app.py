@@ -11,6 +11,7 @@ from labgate.runtime import Runtime
 from labgate.server.admin_cache import cache_routes
 from labgate.server.admin_config import config_routes
 from labgate.server.admin_history import history_routes
+from labgate.server.admin_keys import key_routes
 from labgate.server.anthropic import AnthropicSurface
 from labgate.server.envelopes import anthropic_error, openai_error
 from labgate.server.health import HealthSurface
@@ -53,6 +54,10 @@ def build_app(gateway: Gateway, *, reloader: Reloader | None = None, listen_host
     routes.update(config_routes(gateway, reloader))
     # /admin/cache/stats, /admin/cache/keys, /admin/cache/flush (server/admin_cache.py)
     routes.update(cache_routes(gateway))
+    # /admin/keys, /admin/keys/{id}[/revoke|/rotate], /admin/audit (server/admin_keys.py)
+    keys, key_prefixes = key_routes(gateway)
+    routes.update(keys)
+    prefixes.update(key_prefixes)
     # /metrics, unless metrics.enabled is false (server/metrics.py)
     routes.update(metrics_routes(gateway))
 

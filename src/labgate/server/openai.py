@@ -174,7 +174,7 @@ class OpenAISurface:
         rt = self.gateway.runtime
         record = new_record(request, "models")
         try:
-            rt.auth.check(presented_key(request.headers))
+            rt.auth.admit(presented_key(request.headers))
         except LabgateError as exc:
             return openai_error(exc, record.request_id)
         prefix = "/v1/models/"

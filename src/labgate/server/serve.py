@@ -10,6 +10,7 @@ from labgate.config.load import Config
 from labgate.config.reload import ConfigSource, Loaded, Reloader, ReloadResult, loaded_from
 from labgate.errors import LabgateError
 from labgate.gateway import Gateway
+from labgate.keys import open_keyring
 from labgate.runtime import Runtime
 from labgate.server.app import build_app, echo_client_id
 from labgate.server.envelopes import openai_error
@@ -44,6 +45,9 @@ class RunningGateway:
         if self.reloader is not None:
             await self.reloader.aclose()  # stop watching; runtimes retired by reloads close now
         await self.gateway.runtime.aclose()
+        keyring = self.gateway.runtime.auth.keyring
+        if keyring is not None:
+            await keyring.aclose()
         if self.gateway.history is not None:
             await self.gateway.history.close()
 
@@ -58,8 +62,9 @@ async def start_gateway(config: Config, *, host: str | None = None, port: int | 
     history = history_for(config.gateway.store, source=config.source)
     if history is not None:
         await history.start()
+    keyring = await open_keyring(config)
     try:
-        gateway = Gateway(Runtime.build(config, access_log=access_log), history=history,
+        gateway = Gateway(Runtime.build(config, access_log=access_log, keyring=keyring), history=history,
                           metrics=Metrics.from_config(config.gateway.metrics))
         # hot reload: `source` says where to read the config again (SIGHUP, /admin/config/reload, watch)
         reloader = Reloader(gateway, loaded or loaded_from(config), source=source, access_log=access_log,
@@ -75,6 +80,8 @@ async def start_gateway(config: Config, *, host: str | None = None, port: int | 
         bound = await server.start(host, server_config.port if port is None else port, sock=sock)
         await reloader.start()
     except BaseException:
+        if keyring is not None:
+            await keyring.aclose()
         if history is not None:
             await history.close()
         raise

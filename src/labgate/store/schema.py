@@ -81,15 +81,39 @@ def _create(dialect: str, primary_key: str) -> list[str]:
     return statements
 
 
+KEYS_TABLE = "api_keys"  # virtual keys (labgate/keys.py): only a SHA-256 of each secret, never the secret
+AUDIT_TABLE = "audit_log"  # admin actions (labgate/audit.py)
+
+
+def _v4(dialect: str) -> list[str]:
+    """Virtual keys and the audit log; times are Unix seconds (REAL / DOUBLE PRECISION) in both dialects."""
+    real, serial = ("REAL", "INTEGER PRIMARY KEY AUTOINCREMENT") if dialect == "sqlite" else \
+        ("DOUBLE PRECISION", "BIGSERIAL PRIMARY KEY")
+    return [
+        f"""CREATE TABLE IF NOT EXISTS {KEYS_TABLE} (
+    id TEXT PRIMARY KEY, hash TEXT NOT NULL UNIQUE, hint TEXT NOT NULL, name TEXT NOT NULL,
+    project TEXT, team TEXT, models TEXT, expires_at {real}, revoked_at {real},
+    rpm INTEGER, tpm INTEGER, budget_usd {real}, budget_period TEXT,
+    created_at {real} NOT NULL, updated_at {real} NOT NULL)""",
+        f"CREATE INDEX IF NOT EXISTS idx_{KEYS_TABLE}_updated ON {KEYS_TABLE} (updated_at)",
+        f"""CREATE TABLE IF NOT EXISTS {AUDIT_TABLE} (
+    id {serial}, ts {real} NOT NULL, actor TEXT NOT NULL, action TEXT NOT NULL,
+    target TEXT, before TEXT, after TEXT)""",
+        f"CREATE INDEX IF NOT EXISTS idx_{AUDIT_TABLE}_ts ON {AUDIT_TABLE} (ts)",
+    ]
+
+
 # version → statements. Append new versions; never edit an applied one.
 SQLITE_MIGRATIONS: dict[int, list[str]] = {
     1: _create("sqlite", "id INTEGER PRIMARY KEY AUTOINCREMENT"),
     2: [f"ALTER TABLE {TABLE} ADD COLUMN {_V2.name} {_V2.sqlite}"],
     3: [f"ALTER TABLE {TABLE} ADD COLUMN {c.name} {c.sqlite}" for c in _V3],
+    4: _v4("sqlite"),
 }
 POSTGRES_MIGRATIONS: dict[int, list[str]] = {
     1: _create("postgres", "id BIGSERIAL PRIMARY KEY"),
     2: [f"ALTER TABLE {TABLE} ADD COLUMN IF NOT EXISTS {_V2.name} {_V2.postgres}"],
     3: [f"ALTER TABLE {TABLE} ADD COLUMN IF NOT EXISTS {c.name} {c.postgres}" for c in _V3],
+    4: _v4("postgres"),
 }
 VERSION_TABLE = "history_schema_version"

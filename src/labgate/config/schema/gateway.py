@@ -67,6 +67,10 @@ class CorsConfig(Strict):
 
 class AuthConfig(Strict):
     master_key_env: str | None = None
+    # virtual keys (docs/keys.md): kept hashed in the history database; once any exists, every API call needs
+    # the master key or a valid virtual key. false: only the master key, and the key table is never read.
+    virtual_keys: bool = True
+    keys_refresh_s: float = Field(default=0.5, gt=0, le=60)  # how soon a revoked key is refused everywhere
 
 
 class CircuitConfig(Strict):
