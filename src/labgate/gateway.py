@@ -66,6 +66,8 @@ class Gateway:
             route = rt.table.resolve(record.model)
             if rt.cache and (hit := await rt.cache.get(route, record, native or payload)):
                 return self.done(rt, record, hit, answer)
+            if rt.limiter is not None and rt.limiter.plan(record):  # rpm/tpm and budgets (state/limits.py)
+                route = await rt.limiter.reserve(record, route, rt.table)
             candidates = plan(route, rt.circuit, max_attempts=rt.max_attempts)
             result, dep = await attempt(
                 candidates, endpoint=endpoint, body=payload, native=native, stream=record.stream,
@@ -108,6 +110,10 @@ class Gateway:
                 if not streaming:
                     record.status = exc.status_in(record.dialect)  # what the client's envelope says
                 record.error_type, record.error_message = exc.code, exc.message
+        if rt.prices is not None:
+            record.cost = rt.prices.price(record)  # cost.py
+        if record.reservation is not None:
+            rt.limiter.settle(record)  # type: ignore[union-attr]  # real tokens and cost replace the estimates
         if rt.cache is not None and record.cache_ticket is not None:
             rt.cache.store(record)  # a complete answer is kept; requests waiting for it are released
         rt.access_log.write(record)

@@ -48,7 +48,9 @@ class RequestRecord:
     experiment: str | None = None
     variant: str | None = None
     cache_hit: bool = False
-    cost: float | None = None  # set once pricing lands
+    cost: float | None = None  # USD (cost.py); None: the deployment has no known price
+    reservation: Any = None  # what the limiter took (state.limits.Reservation), settled at finish
+    budget_fallback: str | None = None  # the budget that sent this request to budgets.fallback_model
     tags: list[str] | None = None
     payload: dict[str, Any] | None = None  # the parsed request body, by reference
     body: bytes | None = None  # the request's bytes, by reference (what history reads parameters from)

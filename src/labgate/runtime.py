@@ -13,12 +13,14 @@ from dataclasses import dataclass
 
 from labgate.auth import Auth
 from labgate.config.load import Config
+from labgate.cost import Prices
 from labgate.keys import KeyRing
 from labgate.providers.base import Adapter
 from labgate.providers.registry import TYPES
 from labgate.routing.circuit import Circuit
 from labgate.routing.table import RouteTable
 from labgate.state.cache import Cache, cache_for
+from labgate.state.limits import Limiter, limiter_for
 from labgate.telemetry.logs import AccessLog
 
 
@@ -33,6 +35,8 @@ class Runtime:
     max_attempts: int
     request_timeout: float
     cache: Cache | None = None  # the response cache (state/cache.py); None: not configured
+    prices: Prices | None = None  # what each deployment costs (cost.py)
+    limiter: Limiter | None = None  # rpm/tpm limits and budgets (state/limits.py); None: nothing limited
 
     @classmethod
     def build(cls, config: Config, *, access_log: AccessLog | None = None,
@@ -44,6 +48,7 @@ class Runtime:
         gateway = config.gateway
         env_name = gateway.auth.master_key_env
         keys = [os.environ.get(env_name, "")] if env_name else []
+        prices = Prices.from_config(config)
         return cls(
             config=config,
             adapters=adapters,
@@ -55,11 +60,15 @@ class Runtime:
             max_attempts=gateway.resilience.max_attempts,
             request_timeout=gateway.server.request_timeout_s,
             cache=cache_for(config, previous=previous.cache if previous is not None else None),
+            prices=prices,
+            limiter=limiter_for(config, prices, previous=previous.limiter if previous is not None else None),
         )
 
     async def aclose(self) -> None:
         self.access_log.flush()
         if self.cache is not None:
             await self.cache.aclose()
+        if self.limiter is not None:
+            await self.limiter.aclose()
         for adapter in self.adapters.values():
             await adapter.aclose()

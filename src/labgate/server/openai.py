@@ -119,6 +119,10 @@ def route_headers(record: RequestRecord) -> list[tuple[str, str]]:
         headers.append(("x-labgate-deployment", header_value(record.deployment or "")))
     if record.cache_status is not None:  # a cache is configured (docs/cache.md)
         headers.extend(cache_headers(record))
+    if record.cost is not None and record.finished is not None:  # whole replies (docs/cost.md)
+        headers.append(("x-labgate-cost", f"{record.cost:.10f}".rstrip("0").rstrip(".") or "0"))
+    if record.budget_fallback is not None:  # a budget sent it to budgets.fallback_model (docs/limits.md)
+        headers.append(("x-labgate-budget", header_value("fallback:" + record.budget_fallback)))
     return headers
 
 

@@ -10,6 +10,7 @@ from pydantic import Field, field_validator, model_validator
 
 from labgate.config.schema.base import Strict
 from labgate.config.schema.cache import CacheConfig, StateConfig
+from labgate.config.schema.limits import BudgetsConfig, RateLimitsConfig
 from labgate.config.schema.metrics import MetricsConfig
 from labgate.config.schema.reload import ReloadConfig
 from labgate.config.schema.store import StoreConfig
@@ -100,6 +101,8 @@ class GatewayConfig(Strict):
     config: ReloadConfig = Field(default_factory=ReloadConfig)  # hot reload, watching, backups
     state: StateConfig = Field(default_factory=StateConfig)  # shared state backend (Redis) or in-process
     cache: CacheConfig | None = None  # the response cache; absent: off (docs/cache.md)
+    rate_limits: RateLimitsConfig | None = None  # gateway-wide and per-model rpm/tpm (docs/limits.md)
+    budgets: BudgetsConfig | None = None  # spend limits per period (docs/limits.md)
 
     @model_validator(mode="after")
     def _cache_backend_has_url(self) -> GatewayConfig:

@@ -1,0 +1,219 @@
+"""Counters for rate limits and budgets: in-process, or in Redis with one script call per request.
+
+Rate limits are a GCRA (generic cell rate algorithm): one number per limit,
+the "theoretical arrival time" (TAT). A charge of ``cost`` moves it by
+``cost × period / limit``; it is refused when the TAT would run more than
+one period ahead of now. That is a token bucket of ``limit`` per
+``period`` refilled continuously: no window edges (a fixed window admits
+twice the limit across its boundary), O(1) state per limit (a sliding log
+keeps every request), and variable costs, so tpm can reserve an estimate and
+settle the real count later by moving the TAT back or forth.
+
+Budgets are caps: one number per budget window (spend so far plus what is
+reserved); a charge is refused when it would pass the limit.
+
+A request's charges are taken together or not at all, so a refusal on one
+limit consumes nothing on the others. In Redis that is one ``EVALSHA`` over
+every key, timed by the Redis server's clock (replicas' clocks may differ);
+for Redis Cluster the keys share the ``{labgate}`` hash tag so one script
+can touch them all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from labgate.state.base import Charge
+
+PRUNE_EVERY = 4096  # takes between sweeps of idle in-process counters
+MAX_BUCKETS = 1_000_000  # in-process counters kept at most (past it, idle ones go first, then the oldest)
+_DENIED = -1
+
+
+class MemoryCounters:
+    """In-process counters (the embedded default): exact within one process."""
+
+    backend = "memory"
+
+    def __init__(self, *, clock: Any = time.monotonic) -> None:
+        self._clock = clock
+        self._values: dict[str, tuple[float, float]] = {}  # key → (value, expires at; 0: never)
+        self._ops = 0
+
+    def take_now(self, charges: tuple[Charge, ...]) -> tuple[int, float]:
+        now, values = self._clock(), self._values
+        new: list[float] = []
+        for i, c in enumerate(charges):
+            value, until = values.get(c.key, (0.0, 0.0))
+            if until and until <= now:
+                value = 0.0
+            if c.kind == "rate":
+                tat = max(value, now) + c.cost * c.period_s / c.limit
+                if tat - now > c.period_s + 1e-9:
+                    return i, tat - now - c.period_s
+                new.append(tat)
+            else:
+                total = value + c.cost
+                if c.cost > 0 and total > c.limit + 1e-12:
+                    return i, c.period_s
+                new.append(total)
+        for c, v in zip(charges, new, strict=True):
+            values[c.key] = (v, v if c.kind == "rate" else (now + c.period_s if c.period_s else 0.0))
+        self._ops += 1
+        if self._ops % PRUNE_EVERY == 0 or len(values) > MAX_BUCKETS:
+            self._prune(now)
+        return _DENIED, 0.0
+
+    async def take(self, charges: tuple[Charge, ...]) -> tuple[int, float]:
+        return self.take_now(charges)
+
+    def adjust_now(self, charges: tuple[Charge, ...], deltas: tuple[float, ...]) -> None:
+        now, values = self._clock(), self._values
+        for c, delta in zip(charges, deltas, strict=True):
+            if not delta or c.key not in values:
+                continue
+            value, until = values[c.key]
+            if c.kind == "rate":
+                tat = value + delta * c.period_s / c.limit
+                values[c.key] = (tat, tat)
+            elif not until or until > now:
+                values[c.key] = (max(0.0, value + delta), until)
+
+    async def adjust(self, charges: tuple[Charge, ...], deltas: tuple[float, ...]) -> None:
+        self.adjust_now(charges, deltas)
+
+    async def read(self, keys: tuple[str, ...]) -> tuple[float, ...]:
+        now = self._clock()
+        out = []
+        for key in keys:
+            value, until = self._values.get(key, (0.0, 0.0))
+            out.append(0.0 if until and until <= now else value)
+        return tuple(out)
+
+    def _prune(self, now: float) -> None:
+        values = self._values
+        for key in [k for k, (_, until) in values.items() if until and until <= now]:
+            del values[key]
+        while len(values) > MAX_BUCKETS:
+            del values[next(iter(values))]
+
+    def status(self) -> dict[str, object]:
+        return {"backend": self.backend, "counters": len(self._values)}
+
+    async def aclose(self) -> None:
+        self._values.clear()
+
+
+# KEYS: one per charge. ARGV: per charge kind ("r" | "c"), limit, period (ms), cost.
+# Returns {index of the refused charge (0: none), milliseconds to wait}.
+TAKE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
+local new = {}
+for i = 1, #KEYS do
+  local kind, limit = ARGV[4*i-3], tonumber(ARGV[4*i-2])
+  local period, cost = tonumber(ARGV[4*i-1]), tonumber(ARGV[4*i])
+  local v = tonumber(redis.call('GET', KEYS[i]) or '0')
+  if kind == 'r' then
+    if v < now then v = now end
+    local tat = v + cost * period / limit
+    if tat - now > period + 0.001 then return {i, tostring(tat - now - period)} end
+    new[i] = tat
+  else
+    local total = v + cost
+    if cost > 0 and total > limit + 1e-12 then return {i, tostring(period)} end
+    new[i] = total
+  end
+end
+for i = 1, #KEYS do
+  local period = tonumber(ARGV[4*i-1])
+  if ARGV[4*i-3] == 'r' then
+    redis.call('SET', KEYS[i], string.format('%.17g', new[i]), 'PX', math.ceil(new[i] - now) + 1000)
+  elseif period > 0 then
+    local ttl = redis.call('PTTL', KEYS[i])
+    if ttl < 0 then ttl = math.ceil(period) end
+    redis.call('SET', KEYS[i], string.format('%.17g', new[i]), 'PX', ttl)
+  else
+    redis.call('SET', KEYS[i], string.format('%.17g', new[i]))
+  end
+end
+return {0, '0'}
+"""
+# KEYS: one per charge. ARGV: per charge kind, limit, period (ms), delta (requests, tokens or USD).
+ADJUST = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
+for i = 1, #KEYS do
+  local kind, limit = ARGV[4*i-3], tonumber(ARGV[4*i-2])
+  local period, delta = tonumber(ARGV[4*i-1]), tonumber(ARGV[4*i])
+  local v = redis.call('GET', KEYS[i])
+  if v and delta ~= 0 then
+    v = tonumber(v)
+    if kind == 'r' then
+      local tat = v + delta * period / limit
+      if tat <= now then redis.call('DEL', KEYS[i])
+      else redis.call('SET', KEYS[i], string.format('%.17g', tat), 'PX', math.ceil(tat - now) + 1000) end
+    else
+      local total = v + delta
+      if total < 0 then total = 0 end
+      redis.call('SET', KEYS[i], string.format('%.17g', total), 'KEEPTTL')
+    end
+  end
+end
+return 0
+"""
+
+
+def _argv(charges: tuple[Charge, ...], values: tuple[float, ...]) -> list[Any]:
+    argv: list[Any] = []
+    for c, v in zip(charges, values, strict=True):
+        argv += ["r" if c.kind == "rate" else "c", repr(float(c.limit)), repr(c.period_s * 1000), repr(float(v))]
+    return argv
+
+
+class RedisCounters:
+    """Counters in Redis, shared by every worker and replica: one script call per take and per adjust."""
+
+    backend = "redis"
+
+    def __init__(self, link: Any) -> None:
+        self.link = link  # state.redis.RedisLink
+        self._take = link.client.register_script(TAKE)
+        self._adjust = link.client.register_script(ADJUST)
+
+    async def _run(self, script: Any, charges: tuple[Charge, ...], values: tuple[float, ...]) -> Any:
+        link = self.link
+        link.check()
+        try:
+            async with asyncio.timeout(link.timeout_s):
+                answer = await script(keys=[c.key for c in charges], args=_argv(charges, values))
+        except link.errors as exc:
+            raise link.failed(exc) from None
+        if link.down_until:
+            link.succeeded()
+        return answer
+
+    async def take(self, charges: tuple[Charge, ...]) -> tuple[int, float]:
+        index, wait_ms = await self._run(self._take, charges, tuple(c.cost for c in charges))
+        return int(index) - 1, float(wait_ms) / 1000
+
+    async def adjust(self, charges: tuple[Charge, ...], deltas: tuple[float, ...]) -> None:
+        await self._run(self._adjust, charges, deltas)
+
+    async def read(self, keys: tuple[str, ...]) -> tuple[float, ...]:
+        link = self.link
+        link.check()
+        try:
+            async with asyncio.timeout(link.timeout_s):
+                values = await link.client.mget(list(keys)) if keys else []
+        except link.errors as exc:
+            raise link.failed(exc) from None
+        return tuple(float(v) if v is not None else 0.0 for v in values)
+
+    def status(self) -> dict[str, object]:
+        return {"backend": self.backend, **self.link.status()}
+
+    async def aclose(self) -> None:
+        await self.link.aclose()
