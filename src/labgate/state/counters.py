@@ -178,19 +178,23 @@ class RedisCounters:
 
     backend = "redis"
 
-    def __init__(self, link: Any) -> None:
+    def __init__(self, link: Any, *, max_connections: int) -> None:
         self.link = link  # state.redis.RedisLink
+        # requests wait their turn for a pooled connection (back-pressure) rather than skipping the
+        # check, which would admit them unlimited: the pool's own "exhausted" error is for the cache
+        self._slots = asyncio.Semaphore(max_connections)
         self._take = link.client.register_script(TAKE)
         self._adjust = link.client.register_script(ADJUST)
 
     async def _run(self, script: Any, charges: tuple[Charge, ...], values: tuple[float, ...]) -> Any:
         link = self.link
         link.check()
-        try:
-            async with asyncio.timeout(link.timeout_s):
-                answer = await script(keys=[c.key for c in charges], args=_argv(charges, values))
-        except link.errors as exc:
-            raise link.failed(exc) from None
+        async with self._slots:
+            try:
+                async with asyncio.timeout(link.timeout_s):
+                    answer = await script(keys=[c.key for c in charges], args=_argv(charges, values))
+            except link.errors as exc:
+                raise link.failed(exc) from None
         if link.down_until:
             link.succeeded()
         return answer

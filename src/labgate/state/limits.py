@@ -231,7 +231,7 @@ def limiter_for(config: Config, prices: Prices, *, previous: Limiter | None = No
         s = gateway.state
         link = RedisLink(url, timeout_s=s.timeout_s, retry_s=s.retry_s, max_connections=s.max_connections)
         link.source = url
-        counters = RedisCounters(link)
+        counters = RedisCounters(link, max_connections=s.max_connections)
     else:
         from labgate.state.counters import MemoryCounters
 
