@@ -26,6 +26,7 @@ rate (both OpenAI and Anthropic bill them as output) unless ``reasoning_per_1m``
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -90,14 +91,15 @@ def from_config(p: PricingConfig) -> Rates:
 
 def from_genai_prices(provider: ProviderConfig, model: str) -> Rates | None:
     """The packaged genai-prices snapshot's current price for a model, or None when it has none."""
+    provider_id = GENAI_PROVIDERS.get(provider.type)
+    url = None if provider_id else provider.base_url
+    if provider_id is None and url is None:
+        return None
     try:
         from genai_prices import data_snapshot
         from genai_prices.types import TieredPrices
     except ImportError:  # the optional extra is not installed
-        return None
-    provider_id = GENAI_PROVIDERS.get(provider.type)
-    url = None if provider_id else provider.base_url
-    if provider_id is None and url is None:
+        _warn_missing()
         return None
     try:
         _, info = data_snapshot.get_snapshot().find_provider_model(model, None, provider_id, url)
@@ -120,6 +122,12 @@ def from_genai_prices(provider: ProviderConfig, model: str) -> Rates | None:
                  rate("cache_read_mtok", True), rate("cache_write_mtok", True), source="genai-prices")
     return Rates(base.input, base.output, base.cache_read, base.cache_write, tier_start=min(starts), tier=tier,
                  source="genai-prices")
+
+
+@functools.cache
+def _warn_missing() -> None:
+    log.warning("cost: genai-prices is not installed, so cloud models without pricing: in providers.yaml have "
+                "no cost (pip install 'labgate[prices]')")
 
 
 def rates_for(provider: ProviderConfig, model: str) -> Rates | None:
