@@ -36,9 +36,9 @@ class RateLimitsConfig(Strict):
 
 
 class Budget(Strict):
-    """One budget: ``scope`` global, project, model or provider (``name`` is the project/model/provider)."""
+    """One budget: ``scope`` global, project or model (``name`` is the project or the model as requested)."""
 
-    scope: Literal["global", "project", "model", "provider"]
+    scope: Literal["global", "project", "model"]
     name: str | None = None
     limit_usd: float = Field(gt=0)
     period: Period = "month"
@@ -46,7 +46,7 @@ class Budget(Strict):
     @model_validator(mode="after")
     def _named(self) -> Budget:
         if (self.scope == "global") != (self.name is None):
-            raise ValueError("give 'name' for a project, model or provider budget, and none for scope: global")
+            raise ValueError("give 'name' for a project or model budget, and none for scope: global")
         return self
 
 
@@ -55,11 +55,14 @@ class BudgetsConfig(Strict):
     # reject: 429 insufficient_quota; fallback: the request goes to fallback_model instead
     on_exhausted: Literal["reject", "fallback"] = "reject"
     fallback_model: str | None = None
-    alert_thresholds: tuple[float, ...] = (0.5, 0.8, 1.0)  # fractions of a budget that log and count an alert
-    alert_webhook: str | None = None  # POSTed a JSON alert (fire and forget)
 
     @model_validator(mode="after")
     def _fallback(self) -> BudgetsConfig:
+        seen = set()
+        for b in self.limits:
+            if (b.scope, b.name) in seen:
+                raise ValueError(f"two budgets for scope {b.scope}" + (f", name {b.name!r}" if b.name else ""))
+            seen.add((b.scope, b.name))
         if self.on_exhausted == "fallback" and not self.fallback_model:
             raise ValueError("on_exhausted: fallback needs fallback_model (a local model)")
         return self
