@@ -40,7 +40,8 @@ async def record_action(store: Store, actor: str, action: str, target: str | Non
 async def entries(store: Store, *, since: float | None = None, action: str | None = None,
                   limit: int = 100) -> list[dict[str, Any]]:
     """Newest first; ``action`` matches exactly or as a prefix ending in '.' (``key.`` → every key action)."""
-    where, params = ["1 = 1"], []
+    where: list[str] = ["1 = 1"]
+    params: list[Any] = []
     if since is not None:
         where.append("ts >= ?")
         params.append(since)

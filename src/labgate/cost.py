@@ -169,9 +169,11 @@ class Prices:
 
     def price(self, record: RequestRecord) -> float | None:
         """The request's cost: 0 for a cache hit or a request that reached no upstream; None when unpriced."""
-        if record.cache_hit or record.deployment is None:
+        deployment = record.deployment
+        if record.cache_hit or deployment is None:
             return 0.0 if record.cache_hit or record.attempts == 0 else None
-        rates = self.rates(record.provider, record.deployment.partition("/")[2])
+        rates = self._rates[deployment] if deployment in self._rates else \
+            self.rates(record.provider, deployment.partition("/")[2])
         if rates is None:
             return None
         seconds = None if record.finished is None else record.finished - record.started

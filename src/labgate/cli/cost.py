@@ -51,7 +51,7 @@ async def spend(store: Store, *, by: str, since: float | None = None,
         f"sum(CASE WHEN r.cost IS NULL THEN 1 ELSE 0 END) AS unpriced "
         f"FROM {TABLE} r LEFT JOIN {KEYS_TABLE} k ON k.id = r.key_id{clause} "
         f"GROUP BY 1 ORDER BY 5 DESC", params)
-    return [{by: iso(r["grp"])[:10] if by == "day" and r["grp"] is not None else r["grp"],
+    return [{by: (iso(r["grp"]) or "")[:10] if by == "day" and r["grp"] is not None else r["grp"],
              "requests": int(r["requests"]), "prompt_tokens": int(r["prompt_tokens"]),
              "completion_tokens": int(r["completion_tokens"]), "cost_usd": round(float(r["cost"]), 10),
              "unpriced": int(r["unpriced"])} for r in rows]

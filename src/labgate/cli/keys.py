@@ -141,7 +141,8 @@ async def _list(args: argparse.Namespace, store: Store, out: IO[str]) -> int:
     if args.json:
         out.write(orjson.dumps([k.public() for k in keys]).decode() + "\n")
         return 0
-    rows = [("ID", "NAME", "KEY", "STATUS", "PROJECT", "MODELS", "RPM", "TPM", "BUDGET", "EXPIRES")]
+    rows: list[tuple[str, ...]] = [
+        ("ID", "NAME", "KEY", "STATUS", "PROJECT", "MODELS", "RPM", "TPM", "BUDGET", "EXPIRES")]
     rows += [_row(k) for k in keys]
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
