@@ -40,9 +40,11 @@ class Runtime:
 
     @classmethod
     def build(cls, config: Config, *, access_log: AccessLog | None = None,
-              previous: Runtime | None = None, keyring: KeyRing | None = None) -> Runtime:
+              previous: Runtime | None = None, keyring: KeyRing | None = None,
+              shared_limits: str | None = None) -> Runtime:
         """``previous``: the Runtime a reload replaces (the cache keeps its entries when its backend is unchanged;
-        its virtual keys are kept). ``keyring``: the process's virtual keys (None: off)."""
+        its virtual keys are kept). ``keyring``: the process's virtual keys (None: off). ``shared_limits``:
+        the SQLite file ``--workers N`` share rate limit and budget counters in (no Redis)."""
         adapters = {name: TYPES[p.type].build(p, name)
                     for name, p in config.providers.items() if p.status == "active"}
         gateway = config.gateway
@@ -61,7 +63,8 @@ class Runtime:
             request_timeout=gateway.server.request_timeout_s,
             cache=cache_for(config, previous=previous.cache if previous is not None else None),
             prices=prices,
-            limiter=limiter_for(config, prices, previous=previous.limiter if previous is not None else None),
+            limiter=limiter_for(config, prices, previous=previous.limiter if previous is not None else None,
+                                shared_path=shared_limits),
         )
 
     async def aclose(self) -> None:

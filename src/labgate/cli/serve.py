@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from labgate.config.load import Config
 from labgate.config.problems import ConfigError
+from labgate.store import default_data_dir
 
 if TYPE_CHECKING:
     from labgate.config.reload import ConfigSource, Loaded, ReloadResult
@@ -156,7 +157,7 @@ def _banner(config: Config, host: str, port: int, workers: int) -> None:
 
 
 async def _serve(config: Config, host: str, sock: socket.socket, source: ConfigSource | None = None,
-                 loaded: Loaded | None = None, *, worker: bool = False) -> int:
+                 loaded: Loaded | None = None, *, worker: bool = False, shared_limits: str | None = None) -> int:
     from labgate.server.serve import start_gateway
 
     # a worker that applied a reload from the admin API asks the parent to reload its siblings too
@@ -167,7 +168,8 @@ async def _serve(config: Config, host: str, sock: socket.socket, source: ConfigS
     loop = asyncio.get_running_loop()
     for sig in _STOP_SIGNALS:
         loop.add_signal_handler(sig, stop.set)
-    running = await start_gateway(config, host=host, sock=sock, source=source, loaded=loaded, on_reload=on_reload)
+    running = await start_gateway(config, host=host, sock=sock, source=source, loaded=loaded, on_reload=on_reload,
+                                  shared_limits=shared_limits)
     reloads: set[asyncio.Task[Any]] = set()
 
     def reload() -> None:
@@ -192,13 +194,15 @@ def _prefork(config: Config, host: str, sock: socket.socket, workers: int, sourc
              loaded: Loaded | None = None) -> int:
     """Fork workers that share the listening socket; the parent relays signals (SIGHUP too)."""
     children: list[int] = []
+    # without Redis, the workers share rate limit and budget counters in a SQLite file (docs/limits.md)
+    limits = shared_limits_path()
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})  # until the parent can relay it
     for _ in range(workers):
         pid = os.fork()
         if pid == 0:
             # a signal that arrives while this worker starts waits until it can act on it cleanly
             signal.pthread_sigmask(signal.SIG_BLOCK, _HELD_SIGNALS)
-            os._exit(asyncio.run(_serve(config, host, sock, source, loaded, worker=True)))
+            os._exit(asyncio.run(_serve(config, host, sock, source, loaded, worker=True, shared_limits=limits)))
         children.append(pid)
     sock.close()
 
@@ -221,4 +225,18 @@ def _prefork(config: Config, host: str, sock: socket.socket, workers: int, sourc
     for child in children:
         _, code = os.waitpid(child, 0)
         status = status or os.waitstatus_to_exitcode(code)
+    for suffix in ("", "-wal", "-shm"):
+        with contextlib.suppress(OSError):
+            os.unlink(limits + suffix)
     return status
+
+
+def shared_limits_path() -> str:
+    """A fresh file for this server's shared limit counters (they live as long as the server)."""
+    directory = default_data_dir()
+    directory.mkdir(parents=True, exist_ok=True)
+    path = str(directory / f"limits-{os.getpid()}.db")
+    for suffix in ("", "-wal", "-shm"):  # left by an earlier server that had this pid and was killed
+        with contextlib.suppress(OSError):
+            os.unlink(path + suffix)
+    return path

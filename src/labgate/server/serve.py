@@ -56,15 +56,19 @@ async def start_gateway(config: Config, *, host: str | None = None, port: int | 
                         sock: socket.socket | None = None,
                         access_log: AccessLog | None = None, source: ConfigSource | None = None,
                         loaded: Loaded | None = None,
-                        on_reload: Callable[[ReloadResult], None] | None = None) -> RunningGateway:
-    """Build the runtime, open the history store (``store:``), and listen; ``port=0`` picks a free port."""
+                        on_reload: Callable[[ReloadResult], None] | None = None,
+                        shared_limits: str | None = None) -> RunningGateway:
+    """Build the runtime, open the history store (``store:``), and listen; ``port=0`` picks a free port.
+
+    ``shared_limits``: the SQLite file worker processes share limit counters in (``--workers N``)."""
     server_config = config.gateway.server
     history = history_for(config.gateway.store, source=config.source)
     if history is not None:
         await history.start()
     keyring = await open_keyring(config)
     try:
-        gateway = Gateway(Runtime.build(config, access_log=access_log, keyring=keyring), history=history,
+        gateway = Gateway(Runtime.build(config, access_log=access_log, keyring=keyring,
+                                        shared_limits=shared_limits), history=history,
                           metrics=Metrics.from_config(config.gateway.metrics))
         # hot reload: `source` says where to read the config again (SIGHUP, /admin/config/reload, watch)
         reloader = Reloader(gateway, loaded or loaded_from(config), source=source, access_log=access_log,

@@ -32,6 +32,38 @@ MAX_BUCKETS = 1_000_000  # in-process counters kept at most (past it, idle ones 
 _DENIED = -1
 
 
+Value = tuple[float, float]  # (the counter, when it expires; 0: never)
+
+
+def decide(charges: tuple[Charge, ...], current: list[Value], now: float) -> tuple[int, float, list[Value]]:
+    """(index refused or -1, seconds to wait, the new values): the take, as the Redis script does it."""
+    new: list[Value] = []
+    for i, (c, (value, until)) in enumerate(zip(charges, current, strict=True)):
+        if until and until <= now:
+            value = 0.0
+        if c.kind == "rate":
+            tat = max(value, now) + c.cost * c.period_s / c.limit
+            if tat - now > c.period_s + 1e-9:
+                return i, tat - now - c.period_s, []
+            new.append((tat, tat))
+        else:
+            total = value + c.cost
+            if c.cost > 0 and total > c.limit + 1e-12:
+                return i, c.period_s, []
+            new.append((total, (until if until > now else now + c.period_s) if c.period_s else 0.0))
+    return _DENIED, 0.0, new
+
+
+def settled(c: Charge, current: Value, delta: float, now: float) -> Value:
+    value, until = current
+    if c.kind == "rate":
+        tat = value + delta * c.period_s / c.limit
+        return tat, tat
+    if until and until <= now:
+        return current
+    return max(0.0, value + delta), until
+
+
 class MemoryCounters:
     """In-process counters (the embedded default): exact within one process."""
 
@@ -44,23 +76,10 @@ class MemoryCounters:
 
     def take_now(self, charges: tuple[Charge, ...]) -> tuple[int, float]:
         now, values = self._clock(), self._values
-        new: list[float] = []
-        for i, c in enumerate(charges):
-            value, until = values.get(c.key, (0.0, 0.0))
-            if until and until <= now:
-                value = 0.0
-            if c.kind == "rate":
-                tat = max(value, now) + c.cost * c.period_s / c.limit
-                if tat - now > c.period_s + 1e-9:
-                    return i, tat - now - c.period_s
-                new.append(tat)
-            else:
-                total = value + c.cost
-                if c.cost > 0 and total > c.limit + 1e-12:
-                    return i, c.period_s
-                new.append(total)
-        for c, v in zip(charges, new, strict=True):
-            values[c.key] = (v, v if c.kind == "rate" else (now + c.period_s if c.period_s else 0.0))
+        refused, wait, new = decide(charges, [values.get(c.key, (0.0, 0.0)) for c in charges], now)
+        if refused >= 0:
+            return refused, wait
+        values.update(zip((c.key for c in charges), new, strict=True))
         self._ops += 1
         if self._ops % PRUNE_EVERY == 0 or len(values) > MAX_BUCKETS:
             self._prune(now)
@@ -72,14 +91,8 @@ class MemoryCounters:
     def adjust_now(self, charges: tuple[Charge, ...], deltas: tuple[float, ...]) -> None:
         now, values = self._clock(), self._values
         for c, delta in zip(charges, deltas, strict=True):
-            if not delta or c.key not in values:
-                continue
-            value, until = values[c.key]
-            if c.kind == "rate":
-                tat = value + delta * c.period_s / c.limit
-                values[c.key] = (tat, tat)
-            elif not until or until > now:
-                values[c.key] = (max(0.0, value + delta), until)
+            if delta and c.key in values:
+                values[c.key] = settled(c, values[c.key], delta, now)
 
     async def adjust(self, charges: tuple[Charge, ...], deltas: tuple[float, ...]) -> None:
         self.adjust_now(charges, deltas)
@@ -104,6 +117,85 @@ class MemoryCounters:
 
     async def aclose(self) -> None:
         self._values.clear()
+
+
+class SQLiteCounters:
+    """Counters in a SQLite file shared by the worker processes of one ``labgate serve --workers N``.
+
+    The embedded default across workers: each take is one ``BEGIN IMMEDIATE`` transaction (the
+    file's write lock makes it atomic across processes), run on a thread of its own; about 0.1 ms
+    of that thread per request. Timed by the wall clock, which the workers share.
+    """
+
+    backend = "sqlite"
+
+    def __init__(self, path: str, *, busy_timeout_s: float = 30.0) -> None:
+        import sqlite3
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.path = path
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="labgate-limits")
+        self._conn = sqlite3.connect(path, timeout=busy_timeout_s, isolation_level=None, check_same_thread=False)
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.execute("PRAGMA synchronous=OFF")  # counters, not records: a crash may lose the last few
+        self._conn.execute("CREATE TABLE IF NOT EXISTS counters (key TEXT PRIMARY KEY, value REAL NOT NULL, "
+                           "until REAL NOT NULL)")
+        self._ops = 0
+
+    def _take(self, charges: tuple[Charge, ...]) -> tuple[int, float]:
+        conn, now = self._conn, time.time()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            current = [self._get(c.key) for c in charges]
+            refused, wait, new = decide(charges, current, now)
+            if refused < 0:
+                conn.executemany("INSERT OR REPLACE INTO counters (key, value, until) VALUES (?, ?, ?)",
+                                 [(c.key, v, u) for c, (v, u) in zip(charges, new, strict=True)])
+            self._ops += 1
+            if self._ops % PRUNE_EVERY == 0:
+                conn.execute("DELETE FROM counters WHERE until > 0 AND until <= ?", (now,))
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return refused, wait
+
+    def _get(self, key: str) -> Value:
+        row = self._conn.execute("SELECT value, until FROM counters WHERE key = ?", (key,)).fetchone()
+        return (0.0, 0.0) if row is None else (row[0], row[1])
+
+    def _adjust(self, charges: tuple[Charge, ...], deltas: tuple[float, ...]) -> None:
+        conn, now = self._conn, time.time()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for c, delta in zip(charges, deltas, strict=True):
+                row = conn.execute("SELECT value, until FROM counters WHERE key = ?", (c.key,)).fetchone()
+                if delta and row is not None:
+                    conn.execute("UPDATE counters SET value = ?, until = ? WHERE key = ?",
+                                 (*settled(c, (row[0], row[1]), delta, now), c.key))
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    async def take(self, charges: tuple[Charge, ...]) -> tuple[int, float]:
+        return await asyncio.get_running_loop().run_in_executor(self._thread, self._take, charges)
+
+    async def adjust(self, charges: tuple[Charge, ...], deltas: tuple[float, ...]) -> None:
+        await asyncio.get_running_loop().run_in_executor(self._thread, self._adjust, charges, deltas)
+
+    async def read(self, keys: tuple[str, ...]) -> tuple[float, ...]:
+        def run() -> tuple[float, ...]:
+            now = time.time()
+            return tuple(0.0 if (u and u <= now) else v for v, u in (self._get(k) for k in keys))
+        return await asyncio.get_running_loop().run_in_executor(self._thread, run)
+
+    def status(self) -> dict[str, object]:
+        return {"backend": self.backend, "path": self.path}
+
+    async def aclose(self) -> None:
+        await asyncio.get_running_loop().run_in_executor(self._thread, self._conn.close)
+        self._thread.shutdown(wait=False)
 
 
 # KEYS: one per charge. ARGV: per charge kind ("r" | "c"), limit, period (ms), cost.

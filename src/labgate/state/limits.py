@@ -214,8 +214,12 @@ def _estimate(record: RequestRecord, default_output: int) -> tuple[int, int]:
     return len(record.body or b"") // BYTES_PER_TOKEN, out
 
 
-def limiter_for(config: Config, prices: Prices, *, previous: Limiter | None = None) -> Limiter | None:
-    """The limiter the config asks for; None when nothing is limited (no limits, no budgets, no virtual keys)."""
+def limiter_for(config: Config, prices: Prices, *, previous: Limiter | None = None,
+                shared_path: str | None = None) -> Limiter | None:
+    """The limiter the config asks for; None when nothing is limited (no limits, no budgets, no virtual keys).
+
+    ``shared_path``: without Redis, a SQLite file the workers of ``--workers N`` share their counters in.
+    """
     gateway = config.gateway
     ignored = sorted(n for n, p in config.providers.items() if p.rate_limits is not None or p.budget is not None)
     if ignored:
@@ -228,6 +232,10 @@ def limiter_for(config: Config, prices: Prices, *, previous: Limiter | None = No
     if previous is not None and previous.owns_counters and _same_backend(previous, url):
         counters = previous.counters
         previous.owns_counters = False
+    elif not url and shared_path:
+        from labgate.state.counters import SQLiteCounters
+
+        counters = SQLiteCounters(shared_path)
     elif url:
         from labgate.state.counters import RedisCounters
         from labgate.state.redis import RedisLink
@@ -245,4 +253,4 @@ def limiter_for(config: Config, prices: Prices, *, previous: Limiter | None = No
 
 def _same_backend(previous: Limiter, url: str | None) -> bool:
     link = getattr(previous.counters, "link", None)
-    return (link is None and url is None) or (link is not None and link.source == url)
+    return (link is None and not url) or (link is not None and link.source == url)
