@@ -51,6 +51,22 @@ def actor(request: Request) -> str:
     return f"master:{key_id(presented)}" if presented else f"loopback:{request.client or 'unix'}"
 
 
+async def audit_event(gateway: Gateway, request: Request, action: str, target: str | None,
+                      before: Any, after: Any) -> None:
+    """Append an admin action of another surface (config reload, cache flush) to the audit log.
+
+    The log lives beside the keys; with virtual keys off there is no store to write to. A failure
+    to write is logged, never turned into an error for an action that already happened.
+    """
+    ring = gateway.runtime.auth.keyring
+    if ring is None:
+        return
+    try:
+        await audit.record_action(ring.store, actor(request), action, target, before, after)
+    except Exception:
+        log.exception("audit: could not record %s", action)
+
+
 class KeysSurface:
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway

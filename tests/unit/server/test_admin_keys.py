@@ -179,3 +179,22 @@ async def test_keys_off_means_the_master_key_only(tmp_path: Path, monkeypatch: p
             assert (status, body["error"]["code"]) == (503, "keys_unavailable")
         finally:
             await running.stop(grace=1.0)
+
+
+async def test_cache_flushes_are_audited(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LABGATE_KEYS_TEST_MASTER", MASTER)
+    async with Simulator(models=["m"]) as sim, aiohttp.ClientSession() as http:
+        config = config_from({"sim": {"type": "openai_compatible", "base_url": sim.url + "/v1", "models": ["m"]}},
+                             gateway={"auth": {"master_key_env": "LABGATE_KEYS_TEST_MASTER"}, "cache": {},
+                                      "store": {"url": str(tmp_path / "h.db")}, "logging": {"requests": False}})
+        running = await start_gateway(config, host="127.0.0.1", port=0)
+        try:
+            served = (running, http, tmp_path, io.BytesIO())
+            assert (await call(served, "POST", "/admin/cache/flush"))[0] == 200
+            status, trail, _ = await call(served, "GET", "/admin/audit?action=cache.flush")
+            assert status == 200 and len(trail["data"]) == 1
+            assert trail["data"][0]["after"] == {"deleted": 0} and trail["data"][0]["actor"].startswith("master:")
+            status, body, _ = await call(served, "GET", "/admin/audit?since=abc")
+            assert (status, body["error"]["param"]) == (400, "since")
+        finally:
+            await running.stop(grace=1.0)
