@@ -44,6 +44,7 @@ REFRESH_S = 0.5  # default auth.keys_refresh_s: revocation reaches every process
 CLOCK_SLACK_S = 5.0  # rows re-read around the last look: replicas' clocks and commit delays differ by less
 MAX_NAME = 128
 MAX_MODELS = 256
+MAX_NUMBER = 1e15  # times (Unix seconds, durations) and budgets above this are refused
 Period = Literal["day", "week", "month", "total"]
 PERIODS: tuple[str, ...] = ("day", "week", "month", "total")
 _COLUMNS = ("id", "hash", "hint", "name", "project", "team", "models", "expires_at", "revoked_at",
@@ -259,9 +260,9 @@ def _text(data: dict[str, Any], field: str) -> str | None:
 
 def _number(data: dict[str, Any], field: str) -> float | None:
     value = data.get(field)
-    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0
-                              or value != value or value == float("inf")):
-        raise RequestError(f"'{field}' must be a non-negative number.", param=field)
+    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                              or not 0 <= value <= MAX_NUMBER):  # NaN fails the comparison too
+        raise RequestError(f"'{field}' must be a number from 0 to {MAX_NUMBER:g}.", param=field)
     return None if value is None else float(value)
 
 
