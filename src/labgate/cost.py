@@ -167,6 +167,11 @@ class Prices:
             found = self._rates[key] = rates_for(p, model) if p is not None else None
             return found
 
+    def of(self, deployment: str, provider: str, model: str) -> Rates | None:
+        """:meth:`rates` by the deployment's key (``provider/model``), known at load: one dict lookup."""
+        rates = self._rates
+        return rates[deployment] if deployment in rates else self.rates(provider, model)
+
     def price(self, record: RequestRecord) -> float | None:
         """The request's cost: 0 for a cache hit or a request that reached no upstream; None when unpriced."""
         deployment = record.deployment

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 KEY_PREFIX = "labgate"  # every key labgate writes starts with "labgate:"
 
@@ -52,8 +52,7 @@ class EntryStore(Protocol):
     async def aclose(self) -> None: ...
 
 
-@dataclass(frozen=True, slots=True)
-class Charge:
+class Charge(NamedTuple):
     """One counter a request draws on (state/limits.py, state/budgets.py).
 
     ``kind`` ``rate``: a GCRA rate limit of ``limit`` per ``period_s`` (``cost``: 1 request, or tokens).

@@ -14,9 +14,24 @@ import time
 TTL_SLACK_S = 3600.0  # a finished window's counter lingers this long (late settlements still land)
 
 
+_current: dict[str, tuple[str, float, float]] = {}  # period → (window id, start, end): the request path's memo
+
+
 def window(period: str, now: float | None = None) -> tuple[str, float]:
     """(the window's id, seconds until it ends; 0 for ``total``)."""
-    now = time.time() if now is None else now
+    if now is None:
+        now = time.time()
+        found = _current.get(period)
+        if found is not None and found[1] <= now < found[2]:
+            return found[0], found[2] - now
+        wid, left = compute(period, now)
+        if left:
+            _current[period] = (wid, now, now + left)
+        return wid, left
+    return compute(period, now)
+
+
+def compute(period: str, now: float) -> tuple[str, float]:
     t = time.gmtime(now)
     day_start = calendar.timegm((t.tm_year, t.tm_mon, t.tm_mday, 0, 0, 0))
     if period == "day":

@@ -38,19 +38,19 @@ Value = tuple[float, float]  # (the counter, when it expires; 0: never)
 def decide(charges: tuple[Charge, ...], current: list[Value], now: float) -> tuple[int, float, list[Value]]:
     """(index refused or -1, seconds to wait, the new values): the take, as the Redis script does it."""
     new: list[Value] = []
-    for i, (c, (value, until)) in enumerate(zip(charges, current, strict=True)):
+    for i, ((_, kind, limit, period, cost), (value, until)) in enumerate(zip(charges, current)):  # noqa: B905
         if until and until <= now:
             value = 0.0
-        if c.kind == "rate":
-            tat = max(value, now) + c.cost * c.period_s / c.limit
-            if tat - now > c.period_s + 1e-9:
-                return i, tat - now - c.period_s, []
+        if kind == "rate":
+            tat = (value if value > now else now) + cost * period / limit
+            if tat - now > period + 1e-9:
+                return i, tat - now - period, []
             new.append((tat, tat))
         else:
-            total = value + c.cost
-            if c.cost > 0 and total > c.limit + 1e-12:
-                return i, c.period_s, []
-            new.append((total, (until if until > now else now + c.period_s) if c.period_s else 0.0))
+            total = value + cost
+            if cost > 0 and total > limit + 1e-12:
+                return i, period, []
+            new.append((total, (until if until > now else now + period) if period else 0.0))
     return _DENIED, 0.0, new
 
 

@@ -92,42 +92,39 @@ class Limiter:
         out: list[Charge] = []
         tpm: list[int] = []
         caps: list[int] = []
-
-        def rate(name: str, rpm: int | None, tpm_limit: int | None) -> None:
+        rates = [("global", self.rpm, self.tpm)]
+        if (found := self._model_limit(model)) is not None:
+            rates.append(("model:" + found[0], found[1].rpm, found[1].tpm))
+        if key is not None:
+            rates.append(("key:" + key.id, key.rpm, key.tpm))
+        for name, rpm, tpm_limit in rates:
             if rpm:
-                out.append(Charge(f"{p}rpm:{name}", "rate", rpm, MINUTE, 1))
+                out.append(Charge(p + "rpm:" + name, "rate", rpm, MINUTE, 1))
             if tpm_limit:
                 tpm.append(len(out))
-                out.append(Charge(f"{p}tpm:{name}", "rate", tpm_limit, MINUTE, min(tokens, tpm_limit)))
-
-        rate("global", self.rpm, self.tpm)
-        if (found := self._model_limit(model)) is not None:
-            rate(f"model:{found[0]}", found[1].rpm, found[1].tpm)
-        if key is not None:
-            rate(f"key:{key.id}", key.rpm, key.tpm)
+                out.append(Charge(p + "tpm:" + name, "rate", tpm_limit, MINUTE, min(tokens, tpm_limit)))
         if budgets and (self.budgets or (key is not None and key.budget_usd is not None)):
+            spends: list[tuple[str, float, str]] = []
+            if key is not None and key.budget_usd is not None:
+                spends.append(("key:" + key.id, key.budget_usd, key.budget_period))
+            if key is not None and key.project and (b := self.budgets.get(("project", key.project))):
+                spends.append(("project:" + key.project, b.limit_usd, b.period))
+            if b := self.budgets.get(("model", model)):
+                spends.append(("model:" + model, b.limit_usd, b.period))
+            if b := self.global_budget:
+                spends.append(("global", b.limit_usd, b.period))
             cost = self._estimate_cost(route, prompt, output)
-
-            def cap(name: str, limit: float, period: str) -> None:
+            for name, limit, period in spends:
                 wid, left = window(period)
                 caps.append(len(out))
                 out.append(Charge(f"{p}spend:{name}:{period}:{wid}", "cap", limit,
                                   left + TTL_SLACK_S if left else 0.0, cost))
-
-            if key is not None and key.budget_usd is not None:
-                cap(f"key:{key.id}", key.budget_usd, key.budget_period)
-            if key is not None and key.project and (b := self.budgets.get(("project", key.project))):
-                cap(f"project:{key.project}", b.limit_usd, b.period)
-            if b := self.budgets.get(("model", model)):
-                cap(f"model:{model}", b.limit_usd, b.period)
-            if b := self.global_budget:
-                cap("global", b.limit_usd, b.period)
         return Reservation(tuple(out), tuple(tpm), tuple(caps))
 
     def _estimate_cost(self, route: Route, prompt: int, output: int) -> float:
         """The estimate's cost at the route's first deployment's price (0 when unpriced or priced per hour)."""
         dep = route.groups[0].deployments[0] if route.groups and route.groups[0].deployments else None
-        rates = self.prices.rates(dep.provider, dep.model) if dep is not None else None
+        rates = self.prices.of(dep.key, dep.provider, dep.model) if dep is not None else None
         if rates is None or rates.per_hour is not None:
             return 0.0
         return rates.cost(Usage(prompt_tokens=prompt, completion_tokens=output))
