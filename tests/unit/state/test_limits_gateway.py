@@ -147,3 +147,24 @@ async def test_an_exhausted_budget_falls_back_to_the_local_model(tmp_path: Path,
         assert (status, headers["x-labgate-provider"], headers["x-labgate-budget"]) == (200, "local",
                                                                                        "fallback:model:paid")
         assert headers["x-labgate-cost"] == "0"
+
+
+async def test_a_stream_settles_its_tokens_and_cost_when_it_ends(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    async with gateway(tmp_path, monkeypatch, rate_limits={"default_output_tokens": 200}) as (running, http, _):
+        call = caller(running, http)
+        key = await new_key(call, tpm=300, budget_usd=1000)
+        for _ in range(3):  # each would reserve ≈ 220 tokens: only settling lets the next one in
+            async with http.post(running.url + "/v1/chat/completions", json=chat(stream=True),
+                                 headers={"authorization": f"Bearer {key}"}) as r:
+                assert r.status == 200 and "x-labgate-cost" not in r.headers  # known only at the end
+                assert (await r.read()).endswith(b"data: [DONE]\n\n")
+        assert running.gateway.history is not None
+        await running.gateway.history.flush()
+        rows = await running.gateway.history.store.fetch("SELECT cost FROM requests WHERE stream")
+        costs = [r["cost"] for r in rows]
+        assert len(costs) == 3 and all(c > 0 for c in costs)
+        limiter = running.gateway.runtime.limiter
+        assert limiter is not None
+        spend = [v for k, (v, _) in limiter.counters._values.items() if ":spend:" in k]  # type: ignore[attr-defined]
+        assert spend == [pytest.approx(sum(costs))]
