@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from labgate.config.schema.providers import LOCAL_TYPES
 from labgate.providers.base import Usage
 
 if TYPE_CHECKING:
@@ -41,7 +42,6 @@ if TYPE_CHECKING:
     from labgate.record import RequestRecord
 
 log = logging.getLogger("labgate.cost")
-LOCAL_TYPES = frozenset({"ollama", "llama_cpp", "vllm", "lmstudio", "local_embeddings"})
 GENAI_PROVIDERS = {"openai": "openai", "anthropic": "anthropic"}  # our provider type → genai-prices provider id
 MILLION = 1_000_000
 

@@ -16,7 +16,7 @@ from labgate.keys import check_model
 from labgate.providers.base import Endpoint, IteratorStream, Reply, Stream, Translated
 from labgate.record import CLIENT_CLOSED, RequestRecord
 from labgate.routing.attempts import attempt
-from labgate.routing.balancer import plan
+from labgate.routing.balancer import local_first_decision, plan
 from labgate.routing.table import Deployment
 from labgate.runtime import Runtime
 
@@ -69,6 +69,7 @@ class Gateway:
             if rt.limiter is not None and rt.limiter.plan(record):  # rpm/tpm and budgets (state/limits.py)
                 route = await rt.limiter.reserve(record, route, rt.table)
             candidates = plan(route, rt.circuit, max_attempts=rt.max_attempts)
+            record.routing = local_first_decision(route, candidates)  # None unless the route is local_first
             result, dep = await attempt(
                 candidates, endpoint=endpoint, body=payload, native=native, stream=record.stream,
                 deadline=time.monotonic() + rt.request_timeout, circuit=rt.circuit, record=record)

@@ -51,6 +51,7 @@ class RequestRecord:
     cost: float | None = None  # USD (cost.py); None: the deployment has no known price
     reservation: Any = None  # what the limiter took (state.limits.Reservation), settled at finish
     budget_fallback: str | None = None  # the budget that sent this request to budgets.fallback_model
+    routing: str | None = None  # a local_first route's decision: local | cloud (why)
     tags: list[str] | None = None
     payload: dict[str, Any] | None = None  # the parsed request body, by reference
     body: bytes | None = None  # the request's bytes, by reference (what history reads parameters from)

@@ -12,6 +12,9 @@ from pydantic import Field, field_validator
 
 from labgate.config.schema.base import Strict
 
+# provider types that are engines on our own machines: free unless priced (cost.py), "local" for local_first
+LOCAL_TYPES = frozenset({"ollama", "llama_cpp", "vllm", "lmstudio", "local_embeddings"})
+
 
 class PricingConfig(Strict):
     """USD per million tokens (docs/cost.md); or per hour, for a machine paid by the hour."""
