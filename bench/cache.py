@@ -20,8 +20,9 @@ Modes differ only in ``gateway.yaml`` (history off everywhere: ``store:
     hit-redis    cache in Redis (--redis-url, a fresh namespace), every request a hit
     floor        the gateway answering GET /health/liveness: its HTTP floor (no lifecycle, no upstream)
 
-It prints per mode the median req/s (min–max), CPU µs/request and c=1 p50,
-then the ratios (medians of per-round ratios): cache off vs today, memory hit
+It prints per mode the median req/s (min–max), CPU µs/request, c=1 p50 and
+the CPU other processes took on the gateway core during the leg, then the
+ratios (medians of per-round ratios): cache off vs today, memory hit
 vs proxied miss, the CPU a Redis hit adds over a memory hit, and the latency
 a hit adds over the gateway's floor (c=1 p50) for both backends. The Redis
 server runs wherever the machine runs it (its CPU is not the gateway's).
@@ -39,6 +40,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -69,6 +71,7 @@ class Mode:
     rps: list[float] = field(default_factory=list)
     cpu_us: list[float] = field(default_factory=list)
     c1_p50_ms: list[float] = field(default_factory=list)
+    other_pct: list[float] = field(default_factory=list)  # others' CPU on the gateway core during the c=N leg
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -245,13 +248,15 @@ def _measure(args: argparse.Namespace, mode: Mode, place: machine.Placement, wor
         target = f"http://127.0.0.1:{port}{mode.path}"
         # warm-up: fills the cache entry (hit modes), the pools and the code paths
         _wrk(target, mode, work, connections=args.connections, seconds=1 if args.quick else 2, cores=place.load)
-        cpu0 = procs.cpu_seconds(pid)
+        cpu0, busy0, wall0 = procs.cpu_seconds(pid), machine.core_busy_ticks(place.gateway), time.monotonic()
         result = _wrk(target, mode, work, connections=args.connections, seconds=args.duration, cores=place.load)
-        cpu1 = procs.cpu_seconds(pid)
+        cpu1, busy1, wall1 = procs.cpu_seconds(pid), machine.core_busy_ticks(place.gateway), time.monotonic()
         one = _wrk(target, mode, work, connections=1, seconds=max(1, args.duration // 2), cores=place.load)
     mode.rps.append(result.rps)
     mode.cpu_us.append((cpu1 - cpu0) / result.requests * 1e6)
     mode.c1_p50_ms.append(one.p50_ms)
+    others = (busy1 - busy0) / machine.TICKS - (cpu1 - cpu0)
+    mode.other_pct.append(max(0.0, others) / (wall1 - wall0) / len(place.gateway) * 100)
 
 
 def _median_ratio(a: Mode | None, b: Mode | None, attr: str, *, difference: bool = False) -> float | None:
@@ -265,17 +270,20 @@ def _median_ratio(a: Mode | None, b: Mode | None, attr: str, *, difference: bool
 
 def _report(modes: list[Mode], args: argparse.Namespace) -> None:
     by = {m.name: m for m in modes}
-    lines = [f"{'mode':<12} {'req/s (c=' + str(args.connections) + ')':>22} {'CPU µs/req':>12} {'c=1 p50 ms':>11}"]
+    lines = [f"{'mode':<12} {'req/s (c=' + str(args.connections) + ')':>22} {'CPU µs/req':>12} {'c=1 p50 ms':>11} "
+             f"{'others on core %':>17}"]
     for m in modes:
         if not m.rps:
             lines.append(f"{m.name:<12} {'—':>22}")
             continue
         spread = f"{statistics.median(m.rps):,.0f} ({min(m.rps):,.0f}–{max(m.rps):,.0f})"
         lines.append(f"{m.name:<12} {spread:>22} {statistics.median(m.cpu_us):12.1f} "
-                     f"{statistics.median(m.c1_p50_ms):11.3f}")
+                     f"{statistics.median(m.c1_p50_ms):11.3f} {statistics.median(m.other_pct):17.1f}")
     ratios = {
         "cache_off_vs_today_rps": _median_ratio(by.get("none"), by.get("base"), "rps"),
+        "cache_off_vs_today_cpu": _median_ratio(by.get("base"), by.get("none"), "cpu_us"),
         "memory_hit_vs_proxied_miss_rps": _median_ratio(by.get("hit-memory"), by.get("miss-memory"), "rps"),
+        "memory_hit_vs_proxied_miss_cpu": _median_ratio(by.get("miss-memory"), by.get("hit-memory"), "cpu_us"),
         "redis_hit_added_cpu_us_over_memory_hit": _median_ratio(by.get("hit-redis"), by.get("hit-memory"), "cpu_us",
                                                                 difference=True),
         "memory_hit_added_p50_ms_over_floor": _median_ratio(by.get("hit-memory"), by.get("floor"), "c1_p50_ms",
@@ -286,13 +294,16 @@ def _report(modes: list[Mode], args: argparse.Namespace) -> None:
                                                               difference=True),
     }
     if args.json:
-        doc = {"modes": {m.name: {"rps": m.rps, "cpu_us": m.cpu_us, "c1_p50_ms": m.c1_p50_ms} for m in modes},
+        doc = {"modes": {m.name: {"rps": m.rps, "cpu_us": m.cpu_us, "c1_p50_ms": m.c1_p50_ms,
+                                  "other_pct": m.other_pct} for m in modes},
                "ratios": ratios}
         sys.stdout.write(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode() + "\n")
         return
     labels = {
         "cache_off_vs_today_rps": ("cache off (no cache: section) vs today, req/s ×", "{:.3f}"),
+        "cache_off_vs_today_cpu": ("cache off vs today, CPU/request: today ÷ off", "{:.3f}"),
         "memory_hit_vs_proxied_miss_rps": ("memory hit vs proxied miss, req/s ×", "{:.2f}"),
+        "memory_hit_vs_proxied_miss_cpu": ("memory hit vs proxied miss, CPU/request: miss ÷ hit", "{:.2f}"),
         "redis_hit_added_cpu_us_over_memory_hit": ("Redis hit: gateway CPU added over a memory hit, µs/req", "{:+.1f}"),
         "memory_hit_added_p50_ms_over_floor": ("memory hit: p50 added over the gateway's floor (c=1), ms", "{:+.3f}"),
         "redis_hit_added_p50_ms_over_floor": ("Redis hit: p50 added over the gateway's floor (c=1), ms", "{:+.3f}"),
@@ -302,7 +313,8 @@ def _report(modes: list[Mode], args: argparse.Namespace) -> None:
     for key, value in ratios.items():
         label, fmt = labels[key]
         lines.append(f"{label:<62} {'—' if value is None else fmt.format(value)}")
-    lines.append("(ratios: medians of per-round values; floor: GET /health/liveness on the same gateway)")
+    lines.append("(ratios: medians of per-round values; floor: GET /health/liveness on the same gateway; CPU/request "
+                 "ratios hold up better than req/s when others use the gateway core — see 'others on core %')")
     print("\n".join(lines))
 
 

@@ -10,6 +10,8 @@ foreign exceptions into these classes at exactly one boundary
     │   ├── InvalidJSONError          400
     │   ├── BodyTooLargeError         413
     │   ├── HeaderTooLargeError       431
+    │   ├── RequestTimeoutError       408 head and body not received within server.request_read_timeout_s
+    │   ├── UnsupportedFramingError   501 a transfer coding we do not implement (505: an HTTP version)
     │   ├── RouteNotFoundError        404 (unknown path)
     │   ├── RecordNotFoundError       404 no history record with that id
     │   ├── MethodNotAllowedError     405
@@ -28,12 +30,15 @@ foreign exceptions into these classes at exactly one boundary
     │   ├── UpstreamRateLimitError    429  upstream answered 429
     │   ├── UpstreamBadResponseError  502  upstream body is not what the protocol says
     │   └── UpstreamDeploymentError   502  upstream answered 401/403/404: this deployment cannot serve
-    ├── UpstreamRejectedError         4xx  upstream refused the request itself (not retried)
+    ├── UpstreamRejectedError         4xx  upstream refused the request itself (not retried, no fallback)
     ├── NoHealthyDeploymentError      503  every candidate is cooling down (Anthropic overloaded_error)
     ├── AllAttemptsFailedError        502/504/429 every candidate failed; holds each cause
-    │                                      (Anthropic overloaded_error when every one was overloaded)
+    │                                      (Anthropic overloaded_error when every one was overloaded;
+    │                                      code all_deployments_rejected, x-should-retry: false, when
+    │                                      every upstream refused its deployment with 401/403/404)
     ├── HistoryUnavailableError       503  history is off, or its store cannot be read now
     ├── CacheUnavailableError         503  the response cache is off, or its backend cannot be reached now
+    ├── ConnectionLimitError          503  server.max_connections(_per_ip) reached: the connection is refused
     └── InternalError                 500  an unexpected exception (logged once, never on the wire)
 
 On ``/v1/messages`` an ``overloaded_error`` is answered with Anthropic's 529
@@ -97,6 +102,25 @@ class BodyTooLargeError(RequestError):
 class HeaderTooLargeError(RequestError):
     status = 431
     code = "header_too_large"
+
+
+class RequestTimeoutError(RequestError):
+    """The client took longer than ``server.request_read_timeout_s`` to send a request's head and body."""
+
+    status = 408
+    code = "request_timeout"
+    retryable = True
+
+
+class UnsupportedFramingError(RequestError):
+    """A transfer coding (501) or HTTP version (505) the server does not implement."""
+
+    status = 501
+    code = "unsupported_framing"
+
+    def __init__(self, message: str, *, status: int = 501) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class RouteNotFoundError(RequestError):
@@ -172,13 +196,18 @@ class UnsupportedEndpointError(RequestError):
 
 
 class UpstreamError(LabgateError):
-    """One attempt failed in a way another deployment might not."""
+    """One attempt failed in a way another deployment might not: the attempt loop falls back.
+
+    ``deterministic``: the same deployment would fail the same way if asked again
+    (``retryable`` says whether the loop may try another one).
+    """
 
     status = 502
     openai_type = "api_error"
     anthropic_type = "api_error"
     code = "upstream_error"
     retryable = True
+    deterministic = False
 
 
 class UpstreamConnectionError(UpstreamError):
@@ -224,9 +253,13 @@ class UpstreamBadResponseError(UpstreamError):
 class UpstreamDeploymentError(UpstreamError):
     """The upstream refused *this deployment* (401/403 bad credentials, 404 model not there).
 
-    The client's request is fine and another deployment may serve it, so it falls back;
-    with nothing left it is the gateway's upstream that failed: 502.
+    The client's request is fine and another deployment (other credentials, another engine)
+    may serve it, so the attempt loop falls back. Asking this deployment again will not help:
+    when every attempt ends like this, :class:`AllAttemptsFailedError` tells the client not
+    to retry (``deterministic``).
     """
+
+    deterministic = True
 
     code = "upstream_deployment_error"
 
@@ -313,6 +346,15 @@ class BudgetExceededError(LabgateError):
         self.retry_after = retry_after
 
 
+class ConnectionLimitError(LabgateError):
+    """A new connection over ``server.max_connections`` or ``server.max_connections_per_ip``."""
+
+    status = 503
+    anthropic_type = "overloaded_error"
+    code = "too_many_connections"
+    retryable = True
+
+
 @dataclass(frozen=True, slots=True)
 class AttemptFailure:
     """Why one attempt failed: which deployment, and the error it raised."""
@@ -322,7 +364,13 @@ class AttemptFailure:
 
 
 class AllAttemptsFailedError(LabgateError):
-    """Every candidate failed; the message names each attempt's cause."""
+    """Every candidate failed; the message names each attempt's cause.
+
+    When every upstream tried refused its deployment for good (401/403/404: a bad
+    upstream key, a model the engine does not have), retrying cannot help until the
+    operator fixes the config: code ``all_deployments_rejected`` and ``x-should-retry:
+    false``. Otherwise the failures may pass and the client may retry.
+    """
 
     code = "all_attempts_failed"
     retryable = True
@@ -342,11 +390,23 @@ class AllAttemptsFailedError(LabgateError):
         tried = [f.error for f in failures if not isinstance(f.error, RequestError)]
         if tried and all(e.anthropic_type == "overloaded_error" for e in tried):
             self.anthropic_type = "overloaded_error"  # every upstream is saturated
+        if tried and all(getattr(e, "deterministic", False) for e in tried):
+            self.code, self.retryable = "all_deployments_rejected", False
         retry_afters = [getattr(f.error, "retry_after", None) for f in failures]
         self.retry_after = min((r for r in retry_afters if r is not None), default=None)
 
 
 class InternalError(LabgateError):
+    """An unexpected exception. Its message is always :data:`INTERNAL_MESSAGE`: what went
+    wrong (``detail``) is for the operational log, never for the wire."""
+
     status = 500
     code = "internal_error"
     retryable = True
+
+    def __init__(self, detail: str = "") -> None:
+        super().__init__(INTERNAL_MESSAGE)
+        self.detail = detail
+
+
+INTERNAL_MESSAGE = "The gateway hit an internal error; it has been logged."

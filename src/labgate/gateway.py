@@ -55,9 +55,11 @@ class Gateway:
         rt = self.runtime  # taken once: a reload never changes it under this request
         try:
             record.key_id, key = rt.auth.admit(api_key)  # the master key, a virtual key (keys.py), or no auth
-            payload, endpoint, native = parse(body), _endpoint(record), None
-            if isinstance(payload, Translated):  # the client spoke another dialect
-                payload, endpoint, native = payload.body, payload.endpoint, payload.native
+            parsed, endpoint, native = parse(body), _endpoint(record), None
+            if isinstance(parsed, Translated):  # the client spoke another dialect
+                payload, endpoint, native = parsed.body, parsed.endpoint, parsed.native
+            else:
+                payload = parsed
             record.model, record.stream = payload["model"], payload.get("stream") is True
             record.payload, record.body = payload, body  # references for history; read off the hot path
             if key is not None:

@@ -328,3 +328,20 @@ def test_two_gateway_processes_share_entries(redis_url: str, tmp_path: Path) -> 
                 assert sum(1 for r in sim.requests if r.method == "POST") == 1
         finally:
             asyncio.run(_flush(redis_url, ns))
+
+
+@pytest.mark.asyncio
+async def test_more_concurrent_commands_than_connections_wait_their_turn(redis_url: str) -> None:
+    from labgate.state.redis import RedisEntries, RedisLink
+
+    key = f"labgate:{_ns()}:" + "a" * 32
+    entries = RedisEntries(RedisLink(redis_url, timeout_s=2.0, retry_s=1.0, max_connections=2))
+    try:
+        await entries.put(key, b"value", 60)
+        answers = await asyncio.gather(*(entries.get(key) for _ in range(50)))
+        assert answers == [b"value"] * 50
+        status = entries.status()
+        assert (status["busy"], status["failures"], entries.link._open) == (0, 0, 2)
+    finally:
+        await entries.link.client.delete(key)
+        await entries.aclose()

@@ -127,7 +127,9 @@ async def test_every_outcome_leaves_one_record(store_url: str, monkeypatch: pyte
                  "messages": [{"role": "user", "content": "leave early"}], "attempts": 1,
                  "completion_tokens": None, "finish_reason": None},
     }
-    assert found["left"]["response"] in (None, " sim1", " sim1 sim2")  # what had been relayed when it left
+    # what had been relayed when the hang-up was noticed (a write or two later on a busy machine): a strict prefix
+    left = found["left"]["response"]
+    assert left is None or (SIM8.startswith(left) and left != SIM8), left
     assert found["fallback"]["failed_attempts"] == [
         {"deployment": "bad/m2", "error": "upstream_server_error", "message": found["fallback"]["failed_attempts"][0]
          ["message"]}]

@@ -26,7 +26,7 @@ from typing import Any
 import h11
 import orjson
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from labgate.errors import LabgateError, UpstreamError
@@ -106,13 +106,9 @@ def exchange(segments: Sequence[bytes], *, eof: bool = True) -> Outcome:
         loop.close()
 
 
-_STATUS_LINE = re.compile(rb"^(HTTP/\d\.\d \d{3} )([^\r\n]*)")
-
-
-def _ignore_reason(data: bytes) -> bytes:
-    """The reason phrase with its control characters made visible: the pool never reads the
-    reason (llhttp accepts a NUL there, h11 does not), so it cannot decide an exchange."""
-    return _STATUS_LINE.sub(lambda m: m[1] + bytes(b if b == 9 or 32 <= b != 127 else 0x3F for b in m[2]), data, 1)
+# A status line whose reason phrase holds a control character: llhttp accepts it (and the pool
+# never reads the reason), h11 refuses it, so the reference cannot judge such an exchange.
+_ODD_REASON = re.compile(rb"(?m)^HTTP/\d\.\d \d{3} [^\r\n]*[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 
 def reference(data: bytes) -> tuple[tuple[int, dict[str, str], bytes] | None, bool]:
@@ -120,7 +116,7 @@ def reference(data: bytes) -> tuple[tuple[int, dict[str, str], bytes] | None, bo
     conn = h11.Connection(h11.CLIENT)
     conn.send(h11.Request(method="POST", target="/x", headers=[("host", "up"), ("content-length", "0")]))
     conn.send(h11.EndOfMessage())
-    conn.receive_data(_ignore_reason(data))
+    conn.receive_data(data)
     status, body = 0, b""
     headers: dict[str, str] = {}
     try:
@@ -254,6 +250,7 @@ def mutated(draw: st.DrawFn) -> bytes:
 @SETTINGS
 @given(wire=mutated(), data=st.data())
 def test_any_bytes_end_cleanly_and_only_a_clean_exchange_is_pooled(wire: bytes, data: st.DataObject) -> None:
+    assume(not _ODD_REASON.search(wire))
     outcome = exchange(split_with(data, wire))
     assert (outcome.answer is None) != (outcome.error is None)
     if outcome.error is not None:

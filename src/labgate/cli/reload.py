@@ -25,9 +25,10 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 
@@ -186,7 +187,7 @@ def _confirm(prompt: str) -> bool:
     return input(prompt).strip().lower() in ("y", "yes")
 
 
-def _rollback_target(plan: _Plan, running: str, *, force: bool) -> backups.Backup | bool | None:
+def _rollback_target(plan: _Plan, running: str, *, force: bool) -> backups.Backup | Literal[False] | None:
     """The backup of the config that runs now (False: none, and the operator did not accept that)."""
     if plan.staged is not None:  # the live files are what runs: keep them
         saved = backups.ensure(plan.live, plan.backup_dir, reason="labgate reload: before applying")
@@ -224,16 +225,17 @@ def _apply(plan: _Plan, version: str, routes: list[str], view: dict[str, Any]) -
 def _verify(client: GatewayClient, version: str, routes: list[str], view: dict[str, Any],
             style: Style) -> str | None:
     deadline = time.monotonic() + client.timeout
-    checks = [("GET", "/admin/config", None, lambda s, b: s == 200 and b.get("version") == version,
+    checks: list[tuple[str, str, dict[str, Any] | None, Callable[[int, Any], bool], str]] = [
+        ("GET", "/admin/config", None, lambda s, b: s == 200 and b.get("version") == version,
                f"the gateway reports version {version}"),
               ("GET", "/health", None, lambda s, b: s == 200, "GET /health answers 200")]
     if _routable(view):
         checks.append(("GET", "/health/readiness", None, lambda s, b: s == 200, "GET /health/readiness answers 200"))
     embedding = _embedding_models(view)
     for name in routes:
-        path, body = (("/v1/embeddings", {"model": name, "input": "labgate reload"}) if name in embedding
-                      else ("/v1/chat/completions", {"model": name, **_PROBE}))
-        checks.append(("POST", path, body, lambda s, b: s == 200, f"a test request to {name!r} succeeds"))
+        probe_path, probe = (("/v1/embeddings", {"model": name, "input": "labgate reload"}) if name in embedding
+                             else ("/v1/chat/completions", {"model": name, **_PROBE}))
+        checks.append(("POST", probe_path, probe, lambda s, b: s == 200, f"a test request to {name!r} succeeds"))
     for method, path, body, ok, what in checks:
         last = ""
         while True:  # with several workers, each reloads a moment apart: retry until the deadline
@@ -256,7 +258,7 @@ def _routable(view: dict[str, Any]) -> bool:
 
 
 def _embedding_models(view: dict[str, Any]) -> set[str]:
-    out = set()
+    out: set[str] = set()
     for provider in view.get("providers", {}).values():
         for model in provider.get("models", []):
             if "embeddings" in model.get("tags", []) or "embeddings" in model.get("capabilities", []):

@@ -53,7 +53,10 @@ MASK = "***"
 # Settings a running server cannot change: they take effect at the next start.
 RESTART_ONLY = ("gateway.server.host", "gateway.server.port", "gateway.server.workers",
                 "gateway.server.max_body_bytes", "gateway.server.keepalive_timeout_s", "gateway.store",
-                "gateway.metrics.enabled")
+                "gateway.metrics.enabled",
+                # the HTTP server's limits (server/limits.py) are fixed when it starts
+                "gateway.server.max_header_bytes", "gateway.server.request_read_timeout_s",
+                "gateway.server.max_connections", "gateway.server.max_connections_per_ip")
 
 
 # --- what is loaded ------------------------------------------------------------------

@@ -1,9 +1,13 @@
 """The one loop over candidates: try each deployment until one answers.
 
-Retryable failures (connection, timeout, 5xx, 429, malformed body) move on
-to the next candidate, bounded by the request's total deadline; a
-deterministic failure (the upstream rejected the request itself) stops the
-loop at once.
+Every :class:`UpstreamError` moves on to the next candidate, bounded by the
+request's total deadline: the transient ones (connection, timeout, 5xx, 429,
+malformed body) and an upstream's 401/403/404, which refuses *this
+deployment* (its key, its model) while another may serve the same request.
+An upstream that rejects the request itself (any other 4xx) stops the loop
+at once: the same body fails everywhere. When every attempt failed,
+:class:`AllAttemptsFailedError` holds each cause and decides whether the
+client may retry.
 """
 
 from __future__ import annotations

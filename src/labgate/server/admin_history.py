@@ -43,7 +43,6 @@ from labgate.telemetry.metrics import CONTENT_TYPE
 log = logging.getLogger("labgate.server")
 HISTORY = "/admin/history"
 ANALYTICS = "/admin/analytics/"
-_FILTERS = ("model", "provider", "status", "text", "key", "endpoint", "client_request_id")
 _MAX_LIMIT = 1000
 
 Params = dict[str, str]
@@ -161,11 +160,10 @@ class HistorySurface:
 
 
 def _filter(params: Params) -> query.Filter:
-    times = {}
-    for name in ("since", "until"):
-        if name in params:
-            times[name] = query.parse_time(params[name])
-    return query.Filter(**{k: params[k] for k in _FILTERS if k in params}, **times)
+    since, until = (query.parse_time(params[name]) if name in params else None for name in ("since", "until"))
+    return query.Filter(model=params.get("model"), provider=params.get("provider"), status=params.get("status"),
+                        text=params.get("text"), key=params.get("key"), endpoint=params.get("endpoint"),
+                        client_request_id=params.get("client_request_id"), since=since, until=until)
 
 
 def _by(params: Params, default: str | None) -> str | None:
@@ -184,9 +182,15 @@ def _int(params: Params, name: str, default: int, low: int, high: int | None) ->
 
 
 async def _logged(stream: AsyncIterator[bytes], rid: str) -> AsyncIterator[bytes]:
-    """An export that fails midway is cut short (the client sees a truncated body) and logged."""
+    """An export that fails midway must not look complete: the error goes on to the server.
+
+    The head (200) is already sent, so the server closes the connection without the
+    terminating chunk, and the client's HTTP library reports an incomplete body. Swallowing
+    the error here would let the server end the body properly, a truncated export that
+    looks whole. The server logs the failure once, with this request id and the cause.
+    """
     try:
         async for chunk in stream:
             yield chunk
-    except Exception:
-        log.exception("history export failed midway (request %s)", rid)
+    except Exception as exc:
+        raise HistoryUnavailableError(f"history export failed midway (request {rid})") from exc

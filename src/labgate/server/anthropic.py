@@ -245,7 +245,7 @@ class AnthropicSurface:
         events = result if result.dialect == "anthropic" else EventStream(
             result, where=f"provider {record.provider!r}", ping_interval=self.ping_interval)
         headers.extend(SSE_HEADERS)
-        return Response(200, headers, stream=ErrorEventStream(events, anthropic_sse_error,  # type: ignore[arg-type]
+        return Response(200, headers, stream=ErrorEventStream(events, anthropic_sse_error,
                                                               record.request_id))
 
     async def count_tokens(self, request: Request) -> Response:

@@ -8,21 +8,31 @@ from dataclasses import dataclass
 
 from labgate.config.load import Config
 from labgate.config.reload import ConfigSource, Loaded, Reloader, ReloadResult, loaded_from
+from labgate.config.schema.gateway import ServerConfig
 from labgate.errors import LabgateError
 from labgate.gateway import Gateway
 from labgate.keys import open_keyring
 from labgate.runtime import Runtime
 from labgate.server.app import build_app, echo_client_id
 from labgate.server.envelopes import openai_error
-from labgate.server.http import HttpServer, Response
+from labgate.server.http import HttpServer, Response, ServerLimits
 from labgate.server.ids import request_id
 from labgate.store.writer import history_for
 from labgate.telemetry.logs import AccessLog
 from labgate.telemetry.metrics import Metrics
 
 
-def _error_response(exc: LabgateError, headers: Mapping[str, str]) -> Response:
+def error_response(exc: LabgateError, headers: Mapping[str, str]) -> Response:
+    """The server's own errors (malformed HTTP, limits): the OpenAI envelope with a request id."""
     return echo_client_id(headers, openai_error(exc, request_id()))
+
+
+def server_limits(config: ServerConfig) -> ServerLimits:
+    """The ``server.*`` limits of ``gateway.yaml`` as the HTTP server takes them."""
+    return ServerLimits(max_body_bytes=config.max_body_bytes, max_header_bytes=config.max_header_bytes,
+                        keepalive_timeout=config.keepalive_timeout_s,
+                        request_read_timeout=config.request_read_timeout_s,
+                        max_connections=config.max_connections, max_connections_per_ip=config.max_connections_per_ip)
 
 
 @dataclass(slots=True)
@@ -74,10 +84,8 @@ async def start_gateway(config: Config, *, host: str | None = None, port: int | 
         reloader = Reloader(gateway, loaded or loaded_from(config), source=source, access_log=access_log,
                             on_applied=on_reload)
         host = server_config.host if host is None else host
-        server = HttpServer(build_app(gateway, reloader=reloader, listen_host=host),
-                            max_body_bytes=server_config.max_body_bytes,
-                            error_response=_error_response,
-                            keepalive_timeout=server_config.keepalive_timeout_s)
+        server = HttpServer(build_app(gateway, reloader=reloader, listen_host=host), error_response=error_response,
+                            limits=server_limits(server_config))
         reloader.in_flight = server.busy_tasks
         if gateway.metrics is not None:
             gateway.metrics.in_flight = lambda: max(server.inflight - 1, 0)  # read by a scrape: not counting it

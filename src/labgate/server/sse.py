@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterable, Callable
 
 from labgate.errors import InternalError, LabgateError
 
@@ -19,7 +19,7 @@ class ErrorEventStream:
 
     __slots__ = ("_done", "_inner", "_it", "_render", "_request_id")
 
-    def __init__(self, inner: AsyncIterator[bytes], render: Callable[[LabgateError, str], bytes],
+    def __init__(self, inner: AsyncIterable[bytes], render: Callable[[LabgateError, str], bytes],
                  request_id: str) -> None:
         self._inner, self._render, self._request_id = inner, render, request_id
         self._it = inner.__aiter__()
@@ -42,8 +42,7 @@ class ErrorEventStream:
         except Exception:
             self._done = True
             log.exception("unexpected error in a stream (request %s)", self._request_id)
-            return self._render(InternalError("The gateway hit an internal error; it has been logged."),
-                                self._request_id)
+            return self._render(InternalError("unexpected error in a stream"), self._request_id)
 
     async def aclose(self) -> None:
         self._done = True

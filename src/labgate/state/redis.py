@@ -1,23 +1,23 @@
 """Redis state: shared by every replica, one round trip per request-path operation.
 
-:class:`RedisLink` holds the pooled client (redis-py's asyncio API with the
-hiredis parser, no client-side retries) and the backend's health: after a
-failure it rests for ``state.retry_s`` (every operation meanwhile raises at
-once, without I/O), logs the outage once and the recovery once, and counts
+:class:`RedisLink` holds the client (redis-py's asyncio API with the hiredis
+parser, no client-side retries) and the backend's health: after a failure it
+rests for ``state.retry_s`` (every operation meanwhile raises at once,
+without I/O), logs the outage once and the recovery once, and counts
 failures. redis-py's exceptions are turned into
 :class:`~labgate.state.base.StateUnavailableError` here and nowhere else.
 
-Kept cheap on the request path (measured: about half the CPU of redis-py's
-defaults per ``GET``): a plain connection pool rather than the blocking one
-(whose condition variable costs more than the command), and one
-``asyncio.timeout`` around each command instead of a socket timeout on every
-read and write. When every pooled connection is busy
-(``state.max_connections``) the operation is skipped (counted as ``busy``)
-without marking Redis down.
-
-:class:`RedisEntries` keeps cache entries as plain strings: ``GET`` to look
-up, ``SET … PX`` to store. Admin operations ``SCAN`` (never ``KEYS``) and
-delete with ``UNLINK`` in batches.
+The request path (:meth:`RedisLink.command`: ``GET``, ``SET … PX``) keeps its
+own free list of redis-py connections, at most ``state.max_connections``,
+and talks to them directly (``send_command`` / ``read_response``) under one
+``asyncio.timeout``: measured at about half the gateway CPU per ``GET`` of
+redis-py's pooled client with socket timeouts (whose pool takes a lock and
+records observability events on every command). A connection that failed
+or timed out mid-command is dropped, never reused. When every connection is
+busy a command waits for the next one released (at most ``timeout_s``; then
+it is skipped, counted as ``busy``, without marking Redis down). Admin
+operations (``SCAN`` never ``KEYS``, pipelines, ``UNLINK`` in batches) use
+redis-py's client.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import deque
 from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -62,21 +63,77 @@ class RedisLink:
         aredis = _import()
         from redis.asyncio.retry import Retry
         from redis.backoff import NoBackoff
-        from redis.exceptions import MaxConnectionsError
 
         self.url = display_url(url)
         self.timeout_s = timeout_s
         self.retry_s = retry_s
         self.source: object = None  # what it was built from: a reload with the same settings keeps it
         self.errors: tuple[type[BaseException], ...] = (aredis.RedisError, OSError, TimeoutError)
-        self.exhausted: type[BaseException] = MaxConnectionsError
-        pool = aredis.ConnectionPool.from_url(url, max_connections=max_connections,
-                                              socket_connect_timeout=timeout_s, retry=Retry(NoBackoff(), 0))
-        self.client = aredis.Redis(connection_pool=pool)
+        self.pool = aredis.ConnectionPool.from_url(url, max_connections=max_connections,
+                                                   socket_connect_timeout=timeout_s, retry=Retry(NoBackoff(), 0))
+        self.client = aredis.Redis(connection_pool=self.pool)  # admin operations
+        self.max_connections = max_connections
+        self._idle: list[Any] = []  # request-path connections ready for a command
+        self._waiters: deque[asyncio.Future[Any]] = deque()  # commands waiting for a connection (all busy)
+        self._open = 0  # request-path connections, idle or in use
         self.down_until = 0.0  # monotonic time until which Redis is left alone; 0: up
         self.failures = 0
-        self.busy = 0  # operations skipped because every pooled connection was in use
+        self.busy = 0  # operations skipped because every connection stayed in use for timeout_s
         self.last_error: str | None = None
+
+    async def command(self, *args: Any) -> Any:
+        """One command on a connection of the free list; StateUnavailableError when it cannot be done."""
+        self.check()
+        conn = await self._acquire()
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                await conn.send_command(*args)
+                reply = await conn.read_response()
+        except BaseException as exc:
+            self._open -= 1  # mid-command: its state is unknown, so it is closed, never reused
+            self._release(None)
+            with contextlib.suppress(Exception):
+                await conn.disconnect(nowait=True)
+            if isinstance(exc, self.errors):
+                raise self.failed(exc) from None
+            raise
+        self._release(conn)
+        if self.down_until:
+            self.succeeded()
+        return reply
+
+    async def _acquire(self) -> Any:
+        """An idle connection, a new one (up to max_connections), or the next one released (within timeout_s)."""
+        if self._idle:
+            return self._idle.pop()
+        if self._open < self.max_connections:
+            self._open += 1
+            return self.pool.make_connection()
+        waiter: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                conn = await waiter
+        except TimeoutError:
+            if waiter.done() and not waiter.cancelled() and waiter.result() is not None:
+                self._release(waiter.result())  # handed over as the timeout fired: pass it on
+            self.busy += 1
+            raise StateUnavailableError(f"every connection to Redis at {self.url} stayed in use") from None
+        if conn is None:  # one was closed: this request may open its own, unless Redis went down meanwhile
+            self.check()
+            self._open += 1
+            conn = self.pool.make_connection()
+        return conn
+
+    def _release(self, conn: Any) -> None:
+        """Hand a connection (None: one was closed) to the next waiter, or back to the free list."""
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(conn)
+                return
+        if conn is not None:
+            self._idle.append(conn)
 
     def check(self) -> None:
         """Raise at once while resting after a failure."""
@@ -84,10 +141,7 @@ class RedisLink:
             raise StateUnavailableError(f"Redis at {self.url} is unavailable ({self.last_error})")
 
     def failed(self, exc: BaseException) -> StateUnavailableError:
-        """Record a failure and return the error to raise; pool exhaustion is counted, not an outage."""
-        if isinstance(exc, self.exhausted):
-            self.busy += 1
-            return StateUnavailableError(f"every connection to Redis at {self.url} is in use")
+        """Record a failure (logged when Redis goes from up to down) and return the error to raise."""
         self.failures += 1
         self.last_error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
         if not self.down_until:
@@ -106,7 +160,10 @@ class RedisLink:
                 "last_error": self.last_error}
 
     async def aclose(self) -> None:
-        with contextlib.suppress(*self.errors):  # closing a pool to a dead server: nothing left to release
+        idle, self._idle = self._idle, []
+        with contextlib.suppress(*self.errors):  # closing connections to a dead server: nothing left to release
+            for conn in idle:
+                await conn.disconnect()
             await self.client.aclose()
 
 
@@ -119,27 +176,11 @@ class RedisEntries:
         self.link = link
 
     async def get(self, key: str) -> bytes | None:
-        link = self.link
-        link.check()
-        try:
-            async with asyncio.timeout(link.timeout_s):
-                value: bytes | None = await link.client.get(key)
-        except link.errors as exc:
-            raise link.failed(exc) from None
-        if link.down_until:
-            link.succeeded()
+        value: bytes | None = await self.link.command("GET", key)
         return value
 
     async def put(self, key: str, value: bytes, ttl_s: float) -> None:
-        link = self.link
-        link.check()
-        try:
-            async with asyncio.timeout(link.timeout_s):
-                await link.client.set(key, value, px=max(1, int(ttl_s * 1000)))
-        except link.errors as exc:
-            raise link.failed(exc) from None
-        if link.down_until:
-            link.succeeded()
+        await self.link.command("SET", key, value, "PX", max(1, int(ttl_s * 1000)))
 
     async def _scan(self, pattern: str) -> AsyncIterator[list[bytes]]:
         cursor: int = 0

@@ -192,7 +192,7 @@ def _text_of(content: Any) -> str | None:
     if isinstance(content, str):
         return content
     if isinstance(content, list):  # content parts: keep the text ones
-        parts = [p.get("text") for p in content if isinstance(p, dict) and isinstance(p.get("text"), str)]
+        parts = [text for p in content if isinstance(p, dict) and isinstance(text := p.get("text"), str)]
         return " ".join(parts) if parts else None
     return None
 

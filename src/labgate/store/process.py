@@ -38,7 +38,7 @@ import marshal
 import os
 import signal
 import sys
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import orjson
 
@@ -154,13 +154,23 @@ class WriterProcess:
         self._reader_ready = True
 
     async def _open_reader_later(self) -> None:
+        """Retry opening the reader with backoff; each new cause is logged once, not every retry."""
+        said = ""
         for attempt in itertools.count():
             await asyncio.sleep(_RESTART_BACKOFF_S[min(attempt, len(_RESTART_BACKOFF_S) - 1)])
             if self._closing:
                 return
-            with contextlib.suppress(Exception):
+            try:
                 await self._open_reader()
-                return
+            except Exception as exc:
+                cause = f"{type(exc).__name__}: {exc}"
+                if cause != said:
+                    log.warning("history: still cannot open %s for reading (retrying): %s",
+                                self.store.display_url, cause)
+                    said = cause
+                continue
+            log.info("history: %s is open for reading", self.store.display_url)
+            return
 
     async def _spawn_or_retry(self) -> None:
         self._respawn = None
@@ -229,8 +239,10 @@ class WriterProcess:
         if self._reopen is not None:
             self._reopen.cancel()
         if self._spawning is not None and not self._spawning.done():
-            with contextlib.suppress(Exception):
+            try:
                 await self._spawning  # a restart under way: its child gets the stop below like any other
+            except Exception:
+                log.exception("history: a writer process being started failed while closing")
         child = self._child
         if child is not None:
             self._send()
@@ -244,8 +256,10 @@ class WriterProcess:
         if self._buffer:
             self._drop(len(self._buffer))
             self._buffer = []
-        with contextlib.suppress(Exception):
+        try:
             await self.store.aclose()
+        except Exception:
+            log.exception("history: closing the reader of %s failed", self.store.display_url)
 
     def stats(self) -> dict[str, Any]:
         child = self._child
@@ -278,9 +292,11 @@ class _Child(asyncio.SubprocessProtocol):
         self.exited: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]  # uvloop's is not a SubprocessTransport subclass
-        self.pid = transport.get_pid()
-        self.stdin = transport.get_pipe_transport(0)  # type: ignore[assignment]
+        # a subprocess transport, though uvloop's does not subclass asyncio.SubprocessTransport
+        process = cast(asyncio.SubprocessTransport, transport)
+        self.transport = process
+        self.pid = process.get_pid()
+        self.stdin = cast(asyncio.WriteTransport | None, process.get_pipe_transport(0))
 
     def send(self, frame: tuple[Any, ...]) -> None:
         """One frame: its length, then its body (marshal: builtins and bytes, in one C call)."""
@@ -292,7 +308,8 @@ class _Child(asyncio.SubprocessProtocol):
         self.stdin.writelines((len(data).to_bytes(_LEN, "little"), data))
 
     async def flush(self, seq: int) -> str | None:
-        future = self._flushes[seq] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
+        self._flushes[seq] = future
         self.send(("flush", seq))
         return await future
 

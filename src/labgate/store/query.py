@@ -52,9 +52,9 @@ class Filter:
                 clauses.append(f"{column} = ?")
                 params.append(value)
         if self.status is not None:
-            clause, value = _status(self.status)
+            clause, values = _status(self.status)
             clauses.append(clause)
-            params.extend(value)
+            params.extend(values)
         if self.text:
             pattern = "%" + self.text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
             clauses.append(f"(CAST(messages AS TEXT) {d.like} ? ESCAPE '\\' OR response {d.like} ? ESCAPE '\\')")

@@ -253,8 +253,10 @@ class HistoryWriter:
                     log.error("history: %d record(s) could not be written before shutdown and are lost", lost)
                     break
                 await asyncio.sleep(wait)
-        with contextlib.suppress(Exception):
+        try:
             await self.store.aclose()
+        except Exception:
+            log.exception("history: closing %s failed", self.store.display_url)
 
     def stats(self) -> dict[str, Any]:
         return {"store": self.store.display_url, "capture": self.capture, "writer": self.writer,

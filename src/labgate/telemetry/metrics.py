@@ -92,9 +92,9 @@ class Metrics:
         if provider is None:  # not routed: whatever model name was sent, it gets no series of its own
             providers, provider = self._unrouted, ""
         else:
-            providers = self._models.get(record.model)  # type: ignore[arg-type]
-            if providers is None:
-                providers = self._model(record.model or "")
+            model = record.model or ""
+            found = self._models.get(model)
+            providers = self._model(model) if found is None else found
         endpoints = providers.get(provider)
         if endpoints is None:
             endpoints = providers[provider] = {}
@@ -104,8 +104,9 @@ class Metrics:
 
         statuses, status = series.statuses, record.status
         statuses[status] = statuses.get(status, 0) + 1
-        started = record.started
-        seconds = record.finished - started  # type: ignore[operator]
+        started, finished = record.started, record.finished
+        assert finished is not None  # Gateway.finish closes the record before the sinks see it
+        seconds = finished - started
         hist = series.durations
         hist[bisect_left(BUCKETS, seconds)] += 1
         hist[-1] += seconds

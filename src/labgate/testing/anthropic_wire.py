@@ -62,7 +62,12 @@ DIALECT = Dialect(
 )
 
 
+_ROLES = ("user", "assistant")
+_TOOL_CHOICES = ("auto", "any", "tool", "none")
+
+
 def _check(body: dict[str, Any], headers: Mapping[str, str]) -> tuple[str, str | None] | None:
+    """Every field the simulator reads, checked as the real API does (its messages are pydantic's)."""
     if "anthropic-version" not in headers:
         return "anthropic-version: header is required", None
     for field in ("model", "messages", "max_tokens"):
@@ -70,12 +75,64 @@ def _check(body: dict[str, Any], headers: Mapping[str, str]) -> tuple[str, str |
             return f"{field}: Field required", field
     if not isinstance(body["model"], str):
         return "model: Input should be a valid string", "model"
-    if not isinstance(body["max_tokens"], int) or body["max_tokens"] < 1:
+    max_tokens = body["max_tokens"]
+    if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
         return "max_tokens: Input should be a positive integer", "max_tokens"
     messages = body["messages"]
     if not (isinstance(messages, list) and all(isinstance(m, dict) for m in messages)):
         return "messages: Input should be a valid list of messages", "messages"
+    for i, message in enumerate(messages):
+        if message.get("role") not in _ROLES:
+            return f"messages.{i}.role: Input should be 'user' or 'assistant'", f"messages.{i}.role"
+        if (problem := _content(message.get("content"), f"messages.{i}.content")) is not None:
+            return problem
+    if "system" in body and (problem := _content(body["system"], "system")) is not None:
+        return problem
+    return _tools(body) or _strings(body, "stop_sequences") or _stream(body)
+
+
+def _content(content: object, where: str) -> tuple[str, str] | None:
+    """A string, or a list of blocks whose text (in ``text`` and ``tool_result`` blocks) is text."""
+    if isinstance(content, str):
+        return None
+    if not isinstance(content, list):
+        return f"{where}: Input should be a valid string or a valid list", where
+    for i, block in enumerate(content):
+        if not (isinstance(block, dict) and isinstance(block.get("type"), str)):
+            return f"{where}.{i}: Input should be a valid content block", f"{where}.{i}"
+        if block["type"] == "text" and not isinstance(block.get("text"), str):
+            return f"{where}.{i}.text: Input should be a valid string", f"{where}.{i}.text"
+        nested = block.get("content") if block["type"] == "tool_result" else None
+        if nested is not None and (problem := _content(nested, f"{where}.{i}.content")) is not None:
+            return problem
     return None
+
+
+def _tools(body: dict[str, Any]) -> tuple[str, str] | None:
+    tools = body.get("tools")
+    if tools is not None and not (isinstance(tools, list)
+                                  and all(isinstance(t, dict) and isinstance(t.get("name"), str) for t in tools)):
+        return "tools: Input should be a valid list of tools, each with a string 'name'", "tools"
+    choice = body.get("tool_choice")
+    if choice is None:
+        return None
+    if not (isinstance(choice, dict) and choice.get("type") in _TOOL_CHOICES):
+        return "tool_choice: Input should be an object with 'type' 'auto', 'any', 'tool' or 'none'", "tool_choice"
+    if choice["type"] == "tool" and not isinstance(choice.get("name"), str):
+        return "tool_choice.name: Field required", "tool_choice.name"
+    return None
+
+
+def _strings(body: dict[str, Any], field: str) -> tuple[str, str] | None:
+    value = body.get(field)
+    if value is None or (isinstance(value, list) and all(isinstance(v, str) for v in value)):
+        return None
+    return f"{field}: Input should be a valid list of strings", field
+
+
+def _stream(body: dict[str, Any]) -> tuple[str, str] | None:
+    value = body.get("stream")
+    return None if value is None or isinstance(value, bool) else ("stream: Input should be a valid boolean", "stream")
 
 
 def _text_of(content: Any) -> str:
@@ -102,7 +159,8 @@ def _reply(body: dict[str, Any], behaviour: Behaviour) -> Reply:
     texts = [_text_of(body.get("system"))] + [_text_of(m.get("content")) for m in messages]
     prompt_tokens = count_words(texts)
     tools = body.get("tools") or ()
-    choice = body.get("tool_choice") if isinstance(body.get("tool_choice"), dict) else {"type": "auto"}
+    given = body.get("tool_choice")
+    choice: dict[str, Any] = given if isinstance(given, dict) else {"type": "auto"}
     if tools and choice.get("type") != "none" and not (messages and _answers_tool(messages[-1])):
         if choice.get("type") == "tool":
             names = [choice.get("name", "")]
@@ -160,6 +218,7 @@ def _events(reply: Reply, message: dict[str, Any]) -> tuple[Event, ...]:
     }
     events = [_event(Pace.HEAD, {"type": "message_start", "message": start}), _event(Pace.HEAD, {"type": "ping"})]
     for index, block in enumerate(message["content"]):
+        opened: dict[str, Any]
         if block["type"] == "text":
             opened = {"type": "text", "text": ""}
             deltas = [{"type": "text_delta", "text": piece} for piece in reply.pieces]

@@ -6,6 +6,9 @@ tool-call piece: a head with ``id``/``type``/``function.name`` and empty
 arguments, then the argument pieces), a chunk with ``finish_reason``, with
 ``stream_options.include_usage`` a chunk with empty ``choices`` and
 ``usage`` (and ``"usage": null`` on every earlier chunk), then ``[DONE]``.
+With ``n`` > 1 every choice is generated (the same text), and a stream
+interleaves the choices' chunks, each carrying its ``index``. Requests are
+checked first (:mod:`labgate.testing.openai_checks`).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from typing import Any
 
 import orjson
 
+from labgate.testing import openai_checks
 from labgate.testing.behaviour import Behaviour
 from labgate.testing.reply import (
     Finish,
@@ -68,14 +72,6 @@ DIALECT = Dialect(
 )
 
 
-def _require(body: dict[str, Any], field: str) -> tuple[str, str | None] | None:
-    if not isinstance(body.get("model"), str):
-        return "you must provide a model parameter", "model"
-    if field not in body:
-        return f"Missing required parameter: '{field}'.", field
-    return None
-
-
 # --- chat completions -----------------------------------------------------
 
 
@@ -111,8 +107,9 @@ def _chat_reply(body: dict[str, Any], behaviour: Behaviour) -> Reply:
 
 def _max_tokens(body: dict[str, Any], *names: str) -> int | None:
     for name in names:
-        if isinstance(body.get(name), int):
-            return body[name]
+        value = body.get(name)
+        if isinstance(value, int):
+            return value
     return None
 
 
@@ -122,30 +119,41 @@ def _stops(stop: Any) -> tuple[str, ...]:
     return tuple(s for s in stop if isinstance(s, str)) if isinstance(stop, list) else ()
 
 
-def _usage(reply: Reply) -> dict[str, int]:
+def _usage_of(reply: Reply, n: int) -> dict[str, int]:
+    """Usage of ``n`` choices of ``reply``: the prompt counts once, each choice's tokens count."""
     return {
         "prompt_tokens": reply.prompt_tokens,
-        "completion_tokens": reply.completion_tokens,
-        "total_tokens": reply.prompt_tokens + reply.completion_tokens,
+        "completion_tokens": n * reply.completion_tokens,
+        "total_tokens": reply.prompt_tokens + n * reply.completion_tokens,
     }
 
 
-def _call_id(call: Call, index: int) -> str:
-    return f"call_sim{call.seq}_{index}"
+def _choices(body: dict[str, Any]) -> int:
+    n = body.get("n")
+    return n if isinstance(n, int) else 1  # checked: absent, null, or 1..MAX_CHOICES
+
+
+def _call_id(call: Call, index: int, choice: int = 0) -> str:
+    return f"call_sim{call.seq}_{index}" if choice == 0 else f"call_sim{call.seq}_{choice}_{index}"
 
 
 def _chat(body: dict[str, Any], behaviour: Behaviour, call: Call) -> Answer:
     reply = _chat_reply(body, behaviour)
+    n = _choices(body)
     if body.get("stream") is True:
-        return Answer(reply.completion_tokens, events=_chat_events(reply, call, _include_usage(body)))
-    message: dict[str, Any] = {"role": "assistant", "content": reply.text}
-    if reply.tool_calls:
-        message["content"] = None
-        message["tool_calls"] = [
-            {"id": _call_id(call, i), "type": "function", "function": {"name": tc.name, "arguments": tc.arguments}}
-            for i, tc in enumerate(reply.tool_calls)
-        ]
-    choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": _FINISH[reply.finish]}
+        return Answer(reply.completion_tokens, events=_chat_events(reply, call, _include_usage(body), n))
+
+    def choice(k: int) -> dict[str, Any]:
+        message: dict[str, Any] = {"role": "assistant", "content": reply.text}
+        if reply.tool_calls:
+            message["content"] = None
+            message["tool_calls"] = [
+                {"id": _call_id(call, i, k), "type": "function",
+                 "function": {"name": tc.name, "arguments": tc.arguments}}
+                for i, tc in enumerate(reply.tool_calls)
+            ]
+        return {"index": k, "message": message, "logprobs": None, "finish_reason": _FINISH[reply.finish]}
+
     return Answer(
         reply.completion_tokens,
         body=orjson.dumps(
@@ -154,8 +162,8 @@ def _chat(body: dict[str, Any], behaviour: Behaviour, call: Call) -> Answer:
                 "object": "chat.completion",
                 "created": call.created,
                 "model": call.model,
-                "choices": [choice],
-                "usage": _usage(reply),
+                "choices": [choice(k) for k in range(n)],
+                "usage": _usage_of(reply, n),
             }
         ),
     )
@@ -166,7 +174,7 @@ def _include_usage(body: dict[str, Any]) -> bool:
     return isinstance(options, dict) and options.get("include_usage") is True
 
 
-def _chat_events(reply: Reply, call: Call, include_usage: bool) -> tuple[Event, ...]:
+def _chat_events(reply: Reply, call: Call, include_usage: bool, n: int = 1) -> tuple[Event, ...]:
     head = {
         "id": f"chatcmpl-sim{call.seq}",
         "object": "chat.completion.chunk",
@@ -174,40 +182,32 @@ def _chat_events(reply: Reply, call: Call, include_usage: bool) -> tuple[Event, 
         "model": call.model,
     }
 
-    def chunk(pace: Pace, delta: dict[str, Any], finish: str | None = None) -> Event:
-        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+    def chunk(pace: Pace, k: int, delta: dict[str, Any], finish: str | None = None) -> Event:
+        choice = {"index": k, "delta": delta, "logprobs": None, "finish_reason": finish}
         data = {**head, "choices": [choice], "usage": None} if include_usage else {**head, "choices": [choice]}
         return pace, sse(orjson.dumps(data))
 
-    events = [chunk(Pace.NEXT, {"role": "assistant", "content": None if reply.tool_calls else ""})]
-    events += [chunk(Pace.TOKEN, {"content": piece}) for piece in reply.pieces]
+    def each(pace: Pace, deltas: list[dict[str, Any]], finish: str | None = None) -> list[Event]:
+        """One chunk per choice (``deltas[k]`` for choice k): the first one paced, the others right after it."""
+        return [chunk(pace if k == 0 else Pace.NEXT, k, delta, finish) for k, delta in enumerate(deltas)]
+
+    events = each(Pace.NEXT, [{"role": "assistant", "content": None if reply.tool_calls else ""}] * n)
+    for piece in reply.pieces:
+        events += each(Pace.TOKEN, [{"content": piece}] * n)
     for i, tc in enumerate(reply.tool_calls):
-        first = {
-            "index": i,
-            "id": _call_id(call, i),
-            "type": "function",
-            "function": {"name": tc.name, "arguments": ""},
-        }
-        events.append(chunk(Pace.NEXT, {"tool_calls": [first]}))
-        events += [
-            chunk(Pace.TOKEN, {"tool_calls": [{"index": i, "function": {"arguments": piece}}]}) for piece in tc.pieces
-        ]
-    events.append(chunk(Pace.NEXT, {}, _FINISH[reply.finish]))
+        events += each(Pace.NEXT, [{"tool_calls": [{"index": i, "id": _call_id(call, i, k), "type": "function",
+                                                    "function": {"name": tc.name, "arguments": ""}}]}
+                                   for k in range(n)])
+        for piece in tc.pieces:
+            events += each(Pace.TOKEN, [{"tool_calls": [{"index": i, "function": {"arguments": piece}}]}] * n)
+    events += each(Pace.NEXT, [{}] * n, _FINISH[reply.finish])
     if include_usage:
-        events.append((Pace.NEXT, sse(orjson.dumps({**head, "choices": [], "usage": _usage(reply)}))))
+        events.append((Pace.NEXT, sse(orjson.dumps({**head, "choices": [], "usage": _usage_of(reply, n)}))))
     events.append(_DONE)
     return tuple(events)
 
 
-def _check_chat(body: dict[str, Any], headers: Mapping[str, str]) -> tuple[str, str | None] | None:
-    problem = _require(body, "messages")
-    messages = body.get("messages")
-    if problem is None and not (isinstance(messages, list) and all(isinstance(m, dict) for m in messages)):
-        return "'messages' must be an array of objects.", "messages"
-    return problem
-
-
-CHAT = Endpoint(DIALECT, _check_chat, _chat)
+CHAT = Endpoint(DIALECT, openai_checks.checker(openai_checks.CHAT), _chat)
 
 
 # --- completions (legacy) -------------------------------------------------
@@ -232,23 +232,26 @@ def _completion(body: dict[str, Any], behaviour: Behaviour, call: Call) -> Answe
         stop=_stops(body.get("stop")),
     )
     head = {"id": f"cmpl-sim{call.seq}", "object": "text_completion", "created": call.created, "model": call.model}
+    n = _choices(body)
     if body.get("stream") is not True:
-        choice = {"text": reply.text, "index": 0, "logprobs": None, "finish_reason": _FINISH[reply.finish]}
-        return Answer(reply.completion_tokens, body=orjson.dumps({**head, "choices": [choice], "usage": _usage(reply)}))
+        choices = [{"text": reply.text, "index": k, "logprobs": None, "finish_reason": _FINISH[reply.finish]}
+                   for k in range(n)]
+        return Answer(reply.completion_tokens,
+                      body=orjson.dumps({**head, "choices": choices, "usage": _usage_of(reply, n)}))
 
-    def chunk(text: str, finish: str | None = None) -> bytes:
-        choice = {"text": text, "index": 0, "logprobs": None, "finish_reason": finish}
+    def chunk(k: int, text: str, finish: str | None = None) -> bytes:
+        choice = {"text": text, "index": k, "logprobs": None, "finish_reason": finish}
         return sse(orjson.dumps({**head, "choices": [choice]}))
 
-    events = [(Pace.TOKEN, chunk(piece)) for piece in reply.pieces]
-    events.append((Pace.NEXT, chunk("", _FINISH[reply.finish])))
+    events = [(Pace.TOKEN if k == 0 else Pace.NEXT, chunk(k, piece)) for piece in reply.pieces for k in range(n)]
+    events += [(Pace.NEXT, chunk(k, "", _FINISH[reply.finish])) for k in range(n)]
     if _include_usage(body):
-        events.append((Pace.NEXT, sse(orjson.dumps({**head, "choices": [], "usage": _usage(reply)}))))
+        events.append((Pace.NEXT, sse(orjson.dumps({**head, "choices": [], "usage": _usage_of(reply, n)}))))
     events.append(_DONE)
     return Answer(reply.completion_tokens, events=tuple(events))
 
 
-COMPLETIONS = Endpoint(DIALECT, lambda body, headers: _require(body, "prompt"), _completion)
+COMPLETIONS = Endpoint(DIALECT, openai_checks.checker(openai_checks.COMPLETIONS), _completion)
 
 
 # --- embeddings -----------------------------------------------------------
@@ -256,7 +259,8 @@ COMPLETIONS = Endpoint(DIALECT, lambda body, headers: _require(body, "prompt"), 
 
 def _embeddings(body: dict[str, Any], behaviour: Behaviour, call: Call) -> Answer:
     texts = _prompt_texts(body["input"])
-    dim = body.get("dimensions") if isinstance(body.get("dimensions"), int) else behaviour.embedding_dim
+    dimensions = body.get("dimensions")  # checked: absent, null, or 1..MAX_DIMENSIONS
+    dim = dimensions if isinstance(dimensions, int) else behaviour.embedding_dim
     encode = embedding_base64 if body.get("encoding_format") == "base64" else embedding
     data = [{"object": "embedding", "index": i, "embedding": encode(text, dim)} for i, text in enumerate(texts)]
     tokens = count_words(texts)
@@ -264,14 +268,7 @@ def _embeddings(body: dict[str, Any], behaviour: Behaviour, call: Call) -> Answe
     return Answer(0, body=orjson.dumps({"object": "list", "data": data, "model": call.model, "usage": usage}))
 
 
-def _check_embeddings(body: dict[str, Any], headers: Mapping[str, str]) -> tuple[str, str | None] | None:
-    problem = _require(body, "input")
-    if problem is None and not _prompt_texts(body["input"]):
-        return "'input' must be a non-empty string or array.", "input"
-    return problem
-
-
-EMBEDDINGS = Endpoint(DIALECT, _check_embeddings, _embeddings)
+EMBEDDINGS = Endpoint(DIALECT, openai_checks.checker(openai_checks.EMBEDDINGS), _embeddings)
 
 
 # --- models ---------------------------------------------------------------

@@ -107,9 +107,9 @@ def _check_histogram(name: str, family: Family) -> None:
             totals[metric[len(name):]][tuple(labels.items())] = value
     if set(series) != set(totals["_count"]) or set(series) != set(totals["_sum"]):
         raise ValueError(f"{name}: buckets, _sum and _count name different series")
-    for labels, buckets in series.items():
+    for key, buckets in series.items():
         bounds, counts = [b for b, _ in buckets], [c for _, c in buckets]
         if bounds != sorted(bounds) or len(set(bounds)) != len(bounds) or bounds[-1] != float("inf"):
-            raise ValueError(f"{name}{dict(labels)}: bucket bounds must increase and end with +Inf")
-        if counts != sorted(counts) or counts[-1] != totals["_count"][labels]:
-            raise ValueError(f"{name}{dict(labels)}: buckets must be cumulative and end at _count")
+            raise ValueError(f"{name}{dict(key)}: bucket bounds must increase and end with +Inf")
+        if counts != sorted(counts) or counts[-1] != totals["_count"][key]:
+            raise ValueError(f"{name}{dict(key)}: buckets must be cumulative and end at _count")

@@ -157,7 +157,7 @@ def _cut_at_stop(pieces: tuple[str, ...], stop: Sequence[str]) -> tuple[tuple[st
 
 
 @lru_cache(maxsize=4096)
-def _vector(text: str, dim: int) -> array:
+def _vector(text: str, dim: int) -> array[float]:
     ints = array("h")
     ints.frombytes(hashlib.shake_256(text.encode()).digest(2 * dim))
     if sys.byteorder == "big":

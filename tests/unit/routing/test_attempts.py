@@ -13,6 +13,7 @@ from labgate.errors import (
     LabgateError,
     UnsupportedEndpointError,
     UpstreamConnectionError,
+    UpstreamDeploymentError,
     UpstreamRateLimitError,
     UpstreamRejectedError,
     UpstreamStatusError,
@@ -218,3 +219,45 @@ async def test_a_stream_keeps_its_slot_until_it_ends() -> None:
     assert await run([failing, d], record, stream=True) == (stream, d)
     assert (calls(d)[0][0], d.health.inflight, failing.health.inflight) == ("stream", 1, 0)
     await stream.aclose()
+
+
+def refused(status: int) -> UpstreamDeploymentError:
+    return UpstreamDeploymentError(f"provider answered {status}: no", upstream_status=status)
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("status", [401, 403, 404])
+async def test_a_deployment_refused_falls_back_and_counts_against_its_circuit(status: int) -> None:
+    first, second, record = dep("a/m", refused(status)), dep("b/m", REPLY), new_record()
+    assert await run([first, second], record) == (REPLY, second)
+    assert (record.attempts, record.failures) == (2, [AttemptFailure("a/m", first.adapter.outcome)])  # type: ignore[attr-defined]
+    assert first.health == Health(failures=1, last_error=f"provider answered {status}: no")
+
+
+@pytest.mark.asyncio
+async def test_every_deployment_refused_is_not_retryable() -> None:
+    causes = [refused(401), refused(403), refused(404)]
+    error = await failed([dep("a/m", causes[0]), dep("b/m", causes[1]), dep("c/m", causes[2])], new_record())
+    assert (type(error), error.status, error.openai_type, error.anthropic_type, error.code, error.should_retry,
+            error.message) == (
+        AllAttemptsFailedError, 502, "api_error", "api_error", "all_deployments_rejected", False,
+        "All 3 attempt(s) failed: a/m: provider answered 401: no; b/m: provider answered 403: no; "
+        "c/m: provider answered 404: no")
+
+
+@pytest.mark.asyncio
+async def test_refused_and_skipped_is_still_not_retryable() -> None:
+    skipped = dep("a/m", REPLY, endpoints=frozenset({"embeddings"}))
+    error = await failed([skipped, dep("b/m", refused(401))], new_record())
+    assert (type(error), error.status, error.code, error.should_retry) == (
+        AllAttemptsFailedError, 502, "all_deployments_rejected", False)
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("other", [
+    UpstreamStatusError("503", upstream_status=503), UpstreamConnectionError("refused"),
+    UpstreamTimeoutError("t"), UpstreamRateLimitError("slow down")])
+async def test_refused_and_a_transient_failure_may_be_retried(other: LabgateError) -> None:
+    error = await failed([dep("a/m", refused(401)), dep("b/m", other)], new_record())
+    assert (type(error), error.status, error.code, error.should_retry) == (
+        AllAttemptsFailedError, 502, "all_attempts_failed", True)

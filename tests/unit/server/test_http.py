@@ -13,7 +13,7 @@ import contextlib
 import logging
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator, Mapping
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any, TypeVar
@@ -24,8 +24,16 @@ import orjson
 import pytest
 import uvloop
 
-from labgate.errors import BodyTooLargeError, HeaderTooLargeError, InternalError, LabgateError, RequestError
-from labgate.server.http import HttpServer, Request, Response
+from labgate.errors import (
+    BodyTooLargeError,
+    ConnectionLimitError,
+    HeaderTooLargeError,
+    InternalError,
+    LabgateError,
+    RequestError,
+    RequestTimeoutError,
+)
+from labgate.server.http import HttpServer, Request, Response, ServerLimits
 
 T = TypeVar("T")
 TIMEOUT = 5.0
@@ -61,8 +69,10 @@ _clients: dict[int, list[asyncio.StreamWriter]] = {}  # by server port: closed w
 
 
 @contextlib.asynccontextmanager
-async def serving(handler: Callable[[Request], Awaitable[Response]], *, max_body_bytes: int = 1024,
+async def serving(handler: Callable[[Request], Awaitable[Response]], *, max_body_bytes: int | None = 1024,
                   **options: Any) -> AsyncIterator[tuple[HttpServer, int]]:
+    if "limits" in options:
+        max_body_bytes = None  # the limits say it
     server = HttpServer(handler, max_body_bytes=max_body_bytes, error_response=error_response, **options)
     port = await within(server.start("127.0.0.1", 0))
     try:
@@ -128,7 +138,7 @@ async def read_reply(reader: asyncio.StreamReader, *, method: str = "GET") -> Re
 
 
 async def read_chunks(reader: asyncio.StreamReader) -> list[bytes]:
-    chunks = []
+    chunks: list[bytes] = []
     while True:
         size = int(await within(reader.readuntil(b"\r\n")), 16)
         data = await within(reader.readexactly(size + 2))
@@ -644,12 +654,15 @@ async def test_client_that_reads_nothing_is_cut_after_the_timeout() -> None:
 
 @pytest.mark.asyncio
 async def test_client_disconnect_mid_stream_closes_the_iterator() -> None:
-    closed = asyncio.Event()
+    # a client's EOF may be a half-close, so a stream goes on until its next chunk meets the reset
+    closed, release = asyncio.Event(), asyncio.Event()
     seen: list[str] = []
 
     async def chunks() -> AsyncIterator[bytes]:
         try:
             yield b"first"
+            await release.wait()
+            yield b"second"
             await asyncio.Event().wait()
             yield b"never"
         except BaseException as exc:
@@ -669,6 +682,8 @@ async def test_client_disconnect_mid_stream_closes_the_iterator() -> None:
             assert await within(reader.readexactly(10)) == b"5\r\nfirst\r\n"
             assert server.inflight == 1
             writer.close()
+            await asyncio.sleep(0.05)
+            release.set()
             await within(closed.wait())
             await eventually(lambda: server.inflight == 0)
     assert (seen, records) == (["CancelledError"], [])
@@ -810,6 +825,118 @@ async def test_shutdown_cancels_what_outlives_the_grace() -> None:
     assert records == []
 
 
+# --- limits and half-close (tests/security/test_server_*.py has the hostile cases; these run on uvloop too)
+
+
+@pytest.mark.asyncio
+async def test_request_not_complete_within_the_read_timeout_gets_408() -> None:
+    timeout = 0.3
+    async with serving(text, limits=ServerLimits(max_body_bytes=1024, request_read_timeout=timeout)) as (_, port):
+        reader, writer = await connect(port)
+        started = time.monotonic()
+        writer.write(b"GET / HTTP/1.1\r\nHost: t\r\n")
+        for i in range(3):
+            await asyncio.sleep(timeout / 3)
+            writer.write(b"X-%d: y\r\n" % i)  # reads keep coming: only the whole-request deadline stops it
+        assert await read_reply(reader) == error_reply(
+            RequestTimeoutError("The request's head and body were not received within 0.3s."))
+        assert timeout <= time.monotonic() - started + 0.01 < timeout + 2
+        await assert_closed(reader)
+
+
+@pytest.mark.asyncio
+async def test_connection_past_the_per_ip_cap_gets_503_and_is_closed() -> None:
+    limits = ServerLimits(max_body_bytes=1024, max_connections_per_ip=1)
+    async with serving(text, limits=limits) as (server, port):
+        reader, writer = await connect(port)
+        await eventually(lambda: server.admission.open == 1)
+        refused_reader, _ = await connect(port)
+        assert await read_reply(refused_reader) == error_reply(ConnectionLimitError(
+            "Too many open connections from your address (server.max_connections_per_ip = 1); retry later."))
+        await assert_closed(refused_reader)
+        writer.write(b"GET /kept HTTP/1.1\r\nHost: t\r\n\r\n")
+        assert await read_reply(reader) == text_reply(b"GET /kept")
+        writer.close()
+        await eventually(lambda: server.admission.open == 0)
+
+
+@pytest.mark.asyncio
+async def test_trailer_fields_are_counted_but_not_merged() -> None:
+    async with serving(echo) as (_, port):
+        reader, writer = await connect(port)
+        writer.write(b"POST /t HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
+                     b"2\r\nab\r\n1\r\nc\r\n0\r\nAuthorization: Bearer x\r\n\r\n")
+        assert await read_reply(reader) == json_reply({
+            "method": "POST", "path": "/t", "query": "", "headers": {"host": "t", "transfer-encoding": "chunked"},
+            "body": "abc", "client": "127.0.0.1"})
+        writer.close()
+
+
+@pytest.mark.asyncio
+async def test_half_closed_client_gets_its_answer() -> None:
+    async def handler(request: Request) -> Response:
+        await asyncio.sleep(0.1)
+        return await text(request)
+
+    async with serving(handler) as (_, port):
+        reader, writer = await connect(port)
+        writer.write(b"GET /half HTTP/1.1\r\nHost: t\r\n\r\n")
+        writer.write_eof()
+        assert await within(reader.readexactly(25)) == b"HTTP/1.1 100 Continue\r\n\r\n"  # the probe
+        assert await read_reply(reader) == text_reply(b"GET /half", (("connection", "close"),))
+        await assert_closed(reader)
+
+
+@pytest.mark.asyncio
+async def test_whole_body_a_client_never_reads_is_dropped_after_the_write_timeout() -> None:
+    big = b"x" * (16 * 1024 * 1024)
+
+    async def handler(request: Request) -> Response:
+        return Response(200, [], big)
+
+    async with serving(handler, keepalive_timeout=0.3) as (server, port):
+        _, writer = await connect(port)
+        writer.write(b"GET /big HTTP/1.1\r\nHost: t\r\n\r\n")
+        await eventually(lambda: server.inflight == 1)
+        await eventually(lambda: not server.connections)  # cut off, its buffered answer freed
+
+
+class BufferedTransport(asyncio.Transport):
+    """A transport whose written bytes never leave (the client reads nothing)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.closed = self.aborted = False
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return ("127.0.0.1", 1) if name == "peername" else default
+
+    def get_write_buffer_size(self) -> int:
+        return 4096
+
+    def is_closing(self) -> bool:
+        return self.closed or self.aborted
+
+    def close(self) -> None:
+        self.closed = True  # a real transport would now wait for the flush, for ever
+
+    def abort(self) -> None:
+        self.aborted = True
+
+
+@pytest.mark.asyncio
+async def test_a_close_that_cannot_flush_is_aborted_after_the_write_timeout() -> None:
+    from labgate.server.connection import Connection
+
+    server = HttpServer(text, error_response=error_response, keepalive_timeout=0.05)
+    connection, transport = Connection(server), BufferedTransport()
+    connection.connection_made(transport)
+    await eventually(lambda: transport.closed)  # the idle timeout closes it
+    assert not transport.aborted
+    await eventually(lambda: transport.aborted)  # and the bytes it cannot flush do not hold it open
+    connection.connection_lost(None)
+
+
 # --- the same cases on uvloop
 
 UVLOOP_CASES = [
@@ -840,10 +967,15 @@ UVLOOP_CASES = [
     test_idle_keep_alive_connection_is_closed_after_the_timeout,
     test_graceful_shutdown_waits_for_the_request_in_flight,
     test_shutdown_cancels_what_outlives_the_grace,
+    test_request_not_complete_within_the_read_timeout_gets_408,
+    test_connection_past_the_per_ip_cap_gets_503_and_is_closed,
+    test_trailer_fields_are_counted_but_not_merged,
+    test_half_closed_client_gets_its_answer,
+    test_whole_body_a_client_never_reads_is_dropped_after_the_write_timeout,
 ]
 
 
 @pytest.mark.parametrize("case", UVLOOP_CASES, ids=lambda case: case.__name__.removeprefix("test_"))
-def test_under_uvloop(case: Callable[[], Awaitable[None]]) -> None:
+def test_under_uvloop(case: Callable[[], Coroutine[Any, Any, None]]) -> None:
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         runner.run(case())

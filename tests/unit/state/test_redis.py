@@ -48,15 +48,34 @@ async def test_a_hung_redis_costs_one_timeout_then_nothing(silent_port: int) -> 
 
 
 @pytest.mark.asyncio
-async def test_an_exhausted_pool_skips_without_marking_redis_down(silent_port: int) -> None:
+async def test_an_exhausted_pool_waits_then_skips_without_marking_redis_down(silent_port: int) -> None:
     pytest.importorskip("redis", reason="the redis client is not installed: pip install 'labgate[redis]'")
-    entries = RedisEntries(RedisLink(f"redis://127.0.0.1:{silent_port}/0", timeout_s=0.5, retry_s=30,
+    entries = RedisEntries(RedisLink(f"redis://127.0.0.1:{silent_port}/0", timeout_s=0.2, retry_s=30,
                                      max_connections=1))
-    slow = asyncio.ensure_future(entries.get("labgate:t:" + "1" * 32))  # holds the only connection
-    await asyncio.sleep(0.05)
-    with pytest.raises(StateUnavailableError, match="in use"):
+    held = await entries.link._acquire()  # the only connection, busy elsewhere
+    started = time.monotonic()
+    with pytest.raises(StateUnavailableError, match="stayed in use"):
         await entries.get("labgate:t:" + "2" * 32)
-    assert (entries.status()["busy"], entries.status()["up"]) == (1, True)
+    assert 0.15 < time.monotonic() - started < 1.0
+    status = entries.status()
+    assert (status["busy"], status["up"], status["failures"]) == (1, True, 0)
+    entries.link._release(held)
+    assert entries.link._idle == [held]
+    await entries.aclose()
+
+
+@pytest.mark.asyncio
+async def test_a_waiter_handed_a_closed_connection_stops_when_redis_went_down(silent_port: int) -> None:
+    pytest.importorskip("redis", reason="the redis client is not installed: pip install 'labgate[redis]'")
+    entries = RedisEntries(RedisLink(f"redis://127.0.0.1:{silent_port}/0", timeout_s=0.3, retry_s=30,
+                                     max_connections=1))
+    started = time.monotonic()
+    first = asyncio.ensure_future(entries.get("labgate:t:" + "1" * 32))  # times out, marks Redis down
+    await asyncio.sleep(0.05)
+    with pytest.raises(StateUnavailableError, match="unavailable"):
+        await entries.get("labgate:t:" + "2" * 32)  # woken by the closed connection, not a second timeout
+    assert time.monotonic() - started < 0.5
     with pytest.raises(StateUnavailableError):
-        await slow
+        await first
+    assert (entries.link._open, entries.status()["failures"], entries.status()["busy"]) == (0, 1, 0)
     await entries.aclose()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import marshal
 import os
 import signal
@@ -354,3 +355,62 @@ async def test_a_record_with_a_huge_int_still_reaches_the_store(tmp_path: Path) 
         writer.put(rec(2))
         await writer.flush()
     assert rows(path, "request_id, max_tokens") == [("req-1", 8), ("req-2", None)]
+
+
+class ReaderStore:
+    """A reader store whose ``open`` fails with each of ``failures`` in turn, then works."""
+
+    display_url = "postgresql://db/history"
+
+    def __init__(self, failures: list[Exception], *, close_error: Exception | None = None) -> None:
+        self.failures = failures
+        self.opened = False
+        self.close_error = close_error
+
+    async def open(self) -> None:
+        if self.failures:
+            raise self.failures.pop(0)
+        self.opened = True
+
+    async def aclose(self) -> None:
+        if self.close_error is not None:
+            raise self.close_error
+
+
+@pytest.mark.asyncio
+async def test_reopening_the_reader_logs_each_cause_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                         caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setattr("labgate.store.process._RESTART_BACKOFF_S", (0.001,))
+    writer = WriterProcess(str(tmp_path / "h.db"))
+    down = ConnectionRefusedError("connection refused")
+    writer.store = ReaderStore([down, down, down, OSError("no route to host"), down])  # type: ignore[assignment]
+    with caplog.at_level(logging.INFO, logger="labgate.store"):
+        await writer._open_reader_later()
+    assert writer.store.opened and writer.stats()["ready"] is False  # no child: not ready, but reads work
+    assert [(r.levelname, r.getMessage()) for r in caplog.records] == [
+        ("WARNING", "history: still cannot open postgresql://db/history for reading (retrying): "
+                    "ConnectionRefusedError: connection refused"),
+        ("WARNING", "history: still cannot open postgresql://db/history for reading (retrying): "
+                    "OSError: no route to host"),
+        ("WARNING", "history: still cannot open postgresql://db/history for reading (retrying): "
+                    "ConnectionRefusedError: connection refused"),
+        ("INFO", "history: postgresql://db/history is open for reading")]
+
+
+@pytest.mark.asyncio
+async def test_close_logs_a_failed_restart_and_a_failed_reader_close_once(tmp_path: Path,
+                                                                          caplog: pytest.LogCaptureFixture) -> None:
+    writer = WriterProcess(str(tmp_path / "h.db"))
+    writer.store = ReaderStore([], close_error=OSError("socket closed"))  # type: ignore[assignment]
+    writer._loop = asyncio.get_running_loop()
+
+    async def failing_spawn() -> None:
+        await asyncio.sleep(0.01)
+        raise ValueError("bad settings")
+
+    writer._spawning = asyncio.create_task(failing_spawn())
+    with caplog.at_level(logging.ERROR, logger="labgate.store"):
+        await writer.close(timeout=1.0)
+    assert [(r.getMessage(), repr(r.exc_info[1]) if r.exc_info else None) for r in caplog.records] == [
+        ("history: a writer process being started failed while closing", "ValueError('bad settings')"),
+        ("history: closing the reader of postgresql://db/history failed", "OSError('socket closed')")]

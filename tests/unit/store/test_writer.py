@@ -217,3 +217,20 @@ async def test_an_unreachable_postgres_does_not_stop_the_gateway(caplog: pytest.
     assert (stats["last_error"] or "").startswith("open: ")
     await writer.close(timeout=0.3)
     assert "1 record(s) could not be written before shutdown and are lost" in caplog.text
+
+
+async def test_a_store_that_fails_to_close_is_logged_once_with_its_cause(caplog: pytest.LogCaptureFixture) -> None:
+    store = FakeStore()
+
+    async def broken_close() -> None:
+        raise OSError("database is locked")
+
+    store.aclose = broken_close  # type: ignore[method-assign]
+    writer = HistoryWriter(store, batch_size=4, flush_interval_s=30)
+    await writer.start()
+    writer.put(rec(1))
+    with caplog.at_level(logging.ERROR, logger="labgate.store"):
+        await writer.close()
+    assert store.written == ["req-1"]
+    assert [(r.getMessage(), repr(r.exc_info[1]) if r.exc_info else None) for r in caplog.records] == [
+        ("history: closing memory failed", "OSError('database is locked')")]

@@ -530,7 +530,7 @@ async def test_hang_makes_the_client_time_out_and_stop_releases_it() -> None:
         assert 0.19 <= time.monotonic() - started < 2  # timers may fire ~1 ms early
         async with session() as http:
             pending = asyncio.create_task(
-                http.post(sim.url + "/v1/chat/completions", json={"model": "m", "messages": []})
+                http.post(sim.url + "/v1/chat/completions", json={"model": "m", "messages": USER})
             )
             await asyncio.sleep(0.05)
             started = time.monotonic()
@@ -542,7 +542,7 @@ async def test_hang_makes_the_client_time_out_and_stop_releases_it() -> None:
 
 @pytest.mark.asyncio
 async def test_not_json_fault() -> None:
-    async with Simulator(Behaviour(fault=NotJSON())) as sim, oai(sim) as client:
+    async with Simulator(Behaviour(fault=NotJSON())) as sim:
         whole = await post(sim, "/v1/chat/completions", {"model": "m", "messages": USER})
         streamed = await post(sim, "/v1/chat/completions", {"model": "m", "messages": USER, "stream": True})
         anthropic_stream = await post(
@@ -551,47 +551,71 @@ async def test_not_json_fault() -> None:
             {"model": "m", "max_tokens": 5, "messages": USER, "stream": True},
             {"anthropic-version": "1"},
         )
-        with pytest.raises(json.JSONDecodeError):
-            await client.chat.completions.create(model="m", messages=USER)
-        with pytest.raises(json.JSONDecodeError):
-            async for _ in await client.chat.completions.create(model="m", messages=USER, stream=True):
-                pass
     assert whole == (200, b"<html><body>simulated proxy page</body></html>")
     assert streamed == (200, b"data: <html>simulated proxy page</html>\n\n")
     assert anthropic_stream == (200, b"event: message_start\ndata: <html>simulated proxy page</html>\n\n")
 
 
+async def raw_exchange(sim: Simulator, path: str, body: Any, headers: dict[str, str] | None = None) -> bytes:
+    """Every byte the simulator sends for one request, until it closes the connection (no SDK in between)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", sim.port)
+    data = orjson.dumps(body)
+    extra = "".join(f"{name}: {value}\r\n" for name, value in (headers or {}).items())
+    writer.write(f"POST {path} HTTP/1.1\r\nhost: sim\r\ncontent-type: application/json\r\n{extra}"
+                 f"content-length: {len(data)}\r\nconnection: close\r\n\r\n".encode() + data)
+    try:
+        return await asyncio.wait_for(reader.read(-1), 5)
+    finally:
+        writer.close()
+
+
+def dechunk(raw: bytes) -> tuple[bytes, bytes, bool]:
+    """(head, body, complete) of a chunked answer: complete only if the terminating zero-size chunk came."""
+    head, _, rest = raw.partition(b"\r\n\r\n")
+    assert b"transfer-encoding: chunked" in head.lower(), head
+    body = b""
+    while rest:
+        size_line, _, rest = rest.partition(b"\r\n")
+        size = int(size_line.split(b";")[0], 16)
+        if size == 0:
+            return head, body, rest == b"\r\n"
+        body, rest = body + rest[:size], rest[size + 2:]
+    return head, body, False
+
+
 @pytest.mark.asyncio
 async def test_disconnect_before_any_byte() -> None:
     async with Simulator(Behaviour(fault=Disconnect())) as sim, oai(sim) as client:
-        with pytest.raises(openai.APIConnectionError) as raised:
+        raw = await raw_exchange(sim, "/v1/chat/completions", {"model": "m", "messages": USER})
+        with pytest.raises(openai.APIConnectionError):  # the SDK's public class for "no answer"
             await client.chat.completions.create(model="m", messages=USER)
-        with pytest.raises(aiohttp.ServerDisconnectedError):
-            await post(sim, "/v1/chat/completions", {"model": "m", "messages": USER})
-    assert isinstance(raised.value.__cause__, httpx2.RemoteProtocolError)
+    assert raw == b""  # the connection closed before a single byte of an answer
 
 
 @pytest.mark.asyncio
 async def test_cut_mid_stream_truncates_the_chunked_body() -> None:
+    """What goes on the wire: the events before the cut, then the connection closes without the last chunk."""
+    chat = {"model": "m", "messages": USER, "stream": True}
     async with Simulator(Behaviour(completion_tokens=5, fault=CutStream(after=3))) as sim:
-        async with oai(sim) as client:
-            contents = []
-            with pytest.raises(openai.APIConnectionError) as raised:
-                async for chunk in await client.chat.completions.create(model="m", messages=USER, stream=True):
-                    contents.append(chunk.choices[0].delta.content)
-            with pytest.raises(openai.APIConnectionError):
-                await client.chat.completions.create(model="m", messages=USER)
-        async with claude(sim) as aclient:
-            texts = []
-            with pytest.raises(httpx2.RemoteProtocolError):
-                async with aclient.messages.stream(model="m", max_tokens=9, messages=USER) as stream:
-                    texts += [text async for text in stream.text_stream]
+        head, body, complete = dechunk(await raw_exchange(sim, "/v1/chat/completions", chat))
+        whole = dechunk(await raw_exchange(sim, "/v1/chat/completions", {**chat, "stream": False}))
+        _, messages_body, messages_complete = dechunk(await raw_exchange(
+            sim, "/v1/messages", {"model": "m", "max_tokens": 9, "messages": USER, "stream": True},
+            {"anthropic-version": "2023-06-01"}))
         sim.set(Behaviour(completion_tokens=1, fault=CutStream(after=99)))
-        with pytest.raises(aiohttp.ClientPayloadError):
-            await post(sim, "/v1/chat/completions", {"model": "m", "messages": USER, "stream": True})
-    assert contents == ["", " sim1", " sim2"]
-    assert isinstance(raised.value.__cause__, httpx2.RemoteProtocolError)
-    assert texts == []  # message_start, ping, content_block_start: no text yet
+        _, all_events, all_complete = dechunk(await raw_exchange(sim, "/v1/chat/completions", chat))
+    assert (head.split(b"\r\n")[0], complete) == (b"HTTP/1.1 200 OK", False)
+    assert [e["choices"][0]["delta"].get("content") for _, e in events(body)] == ["", " sim1", " sim2"]
+    # a whole body: the first half of the JSON, then the connection closes
+    _, half, whole_complete = whole
+    assert (half[:30], whole_complete) == (b'{"id":"chatcmpl-sim2","object"', False)
+    with pytest.raises(orjson.JSONDecodeError):
+        orjson.loads(half)
+    # message_start, ping, content_block_start: no text yet, and no end
+    assert ([name for name, _ in events(messages_body)], messages_complete) == (
+        ["message_start", "ping", "content_block_start"], False)
+    # every event went out, [DONE] included, yet the chunked body never ends
+    assert (events(all_events)[-1], all_complete) == ((None, "[DONE]"), False)
 
 
 @pytest.mark.asyncio

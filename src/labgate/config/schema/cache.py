@@ -27,7 +27,7 @@ class StateConfig(Strict):
     url: str | None = None  # redis://host:port/db (rediss:// for TLS); unset: in-process
     timeout_s: float = Field(default=0.25, gt=0)  # per Redis command and connect; past it: unavailable
     retry_s: float = Field(default=2.0, gt=0)  # after a failure, Redis is left alone this long (fail open)
-    max_connections: int = Field(default=64, ge=1)  # pooled connections to Redis per process; all busy: skipped
+    max_connections: int = Field(default=64, ge=1)  # Redis connections per process; all busy: wait ≤ timeout_s
 
 
 class CacheConfig(Strict):

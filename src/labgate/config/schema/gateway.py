@@ -26,8 +26,13 @@ class ServerConfig(Strict):
     workers: int = Field(default=1, ge=1)
     max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
     request_timeout_s: float = Field(default=600.0, gt=0)  # total deadline across all attempts
-    keepalive_timeout_s: float = Field(default=75.0, gt=0)
+    keepalive_timeout_s: float = Field(default=75.0, gt=0)  # idle between requests; also the write timeout
     shutdown_grace_s: float = Field(default=30.0, ge=0)
+    # client-facing HTTP limits (server/limits.py): what a slow or hostile client can hold
+    max_header_bytes: int = Field(default=64 * 1024, ge=1024)  # request line + headers (+ trailers): 431
+    request_read_timeout_s: float = Field(default=60.0, gt=0)  # whole head and body from the first byte: 408
+    max_connections: int = Field(default=4096, ge=1)  # open client connections; more get 503 and are closed
+    max_connections_per_ip: int = Field(default=512, ge=1)  # the same, per client address
     # Host names (any port) this gateway answers for, against DNS rebinding (server/origin.py).
     # None: loopback names, IP literals and the listen host; any host at all when a master key is set.
     # "*" allows any host; "*.example.com" a domain's subdomains.

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from types import MappingProxyType
-from typing import Any
+from typing import Any, cast
 
 import orjson
 
@@ -33,7 +33,7 @@ from labgate.providers.anthropic.translate import FINISH_REASONS, TOOL_ERROR_MAR
 # OpenAI finish_reason → Anthropic stop_reason: FINISH_REASONS inverted, the first
 # stop reason listed for a finish reason winning; legacy function_call is a tool use.
 STOP_REASONS: Mapping[str, str] = MappingProxyType(
-    {**{finish: stop for stop, finish in reversed(FINISH_REASONS.items())}, "function_call": "tool_use"})
+    {**{finish: stop for stop, finish in reversed(list(FINISH_REASONS.items()))}, "function_call": "tool_use"})
 
 _TOOL_CHOICES: Mapping[str, str] = MappingProxyType({"auto": "auto", "any": "required", "none": "none"})
 _DROPPED_BLOCKS = frozenset({"thinking", "redacted_thinking"})
@@ -220,7 +220,7 @@ def chat_completion_to_message(completion: Any, *, where: str) -> dict[str, Any]
         content.append({"type": "text", "text": text})
     for k, call in enumerate(message.get("tool_calls") or ()):
         content.append(tool_use_block(call, where=f"{where} tool call {k}"))
-    reason, sequence = stop_reason(choice)
+    reason, sequence = stop_reason(cast(Mapping[str, Any], choice))  # a Mapping: it held the message
     return {"id": completion.get("id"), "type": "message", "role": "assistant",
             "model": completion.get("model"), "content": content, "stop_reason": reason,
             "stop_sequence": sequence, "usage": anthropic_usage(completion.get("usage"))}
