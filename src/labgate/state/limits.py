@@ -218,10 +218,6 @@ def limiter_for(config: Config, prices: Prices, *, previous: Limiter | None = No
     ``shared_path``: without Redis, a SQLite file the workers of ``--workers N`` share their counters in.
     """
     gateway = config.gateway
-    ignored = sorted(n for n, p in config.providers.items() if p.rate_limits is not None or p.budget is not None)
-    if ignored:
-        log.warning("limits: providers.yaml rate_limits/budget are not enforced yet (providers %s); use "
-                    "gateway.yaml rate_limits.models and budgets (docs/limits.md)", ", ".join(ignored))
     if gateway.rate_limits is None and gateway.budgets is None and not gateway.auth.virtual_keys:
         return None
     rl = gateway.rate_limits
