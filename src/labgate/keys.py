@@ -303,7 +303,8 @@ class KeyAdmin:
         key = VirtualKey(id="key_" + secrets.token_hex(8), name=spec.name, hint=secret[-4:],
                          project=spec.project, team=spec.team, models=spec.models, expires_at=spec.expires_at,
                          rpm=spec.rpm, tpm=spec.tpm, budget_usd=spec.budget_usd,
-                         budget_period=spec.budget_period or "month", created_at=now, updated_at=now)
+                         budget_period=spec.budget_period or "month", created_at=now, updated_at=now,
+                         pattern=compile_models(spec.models))
         await self.store.execute(
             f"INSERT INTO {KEYS_TABLE} ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})",
             (key.id, digest(secret), key.hint, key.name, key.project, key.team, _models(key.models),
@@ -317,6 +318,7 @@ class KeyAdmin:
         changes = {f: getattr(spec, f) for f in ("name", "project", "team", "models", "expires_at", "rpm", "tpm",
                                                   "budget_usd", "budget_period") if getattr(spec, f) is not None}
         after = replace(before, **changes, updated_at=time.time())
+        after = replace(after, pattern=compile_models(after.models))
         await self.store.execute(
             f"UPDATE {KEYS_TABLE} SET name = ?, project = ?, team = ?, models = ?, expires_at = ?, rpm = ?, "
             "tpm = ?, budget_usd = ?, budget_period = ?, updated_at = ? WHERE id = ?",

@@ -198,3 +198,19 @@ async def test_cache_flushes_are_audited(tmp_path: Path, monkeypatch: pytest.Mon
             assert (status, body["error"]["param"]) == (400, "since")
         finally:
             await running.stop(grace=1.0)
+
+
+async def test_patch_changes_models_and_limits_at_once(served: Served) -> None:
+    _, created, _ = await call(served, "POST", "/admin/keys", body={"name": "erin", "models": ["llama3"]})
+    assert (await chat(served, created["key"], "gpt-4o"))[0] == 403
+    status, updated, _ = await call(served, "PATCH", f"/admin/keys/{created['id']}",
+                                    body={"models": ["gpt-*"], "rpm": 1, "project": "lab"})
+    assert status == 200 and (updated["models"], updated["rpm"], updated["project"]) == (["gpt-*"], 1, "lab")
+    assert updated["key_hint"] == created["key_hint"]  # the secret stays
+    assert (await chat(served, created["key"], "gpt-4o"))[0] == 200
+    status, body, _ = await chat(served, created["key"], "gpt-4o")
+    assert (status, body["error"]["code"]) == (429, "rate_limit_exceeded")  # the new rpm applies
+    status, trail, _ = await call(served, "GET", "/admin/audit?action=key.update")
+    assert trail["data"][0]["before"]["models"] == ["llama3"] and trail["data"][0]["after"]["rpm"] == 1
+    status, body, _ = await call(served, "PATCH", f"/admin/keys/{created['id']}", body={"rpm": "many"})
+    assert (status, body["error"]["param"]) == (400, "rpm")
