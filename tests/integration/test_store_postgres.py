@@ -26,7 +26,7 @@ async def test_replicas_starting_together_migrate_once(pg_url: str) -> None:
     stores = [PostgresStore(pg_url) for _ in range(5)]
     await asyncio.gather(*(s.open() for s in stores))
     assert await stores[0].fetch("SELECT version FROM history_schema_version ORDER BY version") == [
-        {"version": 1}, {"version": 2}, {"version": 3}]
+        {"version": 1}, {"version": 2}, {"version": 3}, {"version": 4}]
     indexes = await stores[0].fetch("SELECT indexname FROM pg_indexes WHERE tablename = 'requests' "
                                     "AND schemaname = current_schema() ORDER BY indexname")
     assert [i["indexname"] for i in indexes] == ["idx_requests_model", "idx_requests_provider",
@@ -35,7 +35,7 @@ async def test_replicas_starting_together_migrate_once(pg_url: str) -> None:
     await asyncio.gather(*(s.aclose() for s in stores))
     again = PostgresStore(pg_url)
     await again.open()  # already migrated: nothing to do
-    assert await again.fetch("SELECT count(*) AS n FROM history_schema_version") == [{"n": 3}]
+    assert await again.fetch("SELECT count(*) AS n FROM history_schema_version") == [{"n": 4}]
     await again.aclose()
 
 
@@ -68,7 +68,7 @@ async def test_a_version_1_table_gains_client_request_id(pg_url: str) -> None:
         await store.aclose()
     assert (old["client_request_id"], new["client_request_id"]) == (None, "client-9")
     assert (old["cache"], new["cache"], old["cache_bytes"]) == (None, None, None)  # migration 3 (the cache)
-    assert versions == [{"version": 1}, {"version": 2}, {"version": 3}]
+    assert versions == [{"version": 1}, {"version": 2}, {"version": 3}, {"version": 4}]  # 4: keys, audit log
 
 
 async def test_many_concurrent_writers(pg_url: str) -> None:

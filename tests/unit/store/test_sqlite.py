@@ -52,7 +52,7 @@ async def test_a_version_1_database_gains_client_request_id(tmp_path: Path) -> N
     assert (old["client_request_id"], new["client_request_id"]) == (None, "client-9")
     assert (old["cache"], old["cache_bytes"]) == (None, None)
     with sqlite3.connect(path) as conn:
-        assert conn.execute("SELECT version FROM history_schema_version").fetchall() == [(1,), (2,), (3,)]
+        assert conn.execute("SELECT version FROM history_schema_version").fetchall() == [(1,), (2,), (3,), (4,)]
 
 
 async def test_open_creates_a_wal_file_and_migrates_once(tmp_path: Path) -> None:
@@ -63,7 +63,7 @@ async def test_open_creates_a_wal_file_and_migrates_once(tmp_path: Path) -> None
         await store.aclose()
     with sqlite3.connect(path) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
-        assert conn.execute("SELECT version FROM history_schema_version").fetchall() == [(1,), (2,), (3,)]
+        assert conn.execute("SELECT version FROM history_schema_version").fetchall() == [(1,), (2,), (3,), (4,)]
         indexes = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
     assert {"idx_requests_timestamp", "idx_requests_model", "idx_requests_provider",
             "idx_requests_request_id"} <= indexes
@@ -155,5 +155,7 @@ async def test_a_version_1_database_gains_the_cache_columns(tmp_path: Path) -> N
     with sqlite3.connect(path) as conn:
         columns = [r[1] for r in conn.execute("PRAGMA table_info(requests)")]
         assert columns[-2:] == ["cache", "cache_bytes"]
-        assert conn.execute("SELECT max(version) FROM history_schema_version").fetchone() == (3,)
+        assert conn.execute("SELECT max(version) FROM history_schema_version").fetchone() == (4,)
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        assert {"api_keys", "audit_log"} <= tables  # migration 4: virtual keys and the audit log
         assert conn.execute("SELECT request_id, cache FROM requests").fetchall() == [("after", None)]
