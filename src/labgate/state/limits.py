@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("labgate.limits")
 MINUTE = 60.0
+_PERIODS = {"day": "today", "week": "this week", "month": "this month", "total": "in total"}
 BYTES_PER_TOKEN = 4  # the prompt estimate: request bytes / 4 (JSON overhead makes it an overestimate)
 
 
@@ -134,13 +135,7 @@ class Limiter:
         held = self.charges(record, route)
         if not held.charges:
             return route
-        try:
-            refused, wait = await self.counters.take(held.charges)
-        except StateUnavailableError as exc:
-            if self.fail_open:
-                return route
-            raise RateLimitedError(f"Rate limits cannot be checked right now ({exc}); try again shortly.",
-                                   retry_after=1.0) from None
+        refused, wait = await self._take(held)
         if refused < 0:
             record.reservation = held
             return route
@@ -156,13 +151,25 @@ class Limiter:
             fallback = table.resolve(self.fallback)
             held = self.charges(record, fallback, budgets=False)
             if held.charges:
-                refused, wait = await self.counters.take(held.charges)
+                refused, wait = await self._take(held)
                 if refused >= 0:
                     raise RateLimitedError("Rate limit reached for the budget fallback model.", retry_after=wait)
                 record.reservation = held
             return fallback
-        raise BudgetExceededError(f"Budget exhausted for {scope}: ${charge.limit:g} this "
-                                  f"{charge.key.rsplit(':', 2)[1]}.", retry_after=wait or None)
+        period = charge.key.rsplit(":", 2)[1]
+        raise BudgetExceededError(f"Budget exhausted for {scope}: ${charge.limit:g} {_PERIODS.get(period, period)}.",
+                                  retry_after=wait or None)
+
+    async def _take(self, held: Reservation) -> tuple[int, float]:
+        """The counters' take; while the backend is away: admitted (fail open) or a 429 (closed)."""
+        try:
+            return await self.counters.take(held.charges)
+        except StateUnavailableError as exc:
+            if self.fail_open:
+                held.charges, held.tokens, held.caps = (), (), ()  # nothing taken: nothing to settle
+                return -1, 0.0
+            raise RateLimitedError(f"Rate limits cannot be checked right now ({exc}); try again shortly.",
+                                   retry_after=1.0) from None
 
     def settle(self, record: RequestRecord) -> None:
         """At finish: real tokens and cost minus the estimates (a failed call gives its reservation back)."""
