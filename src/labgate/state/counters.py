@@ -97,6 +97,10 @@ class MemoryCounters:
     async def adjust(self, charges: tuple[Charge, ...], deltas: tuple[float, ...]) -> None:
         self.adjust_now(charges, deltas)
 
+    def value_now(self, key: str) -> float:
+        value, until = self._values.get(key, (0.0, 0.0))
+        return 0.0 if until and until <= self._clock() else value
+
     async def read(self, keys: tuple[str, ...]) -> tuple[float, ...]:
         now = self._clock()
         out = []

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from labgate.errors import BudgetExceededError, RateLimitedError
 from labgate.providers.base import Usage
+from labgate.state.alerts import Alerts
 from labgate.state.base import KEY_PREFIX, Charge, Counters, StateUnavailableError
 from labgate.state.budgets import TTL_SLACK_S, window
 
@@ -58,6 +59,7 @@ class Limiter:
         self.counters = counters
         self.prices = prices
         self.prefix = f"{KEY_PREFIX}:{{limits:{rl.namespace if rl else 'default'}}}:"
+        self._spend = len(self.prefix) + len("spend:")  # a budget key's "scope:name:period:window" starts here
         self.fail_open = rl is None or rl.on_backend_error == "open"
         self.default_output = rl.default_output_tokens if rl else 1024
         self.rpm, self.tpm = (rl.rpm, rl.tpm) if rl else (None, None)
@@ -72,6 +74,8 @@ class Limiter:
         self.global_budget = self.budgets.get(("global", None))
         self.fallback = budgets.fallback_model if budgets and budgets.on_exhausted == "fallback" else None
         self.static = bool(self.rpm or self.tpm or self.model_exact or self.model_globs or self.budgets)
+        self.alerts = Alerts(budgets.alert_thresholds if budgets else (0.5, 0.8, 1.0),
+                             budgets.alert_webhook if budgets else None)
         self._pending: set[asyncio.Task[None]] = set()
         self.owns_counters = True  # false once a reload handed them to the next Runtime's limiter
 
@@ -188,20 +192,30 @@ class Limiter:
         adjust_now = getattr(self.counters, "adjust_now", None)
         if adjust_now is not None:  # in-process: no I/O, settled now
             adjust_now(held.charges, tuple(deltas))
+            for i in held.caps:
+                charge = held.charges[i]
+                self.alerts.check(charge.key[self._spend:], self.counters.value_now(charge.key),  # type: ignore[attr-defined]
+                                  charge.limit)
             return
-        task = asyncio.get_running_loop().create_task(self._adjust(held.charges, tuple(deltas)))
+        task = asyncio.get_running_loop().create_task(self._adjust(held, tuple(deltas)))
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
 
-    async def _adjust(self, charges: tuple[Charge, ...], deltas: tuple[float, ...]) -> None:
+    async def _adjust(self, held: Reservation, deltas: tuple[float, ...]) -> None:
         try:
-            await self.counters.adjust(charges, deltas)
+            await self.counters.adjust(held.charges, deltas)
+            if held.caps:  # the spend now, for alerts: one more read, off the request path
+                caps = [held.charges[i] for i in held.caps]
+                spent = await self.counters.read(tuple(c.key for c in caps))
+                for charge, value in zip(caps, spent, strict=True):
+                    self.alerts.check(charge.key[self._spend:], value, charge.limit)
         except StateUnavailableError as exc:
             log.warning("limits: could not settle a reservation (%s); its estimate stays counted", exc)
 
     async def drain(self) -> None:
         if self._pending:
             await asyncio.gather(*self._pending, return_exceptions=True)
+        await self.alerts.drain()
 
     async def aclose(self) -> None:
         await self.drain()
@@ -248,7 +262,10 @@ def limiter_for(config: Config, prices: Prices, *, previous: Limiter | None = No
         from labgate.state.counters import MemoryCounters
 
         counters = MemoryCounters()
-    return Limiter(config, counters, prices)
+    limiter = Limiter(config, counters, prices)
+    if previous is not None and counters is previous.counters:  # the same counters: what was reported stays so
+        limiter.alerts.counts, limiter.alerts._seen = previous.alerts.counts, previous.alerts._seen
+    return limiter
 
 
 def _same_backend(previous: Limiter, url: str | None) -> bool:

@@ -23,7 +23,9 @@ from labgate.config.schema.gateway import GatewayConfig
     ({"budgets": {"limits": [{"scope": "global", "limit_usd": 0}]}}, "limit_usd"),
     ({"budgets": {"limits": [{"scope": "global", "limit_usd": 1, "period": "year"}]}}, "period"),
     ({"budgets": {"on_exhausted": "fallback"}}, "fallback_model"),
-    ({"budgets": {"alert_webhook": "http://x"}}, "alert_webhook"),
+    ({"budgets": {"alert_webhook": "ftp://x"}}, "alert_webhook"),
+    ({"budgets": {"alert_thresholds": [0.5, 1.5]}}, "alert_thresholds"),
+    ({"budgets": {"alert_thresholds": [0]}}, "alert_thresholds"),
     ({"auth": {"keys_refresh_s": 0}}, "keys_refresh_s"),
 ])
 def test_bad_limits_are_refused(section: dict[str, Any], fragment: str) -> None:

@@ -168,3 +168,48 @@ async def test_a_stream_settles_its_tokens_and_cost_when_it_ends(tmp_path: Path,
         assert limiter is not None
         spend = [v for k, (v, _) in limiter.counters._values.items() if ":spend:" in k]  # type: ignore[attr-defined]
         assert spend == [pytest.approx(sum(costs))]
+
+
+async def test_budget_alerts_log_count_and_post_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                     caplog: pytest.LogCaptureFixture) -> None:
+    from aiohttp import web
+
+    posted: list[dict[str, Any]] = []
+
+    async def hook(request: web.Request) -> web.Response:
+        posted.append(await request.json())
+        return web.Response(status=204)
+
+    app = web.Application()
+    app.router.add_post("/hook", hook)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    budgets = {"limits": [{"scope": "model", "name": "paid", "limit_usd": 100, "period": "week"}],
+               "alert_thresholds": [0.25, 0.5, 0.8], "alert_webhook": f"http://127.0.0.1:{port}/hook"}
+    try:
+        async with gateway(tmp_path, monkeypatch, budgets=budgets, rate_limits={"default_output_tokens": 5}) as (
+                running, http, _):
+            call = caller(running, http)
+            spent = 0.0
+            while True:
+                status, _, headers = await call("/v1/chat/completions", chat())
+                if status != 200:
+                    break
+                spent += float(headers["x-labgate-cost"])
+            limiter = running.gateway.runtime.limiter
+            assert limiter is not None
+            await limiter.drain()
+            crossed = [t for t in (0.25, 0.5, 0.8) if spent >= t * 100]
+            assert crossed and sorted(p["threshold"] for p in posted) == sorted(set(p["threshold"] for p in posted))
+            assert max(p["threshold"] for p in posted) == max(crossed)  # each crossing reported once, the top one
+            assert all(p["budget"] == "model:paid" and p["period"] == "week" for p in posted)
+            lines = [r.getMessage() for r in caplog.records if "budget alert" in r.getMessage()]
+            assert len(lines) == len(posted) and "model:paid" in lines[0]
+            async with http.get(running.url + "/metrics") as r:
+                text = await r.text()
+            assert f'labgate_budget_alerts_total{{budget="model:paid",threshold="{max(crossed):g}"}} 1' in text
+    finally:
+        await runner.cleanup()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from labgate.config.schema.base import Strict
 
@@ -55,6 +55,16 @@ class BudgetsConfig(Strict):
     # reject: 429 insufficient_quota; fallback: the request goes to fallback_model instead
     on_exhausted: Literal["reject", "fallback"] = "reject"
     fallback_model: str | None = None
+    # fractions of a budget whose passing is logged, counted and (with alert_webhook) POSTed, once each
+    alert_thresholds: tuple[float, ...] = (0.5, 0.8, 1.0)
+    alert_webhook: str | None = Field(default=None, pattern=r"^https?://")
+
+    @field_validator("alert_thresholds")
+    @classmethod
+    def _fractions(cls, values: tuple[float, ...]) -> tuple[float, ...]:
+        if not all(0 < v <= 1 for v in values) or len(values) > 20:
+            raise ValueError("give at most 20 fractions, each above 0 and at most 1 (0.8 = 80%)")
+        return values
 
     @model_validator(mode="after")
     def _fallback(self) -> BudgetsConfig:
