@@ -56,7 +56,8 @@ class CorsConfig(Strict):
     allow_headers: list[str] = Field(default_factory=lambda: ["*"])  # "*": those the preflight asks for
     expose_headers: list[str] = Field(default_factory=lambda: [
         "x-request-id", "x-client-request-id", "request-id", "x-labgate-provider", "x-labgate-deployment",
-        "x-labgate-attempts", "retry-after", "x-should-retry"])
+        "x-labgate-attempts", "retry-after", "x-should-retry", "x-labgate-cost", "x-labgate-routing",
+        "x-labgate-budget"])
     allow_credentials: bool = False
     max_age_s: int = Field(default=600, ge=0, le=86400)  # how long a browser may cache a preflight
 
