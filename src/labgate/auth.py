@@ -1,45 +1,80 @@
-"""API keys: constant-time checks; only a hash prefix of a key is ever kept."""
+"""API keys: the master key (constant-time checks) and virtual keys (labgate/keys.py).
+
+Only a hash prefix of the master key, or a virtual key's id, is ever kept in records.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import hmac
 import ipaddress
+import time
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 from labgate.errors import AuthenticationError, PermissionDeniedError
 
+if TYPE_CHECKING:
+    from labgate.keys import KeyRing, VirtualKey
+
+_MISSING = "Missing API key: send it as 'Authorization: Bearer <key>' or 'x-api-key: <key>'."
+
 
 class Auth:
-    """The keys that may call the gateway. No keys configured means no auth."""
+    """The keys that may call the gateway. No master key and no virtual key means no auth.
 
-    __slots__ = ("_keys", "enabled")
+    ``check`` is the master key alone (the admin API); ``admit`` is any API call: the
+    master key or a virtual key from ``keyring`` (None: virtual keys are off).
+    """
 
-    def __init__(self, keys: list[str]) -> None:
+    __slots__ = ("_keys", "keyring", "master")
+
+    def __init__(self, keys: list[str], keyring: KeyRing | None = None) -> None:
         self._keys = tuple(k.encode() for k in keys if k)
-        self.enabled = bool(self._keys)
+        self.master = bool(self._keys)
+        self.keyring = keyring
+
+    @property
+    def enabled(self) -> bool:
+        return self.master or (self.keyring is not None and self.keyring.enforced)
 
     def check(self, presented: str | None) -> str | None:
-        """Accept or raise; returns the key's id (a hash prefix) for records."""
-        if not self.enabled:
+        """The master key: accept or raise; returns the key's id (a hash prefix) for records."""
+        if not self.master:
             return None
         if not presented:
-            raise AuthenticationError(
-                "Missing API key: send it as 'Authorization: Bearer <key>' or 'x-api-key: <key>'.")
+            raise AuthenticationError(_MISSING)
+        if not self._matches(presented):
+            raise AuthenticationError("Incorrect API key provided.")
+        return key_id(presented)
+
+    def admit(self, presented: str | None) -> tuple[str | None, VirtualKey | None]:
+        """An API call: (the key's id for records, the virtual key or None for the master key / no auth)."""
+        ring = self.keyring
+        if ring is None or not ring.enforced:
+            return self.check(presented), None
+        if not presented:
+            raise AuthenticationError(_MISSING)
+        if self.master and self._matches(presented):
+            return key_id(presented), None
+        key = ring.check(presented, time.time())
+        if key is None:
+            raise AuthenticationError("Incorrect API key provided.")
+        return key.id, key
+
+    def _matches(self, presented: str) -> bool:
         candidate = presented.encode()
         # compare against every key so the time taken does not depend on which one matched
         matched = False
         for key in self._keys:
             matched |= hmac.compare_digest(candidate, key)
-        if not matched:
-            raise AuthenticationError("Incorrect API key provided.")
-        return key_id(presented)
+        return matched
 
 
 def admit_admin(auth: Auth, headers: Mapping[str, str], client: str | None) -> None:
     """Admin routes: the master key when one is configured; without one, loopback clients only
     (config and history hold what an open network port should not hand out)."""
-    if auth.enabled:
+    if auth.master:
         auth.check(presented_key(headers))
     elif not _loopback(client):
         raise PermissionDeniedError("This gateway has no master key (auth.master_key_env), so its admin API "

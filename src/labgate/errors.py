@@ -352,6 +352,41 @@ class CacheUnavailableError(LabgateError):
     retryable = True
 
 
+class KeysUnavailableError(LabgateError):
+    """Virtual keys are off (``auth.virtual_keys: false``) or their store failed to answer (admin API)."""
+
+    status = 503
+    code = "keys_unavailable"
+    retryable = True
+
+
+class RateLimitedError(LabgateError):
+    """A gateway rate limit (rpm/tpm of a key, model, provider or the whole gateway) is reached."""
+
+    status = 429
+    openai_type = "rate_limit_error"
+    anthropic_type = "rate_limit_error"
+    code = "rate_limit_exceeded"
+    retryable = True
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class BudgetExceededError(LabgateError):
+    """A budget (of a key, project, model, provider or the gateway) is spent for its period."""
+
+    status = 429
+    openai_type = "insufficient_quota"
+    anthropic_type = "rate_limit_error"
+    code = "insufficient_quota"
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 class ConnectionLimitError(LabgateError):
     """A new connection over ``server.max_connections`` or ``server.max_connections_per_ip``."""
 

@@ -12,10 +12,11 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from labgate.errors import InternalError, LabgateError
+from labgate.keys import check_model
 from labgate.providers.base import Endpoint, IteratorStream, Reply, Stream, Translated
 from labgate.record import CLIENT_CLOSED, RequestRecord
 from labgate.routing.attempts import attempt
-from labgate.routing.balancer import plan
+from labgate.routing.balancer import local_first_decision, plan
 from labgate.routing.rescue import trailer
 from labgate.routing.table import Deployment
 from labgate.runtime import Runtime
@@ -61,7 +62,7 @@ class Gateway:
         if self.traces is not None:
             self.traces.begin(record)  # ids and the traceparent the attempts send upstream
         try:
-            record.key_id = rt.auth.check(api_key)
+            record.key_id, key = rt.auth.admit(api_key)  # the master key, a virtual key (keys.py), or no auth
             parsed, endpoint, native = parse(body), _endpoint(record), None
             if isinstance(parsed, Translated):  # the client spoke another dialect
                 payload, endpoint, native = parsed.body, parsed.endpoint, parsed.native
@@ -69,10 +70,16 @@ class Gateway:
                 payload = parsed
             record.model, record.stream = payload["model"], payload.get("stream") is True
             record.payload, record.body = payload, body  # references for history; read off the hot path
+            if key is not None:
+                record.api_key = key
+                check_model(key, record.model)  # the key's allowed models (globs)
             route = rt.table.resolve(record.model)
             if rt.cache and (hit := await rt.cache.get(route, record, native or payload)):
                 return self.done(rt, record, hit, answer)
+            if rt.limiter is not None and rt.limiter.plan(record):  # rpm/tpm and budgets (state/limits.py)
+                route = await rt.limiter.reserve(record, route, rt.table)
             candidates = plan(route, rt.circuit, max_attempts=rt.max_attempts)
+            record.routing = local_first_decision(route, candidates)  # None unless the route is local_first
             result, dep = await attempt(
                 candidates, endpoint=endpoint, body=payload, native=native, stream=record.stream,
                 deadline=time.monotonic() + rt.request_timeout, circuit=rt.circuit, record=record,
@@ -115,6 +122,10 @@ class Gateway:
                 if not streaming:
                     record.status = exc.status_in(record.dialect)  # what the client's envelope says
                 record.error_type, record.error_message = exc.code, exc.message
+        if rt.prices is not None:
+            record.cost = rt.prices.price(record)  # cost.py
+        if record.reservation is not None:
+            rt.limiter.settle(record)  # type: ignore[union-attr]  # real tokens and cost replace the estimates
         if rt.cache is not None and record.cache_ticket is not None:
             rt.cache.store(record)  # a complete answer is kept; requests waiting for it are released
         rt.access_log.write(record)

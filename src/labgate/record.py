@@ -31,7 +31,8 @@ class RequestRecord:
     client_request_id: str | None = None  # the client's x-request-id, when sane; never names a record
     started: float = field(default_factory=time.perf_counter)
     timestamp: float = field(default_factory=time.time)
-    key_id: str | None = None  # a hash prefix of the API key, never the key
+    key_id: str | None = None  # a hash prefix of the master key, or a virtual key's id: never the key
+    api_key: Any = None  # the virtual key (keys.VirtualKey: no secret in it); None: master key or no auth
     model: str | None = None
     stream: bool = False
     provider: str | None = None
@@ -50,7 +51,10 @@ class RequestRecord:
     experiment: str | None = None
     variant: str | None = None
     cache_hit: bool = False
-    cost: float | None = None  # set once pricing lands
+    cost: float | None = None  # USD (cost.py); None: the deployment has no known price
+    reservation: Any = None  # what the limiter took (state.limits.Reservation), settled at finish
+    budget_fallback: str | None = None  # the budget that sent this request to budgets.fallback_model
+    routing: str | None = None  # a local_first route's decision: local | cloud (why)
     tags: list[str] | None = None
     priority: str | None = None  # the x-labgate-priority header as sent (read only when a queue exists)
     queue_ms: float | None = None  # time spent waiting for capacity, when it had to wait

@@ -13,7 +13,9 @@ from dataclasses import dataclass
 
 from labgate.auth import Auth
 from labgate.config.load import Config
+from labgate.cost import Prices
 from labgate.errors import OverCapacityError
+from labgate.keys import KeyRing
 from labgate.providers.base import Adapter
 from labgate.providers.registry import TYPES
 from labgate.routing.circuit import Circuit
@@ -21,6 +23,7 @@ from labgate.routing.queue import Queue
 from labgate.routing.rescue import Rescue
 from labgate.routing.table import RouteTable
 from labgate.state.cache import Cache, cache_for
+from labgate.state.limits import Limiter, limiter_for
 from labgate.telemetry.logs import AccessLog
 
 
@@ -37,24 +40,30 @@ class Runtime:
     cache: Cache | None = None  # the response cache (state/cache.py); None: not configured
     queue: Queue | None = None  # None unless some provider sets max_parallel_requests
     rescue: Rescue | None = None  # None unless resilience.stream_rescue
+    prices: Prices | None = None  # what each deployment costs (cost.py)
+    limiter: Limiter | None = None  # rpm/tpm limits and budgets (state/limits.py); None: nothing limited
 
     @classmethod
     def build(cls, config: Config, *, access_log: AccessLog | None = None,
-              previous: Runtime | None = None) -> Runtime:
+              previous: Runtime | None = None, keyring: KeyRing | None = None,
+              shared_limits: str | None = None) -> Runtime:
         """``previous``: the Runtime a reload replaces: unchanged providers keep capacity and circuit state,
-        and the cache keeps its entries when its backend is unchanged."""
+        the cache keeps its entries when its backend is unchanged, and its virtual keys are kept.
+        ``keyring``: the process's virtual keys (None: off). ``shared_limits``: the SQLite file
+        ``--workers N`` share rate limit and budget counters in (no Redis)."""
         adapters = {name: TYPES[p.type].build(p, name)
                     for name, p in config.providers.items() if p.status == "active"}
         gateway = config.gateway
         env_name = gateway.auth.master_key_env
         keys = [os.environ.get(env_name, "")] if env_name else []
         table = RouteTable(config, adapters, previous=None if previous is None else previous.table)
+        prices = Prices.from_config(config)
         return cls(
             config=config,
             adapters=adapters,
             table=table,
             circuit=Circuit(gateway.resilience.circuit.failure_threshold, gateway.resilience.circuit.cooldown_s),
-            auth=Auth(keys),
+            auth=Auth(keys, keyring=previous.auth.keyring if previous is not None else keyring),
             access_log=access_log or AccessLog(enabled=gateway.logging.requests,
                                                client_ip=gateway.logging.client_ip,
                                                slow_ms=gateway.logging.slow_request_ms),
@@ -63,6 +72,9 @@ class Runtime:
             cache=cache_for(config, previous=previous.cache if previous is not None else None),
             queue=Queue.of(gateway.queue) if table.gates else None,
             rescue=Rescue() if gateway.resilience.stream_rescue else None,
+            prices=prices,
+            limiter=limiter_for(config, prices, previous=previous.limiter if previous is not None else None,
+                                shared_path=shared_limits),
         )
 
     def drain(self) -> None:
@@ -76,5 +88,7 @@ class Runtime:
         self.access_log.flush()
         if self.cache is not None:
             await self.cache.aclose()
+        if self.limiter is not None:
+            await self.limiter.aclose()
         for adapter in self.adapters.values():
             await adapter.aclose()

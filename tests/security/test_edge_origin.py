@@ -252,7 +252,8 @@ async def test_a_listed_origin_gets_cors_headers_and_a_preflight(sim: Simulator)
     assert {k: v for k, v in preflight.headers.items() if k.startswith("access-control-") or k == "vary"} == {
         "access-control-allow-origin": origin, "vary": "Origin",
         "access-control-expose-headers": "x-request-id, x-client-request-id, request-id, x-labgate-provider, "
-                                         "x-labgate-deployment, x-labgate-attempts, retry-after, x-should-retry",
+                                         "x-labgate-deployment, x-labgate-attempts, retry-after, x-should-retry, "
+                                         "x-labgate-cost, x-labgate-routing, x-labgate-budget",
         "access-control-allow-methods": "GET, POST, OPTIONS", "access-control-max-age": "120",
         "access-control-allow-headers": "authorization, content-type, x-stainless-os"}
     assert actual.status == 200

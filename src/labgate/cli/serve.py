@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from labgate.config.load import Config
 from labgate.config.problems import ConfigError
+from labgate.store import default_data_dir
 
 if TYPE_CHECKING:
     from labgate.config.reload import ConfigSource, Loaded, ReloadResult
@@ -160,7 +161,8 @@ def _banner(config: Config, host: str, port: int, workers: int) -> None:
 
 
 async def _serve(config: Config, host: str, sock: socket.socket, source: ConfigSource | None = None,
-                 loaded: Loaded | None = None, *, worker: bool = False, metrics_group: str | None = None) -> int:
+                 loaded: Loaded | None = None, *, worker: bool = False, metrics_group: str | None = None,
+                 shared_limits: str | None = None) -> int:
     from labgate.server.serve import start_gateway
 
     # a worker that applied a reload from the admin API asks the parent to reload its siblings too
@@ -172,7 +174,7 @@ async def _serve(config: Config, host: str, sock: socket.socket, source: ConfigS
     for sig in _STOP_SIGNALS:
         loop.add_signal_handler(sig, stop.set)
     running = await start_gateway(config, host=host, sock=sock, source=source, loaded=loaded, on_reload=on_reload,
-                                  metrics_group=metrics_group)
+                                  metrics_group=metrics_group, shared_limits=shared_limits)
     reloads: set[asyncio.Task[Any]] = set()
 
     def reload() -> None:
@@ -200,13 +202,16 @@ def _prefork(config: Config, host: str, sock: socket.socket, workers: int, sourc
 
     children: list[int] = []
     group = make_group_dir(workers)  # the workers' metrics sockets: a scrape adds up the whole group
+    # without Redis, the workers share rate limit and budget counters in a SQLite file (docs/limits.md)
+    limits = shared_limits_path()
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})  # until the parent can relay it
     for _ in range(workers):
         pid = os.fork()
         if pid == 0:
             # a signal that arrives while this worker starts waits until it can act on it cleanly
             signal.pthread_sigmask(signal.SIG_BLOCK, _HELD_SIGNALS)
-            os._exit(asyncio.run(_serve(config, host, sock, source, loaded, worker=True, metrics_group=group)))
+            os._exit(asyncio.run(_serve(config, host, sock, source, loaded, worker=True, metrics_group=group,
+                                        shared_limits=limits)))
         children.append(pid)
     sock.close()
 
@@ -230,4 +235,18 @@ def _prefork(config: Config, host: str, sock: socket.socket, workers: int, sourc
         _, code = os.waitpid(child, 0)
         status = status or os.waitstatus_to_exitcode(code)
     remove_group_dir(group)
+    for suffix in ("", "-wal", "-shm"):
+        with contextlib.suppress(OSError):
+            os.unlink(limits + suffix)
     return status
+
+
+def shared_limits_path() -> str:
+    """A fresh file for this server's shared limit counters (they live as long as the server)."""
+    directory = default_data_dir()
+    directory.mkdir(parents=True, exist_ok=True)
+    path = str(directory / f"limits-{os.getpid()}.db")
+    for suffix in ("", "-wal", "-shm"):  # left by an earlier server that had this pid and was killed
+        with contextlib.suppress(OSError):
+            os.unlink(path + suffix)
+    return path

@@ -70,8 +70,11 @@ class Translated:
 
 @dataclass(slots=True)
 class Usage:
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
+    prompt_tokens: int = 0  # every input token, cached ones included (OpenAI's convention)
+    completion_tokens: int = 0  # every output token, reasoning ones included
+    cached_tokens: int = 0  # of prompt_tokens: read from the provider's prompt cache
+    cache_write_tokens: int = 0  # of prompt_tokens: written to it (Anthropic's cache_creation_input_tokens)
+    reasoning_tokens: int = 0  # of completion_tokens: reasoning (OpenAI's completion_tokens_details)
 
     @property
     def total_tokens(self) -> int:

@@ -32,6 +32,8 @@ def order(group: Group) -> tuple[Deployment, ...] | list[Deployment]:
         start = group.turn % len(deps)
         group.turn += 1
         return sorted(deps[start:] + deps[:start], key=_load)
+    if group.strategy == "local_first":
+        return local_first(group)
     # weighted: a weighted random permutation (Efraimidis–Spirakis keys)
     weights = group.weights or (1.0,) * len(deps)
     keyed = sorted(zip(deps, weights, strict=True), key=lambda dw: -random.random() ** (1.0 / dw[1]))
@@ -41,6 +43,40 @@ def order(group: Group) -> tuple[Deployment, ...] | list[Deployment]:
 def _load(dep: Deployment) -> float:
     gate = dep.gate
     return dep.health.inflight if gate is None else dep.health.inflight / gate.limit
+
+
+def local_first(group: Group) -> list[Deployment]:
+    """Local deployments under ``prefer_local_under`` of their capacity, then cloud ones, then busy local ones.
+
+    A local deployment without a capacity (no ``max_parallel_requests``) is never "busy"; one whose
+    circuit is open is skipped by :func:`plan`, so the cloud is tried when every local one is failing.
+    """
+    under: list[Deployment] = []
+    busy: list[Deployment] = []
+    cloud: list[Deployment] = []
+    for dep in group.deployments:
+        if not dep.local:
+            cloud.append(dep)
+        elif dep.capacity and dep.health.inflight >= group.prefer_local_under * dep.capacity:
+            busy.append(dep)
+        else:
+            under.append(dep)
+    return under + cloud + busy
+
+
+def local_first_decision(route: Route, chosen: list[Deployment]) -> str | None:
+    """What ``x-labgate-routing`` says for a local_first route: ``local``, or why the cloud goes first."""
+    group = route.groups[0] if route.groups else None
+    if group is None or group.strategy != "local_first" or not chosen:
+        return None
+    if chosen[0].local:
+        return "local"
+    locals_ = [d for d in group.deployments if d.local]
+    if not locals_:
+        return "cloud (no local deployment)"
+    if any(d in chosen for d in locals_):
+        return "cloud (local over prefer_local_under)"
+    return "cloud (local failing)"
 
 
 def plan(route: Route, circuit: Circuit, *, max_attempts: int) -> list[Deployment]:

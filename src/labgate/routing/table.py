@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from labgate.config.checks import CAPABILITY_PREFIX, Names, capabilities
 from labgate.config.load import Config
 from labgate.config.problems import closest
-from labgate.config.schema.providers import ModelConfig, ProviderConfig
+from labgate.config.schema.providers import LOCAL_TYPES, ModelConfig, ProviderConfig
 from labgate.errors import ModelNotFoundError
 from labgate.providers.base import Adapter
 from labgate.routing.circuit import Health
@@ -37,6 +37,8 @@ class Deployment:
     gate: Gate | None = None  # the provider's capacity (max_parallel_requests), shared by its models
     region: str | None = None
     failover_only: bool = False  # only when nothing better is healthy (balancer.plan)
+    local: bool = False  # a local engine (ollama, llama.cpp, vLLM, LM Studio): the local_first strategy's "local"
+    capacity: int | None = None  # the provider's max_parallel_requests: local_first's load is inflight / this
 
     def release(self) -> None:
         """Give back what the attempt loop took for one attempt (the one place a lease ends)."""
@@ -53,6 +55,7 @@ class Group:
     strategy: str = "priority"
     weights: tuple[float, ...] = ()
     turn: int = 0  # round-robin position
+    prefer_local_under: float = 0.9  # local_first: a local deployment this loaded (of its capacity) goes last
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,7 +160,8 @@ class RouteTable:
             if found is None:
                 found = Deployment(key, provider, upstream, self._adapters[provider],
                                    config.timeout_s, info, gate=self.gates.get(provider), region=config.region,
-                                   failover_only=config.failover_only)
+                                   failover_only=config.failover_only, local=config.type in LOCAL_TYPES,
+                                   capacity=config.max_parallel_requests)
                 if self._compiled:  # a name a client sent (provider/anything): bounded, like _dynamic
                     if len(made) >= _DYNAMIC_CACHE:
                         made.clear()
@@ -183,7 +187,7 @@ class RouteTable:
             live = [(d, w) for d, w in pairs if d is not None]
             if live:
                 self._primary[name] = Group(tuple(d for d, _ in live), lb.strategy,
-                                            tuple(w for _, w in live))
+                                            tuple(w for _, w in live), prefer_local_under=lb.prefer_local_under)
 
     def _add(self, public: str, dep: Deployment | None) -> None:
         if dep is None:

@@ -21,6 +21,7 @@ import orjson
 from labgate.auth import admit_admin
 from labgate.errors import CacheUnavailableError, LabgateError, RequestError
 from labgate.gateway import Gateway
+from labgate.server.admin_keys import audit_event
 from labgate.server.envelopes import JSON, openai_error
 from labgate.server.http import Handler, Request, Response
 from labgate.server.ids import request_id
@@ -63,6 +64,7 @@ class CacheSurface:
             deleted = await inventory.flush(cache.entries, namespace=namespace)
             log.warning("cache: flushed %d entries (%s) by admin request %s", deleted,
                         f"namespace {namespace}" if namespace else "every namespace", request_id(request.headers))
+            await audit_event(self.gateway, request, "cache.flush", namespace, None, {"deleted": deleted})
             return {"deleted": deleted, "namespace": namespace}
         return await self._serve(request, run)
 

@@ -21,6 +21,7 @@ from labgate.config.problems import ConfigError
 from labgate.config.reload import Reloader, changed_routes, diff
 from labgate.errors import ConfigInvalidError, LabgateError, ReloadUnavailableError
 from labgate.gateway import Gateway
+from labgate.server.admin_keys import audit_event
 from labgate.server.envelopes import JSON, openai_error, openai_error_body
 from labgate.server.http import Handler, Request, Response
 from labgate.server.ids import request_id
@@ -83,6 +84,8 @@ class ConfigSurface:
             return openai_error(exc, rid)
         # shielded: a client that hangs up must not cancel a swap half-way
         result = await asyncio.shield(self.reloader.reload(trigger="api", propagate=True))
+        await audit_event(self.gateway, request, "config.reload", None, {"version": result.previous},
+                          {"version": result.version, "status": result.status})
         if not result.ok:
             problems = [p for p in result.problems if p.severity == "error"]
             return _refusal(ConfigInvalidError(f"Reload refused; still serving {result.version}.", problems),

@@ -269,7 +269,7 @@ class AnthropicSurface:
         rid = request_id(request.headers)
         rt = self.gateway.runtime
         try:
-            rt.auth.check(presented_key(request.headers))
+            rt.auth.admit(presented_key(request.headers))
             payload = _object(request.body)
             check_request(payload, needs_max_tokens=False)
             rt.table.resolve(payload["model"])

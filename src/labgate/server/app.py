@@ -12,6 +12,7 @@ from labgate.server.admin_backups import backup_routes
 from labgate.server.admin_cache import cache_routes
 from labgate.server.admin_config import config_routes
 from labgate.server.admin_history import history_routes
+from labgate.server.admin_keys import key_routes
 from labgate.server.anthropic import AnthropicSurface
 from labgate.server.envelopes import anthropic_error, openai_error
 from labgate.server.feedback import feedback_routes
@@ -66,6 +67,10 @@ def build_app(gateway: Gateway, *, reloader: Reloader | None = None, listen_host
     ui, ui_prefixes = ui_routes()
     routes.update(ui)
     prefixes.update(ui_prefixes)
+    # /admin/keys, /admin/keys/{id}[/revoke|/rotate], /admin/audit (server/admin_keys.py)
+    keys, key_prefixes = key_routes(gateway)
+    routes.update(keys)
+    prefixes.update(key_prefixes)
     # /metrics, unless metrics.enabled is false (server/metrics.py)
     routes.update(metrics_routes(gateway))
 

@@ -49,4 +49,7 @@ def exposition(gateway: Gateway, metrics: Metrics) -> str:
     text = metrics.render()
     if gateway.history is not None:
         text += gateway.history.prometheus()
+    limiter = gateway.runtime.limiter
+    if limiter is not None and limiter.alerts.counts:  # budget alerts (state/alerts.py)
+        text += limiter.alerts.prometheus()
     return text

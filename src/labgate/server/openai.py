@@ -121,6 +121,12 @@ def route_headers(record: RequestRecord) -> list[tuple[str, str]]:
         headers.extend(cache_headers(record))
     if record.spill is not None:  # routed past a loaded local deployment (prefer_local_under)
         headers.append(("x-labgate-spill", header_value(record.spill)))
+    if record.cost is not None and record.finished is not None:  # whole replies (docs/cost.md)
+        headers.append(("x-labgate-cost", f"{record.cost:.10f}".rstrip("0").rstrip(".") or "0"))
+    if record.routing is not None:  # a local_first route (docs/limits.md)
+        headers.append(("x-labgate-routing", record.routing))
+    if record.budget_fallback is not None:  # a budget sent it to budgets.fallback_model (docs/limits.md)
+        headers.append(("x-labgate-budget", header_value("fallback:" + record.budget_fallback)))
     return headers
 
 
@@ -180,7 +186,7 @@ class OpenAISurface:
         rt = self.gateway.runtime
         record = new_record(request, "models")
         try:
-            rt.auth.check(presented_key(request.headers))
+            rt.auth.admit(presented_key(request.headers))
         except LabgateError as exc:
             return openai_error(exc, record.request_id)
         prefix = "/v1/models/"

@@ -12,6 +12,7 @@ from labgate.config.reload import ConfigSource, Loaded, Reloader, ReloadResult, 
 from labgate.config.schema.gateway import ServerConfig
 from labgate.errors import LabgateError
 from labgate.gateway import Gateway
+from labgate.keys import open_keyring
 from labgate.runtime import Runtime
 from labgate.server.app import build_app, echo_client_id
 from labgate.server.envelopes import openai_error
@@ -64,6 +65,9 @@ class RunningGateway:
         if self.reloader is not None:
             await self.reloader.aclose()  # stop watching; runtimes retired by reloads close now
         await self.gateway.runtime.aclose()
+        keyring = self.gateway.runtime.auth.keyring
+        if keyring is not None:
+            await keyring.aclose()
         if self.gateway.history is not None:
             await self.gateway.history.close()
         if self.gateway.traces is not None:
@@ -75,16 +79,19 @@ async def start_gateway(config: Config, *, host: str | None = None, port: int | 
                         access_log: AccessLog | None = None, source: ConfigSource | None = None,
                         loaded: Loaded | None = None,
                         on_reload: Callable[[ReloadResult], None] | None = None,
-                        metrics_group: str | None = None) -> RunningGateway:
+                        metrics_group: str | None = None, shared_limits: str | None = None) -> RunningGateway:
     """Build the runtime, open the history store (``store:``), and listen; ``port=0`` picks a free port.
 
-    ``metrics_group``: the directory a ``--workers N`` parent made, so a scrape adds up every worker."""
+    ``metrics_group``: the directory a ``--workers N`` parent made, so a scrape adds up every worker.
+    ``shared_limits``: the SQLite file worker processes share limit counters in (``--workers N``)."""
     server_config = config.gateway.server
     history = history_for(config.gateway.store, source=config.source)
     if history is not None:
         await history.start()
+    keyring = await open_keyring(config)
     try:
-        gateway = Gateway(Runtime.build(config, access_log=access_log), history=history,
+        gateway = Gateway(Runtime.build(config, access_log=access_log, keyring=keyring,
+                                        shared_limits=shared_limits), history=history,
                           metrics=Metrics.from_config(config.gateway.metrics),
                           traces=Tracer.from_config(config.gateway.tracing))
         # hot reload: `source` says where to read the config again (SIGHUP, /admin/config/reload, watch)
@@ -104,6 +111,8 @@ async def start_gateway(config: Config, *, host: str | None = None, port: int | 
         bound = await server.start(host, server_config.port if port is None else port, sock=sock)
         await reloader.start()
     except BaseException:
+        if keyring is not None:
+            await keyring.aclose()
         if history is not None:
             await history.close()
         raise

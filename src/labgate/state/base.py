@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 KEY_PREFIX = "labgate"  # every key labgate writes starts with "labgate:"
 
@@ -48,5 +48,44 @@ class EntryStore(Protocol):
     def status(self) -> dict[str, object]:
         """The backend's health for ``/admin/cache/stats`` (up, failures, last error)."""
         ...
+
+    async def aclose(self) -> None: ...
+
+
+class Charge(NamedTuple):
+    """One counter a request draws on (state/limits.py, state/budgets.py).
+
+    ``kind`` ``rate``: a GCRA rate limit of ``limit`` per ``period_s`` (``cost``: 1 request, or tokens).
+    ``kind`` ``cap``: a budget of ``limit`` (USD) for the window in the key; ``period_s`` is how long the
+    window has left (0: never ends); ``cost``: the estimated spend reserved.
+    """
+
+    key: str
+    kind: str  # "rate" | "cap"
+    limit: float
+    period_s: float
+    cost: float
+
+
+class Counters(Protocol):
+    """Rate limits and budget reservations: all of a request's charges taken at once, or none.
+
+    ``take`` is one round trip on Redis (one script call); ``adjust`` settles a charge after the
+    call (real tokens or cost minus the estimate; a negative delta gives back).
+    """
+
+    backend: str  # "memory" | "redis"
+
+    async def take(self, charges: tuple[Charge, ...]) -> tuple[int, float]:
+        """(-1, 0) when every charge fits (and is now taken); else (index of one that does not, seconds to wait)."""
+        ...
+
+    async def adjust(self, charges: tuple[Charge, ...], deltas: tuple[float, ...]) -> None: ...
+
+    async def read(self, keys: tuple[str, ...]) -> tuple[float, ...]:
+        """Current values (spend so far for caps; for rates the GCRA's theoretical arrival time)."""
+        ...
+
+    def status(self) -> dict[str, object]: ...
 
     async def aclose(self) -> None: ...

@@ -81,20 +81,44 @@ def _create(dialect: str, primary_key: str) -> list[str]:
     return statements
 
 
+KEYS_TABLE = "api_keys"  # virtual keys (labgate/keys.py): only a SHA-256 of each secret, never the secret
+AUDIT_TABLE = "audit_log"  # admin actions (labgate/audit.py)
+
+
+def _v5(dialect: str) -> list[str]:
+    """Virtual keys and the audit log; times are Unix seconds (REAL / DOUBLE PRECISION) in both dialects."""
+    real, serial = ("REAL", "INTEGER PRIMARY KEY AUTOINCREMENT") if dialect == "sqlite" else \
+        ("DOUBLE PRECISION", "BIGSERIAL PRIMARY KEY")
+    return [
+        f"""CREATE TABLE IF NOT EXISTS {KEYS_TABLE} (
+    id TEXT PRIMARY KEY, hash TEXT NOT NULL UNIQUE, hint TEXT NOT NULL, name TEXT NOT NULL,
+    project TEXT, team TEXT, models TEXT, expires_at {real}, revoked_at {real},
+    rpm INTEGER, tpm INTEGER, budget_usd {real}, budget_period TEXT,
+    created_at {real} NOT NULL, updated_at {real} NOT NULL)""",
+        f"CREATE INDEX IF NOT EXISTS idx_{KEYS_TABLE}_updated ON {KEYS_TABLE} (updated_at)",
+        f"""CREATE TABLE IF NOT EXISTS {AUDIT_TABLE} (
+    id {serial}, ts {real} NOT NULL, actor TEXT NOT NULL, action TEXT NOT NULL,
+    target TEXT, before TEXT, after TEXT)""",
+        f"CREATE INDEX IF NOT EXISTS idx_{AUDIT_TABLE}_ts ON {AUDIT_TABLE} (ts)",
+    ]
+
+
 # version → statements. Append new versions; never edit an applied one.
 SQLITE_MIGRATIONS: dict[int, list[str]] = {
     1: _create("sqlite", "id INTEGER PRIMARY KEY AUTOINCREMENT"),
     2: [f"ALTER TABLE {TABLE} ADD COLUMN {_V2.name} {_V2.sqlite}"],
     3: [f"ALTER TABLE {TABLE} ADD COLUMN {c.name} {c.sqlite}" for c in _V3],
+    5: _v5("sqlite"),
 }
 POSTGRES_MIGRATIONS: dict[int, list[str]] = {
     1: _create("postgres", "id BIGSERIAL PRIMARY KEY"),
     2: [f"ALTER TABLE {TABLE} ADD COLUMN IF NOT EXISTS {_V2.name} {_V2.postgres}"],
     3: [f"ALTER TABLE {TABLE} ADD COLUMN IF NOT EXISTS {c.name} {c.postgres}" for c in _V3],
+    5: _v5("postgres"),
 }
 VERSION_TABLE = "history_schema_version"
 
-# Migration 4: the ``feedback`` table (POST /v1/feedback; server/feedback.py). One row per vote, any number per
+# Migration 4: the ``feedback`` table (POST /v1/feedback; server/feedback.py); 5 (above): keys, audit log. One row per vote, any number per
 # request; ``request_id`` names the ``requests`` row (labgate's id), not a foreign key: a record and its
 # feedback are written by different processes, and retention deletes records without touching votes.
 # (Migration 3 is the cache's; the numbers are settled when the branches merge.)

@@ -46,7 +46,7 @@ class _Series:
     """What one ``(model, provider, endpoint)`` has counted. Histograms are lists: the count per
     bucket (not cumulative), the count above the last bound, then the sum."""
 
-    __slots__ = ("completion", "durations", "prompt", "statuses", "stream_errors", "ttft")
+    __slots__ = ("completion", "cost", "durations", "prompt", "statuses", "stream_errors", "ttft")
 
     def __init__(self) -> None:
         self.statuses: dict[int, int] = {}  # HTTP status sent -> requests
@@ -55,6 +55,7 @@ class _Series:
         self.ttft: list[float] = [0] * (len(BUCKETS) + 2)
         self.prompt = 0
         self.completion = 0
+        self.cost = 0.0  # USD (cost.py): priced requests only
 
 
 Endpoints = dict[str, _Series]
@@ -128,6 +129,8 @@ class Metrics:
         if usage is not None and not record.cache_hit:  # a hit's usage was saved, not used
             series.prompt += usage.prompt_tokens
             series.completion += usage.completion_tokens
+        if record.cost:
+            series.cost += record.cost
         if record.failures:
             self._count_failures(record)
         if record.queue_ms is not None:  # it waited in the capacity queue (routing/queue.py)
@@ -203,6 +206,11 @@ class Metrics:
             if model or provider:  # requests that were not routed used no tokens
                 for kind, count in (("prompt", prompt), ("completion", completion)):
                     out.append(f"labgate_tokens_total{_labels(model=model, provider=provider, type=kind)} {count}")
+        _header(out, "labgate_cost_usd_total", "counter", "What the requests cost in USD (docs/cost.md).")
+        for (model, provider), group in by_model.items():
+            if model or provider:
+                out.append(f"labgate_cost_usd_total{_labels(model=model, provider=provider)} "
+                           f"{sum(s.cost for s in group)!r}")
         _header(out, "labgate_upstream_failures_total", "counter",
                 "Failed or skipped upstream attempts, by deployment and error code.")
         for (deployment, error), count in sorted(self._failures.items()):

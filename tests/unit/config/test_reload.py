@@ -37,7 +37,7 @@ def test_view_masks_secrets_and_shows_env_references(tmp_path: Path, monkeypatch
     local = loaded.view["providers"]["local"]
     assert local["base_url"] == "http://${SIM_HOST}:9/v1"
     assert local["headers"] == {"authorization": "***", "x-api-key": "${SIM_KEY}", "x-trace": "yes"}
-    assert loaded.view["gateway"]["auth"] == {"master_key_env": "MASTER"}
+    assert loaded.view["gateway"]["auth"] == {"master_key_env": "MASTER", "virtual_keys": True, "keys_refresh_s": 0.5}
     assert "sk-secret-value" not in repr(loaded.view) and "literal" not in repr(loaded.view)
     assert loaded.version.startswith("sha256:") and set(loaded.files) == {"providers.yaml", "model-mappings.yaml",
                                                                           "gateway.yaml"}

@@ -160,4 +160,6 @@ async def test_a_version_1_database_gains_the_cache_columns(tmp_path: Path) -> N
         columns = [r[1] for r in conn.execute("PRAGMA table_info(requests)")]
         assert columns[-2:] == ["cache", "cache_bytes"]
         assert conn.execute("SELECT max(version) FROM history_schema_version").fetchone() == (max(SQLITE_MIGRATIONS),)
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        assert {"api_keys", "audit_log"} <= tables  # migration 5: virtual keys and the audit log
         assert conn.execute("SELECT request_id, cache FROM requests").fetchall() == [("after", None)]

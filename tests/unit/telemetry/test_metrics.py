@@ -55,7 +55,9 @@ def test_requests_durations_tokens_and_failures() -> None:
     m.observe(record(seconds=0.004, ttft=0.002, usage=Usage(5, 7)))         # bucket 0; a stream
     m.observe(record(seconds=500.0, status=200, outcome="stream_error", ttft=0.2))  # above 120 s: +Inf
     m.observe(record(status=502, outcome="error", seconds=1.0, failures=failure[:1]))  # bucket 7 (≤ 1.0)
-    m.observe(record(endpoint="embeddings", seconds=0.01, usage=Usage(3, 0)))  # bucket 1
+    priced = record(endpoint="embeddings", seconds=0.01, usage=Usage(3, 0))  # bucket 1
+    priced.cost = 0.25
+    m.observe(priced)
     m.observe(record(status=CLIENT_CLOSED, outcome="client_disconnected", seconds=2.0))  # bucket 8
 
     families = parse_metrics(m.render())
@@ -79,6 +81,7 @@ def test_requests_durations_tokens_and_failures() -> None:
         'labgate_tokens_total{model="m",provider="p",type="prompt"}': 19,
         'labgate_tokens_total{model="m",provider="p",type="completion"}': 29,
     }
+    assert families["labgate_cost_usd_total"].samples == {'labgate_cost_usd_total{model="m",provider="p"}': 0.25}
     assert families["labgate_upstream_failures_total"].samples == {
         'labgate_upstream_failures_total{deployment="q/m",error="rate_limit_exceeded"}': 1,
         'labgate_upstream_failures_total{deployment="q/m",error="upstream_server_error"}': 2,
@@ -89,7 +92,8 @@ def test_requests_durations_tokens_and_failures() -> None:
     assert [(n, f.kind) for n, f in families.items()] == [
         ("labgate_requests_total", "counter"), ("labgate_stream_errors_total", "counter"),
         ("labgate_request_duration_seconds", "histogram"), ("labgate_time_to_first_token_seconds", "histogram"),
-        ("labgate_tokens_total", "counter"), ("labgate_upstream_failures_total", "counter"),
+        ("labgate_tokens_total", "counter"), ("labgate_cost_usd_total", "counter"),
+        ("labgate_upstream_failures_total", "counter"),
         ("labgate_build_info", "gauge"), ("labgate_start_time_seconds", "gauge")]
 
 

@@ -10,6 +10,7 @@ from pydantic import Field, field_validator, model_validator
 
 from labgate.config.schema.base import Strict
 from labgate.config.schema.cache import CacheConfig, StateConfig
+from labgate.config.schema.limits import BudgetsConfig, RateLimitsConfig
 from labgate.config.schema.metrics import MetricsConfig
 from labgate.config.schema.queue import QueueConfig
 from labgate.config.schema.reload import ReloadConfig
@@ -60,7 +61,8 @@ class CorsConfig(Strict):
     allow_headers: list[str] = Field(default_factory=lambda: ["*"])  # "*": those the preflight asks for
     expose_headers: list[str] = Field(default_factory=lambda: [
         "x-request-id", "x-client-request-id", "request-id", "x-labgate-provider", "x-labgate-deployment",
-        "x-labgate-attempts", "retry-after", "x-should-retry"])
+        "x-labgate-attempts", "retry-after", "x-should-retry", "x-labgate-cost", "x-labgate-routing",
+        "x-labgate-budget"])
     allow_credentials: bool = False
     max_age_s: int = Field(default=600, ge=0, le=86400)  # how long a browser may cache a preflight
 
@@ -77,6 +79,10 @@ class CorsConfig(Strict):
 
 class AuthConfig(Strict):
     master_key_env: str | None = None
+    # virtual keys (docs/keys.md): kept hashed in the history database; once any exists, every API call needs
+    # the master key or a valid virtual key. false: only the master key, and the key table is never read.
+    virtual_keys: bool = True
+    keys_refresh_s: float = Field(default=0.5, gt=0, le=60)  # how soon a revoked key is refused everywhere
 
 
 class CircuitConfig(Strict):
@@ -111,6 +117,8 @@ class GatewayConfig(Strict):
     state: StateConfig = Field(default_factory=StateConfig)  # shared state backend (Redis) or in-process
     cache: CacheConfig | None = None  # the response cache; absent: off (docs/cache.md)
     queue: QueueConfig = Field(default_factory=QueueConfig)  # waiting for capacity (docs/reliability.md)
+    rate_limits: RateLimitsConfig | None = None  # gateway-wide and per-model rpm/tpm (docs/limits.md)
+    budgets: BudgetsConfig | None = None  # spend limits per period (docs/limits.md)
 
     @model_validator(mode="after")
     def _cache_backend_has_url(self) -> GatewayConfig:

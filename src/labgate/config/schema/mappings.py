@@ -34,10 +34,13 @@ class DeploymentConfig(Strict):
 
 
 class LoadBalancingConfig(Strict):
-    # least_busy by default: it follows unequal engine speeds with no tuning (docs/routing.md)
-    strategy: Literal["priority", "round_robin", "weighted", "least_busy"] = "least_busy"
+    # least_busy by default: it follows unequal engine speeds with no tuning (docs/routing.md);
+    # local_first: local engines first, a cloud deployment only when every local one is failing or loaded
+    # past prefer_local_under of its provider's max_parallel_requests (docs/limits.md)
+    strategy: Literal["priority", "round_robin", "weighted", "least_busy", "local_first"] = "least_busy"
     deployments: tuple[DeploymentConfig, ...] = Field(min_length=1)
     fallback_chain: tuple[str, ...] = ()
+    prefer_local_under: float = Field(default=0.9, gt=0, le=1)
 
 
 class RoutingConfig(Strict):

@@ -12,12 +12,19 @@ from pydantic import Field, field_validator
 
 from labgate.config.schema.base import Strict
 
+# provider types that are engines on our own machines: free unless priced (cost.py), "local" for local_first
+LOCAL_TYPES = frozenset({"ollama", "llama_cpp", "vllm", "lmstudio", "local_embeddings"})
+
 
 class PricingConfig(Strict):
-    """USD per million tokens."""
+    """USD per million tokens (docs/cost.md); or per hour, for a machine paid by the hour."""
 
-    input_per_1m: float = Field(ge=0)
-    output_per_1m: float = Field(ge=0)
+    input_per_1m: float = Field(default=0.0, ge=0)
+    output_per_1m: float = Field(default=0.0, ge=0)
+    cached_input_per_1m: float | None = Field(default=None, ge=0)  # None: the input rate
+    cache_write_per_1m: float | None = Field(default=None, ge=0)  # None: the input rate
+    reasoning_per_1m: float | None = Field(default=None, ge=0)  # None: the output rate
+    per_hour: float | None = Field(default=None, ge=0)  # set: cost = request time × this, tokens free
 
 
 class RateLimitsConfig(Strict):

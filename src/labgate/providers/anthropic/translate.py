@@ -423,9 +423,9 @@ def read_usage(usage: Any) -> Usage:
     """Anthropic usage → ours; cache reads and cache writes count as prompt tokens."""
     if not isinstance(usage, Mapping):
         return Usage()
-    prompt = sum(int(usage.get(k) or 0) for k in
-                 ("input_tokens", "cache_read_input_tokens", "cache_creation_input_tokens"))
-    return Usage(prompt_tokens=prompt, completion_tokens=int(usage.get("output_tokens") or 0))
+    read, write = int(usage.get("cache_read_input_tokens") or 0), int(usage.get("cache_creation_input_tokens") or 0)
+    return Usage(prompt_tokens=int(usage.get("input_tokens") or 0) + read + write,
+                 completion_tokens=int(usage.get("output_tokens") or 0), cached_tokens=read, cache_write_tokens=write)
 
 
 def cached_tokens(usage: Any) -> int:

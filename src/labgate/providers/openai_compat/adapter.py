@@ -190,8 +190,16 @@ def _role_only(event: bytes) -> bool:
 def _usage(value: Any) -> Usage | None:
     if not isinstance(value, dict):
         return None
+    prompt, completion = value.get("prompt_tokens_details"), value.get("completion_tokens_details")
     return Usage(prompt_tokens=int(value.get("prompt_tokens") or 0),
-                 completion_tokens=int(value.get("completion_tokens") or 0))
+                 completion_tokens=int(value.get("completion_tokens") or 0),
+                 cached_tokens=_count(prompt, "cached_tokens"), reasoning_tokens=_count(completion, "reasoning_tokens"))
+
+
+def _count(details: Any, name: str) -> int:
+    """A token count inside ``*_tokens_details``; anything but a non-negative integer reads as 0."""
+    value = details.get(name) if isinstance(details, dict) else None
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
 
 
 def _finish(parsed: dict[str, Any]) -> str | None:

@@ -368,7 +368,8 @@ async def test_a_native_call_sends_the_clients_body_with_only_the_model_changed(
         return web.Response(body=raw, content_type="application/json")
     upstream.handler = answer
     reply = await within(adapter.send(native_call()))
-    assert reply == Reply(body=raw, usage=Usage(prompt_tokens=10, completion_tokens=2), finish_reason="length",
+    assert reply == Reply(body=raw, usage=Usage(prompt_tokens=10, completion_tokens=2, cached_tokens=3),
+                          finish_reason="length",
                           dialect="anthropic")
     path, headers, body = upstream.seen[-1]
     assert (path, orjson.loads(body)) == ("/v1/messages", {**NATIVE, "model": "claude-x"})

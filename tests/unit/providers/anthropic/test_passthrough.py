@@ -52,7 +52,7 @@ def test_any_split_passes_every_byte_through(cuts: list[int]) -> None:
     out = b"".join(t.feed(RECORDED[a:b]) for a, b in itertools.pairwise(edges))
     assert out == RECORDED
     assert (t.started, t.done) == (True, True)
-    assert (t.info.usage, t.info.finish_reason, t.info.chunks) == (Usage(25, 42), "stop", 11)
+    assert (t.info.usage, t.info.finish_reason, t.info.chunks) == (Usage(25, 42, cached_tokens=5), "stop", 11)
     assert t.info.first_token is not None
 
 

@@ -118,7 +118,8 @@ def test_recorded_stream_in_one_piece() -> None:
     out, t = run([RECORDED])
     assert events(out) == [*EXPECTED, USAGE_CHUNK, "[DONE]"]
     assert (t.info, t.started, t.done) == (
-        StreamInfo(usage=Usage(prompt_tokens=35, completion_tokens=42), finish_reason="tool_calls", chunks=12,
+        StreamInfo(usage=Usage(prompt_tokens=35, completion_tokens=42, cached_tokens=10), finish_reason="tool_calls",
+                   chunks=12,
                    first_token=t.info.first_token),
         True, True)
     assert t.info.first_token is not None  # set at the first content_block_delta
@@ -159,7 +160,7 @@ def test_chunks_are_valid_for_the_openai_sdk_and_reassemble_the_tool_calls() -> 
 def test_no_usage_chunk_unless_the_client_asked() -> None:
     out, t = run([RECORDED], include_usage=False)
     assert events(out) == [*EXPECTED, "[DONE]"]
-    assert (t.info.usage, t.info.chunks) == (Usage(prompt_tokens=35, completion_tokens=42), 11)
+    assert (t.info.usage, t.info.chunks) == (Usage(prompt_tokens=35, completion_tokens=42, cached_tokens=10), 11)
 
 
 def test_started_after_message_start_and_nothing_before() -> None:
@@ -191,7 +192,8 @@ def test_text_only_answer_stopped_by_max_tokens_with_cumulative_usage() -> None:
     out, t = run([stream], include_usage=False)
     assert events(out) == [chunk({"role": "assistant", "content": ""}), chunk({"content": "Hel"}),
                            chunk({"content": "lo"}), chunk({}, "length"), "[DONE]"]
-    assert (t.info.usage, t.info.finish_reason) == (Usage(prompt_tokens=36, completion_tokens=9), "length")
+    assert (t.info.usage, t.info.finish_reason) == (
+        Usage(prompt_tokens=36, completion_tokens=9, cached_tokens=10), "length")
 
 
 def error_event(kind: str, message: str) -> bytes:

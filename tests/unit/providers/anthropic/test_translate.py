@@ -306,6 +306,7 @@ def test_finish_reasons(stop_reason: str | None, expected: str) -> None:
 
 
 def test_usage_counts_cache_tokens_as_prompt() -> None:
-    assert read_usage(MESSAGE["usage"]) == Usage(prompt_tokens=125, completion_tokens=30)
+    assert read_usage(MESSAGE["usage"]) == Usage(prompt_tokens=125, completion_tokens=30,
+                                              cached_tokens=100, cache_write_tokens=5)
     assert read_usage(None) == Usage()
 

@@ -1,0 +1,319 @@
+"""Counters for rate limits and budgets: in-process, or in Redis with one script call per request.
+
+Rate limits are a GCRA (generic cell rate algorithm): one number per limit,
+the "theoretical arrival time" (TAT). A charge of ``cost`` moves it by
+``cost × period / limit``; it is refused when the TAT would run more than
+one period ahead of now. That is a token bucket of ``limit`` per
+``period`` refilled continuously: no window edges (a fixed window admits
+twice the limit across its boundary), O(1) state per limit (a sliding log
+keeps every request), and variable costs, so tpm can reserve an estimate and
+settle the real count later by moving the TAT back or forth.
+
+Budgets are caps: one number per budget window (spend so far plus what is
+reserved); a charge is refused when it would pass the limit.
+
+A request's charges are taken together or not at all, so a refusal on one
+limit consumes nothing on the others. In Redis that is one ``EVALSHA`` over
+every key, timed by the Redis server's clock (replicas' clocks may differ);
+for Redis Cluster the keys share the ``{labgate}`` hash tag so one script
+can touch them all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from labgate.state.base import Charge
+
+PRUNE_EVERY = 4096  # takes between sweeps of idle in-process counters
+MAX_BUCKETS = 1_000_000  # in-process counters kept at most (past it, idle ones go first, then the oldest)
+_DENIED = -1
+
+
+Value = tuple[float, float]  # (the counter, when it expires; 0: never)
+
+
+def decide(charges: tuple[Charge, ...], current: list[Value], now: float) -> tuple[int, float, list[Value]]:
+    """(index refused or -1, seconds to wait, the new values): the take, as the Redis script does it."""
+    new: list[Value] = []
+    for i, ((_, kind, limit, period, cost), (value, until)) in enumerate(zip(charges, current)):  # noqa: B905
+        if until and until <= now:
+            value = 0.0
+        if kind == "rate":
+            tat = (value if value > now else now) + cost * period / limit
+            if tat - now > period + 1e-9:
+                return i, tat - now - period, []
+            new.append((tat, tat))
+        else:
+            total = value + cost
+            if cost > 0 and total > limit + 1e-12:
+                return i, period, []
+            new.append((total, (until if until > now else now + period) if period else 0.0))
+    return _DENIED, 0.0, new
+
+
+def settled(c: Charge, current: Value, delta: float, now: float) -> Value:
+    value, until = current
+    if c.kind == "rate":
+        tat = value + delta * c.period_s / c.limit
+        return tat, tat
+    if until and until <= now:
+        return current
+    return max(0.0, value + delta), until
+
+
+class MemoryCounters:
+    """In-process counters (the embedded default): exact within one process."""
+
+    backend = "memory"
+
+    def __init__(self, *, clock: Any = time.monotonic) -> None:
+        self._clock = clock
+        self._values: dict[str, tuple[float, float]] = {}  # key → (value, expires at; 0: never)
+        self._ops = 0
+
+    def take_now(self, charges: tuple[Charge, ...]) -> tuple[int, float]:
+        now, values = self._clock(), self._values
+        refused, wait, new = decide(charges, [values.get(c.key, (0.0, 0.0)) for c in charges], now)
+        if refused >= 0:
+            return refused, wait
+        values.update(zip((c.key for c in charges), new, strict=True))
+        self._ops += 1
+        if self._ops % PRUNE_EVERY == 0 or len(values) > MAX_BUCKETS:
+            self._prune(now)
+        return _DENIED, 0.0
+
+    async def take(self, charges: tuple[Charge, ...]) -> tuple[int, float]:
+        return self.take_now(charges)
+
+    def adjust_now(self, charges: tuple[Charge, ...], deltas: tuple[float, ...]) -> None:
+        now, values = self._clock(), self._values
+        for c, delta in zip(charges, deltas, strict=True):
+            if delta and c.key in values:
+                values[c.key] = settled(c, values[c.key], delta, now)
+
+    async def adjust(self, charges: tuple[Charge, ...], deltas: tuple[float, ...]) -> None:
+        self.adjust_now(charges, deltas)
+
+    def value_now(self, key: str) -> float:
+        value, until = self._values.get(key, (0.0, 0.0))
+        return 0.0 if until and until <= self._clock() else value
+
+    async def read(self, keys: tuple[str, ...]) -> tuple[float, ...]:
+        now = self._clock()
+        out = []
+        for key in keys:
+            value, until = self._values.get(key, (0.0, 0.0))
+            out.append(0.0 if until and until <= now else value)
+        return tuple(out)
+
+    def _prune(self, now: float) -> None:
+        values = self._values
+        for key in [k for k, (_, until) in values.items() if until and until <= now]:
+            del values[key]
+        while len(values) > MAX_BUCKETS:
+            del values[next(iter(values))]
+
+    def status(self) -> dict[str, object]:
+        return {"backend": self.backend, "counters": len(self._values)}
+
+    async def aclose(self) -> None:
+        self._values.clear()
+
+
+class SQLiteCounters:
+    """Counters in a SQLite file shared by the worker processes of one ``labgate serve --workers N``.
+
+    The embedded default across workers: each take is one ``BEGIN IMMEDIATE`` transaction (the
+    file's write lock makes it atomic across processes), run on a thread of its own; about 0.1 ms
+    of that thread per request. Timed by the wall clock, which the workers share.
+    """
+
+    backend = "sqlite"
+
+    def __init__(self, path: str, *, busy_timeout_s: float = 30.0) -> None:
+        import sqlite3
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.path = path
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="labgate-limits")
+        self._conn = sqlite3.connect(path, timeout=busy_timeout_s, isolation_level=None, check_same_thread=False)
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.execute("PRAGMA synchronous=OFF")  # counters, not records: a crash may lose the last few
+        self._conn.execute("CREATE TABLE IF NOT EXISTS counters (key TEXT PRIMARY KEY, value REAL NOT NULL, "
+                           "until REAL NOT NULL)")
+        self._ops = 0
+
+    def _take(self, charges: tuple[Charge, ...]) -> tuple[int, float]:
+        conn, now = self._conn, time.time()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            current = [self._get(c.key) for c in charges]
+            refused, wait, new = decide(charges, current, now)
+            if refused < 0:
+                conn.executemany("INSERT OR REPLACE INTO counters (key, value, until) VALUES (?, ?, ?)",
+                                 [(c.key, v, u) for c, (v, u) in zip(charges, new, strict=True)])
+            self._ops += 1
+            if self._ops % PRUNE_EVERY == 0:
+                conn.execute("DELETE FROM counters WHERE until > 0 AND until <= ?", (now,))
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return refused, wait
+
+    def _get(self, key: str) -> Value:
+        row = self._conn.execute("SELECT value, until FROM counters WHERE key = ?", (key,)).fetchone()
+        return (0.0, 0.0) if row is None else (row[0], row[1])
+
+    def _adjust(self, charges: tuple[Charge, ...], deltas: tuple[float, ...]) -> None:
+        conn, now = self._conn, time.time()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for c, delta in zip(charges, deltas, strict=True):
+                row = conn.execute("SELECT value, until FROM counters WHERE key = ?", (c.key,)).fetchone()
+                if delta and row is not None:
+                    conn.execute("UPDATE counters SET value = ?, until = ? WHERE key = ?",
+                                 (*settled(c, (row[0], row[1]), delta, now), c.key))
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    async def take(self, charges: tuple[Charge, ...]) -> tuple[int, float]:
+        return await asyncio.get_running_loop().run_in_executor(self._thread, self._take, charges)
+
+    async def adjust(self, charges: tuple[Charge, ...], deltas: tuple[float, ...]) -> None:
+        await asyncio.get_running_loop().run_in_executor(self._thread, self._adjust, charges, deltas)
+
+    async def read(self, keys: tuple[str, ...]) -> tuple[float, ...]:
+        def run() -> tuple[float, ...]:
+            now = time.time()
+            return tuple(0.0 if (u and u <= now) else v for v, u in (self._get(k) for k in keys))
+        return await asyncio.get_running_loop().run_in_executor(self._thread, run)
+
+    def status(self) -> dict[str, object]:
+        return {"backend": self.backend, "path": self.path}
+
+    async def aclose(self) -> None:
+        await asyncio.get_running_loop().run_in_executor(self._thread, self._conn.close)
+        self._thread.shutdown(wait=False)
+
+
+# KEYS: one per charge. ARGV: per charge kind ("r" | "c"), limit, period (ms), cost.
+# Returns {index of the refused charge (0: none), milliseconds to wait}.
+TAKE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
+local new = {}
+for i = 1, #KEYS do
+  local kind, limit = ARGV[4*i-3], tonumber(ARGV[4*i-2])
+  local period, cost = tonumber(ARGV[4*i-1]), tonumber(ARGV[4*i])
+  local v = tonumber(redis.call('GET', KEYS[i]) or '0')
+  if kind == 'r' then
+    if v < now then v = now end
+    local tat = v + cost * period / limit
+    if tat - now > period + 0.001 then return {i, tostring(tat - now - period)} end
+    new[i] = tat
+  else
+    local total = v + cost
+    if cost > 0 and total > limit + 1e-12 then return {i, tostring(period)} end
+    new[i] = total
+  end
+end
+for i = 1, #KEYS do
+  local period = tonumber(ARGV[4*i-1])
+  if ARGV[4*i-3] == 'r' then
+    redis.call('SET', KEYS[i], string.format('%.17g', new[i]), 'PX', math.ceil(new[i] - now) + 1000)
+  elseif period > 0 then
+    local ttl = redis.call('PTTL', KEYS[i])
+    if ttl < 0 then ttl = math.ceil(period) end
+    redis.call('SET', KEYS[i], string.format('%.17g', new[i]), 'PX', ttl)
+  else
+    redis.call('SET', KEYS[i], string.format('%.17g', new[i]))
+  end
+end
+return {0, '0'}
+"""
+# KEYS: one per charge. ARGV: per charge kind, limit, period (ms), delta (requests, tokens or USD).
+ADJUST = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
+for i = 1, #KEYS do
+  local kind, limit = ARGV[4*i-3], tonumber(ARGV[4*i-2])
+  local period, delta = tonumber(ARGV[4*i-1]), tonumber(ARGV[4*i])
+  local v = redis.call('GET', KEYS[i])
+  if v and delta ~= 0 then
+    v = tonumber(v)
+    if kind == 'r' then
+      local tat = v + delta * period / limit
+      if tat <= now then redis.call('DEL', KEYS[i])
+      else redis.call('SET', KEYS[i], string.format('%.17g', tat), 'PX', math.ceil(tat - now) + 1000) end
+    else
+      local total = v + delta
+      if total < 0 then total = 0 end
+      redis.call('SET', KEYS[i], string.format('%.17g', total), 'KEEPTTL')
+    end
+  end
+end
+return 0
+"""
+
+
+def _argv(charges: tuple[Charge, ...], values: tuple[float, ...]) -> list[Any]:
+    argv: list[Any] = []
+    for c, v in zip(charges, values, strict=True):
+        argv += ["r" if c.kind == "rate" else "c", repr(float(c.limit)), repr(c.period_s * 1000), repr(float(v))]
+    return argv
+
+
+class RedisCounters:
+    """Counters in Redis, shared by every worker and replica: one script call per take and per adjust."""
+
+    backend = "redis"
+
+    def __init__(self, link: Any, *, max_connections: int) -> None:
+        self.link = link  # state.redis.RedisLink
+        # requests wait their turn for a pooled connection (back-pressure) rather than skipping the
+        # check, which would admit them unlimited: the pool's own "exhausted" error is for the cache
+        self._slots = asyncio.Semaphore(max_connections)
+        self._take = link.client.register_script(TAKE)
+        self._adjust = link.client.register_script(ADJUST)
+
+    async def _run(self, script: Any, charges: tuple[Charge, ...], values: tuple[float, ...]) -> Any:
+        link = self.link
+        link.check()
+        async with self._slots:
+            try:
+                async with asyncio.timeout(link.timeout_s):
+                    answer = await script(keys=[c.key for c in charges], args=_argv(charges, values))
+            except link.errors as exc:
+                raise link.failed(exc) from None
+        if link.down_until:
+            link.succeeded()
+        return answer
+
+    async def take(self, charges: tuple[Charge, ...]) -> tuple[int, float]:
+        index, wait_ms = await self._run(self._take, charges, tuple(c.cost for c in charges))
+        return int(index) - 1, float(wait_ms) / 1000
+
+    async def adjust(self, charges: tuple[Charge, ...], deltas: tuple[float, ...]) -> None:
+        await self._run(self._adjust, charges, deltas)
+
+    async def read(self, keys: tuple[str, ...]) -> tuple[float, ...]:
+        link = self.link
+        link.check()
+        try:
+            async with asyncio.timeout(link.timeout_s):
+                values = await link.client.mget(list(keys)) if keys else []
+        except link.errors as exc:
+            raise link.failed(exc) from None
+        return tuple(float(v) if v is not None else 0.0 for v in values)
+
+    def status(self) -> dict[str, object]:
+        return {"backend": self.backend, **self.link.status()}
+
+    async def aclose(self) -> None:
+        await self.link.aclose()

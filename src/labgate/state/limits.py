@@ -1,0 +1,273 @@
+"""Rate limits and budgets on the request path: reserve before the call, settle after (docs/limits.md).
+
+``Limiter.plan`` (no I/O) lists what a request draws on: the gateway's and
+its model's rpm/tpm (``rate_limits:``), its virtual key's rpm/tpm and
+budget, and the budgets of its key's project, its model and the gateway
+(``budgets:``). ``reserve`` takes them all at once (state/counters.py: one
+script call on Redis): one request for rpm, an estimate for tpm (prompt
+bytes / 4 plus ``max_tokens``, or ``rate_limits.default_output_tokens``) and
+the estimate's cost for budgets. Refused: 429 ``rate_limit_exceeded`` with
+``retry-after``, or ``insufficient_quota`` for a budget (or, with
+``budgets.on_exhausted: fallback``, the request goes to the fallback model).
+``settle`` (at finish) moves each tpm and budget charge by the real amount
+minus the estimate, so a failed call gives its reservation back. N replicas
+under load thus overshoot a budget by at most the estimate errors of the
+requests in flight, never by a check-then-increment race.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fnmatch
+import logging
+import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from labgate.errors import BudgetExceededError, RateLimitedError
+from labgate.providers.base import Usage
+from labgate.state.alerts import Alerts
+from labgate.state.base import KEY_PREFIX, Charge, Counters, StateUnavailableError
+from labgate.state.budgets import TTL_SLACK_S, window
+
+if TYPE_CHECKING:
+    from labgate.config.load import Config
+    from labgate.config.schema.limits import RateLimit
+    from labgate.cost import Prices
+    from labgate.record import RequestRecord
+    from labgate.routing.table import Route, RouteTable
+
+log = logging.getLogger("labgate.limits")
+MINUTE = 60.0
+_PERIODS = {"day": "today", "week": "this week", "month": "this month", "total": "in total"}
+BYTES_PER_TOKEN = 4  # the prompt estimate: request bytes / 4 (JSON overhead makes it an overestimate)
+
+
+@dataclass(slots=True)
+class Reservation:
+    """What a request took, to settle at finish."""
+
+    charges: tuple[Charge, ...]
+    tokens: tuple[int, ...]  # indexes of tpm charges
+    caps: tuple[int, ...]  # indexes of budget charges
+
+
+class Limiter:
+    def __init__(self, config: Config, counters: Counters, prices: Prices) -> None:
+        gateway = config.gateway
+        rl, budgets = gateway.rate_limits, gateway.budgets
+        self.counters = counters
+        self.prices = prices
+        self.prefix = f"{KEY_PREFIX}:{{limits:{rl.namespace if rl else 'default'}}}:"
+        self._spend = len(self.prefix) + len("spend:")  # a budget key's "scope:name:period:window" starts here
+        self.fail_open = rl is None or rl.on_backend_error == "open"
+        self.default_output = rl.default_output_tokens if rl else 1024
+        self.rpm, self.tpm = (rl.rpm, rl.tpm) if rl else (None, None)
+        self.model_exact: dict[str, RateLimit] = {}
+        self.model_globs: list[tuple[re.Pattern[str], str, RateLimit]] = []
+        for name, limit in (rl.models.items() if rl else ()):
+            if any(ch in name for ch in "*?["):
+                self.model_globs.append((re.compile(fnmatch.translate(name)), name, limit))
+            else:
+                self.model_exact[name] = limit
+        self.budgets = {(b.scope, b.name): b for b in budgets.limits} if budgets else {}
+        self.global_budget = self.budgets.get(("global", None))
+        self.fallback = budgets.fallback_model if budgets and budgets.on_exhausted == "fallback" else None
+        self.static = bool(self.rpm or self.tpm or self.model_exact or self.model_globs or self.budgets)
+        self.alerts = Alerts(budgets.alert_thresholds if budgets else (0.5, 0.8, 1.0),
+                             budgets.alert_webhook if budgets else None)
+        self._pending: set[asyncio.Task[None]] = set()
+        self.owns_counters = True  # false once a reload handed them to the next Runtime's limiter
+
+    def plan(self, record: RequestRecord) -> bool:
+        """Does this request draw on any limit? (No I/O: the request path asks this first.)"""
+        key = record.api_key
+        return self.static or (key is not None and (key.rpm or key.tpm or key.budget_usd) is not None)
+
+    def _model_limit(self, model: str) -> tuple[str, RateLimit] | None:
+        found = self.model_exact.get(model)
+        if found is not None:
+            return model, found
+        return next(((name, limit) for rx, name, limit in self.model_globs if rx.fullmatch(model)), None)
+
+    def charges(self, record: RequestRecord, route: Route, *, budgets: bool = True) -> Reservation:
+        p, key, model = self.prefix, record.api_key, record.model or ""
+        prompt, output = _estimate(record, self.default_output)
+        tokens = prompt + output
+        out: list[Charge] = []
+        tpm: list[int] = []
+        caps: list[int] = []
+        rates = [("global", self.rpm, self.tpm)]
+        if (found := self._model_limit(model)) is not None:
+            rates.append(("model:" + found[0], found[1].rpm, found[1].tpm))
+        if key is not None:
+            rates.append(("key:" + key.id, key.rpm, key.tpm))
+        for name, rpm, tpm_limit in rates:
+            if rpm:
+                out.append(Charge(p + "rpm:" + name, "rate", rpm, MINUTE, 1))
+            if tpm_limit:
+                tpm.append(len(out))
+                out.append(Charge(p + "tpm:" + name, "rate", tpm_limit, MINUTE, min(tokens, tpm_limit)))
+        if budgets and (self.budgets or (key is not None and key.budget_usd is not None)):
+            spends: list[tuple[str, float, str]] = []
+            if key is not None and key.budget_usd is not None:
+                spends.append(("key:" + key.id, key.budget_usd, key.budget_period))
+            if key is not None and key.project and (b := self.budgets.get(("project", key.project))):
+                spends.append(("project:" + key.project, b.limit_usd, b.period))
+            if b := self.budgets.get(("model", model)):
+                spends.append(("model:" + model, b.limit_usd, b.period))
+            if b := self.global_budget:
+                spends.append(("global", b.limit_usd, b.period))
+            cost = self._estimate_cost(route, prompt, output)
+            for name, limit, period in spends:
+                wid, left = window(period)
+                caps.append(len(out))
+                out.append(Charge(f"{p}spend:{name}:{period}:{wid}", "cap", limit,
+                                  left + TTL_SLACK_S if left else 0.0, cost))
+        return Reservation(tuple(out), tuple(tpm), tuple(caps))
+
+    def _estimate_cost(self, route: Route, prompt: int, output: int) -> float:
+        """The estimate's cost at the route's first deployment's price (0 when unpriced or priced per hour)."""
+        dep = route.groups[0].deployments[0] if route.groups and route.groups[0].deployments else None
+        rates = self.prices.of(dep.key, dep.provider, dep.model) if dep is not None else None
+        if rates is None or rates.per_hour is not None:
+            return 0.0
+        return rates.cost(Usage(prompt_tokens=prompt, completion_tokens=output))
+
+    async def reserve(self, record: RequestRecord, route: Route, table: RouteTable) -> Route:
+        """Take every charge or raise; returns the route to use (the fallback one when a budget says so)."""
+        held = self.charges(record, route)
+        if not held.charges:
+            return route
+        refused, wait = await self._take(held)
+        if refused < 0:
+            record.reservation = held
+            return route
+        charge = held.charges[refused]
+        if charge.kind == "rate":
+            what = "requests" if charge.key.startswith(self.prefix + "rpm:") else "tokens"
+            scope = charge.key.split(":", 4)[-1]
+            raise RateLimitedError(f"Rate limit reached for {scope}: {int(charge.limit)} {what} per minute. "
+                                   f"Try again in {max(wait, 0.001):.3g} s.", retry_after=wait)
+        scope = charge.key[len(self.prefix) + len("spend:"):].rsplit(":", 2)[0]
+        if self.fallback is not None and record.model != self.fallback:
+            record.budget_fallback = scope
+            fallback = table.resolve(self.fallback)
+            held = self.charges(record, fallback, budgets=False)
+            if held.charges:
+                refused, wait = await self._take(held)
+                if refused >= 0:
+                    raise RateLimitedError("Rate limit reached for the budget fallback model.", retry_after=wait)
+                record.reservation = held
+            return fallback
+        period = charge.key.rsplit(":", 2)[1]
+        raise BudgetExceededError(f"Budget exhausted for {scope}: ${charge.limit:g} {_PERIODS.get(period, period)}.",
+                                  retry_after=wait or None)
+
+    async def _take(self, held: Reservation) -> tuple[int, float]:
+        """The counters' take; while the backend is away: admitted (fail open) or a 429 (closed)."""
+        try:
+            return await self.counters.take(held.charges)
+        except StateUnavailableError as exc:
+            if self.fail_open:
+                held.charges, held.tokens, held.caps = (), (), ()  # nothing taken: nothing to settle
+                return -1, 0.0
+            raise RateLimitedError(f"Rate limits cannot be checked right now ({exc}); try again shortly.",
+                                   retry_after=1.0) from None
+
+    def settle(self, record: RequestRecord) -> None:
+        """At finish: real tokens and cost minus the estimates (a failed call gives its reservation back)."""
+        held = record.reservation
+        record.reservation = None
+        usage = record.usage
+        real_tokens = usage.total_tokens if usage is not None else 0
+        real_cost = record.cost or 0.0
+        deltas = [0.0] * len(held.charges)
+        for i in held.tokens:
+            deltas[i] = real_tokens - held.charges[i].cost
+        for i in held.caps:
+            deltas[i] = real_cost - held.charges[i].cost
+        if not any(deltas):
+            return
+        adjust_now = getattr(self.counters, "adjust_now", None)
+        if adjust_now is not None:  # in-process: no I/O, settled now
+            adjust_now(held.charges, tuple(deltas))
+            for i in held.caps:
+                charge = held.charges[i]
+                self.alerts.check(charge.key[self._spend:], self.counters.value_now(charge.key),  # type: ignore[attr-defined]
+                                  charge.limit)
+            return
+        task = asyncio.get_running_loop().create_task(self._adjust(held, tuple(deltas)))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def _adjust(self, held: Reservation, deltas: tuple[float, ...]) -> None:
+        try:
+            await self.counters.adjust(held.charges, deltas)
+            if held.caps:  # the spend now, for alerts: one more read, off the request path
+                caps = [held.charges[i] for i in held.caps]
+                spent = await self.counters.read(tuple(c.key for c in caps))
+                for charge, value in zip(caps, spent, strict=True):
+                    self.alerts.check(charge.key[self._spend:], value, charge.limit)
+        except StateUnavailableError as exc:
+            log.warning("limits: could not settle a reservation (%s); its estimate stays counted", exc)
+
+    async def drain(self) -> None:
+        if self._pending:
+            await asyncio.gather(*self._pending, return_exceptions=True)
+        await self.alerts.drain()
+
+    async def aclose(self) -> None:
+        await self.drain()
+        if self.owns_counters:
+            await self.counters.aclose()
+
+
+def _estimate(record: RequestRecord, default_output: int) -> tuple[int, int]:
+    """(prompt tokens, answer tokens) a request may use, before it is sent."""
+    payload: Any = record.payload or {}
+    out = payload.get("max_completion_tokens") or payload.get("max_tokens")
+    if not isinstance(out, int) or isinstance(out, bool) or out < 0:
+        out = default_output
+    return len(record.body or b"") // BYTES_PER_TOKEN, out
+
+
+def limiter_for(config: Config, prices: Prices, *, previous: Limiter | None = None,
+                shared_path: str | None = None) -> Limiter | None:
+    """The limiter the config asks for; None when nothing is limited (no limits, no budgets, no virtual keys).
+
+    ``shared_path``: without Redis, a SQLite file the workers of ``--workers N`` share their counters in.
+    """
+    gateway = config.gateway
+    if gateway.rate_limits is None and gateway.budgets is None and not gateway.auth.virtual_keys:
+        return None
+    rl = gateway.rate_limits
+    url = (rl.url if rl else None) or gateway.state.url
+    if previous is not None and previous.owns_counters and _same_backend(previous, url):
+        counters = previous.counters
+        previous.owns_counters = False
+    elif not url and shared_path:
+        from labgate.state.counters import SQLiteCounters
+
+        counters = SQLiteCounters(shared_path)
+    elif url:
+        from labgate.state.counters import RedisCounters
+        from labgate.state.redis import RedisLink
+
+        s = gateway.state
+        link = RedisLink(url, timeout_s=s.timeout_s, retry_s=s.retry_s, max_connections=s.max_connections)
+        link.source = url
+        counters = RedisCounters(link, max_connections=s.max_connections)
+    else:
+        from labgate.state.counters import MemoryCounters
+
+        counters = MemoryCounters()
+    limiter = Limiter(config, counters, prices)
+    if previous is not None and counters is previous.counters:  # the same counters: what was reported stays so
+        limiter.alerts.counts, limiter.alerts._seen = previous.alerts.counts, previous.alerts._seen
+    return limiter
+
+
+def _same_backend(previous: Limiter, url: str | None) -> bool:
+    link = getattr(previous.counters, "link", None)
+    return (link is None and not url) or (link is not None and link.source == url)

@@ -1,0 +1,67 @@
+"""The key ring: fail closed when the store cannot be read at start; rotation drops the old secret at once."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from labgate.auth import Auth
+from labgate.errors import AuthenticationError
+from labgate.keys import KeyAdmin, KeyRing, KeySpec
+from labgate.store.sqlite import SQLiteStore
+
+pytestmark = pytest.mark.asyncio
+
+
+class DownStore:
+    """A store whose database never answers."""
+
+    display_url = "postgresql://down"
+
+    async def open(self) -> None:
+        raise OSError("connection refused")
+
+    async def fetch(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        raise OSError("connection refused")
+
+    async def aclose(self) -> None:
+        pass
+
+
+async def test_an_unreadable_store_at_start_fails_closed() -> None:
+    ring = KeyRing(DownStore(), refresh_s=0.05)  # type: ignore[arg-type]
+    await ring.start()
+    try:
+        assert ring.enforced
+        with pytest.raises(AuthenticationError):
+            Auth([], keyring=ring).admit(None)
+        assert Auth(["sk-master"], keyring=ring).admit("sk-master")[1] is None  # the master key still works
+    finally:
+        await ring.aclose()
+
+
+async def test_rotation_and_revocation_reach_a_ring_on_refresh(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "h.db")
+    await store.open()
+    admin = KeyAdmin(store)
+    ring = KeyRing(SQLiteStore(tmp_path / "h.db"))
+    await ring.start()
+    try:
+        assert not ring.enforced  # no key yet: a keyless gateway stays open
+        secret, key = await admin.create(KeySpec(name="k", models=("a*",)), actor="test")
+        await ring.refresh()
+        assert ring.check(secret, time.time()) == key
+        new_secret, _ = await admin.rotate("k", actor="test")
+        await ring.refresh()
+        assert ring.check(secret, time.time()) is None and ring.check(new_secret, time.time()) is not None
+        await admin.revoke(key.id, actor="test")
+        await ring.refresh()
+        with pytest.raises(AuthenticationError, match="revoked"):
+            ring.check(new_secret, time.time())
+    finally:
+        await ring.aclose()
+        await store.aclose()
