@@ -59,6 +59,7 @@ def _bench() -> ModuleType:
     spec = importlib.util.spec_from_file_location("labgate_bench_cache", BENCH / "cache.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up
     spec.loader.exec_module(module)
     return module
 
