@@ -39,7 +39,8 @@ BATCH = 500  # commands per pipeline in admin operations
 ADMIN_TIMEOUT_S = 30.0  # one admin step (a SCAN page, a pipeline, an UNLINK batch)
 
 
-def _import() -> Any:
+def import_client() -> Any:
+    """redis-py's asyncio API (imported once; ``labgate serve`` does it before listening)."""
     try:
         import redis.asyncio as aredis
     except ImportError as exc:  # the optional extra
@@ -60,7 +61,7 @@ class RedisLink:
     """One pooled Redis client and the health of the server behind it (fail open, log once)."""
 
     def __init__(self, url: str, *, timeout_s: float, retry_s: float, max_connections: int) -> None:
-        aredis = _import()
+        aredis = import_client()
         from redis.asyncio.retry import Retry
         from redis.backoff import NoBackoff
 
