@@ -41,6 +41,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -208,9 +209,27 @@ def _gateway(mode: Mode, place: machine.Placement, work: Path, upstream: str, ta
                            log=work / f"labgate-{mode.name}-{tag}.log", env=env, stdout=access)
     try:
         procs.wait_listening(port, proc=proc, timeout=30)
+        _wait_answering(port, proc, timeout=30)
         yield port, procs.listener(port, proc.pid) or proc.pid
     finally:
         procs.stop(proc)
+
+
+def _wait_answering(port: int, proc: subprocess.Popen[bytes], *, timeout: float) -> None:
+    """Until the gateway answers HTTP (its liveness), not only accepts TCP: a leg starts on a ready gateway."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health/liveness", timeout=2) as answer:
+                if answer.status == 200:
+                    return
+        except (OSError, ValueError):
+            pass
+        if proc.poll() is not None:
+            raise RuntimeError(f"the gateway exited ({proc.returncode}) before answering")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the gateway accepted but did not answer /health/liveness within {timeout:g}s")
+        time.sleep(0.05)
 
 
 def _lua(work: Path, method: str) -> Path:
