@@ -295,7 +295,7 @@ def test_damaged_requests_get_an_envelope_or_a_clean_close(served: Served, data:
     assert served_requests == reference[:len(served_requests)]
 
 
-@pytest.mark.parametrize("version", [b"0.1", b"0.9", b"1.0", b"2.0"])
+@pytest.mark.parametrize("version", [b"0.1", b"0.9", b"1.0"])
 def test_the_reference_reads_a_request_of_any_version_and_stops_there(version: bytes) -> None:
     """h11 takes a non-1.1 request without keep-alive as the connection's last (found by the property above)."""
     raw = b"GET /x HTTP/" + version + b"\r\nhost: a\r\n\r\nGET /y HTTP/1.1\r\nhost: a\r\n\r\n"
