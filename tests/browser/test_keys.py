@@ -43,10 +43,11 @@ def test_create_use_edit_revoke_and_audit_a_key(page: Any, lab: Any, shot: Any, 
     expect(page.locator("#secret")).to_have_text(re.compile(r"^lg-[A-Za-z0-9_-]{43}$"))
     secret = page.text_content("#secret")
     expect(page.locator("#secret-box")).to_contain_text("you won't see it again")
+    expect(page.locator("#budgets tr", has_text="key ui-lab").locator("td.used")).to_have_text("$0")
     row = page.locator("#keys tr[data-key='ui-lab']")
     expect(row.locator("td").nth(2)).to_have_text("lg-…" + secret[-4:])
     expect(row.locator("td").nth(4)).to_have_text("m-a, m-b")
-    expect(row.locator("td.budget")).to_have_text("$0.0 of $2 / month")
+    expect(row.locator("td.budget")).to_have_text("$0 of $2 / month")
     shot(page, "access-key-created")
     page.click("#secret-done")
     expect(page.locator("#secret")).to_have_count(0)
@@ -58,7 +59,7 @@ def test_create_use_edit_revoke_and_audit_a_key(page: Any, lab: Any, shot: Any, 
     assert chat(lab, secret) == 200
     page.click("#budgets-refresh")
     budget_row = page.locator("#budgets tr", has_text="key ui-lab")
-    expect(budget_row.locator("td.used")).not_to_have_text("$0.0")
+    expect(budget_row.locator("td.used")).not_to_have_text("$0")
     used = page.text_content("#budgets tr:has-text('key ui-lab') td.used")
     assert used is not None and float(used.lstrip("$")) > 0
     key_id = page.text_content("#keys tr[data-key='ui-lab'] td:nth-child(2)")
@@ -72,6 +73,8 @@ def test_create_use_edit_revoke_and_audit_a_key(page: Any, lab: Any, shot: Any, 
     page.click("#key-save-edit")
     expect(page.locator("#keys tr[data-key='ui-lab'] td.rpm")).to_have_text("7")
     assert next(k for k in admin(lab, "/admin/keys")["data"] if k["name"] == "ui-lab")["rpm"] == 7
+    expect(page.locator("#audit tr[data-action='key.update'] td.change").first).to_have_text("rpm: 100 → 7")
+    shot(page, "access")
 
     # revoke it: the next request with it is refused
     page.once("dialog", lambda dialog: dialog.accept())
@@ -89,7 +92,12 @@ def test_create_use_edit_revoke_and_audit_a_key(page: Any, lab: Any, shot: Any, 
     expect(page.locator("#audit tbody tr")).to_have_count(3)
     assert page.locator("#audit td.action").all_text_contents() == ["key.revoke", "key.update", "key.create"]
     expect(page.locator("#audit tr[data-action='key.update'] td.change")).to_contain_text("rpm: 100 → 7")
-    shot(page, "access")
+    expect(page.locator("#audit tr[data-action='key.revoke'] td.change")).to_contain_text(
+        re.compile(r"revoked_at: null → \d{4}-\d\d-\d\d \d\d:\d\d:\d\d"))
+    expect(page.locator("#audit tr[data-action='key.create'] td.change")).to_have_text(
+        f"name=\"ui-lab\", key_hint=\"lg-…{secret[-4:]}\", models=[\"m-a\",\"m-b\"], rpm=100, budget_usd=2, "
+        "budget_period=\"month\"")
+    shot(page, "access-audit")
     page.fill("#audit-action", "key.revoke")
     page.click("#audit-search")
     expect(page.locator("#audit tbody tr")).to_have_count(1)
@@ -133,3 +141,33 @@ def test_a_virtual_key_is_told_admin_pages_need_the_master_key(bare_page: Any, l
     expect(page.locator("#audit .refusal")).to_be_visible()
     # the same key is good for the playground's API calls
     assert chat(lab, secret) == 200
+
+
+def test_configured_limits_and_budgets_with_their_use(page: Any, lab: Any, expect: Any) -> None:
+    from labgate.server.serve import start_gateway
+    from labgate.telemetry.logs import AccessLog
+    from labgate.testing.gateway import config_from
+
+    config = config_from(
+        {"sim": {"type": "openai_compatible", "base_url": lab.sim.url + "/v1", "models": ["m-a"],
+                 "pricing": {"input_per_1m": 1.0, "output_per_1m": 2.0}}},
+        gateway={"auth": {"master_key_env": "LABGATE_UI_TEST_MASTER_KEY"}, "logging": {"requests": False},
+                 "store": {"capture": "none"}, "rate_limits": {"rpm": 600, "models": {"m-*": {"tpm": 90000}}},
+                 "budgets": {"limits": [{"scope": "global", "limit_usd": 25, "period": "day"},
+                                        {"scope": "model", "name": "m-a", "limit_usd": 10, "period": "total"}]}})
+    gateway = lab.thread.run(start_gateway(config, host="127.0.0.1", port=0, access_log=AccessLog(enabled=False)))
+    try:
+        page.goto(gateway.url + "/ui/#/access")
+        expect(page.locator("#budgets tr[data-budget='global'] td.used")).to_have_text("$0")
+        assert orjson.loads(page.text_content("#rate-limits"))["models"] == {"m-*": {"rpm": None, "tpm": 90000}}
+        assert [b["scope"] for b in orjson.loads(page.text_content("#budgets-config"))["limits"]] == ["global", "model"]
+        expect(page.locator("#budgets tr[data-budget='model:m-a'] td").nth(6)).to_have_text("never")
+        served = type("Served", (), {"url": gateway.url})()
+        assert chat(served, lab.key) == 200
+        page.click("#budgets-refresh")
+        for budget in ("global", "model:m-a"):
+            used = page.locator(f"#budgets tr[data-budget='{budget}'] td.used")
+            expect(used).not_to_have_text("$0")
+            assert float((used.text_content() or "").lstrip("$")) > 0
+    finally:
+        lab.thread.run(gateway.stop(grace=1.0))

@@ -8,6 +8,8 @@ const PERIODS = ["month", "week", "day", "total"];
 const PAGE = 50;
 
 const iso = (ts) => (ts ? new Date(ts * 1000).toISOString().replace("T", " ").slice(0, 19) : "–");
+const usd = (value) => (value === 0 ? "$0" : money(value));
+const shown = (name, value) => (value !== null && /_at$/.test(name) ? iso(value) : JSON.stringify(value));
 const models = (list) => (list === null || list === undefined ? "all" : list.length ? list.join(", ") : "none");
 
 // A failed admin call, said plainly: a virtual key is refused by every admin route.
@@ -81,7 +83,7 @@ export async function render(main) {
     try {
       const answer = await request(path, { method, body });
       await done(answer);
-      await Promise.all([loadKeys(), loadAudit()]);
+      await Promise.all([loadKeys(), loadLimits(), loadAudit()]);
     } catch (err) {
       toast(`Refused: ${err.message}`);
       return err;
@@ -126,7 +128,7 @@ export async function render(main) {
         h("td", {}, [k.project, k.team].filter(Boolean).join(" / ") || "–"),
         h("td", {}, models(k.models)), h("td", {}, iso(k.expires_at)),
         h("td", { class: "rpm" }, k.rpm ?? "–"), h("td", {}, k.tpm ?? "–"),
-        h("td", { class: "budget" }, k.budget_usd === null ? "–" : `${used && used.used_usd !== null ? money(used.used_usd) : "?"} of $${k.budget_usd} / ${k.budget_period}`),
+        h("td", { class: "budget" }, k.budget_usd === null ? "–" : `${used && used.used_usd !== null ? `${usd(used.used_usd)} of ` : ""}$${k.budget_usd} / ${k.budget_period}`),
         h("td", { class: `status ${k.status === "active" ? "ok" : "error"}` }, k.status === "revoked" ? `revoked ${iso(k.revoked_at)}` : k.status),
         h("td", { class: "actions" }, live ? h("div", { class: "row" },
           h("button", { type: "button", class: "quiet", "aria-label": `Edit ${k.name}`, onclick: () => edit(k) }, "Edit"),
@@ -148,7 +150,11 @@ export async function render(main) {
       h("form", { class: "stack", "aria-label": "Create a key", onsubmit: async (event) => {
         event.preventDefault();
         problem.textContent = "";
-        const err = await act("/admin/keys", "POST", form.body(), (a) => { event.target.reset(); showSecret(a, "created"); });
+        const err = await act("/admin/keys", "POST", form.body(), (a) => {
+          event.target.reset();
+          event.target.closest("details").open = false;
+          showSecret(a, "created");
+        });
         if (err) problem.textContent = err.message;
       } }, form.grid, problem, h("button", { type: "submit", id: "key-create-submit" }, "Create key")));
   }
@@ -176,9 +182,9 @@ export async function render(main) {
       const share = b.used_usd === null || !b.limit_usd ? null : Math.min(b.used_usd / b.limit_usd, 1);
       return h("tr", { "data-budget": b.budget },
         h("td", {}, b.scope === "key" ? `key ${b.key_name}` : b.budget), h("td", {}, `$${b.limit_usd}`), h("td", {}, b.period),
-        h("td", {}, b.window), h("td", { class: "used" }, b.used_usd === null ? "unknown" : money(b.used_usd)),
+        h("td", {}, b.window), h("td", { class: "used" }, b.used_usd === null ? "unknown" : usd(b.used_usd)),
         h("td", {}, share === null ? "–" : h("meter", { min: 0, max: 1, low: 0.5, high: 0.8, optimum: 0, value: share, "aria-label": `${b.budget} used` })),
-        h("td", {}, b.resets_in_s === null ? "never" : `in ${fmt(b.resets_in_s / 3600, 1, " h")}`));
+        h("td", {}, b.resets_in_s === null ? "never" : b.resets_in_s > 172800 ? `in ${fmt(b.resets_in_s / 86400, 1, " days")}` : `in ${fmt(b.resets_in_s / 3600, 1, " h")}`));
     });
     clear(budgetsBox,
       h("div", { class: "stats" }, h("span", {}, "counters ", h("b", {}, budgets.backend || "none (nothing limited)"))),
@@ -209,11 +215,16 @@ export async function render(main) {
     older.disabled = page.data.length <= PAGE;
     older.onclick = () => { pages.push(entries[entries.length - 1].ts); loadAudit(); };
     newer.disabled = pages.length === 0;
+    // what changed: fields that differ (an update), the fields set (a create), times as UTC
     const summary = (e) => {
-      const before = e.before || {};
-      const after = e.after || {};
-      const changed = Object.keys({ ...before, ...after }).filter((k) => JSON.stringify(before[k]) !== JSON.stringify(after[k]) && k !== "updated_at");
-      return changed.map((k) => `${k}: ${JSON.stringify(before[k] ?? null)} → ${JSON.stringify(after[k] ?? null)}`).join("; ");
+      const quiet = new Set(["updated_at", "created_at", "id", "status"]);
+      if (!e.before || !e.after || typeof e.before !== "object" || typeof e.after !== "object") {
+        const state = e.after ?? e.before;
+        if (!state || typeof state !== "object") return state === null || state === undefined ? "" : JSON.stringify(state);
+        return Object.entries(state).filter(([k, v]) => v !== null && !quiet.has(k)).map(([k, v]) => `${k}=${shown(k, v)}`).join(", ");
+      }
+      const changed = Object.keys({ ...e.before, ...e.after }).filter((k) => !quiet.has(k) && JSON.stringify(e.before[k] ?? null) !== JSON.stringify(e.after[k] ?? null));
+      return changed.map((k) => `${k}: ${shown(k, e.before[k] ?? null)} → ${shown(k, e.after[k] ?? null)}`).join("; ");
     };
     clear(auditBox, entries.length ? h("table", {},
       h("thead", {}, h("tr", {}, ["time (UTC)", "actor", "action", "target", "change"].map((t) => h("th", { scope: "col" }, t)))),
