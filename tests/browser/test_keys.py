@@ -171,3 +171,16 @@ def test_configured_limits_and_budgets_with_their_use(page: Any, lab: Any, expec
             assert float((used.text_content() or "").lstrip("$")) > 0
     finally:
         lab.thread.run(gateway.stop(grace=1.0))
+
+
+def test_cost_is_shown_where_it_was_a_dash(page: Any, lab: Any, expect: Any) -> None:
+    """History and analytics read `cost` as the APIs now return it (the provider is priced)."""
+    assert chat(lab, lab.key) == 200
+    lab.flush()
+    newest = admin(lab, "/admin/history?limit=1")["data"][0]
+    assert newest["cost"] > 0 and admin(lab, "/admin/analytics/summary")["tokens"]["cost"] > 0
+    page.goto(lab.url + "/ui/#/history")
+    expect(page.locator(f"#results tr[data-request-id='{newest['request_id']}'] td.cost")).to_have_text(
+        re.compile(r"^\$[0-9.]+(e-\d+)?$"))
+    page.goto(lab.url + "/ui/#/analytics")
+    expect(page.locator("#sum-cost")).to_have_text(re.compile(r"^\$[0-9.]+(e-\d+)?$"))
