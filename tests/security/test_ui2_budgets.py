@@ -7,6 +7,7 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 import aiohttp
 import orjson
@@ -123,8 +124,24 @@ async def test_audit_search_and_pages(served: Served) -> None:
 
 
 @pytest.mark.asyncio
-@pytest.mark.parametrize("query", ["q=" + "x" * 201, "until=-1", "until=abc", "until=1e300", "since=nan"])
+@pytest.mark.parametrize("query", ["q=" + "x" * 201, "q=a%00b", "q=%0a", "until=-1", "until=abc", "until=1e300",
+                                   "since=nan"])
 async def test_hostile_audit_params_get_a_400_envelope(served: Served, query: str) -> None:
     running, http, _ = served
     status, data, rid = await _get(http, f"{running.url}/admin/audit?{query}", _master())
     assert status == 400 and data["error"]["type"] == "invalid_request_error" and data["request_id"] == rid
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("text", ["'", "\\", "%", "_", "%F0%9F%98%80", "'%20OR%201=1%20--", "\\%25", "%ff%fe",
+                                  "x" * 200])
+async def test_any_audit_search_is_an_answer_never_a_500(served: Served, text: str) -> None:
+    running, http, _ = served
+    status, data, _ = await _get(http, f"{running.url}/admin/audit?q={text}", _master())
+    assert status == 200
+    wanted = unquote(text, errors="replace")
+    for entry in data["data"]:  # a literal substring, never a LIKE wildcard
+        fields = [entry["actor"], entry["target"] or "", orjson.dumps(entry["before"]).decode(),
+                  orjson.dumps(entry["after"]).decode()]
+        assert any(wanted in f for f in fields), (wanted, entry)
+    assert bool(data["data"]) == (wanted == "_")  # only "_" is in this log (key ids): as a character

@@ -124,6 +124,9 @@ class KeysSurface:
             text = params.get("q") or None
             if text is not None and len(text) > MAX_SEARCH:
                 raise RequestError(f"'q' is longer than {MAX_SEARCH} characters.", param="q")
+            # SQLite ends a LIKE pattern at NUL (matching everything); PostgreSQL refuses NUL in text
+            if text is not None and any(ord(ch) < 32 for ch in text):
+                raise RequestError("'q' must not contain control characters.", param="q")
             return 200, {"data": await audit.entries(ring.store, since=since, until=until,
                                                      action=params.get("action"), text=text, limit=limit)}
         return await self._serve(request, run)
