@@ -41,7 +41,8 @@ def test_create_use_edit_revoke_and_audit_a_key(page: Any, lab: Any, shot: Any, 
     form.locator("input[name=budget_usd]").fill("2")
     page.click("#key-create-submit")
     expect(page.locator("#secret")).to_have_text(re.compile(r"^lg-[A-Za-z0-9_-]{43}$"))
-    secret = page.text_content("#secret")
+    secret = page.text_content("#secret") or ""
+    first_hint = secret[-4:]
     expect(page.locator("#secret-box")).to_contain_text("you won't see it again")
     expect(page.locator("#budgets tr", has_text="key ui-lab").locator("td.used")).to_have_text("$0")
     row = page.locator("#keys tr[data-key='ui-lab']")
@@ -76,6 +77,19 @@ def test_create_use_edit_revoke_and_audit_a_key(page: Any, lab: Any, shot: Any, 
     expect(page.locator("#audit tr[data-action='key.update'] td.change").first).to_have_text("rpm: 100 → 7")
     shot(page, "access")
 
+    # rotate it: the new secret is shown once (and copied), the old one is refused
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.click("button[aria-label='Rotate ui-lab']")
+    expect(page.locator("#secret")).not_to_have_text(secret)
+    rotated = page.text_content("#secret") or ""
+    assert rotated.startswith("lg-") and chat(lab, rotated) == 200 and chat(lab, secret) == 401
+    page.context.grant_permissions(["clipboard-read", "clipboard-write"], origin=lab.url)
+    page.click("#secret-copy")
+    expect(page.locator("#toast")).to_have_text("Copied")
+    assert page.evaluate("navigator.clipboard.readText()") == rotated
+    page.click("#secret-done")
+    secret = rotated
+
     # revoke it: the next request with it is refused
     page.once("dialog", lambda dialog: dialog.accept())
     page.click("button[aria-label='Revoke ui-lab']")
@@ -89,18 +103,22 @@ def test_create_use_edit_revoke_and_audit_a_key(page: Any, lab: Any, shot: Any, 
     page.fill("#audit-action", "key.")
     page.fill("#audit-q", "ui-lab")
     page.click("#audit-search")
-    expect(page.locator("#audit tbody tr")).to_have_count(3)
-    assert page.locator("#audit td.action").all_text_contents() == ["key.revoke", "key.update", "key.create"]
+    expect(page.locator("#audit tbody tr")).to_have_count(4)
+    assert page.locator("#audit td.action").all_text_contents() == ["key.revoke", "key.rotate", "key.update",
+                                                                    "key.create"]
     expect(page.locator("#audit tr[data-action='key.update'] td.change")).to_contain_text("rpm: 100 → 7")
     expect(page.locator("#audit tr[data-action='key.revoke'] td.change")).to_contain_text(
         re.compile(r"revoked_at: null → \d{4}-\d\d-\d\d \d\d:\d\d:\d\d"))
     expect(page.locator("#audit tr[data-action='key.create'] td.change")).to_have_text(
-        f"name=\"ui-lab\", key_hint=\"lg-…{secret[-4:]}\", models=[\"m-a\",\"m-b\"], rpm=100, budget_usd=2, "
+        f"name=\"ui-lab\", key_hint=\"lg-…{first_hint}\", models=[\"m-a\",\"m-b\"], rpm=100, budget_usd=2, "
         "budget_period=\"month\"")
     shot(page, "access-audit")
     page.fill("#audit-action", "key.revoke")
     page.click("#audit-search")
     expect(page.locator("#audit tbody tr")).to_have_count(1)
+    page.fill("#audit-since", "2099-01-01T00:00")  # UTC: nothing yet
+    page.click("#audit-search")
+    expect(page.locator("#audit")).to_have_text("No audit entries match.")
 
 
 def test_the_audit_log_pages_back(page: Any, lab: Any, expect: Any) -> None:
