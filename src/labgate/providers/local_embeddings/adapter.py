@@ -34,6 +34,12 @@ log = logging.getLogger("labgate.embeddings")
 INLINE_TOKENIZE_CHARS = 4096  # a request with more text is tokenized on the pool, not the event loop
 
 
+def engine_key(config: LocalEmbeddingsConfig, name: str) -> EngineKey:
+    """What identifies the engine of one configured model (:class:`WeightsError` if its files are unusable)."""
+    cache_dir = Path(config.cache_dir).expanduser() if config.cache_dir else default_data_dir() / "embeddings"
+    return EngineKey(config.spec(name), config.intra_op_threads, cache_dir)
+
+
 @dataclass(eq=False, slots=True)
 class _Model:
     key: EngineKey
@@ -49,12 +55,10 @@ class LocalEmbeddingsAdapter:
 
     def __init__(self, config: LocalEmbeddingsConfig, *, name: str) -> None:
         self.name, self.config = name, config
-        cache_dir = Path(config.cache_dir).expanduser() if config.cache_dir else default_data_dir() / "embeddings"
         try:
-            specs = [config.spec(m.name) for m in config.models]
+            self._models = {m.name: _Model(engine_key(config, m.name)) for m in config.models}
         except WeightsError as exc:
             raise ValueError(f"provider {name!r}: {exc}") from None
-        self._models = {s.name: _Model(EngineKey(s, config.intra_op_threads, cache_dir)) for s in specs}
         self._pool = ThreadPoolExecutor(max_workers=config.threads, thread_name_prefix=f"labgate-embed-{name}")
         if config.load == "start":
             self._load_all()

@@ -22,6 +22,7 @@ from labgate.providers.local_embeddings.weights import (
     ModelSpec,
     WeightsError,
     builtin_dir,
+    builtin_installed,
     read_spec,
 )
 
@@ -36,6 +37,29 @@ EXTRA_HINT = "pip install 'labgate[embeddings]'"
 def missing_extra() -> list[str]:
     """The modules of the ``[embeddings]`` extra that cannot be found."""
     return [m for m in EXTRA_MODULES if importlib.util.find_spec(m) is None]
+
+
+BUILTIN_PROVIDER = "embeddings"  # the built-in default config's provider name
+BUILTIN_ALIAS = "text-embedding-mini"  # the seeds' public name for all-MiniLM-L6-v2
+
+
+def builtin_provider() -> dict[str, Any] | None:
+    """The built-in default's embeddings provider (all-MiniLM-L6-v2), or None when the extra or its
+    weights are not installed."""
+    if missing_extra() or not builtin_installed(DEFAULT_MODEL):
+        return None
+    return {"type": "local_embeddings", "load": "start", "description": "bundled embedding model (in-process)",
+            "models": [{"name": DEFAULT_MODEL, "alias": BUILTIN_ALIAS, "tags": ["embeddings", "384d"]}]}
+
+
+def builtin_status() -> str:
+    """One line for the start-up banner: whether the built-in embeddings are served, and if not why."""
+    missing = missing_extra()
+    if missing:
+        return f"  - embeddings      not served: the [embeddings] extra is missing ({EXTRA_HINT})"
+    if not builtin_installed(DEFAULT_MODEL):
+        return "  - embeddings      not served: no weights; run: labgate embeddings install-weights"
+    return f"  + embeddings      in-process   local_embeddings: {DEFAULT_MODEL} (alias {BUILTIN_ALIAS})"
 
 
 class WeightsConfig(Strict):
@@ -60,7 +84,7 @@ class LocalEmbeddingsConfig(ProviderConfig):
 
     type: Literal["local_embeddings"]
     weights: dict[str, WeightsConfig] = Field(default_factory=dict)  # model name → its files
-    load: Literal["start", "lazy"] = "lazy"  # start: when the config loads; lazy: on first request
+    load: Literal["start", "lazy"] = "start"  # start: in the background as the runtime is built; lazy: on first request
     max_batch: int = Field(default=DEFAULT_MAX_BATCH, ge=1, le=1024)  # inputs per forward pass
     max_wait_ms: float = Field(default=0.0, ge=0, le=1000)  # wait for more inputs before a pass
     threads: int = Field(default=1, ge=1, le=64)  # worker threads running passes (off the event loop)
