@@ -97,3 +97,9 @@ def test_the_builtin_default_provider_follows_what_is_installed(monkeypatch: pyt
     assert embeddings_config.builtin_provider() == {
         "type": "local_embeddings", "load": "start", "description": "bundled embedding model (in-process)",
         "models": [{"name": "all-MiniLM-L6-v2", "alias": "text-embedding-mini", "tags": ["embeddings", "384d"]}]}
+
+
+def test_the_queue_must_hold_a_whole_request(tiny_dir: Path) -> None:
+    [(path, message)] = problems({"type": "local_embeddings", "models": ["m"], "max_inputs": 10, "max_queued": 9,
+                                  "weights": {"m": {"weights_dir": str(tiny_dir)}}})
+    assert (path, message) == ("providers.local", "Value error, `max_queued` (9) must be at least `max_inputs` (10)")
