@@ -117,6 +117,8 @@ class LocalEmbeddingsConfig(ProviderConfig):
             raise ValueError("`base_url` is not used by local_embeddings (the models run in-process)")
         if self.max_queued < self.max_inputs:  # else a request of max_inputs could never be queued
             raise ValueError(f"`max_queued` ({self.max_queued}) must be at least `max_inputs` ({self.max_inputs})")
+        if self.status == "inactive":
+            return self  # an inactive provider is not built: its files may come later
         missing = missing_extra()
         if missing:
             raise ValueError(f"local_embeddings needs the [embeddings] extra ({', '.join(missing)} missing): "

@@ -103,3 +103,9 @@ def test_the_queue_must_hold_a_whole_request(tiny_dir: Path) -> None:
     [(path, message)] = problems({"type": "local_embeddings", "models": ["m"], "max_inputs": 10, "max_queued": 9,
                                   "weights": {"m": {"weights_dir": str(tiny_dir)}}})
     assert (path, message) == ("providers.local", "Value error, `max_queued` (9) must be at least `max_inputs` (10)")
+
+
+def test_an_inactive_provider_is_not_checked_for_files(tmp_path: Path) -> None:
+    provider = load({"type": "local_embeddings", "status": "inactive", "models": ["m"],
+                     "weights": {"m": {"weights_dir": str(tmp_path / "later")}}})
+    assert provider.status == "inactive"
