@@ -38,7 +38,7 @@ def load_bert() -> ModuleType:
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.load_helper()  # type: ignore[no-any-return]
+    return module.load_helper()
 
 
 @pytest.fixture(scope="module")

@@ -35,7 +35,7 @@ def load_bert() -> ModuleType:
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.load_helper()  # type: ignore[no-any-return]
+    return module.load_helper()
 
 
 @contextmanager

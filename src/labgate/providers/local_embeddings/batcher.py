@@ -8,7 +8,9 @@ Batches form by themselves under load: while every worker is busy, new
 requests queue up and leave together in the next pass. With ``max_wait`` 0
 an idle engine serves a lone request at once. A request's inputs are sorted
 by length before queueing, so a pass pads little; rows go back in the
-request's order. A request that goes away (client disconnect) leaves its
+request's order. A request larger than a pass goes to the back of the
+queue after each of its passes, so small requests behind it are not held up
+until it is done. A request that goes away (client disconnect) leaves its
 inputs behind: they are dropped before a pass, not computed.
 """
 
@@ -135,8 +137,9 @@ class Batcher:
             room -= end - job.taken
             self.queued -= end - job.taken
             job.taken = end
-            if end == len(job.seqs):
-                self._jobs.popleft()
+            self._jobs.popleft()
+            if end < len(job.seqs):  # what is left waits behind the others: a big request cannot starve them
+                self._jobs.append(job)
         return batch
 
     def _start(self, batch: _Pass) -> None:

@@ -40,7 +40,7 @@ class Engine:
 
     def __init__(self, key: EngineKey) -> None:
         import numpy as np
-        import onnxruntime as ort
+        import onnxruntime as ort  # type: ignore[import-untyped]
         from tokenizers import Tokenizer
 
         started = time.perf_counter()
@@ -92,7 +92,7 @@ class Engine:
         except Exception as exc:  # onnxruntime's errors share no base class but Exception
             raise UpstreamStatusError(f"embedding model {self.spec.name!r} failed: {exc}",
                                       upstream_status=500) from None
-        return out  # type: ignore[no-any-return]
+        return out
 
 
 def _pad_id(tokenizer: Any) -> int:

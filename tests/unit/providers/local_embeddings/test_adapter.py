@@ -58,7 +58,7 @@ async def embed(adapter: LocalEmbeddingsAdapter, given: Any, model: str = MODEL,
     reply = await adapter.send(Call("embeddings", {"model": model, "input": given, **body}, model, timeout, "req"))
     parsed = orjson.loads(reply.body)
     assert reply.usage is not None and reply.usage.prompt_tokens == parsed["usage"]["prompt_tokens"]
-    return parsed  # type: ignore[no-any-return]
+    return parsed
 
 
 def vectors(reply: dict[str, Any]) -> np.ndarray:

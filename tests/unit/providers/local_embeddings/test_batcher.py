@@ -170,3 +170,20 @@ async def test_close_cancels_what_is_queued(pool: ThreadPoolExecutor) -> None:
     with pytest.raises(asyncio.CancelledError):
         await queued
     assert (await held).tolist() == [[1, 1]]
+
+
+@pytest.mark.asyncio
+async def test_a_large_request_takes_turns_with_the_small_ones_behind_it(pool: ThreadPoolExecutor) -> None:
+    engine = Engine()
+    b = batcher(engine, pool)
+    engine.hold.clear()
+    held = asyncio.create_task(b.embed([[1]]))
+    await until(lambda: engine.started == 1)
+    big = asyncio.create_task(b.embed([[20 + i] for i in range(10)]))
+    await until(lambda: b.queued == 10)
+    small = asyncio.create_task(b.embed([[9]]))
+    await until(lambda: b.queued == 11)
+    engine.hold.set()
+    await asyncio.gather(held, big, small)
+    assert [[s[0] for s in p] for p in engine.passes] == [
+        [1], [20, 21, 22, 23], [9, 24, 25, 26], [27, 28, 29]]
