@@ -21,8 +21,8 @@ from hypothesis import strategies as st
 
 pytest.importorskip("onnxruntime", reason="the [embeddings] extra is not installed: pip install -e '.[embeddings]'")
 
-from labgate.server.serve import RunningGateway, start_gateway  # noqa: E402
-from labgate.testing.gateway import LoopThread, config_from  # noqa: E402
+from labgate.server.serve import RunningGateway, start_gateway
+from labgate.testing.gateway import LoopThread, config_from
 
 HELPER = Path(__file__).resolve().parent.parent / "unit" / "providers" / "local_embeddings" / "bert.py"
 MODEL = "bge-tiny"
@@ -101,7 +101,7 @@ def test_odd_bodies(live: RunningGateway, body: bytes) -> None:
 
 def test_a_megabyte_input_is_refused_quickly_by_its_token_count(live: RunningGateway) -> None:
     started = time.monotonic()
-    status, headers, body = post(live, orjson.dumps({"model": MODEL, "input": "the cat " * 250_000}))
+    status, _headers, body = post(live, orjson.dumps({"model": MODEL, "input": "the cat " * 250_000}))
     assert (status, body["error"]["code"], body["error"]["param"]) == (400, "input_too_long", "input[0]")
     assert body["error"]["message"].startswith("'input[0]' is 500002 tokens long; bge-tiny takes at most 64")
     assert time.monotonic() - started < 20
