@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,7 +61,8 @@ class LocalEmbeddingsAdapter:
             self._models = {m.name: _Model(engine_key(config, m.name)) for m in config.models}
         except WeightsError as exc:
             raise ValueError(f"provider {name!r}: {exc}") from None
-        self._pool = ThreadPoolExecutor(max_workers=config.threads, thread_name_prefix=f"labgate-embed-{name}")
+        self._pool = ThreadPoolExecutor(max_workers=config.threads, thread_name_prefix=f"labgate-embed-{name}",
+                                        initializer=_lower_priority, initargs=(config.nice,))
         if config.load == "start":
             self._load_all()
 
@@ -196,6 +199,16 @@ def _shorten(rows: np.ndarray, dimensions: int, *, normalize: bool) -> np.ndarra
         return np.ascontiguousarray(cut)
     norms = np.maximum(np.linalg.norm(cut, axis=1, keepdims=True), 1e-12)
     return (cut / norms).astype(np.float32)
+
+
+def _lower_priority(nice: int) -> None:
+    """Run this worker thread (and the onnxruntime threads it creates, which inherit it) ``nice`` lower."""
+    if nice and hasattr(os, "setpriority"):
+        tid = threading.get_native_id()
+        try:  # Linux: this thread only, relative to where it starts
+            os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + nice))
+        except OSError as exc:  # not permitted here: run at the normal priority
+            log.warning("embeddings: cannot lower the worker threads' priority: %s", exc)
 
 
 def _log_failure(future: asyncio.Future[Engine]) -> None:

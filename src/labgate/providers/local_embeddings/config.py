@@ -89,6 +89,9 @@ class LocalEmbeddingsConfig(ProviderConfig):
     max_wait_ms: float = Field(default=0.0, ge=0, le=1000)  # wait for more inputs before a pass
     threads: int = Field(default=1, ge=1, le=64)  # worker threads running passes (off the event loop)
     intra_op_threads: int = Field(default=1, ge=1, le=64)  # onnxruntime threads inside one pass
+    # the worker threads' niceness (Linux: per thread): above 0, the event loop (chat traffic) goes
+    # first when the cores are busy and passes take the CPU that is left
+    nice: int = Field(default=10, ge=0, le=19)
     max_inputs: int = Field(default=DEFAULT_MAX_INPUTS, ge=1)  # per request
     max_queued: int = Field(default=DEFAULT_MAX_QUEUED, ge=1)  # over: 429 with retry-after
     truncate: bool = False  # an input over the model's length: 400 (like OpenAI), or cut when true

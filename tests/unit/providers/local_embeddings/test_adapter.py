@@ -264,3 +264,27 @@ async def test_a_model_that_cannot_load_fails_each_request_clearly_then_recovers
         assert vectors(await embed(adapter, "dog")).shape == (1, 32)
     finally:
         await adapter.aclose()
+
+
+@pytest.mark.asyncio
+async def test_passes_run_on_worker_threads_at_a_lower_priority(make: Any) -> None:
+    import os
+    import threading
+
+    base = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    adapter = make(nice=7)
+    await embed(adapter, "dog")
+    batcher = adapter._models[MODEL].batcher
+    assert batcher is not None
+    run, seen = batcher._run, []
+
+    def spy(batch: list[list[int]]) -> Any:
+        seen.append((threading.get_native_id(), os.getpriority(os.PRIO_PROCESS, threading.get_native_id())))
+        return run(batch)
+
+    batcher._run = spy
+    await embed(adapter, "dog")
+    [(tid, priority)] = seen
+    assert tid != threading.get_native_id()  # not the event loop's thread
+    assert priority == min(19, base + 7)
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == base  # the loop's thread is untouched

@@ -32,7 +32,7 @@ def test_a_weights_dir_model_with_every_default(tiny_dir: Path) -> None:
                      "weights": {"bge-tiny": {"weights_dir": str(tiny_dir)}}})
     assert (provider.load, provider.max_batch, provider.max_wait_ms, provider.threads, provider.intra_op_threads,
             provider.max_inputs, provider.max_queued, provider.truncate, provider.token_inputs,
-            provider.cache_dir) == ("start", 32, 0.0, 1, 1, 2048, 4096, False, "decode", None)
+            provider.cache_dir, provider.nice) == ("start", 32, 0.0, 1, 1, 2048, 4096, False, "decode", None, 10)
     assert provider.spec("bge-tiny").pooling == "cls"
 
 
@@ -73,7 +73,8 @@ def test_a_missing_extra_is_refused_with_the_install_command(tiny_dir: Path, mon
 
 @pytest.mark.parametrize(("key", "value"), [("max_batch", 0), ("max_batch", 1025), ("threads", 0),
                                             ("intra_op_threads", 0), ("max_inputs", 0), ("max_queued", 0),
-                                            ("max_wait_ms", -1), ("load", "eager"), ("token_inputs", "keep")])
+                                            ("max_wait_ms", -1), ("load", "eager"), ("token_inputs", "keep"),
+                                            ("nice", -1), ("nice", 20)])
 def test_limits_out_of_range_are_refused(tiny_dir: Path, key: str, value: object) -> None:
     found = problems({"type": "local_embeddings", "models": ["m"], key: value,
                       "weights": {"m": {"weights_dir": str(tiny_dir)}}})
