@@ -69,9 +69,9 @@ class LocalEmbeddingsAdapter:
     def _load_all(self) -> None:
         try:
             asyncio.get_running_loop()
-        except RuntimeError:  # built outside a loop (a script, a test): load right here
+        except RuntimeError:  # built outside a loop (a script, a test): load now, still on a worker thread
             for model in self._models.values():
-                self._ready(model, engine_for(model.key))
+                self._ready(model, self._pool.submit(engine_for, model.key).result())
             return
         for model in self._models.values():
             self._loading(model).add_done_callback(_log_failure)

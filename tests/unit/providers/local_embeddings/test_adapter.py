@@ -288,3 +288,13 @@ async def test_passes_run_on_worker_threads_at_a_lower_priority(make: Any) -> No
     assert tid != threading.get_native_id()  # not the event loop's thread
     assert priority == min(19, base + 7)
     assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == base  # the loop's thread is untouched
+
+
+def test_built_outside_an_event_loop_it_loads_at_once(tiny_dir: Path, tmp_path: Path) -> None:
+    adapter = LocalEmbeddingsAdapter(config(tiny_dir, tmp_path / "cache"), name="local")
+    try:
+        assert adapter._models[MODEL].engine is not None and adapter._models[MODEL].loading is None
+        reply = asyncio.run(adapter.send(Call("embeddings", {"model": MODEL, "input": "dog"}, MODEL, 10.0, "r")))
+        assert len(orjson.loads(reply.body)["data"][0]["embedding"]) == 32
+    finally:
+        asyncio.run(adapter.aclose())
