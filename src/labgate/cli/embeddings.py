@@ -44,6 +44,8 @@ def _model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", action="append", metavar="NAME[=DIR]",
                    help=f"a model to serve (repeatable): a built-in name ({', '.join(BUILTIN)}) or "
                         f"NAME=DIR for a weights_dir (default: {DEFAULT_MODEL})")
+    p.add_argument("--pooling", action="append", metavar="NAME=cls|mean",
+                   help="pooling of a --model NAME=DIR whose directory has no 1_Pooling/config.json")
     p.add_argument("--load", choices=("start", "lazy"), default="start", help="load models at start (default) "
                    "or on first request")
     p.add_argument("--threads", type=int, default=1, help="worker threads running passes (default 1)")
@@ -61,6 +63,11 @@ def provider_entry(args: argparse.Namespace) -> dict[str, Any]:
         models.append(name)
         if directory:
             weights[name] = {"weights_dir": directory}
+    for given in args.pooling or ():
+        name, _, pooling = given.partition("=")
+        if name not in weights:
+            raise SystemExit(f"labgate: --pooling {given}: no --model {name}=DIR to apply it to")
+        weights[name]["pooling"] = pooling
     return {"type": "local_embeddings", "models": models, "weights": weights, "load": args.load,
             "threads": args.threads, "intra_op_threads": args.intra_op_threads, "max_batch": args.max_batch,
             "truncate": args.truncate}
