@@ -14,15 +14,21 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
+from typing import TYPE_CHECKING
 
-import numpy as np
 import openai
 import pytest
 
-pytest.importorskip("onnxruntime", reason="the [embeddings] extra is not installed: pip install -e '.[embeddings]'")
-
 from labgate.server.serve import start_gateway
 from labgate.testing.gateway import LoopThread, config_from
+
+EXTRA = "the [embeddings] extra is not installed: pip install -e '.[embeddings]'"
+if TYPE_CHECKING:
+    import numpy as np
+else:
+    np = pytest.importorskip("numpy", reason=EXTRA)
+pytest.importorskip("onnxruntime", reason=EXTRA)
+
 
 pytestmark = pytest.mark.timeout(90)
 HELPER = Path(__file__).resolve().parent.parent / "unit" / "providers" / "local_embeddings" / "bert.py"

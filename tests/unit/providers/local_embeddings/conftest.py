@@ -15,21 +15,20 @@ from types import ModuleType
 
 import pytest
 
-for _module in ("onnxruntime", "tokenizers", "safetensors", "onnx", "numpy"):
-    if importlib.util.find_spec(_module) is None:
-        pytest.skip(f"the [embeddings] extra is not installed ({_module} missing): pip install -e '.[embeddings]'",
-                    allow_module_level=True)
-
-_spec = importlib.util.spec_from_file_location("_labgate_test_bert", Path(__file__).with_name("bert.py"))
-assert _spec is not None and _spec.loader is not None
-_bert = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_bert)
+EXTRA = "the [embeddings] extra is not installed: pip install -e '.[embeddings]'"
 
 
 @pytest.fixture(scope="session")
 def bert() -> ModuleType:
     """The test helper module: ``Oracle`` (numpy BERT) and ``write_tiny_bert``."""
-    return _bert.load_helper()
+    for name in ("numpy", "onnxruntime", "tokenizers", "safetensors", "onnx"):
+        pytest.importorskip(name, reason=EXTRA)
+    spec = importlib.util.spec_from_file_location("_labgate_test_bert", Path(__file__).with_name("bert.py"))
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    helper: ModuleType = module.load_helper()
+    return helper
 
 
 @pytest.fixture(scope="session")

@@ -8,9 +8,8 @@ import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import orjson
 import pytest
 import pytest_asyncio
@@ -27,6 +26,13 @@ from labgate.providers.base import Call
 from labgate.providers.local_embeddings import adapter as adapter_module
 from labgate.providers.local_embeddings.adapter import LocalEmbeddingsAdapter
 from labgate.providers.local_embeddings.config import LocalEmbeddingsConfig
+
+EXTRA = "the [embeddings] extra is not installed: pip install -e '.[embeddings]'"
+if TYPE_CHECKING:
+    import numpy as np
+else:
+    np = pytest.importorskip("numpy", reason=EXTRA)
+pytest.importorskip("onnxruntime", reason=EXTRA)
 
 MODEL = "bge-tiny"
 

@@ -6,12 +6,18 @@ import asyncio
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
 
-import numpy as np
 import pytest
 
 from labgate.errors import UpstreamRateLimitError, UpstreamStatusError
 from labgate.providers.local_embeddings.batcher import Batcher
+
+EXTRA = "the [embeddings] extra is not installed: pip install -e '.[embeddings]'"
+if TYPE_CHECKING:
+    import numpy as np
+else:
+    np = pytest.importorskip("numpy", reason=EXTRA)
 
 
 class Engine:

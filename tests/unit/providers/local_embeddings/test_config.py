@@ -13,6 +13,9 @@ from labgate.config.problems import ConfigError
 from labgate.providers.local_embeddings import config as embeddings_config
 from labgate.providers.local_embeddings.config import LocalEmbeddingsConfig
 
+EXTRA = "the [embeddings] extra is not installed: pip install -e '.[embeddings]'"
+pytest.importorskip("onnxruntime", reason=EXTRA)
+
 
 def load(entry: dict[str, Any]) -> LocalEmbeddingsConfig:
     config = build_config({"providers": {"providers": {"local": entry}}}, {}, source="test")

@@ -4,13 +4,20 @@ from __future__ import annotations
 
 from pathlib import Path
 from types import ModuleType
+from typing import TYPE_CHECKING
 
-import numpy as np
 import pytest
 
 from labgate.providers.local_embeddings import graph
 from labgate.providers.local_embeddings.engine import EngineKey, engine_for
 from labgate.providers.local_embeddings.weights import read_spec
+
+EXTRA = "the [embeddings] extra is not installed: pip install -e '.[embeddings]'"
+if TYPE_CHECKING:
+    import numpy as np
+else:
+    np = pytest.importorskip("numpy", reason=EXTRA)
+pytest.importorskip("onnxruntime", reason=EXTRA)
 
 SENTENCES = ["the cat sat on the mat.", "hello world", "a fast gateway runs, and slow dogs embed", "zebra",
              "the red model is the blue model of the world and the dog sat on a mat ."]

@@ -4,14 +4,21 @@ from __future__ import annotations
 
 from pathlib import Path
 from types import ModuleType
+from typing import TYPE_CHECKING
 
-import numpy as np
 import orjson
 import pytest
 
 from labgate.config.load import build_config
 from labgate.providers.base import Call
 from labgate.providers.local_embeddings.adapter import LocalEmbeddingsAdapter
+
+EXTRA = "the [embeddings] extra is not installed: pip install -e '.[embeddings]'"
+if TYPE_CHECKING:
+    import numpy as np
+else:
+    np = pytest.importorskip("numpy", reason=EXTRA)
+pytest.importorskip("onnxruntime", reason=EXTRA)
 
 pytestmark = pytest.mark.integration
 MODEL = "all-MiniLM-L6-v2"

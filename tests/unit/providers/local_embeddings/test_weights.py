@@ -11,6 +11,9 @@ import pytest
 from labgate.providers.local_embeddings import weights
 from labgate.providers.local_embeddings.weights import ModelSpec, WeightsError, read_spec
 
+EXTRA = "the [embeddings] extra is not installed: pip install -e '.[embeddings]'"
+pytest.importorskip("onnxruntime", reason=EXTRA)
+
 
 def test_bge_layout_reads_pooling_normalize_and_length_from_its_files(tmp_path: Path, bert: ModuleType) -> None:
     directory = bert.write_tiny_bert(tmp_path / "bge", pooling="cls", max_seq_length=48)

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import base64
+from typing import TYPE_CHECKING
 
-import numpy as np
 import orjson
 import pytest
 from hypothesis import given
@@ -12,6 +12,12 @@ from hypothesis import strategies as st
 
 from labgate.errors import RequestError
 from labgate.providers.local_embeddings.wire import Inputs, parse_inputs, reply_body
+
+EXTRA = "the [embeddings] extra is not installed: pip install -e '.[embeddings]'"
+if TYPE_CHECKING:
+    import numpy as np
+else:
+    np = pytest.importorskip("numpy", reason=EXTRA)
 
 
 @pytest.mark.parametrize(("given_input", "expected"), [
