@@ -18,10 +18,10 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from labgate.errors import ModelNotFoundError, RequestError, UnsupportedEndpointError, UpstreamTimeoutError
-from labgate.providers.base import Call, Reply, Usage
+from labgate.providers.base import Call, Reply, Stream, Usage
 from labgate.providers.local_embeddings.batcher import Batcher
 from labgate.providers.local_embeddings.config import LocalEmbeddingsConfig
 from labgate.providers.local_embeddings.engine import Engine, EngineKey, engine_for
@@ -125,7 +125,7 @@ class LocalEmbeddingsAdapter:
         return Reply(reply_body(rows, model=call.model, prompt_tokens=tokens, encoding=encoding),
                      usage=Usage(prompt_tokens=tokens))
 
-    async def stream(self, call: Call) -> Any:
+    async def stream(self, call: Call) -> Stream:
         raise UnsupportedEndpointError("Embeddings cannot be streamed.", param="stream")
 
     async def _tokenize(self, engine: Engine, inputs: Inputs) -> list[list[int]]:

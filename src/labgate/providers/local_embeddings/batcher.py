@@ -24,7 +24,7 @@ from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from labgate.errors import UpstreamRateLimitError
+from labgate.errors import UpstreamRateLimitError, UpstreamStatusError
 
 if TYPE_CHECKING:
     import numpy as np
@@ -143,7 +143,13 @@ class Batcher:
         return batch
 
     def _start(self, batch: _Pass) -> None:
-        running = asyncio.get_running_loop().run_in_executor(self._executor, self._run, batch.seqs)
+        loop = asyncio.get_running_loop()
+        try:
+            running = loop.run_in_executor(self._executor, self._run, batch.seqs)
+        except RuntimeError as exc:  # the pool was shut down (the provider is closing): fail, never hang
+            running = loop.create_future()
+            running.set_exception(UpstreamStatusError(f"the local embeddings engine is closed: {exc}",
+                                                      upstream_status=503))
         self._passes.add(running)
         running.add_done_callback(lambda f: self._finish(batch, f))
 

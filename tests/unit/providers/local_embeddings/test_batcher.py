@@ -193,3 +193,14 @@ async def test_a_large_request_takes_turns_with_the_small_ones_behind_it(pool: T
     await asyncio.gather(held, big, small)
     assert [[s[0] for s in p] for p in engine.passes] == [
         [1], [20, 21, 22, 23], [9, 24, 25, 26], [27, 28, 29]]
+
+
+@pytest.mark.asyncio
+async def test_a_closed_pool_fails_requests_instead_of_hanging() -> None:
+    engine = Engine()
+    executor = ThreadPoolExecutor(max_workers=1)
+    executor.shutdown()
+    b = batcher(engine, executor)
+    with pytest.raises(UpstreamStatusError, match="the local embeddings engine is closed"):
+        await asyncio.wait_for(b.embed([[1]]), 5)
+    assert b.queued == 0
