@@ -10,9 +10,11 @@ Prints, for all-MiniLM-L6-v2 on one core (``intra_op_threads: 1``, ``threads: 1`
 3. ``labgate serve`` with a ``local_embeddings`` provider (through the gateway): the same figures;
 4. chat req/s through that gateway (a fake upstream, ``bench/upstream.py``) alone, then while an
    embeddings burst (4 clients sending batches of 32 back to back) runs: the ratio;
-5. sentence-transformers on torch, same model files, same core, one thread, side by side
-   (``--torch-venv``: a venv with torch and sentence-transformers; without it one is made under
-   /tmp with ``pip install torch==2.13.0 sentence-transformers``; ``--no-torch`` skips it).
+5. sentence-transformers on torch, same model files, same core, one thread, side by side: the
+   engine and it are measured in alternating rounds (``--rounds``), and the ratios are medians of
+   per-round ratios (``--torch-venv``: a venv with torch and sentence-transformers; without it one
+   is made under /tmp with ``pip install torch==2.13.0 sentence-transformers``; ``--no-torch``
+   skips it).
 
 Servers are pinned to the first usable core; clients, the fake upstream and the load
 generators to the second (with one core everything shares it, and the header says so).
@@ -27,6 +29,7 @@ import http.client
 import inspect
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -63,9 +66,10 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
 
 
-def figures(one: list[float], batch_seconds: list[float], batch: int) -> dict[str, float]:
+def figures(one: list[float], batch_seconds: list[float], batch: int, cpu_seconds: float) -> dict[str, float]:
     return {"p50_ms": percentile(one, 50) * 1000, "p95_ms": percentile(one, 95) * 1000,
-            "batch32_per_s": batch * len(batch_seconds) / sum(batch_seconds)}
+            "batch32_per_s": batch * len(batch_seconds) / sum(batch_seconds),
+            "cpu_ms_per_batch32": cpu_seconds / len(batch_seconds) * 1000}
 
 
 def measure(call: Callable[[list[str]], Any], *, requests: int, batches: int) -> dict[str, float]:
@@ -80,12 +84,13 @@ def measure(call: Callable[[list[str]], Any], *, requests: int, batches: int) ->
         call([texts[i % 64]])
         one.append(time.perf_counter() - started)
     spent = []
+    cpu = time.process_time()  # this process's CPU: the client's too when over HTTP, so read it in-process only
     for i in range(batches):
         chunk = texts[(i % 2) * 32:(i % 2) * 32 + 32]
         started = time.perf_counter()
         call(chunk)
         spent.append(time.perf_counter() - started)
-    return figures(one, spent, 32)
+    return figures(one, spent, 32, time.process_time() - cpu)
 
 
 @contextlib.contextmanager
@@ -105,6 +110,34 @@ def engine_alone(args: argparse.Namespace, place: machine.Placement, cache: Path
     with pinned(place.gateway):
         engine = engine_for(EngineKey(read_spec(MODEL, builtin_dir(MODEL)), 1, cache))
         return measure(lambda texts: engine.run(engine.encode(texts)), requests=args.requests, batches=args.batches)
+
+
+def side_by_side(args: argparse.Namespace, place: machine.Placement, cache: Path) -> dict[str, Any]:
+    """The engine and sentence-transformers measured in alternating rounds; medians, and per-round ratios."""
+    torch = None if args.no_torch else TorchSide.start(args, place)
+    engine_rounds: list[dict[str, float]] = []
+    torch_rounds: list[dict[str, float]] = []
+    try:
+        for _ in range(args.rounds):
+            engine_rounds.append(engine_alone(args, place, cache))
+            if isinstance(torch, TorchSide):
+                torch_rounds.append(torch.measure())
+    finally:
+        if isinstance(torch, TorchSide):
+            torch.close()
+    out: dict[str, Any] = {"engine": medians(engine_rounds), "rounds": args.rounds}
+    if torch_rounds:
+        out["sentence_transformers"] = {**medians(torch_rounds), "load_s": torch.load_s}  # type: ignore[union-attr]
+        pairs = list(zip(engine_rounds, torch_rounds, strict=True))
+        out["throughput_ratio"] = statistics.median(e["batch32_per_s"] / t["batch32_per_s"] for e, t in pairs)
+        out["cpu_ratio"] = statistics.median(t["cpu_ms_per_batch32"] / e["cpu_ms_per_batch32"] for e, t in pairs)
+    else:
+        out["sentence_transformers"] = {"error": torch or "skipped (--no-torch)"}
+    return out
+
+
+def medians(rounds: list[dict[str, float]]) -> dict[str, float]:
+    return {key: statistics.median(r[key] for r in rounds) for key in rounds[0]}
 
 
 class Client:
@@ -221,47 +254,70 @@ from sentence_transformers import SentenceTransformer
 exec(sys.argv[1])  # this file's constants and measure(), so both sides run the same loop
 started = time.perf_counter()
 model = SentenceTransformer(sys.argv[2], device="cpu")
-load_s = time.perf_counter() - started
-result = measure(lambda texts: model.encode(texts, batch_size=32),
-                 requests=int(sys.argv[3]), batches=int(sys.argv[4]))
-result["load_s"] = load_s
-print("RESULT " + json.dumps(result))
+print("LOADED " + json.dumps(time.perf_counter() - started), flush=True)
+for line in sys.stdin:  # one measurement per line received
+    result = measure(lambda texts: model.encode(texts, batch_size=32),
+                     requests=int(sys.argv[3]), batches=int(sys.argv[4]))
+    print("RESULT " + json.dumps(result), flush=True)
 """
 
 
-def torch_side(args: argparse.Namespace, place: machine.Placement) -> dict[str, Any]:
-    """sentence-transformers on torch, same files, same core, one thread; or why it could not run."""
-    from labgate.providers.local_embeddings.weights import builtin_dir
+class TorchSide:
+    """sentence-transformers on torch in its own venv: same files, same core, one thread, measured on request."""
 
-    venv = Path(args.torch_venv) if args.torch_venv else TORCH_VENV
-    python = venv / "bin" / "python"
-    check = [str(python), "-c", "import torch, sentence_transformers"]
-    if not python.exists() or subprocess.run(check, capture_output=True).returncode != 0:
-        if args.torch_venv:
-            return {"error": f"{venv} lacks torch or sentence-transformers"}
-        print(f"bench: installing {TORCH_PIN} sentence-transformers into {venv} (once)…", file=sys.stderr)
-        try:
-            subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
-            subprocess.run([str(venv / "bin" / "pip"), "install", "-q", TORCH_PIN, "sentence-transformers"],
-                           check=True, timeout=900, capture_output=True)
-        except (subprocess.SubprocessError, OSError) as exc:
-            return {"error": f"could not install torch + sentence-transformers: {exc}"}
-    shared = "\n".join(inspect.getsource(f) for f in (sentences, percentile, figures, measure))
-    shared = f"SUBJECTS = {SUBJECTS!r}\nVERBS = {VERBS!r}\nOBJECTS = {OBJECTS!r}\n" + shared
-    proc = subprocess.run([str(python), "-c", TORCH_SCRIPT, "from typing import Any, Callable\n" + shared,
-                           str(builtin_dir(MODEL)),
-                           str(args.requests), str(args.batches)], capture_output=True, timeout=900,
-                          env={**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-                               "OMP_NUM_THREADS": "1"},
-                          preexec_fn=lambda: os.sched_setaffinity(0, place.gateway))
-    for line in proc.stdout.decode().splitlines():
-        if line.startswith("RESULT "):
-            return json.loads(line[len("RESULT "):])  # type: ignore[no-any-return]
-    return {"error": f"the torch run failed: {proc.stderr.decode(errors='replace')[-600:]}"}
+    def __init__(self, proc: subprocess.Popen[str], load_s: float) -> None:
+        self.proc, self.load_s = proc, load_s
+
+    @classmethod
+    def start(cls, args: argparse.Namespace, place: machine.Placement) -> TorchSide | str:
+        """The running side, or why it could not start (installing torch into a throwaway venv first if needed)."""
+        from labgate.providers.local_embeddings.weights import builtin_dir
+
+        venv = Path(args.torch_venv) if args.torch_venv else TORCH_VENV
+        python = venv / "bin" / "python"
+        check = [str(python), "-c", "import torch, sentence_transformers"]
+        if not python.exists() or subprocess.run(check, capture_output=True).returncode != 0:
+            if args.torch_venv:
+                return f"{venv} lacks torch or sentence-transformers"
+            print(f"bench: installing {TORCH_PIN} sentence-transformers into {venv} (once)…", file=sys.stderr)
+            try:
+                subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+                subprocess.run([str(venv / "bin" / "pip"), "install", "-q", TORCH_PIN, "sentence-transformers"],
+                               check=True, timeout=900, capture_output=True)
+            except (subprocess.SubprocessError, OSError) as exc:
+                return f"could not install torch + sentence-transformers: {exc}"
+        shared = (f"from typing import Any, Callable\nSUBJECTS = {SUBJECTS!r}\n"
+                  f"VERBS = {VERBS!r}\nOBJECTS = {OBJECTS!r}\n")
+        shared += "\n".join(inspect.getsource(f) for f in (sentences, percentile, figures, measure))
+        proc = subprocess.Popen(
+            [str(python), "-c", TORCH_SCRIPT, shared, str(builtin_dir(MODEL)), str(args.requests), str(args.batches)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+            env={**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1"},
+            preexec_fn=lambda: os.sched_setaffinity(0, place.gateway))
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        if not line.startswith("LOADED "):
+            proc.kill()
+            return f"the torch side did not start: {line.strip() or 'no output'}"
+        return cls(proc, json.loads(line[len("LOADED "):]))
+
+    def measure(self) -> dict[str, float]:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write("go\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line.startswith("RESULT "):
+            raise RuntimeError(f"the torch side failed: {line.strip() or 'no output'}")
+        return json.loads(line[len("RESULT "):])  # type: ignore[no-any-return]
+
+    def close(self) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+        self.proc.wait(30)
 
 
 def row(name: str, f: dict[str, float]) -> str:
-    return f"  {name:<38} {f['p50_ms']:>8.2f} {f['p95_ms']:>8.2f} {f['batch32_per_s']:>12.0f}"
+    return f"  {name:<46} {f['p50_ms']:>8.2f} {f['p95_ms']:>8.2f} {f['batch32_per_s']:>12.0f}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -269,6 +325,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=300, help="one-sentence requests per leg (default 300)")
     parser.add_argument("--batches", type=int, default=30, help="batch-32 requests per leg (default 30)")
     parser.add_argument("--chat-seconds", type=int, default=10, help="seconds per chat load leg (default 10)")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds, engine vs torch (default 3)")
     parser.add_argument("--torch-venv", help="a venv with torch and sentence-transformers (default: make one)")
     parser.add_argument("--no-torch", action="store_true", help="skip the sentence-transformers comparison")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
@@ -288,7 +345,7 @@ def main(argv: list[str] | None = None) -> int:
         workdir = Path(tmp)
         cache = workdir / "onnx"
         env = {**os.environ, "LABGATE_DATA_DIR": str(workdir / "data"), "PYTHONPATH": str(REPO / "src")}
-        results["engine"] = engine_alone(args, place, cache)
+        results.update(side_by_side(args, place, cache))
         port = procs.free_port()
         server = start([sys.executable, "-m", "labgate", "embeddings", "serve", "--port", str(port)], port=port,
                        cores=place.gateway, log=workdir / "standalone.log",
@@ -311,7 +368,6 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             procs.stop(gateway)
             procs.stop(upstream)
-    results["sentence_transformers"] = {"skipped": True} if args.no_torch else torch_side(args, place)
     report(results)
     if args.json:
         print(json.dumps(results, indent=2))
@@ -320,18 +376,19 @@ def main(argv: list[str] | None = None) -> int:
 
 def report(results: dict[str, Any]) -> None:
     print(f"\nall-MiniLM-L6-v2, one core ({MODEL}; 384 dims)")
-    print(f"  {'':<38} {'P50 ms':>8} {'P95 ms':>8} {'batch-32 s/s':>12}")
-    print(row("engine alone (no HTTP)", results["engine"]))
+    print(f"  {'':<46} {'P50 ms':>8} {'P95 ms':>8} {'batch-32 s/s':>12}")
+    print(row(f"engine alone (no HTTP; median of {results['rounds']})", results["engine"]))
     print(row("standalone: labgate embeddings serve", results["standalone"]))
     print(row("through the gateway (labgate serve)", results["gateway"]))
     st = results["sentence_transformers"]
     if "p50_ms" in st:
-        print(row("sentence-transformers on torch", st))
-        ratio = results["engine"]["batch32_per_s"] / st["batch32_per_s"]
-        print(f"  batch-32 throughput, labgate engine / sentence-transformers: {ratio:.2f}x "
-              f"(torch load {st['load_s']:.1f} s)")
+        print(row(f"sentence-transformers on torch (median of {results['rounds']})", st))
+        print(f"  batch-32, labgate engine vs sentence-transformers (medians of per-round ratios): throughput "
+              f"{results['throughput_ratio']:.2f}x, CPU per batch {results['cpu_ratio']:.2f}x less "
+              f"({results['engine']['cpu_ms_per_batch32']:.0f} vs {st['cpu_ms_per_batch32']:.0f} ms); "
+              f"torch load {st['load_s']:.1f} s")
     else:
-        print(f"  sentence-transformers: {st.get('error', 'skipped (--no-torch)')}")
+        print(f"  sentence-transformers: {st['error']}")
     chat = results["chat"]
     print(f"\nchat through the gateway ({chat['tool']}), alone vs during an embeddings burst "
           f"({BURST_CLIENTS} clients × batch 32, {chat['burst_sentences_per_s']:.0f} sentences/s):")
