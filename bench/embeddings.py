@@ -228,7 +228,7 @@ def burst(url: str, stop: threading.Event, counted: list[int]) -> None:
 
 def chat_under_burst(url: str, args: argparse.Namespace, place: machine.Placement) -> dict[str, Any]:
     alone, alone_p99, tool = chat_load(url, args.chat_seconds, place)
-    stop, counted = threading.Event(), []
+    stop, counted = threading.Event(), list[int]()
     with pinned(place.load):
         clients = [threading.Thread(target=burst, args=(url, stop, counted)) for _ in range(BURST_CLIENTS)]
         for c in clients:
