@@ -157,3 +157,18 @@ async def test_discover_reads_ollama_sizes_and_quantization() -> None:
     size = ollama.details[0].size_bytes
     assert isinstance(size, int) and size > 1_000_000
     assert ollama.details == (ModelDetails("llama3.1:8b", size, "Q4_K_M", "1B", "sim"),)
+
+
+@pytest.mark.integration
+def test_default_config_serves_the_bundled_embeddings_when_installed() -> None:
+    from labgate.providers.local_embeddings.config import LocalEmbeddingsConfig, missing_extra
+    from labgate.providers.local_embeddings.weights import builtin_installed
+
+    if missing_extra() or not builtin_installed():
+        pytest.skip("the [embeddings] extra or the all-MiniLM-L6-v2 weights are not installed: "
+                    "pip install -e '.[embeddings]' && labgate embeddings install-weights")
+    provider = default_config([]).providers["embeddings"]
+    assert isinstance(provider, LocalEmbeddingsConfig)
+    assert [(m.name, m.alias) for m in provider.models] == [("all-MiniLM-L6-v2", "text-embedding-mini")]
+    assert "  + embeddings      in-process   local_embeddings: all-MiniLM-L6-v2 (alias text-embedding-mini)" in (
+        describe([]).splitlines())
