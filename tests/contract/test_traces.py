@@ -36,7 +36,8 @@ class Lines:
 
 
 @pytest.fixture(scope="module")
-def setup() -> Iterator[tuple[Any, Simulator, Simulator, str, LoopThread, RunningGateway, Lines]]:
+def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, Simulator, Simulator, str, LoopThread,
+                                                                     RunningGateway, Lines]]:
     with contextlib.ExitStack() as stack:
         otlp = stack.enter_context(OtlpReceiver().run_in_thread())
         good = stack.enter_context(Simulator(Behaviour(completion_tokens=5), models=["m"]).run_in_thread())
@@ -49,7 +50,8 @@ def setup() -> Iterator[tuple[Any, Simulator, Simulator, str, LoopThread, Runnin
                                                   "fallback_chain": ["good/m"]}}}},
             {"tracing": {"enabled": True, "endpoint": otlp.url, "export_interval_s": 0.05,
                          "service_name": "labgate-test"},
-             "resilience": {"circuit": {"failure_threshold": 1000}}, "cache": {"backend": "memory"}})
+             "resilience": {"circuit": {"failure_threshold": 1000}}, "cache": {"backend": "memory"},
+             "store": {"url": str(tmp_path_factory.mktemp("history") / "h.db"), "capture": "metadata"}})
         thread = LoopThread()
         stack.callback(thread.close)
         log = Lines()
@@ -221,6 +223,26 @@ def test_the_anthropic_adapter_sends_the_trace_context_too(setup: Any, stream: b
         f"{int(stream) + 2}af7651916cd43dd8448eb211c80319c", "01", "a=b")
     spans = tree(otlp, trace_id, 4 if stream else 3)
     assert spans["upstream anth/m"].span_id == parent
+
+
+def test_the_history_record_holds_the_trace_id_and_is_found_by_it(setup: Any) -> None:
+    """``trace_id`` is a history column (migration 6): shown in /admin/history/<id>, searchable by ``?trace_id=``."""
+    _, good, _, url, thread, running, _ = setup
+    good.clear()
+    parent = "00-5af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    traced = post(url, {"model": "good/m", "messages": [{"role": "user", "content": "hi"}]}, {"traceparent": parent})
+    unsampled = post(url, {"model": "good/m", "messages": [{"role": "user", "content": "hi"}]},
+                     {"traceparent": parent.replace("5af7", "6af7")[:-2] + "00"})
+    assert traced.status == unsampled.status == 200
+    assert running.gateway.history is not None
+    thread.run(running.gateway.history.flush())
+    for answer, trace_id in ((traced, "5af7651916cd43dd8448eb211c80319c"),
+                             (unsampled, "6af7651916cd43dd8448eb211c80319c")):  # continued, so recorded too
+        found = orjson.loads(urllib3.request("GET", f"{url}/admin/history?trace_id={trace_id.upper()}").data)
+        assert [r["request_id"] for r in found["data"]] == [answer.headers["x-request-id"]]
+        assert found["data"][0]["trace_id"] == trace_id
+        record = orjson.loads(urllib3.request("GET", f"{url}/admin/history/{answer.headers['x-request-id']}").data)
+        assert record["trace_id"] == trace_id
 
 
 async def _flush(running: RunningGateway) -> None:
