@@ -126,8 +126,8 @@ VERSION_TABLE = "history_schema_version"
 
 # Migration 4: the ``feedback`` table (POST /v1/feedback; server/feedback.py); 3 is the cache's, 5 (above) keys
 # and the audit log, 6 (above) the trace id. One row per vote, any number per request; ``request_id`` names
-# the ``requests`` row# (labgate's id), not a foreign key: a record and its feedback are written by different processes, and
-# retention deletes records without touching votes.
+# the ``requests`` row (labgate's id), not a foreign key: a record and its feedback are written by different
+# processes, and retention deletes records without touching votes.
 FEEDBACK_TABLE = "feedback"
 FEEDBACK_VERSION = 4
 FEEDBACK_NAMES: tuple[str, ...] = ("feedback_id", "request_id", "timestamp", "score", "thumbs", "preferred",
