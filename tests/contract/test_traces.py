@@ -37,9 +37,9 @@ class Lines:
         pass
 
 
-@pytest.fixture(scope="module")
-def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, Simulator, Simulator, str, LoopThread,
-                                                                     RunningGateway, Lines]]:
+@pytest.fixture(scope="module", params=["process", "thread"])  # tracing.export: where spans are built
+def setup(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+          ) -> Iterator[tuple[Any, Simulator, Simulator, str, LoopThread, RunningGateway, Lines]]:
     with contextlib.ExitStack() as stack:
         otlp = stack.enter_context(OtlpReceiver().run_in_thread())
         good = stack.enter_context(Simulator(Behaviour(completion_tokens=5), models=["m"]).run_in_thread())
@@ -54,7 +54,8 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, Simul
             {"routing": {"exact_matches": {"fb": {"provider": "bad", "model": "m",
                                                   "fallback_chain": ["good/m"]}}}},
             {"tracing": {"enabled": True, "endpoint": otlp.url, "export_interval_s": 0.05,
-                         "service_name": "labgate-test"},
+                         "service_name": "labgate-test",
+                         "export": request.param},
              "resilience": {"circuit": {"failure_threshold": 1000}}, "cache": {"backend": "memory"},
              "queue": {"timeout_s": 1.0},
              "store": {"url": str(tmp_path_factory.mktemp("history") / "h.db"), "capture": "metadata"}})
@@ -63,7 +64,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, Simul
         log = Lines()
         running = thread.run(start_gateway(config, host="127.0.0.1", port=0, access_log=AccessLog(log)))
         stack.callback(lambda: thread.run(running.stop(grace=2.0)))
-        SLOW.append(slow)
+        SLOW[:] = [slow]
         yield otlp, good, bad, f"http://127.0.0.1:{running.port}", thread, running, log
 
 
