@@ -70,11 +70,11 @@ class SpanBuilder:
                                    "labgate.cache_hit": record.cache_hit}))
         if waited is not None:
             got = record.queue_ms is not None  # else it timed out, or the client left while queued
-            attributes = {"labgate.queue_ms": record.queue_ms} if got else {}
+            waiting: dict[str, Any] = {"labgate.queue_ms": record.queue_ms} if got else {}
             if record.priority is not None:
-                attributes["labgate.priority"] = record.priority
+                waiting["labgate.priority"] = record.priority
             out.append(self._span("queue wait", trace, root, ns(waited[0]), ns(waited[1]), SpanKind.INTERNAL,
-                                  attributes, status=None if got or record.error_type is None
+                                  waiting, status=None if got or record.error_type is None
                                   else Status(StatusCode.ERROR, record.error_message)))
         for span_id, deployment, start, end, code, message in trace.attempts:
             provider, _, model = deployment.partition("/")
