@@ -9,9 +9,11 @@ the request path only does this (and nothing at all when ``tracing.enabled`` is 
   span id and two timestamps per upstream attempt, and the ``traceparent`` sent upstream;
 - :meth:`Tracer.put` (``Gateway.finish``): append the record to a bounded queue.
 
-A daemon thread wakes every ``export_interval_s``, turns queued records into the SDK's
-span data (``ReadableSpan``, see :mod:`labgate.telemetry.spans`) and hands them to the
-SDK's OTLP/HTTP exporter, the way the history writer turns records into rows. A full
+A daemon thread wakes every ``export_interval_s`` and ships the queued records: with
+``tracing.export: process`` (the default) as tuples to an export process
+(:mod:`labgate.telemetry.export`); with ``thread`` it turns them into the SDK's span data
+(``ReadableSpan``, see :mod:`labgate.telemetry.spans`) itself and hands them to the SDK's
+OTLP/HTTP exporter, the way the history writer turns records into rows. A full
 queue drops the newest records (counted, and logged at most once a minute).
 """
 
