@@ -98,7 +98,7 @@ def query(prom: str, expr: str) -> list[dict[str, Any]]:
     with urllib.request.urlopen(url, timeout=10) as resp:
         answer = orjson.loads(resp.read())
     assert answer["status"] == "success", answer
-    return answer["data"]["result"]  # type: ignore[no-any-return]
+    return answer["data"]["result"]
 
 
 def wait_for_data(prom: str, expr: str, timeout: float = 30.0) -> list[dict[str, Any]]:
