@@ -189,7 +189,7 @@ class Limiter:
             deltas[i] = real_tokens - held.charges[i].cost
         for i in held.caps:
             deltas[i] = real_cost - held.charges[i].cost
-        if not any(deltas):
+        if not any(deltas) and not held.caps:  # an exact estimate still needs its budget alerts checked
             return
         adjust_now = getattr(self.counters, "adjust_now", None)
         if adjust_now is not None:  # in-process: no I/O, settled now
@@ -205,7 +205,8 @@ class Limiter:
 
     async def _adjust(self, held: Reservation, deltas: tuple[float, ...]) -> None:
         try:
-            await self.counters.adjust(held.charges, deltas)
+            if any(deltas):
+                await self.counters.adjust(held.charges, deltas)
             if held.caps:  # the spend now, for alerts: one more read, off the request path
                 caps = [held.charges[i] for i in held.caps]
                 spent = await self.counters.read(tuple(c.key for c in caps))
