@@ -9,6 +9,14 @@ bytes / 4 plus ``max_tokens``, or ``rate_limits.default_output_tokens``) and
 the estimate's cost for budgets. Refused: 429 ``rate_limit_exceeded`` with
 ``retry-after``, or ``insufficient_quota`` for a budget (or, with
 ``budgets.on_exhausted: fallback``, the request goes to the fallback model).
+Provider limits (``providers.yaml``: a provider's ``rate_limits`` and ``budget``)
+are taken per attempt instead (``take_provider``, called by the attempt loop in
+routing/attempts.py: one more atomic take, one script call on Redis): a
+provider over its limit is passed over like a busy deployment and the next
+candidate is tried; only when every candidate is over does the client get
+the 429. The attempt that answers keeps its charges (settled with the
+request's); one that fails gives its tokens and spend back at once.
+
 ``settle`` (at finish) moves each tpm and budget charge by the real amount
 minus the estimate, so a failed call gives its reservation back. N replicas
 under load thus overshoot a budget by at most the estimate errors of the
@@ -24,7 +32,7 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from labgate.errors import BudgetExceededError, RateLimitedError
+from labgate.errors import BudgetExceededError, ProviderLimitedError, RateLimitedError
 from labgate.providers.base import Usage
 from labgate.state.alerts import Alerts
 from labgate.state.base import KEY_PREFIX, Charge, Counters, StateUnavailableError
@@ -35,7 +43,7 @@ if TYPE_CHECKING:
     from labgate.config.schema.limits import RateLimit
     from labgate.cost import Prices
     from labgate.record import RequestRecord
-    from labgate.routing.table import Route, RouteTable
+    from labgate.routing.table import Deployment, Route, RouteTable
 
 log = logging.getLogger("labgate.limits")
 MINUTE = 60.0
@@ -73,6 +81,13 @@ class Limiter:
         self.budgets = {(b.scope, b.name): b for b in budgets.limits} if budgets else {}
         self.global_budget = self.budgets.get(("global", None))
         self.fallback = budgets.fallback_model if budgets and budgets.on_exhausted == "fallback" else None
+        # provider name → (rpm, tpm, budget) from providers.yaml; only providers that set one
+        self.providers: dict[str, tuple[int | None, int | None, tuple[float, str] | None]] = {}
+        for pname, pconf in config.providers.items():
+            prl, pb = pconf.rate_limits, pconf.budget
+            if (prl is not None and (prl.rpm or prl.tpm)) or pb is not None:
+                self.providers[pname] = (prl.rpm if prl else None, prl.tpm if prl else None,
+                                         (pb.limit_usd, pb.period) if pb is not None else None)
         self.static = bool(self.rpm or self.tpm or self.model_exact or self.model_globs or self.budgets)
         self.alerts = Alerts(budgets.alert_thresholds if budgets else (0.5, 0.8, 1.0),
                              budgets.alert_webhook if budgets else None)
@@ -164,6 +179,67 @@ class Limiter:
         raise BudgetExceededError(f"Budget exhausted for {scope}: ${charge.limit:g} {_PERIODS.get(period, period)}.",
                                   retry_after=wait or None)
 
+    def provider_charges(self, record: RequestRecord, dep: Deployment) -> Reservation:
+        """What an attempt on ``dep`` draws on: its provider's rpm, tpm and budget (``providers.yaml``)."""
+        rpm, tpm_limit, budget = self.providers[dep.provider]
+        p, name = self.prefix, "provider:" + dep.provider
+        prompt, output = _estimate(record, self.default_output)
+        out: list[Charge] = []
+        tpm: tuple[int, ...] = ()
+        caps: tuple[int, ...] = ()
+        if rpm:
+            out.append(Charge(p + "rpm:" + name, "rate", rpm, MINUTE, 1))
+        if tpm_limit:
+            tpm = (len(out),)
+            out.append(Charge(p + "tpm:" + name, "rate", tpm_limit, MINUTE, min(prompt + output, tpm_limit)))
+        if budget is not None:
+            limit, period = budget
+            wid, left = window(period)
+            rates = self.prices.of(dep.key, dep.provider, dep.model)
+            cost = 0.0 if rates is None or rates.per_hour is not None else rates.cost(
+                Usage(prompt_tokens=prompt, completion_tokens=output))
+            caps = (len(out),)
+            out.append(Charge(f"{p}spend:{name}:{period}:{wid}", "cap", limit, left + TTL_SLACK_S, cost))
+        return Reservation(tuple(out), tpm, caps)
+
+    async def take_provider(self, record: RequestRecord, dep: Deployment) -> Reservation | ProviderLimitedError:
+        """Take an attempt's provider charges (one atomic take), or say why its provider is over."""
+        held = self.provider_charges(record, dep)
+        try:
+            refused, wait = await self.counters.take(held.charges)
+        except StateUnavailableError as exc:
+            if self.fail_open:
+                return Reservation((), (), ())
+            return ProviderLimitedError(f"provider {dep.provider!r}: its limits cannot be checked right now ({exc})",
+                                        budget=False, retry_after=1.0)
+        if refused < 0:
+            return held
+        charge = held.charges[refused]
+        if charge.kind == "rate":
+            what = "requests" if charge.key.startswith(self.prefix + "rpm:") else "tokens"
+            return ProviderLimitedError(f"Rate limit reached for provider {dep.provider!r}: {int(charge.limit)} "
+                                        f"{what} per minute.", budget=False, retry_after=max(wait, 0.001))
+        period = charge.key.rsplit(":", 2)[1]
+        return ProviderLimitedError(f"Budget exhausted for provider {dep.provider!r}: ${charge.limit:g} "
+                                    f"{_PERIODS.get(period, period)}.", budget=True, retry_after=wait or None)
+
+    def keep(self, record: RequestRecord, held: Reservation) -> None:
+        """The attempt that answered: its provider charges are settled with the request's at finish."""
+        if not held.charges:
+            return
+        mine = record.reservation
+        if mine is None:
+            record.reservation = held
+            return
+        n = len(mine.charges)
+        record.reservation = Reservation(mine.charges + held.charges, mine.tokens + tuple(i + n for i in held.tokens),
+                                         mine.caps + tuple(i + n for i in held.caps))
+
+    def give_back(self, held: Reservation) -> None:
+        """A failed attempt: its tokens and spend return (its request still counts: the upstream saw it)."""
+        if held.tokens or held.caps:
+            self._settle(held, 0.0, 0.0)
+
     async def _take(self, held: Reservation) -> tuple[int, float]:
         """The counters' take; while the backend is away: admitted (fail open) or a 429 (closed)."""
         try:
@@ -180,8 +256,9 @@ class Limiter:
         held = record.reservation
         record.reservation = None
         usage = record.usage
-        real_tokens = usage.total_tokens if usage is not None else 0
-        real_cost = record.cost or 0.0
+        self._settle(held, usage.total_tokens if usage is not None else 0, record.cost or 0.0)
+
+    def _settle(self, held: Reservation, real_tokens: float, real_cost: float) -> None:
         deltas = [0.0] * len(held.charges)
         for i in held.tokens:
             deltas[i] = real_tokens - held.charges[i].cost
@@ -239,7 +316,8 @@ def limiter_for(config: Config, prices: Prices, *, previous: Limiter | None = No
     ``shared_path``: without Redis, a SQLite file the workers of ``--workers N`` share their counters in.
     """
     gateway = config.gateway
-    if gateway.rate_limits is None and gateway.budgets is None and not gateway.auth.virtual_keys:
+    if (gateway.rate_limits is None and gateway.budgets is None and not gateway.auth.virtual_keys
+            and not any(p.rate_limits is not None or p.budget is not None for p in config.providers.values())):
         return None
     rl = gateway.rate_limits
     url = (rl.url if rl else None) or gateway.state.url
