@@ -74,14 +74,14 @@ async def test_every_candidate_over_is_a_429_that_never_reaches_an_upstream(tmp_
 async def test_a_provider_tpm_is_a_limit_too(tmp_path: Path) -> None:
     # the estimate (prompt bytes / 4 + max_tokens) takes the whole 500; settled to the real count (a few
     # tokens) after, which still leaves no room for another such estimate within the minute
-    async with two(tmp_path, {"rate_limits": {"tpm": 500}}, {}) as (running, http, a, b):
+    async with two(tmp_path, {"rate_limits": {"tpm": 500}}, {}) as (running, http, _a, _b):
         got = [(await post(running, http, max_tokens=1000))[2]["x-labgate-provider"] for _ in range(3)]
         assert got[0] == "first" and got[1:] == ["second", "second"]
 
 
 async def test_a_provider_budget_hands_over_then_refuses_with_insufficient_quota(tmp_path: Path) -> None:
     # each answer costs about $1 × prompt + $2 × 10 tokens: a $50 budget holds one or two of them
-    async with two(tmp_path, {"budget": {"limit_usd": 50, "period": "day"}}, {}) as (running, http, a, b):
+    async with two(tmp_path, {"budget": {"limit_usd": 50, "period": "day"}}, {}) as (running, http, a, _b):
         got = [(await post(running, http, max_tokens=10))[2]["x-labgate-provider"] for _ in range(6)]
         assert got[0] == "first" and got[-3:] == ["second"] * 3
         assert len(a.requests) < 3
@@ -96,7 +96,7 @@ async def test_a_provider_budget_hands_over_then_refuses_with_insufficient_quota
 
 
 async def test_a_failed_attempt_gives_its_tokens_back(tmp_path: Path) -> None:
-    async with two(tmp_path, {"rate_limits": {"tpm": 500}}, {}) as (running, http, a, b):
+    async with two(tmp_path, {"rate_limits": {"tpm": 500}}, {}) as (running, http, a, _b):
         a.set(Behaviour(fault=Status(500)))
         assert (await post(running, http, max_tokens=1000))[2]["x-labgate-provider"] == "second"
         a.set(Behaviour())
