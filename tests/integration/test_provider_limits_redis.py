@@ -91,3 +91,25 @@ async def test_replicas_share_a_provider_budget(redis_url: str, tmp_path: Path) 
         statuses = [s for s, _, _ in answers]
         assert statuses[0] == 200 and statuses[-1] == 429 and len(a.requests) == statuses.count(200)
         assert answers[-1][1]["error"]["code"] == "insufficient_quota"
+
+
+async def test_budgets_are_seeded_again_when_redis_comes_back_empty(redis_url: str, tmp_path: Path) -> None:
+    import redis.asyncio as aredis
+
+    budget = {"budget": {"limit_usd": 50, "period": "day"}}
+    async with replicas(redis_url, tmp_path, budget, False, n=1) as (gws, http, a, _):
+        statuses = [(await post(gws[0], http, max_tokens=10))[0] for _ in range(8)]
+        assert statuses[0] == 200 and statuses[-1] == 429
+        await gws[0].gateway.history.flush()  # type: ignore[union-attr]
+        limiter = gws[0].gateway.runtime.limiter
+        assert limiter is not None
+        client = aredis.Redis.from_url(redis_url)
+        try:  # Redis restarted without its data: this namespace's keys are gone
+            keys = [k async for k in client.scan_iter(match=limiter.prefix.replace("{", "[{]") + "*")]
+            assert keys and await client.delete(*keys) == len(keys)
+        finally:
+            await client.aclose()
+        sent = len(a.requests)
+        status, body, _ = await post(gws[0], http, max_tokens=10)  # the take finds no marker: seeds, then takes
+        assert (status, body["error"]["code"]) == (429, "insufficient_quota")
+        assert len(a.requests) == sent

@@ -26,6 +26,7 @@ requests in flight, never by a check-then-increment race.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fnmatch
 import logging
 import re
@@ -88,11 +89,51 @@ class Limiter:
             if (prl is not None and (prl.rpm or prl.tpm)) or pb is not None:
                 self.providers[pname] = (prl.rpm if prl else None, prl.tpm if prl else None,
                                          (pb.limit_usd, pb.period) if pb is not None else None)
+        self.keyed_budgets = config.gateway.auth.virtual_keys  # keys may carry budgets of their own
         self.static = bool(self.rpm or self.tpm or self.model_exact or self.model_globs or self.budgets)
         self.alerts = Alerts(budgets.alert_thresholds if budgets else (0.5, 0.8, 1.0),
                              budgets.alert_webhook if budgets else None)
         self._pending: set[asyncio.Task[None]] = set()
         self.owns_counters = True  # false once a reload handed them to the next Runtime's limiter
+        self.history: Any = None  # the history store budgets are seeded from (state/seed.py); None: not yet
+        self._seeding = asyncio.Lock()
+
+    async def seed(self, store: Any = None) -> int:
+        """Seed each budget's current window from the history's cost sum, where its counter does not exist.
+
+        ``store``: the history store (kept, to seed again when a Redis backend comes back after an
+        outage). Returns how many counters had spend to seed; a failure is logged, never raised.
+        """
+        if store is not None:
+            self.history = store
+        if self.history is None or not (self.budgets or self.providers or self.keyed_budgets):
+            return 0
+        self._watch_empty()
+        from labgate.state.seed import budget_seeds
+
+        try:
+            seeds = await budget_seeds(self, self.history)
+            await self.counters.seed(tuple(seeds))  # on Redis also the marker, even with nothing to seed
+        except Exception as exc:  # the history or the backend away: budgets count from here on
+            log.warning("limits: could not seed budgets from the history (%s); they count from now", exc)
+            with contextlib.suppress(Exception):
+                await self.counters.seed(())  # on Redis: the marker, so requests do not retry the history each
+            return 0
+        return len(seeds)
+
+    def _watch_empty(self) -> None:
+        """On Redis, every take also checks a marker the seeding sets: an empty Redis is seeded again."""
+        counters: Any = self.counters
+        if hasattr(counters, "marker") and counters.marker is None:
+            counters.marker = self.prefix + "seeded"
+            counters.on_empty = self._seed_once
+
+    async def _seed_once(self) -> None:
+        """Concurrent takes that found Redis empty wait for one seeding."""
+        counters: Any = self.counters
+        async with self._seeding:
+            if not await counters.marked():
+                await self.seed()
 
     def plan(self, record: RequestRecord) -> bool:
         """Does this request draw on any limit? (No I/O: the request path asks this first.)"""
@@ -343,6 +384,12 @@ def limiter_for(config: Config, prices: Prices, *, previous: Limiter | None = No
     limiter = Limiter(config, counters, prices)
     if previous is not None and counters is previous.counters:  # the same counters: what was reported stays so
         limiter.alerts.counts, limiter.alerts._seen = previous.alerts.counts, previous.alerts._seen
+    if previous is not None and previous.history is not None:  # the new limiter seeds from the same history
+        limiter.history = previous.history
+        if hasattr(counters, "marker"):
+            counters.marker = None
+            if limiter.budgets or limiter.providers or limiter.keyed_budgets:
+                limiter._watch_empty()
     return limiter
 
 

@@ -85,7 +85,8 @@ async def test_a_provider_budget_hands_over_then_refuses_with_insufficient_quota
         got = [(await post(running, http, max_tokens=10))[2]["x-labgate-provider"] for _ in range(6)]
         assert got[0] == "first" and got[-3:] == ["second"] * 3
         assert len(a.requests) < 3
-    async with two(tmp_path, {"budget": {"limit_usd": 50, "period": "day"}}, None) as (running, http, a, _):
+    (tmp_path / "alone").mkdir()  # a history of its own: the first gateway's spend would be seeded
+    async with two(tmp_path / "alone", {"budget": {"limit_usd": 50, "period": "day"}}, None) as (running, http, a, _):
         statuses = [(await post(running, http, max_tokens=10))[0] for _ in range(6)]
         assert statuses[0] == 200 and statuses[-1] == 429
         status, body, headers = await post(running, http, max_tokens=10)
