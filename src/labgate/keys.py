@@ -32,6 +32,7 @@ from labgate.errors import AuthenticationError, PermissionDeniedError, RecordNot
 from labgate.store import resolve_url, store_for
 from labgate.store.base import Store
 from labgate.store.schema import KEYS_TABLE
+from labgate.store.sqlite import SQLiteStore
 
 if TYPE_CHECKING:
     from labgate.config.load import Config
@@ -142,13 +143,19 @@ class KeyRing:
         """Read every key, then keep refreshing. A store that cannot be read now fails closed: virtual
         keys are refused (the master key still works) until the first read succeeds."""
         try:
-            await self.store.open()
-            self._opened = True
-            await self.refresh()
+            if not self._not_created():
+                await self.store.open()
+                self._opened = True
+                await self.refresh()
         except Exception as exc:
             log.error("virtual keys: cannot read the key table (%s); refusing virtual keys until it answers", exc)
             self.enforced = True
         self._task = asyncio.get_running_loop().create_task(self._poll(), name="labgate-keys")
+
+    def _not_created(self) -> bool:
+        """A SQLite file nobody created yet holds no key: it is not created for them (``store.capture: none``
+        keeps no file); ``labgate keys create`` creates it, and the next refresh opens it."""
+        return isinstance(self.store, SQLiteStore) and not self.store.path.exists()
 
     async def refresh(self) -> None:
         rows = await self.store.fetch(f"SELECT {', '.join(_COLUMNS)} FROM {KEYS_TABLE} WHERE updated_at >= ?",
@@ -172,6 +179,8 @@ class KeyRing:
             await asyncio.sleep(self.refresh_s)
             try:
                 if not self._opened:
+                    if self._not_created():
+                        continue
                     await self.store.open()
                     self._opened = True
                 await self.refresh()

@@ -156,7 +156,8 @@ def test_admin_config_needs_the_master_key_and_masks_secrets(tmp_path: Path,
         status, _, shown = call(url + "/admin/config", key=KEY)
         assert status == 200
         assert shown["config"]["providers"]["b"]["headers"] == {"x-api-key": "***"}
-        assert shown["config"]["gateway"]["auth"] == {"master_key_env": "RELOAD_TEST_KEY"}
+        assert shown["config"]["gateway"]["auth"] == {"master_key_env": "RELOAD_TEST_KEY", "virtual_keys": True,
+                                                      "keys_refresh_s": 0.5}
         assert KEY not in orjson.dumps(shown).decode() and "literal-header-secret" not in orjson.dumps(shown).decode()
         assert shown["version"].startswith("sha256:") and shown["trigger"] == "start"
 

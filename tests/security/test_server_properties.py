@@ -227,6 +227,8 @@ def h11_view(raw: bytes) -> tuple[list[dict[str, Any]], bool]:
                 seen.append({**current, "body": bytes(body).hex()})
                 conn.send(h11.Response(status_code=200, headers=[("content-length", "0")]))
                 conn.send(h11.EndOfMessage())
+                if conn.our_state is h11.MUST_CLOSE:  # HTTP/1.0 (or any non-1.1 version) without keep-alive
+                    return seen, False
                 conn.start_next_cycle()
             elif event is h11.NEED_DATA or isinstance(event, h11.ConnectionClosed) or event is h11.PAUSED:
                 return seen, False
@@ -291,3 +293,11 @@ def test_damaged_requests_get_an_envelope_or_a_clean_close(served: Served, data:
     # differential: what the server handed its handler, h11 reads from the same bytes, in the same order
     reference, _ = h11_view(raw.lstrip(b"\r\n"))  # llhttp skips a lone CR or LF before a request line; h11 a CRLF
     assert served_requests == reference[:len(served_requests)]
+
+
+@pytest.mark.parametrize("version", [b"0.1", b"0.9", b"1.0"])
+def test_the_reference_reads_a_request_of_any_version_and_stops_there(version: bytes) -> None:
+    """h11 takes a non-1.1 request without keep-alive as the connection's last (found by the property above)."""
+    raw = b"GET /x HTTP/" + version + b"\r\nhost: a\r\n\r\nGET /y HTTP/1.1\r\nhost: a\r\n\r\n"
+    assert h11_view(raw) == ([{"method": "GET", "path": "/x", "query": "", "headers": {"host": "a"}, "body": ""}],
+                             False)

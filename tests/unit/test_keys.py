@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -65,3 +66,24 @@ async def test_rotation_and_revocation_reach_a_ring_on_refresh(tmp_path: Path) -
     finally:
         await ring.aclose()
         await store.aclose()
+
+
+async def test_a_database_nobody_created_is_not_created_and_is_read_once_it_exists(tmp_path: Path) -> None:
+    path = tmp_path / "later.db"
+    ring = KeyRing(SQLiteStore(path), refresh_s=0.02)
+    await ring.start()
+    try:
+        assert not path.exists() and not ring.enforced  # no file made for the ring (store.capture: none)
+        store = SQLiteStore(path)  # what `labgate keys create` does: it creates the file
+        await store.open()
+        try:
+            secret, key = await KeyAdmin(store).create(KeySpec(name="late"), actor="test")
+        finally:
+            await store.aclose()
+        for _ in range(250):  # the poll opens the file once it exists
+            if ring.enforced:
+                break
+            await asyncio.sleep(0.02)
+        assert ring.check(secret, time.time()) == key
+    finally:
+        await ring.aclose()

@@ -49,6 +49,7 @@ def _positive(text: str) -> int:
 
 def run(args: argparse.Namespace) -> int:
     from labgate.config.reload import ConfigSource, load_files
+    from labgate.state.cache import preload
     from labgate.telemetry.logs import configure_logging
     from labgate.telemetry.traces import missing_sdk
 
@@ -74,6 +75,7 @@ def run(args: argparse.Namespace) -> int:
     host = args.host or server.host
     port = server.port if args.port is None else args.port
     workers = args.workers or server.workers
+    preload(config)  # slow imports (the Redis client) before the port accepts: accepted means answered soon
     sock = _listen(host, port)
     port = sock.getsockname()[1]
     # a SIGHUP sent as soon as we say we listen waits until the reload handler is installed

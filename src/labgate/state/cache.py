@@ -362,6 +362,26 @@ def cache_for(config: Config, *, previous: Cache | None = None) -> Cache | None:
     return cache
 
 
+def preload(config: Config) -> None:
+    """Import the cache backend's client before the gateway listens (``labgate serve`` calls it).
+
+    Importing redis-py takes about 0.4 s of CPU, several seconds on a loaded machine; done while
+    building the Runtime, it ran after the port was already accepting, so clients (and readiness
+    checks that only connect) were accepted and then waited, unanswered, until it finished.
+    """
+    settings = config.gateway.cache
+    if settings is None or not settings.enabled:
+        return
+    try:
+        backend, _ = _backend(settings, config.gateway.state)
+    except ValueError:
+        return  # reported when the Runtime is built
+    if backend == "redis":
+        from labgate.state.redis import import_client
+
+        import_client()
+
+
 def _backend(settings: CacheConfig, state: StateConfig) -> tuple[str, str | None]:
     url = settings.url or state.url
     backend = settings.backend or ("redis" if url else "memory")

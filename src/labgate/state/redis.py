@@ -39,7 +39,8 @@ BATCH = 500  # commands per pipeline in admin operations
 ADMIN_TIMEOUT_S = 30.0  # one admin step (a SCAN page, a pipeline, an UNLINK batch)
 
 
-def _import() -> Any:
+def import_client() -> Any:
+    """redis-py's asyncio API (imported once; ``labgate serve`` does it before listening)."""
     try:
         import redis.asyncio as aredis
     except ImportError as exc:  # the optional extra
@@ -60,7 +61,7 @@ class RedisLink:
     """One pooled Redis client and the health of the server behind it (fail open, log once)."""
 
     def __init__(self, url: str, *, timeout_s: float, retry_s: float, max_connections: int) -> None:
-        aredis = _import()
+        aredis = import_client()
         from redis.asyncio.retry import Retry
         from redis.backoff import NoBackoff
 
@@ -114,16 +115,31 @@ class RedisLink:
         try:
             async with asyncio.timeout(self.timeout_s):
                 conn = await waiter
-        except TimeoutError:
-            if waiter.done() and not waiter.cancelled() and waiter.result() is not None:
-                self._release(waiter.result())  # handed over as the timeout fired: pass it on
+        except BaseException as exc:  # timed out, or the request was cancelled (its client left)
+            self._pass_on(waiter)
+            if not isinstance(exc, TimeoutError):
+                raise
             self.busy += 1
             raise StateUnavailableError(f"every connection to Redis at {self.url} stayed in use") from None
         if conn is None:  # one was closed: this request may open its own, unless Redis went down meanwhile
-            self.check()
+            if self.down_until:
+                self._release(None)  # the free slot goes on to the next waiter
+                self.check()
             self._open += 1
             conn = self.pool.make_connection()
         return conn
+
+    def _pass_on(self, waiter: asyncio.Future[Any]) -> None:
+        """A waiter that gives up: what it was handed meanwhile goes to the next one, never lost.
+
+        ``_release`` may have handed it a connection (or the right to open one: None) in the same
+        loop iteration as its timeout or cancellation; dropping that would leak a slot of
+        ``max_connections`` for good, and once all leaked every command would wait ``timeout_s``.
+        """
+        if not waiter.done():
+            waiter.cancel()
+        elif not waiter.cancelled():
+            self._release(waiter.result())
 
     def _release(self, conn: Any) -> None:
         """Hand a connection (None: one was closed) to the next waiter, or back to the free list."""

@@ -79,3 +79,33 @@ async def test_a_waiter_handed_a_closed_connection_stops_when_redis_went_down(si
         await first
     assert (entries.link._open, entries.status()["failures"], entries.status()["busy"]) == (0, 1, 0)
     await entries.aclose()
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("gives_up", ["cancelled", "timed out"])
+async def test_a_connection_handed_to_a_waiter_that_gives_up_is_passed_on(silent_port: int, gives_up: str) -> None:
+    """A connection released to a waiter in the same loop iteration as its cancellation (its client
+    left) or its timeout goes to the next waiter or the free list: never lost. Before, a lost one
+    leaked a slot of max_connections for good; once all leaked, every lookup waited timeout_s."""
+    pytest.importorskip("redis", reason="the redis client is not installed: pip install 'labgate[redis]'")
+    link = RedisLink(f"redis://127.0.0.1:{silent_port}/0", timeout_s=0.2, retry_s=30, max_connections=1)
+    held = await link._acquire()  # the only connection, busy elsewhere
+    waiting = asyncio.create_task(link._acquire())
+    await asyncio.sleep(0)  # the waiter is queued
+    assert len(link._waiters) == 1
+    if gives_up == "cancelled":
+        link._release(held)  # handed over ...
+        waiting.cancel()  # ... and cancelled before the waiter resumed
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+    else:
+        await asyncio.sleep(0.25)  # its timeout fires; the connection comes back just after
+        with pytest.raises(StateUnavailableError, match="stayed in use"):
+            await waiting
+        link._release(held)
+    assert link._idle == [held] and link._open == 1  # back on the free list, the count unchanged
+    started = time.monotonic()
+    assert await link._acquire() is held  # the next command gets it at once
+    assert time.monotonic() - started < 0.05
+    link._release(held)
+    await link.aclose()
