@@ -65,7 +65,9 @@ _V3 = (  # the response cache (docs/cache.md)
     Column("cache", "TEXT", "TEXT"),  # hit | miss | bypass | off | unavailable; NULL: no cache configured
     Column("cache_bytes", "INTEGER", "INTEGER"),  # hits: bytes served from the cache; misses: bytes stored
 )
-COLUMNS: tuple[Column, ...] = (*_V1, _V2, *_V3)
+# migration 7 (6 is trace_id's): a local_first route's decision, as x-labgate-routing said (docs/limits.md)
+_V7 = Column("routing", "TEXT", "TEXT")  # local | cloud (why); NULL: not a local_first route
+COLUMNS: tuple[Column, ...] = (*_V1, _V2, *_V3, _V7)
 NAMES: tuple[str, ...] = tuple(c.name for c in COLUMNS)
 JSON_COLUMNS = frozenset({"messages", "parameters", "tool_calls", "failed_attempts", "tags", "metadata"})
 BOOL_COLUMNS = frozenset({"stream", "cache_hit"})
@@ -109,17 +111,20 @@ SQLITE_MIGRATIONS: dict[int, list[str]] = {
     2: [f"ALTER TABLE {TABLE} ADD COLUMN {_V2.name} {_V2.sqlite}"],
     3: [f"ALTER TABLE {TABLE} ADD COLUMN {c.name} {c.sqlite}" for c in _V3],
     5: _v5("sqlite"),
+    7: [f"ALTER TABLE {TABLE} ADD COLUMN {_V7.name} {_V7.sqlite}"],
 }
 POSTGRES_MIGRATIONS: dict[int, list[str]] = {
     1: _create("postgres", "id BIGSERIAL PRIMARY KEY"),
     2: [f"ALTER TABLE {TABLE} ADD COLUMN IF NOT EXISTS {_V2.name} {_V2.postgres}"],
     3: [f"ALTER TABLE {TABLE} ADD COLUMN IF NOT EXISTS {c.name} {c.postgres}" for c in _V3],
     5: _v5("postgres"),
+    7: [f"ALTER TABLE {TABLE} ADD COLUMN IF NOT EXISTS {_V7.name} {_V7.postgres}"],
 }
 VERSION_TABLE = "history_schema_version"
 
 # Migration 4: the ``feedback`` table (POST /v1/feedback; server/feedback.py); 3 is the cache's, 5 (above) keys
-# and the audit log. One row per vote, any number per request; ``request_id`` names the ``requests`` row
+# and the audit log, 6 trace_id, 7 (above) the routing column. One row per vote, any number per request;
+# ``request_id`` names the ``requests`` row
 # (labgate's id), not a foreign key: a record and its feedback are written by different processes, and
 # retention deletes records without touching votes.
 FEEDBACK_TABLE = "feedback"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -121,6 +122,12 @@ async def test_local_first_sends_to_the_cloud_when_the_local_provider_is_over(tm
             second = await post(running, http)
             assert (second[2]["x-labgate-provider"], second[2]["x-labgate-routing"]) == (
                 "cloud", "cloud (local over its provider limit)")
+            history = running.gateway.history
+            assert history is not None
+            await history.flush()
+            with sqlite3.connect(tmp_path / "h.db") as conn:  # the decision is a history column (migration 7)
+                rows = conn.execute("SELECT provider, routing FROM requests ORDER BY id").fetchall()
+            assert rows == [("local", "local"), ("cloud", "cloud (local over its provider limit)")]
         finally:
             await running.stop(grace=1.0)
 

@@ -47,7 +47,7 @@ COMMON = {
     "completion_tokens": 3, "tokens_used": 15, "cost": None, "cache_hit": False, "attempts": 2,
     "failed_attempts": '[{"deployment":"p0/m1","error":"upstream_server_error","message":"p0 answered 503"}]',
     "client_ip": "10.0.0.7", "tags": '["exp-1","blue"]', "metadata": '{"project":"lab-a","tags":"exp-1, blue"}',
-    "client_request_id": "client-7", "cache": None, "cache_bytes": None,
+    "client_request_id": "client-7", "cache": None, "cache_bytes": None, "routing": None,
 }
 
 
@@ -156,3 +156,9 @@ def test_cache_hit_row_carries_status_bytes_and_the_saved_usage() -> None:
     row = as_dict(build_row(hit, capture="metadata", client_ip=False))
     assert (row["cache"], row["cache_bytes"], row["cache_hit"]) == ("hit", 321, True)
     assert (row["prompt_tokens"], row["completion_tokens"]) == (12, 3)  # the tokens the hit saved
+
+
+def test_the_local_first_decision_is_a_column() -> None:
+    row = as_dict(build_row(record(routing="cloud (local over its provider limit)"), capture="metadata",
+                            client_ip=False))
+    assert row["routing"] == "cloud (local over its provider limit)"

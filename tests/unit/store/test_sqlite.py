@@ -158,7 +158,7 @@ async def test_a_version_1_database_gains_the_cache_columns(tmp_path: Path) -> N
     await store.aclose()
     with sqlite3.connect(path) as conn:
         columns = [r[1] for r in conn.execute("PRAGMA table_info(requests)")]
-        assert columns[-2:] == ["cache", "cache_bytes"]
+        assert columns[-3:] == ["cache", "cache_bytes", "routing"]  # routing: migration 7
         assert conn.execute("SELECT max(version) FROM history_schema_version").fetchone() == (max(SQLITE_MIGRATIONS),)
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         assert {"api_keys", "audit_log"} <= tables  # migration 5: virtual keys and the audit log
