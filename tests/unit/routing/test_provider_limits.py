@@ -136,3 +136,40 @@ async def test_no_provider_limits_means_no_limiter(tmp_path: Path) -> None:
     async with two(tmp_path, {}, {}) as (running, _, _, _):
         limiter = running.gateway.runtime.limiter  # there for virtual keys, if enabled; no provider in it
         assert limiter is None or limiter.providers == {}  # off means free: the attempt loop skips the check
+
+
+async def test_a_provider_over_its_limit_falls_back_along_the_chain(tmp_path: Path) -> None:
+    async with Simulator(models=["m"]) as a, Simulator(models=["m2"]) as b, aiohttp.ClientSession() as http:
+        providers = {"first": {"type": "openai_compatible", "base_url": a.url + "/v1", "models": ["m"],
+                               "rate_limits": {"rpm": 1}},
+                     "second": {"type": "openai_compatible", "base_url": b.url + "/v1", "models": ["m2"]}}
+        config = config_from(providers, {"fallbacks": {"m": ["m2"]}},
+                             gateway={"store": {"url": str(tmp_path / "h.db")}, "logging": {"requests": False}})
+        running = await start_gateway(config, host="127.0.0.1", port=0)
+        try:
+            got = [(await post(running, http))[2]["x-labgate-deployment"] for _ in range(3)]
+            assert got == ["first/m", "second/m2", "second/m2"]
+        finally:
+            await running.stop(grace=1.0)
+
+
+async def test_the_refusal_prefers_a_rate_and_the_soonest_wait() -> None:
+    from labgate.errors import BudgetExceededError, ProviderLimitedError, RateLimitedError
+
+    budget = ProviderLimitedError("Budget exhausted for provider 'a'", budget=True, retry_after=3600.0)
+    rate = ProviderLimitedError("Rate limit reached for provider 'b'", budget=False, retry_after=2.5)
+    slower = ProviderLimitedError("Rate limit reached for provider 'c'", budget=False, retry_after=9.0)
+    mixed = ProviderLimitedError.refusal([budget, slower, rate])
+    assert isinstance(mixed, RateLimitedError) and mixed.retry_after == 2.5 and "'b'" in mixed.message
+    only = ProviderLimitedError.refusal([budget])
+    assert isinstance(only, BudgetExceededError) and only.code == "insufficient_quota" and only.retry_after == 3600.0
+
+
+@pytest.mark.parametrize(("mode", "served_by"), [("open", "first"), ("closed", "second")])
+async def test_an_unreachable_backend_follows_on_backend_error(tmp_path: Path, mode: str, served_by: str) -> None:
+    pytest.importorskip("redis")
+    limits = {"on_backend_error": mode}
+    state = {"url": "redis://127.0.0.1:1/0", "timeout_s": 0.2, "retry_s": 60}  # nothing listens on port 1
+    async with two(tmp_path, {"rate_limits": {"rpm": 5}}, {}, rate_limits=limits, state=state) as (running, http, _, _):
+        status, _, headers = await post(running, http)
+        assert (status, headers["x-labgate-provider"]) == (200, served_by)  # closed: passed over, never failed
