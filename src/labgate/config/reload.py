@@ -400,6 +400,8 @@ class Reloader:
                                       duration_ms=_ms(started))
                 self.last = result
                 return result
+            if runtime.limiter is not None:  # a budget the reload added starts from the history's spend
+                await runtime.limiter.seed()
             old = self.gateway.runtime
             draining = self.in_flight()  # every request that may hold the old runtime
             self.gateway.runtime = runtime  # the swap: new requests take the new runtime from here on

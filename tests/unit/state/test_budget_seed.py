@@ -114,3 +114,35 @@ async def test_global_model_and_provider_budgets_are_seeded(tmp_path: Path, monk
             status, body, headers = await post(running, http, "/v1/chat/completions", CHAT)
             assert (status, body["error"]["code"]) == (429, "insufficient_quota") and "retry-after" in headers
             assert sim.requests == []
+
+
+@pytest.mark.asyncio
+async def test_a_budget_added_by_a_reload_starts_from_the_history(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    from labgate.config.reload import ConfigSource
+
+    monkeypatch.setenv("LABGATE_SEED_TEST_MASTER", MASTER)
+    async with Simulator(models=["m"]) as sim, gateway(sim, tmp_path / "h.db") as (running, http):
+        spent = 0.0
+        for _ in range(3):
+            status, _, headers = await post(running, http, "/v1/chat/completions", CHAT)
+            assert status == 200
+            spent += float(headers["x-labgate-cost"])
+        history = running.gateway.history
+        assert history is not None and running.reloader is not None
+        await history.flush()
+        config = running.gateway.runtime.config
+        budgets = {"limits": [{"scope": "model", "name": "m", "limit_usd": spent + 1, "period": "day"}]}
+        raw = {"providers": {"providers": {"cloud": {"type": "openai_compatible", "base_url": sim.url + "/v1",
+                                                     "models": [{"name": "m", "pricing": PRICED}]}}},
+               "gateway": {**config.gateway.model_dump(exclude_unset=True), "budgets": budgets}}
+        from labgate.config.load import build_config
+
+        async def load() -> Any:
+            return build_config(raw, {}, source="test")
+
+        running.reloader.source = ConfigSource(load=load)
+        assert (await running.reloader.reload(trigger="api")).status == "applied"
+        assert spend_counters(running) == {"model:m": pytest.approx(spent)}
+        status, body, _ = await post(running, http, "/v1/chat/completions", CHAT)  # a $1 budget left: refused
+        assert (status, body["error"]["code"]) == (429, "insufficient_quota")
