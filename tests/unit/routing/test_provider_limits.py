@@ -173,3 +173,21 @@ async def test_an_unreachable_backend_follows_on_backend_error(tmp_path: Path, m
     async with two(tmp_path, {"rate_limits": {"rpm": 5}}, {}, rate_limits=limits, state=state) as (running, http, _, _):
         status, _, headers = await post(running, http)
         assert (status, headers["x-labgate-provider"]) == (200, served_by)  # closed: passed over, never failed
+
+
+async def test_a_stream_settles_its_provider_budget_when_it_ends(tmp_path: Path) -> None:
+    async with two(tmp_path, {"budget": {"limit_usd": 10_000, "period": "day"}}, {}) as (running, http, _, _):
+        body = {"model": "m", "stream": True, "max_tokens": 500, "messages": [{"role": "user", "content": "hi"}]}
+        async with http.post(running.url + "/v1/chat/completions", json=body) as r:
+            assert r.status == 200 and r.headers["x-labgate-provider"] == "first"
+            await r.read()
+        history = running.gateway.history
+        assert history is not None
+        await history.flush()
+        with sqlite3.connect(tmp_path / "h.db") as conn:
+            (cost,) = conn.execute("SELECT cost FROM requests").fetchone()
+        limiter = running.gateway.runtime.limiter
+        assert limiter is not None and cost > 0
+        values = limiter.counters._values  # type: ignore[attr-defined]
+        (spent,) = [v for k, (v, _) in values.items() if ":spend:provider:first:" in k]
+        assert spent == pytest.approx(cost)  # the $1000 estimate was replaced by the real cost
