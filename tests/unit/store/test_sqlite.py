@@ -49,6 +49,7 @@ async def test_a_version_1_database_gains_client_request_id(tmp_path: Path) -> N
         old, new = await get(store, "old-1"), await get(store, "req_new")
     finally:
         await store.aclose()
+    assert old is not None and new is not None
     assert (old["client_request_id"], new["client_request_id"]) == (None, "client-9")
     assert (old["cache"], old["cache_bytes"]) == (None, None)
     with sqlite3.connect(path) as conn:
