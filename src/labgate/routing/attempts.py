@@ -131,13 +131,14 @@ async def _try(dep: Deployment, endpoint: Endpoint, body: dict[str, Any], stream
             dep.gate.release()
         record.failures.append(AttemptFailure(dep.key, held))
         return None
+    before = record.attempts  # counts the calls that reached (or were sent to) an upstream
     try:
         result = await _send(dep, endpoint, body, stream, deadline, circuit, record, native)
     except BaseException:
-        limits.give_back(held)
+        limits.give_back(held, sent=record.attempts > before)
         raise
     if result is None:
-        limits.give_back(held)
+        limits.give_back(held, sent=record.attempts > before)
     else:
         limits.keep(record, held)
     return result

@@ -276,9 +276,11 @@ class Limiter:
         record.reservation = Reservation(mine.charges + held.charges, mine.tokens + tuple(i + n for i in held.tokens),
                                          mine.caps + tuple(i + n for i in held.caps))
 
-    def give_back(self, held: Reservation) -> None:
-        """A failed attempt: its tokens and spend return (its request still counts: the upstream saw it)."""
-        if held.tokens or held.caps:
+    def give_back(self, held: Reservation, *, sent: bool) -> None:
+        """A failed attempt: its tokens and spend return; its request too unless ``sent`` (the upstream saw it)."""
+        if not sent and held.charges:  # nothing was sent (e.g. the half-open probe was taken): all returns
+            self._apply(held, [-c.cost for c in held.charges])
+        elif held.tokens or held.caps:
             self._settle(held, 0.0, 0.0)
 
     async def _take(self, held: Reservation) -> tuple[int, float]:
@@ -305,6 +307,9 @@ class Limiter:
             deltas[i] = real_tokens - held.charges[i].cost
         for i in held.caps:
             deltas[i] = real_cost - held.charges[i].cost
+        self._apply(held, deltas)
+
+    def _apply(self, held: Reservation, deltas: list[float]) -> None:
         if not any(deltas):
             return
         adjust_now = getattr(self.counters, "adjust_now", None)

@@ -191,3 +191,29 @@ async def test_a_stream_settles_its_provider_budget_when_it_ends(tmp_path: Path)
         values = limiter.counters._values  # type: ignore[attr-defined]
         (spent,) = [v for k, (v, _) in values.items() if ":spend:provider:first:" in k]
         assert spent == pytest.approx(cost)  # the $1000 estimate was replaced by the real cost
+
+
+async def test_an_attempt_never_sent_gives_its_request_back_too() -> None:
+    from labgate.errors import ProviderLimitedError
+    from labgate.record import RequestRecord
+    from labgate.runtime import Runtime
+    from labgate.state.limits import Reservation
+
+    config = config_from({"first": {"type": "openai_compatible", "base_url": "http://127.0.0.1:9/v1",
+                                    "models": ["m"], "rate_limits": {"rpm": 1}}},
+                         gateway={"auth": {"virtual_keys": False}})
+    rt = Runtime.build(config)
+    try:
+        limiter, dep = rt.limiter, rt.table.resolve("m").groups[0].deployments[0]
+        assert limiter is not None
+        record = RequestRecord("req-1", "chat")
+        held = await limiter.take_provider(record, dep)
+        assert isinstance(held, Reservation)
+        assert isinstance(await limiter.take_provider(record, dep), ProviderLimitedError)  # rpm 1: used
+        limiter.give_back(held, sent=False)  # e.g. its half-open probe went to another request
+        again = await limiter.take_provider(record, dep)
+        assert isinstance(again, Reservation)  # the request came back
+        limiter.give_back(again, sent=True)  # sent: the upstream saw it, the request stays counted
+        assert isinstance(await limiter.take_provider(record, dep), ProviderLimitedError)
+    finally:
+        await rt.aclose()
