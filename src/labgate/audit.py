@@ -37,14 +37,24 @@ async def record_action(store: Store, actor: str, action: str, target: str | Non
         (time.time(), actor, action, target, _json(before), _json(after)))
 
 
-async def entries(store: Store, *, since: float | None = None, action: str | None = None,
-                  limit: int = 100) -> list[dict[str, Any]]:
-    """Newest first; ``action`` matches exactly or as a prefix ending in '.' (``key.`` → every key action)."""
+async def entries(store: Store, *, since: float | None = None, until: float | None = None,
+                  action: str | None = None, text: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+    """Newest first; ``action`` matches exactly or as a prefix ending in '.' (``key.`` → every key action);
+    ``until`` (exclusive) pages back: pass the oldest ``ts`` of the page before; ``text``: a substring of
+    the actor, the target or the (masked) before/after states."""
     where: list[str] = ["1 = 1"]
     params: list[Any] = []
     if since is not None:
         where.append("ts >= ?")
         params.append(since)
+    if until is not None:
+        where.append("ts < ?")
+        params.append(until)
+    if text:
+        pattern = "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        where.append("(" + " OR ".join(f"{c} LIKE ? ESCAPE '\\'" for c in ("actor", "target", "before", "after"))
+                     + ")")
+        params += [pattern] * 4
     if action is not None:
         if action.endswith("."):
             where.append("substr(action, 1, ?) = ?")

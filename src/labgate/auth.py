@@ -13,10 +13,13 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from labgate.errors import AuthenticationError, PermissionDeniedError
+from labgate.keys import PREFIX
 
 if TYPE_CHECKING:
     from labgate.keys import KeyRing, VirtualKey
 
+_VIRTUAL_NOT_ADMIN = ("A virtual key (lg-…) cannot use the admin API: /admin/* needs the master key "
+                      "(auth.master_key_env).")
 _MISSING = "Missing API key: send it as 'Authorization: Bearer <key>' or 'x-api-key: <key>'."
 
 
@@ -75,7 +78,13 @@ def admit_admin(auth: Auth, headers: Mapping[str, str], client: str | None) -> N
     """Admin routes: the master key when one is configured; without one, loopback clients only
     (config and history hold what an open network port should not hand out)."""
     if auth.master:
-        auth.check(presented_key(headers))
+        presented = presented_key(headers)
+        try:
+            auth.check(presented)
+        except AuthenticationError:
+            if presented and presented.startswith(PREFIX):
+                raise AuthenticationError(_VIRTUAL_NOT_ADMIN, code="virtual_key_not_admin") from None
+            raise
     elif not _loopback(client):
         raise PermissionDeniedError("This gateway has no master key (auth.master_key_env), so its admin API "
                                     "answers loopback clients only.")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-PAGES = ("playground", "compare", "history", "analytics", "operations")
+PAGES = ("playground", "compare", "history", "analytics", "operations", "access")
 
 
 def test_keyboard_only(page: Any, lab: Any, expect: Any) -> None:

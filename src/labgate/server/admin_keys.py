@@ -9,7 +9,10 @@ Admission is the admin rule (the master key; loopback only when none is set); a 
     PATCH  /admin/keys/{id or name}       the same fields (unchanged when absent)
     POST   /admin/keys/{id or name}/revoke
     POST   /admin/keys/{id or name}/rotate → {"key": "lg-…" (the new secret, shown once), …}
-    GET    /admin/audit                   ?since= (Unix seconds) &action= (exact, or a prefix ending in '.') &limit=
+    GET    /admin/audit                   ?since= &until= (Unix seconds; until exclusive: the next page is
+                                           until=<the oldest ts shown>) &action= (exact, or a prefix ending in
+                                           '.') &q= (a substring of actor, target, before
+                                           or after, ≤ 200 chars) &limit=
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ log = logging.getLogger("labgate.server")
 KEYS = "/admin/keys"
 AUDIT = "/admin/audit"
 MAX_BODY = 64 * 1024  # an admin body past this is refused
+MAX_SEARCH = 200  # /admin/audit?q= past this many characters is refused
 
 Run = Callable[[KeyRing, str, dict[str, str]], Awaitable[tuple[int, Any]]]
 
@@ -115,10 +119,16 @@ class KeysSurface:
 
     async def audit(self, request: Request) -> Response:
         async def run(ring: KeyRing, who: str, params: dict[str, str]) -> tuple[int, Any]:
-            since = _float(params, "since")
+            since, until = _float(params, "since"), _float(params, "until")
             limit = int(_float(params, "limit") or 100)
-            return 200, {"data": await audit.entries(ring.store, since=since, action=params.get("action"),
-                                                     limit=limit)}
+            text = params.get("q") or None
+            if text is not None and len(text) > MAX_SEARCH:
+                raise RequestError(f"'q' is longer than {MAX_SEARCH} characters.", param="q")
+            # SQLite ends a LIKE pattern at NUL (matching everything); PostgreSQL refuses NUL in text
+            if text is not None and any(ord(ch) < 32 for ch in text):
+                raise RequestError("'q' must not contain control characters.", param="q")
+            return 200, {"data": await audit.entries(ring.store, since=since, until=until,
+                                                     action=params.get("action"), text=text, limit=limit)}
         return await self._serve(request, run)
 
     async def _serve(self, request: Request, run: Run) -> Response:

@@ -9,6 +9,7 @@ from labgate.errors import LabgateError, MethodNotAllowedError, RouteNotFoundErr
 from labgate.gateway import Gateway
 from labgate.runtime import Runtime
 from labgate.server.admin_backups import backup_routes
+from labgate.server.admin_budgets import budget_routes
 from labgate.server.admin_cache import cache_routes
 from labgate.server.admin_config import config_routes
 from labgate.server.admin_history import history_routes
@@ -57,6 +58,8 @@ def build_app(gateway: Gateway, *, reloader: Reloader | None = None, listen_host
     routes.update(config_routes(gateway, reloader))
     # /admin/cache/stats, /admin/cache/keys, /admin/cache/flush (server/admin_cache.py)
     routes.update(cache_routes(gateway))
+    # /admin/budgets (server/admin_budgets.py)
+    routes.update(budget_routes(gateway))
     # /admin/config/backups, …/{name}/restore (server/admin_backups.py)
     backups, backup_prefixes = backup_routes(gateway, reloader)
     routes.update(backups)

@@ -30,6 +30,7 @@ import contextlib
 import fnmatch
 import logging
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -37,12 +38,13 @@ from labgate.errors import BudgetExceededError, ProviderLimitedError, RateLimite
 from labgate.providers.base import Usage
 from labgate.state.alerts import Alerts
 from labgate.state.base import KEY_PREFIX, Charge, Counters, StateUnavailableError
-from labgate.state.budgets import TTL_SLACK_S, window
+from labgate.state.budgets import TTL_SLACK_S, compute, window
 
 if TYPE_CHECKING:
     from labgate.config.load import Config
     from labgate.config.schema.limits import RateLimit
     from labgate.cost import Prices
+    from labgate.keys import VirtualKey
     from labgate.record import RequestRecord
     from labgate.routing.table import Deployment, Route, RouteTable
 
@@ -334,6 +336,37 @@ class Limiter:
                     self.alerts.check(charge.key[self._spend:], value, charge.limit)
         except StateUnavailableError as exc:
             log.warning("limits: could not settle a reservation (%s); its estimate stays counted", exc)
+
+    async def usage(self, keys: Iterable[VirtualKey], now: float) -> tuple[list[dict[str, Any]], str | None]:
+        """Every configured budget and every unrevoked key's budget with its current window's use
+        (``GET /admin/budgets``), and why the use could not be read (None: it was). ``used_usd`` is the
+        window's counter: settled spend plus the estimates of requests still in flight."""
+        rows: list[dict[str, Any]] = []
+        for (scope, name), b in self.budgets.items():
+            rows.append({"budget": f"{scope}:{name}" if name else scope, "scope": scope, "name": name,
+                         "limit_usd": b.limit_usd, "period": b.period})
+        for provider, (_, _, cap) in self.providers.items():
+            if cap is not None:  # providers.yaml budget:
+                rows.append({"budget": "provider:" + provider, "scope": "provider", "name": provider,
+                             "limit_usd": cap[0], "period": cap[1]})
+        for key in keys:
+            if key.budget_usd is not None and key.revoked_at is None:
+                rows.append({"budget": "key:" + key.id, "scope": "key", "name": key.id, "key_name": key.name,
+                             "limit_usd": key.budget_usd, "period": key.budget_period})
+        counters = []
+        for row in rows:
+            wid, left = compute(row["period"], now)
+            row["window"], row["resets_in_s"] = wid, (round(left, 3) if left else None)
+            counters.append(f"{self.prefix}spend:{row['budget']}:{row['period']}:{wid}")
+        try:
+            used: tuple[float | None, ...] = await self.counters.read(tuple(counters)) if counters else ()
+            error = None
+        except StateUnavailableError as exc:
+            used, error = (None,) * len(rows), f"The limits backend cannot be read now: {exc}"
+        for row, value in zip(rows, used, strict=True):
+            row["used_usd"] = None if value is None else round(value, 9)
+            row["remaining_usd"] = None if value is None else round(max(row["limit_usd"] - value, 0.0), 9)
+        return rows, error
 
     async def drain(self) -> None:
         if self._pending:

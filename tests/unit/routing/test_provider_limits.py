@@ -217,3 +217,17 @@ async def test_an_attempt_never_sent_gives_its_request_back_too() -> None:
         assert isinstance(await limiter.take_provider(record, dep), ProviderLimitedError)
     finally:
         await rt.aclose()
+
+
+async def test_admin_budgets_lists_a_provider_budget(tmp_path: Path) -> None:
+    async with two(tmp_path, {"budget": {"limit_usd": 10_000, "period": "day"}}, {}) as (running, http, _, _):
+        status, _, headers = await post(running, http, max_tokens=10)
+        assert status == 200
+        cost = float(headers["x-labgate-cost"])
+        async with http.get(running.url + "/admin/budgets?scope=provider") as r:
+            assert r.status == 200
+            body = orjson.loads(await r.read())
+        (row,) = body["data"]
+        assert (row["budget"], row["scope"], row["name"], row["limit_usd"], row["period"]) == (
+            "provider:first", "provider", "first", 10_000, "day")
+        assert row["used_usd"] == pytest.approx(cost)

@@ -72,7 +72,7 @@ export async function render(main) {
         h("span", {}, "p50 ", h("b", {}, fmt(summary.latency && summary.latency.p50_ms, 0, " ms"))),
         h("span", {}, "p95 ", h("b", {}, fmt(summary.latency && summary.latency.p95_ms, 0, " ms"))),
         h("span", {}, "tokens ", h("b", {}, summary.tokens ? summary.tokens.total_tokens : 0)),
-        h("span", {}, "cost ", h("b", {}, money(summary.tokens && summary.tokens.cost)))),
+        h("span", {}, "cost ", h("b", { id: "sum-cost" }, money(summary.tokens && summary.tokens.cost)))),
       h("div", { class: "cols" }, cards));
   }
 

@@ -46,13 +46,15 @@ export async function request(path, { method = "GET", body, raw = false, signal,
   const init = { method, signal, headers: headers(body !== undefined ? { "content-type": "application/json" } : {}) };
   if (body !== undefined) init.body = typeof body === "string" ? body : JSON.stringify(body);
   const answer = await fetch(base + path, init);
-  if (answer.status === 401 && !retried) {
-    for (const fn of listeners) if (await fn()) return request(path, { method, body, raw, signal, retried: true });
-  }
   if (!answer.ok) {
     let parsed = null;
     try { parsed = await answer.json(); } catch { /* not JSON */ }
-    throw new ApiError(answer.status, parsed, answer.headers.get("x-request-id"));
+    const err = new ApiError(answer.status, parsed, answer.headers.get("x-request-id"));
+    if (answer.status === 401 && !retried) {
+      // the dialog says why: a missing or wrong key, or a virtual key on an admin route
+      for (const fn of listeners) if (await fn(err.message)) return request(path, { method, body, raw, signal, retried: true });
+    }
+    throw err;
   }
   if (raw) return answer;
   return answer.json();

@@ -8,18 +8,23 @@ const pages = {
   history: () => import("./history.js"),
   analytics: () => import("./analytics.js"),
   operations: () => import("./operations.js"),
+  access: () => import("./access.js"),
 };
 
 const main = document.getElementById("main");
 const dialog = document.getElementById("key-dialog");
 const input = document.getElementById("key-input");
+const reason = document.getElementById("key-reason");
 let current = null;
 let routed = false;
 
-// Ask for a key; resolves true when one was given.
-function askKey() {
+// Ask for a key, saying why the last one was refused (a virtual key on an admin page); resolves true when one
+// was given.
+function askKey(why = "") {
   return new Promise((resolve) => {
     input.value = getKey();
+    reason.textContent = why;
+    reason.hidden = !why;
     const done = () => {
       dialog.removeEventListener("close", done);
       if (dialog.returnValue === "save" && input.value.trim()) {
@@ -35,12 +40,12 @@ function askKey() {
 }
 
 let asking = null;
-onAuthNeeded(() => {
-  asking = asking || askKey().finally(() => { asking = null; });
+onAuthNeeded((why) => {
+  asking = asking || askKey(why).finally(() => { asking = null; });
   return asking;
 });
 
-document.getElementById("key-button").addEventListener("click", () => askKey().then((ok) => ok && route()));
+document.getElementById("key-button").addEventListener("click", () => askKey("").then((ok) => ok && route()));
 document.getElementById("key-forget").addEventListener("click", () => {
   setKey("");
   input.value = "";

@@ -51,7 +51,7 @@ export async function render(main) {
       h("td", { class: "model" }, r.model || "–"), h("td", {}, r.provider || "–"),
       h("td", { class: r.outcome === "ok" ? "ok" : "error" }, `${r.status} ${r.outcome}`),
       h("td", {}, fmt(r.response_time_ms, 0, " ms")), h("td", {}, fmt(r.ttft_ms, 0, " ms")),
-      h("td", {}, r.tokens_used ?? "–"), h("td", {}, money(r.cost)),
+      h("td", {}, r.tokens_used ?? "–"), h("td", { class: "cost" }, money(r.cost)),
       h("td", { class: "prompt" }, (r.prompt || "").slice(0, 80))));
     clear(results, rows.length ? h("table", {},
       h("thead", {}, h("tr", {}, ["", "time (UTC)", "model", "provider", "status", "latency", "TTFT", "tokens", "cost", "prompt"].map((t) => h("th", { scope: "col" }, t)))),
