@@ -16,6 +16,14 @@ failed attempt but never counted by the circuit breaker. When the other
 candidates are used up, the request waits in the priority queue
 (:mod:`labgate.routing.queue`) for the first of the busy ones to free a slot.
 
+Over its provider's limits is busy too. With a limiter, an attempt on a provider
+that sets ``rate_limits`` or ``budget`` (providers.yaml) first takes its charges
+(:meth:`Limiter.take_provider`: one atomic take); a provider over them is passed
+over without an attempt and without the circuit hearing of it. When every
+candidate was over, the client gets 429 ``rate_limit_exceeded`` (or
+``insufficient_quota`` when only budgets refused) with the soonest retry-after,
+and nothing reached an upstream.
+
 Each attempt takes a lease (``health.inflight``, and a slot of the gate if
 any) that :meth:`Deployment.release` gives back: here for a whole reply or a
 failure, at the relay's end for a stream.
@@ -31,6 +39,7 @@ from labgate.errors import (
     AttemptFailure,
     DeploymentBusyError,
     NoHealthyDeploymentError,
+    ProviderLimitedError,
     UnsupportedEndpointError,
     UpstreamError,
     UpstreamTimeoutError,
@@ -42,13 +51,19 @@ from labgate.routing.table import Deployment
 
 if TYPE_CHECKING:
     from labgate.routing.queue import Queue
+    from labgate.state.limits import Limiter
 
 
 async def attempt(candidates: list[Deployment], *, endpoint: Endpoint, body: dict[str, Any],
                   stream: bool, deadline: float, circuit: Circuit, record: RequestRecord,
                   native: dict[str, Any] | None = None,
-                  queue: Queue | None = None) -> tuple[Reply | Stream, Deployment]:
-    """The first successful answer and the deployment that gave it (``native``: see :class:`Call`)."""
+                  queue: Queue | None = None, limits: Limiter | None = None) -> tuple[Reply | Stream, Deployment]:
+    """The first successful answer and the deployment that gave it (``native``: see :class:`Call`).
+
+    ``limits``: the limiter whose provider limits each attempt takes (None, or no provider limited: nothing).
+    """
+    if limits is not None and not limits.providers:
+        limits = None
     failures = record.failures
     busy: list[Deployment] = []
     for dep in candidates:
@@ -67,28 +82,39 @@ async def attempt(candidates: list[Deployment], *, endpoint: Endpoint, body: dic
                 gate.release()
             _out_of_time(record, dep)
             break
-        result = await _try(dep, endpoint, body, stream, deadline, circuit, record, native)
+        result = await _try(dep, endpoint, body, stream, deadline, circuit, record, native, limits)
         if result is not None:
-            return result, dep
+            return _answered(record, result, dep)
     while busy and queue is not None and deadline > time.monotonic():
         # nothing else answered: a slot under the hard limit, else the first one freed, in priority order
         free = next((d for d in busy if d.gate is not None and d.gate.try_acquire()), None)
         dep = free if free is not None else await queue.wait(busy, record, deadline)  # holds a slot from here
         busy.remove(dep)
         record.spill = None
-        result = await _try(dep, endpoint, body, stream, deadline, circuit, record, native)
+        result = await _try(dep, endpoint, body, stream, deadline, circuit, record, native, limits)
         if result is not None:
-            return result, dep
+            return _answered(record, result, dep)
     for dep in busy:
         failures.append(AttemptFailure(dep.key, DeploymentBusyError(
             f"provider {dep.provider!r} is at its max_parallel_requests")))
     if failures and all(isinstance(f.error, UnsupportedEndpointError) for f in failures):
         raise failures[0].error
+    tried = [f.error for f in failures if not isinstance(f.error, UnsupportedEndpointError)]
+    if tried and all(isinstance(e, ProviderLimitedError) for e in tried):  # nothing reached an upstream
+        raise ProviderLimitedError.refusal(tried)  # type: ignore[arg-type]
     raise AllAttemptsFailedError(failures)
 
 
+def _answered(record: RequestRecord, result: Reply | Stream, dep: Deployment) -> tuple[Reply | Stream, Deployment]:
+    if record.routing == "local" and not dep.local:  # local_first planned a local one; the cloud answered
+        over = any(isinstance(f.error, ProviderLimitedError) for f in record.failures)
+        record.routing = "cloud (local over its provider limit)" if over else "cloud (local failing)"
+    return result, dep
+
+
 async def _try(dep: Deployment, endpoint: Endpoint, body: dict[str, Any], stream: bool, deadline: float,
-               circuit: Circuit, record: RequestRecord, native: dict[str, Any] | None) -> Reply | Stream | None:
+               circuit: Circuit, record: RequestRecord, native: dict[str, Any] | None,
+               limits: Limiter | None = None) -> Reply | Stream | None:
     """One attempt on ``dep`` (its gate slot, if any, already taken): the answer, or None after a failure."""
     now = time.monotonic()
     remaining = deadline - now
@@ -97,6 +123,31 @@ async def _try(dep: Deployment, endpoint: Endpoint, body: dict[str, Any], stream
             dep.gate.release()
         _out_of_time(record, dep)
         return None
+    if limits is None or dep.provider not in limits.providers:
+        return await _send(dep, endpoint, body, stream, deadline, circuit, record, native)
+    held = await limits.take_provider(record, dep)
+    if isinstance(held, ProviderLimitedError):  # over its provider's limit: passed over, like a busy one
+        if dep.gate is not None:
+            dep.gate.release()
+        record.failures.append(AttemptFailure(dep.key, held))
+        return None
+    before = record.attempts  # counts the calls that reached (or were sent to) an upstream
+    try:
+        result = await _send(dep, endpoint, body, stream, deadline, circuit, record, native)
+    except BaseException:
+        limits.give_back(held, sent=record.attempts > before)
+        raise
+    if result is None:
+        limits.give_back(held, sent=record.attempts > before)
+    else:
+        limits.keep(record, held)
+    return result
+
+
+async def _send(dep: Deployment, endpoint: Endpoint, body: dict[str, Any], stream: bool, deadline: float,
+                circuit: Circuit, record: RequestRecord, native: dict[str, Any] | None) -> Reply | Stream | None:
+    now = time.monotonic()
+    remaining = deadline - now
     if not circuit.claim(dep.health, now):  # its half-open probe went to another request
         if dep.gate is not None:
             dep.gate.release()

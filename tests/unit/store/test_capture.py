@@ -47,7 +47,7 @@ COMMON = {
     "completion_tokens": 3, "tokens_used": 15, "cost": None, "cache_hit": False, "attempts": 2,
     "failed_attempts": '[{"deployment":"p0/m1","error":"upstream_server_error","message":"p0 answered 503"}]',
     "client_ip": "10.0.0.7", "tags": '["exp-1","blue"]', "metadata": '{"project":"lab-a","tags":"exp-1, blue"}',
-    "client_request_id": "client-7", "cache": None, "cache_bytes": None, "trace_id": None,
+    "client_request_id": "client-7", "cache": None, "cache_bytes": None, "trace_id": None, "routing": None,
 }
 
 
@@ -170,3 +170,9 @@ def test_a_traced_record_keeps_its_trace_id_through_the_wire() -> None:
     row = as_dict(row_from_wire(shipped, capture="metadata", client_ip=False))
     assert row["trace_id"] == "00000000000000000000000000000abc" == traced.as_log()["trace_id"]
     assert as_dict(build_row(record(), capture="metadata", client_ip=False))["trace_id"] is None
+
+
+def test_the_local_first_decision_is_a_column() -> None:
+    row = as_dict(build_row(record(routing="cloud (local over its provider limit)"), capture="metadata",
+                            client_ip=False))
+    assert row["routing"] == "cloud (local over its provider limit)"
