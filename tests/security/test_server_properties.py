@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
+import re
 import socket
 import threading
 import time
@@ -291,8 +292,14 @@ def test_damaged_requests_get_an_envelope_or_a_clean_close(served: Served, data:
         assert reply is replies[-1]  # an error ends the connection
     assert served.records == []
     # differential: what the server handed its handler, h11 reads from the same bytes, in the same order
-    reference, _ = h11_view(raw.lstrip(b"\r\n"))  # llhttp skips a lone CR or LF before a request line; h11 a CRLF
-    assert served_requests == reference[:len(served_requests)]
+    reference, _ = h11_view(_single_spaced(raw.lstrip(b"\r\n")))  # llhttp skips a lone CR or LF before a
+    assert served_requests == reference[:len(served_requests)]          # request line; h11 a CRLF
+
+
+def _single_spaced(raw: bytes) -> bytes:
+    """Request lines with runs of spaces made single: RFC 9112 §3 lets a recipient split the request line on
+    whitespace boundaries (llhttp does: ``GET  / HTTP/1.1`` is served); h11 wants exactly one SP."""
+    return re.sub(rb"(?m)^([A-Za-z]+) +(\S+) +(HTTP/)", rb"\1 \2 \3", raw)
 
 
 @pytest.mark.parametrize("version", [b"0.1", b"0.9", b"1.0"])
