@@ -189,3 +189,18 @@ async def test_a_dead_redis_raises_state_unavailable(own_redis: tuple[str, Any])
     with pytest.raises(StateUnavailableError):
         await c.take((charge,))
     await c.aclose()
+
+
+@pytest.mark.asyncio
+async def test_reads_beside_takes_never_exhaust_the_pool_into_a_false_outage(redis_url: str) -> None:
+    """Budget alerts read the spend after each settle; past max_connections redis-py raises instead of
+    waiting, and that error counted as "Redis is down": the limiter then served unlimited (fail open)."""
+    c = RedisCounters(RedisLink(redis_url, timeout_s=5.0, retry_s=5.0, max_connections=2), max_connections=2)
+    p = prefix()
+    cap = Charge(p + "spend:global:total:all", "cap", 40.0, 0, 1.0)
+    results = await asyncio.gather(*(c.take((cap,)) if i % 2 else c.read((cap.key,)) for i in range(200)))
+    takes = [r for i, r in enumerate(results) if i % 2]
+    assert sum(r[0] == -1 for r in takes) == 40  # exactly the budget, never "unavailable"
+    assert (c.link.failures, c.link.down_until) == (0, 0.0)
+    await c.link.client.delete(cap.key)
+    await c.aclose()

@@ -360,8 +360,8 @@ class RedisCounters:
     async def read(self, keys: tuple[str, ...]) -> tuple[float, ...]:
         link = self.link
         link.check()
-        try:
-            async with asyncio.timeout(link.timeout_s):
+        try:  # a slot like every command: past max_connections redis-py raises instead of waiting
+            async with self._slots, asyncio.timeout(link.timeout_s):
                 values = await link.client.mget(list(keys)) if keys else []
         except link.errors as exc:
             raise link.failed(exc) from None
