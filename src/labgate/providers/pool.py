@@ -496,9 +496,9 @@ class Connection(asyncio.Protocol):
         self._in_head = True
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._head_lines += 1
-        self._head_bytes += len(name) + len(value) + 4
-        if self._head_bytes > MAX_HEADER_BYTES or self._head_lines > MAX_HEADER_COUNT:
+        lines = self._head_lines = self._head_lines + 1
+        size = self._head_bytes = self._head_bytes + len(name) + len(value) + 4
+        if size > MAX_HEADER_BYTES or lines > MAX_HEADER_COUNT:
             self._halt = self._head_too_large()
             raise _Halt
         if not self._in_head:
@@ -506,10 +506,10 @@ class Connection(asyncio.Protocol):
         key = name.decode("latin-1").lower()
         text = value.decode("latin-1")
         headers = self._headers
-        previous = headers.get(key)
-        if previous is None:
+        if key not in headers:
             headers[key] = text
         else:  # joined once, at the end of the head: linear in the number of lines
+            previous = headers[key]
             repeated = self._repeated
             if repeated is None:
                 self._repeated = repeated = {}

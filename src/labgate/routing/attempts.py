@@ -62,12 +62,13 @@ async def attempt(candidates: list[Deployment], *, endpoint: Endpoint, body: dic
             if gate.inflight < gate.limit:
                 record.spill = f"{dep.key} at {gate.inflight}/{gate.limit} in flight (prefer_local_under)"
             continue
-        if deadline <= time.monotonic():
+        now = time.monotonic()
+        if deadline <= now:
             if gate is not None:
                 gate.release()
             _out_of_time(record, dep)
             break
-        result = await _try(dep, endpoint, body, stream, deadline, circuit, record, native)
+        result = await _try(dep, endpoint, body, stream, deadline - now, now, circuit, record, native)
         if result is not None:
             return result, dep
     while busy and queue is not None and deadline > time.monotonic():
@@ -76,7 +77,13 @@ async def attempt(candidates: list[Deployment], *, endpoint: Endpoint, body: dic
         dep = free if free is not None else await queue.wait(busy, record, deadline)  # holds a slot from here
         busy.remove(dep)
         record.spill = None
-        result = await _try(dep, endpoint, body, stream, deadline, circuit, record, native)
+        now = time.monotonic()
+        if deadline <= now:  # the wait used the rest of the time
+            if dep.gate is not None:
+                dep.gate.release()
+            _out_of_time(record, dep)
+            break
+        result = await _try(dep, endpoint, body, stream, deadline - now, now, circuit, record, native)
         if result is not None:
             return result, dep
     for dep in busy:
@@ -87,16 +94,11 @@ async def attempt(candidates: list[Deployment], *, endpoint: Endpoint, body: dic
     raise AllAttemptsFailedError(failures)
 
 
-async def _try(dep: Deployment, endpoint: Endpoint, body: dict[str, Any], stream: bool, deadline: float,
-               circuit: Circuit, record: RequestRecord, native: dict[str, Any] | None) -> Reply | Stream | None:
-    """One attempt on ``dep`` (its gate slot, if any, already taken): the answer, or None after a failure."""
-    now = time.monotonic()
-    remaining = deadline - now
-    if remaining <= 0:
-        if dep.gate is not None:
-            dep.gate.release()
-        _out_of_time(record, dep)
-        return None
+async def _try(dep: Deployment, endpoint: Endpoint, body: dict[str, Any], stream: bool, remaining: float,
+               now: float, circuit: Circuit, record: RequestRecord,
+               native: dict[str, Any] | None) -> Reply | Stream | None:
+    """One attempt on ``dep`` (its gate slot, if any, already taken) with ``remaining`` (> 0) seconds of the
+    request's deadline at ``now``: the answer, or None after a failure."""
     if not circuit.claim(dep.health, now):  # its half-open probe went to another request
         if dep.gate is not None:
             dep.gate.release()
