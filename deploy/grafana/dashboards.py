@@ -56,6 +56,22 @@ DASHBOARDS: dict[str, tuple[str, list[Panel]]] = {
             "prompt share")], 12),
         ("Tokens saved by the response cache", "timeseries", "short", [
             ("sum by (type) (rate(labgate_cache_saved_tokens_total[5m]))", "{{type}}")], 12),
+        ("Spend per hour", "stat", "currencyUSD", [("sum(labgate:cost_usd:rate5m) * 3600", "USD/h")], 6),
+        ("Spend in the last 24 h", "stat", "currencyUSD", [
+            ("sum(increase(labgate_cost_usd_total[24h]))", "USD")], 6),
+        ("A day's spend at the last hour's rate", "stat", "currencyUSD", [
+            ("labgate:cost_usd_per_day:projected_1h", "USD/day")], 6),
+        ("Budget thresholds passed (24 h)", "stat", "short", [
+            ("sum(increase(labgate_budget_alerts_total[24h])) or vector(0)", "alerts")], 6),
+        ("Spend per hour by model", "timeseries", "currencyUSD", [
+            ("sum by (model) (labgate:cost_usd:rate5m) * 3600", "{{model}}")], 12),
+        ("Spend per hour by provider", "timeseries", "currencyUSD", [
+            ("sum by (provider) (labgate:cost_usd:rate5m) * 3600", "{{provider}}")], 12),
+        ("Cost per successful request by model", "timeseries", "currencyUSD", [(
+            "sum by (model) (labgate:cost_usd:rate5m)"
+            ' / sum by (model) (rate(labgate_requests_total{status="200"}[5m]))', "{{model}}")], 12),
+        ("Spend in the last hour by model", "bargauge", "currencyUSD", [
+            ("sum by (model) (increase(labgate_cost_usd_total[1h]))", "{{model}}")], 12),
     ]),
     "labgate-performance": ("labgate / Performance", [
         ("Latency p50 / p95 / p99 by model", "timeseries", "s", [

@@ -387,6 +387,38 @@ class BudgetExceededError(LabgateError):
         self.retry_after = retry_after
 
 
+class ProviderLimitedError(LabgateError):
+    """A provider is over its own ``rate_limits`` or ``budget`` (providers.yaml): the attempt loop passes
+    it over like a busy deployment (never a circuit failure) and tries the next candidate. When every
+    candidate is over, the client gets :meth:`refusal` (429 with retry-after)."""
+
+    status = 429
+    openai_type = anthropic_type = "rate_limit_error"
+    code = "rate_limit_exceeded"
+    retryable = True
+
+    def __init__(self, message: str, *, budget: bool, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.budget = budget
+        self.retry_after = retry_after
+        if budget:
+            self.code, self.openai_type = "insufficient_quota", "insufficient_quota"
+
+    @staticmethod
+    def refusal(over: Sequence[ProviderLimitedError]) -> LabgateError:
+        """Every candidate's provider is over: rate_limit_exceeded if any is a rate (the sooner to pass),
+        else insufficient_quota; retry-after the soonest of them."""
+        rates = [e for e in over if not e.budget]
+        waits = [e.retry_after for e in (rates or over) if e.retry_after is not None]
+        wait = min(waits) if waits else None
+        causes = "; ".join(e.message for e in (rates or over))
+        if rates:
+            return RateLimitedError(f"Every deployment for this model is over its provider's limit: {causes}",
+                                    retry_after=wait)
+        return BudgetExceededError(f"Every deployment for this model is over its provider's budget: {causes}",
+                                   retry_after=wait)
+
+
 class ConnectionLimitError(LabgateError):
     """A new connection over ``server.max_connections`` or ``server.max_connections_per_ip``."""
 

@@ -58,6 +58,7 @@ class RequestRecord:
     tags: list[str] | None = None
     priority: str | None = None  # the x-labgate-priority header as sent (read only when a queue exists)
     queue_ms: float | None = None  # time spent waiting for capacity, when it had to wait
+    queue_wait: tuple[float, float] | None = None  # (start, end) of that wait, perf_counter (the span's times)
     spill: str | None = None  # why a preferred deployment was passed over for load (prefer_local_under)
     rescues: int = 0  # streams continued on another deployment after a break (routing/rescue.py)
     payload: dict[str, Any] | None = None  # the parsed request body, by reference
@@ -70,6 +71,7 @@ class RequestRecord:
     cache_bytes: int = 0  # hits: bytes served from the cache; misses: bytes stored
     cache_control: str | None = None  # the request's cache-control header (set by the surface)
     cache_ticket: Any = None  # a miss to store when the request finishes (state.cache.Ticket)
+    cache_lookup: tuple[float, float] | None = None  # (start, end) of the store lookup, perf_counter; None: none
     traceparent: str | None = None  # the client's W3C trace context headers, as sent
     tracestate: str | None = None
     trace: Trace | None = None  # set when tracing is on and this request is traced (telemetry/traces.py)

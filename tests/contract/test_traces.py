@@ -3,6 +3,7 @@ fallback and a stream, and the W3C trace context the upstream receives."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import time
 from collections.abc import Iterator
@@ -22,6 +23,7 @@ pytest.importorskip("opentelemetry.sdk", reason="needs the otel extra: pip insta
 OtlpReceiver = otlp_module.OtlpReceiver
 SERVER, CLIENT, INTERNAL, ERROR = 2, 3, 1, 2
 CLIENT_PARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+SLOW: list[Simulator] = []  # the simulator behind slow/m (one request at a time: the others queue)
 
 
 class Lines:
@@ -35,26 +37,34 @@ class Lines:
         pass
 
 
-@pytest.fixture(scope="module")
-def setup() -> Iterator[tuple[Any, Simulator, Simulator, str, LoopThread, RunningGateway, Lines]]:
+@pytest.fixture(scope="module", params=["process", "thread"])  # tracing.export: where spans are built
+def setup(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+          ) -> Iterator[tuple[Any, Simulator, Simulator, str, LoopThread, RunningGateway, Lines]]:
     with contextlib.ExitStack() as stack:
         otlp = stack.enter_context(OtlpReceiver().run_in_thread())
         good = stack.enter_context(Simulator(Behaviour(completion_tokens=5), models=["m"]).run_in_thread())
         bad = stack.enter_context(Simulator(Behaviour(fault=Status(503)), models=["m"]).run_in_thread())
+        slow = stack.enter_context(Simulator(Behaviour(latency_s=0.2), models=["m"]).run_in_thread())
         config = config_from(
             {"good": {"type": "openai_compatible", "base_url": good.url + "/v1", "models": ["m"]},
              "bad": {"type": "openai_compatible", "base_url": bad.url + "/v1", "models": ["m"]},
-             "anth": {"type": "anthropic", "base_url": good.url, "models": ["m"]}},
+             "anth": {"type": "anthropic", "base_url": good.url, "models": ["m"]},
+             "slow": {"type": "openai_compatible", "base_url": slow.url + "/v1", "models": ["m"],
+                      "max_parallel_requests": 1}},
             {"routing": {"exact_matches": {"fb": {"provider": "bad", "model": "m",
                                                   "fallback_chain": ["good/m"]}}}},
             {"tracing": {"enabled": True, "endpoint": otlp.url, "export_interval_s": 0.05,
-                         "service_name": "labgate-test"},
-             "resilience": {"circuit": {"failure_threshold": 1000}}, "cache": {"backend": "memory"}})
+                         "service_name": "labgate-test",
+                         "export": request.param},
+             "resilience": {"circuit": {"failure_threshold": 1000}}, "cache": {"backend": "memory"},
+             "queue": {"timeout_s": 1.0},
+             "store": {"url": str(tmp_path_factory.mktemp("history") / "h.db"), "capture": "metadata"}})
         thread = LoopThread()
         stack.callback(thread.close)
         log = Lines()
         running = thread.run(start_gateway(config, host="127.0.0.1", port=0, access_log=AccessLog(log)))
         stack.callback(lambda: thread.run(running.stop(grace=2.0)))
+        SLOW[:] = [slow]
         yield otlp, good, bad, f"http://127.0.0.1:{running.port}", thread, running, log
 
 
@@ -196,11 +206,18 @@ def test_a_cache_hit_is_a_trace_without_upstream_spans(setup: Any) -> None:
     good.clear()
     assert post(url, body).status == 200  # a miss: stored
     miss_trace = good.requests[0].headers["traceparent"].split("-")[1]
-    assert tree(otlp, miss_trace, 3)["chat good/m"].attributes["labgate.cache"] == "miss"
+    missed = tree(otlp, miss_trace, 4)
+    assert missed["chat good/m"].attributes["labgate.cache"] == "miss"
+    lookup, route = missed["cache lookup"], missed["route"]
+    assert lookup.parent_span_id == route.span_id and lookup.kind == INTERNAL  # inside routing
+    assert lookup.attributes == {"labgate.cache": "miss", "labgate.cache_hit": False}
+    assert route.start_ns <= lookup.start_ns <= lookup.end_ns <= route.end_ns <= missed["upstream good/m"].start_ns
     hit = post(url, body, {"traceparent": "00-1af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"})
     assert hit.status == 200 and len(good.requests) == 1  # answered from the cache
-    spans = tree(otlp, "1af7651916cd43dd8448eb211c80319c", 2)
-    assert sorted(spans) == ["chat good/m", "route"]
+    spans = tree(otlp, "1af7651916cd43dd8448eb211c80319c", 3)
+    assert sorted(spans) == ["cache lookup", "chat good/m", "route"]
+    assert spans["cache lookup"].attributes == {"labgate.cache": "hit", "labgate.cache_hit": True}
+    assert spans["cache lookup"].parent_span_id == spans["route"].span_id
     root = spans["chat good/m"]
     assert (root.attributes["labgate.cache"], root.attributes["labgate.cache_hit"]) == ("hit", True)
     assert root.attributes["labgate.attempts"] == 0
@@ -221,6 +238,79 @@ def test_the_anthropic_adapter_sends_the_trace_context_too(setup: Any, stream: b
         f"{int(stream) + 2}af7651916cd43dd8448eb211c80319c", "01", "a=b")
     spans = tree(otlp, trace_id, 4 if stream else 3)
     assert spans["upstream anth/m"].span_id == parent
+
+
+def test_a_bypassed_cache_makes_no_lookup_span(setup: Any) -> None:
+    otlp, good, _, url, *_ = setup
+    good.clear()
+    assert post(url, {"model": "good/m", "messages": [{"role": "user", "content": "hi"}]}).status == 200
+    spans = tree(otlp, good.requests[0].headers["traceparent"].split("-")[1], 3)  # not deterministic: bypassed
+    assert "cache lookup" not in spans and spans["chat good/m"].attributes["labgate.cache"] == "bypass"
+
+
+def _queued_pair(url: str, second_parent: str) -> tuple[urllib3.BaseHTTPResponse, urllib3.BaseHTTPResponse]:
+    """A request holding slow/m's only slot, and one sent while it does (so it queues)."""
+    slow = SLOW[0]
+    slow.clear()
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        first = pool.submit(post, url, {"model": "slow/m", "messages": [{"role": "user", "content": "a"}]})
+        deadline = time.monotonic() + 5
+        while not slow.requests:
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
+        second = pool.submit(post, url, {"model": "slow/m", "messages": [{"role": "user", "content": "b"}]},
+                             {"traceparent": second_parent, "x-labgate-priority": "high"})
+        return first.result(), second.result()
+
+
+def test_a_request_that_waited_for_capacity_has_a_queue_wait_span(setup: Any) -> None:
+    otlp, *_ = setup
+    trace_id = "7af7651916cd43dd8448eb211c80319c"
+    first, second = _queued_pair(setup[3], f"00-{trace_id}-b7ad6b7169203331-01")
+    assert first.status == second.status == 200
+    spans = tree(otlp, trace_id, 4)
+    assert sorted(spans) == ["chat slow/m", "queue wait", "route", "upstream slow/m"]
+    root, route, wait, attempt = (spans[n] for n in ("chat slow/m", "route", "queue wait", "upstream slow/m"))
+    assert wait.parent_span_id == root.span_id and wait.kind == INTERNAL and wait.status == 0
+    assert route.end_ns <= wait.start_ns < wait.end_ns <= attempt.start_ns  # routing, then the wait, then the call
+    assert wait.attributes["labgate.priority"] == "high"
+    assert 50 < wait.attributes["labgate.queue_ms"] == pytest.approx((wait.end_ns - wait.start_ns) / 1e6, abs=5)
+
+
+def test_a_queue_timeout_ends_the_wait_span_in_error(setup: Any) -> None:
+    otlp, *_ = setup
+    SLOW[0].set(Behaviour(latency_s=1.5), model="m")  # longer than queue.timeout_s
+    try:
+        trace_id = "8af7651916cd43dd8448eb211c80319c"
+        first, second = _queued_pair(setup[3], f"00-{trace_id}-b7ad6b7169203331-01")
+    finally:
+        SLOW[0].set(Behaviour(latency_s=0.2), model="m")
+    assert (first.status, second.status) == (200, 503)
+    spans = tree(otlp, trace_id, 3)
+    assert sorted(spans) == ["chat slow/m", "queue wait", "route"]
+    wait = spans["queue wait"]
+    assert wait.status == ERROR and "capacity" in wait.status_message and "labgate.queue_ms" not in wait.attributes
+    assert 0.9e9 < wait.end_ns - wait.start_ns < 1.4e9
+
+
+def test_the_history_record_holds_the_trace_id_and_is_found_by_it(setup: Any) -> None:
+    """``trace_id`` is a history column (migration 6): shown in /admin/history/<id>, searchable by ``?trace_id=``."""
+    _, good, _, url, thread, running, _ = setup
+    good.clear()
+    parent = "00-5af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    traced = post(url, {"model": "good/m", "messages": [{"role": "user", "content": "hi"}]}, {"traceparent": parent})
+    unsampled = post(url, {"model": "good/m", "messages": [{"role": "user", "content": "hi"}]},
+                     {"traceparent": parent.replace("5af7", "6af7")[:-2] + "00"})
+    assert traced.status == unsampled.status == 200
+    assert running.gateway.history is not None
+    thread.run(running.gateway.history.flush())
+    for answer, trace_id in ((traced, "5af7651916cd43dd8448eb211c80319c"),
+                             (unsampled, "6af7651916cd43dd8448eb211c80319c")):  # continued, so recorded too
+        found = orjson.loads(urllib3.request("GET", f"{url}/admin/history?trace_id={trace_id.upper()}").data)
+        assert [r["request_id"] for r in found["data"]] == [answer.headers["x-request-id"]]
+        assert found["data"][0]["trace_id"] == trace_id
+        record = orjson.loads(urllib3.request("GET", f"{url}/admin/history/{answer.headers['x-request-id']}").data)
+        assert record["trace_id"] == trace_id
 
 
 async def _flush(running: RunningGateway) -> None:

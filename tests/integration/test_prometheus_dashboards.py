@@ -85,7 +85,8 @@ def traffic(url: str) -> None:
               {"model": "mix", "messages": hi}, {"model": "mix", "messages": hi, "stream": True},
               {"model": "cut/m3", "messages": hi, "stream": True}, {"model": "nope", "messages": hi},
               {"model": "down/m1", "messages": hi},
-              {"model": "good/m1", "messages": hi, "temperature": 0}]  # the response cache: a miss, then hits
+              {"model": "good/m1", "messages": hi, "temperature": 0},  # the response cache: a miss, then hits
+              {"model": "budgeted", "messages": hi, "max_tokens": 6}]  # priced: cost, budget alerts, fallback
     deadline = time.monotonic() + TRAFFIC_S
     with ThreadPoolExecutor(4) as pool:
         while time.monotonic() < deadline:
@@ -97,7 +98,7 @@ def query(prom: str, expr: str) -> list[dict[str, Any]]:
     with urllib.request.urlopen(url, timeout=10) as resp:
         answer = orjson.loads(resp.read())
     assert answer["status"] == "success", answer
-    return answer["data"]["result"]  # type: ignore[no-any-return]
+    return answer["data"]["result"]
 
 
 def wait_for_data(prom: str, expr: str, timeout: float = 30.0) -> list[dict[str, Any]]:
@@ -124,16 +125,23 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]
         config = tmp / "labgate"
         config.mkdir()
         (config / "providers.yaml").write_text(yaml.safe_dump({"providers": {
-            "good": {"type": "openai_compatible", "base_url": good.url + "/v1", "models": ["m1", "m2"]},
+            "good": {"type": "openai_compatible", "base_url": good.url + "/v1",  # m1 priced: the cost panels
+                     "models": [{"name": "m1", "pricing": {"input_per_1m": 0.0, "output_per_1m": 10.0}}, "m2"]},
             "flaky": {"type": "openai_compatible", "base_url": flaky.url + "/v1", "models": ["m1"]},
             "cut": {"type": "openai_compatible", "base_url": cut.url + "/v1", "models": ["m3"]},
             "down": {"type": "openai_compatible", "base_url": f"http://127.0.0.1:{free_port()}/v1",
                      "models": ["m1"]}}}))
         (config / "model-mappings.yaml").write_text(yaml.safe_dump({"routing": {"exact_matches": {
-            "mix": {"provider": "flaky", "model": "m1", "fallback_chain": ["good/m1"]}}}}))
+            "mix": {"provider": "flaky", "model": "m1", "fallback_chain": ["good/m1"]},
+            "budgeted": {"provider": "good", "model": "m1"}}}}))
         (config / "gateway.yaml").write_text(yaml.safe_dump({
             "logging": {"requests": False}, "resilience": {"circuit": {"failure_threshold": 100000}},
-            "cache": {"backend": "memory"}}))
+            "cache": {"backend": "memory"},
+            # a budget that two requests use up (6 output tokens at $10/1M each, estimated exactly from
+            # max_tokens; input is free): 48%, then 96% spent (an alert at 80%, the top threshold passed),
+            # then the fallback serves
+            "budgets": {"limits": [{"scope": "model", "name": "budgeted", "limit_usd": 0.000125, "period": "day"}],
+                        "on_exhausted": "fallback", "fallback_model": "good/m2"}}))
         labgate = stack.enter_context(_labgate(config))
         prom = stack.enter_context(_prometheus(prometheus, tmp, labgate))
         traffic(labgate)
@@ -227,6 +235,12 @@ def test_the_traffic_shows_faults_fallbacks_and_both_workers(stack: tuple[str, s
     assert wait_for_data(prom, 'labgate_upstream_failures_total{error="upstream_connection_error"}')
     assert wait_for_data(prom, "sum(labgate_stream_errors_total) > 0")
     assert wait_for_data(prom, "labgate_metrics_workers == 2")
+    costs = {r["metric"]["model"]: float(r["value"][1])
+             for r in wait_for_data(prom, "sum by (model) (labgate_cost_usd_total)")}
+    assert costs["good/m1"] > 0 and costs["budgeted"] == pytest.approx(0.00012)  # the workers share the budget
+    assert costs.get("good/m2", 0) == 0  # unpriced
+    thresholds = {r["metric"]["threshold"] for r in wait_for_data(prom, "labgate_budget_alerts_total")}
+    assert thresholds == {"0.8"}  # then the fallback (unpriced) served "budgeted"
 
 
 def test_the_dashboard_files_are_what_the_generator_makes() -> None:

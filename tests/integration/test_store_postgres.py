@@ -33,7 +33,7 @@ async def test_replicas_starting_together_migrate_once(pg_url: str) -> None:
                                     "AND schemaname = current_schema() ORDER BY indexname")
     assert [i["indexname"] for i in indexes] == ["idx_requests_model", "idx_requests_provider",
                                                  "idx_requests_request_id", "idx_requests_timestamp",
-                                                 "requests_pkey"]
+                                                 "idx_requests_trace_id", "requests_pkey"]
     await asyncio.gather(*(s.aclose() for s in stores))
     again = PostgresStore(pg_url)
     await again.open()  # already migrated: nothing to do
@@ -70,6 +70,7 @@ async def test_a_version_1_table_gains_client_request_id(pg_url: str) -> None:
         await store.aclose()
     assert (old["client_request_id"], new["client_request_id"]) == (None, "client-9")
     assert (old["cache"], new["cache"], old["cache_bytes"]) == (None, None, None)  # migration 3 (the cache)
+    assert (old["trace_id"], new["trace_id"]) == (None, None)  # migration 6 (the trace id)
     assert versions == [{"version": v} for v in sorted(POSTGRES_MIGRATIONS)]
 
 

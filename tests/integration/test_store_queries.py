@@ -29,6 +29,7 @@ T0 = 1735725600.0  # 2025-01-01T10:00:00Z
 H10, H11, H12 = "2025-01-01T10:00:00.000Z", "2025-01-01T11:00:00.000Z", "2025-01-01T12:00:00.000Z"
 DAY2_H11 = "2025-01-02T11:00:00.000Z"
 K1, K2 = "key-aaa", "key-bbb"
+TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 DEFAULTS: dict[str, Any] = {**dict.fromkeys(NAMES), "endpoint": "chat", "stream": False, "capture": "full",
                             "status": 200, "outcome": "ok", "cache_hit": False, "attempts": 1}
 
@@ -37,7 +38,7 @@ def row(n: int, at: float, model: str | None, provider: str | None, key: str | N
         status: int = 200, outcome: str = "ok", error_type: str | None = None, latency: float,
         ttft: float | None, pt: int | None = None, ct: int | None = None, cost: float | None = None,
         cache: bool = False, ask: str | None = None, prompt: str | None = None,
-        answer: str | None = None) -> tuple[Any, ...]:
+        answer: str | None = None, trace: str | None = None) -> tuple[Any, ...]:
     fields = {**DEFAULTS, "request_id": f"req-{n}", "timestamp": T0 + at, "model": model, "provider": provider,
               "deployment": f"{provider}/{model}" if provider else None, "key_id": key, "stream": stream,
               "status": status, "outcome": outcome, "error_type": error_type,
@@ -45,7 +46,7 @@ def row(n: int, at: float, model: str | None, provider: str | None, key: str | N
               "ttft_ms": ttft, "prompt_tokens": pt, "completion_tokens": ct,
               "tokens_used": pt + ct if pt is not None and ct is not None else None, "cost": cost, "cache_hit": cache,
               "messages": orjson.dumps([{"role": "user", "content": ask}]).decode() if ask else None,
-              "prompt": prompt, "response": answer, "capture": "full" if ask else "metadata"}
+              "prompt": prompt, "response": answer, "capture": "full" if ask else "metadata", "trace_id": trace}
     assert set(fields) == set(NAMES)
     return tuple(fields[name] for name in NAMES)
 
@@ -68,7 +69,7 @@ DATA = [
         ask="hello world", prompt="hello world", answer="Hel"),
     row(8, 4000, None, None, None, status=401, outcome="error", error_type="invalid_api_key", latency=1, ttft=None),
     row(9, 7200, "m-a", "p2", K1, stream=True, latency=600, ttft=90, pt=12, ct=50, cost=0.03,
-        ask="Summarize this", prompt="summarize this", answer="Summary: Paris 100%"),
+        ask="Summarize this", prompt="summarize this", answer="Summary: Paris 100%", trace=TRACE),
     row(10, 7300, "m-b", "p1", K2, status=429, outcome="error", error_type="rate_limit_exceeded", latency=50,
         ttft=None),
     row(11, 90000, "m-a", "p1", K1, latency=120, ttft=120, pt=6, ct=6, cost=0.001, cache=True,
@@ -284,6 +285,9 @@ def test_empty_window(store: Any) -> None:
     (query.Filter(text="_"), []),
     (query.Filter(since=T0 + 3600, until=T0 + 7200), ["req-8", "req-7", "req-6"]),
     (query.Filter(key=K2, provider="p2"), ["req-7", "req-5"]),
+    (query.Filter(trace_id=TRACE), ["req-9"]),
+    (query.Filter(trace_id=f" {TRACE.upper()} "), ["req-9"]),  # as a tool may print it
+    (query.Filter(trace_id="0" * 32), []),
 ])
 def test_search(store: Any, where: query.Filter, expected: list[str]) -> None:
     assert ids(store.run(query.search(store.store, where, limit=50))) == expected
@@ -297,12 +301,12 @@ def test_search_pages_and_summary_columns(store: Any) -> None:
          "key_id": K2, "model": "m-b", "provider": "p1", "deployment": "p1/m-b", "stream": False, "status": 429,
          "outcome": "error", "error_type": "rate_limit_exceeded", "response_time_ms": 50.0, "ttft_ms": None,
          "prompt_tokens": None, "completion_tokens": None, "tokens_used": None, "cost": None, "cache_hit": False,
-         "prompt": None, "client_request_id": None},
+         "prompt": None, "client_request_id": None, "trace_id": None},
         {"id": 9, "request_id": "req-9", "timestamp": "2025-01-01T12:00:00.000Z", "endpoint": "chat",
          "key_id": K1, "model": "m-a", "provider": "p2", "deployment": "p2/m-a", "stream": True, "status": 200,
          "outcome": "ok", "error_type": None, "response_time_ms": 600.0, "ttft_ms": 90.0, "prompt_tokens": 12,
          "completion_tokens": 50, "tokens_used": 62, "cost": 0.03, "cache_hit": False, "prompt": "summarize this",
-         "client_request_id": None},
+         "client_request_id": None, "trace_id": TRACE},
     ]
 
 

@@ -94,6 +94,7 @@ def _where(p: argparse.ArgumentParser) -> None:
     p.add_argument("--since", help="ISO 8601, Unix seconds, or an age (2h, 7d)")
     p.add_argument("--until", help="ISO 8601, Unix seconds, or an age")
     p.add_argument("--key", help="API key id (key-…)")
+    p.add_argument("--trace-id", help="the W3C trace id (32 hex digits) of a traced request")
 
 
 def _run(command: Callable[[argparse.Namespace, Store, IO[str]], Awaitable[int]]) -> Callable[[argparse.Namespace],
@@ -142,7 +143,7 @@ def _filter(args: argparse.Namespace) -> Any:
     from labgate.store.query import Filter, parse_time
 
     return Filter(model=args.model, provider=args.provider, status=args.status, text=args.text, key=args.key,
-                  since=parse_time(args.since) if args.since else None,
+                  trace_id=args.trace_id, since=parse_time(args.since) if args.since else None,
                   until=parse_time(args.until) if args.until else None)
 
 

@@ -13,6 +13,7 @@ from labgate.cli import (
     cost,
     demo,
     discover,
+    embeddings,
     history,
     keys,
     load,
@@ -31,8 +32,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="labgate", description="Self-hosted AI gateway and lab.")
     parser.add_argument("--version", action="version", version=f"labgate {installed_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (serve, validate, demo, reload, backup, ports, discover, migrate, history, cache, keys, cost, ui,
-                   logs, test_request, load):
+    for module in (serve, validate, demo, reload, backup, ports, discover, migrate, history, embeddings, cache, keys,
+                   cost, ui, logs, test_request, load):
         module.register(commands)
     args = parser.parse_args(argv)
     return int(args.run(args) or 0)

@@ -64,8 +64,9 @@ class GatewayClient:
         self.key = key
         self.timeout = timeout
 
-    def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> tuple[int, Any]:
-        headers = {"content-type": "application/json"}
+    def call(self, method: str, path: str, body: dict[str, Any] | None = None,
+             extra: dict[str, str] | None = None) -> tuple[int, Any]:
+        headers = {"content-type": "application/json", **(extra or {})}
         if self.key:
             headers["authorization"] = f"Bearer {self.key}"
         data = orjson.dumps(body) if body is not None else (b"" if method == "POST" else None)
@@ -276,7 +277,8 @@ def _roll_back(plan: _Plan, target: backups.Backup | None, failed: backups.Backu
     if edited_in_place:
         print(f"the config that failed is kept in {failed.path}")
     try:
-        status, body = plan.client.call("POST", "/admin/config/reload")
+        # the header makes the audit log say config.rollback (server/admin_config.py)
+        status, body = plan.client.call("POST", "/admin/config/reload", extra={"x-labgate-reload": "rollback"})
     except OSError as exc:
         print(style.red(f"rollback reload failed: {_reason(exc)}"))
         return

@@ -107,9 +107,6 @@ def _check_providers(providers: Mapping[str, ProviderConfig], file: str) -> Iter
             owners.setdefault(model.name, pname)
         if provider.status == "active":
             yield from _check_key(pname, provider, file)
-        if provider.rate_limits or provider.budget:
-            yield Problem(file, f"providers.{pname}", "rate_limits/budget are accepted but not "
-                          "enforced by this version", severity="warning")
 
 
 _KEYED_TYPES = frozenset({"openai", "anthropic"})

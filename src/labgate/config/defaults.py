@@ -15,6 +15,7 @@ import orjson
 from labgate.config.load import Config, build_config
 from labgate.errors import LabgateError
 from labgate.providers.http import fetch
+from labgate.providers.local_embeddings.config import BUILTIN_PROVIDER, builtin_provider, builtin_status
 
 _PROBE_TIMEOUT_S = 0.8
 
@@ -107,18 +108,24 @@ def _text(value: Any) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
-def default_config(found: list[Found]) -> Config:
-    """A config routing every discovered model to the engine that serves it."""
+def default_config(found: list[Found], *, embeddings: bool = True) -> Config:
+    """A config routing every discovered model to the engine that serves it, plus (``embeddings``)
+    the bundled embedding model when the ``[embeddings]`` extra and its weights are installed."""
     providers: dict[str, Any] = {
         f.engine.name: {"type": f.type, "base_url": f.base_url, "models": list(f.models),
                         "description": f"discovered on port {f.engine.port}"}
         for f in found
     }
+    local = builtin_provider() if embeddings else None
+    if local is not None:
+        providers[BUILTIN_PROVIDER] = local
     return build_config({"providers": {"providers": providers}}, {}, source="built-in default")
 
 
-def describe(found: list[Found], engines: tuple[Engine, ...] = STANDARD_ENGINES) -> str:
-    """What discovery found, and how to add more, for the start-up banner."""
+def describe(found: list[Found], engines: tuple[Engine, ...] = STANDARD_ENGINES, *,
+             embeddings: bool = True) -> str:
+    """What discovery found (and, with ``embeddings``, whether the bundled embeddings are served), and
+    how to add more, for the start-up banner."""
     lines = ["labgate: no --config given; using the built-in default (local engine discovery)."]
     for engine in engines:
         hit = next((f for f in found if f.engine is engine), None)
@@ -127,8 +134,12 @@ def describe(found: list[Found], engines: tuple[Engine, ...] = STANDARD_ENGINES)
         else:
             names = ", ".join(hit.models) or "(no models listed)"
             lines.append(f"  + {engine.name:<15} port {engine.port:<6} {hit.type}: {names}")
+    if embeddings:
+        lines.append(builtin_status())
     if not found:
-        lines.append("  No local engine answered: every model is unknown (404). Start an engine, "
+        lines.append("  No local engine answered: every chat model is unknown (404). Start an engine, "
+                     "then restart labgate." if embeddings and builtin_provider() is not None else
+                     "  No local engine answered: every model is unknown (404). Start an engine, "
                      "then restart labgate.")
     lines.append("  To add providers or cloud APIs, write a config directory "
                  "(see examples/) and run: labgate serve --config DIR")

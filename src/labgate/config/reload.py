@@ -19,6 +19,11 @@ The active config is kept with its version (a digest of the files' bytes),
 load time and a secret-masked view for ``GET /admin/config``; each config
 that loads from files is also kept as a backup (``config/backup.py``), which
 is what ``labgate reload`` rolls back to.
+
+Every reload is appended to the audit log (``audit.py``, action
+``config.reload``) when virtual keys give it a store: the API's by the
+admin surface (its caller is the actor), the others here with actor
+``signal`` (SIGHUP), ``watcher`` (the file watcher) or the trigger's name.
 """
 
 from __future__ import annotations
@@ -57,6 +62,7 @@ RESTART_ONLY = ("gateway.server.host", "gateway.server.port", "gateway.server.wo
                 # the HTTP server's limits (server/limits.py) are fixed when it starts
                 "gateway.server.max_header_bytes", "gateway.server.request_read_timeout_s",
                 "gateway.server.max_connections", "gateway.server.max_connections_per_ip")
+AUDIT_ACTORS = {"SIGHUP": "signal", "watch": "watcher"}  # the audit log's actor for a reload's trigger
 
 
 # --- what is loaded ------------------------------------------------------------------
@@ -351,6 +357,25 @@ class Reloader:
 
     async def reload(self, *, trigger: str, propagate: bool = False) -> ReloadResult:
         """Validate, build, swap; or refuse and keep serving. ``propagate``: tell sibling workers."""
+        result = await self._reload(trigger, propagate)
+        if trigger != "api":  # the API's reloads are recorded by server/admin_config.py, with their caller
+            await self._audit(result)
+        return result
+
+    async def _audit(self, result: ReloadResult) -> None:
+        ring = self.gateway.runtime.auth.keyring
+        if ring is None:  # the audit log lives beside the keys: none without them
+            return
+        from labgate import audit
+
+        try:
+            await audit.record_action(ring.store, AUDIT_ACTORS.get(result.trigger, result.trigger), "config.reload",
+                                      None, {"version": result.previous},
+                                      {"version": result.version, "status": result.status})
+        except Exception:
+            log.exception("audit: could not record the %s reload", result.trigger)
+
+    async def _reload(self, trigger: str, propagate: bool) -> ReloadResult:
         async with self._lock:
             started = time.perf_counter()
             previous = self.active
@@ -375,6 +400,8 @@ class Reloader:
                                       duration_ms=_ms(started))
                 self.last = result
                 return result
+            if runtime.limiter is not None:  # a budget the reload added starts from the history's spend
+                await runtime.limiter.seed()
             old = self.gateway.runtime
             draining = self.in_flight()  # every request that may hold the old runtime
             self.gateway.runtime = runtime  # the swap: new requests take the new runtime from here on

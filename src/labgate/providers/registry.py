@@ -14,6 +14,8 @@ from labgate.config.schema.providers import ProviderConfig
 from labgate.providers.anthropic.adapter import AnthropicAdapter
 from labgate.providers.anthropic.config import AnthropicConfig
 from labgate.providers.base import Adapter
+from labgate.providers.local_embeddings.adapter import LocalEmbeddingsAdapter
+from labgate.providers.local_embeddings.config import LocalEmbeddingsConfig
 from labgate.providers.openai_compat.adapter import OpenAICompatibleAdapter
 from labgate.providers.openai_compat.config import OpenAICompatibleConfig
 
@@ -32,6 +34,10 @@ def _anthropic(config: AnthropicConfig, name: str) -> Adapter:
     return AnthropicAdapter(config, name=name)
 
 
+def _local_embeddings(config: LocalEmbeddingsConfig, name: str) -> Adapter:
+    return LocalEmbeddingsAdapter(config, name=name)
+
+
 _OPENAI = AdapterType(OpenAICompatibleConfig, _openai_compatible)
 
 TYPES = MappingProxyType({
@@ -42,4 +48,5 @@ TYPES = MappingProxyType({
     "ollama": _OPENAI,
     "lmstudio": _OPENAI,
     "anthropic": AdapterType(AnthropicConfig, _anthropic),
+    "local_embeddings": AdapterType(LocalEmbeddingsConfig, _local_embeddings),
 })

@@ -16,6 +16,14 @@ failed attempt but never counted by the circuit breaker. When the other
 candidates are used up, the request waits in the priority queue
 (:mod:`labgate.routing.queue`) for the first of the busy ones to free a slot.
 
+Over its provider's limits is busy too. With a limiter, an attempt on a provider
+that sets ``rate_limits`` or ``budget`` (providers.yaml) first takes its charges
+(:meth:`Limiter.take_provider`: one atomic take); a provider over them is passed
+over without an attempt and without the circuit hearing of it. When every
+candidate was over, the client gets 429 ``rate_limit_exceeded`` (or
+``insufficient_quota`` when only budgets refused) with the soonest retry-after,
+and nothing reached an upstream.
+
 Each attempt takes a lease (``health.inflight``, and a slot of the gate if
 any) that :meth:`Deployment.release` gives back: here for a whole reply or a
 failure, at the relay's end for a stream.
@@ -24,6 +32,7 @@ failure, at the relay's end for a stream.
 from __future__ import annotations
 
 import time
+from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
 from labgate.errors import (
@@ -31,6 +40,7 @@ from labgate.errors import (
     AttemptFailure,
     DeploymentBusyError,
     NoHealthyDeploymentError,
+    ProviderLimitedError,
     UnsupportedEndpointError,
     UpstreamError,
     UpstreamTimeoutError,
@@ -42,13 +52,19 @@ from labgate.routing.table import Deployment
 
 if TYPE_CHECKING:
     from labgate.routing.queue import Queue
+    from labgate.state.limits import Limiter
 
 
 async def attempt(candidates: list[Deployment], *, endpoint: Endpoint, body: dict[str, Any],
                   stream: bool, deadline: float, circuit: Circuit, record: RequestRecord,
                   native: dict[str, Any] | None = None,
-                  queue: Queue | None = None) -> tuple[Reply | Stream, Deployment]:
-    """The first successful answer and the deployment that gave it (``native``: see :class:`Call`)."""
+                  queue: Queue | None = None, limits: Limiter | None = None) -> tuple[Reply | Stream, Deployment]:
+    """The first successful answer and the deployment that gave it (``native``: see :class:`Call`).
+
+    ``limits``: the limiter whose provider limits each attempt takes (None, or no provider limited: nothing).
+    """
+    if limits is not None and not limits.providers:
+        limits = None
     failures = record.failures
     busy: list[Deployment] = []
     for dep in candidates:
@@ -68,8 +84,10 @@ async def attempt(candidates: list[Deployment], *, endpoint: Endpoint, body: dic
                 gate.release()
             _out_of_time(record, dep)
             break
-        result = await _try(dep, endpoint, body, stream, deadline - now, now, circuit, record, native)
+        result = await _try(dep, endpoint, body, stream, deadline, now, circuit, record, native, limits)
         if result is not None:
+            if record.routing == "local" and not dep.local:  # local_first planned a local one; the cloud answered
+                _cloud_answered(record)
             return result, dep
     while busy and queue is not None and deadline > time.monotonic():
         # nothing else answered: a slot under the hard limit, else the first one freed, in priority order
@@ -83,22 +101,66 @@ async def attempt(candidates: list[Deployment], *, endpoint: Endpoint, body: dic
                 dep.gate.release()
             _out_of_time(record, dep)
             break
-        result = await _try(dep, endpoint, body, stream, deadline - now, now, circuit, record, native)
+        result = await _try(dep, endpoint, body, stream, deadline, now, circuit, record, native, limits)
         if result is not None:
+            if record.routing == "local" and not dep.local:  # local_first planned a local one; the cloud answered
+                _cloud_answered(record)
             return result, dep
     for dep in busy:
         failures.append(AttemptFailure(dep.key, DeploymentBusyError(
             f"provider {dep.provider!r} is at its max_parallel_requests")))
     if failures and all(isinstance(f.error, UnsupportedEndpointError) for f in failures):
         raise failures[0].error
+    tried = [f.error for f in failures if not isinstance(f.error, UnsupportedEndpointError)]
+    if tried and all(isinstance(e, ProviderLimitedError) for e in tried):  # nothing reached an upstream
+        raise ProviderLimitedError.refusal(tried)  # type: ignore[arg-type]
     raise AllAttemptsFailedError(failures)
 
 
-async def _try(dep: Deployment, endpoint: Endpoint, body: dict[str, Any], stream: bool, remaining: float,
-               now: float, circuit: Circuit, record: RequestRecord,
-               native: dict[str, Any] | None) -> Reply | Stream | None:
-    """One attempt on ``dep`` (its gate slot, if any, already taken) with ``remaining`` (> 0) seconds of the
-    request's deadline at ``now``: the answer, or None after a failure."""
+def _cloud_answered(record: RequestRecord) -> None:
+    """``x-labgate-routing`` when local_first planned a local deployment and the cloud answered: why."""
+    over = any(isinstance(f.error, ProviderLimitedError) for f in record.failures)
+    record.routing = "cloud (local over its provider limit)" if over else "cloud (local failing)"
+
+
+def _try(dep: Deployment, endpoint: Endpoint, body: dict[str, Any], stream: bool, deadline: float, now: float,
+         circuit: Circuit, record: RequestRecord, native: dict[str, Any] | None,
+         limits: Limiter | None) -> Coroutine[Any, Any, Reply | Stream | None]:
+    """One attempt on ``dep`` (its gate slot, if any, already taken; ``deadline`` after ``now``): the answer,
+    or None after a failure. Sent at once unless its provider has a limit (no coroutine layer for that check)."""
+    if limits is None or dep.provider not in limits.providers:
+        return _send(dep, endpoint, body, stream, deadline - now, now, circuit, record, native)
+    return _limited(dep, endpoint, body, stream, deadline, circuit, record, native, limits)
+
+
+async def _limited(dep: Deployment, endpoint: Endpoint, body: dict[str, Any], stream: bool, deadline: float,
+                   circuit: Circuit, record: RequestRecord, native: dict[str, Any] | None,
+                   limits: Limiter) -> Reply | Stream | None:
+    """An attempt within its provider's limit (state/limits.py): taken first, kept once sent, else given back."""
+    held = await limits.take_provider(record, dep)
+    if isinstance(held, ProviderLimitedError):  # over its provider's limit: passed over, like a busy one
+        if dep.gate is not None:
+            dep.gate.release()
+        record.failures.append(AttemptFailure(dep.key, held))
+        return None
+    before = record.attempts  # counts the calls that reached (or were sent to) an upstream
+    now = time.monotonic()
+    try:
+        result = await _send(dep, endpoint, body, stream, deadline - now, now, circuit, record, native)
+    except BaseException:
+        limits.give_back(held, sent=record.attempts > before)
+        raise
+    if result is None:
+        limits.give_back(held, sent=record.attempts > before)
+    else:
+        limits.keep(record, held)
+    return result
+
+
+async def _send(dep: Deployment, endpoint: Endpoint, body: dict[str, Any], stream: bool, remaining: float,
+                now: float, circuit: Circuit, record: RequestRecord,
+                native: dict[str, Any] | None) -> Reply | Stream | None:
+    """One call to ``dep``'s upstream with ``remaining`` seconds of the request's deadline at ``now``."""
     if not circuit.claim(dep.health, now):  # its half-open probe went to another request
         if dep.gate is not None:
             dep.gate.release()

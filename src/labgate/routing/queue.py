@@ -66,7 +66,7 @@ class Queue:
                 f"Every deployment for model {record.model!r} is at capacity and its queue is full; "
                 "retry later.", code="queue_full", status=self.overflow_status, retry_after=self.retry_after)
         waiter = Waiter(self.priority(record), gates)
-        started = time.monotonic()
+        started, since = time.monotonic(), time.perf_counter()  # since: the span's clock (the record's)
         try:
             async with asyncio.timeout(max(min(self.timeout, deadline - started), 0.0)):
                 await waiter.future
@@ -83,6 +83,8 @@ class Queue:
             raise
         else:
             waiter.leave()
+        finally:
+            record.queue_wait = (since, time.perf_counter())  # the "queue wait" span, however it ended
         gate = waiter.future.result()
         record.queue_ms = round((time.monotonic() - started) * 1000, 3)
         return next(d for d in busy if d.gate is gate)

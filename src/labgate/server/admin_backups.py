@@ -8,7 +8,8 @@
 A restore changes files only: what serves changes at the next reload, which
 the caller validates first (``POST /admin/config/validate`` shows the diff).
 A backup that does not verify (a checksum mismatch, or it no longer loads)
-is refused with 422 and its problems. The same admission as ``/admin/config``:
+is refused with 422 and its problems. A restore is recorded in the audit log
+(``config.restore``, its backup as the target). The same admission as ``/admin/config``:
 the master key, or loopback clients when no key is set. A ``name`` is looked
 up among the listed backups (as ``labgate backup restore`` does), never used
 as a path.
@@ -29,6 +30,7 @@ from labgate.config.reload import Reloader
 from labgate.errors import ConfigInvalidError, LabgateError, RecordNotFoundError, ReloadUnavailableError
 from labgate.gateway import Gateway
 from labgate.server.admin_config import _refusal
+from labgate.server.admin_keys import audit_event
 from labgate.server.envelopes import JSON, openai_error
 from labgate.server.http import Handler, Request, Response
 from labgate.server.ids import request_id
@@ -111,6 +113,9 @@ class BackupSurface:
             saved = await asyncio.to_thread(self._restore, found, path, directory)
         except LabgateError as exc:
             return openai_error(exc, rid)
+        await audit_event(self.gateway, request, "config.restore", found.name,
+                          {"version": self.reloader.active.version},
+                          {"version": found.version, "kept_as": saved.name if saved is not None else None})
         return _json({"restored": found.name, "version": found.version, "active_version": self.reloader.active.version,
                       "kept_as": saved.name if saved is not None else None,
                       "next": "POST /admin/config/validate shows the diff; POST /admin/config/reload applies it"}, rid)

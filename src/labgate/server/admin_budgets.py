@@ -2,7 +2,7 @@
 
 Admission is the admin rule (the master key; loopback only when none is set); a virtual key is never an admin.
 
-    GET /admin/budgets   ?scope= (global | project | model | key: only those)
+    GET /admin/budgets   ?scope= (global | project | model | provider | key: only those)
         → {"backend": "memory" | "sqlite" | "redis" | null, "data": [{budget, scope, name, limit_usd, period,
            window, resets_in_s, used_usd, remaining_usd}, …], "error": null | "…"}
 
@@ -30,7 +30,7 @@ from labgate.server.ids import request_id
 
 log = logging.getLogger("labgate.server")
 BUDGETS = "/admin/budgets"
-SCOPES = ("global", "project", "model", "key")
+SCOPES = ("global", "project", "model", "provider", "key")
 PARAMS = ("scope",)
 
 
@@ -63,7 +63,7 @@ def _scope(query: str) -> str | None:
     try:
         params = parse_qs(query, keep_blank_values=True, strict_parsing=bool(query), max_num_fields=len(PARAMS) + 1)
     except ValueError:
-        raise RequestError("The query string is malformed: use ?scope=global|project|model|key.") from None
+        raise RequestError("The query string is malformed: use ?scope=global|project|model|provider|key.") from None
     unknown = sorted(set(params) - set(PARAMS))
     if unknown:
         raise RequestError(f"Unknown query parameter {unknown[0][:40]!r}: only 'scope' is accepted.",

@@ -3,6 +3,7 @@
     GET  /admin/config            what serves: version, load time, last reload, the config (masked)
     POST /admin/config/validate   validate the files on disk against what serves, without applying
     POST /admin/config/reload     validate, build and swap; 422 with the report when the files are invalid
+                                  (audit log: config.reload; config.rollback with x-labgate-reload: rollback)
 
 With a master key configured these need it. Without one the gateway has no
 auth, and these routes answer loopback clients only: a config change is not
@@ -27,6 +28,7 @@ from labgate.server.http import Handler, Request, Response
 from labgate.server.ids import request_id
 
 CONFIG = "/admin/config"
+REASON_HEADER = "x-labgate-reload"  # "rollback": `labgate reload` undoing a failed change (audit: config.rollback)
 
 
 def config_routes(gateway: Gateway, reloader: Reloader | None) -> dict[str, dict[str, Handler]]:
@@ -84,7 +86,9 @@ class ConfigSurface:
             return openai_error(exc, rid)
         # shielded: a client that hangs up must not cancel a swap half-way
         result = await asyncio.shield(self.reloader.reload(trigger="api", propagate=True))
-        await audit_event(self.gateway, request, "config.reload", None, {"version": result.previous},
+        # `labgate reload` marks the reload that rolls a failed config back (cli/reload.py)
+        action = "config.rollback" if request.headers.get(REASON_HEADER) == "rollback" else "config.reload"
+        await audit_event(self.gateway, request, action, None, {"version": result.previous},
                           {"version": result.version, "status": result.status})
         if not result.ok:
             problems = [p for p in result.problems if p.severity == "error"]

@@ -5,7 +5,7 @@ whole gateway is open, and says so at start-up). Query parameters:
 
     filters     model, provider, status (200 | 5xx | ok | error | stream_error | client_disconnected),
                 text, since, until (ISO 8601, Unix seconds or an age: 2h, 7d), key, endpoint,
-                client_request_id (the client's x-request-id)
+                client_request_id (the client's x-request-id), trace_id (32 hex digits)
     /admin/history                 + limit (≤ 1000, default 50), offset     newest first
     /admin/history/{id}            one whole record (labgate's x-request-id, or the row id), with its feedback
     /admin/history/export          + format=jsonl|json|csv                  oldest first, streamed
@@ -164,7 +164,8 @@ def _filter(params: Params) -> query.Filter:
     since, until = (query.parse_time(params[name]) if name in params else None for name in ("since", "until"))
     return query.Filter(model=params.get("model"), provider=params.get("provider"), status=params.get("status"),
                         text=params.get("text"), key=params.get("key"), endpoint=params.get("endpoint"),
-                        client_request_id=params.get("client_request_id"), since=since, until=until)
+                        client_request_id=params.get("client_request_id"), trace_id=params.get("trace_id"),
+                        since=since, until=until)
 
 
 def _by(params: Params, default: str | None) -> str | None:

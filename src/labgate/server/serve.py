@@ -94,6 +94,9 @@ async def start_gateway(config: Config, *, host: str | None = None, port: int | 
                                         shared_limits=shared_limits), history=history,
                           metrics=Metrics.from_config(config.gateway.metrics),
                           traces=Tracer.from_config(config.gateway.tracing))
+        limiter = gateway.runtime.limiter
+        if limiter is not None and history is not None:  # budget spend survives restarts (state/seed.py)
+            await limiter.seed(getattr(history, "store", None))
         # hot reload: `source` says where to read the config again (SIGHUP, /admin/config/reload, watch)
         reloader = Reloader(gateway, loaded or loaded_from(config), source=source, access_log=access_log,
                             on_applied=on_reload)

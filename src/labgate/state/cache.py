@@ -162,7 +162,11 @@ class Cache:
             counts.bypass += 1
         else:
             record.cache_status = "miss"
-            hit = await self._lookup(key, record, counts, asked.max_age)
+            started = time.perf_counter()  # the lookup's span (telemetry/spans.py): two clock reads
+            try:
+                hit = await self._lookup(key, record, counts, asked.max_age)
+            finally:
+                record.cache_lookup = (started, time.perf_counter())
             if hit is not None:
                 return hit
         ticket = Ticket(key, policy.ttl_s if asked.ttl is None else asked.ttl, counts, not asked.no_store,

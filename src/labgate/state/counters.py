@@ -22,6 +22,7 @@ can touch them all.
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from typing import Any
 
@@ -96,6 +97,12 @@ class MemoryCounters:
 
     async def adjust(self, charges: tuple[Charge, ...], deltas: tuple[float, ...]) -> None:
         self.adjust_now(charges, deltas)
+
+    async def seed(self, values: tuple[tuple[str, float, float], ...]) -> None:
+        now = self._clock()
+        for key, value, ttl in values:
+            if self.value_now(key) == 0.0:
+                self._values[key] = (value, now + ttl if ttl else 0.0)
 
     def value_now(self, key: str) -> float:
         value, until = self._values.get(key, (0.0, 0.0))
@@ -182,6 +189,15 @@ class SQLiteCounters:
             conn.execute("ROLLBACK")
             raise
 
+    def _seed(self, values: tuple[tuple[str, float, float], ...]) -> None:
+        now = time.time()
+        self._conn.execute("DELETE FROM counters WHERE until > 0 AND until <= ?", (now,))
+        self._conn.executemany("INSERT OR IGNORE INTO counters (key, value, until) VALUES (?, ?, ?)",
+                               [(k, v, now + ttl if ttl else 0.0) for k, v, ttl in values])
+
+    async def seed(self, values: tuple[tuple[str, float, float], ...]) -> None:
+        await asyncio.get_running_loop().run_in_executor(self._thread, self._seed, values)
+
     async def take(self, charges: tuple[Charge, ...]) -> tuple[int, float]:
         return await asyncio.get_running_loop().run_in_executor(self._thread, self._take, charges)
 
@@ -202,13 +218,17 @@ class SQLiteCounters:
         self._thread.shutdown(wait=False)
 
 
-# KEYS: one per charge. ARGV: per charge kind ("r" | "c"), limit, period (ms), cost.
-# Returns {index of the refused charge (0: none), milliseconds to wait}.
+# KEYS: one per charge, then (when budgets are seeded from history) the "seeded" marker.
+# ARGV: per charge kind ("r" | "c"), limit, period (ms), cost.
+# Returns {index of the refused charge (0: none), milliseconds to wait}; {-1, '0'} when the marker is
+# missing (an empty Redis: nothing taken, the caller seeds the budgets and takes again).
 TAKE = """
+local n = #ARGV / 4
+if #KEYS > n and redis.call('EXISTS', KEYS[#KEYS]) == 0 then return {-1, '0'} end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
 local new = {}
-for i = 1, #KEYS do
+for i = 1, n do
   local kind, limit = ARGV[4*i-3], tonumber(ARGV[4*i-2])
   local period, cost = tonumber(ARGV[4*i-1]), tonumber(ARGV[4*i])
   local v = tonumber(redis.call('GET', KEYS[i]) or '0')
@@ -223,7 +243,7 @@ for i = 1, #KEYS do
     new[i] = total
   end
 end
-for i = 1, #KEYS do
+for i = 1, n do
   local period = tonumber(ARGV[4*i-1])
   if ARGV[4*i-3] == 'r' then
     redis.call('SET', KEYS[i], string.format('%.17g', new[i]), 'PX', math.ceil(new[i] - now) + 1000)
@@ -281,14 +301,22 @@ class RedisCounters:
         self._slots = asyncio.Semaphore(max_connections)
         self._take = link.client.register_script(TAKE)
         self._adjust = link.client.register_script(ADJUST)
+        # budgets seeded from the history (state/seed.py): the key whose absence means an empty Redis
+        # (first use, or restarted without its data), and what seeds it again then
+        self.marker: str | None = None
+        self.on_empty: Any = None  # async () -> None: seeds the budgets and sets the marker
 
-    async def _run(self, script: Any, charges: tuple[Charge, ...], values: tuple[float, ...]) -> Any:
+    async def _run(self, script: Any, charges: tuple[Charge, ...], values: tuple[float, ...],
+                   marker: str | None = None) -> Any:
         link = self.link
         link.check()
+        keys = [c.key for c in charges]
+        if marker is not None:
+            keys.append(marker)
         async with self._slots:
             try:
                 async with asyncio.timeout(link.timeout_s):
-                    answer = await script(keys=[c.key for c in charges], args=_argv(charges, values))
+                    answer = await script(keys=keys, args=_argv(charges, values))
             except link.errors as exc:
                 raise link.failed(exc) from None
         if link.down_until:
@@ -296,11 +324,38 @@ class RedisCounters:
         return answer
 
     async def take(self, charges: tuple[Charge, ...]) -> tuple[int, float]:
-        index, wait_ms = await self._run(self._take, charges, tuple(c.cost for c in charges))
+        costs = tuple(c.cost for c in charges)
+        index, wait_ms = await self._run(self._take, charges, costs, self.marker)
+        if int(index) == -1:  # an empty Redis: seed the budgets from the history, then take
+            if self.on_empty is not None:
+                await self.on_empty()
+            index, wait_ms = await self._run(self._take, charges, costs)
         return int(index) - 1, float(wait_ms) / 1000
 
     async def adjust(self, charges: tuple[Charge, ...], deltas: tuple[float, ...]) -> None:
         await self._run(self._adjust, charges, deltas)
+
+    async def seed(self, values: tuple[tuple[str, float, float], ...]) -> None:
+        """Set each counter that does not exist (SET NX), and the seeded marker: one pipelined round trip."""
+        link = self.link
+        link.check()
+        try:
+            async with self._slots, asyncio.timeout(link.timeout_s), link.client.pipeline(transaction=False) as pipe:
+                for key, value, ttl in values:
+                    pipe.set(key, repr(float(value)), nx=True, px=math.ceil(ttl * 1000) if ttl else None)
+                if self.marker is not None:
+                    pipe.set(self.marker, "1")
+                await pipe.execute()
+        except link.errors as exc:
+            raise link.failed(exc) from None
+
+    async def marked(self) -> bool:
+        """Does the seeded marker exist (False when unknown: seeding again is harmless, SET NX)?"""
+        try:
+            async with self._slots, asyncio.timeout(self.link.timeout_s):
+                return bool(await self.link.client.exists(self.marker))
+        except Exception:
+            return False
 
     async def read(self, keys: tuple[str, ...]) -> tuple[float, ...]:
         link = self.link

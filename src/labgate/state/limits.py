@@ -9,6 +9,14 @@ bytes / 4 plus ``max_tokens``, or ``rate_limits.default_output_tokens``) and
 the estimate's cost for budgets. Refused: 429 ``rate_limit_exceeded`` with
 ``retry-after``, or ``insufficient_quota`` for a budget (or, with
 ``budgets.on_exhausted: fallback``, the request goes to the fallback model).
+Provider limits (``providers.yaml``: a provider's ``rate_limits`` and ``budget``)
+are taken per attempt instead (``take_provider``, called by the attempt loop in
+routing/attempts.py: one more atomic take, one script call on Redis): a
+provider over its limit is passed over like a busy deployment and the next
+candidate is tried; only when every candidate is over does the client get
+the 429. The attempt that answers keeps its charges (settled with the
+request's); one that fails gives its tokens and spend back at once.
+
 ``settle`` (at finish) moves each tpm and budget charge by the real amount
 minus the estimate, so a failed call gives its reservation back. N replicas
 under load thus overshoot a budget by at most the estimate errors of the
@@ -18,6 +26,7 @@ requests in flight, never by a check-then-increment race.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fnmatch
 import logging
 import re
@@ -25,7 +34,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from labgate.errors import BudgetExceededError, RateLimitedError
+from labgate.errors import BudgetExceededError, ProviderLimitedError, RateLimitedError
 from labgate.providers.base import Usage
 from labgate.state.alerts import Alerts
 from labgate.state.base import KEY_PREFIX, Charge, Counters, StateUnavailableError
@@ -37,7 +46,7 @@ if TYPE_CHECKING:
     from labgate.cost import Prices
     from labgate.keys import VirtualKey
     from labgate.record import RequestRecord
-    from labgate.routing.table import Route, RouteTable
+    from labgate.routing.table import Deployment, Route, RouteTable
 
 log = logging.getLogger("labgate.limits")
 MINUTE = 60.0
@@ -75,11 +84,58 @@ class Limiter:
         self.budgets = {(b.scope, b.name): b for b in budgets.limits} if budgets else {}
         self.global_budget = self.budgets.get(("global", None))
         self.fallback = budgets.fallback_model if budgets and budgets.on_exhausted == "fallback" else None
+        # provider name → (rpm, tpm, budget) from providers.yaml; only providers that set one
+        self.providers: dict[str, tuple[int | None, int | None, tuple[float, str] | None]] = {}
+        for pname, pconf in config.providers.items():
+            prl, pb = pconf.rate_limits, pconf.budget
+            if (prl is not None and (prl.rpm or prl.tpm)) or pb is not None:
+                self.providers[pname] = (prl.rpm if prl else None, prl.tpm if prl else None,
+                                         (pb.limit_usd, pb.period) if pb is not None else None)
+        self.keyed_budgets = config.gateway.auth.virtual_keys  # keys may carry budgets of their own
         self.static = bool(self.rpm or self.tpm or self.model_exact or self.model_globs or self.budgets)
         self.alerts = Alerts(budgets.alert_thresholds if budgets else (0.5, 0.8, 1.0),
                              budgets.alert_webhook if budgets else None)
         self._pending: set[asyncio.Task[None]] = set()
         self.owns_counters = True  # false once a reload handed them to the next Runtime's limiter
+        self.history: Any = None  # the history store budgets are seeded from (state/seed.py); None: not yet
+        self._seeding = asyncio.Lock()
+
+    async def seed(self, store: Any = None) -> int:
+        """Seed each budget's current window from the history's cost sum, where its counter does not exist.
+
+        ``store``: the history store (kept, to seed again when a Redis backend comes back after an
+        outage). Returns how many counters had spend to seed; a failure is logged, never raised.
+        """
+        if store is not None:
+            self.history = store
+        if self.history is None or not (self.budgets or self.providers or self.keyed_budgets):
+            return 0
+        self._watch_empty()
+        from labgate.state.seed import budget_seeds
+
+        try:
+            seeds = await budget_seeds(self, self.history)
+            await self.counters.seed(tuple(seeds))  # on Redis also the marker, even with nothing to seed
+        except Exception as exc:  # the history or the backend away: budgets count from here on
+            log.warning("limits: could not seed budgets from the history (%s); they count from now", exc)
+            with contextlib.suppress(Exception):
+                await self.counters.seed(())  # on Redis: the marker, so requests do not retry the history each
+            return 0
+        return len(seeds)
+
+    def _watch_empty(self) -> None:
+        """On Redis, every take also checks a marker the seeding sets: an empty Redis is seeded again."""
+        counters: Any = self.counters
+        if hasattr(counters, "marker") and counters.marker is None:
+            counters.marker = self.prefix + "seeded"
+            counters.on_empty = self._seed_once
+
+    async def _seed_once(self) -> None:
+        """Concurrent takes that found Redis empty wait for one seeding."""
+        counters: Any = self.counters
+        async with self._seeding:
+            if not await counters.marked():
+                await self.seed()
 
     def plan(self, record: RequestRecord) -> bool:
         """Does this request draw on any limit? (No I/O: the request path asks this first.)"""
@@ -166,6 +222,69 @@ class Limiter:
         raise BudgetExceededError(f"Budget exhausted for {scope}: ${charge.limit:g} {_PERIODS.get(period, period)}.",
                                   retry_after=wait or None)
 
+    def provider_charges(self, record: RequestRecord, dep: Deployment) -> Reservation:
+        """What an attempt on ``dep`` draws on: its provider's rpm, tpm and budget (``providers.yaml``)."""
+        rpm, tpm_limit, budget = self.providers[dep.provider]
+        p, name = self.prefix, "provider:" + dep.provider
+        prompt, output = _estimate(record, self.default_output)
+        out: list[Charge] = []
+        tpm: tuple[int, ...] = ()
+        caps: tuple[int, ...] = ()
+        if rpm:
+            out.append(Charge(p + "rpm:" + name, "rate", rpm, MINUTE, 1))
+        if tpm_limit:
+            tpm = (len(out),)
+            out.append(Charge(p + "tpm:" + name, "rate", tpm_limit, MINUTE, min(prompt + output, tpm_limit)))
+        if budget is not None:
+            limit, period = budget
+            wid, left = window(period)
+            rates = self.prices.of(dep.key, dep.provider, dep.model)
+            cost = 0.0 if rates is None or rates.per_hour is not None else rates.cost(
+                Usage(prompt_tokens=prompt, completion_tokens=output))
+            caps = (len(out),)
+            out.append(Charge(f"{p}spend:{name}:{period}:{wid}", "cap", limit, left + TTL_SLACK_S, cost))
+        return Reservation(tuple(out), tpm, caps)
+
+    async def take_provider(self, record: RequestRecord, dep: Deployment) -> Reservation | ProviderLimitedError:
+        """Take an attempt's provider charges (one atomic take), or say why its provider is over."""
+        held = self.provider_charges(record, dep)
+        try:
+            refused, wait = await self.counters.take(held.charges)
+        except StateUnavailableError as exc:
+            if self.fail_open:
+                return Reservation((), (), ())
+            return ProviderLimitedError(f"provider {dep.provider!r}: its limits cannot be checked right now ({exc})",
+                                        budget=False, retry_after=1.0)
+        if refused < 0:
+            return held
+        charge = held.charges[refused]
+        if charge.kind == "rate":
+            what = "requests" if charge.key.startswith(self.prefix + "rpm:") else "tokens"
+            return ProviderLimitedError(f"Rate limit reached for provider {dep.provider!r}: {int(charge.limit)} "
+                                        f"{what} per minute.", budget=False, retry_after=max(wait, 0.001))
+        period = charge.key.rsplit(":", 2)[1]
+        return ProviderLimitedError(f"Budget exhausted for provider {dep.provider!r}: ${charge.limit:g} "
+                                    f"{_PERIODS.get(period, period)}.", budget=True, retry_after=wait or None)
+
+    def keep(self, record: RequestRecord, held: Reservation) -> None:
+        """The attempt that answered: its provider charges are settled with the request's at finish."""
+        if not held.charges:
+            return
+        mine = record.reservation
+        if mine is None:
+            record.reservation = held
+            return
+        n = len(mine.charges)
+        record.reservation = Reservation(mine.charges + held.charges, mine.tokens + tuple(i + n for i in held.tokens),
+                                         mine.caps + tuple(i + n for i in held.caps))
+
+    def give_back(self, held: Reservation, *, sent: bool) -> None:
+        """A failed attempt: its tokens and spend return; its request too unless ``sent`` (the upstream saw it)."""
+        if not sent and held.charges:  # nothing was sent (e.g. the half-open probe was taken): all returns
+            self._apply(held, [-c.cost for c in held.charges])
+        elif held.tokens or held.caps:
+            self._settle(held, 0.0, 0.0)
+
     async def _take(self, held: Reservation) -> tuple[int, float]:
         """The counters' take; while the backend is away: admitted (fail open) or a 429 (closed)."""
         try:
@@ -182,14 +301,18 @@ class Limiter:
         held = record.reservation
         record.reservation = None
         usage = record.usage
-        real_tokens = usage.total_tokens if usage is not None else 0
-        real_cost = record.cost or 0.0
+        self._settle(held, usage.total_tokens if usage is not None else 0, record.cost or 0.0)
+
+    def _settle(self, held: Reservation, real_tokens: float, real_cost: float) -> None:
         deltas = [0.0] * len(held.charges)
         for i in held.tokens:
             deltas[i] = real_tokens - held.charges[i].cost
         for i in held.caps:
             deltas[i] = real_cost - held.charges[i].cost
-        if not any(deltas):
+        self._apply(held, deltas)
+
+    def _apply(self, held: Reservation, deltas: list[float]) -> None:
+        if not any(deltas) and not held.caps:  # an exact estimate still needs its budget alerts checked
             return
         adjust_now = getattr(self.counters, "adjust_now", None)
         if adjust_now is not None:  # in-process: no I/O, settled now
@@ -205,7 +328,8 @@ class Limiter:
 
     async def _adjust(self, held: Reservation, deltas: tuple[float, ...]) -> None:
         try:
-            await self.counters.adjust(held.charges, deltas)
+            if any(deltas):
+                await self.counters.adjust(held.charges, deltas)
             if held.caps:  # the spend now, for alerts: one more read, off the request path
                 caps = [held.charges[i] for i in held.caps]
                 spent = await self.counters.read(tuple(c.key for c in caps))
@@ -222,6 +346,10 @@ class Limiter:
         for (scope, name), b in self.budgets.items():
             rows.append({"budget": f"{scope}:{name}" if name else scope, "scope": scope, "name": name,
                          "limit_usd": b.limit_usd, "period": b.period})
+        for provider, (_, _, cap) in self.providers.items():
+            if cap is not None:  # providers.yaml budget:
+                rows.append({"budget": "provider:" + provider, "scope": "provider", "name": provider,
+                             "limit_usd": cap[0], "period": cap[1]})
         for key in keys:
             if key.budget_usd is not None and key.revoked_at is None:
                 rows.append({"budget": "key:" + key.id, "scope": "key", "name": key.id, "key_name": key.name,
@@ -268,7 +396,8 @@ def limiter_for(config: Config, prices: Prices, *, previous: Limiter | None = No
     ``shared_path``: without Redis, a SQLite file the workers of ``--workers N`` share their counters in.
     """
     gateway = config.gateway
-    if gateway.rate_limits is None and gateway.budgets is None and not gateway.auth.virtual_keys:
+    if (gateway.rate_limits is None and gateway.budgets is None and not gateway.auth.virtual_keys
+            and not any(p.rate_limits is not None or p.budget is not None for p in config.providers.values())):
         return None
     rl = gateway.rate_limits
     url = (rl.url if rl else None) or gateway.state.url
@@ -294,6 +423,12 @@ def limiter_for(config: Config, prices: Prices, *, previous: Limiter | None = No
     limiter = Limiter(config, counters, prices)
     if previous is not None and counters is previous.counters:  # the same counters: what was reported stays so
         limiter.alerts.counts, limiter.alerts._seen = previous.alerts.counts, previous.alerts._seen
+    if previous is not None and previous.history is not None:  # the new limiter seeds from the same history
+        limiter.history = previous.history
+        if hasattr(counters, "marker"):
+            counters.marker = None
+            if limiter.budgets or limiter.providers or limiter.keyed_budgets:
+                limiter._watch_empty()
     return limiter
 
 

@@ -62,7 +62,7 @@ def wire(record: RequestRecord, *, keep_content: bool) -> Wire:
             record.cost, record.cache_hit, record.attempts,
             [(f.deployment, f.error.code, f.error.message) for f in failures] if failures else None,
             record.client_ip, record.tags, record.client_request_id, record.cache_status, record.cache_bytes or None,
-            payload,
+            None if record.trace is None else record.trace.trace_id, record.routing, payload,
             record.reply if keep_content else None, record.chunks if keep_content else None, body)
 
 
@@ -75,8 +75,8 @@ def row_from_wire(w: Wire, *, capture: str, client_ip: bool) -> Row:
     """The ``requests`` row for a record in its :func:`wire` form; never raises on content it cannot read."""
     (request_id, timestamp, endpoint, key_id, model, provider, deployment, experiment, variant, stream,
      finish_reason, status, outcome, error_type, error_message, started, finished, first, prompt_tokens,
-     completion_tokens, cost, cache_hit, attempts, failures, ip, tags, client_request_id, cache, cache_bytes, payload,
-     reply, chunks, body) = w
+     completion_tokens, cost, cache_hit, attempts, failures, ip, tags, client_request_id, cache, cache_bytes, trace_id,
+     routing, payload, reply, chunks, body) = w
     if payload is None and body is not None:
         payload = _parameters_of(body)
     if not isinstance(payload, dict):
@@ -144,6 +144,8 @@ def row_from_wire(w: Wire, *, capture: str, client_ip: bool) -> Row:
         client_request_id,
         cache,
         cache_bytes,
+        f"{trace_id:032x}" if trace_id is not None else None,
+        routing,
     )
 
 

@@ -20,7 +20,7 @@ from labgate.store.schema import BOOL_COLUMNS, FEEDBACK_NAMES, FEEDBACK_TABLE, J
 
 SUMMARY = ("id", "request_id", "timestamp", "endpoint", "key_id", "model", "provider", "deployment",
            "stream", "status", "outcome", "error_type", "response_time_ms", "ttft_ms", "prompt_tokens",
-           "completion_tokens", "tokens_used", "cost", "cache_hit", "prompt", "client_request_id")
+           "completion_tokens", "tokens_used", "cost", "cache_hit", "prompt", "client_request_id", "trace_id")
 ALL = ("id", *NAMES)
 OUTCOMES = ("ok", "error", "stream_error", "client_disconnected")
 _RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")
@@ -40,6 +40,7 @@ class Filter:
     key: str | None = None  # key id (key-…)
     endpoint: str | None = None
     client_request_id: str | None = None  # the client's x-request-id (several records may share one)
+    trace_id: str | None = None  # the W3C trace id, 32 hex digits (any case)
 
     def where(self, store: Store) -> tuple[str, list[Any]]:
         """The ``WHERE`` clause (or "") and its parameters."""
@@ -47,7 +48,8 @@ class Filter:
         clauses: list[str] = []
         params: list[Any] = []
         for column, value in (("model", self.model), ("provider", self.provider), ("key_id", self.key),
-                              ("endpoint", self.endpoint), ("client_request_id", self.client_request_id)):
+                              ("endpoint", self.endpoint), ("client_request_id", self.client_request_id),
+                              ("trace_id", None if self.trace_id is None else self.trace_id.strip().lower())):
             if value is not None:
                 clauses.append(f"{column} = ?")
                 params.append(value)

@@ -65,7 +65,10 @@ _V3 = (  # the response cache (docs/cache.md)
     Column("cache", "TEXT", "TEXT"),  # hit | miss | bypass | off | unavailable; NULL: no cache configured
     Column("cache_bytes", "INTEGER", "INTEGER"),  # hits: bytes served from the cache; misses: bytes stored
 )
-COLUMNS: tuple[Column, ...] = (*_V1, _V2, *_V3)
+_V6 = Column("trace_id", "TEXT", "TEXT")  # the W3C trace id (32 hex digits) when the request was traced
+# migration 7: a local_first route's decision, as x-labgate-routing said (docs/limits.md)
+_V7 = Column("routing", "TEXT", "TEXT")  # local | cloud (why); NULL: not a local_first route
+COLUMNS: tuple[Column, ...] = (*_V1, _V2, *_V3, _V6, _V7)
 NAMES: tuple[str, ...] = tuple(c.name for c in COLUMNS)
 JSON_COLUMNS = frozenset({"messages", "parameters", "tool_calls", "failed_attempts", "tags", "metadata"})
 BOOL_COLUMNS = frozenset({"stream", "cache_hit"})
@@ -103,25 +106,32 @@ def _v5(dialect: str) -> list[str]:
     ]
 
 
+# Migration 6: the trace id (telemetry/traces.py), indexed: ``?trace_id=`` finds a trace's request.
+TRACE_INDEX = f"CREATE INDEX IF NOT EXISTS idx_{TABLE}_trace_id ON {TABLE} (trace_id)"
+
 # version → statements. Append new versions; never edit an applied one.
 SQLITE_MIGRATIONS: dict[int, list[str]] = {
     1: _create("sqlite", "id INTEGER PRIMARY KEY AUTOINCREMENT"),
     2: [f"ALTER TABLE {TABLE} ADD COLUMN {_V2.name} {_V2.sqlite}"],
     3: [f"ALTER TABLE {TABLE} ADD COLUMN {c.name} {c.sqlite}" for c in _V3],
     5: _v5("sqlite"),
+    6: [f"ALTER TABLE {TABLE} ADD COLUMN {_V6.name} {_V6.sqlite}", TRACE_INDEX],
+    7: [f"ALTER TABLE {TABLE} ADD COLUMN {_V7.name} {_V7.sqlite}"],
 }
 POSTGRES_MIGRATIONS: dict[int, list[str]] = {
     1: _create("postgres", "id BIGSERIAL PRIMARY KEY"),
     2: [f"ALTER TABLE {TABLE} ADD COLUMN IF NOT EXISTS {_V2.name} {_V2.postgres}"],
     3: [f"ALTER TABLE {TABLE} ADD COLUMN IF NOT EXISTS {c.name} {c.postgres}" for c in _V3],
     5: _v5("postgres"),
+    6: [f"ALTER TABLE {TABLE} ADD COLUMN IF NOT EXISTS {_V6.name} {_V6.postgres}", TRACE_INDEX],
+    7: [f"ALTER TABLE {TABLE} ADD COLUMN IF NOT EXISTS {_V7.name} {_V7.postgres}"],
 }
 VERSION_TABLE = "history_schema_version"
 
 # Migration 4: the ``feedback`` table (POST /v1/feedback; server/feedback.py); 3 is the cache's, 5 (above) keys
-# and the audit log. One row per vote, any number per request; ``request_id`` names the ``requests`` row
-# (labgate's id), not a foreign key: a record and its feedback are written by different processes, and
-# retention deletes records without touching votes.
+# and the audit log, 6 trace_id, 7 the routing column. One row per vote, any number per request; ``request_id``
+# names the ``requests`` row (labgate's id), not a foreign key: a record and its feedback are written by
+# different processes, and retention deletes records without touching votes.
 FEEDBACK_TABLE = "feedback"
 FEEDBACK_VERSION = 4
 FEEDBACK_NAMES: tuple[str, ...] = ("feedback_id", "request_id", "timestamp", "score", "thumbs", "preferred",

@@ -3,7 +3,9 @@
 Runs in the trace export thread, never on the request path. The tree::
 
     chat m1                      SERVER  the whole request (attributes below)
-    ├── route                    INTERNAL  from the start to the first attempt (auth, parse, resolve)
+    ├── route                    INTERNAL  from the start to the first attempt or queue wait (auth, parse, resolve)
+    │   └── cache lookup         INTERNAL  the response cache's lookup, when one was made: hit or miss
+    ├── queue wait               INTERNAL  waiting for capacity (routing/queue.py), when the request had to
     ├── upstream sim/m1          CLIENT  one per attempt; ERROR status with the failure's code
     ├── upstream other/m1        CLIENT
     └── stream                   INTERNAL  streams: from the head to the last byte; event first_token
@@ -23,7 +25,7 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags, TraceState
 
 from labgate.record import RequestRecord
-from labgate.telemetry.traces import Trace
+from labgate.telemetry.traces import Trace, _ids
 
 _OPERATIONS = {"chat": "chat", "messages": "chat", "completions": "text_completion", "embeddings": "embeddings"}
 _SAMPLED = TraceFlags(TraceFlags.SAMPLED)
@@ -53,10 +55,27 @@ class SpanBuilder:
         parent = None if trace.parent_id is None else SpanContext(trace.trace_id, trace.parent_id, is_remote=True,
                                                                    trace_flags=_SAMPLED)
         out: list[ReadableSpan] = []
-        first_attempt = trace.attempts[0][2] if trace.attempts else record.finished
-        out.append(self._span("route", trace, root, ns(started), ns(first_attempt), SpanKind.INTERNAL,
+        routed = trace.attempts[0][2] if trace.attempts else record.finished
+        waited = record.queue_wait
+        if waited is not None and waited[0] < routed:
+            routed = waited[0]  # the request queued before its first attempt
+        route = self._context(trace, _ids.getrandbits(64) or 1, None)
+        out.append(self._span("route", trace, root, ns(started), ns(routed), SpanKind.INTERNAL,
                               {"gen_ai.request.model": record.model or "",
-                               "labgate.routed": record.provider is not None}))
+                               "labgate.routed": record.provider is not None}, context=route))
+        if record.cache_lookup is not None:
+            start, end = record.cache_lookup
+            out.append(self._span("cache lookup", trace, route, ns(start), ns(end), SpanKind.INTERNAL,
+                                  {"labgate.cache": record.cache_status or "miss",
+                                   "labgate.cache_hit": record.cache_hit}))
+        if waited is not None:
+            got = record.queue_ms is not None  # else it timed out, or the client left while queued
+            waiting: dict[str, Any] = {"labgate.queue_ms": record.queue_ms} if got else {}
+            if record.priority is not None:
+                waiting["labgate.priority"] = record.priority
+            out.append(self._span("queue wait", trace, root, ns(waited[0]), ns(waited[1]), SpanKind.INTERNAL,
+                                  waiting, status=None if got or record.error_type is None
+                                  else Status(StatusCode.ERROR, record.error_message)))
         for span_id, deployment, start, end, code, message in trace.attempts:
             provider, _, model = deployment.partition("/")
             attributes: dict[str, Any] = {"labgate.deployment": deployment, "gen_ai.provider.name": provider,
@@ -84,10 +103,9 @@ class SpanBuilder:
 
     def _span(self, name: str, trace: Trace, parent: SpanContext, start: int, end: int, kind: SpanKind,
               attributes: dict[str, Any], *, status: Status | None = None, span_id: int | None = None,
-              events: list[Event] | None = None) -> ReadableSpan:
-        from labgate.telemetry.traces import _ids
-
-        context = self._context(trace, span_id or (_ids.getrandbits(64) or 1), None)
+              events: list[Event] | None = None, context: SpanContext | None = None) -> ReadableSpan:
+        if context is None:
+            context = self._context(trace, span_id or (_ids.getrandbits(64) or 1), None)
         return ReadableSpan(name=name, context=context, parent=parent, resource=self.resource,
                             attributes=attributes, events=events or (), kind=kind,
                             status=status or Status(StatusCode.UNSET), start_time=start, end_time=end,

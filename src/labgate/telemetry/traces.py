@@ -9,9 +9,11 @@ the request path only does this (and nothing at all when ``tracing.enabled`` is 
   span id and two timestamps per upstream attempt, and the ``traceparent`` sent upstream;
 - :meth:`Tracer.put` (``Gateway.finish``): append the record to a bounded queue.
 
-A daemon thread wakes every ``export_interval_s``, turns queued records into the SDK's
-span data (``ReadableSpan``, see :mod:`labgate.telemetry.spans`) and hands them to the
-SDK's OTLP/HTTP exporter, the way the history writer turns records into rows. A full
+A daemon thread wakes every ``export_interval_s`` and ships the queued records: with
+``tracing.export: process`` (the default) as tuples to an export process
+(:mod:`labgate.telemetry.export`); with ``thread`` it turns them into the SDK's span data
+(``ReadableSpan``, see :mod:`labgate.telemetry.spans`) itself and hands them to the SDK's
+OTLP/HTTP exporter, the way the history writer turns records into rows. A full
 queue drops the newest records (counted, and logged at most once a minute).
 """
 
@@ -31,6 +33,8 @@ from labgate.record import RequestRecord
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace.export import SpanExporter
+
+    from labgate.telemetry.export import ProcessExporter
 
 _TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?")
 MAX_TRACESTATE = 512  # characters of a client's tracestate forwarded upstream (W3C: 32 members)
@@ -107,12 +111,18 @@ class Trace:
 class Tracer:
     """The process's trace sink: ``begin`` per request, ``put`` per finished record."""
 
-    def __init__(self, exporter: SpanExporter, *, ratio: float, service_name: str | None,
+    def __init__(self, exporter: SpanExporter | ProcessExporter, *, ratio: float, service_name: str | None,
                  queue_size: int = 10_000, batch_size: int = 512, export_interval_s: float = 1.0) -> None:
-        from labgate.telemetry.spans import SpanBuilder
-
+        """``exporter``: the SDK's (spans built and exported in this process's thread), or a
+        :class:`~labgate.telemetry.export.ProcessExporter` (records shipped to an export process)."""
         self._exporter = exporter
-        self._builder = SpanBuilder(service_name)
+        if getattr(exporter, "takes_records", False):
+            self._ship = exporter.ship  # type: ignore[union-attr]
+        else:
+            from labgate.telemetry.spans import SpanBuilder
+
+            self._builder = SpanBuilder(service_name)
+            self._ship = self._export_spans
         self._bound = int(ratio * (1 << 64))  # sampled when the trace id's low 64 bits are below this
         self._queue: deque[RequestRecord] = deque()
         self._size, self._batch, self._interval = queue_size, batch_size, export_interval_s
@@ -130,10 +140,16 @@ class Tracer:
         problem = missing_sdk()
         if problem is not None:
             raise RuntimeError(problem)
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+        exporter: SpanExporter | ProcessExporter
+        if config.export == "process":
+            from labgate.telemetry.export import ProcessExporter
 
-        exporter = OTLPSpanExporter(endpoint=config.endpoint, headers=config.headers,
-                                    timeout=config.export_timeout_s)
+            exporter = ProcessExporter(config)
+        else:
+            from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+            exporter = OTLPSpanExporter(endpoint=config.endpoint, headers=config.headers,
+                                        timeout=config.export_timeout_s)
         return cls(exporter, ratio=_ratio(config.sampling_ratio), service_name=config.service_name,
                    queue_size=config.queue_size, batch_size=config.batch_size,
                    export_interval_s=config.export_interval_s)
@@ -175,14 +191,10 @@ class Tracer:
         queue = self._queue
         while queue:
             records = [queue.popleft() for _ in range(min(self._batch, len(queue)))]
-            spans = [span for record in records for span in self._builder.spans(record)]
             try:
-                result = self._exporter.export(spans)
-                ok = getattr(result, "name", "") == "SUCCESS"
-            except Exception as exc:  # the exporter's own errors (network, encoding): count, never raise
+                ok, reason = self._ship(records)
+            except Exception as exc:  # the exporter's own errors (network, encoding, a pipe): count, never raise
                 ok, reason = False, str(exc)
-            else:
-                reason = "the collector refused the batch"
             if ok:
                 self.exported += len(records)
             else:
@@ -190,6 +202,11 @@ class Tracer:
                 self._warn(f"could not export {len(records)} trace(s): {reason}")
         if self.dropped and time.monotonic() - self._warned > _WARN_EVERY_S:
             self._warn(f"{self.dropped} trace(s) dropped so far: the export queue was full")
+
+    def _export_spans(self, records: list[RequestRecord]) -> tuple[bool, str]:
+        spans = [span for record in records for span in self._builder.spans(record)]
+        result = self._exporter.export(spans)  # type: ignore[union-attr]  # thread mode: the SDK's exporter
+        return getattr(result, "name", "") == "SUCCESS", "the collector refused the batch"
 
     def _warn(self, message: str) -> None:
         now = time.monotonic()

@@ -218,12 +218,10 @@ def test_model_served_by_two_providers_without_a_mapping_is_a_warning() -> None:
         {"provider": "vllm"}, {"provider": "ollama"}]}}}}, providers) == []
 
 
-def test_rate_limits_and_budget_warn_that_they_are_not_enforced() -> None:
+def test_provider_rate_limits_and_budget_are_enforced_so_no_warning() -> None:
     providers = {"ollama": {"type": "ollama", "rate_limits": {"rpm": 10}},
                  "vllm": {"type": "vllm", "budget": {"limit_usd": 5}}}
-    message = "rate_limits/budget are accepted but not enforced by this version"
-    assert check(providers=providers) == [warning("providers.ollama", message, file=P),
-                                          warning("providers.vllm", message, file=P)]
+    assert check(providers=providers) == []  # enforced per attempt (docs/limits.md#provider-limits)
 
 
 def test_warnings_do_not_stop_a_config_from_loading() -> None:

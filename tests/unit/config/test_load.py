@@ -16,7 +16,7 @@ from labgate.providers.anthropic.config import AnthropicConfig
 from labgate.providers.openai_compat.config import OpenAICompatibleConfig
 
 EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
-TYPES_LIST = "one of: openai, openai_compatible, vllm, llama_cpp, ollama, lmstudio, anthropic"
+TYPES_LIST = "one of: openai, openai_compatible, vllm, llama_cpp, ollama, lmstudio, anthropic, local_embeddings"
 
 PROVIDERS = """
     providers:

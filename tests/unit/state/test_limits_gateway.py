@@ -213,3 +213,30 @@ async def test_budget_alerts_log_count_and_post_once(tmp_path: Path, monkeypatch
             assert f'labgate_budget_alerts_total{{budget="model:paid",threshold="{max(crossed):g}"}} 1' in text
     finally:
         await runner.cleanup()
+
+
+async def test_a_budget_alert_fires_when_the_estimate_was_exact(tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """Regression: settling skipped the alert check when the reservation's estimate equalled the real cost
+    (nothing to adjust), so a budget passed its thresholds in silence (e.g. output-only prices and max_tokens)."""
+    from labgate.state import limits
+
+    budgets = {"limits": [{"scope": "model", "name": "paid", "limit_usd": 100, "period": "week"}]}
+    async with gateway(tmp_path, monkeypatch, budgets=budgets) as (running, http, _):
+        call = caller(running, http)
+        monkeypatch.setattr(limits, "_estimate", lambda record, default: (0, 0))
+        status, body, _ = await call("/v1/chat/completions", chat())  # learn what a request really uses
+        assert status == 200
+        usage = body["usage"]
+        exact = (usage["prompt_tokens"], usage["completion_tokens"])
+        monkeypatch.setattr(limits, "_estimate", lambda record, default: exact)
+        spent, status = usage["prompt_tokens"] + 2 * usage["completion_tokens"], 200
+        while status == 200 and spent < 50:
+            status, _, headers = await call("/v1/chat/completions", chat())
+            spent += float(headers["x-labgate-cost"])
+        limiter = running.gateway.runtime.limiter
+        assert limiter is not None
+        await limiter.drain()
+        async with http.get(running.url + "/metrics") as r:
+            text = await r.text()
+        assert 'labgate_budget_alerts_total{budget="model:paid",threshold="0.5"} 1' in text

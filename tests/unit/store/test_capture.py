@@ -47,7 +47,7 @@ COMMON = {
     "completion_tokens": 3, "tokens_used": 15, "cost": None, "cache_hit": False, "attempts": 2,
     "failed_attempts": '[{"deployment":"p0/m1","error":"upstream_server_error","message":"p0 answered 503"}]',
     "client_ip": "10.0.0.7", "tags": '["exp-1","blue"]', "metadata": '{"project":"lab-a","tags":"exp-1, blue"}',
-    "client_request_id": "client-7", "cache": None, "cache_bytes": None,
+    "client_request_id": "client-7", "cache": None, "cache_bytes": None, "trace_id": None, "routing": None,
 }
 
 
@@ -156,3 +156,23 @@ def test_cache_hit_row_carries_status_bytes_and_the_saved_usage() -> None:
     row = as_dict(build_row(hit, capture="metadata", client_ip=False))
     assert (row["cache"], row["cache_bytes"], row["cache_hit"]) == ("hit", 321, True)
     assert (row["prompt_tokens"], row["completion_tokens"]) == (12, 3)  # the tokens the hit saved
+
+
+def test_a_traced_record_keeps_its_trace_id_through_the_wire() -> None:
+    """The trace id travels as an int (marshal carries it) and lands as the 32 hex digits the log line prints."""
+    import marshal
+
+    from labgate.store.capture import row_from_wire, wire
+    from labgate.telemetry.traces import Trace
+
+    traced = record(trace=Trace(0xABC, 7, None, True, None))
+    shipped = marshal.loads(marshal.dumps(wire(traced, keep_content=False)))
+    row = as_dict(row_from_wire(shipped, capture="metadata", client_ip=False))
+    assert row["trace_id"] == "00000000000000000000000000000abc" == traced.as_log()["trace_id"]
+    assert as_dict(build_row(record(), capture="metadata", client_ip=False))["trace_id"] is None
+
+
+def test_the_local_first_decision_is_a_column() -> None:
+    row = as_dict(build_row(record(routing="cloud (local over its provider limit)"), capture="metadata",
+                            client_ip=False))
+    assert row["routing"] == "cloud (local over its provider limit)"

@@ -49,8 +49,9 @@ async def test_a_version_1_database_gains_client_request_id(tmp_path: Path) -> N
         old, new = await get(store, "old-1"), await get(store, "req_new")
     finally:
         await store.aclose()
+    assert old is not None and new is not None
     assert (old["client_request_id"], new["client_request_id"]) == (None, "client-9")
-    assert (old["cache"], old["cache_bytes"]) == (None, None)
+    assert (old["cache"], old["cache_bytes"], old["trace_id"], new["trace_id"]) == (None, None, None, None)
     with sqlite3.connect(path) as conn:
         assert conn.execute("SELECT version FROM history_schema_version ORDER BY version").fetchall() == [
             (v,) for v in sorted(SQLITE_MIGRATIONS)]
@@ -158,7 +159,9 @@ async def test_a_version_1_database_gains_the_cache_columns(tmp_path: Path) -> N
     await store.aclose()
     with sqlite3.connect(path) as conn:
         columns = [r[1] for r in conn.execute("PRAGMA table_info(requests)")]
-        assert columns[-2:] == ["cache", "cache_bytes"]
+        assert columns[-4:] == ["cache", "cache_bytes", "trace_id", "routing"]  # migrations 3, 6 and 7
+        indexes = {r[1] for r in conn.execute("PRAGMA index_list(requests)")}
+        assert "idx_requests_trace_id" in indexes
         assert conn.execute("SELECT max(version) FROM history_schema_version").fetchone() == (max(SQLITE_MIGRATIONS),)
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         assert {"api_keys", "audit_log"} <= tables  # migration 5: virtual keys and the audit log

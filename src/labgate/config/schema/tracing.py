@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 
 from labgate.config.schema.base import Strict
@@ -26,3 +28,6 @@ class TracingConfig(Strict):
     batch_size: int = Field(default=512, ge=1)  # requests per export call
     export_interval_s: float = Field(default=1.0, gt=0)  # how often the export thread wakes
     export_timeout_s: float = Field(default=10.0, gt=0)
+    # process: spans are built and sent by a child process (python -m labgate.telemetry.export), off the
+    # serving process's GIL; thread: by a thread in the serving process (one process fewer)
+    export: Literal["process", "thread"] = "process"
