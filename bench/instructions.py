@@ -1,6 +1,7 @@
 """Hot path, noise-free: the gateway's instructions per request under callgrind, this tree vs git revisions.
 
     .venv/bin/python bench/instructions.py [--rev REV ...] [--requests 2000] [--stream] [--gateway-yaml YAML]
+                                           [--mode NAME=YAML ...]
 
 Timings on a 2-core machine shared with other work move by more than the
 few percent a change costs; instruction counts do not (callgrind counts the
@@ -16,8 +17,11 @@ The config is the gateway benchmark's (one ``openai_compatible`` provider,
 auth on, access log on, history in SQLite with the writer process, whose
 instructions are its own process's and are not counted here).
 ``--gateway-yaml`` adds sections to every target's ``gateway.yaml`` (e.g. a
-``cache:`` section, to count what a feature adds). Exit status 0 when every
-target ran, 1 when one failed, 2 when valgrind or the harness is missing.
+``cache:`` section). ``--mode NAME=YAML`` (repeatable) also measures the
+working tree with YAML added to its ``gateway.yaml``: what a feature costs
+when it is on, as a ratio to the tree without it, in the same run (``\n`` in
+YAML stands for a line break). Exit status 0 when every target ran, 1 when one
+failed, 2 when valgrind or the harness is missing.
 """
 
 from __future__ import annotations
@@ -53,11 +57,16 @@ def main(argv: list[str] | None = None) -> int:
     failed = False
     try:
         procs.wait_listening(upstream_port, proc=upstream, timeout=15)
-        for rev in (None, *args.rev):
-            source, what = targets.snapshot_labgate(REPO, work, rev=rev)
-            name = "tree" if rev is None else rev
+        modes = [(None, "tree", args.gateway_yaml), *((rev, rev, args.gateway_yaml) for rev in args.rev),
+                 *((None, name, f"{args.gateway_yaml}\n{yaml}") for name, yaml in args.mode)]
+        sources: dict[str | None, tuple[Path, str]] = {}
+        for rev, name, yaml in modes:
+            if rev not in sources:
+                sources[rev] = targets.snapshot_labgate(REPO, work, rev=rev)
+            source, what = sources[rev]
             try:
-                results[name] = _count(args, source, place, work, name, f"http://127.0.0.1:{upstream_port}")
+                results[name] = _count(args, source, place, work, name, yaml,
+                                       f"http://127.0.0.1:{upstream_port}")
             except (RuntimeError, OSError, subprocess.CalledProcessError) as exc:
                 print(f"bench: {name}: {exc}", file=sys.stderr)
                 failed = True
@@ -69,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nthe serving process's instructions per {kind} chat request (callgrind, {args.requests} requests)")
     tree = results.get("tree")
     for name, value in results.items():
-        ratio = f"tree ÷ {name} = {tree / value:.4f}" if tree and name != "tree" else ""
+        ratio = f"{name} ÷ tree = {value / tree:.4f}" if tree and name != "tree" else ""
         print(f"  {name:12} {value:>12,.0f}   {ratio}")
     print(f"bench: logs in {work}")
     return 1 if failed or not results else 0
@@ -81,15 +90,24 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--requests", type=int, default=2000)
     p.add_argument("--stream", action="store_true", help="streamed chat completions instead of whole ones")
     p.add_argument("--gateway-yaml", default="", metavar="YAML", help="extra top-level sections for gateway.yaml")
+    p.add_argument("--mode", action="append", default=[], type=_mode, metavar="NAME=YAML",
+                   help="the working tree with YAML added to gateway.yaml, as target NAME (repeatable)")
     return p.parse_args(argv)
 
 
-def _count(args: argparse.Namespace, source: Path, place: machine.Placement, work: Path, name: str,
+def _mode(text: str) -> tuple[str, str]:
+    name, sep, yaml = text.partition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"expected NAME=YAML, got {text!r}")
+    return name, yaml.replace("\\n", "\n")
+
+
+def _count(args: argparse.Namespace, source: Path, place: machine.Placement, work: Path, name: str, yaml: str,
            upstream: str) -> float:
     safe = name.replace("/", "_").replace("@", "-")
     port = procs.free_port()
     config = work / f"config-{safe}"
-    targets.write_labgate_config(config, upstream=upstream, port=port, extra=args.gateway_yaml)
+    targets.write_labgate_config(config, upstream=upstream, port=port, extra=yaml)
     out = work / f"callgrind-{safe}"
     env = {**os.environ, "LABGATE_BENCH_KEY": targets.LABGATE_KEY,
            "LABGATE_BENCH_UPSTREAM_KEY": targets.UPSTREAM_KEY, "LABGATE_DATA_DIR": str(work / f"data-{safe}"),

@@ -33,7 +33,7 @@ from labgate.testing.gateway import config_from
 GOOD = "providers:\n  p:\n    type: vllm\n    base_url: http://127.0.0.1:9\n    models: [m1]\n"
 NAME_RULE = ("use 1 to 64 letters, digits, `_`, `-` or `.`, starting with a letter or digit (no `/`, spaces or "
              "other characters)")
-TYPES = "one of: openai, openai_compatible, vllm, llama_cpp, ollama, lmstudio, anthropic"
+TYPES = "one of: openai, openai_compatible, vllm, llama_cpp, ollama, lmstudio, anthropic, local_embeddings"
 Case = Callable[[Path], tuple[dict[str, bytes], tuple[Problem, ...]]]
 
 

@@ -126,7 +126,7 @@ def test_unknown_type_still_reports_bad_values_and_keys_of_the_type(tmp_path: Pa
     text = "providers:\n  p:\n    type: olama\n    timeout_s: soon\n    quirks: {}\n    modles: []\n"
     assert problems_of(tmp_path, text) == (
         Problem(file, "providers.p.type", "unknown provider type 'olama'; one of: openai, openai_compatible, vllm, "
-                "llama_cpp, ollama, lmstudio, anthropic", suggestion="ollama", line=3),
+                "llama_cpp, ollama, lmstudio, anthropic, local_embeddings", suggestion="ollama", line=3),
         Problem(file, "providers.p.timeout_s", "expected a number", line=4),
         Problem(file, "providers.p.modles", "unknown key", suggestion="models", line=6))
 

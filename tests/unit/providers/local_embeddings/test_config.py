@@ -42,7 +42,7 @@ def test_a_weights_dir_model_with_every_default(tiny_dir: Path) -> None:
 def test_a_model_without_weights_is_refused_with_the_fix(tiny_dir: Path) -> None:
     assert problems({"type": "local_embeddings", "models": ["bge-small-en-v1.5"]}) == [(
         "providers.local",
-        "Value error, model 'bge-small-en-v1.5' has no weights: add "
+        "model 'bge-small-en-v1.5' has no weights: add "
         "`weights: {bge-small-en-v1.5: {weights_dir: DIR}}` (built in: all-MiniLM-L6-v2)")]
 
 
@@ -50,14 +50,14 @@ def test_weights_for_a_model_not_listed_are_refused(tiny_dir: Path) -> None:
     [(path, message)] = problems({"type": "local_embeddings", "models": ["a"],
                                   "weights": {"a": {"weights_dir": str(tiny_dir)},
                                               "b": {"weights_dir": str(tiny_dir)}}})
-    assert (path, message) == ("providers.local", "Value error, `weights.b` names a model not in `models` (a)")
+    assert (path, message) == ("providers.local", "`weights.b` names a model not in `models` (a)")
 
 
 def test_a_weights_dir_that_is_not_there_is_refused_at_load(tmp_path: Path) -> None:
     [(path, message)] = problems({"type": "local_embeddings", "models": ["m"],
                                   "weights": {"m": {"weights_dir": str(tmp_path / "nowhere")}}})
     assert (path, message) == ("providers.local",
-                               f"Value error, model 'm': weights_dir {tmp_path / 'nowhere'} is not a directory")
+                               f"model 'm': weights_dir {tmp_path / 'nowhere'} is not a directory")
 
 
 def test_base_url_is_refused(tiny_dir: Path) -> None:
@@ -70,7 +70,7 @@ def test_a_missing_extra_is_refused_with_the_install_command(tiny_dir: Path, mon
     monkeypatch.setattr(embeddings_config, "EXTRA_MODULES", ("numpy", "labgate_no_such_module"))
     [(_, message)] = problems({"type": "local_embeddings", "models": ["m"],
                                "weights": {"m": {"weights_dir": str(tiny_dir)}}})
-    assert message == ("Value error, local_embeddings needs the [embeddings] extra (labgate_no_such_module "
+    assert message == ("local_embeddings needs the [embeddings] extra (labgate_no_such_module "
                        "missing): pip install 'labgate[embeddings]'")
 
 
@@ -106,7 +106,7 @@ def test_the_builtin_default_provider_follows_what_is_installed(monkeypatch: pyt
 def test_the_queue_must_hold_a_whole_request(tiny_dir: Path) -> None:
     [(path, message)] = problems({"type": "local_embeddings", "models": ["m"], "max_inputs": 10, "max_queued": 9,
                                   "weights": {"m": {"weights_dir": str(tiny_dir)}}})
-    assert (path, message) == ("providers.local", "Value error, `max_queued` (9) must be at least `max_inputs` (10)")
+    assert (path, message) == ("providers.local", "`max_queued` (9) must be at least `max_inputs` (10)")
 
 
 def test_an_inactive_provider_is_not_checked_for_files(tmp_path: Path) -> None:
