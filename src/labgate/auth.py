@@ -30,10 +30,11 @@ class Auth:
     master key or a virtual key from ``keyring`` (None: virtual keys are off).
     """
 
-    __slots__ = ("_keys", "keyring", "master")
+    __slots__ = ("_ids", "_keys", "keyring", "master")
 
     def __init__(self, keys: list[str], keyring: KeyRing | None = None) -> None:
         self._keys = tuple(k.encode() for k in keys if k)
+        self._ids = {k: key_id(k) for k in keys if k}  # each master key's id, hashed once
         self.master = bool(self._keys)
         self.keyring = keyring
 
@@ -49,17 +50,21 @@ class Auth:
             raise AuthenticationError(_MISSING)
         if not self._matches(presented):
             raise AuthenticationError("Incorrect API key provided.")
-        return key_id(presented)
+        return self._ids[presented]
 
     def admit(self, presented: str | None) -> tuple[str | None, VirtualKey | None]:
         """An API call: (the key's id for records, the virtual key or None for the master key / no auth)."""
         ring = self.keyring
-        if ring is None or not ring.enforced:
-            return self.check(presented), None
+        if ring is None or not ring.enforced:  # the master key alone
+            if not self.master:
+                return None, None
+            if presented and self._matches(presented):
+                return self._ids[presented], None
+            return self.check(presented), None  # raises what is wrong
         if not presented:
             raise AuthenticationError(_MISSING)
         if self.master and self._matches(presented):
-            return key_id(presented), None
+            return self._ids[presented], None
         key = ring.check(presented, time.time())
         if key is None:
             raise AuthenticationError("Incorrect API key provided.")

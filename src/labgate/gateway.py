@@ -76,10 +76,12 @@ class Gateway:
             route = rt.table.resolve(record.model)
             if rt.cache and (hit := await rt.cache.get(route, record, native or payload)):
                 return self.done(rt, record, hit, answer)
-            if rt.limiter is not None and rt.limiter.plan(record):  # rpm/tpm and budgets (state/limits.py)
-                route = await rt.limiter.reserve(record, route, rt.table)
+            limiter = rt.limiter  # rpm/tpm and budgets (state/limits.py): a key without limits draws on none
+            if limiter is not None and (limiter.static or key is not None) and limiter.plan(record):
+                route = await limiter.reserve(record, route, rt.table)
             candidates = plan(route, rt.circuit, max_attempts=rt.max_attempts)
-            record.routing = local_first_decision(route, candidates)  # None unless the route is local_first
+            if route.local_first:
+                record.routing = local_first_decision(route, candidates)  # what x-labgate-routing says
             result, dep = await attempt(
                 candidates, endpoint=endpoint, body=payload, native=native, stream=record.stream,
                 deadline=time.monotonic() + rt.request_timeout, circuit=rt.circuit, record=record,

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Any, Literal, NamedTuple, Protocol, runtime_checkable
 
 # "messages": an Anthropic Messages request that the OpenAI dialect cannot carry
 # (server tools, documents, ...), so only adapters that speak Anthropic serve it.
@@ -31,9 +31,9 @@ ALL_ENDPOINTS: frozenset[str] = frozenset({"chat", "completions", "embeddings"})
 Dialect = Literal["openai", "anthropic"]
 
 
-@dataclass(frozen=True, slots=True)
-class Call:
-    """One attempt's request, in the OpenAI dialect.
+class Call(NamedTuple):
+    """One attempt's request, in the OpenAI dialect (immutable: a named tuple, built per attempt
+    without the per-field ``object.__setattr__`` calls a frozen dataclass makes).
 
     ``body`` is the client's parsed JSON; adapters must not mutate it (a
     fallback attempt reuses it). ``model`` is the upstream's name for the

@@ -25,7 +25,7 @@ in a later read, ``data_received`` sees bytes with no exchange in progress
 and aborts. Neither costs anything per request. What ``data_received`` cannot
 see are bytes that reached the socket after the loop last polled it, and a
 pooled connection can be handed out in the same loop iteration (LIFO reuse):
-so before reusing one, :meth:`Connection.quiet` asks the kernel with one
+so before reusing one, :meth:`Connection.ready` asks the kernel with one
 ``poll(2)`` of zero timeout (~0.5 µs, only on reuse) whether anything is
 waiting; if so the connection is dropped. What remains is inherent to
 HTTP/1.1: bytes the upstream sends after we have written the next request
@@ -119,7 +119,7 @@ class Pool:
         while True:
             while idle:
                 conn = idle.popitem()[0]
-                if conn.reusable() and conn.quiet():
+                if conn.ready():
                     return conn
                 conn.abort()
             if self._closed:
@@ -128,7 +128,7 @@ class Pool:
                 handed = await self._wait_turn(deadline)
                 if handed is None:
                     return await self._connect(deadline)
-                if handed.reusable() and handed.quiet():
+                if handed.ready():
                     return handed
                 # it turned dirty or was closed between the hand-over and now: its slot went on; queue again
                 handed.abort()
@@ -261,7 +261,7 @@ class Connection(asyncio.Protocol):
         self.loop = loop
         self.transport: asyncio.Transport | None = None
         self._parser = httptools.HttpResponseParser(self)
-        self._poll: select.poll | None = None  # the socket, for quiet(); None where poll(2) is missing
+        self._poll: select.poll | None = None  # the socket, for ready(); None where poll(2) is missing
         self.closed: asyncio.Future[None] = loop.create_future()  # done once connection_lost ran
         self.holds_slot = True
         self.lost = False
@@ -302,8 +302,11 @@ class Connection(asyncio.Protocol):
         """Clean and connected: llhttp is between messages and nothing unasked-for has arrived."""
         return not (self._dirty or self.lost or self.transport is None or self.transport.is_closing())
 
-    def quiet(self) -> bool:
-        """Nothing waits unread in the socket (one zero-timeout poll): checked just before reuse."""
+    def ready(self) -> bool:
+        """:meth:`reusable`, and nothing waits unread in the socket (one zero-timeout poll): just before reuse."""
+        transport = self.transport
+        if self._dirty or self.lost or transport is None or transport.is_closing():
+            return False
         poller = self._poll
         if poller is None:
             return True
@@ -493,9 +496,9 @@ class Connection(asyncio.Protocol):
         self._in_head = True
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._head_lines += 1
-        self._head_bytes += len(name) + len(value) + 4
-        if self._head_bytes > MAX_HEADER_BYTES or self._head_lines > MAX_HEADER_COUNT:
+        lines = self._head_lines = self._head_lines + 1
+        size = self._head_bytes = self._head_bytes + len(name) + len(value) + 4
+        if size > MAX_HEADER_BYTES or lines > MAX_HEADER_COUNT:
             self._halt = self._head_too_large()
             raise _Halt
         if not self._in_head:
@@ -503,10 +506,10 @@ class Connection(asyncio.Protocol):
         key = name.decode("latin-1").lower()
         text = value.decode("latin-1")
         headers = self._headers
-        previous = headers.get(key)
-        if previous is None:
+        if key not in headers:
             headers[key] = text
         else:  # joined once, at the end of the head: linear in the number of lines
+            previous = headers[key]
             repeated = self._repeated
             if repeated is None:
                 self._repeated = repeated = {}

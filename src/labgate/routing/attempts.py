@@ -32,6 +32,7 @@ failure, at the relay's end for a stream.
 from __future__ import annotations
 
 import time
+from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
 from labgate.errors import (
@@ -77,23 +78,34 @@ async def attempt(candidates: list[Deployment], *, endpoint: Endpoint, body: dic
             if gate.inflight < gate.limit:
                 record.spill = f"{dep.key} at {gate.inflight}/{gate.limit} in flight (prefer_local_under)"
             continue
-        if deadline <= time.monotonic():
+        now = time.monotonic()
+        if deadline <= now:
             if gate is not None:
                 gate.release()
             _out_of_time(record, dep)
             break
-        result = await _try(dep, endpoint, body, stream, deadline, circuit, record, native, limits)
+        result = await _try(dep, endpoint, body, stream, deadline, now, circuit, record, native, limits)
         if result is not None:
-            return _answered(record, result, dep)
+            if record.routing == "local" and not dep.local:  # local_first planned a local one; the cloud answered
+                _cloud_answered(record)
+            return result, dep
     while busy and queue is not None and deadline > time.monotonic():
         # nothing else answered: a slot under the hard limit, else the first one freed, in priority order
         free = next((d for d in busy if d.gate is not None and d.gate.try_acquire()), None)
         dep = free if free is not None else await queue.wait(busy, record, deadline)  # holds a slot from here
         busy.remove(dep)
         record.spill = None
-        result = await _try(dep, endpoint, body, stream, deadline, circuit, record, native, limits)
+        now = time.monotonic()
+        if deadline <= now:  # the wait used the rest of the time
+            if dep.gate is not None:
+                dep.gate.release()
+            _out_of_time(record, dep)
+            break
+        result = await _try(dep, endpoint, body, stream, deadline, now, circuit, record, native, limits)
         if result is not None:
-            return _answered(record, result, dep)
+            if record.routing == "local" and not dep.local:  # local_first planned a local one; the cloud answered
+                _cloud_answered(record)
+            return result, dep
     for dep in busy:
         failures.append(AttemptFailure(dep.key, DeploymentBusyError(
             f"provider {dep.provider!r} is at its max_parallel_requests")))
@@ -105,26 +117,26 @@ async def attempt(candidates: list[Deployment], *, endpoint: Endpoint, body: dic
     raise AllAttemptsFailedError(failures)
 
 
-def _answered(record: RequestRecord, result: Reply | Stream, dep: Deployment) -> tuple[Reply | Stream, Deployment]:
-    if record.routing == "local" and not dep.local:  # local_first planned a local one; the cloud answered
-        over = any(isinstance(f.error, ProviderLimitedError) for f in record.failures)
-        record.routing = "cloud (local over its provider limit)" if over else "cloud (local failing)"
-    return result, dep
+def _cloud_answered(record: RequestRecord) -> None:
+    """``x-labgate-routing`` when local_first planned a local deployment and the cloud answered: why."""
+    over = any(isinstance(f.error, ProviderLimitedError) for f in record.failures)
+    record.routing = "cloud (local over its provider limit)" if over else "cloud (local failing)"
 
 
-async def _try(dep: Deployment, endpoint: Endpoint, body: dict[str, Any], stream: bool, deadline: float,
-               circuit: Circuit, record: RequestRecord, native: dict[str, Any] | None,
-               limits: Limiter | None = None) -> Reply | Stream | None:
-    """One attempt on ``dep`` (its gate slot, if any, already taken): the answer, or None after a failure."""
-    now = time.monotonic()
-    remaining = deadline - now
-    if remaining <= 0:
-        if dep.gate is not None:
-            dep.gate.release()
-        _out_of_time(record, dep)
-        return None
+def _try(dep: Deployment, endpoint: Endpoint, body: dict[str, Any], stream: bool, deadline: float, now: float,
+         circuit: Circuit, record: RequestRecord, native: dict[str, Any] | None,
+         limits: Limiter | None) -> Coroutine[Any, Any, Reply | Stream | None]:
+    """One attempt on ``dep`` (its gate slot, if any, already taken; ``deadline`` after ``now``): the answer,
+    or None after a failure. Sent at once unless its provider has a limit (no coroutine layer for that check)."""
     if limits is None or dep.provider not in limits.providers:
-        return await _send(dep, endpoint, body, stream, deadline, circuit, record, native)
+        return _send(dep, endpoint, body, stream, deadline - now, now, circuit, record, native)
+    return _limited(dep, endpoint, body, stream, deadline, circuit, record, native, limits)
+
+
+async def _limited(dep: Deployment, endpoint: Endpoint, body: dict[str, Any], stream: bool, deadline: float,
+                   circuit: Circuit, record: RequestRecord, native: dict[str, Any] | None,
+                   limits: Limiter) -> Reply | Stream | None:
+    """An attempt within its provider's limit (state/limits.py): taken first, kept once sent, else given back."""
     held = await limits.take_provider(record, dep)
     if isinstance(held, ProviderLimitedError):  # over its provider's limit: passed over, like a busy one
         if dep.gate is not None:
@@ -132,8 +144,9 @@ async def _try(dep: Deployment, endpoint: Endpoint, body: dict[str, Any], stream
         record.failures.append(AttemptFailure(dep.key, held))
         return None
     before = record.attempts  # counts the calls that reached (or were sent to) an upstream
+    now = time.monotonic()
     try:
-        result = await _send(dep, endpoint, body, stream, deadline, circuit, record, native)
+        result = await _send(dep, endpoint, body, stream, deadline - now, now, circuit, record, native)
     except BaseException:
         limits.give_back(held, sent=record.attempts > before)
         raise
@@ -144,10 +157,10 @@ async def _try(dep: Deployment, endpoint: Endpoint, body: dict[str, Any], stream
     return result
 
 
-async def _send(dep: Deployment, endpoint: Endpoint, body: dict[str, Any], stream: bool, deadline: float,
-                circuit: Circuit, record: RequestRecord, native: dict[str, Any] | None) -> Reply | Stream | None:
-    now = time.monotonic()
-    remaining = deadline - now
+async def _send(dep: Deployment, endpoint: Endpoint, body: dict[str, Any], stream: bool, remaining: float,
+                now: float, circuit: Circuit, record: RequestRecord,
+                native: dict[str, Any] | None) -> Reply | Stream | None:
+    """One call to ``dep``'s upstream with ``remaining`` seconds of the request's deadline at ``now``."""
     if not circuit.claim(dep.health, now):  # its half-open probe went to another request
         if dep.gate is not None:
             dep.gate.release()

@@ -64,6 +64,10 @@ class Route:
 
     name: str
     groups: tuple[Group, ...]
+    local_first: bool = field(init=False)  # its primary group's strategy is local_first (x-labgate-routing)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "local_first", bool(self.groups) and self.groups[0].strategy == "local_first")
 
 
 class RouteTable:

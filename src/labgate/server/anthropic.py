@@ -242,7 +242,7 @@ class AnthropicSurface:
         self.ping_interval = ping_interval
 
     async def messages(self, request: Request) -> Response:
-        record = new_record(request, "messages")
+        record = new_record(request, "messages", self.gateway)
         try:
             result = await self.gateway.handle(record, api_key=presented_key(request.headers),
                                                body=request.body, parse=parse_messages, answer=_as_message)

@@ -80,55 +80,67 @@ def build_app(gateway: Gateway, *, reloader: Reloader | None = None, listen_host
     edges: dict[Runtime, Edge] = {}  # the current runtime's, rebuilt after a reload
 
     def edge_of(rt: Runtime) -> Edge:
-        edge = edges.get(rt)
-        if edge is None:
-            edges.clear()
-            edge = edges[rt] = Edge.from_config(rt.config.gateway, listen_host=listen_host,
-                                                auth_enabled=rt.auth.enabled)
+        edges.clear()
+        edge = edges[rt] = Edge.from_config(rt.config.gateway, listen_host=listen_host,
+                                            auth_enabled=rt.auth.enabled)
         return edge
 
     async def app(request: Request) -> Response:
-        # Host allow-list and Origin check (server/origin.py): before anything is routed
-        edge = edge_of(gateway.runtime)
-        refusal = edge.refusal(request)
-        if refusal is not None:
-            return error(request, refusal)
-        origin = request.headers.get("origin")
-        if origin is None:
-            return echo_client_id(request.headers, await route(request))
-        if edge.is_preflight(request):
-            return echo_client_id(request.headers, Response(204, [("x-request-id", request_id()),
-                                                          *edge.preflight_headers(request)]))
-        response = await route(request)
-        response.headers.extend(edge.cors_headers(origin))
-        return echo_client_id(request.headers, response)
+        headers = request.headers
+        # Host allow-list and Origin check (server/origin.py): before anything is routed. With any
+        # host allowed and no Origin header (SDKs, curl) there is nothing to check.
+        rt = gateway.runtime
+        edge = edges.get(rt) or edge_of(rt)
+        origin = headers.get("origin")
+        if origin is not None or edge.checks_host:
+            refusal = edge.refusal(request)
+            if refusal is not None:
+                return error(request, refusal)
+        if origin is not None and edge.is_preflight(request):
+            response = Response(204, [("x-request-id", request_id()), *edge.preflight_headers(request)])
+        else:
+            found = route(request)
+            response = found if isinstance(found, Response) else await found(request)
+            if origin is not None:
+                response.headers.extend(edge.cors_headers(origin))
+        if "x-request-id" in headers:
+            echo_client_id(headers, response)
+        return response
 
-    async def route(request: Request) -> Response:
+    def route(request: Request) -> Handler | Response:
+        """The handler for ``request``'s path and method, or the error answer when there is none."""
         methods = routes.get(request.path)
         if methods is None:
             methods = next((m for p, m in prefixes.items() if request.path.startswith(p)), None)
         if methods is None:
-            return error(request, RouteNotFoundError(f"No route for {request.method} {request.path}."))
+            return envelope(request, RouteNotFoundError(f"No route for {request.method} {request.path}."))
         handler = methods.get(request.method)
         if handler is None and request.method == "HEAD":
             handler = methods.get("GET")  # the server sends the head without the body
         if handler is None:
             exc = MethodNotAllowedError(f"{request.method} is not allowed on {request.path}; "
                                         f"use {', '.join(methods)}.")
-            return error(request, exc, [("allow", ", ".join(methods))])
-        return await handler(request)
+            return envelope(request, exc, [("allow", ", ".join(methods))])
+        return handler
 
     return app
 
 
 def error(request: Request, exc: LabgateError, headers: list[tuple[str, str]] | None = None) -> Response:
-    """An answer before any surface: Anthropic-API clients get their own envelope, even for a wrong path."""
+    """An answer before any surface, naming the client's ``x-request-id`` (see :func:`envelope`)."""
+    return echo_client_id(request.headers, envelope(request, exc, headers))
+
+
+def envelope(request: Request, exc: LabgateError, headers: list[tuple[str, str]] | None = None) -> Response:
+    """An error answer before any surface: Anthropic-API clients get their own envelope, even for a wrong path."""
     render = anthropic_error if request.path.startswith("/v1/messages") else openai_error
-    return echo_client_id(request.headers, render(exc, request_id(), headers))
+    return render(exc, request_id(), headers)
 
 
 def echo_client_id(headers: Mapping[str, str], response: Response) -> Response:
-    """Every answer names the client's own ``x-request-id`` (when sane) as ``x-client-request-id``."""
+    """Every answer names the client's own ``x-request-id`` (when sane) as ``x-client-request-id``.
+
+    (The hot path calls this only when the request has an ``x-request-id``.)"""
     given = client_request_id(headers)
     if given is not None:
         response.headers.append(("x-client-request-id", given))

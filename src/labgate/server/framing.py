@@ -140,13 +140,12 @@ class RequestReader:
         key = name.decode("latin-1").lower()
         text = value.decode("latin-1").rstrip(" \t")  # llhttp keeps trailing whitespace
         headers = self._headers
-        previous = headers.get(key)
-        if previous is None:
+        if key not in headers:
             headers[key] = text
         elif key == "host":
             raise RequestError("The request has more than one Host header.")
         else:
-            headers[key] = f"{previous}, {text}"
+            headers[key] = f"{headers[key]}, {text}"
 
     def on_headers_complete(self) -> None:
         self._in_head = self._open = False

@@ -16,7 +16,7 @@ from labgate.gateway import Gateway
 from labgate.providers.base import Reply
 from labgate.record import RequestRecord
 from labgate.server.envelopes import JSON, header_value, openai_error, openai_sse_error
-from labgate.server.fields import is_int, is_number, model_problem
+from labgate.server.fields import MAX_MODEL_CHARS, is_int, is_number, model_problem
 from labgate.server.http import Request, Response
 from labgate.server.ids import client_request_id, request_id
 from labgate.server.sse import ErrorEventStream
@@ -61,9 +61,8 @@ def _object(body: bytes) -> dict[str, Any]:
     model = payload.get("model")
     if not isinstance(model, str) or not model:
         raise RequestError("'model' is required and must be a non-empty string.", param="model")
-    problem = model_problem(model)
-    if problem is not None:
-        raise RequestError(f"'model' {problem}.", param="model")
+    if len(model) > MAX_MODEL_CHARS or not model.isprintable():  # what model_problem explains
+        raise RequestError(f"'model' {model_problem(model)}.", param="model")
     for key in payload:  # in body order, so the reported param is stable
         if key not in _TYPES:
             continue
@@ -114,9 +113,13 @@ def parse_embedding(body: bytes) -> dict[str, Any]:
 def route_headers(record: RequestRecord) -> list[tuple[str, str]]:
     """``x-request-id`` first, then what happened; names pass :func:`header_value` (they may hold anything)."""
     headers = [("x-request-id", record.request_id), ("x-labgate-attempts", str(record.attempts))]
-    if record.provider is not None:
-        headers.append(("x-labgate-provider", header_value(record.provider)))
-        headers.append(("x-labgate-deployment", header_value(record.deployment or "")))
+    provider = record.provider
+    if provider is not None:  # printable ASCII (the common case) goes as it is, without a call
+        deployment = record.deployment or ""
+        headers.append(("x-labgate-provider", provider if provider.isascii() and provider.isprintable()
+                        else header_value(provider)))
+        headers.append(("x-labgate-deployment", deployment if deployment.isascii() and deployment.isprintable()
+                        else header_value(deployment)))
     if record.cache_status is not None:  # a cache is configured (docs/cache.md)
         headers.extend(cache_headers(record))
     if record.spill is not None:  # routed past a loaded local deployment (prefer_local_under)
@@ -138,13 +141,22 @@ def cache_headers(record: RequestRecord) -> list[tuple[str, str]]:
     return [("x-labgate-cache", "off" if status == "unavailable" else status or "off")]
 
 
-def new_record(request: Request, endpoint: str) -> RequestRecord:
-    """The record of an API request: labgate's own id, the client's ``x-request-id`` beside it."""
+def new_record(request: Request, endpoint: str, gateway: Gateway) -> RequestRecord:
+    """The record of an API request: labgate's own id, the client's ``x-request-id`` beside it.
+
+    Headers only a feature reads are read when it is configured (``gateway.runtime`` is the runtime
+    ``Gateway.handle`` takes next: no await between them).
+    """
     headers = request.headers
-    record = RequestRecord(request_id(), endpoint, request.client, client_request_id(headers),
-                           cache_control=headers.get("cache-control"),  # the response cache's controls
-                           traceparent=headers.get("traceparent"), tracestate=headers.get("tracestate"))
-    record.priority = headers.get("x-labgate-priority")  # read by routing/queue.py, if capacity is set
+    record = RequestRecord(request_id(), endpoint, request.client,
+                           client_request_id(headers) if "x-request-id" in headers else None)
+    rt = gateway.runtime
+    if rt.cache is not None:
+        record.cache_control = headers.get("cache-control")  # the response cache's controls
+    if rt.queue is not None:
+        record.priority = headers.get("x-labgate-priority")  # read by routing/queue.py
+    if gateway.traces is not None:
+        record.traceparent, record.tracestate = headers.get("traceparent"), headers.get("tracestate")
     return record
 
 
@@ -165,7 +177,7 @@ class OpenAISurface:
 
     async def _serve(self, request: Request, endpoint: str,
                      parse: Callable[[bytes], dict[str, Any]]) -> Response:
-        record = new_record(request, endpoint)
+        record = new_record(request, endpoint, self.gateway)
         try:
             result = await self.gateway.handle(record, api_key=presented_key(request.headers),
                                                body=request.body, parse=parse)
@@ -184,7 +196,7 @@ class OpenAISurface:
 
     async def models(self, request: Request) -> Response:
         rt = self.gateway.runtime
-        record = new_record(request, "models")
+        record = new_record(request, "models", self.gateway)
         try:
             rt.auth.admit(presented_key(request.headers))
         except LabgateError as exc:

@@ -72,11 +72,12 @@ class Edge:
     """The ``Host`` allow-list and the CORS policy of one config."""
 
     __slots__ = ("_any_host", "_any_origin", "_cors", "_hosts", "_origin_patterns", "_origins", "_preflight",
-                 "_suffixes", "_verdicts", "allowed_hosts")
+                 "_suffixes", "_verdicts", "allowed_hosts", "checks_host")
 
     def __init__(self, *, hosts: Iterable[str] | None, cors: CorsConfig) -> None:
         """``hosts``: the names answered for (``*``, ``*.example.com`` allowed); None: any host."""
         self._any_host = hosts is None or "*" in hosts
+        self.checks_host = not self._any_host  # False: only a request with an Origin header has anything to check
         names = [] if hosts is None else [h for h in hosts if h != "*"]
         self._hosts = frozenset(_normalised(h) for h in names if not h.startswith("*."))
         self._suffixes = tuple(_normalised(h)[1:] for h in names if h.startswith("*."))  # ".example.com"

@@ -193,7 +193,8 @@ def _usage(value: Any) -> Usage | None:
     prompt, completion = value.get("prompt_tokens_details"), value.get("completion_tokens_details")
     return Usage(prompt_tokens=int(value.get("prompt_tokens") or 0),
                  completion_tokens=int(value.get("completion_tokens") or 0),
-                 cached_tokens=_count(prompt, "cached_tokens"), reasoning_tokens=_count(completion, "reasoning_tokens"))
+                 cached_tokens=_count(prompt, "cached_tokens") if prompt else 0,  # details are often absent
+                 reasoning_tokens=_count(completion, "reasoning_tokens") if completion else 0)
 
 
 def _count(details: Any, name: str) -> int:
