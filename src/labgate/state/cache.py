@@ -53,6 +53,7 @@ log = logging.getLogger("labgate.state")
 STORABLE = frozenset({"stop", "length", "tool_calls"})  # finish reasons of complete answers
 STREAM_OVERHEAD = 4  # a stream miss is captured up to this many times max_entry_bytes of SSE (framing, repeats)
 _MEMO_LIMIT = 4096  # routes whose policy is remembered (dynamic names are bounded like the route table's)
+DECODED_LIMIT = 64  # hot entries kept decoded, by key, when the backend hands back the very bytes it holds
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +128,9 @@ class Cache:
         self._routes = {k: v for k, v in routes.items() if not _is_glob(k)}
         self._globs = [(re.compile(fnmatch.translate(k)), v) for k, v in routes.items() if _is_glob(k)]
         self._memo: dict[str, tuple[Policy | None, str]] = {}
+        # a hit on a memory backend gets the same bytes object each time: its decoded Entry is reused
+        # (checked by identity, so a replaced or re-stored value is decoded afresh)
+        self._decoded: dict[str, tuple[bytes, Entry]] | None = {} if getattr(entries, "same_bytes", False) else None
         self._flights: dict[str, _Flight] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self.default = self._policy(None)
@@ -187,8 +191,10 @@ class Cache:
             record.cache_status = "unavailable"
             counts.unavailable += 1
             raw = None
+        if raw is None and self._decoded:
+            self._decoded.pop(key, None)  # gone from the backend (expired, evicted, purged): not kept alive here
         if raw is not None:
-            entry = Entry.decode(raw)
+            entry = self._decode(key, raw)
             if entry is not None and (max_age is None or time.time() - entry.created <= max_age):
                 return self._hit(record, entry, counts)
         if self.config.single_flight and self._flights.get(key) is not None:
@@ -197,6 +203,20 @@ class Cache:
                 counts.waited += 1
                 return self._hit(record, entry, counts)
         return None
+
+    def _decode(self, key: str, raw: bytes) -> Entry | None:
+        decoded = self._decoded
+        if decoded is None:
+            return Entry.decode(raw)
+        known = decoded.get(key)
+        if known is not None and known[0] is raw:
+            return known[1]
+        entry = Entry.decode(raw)
+        if entry is not None:
+            if known is None and len(decoded) >= DECODED_LIMIT:
+                del decoded[next(iter(decoded))]  # the oldest decoded: bounded, whatever the key count
+            decoded[key] = (raw, entry)
+        return entry
 
     async def _join(self, key: str) -> Entry | None:
         """Wait for the identical request in flight; None when it failed or took too long."""

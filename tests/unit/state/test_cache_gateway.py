@@ -290,3 +290,32 @@ async def test_repeated_queries_workload_hit_rate(env: Env) -> None:
     assert (default["entries"], default["hits"], default["misses"], default["hit_rate"]) == (5, 15, 5, 0.75)
     assert stats["total"]["hit_rate"] == 0.75 > 0.7
     assert env.upstream_calls() == 5
+
+
+@pytest.mark.asyncio
+async def test_memory_hits_reuse_the_decoded_entry_until_it_is_replaced(env: Env,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    from labgate.state import cache as cache_module
+    from labgate.state.entry import Entry
+
+    decodes: list[bytes] = []
+    real = Entry.decode.__func__  # type: ignore[attr-defined]
+
+    def counting(cls: type[Entry], raw: bytes) -> Entry | None:
+        decodes.append(raw)
+        return real(cls, raw)
+
+    monkeypatch.setattr(Entry, "decode", classmethod(counting))
+    miss = await env.post(CHAT)
+    hits = [await env.post(CHAT) for _ in range(3)]
+    assert all(h.headers["x-labgate-cache"] == "hit" and h.content == miss.content for h in hits)
+    assert len(decodes) == 1  # decoded on the first hit only: the memory backend hands back the same bytes
+    await env.post({**CHAT, "cache": {"no-cache": True}})  # refreshed: a new value under the same key
+    again = await env.post(CHAT)
+    assert again.headers["x-labgate-cache"] == "hit" and len(decodes) == 2  # the new value is decoded afresh
+    cache = env.gw.gateway.runtime.cache
+    assert cache is not None and cache._decoded is not None
+    raw = decodes[-1]
+    for i in range(cache_module.DECODED_LIMIT * 2):  # many keys: the decoded entries stay bounded
+        cache._decode(f"k{i}", raw)
+    assert len(cache._decoded) == cache_module.DECODED_LIMIT
