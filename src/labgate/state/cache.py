@@ -53,6 +53,9 @@ log = logging.getLogger("labgate.state")
 STORABLE = frozenset({"stop", "length", "tool_calls"})  # finish reasons of complete answers
 STREAM_OVERHEAD = 4  # a stream miss is captured up to this many times max_entry_bytes of SSE (framing, repeats)
 _MEMO_LIMIT = 4096  # routes whose policy is remembered (dynamic names are bounded like the route table's)
+HASHED_LIMIT = 256  # request bodies whose key hash is remembered (identical bytes, identical key)
+HASHED_BODY_BYTES = 16 * 1024  # only bodies up to this size are remembered (bounded memory)
+DECODED_LIMIT = 64  # hot entries kept decoded, by key, when the backend hands back the very bytes it holds
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +130,10 @@ class Cache:
         self._routes = {k: v for k, v in routes.items() if not _is_glob(k)}
         self._globs = [(re.compile(fnmatch.translate(k)), v) for k, v in routes.items() if _is_glob(k)]
         self._memo: dict[str, tuple[Policy | None, str]] = {}
+        self._hashed: dict[tuple[str, str, bytes], str] = {}  # (endpoint, target, raw body) → key hash
+        # a hit on a memory backend gets the same bytes object each time: its decoded Entry is reused
+        # (checked by identity, so a replaced or re-stored value is decoded afresh)
+        self._decoded: dict[str, tuple[bytes, Entry]] | None = {} if getattr(entries, "same_bytes", False) else None
         self._flights: dict[str, _Flight] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self.default = self._policy(None)
@@ -155,8 +162,7 @@ class Cache:
             record.cache_status = "bypass"  # non-deterministic: the policy says skip
             counts.bypass += 1
             return None
-        key = policy.prefix + key_hash(record.endpoint, f"{record.key_id}|{target}" if self.config.per_key else target,
-                                    body)
+        key = policy.prefix + self._hash(record, f"{record.key_id}|{target}" if self.config.per_key else target, body)
         if asked.no_cache:
             record.cache_status = "bypass"
             counts.bypass += 1
@@ -179,6 +185,20 @@ class Cache:
             counts.misses += 1
         return None
 
+    def _hash(self, record: RequestRecord, target: str, body: dict[str, Any]) -> str:
+        """The key hash; for a small body, remembered by its raw bytes (the same bytes parse to the same body)."""
+        raw = record.body
+        if type(raw) is not bytes or len(raw) > HASHED_BODY_BYTES:
+            return key_hash(record.endpoint, target, body)
+        memo = (record.endpoint, target, raw)
+        hashed = self._hashed.get(memo)
+        if hashed is None:
+            hashed = key_hash(record.endpoint, target, body)
+            if len(self._hashed) >= HASHED_LIMIT:
+                del self._hashed[next(iter(self._hashed))]  # the oldest: bounded, whatever the traffic
+            self._hashed[memo] = hashed
+        return hashed
+
     async def _lookup(self, key: str, record: RequestRecord, counts: Counts,
                       max_age: float | None) -> Reply | Stream | None:
         try:
@@ -187,8 +207,10 @@ class Cache:
             record.cache_status = "unavailable"
             counts.unavailable += 1
             raw = None
+        if raw is None and self._decoded:
+            self._decoded.pop(key, None)  # gone from the backend (expired, evicted, purged): not kept alive here
         if raw is not None:
-            entry = Entry.decode(raw)
+            entry = self._decode(key, raw)
             if entry is not None and (max_age is None or time.time() - entry.created <= max_age):
                 return self._hit(record, entry, counts)
         if self.config.single_flight and self._flights.get(key) is not None:
@@ -197,6 +219,20 @@ class Cache:
                 counts.waited += 1
                 return self._hit(record, entry, counts)
         return None
+
+    def _decode(self, key: str, raw: bytes) -> Entry | None:
+        decoded = self._decoded
+        if decoded is None:
+            return Entry.decode(raw)
+        known = decoded.get(key)
+        if known is not None and known[0] is raw:
+            return known[1]
+        entry = Entry.decode(raw)
+        if entry is not None:
+            if known is None and len(decoded) >= DECODED_LIMIT:
+                del decoded[next(iter(decoded))]  # the oldest decoded: bounded, whatever the key count
+            decoded[key] = (raw, entry)
+        return entry
 
     async def _join(self, key: str) -> Entry | None:
         """Wait for the identical request in flight; None when it failed or took too long."""

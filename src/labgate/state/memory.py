@@ -27,6 +27,7 @@ class MemoryEntries:
         self.evictions = 0
         self._now = time.monotonic
         self._items: OrderedDict[str, tuple[float, bytes]] = OrderedDict()  # key → (expires, value)
+        self.same_bytes = True  # get() returns the very object put (the cache reuses its decoding by identity)
 
     def __len__(self) -> int:
         return len(self._items)

@@ -290,3 +290,64 @@ async def test_repeated_queries_workload_hit_rate(env: Env) -> None:
     assert (default["entries"], default["hits"], default["misses"], default["hit_rate"]) == (5, 15, 5, 0.75)
     assert stats["total"]["hit_rate"] == 0.75 > 0.7
     assert env.upstream_calls() == 5
+
+
+@pytest.mark.asyncio
+async def test_memory_hits_reuse_the_decoded_entry_until_it_is_replaced(env: Env,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    from labgate.state import cache as cache_module
+    from labgate.state.entry import Entry
+
+    decodes: list[bytes] = []
+    real = Entry.decode.__func__  # type: ignore[attr-defined]
+
+    def counting(cls: type[Entry], raw: bytes) -> Entry | None:
+        decodes.append(raw)
+        return real(cls, raw)
+
+    monkeypatch.setattr(Entry, "decode", classmethod(counting))
+    miss = await env.post(CHAT)
+    hits = [await env.post(CHAT) for _ in range(3)]
+    assert all(h.headers["x-labgate-cache"] == "hit" and h.content == miss.content for h in hits)
+    assert len(decodes) == 1  # decoded on the first hit only: the memory backend hands back the same bytes
+    await env.post({**CHAT, "cache": {"no-cache": True}})  # refreshed: a new value under the same key
+    again = await env.post(CHAT)
+    assert again.headers["x-labgate-cache"] == "hit" and len(decodes) == 2  # the new value is decoded afresh
+    cache = env.gw.gateway.runtime.cache
+    assert cache is not None and cache._decoded is not None
+    raw = decodes[-1]
+    for i in range(cache_module.DECODED_LIMIT * 2):  # many keys: the decoded entries stay bounded
+        cache._decode(f"k{i}", raw)
+    assert len(cache._decoded) == cache_module.DECODED_LIMIT
+
+
+@pytest.mark.asyncio
+async def test_identical_request_bytes_reuse_the_key_hash(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    from labgate.state import cache as cache_module
+
+    hashed: list[dict[str, Any]] = []
+    real = cache_module.key_hash
+
+    def counting(endpoint: str, target: str, body: dict[str, Any]) -> str:
+        hashed.append(dict(body))
+        return real(endpoint, target, body)
+
+    monkeypatch.setattr(cache_module, "key_hash", counting)
+    miss = await env.post(CHAT)
+    hit = await env.post(CHAT)
+    assert hit.headers["x-labgate-cache"] == "hit" and hit.content == miss.content and len(hashed) == 1
+    other = await env.post({**CHAT, "messages": [{"role": "user", "content": "bye"}]})  # other bytes: hashed
+    assert other.headers["x-labgate-cache"] == "miss" and len(hashed) == 2
+    spaced = await env.client.post(env.gw.url + "/v1/chat/completions", data=orjson.dumps(CHAT) + b" ")
+    async with spaced as got:  # the same body in other bytes: hashed again, and the same entry
+        assert got.headers["x-labgate-cache"] == "hit" and await got.read() == miss.content
+    assert len(hashed) == 3
+    big = {**CHAT, "messages": [{"role": "user", "content": "x" * cache_module.HASHED_BODY_BYTES}]}
+    await env.post(big)
+    await env.post(big)
+    assert len(hashed) == 5  # past HASHED_BODY_BYTES a body's hash is not remembered
+    cache = env.gw.gateway.runtime.cache
+    assert cache is not None
+    for i in range(cache_module.HASHED_LIMIT * 2):  # many bodies: the remembered hashes stay bounded
+        await env.post({**CHAT, "seed": i}, headers={"cache-control": "no-store"})
+    assert len(cache._hashed) == cache_module.HASHED_LIMIT
