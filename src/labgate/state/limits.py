@@ -52,6 +52,7 @@ log = logging.getLogger("labgate.limits")
 MINUTE = 60.0
 _PERIODS = {"day": "today", "week": "this week", "month": "this month", "total": "in total"}
 BYTES_PER_TOKEN = 4  # the prompt estimate: request bytes / 4 (JSON overhead makes it an overestimate)
+MODEL_MEMO = 4096  # models (and budget windows) whose charges are kept preformatted; past it the memo starts again
 
 
 @dataclass(slots=True)
@@ -99,6 +100,8 @@ class Limiter:
         self.owns_counters = True  # false once a reload handed them to the next Runtime's limiter
         self.history: Any = None  # the history store budgets are seeded from (state/seed.py); None: not yet
         self._seeding = asyncio.Lock()
+        self._static: dict[str, tuple[tuple[tuple[str, float, bool], ...], tuple[tuple[str, float, str], ...]]] = {}
+        self._keys: dict[tuple[str, str, str], str] = {}
 
     async def seed(self, store: Any = None) -> int:
         """Seed each budget's current window from the history's cost sum, where its counter does not exist.
@@ -148,6 +151,40 @@ class Limiter:
             return model, found
         return next(((name, limit) for rx, name, limit in self.model_globs if rx.fullmatch(model)), None)
 
+    def _static_for(self, model: str) -> tuple[tuple[tuple[str, float, bool], ...],
+                                               tuple[tuple[str, float, str], ...]]:
+        """A model's rate charges (key, limit, is tpm) and budgets (name, limit, period) from the config:
+        built on first use, then one dict lookup per request (``_static``, at most ``MODEL_MEMO`` models)."""
+        p = self.prefix
+        rates: list[tuple[str, int | None, int | None]] = [("global", self.rpm, self.tpm)]
+        if (found := self._model_limit(model)) is not None:
+            rates.append(("model:" + found[0], found[1].rpm, found[1].tpm))
+        out: list[tuple[str, float, bool]] = []
+        for name, rpm, tpm_limit in rates:
+            if rpm:
+                out.append((p + "rpm:" + name, rpm, False))
+            if tpm_limit:
+                out.append((p + "tpm:" + name, tpm_limit, True))
+        spends: list[tuple[str, float, str]] = []
+        if b := self.budgets.get(("model", model)):
+            spends.append(("model:" + model, b.limit_usd, b.period))
+        if b := self.global_budget:
+            spends.append(("global", b.limit_usd, b.period))
+        if len(self._static) >= MODEL_MEMO:
+            self._static.clear()
+        found_plan = self._static[model] = (tuple(out), tuple(spends))
+        return found_plan
+
+    def _spend_key(self, name: str, period: str, wid: str) -> str:
+        """A budget window's counter key, formatted once per (budget, window) (``_keys``, bounded)."""
+        memo = (name, period, wid)
+        key = self._keys.get(memo)
+        if key is None:
+            if len(self._keys) >= MODEL_MEMO:
+                self._keys.clear()
+            key = self._keys[memo] = f"{self.prefix}spend:{name}:{period}:{wid}"
+        return key
+
     def charges(self, record: RequestRecord, route: Route, *, budgets: bool = True) -> Reservation:
         p, key, model = self.prefix, record.api_key, record.model or ""
         prompt, output = _estimate(record, self.default_output)
@@ -155,33 +192,38 @@ class Limiter:
         out: list[Charge] = []
         tpm: list[int] = []
         caps: list[int] = []
-        rates = [("global", self.rpm, self.tpm)]
-        if (found := self._model_limit(model)) is not None:
-            rates.append(("model:" + found[0], found[1].rpm, found[1].tpm))
-        if key is not None:
-            rates.append(("key:" + key.id, key.rpm, key.tpm))
-        for name, rpm, tpm_limit in rates:
-            if rpm:
-                out.append(Charge(p + "rpm:" + name, "rate", rpm, MINUTE, 1))
-            if tpm_limit:
+        static = self._static.get(model)
+        if static is None:
+            static = self._static_for(model)
+        for ckey, limit, is_tpm in static[0]:
+            if is_tpm:
                 tpm.append(len(out))
-                out.append(Charge(p + "tpm:" + name, "rate", tpm_limit, MINUTE, min(tokens, tpm_limit)))
-        if budgets and (self.budgets or (key is not None and key.budget_usd is not None)):
-            spends: list[tuple[str, float, str]] = []
-            if key is not None and key.budget_usd is not None:
-                spends.append(("key:" + key.id, key.budget_usd, key.budget_period))
-            if key is not None and key.project and (b := self.budgets.get(("project", key.project))):
-                spends.append(("project:" + key.project, b.limit_usd, b.period))
-            if b := self.budgets.get(("model", model)):
-                spends.append(("model:" + model, b.limit_usd, b.period))
-            if b := self.global_budget:
-                spends.append(("global", b.limit_usd, b.period))
-            cost = self._estimate_cost(route, prompt, output)
-            for name, limit, period in spends:
-                wid, left = window(period)
-                caps.append(len(out))
-                out.append(Charge(f"{p}spend:{name}:{period}:{wid}", "cap", limit,
-                                  left + TTL_SLACK_S if left else 0.0, cost))
+                out.append(Charge(ckey, "rate", limit, MINUTE, min(tokens, limit)))
+            else:
+                out.append(Charge(ckey, "rate", limit, MINUTE, 1))
+        if key is not None:
+            name = "key:" + key.id
+            if key.rpm:
+                out.append(Charge(p + "rpm:" + name, "rate", key.rpm, MINUTE, 1))
+            if key.tpm:
+                tpm.append(len(out))
+                out.append(Charge(p + "tpm:" + name, "rate", key.tpm, MINUTE, min(tokens, key.tpm)))
+        if budgets and (static[1] or (key is not None and (key.budget_usd is not None or key.project))):
+            spends: tuple[tuple[str, float, str], ...] = static[1]
+            if key is not None:
+                mine: list[tuple[str, float, str]] = []
+                if key.budget_usd is not None:
+                    mine.append(("key:" + key.id, key.budget_usd, key.budget_period))
+                if key.project and (b := self.budgets.get(("project", key.project))):
+                    mine.append(("project:" + key.project, b.limit_usd, b.period))
+                spends = (*mine, *spends)
+            if spends:
+                cost = self._estimate_cost(route, prompt, output)
+                for name, limit, period in spends:
+                    wid, left = window(period)
+                    caps.append(len(out))
+                    out.append(Charge(self._spend_key(name, period, wid), "cap", limit,
+                                      left + TTL_SLACK_S if left else 0.0, cost))
         return Reservation(tuple(out), tuple(tpm), tuple(caps))
 
     def _estimate_cost(self, route: Route, prompt: int, output: int) -> float:
