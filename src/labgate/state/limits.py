@@ -69,6 +69,8 @@ class Limiter:
         gateway = config.gateway
         rl, budgets = gateway.rate_limits, gateway.budgets
         self.counters = counters
+        self._take_now = getattr(counters, "take_now", None)  # in-process: the take without a coroutine
+        self._adjust_now = getattr(counters, "adjust_now", None)  # in-process: settled at once, no task
         self.prices = prices
         self.prefix = f"{KEY_PREFIX}:{{limits:{rl.namespace if rl else 'default'}}}:"
         self._spend = len(self.prefix) + len("spend:")  # a budget key's "scope:name:period:window" starts here
@@ -239,7 +241,8 @@ class Limiter:
         held = self.charges(record, route)
         if not held.charges:
             return route
-        refused, wait = await self._take(held)
+        take_now = self._take_now
+        refused, wait = take_now(held.charges) if take_now is not None else await self._take(held)
         if refused < 0:
             record.reservation = held
             return route
@@ -356,13 +359,16 @@ class Limiter:
     def _apply(self, held: Reservation, deltas: list[float]) -> None:
         if not any(deltas) and not held.caps:  # an exact estimate still needs its budget alerts checked
             return
-        adjust_now = getattr(self.counters, "adjust_now", None)
+        adjust_now = self._adjust_now
         if adjust_now is not None:  # in-process: no I/O, settled now
             adjust_now(held.charges, tuple(deltas))
-            for i in held.caps:
-                charge = held.charges[i]
-                self.alerts.check(charge.key[self._spend:], self.counters.value_now(charge.key),  # type: ignore[attr-defined]
-                                  charge.limit)
+            if held.caps:
+                value_now, alerts = self.counters.value_now, self.alerts  # type: ignore[attr-defined]
+                for i in held.caps:
+                    charge = held.charges[i]
+                    spent = value_now(charge.key)
+                    if spent >= alerts.floor * charge.limit:  # below the lowest threshold nothing can cross
+                        alerts.check(charge.key[self._spend:], spent, charge.limit)
             return
         task = asyncio.get_running_loop().create_task(self._adjust(held, tuple(deltas)))
         self._pending.add(task)
