@@ -52,7 +52,12 @@ log = logging.getLogger("labgate.limits")
 MINUTE = 60.0
 _PERIODS = {"day": "today", "week": "this week", "month": "this month", "total": "in total"}
 BYTES_PER_TOKEN = 4  # the prompt estimate: request bytes / 4 (JSON overhead makes it an overestimate)
+_charge = tuple.__new__  # Charge(...) without the Python frame of a NamedTuple's __new__ (the request path)
 MODEL_MEMO = 4096  # models (and budget windows) whose charges are kept preformatted; past it the memo starts again
+
+
+# a model's static charges (Limiter._static_for): rate (key, limit, the rpm Charge or None: tpm), budgets
+_Plan = tuple[tuple[tuple[str, float, Charge | None], ...], tuple[tuple[str, float, str], ...]]
 
 
 @dataclass(slots=True)
@@ -102,7 +107,7 @@ class Limiter:
         self.owns_counters = True  # false once a reload handed them to the next Runtime's limiter
         self.history: Any = None  # the history store budgets are seeded from (state/seed.py); None: not yet
         self._seeding = asyncio.Lock()
-        self._static: dict[str, tuple[tuple[tuple[str, float, bool], ...], tuple[tuple[str, float, str], ...]]] = {}
+        self._static: dict[str, _Plan] = {}
         self._keys: dict[tuple[str, str, str], str] = {}
 
     async def seed(self, store: Any = None) -> int:
@@ -153,20 +158,20 @@ class Limiter:
             return model, found
         return next(((name, limit) for rx, name, limit in self.model_globs if rx.fullmatch(model)), None)
 
-    def _static_for(self, model: str) -> tuple[tuple[tuple[str, float, bool], ...],
-                                               tuple[tuple[str, float, str], ...]]:
-        """A model's rate charges (key, limit, is tpm) and budgets (name, limit, period) from the config:
-        built on first use, then one dict lookup per request (``_static``, at most ``MODEL_MEMO`` models)."""
+    def _static_for(self, model: str) -> _Plan:
+        """A model's rate charges (key, limit, the rpm charge itself or None for tpm) and budgets (name,
+        limit, period) from the config: built on first use, then one dict lookup per request (``_static``,
+        at most ``MODEL_MEMO`` models)."""
         p = self.prefix
         rates: list[tuple[str, int | None, int | None]] = [("global", self.rpm, self.tpm)]
         if (found := self._model_limit(model)) is not None:
             rates.append(("model:" + found[0], found[1].rpm, found[1].tpm))
-        out: list[tuple[str, float, bool]] = []
+        out: list[tuple[str, float, Charge | None]] = []
         for name, rpm, tpm_limit in rates:
             if rpm:
-                out.append((p + "rpm:" + name, rpm, False))
+                out.append((p + "rpm:" + name, rpm, Charge(p + "rpm:" + name, "rate", rpm, MINUTE, 1)))
             if tpm_limit:
-                out.append((p + "tpm:" + name, tpm_limit, True))
+                out.append((p + "tpm:" + name, tpm_limit, None))
         spends: list[tuple[str, float, str]] = []
         if b := self.budgets.get(("model", model)):
             spends.append(("model:" + model, b.limit_usd, b.period))
@@ -197,12 +202,12 @@ class Limiter:
         static = self._static.get(model)
         if static is None:
             static = self._static_for(model)
-        for ckey, limit, is_tpm in static[0]:
-            if is_tpm:
-                tpm.append(len(out))
-                out.append(Charge(ckey, "rate", limit, MINUTE, min(tokens, limit)))
+        for ckey, limit, rpm_charge in static[0]:
+            if rpm_charge is not None:  # one request: the same charge every time
+                out.append(rpm_charge)
             else:
-                out.append(Charge(ckey, "rate", limit, MINUTE, 1))
+                tpm.append(len(out))
+                out.append(_charge(Charge, (ckey, "rate", limit, MINUTE, min(tokens, limit))))
         if key is not None:
             name = "key:" + key.id
             if key.rpm:
@@ -224,8 +229,8 @@ class Limiter:
                 for name, limit, period in spends:
                     wid, left = window(period)
                     caps.append(len(out))
-                    out.append(Charge(self._spend_key(name, period, wid), "cap", limit,
-                                      left + TTL_SLACK_S if left else 0.0, cost))
+                    out.append(_charge(Charge, (self._spend_key(name, period, wid), "cap", limit,
+                                                left + TTL_SLACK_S if left else 0.0, cost)))
         return Reservation(tuple(out), tuple(tpm), tuple(caps))
 
     def _estimate_cost(self, route: Route, prompt: int, output: int) -> float:
