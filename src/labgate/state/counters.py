@@ -95,8 +95,8 @@ class MemoryCounters:
     def adjust_now(self, charges: tuple[Charge, ...], deltas: tuple[float, ...]) -> None:
         now, values = self._clock(), self._values
         for c, delta in zip(charges, deltas, strict=True):
-            if delta and c.key in values:
-                values[c.key] = settled(c, values[c.key], delta, now)
+            if delta and (current := values.get(c.key)) is not None:
+                values[c.key] = settled(c, current, delta, now)
 
     async def adjust(self, charges: tuple[Charge, ...], deltas: tuple[float, ...]) -> None:
         self.adjust_now(charges, deltas)

@@ -362,7 +362,7 @@ class Limiter:
         self._apply(held, deltas)
 
     def _apply(self, held: Reservation, deltas: list[float]) -> None:
-        if not any(deltas) and not held.caps:  # an exact estimate still needs its budget alerts checked
+        if not held.caps and not any(deltas):  # an exact estimate still needs its budget alerts checked
             return
         adjust_now = self._adjust_now
         if adjust_now is not None:  # in-process: no I/O, settled now
