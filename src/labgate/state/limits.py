@@ -437,7 +437,7 @@ def _estimate(record: RequestRecord, default_output: int) -> tuple[int, int]:
     """(prompt tokens, answer tokens) a request may use, before it is sent."""
     payload: Any = record.payload or {}
     out = payload.get("max_completion_tokens") or payload.get("max_tokens")
-    if not isinstance(out, int) or isinstance(out, bool) or out < 0:
+    if type(out) is not int or out < 0:  # parsed JSON: a bool is no token count
         out = default_output
     return len(record.body or b"") // BYTES_PER_TOKEN, out
 

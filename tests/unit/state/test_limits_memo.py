@@ -66,3 +66,12 @@ def test_the_memo_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
         limiter._static_for(f"m{i}")
         limiter._spend_key("global", "day", f"d{i}")
     assert len(limiter._static) <= 3 and len(limiter._keys) <= 3
+
+
+@pytest.mark.parametrize(("payload", "expected"), [
+    ({"max_tokens": 7}, 7), ({"max_completion_tokens": 9, "max_tokens": 7}, 9), ({"max_tokens": True}, 1024),
+    ({"max_tokens": -1}, 1024), ({"max_tokens": 2.5}, 1024), ({"max_tokens": "3"}, 1024), ({}, 1024)])
+def test_the_estimate_takes_only_a_token_count(payload: dict[str, object], expected: int) -> None:
+    record = _record("paid")
+    record.payload = payload
+    assert limits._estimate(record, 1024) == (10, expected)
