@@ -25,6 +25,7 @@ class Alerts:
 
     def __init__(self, thresholds: tuple[float, ...], webhook: str | None) -> None:
         self.thresholds = tuple(sorted(thresholds))
+        self.floor = self.thresholds[0] if self.thresholds else float("inf")  # spend below floor × limit: no alert
         self.webhook = webhook
         self.counts: dict[tuple[str, float], int] = {}
         self._seen: set[tuple[str, float]] = set()

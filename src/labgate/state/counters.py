@@ -31,6 +31,7 @@ from labgate.state.base import Charge
 PRUNE_EVERY = 4096  # takes between sweeps of idle in-process counters
 MAX_BUCKETS = 1_000_000  # in-process counters kept at most (past it, idle ones go first, then the oldest)
 _DENIED = -1
+_EMPTY = (0.0, 0.0)  # a counter not (or no longer) there
 
 
 Value = tuple[float, float]  # (the counter, when it expires; 0: never)
@@ -77,12 +78,14 @@ class MemoryCounters:
 
     def take_now(self, charges: tuple[Charge, ...]) -> tuple[int, float]:
         now, values = self._clock(), self._values
-        refused, wait, new = decide(charges, [values.get(c.key, (0.0, 0.0)) for c in charges], now)
+        get = values.get
+        refused, wait, new = decide(charges, [get(c.key, _EMPTY) for c in charges], now)
         if refused >= 0:
             return refused, wait
-        values.update(zip((c.key for c in charges), new, strict=True))
-        self._ops += 1
-        if self._ops % PRUNE_EVERY == 0 or len(values) > MAX_BUCKETS:
+        for c, value in zip(charges, new):  # noqa: B905  (decide returns one value per charge)
+            values[c.key] = value
+        self._ops = ops = self._ops + 1
+        if ops % PRUNE_EVERY == 0 or len(values) > MAX_BUCKETS:
             self._prune(now)
         return _DENIED, 0.0
 
@@ -92,8 +95,8 @@ class MemoryCounters:
     def adjust_now(self, charges: tuple[Charge, ...], deltas: tuple[float, ...]) -> None:
         now, values = self._clock(), self._values
         for c, delta in zip(charges, deltas, strict=True):
-            if delta and c.key in values:
-                values[c.key] = settled(c, values[c.key], delta, now)
+            if delta and (current := values.get(c.key)) is not None:
+                values[c.key] = settled(c, current, delta, now)
 
     async def adjust(self, charges: tuple[Charge, ...], deltas: tuple[float, ...]) -> None:
         self.adjust_now(charges, deltas)

@@ -52,6 +52,12 @@ log = logging.getLogger("labgate.limits")
 MINUTE = 60.0
 _PERIODS = {"day": "today", "week": "this week", "month": "this month", "total": "in total"}
 BYTES_PER_TOKEN = 4  # the prompt estimate: request bytes / 4 (JSON overhead makes it an overestimate)
+_charge = tuple.__new__  # Charge(...) without the Python frame of a NamedTuple's __new__ (the request path)
+MODEL_MEMO = 4096  # models (and budget windows) whose charges are kept preformatted; past it the memo starts again
+
+
+# a model's static charges (Limiter._static_for): rate (key, limit, the rpm Charge or None: tpm), budgets
+_Plan = tuple[tuple[tuple[str, float, Charge | None], ...], tuple[tuple[str, float, str], ...]]
 
 
 @dataclass(slots=True)
@@ -68,6 +74,8 @@ class Limiter:
         gateway = config.gateway
         rl, budgets = gateway.rate_limits, gateway.budgets
         self.counters = counters
+        self._take_now = getattr(counters, "take_now", None)  # in-process: the take without a coroutine
+        self._adjust_now = getattr(counters, "adjust_now", None)  # in-process: settled at once, no task
         self.prices = prices
         self.prefix = f"{KEY_PREFIX}:{{limits:{rl.namespace if rl else 'default'}}}:"
         self._spend = len(self.prefix) + len("spend:")  # a budget key's "scope:name:period:window" starts here
@@ -99,6 +107,8 @@ class Limiter:
         self.owns_counters = True  # false once a reload handed them to the next Runtime's limiter
         self.history: Any = None  # the history store budgets are seeded from (state/seed.py); None: not yet
         self._seeding = asyncio.Lock()
+        self._static: dict[str, _Plan] = {}
+        self._keys: dict[tuple[str, str, str], str] = {}
 
     async def seed(self, store: Any = None) -> int:
         """Seed each budget's current window from the history's cost sum, where its counter does not exist.
@@ -148,6 +158,40 @@ class Limiter:
             return model, found
         return next(((name, limit) for rx, name, limit in self.model_globs if rx.fullmatch(model)), None)
 
+    def _static_for(self, model: str) -> _Plan:
+        """A model's rate charges (key, limit, the rpm charge itself or None for tpm) and budgets (name,
+        limit, period) from the config: built on first use, then one dict lookup per request (``_static``,
+        at most ``MODEL_MEMO`` models)."""
+        p = self.prefix
+        rates: list[tuple[str, int | None, int | None]] = [("global", self.rpm, self.tpm)]
+        if (found := self._model_limit(model)) is not None:
+            rates.append(("model:" + found[0], found[1].rpm, found[1].tpm))
+        out: list[tuple[str, float, Charge | None]] = []
+        for name, rpm, tpm_limit in rates:
+            if rpm:
+                out.append((p + "rpm:" + name, rpm, Charge(p + "rpm:" + name, "rate", rpm, MINUTE, 1)))
+            if tpm_limit:
+                out.append((p + "tpm:" + name, tpm_limit, None))
+        spends: list[tuple[str, float, str]] = []
+        if b := self.budgets.get(("model", model)):
+            spends.append(("model:" + model, b.limit_usd, b.period))
+        if b := self.global_budget:
+            spends.append(("global", b.limit_usd, b.period))
+        if len(self._static) >= MODEL_MEMO:
+            self._static.clear()
+        found_plan = self._static[model] = (tuple(out), tuple(spends))
+        return found_plan
+
+    def _spend_key(self, name: str, period: str, wid: str) -> str:
+        """A budget window's counter key, formatted once per (budget, window) (``_keys``, bounded)."""
+        memo = (name, period, wid)
+        key = self._keys.get(memo)
+        if key is None:
+            if len(self._keys) >= MODEL_MEMO:
+                self._keys.clear()
+            key = self._keys[memo] = f"{self.prefix}spend:{name}:{period}:{wid}"
+        return key
+
     def charges(self, record: RequestRecord, route: Route, *, budgets: bool = True) -> Reservation:
         p, key, model = self.prefix, record.api_key, record.model or ""
         prompt, output = _estimate(record, self.default_output)
@@ -155,33 +199,38 @@ class Limiter:
         out: list[Charge] = []
         tpm: list[int] = []
         caps: list[int] = []
-        rates = [("global", self.rpm, self.tpm)]
-        if (found := self._model_limit(model)) is not None:
-            rates.append(("model:" + found[0], found[1].rpm, found[1].tpm))
-        if key is not None:
-            rates.append(("key:" + key.id, key.rpm, key.tpm))
-        for name, rpm, tpm_limit in rates:
-            if rpm:
-                out.append(Charge(p + "rpm:" + name, "rate", rpm, MINUTE, 1))
-            if tpm_limit:
+        static = self._static.get(model)
+        if static is None:
+            static = self._static_for(model)
+        for ckey, limit, rpm_charge in static[0]:
+            if rpm_charge is not None:  # one request: the same charge every time
+                out.append(rpm_charge)
+            else:
                 tpm.append(len(out))
-                out.append(Charge(p + "tpm:" + name, "rate", tpm_limit, MINUTE, min(tokens, tpm_limit)))
-        if budgets and (self.budgets or (key is not None and key.budget_usd is not None)):
-            spends: list[tuple[str, float, str]] = []
-            if key is not None and key.budget_usd is not None:
-                spends.append(("key:" + key.id, key.budget_usd, key.budget_period))
-            if key is not None and key.project and (b := self.budgets.get(("project", key.project))):
-                spends.append(("project:" + key.project, b.limit_usd, b.period))
-            if b := self.budgets.get(("model", model)):
-                spends.append(("model:" + model, b.limit_usd, b.period))
-            if b := self.global_budget:
-                spends.append(("global", b.limit_usd, b.period))
-            cost = self._estimate_cost(route, prompt, output)
-            for name, limit, period in spends:
-                wid, left = window(period)
-                caps.append(len(out))
-                out.append(Charge(f"{p}spend:{name}:{period}:{wid}", "cap", limit,
-                                  left + TTL_SLACK_S if left else 0.0, cost))
+                out.append(_charge(Charge, (ckey, "rate", limit, MINUTE, min(tokens, limit))))
+        if key is not None:
+            name = "key:" + key.id
+            if key.rpm:
+                out.append(Charge(p + "rpm:" + name, "rate", key.rpm, MINUTE, 1))
+            if key.tpm:
+                tpm.append(len(out))
+                out.append(Charge(p + "tpm:" + name, "rate", key.tpm, MINUTE, min(tokens, key.tpm)))
+        if budgets and (static[1] or (key is not None and (key.budget_usd is not None or key.project))):
+            spends: tuple[tuple[str, float, str], ...] = static[1]
+            if key is not None:
+                mine: list[tuple[str, float, str]] = []
+                if key.budget_usd is not None:
+                    mine.append(("key:" + key.id, key.budget_usd, key.budget_period))
+                if key.project and (b := self.budgets.get(("project", key.project))):
+                    mine.append(("project:" + key.project, b.limit_usd, b.period))
+                spends = (*mine, *spends)
+            if spends:
+                cost = self._estimate_cost(route, prompt, output)
+                for name, limit, period in spends:
+                    wid, left = window(period)
+                    caps.append(len(out))
+                    out.append(_charge(Charge, (self._spend_key(name, period, wid), "cap", limit,
+                                                left + TTL_SLACK_S if left else 0.0, cost)))
         return Reservation(tuple(out), tuple(tpm), tuple(caps))
 
     def _estimate_cost(self, route: Route, prompt: int, output: int) -> float:
@@ -197,7 +246,8 @@ class Limiter:
         held = self.charges(record, route)
         if not held.charges:
             return route
-        refused, wait = await self._take(held)
+        take_now = self._take_now
+        refused, wait = take_now(held.charges) if take_now is not None else await self._take(held)
         if refused < 0:
             record.reservation = held
             return route
@@ -312,15 +362,18 @@ class Limiter:
         self._apply(held, deltas)
 
     def _apply(self, held: Reservation, deltas: list[float]) -> None:
-        if not any(deltas) and not held.caps:  # an exact estimate still needs its budget alerts checked
+        if not held.caps and not any(deltas):  # an exact estimate still needs its budget alerts checked
             return
-        adjust_now = getattr(self.counters, "adjust_now", None)
+        adjust_now = self._adjust_now
         if adjust_now is not None:  # in-process: no I/O, settled now
             adjust_now(held.charges, tuple(deltas))
-            for i in held.caps:
-                charge = held.charges[i]
-                self.alerts.check(charge.key[self._spend:], self.counters.value_now(charge.key),  # type: ignore[attr-defined]
-                                  charge.limit)
+            if held.caps:
+                value_now, alerts = self.counters.value_now, self.alerts  # type: ignore[attr-defined]
+                for i in held.caps:
+                    charge = held.charges[i]
+                    spent = value_now(charge.key)
+                    if spent >= alerts.floor * charge.limit:  # below the lowest threshold nothing can cross
+                        alerts.check(charge.key[self._spend:], spent, charge.limit)
             return
         task = asyncio.get_running_loop().create_task(self._adjust(held, tuple(deltas)))
         self._pending.add(task)
@@ -384,7 +437,7 @@ def _estimate(record: RequestRecord, default_output: int) -> tuple[int, int]:
     """(prompt tokens, answer tokens) a request may use, before it is sent."""
     payload: Any = record.payload or {}
     out = payload.get("max_completion_tokens") or payload.get("max_tokens")
-    if not isinstance(out, int) or isinstance(out, bool) or out < 0:
+    if type(out) is not int or out < 0:  # parsed JSON: a bool is no token count
         out = default_output
     return len(record.body or b"") // BYTES_PER_TOKEN, out
 
