@@ -5,11 +5,15 @@
     .embed_url  base URL (no ``/v1``), embedding mode, alias ``tiny-embed`` (``.embed_model``)
 Skips (with a reason) when xllamacpp or gguf cannot be imported; ``.ci/run`` turns that skip
 into a failure.
+
+``redis_url``: ``REDIS_URL`` (default ``redis://127.0.0.1:6379/0``) once it answers PING; skips with the
+reason (client not installed, server unreachable) otherwise, which ``.ci/run`` turns into a failure.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -98,3 +102,20 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return str(tmp_path / "history.db")
     return str(request.getfixturevalue("pg_url"))
+
+
+@pytest.fixture
+def redis_url() -> str:
+    try:
+        import redis
+    except ImportError:
+        pytest.skip("the redis client is not installed: pip install 'labgate[redis]'")
+    url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+    client = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
+    try:
+        client.ping()
+    except Exception as exc:
+        pytest.skip(f"Redis unreachable at {url}: {exc}")
+    finally:
+        client.close()
+    return url

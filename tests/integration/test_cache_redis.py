@@ -48,19 +48,6 @@ def _ping(url: str) -> None:
         client.close()
 
 
-@pytest.fixture
-def redis_url() -> str:
-    try:
-        import redis  # noqa: F401
-    except ImportError:
-        pytest.skip("the redis client is not installed: pip install 'labgate[redis]'")
-    url = os.environ.get("REDIS_URL", DEFAULT_REDIS_URL)
-    try:
-        _ping(url)
-    except Exception as exc:
-        pytest.skip(f"Redis unreachable at {url}: {exc}")
-    return url
-
 
 def _ns() -> str:
     return "t" + uuid.uuid4().hex[:12]

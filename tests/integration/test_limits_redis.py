@@ -8,7 +8,6 @@ key prefix. The outage test starts a throwaway ``redis-server`` of its own and s
 from __future__ import annotations
 
 import asyncio
-import os
 import shutil
 import socket
 import subprocess
@@ -31,24 +30,7 @@ from labgate.testing import Simulator
 from labgate.testing.gateway import config_from
 
 pytestmark = pytest.mark.integration
-DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 
-
-@pytest.fixture
-def redis_url() -> str:
-    try:
-        import redis
-    except ImportError:
-        pytest.skip("the redis client is not installed: pip install 'labgate[redis]'")
-    url = os.environ.get("REDIS_URL", DEFAULT_REDIS_URL)
-    client = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
-    try:
-        client.ping()
-    except Exception as exc:
-        pytest.skip(f"Redis unreachable at {url}: {exc}")
-    finally:
-        client.close()
-    return url
 
 
 def counters(url: str, timeout_s: float = 2.0) -> RedisCounters:

@@ -12,7 +12,6 @@ either is unreachable (``LABGATE_REQUIRE_INTEGRATION=1`` turns that into a failu
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import socket
 import subprocess
@@ -29,25 +28,8 @@ import yaml
 from labgate.testing import Behaviour, Simulator
 
 pytestmark = pytest.mark.integration
-DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 BUDGET_USD, COST_USD, RPM, CONCURRENT = 200.0, 5.0, 50, 300
 
-
-@pytest.fixture
-def redis_url() -> str:
-    try:
-        import redis
-    except ImportError:
-        pytest.skip("the redis client is not installed: pip install 'labgate[redis]'")
-    url = os.environ.get("REDIS_URL", DEFAULT_REDIS_URL)
-    client = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
-    try:
-        client.ping()
-    except Exception as exc:
-        pytest.skip(f"Redis unreachable at {url}: {exc}")
-    finally:
-        client.close()
-    return url
 
 
 def _free_port() -> int:

@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -24,19 +23,6 @@ from labgate.testing.gateway import config_from
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio]
 PRICED = {"input_per_1m": 1_000_000, "output_per_1m": 2_000_000}
 
-
-@pytest.fixture
-def redis_url() -> str:
-    redis = pytest.importorskip("redis", reason="the redis client is not installed: pip install 'labgate[redis]'")
-    url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
-    client = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
-    try:
-        client.ping()
-    except Exception as exc:
-        pytest.skip(f"Redis unreachable at {url}: {exc}")
-    finally:
-        client.close()
-    return str(url)
 
 
 @asynccontextmanager

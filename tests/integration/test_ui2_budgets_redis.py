@@ -8,7 +8,6 @@ The outage is a port nothing listens on (no shared server is stopped).
 from __future__ import annotations
 
 import asyncio
-import os
 import socket
 import uuid
 from typing import Any
@@ -26,21 +25,6 @@ MASTER = "sk-ui2-budgets-redis-0123456789"
 ENV = "LABGATE_UI2_BUDGETS_REDIS_MASTER"
 
 
-def _redis_url() -> str:
-    try:
-        import redis
-    except ImportError:
-        pytest.skip("the redis client is not installed: pip install 'labgate[redis]'")
-    url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
-    client = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
-    try:
-        client.ping()
-    except Exception as exc:
-        pytest.skip(f"Redis unreachable at {url}: {exc}")
-    finally:
-        client.close()
-    return url
-
 
 def _free_port() -> int:
     with socket.socket() as s:
@@ -56,8 +40,9 @@ async def _budgets(http: aiohttp.ClientSession, url: str) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize("reachable", [True, False])
-async def test_budgets_read_from_redis(monkeypatch: pytest.MonkeyPatch, reachable: bool) -> None:
-    url = _redis_url() if reachable else f"redis://127.0.0.1:{_free_port()}/0"
+async def test_budgets_read_from_redis(monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest,
+                                       reachable: bool) -> None:
+    url = request.getfixturevalue("redis_url") if reachable else f"redis://127.0.0.1:{_free_port()}/0"
     monkeypatch.setenv(ENV, MASTER)
     async with Simulator(models=["m"]) as sim, aiohttp.ClientSession() as http:
         config = config_from(
