@@ -61,8 +61,12 @@ RESTART_ONLY = ("gateway.server.host", "gateway.server.port", "gateway.server.wo
                 "gateway.metrics.enabled", "gateway.tracing",
                 # the HTTP server's limits (server/limits.py) are fixed when it starts
                 "gateway.server.max_header_bytes", "gateway.server.request_read_timeout_s",
-                "gateway.server.max_connections", "gateway.server.max_connections_per_ip")
-AUDIT_ACTORS = {"SIGHUP": "signal", "watch": "watcher"}  # the audit log's actor for a reload's trigger
+                "gateway.server.max_connections", "gateway.server.max_connections_per_ip",
+                # replicas (server/replicas.py): the cluster link is made once, at start
+                "gateway.state.cluster", "gateway.state.sync_interval_s", "gateway.state.share_circuits",
+                "gateway.state.share_config")
+# the audit log's actor for a reload's trigger
+AUDIT_ACTORS = {"SIGHUP": "signal", "watch": "watcher", "sync": "replica"}
 
 
 # --- what is loaded ------------------------------------------------------------------
@@ -502,6 +506,7 @@ class Reloader:
                 "watch": self.active.config.gateway.config.watch, "draining_runtimes": self.draining,
                 "last_reload": self.last.as_dict() if self.last else None,
                 "warnings": [p.as_dict() for p in self.active.config.warnings],
+                "cluster": None if self.gateway.replicas is None else self.gateway.replicas.describe(),
                 "config": self.active.view}
 
 
