@@ -267,6 +267,26 @@ def test_circuit_and_config_reach_every_replica(tmp_path: Path, simulator: Simul
             assert admin(cluster.urls[2])["version"] == after
             _wait(lambda: admin(cluster.urls[1])["version"] == newest, 5, "replica 1 did not reload")
             assert "labgate_config_sync_rejected 0" in httpx.get(cluster.urls[1] + "/metrics").text
+            # `labgate reload --all` names the replica that refused, and fails
+            (cluster.configs[0] / "model-mappings.yaml").write_text(
+                (cluster.configs[0] / "model-mappings.yaml").read_text() + "# touched\n")
+            cli = subprocess.run([sys.executable, "-m", "labgate", "reload", "--config", str(cluster.configs[0]),
+                                  "--url", cluster.urls[0], "--all", "--force", "--no-test-requests",
+                                  "--timeout", "10"], capture_output=True, text=True, timeout=120, check=False)
+            replica2 = admin(cluster.urls[2])["cluster"]["replica"]
+            assert cli.returncode == 1 and f"replica(s) {replica2} refused" in cli.stdout, cli.stdout + cli.stderr
+            # fixed files on replica 2: `labgate reload --all` succeeds and every replica runs the config
+            write_config(cluster.configs[2], simulator, redis_url=redis_url, pg_url=None, cluster=name,
+                         models=("m", "n", "n3"))
+            shutil.copy(cluster.configs[0] / "model-mappings.yaml", cluster.configs[2] / "model-mappings.yaml")
+            (cluster.configs[1] / "model-mappings.yaml").write_text(
+                (cluster.configs[0] / "model-mappings.yaml").read_text() + "# again\n")
+            for directory in cluster.configs[::2]:
+                shutil.copy(cluster.configs[1] / "model-mappings.yaml", directory / "model-mappings.yaml")
+            cli = subprocess.run([sys.executable, "-m", "labgate", "reload", "--config", str(cluster.configs[0]),
+                                  "--url", cluster.urls[0], "--all", "--force", "--no-test-requests",
+                                  "--timeout", "10"], capture_output=True, text=True, timeout=120, check=False)
+            assert cli.returncode == 0 and "ok: all 3 replica(s) run" in cli.stdout, cli.stdout + cli.stderr
     finally:
         cluster.stop()
 
