@@ -500,13 +500,14 @@ class Reloader:
 
     def describe(self) -> dict[str, Any]:
         """``GET /admin/config``: what is serving, since when, and the last reload's outcome."""
+        replicas = getattr(self.gateway, "replicas", None)  # server/replicas.py; None: this process is alone
         return {"version": self.active.version, "source": str(self.source.path or self.active.config.source),
                 "loaded_at": self.loaded_at, "loaded_at_iso": _iso(self.loaded_at), "trigger": self.trigger,
                 "reloads": self.reloads, "reloadable": self.reloadable,
                 "watch": self.active.config.gateway.config.watch, "draining_runtimes": self.draining,
                 "last_reload": self.last.as_dict() if self.last else None,
                 "warnings": [p.as_dict() for p in self.active.config.warnings],
-                "cluster": None if self.gateway.replicas is None else self.gateway.replicas.describe(),
+                "cluster": None if replicas is None else replicas.describe(),
                 "config": self.active.view}
 
 

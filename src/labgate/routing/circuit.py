@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 
@@ -24,8 +24,10 @@ class Health:
     open_until: float = 0.0
     inflight: int = 0
     last_error: str | None = None
-    key: str = ""  # the deployment's key (provider/model): its name among replicas
-    changed_at: float = 0.0  # wall-clock time its circuit last opened or closed (here or on another replica)
+    # bookkeeping for shared circuits, not part of a health's value: the deployment's key (its name among
+    # replicas) and the wall-clock time its circuit last opened or closed (here or on another replica)
+    key: str = field(default="", compare=False)
+    changed_at: float = field(default=0.0, compare=False)
 
 
 class CircuitShare(Protocol):
