@@ -32,6 +32,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 from labgate.config.schema.metrics import MetricsConfig
 from labgate.record import RequestRecord
+from labgate.telemetry.budgets import BudgetGauges
 from labgate.telemetry.group import WorkerGroup
 
 # Seconds. LLM calls range from a cached embedding (milliseconds) to a long generation (minutes).
@@ -65,8 +66,8 @@ Providers = dict[str, Endpoints]
 class Metrics:
     """The process's request counters and histograms; ``render()`` gives the Prometheus text."""
 
-    __slots__ = ("_cache", "_deployments", "_failures", "_labels", "_models", "_queued", "_unrouted", "capacity",
-                 "group", "in_flight", "refused", "started", "version")
+    __slots__ = ("_cache", "_deployments", "_failures", "_labels", "_models", "_queued", "_unrouted", "budgets",
+                 "capacity", "group", "in_flight", "refused", "started", "version")
 
     def __init__(self) -> None:
         # model label -> provider -> endpoint -> series; "" for requests that were not routed
@@ -86,6 +87,7 @@ class Metrics:
         # requests refused before any surface, by error code (host_not_allowed, route_not_found, ...)
         self.refused: dict[str, int] = {}
         self.group: WorkerGroup | None = None  # set under --workers N: a scrape adds the siblings' counts
+        self.budgets = BudgetGauges()  # spend against budgets, read per scrape (telemetry/budgets.py)
 
     @classmethod
     def from_config(cls, config: MetricsConfig) -> Metrics | None:
