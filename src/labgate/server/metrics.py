@@ -39,10 +39,11 @@ def metrics_routes(gateway: Gateway) -> dict[str, dict[str, Handler]]:
                 admit_admin(rt.auth, request.headers, request.client)
             except LabgateError as exc:
                 return openai_error(exc, rid)
+        budgets = await budget_gauges(gateway, metrics)  # first: a failed read is counted in this scrape
         text = exposition(gateway, metrics)
         if metrics.group is not None:  # --workers N: the whole process group's counts
             text = await metrics.group.gather(text)
-        text += await budget_gauges(gateway, metrics)
+        text += budgets
         return Response(200, [("content-type", CONTENT_TYPE), ("x-request-id", rid), ("cache-control", "no-store")],
                         text.encode())
 
