@@ -78,9 +78,10 @@ def welch(mean_a: Array, var_a: Array, n_a: Array, mean_b: Array, var_b: Array, 
           alpha: float) -> Interval:
     """Welch's t-test of ``mean_b - mean_a`` (sample variances, ddof=1) and its 1-α interval."""
     with np.errstate(divide="ignore", invalid="ignore"):
-        se2_a, se2_b = np.asarray(var_a, float) / np.asarray(n_a, float), np.asarray(var_b, float) / np.asarray(n_b, float)
+        n_a, n_b = np.asarray(n_a, float), np.asarray(n_b, float)
+        se2_a, se2_b = np.asarray(var_a, float) / n_a, np.asarray(var_b, float) / n_b
         se2 = se2_a + se2_b
-        df = se2 ** 2 / (se2_a ** 2 / (np.asarray(n_a, float) - 1) + se2_b ** 2 / (np.asarray(n_b, float) - 1))
+        df = se2 ** 2 / (se2_a ** 2 / (n_a - 1) + se2_b ** 2 / (n_b - 1))
         diff = np.asarray(mean_b, float) - np.asarray(mean_a, float)
         se = np.sqrt(se2)
         t = diff / se
