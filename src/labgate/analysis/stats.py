@@ -148,11 +148,12 @@ def sample_size(effect: float, var_a: float, var_b: float, alpha: float, target:
 
 def thompson(draws: np.ndarray, *, higher_is_better: bool, min_share: float) -> tuple[np.ndarray, np.ndarray]:
     """From posterior draws (variants × samples): P(best) per variant, and the allocation Thompson sampling
-    gives (P(best), each share raised to ``min_share`` and renormalised)."""
+    gives: ``min_share`` to every variant (so none starves), the rest split by P(best)."""
     best = np.argmax(draws, axis=0) if higher_is_better else np.argmin(draws, axis=0)
-    p_best = np.bincount(best, minlength=draws.shape[0]) / draws.shape[1]
-    share = np.maximum(p_best, min_share)
-    return p_best, share / share.sum()
+    k = draws.shape[0]
+    p_best = np.bincount(best, minlength=k) / draws.shape[1]
+    floor = min(min_share, 1 / k)
+    return p_best, floor + (1 - k * floor) * p_best
 
 
 def _out(value: Any) -> Any:
