@@ -109,6 +109,17 @@ class ExperimentConfig(Strict):
     def _status(cls, value: object) -> object:
         return "running" if value == "active" else value  # the seeds' word
 
+    @field_validator("start_date", "end_date", mode="before")
+    @classmethod
+    def _day(cls, value: object) -> object:
+        # "2025-11-21" (quoted, as in the seeds) is a day like 2025-11-21 unquoted: the end day is included
+        if isinstance(value, str) and len(value.strip()) == 10:
+            try:
+                return dt.date.fromisoformat(value.strip())
+            except ValueError:
+                return value
+        return value
+
     @field_validator("model", mode="before")
     @classmethod
     def _models(cls, value: object) -> object:
