@@ -75,7 +75,7 @@ async def observations(store: Store, name: str, *, since: float | None = None,
                        until: float | None = None) -> tuple[dict[str, Observations], bool]:
     """Each variant's observations, and whether :data:`MAX_ROWS` cut the read short."""
     d = store.dialect
-    clause, params = "experiment = ?", [name]
+    clause, params = "experiment = ?", list[Any]([name])
     if since is not None:
         clause += f" AND timestamp >= {d.time_param}"
         params.append(float(since))
