@@ -108,7 +108,8 @@ async def test_hot_reload_starts_and_stops_an_experiment(tmp_path: Path) -> None
     reloader = Reloader(gateway, loaded, source=ConfigSource(path=tmp_path))  # type: ignore[arg-type]
     write(tmp_path, GOOD)
     result = await reloader.reload(trigger="test")
-    assert result.status == "applied" and [str(c) for c in result.changes] == ["~ experiment speed: status draft → running"]
+    assert result.status == "applied"
+    assert [str(c) for c in result.changes] == ["~ experiment speed: status draft → running"]
     assert gateway.runtime.experiments is not None
     write(tmp_path, GOOD.replace("model: fast, weight", "model: fats, weight"))
     result = await reloader.reload(trigger="test")
