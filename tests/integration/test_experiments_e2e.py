@@ -102,6 +102,14 @@ async def test_experiment_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyP
                     async with http.post(url + "/v1/feedback", json={"request_id": rid, "thumbs": thumbs},
                                          headers={"authorization": f"Bearer {KEY}"}) as resp:
                         assert resp.status == 201, await resp.text()
+                # one comparison: a fast and a slow answer side by side, the fast one preferred
+                fast = next(rid for label, rid in answers[60:] if label == "speed/fast")
+                slow = next(rid for label, rid in answers[60:] if label == "speed/slow")
+                for vote in ({"request_id": fast, "comparison_id": "cmp_e2e", "preferred": True},
+                             {"request_id": slow, "comparison_id": "cmp_e2e", "thumbs": "down"}):
+                    async with http.post(url + "/v1/feedback", json=vote,
+                                         headers={"authorization": f"Bearer {KEY}"}) as resp:
+                        assert resp.status == 201, await resp.text()
                 await running.gateway.history.flush()  # type: ignore[union-attr]
 
                 admin = {"authorization": f"Bearer {KEY}"}
@@ -144,7 +152,10 @@ async def test_experiment_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyP
     latency_row = next(r for r in rows if r["metric"] == "latency")
     assert latency_row["variant"] == "slow" and latency_row["decided"] == "True"
     thumbs = next(r for r in rows if r["metric"] == "thumbs_up_rate")
-    assert int(thumbs["n_control"]) + int(thumbs["n_variant"]) == 60
+    assert int(thumbs["n_control"]) + int(thumbs["n_variant"]) == 61
+    preference = next(r for r in rows if r["metric"] == "preference_rate")
+    assert [preference[k] for k in ("n_control", "n_variant", "value_control", "value_variant")] == [
+        "1", "1", "1.0", "0.0"]
     assert await cli(["experiment", "list", "--config", str(directory)]) == 0
     assert "speed" in capsys.readouterr().out and "paused" in (directory / "experiments.yaml").read_text()
     assert await cli(["experiment", "start", "speed", "--config", str(directory), "--offline"]) == 0

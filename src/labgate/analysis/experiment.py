@@ -91,7 +91,7 @@ async def observations(store: Store, name: str, *, since: float | None = None,
         by_variant.setdefault(row["variant"] or "", []).append(row)
     out = {variant: _observe(found) for variant, found in by_variant.items()}
     votes = await store.fetch(
-        f"SELECT r.variant AS variant, f.score AS score, f.thumbs AS thumbs, f.preferred AS preferred "
+        f"SELECT r.variant AS variant, f.score AS score, f.thumbs AS thumbs "
         f"FROM {FEEDBACK_TABLE} f JOIN (SELECT request_id, variant FROM {TABLE} WHERE {clause}) r "
         f"ON r.request_id = f.request_id", params)
     scores: dict[str, list[float]] = {}
@@ -102,11 +102,24 @@ async def observations(store: Store, name: str, *, since: float | None = None,
         if vote["thumbs"] is not None:
             found.thumbs += 1
             found.thumbs_up += vote["thumbs"] > 0
-        if vote["preferred"] is not None:
-            found.compared += 1
-            found.preferred += bool(vote["preferred"])
     for variant, values in scores.items():
         out[variant].scores = np.asarray(values)
+    # comparison preference: the variant's runs that took part in a decided comparison (one with a
+    # `preferred: true` vote) and got a vote in it; of those, the ones voted preferred
+    runs = await store.fetch(
+        f"SELECT r.variant AS variant, f.request_id AS request_id, f.preferred AS preferred "
+        f"FROM {FEEDBACK_TABLE} f JOIN (SELECT request_id, variant FROM {TABLE} WHERE {clause}) r "
+        f"ON r.request_id = f.request_id WHERE f.comparison_id IN "
+        f"(SELECT comparison_id FROM {FEEDBACK_TABLE} WHERE preferred AND comparison_id IS NOT NULL)", params)
+    compared: dict[str, set[str]] = {}
+    won: dict[str, set[str]] = {}
+    for run in runs:
+        compared.setdefault(run["variant"] or "", set()).add(run["request_id"])
+        if run["preferred"]:
+            won.setdefault(run["variant"] or "", set()).add(run["request_id"])
+    for variant, ids in compared.items():
+        found = out.setdefault(variant, Observations())
+        found.compared, found.preferred = len(ids), len(won.get(variant, ()))
     return out, truncated
 
 
