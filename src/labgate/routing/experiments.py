@@ -12,8 +12,8 @@ model an experiment covers, :meth:`Experiments.assign`:
    the key, or the request) and hashes it with the experiment's salt:
    ``sample_rate`` keeps a sticky share of units, then **weighted rendezvous
    hashing** picks the variant: each variant scores ``-ln(u_v) / w_v`` where
-   ``u_v`` is a uniform number from a keyed BLAKE2b of (variant, unit); the
-   lowest score wins. The chance of a variant is exactly its weight's share;
+   ``u_v`` is a uniform number from (BLAKE2b of salt and unit) mixed with the
+   variant's code (:func:`uniform`); the lowest score wins. The chance of a variant is exactly its weight's share;
    the same unit gets the same variant in every process and replica (no state,
    no ``PYTHONHASHSEED``); changing one variant's weight moves only units to
    or from that variant, in the amount its share changed;
@@ -41,12 +41,32 @@ USER_HEADER = "x-labgate-user"
 MAX_UNIT_CHARS = 256  # a longer unit value is hashed by its first 256 characters
 MAX_TAGS = 32
 _TWO64 = float(2**64)
+_MASK = 2**64 - 1
+SAMPLE_LABEL = "\x00sample"  # not a variant name (names start with a letter or digit)
 
 
 def uniform(salt: bytes, label: str, unit: str) -> float:
     """A number in (0, 1) fixed by (salt, label, unit): the same in every process."""
-    digest = hashlib.blake2b(f"{label}\x00{unit}".encode(), digest_size=8, key=salt).digest()
-    return (int.from_bytes(digest, "big") + 0.5) / _TWO64
+    return _draw(unit_hash(salt, unit), label_code(label))
+
+
+def unit_hash(salt: bytes, unit: str) -> int:
+    """64 bits of BLAKE2b over (salt, unit): one hash per request, whatever the number of variants."""
+    return int.from_bytes(hashlib.blake2b(salt + unit.encode(), digest_size=8).digest(), "big")
+
+
+def label_code(label: str) -> int:
+    """A variant's (or the sample's) 64-bit code, computed at load."""
+    return int.from_bytes(hashlib.blake2b(label.encode(), digest_size=8, person=b"labgate-variant").digest(), "big")
+
+
+def _draw(unit: int, code: int) -> float:
+    """SplitMix64's finaliser over (unit hash XOR label code): a strong 64-bit mixer, so each label's
+    numbers are uniform and independent of every other label's."""
+    x = unit ^ code
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK
+    return ((x ^ (x >> 31)) + 0.5) / _TWO64
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +77,7 @@ class Variant:
     weight: float
     parameters: Mapping[str, Any]
     system_prompt: str | None
+    code: int  # label_code(name): mixed with the unit's hash (see uniform)
 
     @property
     def changes_body(self) -> bool:
@@ -76,6 +97,7 @@ class Experiment:
     sample_rate: float
     start: float | None
     end: float | None
+    sample_code: int  # label_code(SAMPLE_LABEL)
 
     @classmethod
     def of(cls, config: ExperimentConfig) -> Experiment:
@@ -84,18 +106,19 @@ class Experiment:
         salt = hashlib.blake2b((config.salt or config.name).encode(), digest_size=32).digest()
         return cls(config.name, salt,
                    tuple(Variant(v.name, f"{config.name}/{v.name}", v.model, v.weight, dict(v.parameters),
-                                 v.system_prompt) for v in config.variants),
+                                 v.system_prompt, label_code(v.name)) for v in config.variants),
                    kind, header or None, frozenset(config.routing_rule.match.tags),
-                   config.routing_rule.sample_rate, start, end)
+                   config.routing_rule.sample_rate, start, end, label_code(SAMPLE_LABEL))
 
     def choose(self, unit: str) -> Variant | None:
         """The unit's variant, or None when the unit is outside the sample."""
-        if self.sample_rate < 1.0 and uniform(self.salt, "\x00sample", unit) >= self.sample_rate:
+        raw = unit_hash(self.salt, unit)
+        if self.sample_rate < 1.0 and _draw(raw, self.sample_code) >= self.sample_rate:
             return None
         best, score = None, math.inf
         for variant in self.variants:
             if variant.weight > 0:
-                s = -math.log(uniform(self.salt, variant.name, unit)) / variant.weight
+                s = -math.log(_draw(raw, variant.code)) / variant.weight
                 if s < score:
                     best, score = variant, s
         return best
@@ -136,11 +159,14 @@ class Experiments:
         if not found:
             return payload, native
         headers: Mapping[str, str] = record.headers or {}
-        if headers.get(OPT_OUT_HEADER, "").strip().lower() == "off":
+        opt_out = headers.get(OPT_OUT_HEADER)
+        if opt_out is not None and opt_out.strip().lower() == "off":
             return payload, native
         tags: frozenset[str] | None = None
+        now = record.timestamp
         for experiment in found:
-            if not experiment.active(record.timestamp):
+            if (experiment.start is not None and now < experiment.start) or (
+                    experiment.end is not None and now >= experiment.end):
                 continue
             if experiment.tags:
                 tags = request_tags(headers, key) if tags is None else tags
