@@ -45,8 +45,8 @@ def test_experiment_panel(page: Any, lab: Any, shot: Any, expect: Any) -> None:
         lab.flush()
         page.goto(lab.url + "/ui/#/analytics")
         panel = page.locator("#experiments")
-        expect(panel.locator("#x-pick option")).to_have_count(1)
-        expect(panel.locator("#x-verdict")).to_contain_text("keep running for")
+        expect(panel.locator("#x-pick option")).to_have_count(1, timeout=60_000)  # after every chart
+        expect(panel.locator("#x-verdict")).to_contain_text("keep running for", timeout=60_000)
         expect(panel.locator("#x-traffic")).to_contain_text(f"alpha: weight 1, {labels.count('ui-ab/alpha')} requests")
         variants = panel.locator("table[aria-label='Variants'] tbody tr")
         expect(variants).to_have_count(2)
