@@ -6,6 +6,7 @@ carrying the request id.
 
 from __future__ import annotations
 
+import base64
 import http.client
 import importlib.util
 import json
@@ -59,8 +60,10 @@ def post(live: RunningGateway, body: bytes) -> tuple[int, dict[str, str], Any]:
 
 
 def assert_answer_or_envelope(status: int, headers: dict[str, str], body: Any) -> None:
-    if status == 200:
-        assert body["object"] == "list" and all(len(d["embedding"]) == 32 for d in body["data"])
+    if status == 200:  # 32 floats, or with encoding_format base64 their 128 little-endian float32 bytes
+        assert body["object"] == "list" and body["data"]
+        assert all(len(d["embedding"]) == 32 if isinstance(d["embedding"], list)
+                   else len(base64.b64decode(d["embedding"], validate=True)) == 32 * 4 for d in body["data"])
         return
     assert 400 <= status < 500, body
     assert set(body) == {"error", "request_id"} and body["request_id"] == headers["x-request-id"]
