@@ -202,8 +202,12 @@ class Comparison:
 
 
 def compare(metric: str, a: Sample, b: Sample, *, control: str, variant: str, alpha: float,
-            minimum_effect: float) -> Comparison:
-    """``b`` (the variant) against ``a`` (the control) on ``metric``."""
+            minimum_effect: float, adaptive: bool = False) -> Comparison:
+    """``b`` (the variant) against ``a`` (the control) on ``metric``.
+
+    ``adaptive``: the allocation followed the data (Thompson sampling): the confidence sequence and its
+    p-value come from each variant's own always-valid sequence at α/2 (:func:`_per_arm`), which stays valid
+    when how many units each variant gets depends on earlier results."""
     kind = METRICS[metric][0]
     if kind == "proportion":
         seq = stats.msprt(b.mean - a.mean, _se2(a) + _se2(b), minimum_effect ** 2, alpha)
@@ -227,14 +231,57 @@ def compare(metric: str, a: Sample, b: Sample, *, control: str, variant: str, al
         effect = minimum_effect
         ci = (fixed.low / abs(m_a), fixed.high / abs(m_a)) if m_a else (-math.inf, math.inf)
         cs = (seq.low, seq.high)
+    p_seq_raw = float(seq.p)
+    if adaptive:
+        cs, p_seq_raw = _per_arm(kind, a, b, minimum_effect, alpha)
     few = min(a.n, b.n) < MIN_UNITS
-    p_seq = 1.0 if few else float(seq.p)
+    p_seq = 1.0 if few else p_seq_raw
     decided = not few and (cs[0] > 0 or cs[1] < 0)
     power = float(stats.power(effect, scale_a, scale_b, max(a.n, 1), max(b.n, 1), alpha)) if not few else 0.0
     needed = stats.sample_size(effect, scale_a, scale_b, alpha) if math.isfinite(scale_a + scale_b) else 0
     result = Comparison(metric, variant, control, kind, (a.n, b.n), (a.shown, b.shown), diff, cs, p_seq, ci,
                         float(fixed.p), power, needed, decided, "")
     return _with_verdict(result, alpha, few)
+
+
+def _per_arm(kind: str, a: Sample, b: Sample, minimum_effect: float, alpha: float
+             ) -> tuple[tuple[float, float], float]:
+    """The difference's confidence sequence from the two variants' own (each at α/2, a union bound) and
+    its always-valid p-value (the smallest α at which it excludes 0), for adaptive allocation.
+
+    One variant's normal-mixture sequence for its mean holds at every sample size, however the number of
+    units it got was chosen (the mixture martingale of its own observations does not depend on the others'),
+    so the difference of two such intervals holds too. Conservative: wider than the pooled mSPRT."""
+    if kind == "relative":  # τ on the means' own scale: minimum_effect of the control's mean
+        tau2 = (minimum_effect * a.mean) ** 2 if a.n and a.mean else 1.0
+    else:
+        tau2 = (math.log1p(minimum_effect) if kind == "log" else minimum_effect) ** 2
+
+    def bounds(level: float) -> tuple[float, float]:
+        ia = stats.msprt(a.mean, _se2(a), tau2, level / 2)
+        ib = stats.msprt(b.mean, _se2(b), tau2, level / 2)
+        if kind == "relative":
+            if not (ia.low > 0 and a.n and b.n):
+                return -math.inf, math.inf
+            return ib.low / ia.high - 1, ib.high / ia.low - 1
+        low, high = ib.low - ia.high, ib.high - ia.low
+        return (_expm1(low), _expm1(high)) if kind == "log" else (low, high)
+
+    cs = bounds(alpha)
+    if not all(math.isfinite(x) for x in bounds(0.999999)) or not (min(a.n, b.n) > 1):
+        return cs, 1.0
+
+    def excludes(level: float) -> bool:
+        low, high = bounds(level)
+        return low > 0 or high < 0
+
+    if not excludes(0.999999):
+        return cs, 1.0
+    lo, hi = -30.0, math.log(0.999999)  # bisect on ln α: the smallest α at which it excludes 0
+    for _ in range(40):
+        mid = (lo + hi) / 2
+        lo, hi = (lo, mid) if excludes(math.exp(mid)) else (mid, hi)
+    return cs, min(1.0, math.exp(hi))
 
 
 def _se2(s: Sample) -> float:
@@ -294,8 +341,9 @@ def analyze(config: ExperimentConfig, observed: Mapping[str, Observations], *, t
     base = observed.get(control, Observations())
     variants = [v.name for v in config.variants]
     metrics = list(dict.fromkeys([metric_of(config.primary), *(metric_of(m) for m in config.metrics)]))
+    adaptive = config.adaptive.enabled
     comparisons = [compare(m, sample(base, m), sample(observed.get(v, Observations()), m), control=control,
-                           variant=v, alpha=config.alpha, minimum_effect=config.minimum_effect)
+                           variant=v, alpha=config.alpha, minimum_effect=config.minimum_effect, adaptive=adaptive)
                    for v in variants if v != control for m in METRICS]
     chosen = [c for c in comparisons if c.metric in metrics]
     decided = [c.verdict for c in chosen if c.decided]
@@ -307,6 +355,8 @@ def analyze(config: ExperimentConfig, observed: Mapping[str, Observations], *, t
     return {
         "experiment": config.name, "status": config.status, "control": control, "alpha": config.alpha,
         "primary_metric": metric_of(config.primary), "metrics": metrics, "truncated": truncated,
+        # adaptive allocation: per-variant confidence sequences (valid); the fixed-horizon tests are not
+        "adaptive": adaptive, "fixed_horizon_valid": not adaptive,
         "variants": [_variant_row(v, observed.get(v, Observations())) for v in variants],
         "comparisons": [c.as_dict() for c in comparisons], "latency_p95": p95,
         "thompson": _thompson(config, observed, variants, seed),
@@ -346,23 +396,29 @@ def _p95(base: Observations, observed: Mapping[str, Observations], variants: lis
     return out
 
 
+def posterior(samples: Mapping[str, Sample], metric: str, rng: np.random.Generator, n: int) -> np.ndarray:
+    """``n`` posterior draws of each variant's metric (variants × n, in ``samples``' order): Beta(1 + hits,
+    1 + misses) for a rate, a normal around the mean with its standard error otherwise."""
+    draws = []
+    for s in samples.values():
+        if METRICS[metric][0] == "proportion":
+            hits = round(s.mean * s.n)
+            draws.append(rng.beta(hits + 1, s.n - hits + 1, n))
+        else:
+            draws.append(rng.normal(s.mean, math.sqrt(s.var / s.n), n))
+    return np.asarray(draws)
+
+
 def _thompson(config: ExperimentConfig, observed: Mapping[str, Observations], variants: list[str],
               seed: int) -> dict[str, Any]:
     """P(best) per variant on the primary metric from its posterior, the allocation Thompson sampling gives,
     and whether the stopping rule (P(best) ≥ adaptive.stop_when_best) holds."""
     metric = metric_of(config.primary)
-    rng = np.random.default_rng(seed)
-    draws = []
-    for v in variants:
-        s = sample(observed.get(v, Observations()), metric)
-        if s.n < 2 or not math.isfinite(s.var):
-            return {"metric": metric, "ready": False}
-        if METRICS[metric][0] == "proportion":
-            hits = round(s.mean * s.n)
-            draws.append(rng.beta(hits + 1, s.n - hits + 1, 4000))
-        else:
-            draws.append(rng.normal(s.mean, math.sqrt(s.var / s.n), 4000))
-    p_best, share = stats.thompson(np.asarray(draws), higher_is_better=METRICS[metric][1],
+    samples = {v: sample(observed.get(v, Observations()), metric) for v in variants}
+    if any(s.n < 2 or not math.isfinite(s.var) for s in samples.values()):
+        return {"metric": metric, "ready": False}
+    draws = posterior(samples, metric, np.random.default_rng(seed), 4000)
+    p_best, share = stats.thompson(draws, higher_is_better=METRICS[metric][1],
                                    min_share=config.adaptive.min_share)
     best = int(np.argmax(p_best))
     return {"metric": metric, "ready": True, "enabled": config.adaptive.enabled,

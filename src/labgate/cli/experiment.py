@@ -148,6 +148,18 @@ async def _list(args: argparse.Namespace, config: Any, store: Any, out: IO[str])
 async def _status(args: argparse.Namespace, config: Any, store: Any, out: IO[str]) -> int:
     experiment = _find(config, args.name)
     row = _describe(experiment, await _counts(store))
+    decision = None
+    if experiment.adaptive.enabled and experiment.status == "running" and store is not None:
+        import time
+
+        from labgate.analysis.adaptive import allocation, epoch_of
+
+        # the same computation every gateway on this store makes for the current epoch (analysis/adaptive.py)
+        decision = (await allocation(store, experiment, epoch_of(experiment, time.time()))).as_dict()
+    row["allocation"] = decision
+    weights = (decision or {}).get("weights") or {v.name: v.weight for v in experiment.variants}
+    total = sum(weights.values()) or 1.0
+    row["weights"] = {v.name: round(weights.get(v.name, 0.0) / total, 6) for v in experiment.variants}
     if args.json:
         out.write(orjson.dumps(row, option=orjson.OPT_INDENT_2).decode() + "\n")
         return 0
@@ -160,8 +172,14 @@ async def _status(args: argparse.Namespace, config: Any, store: Any, out: IO[str
         out.write(f"  window {experiment.start_date or '-'} … {experiment.end_date or '-'}\n")
     for v in experiment.variants:
         target = v.model or "(the requested model)"
-        out.write(f"  {shown(v.name):16} weight {v.weight:g} → {shown(target)}  "
-                  f"{row['requests'].get(v.name, 0)} requests\n")
+        out.write(f"  {shown(v.name):16} weight {v.weight:g} (now {100 * row['weights'][v.name]:.1f}%) → "
+                  f"{shown(target)}  {row['requests'].get(v.name, 0)} requests\n")
+    if decision is not None:
+        best = ", ".join(f"{shown(k)} {100 * p:.1f}%" for k, p in decision["p_best"].items())
+        out.write(f"  adaptive allocation, epoch {decision['epoch']}: {decision['state']} ({shown(decision['reason'])})"
+                  + (f"; P(best) {best}" if best else "") + "\n")
+    elif experiment.adaptive.enabled:
+        out.write("  adaptive allocation: enabled (takes effect while running, from the history)\n")
     return 0
 
 

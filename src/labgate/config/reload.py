@@ -347,6 +347,8 @@ class Reloader:
         self.in_flight: Callable[[], set[asyncio.Task[Any]]] = set  # the server's busy request tasks
         self._access_log = access_log
         self._on_applied = on_applied
+        # called after every applied reload, this replica's or a propagated one (e.g. analysis/adaptive.py)
+        self.listeners: list[Callable[[ReloadResult], None]] = []
         self._lock = asyncio.Lock()
         self._retiring: set[asyncio.Task[None]] = set()
         self._watcher: asyncio.Task[None] | None = None
@@ -420,6 +422,9 @@ class Reloader:
             log.info(result.summary())
             self._sync_watcher()
         await self._keep_backup(loaded)
+        if result.status == "applied":
+            for listener in self.listeners:
+                listener(result)
         if propagate and self._on_applied is not None:
             self._on_applied(result)
         return result

@@ -84,9 +84,14 @@ class Variant:
         return bool(self.parameters) or self.system_prompt is not None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Experiment:
-    """One running experiment, compiled for the request path."""
+    """One running experiment, compiled for the request path.
+
+    ``arms`` is what :meth:`choose` reads: ``(variant, code, weight)`` for each variant with a weight above
+    0, from the configured weights or, with adaptive allocation (analysis/adaptive.py), the current epoch's.
+    :meth:`reweight` replaces it with one attribute assignment, so a request sees the old or the new
+    allocation, never a mix."""
 
     name: str
     salt: bytes
@@ -98,6 +103,19 @@ class Experiment:
     start: float | None
     end: float | None
     sample_code: int  # label_code(SAMPLE_LABEL)
+    arms: tuple[tuple[Variant, int, float], ...] = ()
+    weights: dict[str, float] | None = None  # the adaptive weights in force; None: the configured ones
+
+    def __post_init__(self) -> None:
+        if not self.arms:
+            self.arms = _arms(self.variants, {v.name: v.weight for v in self.variants})
+
+    def reweight(self, weights: Mapping[str, float] | None) -> None:
+        """Serve ``weights`` (variant name → weight; missing names: 0) from now on; None: the configured ones."""
+        if weights is None:
+            self.arms, self.weights = _arms(self.variants, {v.name: v.weight for v in self.variants}), None
+        else:
+            self.arms, self.weights = _arms(self.variants, weights), dict(weights)
 
     @classmethod
     def of(cls, config: ExperimentConfig) -> Experiment:
@@ -116,15 +134,18 @@ class Experiment:
         if self.sample_rate < 1.0 and _draw(raw, self.sample_code) >= self.sample_rate:
             return None
         best, score = None, math.inf
-        for variant in self.variants:
-            if variant.weight > 0:
-                s = -math.log(_draw(raw, variant.code)) / variant.weight
-                if s < score:
-                    best, score = variant, s
+        for variant, code, weight in self.arms:
+            s = -math.log(_draw(raw, code)) / weight
+            if s < score:
+                best, score = variant, s
         return best
 
     def active(self, now: float) -> bool:
         return (self.start is None or now >= self.start) and (self.end is None or now < self.end)
+
+
+def _arms(variants: tuple[Variant, ...], weights: Mapping[str, float]) -> tuple[tuple[Variant, int, float], ...]:
+    return tuple((v, v.code, w) for v in variants if (w := float(weights.get(v.name, 0.0))) > 0)
 
 
 class Experiments:

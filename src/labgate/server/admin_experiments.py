@@ -95,8 +95,15 @@ async def analyze(store: Store, config: ExperimentConfig, *, since: float | None
 
 class ExperimentSurface:
     def __init__(self, gateway: Gateway, reloader: Reloader | None) -> None:
+        from labgate.analysis.adaptive import Allocator
+
         self.gateway = gateway
         self.reloader = reloader
+        # adaptive allocation (analysis/adaptive.py): a task only while some running experiment is adaptive
+        self.allocator = Allocator(gateway)
+        if reloader is not None:
+            reloader.listeners.append(self.allocator.reloaded)
+        self.allocator.ensure()
 
     async def list(self, request: Request) -> Response:
         rid = request_id(request.headers)
@@ -176,8 +183,19 @@ class ExperimentSurface:
         running = self.gateway.runtime.experiments
         live = running is not None and any(e.name == config.name and e.active(time.time())
                                            for e in running.experiments)
+        weights = _live_weights(running, config)
         return {**config.model_dump(mode="json"), "taking_traffic": live, "control": config.control_name,
-                "requests": counts.get(config.name, {})}
+                "requests": counts.get(config.name, {}), "weights": weights,
+                "allocation": self.allocator.status(config.name) if config.adaptive.enabled else None}
+
+
+def _live_weights(running: Any, config: ExperimentConfig) -> dict[str, float]:
+    """The weights the assignment uses now (adaptive or configured), as shares summing to 1."""
+    found = None if running is None else next((e for e in running.experiments if e.name == config.name), None)
+    raw = ({v.name: v.weight for v in config.variants} if found is None else
+           {v.name: 0.0 for v in config.variants} | {v.name: w for v, _, w in found.arms})
+    total = sum(raw.values()) or 1.0
+    return {name: round(w / total, 6) for name, w in raw.items()}
 
 
 def _json(data: Any, rid: str, status: int = 200) -> Response:

@@ -84,6 +84,14 @@ class ThompsonConfig(Strict):
     enabled: bool = False
     min_share: float = Field(default=0.05, ge=0, le=0.5)  # every variant keeps at least this share
     stop_when_best: float = Field(default=0.95, gt=0.5, lt=1)  # stopping rule: P(best) at or over this
+    # the gateway re-weights once per epoch of interval_s (analysis/adaptive.py), from records older than
+    # the epoch's start minus settle_s (so every replica reading the same store computes the same weights)
+    interval_s: float = Field(default=60.0, ge=1, le=86_400)
+    settle_s: float = Field(default=10.0, ge=0, le=3_600)
+    min_samples: int = Field(default=100, ge=2, le=10_000_000)  # burn-in: per variant, before any re-weighting
+    max_duration_s: float | None = Field(default=None, gt=0)  # stop after this long (from the first record)
+    on_stop: Literal["winner", "configured"] = "winner"  # all traffic to the winner, or the configured weights
+    run_timeout_s: float = Field(default=10.0, gt=0, le=600)  # one re-weighting's time bound (read + draws)
 
 
 class ExperimentConfig(Strict):
