@@ -22,6 +22,7 @@ from labgate.routing.table import Deployment
 from labgate.runtime import Runtime
 
 if TYPE_CHECKING:
+    from labgate.analysis.adaptive import Allocator
     from labgate.server.replicas import Replicas
     from labgate.store.writer import History
     from labgate.telemetry.metrics import Metrics
@@ -52,6 +53,7 @@ class Gateway:
         self._keep_content = history is not None and history.keeps_content
         self.draining = False  # shutdown began: readiness fails so load balancers stop sending
         self.replicas: Replicas | None = None  # the other replicas on state.url (server/replicas.py); None: alone
+        self.allocator: Allocator | None = None  # adaptive experiments' re-weighting task (analysis/adaptive.py)
 
     async def handle(self, record: RequestRecord, *, api_key: str | None, body: bytes,
                      parse: Parser, answer: Answer | None = None) -> Reply | Stream:

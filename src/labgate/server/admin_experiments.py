@@ -100,7 +100,7 @@ class ExperimentSurface:
         self.gateway = gateway
         self.reloader = reloader
         # adaptive allocation (analysis/adaptive.py): a task only while some running experiment is adaptive
-        self.allocator = Allocator(gateway)
+        self.allocator = gateway.allocator = Allocator(gateway)  # stopped by RunningGateway.stop
         if reloader is not None:
             reloader.listeners.append(self.allocator.reloaded)
         self.allocator.ensure()

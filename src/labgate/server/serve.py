@@ -65,6 +65,8 @@ class RunningGateway:
             await self.gateway.metrics.group.stop()
         if self.gateway.replicas is not None:
             await self.gateway.replicas.stop()
+        if self.gateway.allocator is not None:
+            await self.gateway.allocator.aclose()
         if self.reloader is not None:
             await self.reloader.aclose()  # stop watching; runtimes retired by reloads close now
         await self.gateway.runtime.aclose()
