@@ -19,6 +19,7 @@ from labgate.keys import KeyRing
 from labgate.providers.base import Adapter
 from labgate.providers.registry import TYPES
 from labgate.routing.circuit import Circuit
+from labgate.routing.pace import Pace
 from labgate.routing.queue import Queue
 from labgate.routing.rescue import Rescue
 from labgate.routing.table import RouteTable
@@ -40,6 +41,7 @@ class Runtime:
     cache: Cache | None = None  # the response cache (state/cache.py); None: not configured
     queue: Queue | None = None  # None unless some provider sets max_parallel_requests
     rescue: Rescue | None = None  # None unless resilience.stream_rescue
+    pace: Pace | None = None  # stream deadlines (first token, idle); None unless configured
     prices: Prices | None = None  # what each deployment costs (cost.py)
     limiter: Limiter | None = None  # rpm/tpm limits and budgets (state/limits.py); None: nothing limited
 
@@ -72,6 +74,7 @@ class Runtime:
             cache=cache_for(config, previous=previous.cache if previous is not None else None),
             queue=Queue.of(gateway.queue) if table.gates else None,
             rescue=Rescue() if gateway.resilience.stream_rescue else None,
+            pace=Pace.of(gateway.resilience),
             prices=prices,
             limiter=limiter_for(config, prices, previous=previous.limiter if previous is not None else None,
                                 shared_path=shared_limits),

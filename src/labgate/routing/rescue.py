@@ -83,7 +83,7 @@ class Rescue:
         try:
             result, dep = await attempt(candidates, endpoint="chat", body=body, stream=True, circuit=rt.circuit,
                                         deadline=time.monotonic() + rt.request_timeout - elapsed, record=record,
-                                        queue=rt.queue, limits=rt.limiter)
+                                        queue=rt.queue, limits=rt.limiter, pace=rt.pace)
         except LabgateError:
             return None
         if isinstance(result, Reply):  # not for a stream request; kept for the type checker
