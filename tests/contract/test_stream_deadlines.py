@@ -80,7 +80,7 @@ async def test_a_stream_without_a_token_by_the_deadline_goes_to_the_next_candida
 @pytest.mark.asyncio
 async def test_the_route_deadline_overrides_the_global_one() -> None:
     resilience = {"ttft_timeout_s": 60, "routes": {"m": {"ttft_timeout_s": 0.3}}}
-    async with chain(SLOW_START, FAST, resilience) as (running, b, _log):
+    async with chain(SLOW_START, FAST, resilience) as (running, _b, _log):
         chunks = [c async for c in await sdk(running).chat.completions.create(
             model="m", messages=MESSAGES, stream=True)]
         assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "on time from b"
@@ -100,7 +100,7 @@ async def test_when_every_candidate_misses_the_deadline_the_client_gets_a_504() 
 @pytest.mark.asyncio
 async def test_an_anthropic_upstream_that_stalls_before_its_first_token_falls_back() -> None:
     """Known gap closed: message_start used to reach the client at once, so a stall could not fall back."""
-    async with chain(SLOW_START, FAST, {"ttft_timeout_s": 0.3}, kind="anthropic") as (running, b, log):
+    async with chain(SLOW_START, FAST, {"ttft_timeout_s": 0.3}, kind="anthropic") as (running, b, _log):
         client = anthropic.AsyncAnthropic(base_url=running.url, api_key="x", max_retries=0, timeout=20)
         async with client.messages.stream(model="m", max_tokens=50, messages=MESSAGES) as stream:
             text = "".join([t async for t in stream.text_stream])
