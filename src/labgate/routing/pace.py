@@ -76,9 +76,9 @@ async def first_token(opening: Awaitable[Stream], timeouts: Timeouts, *, started
     attempt is then a failed one.
     """
     if timeouts.first_token is None:
-        stream = await opening
-        return Paced(stream, stream.__aiter__(), [], timeouts.idle, where)
-    stream = None
+        opened = await opening
+        return Paced(opened, opened.__aiter__(), [], timeouts.idle, where)
+    stream: Stream | None = None
     held: list[bytes] = []
     try:
         async with asyncio.timeout(max(started + timeouts.first_token - time.monotonic(), 0.0)):
