@@ -21,3 +21,6 @@ class QueueConfig(Strict):
     retry_after_s: float = Field(default=1.0, gt=0)  # the retry-after sent with queue_full / queue_timeout
     default_priority: Priority = "normal"
     routes: dict[str, Priority] = Field(default_factory=dict)  # requested model → its priority
+    # a virtual key's tags → its priority (its project's first, then its team's); the header may lower it only
+    projects: dict[str, Priority] = Field(default_factory=dict)
+    teams: dict[str, Priority] = Field(default_factory=dict)
