@@ -77,7 +77,7 @@ async def attempt(candidates: list[Deployment], *, endpoint: Endpoint, body: dic
                 f"provider {dep.provider!r} does not serve {endpoint}")))
             continue
         gate = dep.gate
-        if gate is not None and not gate.try_prefer():
+        if gate is not None and not (gate.try_prefer() if gate.shared is None else await gate.take_shared(prefer=True)):
             busy.append(dep)  # full (or over prefer_local_under): try the others first, then it, then queue
             if gate.inflight < gate.limit:
                 record.spill = f"{dep.key} at {gate.inflight}/{gate.limit} in flight (prefer_local_under)"
@@ -95,7 +95,7 @@ async def attempt(candidates: list[Deployment], *, endpoint: Endpoint, body: dic
             return result, dep
     while busy and queue is not None and deadline > time.monotonic():
         # nothing else answered: a slot under the hard limit, else the first one freed, in priority order
-        free = next((d for d in busy if d.gate is not None and d.gate.try_acquire()), None)
+        free = await _free(busy)
         dep = free if free is not None else await queue.wait(busy, record, deadline)  # holds a slot from here
         busy.remove(dep)
         record.spill = None
@@ -119,6 +119,15 @@ async def attempt(candidates: list[Deployment], *, endpoint: Endpoint, body: dic
     if tried and all(isinstance(e, ProviderLimitedError) for e in tried):  # nothing reached an upstream
         raise ProviderLimitedError.refusal(tried)  # type: ignore[arg-type]
     raise AllAttemptsFailedError(failures)
+
+
+async def _free(busy: list[Deployment]) -> Deployment | None:
+    """A busy candidate with a slot under its hard limit now (its lease taken, when shared), if any."""
+    for dep in busy:
+        gate = dep.gate
+        if gate is not None and (gate.try_acquire() if gate.shared is None else await gate.take_shared(prefer=False)):
+            return dep
+    return None
 
 
 def _cloud_answered(record: RequestRecord) -> None:

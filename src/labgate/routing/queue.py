@@ -83,6 +83,9 @@ class Queue:
                 f"Every deployment for model {record.model!r} is at capacity and its queue is full; "
                 "retry later.", code="queue_full", status=self.overflow_status, retry_after=self.retry_after)
         waiter = Waiter(self.priority(record), gates)
+        for gate in gates:
+            if gate.shared is not None:  # slots other replicas free are found by polling Redis
+                gate.shared.watch(gate)
         started, since = time.monotonic(), time.perf_counter()  # since: the span's clock (the record's)
         try:
             async with asyncio.timeout(max(min(self.timeout, deadline - started), 0.0)):
