@@ -99,5 +99,7 @@ class Runtime:
             await self.limiter.aclose()
         if self.capacity is not None:
             await self.capacity.aclose(self.table.gates)
+        for engine in self.table.engines.values():
+            await engine.aclose()
         for adapter in self.adapters.values():
             await adapter.aclose()
