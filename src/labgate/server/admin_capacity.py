@@ -27,7 +27,7 @@ from labgate.errors import LabgateError, RecordNotFoundError, RequestError
 from labgate.gateway import Gateway
 from labgate.providers.base import ModelLister
 from labgate.runtime import Runtime
-from labgate.server.admin_keys import audit_event
+from labgate.server.admin_keys import _body, audit_event
 from labgate.server.envelopes import JSON, openai_error
 from labgate.server.http import Handler, Request, Response
 from labgate.server.ids import request_id
@@ -35,7 +35,6 @@ from labgate.server.ids import request_id
 PREFIX = "/admin/capacity"
 REGIONS = PREFIX + "/regions/"
 PROBE_TIMEOUT_S = 3.0
-MAX_BODY = 1024
 _REGION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
 
 
@@ -157,14 +156,3 @@ async def _probe(rt: Runtime, name: str) -> dict[str, Any]:
         out["models"]["ms"] = round((time.perf_counter() - started) * 1000, 1)
     return out
 
-
-def _body(request: Request) -> dict[str, Any]:
-    if len(request.body) > MAX_BODY:
-        raise RequestError(f"The body is larger than {MAX_BODY} bytes.")
-    try:
-        data = orjson.loads(request.body or b"{}")
-    except orjson.JSONDecodeError:
-        raise RequestError("The body is not valid JSON.") from None
-    if not isinstance(data, dict):
-        raise RequestError("The body must be a JSON object.")
-    return data
