@@ -16,7 +16,6 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import pytest
@@ -26,24 +25,10 @@ from labgate.routing.gate import Gate
 from labgate.routing.leases import KEY_PREFIX, Leases
 from labgate.state.redis import RedisLink
 from labgate.testing import Behaviour, Simulator
+from labgate.testing.counting import CountingSimulator as Counting
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 CAP, CLIENTS = 4, 48
-
-
-class Counting(Simulator):
-    """A simulator that records the most requests it ever answered at once."""
-
-    peak = 0
-    now = 0
-
-    async def _serve(self, request: Any, endpoint: Any) -> Any:
-        self.now += 1
-        self.peak = max(self.peak, self.now)
-        try:
-            return await super()._serve(request, endpoint)
-        finally:
-            self.now -= 1
 
 
 @pytest.fixture
