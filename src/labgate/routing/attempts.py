@@ -79,7 +79,10 @@ async def attempt(candidates: list[Deployment], *, endpoint: Endpoint, body: dic
         gate = dep.gate
         if gate is not None and not (gate.try_prefer() if gate.shared is None else await gate.take_shared(prefer=True)):
             busy.append(dep)  # full (or over prefer_local_under): try the others first, then it, then queue
-            if gate.inflight < gate.limit:
+            if gate.shared is not None:  # counted across replicas: this replica's count is not the engine's
+                if gate.spill_at < gate.limit and not gate.waiting:
+                    record.spill = f"{dep.key} at or over prefer_local_under of {gate.limit} across replicas"
+            elif gate.inflight < gate.limit:
                 record.spill = f"{dep.key} at {gate.inflight}/{gate.limit} in flight (prefer_local_under)"
             continue
         now = time.monotonic()
