@@ -236,3 +236,39 @@ async def test_leases_are_counted_across_gates_and_handed_over_within_one(redis_
             assert gate.shared is not None
             await gate.shared.aclose()
         await link.aclose()
+
+
+@pytest.mark.asyncio
+async def test_prefer_local_under_counts_the_engine_across_replicas(redis_url: str) -> None:
+    from labgate.server.serve import start_gateway
+    from labgate.telemetry.logs import AccessLog
+    from labgate.testing.gateway import config_from
+
+    namespace = "t" + uuid.uuid4().hex[:12]
+    async with Simulator(Behaviour(latency_s=1.0), models=["m"]) as local, \
+            Simulator(Behaviour(), models=["m"]) as cloud:
+        providers = {"local": {"type": "vllm", "base_url": local.url + "/v1", "models": ["m"],
+                               "max_parallel_requests": 2},
+                     "cloud": {"type": "openai_compatible", "base_url": cloud.url + "/v1", "models": ["m"]}}
+        mappings = {"routing": {"prefer_local_under": 0.5,
+                                "exact_matches": {"m": {"provider": "local", "fallback_chain": ["cloud"]}}}}
+        gateway = {"state": {"url": redis_url, "timeout_s": 2.0}, "queue": {"namespace": namespace},
+                   "store": {"capture": "none"}}
+        running = await start_gateway(config_from(providers, mappings, gateway), host="127.0.0.1", port=0,
+                                      access_log=AccessLog(enabled=False))
+        try:
+            link = RedisLink(redis_url, timeout_s=2.0, retry_s=1.0, max_connections=2)
+            other = Leases(link, key=f"{KEY_PREFIX}:{namespace}:local", ttl_s=30, poll_s=0.05)
+            assert await other.take(2)  # another replica holds one of the engine's two slots
+            async with aiohttp.ClientSession() as http, http.post(running.url + "/v1/chat/completions",
+                                 json={"model": "m", "messages": [{"role": "user", "content": "x"}]}) as r:
+                assert r.status == 200
+                assert r.headers["x-labgate-provider"] == "cloud"  # this replica has 0 in flight locally
+                assert r.headers["x-labgate-spill"] == "local/m at or over prefer_local_under of 2 across replicas"
+            other.give_back()
+            await asyncio.gather(*other._tasks)
+            await other.aclose()
+            await link.aclose()
+        finally:
+            await running.stop(grace=2.0)
+    _clean(redis_url, namespace)
