@@ -1,6 +1,6 @@
 """Capacity benchmark: what the gate and the queue cost, and what they buy under overload.
 
-    .venv/bin/python bench/capacity.py [--quick] [--clients 64] [--duration 10]
+    .venv/bin/python bench/capacity.py [--quick] [--clients 64] [--duration 10] [--redis redis://127.0.0.1:6379/0]
 
 Three measurements, printed as numbers and ratios (never pass/fail):
 
@@ -93,6 +93,28 @@ async def handover_us(n: int) -> list[float]:
     return samples
 
 
+async def lease_us(url: str, n: int) -> list[float]:
+    """With ``state.url``: a slot taken with its lease in Redis (one script call), then given back."""
+    from labgate.routing.leases import KEY_PREFIX, Leases
+    from labgate.state.redis import RedisLink
+
+    link = RedisLink(url, timeout_s=2.0, retry_s=1.0, max_connections=4)
+    gate = Gate(4, max_queue=0)
+    gate.shared = leases = Leases(link, key=f"{KEY_PREFIX}:bench-{time.time_ns()}:p", ttl_s=10, poll_s=0.05)
+    samples = []
+    try:
+        for _ in range(n):
+            started = time.perf_counter()
+            assert await gate.take_shared(prefer=False)
+            samples.append((time.perf_counter() - started) * 1e6)
+            gate.release()
+            await asyncio.gather(*leases._tasks)  # the ZREM, sent in the background by a real release
+    finally:
+        await leases.aclose()
+        await link.aclose()
+    return samples
+
+
 class Shared(Simulator):
     """An engine serving ``SLOTS`` requests at full speed; beyond that each is slower in proportion."""
 
@@ -110,7 +132,7 @@ class Shared(Simulator):
             self.active -= 1
 
 
-async def overload(capped: bool, clients: int, duration: float) -> tuple[float, list[float]]:
+async def overload(capped: bool, clients: int, duration: float) -> tuple[float, list[float], float]:
     fast, slow = Shared(0.02), Shared(0.08)
     async with fast, slow:
         extra = {"max_parallel_requests": SLOTS, "max_queue": 4096} if capped else {}
@@ -132,12 +154,12 @@ async def overload(capped: bool, clients: int, duration: float) -> tuple[float, 
                         if answer.status_code == 200:
                             latencies.append((time.perf_counter() - started) * 1000)
 
-                began = time.monotonic()
+                began, cpu = time.monotonic(), time.process_time()
                 await asyncio.gather(*(client() for _ in range(clients)))
-                elapsed = time.monotonic() - began
+                elapsed, cpu = time.monotonic() - began, time.process_time() - cpu
         finally:
             await running.stop(grace=5)
-    return len(latencies) / elapsed, latencies
+    return len(latencies) / elapsed, latencies, cpu / max(len(latencies), 1) * 1e6
 
 
 def pct(values: list[float], p: float) -> float:
@@ -155,14 +177,18 @@ async def main(args: argparse.Namespace) -> None:
     hand = await handover_us(2_000 if args.quick else 20_000)
     print(f"queued, admitted at once:         {statistics.median(hand):8.2f} µs p50 added "
           f"(p99 {pct(hand, 99):.2f} µs)")
+    if args.redis:
+        lease = await lease_us(args.redis, 200 if args.quick else 2_000)
+        print(f"shared capacity (state.url), slot + lease taken: {statistics.median(lease):8.1f} µs p50 "
+              f"(p99 {pct(lease, 99):.1f} µs; one Redis script call; the ZREM is off the request path)")
     duration = 2.0 if args.quick else args.duration
     rows = {}
     for capped in (False, True):
-        rate, lat = await overload(capped, args.clients, duration)
+        rate, lat, cpu_us = await overload(capped, args.clients, duration)
         rows[capped] = lat
         print(f"overload, {'queue (max_parallel_requests 4)' if capped else 'no capacity limits':32s}"
               f" {rate:7.1f} req/s  p50 {pct(lat, 50):7.1f} ms  p95 {pct(lat, 95):7.1f} ms  "
-              f"p99 {pct(lat, 99):7.1f} ms")
+              f"p99 {pct(lat, 99):7.1f} ms  {cpu_us:6.0f} µs CPU/request (everything: one process)")
     print(f"p95 with the queue ÷ p95 without: {pct(rows[True], 95) / pct(rows[False], 95):.2f}")
 
 
@@ -171,4 +197,5 @@ if __name__ == "__main__":
     parser.add_argument("--quick", action="store_true", help="small counts and 2 s legs (a smoke run)")
     parser.add_argument("--clients", type=int, default=64)
     parser.add_argument("--duration", type=float, default=10.0)
+    parser.add_argument("--redis", metavar="URL", help="also time taking a slot with its Redis lease (state.url)")
     asyncio.run(main(parser.parse_args()))

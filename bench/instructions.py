@@ -1,7 +1,7 @@
 """Hot path, noise-free: the gateway's instructions per request under callgrind, this tree vs git revisions.
 
     .venv/bin/python bench/instructions.py [--rev REV ...] [--requests 2000] [--stream] [--gateway-yaml YAML]
-                                           [--mode NAME=YAML ...]
+                                           [--mode NAME=YAML ...] [--provider-mode NAME=YAML ...]
 
 Timings on a 2-core machine shared with other work move by more than the
 few percent a change costs; instruction counts do not (callgrind counts the
@@ -57,16 +57,17 @@ def main(argv: list[str] | None = None) -> int:
     failed = False
     try:
         procs.wait_listening(upstream_port, proc=upstream, timeout=15)
-        modes = [(None, "tree", args.gateway_yaml), *((rev, rev, args.gateway_yaml) for rev in args.rev),
-                 *((None, name, f"{args.gateway_yaml}\n{yaml}") for name, yaml in args.mode)]
+        modes = [(None, "tree", args.gateway_yaml, ""), *((rev, rev, args.gateway_yaml, "") for rev in args.rev),
+                 *((None, name, f"{args.gateway_yaml}\n{yaml}", "") for name, yaml in args.mode),
+                 *((None, name, args.gateway_yaml, yaml) for name, yaml in args.provider_mode)]
         sources: dict[str | None, tuple[Path, str]] = {}
-        for rev, name, yaml in modes:
+        for rev, name, yaml, provider_yaml in modes:
             if rev not in sources:
                 sources[rev] = targets.snapshot_labgate(REPO, work, rev=rev)
             source, what = sources[rev]
             try:
                 results[name] = _count(args, source, place, work, name, yaml,
-                                       f"http://127.0.0.1:{upstream_port}")
+                                       f"http://127.0.0.1:{upstream_port}", provider_yaml)
             except (RuntimeError, OSError, subprocess.CalledProcessError) as exc:
                 print(f"bench: {name}: {exc}", file=sys.stderr)
                 failed = True
@@ -92,6 +93,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--gateway-yaml", default="", metavar="YAML", help="extra top-level sections for gateway.yaml")
     p.add_argument("--mode", action="append", default=[], type=_mode, metavar="NAME=YAML",
                    help="the working tree with YAML added to gateway.yaml, as target NAME (repeatable)")
+    p.add_argument("--provider-mode", action="append", default=[], type=_mode, metavar="NAME=YAML",
+                   help="the working tree with YAML lines added to its provider (e.g. "
+                        "'capped=max_parallel_requests: 64'), as target NAME (repeatable)")
     return p.parse_args(argv)
 
 
@@ -103,11 +107,11 @@ def _mode(text: str) -> tuple[str, str]:
 
 
 def _count(args: argparse.Namespace, source: Path, place: machine.Placement, work: Path, name: str, yaml: str,
-           upstream: str) -> float:
+           upstream: str, provider_yaml: str = "") -> float:
     safe = name.replace("/", "_").replace("@", "-")
     port = procs.free_port()
     config = work / f"config-{safe}"
-    targets.write_labgate_config(config, upstream=upstream, port=port, extra=yaml)
+    targets.write_labgate_config(config, upstream=upstream, port=port, extra=yaml, provider_extra=provider_yaml)
     out = work / f"callgrind-{safe}"
     env = {**os.environ, "LABGATE_BENCH_KEY": targets.LABGATE_KEY,
            "LABGATE_BENCH_UPSTREAM_KEY": targets.UPSTREAM_KEY, "LABGATE_DATA_DIR": str(work / f"data-{safe}"),

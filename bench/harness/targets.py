@@ -136,11 +136,13 @@ def snapshot_labgate(repo: Path, workdir: Path, *, rev: str | None) -> tuple[Pat
     return dest / "src", what
 
 
-def write_labgate_config(directory: Path, *, upstream: str, port: int, extra: str = "") -> None:
+def write_labgate_config(directory: Path, *, upstream: str, port: int, extra: str = "",
+                        provider_extra: str = "") -> None:
     """One openai_compatible provider at the upstream; auth on; one JSON access-log line per request.
 
     ``extra`` is YAML appended to gateway.yaml (more top-level sections, e.g. ``store: {capture: none}``);
     an ``experiments:`` section in it goes to experiments.yaml instead.
+    ``provider_extra`` are ``key: value`` lines added to the provider (e.g. ``max_parallel_requests: 64``).
     """
     directory.mkdir(parents=True, exist_ok=True)
     sections = yaml.safe_load(extra) if extra.strip() else None
@@ -153,7 +155,8 @@ def write_labgate_config(directory: Path, *, upstream: str, port: int, extra: st
         "    type: openai_compatible\n"
         f"    base_url: {upstream}/v1\n"
         "    api_key_env: LABGATE_BENCH_UPSTREAM_KEY\n"
-        f"    models: [{', '.join(MODELS)}]\n")
+        f"    models: [{', '.join(MODELS)}]\n"
+        + "".join(f"    {line.strip()}\n" for line in provider_extra.splitlines() if line.strip()))
     (directory / "gateway.yaml").write_text(
         "server:\n"
         f"  host: 127.0.0.1\n  port: {port}\n"

@@ -91,7 +91,8 @@ class Gateway:
             result, dep = await attempt(
                 candidates, endpoint=endpoint, body=payload, native=native, stream=record.stream,
                 deadline=time.monotonic() + rt.request_timeout, circuit=rt.circuit, record=record,
-                queue=rt.queue, limits=rt.limiter)  # busy or over its provider's limit: skipped (docs/routing.md)
+                queue=rt.queue, limits=rt.limiter,  # busy or over its provider's limit: skipped (docs/routing.md)
+                pace=rt.pace)  # stream deadlines: first token, idle (routing/pace.py)
             if isinstance(result, Reply):
                 record.usage, record.finish_reason = result.usage, result.finish_reason
                 if answer is not None:

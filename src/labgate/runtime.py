@@ -20,6 +20,8 @@ from labgate.providers.base import Adapter
 from labgate.providers.registry import TYPES
 from labgate.routing.circuit import Circuit, CircuitShare
 from labgate.routing.experiments import Experiments
+from labgate.routing.leases import SharedCapacity
+from labgate.routing.pace import Pace
 from labgate.routing.queue import Queue
 from labgate.routing.rescue import Rescue
 from labgate.routing.table import RouteTable
@@ -41,6 +43,8 @@ class Runtime:
     cache: Cache | None = None  # the response cache (state/cache.py); None: not configured
     queue: Queue | None = None  # None unless some provider sets max_parallel_requests
     rescue: Rescue | None = None  # None unless resilience.stream_rescue
+    pace: Pace | None = None  # stream deadlines (first token, idle); None unless configured
+    capacity: SharedCapacity | None = None  # capacity across replicas (routing/leases.py); None: per process
     prices: Prices | None = None  # what each deployment costs (cost.py)
     limiter: Limiter | None = None  # rpm/tpm limits and budgets (state/limits.py); None: nothing limited
     experiments: Experiments | None = None  # A/B variant assignment (routing/experiments.py); None: none running
@@ -76,6 +80,9 @@ class Runtime:
             cache=cache_for(config, previous=previous.cache if previous is not None else None),
             queue=Queue.of(gateway.queue) if table.gates else None,
             rescue=Rescue() if gateway.resilience.stream_rescue else None,
+            pace=Pace.of(gateway.resilience),
+            capacity=SharedCapacity.build(config, table.gates,
+                                          previous=previous.capacity if previous is not None else None),
             prices=prices,
             limiter=limiter_for(config, prices, previous=previous.limiter if previous is not None else None,
                                 shared_path=shared_limits),
@@ -95,5 +102,9 @@ class Runtime:
             await self.cache.aclose()
         if self.limiter is not None:
             await self.limiter.aclose()
+        if self.capacity is not None:
+            await self.capacity.aclose(self.table.gates)
+        for engine in self.table.engines.values():
+            await engine.aclose()
         for adapter in self.adapters.values():
             await adapter.aclose()

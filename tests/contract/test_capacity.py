@@ -23,6 +23,7 @@ from labgate.server.serve import RunningGateway, start_gateway
 from labgate.store import query, store_for
 from labgate.telemetry.logs import AccessLog
 from labgate.testing import Behaviour, Simulator, Status
+from labgate.testing.counting import CountingSimulator as Counting
 from labgate.testing.gateway import config_from
 
 pytestmark = pytest.mark.timeout(60)
@@ -100,21 +101,6 @@ async def test_a_busy_deployment_is_skipped_at_once_and_its_circuit_stays_closed
             assert (r.health("local").failures, r.health("local").open_until) == (0, 0.0)
             third = await r.chat()
             assert third.headers["x-labgate-deployment"] == "local/m"  # its circuit never opened
-
-
-class Counting(Simulator):
-    """A simulator that records the most requests it ever answered at once."""
-
-    peak = 0
-    now = 0
-
-    async def _serve(self, request: Any, endpoint: Any) -> Any:
-        self.now += 1
-        self.peak = max(self.peak, self.now)
-        try:
-            return await super()._serve(request, endpoint)
-        finally:
-            self.now -= 1
 
 
 @pytest.mark.asyncio

@@ -94,6 +94,7 @@ async def test_loopback_names_and_ip_literals_are_served(open_gateway: RunningGa
 @pytest.mark.parametrize(("path", "method", "body"), [
     ("/v1/chat/completions", "POST", CHAT), ("/admin/history", "GET", b""), ("/admin/config", "GET", b""),
     ("/health", "GET", b""), ("/metrics", "GET", b""), ("/v1/models", "GET", b""), ("/nowhere", "GET", b""),
+    ("/admin/capacity", "GET", b""), ("/admin/capacity/regions/us-west-1", "POST", b'{"down": true}'),
 ])
 async def test_a_rebound_name_is_misdirected_on_every_surface(open_gateway: RunningGateway, sim: Simulator,
                                                               path: str, method: str, body: bytes) -> None:

@@ -48,6 +48,7 @@ from labgate.errors import (
 from labgate.providers.base import Call, Endpoint, Reply, Stream
 from labgate.record import RequestRecord
 from labgate.routing.circuit import Circuit
+from labgate.routing.pace import Pace, Timeouts, first_token
 from labgate.routing.table import Deployment
 
 if TYPE_CHECKING:
@@ -58,13 +59,16 @@ if TYPE_CHECKING:
 async def attempt(candidates: list[Deployment], *, endpoint: Endpoint, body: dict[str, Any],
                   stream: bool, deadline: float, circuit: Circuit, record: RequestRecord,
                   native: dict[str, Any] | None = None,
-                  queue: Queue | None = None, limits: Limiter | None = None) -> tuple[Reply | Stream, Deployment]:
+                  queue: Queue | None = None, limits: Limiter | None = None,
+                  pace: Pace | None = None) -> tuple[Reply | Stream, Deployment]:
     """The first successful answer and the deployment that gave it (``native``: see :class:`Call`).
 
     ``limits``: the limiter whose provider limits each attempt takes (None, or no provider limited: nothing).
+    ``pace``: stream deadlines (routing/pace.py): a stream without a token in time fails its attempt.
     """
     if limits is not None and not limits.providers:
         limits = None
+    timeouts = pace.of_model(record.model) if pace is not None and stream else None
     failures = record.failures
     busy: list[Deployment] = []
     for dep in candidates:
@@ -73,9 +77,12 @@ async def attempt(candidates: list[Deployment], *, endpoint: Endpoint, body: dic
                 f"provider {dep.provider!r} does not serve {endpoint}")))
             continue
         gate = dep.gate
-        if gate is not None and not gate.try_prefer():
+        if gate is not None and not (gate.try_prefer() if gate.shared is None else await gate.take_shared(prefer=True)):
             busy.append(dep)  # full (or over prefer_local_under): try the others first, then it, then queue
-            if gate.inflight < gate.limit:
+            if gate.shared is not None:  # counted across replicas: this replica's count is not the engine's
+                if gate.spill_at < gate.limit and not gate.waiting:
+                    record.spill = f"{dep.key} at or over prefer_local_under of {gate.limit} across replicas"
+            elif gate.inflight < gate.limit:
                 record.spill = f"{dep.key} at {gate.inflight}/{gate.limit} in flight (prefer_local_under)"
             continue
         now = time.monotonic()
@@ -84,14 +91,14 @@ async def attempt(candidates: list[Deployment], *, endpoint: Endpoint, body: dic
                 gate.release()
             _out_of_time(record, dep)
             break
-        result = await _try(dep, endpoint, body, stream, deadline, now, circuit, record, native, limits)
+        result = await _try(dep, endpoint, body, stream, deadline, now, circuit, record, native, limits, timeouts)
         if result is not None:
             if record.routing == "local" and not dep.local:  # local_first planned a local one; the cloud answered
                 _cloud_answered(record)
             return result, dep
     while busy and queue is not None and deadline > time.monotonic():
         # nothing else answered: a slot under the hard limit, else the first one freed, in priority order
-        free = next((d for d in busy if d.gate is not None and d.gate.try_acquire()), None)
+        free = await _free(busy)
         dep = free if free is not None else await queue.wait(busy, record, deadline)  # holds a slot from here
         busy.remove(dep)
         record.spill = None
@@ -101,7 +108,7 @@ async def attempt(candidates: list[Deployment], *, endpoint: Endpoint, body: dic
                 dep.gate.release()
             _out_of_time(record, dep)
             break
-        result = await _try(dep, endpoint, body, stream, deadline, now, circuit, record, native, limits)
+        result = await _try(dep, endpoint, body, stream, deadline, now, circuit, record, native, limits, timeouts)
         if result is not None:
             if record.routing == "local" and not dep.local:  # local_first planned a local one; the cloud answered
                 _cloud_answered(record)
@@ -117,6 +124,15 @@ async def attempt(candidates: list[Deployment], *, endpoint: Endpoint, body: dic
     raise AllAttemptsFailedError(failures)
 
 
+async def _free(busy: list[Deployment]) -> Deployment | None:
+    """A busy candidate with a slot under its hard limit now (its lease taken, when shared), if any."""
+    for dep in busy:
+        gate = dep.gate
+        if gate is not None and (gate.try_acquire() if gate.shared is None else await gate.take_shared(prefer=False)):
+            return dep
+    return None
+
+
 def _cloud_answered(record: RequestRecord) -> None:
     """``x-labgate-routing`` when local_first planned a local deployment and the cloud answered: why."""
     over = any(isinstance(f.error, ProviderLimitedError) for f in record.failures)
@@ -125,17 +141,17 @@ def _cloud_answered(record: RequestRecord) -> None:
 
 def _try(dep: Deployment, endpoint: Endpoint, body: dict[str, Any], stream: bool, deadline: float, now: float,
          circuit: Circuit, record: RequestRecord, native: dict[str, Any] | None,
-         limits: Limiter | None) -> Coroutine[Any, Any, Reply | Stream | None]:
+         limits: Limiter | None, timeouts: Timeouts | None) -> Coroutine[Any, Any, Reply | Stream | None]:
     """One attempt on ``dep`` (its gate slot, if any, already taken; ``deadline`` after ``now``): the answer,
     or None after a failure. Sent at once unless its provider has a limit (no coroutine layer for that check)."""
     if limits is None or dep.provider not in limits.providers:
-        return _send(dep, endpoint, body, stream, deadline - now, now, circuit, record, native)
-    return _limited(dep, endpoint, body, stream, deadline, circuit, record, native, limits)
+        return _send(dep, endpoint, body, stream, deadline - now, now, circuit, record, native, timeouts)
+    return _limited(dep, endpoint, body, stream, deadline, circuit, record, native, limits, timeouts)
 
 
 async def _limited(dep: Deployment, endpoint: Endpoint, body: dict[str, Any], stream: bool, deadline: float,
                    circuit: Circuit, record: RequestRecord, native: dict[str, Any] | None,
-                   limits: Limiter) -> Reply | Stream | None:
+                   limits: Limiter, timeouts: Timeouts | None) -> Reply | Stream | None:
     """An attempt within its provider's limit (state/limits.py): taken first, kept once sent, else given back."""
     held = await limits.take_provider(record, dep)
     if isinstance(held, ProviderLimitedError):  # over its provider's limit: passed over, like a busy one
@@ -146,7 +162,7 @@ async def _limited(dep: Deployment, endpoint: Endpoint, body: dict[str, Any], st
     before = record.attempts  # counts the calls that reached (or were sent to) an upstream
     now = time.monotonic()
     try:
-        result = await _send(dep, endpoint, body, stream, deadline - now, now, circuit, record, native)
+        result = await _send(dep, endpoint, body, stream, deadline - now, now, circuit, record, native, timeouts)
     except BaseException:
         limits.give_back(held, sent=record.attempts > before)
         raise
@@ -159,8 +175,11 @@ async def _limited(dep: Deployment, endpoint: Endpoint, body: dict[str, Any], st
 
 async def _send(dep: Deployment, endpoint: Endpoint, body: dict[str, Any], stream: bool, remaining: float,
                 now: float, circuit: Circuit, record: RequestRecord,
-                native: dict[str, Any] | None) -> Reply | Stream | None:
-    """One call to ``dep``'s upstream with ``remaining`` seconds of the request's deadline at ``now``."""
+                native: dict[str, Any] | None, timeouts: Timeouts | None = None) -> Reply | Stream | None:
+    """One call to ``dep``'s upstream with ``remaining`` seconds of the request's deadline at ``now``.
+
+    ``timeouts``: a stream is handed on only once its first token came in time (routing/pace.py).
+    """
     if not circuit.claim(dep.health, now):  # its half-open probe went to another request
         if dep.gate is not None:
             dep.gate.release()
@@ -174,7 +193,12 @@ async def _send(dep: Deployment, endpoint: Endpoint, body: dict[str, Any], strea
     call = Call(endpoint, body, dep.model, min(dep.timeout, remaining), record.request_id, native, context)
     dep.health.inflight += 1
     try:
-        result = await (dep.adapter.stream(call) if stream else dep.adapter.send(call))
+        if not stream:
+            result: Reply | Stream = await dep.adapter.send(call)
+        elif timeouts is None:
+            result = await dep.adapter.stream(call)
+        else:
+            result = await first_token(dep.adapter.stream(call), timeouts, started=now, where=dep.key)
     except DeploymentBusyError as exc:  # busy, not broken: the circuit never hears of it
         dep.release()
         record.failures.append(AttemptFailure(dep.key, exc))

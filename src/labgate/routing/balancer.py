@@ -14,6 +14,8 @@ import time
 
 from labgate.errors import NoHealthyDeploymentError
 from labgate.routing.circuit import Circuit
+from labgate.routing.engines import busy as engine_busy
+from labgate.routing.engines import load as engine_load
 from labgate.routing.table import Deployment, Group, Route
 
 
@@ -42,6 +44,8 @@ def order(group: Group) -> tuple[Deployment, ...] | list[Deployment]:
 
 def _load(dep: Deployment) -> float:
     gate = dep.gate
+    if dep.engine is not None:  # what the engine itself reports counts too (routing/engines.py)
+        return engine_load(dep.engine, dep.health.inflight, None if gate is None else gate.limit)
     return dep.health.inflight if gate is None else dep.health.inflight / gate.limit
 
 
@@ -57,7 +61,7 @@ def local_first(group: Group) -> list[Deployment]:
     for dep in group.deployments:
         if not dep.local:
             cloud.append(dep)
-        elif dep.capacity and dep.health.inflight >= group.prefer_local_under * dep.capacity:
+        elif dep.capacity and engine_busy(dep.engine, dep.health.inflight) >= group.prefer_local_under * dep.capacity:
             busy.append(dep)
         else:
             under.append(dep)

@@ -19,6 +19,10 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from labgate.routing.leases import Leases
 
 _SLACK = 64  # dead line entries tolerated beyond twice the live ones before a gate's line is compacted
 _order = itertools.count()  # global arrival order: FIFO within a priority, across every gate
@@ -55,7 +59,7 @@ class Waiter:
 class Gate:
     """At most ``limit`` requests in flight on one deployment; at most ``max_queue`` waiting for it."""
 
-    __slots__ = ("closed", "inflight", "limit", "line", "max_queue", "spill_at", "waiting")
+    __slots__ = ("closed", "inflight", "limit", "line", "max_queue", "shared", "spill_at", "waiting")
 
     def __init__(self, limit: int, *, max_queue: int, spill_at: float | None = None) -> None:
         self.limit = limit
@@ -65,6 +69,7 @@ class Gate:
         self.waiting = 0  # live waiters in ``line``
         self.closed: BaseException | None = None  # set by close(): what a request that would queue gets
         self.line: list[tuple[int, int, Waiter]] = []  # a heap: (priority, arrival, waiter)
+        self.shared: Leases | None = None  # with state.url: each slot also holds a lease in Redis (leases.py)
 
     @property
     def load(self) -> float:
@@ -85,15 +90,27 @@ class Gate:
             return True
         return False
 
+    async def take_shared(self, *, prefer: bool) -> bool:
+        """With :attr:`shared`: a local slot (as :meth:`try_prefer` or :meth:`try_acquire`) and a lease
+        in Redis, counted across replicas. Never ahead of a request already waiting here."""
+        if self.waiting or not (self.try_prefer() if prefer else self.try_acquire()):
+            return False
+        if await self.shared.take(self.spill_at if prefer else self.limit):  # type: ignore[union-attr]
+            return True
+        self.inflight -= 1  # the engine is full across replicas: the local slot was never used
+        return False
+
     def release(self) -> None:
         """Give a slot back: to the best live waiter (the slot passes on), else free it."""
         line = self.line
         while line:
             waiter = heapq.heappop(line)[2]
             if not waiter.future.done():
-                waiter.future.set_result(self)
+                waiter.future.set_result(self)  # the slot (and its lease, if shared) passes on
                 return
         self.inflight -= 1
+        if self.shared is not None:
+            self.shared.give_back()
 
     def close(self, error: BaseException) -> None:
         """Shutdown: every waiter gets ``error`` now, and so does anyone who would queue later.

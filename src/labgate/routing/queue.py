@@ -37,22 +37,39 @@ class Queue:
     retry_after: float
     default_priority: int
     routes: Mapping[str, int] = field(default_factory=dict)
+    projects: Mapping[str, int] = field(default_factory=dict)
+    teams: Mapping[str, int] = field(default_factory=dict)
 
     @classmethod
     def of(cls, config: QueueConfig) -> Queue:
+        def ranks(names: Mapping[str, str]) -> dict[str, int]:
+            return {name: PRIORITIES[p] for name, p in names.items()}
         return cls(config.timeout_s, config.overflow_status, config.retry_after_s,
-                   PRIORITIES[config.default_priority],
-                   {model: PRIORITIES[p] for model, p in config.routes.items()})
+                   PRIORITIES[config.default_priority], ranks(config.routes), ranks(config.projects),
+                   ranks(config.teams))
 
     def priority(self, record: RequestRecord) -> int:
-        """The request's priority: its ``x-labgate-priority`` header, else its route's, else the default."""
-        given = record.priority
+        """The request's priority (0 first).
+
+        A virtual key whose project (else team) is in ``queue.projects`` (``queue.teams``) has that
+        priority, and its ``x-labgate-priority`` header may only lower it: a key tagged ``low`` cannot
+        jump the line by sending ``critical``. Otherwise: the header, else the requested model's entry
+        in ``queue.routes``, else ``queue.default_priority``.
+        """
+        given, key = record.priority, record.api_key
+        tagged = None
+        if key is not None and (self.projects or self.teams):
+            tagged = self.projects.get(key.project or "")
+            if tagged is None:
+                tagged = self.teams.get(key.team or "")
         if given is not None:
             found = PRIORITIES.get(given.strip().lower())
             if found is None:
                 raise RequestError(f"The {PRIORITY_HEADER} header must be one of "
                                    f"{', '.join(PRIORITIES)}; got {given[:40]!r}.", param=PRIORITY_HEADER)
-            return found
+            return found if tagged is None else max(found, tagged)
+        if tagged is not None:
+            return tagged
         return self.routes.get(record.model or "", self.default_priority)
 
     async def wait(self, busy: list[Deployment], record: RequestRecord, deadline: float) -> Deployment:
@@ -66,6 +83,9 @@ class Queue:
                 f"Every deployment for model {record.model!r} is at capacity and its queue is full; "
                 "retry later.", code="queue_full", status=self.overflow_status, retry_after=self.retry_after)
         waiter = Waiter(self.priority(record), gates)
+        for gate in gates:
+            if gate.shared is not None:  # slots other replicas free are found by polling Redis
+                gate.shared.watch(gate)
         started, since = time.monotonic(), time.perf_counter()  # since: the span's clock (the record's)
         try:
             async with asyncio.timeout(max(min(self.timeout, deadline - started), 0.0)):

@@ -18,6 +18,7 @@ from labgate.config.schema.providers import LOCAL_TYPES, ModelConfig, ProviderCo
 from labgate.errors import ModelNotFoundError
 from labgate.providers.base import Adapter
 from labgate.routing.circuit import Health
+from labgate.routing.engines import EngineLoad
 from labgate.routing.gate import Gate
 
 _DYNAMIC_CACHE = 4096  # routes made on the fly for glob matches and provider/model pairs
@@ -39,6 +40,7 @@ class Deployment:
     failover_only: bool = False  # only when nothing better is healthy (balancer.plan)
     local: bool = False  # a local engine (ollama, llama.cpp, vLLM, LM Studio): the local_first strategy's "local"
     capacity: int | None = None  # the provider's max_parallel_requests: local_first's load is inflight / this
+    engine: EngineLoad | None = None  # the engine's own load, polled (engine_load in providers.yaml)
 
     def __post_init__(self) -> None:
         self.health.key = self.key  # its name among replicas (shared circuits: server/replicas.py)
@@ -92,6 +94,8 @@ class RouteTable:
             name: Gate(p.max_parallel_requests, max_queue=queue.max_queue_size if p.max_queue is None else p.max_queue,
                  spill_at=p.max_parallel_requests * (spill or 1.0))
             for name, p in self._providers.items() if p.max_parallel_requests is not None}
+        self.engines: dict[str, EngineLoad] = {  # engine_load: polled from the first request on
+            name: EngineLoad(name, p) for name, p in self._providers.items() if p.engine_load is not None}
         kept: set[str] = set()  # providers whose config a reload did not change
         if previous is not None:
             kept = {n for n, p in self._providers.items() if previous._providers.get(n) == p}
@@ -172,7 +176,7 @@ class RouteTable:
                 found = Deployment(key, provider, upstream, self._adapters[provider],
                                    config.timeout_s, info, gate=self.gates.get(provider), region=config.region,
                                    failover_only=config.failover_only, local=config.type in LOCAL_TYPES,
-                                   capacity=config.max_parallel_requests)
+                                   capacity=config.max_parallel_requests, engine=self.engines.get(provider))
                 if self._compiled:  # a name a client sent (provider/anything): bounded, like _dynamic
                     if len(made) >= _DYNAMIC_CACHE:
                         made.clear()

@@ -12,6 +12,7 @@ from labgate.runtime import Runtime
 from labgate.server.admin_backups import backup_routes
 from labgate.server.admin_budgets import budget_routes
 from labgate.server.admin_cache import cache_routes
+from labgate.server.admin_capacity import capacity_routes
 from labgate.server.admin_config import config_routes
 from labgate.server.admin_experiments import experiment_routes
 from labgate.server.admin_history import history_routes
@@ -60,6 +61,10 @@ def build_app(gateway: Gateway, *, reloader: Reloader | None = None, listen_host
     routes.update(config_routes(gateway, reloader))
     # /admin/cache/stats, /admin/cache/keys, /admin/cache/flush (server/admin_cache.py)
     routes.update(cache_routes(gateway))
+    # /admin/capacity, /admin/capacity/probe, /admin/capacity/regions/{region} (server/admin_capacity.py)
+    capacity, capacity_prefixes = capacity_routes(gateway)
+    routes.update(capacity)
+    prefixes.update(capacity_prefixes)
     # /admin/budgets (server/admin_budgets.py)
     routes.update(budget_routes(gateway))
     # /admin/config/backups, …/{name}/restore (server/admin_backups.py)

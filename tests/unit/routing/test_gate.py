@@ -79,3 +79,37 @@ def test_never_over_the_limit_and_every_slot_accounted_for(limit: int, steps: li
             assert not waiters or gate.inflight == limit  # nobody waits while a slot is free
 
     asyncio.run(scenario())
+
+
+class FakeLeases:
+    """Leases without Redis: ``free`` slots across replicas; records what was given back."""
+
+    def __init__(self, free: int) -> None:
+        self.free, self.given_back = free, 0
+
+    async def take(self, limit: float) -> bool:
+        if self.free:
+            self.free -= 1
+            return True
+        return False
+
+    def give_back(self) -> None:
+        self.given_back += 1
+        self.free += 1
+
+
+@pytest.mark.asyncio
+async def test_a_shared_gate_needs_a_lease_and_never_overtakes_a_local_waiter() -> None:
+    gate = Gate(4, max_queue=8)
+    leases = FakeLeases(free=1)
+    gate.shared = leases  # type: ignore[assignment]
+    assert await gate.take_shared(prefer=False) is True
+    assert await gate.take_shared(prefer=False) is False  # a local slot is free, the engine is not
+    assert gate.inflight == 1  # the refused local slot was not kept
+    waiter = Waiter(2, [gate])
+    leases.free = 1  # another replica freed a slot: a newcomer may not take it ahead of the waiter
+    assert await gate.take_shared(prefer=False) is False
+    gate.release()  # the slot and its lease pass to the waiter, nothing goes back to Redis
+    assert (waiter.leave(), gate.inflight, leases.given_back) == (gate, 1, 0)
+    gate.release()
+    assert (gate.inflight, leases.given_back) == (0, 1)

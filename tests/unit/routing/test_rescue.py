@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from labgate.errors import InternalError, UpstreamConnectionError
 from labgate.record import RequestRecord
-from labgate.routing.rescue import Rescue, partial_text, trailer
+from labgate.routing.rescue import Rescue, anthropic_partial, partial_text, trailer
 
 
 def event(delta: dict[str, object], index: int = 0) -> bytes:
@@ -54,3 +54,24 @@ def test_the_trailer_is_an_sse_comment_naming_both_deployments() -> None:
     r.deployment, r.attempts = "b/m", 2
     assert trailer(r, "a/m") == (
         b": labgate rescued this stream: a/m failed mid-answer, b/m continued it (attempts=2)\n\n")
+
+
+def anthropic_event(data: dict[str, object]) -> bytes:
+    return b"event: " + str(data["type"]).encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
+
+
+def test_anthropic_events_give_their_text_the_blocks_started_and_the_open_one() -> None:
+    start = anthropic_event({"type": "message_start", "message": {}})
+    text_block = anthropic_event({"type": "content_block_start", "index": 0, "content_block": {"type": "text"}})
+    delta = anthropic_event({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "Hi"}})
+    stop = anthropic_event({"type": "content_block_stop", "index": 0})
+    assert anthropic_partial([start + text_block, delta, delta]) == ("HiHi", 1, 0)
+    assert anthropic_partial([start, text_block, delta, stop]) == ("Hi", 1, None)
+    tool = anthropic_event({"type": "content_block_start", "index": 1, "content_block": {"type": "tool_use"}})
+    thinking = anthropic_event({"type": "content_block_start", "index": 0, "content_block": {"type": "thinking"}})
+    json_delta = anthropic_event({"type": "content_block_delta", "index": 0,
+                                  "delta": {"type": "input_json_delta", "partial_json": "{"}})
+    assert [anthropic_partial(events) for events in (
+        [start, text_block, delta, stop, tool], [start, thinking], [start, text_block, json_delta],
+        [start, b"data: {nope\n\n"], [start, anthropic_event({"type": "message_stop"})],
+    )] == [None, None, None, None, None]

@@ -90,10 +90,18 @@ class CircuitConfig(Strict):
     cooldown_s: float = Field(default=30.0, gt=0)
 
 
-class ResilienceConfig(Strict):
+class StreamTimeoutsConfig(Strict):
+    # a stream with no token this long after its attempt began goes to the next candidate (reliability.md)
+    ttft_timeout_s: float | None = Field(default=None, gt=0)
+    # a stream silent this long between chunks ends with an error event (or is rescued)
+    stream_idle_timeout_s: float | None = Field(default=None, gt=0)
+
+
+class ResilienceConfig(StreamTimeoutsConfig):
     max_attempts: int = Field(default=4, ge=1)
     circuit: CircuitConfig = Field(default_factory=CircuitConfig)
     stream_rescue: bool = False  # continue a stream that broke mid-answer on another deployment (reliability.md)
+    routes: dict[str, StreamTimeoutsConfig] = Field(default_factory=dict)  # requested model → its own timeouts
 
 
 class LoggingConfig(Strict):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from labgate.config.schema.base import Strict
 
@@ -49,6 +49,15 @@ class ModelConfig(Strict):
     pricing: PricingConfig | None = None
 
 
+class EngineLoadConfig(Strict):
+    """Read a local engine's own load in the background and route by it (docs/routing.md#engine-load)."""
+
+    url: str | None = Field(default=None, pattern=r"^https?://")  # default: base_url's root + /metrics or /slots
+    interval_s: float = Field(default=1.0, ge=0.05, le=300)  # one GET per interval per provider
+    timeout_s: float = Field(default=0.5, gt=0, le=30)  # per poll; a slower engine counts as unknown load
+    max_bytes: int = Field(default=1024 * 1024, ge=1024, le=64 * 1024 * 1024)  # a bigger answer is ignored
+
+
 class ProviderConfig(Strict):
     """Fields every provider type accepts; adapters extend this with their own."""
 
@@ -67,6 +76,8 @@ class ProviderConfig(Strict):
     priority: int = 100  # lower is tried first when several providers serve one model
     region: str | None = None  # RouteTable.mark_region takes a whole region out of routing and back
     failover_only: bool = False  # planned only when no other candidate of the route is healthy (docs/routing.md)
+    # vllm (/metrics) and llama_cpp (/slots): poll the engine's own load; true or {url, interval_s, ...}
+    engine_load: EngineLoadConfig | None = None
     rate_limits: RateLimitsConfig | None = None
     budget: BudgetConfig | None = None
     pricing: PricingConfig | None = None
@@ -77,6 +88,18 @@ class ProviderConfig(Strict):
         if isinstance(value, list):
             return [{"name": v} if isinstance(v, str) else v for v in value]
         return value
+
+    @field_validator("engine_load", mode="before")
+    @classmethod
+    def _engine_load_flag(cls, value: object) -> object:
+        return {} if value is True else None if value is False else value
+
+    @model_validator(mode="after")
+    def _engine_load_source(self) -> ProviderConfig:
+        if self.engine_load is not None and self.engine_load.url is None and self.type not in ("vllm", "llama_cpp"):
+            raise ValueError("engine_load reads vLLM's /metrics or llama.cpp's /slots: use type vllm or "
+                             "llama_cpp, or give engine_load.url")
+        return self
 
     @field_validator("base_url")
     @classmethod

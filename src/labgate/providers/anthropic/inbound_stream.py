@@ -57,6 +57,15 @@ class EventTranslator:
         self._choice: dict[str, Any] = {}  # finish_reason (and vLLM's stop_reason) once known
         self._usage: Any = None
 
+    @classmethod
+    def continuing(cls, *, blocks: int, open_text: int | None, where: str) -> EventTranslator:
+        """A translator for a stream that follows Anthropic events already sent (stream rescue):
+        ``message_start`` is not sent again, and a text block still open (at ``open_text``) goes on."""
+        translator = cls(where=where)
+        translator.started, translator._blocks = True, blocks
+        translator._open, translator._open_text = open_text, open_text is not None
+        return translator
+
     def feed(self, chunk: bytes) -> bytes:
         """The Anthropic events for the OpenAI events this chunk completes (often ``b""``)."""
         out: list[bytes] = []
