@@ -15,7 +15,7 @@ from labgate.errors import InternalError, LabgateError
 from labgate.keys import check_model
 from labgate.providers.base import Endpoint, IteratorStream, Reply, Stream, Translated
 from labgate.record import CLIENT_CLOSED, RequestRecord
-from labgate.routing.attempts import attempt
+from labgate.routing.attempts import attempt, planned
 from labgate.routing.balancer import local_first_decision, plan
 from labgate.routing.rescue import trailer
 from labgate.routing.table import Deployment
@@ -79,13 +79,14 @@ class Gateway:
             limiter = rt.limiter  # rpm/tpm and budgets (state/limits.py): a key without limits draws on none
             if limiter is not None and (limiter.static or key is not None) and limiter.plan(record):
                 route = await limiter.reserve(record, route, rt.table)
-            candidates = plan(route, rt.circuit, max_attempts=rt.max_attempts)
+            candidates = plan(route, rt.circuit, max_attempts=planned(rt.max_attempts, limiter))
             if route.local_first:
                 record.routing = local_first_decision(route, candidates)  # what x-labgate-routing says
             result, dep = await attempt(
                 candidates, endpoint=endpoint, body=payload, native=native, stream=record.stream,
                 deadline=time.monotonic() + rt.request_timeout, circuit=rt.circuit, record=record,
-                queue=rt.queue, limits=rt.limiter)  # busy or over its provider's limit: skipped (docs/routing.md)
+                queue=rt.queue, limits=limiter,  # busy or over its provider's limit: skipped (docs/routing.md)
+                max_attempts=rt.max_attempts)
             if isinstance(result, Reply):
                 record.usage, record.finish_reason = result.usage, result.finish_reason
                 if answer is not None:

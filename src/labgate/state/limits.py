@@ -292,7 +292,9 @@ class Limiter:
             cost = 0.0 if rates is None or rates.per_hour is not None else rates.cost(
                 Usage(prompt_tokens=prompt, completion_tokens=output))
             caps = (len(out),)
-            out.append(Charge(f"{p}spend:{name}:{period}:{wid}", "cap", limit, left + TTL_SLACK_S, cost))
+            # a total budget never ends (period 0: its counter never expires), like the gateway's own
+            out.append(Charge(f"{p}spend:{name}:{period}:{wid}", "cap", limit, left + TTL_SLACK_S if left else 0.0,
+                              cost))
         return Reservation(tuple(out), tpm, caps)
 
     async def take_provider(self, record: RequestRecord, dep: Deployment) -> Reservation | ProviderLimitedError:

@@ -231,3 +231,19 @@ async def test_admin_budgets_lists_a_provider_budget(tmp_path: Path) -> None:
         assert (row["budget"], row["scope"], row["name"], row["limit_usd"], row["period"]) == (
             "provider:first", "provider", "first", 10_000, "day")
         assert row["used_usd"] == pytest.approx(cost)
+
+
+async def test_a_provider_passed_over_for_its_limit_uses_none_of_max_attempts(tmp_path: Path) -> None:
+    # max_attempts 1: the one attempt goes to the second provider once the first is over its rpm
+    # (passed over without being sent); before, the over provider used the only attempt and the client got 429
+    async with two(tmp_path, {"rate_limits": {"rpm": 1}}, {}, resilience={"max_attempts": 1}) as (running, http, a, b):
+        got = [await post(running, http) for _ in range(3)]
+        assert [g[0] for g in got] == [200, 200, 200]
+        assert [g[2]["x-labgate-provider"] for g in got] == ["first", "second", "second"]
+        assert [g[2]["x-labgate-attempts"] for g in got] == ["1", "1", "1"]
+        assert (len(a.requests), len(b.requests)) == (1, 2)
+        # the cap still holds for real attempts: the second provider failing is not followed by a third call
+        b.set(Behaviour(fault=Status(500)))
+        status, body, headers = await post(running, http)
+        assert status == 502 and headers["x-labgate-attempts"] == "1"
+        assert (len(a.requests), len(b.requests)) == (1, 3)
