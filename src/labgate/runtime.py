@@ -42,6 +42,9 @@ class Runtime:
     rescue: Rescue | None = None  # None unless resilience.stream_rescue
     prices: Prices | None = None  # what each deployment costs (cost.py)
     limiter: Limiter | None = None  # rpm/tpm limits and budgets (state/limits.py); None: nothing limited
+    # the SQLite file ``--workers N`` share limit counters in (no Redis); kept across reloads, so limits a
+    # reload turns on are shared by the workers too, not counted per worker
+    shared_limits: str | None = None
 
     @classmethod
     def build(cls, config: Config, *, access_log: AccessLog | None = None,
@@ -50,7 +53,9 @@ class Runtime:
         """``previous``: the Runtime a reload replaces: unchanged providers keep capacity and circuit state,
         the cache keeps its entries when its backend is unchanged, and its virtual keys are kept.
         ``keyring``: the process's virtual keys (None: off). ``shared_limits``: the SQLite file
-        ``--workers N`` share rate limit and budget counters in (no Redis)."""
+        ``--workers N`` share rate limit and budget counters in (no Redis); a reload keeps ``previous``'s."""
+        if shared_limits is None and previous is not None:
+            shared_limits = previous.shared_limits
         adapters = {name: TYPES[p.type].build(p, name)
                     for name, p in config.providers.items() if p.status == "active"}
         gateway = config.gateway
@@ -75,6 +80,7 @@ class Runtime:
             prices=prices,
             limiter=limiter_for(config, prices, previous=previous.limiter if previous is not None else None,
                                 shared_path=shared_limits),
+            shared_limits=shared_limits,
         )
 
     def drain(self) -> None:
