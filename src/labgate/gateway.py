@@ -78,7 +78,8 @@ class Gateway:
                 return self.done(rt, record, hit, answer)
             limiter = rt.limiter  # rpm/tpm and budgets (state/limits.py): a key without limits draws on none
             if limiter is not None and (limiter.static or key is not None) and limiter.plan(record):
-                route = await limiter.reserve(record, route, rt.table)
+                route = limiter.reserve_now(record, route, rt.table) if limiter.in_process else \
+                    await limiter.reserve(record, route, rt.table)  # in-process counters: no coroutine
             candidates = plan(route, rt.circuit, max_attempts=planned(rt.max_attempts, limiter))
             if route.local_first:
                 record.routing = local_first_decision(route, candidates)  # what x-labgate-routing says

@@ -101,6 +101,38 @@ class MemoryCounters:
     async def adjust(self, charges: tuple[Charge, ...], deltas: tuple[float, ...]) -> None:
         self.adjust_now(charges, deltas)
 
+    def settle_now(self, charges: tuple[Charge, ...], tokens: tuple[int, ...], caps: tuple[int, ...],
+                   real_tokens: float, real_cost: float) -> list[float]:
+        """A reservation's settlement in one pass: each tpm charge moves by ``real_tokens`` minus its estimate,
+        each budget by ``real_cost`` minus its estimate (what :meth:`adjust_now` does with those deltas);
+        returns each budget's spend after it, in ``caps`` order (for alerts)."""
+        now, values = self._clock(), self._values
+        for i in tokens:
+            c = charges[i]
+            delta = real_tokens - c.cost
+            if delta and (current := values.get(c.key)) is not None:
+                tat = current[0] + delta * c.period_s / c.limit
+                values[c.key] = (tat, tat)
+        spent: list[float] = []
+        for i in caps:
+            c = charges[i]
+            current = values.get(c.key)
+            if current is None:
+                spent.append(0.0)
+                continue
+            value, until = current
+            if until and until <= now:
+                spent.append(0.0)
+                continue
+            delta = real_cost - c.cost
+            if delta:
+                value = value + delta
+                if value < 0.0:
+                    value = 0.0
+                values[c.key] = (value, until)
+            spent.append(value)
+        return spent
+
     async def seed(self, values: tuple[tuple[str, float, float], ...]) -> None:
         now = self._clock()
         for key, value, ttl in values:

@@ -43,7 +43,7 @@ from labgate.state.budgets import TTL_SLACK_S, compute, window
 if TYPE_CHECKING:
     from labgate.config.load import Config
     from labgate.config.schema.limits import RateLimit
-    from labgate.cost import Prices
+    from labgate.cost import Prices, Rates
     from labgate.keys import VirtualKey
     from labgate.record import RequestRecord
     from labgate.routing.table import Deployment, Route, RouteTable
@@ -53,6 +53,7 @@ MINUTE = 60.0
 _PERIODS = {"day": "today", "week": "this week", "month": "this month", "total": "in total"}
 BYTES_PER_TOKEN = 4  # the prompt estimate: request bytes / 4 (JSON overhead makes it an overestimate)
 _charge = tuple.__new__  # Charge(...) without the Python frame of a NamedTuple's __new__ (the request path)
+_UNKNOWN: Any = object()  # a route not yet in the estimate-rates memo
 MODEL_MEMO = 4096  # models (and budget windows) whose charges are kept preformatted; past it the memo starts again
 
 
@@ -76,6 +77,7 @@ class Limiter:
         self.counters = counters
         self._take_now = getattr(counters, "take_now", None)  # in-process: the take without a coroutine
         self._adjust_now = getattr(counters, "adjust_now", None)  # in-process: settled at once, no task
+        self.in_process = self._take_now is not None  # the request path may call reserve_now (no I/O)
         self.prices = prices
         self.prefix = f"{KEY_PREFIX}:{{limits:{rl.namespace if rl else 'default'}}}:"
         self._spend = len(self.prefix) + len("spend:")  # a budget key's "scope:name:period:window" starts here
@@ -109,6 +111,12 @@ class Limiter:
         self._seeding = asyncio.Lock()
         self._static: dict[str, _Plan] = {}
         self._keys: dict[tuple[str, str, str], str] = {}
+        # a virtual key's own charges (its rpm Charge, tpm key, budgets incl. its project's), by key id; the
+        # VirtualKey object is kept beside them, so an updated key (a new object) is planned afresh
+        self._keyed: dict[str, tuple[VirtualKey, Charge | None, str | None, tuple[tuple[str, float, str], ...]]] = {}
+        # a route's estimate rates: (USD per prompt token, per answer token), or None to ask Rates.cost
+        self._rates: dict[str, tuple[float, float] | None | Rates] = {}
+        self._settle_now = getattr(counters, "settle_now", None)  # in-process: settled in one pass
 
     async def seed(self, store: Any = None) -> int:
         """Seed each budget's current window from the history's cost sum, where its counter does not exist.
@@ -193,7 +201,7 @@ class Limiter:
         return key
 
     def charges(self, record: RequestRecord, route: Route, *, budgets: bool = True) -> Reservation:
-        p, key, model = self.prefix, record.api_key, record.model or ""
+        key, model = record.api_key, record.model or ""
         prompt, output = _estimate(record, self.default_output)
         tokens = prompt + output
         out: list[Charge] = []
@@ -207,50 +215,109 @@ class Limiter:
                 out.append(rpm_charge)
             else:
                 tpm.append(len(out))
-                out.append(_charge(Charge, (ckey, "rate", limit, MINUTE, min(tokens, limit))))
+                out.append(_charge(Charge, (ckey, "rate", limit, MINUTE, tokens if tokens < limit else limit)))
+        spends: tuple[tuple[str, float, str], ...] = static[1]
         if key is not None:
-            name = "key:" + key.id
-            if key.rpm:
-                out.append(Charge(p + "rpm:" + name, "rate", key.rpm, MINUTE, 1))
-            if key.tpm:
+            mine = self._keyed.get(key.id)
+            if mine is None or mine[0] is not key:
+                mine = self._key_plan(key)
+            _, rpm_charge, tpm_key, own = mine
+            if rpm_charge is not None:
+                out.append(rpm_charge)
+            if tpm_key is not None:
                 tpm.append(len(out))
-                out.append(Charge(p + "tpm:" + name, "rate", key.tpm, MINUTE, min(tokens, key.tpm)))
-        if budgets and (static[1] or (key is not None and (key.budget_usd is not None or key.project))):
-            spends: tuple[tuple[str, float, str], ...] = static[1]
-            if key is not None:
-                mine: list[tuple[str, float, str]] = []
-                if key.budget_usd is not None:
-                    mine.append(("key:" + key.id, key.budget_usd, key.budget_period))
-                if key.project and (b := self.budgets.get(("project", key.project))):
-                    mine.append(("project:" + key.project, b.limit_usd, b.period))
-                spends = (*mine, *spends)
-            if spends:
-                cost = self._estimate_cost(route, prompt, output)
-                for name, limit, period in spends:
-                    wid, left = window(period)
-                    caps.append(len(out))
-                    out.append(_charge(Charge, (self._spend_key(name, period, wid), "cap", limit,
-                                                left + TTL_SLACK_S if left else 0.0, cost)))
+                limit = key.tpm  # type: ignore[assignment]
+                out.append(_charge(Charge, (tpm_key, "rate", limit, MINUTE, tokens if tokens < limit else limit)))
+            if own:
+                spends = own + spends
+        if budgets and spends:
+            cost = self._estimate_cost(route, prompt, output)
+            for name, limit, period in spends:
+                wid, left = window(period)
+                caps.append(len(out))
+                out.append(_charge(Charge, (self._spend_key(name, period, wid), "cap", limit,
+                                            left + TTL_SLACK_S if left else 0.0, cost)))
         return Reservation(tuple(out), tuple(tpm), tuple(caps))
+
+    def _key_plan(self, key: VirtualKey) -> tuple[VirtualKey, Charge | None, str | None,
+                                                   tuple[tuple[str, float, str], ...]]:
+        """A virtual key's own charges, built when the key is first seen (or changed), then reused."""
+        p, name = self.prefix, "key:" + key.id
+        own: list[tuple[str, float, str]] = []
+        if key.budget_usd is not None:
+            own.append((name, key.budget_usd, key.budget_period))
+        if key.project and (b := self.budgets.get(("project", key.project))):
+            own.append(("project:" + key.project, b.limit_usd, b.period))
+        plan = (key, Charge(p + "rpm:" + name, "rate", key.rpm, MINUTE, 1) if key.rpm else None,
+                p + "tpm:" + name if key.tpm else None, tuple(own))
+        if len(self._keyed) >= MODEL_MEMO:
+            self._keyed.clear()
+        self._keyed[key.id] = plan
+        return plan
 
     def _estimate_cost(self, route: Route, prompt: int, output: int) -> float:
         """The estimate's cost at the route's first deployment's price (0 when unpriced or priced per hour)."""
+        known = self._rates
+        rates = known.get(route.name, _UNKNOWN)
+        if rates is _UNKNOWN:
+            rates = self._route_rates(route)
+        if rates is None:
+            return 0.0
+        if type(rates) is tuple:  # plain per-token prices: the cost without building a Usage
+            return prompt * rates[0] + output * rates[1]
+        return rates.cost(Usage(prompt_tokens=prompt, completion_tokens=output))  # type: ignore[union-attr]
+
+    def _route_rates(self, route: Route) -> tuple[float, float] | None | Rates:
         dep = route.groups[0].deployments[0] if route.groups and route.groups[0].deployments else None
         rates = self.prices.of(dep.key, dep.provider, dep.model) if dep is not None else None
+        found: tuple[float, float] | None | Rates
         if rates is None or rates.per_hour is not None:
-            return 0.0
-        return rates.cost(Usage(prompt_tokens=prompt, completion_tokens=output))
+            found = None
+        elif rates.tier is None:
+            found = (rates.input, rates.output)
+        else:
+            found = rates  # tiered: Rates.cost picks the tier
+        if len(self._rates) >= MODEL_MEMO:
+            self._rates.clear()
+        self._rates[route.name] = found
+        return found
 
     async def reserve(self, record: RequestRecord, route: Route, table: RouteTable) -> Route:
         """Take every charge or raise; returns the route to use (the fallback one when a budget says so)."""
+        if self._take_now is not None:
+            return self.reserve_now(record, route, table)
         held = self.charges(record, route)
         if not held.charges:
             return route
-        take_now = self._take_now
-        refused, wait = take_now(held.charges) if take_now is not None else await self._take(held)
+        refused, wait = await self._take(held)
         if refused < 0:
             record.reservation = held
             return route
+        fallback, held = self._refused(record, held, refused, wait, table)
+        if held.charges:
+            refused, wait = await self._take(held)
+            self._fallback_taken(record, held, refused, wait)
+        return fallback
+
+    def reserve_now(self, record: RequestRecord, route: Route, table: RouteTable) -> Route:
+        """:meth:`reserve` on in-process counters (``in_process``): the same, without a coroutine."""
+        take_now = self._take_now
+        held = self.charges(record, route)
+        if not held.charges:
+            return route
+        refused, wait = take_now(held.charges)
+        if refused < 0:
+            record.reservation = held
+            return route
+        fallback, held = self._refused(record, held, refused, wait, table)
+        if held.charges:
+            refused, wait = take_now(held.charges)
+            self._fallback_taken(record, held, refused, wait)
+        return fallback
+
+    def _refused(self, record: RequestRecord, held: Reservation, refused: int, wait: float,
+                 table: RouteTable) -> tuple[Route, Reservation]:
+        """A refused take: raise its 429, or (budgets.on_exhausted: fallback) the fallback route and its charges."""
         charge = held.charges[refused]
         if charge.kind == "rate":
             what = "requests" if charge.key.startswith(self.prefix + "rpm:") else "tokens"
@@ -261,16 +328,16 @@ class Limiter:
         if self.fallback is not None and record.model != self.fallback:
             record.budget_fallback = scope
             fallback = table.resolve(self.fallback)
-            held = self.charges(record, fallback, budgets=False)
-            if held.charges:
-                refused, wait = await self._take(held)
-                if refused >= 0:
-                    raise RateLimitedError("Rate limit reached for the budget fallback model.", retry_after=wait)
-                record.reservation = held
-            return fallback
+            return fallback, self.charges(record, fallback, budgets=False)
         period = charge.key.rsplit(":", 2)[1]
         raise BudgetExceededError(f"Budget exhausted for {scope}: ${charge.limit:g} {_PERIODS.get(period, period)}.",
                                   retry_after=wait or None)
+
+    @staticmethod
+    def _fallback_taken(record: RequestRecord, held: Reservation, refused: int, wait: float) -> None:
+        if refused >= 0:
+            raise RateLimitedError("Rate limit reached for the budget fallback model.", retry_after=wait)
+        record.reservation = held
 
     def provider_charges(self, record: RequestRecord, dep: Deployment) -> Reservation:
         """What an attempt on ``dep`` draws on: its provider's rpm, tpm and budget (``providers.yaml``)."""
@@ -356,6 +423,17 @@ class Limiter:
         self._settle(held, usage.total_tokens if usage is not None else 0, record.cost or 0.0)
 
     def _settle(self, held: Reservation, real_tokens: float, real_cost: float) -> None:
+        settle_now = self._settle_now
+        if settle_now is not None:  # in-process: one pass over the counters, no deltas list
+            spent = settle_now(held.charges, held.tokens, held.caps, real_tokens, real_cost)
+            if spent:
+                alerts = self.alerts
+                floor = alerts.floor
+                for i, value in zip(held.caps, spent, strict=True):
+                    charge = held.charges[i]
+                    if value >= floor * charge.limit:  # below the lowest threshold nothing can cross
+                        alerts.check(charge.key[self._spend:], value, charge.limit)
+            return
         deltas = [0.0] * len(held.charges)
         for i in held.tokens:
             deltas[i] = real_tokens - held.charges[i].cost
