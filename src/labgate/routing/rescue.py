@@ -89,6 +89,8 @@ class Rescue:
         if isinstance(result, Reply):  # not for a stream request; kept for the type checker
             return None
         record.first_token = broken.info.first_token  # the client's first token came from the broken stream
+        if rt.limiter is not None:  # the broken attempt's provider limits: settled with what it served
+            rt.limiter.settle_served(record, failed, broken.info.usage, partial)
         try:
             with contextlib.suppress(Exception):  # closing a broken upstream may fail; the continuation goes on
                 await broken.aclose()

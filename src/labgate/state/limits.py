@@ -397,6 +397,42 @@ class Limiter:
         record.reservation = Reservation(mine.charges + held.charges, mine.tokens + tuple(i + n for i in held.tokens),
                                          mine.caps + tuple(i + n for i in held.caps))
 
+    def settle_served(self, record: RequestRecord, failed: Deployment, usage: Usage | None, partial: str) -> None:
+        """Stream rescue: the broken attempt's provider charges settle now with what it served.
+
+        The broken stream served the prompt and ``partial`` (the text the client got from it): its
+        ``usage`` when the stream reported one, else the prompt estimate plus ``partial``'s bytes / 4,
+        priced at ``failed``'s rates. Those charges leave the reservation, so the continuation's
+        provider is settled at finish with what it served (the record's usage and cost), not both
+        with the whole answer.
+        """
+        held = record.reservation
+        if held is None or failed.provider not in self.providers:
+            return
+        owner = "provider:" + failed.provider
+        start, seen, mine = len(self.prefix), set(), []
+        for i, charge in enumerate(held.charges):  # its charges come first (the continuation's were kept after)
+            scope = charge.key[start:].split(":", 1)[1]
+            if (scope == owner or scope.startswith(owner + ":")) and charge.key not in seen:
+                seen.add(charge.key)
+                mine.append(i)
+        if not mine:
+            return
+        if usage is None:
+            prompt, _ = _estimate(record, self.default_output)
+            usage = Usage(prompt_tokens=prompt, completion_tokens=-(-len(partial.encode()) // BYTES_PER_TOKEN))
+        rates = self.prices.of(failed.key, failed.provider, failed.model)
+        cost = 0.0 if rates is None or rates.per_hour is not None else rates.cost(usage)
+        index = {i: n for n, i in enumerate(mine)}
+        served = Reservation(tuple(held.charges[i] for i in mine), tuple(index[i] for i in held.tokens if i in index),
+                             tuple(index[i] for i in held.caps if i in index))
+        rest = [i for i in range(len(held.charges)) if i not in index]
+        kept = {i: n for n, i in enumerate(rest)}
+        record.reservation = Reservation(tuple(held.charges[i] for i in rest),
+                                         tuple(kept[i] for i in held.tokens if i in kept),
+                                         tuple(kept[i] for i in held.caps if i in kept))
+        self._settle(served, usage.total_tokens, cost)
+
     def give_back(self, held: Reservation, *, sent: bool) -> None:
         """A failed attempt: its tokens and spend return; its request too unless ``sent`` (the upstream saw it)."""
         if not sent and held.charges:  # nothing was sent (e.g. the half-open probe was taken): all returns
