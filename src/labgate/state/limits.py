@@ -115,7 +115,7 @@ class Limiter:
         # VirtualKey object is kept beside them, so an updated key (a new object) is planned afresh
         self._keyed: dict[str, tuple[VirtualKey, Charge | None, str | None, tuple[tuple[str, float, str], ...]]] = {}
         # a route's estimate rates: (USD per prompt token, per answer token), or None to ask Rates.cost
-        self._rates: dict[str, tuple[float, float] | None | Rates] = {}
+        self._rates: dict[str, tuple[float, float] | Rates | None] = {}
         self._settle_now = getattr(counters, "settle_now", None)  # in-process: settled in one pass
 
     async def seed(self, store: Any = None) -> int:
@@ -226,7 +226,7 @@ class Limiter:
                 out.append(rpm_charge)
             if tpm_key is not None:
                 tpm.append(len(out))
-                limit = key.tpm  # type: ignore[assignment]
+                limit = key.tpm
                 out.append(_charge(Charge, (tpm_key, "rate", limit, MINUTE, tokens if tokens < limit else limit)))
             if own:
                 spends = own + spends
@@ -265,12 +265,12 @@ class Limiter:
             return 0.0
         if type(rates) is tuple:  # plain per-token prices: the cost without building a Usage
             return prompt * rates[0] + output * rates[1]
-        return rates.cost(Usage(prompt_tokens=prompt, completion_tokens=output))  # type: ignore[union-attr]
+        return rates.cost(Usage(prompt_tokens=prompt, completion_tokens=output))
 
-    def _route_rates(self, route: Route) -> tuple[float, float] | None | Rates:
+    def _route_rates(self, route: Route) -> tuple[float, float] | Rates | None:
         dep = route.groups[0].deployments[0] if route.groups and route.groups[0].deployments else None
         rates = self.prices.of(dep.key, dep.provider, dep.model) if dep is not None else None
-        found: tuple[float, float] | None | Rates
+        found: tuple[float, float] | Rates | None
         if rates is None or rates.per_hour is not None:
             found = None
         elif rates.tier is None:
@@ -302,6 +302,7 @@ class Limiter:
     def reserve_now(self, record: RequestRecord, route: Route, table: RouteTable) -> Route:
         """:meth:`reserve` on in-process counters (``in_process``): the same, without a coroutine."""
         take_now = self._take_now
+        assert take_now is not None, "reserve_now needs in-process counters"
         held = self.charges(record, route)
         if not held.charges:
             return route

@@ -245,7 +245,7 @@ async def test_a_provider_passed_over_for_its_limit_uses_none_of_max_attempts(tm
         assert (len(a.requests), len(b.requests)) == (1, 2)
         # the cap still holds for real attempts: the second provider failing is not followed by a third call
         b.set(Behaviour(fault=Status(500)))
-        status, body, headers = await post(running, http)
+        status, _, headers = await post(running, http)
         assert status == 502 and headers["x-labgate-attempts"] == "1"
         assert (len(a.requests), len(b.requests)) == (1, 3)
 
@@ -270,7 +270,6 @@ async def test_a_rescued_stream_settles_each_provider_with_what_it_served(tmp_pa
                              "messages": [{"role": "user", "content": "the fox?"}]})
         async with http.post(running.url + "/v1/chat/completions", data=body) as r:
             text = await r.read()
-            rid = r.headers["x-request-id"]
         assert b"labgate rescued this stream" in text and (len(a.requests), len(b.requests)) == (1, 1)
         limiter = running.gateway.runtime.limiter
         assert limiter is not None
@@ -286,7 +285,8 @@ async def test_a_rescued_stream_settles_each_provider_with_what_it_served(tmp_pa
         prompt = len(body) // BYTES_PER_TOKEN
         served = -(-len(b"The quick brown") // BYTES_PER_TOKEN)
         assert spent["first"] == pytest.approx(prompt * 1.0 + served * 2.0)  # PRICED: $1 in, $2 out
-        second_usage = b.requests[-1].body  # the continuation's prompt held the partial answer (prefill)
-        assert second_usage["messages"][-1] == {"role": "assistant", "content": "The quick brown"}
-        assert whole > 0 and spent["second"] == pytest.approx(whole)  # the continuation: the record's usage at its price
+        continued = b.requests[-1].body  # the continuation's prompt held the partial answer (prefill)
+        assert continued["messages"][-1] == {"role": "assistant", "content": "The quick brown"}
+        # the continuation: the record's usage at its own price
+        assert whole > 0 and spent["second"] == pytest.approx(whole)
         assert spent["first"] != pytest.approx(whole)
