@@ -293,9 +293,12 @@ end
 return {0, '0'}
 """
 # KEYS: one per charge. ARGV: per charge kind, limit, period (ms), delta (requests, tokens or USD).
+# Returns each budget's (kind 'c') value after it, as a string, in charge order ('0' when absent): the
+# spend the alerts look at, read in the same call.
 ADJUST = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
+local spent = {}
 for i = 1, #KEYS do
   local kind, limit = ARGV[4*i-3], tonumber(ARGV[4*i-2])
   local period, delta = tonumber(ARGV[4*i-1]), tonumber(ARGV[4*i])
@@ -309,11 +312,13 @@ for i = 1, #KEYS do
     else
       local total = v + delta
       if total < 0 then total = 0 end
-      redis.call('SET', KEYS[i], string.format('%.17g', total), 'KEEPTTL')
+      v = string.format('%.17g', total)
+      redis.call('SET', KEYS[i], v, 'KEEPTTL')
     end
   end
+  if kind == 'c' then spent[#spent + 1] = v and tostring(v) or '0' end
 end
-return 0
+return spent
 """
 
 
@@ -369,6 +374,11 @@ class RedisCounters:
 
     async def adjust(self, charges: tuple[Charge, ...], deltas: tuple[float, ...]) -> None:
         await self._run(self._adjust, charges, deltas)
+
+    async def adjust_read(self, charges: tuple[Charge, ...], deltas: tuple[float, ...]) -> tuple[float, ...]:
+        """:meth:`adjust`, returning each budget charge's spend after it (charge order): one script call."""
+        spent = await self._run(self._adjust, charges, deltas)
+        return tuple(float(v) for v in spent)
 
     async def seed(self, values: tuple[tuple[str, float, float], ...]) -> None:
         """Set each counter that does not exist (SET NX), and the seeded marker: one pipelined round trip."""

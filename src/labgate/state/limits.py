@@ -498,13 +498,17 @@ class Limiter:
 
     async def _adjust(self, held: Reservation, deltas: tuple[float, ...]) -> None:
         try:
-            if any(deltas):
-                await self.counters.adjust(held.charges, deltas)
-            if held.caps:  # the spend now, for alerts: one more read, off the request path
-                caps = [held.charges[i] for i in held.caps]
-                spent = await self.counters.read(tuple(c.key for c in caps))
-                for charge, value in zip(caps, spent, strict=True):
-                    self.alerts.check(charge.key[self._spend:], value, charge.limit)
+            caps = [held.charges[i] for i in held.caps]
+            adjust_read = getattr(self.counters, "adjust_read", None)
+            if adjust_read is not None:  # Redis: settled and the budgets' spend read back in one script call
+                spent = await adjust_read(held.charges, deltas)
+            else:
+                if any(deltas):
+                    await self.counters.adjust(held.charges, deltas)
+                # the spend now, for alerts: one more read, off the request path
+                spent = await self.counters.read(tuple(c.key for c in caps)) if caps else ()
+            for charge, value in zip(caps, spent, strict=True):
+                self.alerts.check(charge.key[self._spend:], value, charge.limit)
         except StateUnavailableError as exc:
             log.warning("limits: could not settle a reservation (%s); its estimate stays counted", exc)
 
