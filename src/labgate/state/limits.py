@@ -29,7 +29,9 @@ import asyncio
 import contextlib
 import fnmatch
 import logging
+import math
 import re
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -57,8 +59,36 @@ _UNKNOWN: Any = object()  # a route not yet in the estimate-rates memo
 MODEL_MEMO = 4096  # models (and budget windows) whose charges are kept preformatted; past it the memo starts again
 
 
-# a model's static charges (Limiter._static_for): rate (key, limit, the rpm Charge or None: tpm), budgets
-_Plan = tuple[tuple[tuple[str, float, Charge | None], ...], tuple[tuple[str, float, str], ...]]
+_NEVER = math.inf  # a total budget's window never ends
+
+
+class _Window:
+    """A budget's current window: its counter key, kept until the window ends (then :meth:`roll`)."""
+
+    __slots__ = ("ends", "key", "limit", "name", "period", "prefix")
+
+    def __init__(self, prefix: str, name: str, limit: float, period: str) -> None:
+        self.prefix, self.name, self.limit, self.period = prefix, name, limit, period
+        self.key, self.ends = "", -math.inf  # rolled on first use
+
+    def roll(self, now: float) -> None:
+        wid, left = compute(self.period, now)
+        self.key = f"{self.prefix}spend:{self.name}:{self.period}:{wid}"
+        self.ends = now + left if left else _NEVER
+
+
+class _Shape:
+    """What a (model, virtual key) pair draws on, built once (Limiter._shape): the rate charges in order, with
+    the constant rpm charges in place and ``None`` where a tpm charge takes the request's estimate, then its
+    budgets' windows; and the indexes a Reservation keeps (tpm charges, budget charges)."""
+
+    __slots__ = ("caps_at", "key", "template", "tpm", "tpm_at", "windows")
+
+    def __init__(self, key: VirtualKey | None, template: tuple[Charge | None, ...],
+                 tpm: tuple[tuple[int, str, float], ...], windows: list[_Window]) -> None:
+        self.key, self.template, self.tpm, self.windows = key, template, tpm, windows
+        self.tpm_at = tuple(i for i, _, _ in tpm)
+        self.caps_at = tuple(range(len(template), len(template) + len(windows)))
 
 
 @dataclass(slots=True)
@@ -109,11 +139,9 @@ class Limiter:
         self.owns_counters = True  # false once a reload handed them to the next Runtime's limiter
         self.history: Any = None  # the history store budgets are seeded from (state/seed.py); None: not yet
         self._seeding = asyncio.Lock()
-        self._static: dict[str, _Plan] = {}
-        self._keys: dict[tuple[str, str, str], str] = {}
-        # a virtual key's own charges (its rpm Charge, tpm key, budgets incl. its project's), by key id; the
-        # VirtualKey object is kept beside them, so an updated key (a new object) is planned afresh
-        self._keyed: dict[str, tuple[VirtualKey, Charge | None, str | None, tuple[tuple[str, float, str], ...]]] = {}
+        # model → virtual key id ("": none) → its charges (_Shape); an updated key (a new object) is planned afresh
+        self._shapes: dict[str, dict[str, _Shape]] = {}
+        self._shape_count = 0
         # a route's estimate rates: (USD per prompt token, per answer token), or None to ask Rates.cost
         self._rates: dict[str, tuple[float, float] | Rates | None] = {}
         self._settle_now = getattr(counters, "settle_now", None)  # in-process: settled in one pass
@@ -166,94 +194,62 @@ class Limiter:
             return model, found
         return next(((name, limit) for rx, name, limit in self.model_globs if rx.fullmatch(model)), None)
 
-    def _static_for(self, model: str) -> _Plan:
-        """A model's rate charges (key, limit, the rpm charge itself or None for tpm) and budgets (name,
-        limit, period) from the config: built on first use, then one dict lookup per request (``_static``,
-        at most ``MODEL_MEMO`` models)."""
+    def _shape(self, model: str, key: VirtualKey | None) -> _Shape:
+        """The charges of ``model`` requested with ``key`` (None: no virtual key), from the config and the key:
+        built on first use (and when the key object changes), then two dict lookups per request."""
         p = self.prefix
         rates: list[tuple[str, int | None, int | None]] = [("global", self.rpm, self.tpm)]
         if (found := self._model_limit(model)) is not None:
             rates.append(("model:" + found[0], found[1].rpm, found[1].tpm))
-        out: list[tuple[str, float, Charge | None]] = []
+        if key is not None:
+            rates.append(("key:" + key.id, key.rpm, key.tpm))
+        template: list[Charge | None] = []
+        tpm: list[tuple[int, str, float]] = []
         for name, rpm, tpm_limit in rates:
-            if rpm:
-                out.append((p + "rpm:" + name, rpm, Charge(p + "rpm:" + name, "rate", rpm, MINUTE, 1)))
-            if tpm_limit:
-                out.append((p + "tpm:" + name, tpm_limit, None))
+            if rpm:  # one request: the same charge every time
+                template.append(Charge(p + "rpm:" + name, "rate", rpm, MINUTE, 1))
+            if tpm_limit:  # the request's estimate: filled in per request
+                tpm.append((len(template), p + "tpm:" + name, tpm_limit))
+                template.append(None)
         spends: list[tuple[str, float, str]] = []
+        if key is not None:
+            if key.budget_usd is not None:
+                spends.append(("key:" + key.id, key.budget_usd, key.budget_period))
+            if key.project and (b := self.budgets.get(("project", key.project))):
+                spends.append(("project:" + key.project, b.limit_usd, b.period))
         if b := self.budgets.get(("model", model)):
             spends.append(("model:" + model, b.limit_usd, b.period))
         if b := self.global_budget:
             spends.append(("global", b.limit_usd, b.period))
-        if len(self._static) >= MODEL_MEMO:
-            self._static.clear()
-        found_plan = self._static[model] = (tuple(out), tuple(spends))
-        return found_plan
-
-    def _spend_key(self, name: str, period: str, wid: str) -> str:
-        """A budget window's counter key, formatted once per (budget, window) (``_keys``, bounded)."""
-        memo = (name, period, wid)
-        key = self._keys.get(memo)
-        if key is None:
-            if len(self._keys) >= MODEL_MEMO:
-                self._keys.clear()
-            key = self._keys[memo] = f"{self.prefix}spend:{name}:{period}:{wid}"
-        return key
+        shape = _Shape(key, tuple(template), tuple(tpm), [_Window(p, *spend) for spend in spends])
+        if self._shape_count >= MODEL_MEMO:
+            self._shapes.clear()
+            self._shape_count = 0
+        self._shapes.setdefault(model, {})[key.id if key is not None else ""] = shape
+        self._shape_count += 1
+        return shape
 
     def charges(self, record: RequestRecord, route: Route, *, budgets: bool = True) -> Reservation:
         key, model = record.api_key, record.model or ""
         prompt, output = _estimate(record, self.default_output)
         tokens = prompt + output
-        out: list[Charge] = []
-        tpm: list[int] = []
-        caps: list[int] = []
-        static = self._static.get(model)
-        if static is None:
-            static = self._static_for(model)
-        for ckey, limit, rpm_charge in static[0]:
-            if rpm_charge is not None:  # one request: the same charge every time
-                out.append(rpm_charge)
-            else:
-                tpm.append(len(out))
-                out.append(_charge(Charge, (ckey, "rate", limit, MINUTE, tokens if tokens < limit else limit)))
-        spends: tuple[tuple[str, float, str], ...] = static[1]
-        if key is not None:
-            mine = self._keyed.get(key.id)
-            if mine is None or mine[0] is not key:
-                mine = self._key_plan(key)
-            _, rpm_charge, tpm_key, own = mine
-            if rpm_charge is not None:
-                out.append(rpm_charge)
-            if tpm_key is not None:
-                tpm.append(len(out))
-                limit = key.tpm
-                out.append(_charge(Charge, (tpm_key, "rate", limit, MINUTE, tokens if tokens < limit else limit)))
-            if own:
-                spends = own + spends
-        if budgets and spends:
-            cost = self._estimate_cost(route, prompt, output)
-            for name, limit, period in spends:
-                wid, left = window(period)
-                caps.append(len(out))
-                out.append(_charge(Charge, (self._spend_key(name, period, wid), "cap", limit,
-                                            left + TTL_SLACK_S if left else 0.0, cost)))
-        return Reservation(tuple(out), tuple(tpm), tuple(caps))
-
-    def _key_plan(self, key: VirtualKey) -> tuple[VirtualKey, Charge | None, str | None,
-                                                   tuple[tuple[str, float, str], ...]]:
-        """A virtual key's own charges, built when the key is first seen (or changed), then reused."""
-        p, name = self.prefix, "key:" + key.id
-        own: list[tuple[str, float, str]] = []
-        if key.budget_usd is not None:
-            own.append((name, key.budget_usd, key.budget_period))
-        if key.project and (b := self.budgets.get(("project", key.project))):
-            own.append(("project:" + key.project, b.limit_usd, b.period))
-        plan = (key, Charge(p + "rpm:" + name, "rate", key.rpm, MINUTE, 1) if key.rpm else None,
-                p + "tpm:" + name if key.tpm else None, tuple(own))
-        if len(self._keyed) >= MODEL_MEMO:
-            self._keyed.clear()
-        self._keyed[key.id] = plan
-        return plan
+        per_model = self._shapes.get(model)
+        shape = None if per_model is None else per_model.get(key.id if key is not None else "")
+        if shape is None or shape.key is not key:
+            shape = self._shape(model, key)
+        out = list(shape.template)
+        for i, ckey, limit in shape.tpm:
+            out[i] = _charge(Charge, (ckey, "rate", limit, MINUTE, tokens if tokens < limit else limit))
+        if not (budgets and shape.windows):
+            return Reservation(tuple(out), shape.tpm_at, ())  # type: ignore[arg-type]
+        cost = self._estimate_cost(route, prompt, output)
+        now = time.time()
+        for w in shape.windows:
+            if now >= w.ends:  # the budget's window ended (or was never looked at): its next counter
+                w.roll(now)
+            out.append(_charge(Charge, (w.key, "cap", w.limit, w.ends - now + TTL_SLACK_S if w.ends != _NEVER
+                                        else 0.0, cost)))
+        return Reservation(tuple(out), shape.tpm_at, shape.caps_at)  # type: ignore[arg-type]
 
     def _estimate_cost(self, route: Route, prompt: int, output: int) -> float:
         """The estimate's cost at the route's first deployment's price (0 when unpriced or priced per hour)."""
@@ -457,19 +453,28 @@ class Limiter:
         held = record.reservation
         record.reservation = None
         usage = record.usage
-        self._settle(held, usage.total_tokens if usage is not None else 0, record.cost or 0.0)
+        real_tokens, real_cost = usage.total_tokens if usage is not None else 0, record.cost or 0.0
+        settle_now = self._settle_now
+        if settle_now is None:
+            self._settle(held, real_tokens, real_cost)
+        elif (near := settle_now(held.charges, held.tokens, held.caps, real_tokens, real_cost,
+                                 self.alerts.floor)) is not None:
+            self._alert(held, near)
+
+    def _alert(self, held: Reservation, spent: list[float]) -> None:
+        """Budget alerts for the spend after an in-process settlement (``spent``: per budget charge)."""
+        alerts, floor = self.alerts, self.alerts.floor
+        for i, value in zip(held.caps, spent, strict=True):
+            charge = held.charges[i]
+            if value >= floor * charge.limit:  # below the lowest threshold nothing can cross
+                alerts.check(charge.key[self._spend:], value, charge.limit)
 
     def _settle(self, held: Reservation, real_tokens: float, real_cost: float) -> None:
         settle_now = self._settle_now
         if settle_now is not None:  # in-process: one pass over the counters, no deltas list
-            spent = settle_now(held.charges, held.tokens, held.caps, real_tokens, real_cost)
-            if spent:
-                alerts = self.alerts
-                floor = alerts.floor
-                for i, value in zip(held.caps, spent, strict=True):
-                    charge = held.charges[i]
-                    if value >= floor * charge.limit:  # below the lowest threshold nothing can cross
-                        alerts.check(charge.key[self._spend:], value, charge.limit)
+            near = settle_now(held.charges, held.tokens, held.caps, real_tokens, real_cost, self.alerts.floor)
+            if near is not None:
+                self._alert(held, near)
             return
         deltas = [0.0] * len(held.charges)
         for i in held.tokens:

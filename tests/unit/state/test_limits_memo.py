@@ -60,12 +60,11 @@ def test_a_new_budget_window_gets_a_new_key(monkeypatch: pytest.MonkeyPatch) -> 
 
 
 def test_the_memo_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
-    limiter, _ = _setup()
+    limiter, rt = _setup()
     monkeypatch.setattr(limits, "MODEL_MEMO", 3)
     for i in range(10):
-        limiter._static_for(f"m{i}")
-        limiter._spend_key("global", "day", f"d{i}")
-    assert len(limiter._static) <= 3 and len(limiter._keys) <= 3
+        limiter.charges(_record(f"m{i}"), rt.table.resolve("paid"))
+    assert sum(len(keys) for keys in limiter._shapes.values()) <= 3 and limiter._shape_count <= 3
 
 
 @pytest.mark.parametrize(("payload", "expected"), [
