@@ -35,15 +35,13 @@ import subprocess
 import sys
 import tempfile
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
-from cache import Mode, _check_redis, _wait_answering, _wrk
+from cache import Mode, _check_redis, interleave
 from harness import load, machine, procs, targets
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
-MASTER = "sk-labgate-cache-bench"  # bench/cache.py's throwaway master key: its wrk legs send it
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 LIMITS = ("rate_limits:\n  rpm: 1000000000\n  tpm: 1000000000000\n  models:\n    bench: {rpm: 1000000000}\n"
           "budgets:\n  limits:\n    - {scope: global, limit_usd: 1000000000000, period: month}\n"
@@ -67,29 +65,22 @@ def main(argv: list[str] | None = None) -> int:
     store = work / "keys.db"
     secret = _create_key(tree, store)
     quiet = f"store:\n  url: {store}\n  capture: none\n"
-    modes = [Mode("off", quiet, tree),  # virtual keys off: see _gateway
-             Mode("on", quiet + LIMITS, tree, headers=(f"authorization: Bearer {secret}",))]
+    data = {"LABGATE_DATA_DIR": str(work / "data")}
+    modes = [Mode("off", quiet, tree, edit_config=_unkeyed, env=data),
+             Mode("on", quiet + LIMITS, tree, headers=(f"authorization: Bearer {secret}",), edit_config=_priced,
+                  env=data)]
     if not args.no_redis:
         _check_redis(args.redis_url)
         modes.append(Mode("redis", quiet + LIMITS.replace("rate_limits:\n", f"rate_limits:\n  namespace: {namespace}\n")
-                          + f"state:\n  url: {args.redis_url}\n", tree, headers=(f"authorization: Bearer {secret}",)))
+                          + f"state:\n  url: {args.redis_url}\n", tree, headers=(f"authorization: Bearer {secret}",),
+                          edit_config=_priced, env=data))
     upstream_port = procs.free_port()
     upstream = procs.spawn([sys.executable, str(BENCH / "upstream.py"), "--port", str(upstream_port)],
                            cores=place.load, log=work / "upstream.log")
     failed = False
     try:
         procs.wait_listening(upstream_port, proc=upstream, timeout=15)
-        for number in range(args.rounds):
-            turn = number % len(modes)
-            for mode in modes[turn:] + modes[:turn]:
-                try:
-                    _measure(args, mode, place, work, f"http://127.0.0.1:{upstream_port}", f"r{number}")
-                except (RuntimeError, subprocess.SubprocessError, OSError) as exc:
-                    print(f"bench: round {number + 1} {mode.name} failed: {exc}", file=sys.stderr)
-                    failed = True
-                    continue
-                print(f"bench: round {number + 1} {mode.name:6} {mode.rps[-1]:8.0f} req/s "
-                      f"{mode.cpu_us[-1]:7.1f} µs CPU/req  c=1 p50 {mode.c1_p50_ms[-1]:.3f} ms", file=sys.stderr)
+        failed = interleave(args, modes, place, work, f"http://127.0.0.1:{upstream_port}")
         _report(modes, args)
     except (RuntimeError, OSError) as exc:
         print(f"bench: {exc}", file=sys.stderr)
@@ -149,45 +140,16 @@ def _flush_redis(url: str, namespace: str) -> None:
         client.close()
 
 
-@contextlib.contextmanager
-def _gateway(mode: Mode, place: machine.Placement, work: Path, upstream: str,
-             tag: str) -> Iterator[tuple[int, int]]:
-    """A fresh ``labgate serve`` for this mode: (port, the pid of the process serving it)."""
-    port = procs.free_port()
-    config = work / f"config-{mode.name}"
-    targets.write_labgate_config(config, upstream=upstream, port=port, extra=mode.gateway_yaml)
-    if mode.name == "off":  # no virtual keys (the auth section is the harness's)
-        gateway = config / "gateway.yaml"
-        gateway.write_text(gateway.read_text().replace("auth:\n", "auth:\n  virtual_keys: false\n", 1))
-    else:  # the model priced: cost estimates and settlements are real numbers
-        providers = config / "providers.yaml"
-        providers.write_text(providers.read_text() + PRICING)
-    env = {**os.environ, "LABGATE_BENCH_KEY": MASTER, "LABGATE_BENCH_UPSTREAM_KEY": targets.UPSTREAM_KEY,
-           "LABGATE_DATA_DIR": str(work / "data"),
-           "PYTHONPATH": os.pathsep.join(filter(None, (str(mode.source), os.environ.get("PYTHONPATH"))))}
-    with (work / f"access-{mode.name}.log").open("ab") as access:
-        proc = procs.spawn([*targets.labgate_command(), "serve", "--config", str(config)], cores=place.gateway,
-                           log=work / f"labgate-{mode.name}-{tag}.log", env=env, stdout=access)
-    try:
-        procs.wait_listening(port, proc=proc, timeout=30)
-        _wait_answering(port, proc, timeout=30)
-        yield port, procs.listener(port, proc.pid) or proc.pid
-    finally:
-        procs.stop(proc)
+def _unkeyed(config: Path) -> None:
+    """``off``: no virtual keys (the auth section is the harness's)."""
+    gateway = config / "gateway.yaml"
+    gateway.write_text(gateway.read_text().replace("auth:\n", "auth:\n  virtual_keys: false\n", 1))
 
 
-def _measure(args: argparse.Namespace, mode: Mode, place: machine.Placement, work: Path, upstream: str,
-             tag: str) -> None:
-    with _gateway(mode, place, work, upstream, tag) as (port, pid):
-        target = f"http://127.0.0.1:{port}{mode.path}"
-        _wrk(target, mode, work, connections=args.connections, seconds=1 if args.quick else 2, cores=place.load)
-        cpu0 = procs.cpu_seconds(pid)
-        result = _wrk(target, mode, work, connections=args.connections, seconds=args.duration, cores=place.load)
-        cpu1 = procs.cpu_seconds(pid)
-        one = _wrk(target, mode, work, connections=1, seconds=max(1, args.duration // 2), cores=place.load)
-    mode.rps.append(result.rps)
-    mode.cpu_us.append((cpu1 - cpu0) / result.requests * 1e6)
-    mode.c1_p50_ms.append(one.p50_ms)
+def _priced(config: Path) -> None:
+    """``on``, ``redis``: the model priced, so cost estimates and settlements are real numbers."""
+    providers = config / "providers.yaml"
+    providers.write_text(providers.read_text() + PRICING)
 
 
 def _paired(a: Mode | None, b: Mode | None, attr: str, *, difference: bool = False) -> float | None:
