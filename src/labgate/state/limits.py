@@ -33,8 +33,7 @@ import math
 import re
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from labgate.errors import BudgetExceededError, ProviderLimitedError, RateLimitedError
 from labgate.providers.base import Usage
@@ -91,13 +90,15 @@ class _Shape:
         self.caps_at = tuple(range(len(template), len(template) + len(windows)))
 
 
-@dataclass(slots=True)
-class Reservation:
+class Reservation(NamedTuple):
     """What a request took, to settle at finish."""
 
     charges: tuple[Charge, ...]
     tokens: tuple[int, ...]  # indexes of tpm charges
     caps: tuple[int, ...]  # indexes of budget charges
+
+
+NOTHING = Reservation((), (), ())  # taken while the backend was away (fail open): nothing to settle
 
 
 class Limiter:
@@ -241,7 +242,7 @@ class Limiter:
         for i, ckey, limit in shape.tpm:
             out[i] = _charge(Charge, (ckey, "rate", limit, MINUTE, tokens if tokens < limit else limit))
         if not (budgets and shape.windows):
-            return Reservation(tuple(out), shape.tpm_at, ())  # type: ignore[arg-type]
+            return _charge(Reservation, (tuple(out), shape.tpm_at, ()))
         cost = self._estimate_cost(route, prompt, output)
         now = time.time()
         for w in shape.windows:
@@ -249,7 +250,7 @@ class Limiter:
                 w.roll(now)
             out.append(_charge(Charge, (w.key, "cap", w.limit, w.ends - now + TTL_SLACK_S if w.ends != _NEVER
                                         else 0.0, cost)))
-        return Reservation(tuple(out), shape.tpm_at, shape.caps_at)  # type: ignore[arg-type]
+        return _charge(Reservation, (tuple(out), shape.tpm_at, shape.caps_at))
 
     def _estimate_cost(self, route: Route, prompt: int, output: int) -> float:
         """The estimate's cost at the route's first deployment's price (0 when unpriced or priced per hour)."""
@@ -285,14 +286,14 @@ class Limiter:
         held = self.charges(record, route)
         if not held.charges:
             return route
-        refused, wait = await self._take(held)
+        refused, wait, taken = await self._take(held)
         if refused < 0:
-            record.reservation = held
+            record.reservation = taken
             return route
         fallback, held = self._refused(record, held, refused, wait, table)
         if held.charges:
-            refused, wait = await self._take(held)
-            self._fallback_taken(record, held, refused, wait)
+            refused, wait, taken = await self._take(held)
+            self._fallback_taken(record, taken, refused, wait)
         return fallback
 
     def reserve_now(self, record: RequestRecord, route: Route, table: RouteTable) -> Route:
@@ -368,7 +369,7 @@ class Limiter:
             refused, wait = await self.counters.take(held.charges)
         except StateUnavailableError as exc:
             if self.fail_open:
-                return Reservation((), (), ())
+                return NOTHING
             return ProviderLimitedError(f"provider {dep.provider!r}: its limits cannot be checked right now ({exc})",
                                         budget=False, retry_after=1.0)
         if refused < 0:
@@ -437,14 +438,15 @@ class Limiter:
         elif held.tokens or held.caps:
             self._settle(held, 0.0, 0.0)
 
-    async def _take(self, held: Reservation) -> tuple[int, float]:
-        """The counters' take; while the backend is away: admitted (fail open) or a 429 (closed)."""
+    async def _take(self, held: Reservation) -> tuple[int, float, Reservation]:
+        """The counters' take and what it took; while the backend is away: admitted with nothing taken (fail
+        open) or a 429 (closed)."""
         try:
-            return await self.counters.take(held.charges)
+            refused, wait = await self.counters.take(held.charges)
+            return refused, wait, held
         except StateUnavailableError as exc:
             if self.fail_open:
-                held.charges, held.tokens, held.caps = (), (), ()  # nothing taken: nothing to settle
-                return -1, 0.0
+                return -1, 0.0, NOTHING
             raise RateLimitedError(f"Rate limits cannot be checked right now ({exc}); try again shortly.",
                                    retry_after=1.0) from None
 
