@@ -43,7 +43,7 @@ import tempfile
 import time
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -70,6 +70,8 @@ class Mode:
     headers: tuple[str, ...] = ()  # sent with every request, besides the key
     path: str = "/v1/chat/completions"
     method: str = "POST"
+    edit_config: Callable[[Path], None] | None = None  # changes the generated config directory before serving
+    env: dict[str, str] = field(default_factory=dict)  # added to the gateway's environment
     rps: list[float] = field(default_factory=list)
     cpu_us: list[float] = field(default_factory=list)
     c1_p50_ms: list[float] = field(default_factory=list)
@@ -94,17 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         procs.wait_listening(upstream_port, proc=upstream, timeout=15)
         modes = _modes(args, work, namespace)
-        for number in range(args.rounds):
-            turn = number % len(modes)
-            for mode in modes[turn:] + modes[:turn]:
-                try:
-                    _measure(args, mode, place, work, f"http://127.0.0.1:{upstream_port}", f"r{number}")
-                except (RuntimeError, subprocess.SubprocessError, OSError) as exc:
-                    print(f"bench: round {number + 1} {mode.name} failed: {exc}", file=sys.stderr)
-                    failed = True
-                    continue
-                print(f"bench: round {number + 1} {mode.name:12} {mode.rps[-1]:8.0f} req/s "
-                      f"{mode.cpu_us[-1]:7.1f} µs CPU/req  c=1 p50 {mode.c1_p50_ms[-1]:.3f} ms", file=sys.stderr)
+        failed = interleave(args, modes, place, work, f"http://127.0.0.1:{upstream_port}")
         _report(modes, args)
     except (RuntimeError, OSError) as exc:
         print(f"bench: {exc}", file=sys.stderr)
@@ -119,6 +111,25 @@ def main(argv: list[str] | None = None) -> int:
         else:
             shutil.rmtree(work, ignore_errors=True)
     return 1 if failed else 0
+
+
+def interleave(args: argparse.Namespace, modes: list[Mode], place: machine.Placement, work: Path,
+               upstream: str) -> bool:
+    """``args.rounds`` rounds, each measuring every mode on a fresh gateway in a rotated order; True when a leg
+    failed (said on stderr; the other legs go on)."""
+    failed = False
+    for number in range(args.rounds):
+        turn = number % len(modes)
+        for mode in modes[turn:] + modes[:turn]:
+            try:
+                _measure(args, mode, place, work, upstream, f"r{number}")
+            except (RuntimeError, subprocess.SubprocessError, OSError) as exc:
+                print(f"bench: round {number + 1} {mode.name} failed: {exc}", file=sys.stderr)
+                failed = True
+                continue
+            print(f"bench: round {number + 1} {mode.name:12} {mode.rps[-1]:8.0f} req/s "
+                  f"{mode.cpu_us[-1]:7.1f} µs CPU/req  c=1 p50 {mode.c1_p50_ms[-1]:.3f} ms", file=sys.stderr)
+    return failed
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
@@ -202,8 +213,11 @@ def _gateway(mode: Mode, place: machine.Placement, work: Path, upstream: str, ta
     port = procs.free_port()
     config = work / f"config-{mode.name}"
     targets.write_labgate_config(config, upstream=upstream, port=port, extra=mode.gateway_yaml)
+    if mode.edit_config is not None:
+        mode.edit_config(config)
     env = {**os.environ, "LABGATE_BENCH_KEY": KEY, "LABGATE_BENCH_UPSTREAM_KEY": targets.UPSTREAM_KEY,
-           "PYTHONPATH": os.pathsep.join(filter(None, (str(mode.source), os.environ.get("PYTHONPATH"))))}
+           "PYTHONPATH": os.pathsep.join(filter(None, (str(mode.source), os.environ.get("PYTHONPATH")))),
+           **mode.env}
     with (work / f"access-{mode.name}.log").open("ab") as access:
         proc = procs.spawn([*targets.labgate_command(), "serve", "--config", str(config)], cores=place.gateway,
                            log=work / f"labgate-{mode.name}-{tag}.log", env=env, stdout=access)

@@ -12,9 +12,10 @@ Cases, each the request-path work of one request (nothing else of the gateway):
 - ``… (redis)``: the same on Redis (``--redis``): one script call to take, one to settle, timed as
   wall time per request (p50, p99) and as this process's CPU per request.
 
-Prints µs per request and the ratios against ``off``; nothing here passes or fails on time. The
-end-to-end req/s ratio (keys+limits+budgets+cost on vs off) comes from bench/gateway.py runs with
-the two configs.
+Cases run in interleaved rounds (``--rounds``, each in a rotated order); the CPU figures are medians
+over the rounds (``+CPU``: the median of per-round differences from ``off``), p50/p99 over every
+request. Nothing here passes or fails on time. The end-to-end req/s ratio (keys+limits+budgets+cost
+on vs off, whole gateway processes under wrk) is ``bench/limits_e2e.py``.
 """
 
 from __future__ import annotations
@@ -65,7 +66,8 @@ def _record(payload: dict[str, Any]) -> RequestRecord:
 
 async def _per_request(limiter: Limiter | None, auth: Auth, presented: str, prices: Prices, route: Any,
                        table: Any, n: int) -> tuple[float, float, list[float]]:
-    """(CPU µs per request, wall µs per request, each request's wall µs)."""
+    """(CPU µs per request — user + system time of this process, ``time.process_time`` —, wall µs per
+    request, each request's wall µs)."""
     payload = orjson.loads(BODY)
     walls: list[float] = []
     cpu0, wall0 = time.process_time(), time.perf_counter()
@@ -91,6 +93,7 @@ async def _per_request(limiter: Limiter | None, auth: Auth, presented: str, pric
 
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     n = 2000 if args.quick else 20000
+    rounds = 1 if args.quick else args.rounds
     config = _config(auth={"master_key_env": "LABGATE_BENCH_MASTER"})
     os.environ["LABGATE_BENCH_MASTER"] = MASTER
     from labgate.runtime import Runtime
@@ -98,35 +101,45 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     rt = Runtime.build(config)
     route = rt.table.resolve("paid")
     prices = Prices.from_config(config)
-    results: dict[str, Any] = {}
-    off = Auth([MASTER])
-    results["off"] = await _per_request(None, off, MASTER, prices, route, rt.table, n)
-    keyed = Auth([MASTER], keyring=_ring())
-    results["key"] = await _per_request(None, keyed, SECRET, prices, route, rt.table, n)
+    off, keyed = Auth([MASTER]), Auth([MASTER], keyring=_ring())
     limited = _config(auth={"master_key_env": "LABGATE_BENCH_MASTER"})
     memory = Limiter(limited, MemoryCounters(), prices)
-    results["key+limits+budget (memory)"] = await _per_request(memory, keyed, SECRET, prices, route, rt.table, n)
+    cases: list[tuple[str, Limiter | None, Auth, str, int]] = [
+        ("off", None, off, MASTER, n), ("key", None, keyed, SECRET, n),
+        ("key+limits+budget (memory)", memory, keyed, SECRET, n)]
+    redis_limiter, link = None, None
     if args.redis:
         link = RedisLink(args.redis, timeout_s=1.0, retry_s=1.0, max_connections=8)
         redis_limiter = Limiter(_config(rate_limits={"namespace": f"bench{os.getpid()}"}),
                                 RedisCounters(link, max_connections=8), prices)
-        results["key+limits+budget (redis)"] = await _per_request(redis_limiter, keyed, SECRET, prices, route,
-                                                                  rt.table, max(n // 10, 500))
+        cases.append(("key+limits+budget (redis)", redis_limiter, keyed, SECRET, max(n // 10, 500)))
+    cpu: dict[str, list[float]] = {name: [] for name, *_ in cases}
+    walls: dict[str, list[float]] = {name: [] for name, *_ in cases}
+    for number in range(rounds):  # interleaved: every round runs each case, in a rotated order
+        turn = number % len(cases)
+        for name, limiter, auth, presented, count in cases[turn:] + cases[:turn]:
+            per_cpu, _, per_walls = await _per_request(limiter, auth, presented, prices, route, rt.table, count)
+            cpu[name].append(per_cpu)
+            walls[name].extend(per_walls)
+    if link is not None and redis_limiter is not None:
         await link.client.delete(*(await link.client.keys(f"labgate:{{limits:bench{os.getpid()}}}:*")) or ["x"])
         await redis_limiter.aclose()
     await rt.aclose()
-    base_cpu = results["off"][0]
     out = {}
-    for name, (cpu, wall, walls) in results.items():
-        walls.sort()
-        out[name] = {"cpu_us": round(cpu, 2), "wall_us": round(wall, 2), "p50_us": round(statistics.median(walls), 2),
-                     "p99_us": round(walls[int(len(walls) * 0.99)], 2), "cpu_over_off_us": round(cpu - base_cpu, 2)}
+    for name in cpu:
+        w = sorted(walls[name])
+        out[name] = {"cpu_us": round(statistics.median(cpu[name]), 2),
+                     "cpu_over_off_us": round(statistics.median(c - o for c, o in zip(cpu[name], cpu["off"],
+                                                                                    strict=True)), 2),
+                     "p50_us": round(statistics.median(w), 2), "p99_us": round(w[int(len(w) * 0.99)], 2),
+                     "rounds": rounds}
     return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--quick", action="store_true", help="1 round of 2,000 requests per case")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds; CPU figures are their medians")
     parser.add_argument("--redis", help="also measure the Redis backend at this URL")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()

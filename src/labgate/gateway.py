@@ -15,7 +15,7 @@ from labgate.errors import InternalError, LabgateError
 from labgate.keys import check_model
 from labgate.providers.base import Endpoint, IteratorStream, Reply, Stream, Translated
 from labgate.record import CLIENT_CLOSED, RequestRecord
-from labgate.routing.attempts import attempt
+from labgate.routing.attempts import attempt, planned
 from labgate.routing.balancer import local_first_decision, plan
 from labgate.routing.rescue import trailer
 from labgate.routing.table import Deployment
@@ -84,14 +84,16 @@ class Gateway:
                 return self.done(rt, record, hit, answer)
             limiter = rt.limiter  # rpm/tpm and budgets (state/limits.py): a key without limits draws on none
             if limiter is not None and (limiter.static or key is not None) and limiter.plan(record):
-                route = await limiter.reserve(record, route, rt.table)
-            candidates = plan(route, rt.circuit, max_attempts=rt.max_attempts)
+                route = limiter.reserve_now(record, route, rt.table) if limiter.in_process else \
+                    await limiter.reserve(record, route, rt.table)  # in-process counters: no coroutine
+            candidates = plan(route, rt.circuit, max_attempts=planned(rt.max_attempts, limiter))
             if route.local_first:
                 record.routing = local_first_decision(route, candidates)  # what x-labgate-routing says
             result, dep = await attempt(
                 candidates, endpoint=endpoint, body=payload, native=native, stream=record.stream,
                 deadline=time.monotonic() + rt.request_timeout, circuit=rt.circuit, record=record,
-                queue=rt.queue, limits=rt.limiter,  # busy or over its provider's limit: skipped (docs/routing.md)
+                queue=rt.queue, limits=limiter,  # busy or over its provider's limit: skipped (docs/routing.md)
+                max_attempts=rt.max_attempts,
                 pace=rt.pace)  # stream deadlines: first token, idle (routing/pace.py)
             if isinstance(result, Reply):
                 record.usage, record.finish_reason = result.usage, result.finish_reason

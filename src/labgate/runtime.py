@@ -48,6 +48,9 @@ class Runtime:
     prices: Prices | None = None  # what each deployment costs (cost.py)
     limiter: Limiter | None = None  # rpm/tpm limits and budgets (state/limits.py); None: nothing limited
     experiments: Experiments | None = None  # A/B variant assignment (routing/experiments.py); None: none running
+    # the SQLite file ``--workers N`` share limit counters in (no Redis); kept across reloads, so limits a
+    # reload turns on are shared by the workers too, not counted per worker
+    shared_limits: str | None = None
 
     @classmethod
     def build(cls, config: Config, *, access_log: AccessLog | None = None,
@@ -56,8 +59,11 @@ class Runtime:
         """``previous``: the Runtime a reload replaces: unchanged providers keep capacity and circuit state,
         the cache keeps its entries when its backend is unchanged, and its virtual keys are kept.
         ``keyring``: the process's virtual keys (None: off). ``shared_limits``: the SQLite file
-        ``--workers N`` share rate limit and budget counters in (no Redis). ``circuit_share``: where circuits
-        that open or close are told to the other replicas (server/replicas.py; a reload keeps the previous one)."""
+        ``--workers N`` share rate limit and budget counters in (no Redis); a reload keeps ``previous``'s.
+        ``circuit_share``: where circuits that open or close are told to the other replicas (server/replicas.py;
+        a reload keeps the previous one)."""
+        if shared_limits is None and previous is not None:
+            shared_limits = previous.shared_limits
         adapters = {name: TYPES[p.type].build(p, name)
                     for name, p in config.providers.items() if p.status == "active"}
         gateway = config.gateway
@@ -87,6 +93,7 @@ class Runtime:
             limiter=limiter_for(config, prices, previous=previous.limiter if previous is not None else None,
                                 shared_path=shared_limits),
             experiments=Experiments.build(config.experiments),
+            shared_limits=shared_limits,
         )
 
     def drain(self) -> None:

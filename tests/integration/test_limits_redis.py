@@ -186,3 +186,57 @@ async def test_reads_beside_takes_never_exhaust_the_pool_into_a_false_outage(red
     assert (c.link.failures, c.link.down_until) == (0, 0.0)
     await c.link.client.delete(cap.key)
     await c.aclose()
+
+
+@pytest.mark.asyncio
+async def test_a_settlement_reads_the_budgets_back_in_the_same_script_call(redis_url: str,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Settling on Redis is one script call: the budgets' spend for the alerts comes back with it (no MGET)."""
+    from labgate.cost import Prices
+    from labgate.providers.base import Usage
+    from labgate.record import RequestRecord
+    from labgate.runtime import Runtime
+    from labgate.state.budgets import window
+    from labgate.state.limits import Limiter
+
+    namespace = f"t{uuid.uuid4().hex[:12]}"
+    config = config_from({"p": {"type": "openai_compatible", "base_url": "http://127.0.0.1:9/v1",
+                                "models": [{"name": "m", "pricing": {"output_per_1m": 1_000_000}}]}},  # $1 a token
+                         gateway={"rate_limits": {"namespace": namespace, "tpm": 10_000},
+                                  "budgets": {"limits": [{"scope": "global", "limit_usd": 10, "period": "day"}]}})
+    redis = counters(redis_url)
+    calls: list[str] = []
+    real_run = redis._run
+
+    async def counted(script: Any, *args: Any, **kwargs: Any) -> Any:
+        calls.append("take" if script is redis._take else "adjust")
+        return await real_run(script, *args, **kwargs)
+
+    async def no_read(keys: tuple[str, ...]) -> tuple[float, ...]:
+        raise AssertionError("a settlement read the spend in a second call")
+
+    monkeypatch.setattr(redis, "_run", counted)
+    monkeypatch.setattr(redis, "read", no_read)
+    limiter = Limiter(config, redis, Prices.from_config(config))
+    rt = Runtime.build(config)
+    try:
+        record = RequestRecord("r", "chat")
+        record.model, record.payload, record.body = "m", {"model": "m", "max_tokens": 3}, b"{}"
+        await limiter.reserve(record, rt.table.resolve("m"), rt.table)
+        record.usage, record.cost = Usage(0, 6), 6.0  # the estimate was $3; the answer cost $6: 60% of $10
+        limiter.settle(record)
+        await limiter.drain()
+        assert calls == ["take", "adjust"]
+        assert {k[1] for k in limiter.alerts.counts} == {0.5}  # the 50% threshold, seen from the read-back
+        (value,) = await real_read(redis, (f"{limiter.prefix}spend:global:day:{window('day')[0]}",))
+        assert value == pytest.approx(6.0)
+    finally:
+        keys = await redis.link.client.keys(f"labgate:{{limits:{namespace}}}:*")
+        if keys:
+            await redis.link.client.delete(*keys)
+        await limiter.aclose()
+        await rt.aclose()
+
+
+async def real_read(redis: RedisCounters, keys: tuple[str, ...]) -> tuple[float, ...]:
+    return await RedisCounters.read(redis, keys)

@@ -58,12 +58,14 @@ if TYPE_CHECKING:
 
 async def attempt(candidates: list[Deployment], *, endpoint: Endpoint, body: dict[str, Any],
                   stream: bool, deadline: float, circuit: Circuit, record: RequestRecord,
-                  native: dict[str, Any] | None = None,
-                  queue: Queue | None = None, limits: Limiter | None = None,
+                  native: dict[str, Any] | None = None, queue: Queue | None = None,
+                  limits: Limiter | None = None, max_attempts: int | None = None,
                   pace: Pace | None = None) -> tuple[Reply | Stream, Deployment]:
     """The first successful answer and the deployment that gave it (``native``: see :class:`Call`).
 
     ``limits``: the limiter whose provider limits each attempt takes (None, or no provider limited: nothing).
+    ``max_attempts``: candidates to use at most (None: all of them); one passed over because its provider
+    is over its limits uses none (the gateway then plans every candidate: :func:`planned`).
     ``pace``: stream deadlines (routing/pace.py): a stream without a token in time fails its attempt.
     """
     if limits is not None and not limits.providers:
@@ -71,7 +73,11 @@ async def attempt(candidates: list[Deployment], *, endpoint: Endpoint, body: dic
     timeouts = pace.of_model(record.model) if pace is not None and stream else None
     failures = record.failures
     busy: list[Deployment] = []
+    left = len(candidates) if max_attempts is None else max_attempts
     for dep in candidates:
+        if left <= 0:
+            break
+        left -= 1
         if endpoint not in dep.adapter.endpoints:
             failures.append(AttemptFailure(dep.key, UnsupportedEndpointError(
                 f"provider {dep.provider!r} does not serve {endpoint}")))
@@ -96,6 +102,8 @@ async def attempt(candidates: list[Deployment], *, endpoint: Endpoint, body: dic
             if record.routing == "local" and not dep.local:  # local_first planned a local one; the cloud answered
                 _cloud_answered(record)
             return result, dep
+        if limits is not None and isinstance(failures[-1].error, ProviderLimitedError):
+            left += 1  # passed over, never sent: its provider's limit does not use one of max_attempts
     while busy and queue is not None and deadline > time.monotonic():
         # nothing else answered: a slot under the hard limit, else the first one freed, in priority order
         free = await _free(busy)
@@ -131,6 +139,15 @@ async def _free(busy: list[Deployment]) -> Deployment | None:
         if gate is not None and (gate.try_acquire() if gate.shared is None else await gate.take_shared(prefer=False)):
             return dep
     return None
+
+
+UNCAPPED = 1 << 30  # plan every candidate: the attempt loop applies max_attempts itself
+
+
+def planned(max_attempts: int, limits: Limiter | None) -> int:
+    """How many candidates to plan: ``max_attempts``, or all of them when some provider has limits (one over
+    its limits is passed over without using an attempt, so the loop may need a candidate past the cap)."""
+    return max_attempts if limits is None or not limits.providers else UNCAPPED
 
 
 def _cloud_answered(record: RequestRecord) -> None:

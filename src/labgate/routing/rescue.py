@@ -106,6 +106,8 @@ class Rescue:
         if not isinstance(read, str):  # after an Anthropic upstream's own events: translated from where they stopped
             result = Continued(result, EventTranslator.continuing(blocks=read[1], open_text=read[2],
                                                                   where=f"provider {dep.provider!r}"))
+        if rt.limiter is not None:  # the broken attempt's provider limits: settled with what it served
+            rt.limiter.settle_served(record, failed, broken.info.usage, partial)
         try:
             with contextlib.suppress(Exception):  # closing a broken upstream may fail; the continuation goes on
                 await broken.aclose()

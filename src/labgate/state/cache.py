@@ -55,7 +55,7 @@ STREAM_OVERHEAD = 4  # a stream miss is captured up to this many times max_entry
 _MEMO_LIMIT = 4096  # routes whose policy is remembered (dynamic names are bounded like the route table's)
 HASHED_LIMIT = 256  # request bodies whose key hash is remembered (identical bytes, identical key)
 HASHED_BODY_BYTES = 16 * 1024  # only bodies up to this size are remembered (bounded memory)
-DECODED_LIMIT = 64  # hot entries kept decoded, by key, when the backend hands back the very bytes it holds
+DECODED_LIMIT = 64  # hot entries kept decoded (with their reply and replayed streams), by key and stored bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,9 +131,11 @@ class Cache:
         self._globs = [(re.compile(fnmatch.translate(k)), v) for k, v in routes.items() if _is_glob(k)]
         self._memo: dict[str, tuple[Policy | None, str]] = {}
         self._hashed: dict[tuple[str, str, bytes], str] = {}  # (endpoint, target, raw body) → key hash
-        # a hit on a memory backend gets the same bytes object each time: its decoded Entry is reused
-        # (checked by identity, so a replaced or re-stored value is decoded afresh)
-        self._decoded: dict[str, tuple[bytes, Entry]] | None = {} if getattr(entries, "same_bytes", False) else None
+        # a hit reuses the decoded Entry of the bytes it got (with its Reply and pre-rendered streams): a memory
+        # backend hands back the very object it holds (checked by identity), Redis equal bytes (compared); a
+        # replaced or re-stored value differs (its head has its time of storing) and is decoded afresh
+        self._decoded: dict[str, tuple[bytes, Entry]] = {}
+        self._get_now = getattr(entries, "get_now", None)  # in-process: the lookup without a coroutine
         self._flights: dict[str, _Flight] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self.default = self._policy(None)
@@ -170,7 +172,13 @@ class Cache:
             record.cache_status = "miss"
             started = time.perf_counter()  # the lookup's span (telemetry/spans.py): two clock reads
             try:
-                hit = await self._lookup(key, record, counts, asked.max_age)
+                get_now = self._get_now
+                if get_now is None:
+                    hit = await self._lookup(key, record, counts, asked.max_age)
+                else:  # in-process: no await unless an identical request is in flight (single flight)
+                    hit = self._found(key, get_now(key), record, counts, asked.max_age)
+                    if hit is None and self._flights:
+                        hit = await self._waited(key, record, counts)
             finally:
                 record.cache_lookup = (started, time.perf_counter())
             if hit is not None:
@@ -207,12 +215,25 @@ class Cache:
             record.cache_status = "unavailable"
             counts.unavailable += 1
             raw = None
-        if raw is None and self._decoded:
-            self._decoded.pop(key, None)  # gone from the backend (expired, evicted, purged): not kept alive here
-        if raw is not None:
-            entry = self._decode(key, raw)
-            if entry is not None and (max_age is None or time.time() - entry.created <= max_age):
-                return self._hit(record, entry, counts)
+        hit = self._found(key, raw, record, counts, max_age)
+        if hit is None and self._flights:
+            hit = await self._waited(key, record, counts)
+        return hit
+
+    def _found(self, key: str, raw: bytes | None, record: RequestRecord, counts: Counts,
+               max_age: float | None) -> Reply | Stream | None:
+        """The hit the backend's value makes, or None (absent, unreadable, older than ``max_age``)."""
+        if raw is None:
+            if self._decoded:
+                self._decoded.pop(key, None)  # gone from the backend (expired, evicted, purged): not kept alive here
+            return None
+        entry = self._decode(key, raw)
+        if entry is not None and (max_age is None or time.time() - entry.created <= max_age):
+            return self._hit(record, entry, counts)
+        return None
+
+    async def _waited(self, key: str, record: RequestRecord, counts: Counts) -> Reply | Stream | None:
+        """A hit from the identical request in flight (single flight), or None."""
         if self.config.single_flight and self._flights.get(key) is not None:
             entry = await self._join(key)
             if entry is not None:
@@ -222,10 +243,8 @@ class Cache:
 
     def _decode(self, key: str, raw: bytes) -> Entry | None:
         decoded = self._decoded
-        if decoded is None:
-            return Entry.decode(raw)
         known = decoded.get(key)
-        if known is not None and known[0] is raw:
+        if known is not None and (known[0] is raw or known[0] == raw):
             return known[1]
         entry = Entry.decode(raw)
         if entry is not None:
@@ -264,12 +283,19 @@ class Cache:
             counts.saved_prompt_tokens += entry.usage.prompt_tokens
             counts.saved_completion_tokens += entry.usage.completion_tokens
         if not record.stream:
-            return Reply(entry.body, entry.usage, entry.finish_reason, entry.dialect)  # type: ignore[arg-type]
+            return entry.as_reply()
         options = (record.payload or {}).get("stream_options")
-        events = replay(orjson.loads(entry.body), dialect=entry.dialect, endpoint=entry.endpoint,
-                        include_usage=isinstance(options, dict) and options.get("include_usage") is True)
-        info = StreamInfo(usage=entry.usage, finish_reason=entry.finish_reason, chunks=len(events))
-        return IteratorStream(_iterate(events), info, entry.dialect)  # type: ignore[arg-type]
+        include_usage = isinstance(options, dict) and options.get("include_usage") is True
+        streams = entry.streams
+        if streams is None:
+            streams = entry.streams = {}
+        rendered = streams.get(include_usage)
+        if rendered is None:  # replayed once per entry: later hits send the same bytes
+            events = replay(orjson.loads(entry.body), dialect=entry.dialect, endpoint=entry.endpoint,
+                            include_usage=include_usage)
+            rendered = streams[include_usage] = (b"".join(events), len(events))
+        info = StreamInfo(usage=entry.usage, finish_reason=entry.finish_reason, chunks=rendered[1])
+        return IteratorStream(_iterate(rendered[0]), info, entry.dialect)  # type: ignore[arg-type]
 
     def store(self, record: RequestRecord) -> None:
         """At the request's end: keep its answer if complete, and release the requests waiting for it."""
@@ -371,9 +397,8 @@ class Cache:
             await self.entries.aclose()
 
 
-async def _iterate(events: list[bytes]) -> AsyncIterator[bytes]:
-    for event in events:
-        yield event
+async def _iterate(events: bytes) -> AsyncIterator[bytes]:
+    yield events  # a replayed stream's events in one chunk: one write, the same bytes as one per event
 
 
 def _is_glob(name: str) -> bool:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
+from collections.abc import Callable
 from typing import Any
 
 from labgate.state.base import Charge
@@ -37,10 +38,16 @@ _EMPTY = (0.0, 0.0)  # a counter not (or no longer) there
 Value = tuple[float, float]  # (the counter, when it expires; 0: never)
 
 
-def decide(charges: tuple[Charge, ...], current: list[Value], now: float) -> tuple[int, float, list[Value]]:
-    """(index refused or -1, seconds to wait, the new values): the take, as the Redis script does it."""
+def decide(charges: tuple[Charge, ...], current: Callable[[str, Value], Value],
+           now: float) -> tuple[int, float, list[Value]]:
+    """(index refused or -1, seconds to wait, the new values): the take, as the Redis script does it.
+
+    ``current(key, default)`` gives a counter's value (``default`` when it does not exist): a dict's ``get``."""
     new: list[Value] = []
-    for i, ((_, kind, limit, period, cost), (value, until)) in enumerate(zip(charges, current)):  # noqa: B905
+    i = -1
+    for key, kind, limit, period, cost in charges:
+        i += 1
+        value, until = current(key, _EMPTY)
         if until and until <= now:
             value = 0.0
         if kind == "rate":
@@ -78,8 +85,7 @@ class MemoryCounters:
 
     def take_now(self, charges: tuple[Charge, ...]) -> tuple[int, float]:
         now, values = self._clock(), self._values
-        get = values.get
-        refused, wait, new = decide(charges, [get(c.key, _EMPTY) for c in charges], now)
+        refused, wait, new = decide(charges, values.get, now)
         if refused >= 0:
             return refused, wait
         for c, value in zip(charges, new):  # noqa: B905  (decide returns one value per charge)
@@ -100,6 +106,38 @@ class MemoryCounters:
 
     async def adjust(self, charges: tuple[Charge, ...], deltas: tuple[float, ...]) -> None:
         self.adjust_now(charges, deltas)
+
+    def settle_now(self, charges: tuple[Charge, ...], tokens: tuple[int, ...], caps: tuple[int, ...],
+                   real_tokens: float, real_cost: float, floor: float = 0.0) -> list[float] | None:
+        """A reservation's settlement in one pass: each tpm charge moves by ``real_tokens`` minus its estimate,
+        each budget by ``real_cost`` minus its estimate (what :meth:`adjust_now` does with those deltas).
+
+        Returns each budget's spend after it (``caps`` order) when one of them is at or past ``floor`` × its
+        limit (the lowest alert threshold), else None: nothing for the alerts to look at."""
+        values = self._values
+        for i in tokens:
+            c = charges[i]
+            delta = real_tokens - c.cost
+            if delta and (current := values.get(c.key)) is not None:
+                tat = current[0] + delta * c.period_s / c.limit
+                values[c.key] = (tat, tat)
+        if not caps:
+            return None
+        now, spent, near = self._clock(), [], False
+        for i in caps:
+            c = charges[i]
+            current = values.get(c.key)
+            value, until = current if current is not None else _EMPTY
+            if until and until <= now:
+                value = 0.0
+            elif current is not None and (delta := real_cost - c.cost):
+                value = value + delta
+                if value < 0.0:
+                    value = 0.0
+                values[c.key] = (value, until)
+            spent.append(value)
+            near = near or value >= floor * c.limit
+        return spent if near else None
 
     async def seed(self, values: tuple[tuple[str, float, float], ...]) -> None:
         now = self._clock()
@@ -160,8 +198,8 @@ class SQLiteCounters:
         conn, now = self._conn, time.time()
         conn.execute("BEGIN IMMEDIATE")
         try:
-            current = [self._get(c.key) for c in charges]
-            refused, wait, new = decide(charges, current, now)
+            current = {c.key: self._get(c.key) for c in charges}
+            refused, wait, new = decide(charges, current.get, now)
             if refused < 0:
                 conn.executemany("INSERT OR REPLACE INTO counters (key, value, until) VALUES (?, ?, ?)",
                                  [(c.key, v, u) for c, (v, u) in zip(charges, new, strict=True)])
@@ -261,9 +299,12 @@ end
 return {0, '0'}
 """
 # KEYS: one per charge. ARGV: per charge kind, limit, period (ms), delta (requests, tokens or USD).
+# Returns each budget's (kind 'c') value after it, as a string, in charge order ('0' when absent): the
+# spend the alerts look at, read in the same call.
 ADJUST = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
+local spent = {}
 for i = 1, #KEYS do
   local kind, limit = ARGV[4*i-3], tonumber(ARGV[4*i-2])
   local period, delta = tonumber(ARGV[4*i-1]), tonumber(ARGV[4*i])
@@ -277,11 +318,13 @@ for i = 1, #KEYS do
     else
       local total = v + delta
       if total < 0 then total = 0 end
-      redis.call('SET', KEYS[i], string.format('%.17g', total), 'KEEPTTL')
+      v = string.format('%.17g', total)
+      redis.call('SET', KEYS[i], v, 'KEEPTTL')
     end
   end
+  if kind == 'c' then spent[#spent + 1] = v and tostring(v) or '0' end
 end
-return 0
+return spent
 """
 
 
@@ -337,6 +380,11 @@ class RedisCounters:
 
     async def adjust(self, charges: tuple[Charge, ...], deltas: tuple[float, ...]) -> None:
         await self._run(self._adjust, charges, deltas)
+
+    async def adjust_read(self, charges: tuple[Charge, ...], deltas: tuple[float, ...]) -> tuple[float, ...]:
+        """:meth:`adjust`, returning each budget charge's spend after it (charge order): one script call."""
+        spent = await self._run(self._adjust, charges, deltas)
+        return tuple(float(v) for v in spent)
 
     async def seed(self, values: tuple[tuple[str, float, float], ...]) -> None:
         """Set each counter that does not exist (SET NX), and the seeded marker: one pipelined round trip."""

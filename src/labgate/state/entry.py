@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import orjson
 
-from labgate.providers.base import Usage
+from labgate.providers.base import Reply, Usage
 
 
 @dataclass(slots=True)
@@ -21,6 +21,16 @@ class Entry:
     usage: Usage | None
     provider: str | None
     deployment: str | None
+    # what hits answer with, made on the first hit and reused while the entry stays decoded (state/cache.py):
+    # the whole reply, and per include_usage the replayed stream's bytes (one chunk) and its event count
+    reply: Reply | None = None
+    streams: dict[bool, tuple[bytes, int]] | None = None
+
+    def as_reply(self) -> Reply:
+        reply = self.reply
+        if reply is None:
+            reply = self.reply = Reply(self.body, self.usage, self.finish_reason, self.dialect)  # type: ignore[arg-type]
+        return reply
 
     def encode(self) -> bytes:
         usage = None if self.usage is None else [self.usage.prompt_tokens, self.usage.completion_tokens]

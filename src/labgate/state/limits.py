@@ -29,10 +29,11 @@ import asyncio
 import contextlib
 import fnmatch
 import logging
+import math
 import re
+import time
 from collections.abc import Iterable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from labgate.errors import BudgetExceededError, ProviderLimitedError, RateLimitedError
 from labgate.providers.base import Usage
@@ -43,7 +44,7 @@ from labgate.state.budgets import TTL_SLACK_S, compute, window
 if TYPE_CHECKING:
     from labgate.config.load import Config
     from labgate.config.schema.limits import RateLimit
-    from labgate.cost import Prices
+    from labgate.cost import Prices, Rates
     from labgate.keys import VirtualKey
     from labgate.record import RequestRecord
     from labgate.routing.table import Deployment, Route, RouteTable
@@ -53,20 +54,51 @@ MINUTE = 60.0
 _PERIODS = {"day": "today", "week": "this week", "month": "this month", "total": "in total"}
 BYTES_PER_TOKEN = 4  # the prompt estimate: request bytes / 4 (JSON overhead makes it an overestimate)
 _charge = tuple.__new__  # Charge(...) without the Python frame of a NamedTuple's __new__ (the request path)
+_UNKNOWN: Any = object()  # a route not yet in the estimate-rates memo
 MODEL_MEMO = 4096  # models (and budget windows) whose charges are kept preformatted; past it the memo starts again
 
 
-# a model's static charges (Limiter._static_for): rate (key, limit, the rpm Charge or None: tpm), budgets
-_Plan = tuple[tuple[tuple[str, float, Charge | None], ...], tuple[tuple[str, float, str], ...]]
+_NEVER = math.inf  # a total budget's window never ends
 
 
-@dataclass(slots=True)
-class Reservation:
+class _Window:
+    """A budget's current window: its counter key, kept until the window ends (then :meth:`roll`)."""
+
+    __slots__ = ("ends", "key", "limit", "name", "period", "prefix")
+
+    def __init__(self, prefix: str, name: str, limit: float, period: str) -> None:
+        self.prefix, self.name, self.limit, self.period = prefix, name, limit, period
+        self.key, self.ends = "", -math.inf  # rolled on first use
+
+    def roll(self, now: float) -> None:
+        wid, left = compute(self.period, now)
+        self.key = f"{self.prefix}spend:{self.name}:{self.period}:{wid}"
+        self.ends = now + left if left else _NEVER
+
+
+class _Shape:
+    """What a (model, virtual key) pair draws on, built once (Limiter._shape): the rate charges in order, with
+    the constant rpm charges in place and ``None`` where a tpm charge takes the request's estimate, then its
+    budgets' windows; and the indexes a Reservation keeps (tpm charges, budget charges)."""
+
+    __slots__ = ("caps_at", "key", "template", "tpm", "tpm_at", "windows")
+
+    def __init__(self, key: VirtualKey | None, template: tuple[Charge | None, ...],
+                 tpm: tuple[tuple[int, str, float], ...], windows: list[_Window]) -> None:
+        self.key, self.template, self.tpm, self.windows = key, template, tpm, windows
+        self.tpm_at = tuple(i for i, _, _ in tpm)
+        self.caps_at = tuple(range(len(template), len(template) + len(windows)))
+
+
+class Reservation(NamedTuple):
     """What a request took, to settle at finish."""
 
     charges: tuple[Charge, ...]
     tokens: tuple[int, ...]  # indexes of tpm charges
     caps: tuple[int, ...]  # indexes of budget charges
+
+
+NOTHING = Reservation((), (), ())  # taken while the backend was away (fail open): nothing to settle
 
 
 class Limiter:
@@ -76,6 +108,7 @@ class Limiter:
         self.counters = counters
         self._take_now = getattr(counters, "take_now", None)  # in-process: the take without a coroutine
         self._adjust_now = getattr(counters, "adjust_now", None)  # in-process: settled at once, no task
+        self.in_process = self._take_now is not None  # the request path may call reserve_now (no I/O)
         self.prices = prices
         self.prefix = f"{KEY_PREFIX}:{{limits:{rl.namespace if rl else 'default'}}}:"
         self._spend = len(self.prefix) + len("spend:")  # a budget key's "scope:name:period:window" starts here
@@ -107,8 +140,12 @@ class Limiter:
         self.owns_counters = True  # false once a reload handed them to the next Runtime's limiter
         self.history: Any = None  # the history store budgets are seeded from (state/seed.py); None: not yet
         self._seeding = asyncio.Lock()
-        self._static: dict[str, _Plan] = {}
-        self._keys: dict[tuple[str, str, str], str] = {}
+        # model → virtual key id ("": none) → its charges (_Shape); an updated key (a new object) is planned afresh
+        self._shapes: dict[str, dict[str, _Shape]] = {}
+        self._shape_count = 0
+        # a route's estimate rates: (USD per prompt token, per answer token), or None to ask Rates.cost
+        self._rates: dict[str, tuple[float, float] | Rates | None] = {}
+        self._settle_now = getattr(counters, "settle_now", None)  # in-process: settled in one pass
 
     async def seed(self, store: Any = None) -> int:
         """Seed each budget's current window from the history's cost sum, where its counter does not exist.
@@ -158,99 +195,127 @@ class Limiter:
             return model, found
         return next(((name, limit) for rx, name, limit in self.model_globs if rx.fullmatch(model)), None)
 
-    def _static_for(self, model: str) -> _Plan:
-        """A model's rate charges (key, limit, the rpm charge itself or None for tpm) and budgets (name,
-        limit, period) from the config: built on first use, then one dict lookup per request (``_static``,
-        at most ``MODEL_MEMO`` models)."""
+    def _shape(self, model: str, key: VirtualKey | None) -> _Shape:
+        """The charges of ``model`` requested with ``key`` (None: no virtual key), from the config and the key:
+        built on first use (and when the key object changes), then two dict lookups per request."""
         p = self.prefix
         rates: list[tuple[str, int | None, int | None]] = [("global", self.rpm, self.tpm)]
         if (found := self._model_limit(model)) is not None:
             rates.append(("model:" + found[0], found[1].rpm, found[1].tpm))
-        out: list[tuple[str, float, Charge | None]] = []
+        if key is not None:
+            rates.append(("key:" + key.id, key.rpm, key.tpm))
+        template: list[Charge | None] = []
+        tpm: list[tuple[int, str, float]] = []
         for name, rpm, tpm_limit in rates:
-            if rpm:
-                out.append((p + "rpm:" + name, rpm, Charge(p + "rpm:" + name, "rate", rpm, MINUTE, 1)))
-            if tpm_limit:
-                out.append((p + "tpm:" + name, tpm_limit, None))
+            if rpm:  # one request: the same charge every time
+                template.append(Charge(p + "rpm:" + name, "rate", rpm, MINUTE, 1))
+            if tpm_limit:  # the request's estimate: filled in per request
+                tpm.append((len(template), p + "tpm:" + name, tpm_limit))
+                template.append(None)
         spends: list[tuple[str, float, str]] = []
+        if key is not None:
+            if key.budget_usd is not None:
+                spends.append(("key:" + key.id, key.budget_usd, key.budget_period))
+            if key.project and (b := self.budgets.get(("project", key.project))):
+                spends.append(("project:" + key.project, b.limit_usd, b.period))
         if b := self.budgets.get(("model", model)):
             spends.append(("model:" + model, b.limit_usd, b.period))
         if b := self.global_budget:
             spends.append(("global", b.limit_usd, b.period))
-        if len(self._static) >= MODEL_MEMO:
-            self._static.clear()
-        found_plan = self._static[model] = (tuple(out), tuple(spends))
-        return found_plan
-
-    def _spend_key(self, name: str, period: str, wid: str) -> str:
-        """A budget window's counter key, formatted once per (budget, window) (``_keys``, bounded)."""
-        memo = (name, period, wid)
-        key = self._keys.get(memo)
-        if key is None:
-            if len(self._keys) >= MODEL_MEMO:
-                self._keys.clear()
-            key = self._keys[memo] = f"{self.prefix}spend:{name}:{period}:{wid}"
-        return key
+        shape = _Shape(key, tuple(template), tuple(tpm), [_Window(p, *spend) for spend in spends])
+        if self._shape_count >= MODEL_MEMO:
+            self._shapes.clear()
+            self._shape_count = 0
+        self._shapes.setdefault(model, {})[key.id if key is not None else ""] = shape
+        self._shape_count += 1
+        return shape
 
     def charges(self, record: RequestRecord, route: Route, *, budgets: bool = True) -> Reservation:
-        p, key, model = self.prefix, record.api_key, record.model or ""
+        key, model = record.api_key, record.model or ""
         prompt, output = _estimate(record, self.default_output)
         tokens = prompt + output
-        out: list[Charge] = []
-        tpm: list[int] = []
-        caps: list[int] = []
-        static = self._static.get(model)
-        if static is None:
-            static = self._static_for(model)
-        for ckey, limit, rpm_charge in static[0]:
-            if rpm_charge is not None:  # one request: the same charge every time
-                out.append(rpm_charge)
-            else:
-                tpm.append(len(out))
-                out.append(_charge(Charge, (ckey, "rate", limit, MINUTE, min(tokens, limit))))
-        if key is not None:
-            name = "key:" + key.id
-            if key.rpm:
-                out.append(Charge(p + "rpm:" + name, "rate", key.rpm, MINUTE, 1))
-            if key.tpm:
-                tpm.append(len(out))
-                out.append(Charge(p + "tpm:" + name, "rate", key.tpm, MINUTE, min(tokens, key.tpm)))
-        if budgets and (static[1] or (key is not None and (key.budget_usd is not None or key.project))):
-            spends: tuple[tuple[str, float, str], ...] = static[1]
-            if key is not None:
-                mine: list[tuple[str, float, str]] = []
-                if key.budget_usd is not None:
-                    mine.append(("key:" + key.id, key.budget_usd, key.budget_period))
-                if key.project and (b := self.budgets.get(("project", key.project))):
-                    mine.append(("project:" + key.project, b.limit_usd, b.period))
-                spends = (*mine, *spends)
-            if spends:
-                cost = self._estimate_cost(route, prompt, output)
-                for name, limit, period in spends:
-                    wid, left = window(period)
-                    caps.append(len(out))
-                    out.append(_charge(Charge, (self._spend_key(name, period, wid), "cap", limit,
-                                                left + TTL_SLACK_S if left else 0.0, cost)))
-        return Reservation(tuple(out), tuple(tpm), tuple(caps))
+        per_model = self._shapes.get(model)
+        shape = None if per_model is None else per_model.get(key.id if key is not None else "")
+        if shape is None or shape.key is not key:
+            shape = self._shape(model, key)
+        out = list(shape.template)
+        for i, ckey, limit in shape.tpm:
+            out[i] = _charge(Charge, (ckey, "rate", limit, MINUTE, tokens if tokens < limit else limit))
+        if not (budgets and shape.windows):
+            return _charge(Reservation, (tuple(out), shape.tpm_at, ()))
+        cost = self._estimate_cost(route, prompt, output)
+        now = time.time()
+        for w in shape.windows:
+            if now >= w.ends:  # the budget's window ended (or was never looked at): its next counter
+                w.roll(now)
+            out.append(_charge(Charge, (w.key, "cap", w.limit, w.ends - now + TTL_SLACK_S if w.ends != _NEVER
+                                        else 0.0, cost)))
+        return _charge(Reservation, (tuple(out), shape.tpm_at, shape.caps_at))
 
     def _estimate_cost(self, route: Route, prompt: int, output: int) -> float:
         """The estimate's cost at the route's first deployment's price (0 when unpriced or priced per hour)."""
+        known = self._rates
+        rates = known.get(route.name, _UNKNOWN)
+        if rates is _UNKNOWN:
+            rates = self._route_rates(route)
+        if rates is None:
+            return 0.0
+        if type(rates) is tuple:  # plain per-token prices: the cost without building a Usage
+            return prompt * rates[0] + output * rates[1]
+        return rates.cost(Usage(prompt_tokens=prompt, completion_tokens=output))
+
+    def _route_rates(self, route: Route) -> tuple[float, float] | Rates | None:
         dep = route.groups[0].deployments[0] if route.groups and route.groups[0].deployments else None
         rates = self.prices.of(dep.key, dep.provider, dep.model) if dep is not None else None
+        found: tuple[float, float] | Rates | None
         if rates is None or rates.per_hour is not None:
-            return 0.0
-        return rates.cost(Usage(prompt_tokens=prompt, completion_tokens=output))
+            found = None
+        elif rates.tier is None:
+            found = (rates.input, rates.output)
+        else:
+            found = rates  # tiered: Rates.cost picks the tier
+        if len(self._rates) >= MODEL_MEMO:
+            self._rates.clear()
+        self._rates[route.name] = found
+        return found
 
     async def reserve(self, record: RequestRecord, route: Route, table: RouteTable) -> Route:
         """Take every charge or raise; returns the route to use (the fallback one when a budget says so)."""
+        if self._take_now is not None:
+            return self.reserve_now(record, route, table)
         held = self.charges(record, route)
         if not held.charges:
             return route
+        refused, wait, taken = await self._take(held)
+        if refused < 0:
+            record.reservation = taken
+            return route
+        fallback, held = self._refused(record, held, refused, wait, table)
+        if held.charges:
+            refused, wait, taken = await self._take(held)
+            self._fallback_taken(record, taken, refused, wait)
+        return fallback
+
+    def reserve_now(self, record: RequestRecord, route: Route, table: RouteTable) -> Route:
+        """:meth:`reserve` on in-process counters (``in_process``): the same, without a coroutine."""
         take_now = self._take_now
-        refused, wait = take_now(held.charges) if take_now is not None else await self._take(held)
+        assert take_now is not None, "reserve_now needs in-process counters"
+        held = self.charges(record, route)
+        if not held.charges:
+            return route
+        refused, wait = take_now(held.charges)
         if refused < 0:
             record.reservation = held
             return route
+        fallback, held = self._refused(record, held, refused, wait, table)
+        if held.charges:
+            refused, wait = take_now(held.charges)
+            self._fallback_taken(record, held, refused, wait)
+        return fallback
+
+    def _refused(self, record: RequestRecord, held: Reservation, refused: int, wait: float,
+                 table: RouteTable) -> tuple[Route, Reservation]:
+        """A refused take: raise its 429, or (budgets.on_exhausted: fallback) the fallback route and its charges."""
         charge = held.charges[refused]
         if charge.kind == "rate":
             what = "requests" if charge.key.startswith(self.prefix + "rpm:") else "tokens"
@@ -261,16 +326,16 @@ class Limiter:
         if self.fallback is not None and record.model != self.fallback:
             record.budget_fallback = scope
             fallback = table.resolve(self.fallback)
-            held = self.charges(record, fallback, budgets=False)
-            if held.charges:
-                refused, wait = await self._take(held)
-                if refused >= 0:
-                    raise RateLimitedError("Rate limit reached for the budget fallback model.", retry_after=wait)
-                record.reservation = held
-            return fallback
+            return fallback, self.charges(record, fallback, budgets=False)
         period = charge.key.rsplit(":", 2)[1]
         raise BudgetExceededError(f"Budget exhausted for {scope}: ${charge.limit:g} {_PERIODS.get(period, period)}.",
                                   retry_after=wait or None)
+
+    @staticmethod
+    def _fallback_taken(record: RequestRecord, held: Reservation, refused: int, wait: float) -> None:
+        if refused >= 0:
+            raise RateLimitedError("Rate limit reached for the budget fallback model.", retry_after=wait)
+        record.reservation = held
 
     def provider_charges(self, record: RequestRecord, dep: Deployment) -> Reservation:
         """What an attempt on ``dep`` draws on: its provider's rpm, tpm and budget (``providers.yaml``)."""
@@ -292,7 +357,9 @@ class Limiter:
             cost = 0.0 if rates is None or rates.per_hour is not None else rates.cost(
                 Usage(prompt_tokens=prompt, completion_tokens=output))
             caps = (len(out),)
-            out.append(Charge(f"{p}spend:{name}:{period}:{wid}", "cap", limit, left + TTL_SLACK_S, cost))
+            # a total budget never ends (period 0: its counter never expires), like the gateway's own
+            out.append(Charge(f"{p}spend:{name}:{period}:{wid}", "cap", limit, left + TTL_SLACK_S if left else 0.0,
+                              cost))
         return Reservation(tuple(out), tpm, caps)
 
     async def take_provider(self, record: RequestRecord, dep: Deployment) -> Reservation | ProviderLimitedError:
@@ -302,7 +369,7 @@ class Limiter:
             refused, wait = await self.counters.take(held.charges)
         except StateUnavailableError as exc:
             if self.fail_open:
-                return Reservation((), (), ())
+                return NOTHING
             return ProviderLimitedError(f"provider {dep.provider!r}: its limits cannot be checked right now ({exc})",
                                         budget=False, retry_after=1.0)
         if refused < 0:
@@ -328,6 +395,42 @@ class Limiter:
         record.reservation = Reservation(mine.charges + held.charges, mine.tokens + tuple(i + n for i in held.tokens),
                                          mine.caps + tuple(i + n for i in held.caps))
 
+    def settle_served(self, record: RequestRecord, failed: Deployment, usage: Usage | None, partial: str) -> None:
+        """Stream rescue: the broken attempt's provider charges settle now with what it served.
+
+        The broken stream served the prompt and ``partial`` (the text the client got from it): its
+        ``usage`` when the stream reported one, else the prompt estimate plus ``partial``'s bytes / 4,
+        priced at ``failed``'s rates. Those charges leave the reservation, so the continuation's
+        provider is settled at finish with what it served (the record's usage and cost), not both
+        with the whole answer.
+        """
+        held = record.reservation
+        if held is None or failed.provider not in self.providers:
+            return
+        owner = "provider:" + failed.provider
+        start, seen, mine = len(self.prefix), set(), []
+        for i, charge in enumerate(held.charges):  # its charges come first (the continuation's were kept after)
+            scope = charge.key[start:].split(":", 1)[1]
+            if (scope == owner or scope.startswith(owner + ":")) and charge.key not in seen:
+                seen.add(charge.key)
+                mine.append(i)
+        if not mine:
+            return
+        if usage is None:
+            prompt, _ = _estimate(record, self.default_output)
+            usage = Usage(prompt_tokens=prompt, completion_tokens=-(-len(partial.encode()) // BYTES_PER_TOKEN))
+        rates = self.prices.of(failed.key, failed.provider, failed.model)
+        cost = 0.0 if rates is None or rates.per_hour is not None else rates.cost(usage)
+        index = {i: n for n, i in enumerate(mine)}
+        served = Reservation(tuple(held.charges[i] for i in mine), tuple(index[i] for i in held.tokens if i in index),
+                             tuple(index[i] for i in held.caps if i in index))
+        rest = [i for i in range(len(held.charges)) if i not in index]
+        kept = {i: n for n, i in enumerate(rest)}
+        record.reservation = Reservation(tuple(held.charges[i] for i in rest),
+                                         tuple(kept[i] for i in held.tokens if i in kept),
+                                         tuple(kept[i] for i in held.caps if i in kept))
+        self._settle(served, usage.total_tokens, cost)
+
     def give_back(self, held: Reservation, *, sent: bool) -> None:
         """A failed attempt: its tokens and spend return; its request too unless ``sent`` (the upstream saw it)."""
         if not sent and held.charges:  # nothing was sent (e.g. the half-open probe was taken): all returns
@@ -335,14 +438,15 @@ class Limiter:
         elif held.tokens or held.caps:
             self._settle(held, 0.0, 0.0)
 
-    async def _take(self, held: Reservation) -> tuple[int, float]:
-        """The counters' take; while the backend is away: admitted (fail open) or a 429 (closed)."""
+    async def _take(self, held: Reservation) -> tuple[int, float, Reservation]:
+        """The counters' take and what it took; while the backend is away: admitted with nothing taken (fail
+        open) or a 429 (closed)."""
         try:
-            return await self.counters.take(held.charges)
+            refused, wait = await self.counters.take(held.charges)
+            return refused, wait, held
         except StateUnavailableError as exc:
             if self.fail_open:
-                held.charges, held.tokens, held.caps = (), (), ()  # nothing taken: nothing to settle
-                return -1, 0.0
+                return -1, 0.0, NOTHING
             raise RateLimitedError(f"Rate limits cannot be checked right now ({exc}); try again shortly.",
                                    retry_after=1.0) from None
 
@@ -351,9 +455,29 @@ class Limiter:
         held = record.reservation
         record.reservation = None
         usage = record.usage
-        self._settle(held, usage.total_tokens if usage is not None else 0, record.cost or 0.0)
+        real_tokens, real_cost = usage.total_tokens if usage is not None else 0, record.cost or 0.0
+        settle_now = self._settle_now
+        if settle_now is None:
+            self._settle(held, real_tokens, real_cost)
+        elif (near := settle_now(held.charges, held.tokens, held.caps, real_tokens, real_cost,
+                                 self.alerts.floor)) is not None:
+            self._alert(held, near)
+
+    def _alert(self, held: Reservation, spent: list[float]) -> None:
+        """Budget alerts for the spend after an in-process settlement (``spent``: per budget charge)."""
+        alerts, floor = self.alerts, self.alerts.floor
+        for i, value in zip(held.caps, spent, strict=True):
+            charge = held.charges[i]
+            if value >= floor * charge.limit:  # below the lowest threshold nothing can cross
+                alerts.check(charge.key[self._spend:], value, charge.limit)
 
     def _settle(self, held: Reservation, real_tokens: float, real_cost: float) -> None:
+        settle_now = self._settle_now
+        if settle_now is not None:  # in-process: one pass over the counters, no deltas list
+            near = settle_now(held.charges, held.tokens, held.caps, real_tokens, real_cost, self.alerts.floor)
+            if near is not None:
+                self._alert(held, near)
+            return
         deltas = [0.0] * len(held.charges)
         for i in held.tokens:
             deltas[i] = real_tokens - held.charges[i].cost
@@ -381,13 +505,17 @@ class Limiter:
 
     async def _adjust(self, held: Reservation, deltas: tuple[float, ...]) -> None:
         try:
-            if any(deltas):
-                await self.counters.adjust(held.charges, deltas)
-            if held.caps:  # the spend now, for alerts: one more read, off the request path
-                caps = [held.charges[i] for i in held.caps]
-                spent = await self.counters.read(tuple(c.key for c in caps))
-                for charge, value in zip(caps, spent, strict=True):
-                    self.alerts.check(charge.key[self._spend:], value, charge.limit)
+            caps = [held.charges[i] for i in held.caps]
+            adjust_read = getattr(self.counters, "adjust_read", None)
+            if adjust_read is not None:  # Redis: settled and the budgets' spend read back in one script call
+                spent = await adjust_read(held.charges, deltas)
+            else:
+                if any(deltas):
+                    await self.counters.adjust(held.charges, deltas)
+                # the spend now, for alerts: one more read, off the request path
+                spent = await self.counters.read(tuple(c.key for c in caps)) if caps else ()
+            for charge, value in zip(caps, spent, strict=True):
+                self.alerts.check(charge.key[self._spend:], value, charge.limit)
         except StateUnavailableError as exc:
             log.warning("limits: could not settle a reservation (%s); its estimate stays counted", exc)
 

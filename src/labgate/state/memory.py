@@ -33,6 +33,10 @@ class MemoryEntries:
         return len(self._items)
 
     async def get(self, key: str) -> bytes | None:
+        return self.get_now(key)
+
+    def get_now(self, key: str) -> bytes | None:
+        """``get`` without a coroutine (the cache's hit path calls it directly)."""
         item = self._items.get(key)
         if item is None:
             return None

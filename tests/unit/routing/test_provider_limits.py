@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -231,3 +232,61 @@ async def test_admin_budgets_lists_a_provider_budget(tmp_path: Path) -> None:
         assert (row["budget"], row["scope"], row["name"], row["limit_usd"], row["period"]) == (
             "provider:first", "provider", "first", 10_000, "day")
         assert row["used_usd"] == pytest.approx(cost)
+
+
+async def test_a_provider_passed_over_for_its_limit_uses_none_of_max_attempts(tmp_path: Path) -> None:
+    # max_attempts 1: the one attempt goes to the second provider once the first is over its rpm
+    # (passed over without being sent); before, the over provider used the only attempt and the client got 429
+    async with two(tmp_path, {"rate_limits": {"rpm": 1}}, {}, resilience={"max_attempts": 1}) as (running, http, a, b):
+        got = [await post(running, http) for _ in range(3)]
+        assert [g[0] for g in got] == [200, 200, 200]
+        assert [g[2]["x-labgate-provider"] for g in got] == ["first", "second", "second"]
+        assert [g[2]["x-labgate-attempts"] for g in got] == ["1", "1", "1"]
+        assert (len(a.requests), len(b.requests)) == (1, 2)
+        # the cap still holds for real attempts: the second provider failing is not followed by a third call
+        b.set(Behaviour(fault=Status(500)))
+        status, _, headers = await post(running, http)
+        assert status == 502 and headers["x-labgate-attempts"] == "1"
+        assert (len(a.requests), len(b.requests)) == (1, 3)
+
+
+async def test_a_rescued_stream_settles_each_provider_with_what_it_served(tmp_path: Path) -> None:
+    # the first provider's stream is cut after 4 events ("The quick brown"), the second continues it;
+    # each provider's budget ends with what it served: the first the prompt and the partial answer at its
+    # price, the second the continuation's usage at its own; before, both were settled with the whole cost
+    from labgate.state.budgets import window
+    from labgate.state.limits import BYTES_PER_TOKEN
+    from labgate.testing import CutStream
+
+    cheap = {"input_per_1m": 100_000, "output_per_1m": 300_000}  # $0.1 a prompt token, $0.3 an answer token
+    async with two(tmp_path, {"budget": {"limit_usd": 1000, "period": "day"}},
+                   {"budget": {"limit_usd": 1000, "period": "day"}, "models": [{"name": "m", "pricing": cheap}]},
+                   resilience={"stream_rescue": True},
+                   budgets={"limits": [{"scope": "global", "limit_usd": 1000, "period": "day"}]}) as (
+            running, http, a, b):
+        a.set(Behaviour(reply="The quick brown fox jumps over the lazy dog", fault=CutStream(after=4)))
+        b.set(Behaviour(reply="and then it ran away"))
+        body = orjson.dumps({"model": "m", "stream": True, "max_tokens": 50,
+                             "messages": [{"role": "user", "content": "the fox?"}]})
+        async with http.post(running.url + "/v1/chat/completions", data=body) as r:
+            text = await r.read()
+        assert b"labgate rescued this stream" in text and (len(a.requests), len(b.requests)) == (1, 1)
+        limiter = running.gateway.runtime.limiter
+        assert limiter is not None
+        for _ in range(100):  # the record (and its settlement) is written just after the last byte
+            if limiter.counters.value_now(f"{limiter.prefix}spend:global:day:{window('day')[0]}") > 0:
+                break
+            await asyncio.sleep(0.02)
+        await limiter.drain()
+        wid = window("day")[0]
+        spent = {name: limiter.counters.value_now(f"{limiter.prefix}spend:provider:{name}:day:{wid}")
+                 for name in ("first", "second")}
+        whole = limiter.counters.value_now(f"{limiter.prefix}spend:global:day:{wid}")  # the record's cost
+        prompt = len(body) // BYTES_PER_TOKEN
+        served = -(-len(b"The quick brown") // BYTES_PER_TOKEN)
+        assert spent["first"] == pytest.approx(prompt * 1.0 + served * 2.0)  # PRICED: $1 in, $2 out
+        continued = b.requests[-1].body  # the continuation's prompt held the partial answer (prefill)
+        assert continued["messages"][-1] == {"role": "assistant", "content": "The quick brown"}
+        # the continuation: the record's usage at its own price
+        assert whole > 0 and spent["second"] == pytest.approx(whole)
+        assert spent["first"] != pytest.approx(whole)

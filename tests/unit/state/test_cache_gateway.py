@@ -351,3 +351,88 @@ async def test_identical_request_bytes_reuse_the_key_hash(env: Env, monkeypatch:
     for i in range(cache_module.HASHED_LIMIT * 2):  # many bodies: the remembered hashes stay bounded
         await env.post({**CHAT, "seed": i}, headers={"cache-control": "no-store"})
     assert len(cache._hashed) == cache_module.HASHED_LIMIT
+
+
+@pytest.mark.asyncio
+async def test_streamed_hits_replay_the_stored_answer_once(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A streamed hit sends the stream rendered on the entry's first streamed hit: not parsed and replayed again."""
+    from labgate.state import cache as cache_module
+
+    replays: list[bool] = []
+    real = cache_module.replay
+
+    def counting(doc: dict[str, Any], *, dialect: str, endpoint: str, include_usage: bool) -> list[bytes]:
+        replays.append(include_usage)
+        return real(doc, dialect=dialect, endpoint=endpoint, include_usage=include_usage)
+
+    monkeypatch.setattr(cache_module, "replay", counting)
+    streamed = {**CHAT, "stream": True, "stream_options": {"include_usage": True}}
+    miss = await env.post(streamed)
+    hits = [await env.post(streamed) for _ in range(3)]
+    assert all(h.headers["x-labgate-cache"] == "hit" for h in hits)
+    assert hits[0].content == hits[1].content == hits[2].content  # the same bytes every time
+    assert _stream_text(hits[0].content) == _stream_text(miss.content)
+    assert _stream_usage(hits[0].content) == _stream_usage(miss.content)
+    assert replays == [True]  # rendered on the first streamed hit only
+    plain = [await env.post({**CHAT, "stream": True}) for _ in range(2)]  # no usage asked: its own rendering
+    assert replays == [True, False] and plain[0].content == plain[1].content
+    assert not any(e.get("usage") for e in _stream_events(plain[0].content))
+    # every hit is still recorded: counted by the cache and the metrics as a hit
+    cache = env.gw.gateway.runtime.cache
+    assert cache is not None and cache.counts[cache.default.namespace].hits == 5
+
+
+@pytest.mark.asyncio
+async def test_a_memory_hit_reads_the_backend_without_its_coroutine(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    from labgate.state.memory import MemoryEntries
+
+    miss = await env.post(CHAT)
+
+    async def never(self: MemoryEntries, key: str) -> bytes | None:
+        raise AssertionError("the hit path awaited MemoryEntries.get")
+
+    monkeypatch.setattr(MemoryEntries, "get", never)
+    hit = await env.post(CHAT)
+    assert hit.headers["x-labgate-cache"] == "hit" and hit.content == miss.content
+    other = await env.post({**CHAT, "seed": 1})  # a miss takes the same path
+    assert other.headers["x-labgate-cache"] == "miss"
+
+
+@pytest.mark.asyncio
+async def test_a_backend_handing_back_equal_bytes_reuses_the_decoded_entry(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Redis hands back new bytes on each get: equal bytes reuse the decoded entry (and its rendered stream)."""
+    from labgate.config.schema.cache import CacheConfig
+    from labgate.state.cache import Cache
+    from labgate.state.entry import Entry
+
+    class Copying:
+        backend = "copying"
+
+        def __init__(self) -> None:
+            self.values: dict[str, bytes] = {}
+
+        async def get(self, key: str) -> bytes | None:
+            value = self.values.get(key)
+            return None if value is None else bytes(bytearray(value))  # a fresh object, like a network read
+
+        async def put(self, key: str, value: bytes, ttl_s: float) -> None:
+            self.values[key] = value
+
+        async def aclose(self) -> None:
+            pass
+
+    decodes: list[bytes] = []
+    real = Entry.decode.__func__  # type: ignore[attr-defined]
+    monkeypatch.setattr(Entry, "decode", classmethod(lambda cls, raw: decodes.append(raw) or real(cls, raw)))
+    store = Copying()
+    cache = Cache(CacheConfig(), {}, store)  # type: ignore[arg-type]
+    entry = Entry(b'{"id":"x","object":"chat.completion","choices":[{"index":0,"message":{"role":"assistant",'
+                  b'"content":"hi"},"finish_reason":"stop"}]}', "openai", "chat", 1.0, "stop", None, "p", "p/m")
+    store.values["k"] = entry.encode()
+    for _ in range(3):
+        assert await cache.entries.get("k") is not store.values["k"]
+        found = cache._decode("k", await cache.entries.get("k"))
+        assert found is not None and found.body == entry.body
+    assert len(decodes) == 1
+    store.values["k"] = Entry(entry.body, "openai", "chat", 2.0, "stop", None, "p", "p/m").encode()  # re-stored
+    assert cache._decode("k", await cache.entries.get("k")) is not found and len(decodes) == 2

@@ -60,12 +60,11 @@ def test_a_new_budget_window_gets_a_new_key(monkeypatch: pytest.MonkeyPatch) -> 
 
 
 def test_the_memo_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
-    limiter, _ = _setup()
+    limiter, rt = _setup()
     monkeypatch.setattr(limits, "MODEL_MEMO", 3)
     for i in range(10):
-        limiter._static_for(f"m{i}")
-        limiter._spend_key("global", "day", f"d{i}")
-    assert len(limiter._static) <= 3 and len(limiter._keys) <= 3
+        limiter.charges(_record(f"m{i}"), rt.table.resolve("paid"))
+    assert sum(len(keys) for keys in limiter._shapes.values()) <= 3 and limiter._shape_count <= 3
 
 
 @pytest.mark.parametrize(("payload", "expected"), [
@@ -75,3 +74,67 @@ def test_the_estimate_takes_only_a_token_count(payload: dict[str, object], expec
     record = _record("paid")
     record.payload = payload
     assert limits._estimate(record, 1024) == (10, expected)
+
+
+def _keyed(rpm: int | None, tpm: int | None, budget: float | None, project: str | None = None) -> object:
+    from labgate.keys import VirtualKey
+
+    return VirtualKey(id="key_1", name="k", hint="abcd", project=project, rpm=rpm, tpm=tpm, budget_usd=budget,
+                      budget_period="day")
+
+
+def test_a_key_s_charges_follow_its_changes() -> None:
+    limiter, rt = _setup()
+    route = rt.table.resolve("gpt-x")
+    record = _record("gpt-x")
+    record.api_key = _keyed(5, None, None)  # type: ignore[assignment]
+    first = [c.key[len(limiter.prefix):] for c in limiter.charges(record, route).charges]
+    assert "rpm:key:key_1" in first and "tpm:key:key_1" not in first
+    record.api_key = _keyed(None, 50, 2.0)  # type: ignore[assignment]  # the key was updated: a new object
+    held = limiter.charges(record, route)
+    after = [c.key[len(limiter.prefix):] for c in held.charges]
+    assert "rpm:key:key_1" not in after and "tpm:key:key_1" in after
+    assert any(k.startswith("spend:key:key_1:day:") for k in after)
+    tpm = next(c for c in held.charges if c.key.endswith("tpm:key:key_1"))
+    assert (tpm.limit, tpm.cost) == (50, 13)  # 40 bytes / 4 + 3 answer tokens
+
+
+def test_the_estimate_cost_matches_the_price_for_plain_and_tiered_rates() -> None:
+    from labgate.cost import Rates
+    from labgate.providers.base import Usage
+
+    limiter, rt = _setup()
+    route = rt.table.resolve("paid")
+    rates = limiter.prices.of(*(lambda d: (d.key, d.provider, d.model))(route.groups[0].deployments[0]))
+    assert rates is not None
+    assert limiter._estimate_cost(route, 120, 30) == pytest.approx(rates.cost(Usage(120, 30)))
+    tiered = Rates(1e-6, 2e-6, tier_start=100, tier=Rates(3e-6, 5e-6))
+    limiter._rates[route.name] = tiered  # a tiered price keeps its Rates: the tier depends on the prompt
+    assert limiter._estimate_cost(route, 120, 30) == pytest.approx(120 * 3e-6 + 30 * 5e-6)
+    assert limiter._estimate_cost(route, 50, 30) == pytest.approx(50 * 1e-6 + 30 * 2e-6)
+
+
+@pytest.mark.asyncio
+async def test_the_in_process_settlement_equals_the_general_one() -> None:
+    """settle_now (one pass) leaves the counters and fires the alerts exactly as adjust_now with deltas does."""
+    from labgate.providers.base import Usage
+
+    fused, _ = _setup()
+    general, rt = _setup()
+    general._settle_now = None  # the path other backends take: deltas, then adjust
+    fired: dict[str, list[tuple[str, float]]] = {"fused": [], "general": []}
+    for name, limiter in (("fused", fused), ("general", general)):
+        limiter.counters._clock = lambda: 1000.0  # type: ignore[attr-defined]  # the same instant for both
+        limiter.alerts.check = lambda scope, spent, limit, _n=name: fired[_n].append((scope, round(spent, 9)))
+        for i, (real_tokens, real_cost) in enumerate([(5, 0.1), (0, 0.0), (40, 0.45), (13, 0.2), (2, 0.0)]):
+            record = _record("paid" if i % 2 == 0 else "gpt-x")
+            await limiter.reserve(record, rt.table.resolve(record.model or ""), rt.table)
+            record.usage = Usage(real_tokens, 0)
+            record.cost = real_cost
+            limiter.settle(record)
+    a, b = fused.counters._values, general.counters._values  # type: ignore[attr-defined]
+    assert a.keys() == b.keys()
+    for key in a:
+        assert a[key] == pytest.approx(b[key]), key
+    assert any(":tpm:" in key for key in a) and any(":spend:" in key for key in a)
+    assert fired["fused"] == fired["general"] and fired["fused"]  # the budgets passed their thresholds

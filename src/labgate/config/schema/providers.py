@@ -34,7 +34,7 @@ class RateLimitsConfig(Strict):
 
 class BudgetConfig(Strict):
     limit_usd: float = Field(gt=0)
-    period: Literal["day", "week", "month"] = "month"
+    period: Literal["day", "week", "month", "total"] = "month"  # total: never resets (like budgets: in gateway.yaml)
 
 
 class ModelConfig(Strict):
