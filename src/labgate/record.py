@@ -91,18 +91,20 @@ class RequestRecord:
         return None if first is None else round((first - self.started) * 1000, 3)
 
     def as_log(self) -> dict[str, Any]:
-        usage = self.usage
+        usage, started, finished, failures = self.usage, self.started, self.finished, self.failures
+        first = self.first_token or self.first_byte  # latency_ms and ttft_ms, without their calls
         entry = {
             "request_id": self.request_id, "client_request_id": self.client_request_id,
             "ts": round(self.timestamp, 3), "endpoint": self.endpoint,
             "model": self.model, "stream": self.stream, "provider": self.provider,
             "deployment": self.deployment, "status": self.status, "outcome": self.outcome,
-            "latency_ms": self.latency_ms, "ttft_ms": self.ttft_ms,
+            "latency_ms": None if finished is None else round((finished - started) * 1000, 3),
+            "ttft_ms": None if first is None else round((first - started) * 1000, 3),
             "prompt_tokens": usage.prompt_tokens if usage else None,
             "completion_tokens": usage.completion_tokens if usage else None,
             "finish_reason": self.finish_reason, "attempts": self.attempts,
             "failed_attempts": [{"deployment": f.deployment, "error": f.error.code,
-                                 "message": f.error.message} for f in self.failures] or None,
+                                 "message": f.error.message} for f in failures] if failures else None,
             "error_type": self.error_type, "error": self.error_message,
             "key_id": self.key_id, "client_ip": self.client_ip,
             "cache": self.cache_status,

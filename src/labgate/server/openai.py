@@ -124,8 +124,9 @@ def route_headers(record: RequestRecord) -> list[tuple[str, str]]:
         headers.extend(cache_headers(record))
     if record.spill is not None:  # routed past a loaded local deployment (prefer_local_under)
         headers.append(("x-labgate-spill", header_value(record.spill)))
-    if record.cost is not None and record.finished is not None:  # whole replies (docs/cost.md)
-        headers.append(("x-labgate-cost", f"{record.cost:.10f}".rstrip("0").rstrip(".") or "0"))
+    cost = record.cost
+    if cost is not None and record.finished is not None:  # whole replies (docs/cost.md)
+        headers.append(("x-labgate-cost", f"{cost:.10f}".rstrip("0").rstrip(".") or "0" if cost else "0"))
     if record.routing is not None:  # a local_first route (docs/limits.md)
         headers.append(("x-labgate-routing", record.routing))
     if record.budget_fallback is not None:  # a budget sent it to budgets.fallback_model (docs/limits.md)
