@@ -22,6 +22,7 @@ from labgate.routing.table import Deployment
 from labgate.runtime import Runtime
 
 if TYPE_CHECKING:
+    from labgate.server.replicas import Replicas
     from labgate.store.writer import History
     from labgate.telemetry.metrics import Metrics
     from labgate.telemetry.traces import Tracer
@@ -50,6 +51,7 @@ class Gateway:
         self.traces = traces
         self._keep_content = history is not None and history.keeps_content
         self.draining = False  # shutdown began: readiness fails so load balancers stop sending
+        self.replicas: Replicas | None = None  # the other replicas on state.url (server/replicas.py); None: alone
 
     async def handle(self, record: RequestRecord, *, api_key: str | None, body: bytes,
                      parse: Parser, answer: Answer | None = None) -> Reply | Stream:

@@ -18,7 +18,7 @@ from labgate.errors import OverCapacityError
 from labgate.keys import KeyRing
 from labgate.providers.base import Adapter
 from labgate.providers.registry import TYPES
-from labgate.routing.circuit import Circuit
+from labgate.routing.circuit import Circuit, CircuitShare
 from labgate.routing.queue import Queue
 from labgate.routing.rescue import Rescue
 from labgate.routing.table import RouteTable
@@ -46,11 +46,12 @@ class Runtime:
     @classmethod
     def build(cls, config: Config, *, access_log: AccessLog | None = None,
               previous: Runtime | None = None, keyring: KeyRing | None = None,
-              shared_limits: str | None = None) -> Runtime:
+              shared_limits: str | None = None, circuit_share: CircuitShare | None = None) -> Runtime:
         """``previous``: the Runtime a reload replaces: unchanged providers keep capacity and circuit state,
         the cache keeps its entries when its backend is unchanged, and its virtual keys are kept.
         ``keyring``: the process's virtual keys (None: off). ``shared_limits``: the SQLite file
-        ``--workers N`` share rate limit and budget counters in (no Redis)."""
+        ``--workers N`` share rate limit and budget counters in (no Redis). ``circuit_share``: where circuits
+        that open or close are told to the other replicas (server/replicas.py; a reload keeps the previous one)."""
         adapters = {name: TYPES[p.type].build(p, name)
                     for name, p in config.providers.items() if p.status == "active"}
         gateway = config.gateway
@@ -62,7 +63,8 @@ class Runtime:
             config=config,
             adapters=adapters,
             table=table,
-            circuit=Circuit(gateway.resilience.circuit.failure_threshold, gateway.resilience.circuit.cooldown_s),
+            circuit=Circuit(gateway.resilience.circuit.failure_threshold, gateway.resilience.circuit.cooldown_s,
+                            previous.circuit.share if previous is not None else circuit_share),
             auth=Auth(keys, keyring=previous.auth.keyring if previous is not None else keyring),
             access_log=access_log or AccessLog(enabled=gateway.logging.requests,
                                                client_ip=gateway.logging.client_ip,

@@ -284,3 +284,45 @@ async def test_credentials_and_fixed_headers_when_configured(sim: Simulator) -> 
 async def test_an_options_request_without_preflight_headers_is_routed(open_gateway: RunningGateway) -> None:
     answer = await send(open_gateway.port, "OPTIONS", "/v1/chat/completions", {"host": "localhost"})
     assert (answer.status, answer.headers["allow"]) == (405, "POST")
+
+
+# --- what is refused at the edge is still recorded ---------------------------------------------------------------
+
+
+async def test_edge_refusals_are_counted_and_logged(sim: Simulator) -> None:
+    """A wrong Host, a foreign Origin, an unknown path and a wrong method never reach a surface, yet each
+    is in the access log (with its request id and status) and in ``labgate_refused_requests_total``."""
+    import io
+
+    from labgate.telemetry.logs import AccessLog
+
+    stream = io.BytesIO()
+    provider = {"type": "openai_compatible", "base_url": sim.url + "/v1", "models": ["m1"]}
+    running = await start_gateway(config_from({"sim": provider}), host="127.0.0.1", port=0,
+                                  access_log=AccessLog(stream))
+    try:
+        port = running.port
+        answers = [
+            await send(port, "POST", "/v1/chat/completions", {"host": "attacker.example"}, CHAT),
+            await send(port, "POST", "/v1/chat/completions",
+                       {"host": "127.0.0.1", "origin": "https://evil.example", "content-type": "text/plain"}, CHAT),
+            await send(port, "GET", "/nowhere", {"host": "127.0.0.1"}),
+            await send(port, "DELETE", "/v1/chat/completions", {"host": "127.0.0.1", "x-request-id": "mine-1"}),
+        ]
+        assert [a.status for a in answers] == [421, 403, 404, 405]
+        scrape = await send(port, "GET", "/metrics", {"host": "127.0.0.1"})
+        running.gateway.runtime.access_log.flush()
+    finally:
+        await running.stop(grace=1.0)
+    lines = [orjson.loads(line) for line in stream.getvalue().splitlines()]
+    refused = [line for line in lines if line.get("outcome") == "refused"]
+    assert [(r["status"], r["error_type"], r["path"]) for r in refused] == [
+        (421, "host_not_allowed", "/v1/chat/completions"), (403, "origin_not_allowed", "/v1/chat/completions"),
+        (404, "not_found", "/nowhere"), (405, "method_not_allowed", "/v1/chat/completions")]
+    assert [r["request_id"] for r in refused] == [a.headers["x-request-id"] for a in answers]
+    assert refused[0]["host"] == "attacker.example" and refused[1]["origin"] == "https://evil.example"
+    assert refused[3]["client_request_id"] == "mine-1" and refused[3]["client_ip"] == "127.0.0.1"
+    text = scrape.body.decode()
+    for code in ("host_not_allowed", "origin_not_allowed", "not_found", "method_not_allowed"):
+        assert f'labgate_refused_requests_total{{code="{code}"}} 1' in text
+    assert sim.requests == []

@@ -51,6 +51,8 @@ def register(commands: Any) -> None:
     p.add_argument("--backup-dir", metavar="DIR", help="where backups are (default: config.backup_dir)")
     p.add_argument("--no-test-requests", action="store_true",
                    help="verify with health checks only (no request per changed route)")
+    p.add_argument("--all", action="store_true",
+                   help="replicas on one Redis (state.url): wait until every replica runs the new config")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds for each verification step (default 30)")
     p.add_argument("--color", choices=("auto", "always", "never"), default="auto")
     p.set_defaults(run=run)
@@ -150,6 +152,8 @@ def run(args: argparse.Namespace) -> int:
         backups.restore(saved, live)
     routes = [] if args.no_test_requests else changed_routes(running["config"], new.view)
     failure = _apply(plan, new.version, routes, new.view)
+    if failure is None and args.all:
+        failure = _verify_replicas(client, new.version, style)
     if failure is None:
         print(style.green(f"applied {new.version}: {len(changes)} change(s); verified "
                           f"(health, {len(routes)} test request(s))"))
@@ -252,6 +256,27 @@ def _verify(client: GatewayClient, version: str, routes: list[str], view: dict[s
                 return f"{what}: {last}"
             time.sleep(0.2)
     return None
+
+
+def _verify_replicas(client: GatewayClient, version: str, style: Style) -> str | None:
+    """``--all``: every replica the gateway lists (``/admin/config`` → ``cluster``) reports ``version``."""
+    deadline = time.monotonic() + client.timeout
+    while True:
+        status, body = client.call("GET", "/admin/config")
+        cluster = body.get("cluster") if status == 200 and isinstance(body, dict) else None
+        if status == 200 and cluster is None:
+            return "--all: this gateway shares no state with other replicas (state.url is not set)"
+        replicas = cluster["replicas"] if cluster else []
+        rejected = [r["id"] for r in replicas if r.get("rejected") == version]
+        behind = [f"{r['id']} ({r['version']}, {r['sync']})" for r in replicas if r["version"] != version]
+        if replicas and not behind:
+            print(style.green(f"ok: all {len(replicas)} replica(s) run {version}"))
+            return None
+        if rejected:
+            return f"replica(s) {', '.join(rejected)} refused {version} and keep their previous config"
+        if time.monotonic() >= deadline:
+            return f"replica(s) not on {version} after {client.timeout:g}s: {', '.join(behind) or '(none listed)'}"
+        time.sleep(0.2)
 
 
 def _routable(view: dict[str, Any]) -> bool:

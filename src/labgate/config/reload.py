@@ -61,8 +61,12 @@ RESTART_ONLY = ("gateway.server.host", "gateway.server.port", "gateway.server.wo
                 "gateway.metrics.enabled", "gateway.tracing",
                 # the HTTP server's limits (server/limits.py) are fixed when it starts
                 "gateway.server.max_header_bytes", "gateway.server.request_read_timeout_s",
-                "gateway.server.max_connections", "gateway.server.max_connections_per_ip")
-AUDIT_ACTORS = {"SIGHUP": "signal", "watch": "watcher"}  # the audit log's actor for a reload's trigger
+                "gateway.server.max_connections", "gateway.server.max_connections_per_ip",
+                # replicas (server/replicas.py): the cluster link is made once, at start
+                "gateway.state.cluster", "gateway.state.sync_interval_s", "gateway.state.share_circuits",
+                "gateway.state.share_config")
+# the audit log's actor for a reload's trigger
+AUDIT_ACTORS = {"SIGHUP": "signal", "watch": "watcher", "sync": "replica"}
 
 
 # --- what is loaded ------------------------------------------------------------------
@@ -496,12 +500,14 @@ class Reloader:
 
     def describe(self) -> dict[str, Any]:
         """``GET /admin/config``: what is serving, since when, and the last reload's outcome."""
+        replicas = getattr(self.gateway, "replicas", None)  # server/replicas.py; None: this process is alone
         return {"version": self.active.version, "source": str(self.source.path or self.active.config.source),
                 "loaded_at": self.loaded_at, "loaded_at_iso": _iso(self.loaded_at), "trigger": self.trigger,
                 "reloads": self.reloads, "reloadable": self.reloadable,
                 "watch": self.active.config.gateway.config.watch, "draining_runtimes": self.draining,
                 "last_reload": self.last.as_dict() if self.last else None,
                 "warnings": [p.as_dict() for p in self.active.config.warnings],
+                "cluster": None if replicas is None else replicas.describe(),
                 "config": self.active.view}
 
 

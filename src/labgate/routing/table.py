@@ -40,6 +40,9 @@ class Deployment:
     local: bool = False  # a local engine (ollama, llama.cpp, vLLM, LM Studio): the local_first strategy's "local"
     capacity: int | None = None  # the provider's max_parallel_requests: local_first's load is inflight / this
 
+    def __post_init__(self) -> None:
+        self.health.key = self.key  # its name among replicas (shared circuits: server/replicas.py)
+
     def release(self) -> None:
         """Give back what the attempt loop took for one attempt (the one place a lease ends)."""
         self.health.inflight -= 1
@@ -115,6 +118,10 @@ class RouteTable:
                 before = previous._deployments.get(key)
                 if before is not None and dep.provider in kept:
                     dep.health = before.health
+
+    def every_deployment(self) -> list[Deployment]:
+        """Every deployment known now: the config's and those made for names clients sent."""
+        return [*self._deployments.values(), *self._dynamic_deployments.values()]
 
     # -- lookup (the hot path) -------------------------------------------------
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 
 from labgate.config.reload import Reloader
@@ -95,42 +96,59 @@ def build_app(gateway: Gateway, *, reloader: Reloader | None = None, listen_host
         if origin is not None or edge.checks_host:
             refusal = edge.refusal(request)
             if refusal is not None:
-                return error(request, refusal)
+                return echo_client_id(headers, refused(rt, request, refusal))
         if origin is not None and edge.is_preflight(request):
             response = Response(204, [("x-request-id", request_id()), *edge.preflight_headers(request)])
         else:
             methods = routes.get(request.path)  # the common case inline; route() for the rest
             handler = None if methods is None else methods.get(request.method)
             found = handler if handler is not None else route(request)
-            response = found if isinstance(found, Response) else await found(request)
+            if isinstance(found, tuple):
+                response = refused(rt, request, *found)
+            else:
+                response = await found(request)
             if origin is not None:
                 response.headers.extend(edge.cors_headers(origin))
         if "x-request-id" in headers:
             echo_client_id(headers, response)
         return response
 
-    def route(request: Request) -> Handler | Response:
-        """The handler for ``request``'s path and method, or the error answer when there is none."""
+    def refused(rt: Runtime, request: Request, exc: LabgateError,
+                headers: list[tuple[str, str]] | None = None) -> Response:
+        """The error answer for a request no surface takes, counted (metrics) and logged (access log):
+        what reached labgate is recorded even when it is refused at the edge."""
+        response = envelope(request, exc, headers)
+        metrics = gateway.metrics
+        if metrics is not None:
+            code = exc.code or exc.openai_type
+            metrics.refused[code] = metrics.refused.get(code, 0) + 1
+        rt.access_log.write_refusal({
+            "request_id": next((v for k, v in response.headers if k == "x-request-id"), None),
+            "client_request_id": client_request_id(request.headers), "ts": round(time.time(), 3),
+            "method": request.method, "path": request.path[:256], "status": response.status,
+            "outcome": "refused", "error_type": exc.code or exc.openai_type, "client_ip": request.client,
+            "host": request.headers.get("host", "")[:256] or None,
+            "origin": request.headers.get("origin", "")[:256] or None,
+        })
+        return response
+
+    def route(request: Request) -> Handler | tuple[LabgateError, list[tuple[str, str]] | None]:
+        """The handler for ``request``'s path and method, or the error to answer when there is none."""
         methods = routes.get(request.path)
         if methods is None:
             methods = next((m for p, m in prefixes.items() if request.path.startswith(p)), None)
         if methods is None:
-            return envelope(request, RouteNotFoundError(f"No route for {request.method} {request.path}."))
+            return RouteNotFoundError(f"No route for {request.method} {request.path}."), None
         handler = methods.get(request.method)
         if handler is None and request.method == "HEAD":
             handler = methods.get("GET")  # the server sends the head without the body
         if handler is None:
             exc = MethodNotAllowedError(f"{request.method} is not allowed on {request.path}; "
                                         f"use {', '.join(methods)}.")
-            return envelope(request, exc, [("allow", ", ".join(methods))])
+            return exc, [("allow", ", ".join(methods))]
         return handler
 
     return app
-
-
-def error(request: Request, exc: LabgateError, headers: list[tuple[str, str]] | None = None) -> Response:
-    """An answer before any surface, naming the client's ``x-request-id`` (see :func:`envelope`)."""
-    return echo_client_id(request.headers, envelope(request, exc, headers))
 
 
 def envelope(request: Request, exc: LabgateError, headers: list[tuple[str, str]] | None = None) -> Response:

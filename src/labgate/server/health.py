@@ -56,7 +56,11 @@ class HealthSurface:
         routes = len(self.gateway.runtime.table.routes)
         if routes == 0:
             return _json(503, {"status": "not_ready", "reason": "no model is routable"})
-        return _json(200, {"status": "ready", "models": routes})
+        body: dict[str, Any] = {"status": "ready", "models": routes}
+        replicas = self.gateway.replicas
+        if replicas is not None and replicas.rejected is not None:  # still ready: it serves its previous config
+            body["config"] = {"status": "rejected", **replicas.rejected}
+        return _json(200, body)
 
     async def providers(self, request: Request) -> Response:
         rt = self.gateway.runtime

@@ -49,6 +49,8 @@ def exposition(gateway: Gateway, metrics: Metrics) -> str:
     text = metrics.render()
     if gateway.history is not None:
         text += gateway.history.prometheus()
+    if gateway.replicas is not None:  # config sync and shared circuits (server/replicas.py)
+        text += gateway.replicas.prometheus()
     limiter = gateway.runtime.limiter
     if limiter is not None and limiter.alerts.counts:  # budget alerts (state/alerts.py)
         text += limiter.alerts.prometheus()

@@ -19,6 +19,7 @@ from labgate.server.envelopes import openai_error
 from labgate.server.http import HttpServer, Response, ServerLimits
 from labgate.server.ids import request_id
 from labgate.server.metrics import exposition
+from labgate.server.replicas import Replicas
 from labgate.store.writer import history_for
 from labgate.telemetry.group import FOR_SIBLING, WorkerGroup
 from labgate.telemetry.logs import AccessLog
@@ -62,6 +63,8 @@ class RunningGateway:
         await self.server.shutdown(runtime.config.gateway.server.shutdown_grace_s if grace is None else grace)
         if self.gateway.metrics is not None and self.gateway.metrics.group is not None:
             await self.gateway.metrics.group.stop()
+        if self.gateway.replicas is not None:
+            await self.gateway.replicas.stop()
         if self.reloader is not None:
             await self.reloader.aclose()  # stop watching; runtimes retired by reloads close now
         await self.gateway.runtime.aclose()
@@ -89,15 +92,20 @@ async def start_gateway(config: Config, *, host: str | None = None, port: int | 
     if history is not None:
         await history.start()
     keyring = await open_keyring(config)
+    replicas = Replicas.from_config(config)  # state.url: circuits and reloads reach every replica
     try:
+        share = replicas if replicas is not None and replicas.share_circuits else None
         gateway = Gateway(Runtime.build(config, access_log=access_log, keyring=keyring,
-                                        shared_limits=shared_limits), history=history,
+                                        shared_limits=shared_limits, circuit_share=share), history=history,
                           metrics=Metrics.from_config(config.gateway.metrics),
                           traces=Tracer.from_config(config.gateway.tracing))
+        gateway.replicas = replicas
         limiter = gateway.runtime.limiter
         if limiter is not None and history is not None:  # budget spend survives restarts (state/seed.py)
             await limiter.seed(getattr(history, "store", None))
         # hot reload: `source` says where to read the config again (SIGHUP, /admin/config/reload, watch)
+        if replicas is not None:
+            on_reload = _both(on_reload, replicas.announce)
         reloader = Reloader(gateway, loaded or loaded_from(config), source=source, access_log=access_log,
                             on_applied=on_reload)
         host = server_config.host if host is None else host
@@ -113,7 +121,11 @@ async def start_gateway(config: Config, *, host: str | None = None, port: int | 
                                                 for name, g in gateway.runtime.table.gates.items()]
         bound = await server.start(host, server_config.port if port is None else port, sock=sock)
         await reloader.start()
+        if replicas is not None:
+            await replicas.start(gateway, reloader)
     except BaseException:
+        if replicas is not None:
+            await replicas.stop()
         if keyring is not None:
             await keyring.aclose()
         if history is not None:
@@ -126,3 +138,14 @@ async def _join_group(gateway: Gateway, metrics: Metrics, directory: str) -> Non
     group = WorkerGroup(directory)
     await group.start(lambda: exposition(gateway, metrics))
     metrics.group = group
+
+
+def _both(first: Callable[[ReloadResult], None] | None,
+          then: Callable[[ReloadResult], None]) -> Callable[[ReloadResult], None]:
+    if first is None:
+        return then
+
+    def both(result: ReloadResult) -> None:
+        first(result)
+        then(result)
+    return both

@@ -43,6 +43,18 @@ class AccessLog:
         entry = record.as_log()
         if not self._client_ip:
             entry["client_ip"] = None
+        self._append(entry)
+
+    def write_refusal(self, entry: dict[str, Any]) -> None:
+        """A request refused before any surface (wrong Host, foreign Origin, no such route): the
+        request line's facts, since no record was opened for it (docs/observability.md)."""
+        if not self.enabled:
+            return
+        if not self._client_ip:
+            entry["client_ip"] = None
+        self._append(entry)
+
+    def _append(self, entry: dict[str, Any]) -> None:
         line = orjson.dumps(entry, option=orjson.OPT_APPEND_NEWLINE)
         self._buffer.append(line)
         self._size += len(line)

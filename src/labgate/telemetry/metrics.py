@@ -66,7 +66,7 @@ class Metrics:
     """The process's request counters and histograms; ``render()`` gives the Prometheus text."""
 
     __slots__ = ("_cache", "_deployments", "_failures", "_labels", "_models", "_queued", "_unrouted", "capacity",
-                 "group", "in_flight", "started", "version")
+                 "group", "in_flight", "refused", "started", "version")
 
     def __init__(self) -> None:
         # model label -> provider -> endpoint -> series; "" for requests that were not routed
@@ -83,6 +83,8 @@ class Metrics:
         self.version = _version()
         # the response cache: status -> requests, and bytes / saved tokens (docs/cache.md)
         self._cache: dict[str, int] = {}
+        # requests refused before any surface, by error code (host_not_allowed, route_not_found, ...)
+        self.refused: dict[str, int] = {}
         self.group: WorkerGroup | None = None  # set under --workers N: a scrape adds the siblings' counts
 
     @classmethod
@@ -217,6 +219,12 @@ class Metrics:
             out.append(f"labgate_upstream_failures_total{_labels(deployment=deployment, error=error)} {count}")
         if self._cache:
             self._render_cache(out)
+        if self.refused:
+            _header(out, "labgate_refused_requests_total", "counter",
+                    "Requests refused before reaching an API surface (wrong Host, foreign Origin, unknown route), "
+                    "by error code.")
+            out.extend(f"labgate_refused_requests_total{_labels(code=code)} {count}"
+                       for code, count in sorted(self.refused.items()))
         gates = None if self.capacity is None else self.capacity()
         if gates:  # only while some provider has max_parallel_requests
             self._render_capacity(out, gates)

@@ -28,6 +28,12 @@ class StateConfig(Strict):
     timeout_s: float = Field(default=0.25, gt=0)  # per Redis command and connect; past it: unavailable
     retry_s: float = Field(default=2.0, gt=0)  # after a failure, Redis is left alone this long (fail open)
     max_connections: int = Field(default=64, ge=1)  # Redis connections per process; all busy: wait ≤ timeout_s
+    # replicas on one Redis (docs/scaling.md): those with the same cluster name share circuit state and
+    # config reloads, each polling Redis every sync_interval_s (fixed at start)
+    cluster: str = Field(default="default", pattern=NAMESPACE_PATTERN)
+    sync_interval_s: float = Field(default=0.5, gt=0, le=10)
+    share_circuits: bool = True  # a circuit that opens on one replica opens on all
+    share_config: bool = True  # an admin API reload on one replica reloads every replica
 
 
 class CacheConfig(Strict):
