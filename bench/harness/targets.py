@@ -20,6 +20,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import yaml
+
 from harness import procs
 from harness.load import Target, body
 
@@ -137,9 +139,14 @@ def snapshot_labgate(repo: Path, workdir: Path, *, rev: str | None) -> tuple[Pat
 def write_labgate_config(directory: Path, *, upstream: str, port: int, extra: str = "") -> None:
     """One openai_compatible provider at the upstream; auth on; one JSON access-log line per request.
 
-    ``extra`` is YAML appended to gateway.yaml (more top-level sections, e.g. ``store: {capture: none}``).
+    ``extra`` is YAML appended to gateway.yaml (more top-level sections, e.g. ``store: {capture: none}``);
+    an ``experiments:`` section in it goes to experiments.yaml instead.
     """
     directory.mkdir(parents=True, exist_ok=True)
+    sections = yaml.safe_load(extra) if extra.strip() else None
+    if isinstance(sections, dict) and "experiments" in sections:
+        (directory / "experiments.yaml").write_text(yaml.safe_dump({"experiments": sections.pop("experiments")}))
+        extra = yaml.safe_dump(sections) if sections else ""
     (directory / "providers.yaml").write_text(
         "providers:\n"
         "  fast:\n"

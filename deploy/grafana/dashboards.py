@@ -63,6 +63,15 @@ DASHBOARDS: dict[str, tuple[str, list[Panel]]] = {
             ("labgate:cost_usd_per_day:projected_1h", "USD/day")], 6),
         ("Budget thresholds passed (24 h)", "stat", "short", [
             ("sum(increase(labgate_budget_alerts_total[24h])) or vector(0)", "alerts")], 6),
+        ("Budget spend, share of the limit", "bargauge", "percentunit", [
+            ("labgate:budget_spend_ratio", "{{budget}} ({{period}})")], 12),
+        ("Budget spend at the window's end, at the last hour's rate (share of the limit)", "timeseries",
+         "percentunit", [("labgate:budget_spend_ratio:projected", "{{budget}} ({{period}})")], 12),
+        ("Budget spend and limit (USD)", "timeseries", "currencyUSD", [
+            ("labgate:budget_spend_usd", "spent {{budget}}"), ("labgate:budget_limit_usd", "limit {{budget}}"),
+            ("labgate:budget_spend_usd:projected", "projected {{budget}}")], 12),
+        ("Time left in each budget's window", "bargauge", "s", [
+            ("max by (budget) (labgate_budget_window_end_seconds) - time()", "{{budget}}")], 12),
         ("Spend per hour by model", "timeseries", "currencyUSD", [
             ("sum by (model) (labgate:cost_usd:rate5m) * 3600", "{{model}}")], 12),
         ("Spend per hour by provider", "timeseries", "currencyUSD", [

@@ -75,6 +75,8 @@ class Gateway:
             if key is not None:
                 record.api_key = key
                 check_model(key, record.model)  # the key's allowed models (globs)
+            if rt.experiments is not None:  # A/B experiments: the variant's model and overrides
+                payload, native = rt.experiments.assign(record, payload, native, key)
             route = rt.table.resolve(record.model)
             if rt.cache and (hit := await rt.cache.get(route, record, native or payload)):
                 return self.done(rt, record, hit, answer)

@@ -49,8 +49,9 @@ class RequestRecord:
     finished: float | None = None
     usage: Usage | None = None
     finish_reason: str | None = None
-    experiment: str | None = None
+    experiment: str | None = None  # the A/B experiment that took the request (routing/experiments.py)
     variant: str | None = None
+    headers: Any = None  # the request's headers, kept only while experiments are configured (their units, tags)
     cache_hit: bool = False
     cost: float | None = None  # USD (cost.py); None: the deployment has no known price
     reservation: Any = None  # what the limiter took (state.limits.Reservation), settled at finish

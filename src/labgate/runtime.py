@@ -19,6 +19,7 @@ from labgate.keys import KeyRing
 from labgate.providers.base import Adapter
 from labgate.providers.registry import TYPES
 from labgate.routing.circuit import Circuit, CircuitShare
+from labgate.routing.experiments import Experiments
 from labgate.routing.queue import Queue
 from labgate.routing.rescue import Rescue
 from labgate.routing.table import RouteTable
@@ -42,6 +43,7 @@ class Runtime:
     rescue: Rescue | None = None  # None unless resilience.stream_rescue
     prices: Prices | None = None  # what each deployment costs (cost.py)
     limiter: Limiter | None = None  # rpm/tpm limits and budgets (state/limits.py); None: nothing limited
+    experiments: Experiments | None = None  # A/B variant assignment (routing/experiments.py); None: none running
 
     @classmethod
     def build(cls, config: Config, *, access_log: AccessLog | None = None,
@@ -77,6 +79,7 @@ class Runtime:
             prices=prices,
             limiter=limiter_for(config, prices, previous=previous.limiter if previous is not None else None,
                                 shared_path=shared_limits),
+            experiments=Experiments.build(config.experiments),
         )
 
     def drain(self) -> None:

@@ -241,6 +241,15 @@ def test_the_traffic_shows_faults_fallbacks_and_both_workers(stack: tuple[str, s
     assert costs.get("good/m2", 0) == 0  # unpriced
     thresholds = {r["metric"]["threshold"] for r in wait_for_data(prom, "labgate_budget_alerts_total")}
     assert thresholds == {"0.8"}  # then the fallback (unpriced) served "budgeted"
+    # the budget gauges: the workers' shared counter, reported once (not once per worker)
+    budget = '{budget="model:budgeted",scope="model",period="day"}'
+    [spend] = wait_for_data(prom, "labgate_budget_spend_usd" + budget)
+    [limit] = wait_for_data(prom, "labgate_budget_limit_usd" + budget)
+    [end] = wait_for_data(prom, "labgate_budget_window_end_seconds" + budget)
+    assert float(spend["value"][1]) == pytest.approx(0.00012) and float(limit["value"][1]) == 0.000125
+    assert float(end["value"][1]) % 86400 == 0 and 0 < float(end["value"][1]) - time.time() <= 86400
+    [ratio] = wait_for_data(prom, "labgate:budget_spend_ratio")
+    assert float(ratio["value"][1]) == pytest.approx(0.96)
 
 
 def test_the_dashboard_files_are_what_the_generator_makes() -> None:

@@ -9,14 +9,16 @@ import subprocess
 import sys
 import time
 import urllib.request
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import orjson
 import pytest
+import yaml
 
-from labgate.testing import Simulator
+from labgate.testing import Behaviour, Simulator
 from labgate.testing.prometheus import parse_metrics
 
 LISTENING = re.compile(r"listening on (http://127\.0\.0\.1:\d+)")
@@ -104,3 +106,41 @@ def test_one_worker_has_no_group(config_dir: Path) -> None:
         samples = scrape(url)
     assert samples['labgate_requests_total{endpoint="chat",model="m1",provider="sim",status="200"}'] == 1
     assert "labgate_metrics_workers" not in samples
+
+
+BUDGET = 'labgate_budget_{}{{budget="model:m1",scope="model",period="day"}}'
+
+
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("redis", marks=pytest.mark.integration)])
+def test_budget_gauges_of_two_workers_are_not_summed(tmp_path: Path, request: pytest.FixtureRequest,
+                                                     backend: str) -> None:
+    """The workers share one budget counter (the SQLite file the parent makes, or Redis): every scrape,
+    whichever worker answers it, reports the spend and limit once, not once per worker."""
+    n, limit = 12, 100.0  # the estimate (no max_tokens: 1,024 tokens, $1.02) must fit
+    cost = 6 * 1000 / 1e6  # 6 completion tokens at $1,000 per 1M
+    # a history of its own: budgets are seeded from the history's cost of the day (state/seed.py)
+    gateway = {"logging": {"requests": False}, "store": {"url": str(tmp_path / "history.db")},
+               "budgets": {"limits": [{"scope": "model", "name": "m1", "limit_usd": limit, "period": "day"}]}}
+    if backend == "redis":
+        gateway["rate_limits"] = {"url": request.getfixturevalue("redis_url"),
+                                  "namespace": "budget-metrics-" + uuid.uuid4().hex[:8]}
+    with Simulator(Behaviour(completion_tokens=6), models=["m1"]).run_in_thread() as sim:
+        (tmp_path / "providers.yaml").write_text(yaml.safe_dump({"providers": {"sim": {
+            "type": "openai_compatible", "base_url": sim.url + "/v1",
+            "models": [{"name": "m1", "pricing": {"input_per_1m": 0, "output_per_1m": 1000}}]}}}))
+        (tmp_path / "gateway.yaml").write_text(yaml.safe_dump(gateway))
+        with serve(tmp_path, "--workers", "2") as url:
+            wait_for_workers(url, 2)
+            assert [post(url) for _ in range(n)] == [200] * n
+            deadline = time.monotonic() + 10  # a settle lands just after the answer
+            while (first := scrape(url)).get(BUDGET.format("spend_usd"), 0) < n * cost - 1e-9:
+                assert time.monotonic() < deadline, first
+                time.sleep(0.05)
+            scrapes = [first, *(scrape(url) for _ in range(6))]  # a new connection each: both workers answer
+    end = (int(time.time()) // 86400 + 1) * 86400
+    for samples in scrapes:
+        assert samples[BUDGET.format("spend_usd")] == pytest.approx(n * cost)
+        assert samples[BUDGET.format("limit_usd")] == limit
+        assert samples[BUDGET.format("window_end_seconds")] in (end, end + 86400)  # a scrape at midnight
+        assert samples["labgate_budget_read_errors_total"] == 0  # both workers' counters, summed
+        assert samples['labgate_requests_total{endpoint="chat",model="m1",provider="sim",status="200"}'] == n

@@ -14,6 +14,7 @@ from labgate.cli import (
     demo,
     discover,
     embeddings,
+    experiment,
     history,
     keys,
     load,
@@ -33,7 +34,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--version", action="version", version=f"labgate {installed_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module in (serve, validate, demo, reload, backup, ports, discover, migrate, history, embeddings, cache, keys,
-                   cost, ui, logs, test_request, load):
+                   cost, ui, logs, test_request, load, experiment):
         module.register(commands)
     args = parser.parse_args(argv)
     return int(args.run(args) or 0)

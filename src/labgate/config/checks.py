@@ -14,6 +14,7 @@ from typing import Literal
 
 from labgate.config.ports import static_conflicts
 from labgate.config.problems import Problem, closest
+from labgate.config.schema.experiments import ExperimentsConfig
 from labgate.config.schema.mappings import MappingsConfig
 from labgate.config.schema.providers import ProviderConfig
 
@@ -77,7 +78,32 @@ def check_config(config: object, files: Mapping[str, str]) -> list[Problem]:
     problems += _check_routing(names, mappings, mfile)
     problems += _check_cycles(names, mappings, mfile)
     problems += port_conflicts(config, files, severity="warning")
+    experiments = getattr(config, "experiments", None)
+    if experiments is not None and experiments.experiments:
+        problems += _check_experiments(names, experiments, files.get("experiments", "experiments.yaml"))
     return problems
+
+
+def _check_experiments(names: Names, config: ExperimentsConfig, file: str) -> Iterator[Problem]:
+    """Every model an experiment applies to, and every variant's target, must resolve; overlaps are warned of."""
+    covered: dict[str, str] = {}  # requested name → the first running experiment that takes it
+    for i, experiment in enumerate(config.experiments):
+        base = f"experiments[{i}]"
+        for j, model in enumerate(experiment.model):
+            if model != "*":
+                yield from _target(names, model, file, f"{base}.model" + (f"[{j}]" if len(experiment.model) > 1
+                                                                          else ""), provider_ok=False)
+        for j, variant in enumerate(experiment.variants):
+            if variant.model is not None:
+                yield from _target(names, variant.model, file, f"{base}.variants[{j}].model", provider_ok=False)
+        if experiment.status != "running":
+            continue
+        for model in experiment.covers:
+            if model in covered:
+                yield Problem(file, base, f"experiment {experiment.name!r} covers {model!r} like "
+                              f"{covered[model]!r} before it: a request takes the first that matches",
+                              severity="warning")
+            covered.setdefault(model, experiment.name)
 
 
 def port_conflicts(config: object, files: Mapping[str, str], *,

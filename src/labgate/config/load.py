@@ -23,6 +23,7 @@ from pydantic import BaseModel, ValidationError
 from labgate.config.explain import explain
 from labgate.config.problems import ConfigError, Problem, closest
 from labgate.config.reader import key_path, line_of, read_document
+from labgate.config.schema.experiments import ExperimentsConfig
 from labgate.config.schema.gateway import GatewayConfig
 from labgate.config.schema.mappings import MappingsConfig
 from labgate.config.schema.ports import PortsConfig
@@ -37,7 +38,7 @@ SINGLE_FILE = "labgate.yaml"
 SECTIONS = {"providers": "providers", "routing": "mappings", "fallbacks": "mappings",
             "server": "gateway", "auth": "gateway", "logging": "gateway", "resilience": "gateway",
             "store": "gateway", "metrics": "gateway", "config": "gateway", "ports": "ports",
-            "state": "gateway", "cache": "gateway", "tracing": "gateway"}
+            "state": "gateway", "cache": "gateway", "tracing": "gateway", "experiments": "experiments"}
 M = TypeVar("M", bound=BaseModel)
 # A provider name is routed as the first part of `provider/model` and shown in headers and metrics.
 PROVIDER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
@@ -55,6 +56,7 @@ class Config:
     source: str
     warnings: tuple[Problem, ...] = field(default=())
     ports: PortsConfig = field(default_factory=PortsConfig)  # ports.yaml: the local service registry
+    experiments: ExperimentsConfig = field(default_factory=ExperimentsConfig)  # experiments.yaml (A/B tests)
     # the file each part was read from, keyed like FILES (empty when built in memory)
     files: Mapping[str, str] = field(default_factory=dict, compare=False)
 
@@ -145,17 +147,18 @@ def build_config(raw: Mapping[str, Mapping[str, Any]], names: Mapping[str, str],
     providers = _providers(raw.get("providers", {}), names.get("providers", source), problems,
                            lines.get("providers", {}))
     mappings, gateway = validate(MappingsConfig, "mappings"), validate(GatewayConfig, "gateway")
-    ports = validate(PortsConfig, "ports")
+    ports, experiments = validate(PortsConfig, "ports"), validate(ExperimentsConfig, "experiments")
     if problems:
         raise ConfigError(problems)
-    assert mappings is not None and gateway is not None and ports is not None
-    config = Config(providers, mappings, gateway, source, ports=ports, files=dict(names))
+    assert mappings is not None and gateway is not None and ports is not None and experiments is not None
+    config = Config(providers, mappings, gateway, source, ports=ports, experiments=experiments, files=dict(names))
     problems = check_config(config, names)
     problems = [replace(p, line=line_of(p.path, lines.get(_part(p.file, names), {}))) if p.line is None else p
                 for p in problems]
     if any(p.severity == "error" for p in problems):
         raise ConfigError(problems)
-    return Config(providers, mappings, gateway, source, warnings=tuple(problems), ports=ports, files=dict(names))
+    return Config(providers, mappings, gateway, source, warnings=tuple(problems), ports=ports,
+                  experiments=experiments, files=dict(names))
 
 
 def _part(file: str, names: Mapping[str, str]) -> str:

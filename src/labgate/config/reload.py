@@ -95,6 +95,7 @@ def config_view(config: Config, raw_refs: Mapping[str, Any] | None = None) -> di
         "mappings": config.mappings.model_dump(mode="json"),
         "gateway": config.gateway.model_dump(mode="json"),
         "ports": config.ports.model_dump(mode="json")["ports"],
+        "experiments": {e["name"]: e for e in config.experiments.model_dump(mode="json")["experiments"]},
     }
     if raw_refs:
         sources = {"providers": (raw_refs.get("providers") or {}).get("providers"),
@@ -263,6 +264,7 @@ def diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[Change]:
             changes.append(Change("~", "setting", key.removeprefix("gateway."),
                                   f"{_short(before.get(key))} → {_short(after.get(key))}{note}"))
     changes += _keyed(old.get("ports", {}), new.get("ports", {}), "port", _fields)
+    changes += _keyed(old.get("experiments", {}), new.get("experiments", {}), "experiment", _fields)
     return changes
 
 

@@ -13,6 +13,7 @@ from labgate.server.admin_backups import backup_routes
 from labgate.server.admin_budgets import budget_routes
 from labgate.server.admin_cache import cache_routes
 from labgate.server.admin_config import config_routes
+from labgate.server.admin_experiments import experiment_routes
 from labgate.server.admin_history import history_routes
 from labgate.server.admin_keys import key_routes
 from labgate.server.anthropic import AnthropicSurface
@@ -67,6 +68,10 @@ def build_app(gateway: Gateway, *, reloader: Reloader | None = None, listen_host
     prefixes.update(backup_prefixes)
     # POST /v1/feedback, /admin/analytics/feedback (server/feedback.py)
     routes.update(feedback_routes(gateway))
+    # /admin/experiments, /admin/experiments/{name}[/analysis|/export|/start|/pause|/stop] (admin_experiments.py)
+    experiments, experiment_prefixes = experiment_routes(gateway, reloader)
+    routes.update(experiments)
+    prefixes.update(experiment_prefixes)
     # /ui/: the Lab UI's static files (server/ui.py)
     ui, ui_prefixes = ui_routes()
     routes.update(ui)

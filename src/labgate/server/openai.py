@@ -129,6 +129,8 @@ def route_headers(record: RequestRecord) -> list[tuple[str, str]]:
         headers.append(("x-labgate-cost", f"{cost:.10f}".rstrip("0").rstrip(".") or "0" if cost else "0"))
     if record.routing is not None:  # a local_first route (docs/limits.md)
         headers.append(("x-labgate-routing", record.routing))
+    if record.variant is not None:  # an A/B experiment took it (docs/experiments.md)
+        headers.append(("x-labgate-experiment", f"{record.experiment}/{record.variant}"))
     if record.budget_fallback is not None:  # a budget sent it to budgets.fallback_model (docs/limits.md)
         headers.append(("x-labgate-budget", header_value("fallback:" + record.budget_fallback)))
     return headers
@@ -158,6 +160,8 @@ def new_record(request: Request, endpoint: str, gateway: Gateway) -> RequestReco
         record.priority = headers.get("x-labgate-priority")  # read by routing/queue.py
     if gateway.traces is not None:
         record.traceparent, record.tracestate = headers.get("traceparent"), headers.get("tracestate")
+    if rt.experiments is not None:
+        record.headers = headers  # the unit of assignment, tags and opt-out (routing/experiments.py)
     return record
 
 

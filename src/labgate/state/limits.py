@@ -395,6 +395,20 @@ class Limiter:
         """Every configured budget and every unrevoked key's budget with its current window's use
         (``GET /admin/budgets``), and why the use could not be read (None: it was). ``used_usd`` is the
         window's counter: settled spend plus the estimates of requests still in flight."""
+        rows, counters = self.budget_rows(keys, now)
+        try:
+            used: tuple[float | None, ...] = await self.counters.read(tuple(counters)) if counters else ()
+            error = None
+        except StateUnavailableError as exc:
+            used, error = (None,) * len(rows), f"The limits backend cannot be read now: {exc}"
+        for row, value in zip(rows, used, strict=True):
+            row["used_usd"] = None if value is None else round(value, 9)
+            row["remaining_usd"] = None if value is None else round(max(row["limit_usd"] - value, 0.0), 9)
+        return rows, error
+
+    def budget_rows(self, keys: Iterable[VirtualKey], now: float) -> tuple[list[dict[str, Any]], list[str]]:
+        """Every configured budget and every unrevoked key's budget (no I/O): rows of budget, scope, name,
+        limit_usd, period, window, resets_in_s (None: ``total``), and each row's counter key."""
         rows: list[dict[str, Any]] = []
         for (scope, name), b in self.budgets.items():
             rows.append({"budget": f"{scope}:{name}" if name else scope, "scope": scope, "name": name,
@@ -412,15 +426,7 @@ class Limiter:
             wid, left = compute(row["period"], now)
             row["window"], row["resets_in_s"] = wid, (round(left, 3) if left else None)
             counters.append(f"{self.prefix}spend:{row['budget']}:{row['period']}:{wid}")
-        try:
-            used: tuple[float | None, ...] = await self.counters.read(tuple(counters)) if counters else ()
-            error = None
-        except StateUnavailableError as exc:
-            used, error = (None,) * len(rows), f"The limits backend cannot be read now: {exc}"
-        for row, value in zip(rows, used, strict=True):
-            row["used_usd"] = None if value is None else round(value, 9)
-            row["remaining_usd"] = None if value is None else round(max(row["limit_usd"] - value, 0.0), 9)
-        return rows, error
+        return rows, counters
 
     async def drain(self) -> None:
         if self._pending:

@@ -32,6 +32,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 from labgate.config.schema.metrics import MetricsConfig
 from labgate.record import RequestRecord
+from labgate.telemetry.budgets import BudgetGauges
 from labgate.telemetry.group import WorkerGroup
 
 # Seconds. LLM calls range from a cached embedding (milliseconds) to a long generation (minutes).
@@ -65,8 +66,8 @@ Providers = dict[str, Endpoints]
 class Metrics:
     """The process's request counters and histograms; ``render()`` gives the Prometheus text."""
 
-    __slots__ = ("_cache", "_deployments", "_failures", "_labels", "_models", "_queued", "_unrouted", "capacity",
-                 "group", "in_flight", "refused", "started", "version")
+    __slots__ = ("_cache", "_deployments", "_failures", "_labels", "_models", "_queued", "_unrouted", "_variants",
+                 "budgets", "capacity", "group", "in_flight", "refused", "started", "version")
 
     def __init__(self) -> None:
         # model label -> provider -> endpoint -> series; "" for requests that were not routed
@@ -86,6 +87,10 @@ class Metrics:
         # requests refused before any surface, by error code (host_not_allowed, route_not_found, ...)
         self.refused: dict[str, int] = {}
         self.group: WorkerGroup | None = None  # set under --workers N: a scrape adds the siblings' counts
+        self.budgets = BudgetGauges()  # spend against budgets, read per scrape (telemetry/budgets.py)
+        # A/B experiments (docs/experiments.md): (experiment, variant) -> [errors, duration buckets..., sum];
+        # names come from experiments.yaml, at most MAX_LABEL_VALUES pairs
+        self._variants: dict[tuple[str, str], list[float]] = {}
 
     @classmethod
     def from_config(cls, config: MetricsConfig) -> Metrics | None:
@@ -141,6 +146,19 @@ class Metrics:
             hist[-1] += seconds
         if record.cache_status is not None:
             self._count_cache(record)
+        if record.variant is not None:
+            self._count_variant(record, finished - started)
+
+    def _count_variant(self, record: RequestRecord, seconds: float) -> None:
+        key = (record.experiment or "", record.variant or "")
+        counts = self._variants.get(key)
+        if counts is None:
+            if len(self._variants) >= MAX_LABEL_VALUES:
+                return
+            counts = self._variants[key] = [0] * (len(BUCKETS) + 3)
+        counts[0] += record.outcome != "ok"
+        counts[1 + bisect_left(BUCKETS, seconds)] += 1
+        counts[-1] += seconds
 
     def _count_cache(self, record: RequestRecord) -> None:
         counts, status = self._cache, record.cache_status or ""
@@ -225,6 +243,8 @@ class Metrics:
                     "by error code.")
             out.extend(f"labgate_refused_requests_total{_labels(code=code)} {count}"
                        for code, count in sorted(self.refused.items()))
+        if self._variants:
+            self._render_variants(out)
         gates = None if self.capacity is None else self.capacity()
         if gates:  # only while some provider has max_parallel_requests
             self._render_capacity(out, gates)
@@ -252,6 +272,16 @@ class Metrics:
         for kind in ("prompt", "completion"):
             out.append(f"labgate_cache_saved_tokens_total{_labels(type=kind)} {counts.get('saved_' + kind, 0)}")
 
+    def _render_variants(self, out: list[str]) -> None:
+        variants = sorted(self._variants.items())
+        _header(out, "labgate_experiment_errors_total", "counter",
+                "Requests of an A/B experiment's variant that did not end ok (docs/experiments.md).")
+        for (experiment, variant), counts in variants:
+            out.append(f"labgate_experiment_errors_total{_labels(experiment=experiment, variant=variant)} "
+                       f"{int(counts[0])}")
+        _histogram(out, "labgate_experiment_request_duration_seconds",
+                   "Time from request to last byte, per A/B experiment variant.",
+                   {_labels(experiment=e, variant=v): counts[1:] for (e, v), counts in variants})
 
     def _render_capacity(self, out: list[str], gates: list[tuple[str, int, int, int]]) -> None:
         _header(out, "labgate_provider_in_flight", "gauge",

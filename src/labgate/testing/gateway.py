@@ -16,9 +16,10 @@ T = TypeVar("T")
 
 
 def config_from(providers: dict[str, Any], mappings: dict[str, Any] | None = None,
-                gateway: dict[str, Any] | None = None) -> Config:
+                gateway: dict[str, Any] | None = None, *, experiments: list[dict[str, Any]] | None = None) -> Config:
     """A validated Config from plain dicts, shaped like the YAML files."""
-    raw = {"providers": {"providers": providers}, "mappings": mappings or {}, "gateway": gateway or {}}
+    raw = {"providers": {"providers": providers}, "mappings": mappings or {}, "gateway": gateway or {},
+           "experiments": {"experiments": experiments or []}}
     return build_config(raw, {}, source="test")
 
 

@@ -1,8 +1,9 @@
 // Analytics: requests, latency p50/p95 and TTFT over time, tokens and cost by model or provider, error rate
-// by cause, top prompts, feedback by model; a time range picker. Charts are inline SVG (charts.js).
+// by cause, top prompts, feedback by model, A/B experiments (experiments.js); a time range picker. Charts are inline SVG (charts.js).
 import { get, query } from "./api.js";
 import { bars, legend, lines } from "./charts.js";
 import { clear, fmt, h, money } from "./dom.js";
+import { panel as experiments } from "./experiments.js";
 
 const RANGES = [["1h", "last hour", "minute"], ["24h", "last 24 h", "hour"], ["7d", "last 7 days", "day"], ["30d", "last 30 days", "day"]];
 
@@ -73,7 +74,8 @@ export async function render(main) {
         h("span", {}, "p95 ", h("b", {}, fmt(summary.latency && summary.latency.p95_ms, 0, " ms"))),
         h("span", {}, "tokens ", h("b", {}, summary.tokens ? summary.tokens.total_tokens : 0)),
         h("span", {}, "cost ", h("b", { id: "sum-cost" }, money(summary.tokens && summary.tokens.cost)))),
-      h("div", { class: "cols" }, cards));
+      h("div", { class: "cols" }, cards),
+      await experiments());
   }
 
   range.addEventListener("change", draw);
