@@ -44,7 +44,6 @@ failed, 2 when valgrind or the harness is missing.
 from __future__ import annotations
 
 import argparse
-import http.client
 import os
 import shutil
 import subprocess
@@ -55,7 +54,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from statistics import median
 
-from harness import load, machine, procs, targets
+from harness import machine, procs, targets
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
@@ -162,7 +161,7 @@ def _count(args: argparse.Namespace, source: Path, place: machine.Placement, wor
     control = ["callgrind_control"]
     try:
         procs.wait_listening(port, proc=proc, timeout=240)
-        _sequential(port, 200, stream=args.stream)  # warm-up: code paths taken, connections pooled
+        targets.sequential(port, 200, stream=args.stream)  # warm-up: code paths taken, connections pooled
         idle = 0.0
         if not args.count_timers and args.idle > 0:
             subprocess.run([*control, "-z", str(proc.pid)], capture_output=True, check=True)
@@ -172,7 +171,7 @@ def _count(args: argparse.Namespace, source: Path, place: machine.Placement, wor
             idle = _last_total(work, safe, proc.pid, part=1) / (time.monotonic() - started)
         subprocess.run([*control, "-z", str(proc.pid)], capture_output=True, check=True)
         started = time.monotonic()
-        _sequential(port, args.requests, stream=args.stream)
+        targets.sequential(port, args.requests, stream=args.stream)
         elapsed = time.monotonic() - started
         subprocess.run([*control, "-d", str(proc.pid)], capture_output=True, check=True)
         time.sleep(1)
@@ -213,21 +212,6 @@ def _last_total(work: Path, safe: str, pid: int, *, part: int) -> int:
                 return summary[0]
         time.sleep(0.5)
     raise RuntimeError(f"no callgrind dump {dump.name} (see {work / f'gateway-{safe}.log'})")
-
-
-def _sequential(port: int, n: int, *, stream: bool) -> None:
-    body = load.body("bench", stream=stream).encode()
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
-    try:
-        for _ in range(n):
-            conn.request("POST", "/v1/chat/completions", body,
-                         {"content-type": "application/json", "authorization": f"Bearer {targets.LABGATE_KEY}"})
-            answer = conn.getresponse()
-            answer.read()
-            if answer.status != 200:
-                raise RuntimeError(f"the gateway answered {answer.status}")
-    finally:
-        conn.close()
 
 
 if __name__ == "__main__":

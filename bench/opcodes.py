@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import http.client
 import os
 import pickle
 import re
@@ -33,7 +32,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from harness import load, procs, targets
+from harness import procs, targets
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
@@ -108,10 +107,10 @@ def _count(args: argparse.Namespace, work: Path, name: str, source: Path, upstre
                                 env=env, stdout=log, stderr=log)
         try:
             procs.wait_listening(port, proc=proc, timeout=60)
-            _requests(port, 300)
+            targets.sequential(port, 300)
             proc.send_signal(signal.SIGUSR1)
             time.sleep(0.2)
-            _requests(port, args.requests)
+            targets.sequential(port, args.requests)
             proc.send_signal(signal.SIGUSR2)
             for _ in range(100):
                 if out.exists() and out.stat().st_size:
@@ -128,21 +127,6 @@ def _count(args: argparse.Namespace, work: Path, name: str, source: Path, upstre
         merged[f"{short}:{function}"][0] += ops / args.requests
         merged[f"{short}:{function}"][1] += calls / args.requests
     return merged
-
-
-def _requests(port: int, n: int) -> None:
-    body = load.body("bench", stream=False).encode()
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
-    try:
-        for _ in range(n):
-            conn.request("POST", "/v1/chat/completions", body,
-                         {"content-type": "application/json", "authorization": f"Bearer {targets.LABGATE_KEY}"})
-            answer = conn.getresponse()
-            answer.read()
-            if answer.status != 200:
-                raise RuntimeError(f"the gateway answered {answer.status}")
-    finally:
-        conn.close()
 
 
 def _report(tree: dict[str, list[float]], rev: dict[str, list[float]], args: argparse.Namespace) -> None:
