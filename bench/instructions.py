@@ -163,7 +163,8 @@ def _count(args: argparse.Namespace, source: Path, place: machine.Placement, wor
         procs.wait_listening(port, proc=proc, timeout=240)
         targets.sequential(port, 200, stream=args.stream)  # warm-up: code paths taken, connections pooled
         idle = 0.0
-        if not args.count_timers and args.idle > 0:
+        idled = not args.count_timers and args.idle > 0  # dump 1 is the idle period, dump 2 the requests
+        if idled:
             subprocess.run([*control, "-z", str(proc.pid)], capture_output=True, check=True)
             started = time.monotonic()
             time.sleep(args.idle)
@@ -177,10 +178,10 @@ def _count(args: argparse.Namespace, source: Path, place: machine.Placement, wor
         time.sleep(1)
     finally:
         procs.stop(proc, grace=60)
-    total = _last_total(work, safe, proc.pid, part=2 if idle else 1)
+    total = _last_total(work, safe, proc.pid, part=2 if idled else 1)
     background = idle * elapsed
     note = (f"background {idle:,.0f}/s x {elapsed:.0f} s = {background / args.requests:,.0f}/request subtracted"
-            if idle else "nothing subtracted")
+            if idled else "nothing subtracted")
     return (total - background) / args.requests, note
 
 
