@@ -265,3 +265,20 @@ def start_portkey(peer: Peer, workdir: Path, *, upstream: str, cores: frozenset[
     env = {**os.environ, "NODE_ENV": "production"}
     return start("portkey", argv, port=port, target=target, cores=cores, log=workdir / f"portkey-{tag}.log",
                  env=env, timeout=60)
+
+
+def sequential(port: int, n: int, *, stream: bool = False) -> None:
+    """``n`` chat completions to labgate on ``port``, one after another on one kept-alive connection
+    (the instruction-counting benchmarks' load: every answer must be a 200)."""
+    payload = body("bench", stream=stream).encode()
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+    try:
+        for _ in range(n):
+            conn.request("POST", "/v1/chat/completions", payload,
+                         {"content-type": "application/json", "authorization": f"Bearer {LABGATE_KEY}"})
+            answer = conn.getresponse()
+            answer.read()
+            if answer.status != 200:
+                raise RuntimeError(f"the gateway answered {answer.status}")
+    finally:
+        conn.close()

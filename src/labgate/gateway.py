@@ -144,7 +144,7 @@ class Gateway:
             self.history.put(record)
         if self.metrics is not None:
             self.metrics.observe(record)
-        if self.traces is not None:
+        if self.traces is not None and record.trace is not None:  # unsampled: nothing to queue
             self.traces.put(record)
 
 

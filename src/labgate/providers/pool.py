@@ -182,7 +182,8 @@ class Pool:
 
     def put(self, conn: Connection) -> None:
         """``conn`` finished an exchange and may serve another: to the first waiter, else idle."""
-        if self._closed or not conn.reusable():
+        transport = conn.transport  # conn.reusable(), inline
+        if self._closed or conn._dirty or conn.lost or transport is None or transport.is_closing():
             conn.close()
             return
         waiters = self._waiters
@@ -326,7 +327,12 @@ class Connection(asyncio.Protocol):
         self._stream = BodyQueue(self) if stream else None
         self._no_body = no_body
         self.received = False
-        self._reset()
+        # _reset(), less what a clean connection already holds (only clean ones are sent on): the previous
+        # exchange's _finish emptied _body and cleared _complete, _halt is set only on a connection that
+        # failed, and on_message_begin starts _headers and _repeated afresh before any header is read
+        self._status = self._head_bytes = self._head_lines = self._head_raw = self._interim = self._size = 0
+        self._in_head = True
+        self._limit = self._pool.max_body
         self.uses += 1
         self.transport.write(data)  # type: ignore[union-attr]  # acquired connections are connected
         return waiter

@@ -32,7 +32,6 @@ failure, at the relay's end for a stream.
 from __future__ import annotations
 
 import time
-from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
 from labgate.errors import (
@@ -50,6 +49,8 @@ from labgate.record import RequestRecord
 from labgate.routing.circuit import Circuit
 from labgate.routing.pace import Pace, Timeouts, first_token
 from labgate.routing.table import Deployment
+
+_new_call = tuple.__new__
 
 if TYPE_CHECKING:
     from labgate.routing.queue import Queue
@@ -97,7 +98,9 @@ async def attempt(candidates: list[Deployment], *, endpoint: Endpoint, body: dic
                 gate.release()
             _out_of_time(record, dep)
             break
-        result = await _try(dep, endpoint, body, stream, deadline, now, circuit, record, native, limits, timeouts)
+        result = await (_send(dep, endpoint, body, stream, deadline - now, now, circuit, record, native, timeouts)
+                        if limits is None or dep.provider not in limits.providers else
+                        _limited(dep, endpoint, body, stream, deadline, circuit, record, native, limits, timeouts))
         if result is not None:
             if record.routing == "local" and not dep.local:  # local_first planned a local one; the cloud answered
                 _cloud_answered(record)
@@ -116,7 +119,9 @@ async def attempt(candidates: list[Deployment], *, endpoint: Endpoint, body: dic
                 dep.gate.release()
             _out_of_time(record, dep)
             break
-        result = await _try(dep, endpoint, body, stream, deadline, now, circuit, record, native, limits, timeouts)
+        result = await (_send(dep, endpoint, body, stream, deadline - now, now, circuit, record, native, timeouts)
+                        if limits is None or dep.provider not in limits.providers else
+                        _limited(dep, endpoint, body, stream, deadline, circuit, record, native, limits, timeouts))
         if result is not None:
             if record.routing == "local" and not dep.local:  # local_first planned a local one; the cloud answered
                 _cloud_answered(record)
@@ -156,20 +161,13 @@ def _cloud_answered(record: RequestRecord) -> None:
     record.routing = "cloud (local over its provider limit)" if over else "cloud (local failing)"
 
 
-def _try(dep: Deployment, endpoint: Endpoint, body: dict[str, Any], stream: bool, deadline: float, now: float,
-         circuit: Circuit, record: RequestRecord, native: dict[str, Any] | None,
-         limits: Limiter | None, timeouts: Timeouts | None) -> Coroutine[Any, Any, Reply | Stream | None]:
-    """One attempt on ``dep`` (its gate slot, if any, already taken; ``deadline`` after ``now``): the answer,
-    or None after a failure. Sent at once unless its provider has a limit (no coroutine layer for that check)."""
-    if limits is None or dep.provider not in limits.providers:
-        return _send(dep, endpoint, body, stream, deadline - now, now, circuit, record, native, timeouts)
-    return _limited(dep, endpoint, body, stream, deadline, circuit, record, native, limits, timeouts)
-
-
 async def _limited(dep: Deployment, endpoint: Endpoint, body: dict[str, Any], stream: bool, deadline: float,
                    circuit: Circuit, record: RequestRecord, native: dict[str, Any] | None,
                    limits: Limiter, timeouts: Timeouts | None) -> Reply | Stream | None:
-    """An attempt within its provider's limit (state/limits.py): taken first, kept once sent, else given back."""
+    """An attempt within its provider's limit (state/limits.py): taken first, kept once sent, else given back.
+
+    (Only for a provider with limits: ``attempt`` calls :func:`_send` directly otherwise, with no
+    coroutine layer for the check.)"""
     held = await limits.take_provider(record, dep)
     if isinstance(held, ProviderLimitedError):  # over its provider's limit: passed over, like a busy one
         if dep.gate is not None:
@@ -197,7 +195,8 @@ async def _send(dep: Deployment, endpoint: Endpoint, body: dict[str, Any], strea
 
     ``timeouts``: a stream is handed on only once its first token came in time (routing/pace.py).
     """
-    if not circuit.claim(dep.health, now):  # its half-open probe went to another request
+    health = dep.health
+    if health.failures and not circuit.claim(health, now):  # its half-open probe went to another request
         if dep.gate is not None:
             dep.gate.release()
         record.failures.append(AttemptFailure(dep.key, NoHealthyDeploymentError(
@@ -207,8 +206,10 @@ async def _send(dep: Deployment, endpoint: Endpoint, body: dict[str, Any], strea
     record.provider, record.deployment = dep.provider, dep.key
     trace = record.trace
     context = b"" if trace is None else trace.start_attempt(dep.key)  # traceparent header for the upstream
-    call = Call(endpoint, body, dep.model, min(dep.timeout, remaining), record.request_id, native, context)
-    dep.health.inflight += 1
+    # a named tuple built without its Python-level __new__ (one frame less per attempt)
+    call = _new_call(Call, (endpoint, body, dep.model, min(dep.timeout, remaining), record.request_id, native,
+                            context))
+    health.inflight += 1
     try:
         if not stream:
             result: Reply | Stream = await dep.adapter.send(call)
@@ -224,7 +225,7 @@ async def _send(dep: Deployment, endpoint: Endpoint, body: dict[str, Any], strea
         return None
     except UpstreamError as exc:
         dep.release()
-        circuit.record_failure(dep.health, exc.message)
+        circuit.record_failure(health, exc.message)
         record.failures.append(AttemptFailure(dep.key, exc))
         if trace is not None:
             trace.end_attempt(exc)
@@ -238,7 +239,8 @@ async def _send(dep: Deployment, endpoint: Endpoint, body: dict[str, Any], strea
         trace.end_attempt(None)
     if not stream:
         dep.release()  # a stream gives its lease back when the relay ends
-    circuit.record_success(dep.health)
+    if health.failures:  # nothing to reset on a closed circuit (open_until is set only after failures)
+        circuit.record_success(health)
     return result
 
 

@@ -110,11 +110,13 @@ def build_app(gateway: Gateway, *, reloader: Reloader | None = None, listen_host
         if origin is not None and edge.is_preflight(request):
             response = Response(204, [("x-request-id", request_id()), *edge.preflight_headers(request)])
         else:
-            handler = route(request)
-            if isinstance(handler, tuple):
-                response = refused(rt, request, *handler)
+            methods = routes.get(request.path)  # the common case inline; route() for the rest
+            handler = None if methods is None else methods.get(request.method)
+            found = handler if handler is not None else route(request)
+            if isinstance(found, tuple):
+                response = refused(rt, request, *found)
             else:
-                response = await handler(request)
+                response = await found(request)
             if origin is not None:
                 response.headers.extend(edge.cors_headers(origin))
         if "x-request-id" in headers:

@@ -369,7 +369,10 @@ class Connection(asyncio.Protocol):
         if self._continue:
             self._continue = False
             self._transport.write(CONTINUE)
-        self._deadlines.idle()
+        deadlines = self._deadlines  # deadlines.idle(), without its call when the timer is armed
+        deadlines.idle_since = deadlines.clock()
+        if deadlines.handle is None:
+            deadlines.idle()
 
     def _close(self) -> None:
         """Close once what is written is flushed; a client that never takes it is cut off after the timeout."""

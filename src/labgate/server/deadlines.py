@@ -9,7 +9,9 @@
 Nothing here runs per read, and in the common case nothing per request but one clock reading: the
 timer is armed when the connection goes idle and re-armed lazily when it fires (then it asks the
 connection what state it is in). It is always armed at most ``request_read_timeout`` ahead, so a
-request beginning while it is pending is checked in time without touching it.
+request beginning while it is pending is checked in time without touching it. (So the hot callers
+store ``idle_since`` / ``read_since`` from ``clock()`` themselves and call :meth:`idle` /
+:meth:`reading` only when ``handle`` is None: no call per request.)
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ class Timed(Protocol):
 class Deadlines:
     """One connection's timer: see the module docstring."""
 
-    __slots__ = ("_handle", "_keepalive", "_loop", "_owner", "_read_timeout", "idle_since", "read_since")
+    __slots__ = ("_keepalive", "_loop", "_owner", "_read_timeout", "clock", "handle", "idle_since", "read_since")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, owner: Timed, *, keepalive: float,
                  read_timeout: float) -> None:
@@ -39,31 +41,32 @@ class Deadlines:
         self._owner = owner
         self._keepalive = keepalive
         self._read_timeout = read_timeout
-        self._handle: asyncio.TimerHandle | None = None
+        self.handle: asyncio.TimerHandle | None = None  # the armed timer (None: not armed)
+        self.clock = loop.time
         self.idle_since = self.read_since = loop.time()
 
     def idle(self) -> None:
         """The connection waits for its next request from now on."""
         self.idle_since = self._loop.time()
-        if self._handle is None:
+        if self.handle is None:
             self._arm(min(self._keepalive, self._read_timeout))
 
     def reading(self) -> None:
         """A request began, or reading resumed in the middle of one: it is due within the read timeout."""
         self.read_since = self._loop.time()
-        if self._handle is None:
+        if self.handle is None:
             self._arm(self._read_timeout)
 
     def cancel(self) -> None:
-        if self._handle is not None:
-            self._handle.cancel()
-            self._handle = None
+        if self.handle is not None:
+            self.handle.cancel()
+            self.handle = None
 
     def _arm(self, delay: float) -> None:
-        self._handle = self._loop.call_later(delay, self._fire)
+        self.handle = self._loop.call_later(delay, self._fire)
 
     def _fire(self) -> None:
-        self._handle = None
+        self.handle = None
         owner = self._owner
         state = owner.deadline_state()
         now = self._loop.time()

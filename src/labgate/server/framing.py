@@ -122,7 +122,10 @@ class RequestReader:
         self._body = b""
         self._body_size = self._head_size = self._open_raw = 0
         self._in_head = self._open = self._fresh = self.in_message = True
-        self._deadlines.reading()
+        deadlines = self._deadlines  # deadlines.reading(), without its call when the timer is armed
+        deadlines.read_since = deadlines.clock()
+        if deadlines.handle is None:
+            deadlines.reading()
 
     def on_url(self, url: bytes) -> None:
         self._url += url

@@ -14,7 +14,7 @@ from labgate.config.checks import CAPABILITY_PREFIX
 from labgate.errors import InternalError, InvalidJSONError, LabgateError, RequestError
 from labgate.gateway import Gateway
 from labgate.providers.base import Reply
-from labgate.record import RequestRecord
+from labgate.record import RequestRecord, open_record
 from labgate.server.envelopes import JSON, header_value, openai_error, openai_sse_error
 from labgate.server.fields import MAX_MODEL_CHARS, is_int, is_number, model_problem
 from labgate.server.http import Request, Response
@@ -124,8 +124,9 @@ def route_headers(record: RequestRecord) -> list[tuple[str, str]]:
         headers.extend(cache_headers(record))
     if record.spill is not None:  # routed past a loaded local deployment (prefer_local_under)
         headers.append(("x-labgate-spill", header_value(record.spill)))
-    if record.cost is not None and record.finished is not None:  # whole replies (docs/cost.md)
-        headers.append(("x-labgate-cost", f"{record.cost:.10f}".rstrip("0").rstrip(".") or "0"))
+    cost = record.cost
+    if cost is not None and record.finished is not None:  # whole replies (docs/cost.md)
+        headers.append(("x-labgate-cost", f"{cost:.10f}".rstrip("0").rstrip(".") or "0" if cost else "0"))
     if record.routing is not None:  # a local_first route (docs/limits.md)
         headers.append(("x-labgate-routing", record.routing))
     if record.variant is not None:  # an A/B experiment took it (docs/experiments.md)
@@ -150,8 +151,8 @@ def new_record(request: Request, endpoint: str, gateway: Gateway) -> RequestReco
     ``Gateway.handle`` takes next: no await between them).
     """
     headers = request.headers
-    record = RequestRecord(request_id(), endpoint, request.client,
-                           client_request_id(headers) if "x-request-id" in headers else None)
+    record = open_record(request_id(), endpoint, request.client,
+                         client_request_id(headers) if "x-request-id" in headers else None)
     rt = gateway.runtime
     if rt.cache is not None:
         record.cache_control = headers.get("cache-control")  # the response cache's controls

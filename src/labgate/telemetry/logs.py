@@ -43,7 +43,11 @@ class AccessLog:
         entry = record.as_log()
         if not self._client_ip:
             entry["client_ip"] = None
-        self._append(entry)
+        line = orjson.dumps(entry, option=orjson.OPT_APPEND_NEWLINE)  # _append, inline: once per request
+        self._buffer.append(line)
+        self._size += len(line)
+        if self._size >= _FLUSH_AT_BYTES or self._timer is None:
+            self._flush_or_arm()
 
     def write_refusal(self, entry: dict[str, Any]) -> None:
         """A request refused before any surface (wrong Host, foreign Origin, no such route): the
@@ -58,6 +62,10 @@ class AccessLog:
         line = orjson.dumps(entry, option=orjson.OPT_APPEND_NEWLINE)
         self._buffer.append(line)
         self._size += len(line)
+        self._flush_or_arm()
+
+    def _flush_or_arm(self) -> None:
+        """Flush a full buffer; else make sure a flush is due within ``_FLUSH_EVERY_S``."""
         if self._size >= _FLUSH_AT_BYTES:
             self.flush()
         elif self._timer is None:

@@ -157,8 +157,17 @@ class Tracer:
     # --- the request path ------------------------------------------------------------
 
     def begin(self, record: RequestRecord) -> None:
-        """Give the record its trace (or none: not sampled, and no client context to pass on)."""
-        parent = parse_traceparent(record.traceparent)
+        """Give the record its trace (or none: not sampled, and no client context to pass on).
+
+        Without a client ``traceparent`` (the common case) this is one random draw and one comparison:
+        an unsampled request gets no :class:`Trace`, no ids and no header, and ``put`` drops it at once."""
+        given = record.traceparent
+        if given is None:
+            trace_id = _ids.getrandbits(128) or 1
+            if (trace_id & 0xFFFF_FFFF_FFFF_FFFF) < self._bound:
+                record.trace = Trace(trace_id, _ids.getrandbits(64) or 1, None, True, None)
+            return
+        parent = parse_traceparent(given)
         if parent is not None:  # follow the client's decision (parent-based sampling)
             trace_id, parent_id, flags = parent
             state = record.tracestate
