@@ -231,6 +231,11 @@ def h11_view(raw: bytes) -> tuple[list[dict[str, Any]], bool]:
                 if conn.our_state is h11.MUST_CLOSE:  # HTTP/1.0 (or any non-1.1 version) without keep-alive
                     return seen, False
                 conn.start_next_cycle()
+                rest, _ = conn.trailing_data
+                if rest[:1] in (b"\r", b"\n"):  # llhttp skips lone CRs/LFs before the next request line too;
+                    conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEADER)  # h11 only a CRLF
+                    conn.receive_data(_single_spaced(rest.lstrip(b"\r\n")))
+                    conn.receive_data(b"")
             elif event is h11.NEED_DATA or isinstance(event, h11.ConnectionClosed) or event is h11.PAUSED:
                 return seen, False
     except h11.RemoteProtocolError:
