@@ -359,7 +359,9 @@ def test_redis_restarted_mid_run(tmp_path: Path, simulator: Simulator, redis_url
               "replica 1 never learnt of the circuit that opened while Redis was down")
         raw = ask(cluster.urls[1])
         assert (raw.headers["x-labgate-attempts"], raw.headers["x-labgate-deployment"]) == ("1", "good/m")
-        assert len(admin(cluster.urls[0])["cluster"]["replicas"]) == 2
+        # both replicas re-register in the empty Redis on their next sync (each at its own pace)
+        _wait(lambda: len(admin(cluster.urls[0])["cluster"]["replicas"]) == 2, 10,
+              "the replicas did not both re-register after Redis came back")
     finally:
         if cluster is not None:
             cluster.stop()
