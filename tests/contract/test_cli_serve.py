@@ -96,13 +96,16 @@ def test_serve_auth_logs_and_clean_shutdown(config_dir: Path) -> None:
     assert lines[1]["key_id"].startswith("key-") and lines[1]["completion_tokens"] == 8
 
 
-def test_serve_with_two_workers(config_dir: Path) -> None:
+def test_serve_with_two_workers(config_dir: Path, each_worker: Any) -> None:
     with process("serve", "--config", str(config_dir), "--port", "0", "--workers", "2",
                  env={"LABGATE_TEST_KEY": KEY}) as (proc, url):
         statuses = [call(url + "/v1/chat/completions", CHAT, key=KEY)[0] for _ in range(20)]
         assert statuses == [200] * 20
+        workers = each_worker(url, 2, parent=proc.pid, key=KEY)  # two distinct children answered
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(10) == 0
+    for pid in workers:  # and the parent waited for both
+        assert not Path(f"/proc/{pid}").exists()
 
 
 def test_invalid_config_refuses_to_start(tmp_path: Path) -> None:

@@ -130,9 +130,12 @@ def test_file_watcher_reloads_a_changed_file(tmp_path: Path, sims: tuple[Simulat
 
 
 @pytest.mark.parametrize("trigger", ["SIGHUP", "api"])
-def test_every_worker_reloads(tmp_path: Path, sims: tuple[Simulator, Simulator], trigger: str) -> None:
+def test_every_worker_reloads(tmp_path: Path, sims: tuple[Simulator, Simulator], trigger: str,
+                              each_worker: Any) -> None:
     write(tmp_path, *sims, route="a/m")
     with serve(tmp_path, "--workers", "2") as (proc, url):
+        before = each_worker(url, 2, parent=proc.pid)
+        (old,) = {view["version"] for view in before.values()}
         assert {provider_of(url) for _ in range(10)} == {"a"}
         write(tmp_path, *sims, route="b/m")
         if trigger == "SIGHUP":
@@ -141,6 +144,13 @@ def test_every_worker_reloads(tmp_path: Path, sims: tuple[Simulator, Simulator],
             status, _, body = call(url + "/admin/config/reload", method="POST")  # one worker; it tells the rest
             assert (status, body["status"]) == (200, "applied")
         eventually(lambda: {provider_of(url) for _ in range(20)} == {"b"})
+        # each of the same two workers now serves the new version (pids from GET /admin/config)
+        after = each_worker(url, 2, parent=proc.pid, until=lambda view: view["version"] != old)
+        assert set(after) == set(before)
+        # (after an API reload, the worker that applied it is told too, and finds nothing new)
+        assert sorted((v["reloads"], v["trigger"], v["last_reload"]["status"]) for v in after.values()) == (
+            [(1, "SIGHUP", "applied")] * 2 if trigger == "SIGHUP"
+            else [(1, "SIGHUP", "applied"), (1, "api", "unchanged")])
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(10) == 0
 
