@@ -108,6 +108,40 @@ def test_serve_with_two_workers(config_dir: Path, each_worker: Any) -> None:
         assert not Path(f"/proc/{pid}").exists()
 
 
+def test_coverage_measures_forked_workers(config_dir: Path, tmp_path: Path, each_worker: Any) -> None:
+    """`make coverage` sees the workers' code: they end with os._exit, which [tool.coverage.run]'s
+    `_exit` patch turns into a save (each worker writes its own data file, named by its pid)."""
+    data = tmp_path / "cov" / "data"
+    data.parent.mkdir()
+    root = Path(__file__).resolve().parents[2]
+    proc = subprocess.Popen([sys.executable, "-m", "coverage", "run", f"--rcfile={root / 'pyproject.toml'}",
+                             "-m", "labgate", "serve", "--config", str(config_dir), "--port", "0", "--workers", "2"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=root,
+                            env={**os.environ, "LABGATE_TEST_KEY": KEY, "COVERAGE_FILE": str(data)})
+    assert proc.stderr is not None
+    seen = b""
+    while (match := LISTENING.search(seen.decode(errors="replace"))) is None:
+        line = proc.stderr.readline()
+        assert line, f"labgate under coverage exited early: {seen.decode()}"
+        seen += line
+    workers = each_worker(match.group(1), 2, parent=proc.pid, key=KEY)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(30) == 0
+    written = {int(m.group(1)) for f in data.parent.iterdir() if (m := re.search(r"\.pid(\d+)\.", f.name))}
+    assert set(workers) <= written, f"no coverage data from workers {set(workers) - written}"
+    subprocess.run([sys.executable, "-m", "coverage", "combine", "-q", f"--rcfile={root / 'pyproject.toml'}"],
+                   cwd=root, env={**os.environ, "COVERAGE_FILE": str(data)}, check=True)
+    import coverage
+
+    measured = coverage.CoverageData(basename=str(data))
+    measured.read()
+    serve_py = next(f for f in measured.measured_files() if f.endswith("labgate/cli/serve.py"))
+    source = Path(serve_py).read_text().splitlines()
+    only_in_workers = source.index(
+        '    print("labgate: shutting down; letting in-flight requests finish", file=sys.stderr, flush=True)') + 1
+    assert only_in_workers in set(measured.lines(serve_py) or ())
+
+
 def test_invalid_config_refuses_to_start(tmp_path: Path) -> None:
     (tmp_path / "providers.yaml").write_text("providers:\n  x:\n    type: olama\n")
     result = subprocess.run([sys.executable, "-m", "labgate", "serve", "--config", str(tmp_path)],
