@@ -108,6 +108,26 @@ def test_serve_with_two_workers(config_dir: Path, each_worker: Any) -> None:
         assert not Path(f"/proc/{pid}").exists()
 
 
+def test_readiness_fails_during_the_sigterm_drain(config_dir: Path) -> None:
+    """SIGTERM: /health/readiness answers 503 for server.drain_delay_s (load balancers stop sending),
+    while it still serves (the end of the drain: test_serve_auth_logs_and_clean_shutdown)."""
+    (config_dir / "gateway.yaml").write_text("auth:\n  master_key_env: LABGATE_TEST_KEY\n"
+                                             "server:\n  drain_delay_s: 30\n")
+    with process("serve", "--config", str(config_dir), "--port", "0", env={"LABGATE_TEST_KEY": KEY}) as (proc, url):
+        assert call(url + "/health/readiness") == (200, {"status": "ready", "models": 1})
+        proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 30
+        while (answer := call(url + "/health/readiness"))[0] == 200:  # until the signal is handled
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        assert answer == (503, {"status": "not_ready", "reason": "shutting down"})
+        assert call(url + "/health/liveness") == (200, {"status": "alive"})  # draining, not dead
+        status, body = call(url + "/v1/chat/completions", CHAT, key=KEY)  # still served meanwhile
+        assert status == 200 and body["choices"][0]["finish_reason"] == "stop"
+        proc.send_signal(signal.SIGKILL)  # the 30 s delay is not waited out
+        proc.wait(10)
+
+
 def test_coverage_measures_forked_workers(config_dir: Path, tmp_path: Path, each_worker: Any) -> None:
     """`make coverage` sees the workers' code: they end with os._exit, which [tool.coverage.run]'s
     `_exit` patch turns into a save (each worker writes its own data file, named by its pid)."""
