@@ -84,8 +84,10 @@ async def test_unready_while_draining() -> None:
         stopping.cancel()  # the 30 s delay is not waited out: the rest of stop(), by hand
         with pytest.raises(asyncio.CancelledError):
             await stopping
-        assert (running.reloader, running.gateway.history) == (None, None)  # nothing else to close
+        assert running.gateway.history is None  # capture: none; nothing else to close
         await running.server.shutdown(1.0)
+        if running.reloader is not None:
+            await running.reloader.aclose()
         await running.gateway.runtime.aclose()
 
 
