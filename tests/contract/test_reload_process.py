@@ -172,6 +172,30 @@ def test_admin_config_needs_the_master_key_and_masks_secrets(tmp_path: Path,
         assert shown["version"].startswith("sha256:") and shown["trigger"] == "start"
 
 
+def test_admin_validate_over_http_checks_the_files_and_applies_nothing(
+        tmp_path: Path, sims: tuple[Simulator, Simulator]) -> None:
+    write(tmp_path, *sims, route="a/m", gateway="auth: {master_key_env: RELOAD_TEST_KEY}\n")
+    with serve(tmp_path, env={"RELOAD_TEST_KEY": KEY}) as (_proc, url):
+        validate = url + "/admin/config/validate"
+        status, _, body = call(validate, method="POST")
+        assert (status, body["error"]["type"]) == (401, "authentication_error")
+        _, _, shown = call(url + "/admin/config", key=KEY)
+        status, _, body = call(validate, method="POST", key=KEY)
+        assert (status, body["valid"], body["version"], body["changes"]) == (200, True, shown["version"], [])
+        write(tmp_path, *sims, route="b/m", gateway="auth: {master_key_env: RELOAD_TEST_KEY}\n")
+        status, _, body = call(validate, method="POST", key=KEY)
+        assert (status, body["valid"], body["active_version"], body["changed_routes"]) == (
+            200, True, shown["version"], ["route"])
+        assert body["version"] != shown["version"]
+        (tmp_path / "model-mappings.yaml").write_text("routing:\n  aliases: {route: mm}\n")
+        status, headers, body = call(validate, method="POST", key=KEY)
+        assert (status, headers["x-should-retry"], [(e["severity"], e["path"]) for e in body["errors"]]) == (
+            422, "false", [("error", "routing.aliases.route"), ("warning", "routing")])
+        # nothing was applied: the same version serves, and the route still goes to a
+        assert call(url + "/admin/config", key=KEY)[2]["version"] == shown["version"]
+        assert provider_of(url, key=KEY) == "a"
+
+
 def labgate(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "labgate", *args], capture_output=True, text=True, timeout=60,
                           env={**os.environ, **(env or {})}, stdin=subprocess.DEVNULL)
