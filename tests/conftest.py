@@ -10,6 +10,7 @@ then every skip is a failure, whether it comes from a test (``pytest.skip``,
 from __future__ import annotations
 
 import os
+import secrets
 import tempfile
 from collections.abc import Generator
 from typing import Any
@@ -19,6 +20,16 @@ import pytest
 # Gateways started by tests (in process or as `labgate serve`) keep their request history
 # (the default SQLite store) here, never in the user's data directory.
 os.environ.setdefault("LABGATE_DATA_DIR", tempfile.mkdtemp(prefix="labgate-test-data-"))
+
+# The whole-gateway fuzz (tests/contract/test_scenarios.py) draws from a fresh seed on every run, printed
+# at the end of the run; LABGATE_FUZZ_SEED=N replays one.
+os.environ.setdefault("LABGATE_FUZZ_SEED", str(secrets.randbits(32)))
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    seed = os.environ["LABGATE_FUZZ_SEED"]
+    terminalreporter.write_line(f"fuzz seed: {seed} (replay with LABGATE_FUZZ_SEED={seed})")
+
 
 REQUIRED = "skipped, but CI requires every test to run (LABGATE_REQUIRE_INTEGRATION)"
 
