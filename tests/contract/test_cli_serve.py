@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -170,15 +171,49 @@ def test_invalid_config_refuses_to_start(tmp_path: Path) -> None:
     assert b"unknown provider type 'olama'" in result.stderr and b"did you mean `ollama`" in result.stderr
 
 
-def test_default_config_says_what_it_found() -> None:
-    with process("serve", "--port", "0") as (proc, url):
-        status, body = call(url + "/health/liveness")
-        assert (status, body) == (200, {"status": "alive"})
+# `labgate serve` with discovery pointed at the test's own ports instead of the machine's standard ones
+# (an engine someone runs on 11434 or 8080 must not change the test): the engines table is replaced in
+# the child before the command runs
+DISCOVERING = """
+import sys
+from labgate.cli.main import main
+from labgate.config import defaults
+engines = (defaults.Engine("ollama", "ollama", int(sys.argv[1])), defaults.Engine("llama_cpp", "llama_cpp",
+           int(sys.argv[2])))
+defaults.discover.__defaults__ = ("127.0.0.1", engines)
+defaults.describe.__defaults__ = (engines,)
+sys.exit(main(["serve", "--port", "0"]))
+"""
+
+
+def test_default_config_says_what_it_found(upstream: Simulator) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]  # nothing listens here once the socket is closed
+    proc = subprocess.Popen([sys.executable, "-c", DISCOVERING, str(closed), str(upstream.port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    assert proc.stderr is not None
+    banner: list[str] = []
+    try:
+        while not (banner and LISTENING.search(banner[-1])):
+            line = proc.stderr.readline().decode()
+            assert line, f"labgate exited early: {banner}"
+            banner.append(line.rstrip("\n"))
+        url = LISTENING.search(banner[-1]).group(1)  # type: ignore[union-attr]
+        status, body = call(url + "/v1/models")
+        assert status == 200 and [m["id"] for m in body["data"] if m["id"] == "m1"] == ["m1"]
+        status, body = call(url + "/v1/chat/completions", CHAT)  # the found engine serves
+        assert status == 200 and body["choices"][0]["message"]["content"] == " sim1 sim2 sim3 sim4 sim5 sim6 sim7 sim8"
+    finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(10) == 0
-        err = proc.stderr.read().decode() if proc.stderr else ""
-    # the banner was consumed while waiting for the listening line; what is left is the shutdown note
-    assert "shutting down" in err
+    start = banner.index("labgate: no --config given; using the built-in default (local engine discovery).")
+    assert banner[start + 1:start + 3] == [
+        f"  - ollama          port {closed:<6} not found",
+        f"  + llama_cpp       port {upstream.port:<6} llama_cpp: m1"]
+    assert "  To add providers or cloud APIs, write a config directory (see examples/) and run: " \
+           "labgate serve --config DIR" in banner
+    assert not any("No local engine answered" in line for line in banner)
 
 
 def test_demo_serves_every_endpoint() -> None:
