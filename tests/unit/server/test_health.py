@@ -17,6 +17,7 @@ import aiohttp
 import orjson
 import pytest
 
+from labgate.server.health import DETAIL_HINT
 from labgate.server.serve import RunningGateway, start_gateway
 from labgate.testing import Simulator
 from labgate.testing.gateway import config_from
@@ -115,3 +116,74 @@ async def test_unready_until_the_history_store_can_be_written(tmp_path: Path, wr
         assert running.gateway.history is not None
         await running.gateway.history.flush()
         assert (running.gateway.history.stats()["written"], await get(running)) == (1, READY)
+
+
+# --- /health/providers: what each provider's probe says, and how the aggregate adds them up
+
+
+@asynccontextmanager
+async def providers_gateway(providers: dict[str, Any]) -> AsyncIterator[RunningGateway]:
+    running = await start_gateway(config_from(providers, gateway={"store": {"capture": "none"}}),
+                                  host="127.0.0.1", port=0)
+    try:
+        yield running
+    finally:
+        await running.stop(grace=1.0)
+
+
+def listed(sim: Simulator) -> int:
+    """How many times the gateway asked ``sim`` for its models."""
+    return sum(1 for r in sim.requests if r.path == "/v1/models")
+
+
+async def aggregate_of(running: RunningGateway) -> dict[str, Any]:
+    """What a caller the admin API would not admit sees (the detail is for loopback callers when auth is off)."""
+    from labgate.server.health import aggregate
+
+    status, report = await get(running, "/health/providers")
+    assert status == 200
+    return aggregate(report)
+
+
+async def test_each_provider_state_in_the_detail() -> None:
+    async with Simulator(models=["m", "n"]) as sim:
+        providers = {
+            "up": {"type": "openai_compatible", "base_url": sim.url + "/v1", "models": ["m", "gone"]},
+            "off": {"type": "openai_compatible", "base_url": sim.url + "/v1", "models": ["n"], "status": "inactive"},
+            "dead": {"type": "openai_compatible", "base_url": f"http://127.0.0.1:{closed_port()}/v1",
+                     "models": ["d"]}}
+        async with providers_gateway(providers) as running:
+            status, report = await get(running, "/health/providers")
+            assert status == 200
+            up, off, dead = (report["providers"][name] for name in ("up", "off", "dead"))
+            assert (up["reachable"], up["models"], up["missing_models"]) == (True, ["m", "n"], ["gone"])
+            assert off == {"status": "inactive", "reachable": None}  # never probed
+            assert listed(sim) == 1  # "up" only
+            assert (dead["status"], dead["reachable"], dead["configured_models"]) == ("active", False, ["d"])
+            assert dead["error"].startswith("cannot connect to provider 'dead'") and dead["latency_ms"] >= 0
+            assert await aggregate_of(running) == {"status": "degraded", "active": 2, "reachable": 1,
+                                                   "unreachable": 1, "detail": DETAIL_HINT}
+
+
+@pytest.mark.parametrize(("alive", "status"), [((True, True), "ok"), ((True, False), "degraded"),
+                                               ((False, False), "down")])
+async def test_the_aggregate_status(alive: tuple[bool, bool], status: str) -> None:
+    async with Simulator(models=["m"]) as sim:
+        dead = f"http://127.0.0.1:{closed_port()}/v1"
+        providers = {f"p{i}": {"type": "openai_compatible", "base_url": sim.url + "/v1" if up else dead,
+                               "models": ["m"]} for i, up in enumerate(alive)}
+        async with providers_gateway(providers) as running:
+            assert (await aggregate_of(running))["status"] == status
+
+
+async def test_probes_are_shared_for_a_while_then_made_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    async with Simulator(models=["m"]) as sim, providers_gateway(
+            {"p": {"type": "openai_compatible", "base_url": sim.url + "/v1", "models": ["m"]}}) as running:
+        monkeypatch.setattr("labgate.server.health._PROBE_CACHE_S", 3600.0)
+        await get(running, "/health/providers")
+        await get(running, "/health/providers")
+        assert listed(sim) == 1  # the second caller got the first probe's result
+        monkeypatch.setattr("labgate.server.health._PROBE_CACHE_S", 0.0)
+        await get(running, "/health/providers")
+        await get(running, "/health/providers")
+        assert listed(sim) == 3  # past the cache time, each caller probes again
