@@ -20,9 +20,12 @@ from typing import Any
 import openai
 import pytest
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
-TIMEOUT = 10.0
+# A request's time limit is a hang detector, not a speed check: a handful of tokens took over 10 s on a
+# 2-core machine with 4 CPU-burning processes beside the suite (the engine's threads wait for cores).
+# Long generations get a limit derived from the measured pace (timeout_for).
+TIMEOUT = 60.0
 HI = [{"role": "user", "content": "hi"}]
 SLOT_CTX = 1024  # the chat server runs n_ctx 4096 over 4 slots; the embedding server too
 
@@ -57,7 +60,7 @@ def seconds_per_token(llamacpp: Any) -> float:
     from the work it asks for (a loaded machine is slower at both), never a fixed number of seconds."""
     started = time.monotonic()
     status, r = post_json(llamacpp.chat_url + "/v1/chat/completions",
-                          {"model": "tiny", "messages": HI, "max_tokens": 64}, timeout=TIMEOUT * 6)
+                          {"model": "tiny", "messages": HI, "max_tokens": 64}, timeout=TIMEOUT)
     assert status == 200 and r["usage"]["completion_tokens"] == 64
     return (time.monotonic() - started) / 64
 
