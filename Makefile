@@ -40,7 +40,7 @@ test: $(STAMP)
 	$(VENV)/bin/python -m pytest $(ARGS)
 
 test-compat-legacy: $(LEGACY)/.installed
-	$(LEGACY)/bin/python -m pytest tests/compat/test_instructor.py tests/compat/test_llamaindex.py $(ARGS)
+	LABGATE_COMPAT_LEGACY=1 $(LEGACY)/bin/python -m pytest tests/compat/test_instructor.py tests/compat/test_llamaindex.py $(ARGS)
 
 # Line coverage of the suite, `labgate serve` children and their forked workers included
 # ([tool.coverage.run] in pyproject.toml; docs/testing.md)
