@@ -140,14 +140,17 @@ def test_coverage_measures_forked_workers(config_dir: Path, tmp_path: Path, each
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=root,
                             env={**os.environ, "LABGATE_TEST_KEY": KEY, "COVERAGE_FILE": str(data)})
     assert proc.stderr is not None
-    seen = b""
-    while (match := LISTENING.search(seen.decode(errors="replace"))) is None:
-        line = proc.stderr.readline()
-        assert line, f"labgate under coverage exited early: {seen.decode()}"
-        seen += line
-    workers = each_worker(match.group(1), 2, parent=proc.pid, key=KEY)
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(30) == 0
+    try:
+        seen = b""
+        while (match := LISTENING.search(seen.decode(errors="replace"))) is None:
+            line = proc.stderr.readline()
+            assert line, f"labgate under coverage exited early: {seen.decode()}"
+            seen += line
+        workers = each_worker(match.group(1), 2, parent=proc.pid, key=KEY)
+    finally:  # stopped whatever happened (a failed check must not leave the server and its workers behind)
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(30)
+    assert code == 0
     written = {int(m.group(1)) for f in data.parent.iterdir() if (m := re.search(r"\.pid(\d+)\.", f.name))}
     assert set(workers) <= written, f"no coverage data from workers {set(workers) - written}"
     subprocess.run([sys.executable, "-m", "coverage", "combine", "-q", f"--rcfile={root / 'pyproject.toml'}"],
