@@ -32,7 +32,7 @@ $(LEGACY)/.installed: pyproject.toml uv.lock | $(UV)
 	UV_PROJECT_ENVIRONMENT=$(LEGACY) $(UV) sync --locked --extra dev --extra compat-legacy
 	touch $@
 
-.PHONY: serve test test-latest test-compat-legacy demo lint lock
+.PHONY: serve test test-latest test-compat-legacy demo lint lock mutate coverage
 serve: $(STAMP)
 	$(VENV)/bin/labgate serve $(ARGS)
 
@@ -40,7 +40,20 @@ test: $(STAMP)
 	$(VENV)/bin/python -m pytest $(ARGS)
 
 test-compat-legacy: $(LEGACY)/.installed
-	$(LEGACY)/bin/python -m pytest tests/compat/test_instructor.py tests/compat/test_llamaindex.py $(ARGS)
+	LABGATE_COMPAT_LEGACY=1 $(LEGACY)/bin/python -m pytest tests/compat/test_instructor.py tests/compat/test_llamaindex.py $(ARGS)
+
+# Line coverage of the suite, `labgate serve` children and their forked workers included
+# ([tool.coverage.run] in pyproject.toml; docs/testing.md)
+coverage: $(STAMP)
+	rm -rf .coverage-data && mkdir -p .coverage-data
+	-$(VENV)/bin/python -m coverage run -m pytest $(ARGS)
+	$(VENV)/bin/python -m coverage combine -q
+	$(VENV)/bin/python -m coverage report --skip-covered --sort=cover
+
+# Mutation testing of one module against its own test files (tests/mutate.py; not in CI: slow):
+# `make mutate MODULE=providers/pool.py`; without MODULE, the list of modules
+mutate: $(STAMP)
+	$(VENV)/bin/python tests/mutate.py $(MODULE)
 
 # The newest versions pyproject.toml allows, resolved now (uv.lock is not touched): a failure
 # here that `make test` does not show is drift in a dependency, to fix before re-locking.

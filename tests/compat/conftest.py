@@ -102,6 +102,13 @@ def compat(compat_gateway: Compat) -> Compat:
 _results: dict[tuple[str, str], list[tuple[str, str]]] = defaultdict(list)
 
 
+# instructor and LlamaIndex pin SDK versions the main lock cannot hold: their files run in their own venv
+# (`make test-compat-legacy`, which sets LABGATE_COMPAT_LEGACY). Elsewhere they are not collected (rather
+# than skipped: under LABGATE_REQUIRE_INTEGRATION a skip is a failure, and these are not missing here).
+LEGACY_FILES = ["test_instructor.py", "test_llamaindex.py"]
+collect_ignore = [] if os.environ.get("LABGATE_COMPAT_LEGACY") else LEGACY_FILES
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "compat(framework, feature): a framework feature the compatibility "
                                        "table of docs/compatibility.md reports")

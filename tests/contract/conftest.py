@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import io
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -283,3 +284,37 @@ def make_gateway(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
             return stack.enter_context(serve(providers, mappings, gateway))
 
         yield make
+
+
+def ask_each_worker(url: str, workers: int, *, parent: int, key: str | None = None,
+                    until: Any = None, requests: int = 400) -> dict[int, dict[str, Any]]:
+    """``GET /admin/config`` on fresh connections until each of ``workers`` processes has answered.
+
+    A ``labgate serve --workers N`` process forks N workers that accept on one socket; the kernel
+    decides which one takes a connection, so this asks up to ``requests`` times (a count, not a
+    time: the odds that one of two idle workers never wins 400 accepts are nil). Every answer must
+    come from a child of ``parent``; with ``until`` (a predicate on the view), a worker counts only
+    once its latest answer passes it. Returns each worker's latest view, keyed by its pid.
+    """
+    headers = {"authorization": f"Bearer {key}"} if key else {}
+    views: dict[int, dict[str, Any]] = {}
+    for _ in range(requests):
+        request = urllib.request.Request(url + "/admin/config", headers=headers)
+        with urllib.request.urlopen(request, timeout=30) as resp:
+            view = orjson.loads(resp.read())
+        pid = view["worker"]
+        if pid not in views:
+            with open(f"/proc/{pid}/stat") as stat:  # field 4: the parent's pid
+                assert int(stat.read().rsplit(")", 1)[1].split()[1]) == parent, f"{pid} is not a worker of {parent}"
+        views[pid] = view
+        assert len(views) <= workers, f"more workers answered than were started: {sorted(views)}"
+        if len(views) == workers and (until is None or all(until(v) for v in views.values())):
+            return views
+    raise AssertionError(f"after {requests} requests, these workers had answered (as wanted): "
+                         f"{ {pid: until is None or until(v) for pid, v in views.items()} }; {workers} expected")
+
+
+@pytest.fixture
+def each_worker() -> Any:
+    """:func:`ask_each_worker`, for tests of ``labgate serve --workers N``."""
+    return ask_each_worker

@@ -12,12 +12,12 @@ went on the wire, not what the test meant to send.
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import anthropic
-import httpx2
 import orjson
 import pytest
 
@@ -54,7 +54,7 @@ class Stack:
                                    http_client=http, **options)
 
     def async_client(self) -> anthropic.AsyncAnthropic:
-        async def capture(request: httpx2.Request) -> None:
+        async def capture(request: Any) -> None:  # the request object of the SDK's own HTTP client
             self.sent.append(await request.aread())
         http = anthropic.DefaultAsyncHttpxClient(event_hooks={"request": [capture]})
         return anthropic.AsyncAnthropic(base_url=self.gateway.url, api_key=GATEWAY_KEY, max_retries=0, timeout=10,
@@ -115,14 +115,17 @@ def usage_of(message: Any) -> tuple[int, int]:
 @DIALECTS
 def test_sync_create(fresh: Stack, dialect: str) -> None:
     model, upstream = MODELS[dialect]
-    with fresh.client() as claude:
-        message = claude.messages.create(model=model, max_tokens=64, system="Answer briefly.",
-                                         messages=[{"role": "user", "content": "name three cats"}],
-                                         metadata={"user_id": "u-1"}, extra_body={"temperature": 0.5})
+    with fresh.client() as claude:  # with_raw_response: the SDK's public view of the wire's headers
+        raw = claude.messages.with_raw_response.create(model=model, max_tokens=64, system="Answer briefly.",
+                                                       messages=[{"role": "user", "content": "name three cats"}],
+                                                       metadata={"user_id": "u-1"}, extra_body={"temperature": 0.5})
+        message = raw.parse()
     assert (message.type, message.role, message.model) == ("message", "assistant", upstream)
     assert [b.model_dump(exclude_none=True) for b in message.content] == [{"type": "text", "text": sim_text(4)}]
     assert (message.stop_reason, message.stop_sequence, usage_of(message)) == ("end_turn", None, (5, 4))
-    assert message._request_id is not None
+    # the id goes where Anthropic's API puts it (request-id), and is labgate's own
+    assert re.fullmatch(r"req_[0-9a-f]{32}", raw.headers["request-id"]) and raw.headers["x-request-id"] == raw.headers[
+        "request-id"]
     fresh.assert_passed_through(dialect, 1)
     if dialect == "openai":
         assert fresh.received(dialect)[-1].body == {

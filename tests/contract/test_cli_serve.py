@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -96,13 +97,73 @@ def test_serve_auth_logs_and_clean_shutdown(config_dir: Path) -> None:
     assert lines[1]["key_id"].startswith("key-") and lines[1]["completion_tokens"] == 8
 
 
-def test_serve_with_two_workers(config_dir: Path) -> None:
+def test_serve_with_two_workers(config_dir: Path, each_worker: Any) -> None:
     with process("serve", "--config", str(config_dir), "--port", "0", "--workers", "2",
                  env={"LABGATE_TEST_KEY": KEY}) as (proc, url):
         statuses = [call(url + "/v1/chat/completions", CHAT, key=KEY)[0] for _ in range(20)]
         assert statuses == [200] * 20
+        workers = each_worker(url, 2, parent=proc.pid, key=KEY)  # two distinct children answered
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(10) == 0
+    for pid in workers:  # and the parent waited for both
+        assert not Path(f"/proc/{pid}").exists()
+
+
+def test_readiness_fails_during_the_sigterm_drain(config_dir: Path) -> None:
+    """SIGTERM: /health/readiness answers 503 for server.drain_delay_s (load balancers stop sending),
+    while it still serves (the end of the drain: test_serve_auth_logs_and_clean_shutdown)."""
+    (config_dir / "gateway.yaml").write_text("auth:\n  master_key_env: LABGATE_TEST_KEY\n"
+                                             "server:\n  drain_delay_s: 30\n")
+    with process("serve", "--config", str(config_dir), "--port", "0", env={"LABGATE_TEST_KEY": KEY}) as (proc, url):
+        assert call(url + "/health/readiness") == (200, {"status": "ready", "models": 1})
+        proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 30
+        while (answer := call(url + "/health/readiness"))[0] == 200:  # until the signal is handled
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        assert answer == (503, {"status": "not_ready", "reason": "shutting down"})
+        assert call(url + "/health/liveness") == (200, {"status": "alive"})  # draining, not dead
+        status, body = call(url + "/v1/chat/completions", CHAT, key=KEY)  # still served meanwhile
+        assert status == 200 and body["choices"][0]["finish_reason"] == "stop"
+        proc.send_signal(signal.SIGKILL)  # the 30 s delay is not waited out
+        proc.wait(10)
+
+
+def test_coverage_measures_forked_workers(config_dir: Path, tmp_path: Path, each_worker: Any) -> None:
+    """`make coverage` sees the workers' code: they end with os._exit, which [tool.coverage.run]'s
+    `_exit` patch turns into a save (each worker writes its own data file, named by its pid)."""
+    data = tmp_path / "cov" / "data"
+    data.parent.mkdir()
+    root = Path(__file__).resolve().parents[2]
+    proc = subprocess.Popen([sys.executable, "-m", "coverage", "run", f"--rcfile={root / 'pyproject.toml'}",
+                             "-m", "labgate", "serve", "--config", str(config_dir), "--port", "0", "--workers", "2"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=root,
+                            env={**os.environ, "LABGATE_TEST_KEY": KEY, "COVERAGE_FILE": str(data)})
+    assert proc.stderr is not None
+    try:
+        seen = b""
+        while (match := LISTENING.search(seen.decode(errors="replace"))) is None:
+            line = proc.stderr.readline()
+            assert line, f"labgate under coverage exited early: {seen.decode()}"
+            seen += line
+        workers = each_worker(match.group(1), 2, parent=proc.pid, key=KEY)
+    finally:  # stopped whatever happened (a failed check must not leave the server and its workers behind)
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(30)
+    assert code == 0
+    written = {int(m.group(1)) for f in data.parent.iterdir() if (m := re.search(r"\.pid(\d+)\.", f.name))}
+    assert set(workers) <= written, f"no coverage data from workers {set(workers) - written}"
+    subprocess.run([sys.executable, "-m", "coverage", "combine", "-q", f"--rcfile={root / 'pyproject.toml'}"],
+                   cwd=root, env={**os.environ, "COVERAGE_FILE": str(data)}, check=True)
+    import coverage
+
+    measured = coverage.CoverageData(basename=str(data))
+    measured.read()
+    serve_py = next(f for f in measured.measured_files() if f.endswith("labgate/cli/serve.py"))
+    source = Path(serve_py).read_text().splitlines()
+    only_in_workers = source.index(
+        '    print("labgate: shutting down; letting in-flight requests finish", file=sys.stderr, flush=True)') + 1
+    assert only_in_workers in set(measured.lines(serve_py) or ())
 
 
 def test_invalid_config_refuses_to_start(tmp_path: Path) -> None:
@@ -113,15 +174,49 @@ def test_invalid_config_refuses_to_start(tmp_path: Path) -> None:
     assert b"unknown provider type 'olama'" in result.stderr and b"did you mean `ollama`" in result.stderr
 
 
-def test_default_config_says_what_it_found() -> None:
-    with process("serve", "--port", "0") as (proc, url):
-        status, body = call(url + "/health/liveness")
-        assert (status, body) == (200, {"status": "alive"})
+# `labgate serve` with discovery pointed at the test's own ports instead of the machine's standard ones
+# (an engine someone runs on 11434 or 8080 must not change the test): the engines table is replaced in
+# the child before the command runs
+DISCOVERING = """
+import sys
+from labgate.cli.main import main
+from labgate.config import defaults
+engines = (defaults.Engine("ollama", "ollama", int(sys.argv[1])), defaults.Engine("llama_cpp", "llama_cpp",
+           int(sys.argv[2])))
+defaults.discover.__defaults__ = ("127.0.0.1", engines)
+defaults.describe.__defaults__ = (engines,)
+sys.exit(main(["serve", "--port", "0"]))
+"""
+
+
+def test_default_config_says_what_it_found(upstream: Simulator) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]  # nothing listens here once the socket is closed
+    proc = subprocess.Popen([sys.executable, "-c", DISCOVERING, str(closed), str(upstream.port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    assert proc.stderr is not None
+    banner: list[str] = []
+    try:
+        while not (banner and LISTENING.search(banner[-1])):
+            line = proc.stderr.readline().decode()
+            assert line, f"labgate exited early: {banner}"
+            banner.append(line.rstrip("\n"))
+        url = LISTENING.search(banner[-1]).group(1)  # type: ignore[union-attr]
+        status, body = call(url + "/v1/models")
+        assert status == 200 and [m["id"] for m in body["data"] if m["id"] == "m1"] == ["m1"]
+        status, body = call(url + "/v1/chat/completions", CHAT)  # the found engine serves
+        assert status == 200 and body["choices"][0]["message"]["content"] == " sim1 sim2 sim3 sim4 sim5 sim6 sim7 sim8"
+    finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(10) == 0
-        err = proc.stderr.read().decode() if proc.stderr else ""
-    # the banner was consumed while waiting for the listening line; what is left is the shutdown note
-    assert "shutting down" in err
+    start = banner.index("labgate: no --config given; using the built-in default (local engine discovery).")
+    assert banner[start + 1:start + 3] == [
+        f"  - ollama          port {closed:<6} not found",
+        f"  + llama_cpp       port {upstream.port:<6} llama_cpp: m1"]
+    assert "  To add providers or cloud APIs, write a config directory (see examples/) and run: " \
+           "labgate serve --config DIR" in banner
+    assert not any("No local engine answered" in line for line in banner)
 
 
 def test_demo_serves_every_endpoint() -> None:

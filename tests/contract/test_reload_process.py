@@ -130,9 +130,12 @@ def test_file_watcher_reloads_a_changed_file(tmp_path: Path, sims: tuple[Simulat
 
 
 @pytest.mark.parametrize("trigger", ["SIGHUP", "api"])
-def test_every_worker_reloads(tmp_path: Path, sims: tuple[Simulator, Simulator], trigger: str) -> None:
+def test_every_worker_reloads(tmp_path: Path, sims: tuple[Simulator, Simulator], trigger: str,
+                              each_worker: Any) -> None:
     write(tmp_path, *sims, route="a/m")
     with serve(tmp_path, "--workers", "2") as (proc, url):
+        before = each_worker(url, 2, parent=proc.pid)
+        (old,) = {view["version"] for view in before.values()}
         assert {provider_of(url) for _ in range(10)} == {"a"}
         write(tmp_path, *sims, route="b/m")
         if trigger == "SIGHUP":
@@ -141,6 +144,13 @@ def test_every_worker_reloads(tmp_path: Path, sims: tuple[Simulator, Simulator],
             status, _, body = call(url + "/admin/config/reload", method="POST")  # one worker; it tells the rest
             assert (status, body["status"]) == (200, "applied")
         eventually(lambda: {provider_of(url) for _ in range(20)} == {"b"})
+        # each of the same two workers now serves the new version (pids from GET /admin/config)
+        after = each_worker(url, 2, parent=proc.pid, until=lambda view: view["version"] != old)
+        assert set(after) == set(before)
+        # (after an API reload, the worker that applied it is told too, and finds nothing new)
+        assert sorted((v["reloads"], v["trigger"], v["last_reload"]["status"]) for v in after.values()) == (
+            [(1, "SIGHUP", "applied")] * 2 if trigger == "SIGHUP"
+            else [(1, "SIGHUP", "applied"), (1, "api", "unchanged")])
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(10) == 0
 
@@ -160,6 +170,30 @@ def test_admin_config_needs_the_master_key_and_masks_secrets(tmp_path: Path,
                                                       "keys_refresh_s": 0.5}
         assert KEY not in orjson.dumps(shown).decode() and "literal-header-secret" not in orjson.dumps(shown).decode()
         assert shown["version"].startswith("sha256:") and shown["trigger"] == "start"
+
+
+def test_admin_validate_over_http_checks_the_files_and_applies_nothing(
+        tmp_path: Path, sims: tuple[Simulator, Simulator]) -> None:
+    write(tmp_path, *sims, route="a/m", gateway="auth: {master_key_env: RELOAD_TEST_KEY}\n")
+    with serve(tmp_path, env={"RELOAD_TEST_KEY": KEY}) as (_proc, url):
+        validate = url + "/admin/config/validate"
+        status, _, body = call(validate, method="POST")
+        assert (status, body["error"]["type"]) == (401, "authentication_error")
+        _, _, shown = call(url + "/admin/config", key=KEY)
+        status, _, body = call(validate, method="POST", key=KEY)
+        assert (status, body["valid"], body["version"], body["changes"]) == (200, True, shown["version"], [])
+        write(tmp_path, *sims, route="b/m", gateway="auth: {master_key_env: RELOAD_TEST_KEY}\n")
+        status, _, body = call(validate, method="POST", key=KEY)
+        assert (status, body["valid"], body["active_version"], body["changed_routes"]) == (
+            200, True, shown["version"], ["route"])
+        assert body["version"] != shown["version"]
+        (tmp_path / "model-mappings.yaml").write_text("routing:\n  aliases: {route: mm}\n")
+        status, headers, body = call(validate, method="POST", key=KEY)
+        assert (status, headers["x-should-retry"], [(e["severity"], e["path"]) for e in body["errors"]]) == (
+            422, "false", [("error", "routing.aliases.route"), ("warning", "routing")])
+        # nothing was applied: the same version serves, and the route still goes to a
+        assert call(url + "/admin/config", key=KEY)[2]["version"] == shown["version"]
+        assert provider_of(url, key=KEY) == "a"
 
 
 def labgate(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import os
 import re
 import time
 from collections.abc import Iterable, Iterator
@@ -28,7 +29,7 @@ import httpx2
 import openai
 import orjson
 import pytest
-from hypothesis import given, settings
+from hypothesis import given, seed, settings
 from hypothesis import strategies as st
 
 from labgate.providers.registry import TYPES
@@ -747,7 +748,8 @@ WILD_BODIES = st.fixed_dictionaries({"messages": st.lists(MESSAGES, min_size=1, 
     "stream_options": JSON_VALUES, "user": JSON_VALUES})
 
 
-@settings(max_examples=100, deadline=None, derandomize=True, database=None)
+@settings(max_examples=100, deadline=None, database=None)
+@seed(int(os.environ["LABGATE_FUZZ_SEED"]))  # fresh per run (tests/conftest.py prints it): new bodies every time
 @given(kind=st.sampled_from(KINDS), body=WILD_BODIES)
 def test_any_body_gets_an_answer_or_an_envelope(session_gateway: Any, kind: Kind, body: dict[str, Any]) -> None:
     """No body, however odd, makes the gateway fail (500) or show a traceback."""

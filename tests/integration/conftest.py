@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -70,12 +71,29 @@ def _pg_admin(url: str, sql: str) -> None:
     asyncio.run(run())
 
 
+def create_schema(url: str, schema: str) -> None:
+    """``CREATE SCHEMA``: skips when nothing answers at ``url`` (no PostgreSQL: an absent service),
+    fails when a server answers and refuses us (wrong role, password or database, no right to create a
+    schema: a broken setup, which no skip may hide, in CI or not)."""
+    import asyncpg
+
+    shown = re.sub(r"://([^:/@]*):[^@]*@", r"://\1:***@", url)  # never print a password
+    try:
+        _pg_admin(url, f"CREATE SCHEMA {schema}")
+    except (OSError, TimeoutError, asyncpg.CannotConnectNowError) as exc:  # refused, unreachable, starting up
+        pytest.skip(f"PostgreSQL unreachable at {shown}: {type(exc).__name__}: {exc}")
+    except asyncpg.PostgresError as exc:
+        pytest.fail(f"PostgreSQL at {shown} answered but refused us ({type(exc).__name__}: {exc}): check the "
+                    "role, password, database and CREATE right in DATABASE_URL", pytrace=False)
+
+
 @pytest.fixture
 def pg_url() -> Iterator[str]:
     """A PostgreSQL URL whose ``search_path`` is a fresh, empty schema (dropped afterwards).
 
     ``DATABASE_URL`` (default ``postgresql://postgres@127.0.0.1:5432/test``); skips with the reason
-    when asyncpg is missing or the server cannot be reached (``.ci/run`` turns that into a failure).
+    when asyncpg is missing or the server cannot be reached (``.ci/run`` turns that into a failure),
+    and fails when the server answers but refuses us (:func:`create_schema`).
     """
     import os
     import uuid
@@ -86,10 +104,7 @@ def pg_url() -> Iterator[str]:
     except ImportError:
         pytest.skip("asyncpg is not installed: pip install 'labgate[postgres]'")
     schema = f"labgate_test_{uuid.uuid4().hex[:12]}"
-    try:
-        _pg_admin(url, f"CREATE SCHEMA {schema}")
-    except Exception as exc:
-        pytest.skip(f"PostgreSQL unreachable at {url}: {exc}")
+    create_schema(url, schema)
     try:
         yield f"{url}{'&' if '?' in url else '?'}search_path={schema}"
     finally:
@@ -119,3 +134,9 @@ def redis_url() -> str:
     finally:
         client.close()
     return url
+
+
+@pytest.fixture
+def pg_schema_maker() -> Any:
+    """:func:`create_schema`, for the tests of the fixture itself (tests/integration/test_services.py)."""
+    return create_schema

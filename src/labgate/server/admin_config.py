@@ -1,6 +1,7 @@
 """``/admin/config``: the active config (secrets masked), its validation, and hot reload.
 
-    GET  /admin/config            what serves: version, load time, last reload, the config (masked)
+    GET  /admin/config            what serves: version, load time, last reload, the config (masked), and
+                                  which process answered (``worker``: with ``--workers N``, each has its own)
     POST /admin/config/validate   validate the files on disk against what serves, without applying
     POST /admin/config/reload     validate, build and swap; 422 with the report when the files are invalid
                                   (audit log: config.reload; config.rollback with x-labgate-reload: rollback)
@@ -13,6 +14,7 @@ something to accept from anyone who can reach the port.
 from __future__ import annotations
 
 import asyncio
+import os
 from typing import Any
 
 import orjson
@@ -58,7 +60,8 @@ class ConfigSurface:
             self._admit(request)
         except LabgateError as exc:
             return openai_error(exc, rid)
-        return _json(self.reloader.describe(), rid)
+        # the answering process: under `--workers N` a client sees each worker's own reload state
+        return _json({**self.reloader.describe(), "worker": os.getpid()}, rid)
 
     async def validate(self, request: Request) -> Response:
         rid = request_id(request.headers)

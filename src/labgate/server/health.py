@@ -51,13 +51,22 @@ class HealthSurface:
         return _json(200, {"status": "alive"})
 
     async def readiness(self, request: Request) -> Response:
-        if self.gateway.draining:
+        """Ready: not shutting down, a config with a routable model, and (when history is on) a
+        history store this process can write. Whether the providers answer does not count: they
+        are shared by every replica, so it would empty the load balancer's pool on a provider
+        outage (docs/observability.md#readiness)."""
+        gateway = self.gateway
+        if gateway.draining:
             return _json(503, {"status": "not_ready", "reason": "shutting down"})
-        routes = len(self.gateway.runtime.table.routes)
+        routes = len(gateway.runtime.table.routes)
         if routes == 0:
             return _json(503, {"status": "not_ready", "reason": "no model is routable"})
+        if gateway.history is not None:
+            stats = gateway.history.stats()  # the error itself (it may name hosts) is for /admin and /metrics
+            if not stats["ready"] or stats["last_error"] is not None:
+                return _json(503, {"status": "not_ready", "reason": "the history store cannot be written"})
         body: dict[str, Any] = {"status": "ready", "models": routes}
-        replicas = self.gateway.replicas
+        replicas = gateway.replicas
         if replicas is not None and replicas.rejected is not None:  # still ready: it serves its previous config
             body["config"] = {"status": "rejected", **replicas.rejected}
         return _json(200, body)

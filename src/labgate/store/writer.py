@@ -308,6 +308,7 @@ class HistoryWriter:
     async def _open(self) -> None:
         await self.store.open()
         self._ready = True
+        self.last_error = None  # the failure to open is over (readiness reads it: server/health.py)
         log.info("history: writing to %s (capture: %s)", self.store.display_url, self.capture)
 
     async def _drain(self) -> None:

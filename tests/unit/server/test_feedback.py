@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +21,6 @@ from labgate.server.feedback import MAX_COMMENT_CHARS, MAX_FEEDBACK_BYTES, MAX_W
 from labgate.server.serve import RunningGateway, start_gateway
 from labgate.testing import Simulator
 from labgate.testing.gateway import config_from
-
-try:  # the HTTP library the SDK is built on: openai 3.x uses httpx2, earlier versions httpx
-    import httpx2 as httpx
-except ImportError:  # pragma: no cover
-    import httpx  # type: ignore[no-redef,import-not-found]
 
 KEY = "sk-feedback-test-0123456789"
 
@@ -54,11 +50,22 @@ async def _answered(client: openai.AsyncOpenAI, model: str = "m1") -> str:
     return raw.headers["x-request-id"]
 
 
-async def _vote(client: openai.AsyncOpenAI, body: dict[str, Any]) -> httpx.Response:
-    try:
-        return await client.post("/feedback", body=body, cast_to=httpx.Response)
-    except openai.APIStatusError as exc:
-        return exc.response
+@dataclass(frozen=True)
+class Answer:
+    status_code: int
+    headers: dict[str, str]
+    text: str
+
+    def json(self) -> Any:
+        return orjson.loads(self.text)
+
+
+async def _vote(client: openai.AsyncOpenAI, body: dict[str, Any]) -> Answer:
+    """POST /v1/feedback on the wire (the SDK has no feedback method; its HTTP library is its own business)."""
+    headers = {"authorization": f"Bearer {client.api_key}", "content-type": "application/json"}
+    async with aiohttp.ClientSession() as http, http.post(
+            str(client.base_url).rstrip("/") + "/feedback", data=orjson.dumps(body), headers=headers) as r:
+        return Answer(r.status, {k.lower(): v for k, v in r.headers.items()}, await r.text())
 
 
 async def _http(method: str, url: str, *, headers: dict[str, str] | None = None,

@@ -414,3 +414,107 @@ async def test_close_logs_a_failed_restart_and_a_failed_reader_close_once(tmp_pa
     assert [(r.getMessage(), repr(r.exc_info[1]) if r.exc_info else None) for r in caplog.records] == [
         ("history: a writer process being started failed while closing", "ValueError('bad settings')"),
         ("history: closing the reader of postgresql://db/history failed", "OSError('socket closed')")]
+
+
+# --- failure paths: a spawn that fails, a reader that opens late, an unsendable value, a child that dies in a flush
+
+
+def failing_spawns(monkeypatch: pytest.MonkeyPatch, times: int) -> list[int]:
+    """Make the next ``times`` spawns fail as an exhausted machine does (OSError); returns the attempt log."""
+    real = WriterProcess._spawn
+    attempts: list[int] = []
+
+    async def spawn(self: WriterProcess) -> None:
+        attempts.append(len(attempts))
+        if len(attempts) <= times:
+            raise OSError(11, "Resource temporarily unavailable")
+        await real(self)
+
+    monkeypatch.setattr(WriterProcess, "_spawn", spawn)
+    monkeypatch.setattr("labgate.store.process._RESTART_BACKOFF_S", (0.01,))
+    return attempts
+
+
+@pytest.mark.asyncio
+async def test_a_failed_spawn_is_retried(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                         caplog: pytest.LogCaptureFixture) -> None:
+    attempts = failing_spawns(monkeypatch, times=2)
+    path = tmp_path / "h.db"
+    with caplog.at_level(logging.ERROR, logger="labgate.store"):
+        async with running(WriterProcess(str(path))) as writer:
+            writer.put(rec(1))  # held until a child is there
+            await asyncio.wait_for(writer.flush(), 30)  # a bound on the retries (0.01 s apart), not a timing
+            assert (len(attempts), writer.stats()["restarts"]) == (3, 2)
+    assert rows(path) == [("req-1",)]
+    assert [r.getMessage() for r in caplog.records] == [
+        "history: cannot start the writer process: [Errno 11] Resource temporarily unavailable"] * 2
+
+
+@pytest.mark.asyncio
+async def test_records_still_held_at_close_without_a_child_are_counted_as_dropped(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    failing_spawns(monkeypatch, times=10**6)  # no child ever starts
+    writer = WriterProcess(str(tmp_path / "h.db"))
+    async with running(writer, close_timeout=1.0):
+        for n in range(3):
+            writer.put(rec(n))
+        assert (writer.stats()["queued"], writer.stats()["pid"]) == (3, None)
+    stats = writer.stats()
+    assert (stats["written"], stats["dropped"], stats["queued"]) == (0, 3, 0)
+
+
+@pytest.mark.asyncio
+async def test_a_reader_that_cannot_open_at_start_is_reopened_in_the_background(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("labgate.store.process._RESTART_BACKOFF_S", (0.01,))
+    writer = WriterProcess(str(tmp_path / "h.db"))
+    reader = ReaderStore([ConnectionRefusedError("connection refused")] * 3)
+    writer.store = reader  # type: ignore[assignment]
+    async with running(writer):
+        await writer.flush()  # the child is up and ready; the reader is not, yet
+        await wait_for(lambda: reader.opened, timeout=30)  # three retries 0.01 s apart
+        assert writer.stats()["ready"] is True
+
+
+class Opaque:
+    """A value no wire format carries (a client body never holds one; a bug or a plugin might)."""
+
+
+@pytest.mark.asyncio
+async def test_a_record_with_an_unsendable_value_keeps_its_row_without_its_bodies(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "h.db"
+    with caplog.at_level(logging.WARNING, logger="labgate.store"):
+        async with running(WriterProcess(str(path), capture="full", send_interval_s=10.0)) as writer:
+            odd = chat_rec(1)
+            odd.payload = {**CHAT, "metadata": {"x": Opaque()}}
+            writer.put(chat_rec(0))
+            writer.put(odd)  # in the same frame as req-0 (sent together by the flush)
+            writer.put(chat_rec(2))
+            await writer.flush()
+    assert rows(path, "request_id, model, status, prompt_tokens, messages IS NOT NULL, response") == [
+        ("req-0", "m1", 200, 0, 1, "Paris, in confidence."),
+        ("req-1", "m1", 201, 1, 0, None),  # the row stays; only the contents are left out
+        ("req-2", "m1", 200, 2, 1, "Paris, in confidence.")]
+    assert [r.getMessage() for r in caplog.records] == [
+        "history: request req-1 carries an object that cannot be recorded; its body is left out"]
+
+
+@pytest.mark.asyncio
+async def test_a_child_that_dies_during_a_flush_fails_the_flush(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("labgate.store.process._RESTART_BACKOFF_S", (0.01,))
+    async with running(WriterProcess(str(tmp_path / "h.db"))) as writer:
+        await writer.flush()
+        pid = writer.stats()["pid"]
+        os.kill(pid, signal.SIGSTOP)
+        await wait_for(lambda: proc_state(pid) == "T")
+        writer.put(rec(1))
+        flushing = asyncio.create_task(writer.flush())  # the stopped child cannot answer it
+        await asyncio.sleep(0.05)
+        assert not flushing.done()
+        os.kill(pid, signal.SIGKILL)
+        with pytest.raises(HistoryUnavailableError, match=r"^history write failed: the writer process exited "
+                                                          r"\(code -9\)$"):
+            await asyncio.wait_for(flushing, 30)  # a bound for a hang, not a timing
+        await wait_for(lambda: writer.stats()["pid"] not in (None, pid), timeout=30)

@@ -234,3 +234,30 @@ async def test_a_store_that_fails_to_close_is_logged_once_with_its_cause(caplog:
     assert store.written == ["req-1"]
     assert [(r.getMessage(), repr(r.exc_info[1]) if r.exc_info else None) for r in caplog.records] == [
         ("history: closing memory failed", "OSError('database is locked')")]
+
+
+def test_the_counters_in_the_prometheus_text_format() -> None:
+    """The whole exposition, checked by the strict parser (HELP and TYPE per family, one sample each)."""
+    from labgate.store.writer import prometheus_text
+    from labgate.testing.prometheus import parse_metrics
+
+    stats = {"written": 7, "dropped": 2, "rejected": 1, "failed_writes": 3, "queued": 5}
+    text = prometheus_text(stats)
+    assert text == (
+        "# HELP labgate_history_written_total History records written.\n"
+        "# TYPE labgate_history_written_total counter\nlabgate_history_written_total 7\n"
+        "# HELP labgate_history_dropped_total History records dropped because the queue was full.\n"
+        "# TYPE labgate_history_dropped_total counter\nlabgate_history_dropped_total 2\n"
+        "# HELP labgate_history_rejected_total History records the store refused.\n"
+        "# TYPE labgate_history_rejected_total counter\nlabgate_history_rejected_total 1\n"
+        "# HELP labgate_history_write_failures_total Failed batch writes.\n"
+        "# TYPE labgate_history_write_failures_total counter\nlabgate_history_write_failures_total 3\n"
+        "# HELP labgate_history_queued History records waiting to be written.\n"
+        "# TYPE labgate_history_queued gauge\nlabgate_history_queued 5\n")
+    families = parse_metrics(text)
+    assert {name: (f.kind, f.samples) for name, f in families.items()} == {
+        "labgate_history_written_total": ("counter", {"labgate_history_written_total": 7.0}),
+        "labgate_history_dropped_total": ("counter", {"labgate_history_dropped_total": 2.0}),
+        "labgate_history_rejected_total": ("counter", {"labgate_history_rejected_total": 1.0}),
+        "labgate_history_write_failures_total": ("counter", {"labgate_history_write_failures_total": 3.0}),
+        "labgate_history_queued": ("gauge", {"labgate_history_queued": 5.0})}

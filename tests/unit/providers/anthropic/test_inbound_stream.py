@@ -11,11 +11,11 @@ from typing import Any
 
 import orjson
 import pytest
-from anthropic.lib.streaming._messages import accumulate_event
 
 from labgate.errors import UpstreamBadResponseError, UpstreamStatusError
 from labgate.providers.anthropic.inbound_stream import PING, EventTranslator
 from labgate.providers.sse import SSEBuffer, event_fields
+from labgate.testing.anthropic_stream import accumulate
 
 HEAD = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1, "model": "qwen"}
 
@@ -53,12 +53,7 @@ def translate(*chunks: bytes) -> list[tuple[str, dict[str, Any]]]:
 
 
 def final_message(events: list[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
-    snapshot = None
-    bufs: dict[int, bytes] = {}
-    for _, event in events:
-        snapshot = accumulate_event(event=event, current_snapshot=snapshot, json_bufs=bufs)  # type: ignore[arg-type]
-    assert snapshot is not None
-    return snapshot.model_dump(exclude_none=True)
+    return accumulate(event for _, event in events)
 
 
 def test_the_exact_event_sequence_for_text() -> None:

@@ -22,7 +22,6 @@ from typing import Any
 
 import orjson
 import pytest
-from anthropic.lib.streaming._messages import accumulate_event
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -36,6 +35,7 @@ from labgate.providers.anthropic.translate import (
 )
 from labgate.providers.base import StreamInfo
 from labgate.providers.sse import SSEBuffer, event_fields
+from labgate.testing.anthropic_stream import accumulate
 
 GOLDEN = Path(__file__).parent / "golden"
 CASES = {path.stem: json.loads(path.read_text()) for path in sorted(GOLDEN.glob("*.json"))}
@@ -231,12 +231,7 @@ def canonical_completion(completion: dict[str, Any]) -> dict[str, Any]:
 
 def stream_meaning(events: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """An Anthropic stream as its events without usage (whose placement may differ), and
-    the final message the anthropic SDK accumulates from it (usage included)."""
-    snapshot = None
-    bufs: dict[int, bytes] = {}
-    for event in events:
-        snapshot = accumulate_event(event=event, current_snapshot=snapshot, json_bufs=bufs)  # type: ignore[arg-type]
-    assert snapshot is not None
+    the final message a client accumulates from it (usage included; labgate.testing.anthropic_stream)."""
     sequence = []
     for event in events:
         if event["type"] == "message_start":
@@ -244,7 +239,7 @@ def stream_meaning(events: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], 
         elif event["type"] == "message_delta":
             event = {k: v for k, v in event.items() if k != "usage"}
         sequence.append(event)
-    return sequence, snapshot.model_dump(exclude_none=True)
+    return sequence, accumulate(events)
 
 
 # ---------------------------------------------------------------- the golden corpus
