@@ -86,7 +86,7 @@ def fmt(value: float, unit: str) -> str:
     if unit == "reqps":
         return _si(value, " req/s")
     if unit == "currencyUSD":
-        return f"${value:.3g}" if abs(value) < 1 else f"${value:,.2f}"
+        return f"${float(f'{value:.3g}'):.10f}".rstrip("0").rstrip(".") if abs(value) < 1 else f"${value:,.2f}"
     if unit == "s":
         if value == 0 or abs(value) >= 1:
             return _duration(value)

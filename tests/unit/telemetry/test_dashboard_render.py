@@ -89,7 +89,8 @@ def test_the_heatmap_draws_bucket_differences() -> None:
 
 @pytest.mark.parametrize(("value", "unit", "text"), [
     (0.123, "percentunit", "12.3%"), (0.0042, "s", "4.2 ms"), (90, "s", "1.5 min"), (1500, "reqps", "1.5k req/s"),
-    (0.00012, "currencyUSD", "$0.00012"), (1234.5, "currencyUSD", "$1,234.50"), (2_500_000, "short", "2.5M")])
+    (0.00012, "currencyUSD", "$0.00012"), (5e-05, "currencyUSD", "$0.00005"), (0, "currencyUSD", "$0"),
+    (1234.5, "currencyUSD", "$1,234.50"), (2_500_000, "short", "2.5M")])
 def test_units(value: float, unit: str, text: str) -> None:
     assert render.fmt(value, unit) == text
 
