@@ -45,8 +45,7 @@ def decide(charges: tuple[Charge, ...], current: Callable[[str, Value], Value],
 
     ``current(key, default)`` gives a counter's value (``default`` when it does not exist): a dict's ``get``."""
     new: dict[str, Value] = {}
-    i = 0
-    for key, kind, limit, period, cost in charges:
+    for i, (key, kind, limit, period, cost) in enumerate(charges):
         value, until = current(key, _EMPTY)
         if until and until <= now:
             value = 0.0
@@ -60,7 +59,6 @@ def decide(charges: tuple[Charge, ...], current: Callable[[str, Value], Value],
             if cost > 0 and total > limit + 1e-12:
                 return i, period, {}
             new[key] = (total, (until if until > now else now + period) if period else 0.0)
-        i += 1
     return _DENIED, 0.0, new
 
 
