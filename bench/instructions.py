@@ -3,6 +3,7 @@
     .venv/bin/python bench/instructions.py [--rev REV ...] [--requests 2000] [--stream] [--gateway-yaml YAML]
                                            [--mode NAME=YAML ...] [--provider-mode NAME=YAML ...]
                                            [--rounds N] [--jobs J] [--count-timers]
+    .venv/bin/python bench/instructions.py --limits [--rev REV ...]   # keys + limits + budgets + cost off vs on
 
 Timings on a 2-core machine shared with other work move by more than the
 few percent a change costs; instruction counts do not (callgrind counts the
@@ -51,6 +52,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from statistics import median
@@ -79,19 +81,25 @@ def main(argv: list[str] | None = None) -> int:
         modes = [(None, "tree", args.gateway_yaml, ""), *((rev, rev, args.gateway_yaml, "") for rev in args.rev),
                  *((None, name, f"{args.gateway_yaml}\n{yaml}", "") for name, yaml in args.mode),
                  *((None, name, args.gateway_yaml, yaml) for name, yaml in args.provider_mode)]
+        if args.limits:  # bench/limits_e2e.py's off and on, for the tree and each revision
+            modes = [mode for rev in (None, *args.rev) for mode in
+                     ((rev, "off" + (f"@{rev}" if rev else ""), args.gateway_yaml, ""),
+                      (rev, "on" + (f"@{rev}" if rev else ""), args.gateway_yaml, ""))]
         sources: dict[str | None, tuple[Path, str]] = {}
         for rev, _, _, _ in modes:
             if rev not in sources:
                 sources[rev] = targets.snapshot_labgate(REPO, work, rev=rev)
+        limited = _limits_setup(work, sources[None][0]) if args.limits else {}
         runs = [(round_, mode) for round_ in range(args.rounds) for mode in modes]
 
         def one(run: tuple[int, tuple[str | None, str, str, str]]) -> None:
             nonlocal failed
             round_, (rev, name, yaml, provider_yaml) = run
             source, what = sources[rev]
+            extra, edit, key = limited.get(name.split("@")[0], ("", None, targets.LABGATE_KEY))
             try:
-                value, note = _count(args, source, place, work, f"{name}.{round_}", yaml,
-                                     f"http://127.0.0.1:{upstream_port}", provider_yaml)
+                value, note = _count(args, source, place, work, f"{name}.{round_}", yaml + extra,
+                                     f"http://127.0.0.1:{upstream_port}", provider_yaml, edit=edit, key=key)
             except (RuntimeError, OSError, subprocess.CalledProcessError) as exc:
                 print(f"bench: {name} (round {round_ + 1}): {exc}", file=sys.stderr)
                 failed = True
@@ -113,6 +121,8 @@ def main(argv: list[str] | None = None) -> int:
         value = median(values)
         spread = f"spread {(max(values) - min(values)) / value:6.2%}" if len(values) > 1 else ""
         ratio = f"{name} ÷ tree = {value / tree:.4f}" if tree and name != "tree" else ""
+        if name.startswith("on") and results.get("off" + name[2:]):
+            ratio = f"{name} ÷ off{name[2:]} = {value / median(results['off' + name[2:]]):.4f}"
         print(f"  {name:12} {value:>12,.0f}   {spread:16} {ratio}")
     print(f"bench: logs in {work}")
     return 1 if failed or not results else 0
@@ -129,6 +139,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--provider-mode", action="append", default=[], type=_mode, metavar="NAME=YAML",
                    help="the working tree with YAML lines added to its provider (e.g. "
                         "'capped=max_parallel_requests: 64'), as target NAME (repeatable)")
+    p.add_argument("--limits", action="store_true",
+                   help="targets 'off' and 'on' (and off@REV, on@REV per --rev) instead: bench/limits_e2e.py's "
+                        "keys + limits + budgets + cost off and on (a virtual key sent by every request)")
     p.add_argument("--rounds", type=int, default=1, help="measure every target N times, interleaved; median")
     p.add_argument("--jobs", type=int, default=1, help="targets measured at once (counts do not depend on load)")
     p.add_argument("--idle", type=float, default=8.0, metavar="S",
@@ -145,8 +158,20 @@ def _mode(text: str) -> tuple[str, str]:
     return name, yaml.replace("\\n", "\n")
 
 
+def _limits_setup(work: Path, source: Path) -> dict[str, tuple[str, Callable[[Path], None] | None, str]]:
+    """``--limits``: target → (gateway.yaml added, config edit, key sent), with the virtual key made once."""
+    import limits_e2e
+
+    store = work / "keys.db"
+    secret = limits_e2e._create_key(source, store)
+    quiet = f"store:\n  url: {store}\n  capture: none\n"
+    return {"off": (quiet, limits_e2e._unkeyed, targets.LABGATE_KEY),
+            "on": (quiet + limits_e2e.LIMITS, limits_e2e._priced, secret)}
+
+
 def _count(args: argparse.Namespace, source: Path, place: machine.Placement, work: Path, name: str, yaml: str,
-           upstream: str, provider_yaml: str = "") -> tuple[float, str]:
+           upstream: str, provider_yaml: str = "", *, edit: Callable[[Path], None] | None = None,
+           key: str = targets.LABGATE_KEY) -> tuple[float, str]:
     """Instructions per request, and a note on what was subtracted."""
     safe = name.replace("/", "_").replace("@", "-")
     port = procs.free_port()
@@ -154,6 +179,8 @@ def _count(args: argparse.Namespace, source: Path, place: machine.Placement, wor
     targets.write_labgate_config(config, upstream=upstream, port=port, extra=yaml, provider_extra=provider_yaml)
     if not args.count_timers:
         _quiet_key_refresh(config / "gateway.yaml", source)
+    if edit is not None:
+        edit(config)
     out = work / f"callgrind-{safe}"
     env = {**os.environ, "LABGATE_BENCH_KEY": targets.LABGATE_KEY,
            "LABGATE_BENCH_UPSTREAM_KEY": targets.UPSTREAM_KEY, "LABGATE_DATA_DIR": str(work / f"data-{safe}"),
@@ -166,7 +193,7 @@ def _count(args: argparse.Namespace, source: Path, place: machine.Placement, wor
     control = ["callgrind_control"]
     try:
         procs.wait_listening(port, proc=proc, timeout=240)
-        targets.sequential(port, 200, stream=args.stream)  # warm-up: code paths taken, connections pooled
+        targets.sequential(port, 200, stream=args.stream, key=key)  # warm-up: code paths taken, connections pooled
         idle = 0.0
         idled = not args.count_timers and args.idle > 0  # dump 1 is the idle period, dump 2 the requests
         if idled:
@@ -177,7 +204,7 @@ def _count(args: argparse.Namespace, source: Path, place: machine.Placement, wor
             idle = _last_total(work, safe, proc.pid, part=1) / (time.monotonic() - started)
         subprocess.run([*control, "-z", str(proc.pid)], capture_output=True, check=True)
         started = time.monotonic()
-        targets.sequential(port, args.requests, stream=args.stream)
+        targets.sequential(port, args.requests, stream=args.stream, key=key)
         elapsed = time.monotonic() - started
         subprocess.run([*control, "-d", str(proc.pid)], capture_output=True, check=True)
         time.sleep(1)

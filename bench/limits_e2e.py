@@ -15,6 +15,8 @@ system time from /proc, all its threads) and at one connection (p50 of one reque
     on      a virtual key (rpm, tpm, a monthly budget) sent by every request, gateway and model rpm/tpm
             (``rate_limits:``), a global and a model budget (``budgets:``), the model priced: per request
             the key lookup, one take of 7 charges and its settlement on the in-process counters, the cost
+    off@REV, on@REV   with ``--base-rev REV``: ``off`` and ``on`` run from that git revision's ``src/``, in the
+            same rounds: the on/off ratios before and after a change, measured together
     redis   ``on`` with ``state.url`` (--redis-url): the same charges in Redis (one script call to take,
             one to settle); a fresh namespace, deleted at the end
 
@@ -69,6 +71,12 @@ def main(argv: list[str] | None = None) -> int:
     modes = [Mode("off", quiet, tree, edit_config=_unkeyed, env=data),
              Mode("on", quiet + LIMITS, tree, headers=(f"authorization: Bearer {secret}",), edit_config=_priced,
                   env=data)]
+    if args.base_rev:
+        base, base_what = targets.snapshot_labgate(REPO, work, rev=args.base_rev)
+        print(f"bench: base: {base_what}", file=sys.stderr)
+        modes += [Mode(f"off@{args.base_rev}", quiet, base, edit_config=_unkeyed, env=data),
+                  Mode(f"on@{args.base_rev}", quiet + LIMITS, base, headers=(f"authorization: Bearer {secret}",),
+                       edit_config=_priced, env=data)]
     if not args.no_redis:
         _check_redis(args.redis_url)
         modes.append(Mode("redis", quiet + LIMITS.replace("rate_limits:\n", f"rate_limits:\n  namespace: {namespace}\n")
@@ -105,6 +113,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--connections", type=int, default=16)
     p.add_argument("--redis-url", default=os.environ.get("REDIS_URL", DEFAULT_REDIS_URL))
     p.add_argument("--no-redis", action="store_true", help="skip the Redis mode")
+    p.add_argument("--base-rev", metavar="REV", help="also measure off and on from this git revision (before/after)")
     p.add_argument("--json", action="store_true", help="print the results as JSON on stdout")
     args = p.parse_args(argv)
     if args.quick:
@@ -169,6 +178,11 @@ def _report(modes: list[Mode], args: argparse.Namespace) -> None:
         "redis_added_cpu_us_over_on": _paired(by.get("redis"), by.get("on"), "cpu_us", difference=True),
         "redis_added_p50_ms_over_on": _paired(by.get("redis"), by.get("on"), "c1_p50_ms", difference=True),
     }
+    if args.base_rev:
+        off, on = by.get(f"off@{args.base_rev}"), by.get(f"on@{args.base_rev}")
+        ratios["base_on_vs_off_rps"] = _paired(on, off, "rps")
+        ratios["base_on_vs_off_cpu"] = _paired(off, on, "cpu_us")
+        ratios["base_on_added_cpu_us"] = _paired(on, off, "cpu_us", difference=True)
     if args.json:
         import orjson
 
@@ -176,19 +190,23 @@ def _report(modes: list[Mode], args: argparse.Namespace) -> None:
                "ratios": ratios}
         sys.stdout.write(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode() + "\n")
         return
-    lines = [f"{'mode':<8} {'req/s (c=' + str(args.connections) + ')':>22} {'CPU µs/req':>12} {'c=1 p50 ms':>11}"]
+    width = max(8, *(len(m.name) for m in modes))
+    lines = [f"{'mode':<{width}} {'req/s (c=' + str(args.connections) + ')':>22} {'CPU µs/req':>12} {'c=1 p50 ms':>11}"]
     for m in modes:
         if not m.rps:
-            lines.append(f"{m.name:<8} {'—':>22}")
+            lines.append(f"{m.name:<{width}} {'—':>22}")
             continue
         spread = f"{statistics.median(m.rps):,.0f} ({min(m.rps):,.0f}–{max(m.rps):,.0f})"
-        lines.append(f"{m.name:<8} {spread:>22} {statistics.median(m.cpu_us):12.1f} "
+        lines.append(f"{m.name:<{width}} {spread:>22} {statistics.median(m.cpu_us):12.1f} "
                      f"{statistics.median(m.c1_p50_ms):11.3f}")
     labels = {"on_vs_off_rps": ("keys+limits+budgets+cost on vs off, req/s ×", "{:.3f}"),
               "on_vs_off_cpu": ("on vs off, by CPU/request: off ÷ on", "{:.3f}"),
               "on_added_cpu_us": ("on: gateway CPU added over off, µs/request", "{:+.1f}"),
               "redis_added_cpu_us_over_on": ("Redis: gateway CPU added over in-process, µs/request", "{:+.1f}"),
-              "redis_added_p50_ms_over_on": ("Redis: p50 added over in-process (c=1), ms", "{:+.3f}")}
+              "redis_added_p50_ms_over_on": ("Redis: p50 added over in-process (c=1), ms", "{:+.3f}"),
+              "base_on_vs_off_rps": (f"{args.base_rev}: on vs off, req/s ×", "{:.3f}"),
+              "base_on_vs_off_cpu": (f"{args.base_rev}: on vs off, by CPU/request: off ÷ on", "{:.3f}"),
+              "base_on_added_cpu_us": (f"{args.base_rev}: gateway CPU added over off, µs/request", "{:+.1f}")}
     lines.append("")
     for key, value in ratios.items():
         label, fmt = labels[key]

@@ -1,6 +1,7 @@
 """Where the hot path's instructions go, per Python function: bytecodes executed per request, two revisions.
 
     .venv/bin/python bench/opcodes.py [--rev 7a6d369] [--requests 300] [--top 60] [--gateway-yaml YAML]
+    .venv/bin/python bench/opcodes.py --limits      # keys + limits + budgets + cost on vs off, this tree
 
 Callgrind (``bench/instructions.py``) counts a request's machine instructions
 but cannot name the Python function that spent them: they all run in the
@@ -30,6 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from harness import procs, targets
@@ -73,6 +75,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--requests", type=int, default=300)
     p.add_argument("--top", type=int, default=60)
     p.add_argument("--gateway-yaml", default="", metavar="YAML")
+    p.add_argument("--limits", action="store_true",
+                   help="compare the working tree with keys + limits + budgets + cost on (bench/limits_e2e.py's "
+                        "'on') against the same tree with them off, instead of with --rev")
     args = p.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="labgate-opcodes-"))
     (work / "traced.py").write_text(_TRACED)
@@ -82,22 +87,38 @@ def main(argv: list[str] | None = None) -> int:
     counts = {}
     try:
         procs.wait_listening(upstream_port, proc=upstream, timeout=15)
-        for name, rev in (("tree", None), (args.rev, args.rev)):
-            source, what = targets.snapshot_labgate(REPO, work, rev=rev)
-            counts[name] = _count(args, work, name, source, f"http://127.0.0.1:{upstream_port}")
-            print(f"bench: {name}: {what}", flush=True)
+        if args.limits:
+            import limits_e2e
+
+            source, what = targets.snapshot_labgate(REPO, work, rev=None)
+            secret = limits_e2e._create_key(source, work / "keys.db")
+            quiet = f"store:\n  url: {work / 'keys.db'}\n  capture: none\n"
+            args.rev = "off"
+            for name, extra, edit, key in (("on", quiet + limits_e2e.LIMITS, limits_e2e._priced, secret),
+                                           ("off", quiet, limits_e2e._unkeyed, targets.LABGATE_KEY)):
+                counts[name] = _count(args, work, name, source, f"http://127.0.0.1:{upstream_port}",
+                                      extra=extra, edit=edit, key=key)
+            print(f"bench: on vs off: {what}", flush=True)
+        else:
+            for name, rev in (("tree", None), (args.rev, args.rev)):
+                source, what = targets.snapshot_labgate(REPO, work, rev=rev)
+                counts[name] = _count(args, work, name, source, f"http://127.0.0.1:{upstream_port}")
+                print(f"bench: {name}: {what}", flush=True)
     finally:
         upstream.terminate()
         upstream.wait(10)
-    _report(counts["tree"], counts[args.rev], args)
+    _report(counts["on" if args.limits else "tree"], counts[args.rev], args)
     print(f"bench: logs in {work}")
     return 0
 
 
-def _count(args: argparse.Namespace, work: Path, name: str, source: Path, upstream: str) -> dict[str, list[float]]:
+def _count(args: argparse.Namespace, work: Path, name: str, source: Path, upstream: str, *, extra: str = "",
+           edit: Callable[[Path], None] | None = None, key: str = targets.LABGATE_KEY) -> dict[str, list[float]]:
     port = procs.free_port()
     config = work / f"config-{name}"
-    targets.write_labgate_config(config, upstream=upstream, port=port, extra=args.gateway_yaml)
+    targets.write_labgate_config(config, upstream=upstream, port=port, extra=args.gateway_yaml + extra)
+    if edit is not None:
+        edit(config)
     out = work / f"opcodes-{name}.pickle"
     env = {**os.environ, "LABGATE_BENCH_KEY": targets.LABGATE_KEY, "LABGATE_BENCH_UPSTREAM_KEY": targets.UPSTREAM_KEY,
            "LABGATE_DATA_DIR": str(work / f"data-{name}"), "PYTHONPATH": str(source),
@@ -107,10 +128,10 @@ def _count(args: argparse.Namespace, work: Path, name: str, source: Path, upstre
                                 env=env, stdout=log, stderr=log)
         try:
             procs.wait_listening(port, proc=proc, timeout=60)
-            targets.sequential(port, 300)
+            targets.sequential(port, 300, key=key)
             proc.send_signal(signal.SIGUSR1)
             time.sleep(0.2)
-            targets.sequential(port, args.requests)
+            targets.sequential(port, args.requests, key=key)
             proc.send_signal(signal.SIGUSR2)
             for _ in range(100):
                 if out.exists() and out.stat().st_size:

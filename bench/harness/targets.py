@@ -267,7 +267,7 @@ def start_portkey(peer: Peer, workdir: Path, *, upstream: str, cores: frozenset[
                  env=env, timeout=60)
 
 
-def sequential(port: int, n: int, *, stream: bool = False) -> None:
+def sequential(port: int, n: int, *, stream: bool = False, key: str = LABGATE_KEY) -> None:
     """``n`` chat completions to labgate on ``port``, one after another on one kept-alive connection
     (the instruction-counting benchmarks' load: every answer must be a 200)."""
     payload = body("bench", stream=stream).encode()
@@ -275,7 +275,7 @@ def sequential(port: int, n: int, *, stream: bool = False) -> None:
     try:
         for _ in range(n):
             conn.request("POST", "/v1/chat/completions", payload,
-                         {"content-type": "application/json", "authorization": f"Bearer {LABGATE_KEY}"})
+                         {"content-type": "application/json", "authorization": f"Bearer {key}"})
             answer = conn.getresponse()
             answer.read()
             if answer.status != 200:

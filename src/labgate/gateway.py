@@ -76,14 +76,15 @@ class Gateway:
             record.payload, record.body = payload, body  # references for history; read off the hot path
             if key is not None:
                 record.api_key = key
-                check_model(key, record.model)  # the key's allowed models (globs)
+                if key.pattern is not None:  # the key's allowed models (globs; None: every model)
+                    check_model(key, record.model)
             if rt.experiments is not None:  # A/B experiments: the variant's model and overrides
                 payload, native = rt.experiments.assign(record, payload, native, key)
             route = rt.table.resolve(record.model)
             if rt.cache and (hit := await rt.cache.get(route, record, native or payload)):
                 return self.done(rt, record, hit, answer)
             limiter = rt.limiter  # rpm/tpm and budgets (state/limits.py): a key without limits draws on none
-            if limiter is not None and (limiter.static or key is not None) and limiter.plan(record):
+            if limiter is not None and (limiter.static or (key is not None and limiter.plan(record))):
                 route = limiter.reserve_now(record, route, rt.table) if limiter.in_process else \
                     await limiter.reserve(record, route, rt.table)  # in-process counters: no coroutine
             candidates = plan(route, rt.circuit, max_attempts=planned(rt.max_attempts, limiter))

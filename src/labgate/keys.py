@@ -41,6 +41,7 @@ log = logging.getLogger("labgate.keys")
 
 PREFIX = "lg-"
 SECRET_BYTES = 32  # 256 random bits per key
+DIGEST_MEMO = 4096  # presented secrets whose digest is kept (past it the memo starts again)
 REFRESH_S = 0.5  # default auth.keys_refresh_s: revocation reaches every process within about this
 CLOCK_SLACK_S = 5.0  # rows re-read around the last look: replicas' clocks and commit delays differ by less
 MAX_NAME = 128
@@ -127,10 +128,23 @@ class KeyRing:
         self._seen = 0.0  # the newest updated_at read so far
         self._task: asyncio.Task[None] | None = None
         self._opened = False
+        # a presented secret → its digest, for secrets that named a key (a guess never enters; bounded):
+        # the same client's key is not hashed again per request. A digest never goes stale (a rotated or
+        # revoked key's entry leads to no key, or to the revoked one), so nothing here is invalidated.
+        self._digests: dict[str, str] = {}
 
     def check(self, presented: str, now: float) -> VirtualKey | None:
         """The key for a presented secret; raises for a revoked or expired one; None: not a virtual key."""
-        key = self.by_hash.get(digest(presented)) if presented.startswith(PREFIX) else None
+        if not presented.startswith(PREFIX):
+            return None
+        hashed = self._digests.get(presented)
+        if hashed is None:
+            hashed = digest(presented)
+            if hashed in self.by_hash:
+                if len(self._digests) >= DIGEST_MEMO:
+                    self._digests.clear()
+                self._digests[presented] = hashed
+        key = self.by_hash.get(hashed)
         if key is None:
             return None
         if key.revoked_at is not None:

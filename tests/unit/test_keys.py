@@ -87,3 +87,35 @@ async def test_a_database_nobody_created_is_not_created_and_is_read_once_it_exis
         assert ring.check(secret, time.time()) == key
     finally:
         await ring.aclose()
+
+
+async def test_the_digest_memo_keeps_only_secrets_that_named_a_key_and_stays_bounded(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import labgate.keys as keys
+
+    monkeypatch.setattr(keys, "DIGEST_MEMO", 2)
+    store = SQLiteStore(tmp_path / "h.db")
+    await store.open()
+    admin = KeyAdmin(store)
+    ring = KeyRing(SQLiteStore(tmp_path / "h.db"))
+    await ring.start()
+    try:
+        made = [await admin.create(KeySpec(name=f"k{i}"), actor="test") for i in range(3)]
+        await ring.refresh()
+        for n in range(50):  # guesses (well-formed, unknown) are hashed and dropped: they never fill the memo
+            assert ring.check(f"{keys.PREFIX}guess{n}", time.time()) is None
+        assert ring._digests == {}
+        hashed = []
+        for secret, key in made:
+            assert ring.check(secret, time.time()) == key
+            assert ring.check(secret, time.time()) == key  # the second time from the memo
+            hashed.append(keys.digest(secret))
+        assert len(ring._digests) <= 2 and set(ring._digests.values()) <= set(hashed)
+        secret, key = made[2]
+        await admin.revoke(key.id, actor="test")  # a memoised secret is refused as soon as the ring knows
+        await ring.refresh()
+        with pytest.raises(AuthenticationError, match="revoked"):
+            ring.check(secret, time.time())
+    finally:
+        await ring.aclose()
+        await store.aclose()

@@ -39,27 +39,26 @@ Value = tuple[float, float]  # (the counter, when it expires; 0: never)
 
 
 def decide(charges: tuple[Charge, ...], current: Callable[[str, Value], Value],
-           now: float) -> tuple[int, float, list[Value]]:
-    """(index refused or -1, seconds to wait, the new values): the take, as the Redis script does it.
+           now: float) -> tuple[int, float, dict[str, Value]]:
+    """(index refused or -1, seconds to wait, each counter's new value by key): the take, as the Redis script
+    does it (a counter charged twice gets its last charge's value, as the script's last ``SET`` wins).
 
     ``current(key, default)`` gives a counter's value (``default`` when it does not exist): a dict's ``get``."""
-    new: list[Value] = []
-    i = -1
-    for key, kind, limit, period, cost in charges:
-        i += 1
+    new: dict[str, Value] = {}
+    for i, (key, kind, limit, period, cost) in enumerate(charges):
         value, until = current(key, _EMPTY)
         if until and until <= now:
             value = 0.0
         if kind == "rate":
             tat = (value if value > now else now) + cost * period / limit
             if tat - now > period + 1e-9:
-                return i, tat - now - period, []
-            new.append((tat, tat))
+                return i, tat - now - period, {}
+            new[key] = (tat, tat)
         else:
             total = value + cost
             if cost > 0 and total > limit + 1e-12:
-                return i, period, []
-            new.append((total, (until if until > now else now + period) if period else 0.0))
+                return i, period, {}
+            new[key] = (total, (until if until > now else now + period) if period else 0.0)
     return _DENIED, 0.0, new
 
 
@@ -88,8 +87,7 @@ class MemoryCounters:
         refused, wait, new = decide(charges, values.get, now)
         if refused >= 0:
             return refused, wait
-        for c, value in zip(charges, new):  # noqa: B905  (decide returns one value per charge)
-            values[c.key] = value
+        values.update(new)
         self._ops = ops = self._ops + 1
         if ops % PRUNE_EVERY == 0 or len(values) > MAX_BUCKETS:
             self._prune(now)
@@ -116,27 +114,28 @@ class MemoryCounters:
         limit (the lowest alert threshold), else None: nothing for the alerts to look at."""
         values = self._values
         for i in tokens:
-            c = charges[i]
-            delta = real_tokens - c.cost
-            if delta and (current := values.get(c.key)) is not None:
-                tat = current[0] + delta * c.period_s / c.limit
-                values[c.key] = (tat, tat)
+            key, _, limit, period, cost = charges[i]
+            delta = real_tokens - cost
+            if delta and (current := values.get(key)) is not None:
+                tat = current[0] + delta * period / limit
+                values[key] = (tat, tat)
         if not caps:
             return None
         now, spent, near = self._clock(), [], False
         for i in caps:
-            c = charges[i]
-            current = values.get(c.key)
+            key, _, limit, _, cost = charges[i]
+            current = values.get(key)
             value, until = current if current is not None else _EMPTY
             if until and until <= now:
                 value = 0.0
-            elif current is not None and (delta := real_cost - c.cost):
+            elif current is not None and (delta := real_cost - cost):
                 value = value + delta
                 if value < 0.0:
                     value = 0.0
-                values[c.key] = (value, until)
+                values[key] = (value, until)
             spent.append(value)
-            near = near or value >= floor * c.limit
+            if value >= floor * limit:
+                near = True
         return spent if near else None
 
     async def seed(self, values: tuple[tuple[str, float, float], ...]) -> None:
@@ -202,7 +201,7 @@ class SQLiteCounters:
             refused, wait, new = decide(charges, current.get, now)
             if refused < 0:
                 conn.executemany("INSERT OR REPLACE INTO counters (key, value, until) VALUES (?, ?, ?)",
-                                 [(c.key, v, u) for c, (v, u) in zip(charges, new, strict=True)])
+                                 [(k, v, u) for k, (v, u) in new.items()])
             self._ops += 1
             if self._ops % PRUNE_EVERY == 0:
                 conn.execute("DELETE FROM counters WHERE until > 0 AND until <= ?", (now,))
