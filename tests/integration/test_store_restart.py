@@ -22,7 +22,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -170,13 +170,18 @@ def test_a_crash_loses_at_most_the_last_flush_interval(tmp_path: Path, upstream:
     load = Load(port)
     with load.running():
         with serve(config, port, log) as proc:
-            time.sleep(1.5)
+            # bounds from the work, not the clock (a loaded machine answers fewer requests a second):
+            # at least 150 answers, then past the flush interval (and one batch's write) after them
+            _wait_for(lambda: len(load.answered) >= 150, 60, "the load did not get going")
+            time.sleep(FLUSH_S + 1.0)
             proc.kill()  # SIGKILL: no flush
             killed = time.monotonic()
             proc.wait(10)
         with serve(config, port, log) as proc:  # the store is fine after a crash; the gateway serves on
             restarted = time.monotonic()
-            time.sleep(1.0)
+            _wait_for(lambda: any(at > restarted for _, at in list(load.answered.values())), 60,
+                      "the restarted gateway answered nothing")
+            time.sleep(0.5)
     ids = set(stored_ids(store_url))
     margin = FLUSH_S + 0.5  # the flush interval, plus time for one batch to be written
     old_enough = {rid for rid, (_, at) in load.answered.items() if at < killed - margin}
@@ -187,3 +192,11 @@ def test_a_crash_loses_at_most_the_last_flush_interval(tmp_path: Path, upstream:
     assert len(old_enough) > 100 and after
     assert old_enough <= ids, f"lost more than the last flush interval: {sorted(old_enough - ids)[:10]}"
     assert after <= ids
+
+
+def _wait_for(check: Callable[[], bool], timeout: float, message: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(message)
+        time.sleep(0.05)
