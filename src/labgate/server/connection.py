@@ -286,14 +286,13 @@ class Connection(asyncio.Protocol):
             max_body = self._limits.max_body_bytes
             if int(length) > max_body:
                 raise BodyTooLargeError(f"The request body is {int(length)} bytes; the limit is {max_body}.")
-        coding = headers.get("transfer-encoding")
-        if coding is not None:
+        if "transfer-encoding" in headers:  # rare: a membership test first, not a call
+            coding = headers["transfer-encoding"]
             if coding.lower() != "chunked":
                 check_codings(coding)
             if http10:
                 self._last = True  # RFC 9112 §6.1: HTTP/1.0 framing is faulty with it; close after
-        expect = headers.get("expect")
-        if expect is not None and expect.lower() == "100-continue" and not http10:
+        if "expect" in headers and headers["expect"].lower() == "100-continue" and not http10:
             if self.task is None:
                 self._transport.write(CONTINUE)
             else:
