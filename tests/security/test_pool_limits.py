@@ -85,6 +85,23 @@ async def test_a_header_line_flood_stops_at_the_count_limit(counted: dict[str, i
             await http.aclose()
 
 
+@pytest.mark.parametrize("lines", [MAX_HEADER_COUNT, MAX_HEADER_COUNT + 1])
+async def test_distinct_header_names_count_against_the_line_limit(lines: int) -> None:
+    """Distinct names are counted at the end of the head (the byte limit bounds them until then)."""
+    head = HEAD + b"".join(b"x-%d: v\r\n" % n for n in range(lines - 1)) + b"content-length: 2\r\n\r\nok"
+    async with HostileUpstream(lambda request: [head]) as up:
+        http = client(up)
+        try:
+            if lines > MAX_HEADER_COUNT:
+                with pytest.raises(UpstreamBadResponseError, match="header section over the limit"):
+                    await post(http)
+            else:
+                status, headers, body = await post(http)
+                assert (status, len(headers), body) == (200, MAX_HEADER_COUNT, b"ok")
+        finally:
+            await http.aclose()
+
+
 async def test_a_header_size_flood_stops_at_the_size_limit(counted: dict[str, int]) -> None:
     line = b"x-" + b"a" * 1000 + b": " + b"b" * 1000 + b"\r\n"
     flood = HEAD + line * 2000 + b"content-length: 0\r\n\r\n"

@@ -283,7 +283,7 @@ class Connection(asyncio.Protocol):
         self._headers: dict[str, str] = {}
         self._repeated: dict[str, list[str]] | None = None  # values of a header sent more than once
         self._head_bytes = 0  # header bytes parsed, counted as the server counts them
-        self._head_lines = 0
+        self._head_lines = 0  # lines len(_headers) does not count: repeated names, trailers
         self._head_raw = 0  # bytes received while the head is open, or since the last body byte (data_received)
         self._in_head = True
         self._interim = 0  # 1xx answers seen before the final one
@@ -502,19 +502,29 @@ class Connection(asyncio.Protocol):
         self._in_head = True
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        lines = self._head_lines = self._head_lines + 1
+        # Lines are counted without a counter per line: a head's distinct names are len(_headers), checked
+        # at its end; a repeated name or a trailer adds to _head_lines and is checked at once (against
+        # both). Until the end of the head the byte limit bounds the lines (at most one per 5 bytes).
         size = self._head_bytes = self._head_bytes + len(name) + len(value) + 4
-        if size > MAX_HEADER_BYTES or lines > MAX_HEADER_COUNT:
+        if size > MAX_HEADER_BYTES:
             self._halt = self._head_too_large()
             raise _Halt
-        if not self._in_head:
-            return  # a trailer (after a chunked body): counted against the limits, not kept
+        if not self._in_head:  # a trailer (after a chunked body): counted against the limits, not kept
+            self._head_lines += 1
+            if self._head_lines + len(self._headers) > MAX_HEADER_COUNT:
+                self._halt = self._head_too_large()
+                raise _Halt
+            return
         key = name.decode("latin-1").lower()
         text = value.decode("latin-1")
         headers = self._headers
         if key not in headers:
             headers[key] = text
         else:  # joined once, at the end of the head: linear in the number of lines
+            self._head_lines += 1
+            if self._head_lines + len(headers) > MAX_HEADER_COUNT:
+                self._halt = self._head_too_large()
+                raise _Halt
             previous = headers[key]
             repeated = self._repeated
             if repeated is None:
@@ -527,6 +537,10 @@ class Connection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         self._in_head = False
+        headers = self._headers
+        if self._head_lines + len(headers) > MAX_HEADER_COUNT:
+            self._halt = self._head_too_large()
+            raise _Halt
         status = self._parser.get_status_code()
         if status < 100:  # llhttp takes any three digits; 0xx is no HTTP status at all
             self._halt = UpstreamBadResponseError(f"{self._pool.where} sent the invalid status {status:03d}")
@@ -541,7 +555,6 @@ class Connection(asyncio.Protocol):
             return
         self._head_raw = 0
         repeated = self._repeated
-        headers = self._headers
         if repeated is not None:
             for key, values in repeated.items():
                 headers[key] = ", ".join(values)

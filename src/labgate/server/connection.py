@@ -1,7 +1,8 @@
 """One client connection: transport events, answering requests in order, keeping alive or closing.
 
-The connection feeds bytes to its ``RequestReader`` (framing.py), which hands back complete
-requests. The first starts a task that runs the handler and writes the response; requests that
+The connection feeds bytes to llhttp (via httptools) and is itself the parser's callback object: the
+callbacks apply framing.py's rules (sizes, RFC 9112) and turn each complete message into a ``Request``.
+The first starts a task that runs the handler and writes the response; requests that
 arrive meanwhile (pipelining) wait in a queue, with reading paused. Reading is *not* paused for the
 request being answered, so a client that goes away is noticed at once: its handler is cancelled, or
 its stream's iterator closed. A client's EOF is ambiguous: it may have half-closed
@@ -29,9 +30,19 @@ from collections import deque
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
-from labgate.errors import ConnectionLimitError, InternalError, LabgateError, RequestTimeoutError
+import httptools
+
+from labgate.errors import (
+    BodyTooLargeError,
+    ConnectionLimitError,
+    InternalError,
+    LabgateError,
+    RequestError,
+    RequestTimeoutError,
+    UnsupportedFramingError,
+)
 from labgate.server.deadlines import BUSY, IDLE, READING, Deadlines
-from labgate.server.framing import RequestReader
+from labgate.server.framing import MAX_LENGTH_DIGITS, METHODS, AfterLast, check_codings, header_too_large, split_target
 from labgate.server.limits import MAX_REFUSING
 from labgate.server.messages import Request, Response
 from labgate.server.respond import CHUNKED, CONTINUE, LAST_CHUNK, NO_BODY, WHOLE, aclose
@@ -52,9 +63,11 @@ _SIZE_LIMITS = {413: "server.max_body_bytes", 431: "server.max_header_bytes"}  #
 class Connection(asyncio.Protocol):
     """One client connection: parse, queue, answer in order, keep alive or close."""
 
-    __slots__ = ("_abort_timer", "_admitted", "_client", "_continue", "_deadlines", "_drain_waiter", "_fatal",
-                 "_limits", "_lingering", "_loop", "_lost", "_may_probe", "_queue", "_reader", "_reading_paused",
-                 "_refusing", "_server", "_stopped", "_transport", "_write_paused", "task")
+    __slots__ = ("_abort_timer", "_admitted", "_body", "_body_size", "_client", "_continue", "_deadlines",
+                 "_drain_waiter", "_fatal", "_fresh", "_head_size", "_headers", "_http10", "_in_head", "_in_message",
+                 "_last", "_limits", "_lingering", "_loop", "_lost", "_may_probe", "_open", "_open_raw", "_parser",
+                 "_queue", "_reading_paused", "_refusing", "_server", "_stopped", "_transport", "_url",
+                 "_write_paused", "task")
 
     def __init__(self, server: HttpServer) -> None:
         self._server = server
@@ -64,7 +77,7 @@ class Connection(asyncio.Protocol):
         self._client: str | None = None
         self._deadlines = Deadlines(self._loop, self, keepalive=self._limits.keepalive_timeout,
                                     read_timeout=self._limits.request_read_timeout)
-        self._reader: RequestReader = None  # type: ignore[assignment]  # set in connection_made
+        self._parser = httptools.HttpRequestParser(self)  # calls the on_* methods below
         self.task: asyncio.Task[None] | None = None  # answering requests; None while idle
         self._queue: deque[tuple[Request, bool, bool]] = deque()  # pipelined: (request, keep_alive, http10)
         self._continue = False  # owe the request being read a "100 Continue" once earlier answers are out
@@ -79,6 +92,19 @@ class Connection(asyncio.Protocol):
         self._abort_timer: asyncio.TimerHandle | None = None  # lingering, or a close waiting for its flush
         self._lingering = False
         self._may_probe = False  # an HTTP/1.1 answer's head is not written yet: a 1xx may still go out
+        # the request being read (the llhttp callbacks below)
+        self._url = b""
+        self._headers: dict[str, str] = {}  # its headers as far as read (an error's request id comes from them)
+        self._body: bytes | bytearray = b""
+        self._body_size = 0
+        self._head_size = 0  # request line, header and trailer field bytes, as parsed
+        self._open = False  # a header or trailer section is being received: its raw bytes count (data_received)
+        self._open_raw = 0
+        self._fresh = False  # the section opened in the packet being fed
+        self._in_head = False
+        self._http10 = False
+        self._in_message = False  # a request began and is not complete yet
+        self._last = False  # the request read last is the connection's last: parse nothing after it
 
     # --- transport events
 
@@ -88,7 +114,6 @@ class Connection(asyncio.Protocol):
         server.connections.add(self)
         peer = transport.get_extra_info("peername")
         self._client = client = peer[0] if isinstance(peer, tuple) else None
-        self._reader = RequestReader(self, self._limits, self._deadlines, client)
         if server.closing:
             self._stopped = True
             transport.close()
@@ -173,27 +198,147 @@ class Connection(asyncio.Protocol):
             waiter.set_result(None)
 
     def data_received(self, data: bytes) -> None:
-        if not self._stopped:
-            reader = self._reader
-            reader.feed(data)
-            if reader.last:
-                self._stopped = True
+        """Parse ``data``: complete requests are answered (or queued), and a reason to stop reading is acted on."""
+        if self._stopped:
+            return
+        self._fresh = False
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self.stop_reading(None)  # no upgrades: answer the request, then close
+            return
+        except httptools.HttpParserCallbackError as exc:
+            cause = exc.__context__
+            if isinstance(cause, AfterLast):
+                self.stop_reading(None)
+                return
+            if not isinstance(cause, LabgateError):
+                log.error("failed to parse a request", exc_info=cause)
+                cause = InternalError("internal error")
+            self.stop_reading(cause)
+            return
+        except httptools.HttpParserError as exc:
+            # llhttp refuses bytes after a message that closes the connection: nothing to answer
+            self.stop_reading(None if self._last else RequestError(f"Malformed HTTP request: {exc}."))
+            return
+        if self._last:
+            self._stopped = True
+        # httptools accumulates a header or trailer line before we see it; a line that never ends must
+        # not grow without bound. Count whole packets received while the section stays open (not the
+        # one that opened it, which may hold a previous message's tail).
+        if self._open and not self._fresh:
+            self._open_raw += len(data)
+            if self._open_raw > self._limits.max_header_bytes:
+                self.stop_reading(header_too_large())
 
-    # --- what the reader reports
+    # --- llhttp callbacks (the rules and helpers: framing.py)
 
-    def request_ready(self, request: Request, keep_alive: bool, http10: bool) -> None:
+    def on_message_begin(self) -> None:
+        if self._last:
+            raise AfterLast
+        self._url = b""
+        self._headers = {}
+        self._body = b""
+        self._body_size = self._head_size = self._open_raw = 0
+        self._in_head = self._open = self._fresh = self._in_message = True
+        deadlines = self._deadlines  # deadlines.reading(), without its call when the timer is armed
+        deadlines.read_since = deadlines.clock()
+        if deadlines.handle is None:
+            deadlines.reading()
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        self._head_size += len(url)
+        if self._head_size > self._limits.max_header_bytes:
+            raise header_too_large()
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        size = self._head_size + len(name) + len(value) + 4
+        self._head_size = size
+        if size > self._limits.max_header_bytes:
+            raise header_too_large()
+        if not self._in_head:
+            return  # a trailer field: counted against the limit, never taken for a request header
+        key = name.decode("latin-1").lower()
+        text = value.decode("latin-1").rstrip(" \t")  # llhttp keeps trailing whitespace
+        headers = self._headers
+        if key not in headers:
+            headers[key] = text
+        elif key == "host":
+            raise RequestError("The request has more than one Host header.")
+        else:
+            headers[key] = f"{headers[key]}, {text}"
+
+    def on_headers_complete(self) -> None:
+        self._in_head = self._open = False
+        headers = self._headers
+        version = self._parser.get_http_version()
+        http10 = self._http10 = version == "1.0"
+        if not http10:
+            if version != "1.1":
+                raise UnsupportedFramingError(f"HTTP/{version} is not supported; use HTTP/1.1.", status=505)
+            if "host" not in headers:
+                raise RequestError("An HTTP/1.1 request must have a Host header.")
+        length = headers.get("content-length")
+        if length is not None:
+            if len(length) > MAX_LENGTH_DIGITS:
+                raise RequestError(f"Invalid Content-Length ({len(length)} digits).")
+            max_body = self._limits.max_body_bytes
+            if int(length) > max_body:
+                raise BodyTooLargeError(f"The request body is {int(length)} bytes; the limit is {max_body}.")
+        if "transfer-encoding" in headers:  # rare: a membership test first, not a call
+            coding = headers["transfer-encoding"]
+            if coding.lower() != "chunked":
+                check_codings(coding)
+            if http10:
+                self._last = True  # RFC 9112 §6.1: HTTP/1.0 framing is faulty with it; close after
+        if "expect" in headers and headers["expect"].lower() == "100-continue" and not http10:
+            if self.task is None:
+                self._transport.write(CONTINUE)
+            else:
+                self._continue = True  # after the answers still owed on this connection
+
+    def on_chunk_header(self) -> None:
+        # a chunk's size line ended; if no data follows it was the last chunk, and a trailer section is open
+        self._open = self._fresh = True
+        self._open_raw = self._head_size
+
+    def on_body(self, body: bytes) -> None:
+        self._open = False
+        size = self._body_size + len(body)
+        if size > self._limits.max_body_bytes:
+            raise BodyTooLargeError(f"The request body exceeds the limit of {self._limits.max_body_bytes} bytes.")
+        self._body_size = size
+        current = self._body
+        if not current:
+            self._body = body
+        elif type(current) is bytes:
+            buffer = bytearray(current)
+            buffer += body
+            self._body = buffer
+        else:
+            current += body
+
+    def on_message_complete(self) -> None:
+        """A whole request: answer it now, or queue it behind the answers still owed (pipelining)."""
+        self._open = self._in_message = False
+        parser = self._parser
+        method = parser.get_method()
+        path, query = split_target(self._url)
+        body = self._body
+        keep_alive = parser.should_keep_alive() and not self._last
+        if not keep_alive:
+            self._last = True
+        request = Request(METHODS.get(method) or method.decode("latin-1"), path, query, self._headers,
+                          body if type(body) is bytes else bytes(body), self._client)
         self._continue = False
         if self.task is None:
-            self.task = self._loop.create_task(self._serve(request, keep_alive, http10))
+            self.task = self._loop.create_task(self._serve(request, keep_alive, self._http10))
         else:
-            self._queue.append((request, keep_alive, http10))
+            self._queue.append((request, keep_alive, self._http10))
             self._pause_reading()
 
-    def continue_wanted(self) -> None:
-        if self.task is None:
-            self._transport.write(CONTINUE)
-        else:
-            self._continue = True  # after the answers still owed on this connection
+    # --- reading ends
 
     def stop_reading(self, error: LabgateError | None) -> None:
         """No more requests from this connection; answer ``error`` (if any) after those already queued."""
@@ -212,7 +357,7 @@ class Connection(asyncio.Protocol):
     def deadline_state(self) -> int:
         if self._lost or self._lingering or (self._stopped and self._fatal is None):
             return BUSY
-        if self._reader.in_message and not self._reading_paused:
+        if self._in_message and not self._reading_paused:
             return READING
         return BUSY if self.task is not None else IDLE
 
@@ -364,7 +509,7 @@ class Connection(asyncio.Protocol):
         if self._reading_paused:
             self._reading_paused = False
             self._transport.resume_reading()
-            if self._reader.in_message:
+            if self._in_message:
                 self._deadlines.reading()  # its clock stopped while we did not read
         if self._continue:
             self._continue = False
@@ -387,7 +532,7 @@ class Connection(asyncio.Protocol):
         assert error is not None
         transport = self._transport
         try:
-            response = self._server.error_response(error, self._reader.headers)
+            response = self._server.error_response(error, self._headers)
             if response.stream is not None:
                 raise TypeError("error_response must return a whole body")
             head, mode, _, _ = self._server.heads.render(response, send_body=True, close=True, http10=False)

@@ -5,8 +5,8 @@ The server is split along its concepts:
 - ``http.py`` (this module): ``HttpServer``: listening sockets, the count of open connections
   against their caps, in-flight requests, graceful shutdown;
 - ``connection.py``: one client connection: transport events, answering in order, keep-alive;
-- ``framing.py``: llhttp's callbacks turned into ``Request`` objects, with the size limits and the
-  HTTP/1.1 framing rules;
+- ``framing.py``: the rules llhttp's callbacks (methods of ``Connection``) apply to make ``Request``
+  objects: the size limits and the HTTP/1.1 framing rules;
 - ``deadlines.py``: the connection's one timer: idle timeout, whole-request read deadline;
 - ``respond.py``: response heads and how a body goes on the wire;
 - ``limits.py``: the limits (``server.*`` config) and the rate-limited warnings when they bite;
