@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # module (under src/labgate/) -> the test files that are meant to kill its mutants
 MODULES: dict[str, list[str]] = {
     "routing/attempts.py": ["tests/unit/routing/test_attempts.py", "tests/unit/routing/test_rescue.py"],
-    "routing/balancer.py": ["tests/unit/routing/test_balancer.py"],
+    "routing/balancer.py": ["tests/unit/routing/test_balancer.py", "tests/unit/routing/test_local_first.py"],
     "routing/circuit.py": ["tests/unit/routing/test_circuit.py"],
     "routing/gate.py": ["tests/unit/routing/test_gate.py"],
     "routing/queue.py": ["tests/unit/routing/test_gate.py", "tests/security/test_traffic_queue.py"],

@@ -728,6 +728,7 @@ def test_bad_configuration_is_refused(base_url: str, headers: dict[str, str], me
 def test_a_body_or_its_absence_is_framed(method: str, body: bytes | None, framing: bytes) -> None:
     http = HttpPool("http://[::1]:8080/base/", name="x", headers={})
     assert (http.base_url, http.name) == ("http://[::1]:8080/base", "x")
+    assert HttpPool("http://h/vX/", name="x", headers={}).base_url == "http://h/vX"  # only slashes are cut
     assert http._message(method, "/m", body) == (
         b"%s /base/m HTTP/1.1\r\nhost: [::1]:8080\r\ncontent-type: application/json\r\n"
         b"connection: keep-alive\r\n%s\r\n%s" % (method.encode(), framing, body or b""))
@@ -756,11 +757,15 @@ async def test_extra_headers_go_on_requests_and_streams() -> None:
 @pytest.mark.asyncio
 async def test_a_stream_error_body_in_pieces_and_a_3xx_are_errors() -> None:
     pieces = (b'{"error": {"message": ', b'"nope", "param": "n"}}')
-    answers = [b"HTTP/1.1 400 Bad Request\r\ntransfer-encoding: chunked\r\n\r\n" + chunked(*pieces) + LAST_CHUNK,
+    answers = [b"HTTP/1.1 400 Bad Request\r\ntransfer-encoding: chunked\r\n\r\n" + chunked(pieces[0]),
                reply(b'{"error": {"message": "elsewhere"}}', status="300 Multiple Choices")]
 
     async def answer(seen: Seen, writer: asyncio.StreamWriter) -> bool:
         writer.write(answers[len(up.requests) - 1])
+        if len(up.requests) == 1:  # the rest of the error body after the client has read the first piece
+            await writer.drain()
+            await asyncio.sleep(0.1)
+            writer.write(chunked(pieces[1]) + LAST_CHUNK)
         return True
 
     async with upstream(answer) as up, client(up) as http:
@@ -770,6 +775,18 @@ async def test_a_stream_error_body_in_pieces_and_a_3xx_are_errors() -> None:
         with pytest.raises(UpstreamRejectedError) as redirected:
             await within(http.open_stream("/chat/completions", BODY, timeout=TIMEOUT))
         assert redirected.value.message == "provider 'up' answered 300: elsewhere"
+
+
+@pytest.mark.asyncio
+async def test_waiting_for_a_connection_counts_against_a_streams_timeout() -> None:
+    release = asyncio.Event()
+    async with upstream(held_until(release)) as up, client(up, max_connections=1) as http:
+        first = asyncio.create_task(post(http, b"1"))
+        await eventually(lambda: len(up.requests) == 1)
+        with pytest.raises(DeploymentBusyError):
+            await within(http.open_stream("/chat/completions", BODY, timeout=0.1))
+        release.set()
+        assert (await within(first))[2] == b"1"
 
 
 @pytest.mark.asyncio
