@@ -318,6 +318,29 @@ async def test_idempotent_request_is_retried_once_when_a_reused_connection_drops
 
 
 @pytest.mark.asyncio
+async def test_an_idempotent_request_is_sent_at_most_twice() -> None:
+    """Two idle connections that both went stale: the retry may take the second one, but never a third try."""
+    release = asyncio.Event()
+
+    async def answer(seen: Seen, writer: asyncio.StreamWriter) -> bool:
+        if second_on_its_connection(up, seen):
+            return False  # written, nothing comes back
+        await release.wait()
+        writer.write(reply())
+        return True
+
+    async with upstream(answer) as up, client(up) as http:
+        first = [asyncio.create_task(within(http.request("GET", "/models", timeout=TIMEOUT))) for _ in range(2)]
+        await eventually(lambda: len(up.requests) == 2)
+        release.set()
+        await within(asyncio.gather(*first))
+        assert (up.accepted, idle(http)) == (2, 2)
+        with contextlib.suppress(UpstreamConnectionError):  # whether the retry found a fresh connection or not
+            await within(http.request("GET", "/models", timeout=TIMEOUT))
+        assert len(up.requests) == 2 + 2
+
+
+@pytest.mark.asyncio
 async def test_post_is_not_retried_when_a_reused_connection_drops_it() -> None:
     async def answer(seen: Seen, writer: asyncio.StreamWriter) -> bool:
         if second_on_its_connection(up, seen):
