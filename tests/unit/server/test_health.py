@@ -257,3 +257,15 @@ async def test_a_provider_that_cannot_list_its_models_is_shown_unprobed() -> Non
         assert listed(sim) == 0
         assert await aggregate_of(running) == {"status": "ok", "active": 1, "reachable": 0, "unreachable": 0,
                                                "detail": DETAIL_HINT}
+
+
+async def test_a_probe_serves_for_less_than_the_cache_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    """At exactly ``_PROBE_CACHE_S`` old, a probe's result is stale (the clock stands still here)."""
+    monkeypatch.setattr("labgate.server.health.time", SimpleNamespace(monotonic=lambda: 500.0,
+                                                                      perf_counter=time.perf_counter))
+    monkeypatch.setattr("labgate.server.health._PROBE_CACHE_S", 0.0)
+    async with Simulator(models=["m"]) as sim, providers_gateway(
+            {"p": {"type": "openai_compatible", "base_url": sim.url + "/v1", "models": ["m"]}}) as running:
+        await get(running, "/health/providers")
+        await get(running, "/health/providers")
+        assert listed(sim) == 2
