@@ -37,7 +37,7 @@ MODULES: dict[str, list[str]] = {
     "routing/queue.py": ["tests/unit/routing/test_gate.py", "tests/security/test_traffic_queue.py"],
     "routing/rescue.py": ["tests/unit/routing/test_rescue.py"],
     "routing/table.py": ["tests/unit/routing/test_table.py", "tests/unit/routing/test_local_first.py"],
-    "providers/pool.py": ["tests/security/test_pool_*.py"],
+    "providers/pool.py": ["tests/security/test_pool_*.py", "tests/unit/providers/test_http.py"],
     "providers/http.py": ["tests/unit/providers/test_http.py", "tests/unit/providers/test_status_mapping.py"],
     "server/http.py": ["tests/unit/server/test_http.py", "tests/security/test_server_*.py"],
     "server/connection.py": ["tests/unit/server/test_http.py", "tests/security/test_server_*.py"],
