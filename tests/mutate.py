@@ -31,13 +31,13 @@ ROOT = Path(__file__).resolve().parent.parent
 # module (under src/labgate/) -> the test files that are meant to kill its mutants
 MODULES: dict[str, list[str]] = {
     "routing/attempts.py": ["tests/unit/routing/test_attempts.py", "tests/unit/routing/test_rescue.py"],
-    "routing/balancer.py": ["tests/unit/routing/test_balancer.py"],
+    "routing/balancer.py": ["tests/unit/routing/test_balancer.py", "tests/unit/routing/test_local_first.py"],
     "routing/circuit.py": ["tests/unit/routing/test_circuit.py"],
     "routing/gate.py": ["tests/unit/routing/test_gate.py"],
     "routing/queue.py": ["tests/unit/routing/test_gate.py", "tests/security/test_traffic_queue.py"],
     "routing/rescue.py": ["tests/unit/routing/test_rescue.py"],
     "routing/table.py": ["tests/unit/routing/test_table.py", "tests/unit/routing/test_local_first.py"],
-    "providers/pool.py": ["tests/security/test_pool_*.py"],
+    "providers/pool.py": ["tests/security/test_pool_*.py", "tests/unit/providers/test_http.py"],
     "providers/http.py": ["tests/unit/providers/test_http.py", "tests/unit/providers/test_status_mapping.py"],
     "server/http.py": ["tests/unit/server/test_http.py", "tests/security/test_server_*.py"],
     "server/connection.py": ["tests/unit/server/test_http.py", "tests/security/test_server_*.py"],

@@ -36,7 +36,7 @@ from labgate.errors import (
     UpstreamTimeoutError,
 )
 from labgate.providers import pool as pool_module
-from labgate.providers.http import HttpPool
+from labgate.providers.http import HttpPool, fetch
 
 T = TypeVar("T")
 TIMEOUT = 5.0
@@ -315,6 +315,29 @@ async def test_idempotent_request_is_retried_once_when_a_reused_connection_drops
             assert await within(http.request("GET", "/models", timeout=TIMEOUT)) == (
                 200, {"content-type": "application/json", "content-length": "11"}, OK)
         assert [seen.connection for seen in up.requests] == [0, 0, 1]
+
+
+@pytest.mark.asyncio
+async def test_an_idempotent_request_is_sent_at_most_twice() -> None:
+    """Two idle connections that both went stale: the retry may take the second one, but never a third try."""
+    release = asyncio.Event()
+
+    async def answer(seen: Seen, writer: asyncio.StreamWriter) -> bool:
+        if second_on_its_connection(up, seen):
+            return False  # written, nothing comes back
+        await release.wait()
+        writer.write(reply())
+        return True
+
+    async with upstream(answer) as up, client(up) as http:
+        first = [asyncio.create_task(within(http.request("GET", "/models", timeout=TIMEOUT))) for _ in range(2)]
+        await eventually(lambda: len(up.requests) == 2)
+        release.set()
+        await within(asyncio.gather(*first))
+        assert (up.accepted, idle(http)) == (2, 2)
+        with contextlib.suppress(UpstreamConnectionError):  # whether the retry found a fresh connection or not
+            await within(http.request("GET", "/models", timeout=TIMEOUT))
+        assert len(up.requests) == 2 + 2
 
 
 @pytest.mark.asyncio
@@ -717,6 +740,125 @@ def test_bad_configuration_is_refused(base_url: str, headers: dict[str, str], me
     with pytest.raises(ValueError) as caught:
         HttpPool(base_url, name="x", headers=headers)
     assert str(caught.value).startswith(message)
+
+
+@pytest.mark.parametrize(("method", "body", "framing"), [
+    ("POST", None, b"content-length: 0\r\n"),  # a POST without a body still says so
+    ("HEAD", None, b""),
+    ("GET", None, b""),
+    ("GET", b"{}", b"content-length: 2\r\n"),
+])
+def test_a_body_or_its_absence_is_framed(method: str, body: bytes | None, framing: bytes) -> None:
+    http = HttpPool("http://[::1]:8080/base/", name="x", headers={})
+    assert (http.base_url, http.name) == ("http://[::1]:8080/base", "x")
+    assert HttpPool("http://h/vX/", name="x", headers={}).base_url == "http://h/vX"  # only slashes are cut
+    assert http._message(method, "/m", body) == (
+        b"%s /base/m HTTP/1.1\r\nhost: [::1]:8080\r\ncontent-type: application/json\r\n"
+        b"connection: keep-alive\r\n%s\r\n%s" % (method.encode(), framing, body or b""))
+
+
+def test_a_header_with_a_lone_line_feed_is_refused() -> None:
+    with pytest.raises(ValueError, match="contains CR or LF"):
+        HttpPool("http://h/v1", name="x", headers={"x-a": "1\nx-b: 2"})
+
+
+@pytest.mark.asyncio
+async def test_extra_headers_go_on_requests_and_streams() -> None:
+    async def answer(seen: Seen, writer: asyncio.StreamWriter) -> bool:
+        writer.write(reply() if seen.head.startswith(b"GET") else STREAM_HEAD + chunked(b"data: 1\n\n") + LAST_CHUNK)
+        return True
+
+    extra = b"traceparent: 00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01\r\n"
+    async with upstream(answer) as up, client(up) as http:
+        await within(http.request("GET", "/models", timeout=TIMEOUT, extra_headers=extra))
+        stream = await within(http.open_stream("/chat/completions", BODY, timeout=TIMEOUT, extra_headers=extra))
+        assert stream.where == "provider 'up'"
+        assert [chunk async for chunk in stream.chunks()] == [b"data: 1\n\n"]
+        assert [seen.head.count(extra) for seen in up.requests] == [1, 1]
+
+
+@pytest.mark.asyncio
+async def test_a_stream_error_body_in_pieces_and_a_3xx_are_errors() -> None:
+    pieces = (b'{"error": {"message": ', b'"nope", "param": "n"}}')
+    answers = [b"HTTP/1.1 400 Bad Request\r\ntransfer-encoding: chunked\r\n\r\n" + chunked(pieces[0]),
+               reply(b'{"error": {"message": "elsewhere"}}', status="300 Multiple Choices")]
+
+    async def answer(seen: Seen, writer: asyncio.StreamWriter) -> bool:
+        writer.write(answers[len(up.requests) - 1])
+        if len(up.requests) == 1:  # the rest of the error body after the client has read the first piece
+            await writer.drain()
+            await asyncio.sleep(0.1)
+            writer.write(chunked(pieces[1]) + LAST_CHUNK)
+        return True
+
+    async with upstream(answer) as up, client(up) as http:
+        with pytest.raises(UpstreamRejectedError) as rejected:
+            await within(http.open_stream("/chat/completions", BODY, timeout=TIMEOUT))
+        assert (rejected.value.message, rejected.value.param) == ("provider 'up' answered 400: nope", "n")
+        with pytest.raises(UpstreamRejectedError) as redirected:
+            await within(http.open_stream("/chat/completions", BODY, timeout=TIMEOUT))
+        assert redirected.value.message == "provider 'up' answered 300: elsewhere"
+
+
+@pytest.mark.asyncio
+async def test_waiting_for_a_connection_counts_against_a_streams_timeout() -> None:
+    release = asyncio.Event()
+    async with upstream(held_until(release)) as up, client(up, max_connections=1) as http:
+        first = asyncio.create_task(post(http, b"1"))
+        await eventually(lambda: len(up.requests) == 1)
+        with pytest.raises(DeploymentBusyError):
+            await within(http.open_stream("/chat/completions", BODY, timeout=0.1))
+        release.set()
+        assert (await within(first))[2] == b"1"
+
+
+@pytest.mark.asyncio
+async def test_a_stream_error_body_that_stalls_ends_at_the_deadline() -> None:
+    async def answer(seen: Seen, writer: asyncio.StreamWriter) -> bool:
+        writer.write(b"HTTP/1.1 500 Oops\r\ncontent-length: 100\r\n\r\n{\"error\"")  # and nothing more
+        return True
+
+    async with upstream(answer) as up, client(up) as http:
+        with pytest.raises(UpstreamTimeoutError):
+            await within(http.open_stream("/chat/completions", BODY, timeout=0.3))
+
+
+@pytest.mark.asyncio
+async def test_an_upstream_echoing_the_configured_key_has_it_masked() -> None:
+    async def answer(seen: Seen, writer: asyncio.StreamWriter) -> bool:
+        writer.write(reply(b'{"error": {"message": "key plainwordsecret123 revoked"}}', status="401 Unauthorized"))
+        return True
+
+    async with upstream(answer) as up:
+        http = HttpPool(f"http://127.0.0.1:{up.port}/v1", name="up", headers={"api-key": "plainwordsecret123"})
+        try:
+            status, headers, body = await within(http.request("GET", "/models", timeout=TIMEOUT))
+            assert http.error_for(status, body, headers).message == "provider 'up' answered 401: key *** revoked"
+        finally:
+            await within(http.aclose())
+
+
+@pytest.mark.asyncio
+async def test_max_response_bytes_reaches_the_pool() -> None:
+    async with upstream() as up:
+        http = HttpPool(f"http://127.0.0.1:{up.port}/v1", name="up", headers={}, max_response_bytes=len(OK) - 1)
+        try:
+            with pytest.raises(UpstreamBadResponseError, match="max_response_bytes"):
+                await within(http.request("GET", "/models", timeout=TIMEOUT))
+        finally:
+            await within(http.aclose())
+
+
+@pytest.mark.asyncio
+async def test_fetch_is_one_get_with_its_query() -> None:
+    async with upstream() as up:
+        assert await within(fetch(f"http://127.0.0.1:{up.port}/v1/models?limit=5", timeout=TIMEOUT)) == (200, OK)
+        assert await within(fetch(f"http://127.0.0.1:{up.port}", timeout=TIMEOUT)) == (200, OK)
+        assert [seen.head.split(b"\r\n", 1)[0] for seen in up.requests] == [
+            b"GET /v1/models?limit=5 HTTP/1.1", b"GET / HTTP/1.1"]
+        assert up.accepted == 2  # a fresh connection each time
+    with pytest.raises(UpstreamConnectionError, match="provider 'probe'"):
+        await within(fetch(f"http://127.0.0.1:{up.port}/", timeout=TIMEOUT))
 
 
 # --- the same cases on uvloop

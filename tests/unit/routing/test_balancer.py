@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import math
 import random
 import time
 from collections import Counter
+from types import SimpleNamespace
 
 import pytest
 
@@ -130,3 +132,44 @@ def test_retry_after_is_at_least_one_second() -> None:
     with pytest.raises(NoHealthyDeploymentError) as info:
         plan(route, CIRCUIT, max_attempts=4)
     assert info.value.retry_after == 1.0
+
+
+def test_a_repeat_does_not_end_its_group() -> None:
+    route = Route("m", (Group((A,)), Group((A, B), "priority")))
+    assert names(plan(route, CIRCUIT, max_attempts=10)) == ["a/m", "b/m"]
+
+
+def test_failover_only_deployments_are_planned_only_when_nothing_else_is_healthy() -> None:
+    spare1 = Deployment("s1/m", "s1", "m", adapter=None, timeout=60.0, health=Health(),  # type: ignore[arg-type]
+                        failover_only=True)
+    spare2 = Deployment("s2/m", "s2", "m", adapter=None, timeout=60.0, health=Health(),  # type: ignore[arg-type]
+                        failover_only=True)
+    route = Route("m", (Group((spare1, A, spare2), "priority"),))
+    assert names(plan(route, CIRCUIT, max_attempts=10)) == ["a/m"]
+    down = dep("a/m", open_for=30)
+    route = Route("m", (Group((spare1, down, spare2), "priority"),))
+    assert names(plan(route, CIRCUIT, max_attempts=10)) == ["s1/m", "s2/m"]
+    assert names(plan(route, CIRCUIT, max_attempts=1)) == ["s1/m"]
+
+
+def test_a_deployment_whose_region_is_down_gives_the_minimum_retry_after() -> None:
+    region_down = Deployment("a/m", "a", "m", adapter=None, timeout=60.0,  # type: ignore[arg-type]
+                             health=Health(open_until=math.inf, last_error="region down"))
+    with pytest.raises(NoHealthyDeploymentError) as info:
+        plan(Route("m", (Group((region_down,)),)), CIRCUIT, max_attempts=4)
+    assert info.value.retry_after == 1.0  # no end known: the least a client is told to wait
+
+
+def test_local_first_puts_local_deployments_first() -> None:
+    local = Deployment("l/m", "l", "m", adapter=None, timeout=60.0, health=Health(),  # type: ignore[arg-type]
+                       local=True)
+    group = Group((A, B, local), "local_first")
+    assert {tuple(names(order(group))) for _ in range(20)} == {("l/m", "a/m", "b/m")}  # never shuffled
+
+
+def test_least_busy_counts_what_each_engine_reports_against_the_gates_limit() -> None:
+    gated, open_ = dep("a/m"), dep("b/m")  # nothing in flight from this gateway
+    gated.gate = Gate(2, max_queue=0)  # the gate's limit, not the engine's 8 slots, is its capacity
+    gated.engine = SimpleNamespace(busy=lambda: 2, slots=8, kv=None)  # type: ignore[assignment]  # 2/2
+    open_.engine = SimpleNamespace(busy=lambda: 1, slots=2, kv=None)  # type: ignore[assignment]  # 1/2
+    assert {tuple(names(order(Group((gated, open_), "least_busy")))) for _ in range(2)} == {("b/m", "a/m")}

@@ -11,6 +11,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import aiohttp
@@ -156,7 +157,10 @@ async def test_each_provider_state_in_the_detail() -> None:
             status, report = await get(running, "/health/providers")
             assert status == 200
             up, off, dead = (report["providers"][name] for name in ("up", "off", "dead"))
-            assert (up["reachable"], up["models"], up["missing_models"]) == (True, ["m", "n"], ["gone"])
+            assert up["latency_ms"] >= 0
+            assert {**up, "latency_ms": 0} == {"status": "active", "reachable": True, "latency_ms": 0,
+                                               "models": ["m", "n"], "configured_models": ["m", "gone"],
+                                               "missing_models": ["gone"]}
             assert off == {"status": "inactive", "reachable": None}  # never probed
             assert listed(sim) == 1  # "up" only
             assert (dead["status"], dead["reachable"], dead["configured_models"]) == ("active", False, ["d"])
@@ -173,7 +177,8 @@ async def test_the_aggregate_status(alive: tuple[bool, bool], status: str) -> No
         providers = {f"p{i}": {"type": "openai_compatible", "base_url": sim.url + "/v1" if up else dead,
                                "models": ["m"]} for i, up in enumerate(alive)}
         async with providers_gateway(providers) as running:
-            assert (await aggregate_of(running))["status"] == status
+            assert await aggregate_of(running) == {"status": status, "active": 2, "reachable": sum(alive),
+                                                   "unreachable": 2 - sum(alive), "detail": DETAIL_HINT}
 
 
 async def test_probes_are_shared_for_a_while_then_made_again(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -187,3 +192,80 @@ async def test_probes_are_shared_for_a_while_then_made_again(monkeypatch: pytest
         await get(running, "/health/providers")
         await get(running, "/health/providers")
         assert listed(sim) == 3  # past the cache time, each caller probes again
+
+
+async def test_health_counts_providers_and_models_and_is_never_cached() -> None:
+    async with Simulator(models=["m"]) as sim, gateway(sim.url + "/v1") as running:
+        async with aiohttp.ClientSession() as http:
+            for path in ("/health", "/health/readiness", "/health/providers"):
+                async with http.get(running.url + path) as r:
+                    assert r.headers["cache-control"] == "no-store", path
+        assert await get(running, "/health") == (200, {"status": "ok", "providers": 1, "models": 1})
+
+
+async def test_ready_while_refusing_the_clusters_config_and_says_so() -> None:
+    """A replica that refuses the config the cluster announced keeps serving its previous one: still ready."""
+    rejected = {"version": "v2", "serving": "v1", "at": 1.0, "errors": ["providers.p: bad"]}
+    async with Simulator(models=["m"]) as sim, gateway(sim.url + "/v1") as running:
+        running.gateway.replicas = SimpleNamespace(rejected=None)  # type: ignore[assignment]
+        assert await get(running) == READY
+        running.gateway.replicas = SimpleNamespace(rejected=rejected)  # type: ignore[assignment]
+        assert await get(running) == (200, {"status": "ready", "models": 1,
+                                            "config": {"status": "rejected", **rejected}})
+        running.gateway.replicas = None
+
+
+class _Clock:
+    """``time`` as the health module sees it: perf_counter steps by ``step`` at each call."""
+
+    def __init__(self, step: float) -> None:
+        self.now, self.step = 100.0, step
+        self.monotonic = time.monotonic
+
+    def perf_counter(self) -> float:
+        self.now += self.step
+        return self.now
+
+
+@pytest.mark.parametrize("up", [True, False])
+async def test_the_probe_latency_is_in_milliseconds_to_a_tenth(monkeypatch: pytest.MonkeyPatch, up: bool) -> None:
+    monkeypatch.setattr("labgate.server.health.time", _Clock(0.01234))  # 12.34 ms between the two reads
+    async with Simulator(models=["m"]) as sim:
+        url = sim.url + "/v1" if up else f"http://127.0.0.1:{closed_port()}/v1"
+        async with providers_gateway({"p": {"type": "openai_compatible", "base_url": url, "models": ["m"]}}) as running:
+            status, report = await get(running, "/health/providers")
+            assert (status, report["providers"]["p"]["reachable"], report["providers"]["p"]["latency_ms"]) == (
+                200, up, 12.3)
+
+
+async def test_a_provider_that_cannot_list_its_models_is_shown_unprobed() -> None:
+    class NoLister:  # an adapter without list_models (ModelLister is optional)
+        pass
+
+    async with Simulator(models=["m"]) as sim, providers_gateway(
+            {"p": {"type": "openai_compatible", "base_url": sim.url + "/v1", "models": ["m"]}}) as running:
+        adapters = dict(running.gateway.runtime.adapters)
+        real, adapters["p"] = adapters["p"], NoLister()
+        monkey = running.gateway.runtime
+        object.__setattr__(monkey, "adapters", adapters)
+        try:
+            status, report = await get(running, "/health/providers")
+        finally:
+            adapters["p"] = real
+        assert (status, report) == (200, {"providers": {"p": {"status": "active", "reachable": None,
+                                                                "configured_models": ["m"]}}})
+        assert listed(sim) == 0
+        assert await aggregate_of(running) == {"status": "ok", "active": 1, "reachable": 0, "unreachable": 0,
+                                               "detail": DETAIL_HINT}
+
+
+async def test_a_probe_serves_for_less_than_the_cache_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    """At exactly ``_PROBE_CACHE_S`` old, a probe's result is stale (the clock stands still here)."""
+    monkeypatch.setattr("labgate.server.health.time", SimpleNamespace(monotonic=lambda: 500.0,
+                                                                      perf_counter=time.perf_counter))
+    monkeypatch.setattr("labgate.server.health._PROBE_CACHE_S", 0.0)
+    async with Simulator(models=["m"]) as sim, providers_gateway(
+            {"p": {"type": "openai_compatible", "base_url": sim.url + "/v1", "models": ["m"]}}) as running:
+        await get(running, "/health/providers")
+        await get(running, "/health/providers")
+        assert listed(sim) == 2
