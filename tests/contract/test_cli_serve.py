@@ -20,35 +20,16 @@ import orjson
 import pytest
 
 from labgate.testing import Simulator
+from labgate.testing.process import LISTENING, labgate
 
-LISTENING = re.compile(r"(?:listening on|gateway on) (http://127\.0\.0\.1:\d+)")
 KEY = "sk-test-master-key-1234567890"
 
 
 @contextmanager
 def process(*args: str, env: dict[str, str] | None = None) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
     """Run ``labgate ARGS``; yield it and its URL once it listens; stop it with SIGTERM."""
-    proc = subprocess.Popen([sys.executable, "-m", "labgate", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, env={**os.environ, **(env or {})})
-    assert proc.stderr is not None
-    seen = b""
-    deadline = time.monotonic() + 20
-    try:
-        while (match := LISTENING.search(seen.decode(errors="replace"))) is None:
-            line = proc.stderr.readline()
-            if not line and proc.poll() is not None:
-                pytest.fail(f"labgate exited early ({proc.returncode}): {seen.decode()}")
-            seen += line
-            assert time.monotonic() < deadline, f"no listening line in: {seen.decode()}"
-        yield proc, match.group(1)
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                raise
+    with labgate(*args, env=env, stdout=subprocess.PIPE) as gw:
+        yield gw.proc, gw.url
 
 
 def call(url: str, body: dict[str, Any] | None = None, key: str | None = None) -> tuple[int, dict[str, Any]]:

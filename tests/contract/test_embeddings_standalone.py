@@ -4,12 +4,9 @@ with the official SDK and routed from another gateway as an ``openai_compatible`
 from __future__ import annotations
 
 import importlib.util
-import os
-import re
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,6 +18,7 @@ import pytest
 
 from labgate.server.serve import start_gateway
 from labgate.testing.gateway import LoopThread, config_from
+from labgate.testing.process import labgate
 
 EXTRA = "the [embeddings] extra is not installed: pip install -e '.[embeddings]'"
 if TYPE_CHECKING:
@@ -32,7 +30,6 @@ pytest.importorskip("onnxruntime", reason=EXTRA)
 
 pytestmark = pytest.mark.timeout(90)
 HELPER = Path(__file__).resolve().parent.parent / "unit" / "providers" / "local_embeddings" / "bert.py"
-LISTENING = re.compile(r"listening on (http://127\.0\.0\.1:\d+)")
 TINY = "bge-tiny"
 
 
@@ -47,27 +44,8 @@ def load_bert() -> ModuleType:
 @contextmanager
 def standalone(*args: str) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
     """``labgate embeddings serve --port 0 ARGS``; its URL once it listens; SIGTERM at the end."""
-    proc = subprocess.Popen([sys.executable, "-m", "labgate", "embeddings", "serve", "--port", "0", *args],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=dict(os.environ))
-    assert proc.stderr is not None
-    seen = ""
-    deadline = time.monotonic() + 30
-    try:
-        while (match := LISTENING.search(seen)) is None:
-            line = proc.stderr.readline().decode(errors="replace")
-            if not line and proc.poll() is not None:
-                pytest.fail(f"labgate embeddings serve exited early ({proc.returncode}): {seen}")
-            seen += line
-            assert time.monotonic() < deadline, f"no listening line in: {seen}"
-        yield proc, match.group(1)
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                raise
+    with labgate("embeddings", "serve", "--port", "0", *args, start_timeout_s=30) as gw:
+        yield gw.proc, gw.url
 
 
 def test_standalone_server_direct_and_behind_a_gateway(tmp_path: Path) -> None:

@@ -4,7 +4,6 @@ and ``labgate reload`` (diff, backup, apply, verify, roll back)."""
 from __future__ import annotations
 
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -20,8 +19,8 @@ import orjson
 import pytest
 
 from labgate.testing import Simulator
+from labgate.testing.process import labgate as running
 
-LISTENING = re.compile(r"listening on (http://127\.0\.0\.1:\d+)")
 KEY = "sk-reload-master-key-0123456789"
 CHAT = {"messages": [{"role": "user", "content": "hello"}]}
 
@@ -30,27 +29,8 @@ CHAT = {"messages": [{"role": "user", "content": "hello"}]}
 def serve(config: Path, *extra: str,
           env: dict[str, str] | None = None) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
     """``labgate serve --config DIR``; yields the process and its URL; SIGTERM at the end."""
-    proc = subprocess.Popen([sys.executable, "-m", "labgate", "serve", "--config", str(config), "--port", "0", *extra],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, **(env or {})})
-    assert proc.stderr is not None
-    seen = b""
-    deadline = time.monotonic() + 20
-    try:
-        while (match := LISTENING.search(seen.decode(errors="replace"))) is None:
-            line = proc.stderr.readline()
-            if not line and proc.poll() is not None:
-                pytest.fail(f"labgate exited early ({proc.returncode}): {seen.decode()}")
-            seen += line
-            assert time.monotonic() < deadline, seen.decode()
-        yield proc, match.group(1)
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                raise
+    with running("serve", "--config", str(config), "--port", "0", *extra, env=env) as gw:
+        yield gw.proc, gw.url
 
 
 def call(url: str, body: dict[str, Any] | None = None, *, key: str | None = None,

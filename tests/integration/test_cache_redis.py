@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import re
 import shutil
 import signal
 import socket
@@ -32,6 +31,7 @@ from labgate.cli.main import main as cli
 from labgate.server.serve import RunningGateway, start_gateway
 from labgate.testing import Behaviour, Simulator
 from labgate.testing.gateway import config_from
+from labgate.testing.process import labgate
 
 pytestmark = pytest.mark.integration
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -262,31 +262,13 @@ async def test_redis_stopped_and_restarted_mid_test_fails_open(redis_url: str,
 
 # --- two `labgate serve` processes -------------------------------------------------------------
 
-LISTENING = re.compile(r"listening on (http://\S+) ")
 
 
 @contextmanager
 def serve_process(config: Path) -> Iterator[str]:
     """``labgate serve --config DIR --port 0`` in its own process; yields its URL."""
-    proc = subprocess.Popen([sys.executable, "-m", "labgate", "serve", "--config", str(config), "--port", "0"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    assert proc.stderr is not None
-    seen = ""
-    try:
-        deadline = time.monotonic() + 20
-        while (found := LISTENING.search(seen)) is None:
-            line = proc.stderr.readline().decode(errors="replace")
-            if not line and proc.poll() is not None:
-                pytest.fail(f"labgate exited early ({proc.returncode}): {seen}")
-            seen += line
-            assert time.monotonic() < deadline, seen
-        yield found.group(1)
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+    with labgate("serve", "--config", str(config), "--port", "0") as gw:
+        yield gw.url
 
 
 def chat(url: str, body: dict[str, Any]) -> tuple[str, bytes]:

@@ -8,10 +8,7 @@ Needs ``REDIS_URL`` (default: the machine's); skips with the reason when it is u
 from __future__ import annotations
 
 import asyncio
-import signal
 import socket
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -26,6 +23,7 @@ from labgate.routing.leases import KEY_PREFIX, Leases
 from labgate.state.redis import RedisLink
 from labgate.testing import Behaviour, Simulator
 from labgate.testing.counting import CountingSimulator as Counting
+from labgate.testing.process import Fleet
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 CAP, CLIENTS = 4, 48
@@ -35,12 +33,6 @@ CAP, CLIENTS = 4, 48
 def engine() -> Iterator[Counting]:
     with Counting(Behaviour(latency_s=0.1), models=["m"]).run_in_thread() as sim:
         yield sim
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _config(tmp_path: Path, sim: Simulator, redis_url: str, namespace: str, *, shared: bool = True,
@@ -59,44 +51,9 @@ def _config(tmp_path: Path, sim: Simulator, redis_url: str, namespace: str, *, s
     return directory
 
 
-class Replicas:
-    """``count`` gateway processes of one config; stopped (SIGTERM, then SIGKILL) on exit."""
-
-    def __init__(self, config: Path, tmp_path: Path, count: int) -> None:
-        self.ports = [_free_port() for _ in range(count)]
-        self.logs = [tmp_path / f"{config.name}-{i}.log" for i in range(count)]
-        self.procs = []
-        for port, log in zip(self.ports, self.logs, strict=True):
-            with log.open("wb") as out:
-                self.procs.append(subprocess.Popen(
-                    [sys.executable, "-m", "labgate", "serve", "--config", str(config), "--port", str(port)],
-                    stdout=out, stderr=subprocess.STDOUT))
-        self.urls = [f"http://127.0.0.1:{port}" for port in self.ports]
-
-    async def ready(self, http: aiohttp.ClientSession) -> None:
-        for url, proc, log in zip(self.urls, self.procs, self.logs, strict=True):
-            deadline = time.monotonic() + 60
-            while True:
-                assert proc.poll() is None, f"the gateway exited: {log.read_text(errors='replace')[-2000:]}"
-                try:
-                    async with http.get(url + "/health/liveness") as r:
-                        if r.status == 200:
-                            break
-                except aiohttp.ClientError:
-                    pass
-                assert time.monotonic() < deadline, f"the gateway did not start: {log.read_text()[-2000:]}"
-                await asyncio.sleep(0.1)
-
-    def stop(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in self.procs:
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
+def _replicas(config: Path, tmp_path: Path, count: int, name: str = "replica") -> Fleet:
+    """``count`` gateways of one config, each logging to its own file."""
+    return Fleet.start([config] * count, [tmp_path / f"{config.name}-{name}{i}.log" for i in range(count)])
 
 
 async def _chat(http: aiohttp.ClientSession, url: str) -> int:
@@ -106,10 +63,10 @@ async def _chat(http: aiohttp.ClientSession, url: str) -> int:
         return r.status
 
 
-async def _burst(replicas: Replicas) -> list[int]:
+async def _burst(replicas: Fleet) -> list[int]:
     connector = aiohttp.TCPConnector(limit=CLIENTS)
     async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=90)) as http:
-        await replicas.ready(http)
+        await asyncio.to_thread(replicas.wait_live)
         return await asyncio.gather(*(_chat(http, replicas.urls[i % len(replicas.urls)]) for i in range(CLIENTS)))
 
 
@@ -128,7 +85,7 @@ def _clean(redis_url: str, namespace: str) -> int:
 def test_three_replicas_never_send_the_engine_more_than_its_cap(tmp_path: Path, engine: Counting,
                                                                redis_url: str) -> None:
     namespace = "t" + uuid.uuid4().hex[:12]
-    replicas = Replicas(_config(tmp_path, engine, redis_url, namespace), tmp_path, 3)
+    replicas = _replicas(_config(tmp_path, engine, redis_url, namespace), tmp_path, 3)
     try:
         statuses = asyncio.run(_burst(replicas))
     finally:
@@ -141,7 +98,7 @@ def test_three_replicas_never_send_the_engine_more_than_its_cap(tmp_path: Path, 
 def test_without_sharing_each_replica_counts_alone_and_the_engine_gets_more(tmp_path: Path, engine: Counting,
                                                                            redis_url: str) -> None:
     """The control: the same load with ``queue.shared: false`` goes over the engine's cap."""
-    replicas = Replicas(_config(tmp_path, engine, redis_url, "unshared", shared=False), tmp_path, 3)
+    replicas = _replicas(_config(tmp_path, engine, redis_url, "unshared", shared=False), tmp_path, 3)
     try:
         statuses = asyncio.run(_burst(replicas))
     finally:
@@ -154,12 +111,12 @@ def test_a_crashed_replicas_leases_expire_and_its_slots_go_to_the_others(tmp_pat
     namespace = "t" + uuid.uuid4().hex[:12]
     with Counting(Behaviour(latency_s=3600), models=["m"]).run_in_thread() as stuck:
         config = _config(tmp_path, stuck, redis_url, namespace, ttl=1.0)
-        crashing, survivor = Replicas(config, tmp_path, 1), Replicas(config, tmp_path, 1)
+        crashing, survivor = _replicas(config, tmp_path, 1, "crashing"), _replicas(config, tmp_path, 1, "survivor")
         try:
             async def scenario() -> tuple[int, int, float]:
                 async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as http:
-                    await crashing.ready(http)
-                    await survivor.ready(http)
+                    await asyncio.to_thread(crashing.wait_live)
+                    await asyncio.to_thread(survivor.wait_live)
                     held = [asyncio.create_task(_chat(http, crashing.urls[0])) for _ in range(CAP)]
                     for _ in range(3000):  # until the crashing replica holds every slot of the engine
                         if stuck.now == CAP:

@@ -12,30 +12,21 @@ either is unreachable (``LABGATE_REQUIRE_INTEGRATION=1`` turns that into a failu
 from __future__ import annotations
 
 import asyncio
-import signal
-import socket
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import aiohttp
+import httpx
+import openai
 import pytest
 import yaml
 
 from labgate.testing import Behaviour, Simulator
+from labgate.testing.process import Fleet
 
 pytestmark = pytest.mark.integration
 BUDGET_USD, COST_USD, RPM, CONCURRENT = 200.0, 5.0, 50, 300
-
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture
@@ -63,37 +54,17 @@ def _config(tmp_path: Path, sim: Simulator, redis_url: str, pg_url: str, namespa
     return directory
 
 
-def _serve(config: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
-    with log.open("wb") as out:
-        return subprocess.Popen([sys.executable, "-m", "labgate", "serve", "--config", str(config),
-                                 "--port", str(port)], stdout=out, stderr=subprocess.STDOUT)
-
-
-def _tail(log: Path) -> str:
-    return log.read_text(errors="replace")[-2000:]
-
-
-async def _wait_ready(http: aiohttp.ClientSession, url: str, proc: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, f"the gateway exited: {_tail(log)}"
-        try:
-            async with http.get(url + "/health/liveness") as r:
-                if r.status == 200:
-                    return
-        except aiohttp.ClientError:
-            pass
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"the gateway did not start: {_tail(log)}")
-
-
-async def _burst(http: aiohttp.ClientSession, urls: list[str], model: str) -> list[tuple[int, float | None]]:
+async def _burst(clients: list[openai.AsyncOpenAI], model: str) -> list[tuple[int, float | None]]:
+    """CONCURRENT chat requests at once, spread over the gateways with the official SDK (no retries: a 429
+    must be seen, not retried); each answer's status and ``x-labgate-cost``."""
     async def one(i: int) -> tuple[int, float | None]:
-        body = {"model": model, "max_tokens": 5, "messages": [{"role": "user", "content": "hello"}]}
-        async with http.post(urls[i % len(urls)] + "/v1/chat/completions", json=body) as r:
-            await r.read()
-            cost = r.headers.get("x-labgate-cost")
-            return r.status, float(cost) if cost is not None else None
+        try:
+            raw = await clients[i % len(clients)].chat.completions.with_raw_response.create(
+                model=model, max_tokens=5, messages=[{"role": "user", "content": "hello"}])
+        except openai.APIStatusError as exc:
+            return exc.status_code, None
+        cost = raw.headers.get("x-labgate-cost")
+        return raw.status_code, float(cost) if cost is not None else None
     return await asyncio.gather(*(one(i) for i in range(CONCURRENT)))
 
 
@@ -104,28 +75,26 @@ def test_three_gateways_on_redis_and_postgres(tmp_path: Path, simulator: Simulat
 
     namespace = "t" + uuid.uuid4().hex[:12]
     config = _config(tmp_path, simulator, redis_url, pg_url, namespace)
-    ports = [_free_port() for _ in range(3)]
-    logs = [tmp_path / f"gateway{i}.log" for i in range(3)]
-    procs = [_serve(config, port, log) for port, log in zip(ports, logs, strict=True)]
-    urls = [f"http://127.0.0.1:{port}" for port in ports]
+    fleet = Fleet.start([config] * 3, [tmp_path / f"gateway{i}.log" for i in range(3)])
 
     async def scenario() -> tuple[list[tuple[int, float | None]], list[tuple[int, float | None]], float]:
-        connector = aiohttp.TCPConnector(limit=CONCURRENT)
-        async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=120)) as http:
-            for url, proc, log in zip(urls, procs, logs, strict=True):
-                await _wait_ready(http, url, proc, log)
-            paid = await _burst(http, urls, "paid")
+        limits = httpx.Limits(max_connections=CONCURRENT)
+        clients = [openai.AsyncOpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=120,
+                                      http_client=httpx.AsyncClient(limits=limits)) for url in fleet.urls]
+        try:
+            paid = await _burst(clients, "paid")
             started = time.monotonic()
-            free = await _burst(http, urls, "free")
+            free = await _burst(clients, "free")
             return paid, free, time.monotonic() - started
+        finally:
+            for client in clients:
+                await client.close()
 
     try:
+        fleet.wait_live(60)
         paid, free, elapsed = asyncio.run(scenario())
     finally:
-        for proc in procs:
-            proc.send_signal(signal.SIGTERM)
-        for proc in procs:
-            proc.wait(60)  # a clean stop writes the history still queued
+        fleet.stop(60)  # a clean stop writes the history still queued
 
     statuses = [s for s, _ in paid]
     assert statuses.count(200) == BUDGET_USD / COST_USD, statuses  # exactly 40

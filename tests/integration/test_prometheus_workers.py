@@ -2,11 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import re
-import signal
-import subprocess
-import sys
 import time
 import urllib.request
 import uuid
@@ -19,33 +14,18 @@ import pytest
 import yaml
 
 from labgate.testing import Behaviour, Simulator
+from labgate.testing.process import labgate
 from labgate.testing.prometheus import parse_metrics
 
-LISTENING = re.compile(r"listening on (http://127\.0\.0\.1:\d+)")
 CHAT = {"model": "m1", "messages": [{"role": "user", "content": "hello"}]}
 
 
 @contextmanager
 def serve(config: Path, *args: str) -> Iterator[str]:
-    proc = subprocess.Popen([sys.executable, "-m", "labgate", "serve", "--config", str(config), "--port", "0", *args],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=dict(os.environ))
-    assert proc.stderr is not None
-    seen = ""
-    deadline = time.monotonic() + 20
-    try:
-        while (match := LISTENING.search(seen)) is None:
-            line = proc.stderr.readline().decode(errors="replace")
-            if not line and proc.poll() is not None:
-                pytest.fail(f"labgate exited early ({proc.returncode}): {seen}")
-            seen += line
-            assert time.monotonic() < deadline, seen
-        yield match.group(1)
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(15) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    """``labgate serve --config DIR --port 0 ARGS``; yields its URL; it must exit 0 on SIGTERM."""
+    with labgate("serve", "--config", str(config), "--port", "0", *args, stop_timeout_s=15) as gw:
+        yield gw.url
+        assert gw.stop() == 0
 
 
 def post(url: str) -> int:

@@ -35,16 +35,11 @@ import pytest
 import yaml
 
 from labgate.testing import Behaviour, Simulator
+from labgate.testing.process import Fleet, free_port
 
 pytestmark = pytest.mark.integration
 SEND_INTERVAL_S = 0.2  # store.send_interval_s: what a SIGKILL may lose of the killed replica's history
 SYNC_S = 0.5  # state.sync_interval_s
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture
@@ -53,7 +48,7 @@ def simulator() -> Iterator[Simulator]:
         yield sim
 
 
-DEAD = f"http://127.0.0.1:{_free_port()}/v1"  # nothing listens here: every replica's files name the same
+DEAD = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens here: every replica's files name the same
 
 
 def write_config(directory: Path, sim: Simulator, *, redis_url: str, pg_url: str | None, cluster: str,
@@ -81,28 +76,14 @@ def write_config(directory: Path, sim: Simulator, *, redis_url: str, pg_url: str
 
 
 @dataclass
-class Cluster:
+class Cluster(Fleet):
     """The gateways under test: ``urls`` to address each one (workers: the one shared port)."""
 
-    procs: list[subprocess.Popen[bytes]]
-    urls: list[str]
-    logs: list[Path]
-    configs: list[Path]
+    configs: list[Path] = field(default_factory=list)
     workers: bool = False
 
-    def tail(self) -> str:
-        return "\n".join(log.read_text(errors="replace")[-1500:] for log in self.logs)
-
-    def stop(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in self.procs:
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
+    def stop(self, timeout_s: float = 60.0) -> None:
+        super().stop(timeout_s)
 
 
 def start(tmp_path: Path, sim: Simulator, *, redis_url: str, pg_url: str | None, workers: bool,
@@ -111,20 +92,12 @@ def start(tmp_path: Path, sim: Simulator, *, redis_url: str, pg_url: str | None,
     configs = [tmp_path / f"config{i}" for i in range(1 if workers else count)]
     for directory in configs:
         write_config(directory, sim, redis_url=redis_url, pg_url=pg_url, cluster=cluster)
-    procs, urls, logs = [], [], []
-    for i, directory in enumerate(configs):
-        port = _free_port()
-        log = tmp_path / f"gateway{i}.log"
-        extra = ["--workers", str(count)] if workers else []
-        with log.open("wb") as out:
-            procs.append(subprocess.Popen([sys.executable, "-m", "labgate", "serve", "--config", str(directory),
-                                           "--port", str(port), *extra], stdout=out, stderr=subprocess.STDOUT))
-        urls.append(f"http://127.0.0.1:{port}")
-        logs.append(log)
-    running = Cluster(procs, urls, logs, configs, workers)
+    extra = ["--workers", str(count)] if workers else []
+    fleet = Fleet.start(configs, [tmp_path / f"gateway{i}.log" for i in range(len(configs))], *extra)
+    running = Cluster(fleet.procs, fleet.urls, fleet.logs, configs, workers)
+    urls = running.urls
     try:
-        for url, proc in zip(urls, procs, strict=True):
-            _wait(lambda u=url, p=proc: _ready(u, p, running), 60, f"{url} did not start:\n{running.tail()}")
+        running.wait_live(60)
         # every replica (worker) has joined the cluster's list
         _wait(lambda: len(admin(urls[0])["cluster"]["replicas"]) == count, 20,
               f"the replicas did not all report in: {admin(urls[0])['cluster']}")
@@ -132,14 +105,6 @@ def start(tmp_path: Path, sim: Simulator, *, redis_url: str, pg_url: str | None,
         running.stop()
         raise
     return running
-
-
-def _ready(url: str, proc: subprocess.Popen[bytes], running: Cluster) -> bool:
-    assert proc.poll() is None, f"a gateway exited:\n{running.tail()}"
-    try:
-        return httpx.get(url + "/health/liveness", timeout=2).status_code == 200
-    except httpx.HTTPError:
-        return False
 
 
 def _wait(check: Any, timeout: float, message: str, step: float = 0.05) -> float:
@@ -332,7 +297,7 @@ def test_redis_restarted_mid_run(tmp_path: Path, simulator: Simulator, redis_url
     binary = shutil.which("redis-server")
     if binary is None:
         pytest.skip("redis-server is not installed (needed to stop and restart Redis mid-test)")
-    port = _free_port()
+    port = free_port()
     url = f"redis://127.0.0.1:{port}/0"
 
     def redis() -> subprocess.Popen[bytes]:

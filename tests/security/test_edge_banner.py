@@ -2,12 +2,7 @@
 
 from __future__ import annotations
 
-import os
-import re
-import signal
 import subprocess
-import sys
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -17,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from labgate.server.origin import is_loopback
+from labgate.testing.process import labgate
 
-LISTENING = re.compile(r"listening on http://[^:]+:(\d+)")
 KEY = "sk-edge-banner-key-0123456789"
 WARNING = ("labgate: WARNING: listening on 0.0.0.0, reachable from other machines, with NO master key: anyone who "
            "can reach this port can use your providers and spend their keys. Set auth.master_key_env (and the "
@@ -28,27 +23,9 @@ WARNING = ("labgate: WARNING: listening on 0.0.0.0, reachable from other machine
 @contextmanager
 def serve(config: Path, host: str, env: dict[str, str]) -> Iterator[tuple[str, int]]:
     """``labgate serve --host HOST --port 0``; yields what it printed before listening, and its port."""
-    proc = subprocess.Popen([sys.executable, "-m", "labgate", "serve", "--config", str(config), "--host", host,
-                             "--port", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            env={**os.environ, **env})
-    assert proc.stderr is not None
-    seen = ""
-    deadline = time.monotonic() + 20
-    try:
-        while (match := LISTENING.search(seen)) is None:
-            line = proc.stderr.readline()
-            if not line and proc.poll() is not None:
-                pytest.fail(f"labgate exited early ({proc.returncode}): {seen}")
-            seen += line.decode(errors="replace")
-            assert time.monotonic() < deadline, f"no listening line in: {seen}"
-        yield seen, int(match.group(1))
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            raise
+    with labgate("serve", "--config", str(config), "--host", host, "--port", "0", env=env,
+                 stdout=subprocess.PIPE) as gw:
+        yield gw.said, gw.port
 
 
 def health(port: int, host: str) -> int:

@@ -9,10 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
-import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -21,14 +17,9 @@ import pytest
 import yaml
 
 from labgate.testing import Behaviour, Simulator
+from labgate.testing.process import free_port, serve_logged, stop, wait_live
 
 BUDGET_USD, COST_USD, RPM, CONCURRENT = 200.0, 5.0, 50, 300
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def _burst(http: aiohttp.ClientSession, url: str, model: str) -> list[tuple[int, str | None]]:
@@ -53,36 +44,24 @@ def test_two_workers_share_exact_limits(tmp_path: Path) -> None:
             "rate_limits": {"models": {"free": {"rpm": RPM}}},
             "budgets": {"limits": [{"scope": "model", "name": "paid", "limit_usd": BUDGET_USD, "period": "day"}]}}))
         (config / "model-mappings.yaml").write_text("routing: {}\n")
-        port, log = _free_port(), tmp_path / "serve.log"
+        port, log = free_port(), tmp_path / "serve.log"
         env = {**os.environ, "LABGATE_DATA_DIR": str(tmp_path / "data")}
-        with log.open("wb") as out:
-            proc = subprocess.Popen([sys.executable, "-m", "labgate", "serve", "--config", str(config), "--port",
-                                     str(port), "--workers", "2"], stdout=out, stderr=subprocess.STDOUT, env=env)
+        proc = serve_logged(config, port, log, "--workers", "2", env=env)
         url = f"http://127.0.0.1:{port}"
 
         async def scenario() -> tuple[list[tuple[int, str | None]], list[tuple[int, str | None]], float]:
             async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=CONCURRENT)) as http:
-                deadline = time.monotonic() + 60
-                while True:
-                    assert proc.poll() is None and time.monotonic() < deadline, "the server did not start"
-                    try:
-                        async with http.get(url + "/health/liveness") as r:
-                            if r.status == 200:
-                                break
-                    except aiohttp.ClientError:
-                        pass
-                    await asyncio.sleep(0.1)
                 paid = await _burst(http, url, "paid")
                 started = time.monotonic()
                 free = await _burst(http, url, "free")
                 return paid, free, time.monotonic() - started
 
         try:
+            wait_live(url, proc, log)
             paid, free, elapsed = asyncio.run(scenario())
             shared = list((tmp_path / "data").glob("limits-*.db"))
         finally:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(60)
+            stop((proc,), 60)
     assert len(shared) == 1  # the workers' shared counters (removed when the server stops)
     assert not list((tmp_path / "data").glob("limits-*.db"))
     statuses = [s for s, _ in paid]

@@ -4,10 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
-import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -15,14 +11,9 @@ import aiohttp
 import yaml
 
 from labgate.testing import Simulator
+from labgate.testing.process import free_port, serve_logged, stop, wait_live
 
 RPM, CONCURRENT = 10, 60
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def test_two_workers_share_a_provider_rpm(tmp_path: Path) -> None:
@@ -36,25 +27,13 @@ def test_two_workers_share_a_provider_rpm(tmp_path: Path) -> None:
         (config / "gateway.yaml").write_text(yaml.safe_dump({
             "store": {"url": str(tmp_path / "h.db")}, "logging": {"requests": False}}))
         (config / "model-mappings.yaml").write_text("routing: {}\n")
-        port, log = _free_port(), tmp_path / "serve.log"
+        port, log = free_port(), tmp_path / "serve.log"
         env = {**os.environ, "LABGATE_DATA_DIR": str(tmp_path / "data")}
-        with log.open("wb") as out:
-            proc = subprocess.Popen([sys.executable, "-m", "labgate", "serve", "--config", str(config), "--port",
-                                     str(port), "--workers", "2"], stdout=out, stderr=subprocess.STDOUT, env=env)
+        proc = serve_logged(config, port, log, "--workers", "2", env=env)
         url = f"http://127.0.0.1:{port}"
 
         async def scenario() -> tuple[list[tuple[int, str]], float]:
             async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=CONCURRENT)) as http:
-                deadline = time.monotonic() + 60
-                while True:
-                    assert proc.poll() is None and time.monotonic() < deadline, "the server did not start"
-                    try:
-                        async with http.get(url + "/health/liveness") as r:
-                            if r.status == 200:
-                                break
-                    except aiohttp.ClientError:
-                        pass
-                    await asyncio.sleep(0.1)
 
                 async def one() -> tuple[int, str]:
                     body = {"model": "m", "messages": [{"role": "user", "content": "hello"}]}
@@ -66,10 +45,10 @@ def test_two_workers_share_a_provider_rpm(tmp_path: Path) -> None:
                 return answers, time.monotonic() - started
 
         try:
+            wait_live(url, proc, log)
             answers, elapsed = asyncio.run(scenario())
         finally:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(60)
+            stop((proc,), 60)
     assert [s for s, _ in answers] == [200] * CONCURRENT
     first = [p for _, p in answers].count("first")
     assert RPM <= first <= RPM + int(elapsed * RPM / 60), (first, elapsed)  # not RPM × 2 workers
