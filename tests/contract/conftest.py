@@ -287,18 +287,24 @@ def make_gateway(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
 
 
 def ask_each_worker(url: str, workers: int, *, parent: int, key: str | None = None,
-                    until: Any = None, requests: int = 400) -> dict[int, dict[str, Any]]:
+                    until: Any = None, requests: int = 400, timeout_s: float = 60.0) -> dict[int, dict[str, Any]]:
     """``GET /admin/config`` on fresh connections until each of ``workers`` processes has answered.
 
     A ``labgate serve --workers N`` process forks N workers that accept on one socket; the kernel
-    decides which one takes a connection, so this asks up to ``requests`` times (a count, not a
-    time: the odds that one of two idle workers never wins 400 accepts are nil). Every answer must
-    come from a child of ``parent``; with ``until`` (a predicate on the view), a worker counts only
-    once its latest answer passes it. Returns each worker's latest view, keyed by its pid.
+    decides which one takes a connection, so this asks at least ``requests`` times (the odds that
+    one of two idle workers never wins 400 accepts are nil), and past that, pausing 20 ms between
+    asks, until ``timeout_s``: a worker busy reloading on a loaded machine wins no accept while its
+    sibling answers 400 requests in a second. Every answer must come from a child of ``parent``; with
+    ``until`` (a predicate on the view), a worker counts only once its latest answer passes it.
+    Returns each worker's latest view, keyed by its pid.
     """
     headers = {"authorization": f"Bearer {key}"} if key else {}
     views: dict[int, dict[str, Any]] = {}
-    for _ in range(requests):
+    deadline, asked = time.monotonic() + timeout_s, 0
+    while asked < requests or time.monotonic() < deadline:
+        asked += 1
+        if asked > requests:
+            time.sleep(0.02)
         request = urllib.request.Request(url + "/admin/config", headers=headers)
         with urllib.request.urlopen(request, timeout=30) as resp:
             view = orjson.loads(resp.read())
@@ -310,7 +316,7 @@ def ask_each_worker(url: str, workers: int, *, parent: int, key: str | None = No
         assert len(views) <= workers, f"more workers answered than were started: {sorted(views)}"
         if len(views) == workers and (until is None or all(until(v) for v in views.values())):
             return views
-    raise AssertionError(f"after {requests} requests, these workers had answered (as wanted): "
+    raise AssertionError(f"after {asked} requests in {timeout_s} s, these workers had answered (as wanted): "
                          f"{ {pid: until is None or until(v) for pid, v in views.items()} }; {workers} expected")
 
 

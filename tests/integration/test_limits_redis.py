@@ -32,7 +32,6 @@ from labgate.testing.gateway import config_from
 pytestmark = pytest.mark.integration
 
 
-
 def counters(url: str, timeout_s: float = 2.0) -> RedisCounters:
     return RedisCounters(RedisLink(url, timeout_s=timeout_s, retry_s=0.2, max_connections=16), max_connections=16)
 
@@ -43,7 +42,9 @@ def prefix() -> str:
 
 @pytest.mark.asyncio
 async def test_three_replicas_admit_exactly_the_rpm_and_the_budget(redis_url: str) -> None:
-    replicas = [counters(redis_url) for _ in range(3)]
+    # exactness, not latency, is under test: 300 takes queue on 16 connections each, which on a loaded
+    # machine can take longer than the 2 s a gateway allows before failing open
+    replicas = [counters(redis_url, timeout_s=30.0) for _ in range(3)]
     p = prefix()
     rpm, cap = Charge(p + "rpm:global", "rate", 50, 60.0, 1), Charge(p + "spend:global:total:all", "cap", 40.0, 0, 1.0)
     started = time.monotonic()
