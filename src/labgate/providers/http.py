@@ -218,27 +218,26 @@ class HttpPool:
         """One whole request within ``timeout`` s; returns status, headers (lower-case names) and body.
 
         Raises only our errors. A reused connection that fails before any byte of
-        the answer is retried once, on a fresh connection, for idempotent methods
-        only: a POST may have been processed although no answer came back (Go's
-        ``net/http`` and aiohttp draw the same line). Connections the server
-        closed while idle are never handed out, so that race stays narrow.
+        the answer is retried once, on a newly opened connection (the other idle
+        ones may have gone stale the same way), for idempotent methods only: a POST
+        may have been processed although no answer came back (Go's ``net/http``
+        and aiohttp draw the same line). Connections the server closed while idle
+        are never handed out, so that race stays narrow.
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         data = self._message(method, path, body, extra_headers)
-        retry = method in _IDEMPOTENT
-        while True:
-            conn = await self._pool.acquire(deadline)
-            reused = conn.uses > 0
-            waiter = conn.send(data, stream=False, no_body=method == "HEAD")
-            try:
-                status, headers, answer = await self._answer(conn, waiter, deadline, timeout)
-            except UpstreamConnectionError:
-                if retry and reused and not conn.received:
-                    retry = False
-                    continue
+        no_body = method == "HEAD"
+        conn = await self._pool.acquire(deadline)
+        reused = conn.uses > 0
+        try:
+            answer = await self._answer(conn, conn.send(data, stream=False, no_body=no_body), deadline, timeout)
+        except UpstreamConnectionError:
+            if not reused or conn.received or method not in _IDEMPOTENT:
                 raise
-            return status, headers, answer  # type: ignore[return-value]  # bytes when not streaming
+            conn = await self._pool.acquire_new(deadline)
+            answer = await self._answer(conn, conn.send(data, stream=False, no_body=no_body), deadline, timeout)
+        return answer  # type: ignore[return-value]  # bytes when not streaming
 
     async def open_stream(self, path: str, body: bytes, *, timeout: float,
                           extra_headers: bytes = b"") -> UpstreamStream:

@@ -136,6 +136,24 @@ class Pool:
             self._open += 1
             return await self._connect(deadline)
 
+    async def acquire_new(self, deadline: float) -> Connection:
+        """A newly opened connection, for a retry (the idle ones may be as stale as the one that failed).
+
+        At the limit it takes the slot of the oldest idle connection (closed), else waits its turn.
+        """
+        if self._closed:
+            raise UpstreamConnectionError(f"{self.where}: the connection pool is closed")
+        if self.limit and self._open >= self.limit:
+            idle = self._idle
+            spare = next(iter(idle)) if idle else await self._wait_turn(deadline)
+            if spare is not None:  # its slot passes to the new connection
+                idle.pop(spare, None)
+                spare.holds_slot = False
+                spare.close()
+        else:
+            self._open += 1
+        return await self._connect(deadline)
+
     async def _wait_turn(self, deadline: float) -> Connection | None:
         """Queue for a connection (returned) or a free slot (None: open one)."""
         waiter: asyncio.Future[Connection | None] = asyncio.get_running_loop().create_future()
