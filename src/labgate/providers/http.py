@@ -230,14 +230,21 @@ class HttpPool:
         no_body = method == "HEAD"
         conn = await self._pool.acquire(deadline)
         reused = conn.uses > 0
-        try:
-            answer = await self._answer(conn, conn.send(data, stream=False, no_body=no_body), deadline, timeout)
-        except UpstreamConnectionError:
-            if not reused or conn.received or method not in _IDEMPOTENT:
+        while True:
+            waiter = conn.send(data, stream=False, no_body=no_body)
+            timer = loop.call_at(deadline, conn.time_out, waiter, timeout)  # _answer(), without its frame
+            try:
+                return await waiter  # type: ignore[return-value]  # bytes when not streaming
+            except asyncio.CancelledError:
+                conn.abandon(waiter)
                 raise
+            except UpstreamConnectionError:
+                if not reused or conn.received or method not in _IDEMPOTENT:
+                    raise
+            finally:
+                timer.cancel()
+            reused = False  # the retry's connection is a new one: never retried again
             conn = await self._pool.acquire_new(deadline)
-            answer = await self._answer(conn, conn.send(data, stream=False, no_body=no_body), deadline, timeout)
-        return answer  # type: ignore[return-value]  # bytes when not streaming
 
     async def open_stream(self, path: str, body: bytes, *, timeout: float,
                           extra_headers: bytes = b"") -> UpstreamStream:

@@ -18,7 +18,7 @@ from labgate.record import RequestRecord, open_record
 from labgate.server.envelopes import JSON, header_value, openai_error, openai_sse_error
 from labgate.server.fields import MAX_MODEL_CHARS, is_int, is_number, model_problem
 from labgate.server.http import Request, Response
-from labgate.server.ids import client_request_id, request_id
+from labgate.server.ids import client_request_id, ready, request_id
 from labgate.server.sse import ErrorEventStream
 
 log = logging.getLogger("labgate.server")
@@ -151,7 +151,8 @@ def new_record(request: Request, endpoint: str, gateway: Gateway) -> RequestReco
     ``Gateway.handle`` takes next: no await between them).
     """
     headers = request.headers
-    record = open_record(request_id(), endpoint, request.client,
+    rid = ready.pop() if ready else request_id()  # request_id(), without its frame while ids are ready
+    record = open_record(rid, endpoint, request.client,
                          client_request_id(headers) if "x-request-id" in headers else None)
     rt = gateway.runtime
     if rt.cache is not None:
