@@ -119,8 +119,15 @@ class Pool:
         while True:
             while idle:
                 conn = idle.popitem()[0]
-                if conn.ready():
-                    return conn
+                transport = conn.transport  # conn.ready(), without its frame
+                if not (conn._dirty or conn.lost or transport is None or transport.is_closing()):
+                    poller = conn._poll
+                    try:
+                        if poller is None or not poller.poll(0):
+                            return conn
+                    except (OSError, ValueError):  # closed under us
+                        pass
+                    conn._dirty = True
                 conn.abort()
             if self._closed:
                 raise UpstreamConnectionError(f"{self.where}: the connection pool is closed")
