@@ -43,7 +43,8 @@ from labgate.errors import (
     UpstreamTimeoutError,
 )
 from labgate.providers.body import BodyQueue
-from labgate.providers.pool import DEFAULT_MAX_BODY, Answer, Connection, Pool
+from labgate.providers.connection import DEFAULT_MAX_BODY, Answer, Connection
+from labgate.providers.pool import Pool
 from labgate.redact import redact, secrets_in
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -258,7 +259,7 @@ class HttpPool:
         waiter = conn.send(self._message("POST", path, body, extra_headers), stream=True)
         status, headers, queue = await self._answer(conn, waiter, deadline, timeout)
         assert isinstance(queue, BodyQueue)
-        if status >= 300:  # its body is read up to pool.MAX_ERROR_BODY bytes, within the deadline
+        if status >= 300:  # its body is read up to connection.MAX_ERROR_BODY bytes, within the deadline
             try:
                 error = b"".join([chunk async for chunk in self._error_body(queue, deadline, loop)])
             finally:
