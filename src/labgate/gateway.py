@@ -15,7 +15,7 @@ from labgate.errors import InternalError, LabgateError
 from labgate.keys import check_model
 from labgate.providers.base import Endpoint, IteratorStream, Reply, Stream, Translated
 from labgate.record import CLIENT_CLOSED, RequestRecord
-from labgate.routing.attempts import attempt, planned
+from labgate.routing.attempts import attempt
 from labgate.routing.balancer import local_first_decision, plan
 from labgate.routing.rescue import trailer
 from labgate.routing.table import Deployment
@@ -88,8 +88,7 @@ class Gateway:
             if limiter is not None and (limiter.static or (key is not None and limiter.plan(record))):
                 route = limiter.reserve_now(record, route, rt.table) if limiter.in_process else \
                     await limiter.reserve(record, route, rt.table)  # in-process counters: no coroutine
-            candidates = plan(route, rt.circuit, max_attempts=rt.max_attempts if limiter is None
-                              else planned(rt.max_attempts, limiter))
+            candidates = plan(route, rt.circuit, max_attempts=rt.plan_size)
             if route.local_first:
                 record.routing = local_first_decision(route, candidates)  # what x-labgate-routing says
             result, dep = await attempt(
