@@ -38,6 +38,7 @@ MODULES: dict[str, list[str]] = {
     "routing/rescue.py": ["tests/unit/routing/test_rescue.py"],
     "routing/table.py": ["tests/unit/routing/test_table.py", "tests/unit/routing/test_local_first.py"],
     "providers/pool.py": ["tests/security/test_pool_*.py", "tests/unit/providers/test_http.py"],
+    "providers/connection.py": ["tests/security/test_pool_*.py", "tests/unit/providers/test_http.py"],
     "providers/http.py": ["tests/unit/providers/test_http.py", "tests/unit/providers/test_status_mapping.py"],
     "server/http.py": ["tests/unit/server/test_http.py", "tests/security/test_server_*.py"],
     "server/connection.py": ["tests/unit/server/test_http.py", "tests/security/test_server_*.py"],

@@ -37,7 +37,7 @@ MUTANTS = [
      "                raise UpstreamConnectionError(\n" '                    f"{self.where} timed out connecting',
      "tests/security/test_pool_lifecycle.py"),
     ("pool: unexpected bytes no longer abort",
-     "src/labgate/providers/pool.py",
+     "src/labgate/providers/connection.py",
      ("            self._dirty = True\n" "            self._pool.forget(self)\n" "            self.abort()\n"
       "            return"),
      "            return",

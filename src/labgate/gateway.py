@@ -15,7 +15,7 @@ from labgate.errors import InternalError, LabgateError
 from labgate.keys import check_model
 from labgate.providers.base import Endpoint, IteratorStream, Reply, Stream, Translated
 from labgate.record import CLIENT_CLOSED, RequestRecord
-from labgate.routing.attempts import attempt, planned
+from labgate.routing.attempts import attempt
 from labgate.routing.balancer import local_first_decision, plan
 from labgate.routing.rescue import trailer
 from labgate.routing.table import Deployment
@@ -67,7 +67,8 @@ class Gateway:
             self.traces.begin(record)  # ids and the traceparent the attempts send upstream
         try:
             record.key_id, key = rt.auth.admit(api_key)  # the master key, a virtual key (keys.py), or no auth
-            parsed, endpoint, native = parse(body), _endpoint(record), None
+            endpoint: Endpoint = record.endpoint  # type: ignore[assignment]  # the surfaces set only endpoints
+            parsed, native = parse(body), None
             if isinstance(parsed, Translated):  # the client spoke another dialect
                 payload, endpoint, native = parsed.body, parsed.endpoint, parsed.native
             else:
@@ -87,7 +88,7 @@ class Gateway:
             if limiter is not None and (limiter.static or (key is not None and limiter.plan(record))):
                 route = limiter.reserve_now(record, route, rt.table) if limiter.in_process else \
                     await limiter.reserve(record, route, rt.table)  # in-process counters: no coroutine
-            candidates = plan(route, rt.circuit, max_attempts=planned(rt.max_attempts, limiter))
+            candidates = plan(route, rt.circuit, max_attempts=rt.plan_size)
             if route.local_first:
                 record.routing = local_first_decision(route, candidates)  # what x-labgate-routing says
             result, dep = await attempt(
@@ -227,7 +228,3 @@ class Relay:
             record.usage, record.finish_reason = info.usage, info.finish_reason
             record.first_token = record.first_token or info.first_token
             self._gateway.finish(self._rt, record, error, streaming=True)
-
-
-def _endpoint(record: RequestRecord) -> Endpoint:
-    return record.endpoint  # type: ignore[return-value]

@@ -18,6 +18,7 @@ from labgate.errors import OverCapacityError
 from labgate.keys import KeyRing
 from labgate.providers.base import Adapter
 from labgate.providers.registry import TYPES
+from labgate.routing.attempts import planned
 from labgate.routing.circuit import Circuit, CircuitShare
 from labgate.routing.experiments import Experiments
 from labgate.routing.leases import SharedCapacity
@@ -40,6 +41,7 @@ class Runtime:
     access_log: AccessLog
     max_attempts: int
     request_timeout: float
+    plan_size: int  # candidates to plan: max_attempts, or all when a provider has limits (attempts.planned)
     cache: Cache | None = None  # the response cache (state/cache.py); None: not configured
     queue: Queue | None = None  # None unless some provider sets max_parallel_requests
     rescue: Rescue | None = None  # None unless resilience.stream_rescue
@@ -71,6 +73,8 @@ class Runtime:
         keys = [os.environ.get(env_name, "")] if env_name else []
         table = RouteTable(config, adapters, previous=None if previous is None else previous.table)
         prices = Prices.from_config(config)
+        limiter = limiter_for(config, prices, previous=previous.limiter if previous is not None else None,
+                              shared_path=shared_limits)
         return cls(
             config=config,
             adapters=adapters,
@@ -83,6 +87,7 @@ class Runtime:
                                                slow_ms=gateway.logging.slow_request_ms),
             max_attempts=gateway.resilience.max_attempts,
             request_timeout=gateway.server.request_timeout_s,
+            plan_size=planned(gateway.resilience.max_attempts, limiter),
             cache=cache_for(config, previous=previous.cache if previous is not None else None),
             queue=Queue.of(gateway.queue) if table.gates else None,
             rescue=Rescue() if gateway.resilience.stream_rescue else None,
@@ -90,8 +95,7 @@ class Runtime:
             capacity=SharedCapacity.build(config, table.gates,
                                           previous=previous.capacity if previous is not None else None),
             prices=prices,
-            limiter=limiter_for(config, prices, previous=previous.limiter if previous is not None else None,
-                                shared_path=shared_limits),
+            limiter=limiter,
             experiments=Experiments.build(config.experiments),
             shared_limits=shared_limits,
         )

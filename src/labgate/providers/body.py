@@ -1,6 +1,6 @@
 """A streamed upstream body between its connection (the producer) and one reader, with flow control.
 
-The connection (:class:`labgate.providers.pool.Connection`) feeds chunks as
+The connection (:class:`labgate.providers.connection.Connection`) feeds chunks as
 llhttp parses them; the reader takes everything received so far at each
 read. When the reader lags ``_PAUSE_ABOVE`` bytes behind, the connection
 stops reading from the socket until it catches up, so a slow client never
@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from labgate.errors import LabgateError, UpstreamTimeoutError
 
 if TYPE_CHECKING:
-    from labgate.providers.pool import Connection
+    from labgate.providers.connection import Connection
 
 _PAUSE_ABOVE = 256 * 1024  # stop reading a stream whose consumer lags this many bytes behind
 

@@ -43,7 +43,8 @@ from labgate.errors import (
     UpstreamTimeoutError,
 )
 from labgate.providers.body import BodyQueue
-from labgate.providers.pool import DEFAULT_MAX_BODY, Answer, Connection, Pool
+from labgate.providers.connection import DEFAULT_MAX_BODY, Answer, Connection
+from labgate.providers.pool import Pool
 from labgate.redact import redact, secrets_in
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -218,27 +219,33 @@ class HttpPool:
         """One whole request within ``timeout`` s; returns status, headers (lower-case names) and body.
 
         Raises only our errors. A reused connection that fails before any byte of
-        the answer is retried once, on a fresh connection, for idempotent methods
-        only: a POST may have been processed although no answer came back (Go's
-        ``net/http`` and aiohttp draw the same line). Connections the server
-        closed while idle are never handed out, so that race stays narrow.
+        the answer is retried once, on a newly opened connection (the other idle
+        ones may have gone stale the same way), for idempotent methods only: a POST
+        may have been processed although no answer came back (Go's ``net/http``
+        and aiohttp draw the same line). Connections the server closed while idle
+        are never handed out, so that race stays narrow.
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         data = self._message(method, path, body, extra_headers)
-        retry = method in _IDEMPOTENT
+        no_body = method == "HEAD"
+        conn = await self._pool.acquire(deadline)
+        reused = conn.uses > 0
         while True:
-            conn = await self._pool.acquire(deadline)
-            reused = conn.uses > 0
-            waiter = conn.send(data, stream=False, no_body=method == "HEAD")
+            waiter = conn.send(data, stream=False, no_body=no_body)
+            timer = loop.call_at(deadline, conn.time_out, waiter, timeout)  # _answer(), without its frame
             try:
-                status, headers, answer = await self._answer(conn, waiter, deadline, timeout)
-            except UpstreamConnectionError:
-                if retry and reused and not conn.received:
-                    retry = False
-                    continue
+                return await waiter  # type: ignore[return-value]  # bytes when not streaming
+            except asyncio.CancelledError:
+                conn.abandon(waiter)
                 raise
-            return status, headers, answer  # type: ignore[return-value]  # bytes when not streaming
+            except UpstreamConnectionError:
+                if not reused or conn.received or method not in _IDEMPOTENT:
+                    raise
+            finally:
+                timer.cancel()
+            reused = False  # the retry's connection is a new one: never retried again
+            conn = await self._pool.acquire_new(deadline)
 
     async def open_stream(self, path: str, body: bytes, *, timeout: float,
                           extra_headers: bytes = b"") -> UpstreamStream:
@@ -252,7 +259,7 @@ class HttpPool:
         waiter = conn.send(self._message("POST", path, body, extra_headers), stream=True)
         status, headers, queue = await self._answer(conn, waiter, deadline, timeout)
         assert isinstance(queue, BodyQueue)
-        if status >= 300:  # its body is read up to pool.MAX_ERROR_BODY bytes, within the deadline
+        if status >= 300:  # its body is read up to connection.MAX_ERROR_BODY bytes, within the deadline
             try:
                 error = b"".join([chunk async for chunk in self._error_body(queue, deadline, loop)])
             finally:

@@ -237,8 +237,10 @@ async def _send(dep: Deployment, endpoint: Endpoint, body: dict[str, Any], strea
         raise
     if trace is not None:
         trace.end_attempt(None)
-    if not stream:
-        dep.release()  # a stream gives its lease back when the relay ends
+    if not stream:  # dep.release(), without its frame; a stream gives its lease back when the relay ends
+        health.inflight -= 1
+        if dep.gate is not None:
+            dep.gate.release()
     if health.failures:  # nothing to reset on a closed circuit (open_until is set only after failures)
         circuit.record_success(health)
     return result

@@ -91,11 +91,12 @@ def plan(route: Route, circuit: Circuit, *, max_attempts: int) -> list[Deploymen
     cooling: list[Deployment] = []
     reserve: list[Deployment] = []  # failover_only: planned only when nothing else is healthy
     for group in route.groups:
-        for dep in order(group):
+        deps = group.deployments  # order(), without its frame for the groups it leaves as they are
+        for dep in deps if len(deps) == 1 or group.strategy == "priority" else order(group):
             if dep.key in seen:
                 continue
             seen.add(dep.key)
-            if not circuit.available(dep.health, now):
+            if dep.health.open_until > now:  # not circuit.available(), without its frame
                 cooling.append(dep)
             elif dep.failover_only:
                 reserve.append(dep)

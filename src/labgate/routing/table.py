@@ -46,7 +46,7 @@ class Deployment:
         self.health.key = self.key  # its name among replicas (shared circuits: server/replicas.py)
 
     def release(self) -> None:
-        """Give back what the attempt loop took for one attempt (the one place a lease ends)."""
+        """Give back what the attempt loop took for one attempt (attempts._send inlines it for a whole reply)."""
         self.health.inflight -= 1
         if self.gate is not None:
             self.gate.release()

@@ -324,7 +324,12 @@ class Connection(asyncio.Protocol):
         self._open = self._in_message = False
         parser = self._parser
         method = parser.get_method()
-        path, query = split_target(self._url)
+        url = self._url
+        if url[:1] == b"/":  # origin form (split_target's common case, without its frame)
+            raw_path, _, raw_query = url.partition(b"?")
+            path, query = raw_path.decode("latin-1"), raw_query.decode("latin-1")
+        else:
+            path, query = split_target(url)
         body = self._body
         keep_alive = parser.should_keep_alive() and not self._last
         if not keep_alive:
@@ -411,7 +416,8 @@ class Connection(asyncio.Protocol):
             send_body = request.method != "HEAD"
             try:
                 response = await server.handler(request)
-                close = self._must_close(keep_alive)
+                close = (not keep_alive or server.closing  # _must_close(), without its frame
+                         or (self._stopped and self._fatal is None and not self._queue))
                 head, mode, close, length = server.heads.render(response, send_body=send_body, close=close,
                                                                 http10=http10)
             except asyncio.CancelledError:

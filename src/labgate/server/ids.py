@@ -27,7 +27,7 @@ MAX_CLIENT_REQUEST_ID = 128  # characters; a longer x-request-id is dropped
 
 
 BATCH = 64  # ids made per os.urandom call
-_ready: list[str] = []  # made, not handed out yet; popped from the end
+ready: list[str] = []  # made, not handed out yet; popped from the end (here and by openai.new_record)
 
 
 def request_id(headers: Mapping[str, str] | None = None) -> str:
@@ -37,18 +37,18 @@ def request_id(headers: Mapping[str, str] | None = None) -> str:
     client's ``x-request-id`` is read by :func:`client_request_id` instead.)
     """
     try:
-        return _ready.pop()
+        return ready.pop()
     except IndexError:
         _refill()
-        return _ready.pop()
+        return ready.pop()
 
 
 def _refill() -> None:
     hexed = os.urandom(16 * BATCH).hex()
-    _ready.extend([PREFIX + hexed[i:i + 32] for i in range(0, 32 * BATCH, 32)])
+    ready.extend([PREFIX + hexed[i:i + 32] for i in range(0, 32 * BATCH, 32)])
 
 
-os.register_at_fork(after_in_child=_ready.clear)  # a child never reuses its parent's unused ids
+os.register_at_fork(after_in_child=ready.clear)  # a child never reuses its parent's unused ids
 
 
 def client_request_id(headers: Mapping[str, str]) -> str | None:

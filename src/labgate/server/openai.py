@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import orjson
@@ -18,7 +18,7 @@ from labgate.record import RequestRecord, open_record
 from labgate.server.envelopes import JSON, header_value, openai_error, openai_sse_error
 from labgate.server.fields import MAX_MODEL_CHARS, is_int, is_number, model_problem
 from labgate.server.http import Request, Response
-from labgate.server.ids import client_request_id, request_id
+from labgate.server.ids import client_request_id, ready, request_id
 from labgate.server.sse import ErrorEventStream
 
 log = logging.getLogger("labgate.server")
@@ -151,7 +151,8 @@ def new_record(request: Request, endpoint: str, gateway: Gateway) -> RequestReco
     ``Gateway.handle`` takes next: no await between them).
     """
     headers = request.headers
-    record = open_record(request_id(), endpoint, request.client,
+    rid = ready.pop() if ready else request_id()  # request_id(), without its frame while ids are ready
+    record = open_record(rid, endpoint, request.client,
                          client_request_id(headers) if "x-request-id" in headers else None)
     rt = gateway.runtime
     if rt.cache is not None:
@@ -171,14 +172,15 @@ class OpenAISurface:
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
 
-    async def chat(self, request: Request) -> Response:
-        return await self._serve(request, "chat", parse_chat)
+    # Handlers that return _serve's coroutine rather than await it: one coroutine layer less per request.
+    def chat(self, request: Request) -> Coroutine[Any, Any, Response]:
+        return self._serve(request, "chat", parse_chat)
 
-    async def completions(self, request: Request) -> Response:
-        return await self._serve(request, "completions", parse_completion)
+    def completions(self, request: Request) -> Coroutine[Any, Any, Response]:
+        return self._serve(request, "completions", parse_completion)
 
-    async def embeddings(self, request: Request) -> Response:
-        return await self._serve(request, "embeddings", parse_embedding)
+    def embeddings(self, request: Request) -> Coroutine[Any, Any, Response]:
+        return self._serve(request, "embeddings", parse_embedding)
 
     async def _serve(self, request: Request, endpoint: str,
                      parse: Callable[[bytes], dict[str, Any]]) -> Response:

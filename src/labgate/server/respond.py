@@ -69,7 +69,7 @@ class HeadRenderer:
                     continue
             lines.append(f"{name}: {value}\r\n")
         if not dated:
-            lines.append(self._date())
+            lines.append(self._date_line if int(time.time()) == self._date_at else self._date())
         if status == 204 or status == 304:
             mode = NO_BODY
         elif stream is None:

@@ -4,7 +4,7 @@ Unlike the simulator (a well-behaved aiohttp server), this one writes exactly
 what a script returns for each request, including what no HTTP server should
 send: a duplicate answer, two answers in one write, an answer nobody asked
 for, a header flood, an endless body. Used by ``tests/security/`` to check
-that the pooled client (``providers/pool.py``) never hands one request's
+that the pooled client (``providers/pool.py``, ``providers/connection.py``) never hands one request's
 answer to another and stays within its limits.
 
 A script gets each request (:class:`Received`, with the ``marker`` its JSON

@@ -298,6 +298,10 @@ async def test_idle_connection_the_server_closed_is_not_handed_out() -> None:
         assert [seen.connection for seen in up.requests] == [0, 1]
 
 
+def first_on_its_connection(up: Upstream, seen: Seen) -> bool:
+    return [s.connection for s in up.requests].count(seen.connection) == 1
+
+
 def second_on_its_connection(up: Upstream, seen: Seen) -> bool:
     return [s.connection for s in up.requests].count(seen.connection) == 2
 
@@ -317,27 +321,80 @@ async def test_idempotent_request_is_retried_once_when_a_reused_connection_drops
         assert [seen.connection for seen in up.requests] == [0, 0, 1]
 
 
+async def two_stale_idle_connections(up: Upstream, http: HttpPool, release: asyncio.Event) -> None:
+    """Open two connections at once and leave both idle (``answer`` must wait for ``release``)."""
+    first = [asyncio.create_task(within(http.request("GET", "/models", timeout=TIMEOUT))) for _ in range(2)]
+    await eventually(lambda: len(up.requests) == 2)
+    release.set()
+    await within(asyncio.gather(*first))
+    assert (up.accepted, idle(http)) == (2, 2)
+
+
 @pytest.mark.asyncio
-async def test_an_idempotent_request_is_sent_at_most_twice() -> None:
-    """Two idle connections that both went stale: the retry may take the second one, but never a third try."""
+async def test_the_retry_goes_on_a_fresh_connection_when_two_idle_ones_went_stale() -> None:
+    """Both idle connections drop the next request unanswered: the retry opens a new one and succeeds."""
     release = asyncio.Event()
 
     async def answer(seen: Seen, writer: asyncio.StreamWriter) -> bool:
         if second_on_its_connection(up, seen):
+            return False  # written, nothing comes back: as if an idle close raced the request
+        await release.wait()
+        writer.write(reply())
+        return True
+
+    async with upstream(answer) as up, client(up) as http:
+        await two_stale_idle_connections(up, http, release)
+        assert (await within(http.request("GET", "/models", timeout=TIMEOUT)))[2] == OK
+        third, fourth = (seen.connection for seen in up.requests[2:])
+        assert (third < 2, fourth) == (True, 2)  # an idle one, then a new one
+        assert (up.accepted, idle(http)) == (3, 2)  # the other stale one is still idle, as it was
+
+
+@pytest.mark.asyncio
+async def test_an_idempotent_request_is_sent_at_most_twice() -> None:
+    """The retry's fresh connection drops the request too: the error, and never a third try."""
+    release = asyncio.Event()
+
+    async def answer(seen: Seen, writer: asyncio.StreamWriter) -> bool:
+        if seen.connection >= 2 or second_on_its_connection(up, seen):
             return False  # written, nothing comes back
         await release.wait()
         writer.write(reply())
         return True
 
     async with upstream(answer) as up, client(up) as http:
-        first = [asyncio.create_task(within(http.request("GET", "/models", timeout=TIMEOUT))) for _ in range(2)]
-        await eventually(lambda: len(up.requests) == 2)
-        release.set()
-        await within(asyncio.gather(*first))
-        assert (up.accepted, idle(http)) == (2, 2)
-        with contextlib.suppress(UpstreamConnectionError):  # whether the retry found a fresh connection or not
+        await two_stale_idle_connections(up, http, release)
+        with pytest.raises(UpstreamConnectionError):
             await within(http.request("GET", "/models", timeout=TIMEOUT))
-        assert len(up.requests) == 2 + 2
+        assert (len(up.requests), up.requests[-1].connection, up.accepted) == (4, 2, 3)
+
+
+@pytest.mark.asyncio
+async def test_a_retry_at_the_connection_limit_waits_and_opens_a_new_connection_in_a_freed_slot() -> None:
+    """At ``max_connections``: the retry queues; the connection handed to it is closed for a new one."""
+    hold = asyncio.Event()
+
+    async def answer(seen: Seen, writer: asyncio.StreamWriter) -> bool:
+        if b"/drop " in seen.head and not first_on_its_connection(up, seen):
+            return False  # a stale reused connection: written, nothing comes back
+        if b"/hold " in seen.head:
+            await hold.wait()
+        writer.write(reply())
+        return True
+
+    async with upstream(answer) as up, client(up, max_connections=2) as http:
+        await within(asyncio.gather(*(http.request("GET", "/models", timeout=TIMEOUT) for _ in range(2))))
+        assert (up.accepted, idle(http)) == (2, 2)
+        # one holds an idle connection, the retry's first try drops on the other, a third waits for the freed slot
+        calls = [asyncio.create_task(within(http.request("GET", path, timeout=TIMEOUT)))
+                 for path in ("/hold", "/drop", "/hold")]
+        await eventually(lambda: up.accepted == 3 and len(up.requests) == 2 + 3)  # the waiter's new connection
+        hold.set()
+        results = await within(asyncio.gather(*calls))
+        assert [result[2] for result in results] == [OK, OK, OK]
+        assert (up.requests[-1].connection, b"/drop " in up.requests[-1].head, up.accepted) == (3, True, 4)
+        await eventually(lambda: up.hung_up == 2)  # the stale one, and the one handed over for its slot
+        assert (idle(http), http._pool.open) == (2, 2)
 
 
 @pytest.mark.asyncio
@@ -871,6 +928,8 @@ UVLOOP_CASES = [
     test_connection_close_answer_is_not_reused,
     test_idle_connection_the_server_closed_is_not_handed_out,
     test_idempotent_request_is_retried_once_when_a_reused_connection_drops_it,
+    test_the_retry_goes_on_a_fresh_connection_when_two_idle_ones_went_stale,
+    test_a_retry_at_the_connection_limit_waits_and_opens_a_new_connection_in_a_freed_slot,
     test_post_is_not_retried_when_a_reused_connection_drops_it,
     test_max_connections_queues_further_requests_first_come_first_served,
     test_waiting_for_a_connection_counts_against_the_timeout,

@@ -23,13 +23,13 @@ def test_the_client_header_never_becomes_the_id() -> None:
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 def test_a_forked_child_never_hands_out_its_parents_unused_ids() -> None:
     ids.request_id()  # the parent holds a batch now
-    left = list(ids._ready)
+    left = list(ids.ready)
     assert left
     read, write = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child: report what it would hand out next, then leave at once
         try:
-            os.write(write, f"{len(ids._ready)} {ids.request_id()}".encode())
+            os.write(write, f"{len(ids.ready)} {ids.request_id()}".encode())
         finally:
             os._exit(0)
     os.close(write)
@@ -39,4 +39,4 @@ def test_a_forked_child_never_hands_out_its_parents_unused_ids() -> None:
     count, child_id = answer.split()
     assert count == "0"  # the inherited batch was dropped in the child
     assert child_id not in left
-    assert ids._ready == left  # the parent's batch is untouched
+    assert ids.ready == left  # the parent's batch is untouched

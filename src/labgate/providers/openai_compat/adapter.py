@@ -66,7 +66,10 @@ class OpenAICompatibleAdapter:
             "POST", _PATHS[call.endpoint], orjson.dumps(body), timeout=call.timeout, extra_headers=call.headers)
         if status >= 300:
             raise self._refine(self._http.error_for(status, data, headers))
-        parsed = parse_json(data, self._where)
+        try:
+            parsed = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            parsed = parse_json(data, self._where)  # raises, saying it is not JSON
         expected = "data" if call.endpoint == "embeddings" else "choices"
         if not isinstance(parsed, dict) or not isinstance(parsed.get(expected), list):
             raise UpstreamBadResponseError(f"{self._where} sent JSON without a {expected!r} list")
