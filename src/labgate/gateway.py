@@ -67,7 +67,9 @@ class Gateway:
             self.traces.begin(record)  # ids and the traceparent the attempts send upstream
         try:
             record.key_id, key = rt.auth.admit(api_key)  # the master key, a virtual key (keys.py), or no auth
-            parsed, endpoint, native = parse(body), _endpoint(record), None
+            # bytes answered from the cache before are not parsed again: their parse is shared (state/cache.py)
+            known = rt.cache.known(record, body) if rt.cache is not None and rt.experiments is None else None
+            parsed, endpoint, native = parse(body) if known is None else known.parsed, _endpoint(record), None
             if isinstance(parsed, Translated):  # the client spoke another dialect
                 payload, endpoint, native = parsed.body, parsed.endpoint, parsed.native
             else:
@@ -81,7 +83,8 @@ class Gateway:
             if rt.experiments is not None:  # A/B experiments: the variant's model and overrides
                 payload, native = rt.experiments.assign(record, payload, native, key)
             route = rt.table.resolve(record.model)
-            if rt.cache and (hit := await rt.cache.get(route, record, native or payload)):
+            if rt.cache and (hit := await rt.cache.get(route, record, native or payload, known=known,
+                                                       parsed=None if rt.experiments else parsed)):
                 return self.done(rt, record, hit, answer)
             limiter = rt.limiter  # rpm/tpm and budgets (state/limits.py): a key without limits draws on none
             if limiter is not None and (limiter.static or (key is not None and limiter.plan(record))):
