@@ -84,7 +84,7 @@ class Gateway:
                 payload, native = rt.experiments.assign(record, payload, native, key)
             route = rt.table.resolve(record.model)
             if rt.cache and (hit := await rt.cache.get(route, record, native or payload, known=known,
-                                                       parsed=None if rt.experiments else parsed)):
+                                                       parsed=None if rt.experiments is not None else parsed)):
                 return self.done(rt, record, hit, answer)
             limiter = rt.limiter  # rpm/tpm and budgets (state/limits.py): a key without limits draws on none
             if limiter is not None and (limiter.static or (key is not None and limiter.plan(record))):
