@@ -18,6 +18,10 @@ call; the others wait for it (at most ``single_flight_wait_s``, after which a
 waiter goes upstream itself). Across processes there is no single flight:
 replicas that miss together each call upstream once.
 
+Repeated bytes: once a request's exact bytes were a hit, :meth:`Cache.known` hands their parse and key
+back to the next request sending them (``Gateway.handle`` then skips the parse; :meth:`Cache.get` the
+policy and the key). The parse is shared, read-only: nothing after the parse changes a body in place.
+
 Fail open: when the backend is unavailable the request is served without the
 cache (status ``unavailable``, counted; the backend logs the outage once).
 """
