@@ -68,7 +68,9 @@ class Gateway:
         try:
             record.key_id, key = rt.auth.admit(api_key)  # the master key, a virtual key (keys.py), or no auth
             endpoint: Endpoint = record.endpoint  # type: ignore[assignment]  # the surfaces set only endpoints
-            parsed, native = parse(body), None
+            # bytes answered from the cache before are not parsed again: their parse is shared (state/cache.py)
+            known = rt.cache.known(record, body) if rt.cache is not None and rt.experiments is None else None
+            parsed, native = parse(body) if known is None else known.parsed, None
             if isinstance(parsed, Translated):  # the client spoke another dialect
                 payload, endpoint, native = parsed.body, parsed.endpoint, parsed.native
             else:
@@ -82,7 +84,8 @@ class Gateway:
             if rt.experiments is not None:  # A/B experiments: the variant's model and overrides
                 payload, native = rt.experiments.assign(record, payload, native, key)
             route = rt.table.resolve(record.model)
-            if rt.cache and (hit := await rt.cache.get(route, record, native or payload)):
+            if rt.cache and (hit := await rt.cache.get(route, record, native or payload, known=known,
+                                                       parsed=None if rt.experiments is not None else parsed)):
                 return self.done(rt, record, hit, answer)
             limiter = rt.limiter  # rpm/tpm and budgets (state/limits.py): a key without limits draws on none
             if limiter is not None and (limiter.static or (key is not None and limiter.plan(record))):

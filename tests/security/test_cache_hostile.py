@@ -139,25 +139,50 @@ async def test_admin_without_master_key_answers_loopback_only() -> None:
 
 
 @pytest.mark.asyncio
-async def test_per_key_entries_are_not_shared_across_keys() -> None:
+@pytest.mark.parametrize("remembered", [False, True], ids=["parsed", "known-bytes"])
+async def test_per_key_entries_are_not_shared_across_keys(remembered: bool) -> None:
+    """Per-key entries: another key never gets a key's answer, also when the bytes are known from the other
+    key's hit (their remembered key is that key's)."""
     config = config_from({"p": {"type": "openai_compatible", "base_url": "http://127.0.0.1:9/v1", "models": ["m"]}},
                          gateway={"cache": {"backend": "memory", "per_key": True}})
     runtime = Runtime.build(config)
     cache = runtime.cache
     assert cache is not None
     route = runtime.table.resolve("m")
+    raw = orjson.dumps(CHAT)
 
     async def ask(key_id: str) -> str | None:
         record = RequestRecord("r", "chat")
-        record.key_id, record.payload = key_id, dict(CHAT)
-        hit = await cache.get(route, record, record.payload)
+        known = cache.known(record, raw) if remembered else None
+        record.key_id, record.body = key_id, raw
+        record.payload = parsed = orjson.loads(raw) if known is None else known.parsed  # type: ignore[assignment]
+        hit = await cache.get(route, record, record.payload, known=known, parsed=parsed if remembered else None)
         if hit is None and record.cache_ticket is not None:
-            record.cache_ticket.result = Reply(b'{"choices":[]}', Usage(1, 1), "stop")
+            record.cache_ticket.result = Reply(f'{{"key":"{key_id}"}}'.encode(), Usage(1, 1), "stop")
             record.finish_reason = "stop"
             cache.store(record)
             await cache.drain()
-        return record.cache_status
+        return None if hit is None else hit.body.decode()  # type: ignore[union-attr]
 
-    assert [await ask("key-a"), await ask("key-a"), await ask("key-b"), await ask("key-b")] == [
-        "miss", "hit", "miss", "hit"]
+    a, b = '{"key":"key-a"}', '{"key":"key-b"}'
+    assert [await ask("key-a"), await ask("key-a"), await ask("key-a")] == [None, a, a]
+    assert (cache.known(RequestRecord("r", "chat"), raw) is not None) is remembered  # known from key-a's hit
+    assert [await ask("key-b"), await ask("key-b"), await ask("key-a")] == [None, b, a]
     await runtime.aclose()
+
+
+@pytest.mark.asyncio
+async def test_a_known_parse_is_never_changed_by_the_requests_sharing_it(
+        served: tuple[RunningGateway, aiohttp.ClientSession]) -> None:
+    """Requests sending known bytes share one parse: going upstream (refresh, no-store) must not change it."""
+    running, http = served
+    headers = {"authorization": f"Bearer {KEY}"}
+    raw = orjson.dumps({**CHAT, "stream_options": {"include_usage": True}, "user": "u"})
+    for extra in ({}, {}, {"cache-control": "no-cache"}, {"cache-control": "no-store, no-cache"}, {}):
+        async with http.post(running.url + "/v1/chat/completions", data=raw, headers={**headers, **extra}) as got:
+            assert got.status == 200
+        assert running.gateway.runtime.cache is not None
+        await running.gateway.runtime.cache.drain()
+    cache = running.gateway.runtime.cache
+    known = cache.known(RequestRecord("r", "chat"), raw)
+    assert known is not None and known.parsed == orjson.loads(raw)

@@ -18,6 +18,10 @@ call; the others wait for it (at most ``single_flight_wait_s``, after which a
 waiter goes upstream itself). Across processes there is no single flight:
 replicas that miss together each call upstream once.
 
+Repeated bytes: once a request's exact bytes were a hit, :meth:`Cache.known` hands their parse and key
+back to the next request sending them (``Gateway.handle`` then skips the parse; :meth:`Cache.get` the
+policy and the key). The parse is shared, read-only: nothing after the parse changes a body in place.
+
 Fail open: when the backend is unavailable the request is served without the
 cache (status ``unavailable``, counted; the backend logs the outage once).
 """
@@ -36,9 +40,9 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from labgate.config.schema.cache import CacheConfig, RouteCacheConfig, StateConfig
-from labgate.providers.base import IteratorStream, Reply, Stream, StreamInfo
+from labgate.providers.base import IteratorStream, Reply, Stream, StreamInfo, Translated
 from labgate.state.base import KEY_PREFIX, EntryStore, StateUnavailableError
-from labgate.state.controls import parse_controls
+from labgate.state.controls import NONE, Controls, parse_controls
 from labgate.state.entry import Capture, Entry
 from labgate.state.keys import key_hash
 from labgate.state.replay import assemble, replay
@@ -55,6 +59,7 @@ STREAM_OVERHEAD = 4  # a stream miss is captured up to this many times max_entry
 _MEMO_LIMIT = 4096  # routes whose policy is remembered (dynamic names are bounded like the route table's)
 HASHED_LIMIT = 256  # request bodies whose key hash is remembered (identical bytes, identical key)
 HASHED_BODY_BYTES = 16 * 1024  # only bodies up to this size are remembered (bounded memory)
+KNOWN_LIMIT = 256  # request bodies whose parse and key are remembered after a hit (identical bytes)
 DECODED_LIMIT = 64  # hot entries kept decoded (with their reply and replayed streams), by key and stored bytes
 
 
@@ -112,6 +117,20 @@ class Ticket:
         return Capture(self.capture_bytes) if self.store else None
 
 
+@dataclass(frozen=True, slots=True, eq=False)
+class Known:
+    """Request bytes answered from the cache before: what they parsed to (shared by every request sending
+    them, read-only), and the key they were looked up by for ``route`` (and ``key_id``, for per-key entries)."""
+
+    endpoint: str
+    parsed: dict[str, Any] | Translated
+    route: Route
+    key_id: str | None
+    key: str
+    policy: Policy
+    counts: Counts
+
+
 @dataclass(slots=True, eq=False)
 class _Flight:
     future: asyncio.Future[Entry | None]
@@ -131,6 +150,7 @@ class Cache:
         self._globs = [(re.compile(fnmatch.translate(k)), v) for k, v in routes.items() if _is_glob(k)]
         self._memo: dict[str, tuple[Policy | None, str]] = {}
         self._hashed: dict[tuple[str, str, bytes], str] = {}  # (endpoint, target, raw body) → key hash
+        self._known: dict[bytes, Known] = {}  # raw body → its parse and key, once it was a hit (known())
         # a hit reuses the decoded Entry of the bytes it got (with its Reply and pre-rendered streams): a memory
         # backend hands back the very object it holds (checked by identity), Redis equal bytes (compared); a
         # replaced or re-stored value differs (its head has its time of storing) and is decoded afresh
@@ -144,11 +164,68 @@ class Cache:
 
     # --- the request path ------------------------------------------------------
 
-    async def get(self, route: Route, record: RequestRecord, body: dict[str, Any]) -> Reply | Stream | None:
-        """A hit to answer with, or None (then ``record.cache_ticket`` may hold the store to make)."""
+    async def get(self, route: Route, record: RequestRecord, body: dict[str, Any], *, known: Known | None = None,
+                  parsed: dict[str, Any] | Translated | None = None) -> Reply | Stream | None:
+        """A hit to answer with, or None (then ``record.cache_ticket`` may hold the store to make).
+
+        ``parsed``: what the request's bytes parsed to, when ``body`` comes from them alone (no experiment
+        changed it): a hit remembers it, and :meth:`known` hands it back, with the key, for the same bytes.
+        ``known``: that, for this request (its key is made once, its policy passed once).
+        """
+        if known is not None and known.route is route and (not self.config.per_key or known.key_id == record.key_id):
+            policy, key, counts = known.policy, known.key, known.counts
+            header = record.cache_control
+            asked = NONE if header is None else parse_controls(header, None)
+        else:
+            decided = self._decide(route, record, body)
+            if decided is None:
+                return None
+            policy, key, asked, counts, plain = decided
+            if not plain:
+                parsed = None  # the body's own cache controls are read afresh each time: not remembered
+            known = None
+        if asked.no_cache:
+            record.cache_status = "bypass"
+            counts.bypass += 1
+        else:
+            record.cache_status = "miss"
+            started = time.perf_counter()  # the lookup's span (telemetry/spans.py): two clock reads
+            try:
+                get_now = self._get_now
+                if get_now is None:
+                    hit = await self._lookup(key, record, counts, asked.max_age)
+                else:  # in-process: no await unless an identical request is in flight (single flight)
+                    raw = get_now(key)
+                    decoded = self._decoded.get(key)  # the common hit, without _found's and _decode's frames
+                    if decoded is not None and decoded[0] is raw and asked.max_age is None:
+                        hit = self._hit(record, decoded[1], counts)
+                    else:
+                        hit = self._found(key, raw, record, counts, asked.max_age)
+                    if hit is None and self._flights:
+                        hit = await self._waited(key, record, counts)
+            finally:
+                record.cache_lookup = (started, time.perf_counter())
+            if hit is not None:
+                if known is None and parsed is not None:
+                    self._remember(record, parsed, route, policy, key, counts)
+                return hit
+        ticket = Ticket(key, policy.ttl_s if asked.ttl is None else asked.ttl, counts, not asked.no_store,
+                        capture_bytes=self.config.max_entry_bytes * STREAM_OVERHEAD)
+        if ticket.store and self.config.single_flight and key not in self._flights:
+            ticket.flight = asyncio.get_running_loop().create_future()
+            self._flights[key] = _Flight(ticket.flight)
+        record.cache_ticket = ticket
+        if record.cache_status == "miss":
+            counts.misses += 1
+        return None
+
+    def _decide(self, route: Route, record: RequestRecord,
+                body: dict[str, Any]) -> tuple[Policy, str, Controls, Counts, bool] | None:
+        """The policy, key, controls and counts of a lookup, and whether the body had no ``cache`` field; None
+        when the request is not looked up (off, bypass)."""
         memo = self._memo.get(route.name)
         if memo is None:
-            memo = self._remember(route)
+            memo = self._remember_route(route)
         policy, target = memo
         controls = body.pop("cache", None)
         if record.payload is not None and record.payload is not body:
@@ -165,33 +242,24 @@ class Cache:
             counts.bypass += 1
             return None
         key = policy.prefix + self._hash(record, f"{record.key_id}|{target}" if self.config.per_key else target, body)
-        if asked.no_cache:
-            record.cache_status = "bypass"
-            counts.bypass += 1
-        else:
-            record.cache_status = "miss"
-            started = time.perf_counter()  # the lookup's span (telemetry/spans.py): two clock reads
-            try:
-                get_now = self._get_now
-                if get_now is None:
-                    hit = await self._lookup(key, record, counts, asked.max_age)
-                else:  # in-process: no await unless an identical request is in flight (single flight)
-                    hit = self._found(key, get_now(key), record, counts, asked.max_age)
-                    if hit is None and self._flights:
-                        hit = await self._waited(key, record, counts)
-            finally:
-                record.cache_lookup = (started, time.perf_counter())
-            if hit is not None:
-                return hit
-        ticket = Ticket(key, policy.ttl_s if asked.ttl is None else asked.ttl, counts, not asked.no_store,
-                        capture_bytes=self.config.max_entry_bytes * STREAM_OVERHEAD)
-        if ticket.store and self.config.single_flight and key not in self._flights:
-            ticket.flight = asyncio.get_running_loop().create_future()
-            self._flights[key] = _Flight(ticket.flight)
-        record.cache_ticket = ticket
-        if record.cache_status == "miss":
-            counts.misses += 1
-        return None
+        return policy, key, asked, counts, controls is None
+
+    def known(self, record: RequestRecord, raw: bytes) -> Known | None:
+        """What these exact request bytes parsed to when a request sent them and was answered from the cache
+        (None: not remembered). The same bytes parse to the same body, and no step after the parse changes a
+        body in place (history reads it later too), so the parse is shared by every request sending them."""
+        known = self._known.get(raw) if self._known and type(raw) is bytes else None
+        return known if known is not None and known.endpoint == record.endpoint else None
+
+    def _remember(self, record: RequestRecord, parsed: dict[str, Any] | Translated, route: Route, policy: Policy,
+                  key: str, counts: Counts) -> None:
+        raw = record.body
+        if type(raw) is not bytes or len(raw) > HASHED_BODY_BYTES:
+            return  # large bodies are not kept
+        known = self._known
+        if len(known) >= KNOWN_LIMIT and raw not in known:
+            del known[next(iter(known))]  # the oldest: bounded, whatever the traffic
+        known[raw] = Known(record.endpoint, parsed, route, record.key_id, key, policy, counts)
 
     def _hash(self, record: RequestRecord, target: str, body: dict[str, Any]) -> str:
         """The key hash; for a small body, remembered by its raw bytes (the same bytes parse to the same body)."""
@@ -273,17 +341,19 @@ class Cache:
 
     def _hit(self, record: RequestRecord, entry: Entry, counts: Counts) -> Reply | Stream:
         record.cache_status, record.cache_hit = "hit", True
-        record.cache_age = max(0, int(time.time() - entry.created))
-        record.cache_bytes = len(entry.body)
-        record.usage, record.finish_reason = entry.usage, entry.finish_reason
+        age = int(time.time() - entry.created)
+        record.cache_age = age if age > 0 else 0
+        record.cache_bytes = size = len(entry.body)
+        usage = record.usage = entry.usage
+        record.finish_reason = entry.finish_reason
         record.provider, record.deployment = entry.provider, entry.deployment
         counts.hits += 1
-        counts.bytes_served += len(entry.body)
-        if entry.usage is not None:
-            counts.saved_prompt_tokens += entry.usage.prompt_tokens
-            counts.saved_completion_tokens += entry.usage.completion_tokens
+        counts.bytes_served += size
+        if usage is not None:
+            counts.saved_prompt_tokens += usage.prompt_tokens
+            counts.saved_completion_tokens += usage.completion_tokens
         if not record.stream:
-            return entry.as_reply()
+            return entry.reply or entry.as_reply()
         options = (record.payload or {}).get("stream_options")
         include_usage = isinstance(options, dict) and options.get("include_usage") is True
         streams = entry.streams
@@ -359,7 +429,7 @@ class Cache:
 
     # --- policy ------------------------------------------------------------------
 
-    def _remember(self, route: Route) -> tuple[Policy | None, str]:
+    def _remember_route(self, route: Route) -> tuple[Policy | None, str]:
         if len(self._memo) >= _MEMO_LIMIT:
             self._memo.clear()
         options = self._routes.get(route.name) or next(

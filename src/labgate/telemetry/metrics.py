@@ -161,15 +161,16 @@ class Metrics:
         counts[-1] += seconds
 
     def _count_cache(self, record: RequestRecord) -> None:
-        counts, status = self._cache, record.cache_status or ""
+        counts, status, size = self._cache, record.cache_status or "", record.cache_bytes
         counts[status] = counts.get(status, 0) + 1
-        if record.cache_bytes:
-            kind = "bytes_served" if record.cache_hit else "bytes_stored"
-            counts[kind] = counts.get(kind, 0) + record.cache_bytes
-        usage = record.usage
-        if record.cache_hit and usage is not None:
-            counts["saved_prompt"] = counts.get("saved_prompt", 0) + usage.prompt_tokens
-            counts["saved_completion"] = counts.get("saved_completion", 0) + usage.completion_tokens
+        if record.cache_hit:
+            counts["bytes_served"] = counts.get("bytes_served", 0) + size
+            usage = record.usage
+            if usage is not None:
+                counts["saved_prompt"] = counts.get("saved_prompt", 0) + usage.prompt_tokens
+                counts["saved_completion"] = counts.get("saved_completion", 0) + usage.completion_tokens
+        elif size:
+            counts["bytes_stored"] = counts.get("bytes_stored", 0) + size
 
     def _model(self, name: str) -> Providers:
         """The first request routed under ``name``: its own label, or OVERFLOW once the cap is reached

@@ -436,3 +436,86 @@ async def test_a_backend_handing_back_equal_bytes_reuses_the_decoded_entry(monke
     assert len(decodes) == 1
     store.values["k"] = Entry(entry.body, "openai", "chat", 2.0, "stop", None, "p", "p/m").encode()  # re-stored
     assert cache._decode("k", await cache.entries.get("k")) is not found and len(decodes) == 2
+
+
+@pytest.mark.asyncio
+async def test_request_bytes_answered_from_the_cache_are_not_parsed_again(env: Env,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """Once the same bytes were a hit, later requests sending them reuse that parse (and key): still whole
+    requests for every record (cache counts, metrics, access log), with the same answer."""
+    from labgate.server import openai
+
+    parsed: list[bytes] = []
+    real = openai.parse_chat
+    monkeypatch.setattr(openai, "parse_chat", lambda body: parsed.append(body) or real(body))
+    miss = await env.post(CHAT)
+    hits = [await env.post(CHAT) for _ in range(3)]
+    assert [h.headers["x-labgate-cache"] for h in hits] == ["hit"] * 3
+    assert all(h.content == miss.content for h in hits)
+    assert len(parsed) == 2  # the miss and the first hit; then the bytes are known
+    other = await env.post({**CHAT, "seed": 7})  # other bytes: parsed
+    assert other.headers["x-labgate-cache"] == "miss" and len(parsed) == 3
+    cache = env.gw.gateway.runtime.cache
+    metrics = env.gw.gateway.metrics
+    assert cache is not None and metrics is not None
+    assert (cache.counts["default"].hits, cache.counts["default"].misses) == (3, 2)
+    assert metrics._cache["hit"] == 3
+    # controls still apply to known bytes: no-cache skips the lookup and refreshes, no-store keeps nothing
+    refreshed = await env.post(CHAT, headers={"cache-control": "no-cache"})
+    assert refreshed.headers["x-labgate-cache"] == "bypass" and env.upstream_calls() == 3
+    assert (await env.post(CHAT, headers={"cache-control": "max-age=0"})).headers["x-labgate-cache"] in ("hit", "miss")
+    assert len(parsed) == 3
+    # an entry gone from the backend: the known bytes miss, go upstream with the same body, and are stored again
+    await cache.entries.delete("labgate:*")
+    gone = await env.post(CHAT)
+    assert gone.headers["x-labgate-cache"] == "miss" and env.upstream_calls() == 5
+    assert env.sim.requests[-1].body == {**CHAT, "model": "m"}
+    assert (await env.post(CHAT)).headers["x-labgate-cache"] == "hit" and len(parsed) == 3
+
+
+@pytest.mark.asyncio
+async def test_known_bytes_are_per_endpoint_and_bounded(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    from labgate.state import cache as cache_module
+
+    await env.post(CHAT)
+    assert (await env.post(CHAT)).headers["x-labgate-cache"] == "hit"  # CHAT's bytes are known for chat
+    elsewhere = await env.post(CHAT, "/v1/completions")  # the same bytes on another endpoint: its own parse
+    assert elsewhere.status_code == 400 and elsewhere.json()["error"]["param"] == "prompt"
+    with_field = {**CHAT, "cache": {"ttl": 60}}  # a body's own cache field is read afresh: never known
+    for _ in range(3):
+        assert (await env.post(with_field)).headers["x-labgate-cache"] == "hit"
+    cache = env.gw.gateway.runtime.cache
+    assert cache is not None
+    assert [orjson.loads(raw) for raw in cache._known] == [CHAT]
+    monkeypatch.setattr(cache_module, "KNOWN_LIMIT", 4)
+    for i in range(6):  # each body twice: a miss, then a hit that remembers it
+        await env.post({**CHAT, "seed": i})
+        await env.post({**CHAT, "seed": i})
+    assert [orjson.loads(raw).get("seed") for raw in cache._known] == [2, 3, 4, 5]  # the oldest went first
+
+
+@pytest.mark.asyncio
+async def test_known_bytes_are_not_used_with_experiments(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An experiment may change a request's model or body before the lookup: its parse is never shared."""
+    from labgate.server import openai
+
+    parsed: list[bytes] = []
+    real = openai.parse_chat
+    monkeypatch.setattr(openai, "parse_chat", lambda body: parsed.append(body) or real(body))
+    sim = Simulator(Behaviour(tokens_per_s=0), models=["m", "n"])
+    await sim.start()
+    providers = {"p": {"type": "openai_compatible", "base_url": sim.url + "/v1", "models": ["m", "n"]}}
+    experiment = {"name": "e", "model": ["m"], "status": "running",
+                  "variants": [{"name": "a", "model": "m"}, {"name": "b", "model": "m"}]}
+    gw = await start_gateway(config_from(providers, None, {"store": {"capture": "none"}, "cache": {"backend": "memory"},
+                                                           "logging": {"requests": False}}, experiments=[experiment]),
+                             host="127.0.0.1", port=0)
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as client:
+            env = Env(sim, gw, client)
+            statuses = [(await env.post(CHAT)).headers["x-labgate-cache"] for _ in range(6)]
+        assert statuses == ["miss"] + ["hit"] * 5 and len(parsed) == 6
+        assert gw.gateway.runtime.cache is not None and not gw.gateway.runtime.cache._known
+    finally:
+        await gw.stop(grace=1)
+        await sim.stop()
