@@ -24,21 +24,23 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from labgate.state.base import Charge
 
-PRUNE_EVERY = 4096  # takes between sweeps of idle in-process counters
+PRUNE_EVERY = 4096  # takes (by charges) and new counters between sweeps of idle in-process counters
 MAX_BUCKETS = 1_000_000  # in-process counters kept at most (past it, idle ones go first, then the oldest)
 _DENIED = -1
 _EMPTY = (0.0, 0.0)  # a counter not (or no longer) there
+MINUTE = 60.0  # a rate limit's period (rpm, tpm)
+_RATE_SLACK = MINUTE + 1e-9  # a rate charge fits while its TAT runs at most this far ahead (as in decide)
 
 
 Value = tuple[float, float]  # (the counter, when it expires; 0: never)
 
 
-def decide(charges: tuple[Charge, ...], current: Callable[[str, Value], Value],
+def decide(charges: tuple[Charge, ...], current: Callable[[str, Value], Sequence[float]],
            now: float) -> tuple[int, float, dict[str, Value]]:
     """(index refused or -1, seconds to wait, each counter's new value by key): the take, as the Redis script
     does it (a counter charged twice gets its last charge's value, as the script's last ``SET`` wins).
@@ -73,23 +75,103 @@ def settled(c: Charge, current: Value, delta: float, now: float) -> Value:
 
 
 class MemoryCounters:
-    """In-process counters (the embedded default): exact within one process."""
+    """In-process counters (the embedded default): exact within one process.
+
+    Each counter is a cell, a ``[value, expires at (0: never)]`` list that stays in place while the counter
+    lives, so a compiled plan (state/plan.py) holds its cells and takes and settles them without looking
+    up a key (:meth:`take_plan`, :meth:`settle_plan`); :meth:`take_now` and friends take charges by key.
+    """
 
     backend = "memory"
 
     def __init__(self, *, clock: Any = time.monotonic) -> None:
         self._clock = clock
-        self._values: dict[str, tuple[float, float]] = {}  # key → (value, expires at; 0: never)
+        self._values: dict[str, list[float]] = {}  # key → its cell: [value, expires at; 0: never]
         self._ops = 0
+        self.on_prune: Callable[[], None] | None = None  # called when cells went (plans holding them are stale)
+
+    def cell(self, key: str, ttl: float) -> list[float]:
+        """The cell of counter ``key``; created empty (expiring in ``ttl`` s, 0: never) when there is none."""
+        values = self._values
+        found = values.get(key)
+        if found is None:
+            self._ops += 1
+            found = values[key] = [0.0, self._clock() + ttl if ttl else 0.0]
+        elif type(found) is not list:  # set by hand as a (value, until) pair
+            found = values[key] = list(found)
+        return found
+
+    def tidy(self) -> None:
+        """Prune idle counters when due (every PRUNE_EVERY new counters or takes, or past MAX_BUCKETS)."""
+        if self._ops >= PRUNE_EVERY or len(self._values) > MAX_BUCKETS:
+            self._prune(self._clock())
+
+    def take_plan(self, plan: Any, tokens: int, cost: float) -> bool:
+        """Take a compiled plan's charges at once, or none: one request on each rpm cell, ``tokens`` (at most
+        its limit) on each tpm cell, ``cost`` on each budget's; what :meth:`take_now` does with the plan's
+        charges (the same arithmetic), on its cells. False when one does not fit or a budget's counter has
+        expired: :meth:`take_now` then says which and for how long, or renews the counter."""
+        now = self._clock()
+        for cell, step in plan.rpm:
+            t = cell[0]
+            if (t if t > now else now) + step - now > _RATE_SLACK:
+                return False
+        for cell, limit in plan.tpm:
+            t = cell[0]
+            if (t if t > now else now) + (tokens if tokens < limit else limit) * MINUTE / limit - now > _RATE_SLACK:
+                return False
+        for cell, limit, _ in plan.caps:
+            value, until = cell
+            if (until <= now and until) or (cost > 0 and value + cost > limit + 1e-12):
+                return False
+        for cell, step in plan.rpm:
+            t = cell[0]
+            cell[0] = cell[1] = (t if t > now else now) + step
+        for cell, limit in plan.tpm:
+            t = cell[0]
+            cell[0] = cell[1] = (t if t > now else now) + (tokens if tokens < limit else limit) * MINUTE / limit
+        for cell, _, _ in plan.caps:
+            cell[0] += cost
+        return True
+
+    def settle_plan(self, plan: Any, tokens: int, cost: float, real_tokens: int, real_cost: float) -> bool:
+        """:meth:`settle_now` for a :meth:`take_plan`: each tpm cell moves by ``real_tokens`` minus what it
+        took, each budget's by ``real_cost`` minus ``cost``. True when a budget is at or past the spend
+        where its alerts start (then the caller reads the cells for the alerts)."""
+        for cell, limit in plan.tpm:
+            moved = real_tokens - (tokens if tokens < limit else limit)
+            if moved:
+                cell[0] = cell[1] = cell[0] + moved * MINUTE / limit
+        caps = plan.caps
+        if not caps:
+            return False
+        now, delta, near = self._clock(), real_cost - cost, False
+        for cell, _, alert_at in caps:
+            value, until = cell
+            if until and until <= now:
+                value = 0.0  # its window ended meanwhile: nothing left to settle
+            elif delta:
+                value += delta
+                if value < 0.0:
+                    value = 0.0
+                cell[0] = value
+            if value >= alert_at:
+                near = True
+        return near
 
     def take_now(self, charges: tuple[Charge, ...]) -> tuple[int, float]:
         now, values = self._clock(), self._values
         refused, wait, new = decide(charges, values.get, now)
         if refused >= 0:
             return refused, wait
-        values.update(new)
+        for key, (value, until) in new.items():
+            found = values.get(key)
+            if type(found) is list:
+                found[0], found[1] = value, until
+            else:
+                values[key] = [value, until]
         self._ops = ops = self._ops + 1
-        if ops % PRUNE_EVERY == 0 or len(values) > MAX_BUCKETS:
+        if ops >= PRUNE_EVERY or len(values) > MAX_BUCKETS:
             self._prune(now)
         return _DENIED, 0.0
 
@@ -100,7 +182,7 @@ class MemoryCounters:
         now, values = self._clock(), self._values
         for c, delta in zip(charges, deltas, strict=True):
             if delta and (current := values.get(c.key)) is not None:
-                values[c.key] = settled(c, current, delta, now)
+                self._set(c.key, settled(c, (current[0], current[1]), delta, now))
 
     async def adjust(self, charges: tuple[Charge, ...], deltas: tuple[float, ...]) -> None:
         self.adjust_now(charges, deltas)
@@ -118,7 +200,7 @@ class MemoryCounters:
             delta = real_tokens - cost
             if delta and (current := values.get(key)) is not None:
                 tat = current[0] + delta * period / limit
-                values[key] = (tat, tat)
+                self._set(key, (tat, tat))
         if not caps:
             return None
         now, spent, near = self._clock(), [], False
@@ -132,42 +214,59 @@ class MemoryCounters:
                 value = value + delta
                 if value < 0.0:
                     value = 0.0
-                values[key] = (value, until)
+                self._set(key, (value, until))
             spent.append(value)
             if value >= floor * limit:
                 near = True
         return spent if near else None
 
+    def _set(self, key: str, value: Value) -> None:
+        """Write a counter in its cell (plans hold the cell), or as a new cell."""
+        found = self._values.get(key)
+        if type(found) is list:
+            found[0], found[1] = value
+        else:
+            self._values[key] = list(value)
+
     async def seed(self, values: tuple[tuple[str, float, float], ...]) -> None:
         now = self._clock()
         for key, value, ttl in values:
             if self.value_now(key) == 0.0:
-                self._values[key] = (value, now + ttl if ttl else 0.0)
+                self._set(key, (value, now + ttl if ttl else 0.0))
 
     def value_now(self, key: str) -> float:
-        value, until = self._values.get(key, (0.0, 0.0))
+        return self.spent(self._values.get(key, _EMPTY))
+
+    def spent(self, cell: Sequence[float]) -> float:
+        """A cell's value now (0 once it has expired)."""
+        value, until = cell
         return 0.0 if until and until <= self._clock() else value
 
     async def read(self, keys: tuple[str, ...]) -> tuple[float, ...]:
         now = self._clock()
         out = []
         for key in keys:
-            value, until = self._values.get(key, (0.0, 0.0))
+            value, until = self._values.get(key, _EMPTY)
             out.append(0.0 if until and until <= now else value)
         return tuple(out)
 
     def _prune(self, now: float) -> None:
         values = self._values
+        self._ops = 0
         for key in [k for k, (_, until) in values.items() if until and until <= now]:
             del values[key]
         while len(values) > MAX_BUCKETS:
             del values[next(iter(values))]
+        if self.on_prune is not None:
+            self.on_prune()
 
     def status(self) -> dict[str, object]:
         return {"backend": self.backend, "counters": len(self._values)}
 
     async def aclose(self) -> None:
         self._values.clear()
+        if self.on_prune is not None:
+            self.on_prune()
 
 
 class SQLiteCounters:
