@@ -38,6 +38,8 @@ _RATE_SLACK = MINUTE + 1e-9  # a rate charge fits while its TAT runs at most thi
 
 
 Value = tuple[float, float]  # (the counter, when it expires; 0: never)
+TakeCells = Callable[[int, float], bool]  # a plan's take: (tokens, cost) → taken (MemoryCounters.compile)
+SettleCells = Callable[[int, float, int, float], bool]  # its settlement: (tokens, cost, real tokens, real cost)
 
 
 def decide(charges: tuple[Charge, ...], current: Callable[[str, Value], Sequence[float]],
@@ -79,7 +81,7 @@ class MemoryCounters:
 
     Each counter is a cell, a ``[value, expires at (0: never)]`` list that stays in place while the counter
     lives, so a compiled plan (state/plan.py) holds its cells and takes and settles them without looking
-    up a key (:meth:`take_plan`, :meth:`settle_plan`); :meth:`take_now` and friends take charges by key.
+    up a key (:meth:`compile`); :meth:`take_now` and friends take charges by key.
     """
 
     backend = "memory"
@@ -106,58 +108,54 @@ class MemoryCounters:
         if self._ops >= PRUNE_EVERY or len(self._values) > MAX_BUCKETS:
             self._prune(self._clock())
 
-    def take_plan(self, plan: Any, tokens: int, cost: float) -> bool:
-        """Take a compiled plan's charges at once, or none: one request on each rpm cell, ``tokens`` (at most
-        its limit) on each tpm cell, ``cost`` on each budget's; what :meth:`take_now` does with the plan's
-        charges (the same arithmetic), on its cells. False when one does not fit or a budget's counter has
-        expired: :meth:`take_now` then says which and for how long, or renews the counter."""
-        now = self._clock()
-        for cell, step in plan.rpm:
-            t = cell[0]
-            if (t if t > now else now) + step - now > _RATE_SLACK:
-                return False
-        for cell, limit in plan.tpm:
-            t = cell[0]
-            if (t if t > now else now) + (tokens if tokens < limit else limit) * MINUTE / limit - now > _RATE_SLACK:
-                return False
-        for cell, limit, _ in plan.caps:
-            value, until = cell
-            if (until <= now and until) or (cost > 0 and value + cost > limit + 1e-12):
-                return False
-        for cell, step in plan.rpm:
-            t = cell[0]
-            cell[0] = cell[1] = (t if t > now else now) + step
-        for cell, limit in plan.tpm:
-            t = cell[0]
-            cell[0] = cell[1] = (t if t > now else now) + (tokens if tokens < limit else limit) * MINUTE / limit
-        for cell, _, _ in plan.caps:
-            cell[0] += cost
-        return True
+    def compile(self, rpm: Sequence[tuple[list[float], float]], tpm: Sequence[tuple[list[float], float]],
+                caps: Sequence[tuple[list[float], float, float]]) -> tuple[TakeCells, SettleCells]:
+        """The take and the settlement of a compiled plan's cells (state/plan.py), as two functions.
 
-    def settle_plan(self, plan: Any, tokens: int, cost: float, real_tokens: int, real_cost: float) -> bool:
-        """:meth:`settle_now` for a :meth:`take_plan`: each tpm cell moves by ``real_tokens`` minus what it
-        took, each budget's by ``real_cost`` minus ``cost``. True when a budget is at or past the spend
-        where its alerts start (then the caller reads the cells for the alerts)."""
-        for cell, limit in plan.tpm:
-            moved = real_tokens - (tokens if tokens < limit else limit)
-            if moved:
-                cell[0] = cell[1] = cell[0] + moved * MINUTE / limit
-        caps = plan.caps
-        if not caps:
-            return False
-        now, delta, near = self._clock(), real_cost - cost, False
-        for cell, _, alert_at in caps:
-            value, until = cell
-            if until and until <= now:
-                value = 0.0  # its window ended meanwhile: nothing left to settle
-            elif delta:
-                value += delta
-                if value < 0.0:
-                    value = 0.0
-                cell[0] = value
-            if value >= alert_at:
-                near = True
-        return near
+        ``rpm``: (cell, 60 / limit) — one request each; ``tpm``: (cell, limit) — the request's tokens, at most
+        the limit; ``caps``: (cell, limit, spend where alerts start) — its estimated cost. ``take(tokens,
+        cost)`` takes them all or none, with :func:`decide`'s arithmetic; False when one does not fit or a
+        budget's counter has expired (then :meth:`take_now` says which and for how long, or renews it).
+        ``settle(tokens, cost, real_tokens, real_cost)`` moves each tpm cell by the real tokens minus what it
+        took and each budget by the real cost minus ``cost`` (:meth:`settle_now`'s arithmetic); True when a
+        budget is at or past the spend where its alerts start.
+
+        Both are generated as straight-line code, one block per cell (as :mod:`dataclasses` generates
+        ``__init__``): a plan's charges are fixed, and a loop over them costs more Python operations than the
+        arithmetic. Only names are generated; the cells and numbers are the functions' default arguments.
+        """
+        names: dict[str, Any] = {"clock": self._clock, "SLACK": _RATE_SLACK, "MINUTE": MINUTE}
+        check, commit, moves = [], [], []
+        for i, (cell, step) in enumerate(rpm):
+            names[f"r{i}"], names[f"s{i}"] = cell, step
+            check += [f"a{i} = r{i}[0]", f"if a{i} < now: a{i} = now", f"a{i} += s{i}",
+                      f"if a{i} - now > SLACK: return False"]
+            commit.append(f"r{i}[0] = r{i}[1] = a{i}")
+        for i, (cell, limit) in enumerate(tpm):
+            names[f"t{i}"], names[f"l{i}"] = cell, limit
+            check += [f"b{i} = t{i}[0]", f"if b{i} < now: b{i} = now",
+                      f"b{i} += (tokens if tokens < l{i} else l{i}) * MINUTE / l{i}",
+                      f"if b{i} - now > SLACK: return False"]
+            commit.append(f"t{i}[0] = t{i}[1] = b{i}")
+            moves += [f"d = real_tokens - (tokens if tokens < l{i} else l{i})",
+                      f"if d: t{i}[0] = t{i}[1] = t{i}[0] + d * MINUTE / l{i}"]
+        if caps:
+            moves += ["now = clock()", "d = real_cost - cost", "near = False"]
+        for i, (cell, limit, alert_at) in enumerate(caps):
+            names[f"k{i}"], names[f"m{i}"], names[f"q{i}"] = cell, limit + 1e-12, alert_at
+            check += [f"v{i}, u{i} = k{i}", f"if u{i} <= now and u{i}: return False", f"v{i} += cost",
+                      f"if v{i} > m{i} and cost > 0: return False"]
+            commit.append(f"k{i}[0] = v{i}")
+            moves += [f"v, u = k{i}", "if u <= now and u: v = 0.0",  # its window ended meanwhile: nothing to settle
+                      f"elif d:\n  v += d\n  if v < 0.0: v = 0.0\n  k{i}[0] = v", f"if v >= q{i}: near = True"]
+        defaults = ", ".join(f"{name}={name}" for name in names)
+        body = "\n".join("  " + line.replace("\n", "\n  ") for line in (*check, *commit, "return True"))
+        moved = "\n".join("  " + line.replace("\n", "\n  ") for line in (*moves, "return near" if caps
+                                                                           else "return False"))
+        source = (f"def take(tokens, cost, {defaults}):\n  now = clock()\n{body}\n"
+                  f"def settle(tokens, cost, real_tokens, real_cost, {defaults}):\n{moved}\n")
+        exec(compile(source, "<labgate.state.counters: a plan's cells>", "exec"), names)
+        return names["take"], names["settle"]
 
     def take_now(self, charges: tuple[Charge, ...]) -> tuple[int, float]:
         now, values = self._clock(), self._values

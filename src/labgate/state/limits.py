@@ -69,7 +69,7 @@ class Limiter:
         self.alerts = Alerts(budgets.alert_thresholds if budgets else (0.5, 0.8, 1.0),
                              budgets.alert_webhook if budgets else None)
         # cells: the in-process counters, whose cells compiled plans hold (state/plan.py)
-        self._cells = counters if isinstance(counters, MemoryCounters) else None
+        self._cells = counters if isinstance(counters, MemoryCounters) else None  # plans take their cells
         self.planner = Planner(config, self.prefix, prices, cells=self._cells, alert_floor=self.alerts.floor)
         if self._cells is not None:
             self._cells.on_prune = self.planner.forget  # pruned cells: plans are compiled again
@@ -180,7 +180,7 @@ class Limiter:
             rates = plan.rates
             cost = 0.0 if rates is None else prompt * rates[0] + output * rates[1] if type(rates) is tuple else \
                 planner.cost(rates, prompt, output)
-            if cells.take_plan(plan, prompt + output, cost):
+            if plan.take(prompt + output, cost):  # type: ignore[misc]  # compiled on in-process cells
                 record.reservation = _taken(Taken, (plan, prompt + output, cost))
                 return route
             held = planner.charges(plan, prompt + output, cost, now)  # not taken: the general take says why
@@ -323,7 +323,7 @@ class Limiter:
         real_cost = record.cost or 0.0
         if type(held) is Taken:  # taken from a plan's cells: settled on them
             plan, tokens, cost = held
-            if self._cells.settle_plan(plan, tokens, cost, real_tokens, real_cost):  # type: ignore[union-attr]
+            if plan.settle(tokens, cost, real_tokens, real_cost):  # type: ignore[misc]  # a Taken: compiled cells
                 self._alert_plan(plan)
             return
         settle_now = self._settle_now

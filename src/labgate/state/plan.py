@@ -15,9 +15,9 @@ A plan has two forms:
   budget charges filled in per request; what Redis takes in one script call.
 - **cells**, for the in-process counters (state/counters.py): the counters themselves, mutable
   ``[value, expires at]`` lists held by reference (``rpm``: each with its step ``60 / limit``;
-  ``tpm``: with its limit; ``caps``: with its limit and the spend at which alerts start), so the take
-  and the settlement (:meth:`MemoryCounters.take_plan`, :meth:`~MemoryCounters.settle_plan`) look up
-  no counter key and build no charge per request. A prune of idle counters drops every plan.
+  ``tpm``: with its limit; ``caps``: with its limit and the spend at which alerts start), and the take
+  and the settlement of those cells compiled into two functions (:meth:`MemoryCounters.compile`), which
+  look up no counter key and build no charge per request. A prune of idle counters drops every plan.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     from labgate.keys import VirtualKey
     from labgate.record import RequestRecord
     from labgate.routing.table import Deployment, Route
-    from labgate.state.counters import MemoryCounters
+    from labgate.state.counters import MemoryCounters, SettleCells, TakeCells
 
 MINUTE = 60.0
 BYTES_PER_TOKEN = 4  # the prompt estimate: request bytes / 4 (JSON overhead makes it an overestimate)
@@ -69,8 +69,8 @@ class Taken(NamedTuple):
 class Plan:
     """The charges of one (model, virtual key) pair on one route (see the module docstring)."""
 
-    __slots__ = ("cap_charges", "caps", "caps_at", "ends", "key", "rates", "route", "rpm", "scopes", "template",
-                 "tpm", "tpm_at", "tpm_charges")
+    __slots__ = ("cap_charges", "caps", "caps_at", "ends", "key", "rates", "route", "rpm", "scopes", "settle",
+                 "take", "template", "tpm", "tpm_at", "tpm_charges")
 
     def __init__(self, key: VirtualKey | None, route: Route) -> None:
         self.key, self.route = key, route
@@ -86,6 +86,8 @@ class Plan:
         self.rpm: tuple[tuple[list[float], float], ...] = ()  # (cell, 60 / limit)
         self.tpm: tuple[tuple[list[float], float], ...] = ()  # (cell, limit)
         self.caps: tuple[tuple[list[float], float, float], ...] = ()  # (cell, limit, spend where alerts start)
+        self.take: TakeCells | None = None  # (tokens, cost) → taken: the cells' take (MemoryCounters.compile)
+        self.settle: SettleCells | None = None  # (tokens, cost, real tokens, real cost) → a budget is near an alert
 
 
 class Planner:
@@ -165,6 +167,7 @@ class Planner:
             plan.tpm = tuple((cell(ckey, 0.0), limit) for _, ckey, limit in tpm)
             plan.caps = tuple((cell(ckey, ends - now + TTL_SLACK_S if ends != NEVER else 0.0), limit,
                                self.alert_floor * limit) for ckey, limit, ends in caps)
+            plan.take, plan.settle = counters.compile(plan.rpm, plan.tpm, plan.caps)
         if self._count >= MODEL_MEMO:
             self.forget()
         self.plans.setdefault(model, {})[key.id if key is not None else ""] = plan
