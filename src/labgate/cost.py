@@ -68,7 +68,9 @@ class Rates:
         rates = self.tier if self.tier is not None and self.tier_start is not None \
             and usage.prompt_tokens > self.tier_start else self
         cached, written = usage.cached_tokens, usage.cache_write_tokens
-        plain_in = max(usage.prompt_tokens - cached - written, 0)
+        plain_in = usage.prompt_tokens - cached - written
+        if plain_in < 0:  # (not max(): no call on the request path)
+            plain_in = 0
         total = plain_in * rates.input + usage.completion_tokens * rates.output
         if cached:
             total += cached * (rates.cache_read if rates.cache_read is not None else rates.input)

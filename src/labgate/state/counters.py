@@ -128,14 +128,14 @@ class MemoryCounters:
         check, commit, moves = [], [], []
         for i, (cell, step) in enumerate(rpm):
             names[f"r{i}"], names[f"s{i}"] = cell, step
-            check += [f"a{i} = r{i}[0]", f"if a{i} < now: a{i} = now", f"a{i} += s{i}",
-                      f"if a{i} - now > SLACK: return False"]
+            # from an idle counter (TAT before now) a charge always fits: at most one period ahead
+            check += [f"a{i} = r{i}[0]", f"if a{i} < now: a{i} = now + s{i}",
+                      f"else:\n  a{i} += s{i}\n  if a{i} - now > SLACK: return False"]
             commit.append(f"r{i}[0] = r{i}[1] = a{i}")
         for i, (cell, limit) in enumerate(tpm):
             names[f"t{i}"], names[f"l{i}"] = cell, limit
-            check += [f"b{i} = t{i}[0]", f"if b{i} < now: b{i} = now",
-                      f"b{i} += (tokens if tokens < l{i} else l{i}) * MINUTE / l{i}",
-                      f"if b{i} - now > SLACK: return False"]
+            check += [f"b{i} = t{i}[0]", f"c = (tokens if tokens < l{i} else l{i}) * MINUTE / l{i}",
+                      f"if b{i} < now: b{i} = now + c", f"else:\n  b{i} += c\n  if b{i} - now > SLACK: return False"]
             commit.append(f"t{i}[0] = t{i}[1] = b{i}")
             moves += [f"d = real_tokens - (tokens if tokens < l{i} else l{i})",
                       f"if d: t{i}[0] = t{i}[1] = t{i}[0] + d * MINUTE / l{i}"]

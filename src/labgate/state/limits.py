@@ -167,25 +167,24 @@ class Limiter:
     def reserve_now(self, record: RequestRecord, route: Route, table: RouteTable) -> Route:
         """:meth:`reserve` on in-process counters (``in_process``): the same, without a coroutine; on their
         cells (state/plan.py) when they have them, with the charges only when a take does not fit."""
-        take_now = self._take_now
-        assert take_now is not None, "reserve_now needs in-process counters"
-        cells = self._cells
-        if cells is not None:
-            key, planner, now = record.api_key, self.planner, time.time()
-            plans = planner.plans.get(record.model or "")
-            plan = None if plans is None else plans.get(key.id if key is not None else "")
+        if self._cells is not None:
+            key, model, planner, now = record.api_key, record.model or "", self.planner, time.time()
+            plans = planner.plans.get(model)
+            plan = None if plans is None else plans.get("" if key is None else key.id)
             if plan is None or plan.key is not key or plan.route is not route or now >= plan.ends:
-                plan = planner.compile(record.model or "", key, route, now)
+                plan = planner.compile(model, key, route, now)
             prompt, output = planner.estimate(record)
-            rates = plan.rates
+            tokens, rates = prompt + output, plan.rates
             cost = 0.0 if rates is None else prompt * rates[0] + output * rates[1] if type(rates) is tuple else \
                 planner.cost(rates, prompt, output)
-            if plan.take(prompt + output, cost):  # type: ignore[misc]  # compiled on in-process cells
-                record.reservation = _taken(Taken, (plan, prompt + output, cost))
+            if plan.take(tokens, cost):  # type: ignore[misc]  # compiled on in-process cells
+                record.reservation = _taken(Taken, (plan, tokens, cost))
                 return route
-            held = planner.charges(plan, prompt + output, cost, now)  # not taken: the general take says why
+            held = planner.charges(plan, tokens, cost, now)  # not taken: the general take says why
         else:
             held = self.charges(record, route)
+        take_now = self._take_now
+        assert take_now is not None, "reserve_now needs in-process counters"
         if not held.charges:
             return route
         refused, wait = take_now(held.charges)
