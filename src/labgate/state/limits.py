@@ -1,12 +1,13 @@
 """Rate limits and budgets on the request path: reserve before the call, settle after (docs/limits.md).
 
-``Limiter.plan`` (no I/O) lists what a request draws on: the gateway's and
-its model's rpm/tpm (``rate_limits:``), its virtual key's rpm/tpm and
+``Limiter.plan`` (no I/O) says whether a request draws on anything: the gateway's
+and its model's rpm/tpm (``rate_limits:``), its virtual key's rpm/tpm and
 budget, and the budgets of its key's project, its model and the gateway
-(``budgets:``). ``reserve`` takes them all at once (state/counters.py: one
-script call on Redis): one request for rpm, an estimate for tpm (prompt
-bytes / 4 plus ``max_tokens``, or ``rate_limits.default_output_tokens``) and
-the estimate's cost for budgets. Refused: 429 ``rate_limit_exceeded`` with
+(``budgets:``); which ones is a plan compiled once per model and key
+(state/plan.py). ``reserve`` takes them all at once (state/counters.py: one
+script call on Redis; in process, the plan's compiled take on its cells): one
+request for rpm, an estimate for tpm (prompt bytes / 4 plus ``max_tokens``, or
+``rate_limits.default_output_tokens``) and the estimate's cost for budgets. Refused: 429 ``rate_limit_exceeded`` with
 ``retry-after``, or ``insufficient_quota`` for a budget (or, with
 ``budgets.on_exhausted: fallback``, the request goes to the fallback model).
 Provider limits (``providers.yaml``: a provider's ``rate_limits`` and ``budget``)
