@@ -183,8 +183,9 @@ class Prices:
             self.rates(record.provider, deployment.partition("/")[2])
         if rates is None:
             return None
-        seconds = None if record.finished is None else record.finished - record.started
-        return rates.cost(record.usage, seconds)
+        if rates.per_hour is None:  # priced per token: no time spent to measure
+            return rates.cost(record.usage)
+        return rates.cost(record.usage, None if record.finished is None else record.finished - record.started)
 
     def describe(self) -> dict[str, Any]:
         return {k: None if r is None else {"source": r.source, "input_per_1m": r.input * MILLION,

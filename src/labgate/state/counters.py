@@ -117,8 +117,10 @@ class MemoryCounters:
         cost)`` takes them all or none, with :func:`decide`'s arithmetic; False when one does not fit or a
         budget's counter has expired (then :meth:`take_now` says which and for how long, or renews it).
         ``settle(tokens, cost, real_tokens, real_cost)`` moves each tpm cell by the real tokens minus what it
-        took and each budget by the real cost minus ``cost`` (:meth:`settle_now`'s arithmetic); True when a
-        budget is at or past the spend where its alerts start.
+        took and each budget by the real cost minus ``cost`` (:meth:`settle_now`'s arithmetic; a budget
+        counter that expired meanwhile takes its delta too, unread: an expired counter counts as 0 everywhere
+        and its next take starts it again); True when a budget is at or past the spend where its alerts
+        start (the caller then reads the cells, expiry included).
 
         Both are generated as straight-line code, one block per cell (as :mod:`dataclasses` generates
         ``__init__``): a plan's charges are fixed, and a loop over them costs more Python operations than the
@@ -140,18 +142,17 @@ class MemoryCounters:
             moves += [f"d = real_tokens - (tokens if tokens < l{i} else l{i})",
                       f"if d: t{i}[0] = t{i}[1] = t{i}[0] + d * MINUTE / l{i}"]
         if caps:
-            moves += ["now = clock()", "d = real_cost - cost", "near = False"]
+            moves += ["d = real_cost - cost", "if d:"]
         for i, (cell, limit, alert_at) in enumerate(caps):
             names[f"k{i}"], names[f"m{i}"], names[f"q{i}"] = cell, limit + 1e-12, alert_at
             check += [f"v{i}, u{i} = k{i}", f"if u{i} <= now and u{i}: return False", f"v{i} += cost",
                       f"if v{i} > m{i} and cost > 0: return False"]
             commit.append(f"k{i}[0] = v{i}")
-            moves += [f"v, u = k{i}", "if u <= now and u: v = 0.0",  # its window ended meanwhile: nothing to settle
-                      f"elif d:\n  v += d\n  if v < 0.0: v = 0.0\n  k{i}[0] = v", f"if v >= q{i}: near = True"]
+            moves.append(f"  v = k{i}[0] + d\n  if v < 0.0: v = 0.0\n  k{i}[0] = v")
+        near = " or ".join(f"k{i}[0] >= q{i}" for i in range(len(caps))) or "False"
         defaults = ", ".join(f"{name}={name}" for name in names)
         body = "\n".join("  " + line.replace("\n", "\n  ") for line in (*check, *commit, "return True"))
-        moved = "\n".join("  " + line.replace("\n", "\n  ") for line in (*moves, "return near" if caps
-                                                                           else "return False"))
+        moved = "\n".join("  " + line.replace("\n", "\n  ") for line in (*moves, f"return {near}"))
         source = (f"def take(tokens, cost, {defaults}):\n  now = clock()\n{body}\n"
                   f"def settle(tokens, cost, real_tokens, real_cost, {defaults}):\n{moved}\n")
         exec(compile(source, "<labgate.state.counters: a plan's cells>", "exec"), names)
