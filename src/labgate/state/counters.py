@@ -25,6 +25,7 @@ import asyncio
 import math
 import time
 from collections.abc import Callable, Sequence
+from types import FunctionType
 from typing import Any
 
 from labgate.state.base import Charge
@@ -35,6 +36,8 @@ _DENIED = -1
 _EMPTY = (0.0, 0.0)  # a counter not (or no longer) there
 MINUTE = 60.0  # a rate limit's period (rpm, tpm)
 _RATE_SLACK = MINUTE + 1e-9  # a rate charge fits while its TAT runs at most this far ahead (as in decide)
+_CODE: dict[tuple[int, int, int], tuple[Any, Any]] = {}  # a plan shape's take and settle code (compile)
+_NO_GLOBALS: dict[str, Any] = {"__builtins__": {}}  # the generated code reads its defaults and locals only
 
 
 Value = tuple[float, float]  # (the counter, when it expires; 0: never)
@@ -124,7 +127,8 @@ class MemoryCounters:
 
         Both are generated as straight-line code, one block per cell (as :mod:`dataclasses` generates
         ``__init__``): a plan's charges are fixed, and a loop over them costs more Python operations than the
-        arithmetic. Only names are generated; the cells and numbers are the functions' default arguments.
+        arithmetic. Only names are generated, and compiled once per shape (how many cells of each kind); the
+        cells and numbers are each plan's functions' default arguments.
         """
         names: dict[str, Any] = {"clock": self._clock, "SLACK": _RATE_SLACK, "MINUTE": MINUTE}
         check, commit, moves = [], [], []
@@ -150,13 +154,20 @@ class MemoryCounters:
             commit.append(f"k{i}[0] = v{i}")
             moves.append(f"  v = k{i}[0] + d\n  if v < 0.0: v = 0.0\n  k{i}[0] = v")
         near = " or ".join(f"k{i}[0] >= q{i}" for i in range(len(caps))) or "False"
-        defaults = ", ".join(f"{name}={name}" for name in names)
-        body = "\n".join("  " + line.replace("\n", "\n  ") for line in (*check, *commit, "return True"))
-        moved = "\n".join("  " + line.replace("\n", "\n  ") for line in (*moves, f"return {near}"))
-        source = (f"def take(tokens, cost, {defaults}):\n  now = clock()\n{body}\n"
-                  f"def settle(tokens, cost, real_tokens, real_cost, {defaults}):\n{moved}\n")
-        exec(compile(source, "<labgate.state.counters: a plan's cells>", "exec"), names)
-        return names["take"], names["settle"]
+        shape = (len(rpm), len(tpm), len(caps))
+        code = _CODE.get(shape)
+        if code is None:  # compiled once per shape (how many cells of each kind); the cells are the defaults
+            defaults = ", ".join(f"{name}={name}" for name in names)
+            body = "\n".join("  " + line.replace("\n", "\n  ") for line in (*check, *commit, "return True"))
+            moved = "\n".join("  " + line.replace("\n", "\n  ") for line in (*moves, f"return {near}"))
+            source = (f"def take(tokens, cost, {defaults}):\n  now = clock()\n{body}\n"
+                      f"def settle(tokens, cost, real_tokens, real_cost, {defaults}):\n{moved}\n")
+            made: dict[str, Any] = dict(names)
+            exec(compile(source, "<labgate.state.counters: a plan's cells>", "exec"), made)
+            code = _CODE[shape] = (made["take"].__code__, made["settle"].__code__)
+        values = tuple(names.values())
+        return (FunctionType(code[0], _NO_GLOBALS, "take", values),
+                FunctionType(code[1], _NO_GLOBALS, "settle", values))
 
     def take_now(self, charges: tuple[Charge, ...]) -> tuple[int, float]:
         now, values = self._clock(), self._values
