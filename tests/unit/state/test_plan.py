@@ -122,3 +122,14 @@ def test_a_prune_drops_the_plans_and_their_cells_stay_exact() -> None:
     plan = again.reservation.plan
     assert all(counters._values[c.key] is cell  # type: ignore[attr-defined]
                for c, (cell, _) in zip([c for c in plan.template if c is not None], plan.rpm, strict=True))
+
+
+def test_plans_of_one_shape_share_their_code_and_keep_their_own_cells() -> None:
+    cells, _, rt, _ = _pair()
+    route, now = rt.table.resolve("paid"), time.time()
+    a, b = (cells.planner.compile("paid", VirtualKey(id=ident, name=ident, hint="xxxx", rpm=5, tpm=900), route, now)
+            for ident in ("key_x", "key_y"))
+    assert a.take.__code__ is b.take.__code__ and a.settle.__code__ is b.settle.__code__  # type: ignore[union-attr]
+    assert a.tpm[0][0] is b.tpm[0][0] and a.tpm[-1][0] is not b.tpm[-1][0]  # the gateway's cell; each key's own
+    assert a.take(10, 0.001)  # type: ignore[misc]
+    assert a.tpm[-1][0][0] > 0 and b.tpm[-1][0] == [0.0, 0.0] and b.tpm[0][0][0] > 0
