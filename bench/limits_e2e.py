@@ -29,18 +29,15 @@ pass/fail: exit status 0 when every leg ran, 1 when one failed, 2 when the harne
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
-import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import uuid
 from pathlib import Path
 
-from cache import Mode, _check_redis, interleave
-from harness import load, machine, procs, targets
+from harness import targets
+from harness.modes import Mode, check_redis, flush_redis, paired, run
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
@@ -53,56 +50,32 @@ PRICING = "    pricing: {input_per_1m: 1.0, output_per_1m: 2.0}\n"  # provider-l
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
-    if load.wrk_path() is None:
-        print(f"bench: {load.WRK_MISSING}", file=sys.stderr)
-        return 2
-    place = machine.placement()
-    work = Path(tempfile.mkdtemp(prefix="labgate-limits-bench-"))
-    load1, _, _ = machine.load_average()
-    print(f"bench: {machine.cpu_model()}, {place.cores} cores; {place.note}; load average {load1:.2f}",
-          file=sys.stderr)
+    namespace = f"bench{uuid.uuid4().hex[:8]}"
+    cleanup = None if args.no_redis else lambda: flush_redis(args.redis_url, f"labgate:{{limits:{namespace}}}:*")
+    return run(args, prefix="labgate-limits-bench-", modes=lambda work: _modes(args, work, namespace),
+               report=lambda modes: _report(modes, args), cleanup=cleanup)
+
+
+def _modes(args: argparse.Namespace, work: Path, namespace: str) -> list[Mode]:
     tree, what = targets.snapshot_labgate(REPO, work, rev=None)
     print(f"bench: labgate under test: {what}", file=sys.stderr)
-    namespace = f"bench{uuid.uuid4().hex[:8]}"
     store = work / "keys.db"
     secret = _create_key(tree, store)
     quiet = f"store:\n  url: {store}\n  capture: none\n"
     data = {"LABGATE_DATA_DIR": str(work / "data")}
+    keyed = (f"authorization: Bearer {secret}",)
     modes = [Mode("off", quiet, tree, edit_config=_unkeyed, env=data),
-             Mode("on", quiet + LIMITS, tree, headers=(f"authorization: Bearer {secret}",), edit_config=_priced,
-                  env=data)]
+             Mode("on", quiet + LIMITS, tree, headers=keyed, edit_config=_priced, env=data)]
     if args.base_rev:
         base, base_what = targets.snapshot_labgate(REPO, work, rev=args.base_rev)
         print(f"bench: base: {base_what}", file=sys.stderr)
         modes += [Mode(f"off@{args.base_rev}", quiet, base, edit_config=_unkeyed, env=data),
-                  Mode(f"on@{args.base_rev}", quiet + LIMITS, base, headers=(f"authorization: Bearer {secret}",),
-                       edit_config=_priced, env=data)]
+                  Mode(f"on@{args.base_rev}", quiet + LIMITS, base, headers=keyed, edit_config=_priced, env=data)]
     if not args.no_redis:
-        _check_redis(args.redis_url)
+        check_redis(args.redis_url)
         modes.append(Mode("redis", quiet + LIMITS.replace("rate_limits:\n", f"rate_limits:\n  namespace: {namespace}\n")
-                          + f"state:\n  url: {args.redis_url}\n", tree, headers=(f"authorization: Bearer {secret}",),
-                          edit_config=_priced, env=data))
-    upstream_port = procs.free_port()
-    upstream = procs.spawn([sys.executable, str(BENCH / "upstream.py"), "--port", str(upstream_port)],
-                           cores=place.load, log=work / "upstream.log")
-    failed = False
-    try:
-        procs.wait_listening(upstream_port, proc=upstream, timeout=15)
-        failed = interleave(args, modes, place, work, f"http://127.0.0.1:{upstream_port}")
-        _report(modes, args)
-    except (RuntimeError, OSError) as exc:
-        print(f"bench: {exc}", file=sys.stderr)
-        return 2
-    finally:
-        procs.stop(upstream)
-        if not args.no_redis:
-            with contextlib.suppress(Exception):
-                _flush_redis(args.redis_url, namespace)
-        if failed:
-            print(f"bench: logs kept in {work}", file=sys.stderr)
-        else:
-            shutil.rmtree(work, ignore_errors=True)
-    return 1 if failed else 0
+                          + f"state:\n  url: {args.redis_url}\n", tree, headers=keyed, edit_config=_priced, env=data))
+    return modes
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
@@ -138,17 +111,6 @@ def _create_key(source: Path, store: Path) -> str:
     return secret
 
 
-def _flush_redis(url: str, namespace: str) -> None:
-    import redis
-
-    client = redis.Redis.from_url(url, socket_timeout=2)
-    try:
-        for key in client.scan_iter(match=f"labgate:{{limits:{namespace}}}:*"):
-            client.unlink(key)
-    finally:
-        client.close()
-
-
 def _unkeyed(config: Path) -> None:
     """``off``: no virtual keys (the auth section is the harness's)."""
     gateway = config / "gateway.yaml"
@@ -161,28 +123,20 @@ def _priced(config: Path) -> None:
     providers.write_text(providers.read_text() + PRICING)
 
 
-def _paired(a: Mode | None, b: Mode | None, attr: str, *, difference: bool = False) -> float | None:
-    if a is None or b is None:
-        return None
-    pairs = list(zip(getattr(a, attr), getattr(b, attr), strict=False))
-    values = [x - y if difference else x / y for x, y in pairs if difference or y]
-    return statistics.median(values) if values else None
-
-
 def _report(modes: list[Mode], args: argparse.Namespace) -> None:
     by = {m.name: m for m in modes}
     ratios = {
-        "on_vs_off_rps": _paired(by.get("on"), by.get("off"), "rps"),
-        "on_vs_off_cpu": _paired(by.get("off"), by.get("on"), "cpu_us"),
-        "on_added_cpu_us": _paired(by.get("on"), by.get("off"), "cpu_us", difference=True),
-        "redis_added_cpu_us_over_on": _paired(by.get("redis"), by.get("on"), "cpu_us", difference=True),
-        "redis_added_p50_ms_over_on": _paired(by.get("redis"), by.get("on"), "c1_p50_ms", difference=True),
+        "on_vs_off_rps": paired(by.get("on"), by.get("off"), "rps"),
+        "on_vs_off_cpu": paired(by.get("off"), by.get("on"), "cpu_us"),
+        "on_added_cpu_us": paired(by.get("on"), by.get("off"), "cpu_us", difference=True),
+        "redis_added_cpu_us_over_on": paired(by.get("redis"), by.get("on"), "cpu_us", difference=True),
+        "redis_added_p50_ms_over_on": paired(by.get("redis"), by.get("on"), "c1_p50_ms", difference=True),
     }
     if args.base_rev:
         off, on = by.get(f"off@{args.base_rev}"), by.get(f"on@{args.base_rev}")
-        ratios["base_on_vs_off_rps"] = _paired(on, off, "rps")
-        ratios["base_on_vs_off_cpu"] = _paired(off, on, "cpu_us")
-        ratios["base_on_added_cpu_us"] = _paired(on, off, "cpu_us", difference=True)
+        ratios["base_on_vs_off_rps"] = paired(on, off, "rps")
+        ratios["base_on_vs_off_cpu"] = paired(off, on, "cpu_us")
+        ratios["base_on_added_cpu_us"] = paired(on, off, "cpu_us", difference=True)
     if args.json:
         import orjson
 

@@ -68,7 +68,9 @@ class Rates:
         rates = self.tier if self.tier is not None and self.tier_start is not None \
             and usage.prompt_tokens > self.tier_start else self
         cached, written = usage.cached_tokens, usage.cache_write_tokens
-        plain_in = max(usage.prompt_tokens - cached - written, 0)
+        plain_in = usage.prompt_tokens - cached - written
+        if plain_in < 0:  # (not max(): no call on the request path)
+            plain_in = 0
         total = plain_in * rates.input + usage.completion_tokens * rates.output
         if cached:
             total += cached * (rates.cache_read if rates.cache_read is not None else rates.input)
@@ -181,8 +183,9 @@ class Prices:
             self.rates(record.provider, deployment.partition("/")[2])
         if rates is None:
             return None
-        seconds = None if record.finished is None else record.finished - record.started
-        return rates.cost(record.usage, seconds)
+        if rates.per_hour is None:  # priced per token: no time spent to measure
+            return rates.cost(record.usage)
+        return rates.cost(record.usage, None if record.finished is None else record.finished - record.started)
 
     def describe(self) -> dict[str, Any]:
         return {k: None if r is None else {"source": r.source, "input_per_1m": r.input * MILLION,

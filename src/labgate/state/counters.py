@@ -24,21 +24,28 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from types import FunctionType
 from typing import Any
 
 from labgate.state.base import Charge
 
-PRUNE_EVERY = 4096  # takes between sweeps of idle in-process counters
+PRUNE_EVERY = 4096  # takes (by charges) and new counters between sweeps of idle in-process counters
 MAX_BUCKETS = 1_000_000  # in-process counters kept at most (past it, idle ones go first, then the oldest)
 _DENIED = -1
 _EMPTY = (0.0, 0.0)  # a counter not (or no longer) there
+MINUTE = 60.0  # a rate limit's period (rpm, tpm)
+_RATE_SLACK = MINUTE + 1e-9  # a rate charge fits while its TAT runs at most this far ahead (as in decide)
+_CODE: dict[tuple[int, int, int], tuple[Any, Any]] = {}  # a plan shape's take and settle code (compile)
+_NO_GLOBALS: dict[str, Any] = {"__builtins__": {}}  # the generated code reads its defaults and locals only
 
 
 Value = tuple[float, float]  # (the counter, when it expires; 0: never)
+TakeCells = Callable[[int, float], bool]  # a plan's take: (tokens, cost) → taken (MemoryCounters.compile)
+SettleCells = Callable[[int, float, int, float], bool]  # its settlement: (tokens, cost, real tokens, real cost)
 
 
-def decide(charges: tuple[Charge, ...], current: Callable[[str, Value], Value],
+def decide(charges: tuple[Charge, ...], current: Callable[[str, Value], Sequence[float]],
            now: float) -> tuple[int, float, dict[str, Value]]:
     """(index refused or -1, seconds to wait, each counter's new value by key): the take, as the Redis script
     does it (a counter charged twice gets its last charge's value, as the script's last ``SET`` wins).
@@ -73,23 +80,108 @@ def settled(c: Charge, current: Value, delta: float, now: float) -> Value:
 
 
 class MemoryCounters:
-    """In-process counters (the embedded default): exact within one process."""
+    """In-process counters (the embedded default): exact within one process.
+
+    Each counter is a cell, a ``[value, expires at (0: never)]`` list that stays in place while the counter
+    lives, so a compiled plan (state/plan.py) holds its cells and takes and settles them without looking
+    up a key (:meth:`compile`); :meth:`take_now` and friends take charges by key.
+    """
 
     backend = "memory"
 
     def __init__(self, *, clock: Any = time.monotonic) -> None:
         self._clock = clock
-        self._values: dict[str, tuple[float, float]] = {}  # key → (value, expires at; 0: never)
+        self._values: dict[str, list[float]] = {}  # key → its cell: [value, expires at; 0: never]
         self._ops = 0
+        self.on_prune: Callable[[], None] | None = None  # called when cells went (plans holding them are stale)
+
+    def cell(self, key: str, ttl: float) -> list[float]:
+        """The cell of counter ``key``; created empty (expiring in ``ttl`` s, 0: never) when there is none."""
+        values = self._values
+        found = values.get(key)
+        if found is None:
+            self._ops += 1
+            found = values[key] = [0.0, self._clock() + ttl if ttl else 0.0]
+        elif type(found) is not list:  # set by hand as a (value, until) pair
+            found = values[key] = list(found)
+        return found
+
+    def tidy(self) -> None:
+        """Prune idle counters when due (every PRUNE_EVERY new counters or takes, or past MAX_BUCKETS)."""
+        if self._ops >= PRUNE_EVERY or len(self._values) > MAX_BUCKETS:
+            self._prune(self._clock())
+
+    def compile(self, rpm: Sequence[tuple[list[float], float]], tpm: Sequence[tuple[list[float], float]],
+                caps: Sequence[tuple[list[float], float, float]]) -> tuple[TakeCells, SettleCells]:
+        """The take and the settlement of a compiled plan's cells (state/plan.py), as two functions.
+
+        ``rpm``: (cell, 60 / limit) — one request each; ``tpm``: (cell, limit) — the request's tokens, at most
+        the limit; ``caps``: (cell, limit, spend where alerts start) — its estimated cost. ``take(tokens,
+        cost)`` takes them all or none, with :func:`decide`'s arithmetic; False when one does not fit or a
+        budget's counter has expired (then :meth:`take_now` says which and for how long, or renews it).
+        ``settle(tokens, cost, real_tokens, real_cost)`` moves each tpm cell by the real tokens minus what it
+        took and each budget by the real cost minus ``cost`` (:meth:`settle_now`'s arithmetic; a budget
+        counter that expired meanwhile takes its delta too, unread: an expired counter counts as 0 everywhere
+        and its next take starts it again); True when a budget is at or past the spend where its alerts
+        start (the caller then reads the cells, expiry included).
+
+        Both are generated as straight-line code, one block per cell (as :mod:`dataclasses` generates
+        ``__init__``): a plan's charges are fixed, and a loop over them costs more Python operations than the
+        arithmetic. Only names are generated, and compiled once per shape (how many cells of each kind); the
+        cells and numbers are each plan's functions' default arguments.
+        """
+        names: dict[str, Any] = {"clock": self._clock, "SLACK": _RATE_SLACK, "MINUTE": MINUTE}
+        check, commit, moves = [], [], []
+        for i, (cell, step) in enumerate(rpm):
+            names[f"r{i}"], names[f"s{i}"] = cell, step
+            # from an idle counter (TAT before now) a charge always fits: at most one period ahead
+            check += [f"a{i} = r{i}[0]", f"if a{i} < now: a{i} = now + s{i}",
+                      f"else:\n  a{i} += s{i}\n  if a{i} - now > SLACK: return False"]
+            commit.append(f"r{i}[0] = r{i}[1] = a{i}")
+        for i, (cell, limit) in enumerate(tpm):
+            names[f"t{i}"], names[f"l{i}"] = cell, limit
+            check += [f"b{i} = t{i}[0]", f"c = (tokens if tokens < l{i} else l{i}) * MINUTE / l{i}",
+                      f"if b{i} < now: b{i} = now + c", f"else:\n  b{i} += c\n  if b{i} - now > SLACK: return False"]
+            commit.append(f"t{i}[0] = t{i}[1] = b{i}")
+            moves += [f"d = real_tokens - (tokens if tokens < l{i} else l{i})",
+                      f"if d: t{i}[0] = t{i}[1] = t{i}[0] + d * MINUTE / l{i}"]
+        if caps:
+            moves += ["d = real_cost - cost", "if d:"]
+        for i, (cell, limit, alert_at) in enumerate(caps):
+            names[f"k{i}"], names[f"m{i}"], names[f"q{i}"] = cell, limit + 1e-12, alert_at
+            check += [f"v{i}, u{i} = k{i}", f"if u{i} <= now and u{i}: return False", f"v{i} += cost",
+                      f"if v{i} > m{i} and cost > 0: return False"]
+            commit.append(f"k{i}[0] = v{i}")
+            moves.append(f"  v = k{i}[0] + d\n  if v < 0.0: v = 0.0\n  k{i}[0] = v")
+        near = " or ".join(f"k{i}[0] >= q{i}" for i in range(len(caps))) or "False"
+        shape = (len(rpm), len(tpm), len(caps))
+        code = _CODE.get(shape)
+        if code is None:  # compiled once per shape (how many cells of each kind); the cells are the defaults
+            defaults = ", ".join(f"{name}={name}" for name in names)
+            body = "\n".join("  " + line.replace("\n", "\n  ") for line in (*check, *commit, "return True"))
+            moved = "\n".join("  " + line.replace("\n", "\n  ") for line in (*moves, f"return {near}"))
+            source = (f"def take(tokens, cost, {defaults}):\n  now = clock()\n{body}\n"
+                      f"def settle(tokens, cost, real_tokens, real_cost, {defaults}):\n{moved}\n")
+            made: dict[str, Any] = dict(names)
+            exec(compile(source, "<labgate.state.counters: a plan's cells>", "exec"), made)
+            code = _CODE[shape] = (made["take"].__code__, made["settle"].__code__)
+        values = tuple(names.values())
+        return (FunctionType(code[0], _NO_GLOBALS, "take", values),
+                FunctionType(code[1], _NO_GLOBALS, "settle", values))
 
     def take_now(self, charges: tuple[Charge, ...]) -> tuple[int, float]:
         now, values = self._clock(), self._values
         refused, wait, new = decide(charges, values.get, now)
         if refused >= 0:
             return refused, wait
-        values.update(new)
+        for key, (value, until) in new.items():
+            found = values.get(key)
+            if type(found) is list:
+                found[0], found[1] = value, until
+            else:
+                values[key] = [value, until]
         self._ops = ops = self._ops + 1
-        if ops % PRUNE_EVERY == 0 or len(values) > MAX_BUCKETS:
+        if ops >= PRUNE_EVERY or len(values) > MAX_BUCKETS:
             self._prune(now)
         return _DENIED, 0.0
 
@@ -100,7 +192,7 @@ class MemoryCounters:
         now, values = self._clock(), self._values
         for c, delta in zip(charges, deltas, strict=True):
             if delta and (current := values.get(c.key)) is not None:
-                values[c.key] = settled(c, current, delta, now)
+                self._set(c.key, settled(c, (current[0], current[1]), delta, now))
 
     async def adjust(self, charges: tuple[Charge, ...], deltas: tuple[float, ...]) -> None:
         self.adjust_now(charges, deltas)
@@ -118,7 +210,7 @@ class MemoryCounters:
             delta = real_tokens - cost
             if delta and (current := values.get(key)) is not None:
                 tat = current[0] + delta * period / limit
-                values[key] = (tat, tat)
+                self._set(key, (tat, tat))
         if not caps:
             return None
         now, spent, near = self._clock(), [], False
@@ -132,42 +224,59 @@ class MemoryCounters:
                 value = value + delta
                 if value < 0.0:
                     value = 0.0
-                values[key] = (value, until)
+                self._set(key, (value, until))
             spent.append(value)
             if value >= floor * limit:
                 near = True
         return spent if near else None
 
+    def _set(self, key: str, value: Value) -> None:
+        """Write a counter in its cell (plans hold the cell), or as a new cell."""
+        found = self._values.get(key)
+        if type(found) is list:
+            found[0], found[1] = value
+        else:
+            self._values[key] = list(value)
+
     async def seed(self, values: tuple[tuple[str, float, float], ...]) -> None:
         now = self._clock()
         for key, value, ttl in values:
             if self.value_now(key) == 0.0:
-                self._values[key] = (value, now + ttl if ttl else 0.0)
+                self._set(key, (value, now + ttl if ttl else 0.0))
 
     def value_now(self, key: str) -> float:
-        value, until = self._values.get(key, (0.0, 0.0))
+        return self.spent(self._values.get(key, _EMPTY))
+
+    def spent(self, cell: Sequence[float]) -> float:
+        """A cell's value now (0 once it has expired)."""
+        value, until = cell
         return 0.0 if until and until <= self._clock() else value
 
     async def read(self, keys: tuple[str, ...]) -> tuple[float, ...]:
         now = self._clock()
         out = []
         for key in keys:
-            value, until = self._values.get(key, (0.0, 0.0))
+            value, until = self._values.get(key, _EMPTY)
             out.append(0.0 if until and until <= now else value)
         return tuple(out)
 
     def _prune(self, now: float) -> None:
         values = self._values
+        self._ops = 0
         for key in [k for k, (_, until) in values.items() if until and until <= now]:
             del values[key]
         while len(values) > MAX_BUCKETS:
             del values[next(iter(values))]
+        if self.on_prune is not None:
+            self.on_prune()
 
     def status(self) -> dict[str, object]:
         return {"backend": self.backend, "counters": len(self._values)}
 
     async def aclose(self) -> None:
         self._values.clear()
+        if self.on_prune is not None:
+            self.on_prune()
 
 
 class SQLiteCounters:

@@ -1,12 +1,13 @@
 """Rate limits and budgets on the request path: reserve before the call, settle after (docs/limits.md).
 
-``Limiter.plan`` (no I/O) lists what a request draws on: the gateway's and
-its model's rpm/tpm (``rate_limits:``), its virtual key's rpm/tpm and
+``Limiter.plan`` (no I/O) says whether a request draws on anything: the gateway's
+and its model's rpm/tpm (``rate_limits:``), its virtual key's rpm/tpm and
 budget, and the budgets of its key's project, its model and the gateway
-(``budgets:``). ``reserve`` takes them all at once (state/counters.py: one
-script call on Redis): one request for rpm, an estimate for tpm (prompt
-bytes / 4 plus ``max_tokens``, or ``rate_limits.default_output_tokens``) and
-the estimate's cost for budgets. Refused: 429 ``rate_limit_exceeded`` with
+(``budgets:``); which ones is a plan compiled once per model and key
+(state/plan.py). ``reserve`` takes them all at once (state/counters.py: one
+script call on Redis; in process, the plan's compiled take on its cells): one
+request for rpm, an estimate for tpm (prompt bytes / 4 plus ``max_tokens``, or
+``rate_limits.default_output_tokens``) and the estimate's cost for budgets. Refused: 429 ``rate_limit_exceeded`` with
 ``retry-after``, or ``insufficient_quota`` for a budget (or, with
 ``budgets.on_exhausted: fallback``, the request goes to the fallback model).
 Provider limits (``providers.yaml``: a provider's ``rate_limits`` and ``budget``)
@@ -27,78 +28,30 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fnmatch
 import logging
-import math
-import re
 import time
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
 from labgate.errors import BudgetExceededError, ProviderLimitedError, RateLimitedError
 from labgate.providers.base import Usage
 from labgate.state.alerts import Alerts
-from labgate.state.base import KEY_PREFIX, Charge, Counters, StateUnavailableError
-from labgate.state.budgets import TTL_SLACK_S, compute, window
+from labgate.state.base import KEY_PREFIX, Counters, StateUnavailableError
+from labgate.state.budgets import compute
+from labgate.state.counters import MemoryCounters
+from labgate.state.plan import BYTES_PER_TOKEN, NOTHING, Planner, Reservation, Taken
 
 if TYPE_CHECKING:
     from labgate.config.load import Config
-    from labgate.config.schema.limits import RateLimit
-    from labgate.cost import Prices, Rates
+    from labgate.cost import Prices
     from labgate.keys import VirtualKey
     from labgate.record import RequestRecord
     from labgate.routing.table import Deployment, Route, RouteTable
 
+__all__ = ["NOTHING", "Limiter", "Reservation", "limiter_for"]
 log = logging.getLogger("labgate.limits")
-MINUTE = 60.0
 _PERIODS = {"day": "today", "week": "this week", "month": "this month", "total": "in total"}
-BYTES_PER_TOKEN = 4  # the prompt estimate: request bytes / 4 (JSON overhead makes it an overestimate)
-_charge = tuple.__new__  # Charge(...) without the Python frame of a NamedTuple's __new__ (the request path)
-_UNKNOWN: Any = object()  # a route not yet in the estimate-rates memo
-MODEL_MEMO = 4096  # models (and budget windows) whose charges are kept preformatted; past it the memo starts again
-
-
-_NEVER = math.inf  # a total budget's window never ends
-
-
-class _Window:
-    """A budget's current window: its counter key, kept until the window ends (then :meth:`roll`)."""
-
-    __slots__ = ("ends", "key", "limit", "name", "period", "prefix")
-
-    def __init__(self, prefix: str, name: str, limit: float, period: str) -> None:
-        self.prefix, self.name, self.limit, self.period = prefix, name, limit, period
-        self.key, self.ends = "", -math.inf  # rolled on first use
-
-    def roll(self, now: float) -> None:
-        wid, left = compute(self.period, now)
-        self.key = f"{self.prefix}spend:{self.name}:{self.period}:{wid}"
-        self.ends = now + left if left else _NEVER
-
-
-class _Shape:
-    """What a (model, virtual key) pair draws on, built once (Limiter._shape): the rate charges in order, with
-    the constant rpm charges in place and ``None`` where a tpm charge takes the request's estimate, then its
-    budgets' windows; and the indexes a Reservation keeps (tpm charges, budget charges)."""
-
-    __slots__ = ("caps_at", "key", "template", "tpm", "tpm_at", "windows")
-
-    def __init__(self, key: VirtualKey | None, template: tuple[Charge | None, ...],
-                 tpm: tuple[tuple[int, str, float], ...], windows: list[_Window]) -> None:
-        self.key, self.template, self.tpm, self.windows = key, template, tpm, windows
-        self.tpm_at = tuple(i for i, _, _ in tpm)
-        self.caps_at = tuple(range(len(template), len(template) + len(windows)))
-
-
-class Reservation(NamedTuple):
-    """What a request took, to settle at finish."""
-
-    charges: tuple[Charge, ...]
-    tokens: tuple[int, ...]  # indexes of tpm charges
-    caps: tuple[int, ...]  # indexes of budget charges
-
-
-NOTHING = Reservation((), (), ())  # taken while the backend was away (fail open): nothing to settle
+_taken = tuple.__new__  # Taken(...) without the Python frame of a NamedTuple's __new__ (the request path)
 
 
 class Limiter:
@@ -108,22 +61,21 @@ class Limiter:
         self.counters = counters
         self._take_now = getattr(counters, "take_now", None)  # in-process: the take without a coroutine
         self._adjust_now = getattr(counters, "adjust_now", None)  # in-process: settled at once, no task
+        self._settle_now = getattr(counters, "settle_now", None)  # in-process: settled in one pass
         self.in_process = self._take_now is not None  # the request path may call reserve_now (no I/O)
         self.prices = prices
         self.prefix = f"{KEY_PREFIX}:{{limits:{rl.namespace if rl else 'default'}}}:"
         self._spend = len(self.prefix) + len("spend:")  # a budget key's "scope:name:period:window" starts here
         self.fail_open = rl is None or rl.on_backend_error == "open"
-        self.default_output = rl.default_output_tokens if rl else 1024
-        self.rpm, self.tpm = (rl.rpm, rl.tpm) if rl else (None, None)
-        self.model_exact: dict[str, RateLimit] = {}
-        self.model_globs: list[tuple[re.Pattern[str], str, RateLimit]] = []
-        for name, limit in (rl.models.items() if rl else ()):
-            if any(ch in name for ch in "*?["):
-                self.model_globs.append((re.compile(fnmatch.translate(name)), name, limit))
-            else:
-                self.model_exact[name] = limit
-        self.budgets = {(b.scope, b.name): b for b in budgets.limits} if budgets else {}
-        self.global_budget = self.budgets.get(("global", None))
+        self.alerts = Alerts(budgets.alert_thresholds if budgets else (0.5, 0.8, 1.0),
+                             budgets.alert_webhook if budgets else None)
+        # cells: the in-process counters, whose cells compiled plans hold (state/plan.py)
+        self._cells = counters if isinstance(counters, MemoryCounters) else None  # plans take their cells
+        self.planner = Planner(config, self.prefix, prices, cells=self._cells, alert_floor=self.alerts.floor)
+        if self._cells is not None:
+            self._cells.on_prune = self.planner.forget  # pruned cells: plans are compiled again
+        planner = self.planner
+        self.default_output, self.budgets = planner.default_output, planner.budgets
         self.fallback = budgets.fallback_model if budgets and budgets.on_exhausted == "fallback" else None
         # provider name → (rpm, tpm, budget) from providers.yaml; only providers that set one
         self.providers: dict[str, tuple[int | None, int | None, tuple[float, str] | None]] = {}
@@ -133,19 +85,11 @@ class Limiter:
                 self.providers[pname] = (prl.rpm if prl else None, prl.tpm if prl else None,
                                          (pb.limit_usd, pb.period) if pb is not None else None)
         self.keyed_budgets = config.gateway.auth.virtual_keys  # keys may carry budgets of their own
-        self.static = bool(self.rpm or self.tpm or self.model_exact or self.model_globs or self.budgets)
-        self.alerts = Alerts(budgets.alert_thresholds if budgets else (0.5, 0.8, 1.0),
-                             budgets.alert_webhook if budgets else None)
+        self.static = bool(planner.rpm or planner.tpm or planner.model_exact or planner.model_globs or self.budgets)
         self._pending: set[asyncio.Task[None]] = set()
         self.owns_counters = True  # false once a reload handed them to the next Runtime's limiter
         self.history: Any = None  # the history store budgets are seeded from (state/seed.py); None: not yet
         self._seeding = asyncio.Lock()
-        # model → virtual key id ("": none) → its charges (_Shape); an updated key (a new object) is planned afresh
-        self._shapes: dict[str, dict[str, _Shape]] = {}
-        self._shape_count = 0
-        # a route's estimate rates: (USD per prompt token, per answer token), or None to ask Rates.cost
-        self._rates: dict[str, tuple[float, float] | Rates | None] = {}
-        self._settle_now = getattr(counters, "settle_now", None)  # in-process: settled in one pass
 
     async def seed(self, store: Any = None) -> int:
         """Seed each budget's current window from the history's cost sum, where its counter does not exist.
@@ -189,95 +133,20 @@ class Limiter:
         key = record.api_key
         return self.static or (key is not None and (key.rpm or key.tpm or key.budget_usd) is not None)
 
-    def _model_limit(self, model: str) -> tuple[str, RateLimit] | None:
-        found = self.model_exact.get(model)
-        if found is not None:
-            return model, found
-        return next(((name, limit) for rx, name, limit in self.model_globs if rx.fullmatch(model)), None)
-
-    def _shape(self, model: str, key: VirtualKey | None) -> _Shape:
-        """The charges of ``model`` requested with ``key`` (None: no virtual key), from the config and the key:
-        built on first use (and when the key object changes), then two dict lookups per request."""
-        p = self.prefix
-        rates: list[tuple[str, int | None, int | None]] = [("global", self.rpm, self.tpm)]
-        if (found := self._model_limit(model)) is not None:
-            rates.append(("model:" + found[0], found[1].rpm, found[1].tpm))
-        if key is not None:
-            rates.append(("key:" + key.id, key.rpm, key.tpm))
-        template: list[Charge | None] = []
-        tpm: list[tuple[int, str, float]] = []
-        for name, rpm, tpm_limit in rates:
-            if rpm:  # one request: the same charge every time
-                template.append(Charge(p + "rpm:" + name, "rate", rpm, MINUTE, 1))
-            if tpm_limit:  # the request's estimate: filled in per request
-                tpm.append((len(template), p + "tpm:" + name, tpm_limit))
-                template.append(None)
-        spends: list[tuple[str, float, str]] = []
-        if key is not None:
-            if key.budget_usd is not None:
-                spends.append(("key:" + key.id, key.budget_usd, key.budget_period))
-            if key.project and (b := self.budgets.get(("project", key.project))):
-                spends.append(("project:" + key.project, b.limit_usd, b.period))
-        if b := self.budgets.get(("model", model)):
-            spends.append(("model:" + model, b.limit_usd, b.period))
-        if b := self.global_budget:
-            spends.append(("global", b.limit_usd, b.period))
-        shape = _Shape(key, tuple(template), tuple(tpm), [_Window(p, *spend) for spend in spends])
-        if self._shape_count >= MODEL_MEMO:
-            self._shapes.clear()
-            self._shape_count = 0
-        self._shapes.setdefault(model, {})[key.id if key is not None else ""] = shape
-        self._shape_count += 1
-        return shape
-
     def charges(self, record: RequestRecord, route: Route, *, budgets: bool = True) -> Reservation:
-        key, model = record.api_key, record.model or ""
-        prompt, output = _estimate(record, self.default_output)
-        tokens = prompt + output
-        per_model = self._shapes.get(model)
-        shape = None if per_model is None else per_model.get(key.id if key is not None else "")
-        if shape is None or shape.key is not key:
-            shape = self._shape(model, key)
-        out = list(shape.template)
-        for i, ckey, limit in shape.tpm:
-            out[i] = _charge(Charge, (ckey, "rate", limit, MINUTE, tokens if tokens < limit else limit))
-        if not (budgets and shape.windows):
-            return _charge(Reservation, (tuple(out), shape.tpm_at, ()))
-        cost = self._estimate_cost(route, prompt, output)
-        now = time.time()
-        for w in shape.windows:
-            if now >= w.ends:  # the budget's window ended (or was never looked at): its next counter
-                w.roll(now)
-            out.append(_charge(Charge, (w.key, "cap", w.limit, w.ends - now + TTL_SLACK_S if w.ends != _NEVER
-                                        else 0.0, cost)))
-        return _charge(Reservation, (tuple(out), shape.tpm_at, shape.caps_at))
+        """What ``record`` draws on, as charges (any backend): its plan with its estimate filled in."""
+        now, planner = time.time(), self.planner
+        plan = planner.plan(record.model or "", record.api_key, route, now)
+        prompt, output = planner.estimate(record)
+        cost = planner.cost(plan.rates, prompt, output) if budgets and plan.cap_charges else 0.0
+        return planner.charges(plan, prompt + output, cost, now, budgets=budgets)
 
-    def _estimate_cost(self, route: Route, prompt: int, output: int) -> float:
-        """The estimate's cost at the route's first deployment's price (0 when unpriced or priced per hour)."""
-        known = self._rates
-        rates = known.get(route.name, _UNKNOWN)
-        if rates is _UNKNOWN:
-            rates = self._route_rates(route)
-        if rates is None:
-            return 0.0
-        if type(rates) is tuple:  # plain per-token prices: the cost without building a Usage
-            return prompt * rates[0] + output * rates[1]
-        return rates.cost(Usage(prompt_tokens=prompt, completion_tokens=output))
-
-    def _route_rates(self, route: Route) -> tuple[float, float] | Rates | None:
-        dep = route.groups[0].deployments[0] if route.groups and route.groups[0].deployments else None
-        rates = self.prices.of(dep.key, dep.provider, dep.model) if dep is not None else None
-        found: tuple[float, float] | Rates | None
-        if rates is None or rates.per_hour is not None:
-            found = None
-        elif rates.tier is None:
-            found = (rates.input, rates.output)
-        else:
-            found = rates  # tiered: Rates.cost picks the tier
-        if len(self._rates) >= MODEL_MEMO:
-            self._rates.clear()
-        self._rates[route.name] = found
-        return found
+    def _as_charges(self, held: Taken | Reservation) -> Reservation:
+        """A reservation as charges (one taken from a plan's cells gets its plan's charges)."""
+        if type(held) is not Taken:
+            return held  # type: ignore[return-value]
+        plan, tokens, cost = held
+        return self.planner.charges(plan, tokens, cost, time.time())
 
     async def reserve(self, record: RequestRecord, route: Route, table: RouteTable) -> Route:
         """Take every charge or raise; returns the route to use (the fallback one when a budget says so)."""
@@ -297,10 +166,26 @@ class Limiter:
         return fallback
 
     def reserve_now(self, record: RequestRecord, route: Route, table: RouteTable) -> Route:
-        """:meth:`reserve` on in-process counters (``in_process``): the same, without a coroutine."""
+        """:meth:`reserve` on in-process counters (``in_process``): the same, without a coroutine; on their
+        cells (state/plan.py) when they have them, with the charges only when a take does not fit."""
+        if self._cells is not None:
+            key, model, planner, now = record.api_key, record.model or "", self.planner, time.time()
+            plans = planner.plans.get(model)
+            plan = None if plans is None else plans.get("" if key is None else key.id)
+            if plan is None or plan.key is not key or plan.route is not route or now >= plan.ends:
+                plan = planner.compile(model, key, route, now)
+            prompt, output = planner.estimate(record)
+            tokens, rates = prompt + output, plan.rates
+            cost = 0.0 if rates is None else prompt * rates[0] + output * rates[1] if type(rates) is tuple else \
+                planner.cost(rates, prompt, output)
+            if plan.take(tokens, cost):  # type: ignore[misc]  # compiled on in-process cells
+                record.reservation = _taken(Taken, (plan, tokens, cost))
+                return route
+            held = planner.charges(plan, tokens, cost, now)  # not taken: the general take says why
+        else:
+            held = self.charges(record, route)
         take_now = self._take_now
         assert take_now is not None, "reserve_now needs in-process counters"
-        held = self.charges(record, route)
         if not held.charges:
             return route
         refused, wait = take_now(held.charges)
@@ -339,28 +224,7 @@ class Limiter:
 
     def provider_charges(self, record: RequestRecord, dep: Deployment) -> Reservation:
         """What an attempt on ``dep`` draws on: its provider's rpm, tpm and budget (``providers.yaml``)."""
-        rpm, tpm_limit, budget = self.providers[dep.provider]
-        p, name = self.prefix, "provider:" + dep.provider
-        prompt, output = _estimate(record, self.default_output)
-        out: list[Charge] = []
-        tpm: tuple[int, ...] = ()
-        caps: tuple[int, ...] = ()
-        if rpm:
-            out.append(Charge(p + "rpm:" + name, "rate", rpm, MINUTE, 1))
-        if tpm_limit:
-            tpm = (len(out),)
-            out.append(Charge(p + "tpm:" + name, "rate", tpm_limit, MINUTE, min(prompt + output, tpm_limit)))
-        if budget is not None:
-            limit, period = budget
-            wid, left = window(period)
-            rates = self.prices.of(dep.key, dep.provider, dep.model)
-            cost = 0.0 if rates is None or rates.per_hour is not None else rates.cost(
-                Usage(prompt_tokens=prompt, completion_tokens=output))
-            caps = (len(out),)
-            # a total budget never ends (period 0: its counter never expires), like the gateway's own
-            out.append(Charge(f"{p}spend:{name}:{period}:{wid}", "cap", limit, left + TTL_SLACK_S if left else 0.0,
-                              cost))
-        return Reservation(tuple(out), tpm, caps)
+        return self.planner.provider_charges(record, dep, self.providers[dep.provider])
 
     async def take_provider(self, record: RequestRecord, dep: Deployment) -> Reservation | ProviderLimitedError:
         """Take an attempt's provider charges (one atomic take), or say why its provider is over."""
@@ -387,10 +251,10 @@ class Limiter:
         """The attempt that answered: its provider charges are settled with the request's at finish."""
         if not held.charges:
             return
-        mine = record.reservation
-        if mine is None:
+        if record.reservation is None:
             record.reservation = held
             return
+        mine = self._as_charges(record.reservation)
         n = len(mine.charges)
         record.reservation = Reservation(mine.charges + held.charges, mine.tokens + tuple(i + n for i in held.tokens),
                                          mine.caps + tuple(i + n for i in held.caps))
@@ -404,9 +268,9 @@ class Limiter:
         provider is settled at finish with what it served (the record's usage and cost), not both
         with the whole answer.
         """
-        held = record.reservation
-        if held is None or failed.provider not in self.providers:
+        if record.reservation is None or failed.provider not in self.providers:
             return
+        held = self._as_charges(record.reservation)
         owner = "provider:" + failed.provider
         start, seen, mine = len(self.prefix), set(), []
         for i, charge in enumerate(held.charges):  # its charges come first (the continuation's were kept after)
@@ -417,7 +281,7 @@ class Limiter:
         if not mine:
             return
         if usage is None:
-            prompt, _ = _estimate(record, self.default_output)
+            prompt, _ = self.planner.estimate(record)
             usage = Usage(prompt_tokens=prompt, completion_tokens=-(-len(partial.encode()) // BYTES_PER_TOKEN))
         rates = self.prices.of(failed.key, failed.provider, failed.model)
         cost = 0.0 if rates is None or rates.per_hour is not None else rates.cost(usage)
@@ -455,7 +319,13 @@ class Limiter:
         held = record.reservation
         record.reservation = None
         usage = record.usage
-        real_tokens, real_cost = usage.total_tokens if usage is not None else 0, record.cost or 0.0
+        real_tokens = usage.prompt_tokens + usage.completion_tokens if usage is not None else 0
+        real_cost = record.cost or 0.0
+        if type(held) is Taken:  # taken from a plan's cells: settled on them
+            plan, tokens, cost = held
+            if plan.settle(tokens, cost, real_tokens, real_cost):  # type: ignore[misc]  # a Taken: compiled cells
+                self._alert_plan(plan)
+            return
         settle_now = self._settle_now
         if settle_now is None:
             self._settle(held, real_tokens, real_cost)
@@ -470,6 +340,15 @@ class Limiter:
             charge = held.charges[i]
             if value >= floor * charge.limit:  # below the lowest threshold nothing can cross
                 alerts.check(charge.key[self._spend:], value, charge.limit)
+
+    def _alert_plan(self, plan: Any) -> None:
+        """Budget alerts for the spend in a plan's cells after its settlement."""
+        cells = self._cells
+        assert cells is not None, "a plan's cells are in-process counters"
+        for (cell, limit, alert_at), scope in zip(plan.caps, plan.scopes, strict=True):
+            value = cells.spent(cell)
+            if value >= alert_at:  # below the lowest threshold nothing can cross
+                self.alerts.check(scope, value, limit)
 
     def _settle(self, held: Reservation, real_tokens: float, real_cost: float) -> None:
         settle_now = self._settle_now
@@ -567,15 +446,6 @@ class Limiter:
             await self.counters.aclose()
 
 
-def _estimate(record: RequestRecord, default_output: int) -> tuple[int, int]:
-    """(prompt tokens, answer tokens) a request may use, before it is sent."""
-    payload: Any = record.payload or {}
-    out = payload.get("max_completion_tokens") or payload.get("max_tokens")
-    if type(out) is not int or out < 0:  # parsed JSON: a bool is no token count
-        out = default_output
-    return len(record.body or b"") // BYTES_PER_TOKEN, out
-
-
 def limiter_for(config: Config, prices: Prices, *, previous: Limiter | None = None,
                 shared_path: str | None = None) -> Limiter | None:
     """The limiter the config asks for; None when nothing is limited (no limits, no budgets, no virtual keys).
@@ -604,8 +474,6 @@ def limiter_for(config: Config, prices: Prices, *, previous: Limiter | None = No
         link.source = url
         counters = RedisCounters(link, max_connections=s.max_connections)
     else:
-        from labgate.state.counters import MemoryCounters
-
         counters = MemoryCounters()
     limiter = Limiter(config, counters, prices)
     if previous is not None and counters is previous.counters:  # the same counters: what was reported stays so

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import os
 import re
 import shutil
@@ -52,38 +52,33 @@ def test_cache_quick_prints_every_ratio() -> None:
             f"no number for {label!r} in:\n{done.stdout}")
 
 
-def _bench() -> ModuleType:
-    """bench/cache.py as a module (it imports its harness as a top-level package from bench/)."""
+def _modes() -> ModuleType:
+    """bench/harness/modes.py (bench/cache.py's legs), imported as the benchmarks import it: from bench/."""
     if str(BENCH) not in sys.path:
         sys.path.append(str(BENCH))
-    spec = importlib.util.spec_from_file_location("labgate_bench_cache", BENCH / "cache.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
+    return importlib.import_module("harness.modes")
 
 
-cache_bench = _bench()
+modes = _modes()
 
 
 def _result(requests: int, *, errors: int = 0, status_errors: int = 0, p50_ms: float = 1.0) -> Any:
-    return cache_bench.load.WrkResult(requests, 2.0, errors, status_errors, p50_ms, p50_ms, p50_ms)
+    return modes.load.WrkResult(requests, 2.0, errors, status_errors, p50_ms, p50_ms, p50_ms)
 
 
 def test_a_slow_leg_passes_and_one_without_answers_fails() -> None:
-    assert cache_bench.leg_problem(_result(3, p50_ms=900.0)) is None  # a loaded machine: slow, not wrong
-    assert cache_bench.leg_problem(_result(1000, errors=10)) is None  # within MAX_ERROR_SHARE
-    assert "0 requests" in cache_bench.leg_problem(_result(0))  # the hit-redis leg that served nothing
-    assert "0 requests" in cache_bench.leg_problem(_result(0, errors=16))
-    assert "error answers" in cache_bench.leg_problem(_result(500, status_errors=1))
-    assert "socket errors" in cache_bench.leg_problem(_result(100, errors=2))
+    assert modes.leg_problem(_result(3, p50_ms=900.0)) is None  # a loaded machine: slow, not wrong
+    assert modes.leg_problem(_result(1000, errors=10)) is None  # within MAX_ERROR_SHARE
+    assert "0 requests" in modes.leg_problem(_result(0))  # the hit-redis leg that served nothing
+    assert "0 requests" in modes.leg_problem(_result(0, errors=16))
+    assert "error answers" in modes.leg_problem(_result(500, status_errors=1))
+    assert "socket errors" in modes.leg_problem(_result(100, errors=2))
 
 
 def test_a_failed_leg_says_what_the_gateway_logged(tmp_path: Path) -> None:
     log = tmp_path / "access-hit-redis.log"
     earlier = b'{"status":200,"outcome":"ok","cache":"hit"}\n'
     log.write_bytes(earlier + b'{"status":499,"outcome":"client_disconnected","cache":"miss"}\n' * 6 + b"not json\n")
-    summary = cache_bench._access_summary(log, len(earlier))  # this leg's records only
+    summary = modes.access_summary(log, len(earlier))  # this leg's records only
     assert summary == "6 × 499 client_disconnected cache=miss"
-    assert cache_bench._access_summary(tmp_path / "absent.log", 0).startswith("nothing readable")
+    assert modes.access_summary(tmp_path / "absent.log", 0).startswith("nothing readable")

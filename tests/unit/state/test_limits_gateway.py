@@ -219,17 +219,17 @@ async def test_a_budget_alert_fires_when_the_estimate_was_exact(tmp_path: Path,
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     """Regression: settling skipped the alert check when the reservation's estimate equalled the real cost
     (nothing to adjust), so a budget passed its thresholds in silence (e.g. output-only prices and max_tokens)."""
-    from labgate.state import limits
+    from labgate.state.plan import Planner
 
     budgets = {"limits": [{"scope": "model", "name": "paid", "limit_usd": 100, "period": "week"}]}
     async with gateway(tmp_path, monkeypatch, budgets=budgets) as (running, http, _):
         call = caller(running, http)
-        monkeypatch.setattr(limits, "_estimate", lambda record, default: (0, 0))
+        monkeypatch.setattr(Planner, "estimate", lambda self, record: (0, 0))
         status, body, _ = await call("/v1/chat/completions", chat())  # learn what a request really uses
         assert status == 200
         usage = body["usage"]
         exact = (usage["prompt_tokens"], usage["completion_tokens"])
-        monkeypatch.setattr(limits, "_estimate", lambda record, default: exact)
+        monkeypatch.setattr(Planner, "estimate", lambda self, record: exact)
         spent, status = usage["prompt_tokens"] + 2 * usage["completion_tokens"], 200
         while status == 200 and spent < 50:
             status, _, headers = await call("/v1/chat/completions", chat())

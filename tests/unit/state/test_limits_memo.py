@@ -1,4 +1,4 @@
-"""The limiter's per-model memo of charges and its preformatted budget window keys (state/limits.py)."""
+"""The limiter's compiled charge plans per (model, key) and their budget window keys (state/plan.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from labgate.cost import Prices
 from labgate.record import RequestRecord
 from labgate.runtime import Runtime
-from labgate.state import budgets, limits
+from labgate.state import budgets, plan
 from labgate.state.counters import MemoryCounters
 from labgate.state.limits import Limiter
 from labgate.testing.gateway import config_from
@@ -61,10 +61,10 @@ def test_a_new_budget_window_gets_a_new_key(monkeypatch: pytest.MonkeyPatch) -> 
 
 def test_the_memo_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     limiter, rt = _setup()
-    monkeypatch.setattr(limits, "MODEL_MEMO", 3)
+    monkeypatch.setattr(plan, "MODEL_MEMO", 3)
     for i in range(10):
         limiter.charges(_record(f"m{i}"), rt.table.resolve("paid"))
-    assert sum(len(keys) for keys in limiter._shapes.values()) <= 3 and limiter._shape_count <= 3
+    assert sum(len(keys) for keys in limiter.planner.plans.values()) <= 3
 
 
 @pytest.mark.parametrize(("payload", "expected"), [
@@ -73,7 +73,7 @@ def test_the_memo_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_the_estimate_takes_only_a_token_count(payload: dict[str, object], expected: int) -> None:
     record = _record("paid")
     record.payload = payload
-    assert limits._estimate(record, 1024) == (10, expected)
+    assert _setup()[0].planner.estimate(record) == (10, expected)
 
 
 def _keyed(rpm: int | None, tpm: int | None, budget: float | None, project: str | None = None) -> object:
@@ -107,11 +107,12 @@ def test_the_estimate_cost_matches_the_price_for_plain_and_tiered_rates() -> Non
     route = rt.table.resolve("paid")
     rates = limiter.prices.of(*(lambda d: (d.key, d.provider, d.model))(route.groups[0].deployments[0]))
     assert rates is not None
-    assert limiter._estimate_cost(route, 120, 30) == pytest.approx(rates.cost(Usage(120, 30)))
+    planner = limiter.planner
+    assert planner.cost(planner.rates(route), 120, 30) == pytest.approx(rates.cost(Usage(120, 30)))
     tiered = Rates(1e-6, 2e-6, tier_start=100, tier=Rates(3e-6, 5e-6))
-    limiter._rates[route.name] = tiered  # a tiered price keeps its Rates: the tier depends on the prompt
-    assert limiter._estimate_cost(route, 120, 30) == pytest.approx(120 * 3e-6 + 30 * 5e-6)
-    assert limiter._estimate_cost(route, 50, 30) == pytest.approx(50 * 1e-6 + 30 * 2e-6)
+    planner._rates[route.name] = tiered  # a tiered price keeps its Rates: the tier depends on the prompt
+    assert planner.cost(planner.rates(route), 120, 30) == pytest.approx(120 * 3e-6 + 30 * 5e-6)
+    assert planner.cost(planner.rates(route), 50, 30) == pytest.approx(50 * 1e-6 + 30 * 2e-6)
 
 
 @pytest.mark.asyncio
