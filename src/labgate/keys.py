@@ -128,6 +128,7 @@ class KeyRing:
         self._seen = 0.0  # the newest updated_at read so far
         self._task: asyncio.Task[None] | None = None
         self._opened = False
+        self._blind = False  # failed closed at start: enforced until the first successful read
         # a presented secret → its digest, for secrets that named a key (a guess never enters; bounded):
         # the same client's key is not hashed again per request. A digest never goes stale (a rotated or
         # revoked key's entry leads to no key, or to the revoked one), so nothing here is invalidated.
@@ -162,8 +163,9 @@ class KeyRing:
                 self._opened = True
                 await self.refresh()
         except Exception as exc:
-            log.error("virtual keys: cannot read the key table (%s); refusing virtual keys until it answers", exc)
-            self.enforced = True
+            log.error("virtual keys: cannot read the key table (%s); refusing requests without a valid key "
+                      "until it answers", exc)
+            self.enforced = self._blind = True
         self._task = asyncio.get_running_loop().create_task(self._poll(), name="labgate-keys")
 
     def _not_created(self) -> bool:
@@ -176,6 +178,10 @@ class KeyRing:
                                       (self._seen - CLOCK_SLACK_S,))
         for row in rows:
             self.apply(row)
+        if self._blind:  # read at last (a sibling worker was creating the file, the database was down)
+            self._blind = False
+            self.enforced = bool(self.by_hash)  # the keys decide again: none means no auth, as at a clean start
+            log.warning("virtual keys: the key table answers again (%d keys)", len(self.by_hash))
 
     def apply(self, row: dict[str, Any]) -> None:
         hashed, key = _from_row(row)

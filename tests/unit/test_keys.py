@@ -45,6 +45,39 @@ async def test_an_unreadable_store_at_start_fails_closed() -> None:
         await ring.aclose()
 
 
+class LateStore(DownStore):
+    """A store that cannot be read at start (a sibling worker is still creating the file), then can: no key."""
+
+    def __init__(self) -> None:
+        self.up = False
+
+    async def open(self) -> None:
+        if not self.up:
+            raise OSError("database is locked")
+
+    async def fetch(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        if not self.up:
+            raise OSError("database is locked")
+        return []
+
+
+async def test_a_store_that_answers_later_with_no_key_opens_the_gateway_again() -> None:
+    store = LateStore()
+    ring = KeyRing(store, refresh_s=0.02)  # type: ignore[arg-type]
+    await ring.start()
+    try:
+        assert ring.enforced  # unknown: fail closed
+        store.up = True
+        for _ in range(500):  # a refresh or two (every 0.02 s)
+            if not ring.enforced:
+                break
+            await asyncio.sleep(0.01)
+        assert not ring.enforced  # read now, and there is no key: a keyless gateway is open again
+        assert Auth([], keyring=ring).admit(None) == (None, None)
+    finally:
+        await ring.aclose()
+
+
 async def test_rotation_and_revocation_reach_a_ring_on_refresh(tmp_path: Path) -> None:
     store = SQLiteStore(tmp_path / "h.db")
     await store.open()

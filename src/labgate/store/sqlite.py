@@ -23,6 +23,7 @@ import asyncio
 import itertools
 import math
 import sqlite3
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
@@ -137,10 +138,27 @@ class SQLiteStore:
         conn.row_factory = sqlite3.Row
         return conn
 
+    def _to_wal(self, conn: sqlite3.Connection) -> None:
+        """WAL mode, waiting up to the busy timeout: changing the journal mode does not call SQLite's busy
+        handler, so a sibling process writing to a new file (another worker, the history writer) makes it
+        fail at once with "database is locked" instead of waiting as every other statement does."""
+        deadline = time.monotonic() + self._busy_timeout
+        while True:
+            try:
+                if conn.execute("PRAGMA journal_mode=WAL").fetchone()[0] == "wal":
+                    return
+                problem = f"{self.path}: cannot switch to WAL mode"
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc):
+                    raise
+                problem = str(exc)
+            if time.monotonic() >= deadline:
+                raise sqlite3.OperationalError(problem)
+            time.sleep(0.01)
+
     def _connect_and_migrate(self) -> sqlite3.Connection:
         conn = self._connect()
-        if conn.execute("PRAGMA journal_mode=WAL").fetchone()[0] != "wal":
-            raise sqlite3.OperationalError(f"{self.path}: cannot switch to WAL mode")
+        self._to_wal(conn)
         conn.execute("BEGIN IMMEDIATE")  # one process migrates; the others wait, then find it done
         try:
             conn.execute(f"CREATE TABLE IF NOT EXISTS {VERSION_TABLE} (version INTEGER NOT NULL)")

@@ -166,3 +166,34 @@ async def test_a_version_1_database_gains_the_cache_columns(tmp_path: Path) -> N
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         assert {"api_keys", "audit_log"} <= tables  # migration 5: virtual keys and the audit log
         assert conn.execute("SELECT request_id, cache FROM requests").fetchall() == [("after", None)]
+
+
+async def test_opening_waits_while_another_process_holds_a_fresh_file_locked(tmp_path: Path) -> None:
+    """``PRAGMA journal_mode=WAL`` does not wait on SQLite's busy timeout: two workers (or a gateway and
+    its history writer) opening a new file at once saw "database is locked" and failed to start."""
+    path = tmp_path / "h.db"
+    locked, release = asyncio.Event(), asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def hold() -> None:  # another process creating the file, in rollback-journal mode, mid-transaction
+        conn = sqlite3.connect(path, isolation_level=None)
+        conn.execute("BEGIN IMMEDIATE")  # a writer: readers may read, nobody may change the journal mode
+        conn.execute("CREATE TABLE other (x)")
+        loop.call_soon_threadsafe(locked.set)
+        asyncio.run_coroutine_threadsafe(release.wait(), loop).result(10)
+        conn.execute("COMMIT")
+        conn.close()
+
+    holder = loop.run_in_executor(None, hold)
+    await locked.wait()
+    store = SQLiteStore(path, busy_timeout_s=10)
+    opening = asyncio.create_task(store.open())
+    await asyncio.sleep(0.2)  # it must be waiting, not failed
+    assert not opening.done() or opening.exception() is None
+    release.set()
+    await holder
+    await opening
+    try:
+        assert (await store.fetch("PRAGMA journal_mode"))[0]["journal_mode"] == "wal"
+    finally:
+        await store.aclose()
