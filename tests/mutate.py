@@ -45,7 +45,7 @@ MODULES: dict[str, list[str]] = {
     "routing/queue.py": ["tests/unit/routing/test_gate.py", "tests/unit/routing/test_queue_priority.py",
                          "tests/unit/routing/test_queue_wait.py", "tests/security/test_traffic_queue.py"],
     "routing/pace.py": ["tests/unit/routing/test_pace.py", "tests/contract/test_stream_deadlines.py"],
-    "routing/engines.py": ["tests/unit/routing/test_engines.py"],
+    "routing/engines.py": ["tests/unit/routing/test_engines.py", "tests/unit/routing/test_engine_load.py"],
     "routing/experiments.py": ["tests/unit/routing/test_experiments.py"],
     "routing/leases.py": ["tests/integration/test_capacity_replicas.py"],
     "routing/rescue.py": ["tests/unit/routing/test_rescue.py"],
