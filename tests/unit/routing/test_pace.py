@@ -27,11 +27,13 @@ class Scripted:
         self.script = list(script)
         self.info = StreamInfo()
         self.go = asyncio.Event()
+        self.stalled = asyncio.Event()  # set when the script reaches a stall
         self.closed = False
 
     async def _chunks(self) -> AsyncIterator[bytes]:
         for chunk in self.script:
             if chunk == STALL:
+                self.stalled.set()
                 await self.go.wait()
                 continue
             if chunk.startswith(b"token") and self.info.first_token is None:
@@ -102,3 +104,22 @@ async def test_a_route_inherits_each_deadline_it_does_not_set() -> None:
     assert pace is not None
     assert [pace.of_model(m) for m in ("idle-only", "ttft-only", "ttft-off", "other", None)] == [
         Timeouts(3, 2), Timeouts(1, 9), Timeouts(None, 9), Timeouts(3, 9), Timeouts(3, 9)]
+
+
+async def test_a_wait_for_the_first_token_that_is_cancelled_closes_the_stream() -> None:
+    stream = Scripted(b"role", STALL, b"token")
+    waiting = asyncio.create_task(first_token(opened(stream), Timeouts(5.0, None), started=time.monotonic(),
+                                              where="p/m"))
+    await asyncio.wait_for(stream.stalled.wait(), HANG)  # the role chunk is held, the token still to come
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    assert stream.closed
+
+
+async def test_a_stream_that_fails_to_open_fails_the_attempt_with_its_own_error() -> None:
+    async def refused() -> Scripted:
+        raise ConnectionRefusedError("no engine")
+
+    with pytest.raises(ConnectionRefusedError, match="no engine"):
+        await first_token(refused(), Timeouts(5.0, None), started=time.monotonic(), where="p/m")
