@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import socket
 import time
 from collections.abc import AsyncIterator
 from types import SimpleNamespace
@@ -64,6 +66,7 @@ async def reading(config: ProviderConfig) -> AsyncIterator[EngineLoad]:
     ("vllm", "http://gpu:8000/v1/", {}, "http://gpu:8000/metrics"),
     ("llama_cpp", "http://gpu:8080", {}, "http://gpu:8080/slots"),
     ("vllm", "http://gpu:8000/v1", {"url": "http://other:9/m"}, "http://other:9/m"),
+    ("vllm", "http://BOX/", {}, "http://BOX/metrics"),  # only slashes are trimmed
 ])
 @pytest.mark.asyncio
 async def test_the_default_url_is_the_base_urls_root(kind: str, base_url: str, options: dict[str, Any],
@@ -154,3 +157,70 @@ def test_a_deployments_load_is_the_larger_count_over_its_capacity_and_at_least_i
 
 def test_in_flight_on_the_engine_is_the_larger_known_count() -> None:
     assert [busy(None, 2), busy(seen(None), 2), busy(seen(1), 2), busy(seen(5), 2)] == [2, 2, 2, 5]
+
+
+@pytest.mark.asyncio
+async def test_before_any_poll_nothing_is_known() -> None:
+    async with reading(provider(base_url="http://127.0.0.1:1/v1", engine_load={})) as engine:
+        assert engine.status() == {"url": "http://127.0.0.1:1/metrics", "running": None, "waiting": None,
+                                   "kv_cache_usage": None, "slots": None, "fresh": False, "polls": 0, "errors": 0,
+                                   "last_error": None}
+
+
+@pytest.mark.asyncio
+async def test_a_reading_is_fresh_for_three_intervals() -> None:
+    async with Engine().running() as server:
+        server.body = b"vllm:num_requests_running 2\n"
+        async with reading(provider(base_url=server.url + "/v1", engine_load={"interval_s": 60})) as engine:
+            assert await engine.poll_once() is True
+            assert engine.polls == 1
+            engine.read_at = time.monotonic() - 10  # 10 s of 180
+            assert (engine.busy(), engine.status()["fresh"]) == (2, True)
+
+
+@pytest.mark.asyncio
+async def test_a_url_without_a_path_asks_for_the_root_and_a_trailing_slash_still_means_slots() -> None:
+    async with Engine().running() as server:
+        server.body = b"vllm:num_requests_running 2\n"
+        async with reading(provider(engine_load={"url": server.url, "interval_s": 60})) as engine:
+            assert await engine.poll_once() is True
+            assert server.asked[-1][0] == "/"
+        server.body = b'[{"is_processing": true}]'
+        async with reading(provider("llama_cpp", engine_load={"url": server.url + "/slots/"})) as engine:
+            assert (await engine.poll_once(), engine.slots) == (True, 1)
+
+
+@pytest.mark.asyncio
+async def test_an_answer_over_max_bytes_is_not_read() -> None:
+    async with Engine().running() as server:
+        server.body = b"vllm:num_requests_running 2\n" + b"# padding\n" * 300
+        async with reading(provider(base_url=server.url + "/v1", engine_load={"max_bytes": 1024})) as engine:
+            assert (await engine.poll_once(), engine.running, engine.errors) == (False, None, 1)
+
+
+@pytest.mark.asyncio
+async def test_the_cause_is_logged_once_until_it_changes_and_kept_to_200_characters(
+        caplog: pytest.LogCaptureFixture) -> None:
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    async with Engine().running() as server:
+        async with reading(provider(base_url=server.url + "/v1", engine_load={})) as engine:
+            caplog.set_level(logging.INFO, logger="labgate.routing")
+            server.status = 503
+            for _ in range(3):
+                await engine.poll_once()
+            server.status, server.body = 200, b"vllm:num_requests_running " + b"9" * 20 + b"x" * 300 + b"\n"
+            await engine.poll_once()
+            long_error = engine.last_error
+        refused = EngineLoad("gpu", provider(base_url=f"http://127.0.0.1:{port}/v1", engine_load={}))
+        try:
+            await refused.poll_once()
+        finally:
+            await refused.aclose()
+    assert len(long_error or "") == 200 and (long_error or "").startswith("could not convert string to float")
+    assert refused.last_error is not None and refused.last_error.startswith(
+        "cannot connect to provider 'gpu engine load'")
+    assert [r.getMessage() for r in caplog.records] == [
+        "engine load of gpu unknown: answered 503", f"engine load of gpu unknown: {long_error}",
+        f"engine load of gpu unknown: {refused.last_error}"]
