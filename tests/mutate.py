@@ -48,7 +48,7 @@ MODULES: dict[str, list[str]] = {
     "routing/engines.py": ["tests/unit/routing/test_engines.py", "tests/unit/routing/test_engine_load.py"],
     "routing/experiments.py": ["tests/unit/routing/test_experiments.py"],
     "routing/leases.py": ["tests/integration/test_capacity_replicas.py"],
-    "routing/rescue.py": ["tests/unit/routing/test_rescue.py"],
+    "routing/rescue.py": ["tests/unit/routing/test_rescue.py", "tests/contract/test_rescue_messages.py"],
     "routing/table.py": ["tests/unit/routing/test_table.py", "tests/unit/routing/test_local_first.py"],
     "providers/pool.py": ["tests/security/test_pool_*.py", "tests/unit/providers/test_http.py"],
     "providers/http.py": ["tests/unit/providers/test_http.py", "tests/unit/providers/test_status_mapping.py"],
