@@ -324,3 +324,34 @@ def test_a_reload_keeps_circuit_and_capacity_state_of_unchanged_providers_only()
     assert (new.deployments["a/m"].health is old.deployments["a/m"].health, new.gates["a"] is old.gates["a"],
             new.deployments["a/m"].gate is old.gates["a"], new.gates["a"].inflight) == (True, True, True, 1)
     assert (new.deployments["b/n"].health.failures, new.gates["b"] is old.gates["b"]) == (0, False)
+
+
+def test_a_deployment_carries_its_providers_settings_and_one_object_serves_every_route_to_it() -> None:
+    providers = {
+        "gpu": {"type": "vllm", "base_url": "http://gpu:8000/v1", "region": "eu", "max_parallel_requests": 4,
+                "engine_load": {}, "models": [{"name": "big", "alias": "b"}]},
+        "spare": {"type": "openai_compatible", "base_url": "http://spare/v1", "failover_only": True, "max_queue": 3,
+                  "max_parallel_requests": 2, "models": ["big"]},
+    }
+    routes = table({"routing": {"prefer_local_under": 0.5}}, providers)
+    gpu = routes.resolve("gpu/big").groups[0].deployments[0]
+    spare = routes.resolve("spare/big").groups[0].deployments[0]
+    assert (gpu.key, gpu.health.key, gpu.region, gpu.failover_only, gpu.local, gpu.capacity) == (
+        "gpu/big", "gpu/big", "eu", False, True, 4)
+    assert (gpu.gate, gpu.engine) == (routes.gates["gpu"], routes.engines["gpu"])
+    assert (routes.engines["gpu"].name, routes.engines["gpu"].url) == ("gpu", "http://gpu:8000/metrics")
+    assert (spare.failover_only, spare.local, spare.engine, spare.region) == (True, False, None, None)
+    assert [(g.limit, g.max_queue, g.spill_at) for g in (routes.gates["gpu"], routes.gates["spare"])] == [
+        (4, 256, 2.0), (2, 3, 1.0)]  # queue.max_queue_size unless the provider's max_queue; × prefer_local_under
+    assert table(None, providers).gates["gpu"].spill_at == 4  # no prefer_local_under: the whole limit
+    assert routes.resolve("b").groups[0].deployments[0] is gpu  # alias, pair and model: one deployment
+    assert routes.resolve("gpu/b").groups[0].deployments[0] is gpu
+    assert routes.resolve("b").name == "b" and routes.resolve("gpu/big").name == "gpu/big"
+    invented = routes.resolve("gpu/other").groups[0].deployments[0]
+    assert routes.resolve("gpu/other").groups[0].deployments[0] is invented  # made once, then found
+    assert (invented.key, invented.gate, invented.engine) == ("gpu/other", routes.gates["gpu"], routes.engines["gpu"])
+
+
+def test_a_route_is_local_first_only_when_its_primary_group_says_so() -> None:
+    routes = table()
+    assert [r.local_first for r in (Route("x", ()), routes.resolve("llama3.1:8b"))] == [False, False]
