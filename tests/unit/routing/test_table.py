@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import pytest
@@ -355,3 +356,22 @@ def test_a_deployment_carries_its_providers_settings_and_one_object_serves_every
 def test_a_route_is_local_first_only_when_its_primary_group_says_so() -> None:
     routes = table()
     assert [r.local_first for r in (Route("x", ()), routes.resolve("llama3.1:8b"))] == [False, False]
+
+
+def test_marking_a_region_down_holds_its_circuits_open_and_back_up_closes_them() -> None:
+    providers = {"west": {"type": "openai_compatible", "base_url": "http://w/v1", "region": "us-west-1",
+                          "models": ["m", "n"]},
+                 "east": {"type": "openai_compatible", "base_url": "http://e/v1", "region": "us-east-1",
+                          "models": ["m"]}}
+    routes = table(None, providers)
+    west = [routes.resolve(f"west/{m}").groups[0].deployments[0] for m in ("m", "n")]
+    east = routes.resolve("east/m").groups[0].deployments[0]
+    west[1].health.last_error, west[1].health.failures = "earlier", 2
+    assert routes.mark_region("us-west-1", down=True) == ["west/m", "west/n"]
+    assert [(d.health.open_until, d.health.last_error) for d in west] == [
+        (math.inf, "region 'us-west-1' marked down")] * 2
+    assert (east.health.open_until, east.health.last_error) == (0.0, None)
+    assert routes.mark_region("us-west-1", down=False) == ["west/m", "west/n"]
+    assert [(d.health.open_until, d.health.failures, d.health.last_error) for d in west] == [
+        (0.0, 0, "region 'us-west-1' marked down")] * 2  # the last error stays as history
+    assert routes.mark_region("nowhere", down=True) == []
