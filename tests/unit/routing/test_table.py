@@ -371,7 +371,11 @@ def test_marking_a_region_down_holds_its_circuits_open_and_back_up_closes_them()
     assert [(d.health.open_until, d.health.last_error) for d in west] == [
         (math.inf, "region 'us-west-1' marked down")] * 2
     assert (east.health.open_until, east.health.last_error) == (0.0, None)
+    west[0].health.failures = 3  # counted while down (a probe, a request that raced the marking)
     assert routes.mark_region("us-west-1", down=False) == ["west/m", "west/n"]
     assert [(d.health.open_until, d.health.failures, d.health.last_error) for d in west] == [
         (0.0, 0, "region 'us-west-1' marked down")] * 2  # the last error stays as history
     assert routes.mark_region("nowhere", down=True) == []
+    east.health.last_error = "timeout"
+    assert routes.mark_region("us-east-1", down=False) == ["east/m"]  # up without having been down
+    assert (east.health.open_until, east.health.last_error) == (0.0, "timeout")
