@@ -13,6 +13,13 @@ reported as surviving or as "no tests", never as killed by them.
 
     python tests/mutate.py providers/pool.py          # run, then print the survivors
     python tests/mutate.py --list                     # the modules and their test files
+    python tests/mutate.py --again providers/pool.py  # after adding tests: re-test the survivors
+
+mutmut keeps a verdict once given: a plain second run re-tests only mutants of functions whose code
+changed, and selects the tests to run from its stats (which tests call which function), collected
+once. ``--again`` copies the paired test files into the scratch copy (``mutants/tests/``), drops the
+stats so they are collected again with the new tests, and names every mutant that survived or had no
+tests, which makes mutmut test those again.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ import glob
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -34,8 +42,13 @@ MODULES: dict[str, list[str]] = {
     "routing/balancer.py": ["tests/unit/routing/test_balancer.py", "tests/unit/routing/test_local_first.py"],
     "routing/circuit.py": ["tests/unit/routing/test_circuit.py"],
     "routing/gate.py": ["tests/unit/routing/test_gate.py"],
-    "routing/queue.py": ["tests/unit/routing/test_gate.py", "tests/security/test_traffic_queue.py"],
-    "routing/rescue.py": ["tests/unit/routing/test_rescue.py"],
+    "routing/queue.py": ["tests/unit/routing/test_gate.py", "tests/unit/routing/test_queue_priority.py",
+                         "tests/unit/routing/test_queue_wait.py", "tests/security/test_traffic_queue.py"],
+    "routing/pace.py": ["tests/unit/routing/test_pace.py", "tests/contract/test_stream_deadlines.py"],
+    "routing/engines.py": ["tests/unit/routing/test_engines.py", "tests/unit/routing/test_engine_load.py"],
+    "routing/experiments.py": ["tests/unit/routing/test_experiments.py"],
+    "routing/leases.py": ["tests/integration/test_capacity_replicas.py"],
+    "routing/rescue.py": ["tests/unit/routing/test_rescue.py", "tests/contract/test_rescue_messages.py"],
     "routing/table.py": ["tests/unit/routing/test_table.py", "tests/unit/routing/test_local_first.py"],
     "providers/pool.py": ["tests/security/test_pool_*.py", "tests/unit/providers/test_http.py"],
     "providers/connection.py": ["tests/security/test_pool_*.py", "tests/unit/providers/test_http.py"],
@@ -78,6 +91,16 @@ def prepare(module: str) -> Path:
     return scratch
 
 
+def again(module: str, scratch: Path) -> list[str]:
+    """Prepare a re-test of the mutants that were not killed: fresh test copies, fresh stats; their names."""
+    for pattern in MODULES[module]:
+        for path in glob.glob(pattern, root_dir=ROOT):
+            shutil.copyfile(ROOT / path, scratch / "mutants" / path)
+    (scratch / "mutants" / "mutmut-stats.json").unlink(missing_ok=True)
+    outcomes = survivors(scratch)
+    return [name for status in ("survived", "no tests") for name in outcomes.get(status, [])]
+
+
 def survivors(scratch: Path) -> dict[str, list[str]]:
     """Every mutant's outcome, as `mutmut results --all true` prints it."""
     out = subprocess.run([str(Path(sys.executable).with_name("mutmut")), "results", "--all", "true"],
@@ -94,6 +117,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("module", nargs="?", help="a module under src/labgate/, e.g. providers/pool.py")
     parser.add_argument("--list", action="store_true", help="the modules and their test files")
+    parser.add_argument("--again", action="store_true",
+                        help="re-test the survivors and 'no tests' of the last run, with the current tests")
     parser.add_argument("--children", type=int, default=1, help="mutants tested at once (default 1)")
     args = parser.parse_args()
     if args.list or not args.module:
@@ -103,9 +128,14 @@ def main() -> int:
     if args.module not in MODULES:
         raise SystemExit(f"unknown module {args.module!r}; `--list` shows the known ones")
     scratch = prepare(args.module)
+    retest = again(args.module, scratch) if args.again else []
+    if args.again and not retest:
+        print(f"{args.module}: nothing left to re-test")
+        return 0
     env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
     mutmut = str(Path(sys.executable).with_name("mutmut"))
-    code = subprocess.run([mutmut, "run", "--max-children", str(args.children)], cwd=scratch, env=env).returncode
+    run = [mutmut, "run", "--max-children", str(args.children), *retest]
+    code = subprocess.run(run, cwd=scratch, env=env).returncode
     outcomes = survivors(scratch)
     print(f"\n{args.module}: " + ", ".join(f"{len(names)} {status}" for status, names in sorted(outcomes.items())))
     for status in ("survived", "no tests", "timeout", "suspicious"):

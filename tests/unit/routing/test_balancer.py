@@ -173,3 +173,37 @@ def test_least_busy_counts_what_each_engine_reports_against_the_gates_limit() ->
     gated.engine = SimpleNamespace(busy=lambda: 2, slots=8, kv=None)  # type: ignore[assignment]  # 2/2
     open_.engine = SimpleNamespace(busy=lambda: 1, slots=2, kv=None)  # type: ignore[assignment]  # 1/2
     assert {tuple(names(order(Group((gated, open_), "least_busy")))) for _ in range(2)} == {("b/m", "a/m")}
+
+
+def local(key: str, *, inflight: int = 0, capacity: int | None = 4, engine_busy: int | None = None) -> Deployment:
+    found = Deployment(key, key.partition("/")[0], "m", adapter=None, timeout=60.0,  # type: ignore[arg-type]
+                       health=Health(inflight=inflight), local=True, capacity=capacity)
+    if engine_busy is not None:
+        found.engine = SimpleNamespace(busy=lambda: engine_busy)  # type: ignore[assignment]
+    return found
+
+
+def test_local_first_sends_a_local_deployment_last_from_prefer_local_under_of_its_capacity() -> None:
+    quiet, at_half, engine_full = local("q/m", inflight=1), local("h/m", inflight=2), local("e/m", engine_busy=3)
+    unbounded = local("u/m", inflight=50, capacity=None)  # no capacity: never busy
+    group = Group((A, at_half, quiet, engine_full, unbounded), "local_first", prefer_local_under=0.5)
+    # 1 of 4 is under 0.5 × 4; 2 of 4 is not; the engine's own 3 running count although this gateway sent none
+    assert names(balancer.local_first(group)) == ["q/m", "u/m", "a/m", "h/m", "e/m"]
+
+
+def test_the_routing_header_says_why_the_cloud_went_first() -> None:
+    here, busy = local("l/m"), local("b/m", inflight=4)
+    first = Route("m", (Group((A, here), "local_first"),))
+    assert balancer.local_first_decision(first, [here, A]) == "local"
+    assert balancer.local_first_decision(first, [A]) == "cloud (local failing)"
+    assert balancer.local_first_decision(Route("m", (Group((A, busy), "local_first"),)), [A, busy]) == \
+        "cloud (local over prefer_local_under)"
+    assert balancer.local_first_decision(Route("m", (Group((A, B), "local_first"),)), [A, B]) == \
+        "cloud (no local deployment)"
+
+
+def test_the_routing_header_is_only_for_local_first_routes_with_a_plan() -> None:
+    here = local("l/m")
+    assert balancer.local_first_decision(Route("m", (Group((here, A), "priority"),)), [here, A]) is None
+    assert balancer.local_first_decision(Route("m", (Group((here, A), "local_first"),)), []) is None
+    assert balancer.local_first_decision(Route("m", ()), []) is None

@@ -62,3 +62,47 @@ def test_any_bytes_give_a_reading_or_a_value_error(body: bytes) -> None:
         except ValueError:  # orjson.JSONDecodeError is a ValueError
             continue
         assert all(v is None or (isinstance(v, (int, float)) and v >= 0) for v in result)
+
+
+# ---------------------------------------------------------------- the parsers' edges and messages
+
+
+@pytest.mark.parametrize(("text", "reading"), [
+    (b"vllm:num_requests_running 3\n", (3, None, None)),  # nothing else reported: unknown, not zero
+    (b"vllm:num_requests_running 0\nvllm:num_requests_waiting 0\n", (0, 0, None)),  # idle is a reading
+    (b"vllm:num_requests_running 1000000\n", (1_000_000, None, None)),  # the largest count believed
+    (b"vllm:kv_cache_usage_perc 1.5\nvllm:num_requests_running 1\n", (1, None, 1.0)),  # usage capped at 1
+    (b"vllm:request_success_total 9\nvllm:num_requests_running 2\n", (2, None, None)),  # other names skipped
+    (b"vllm:num_requests_running 2 1700000000000\n", (2, None, None)),  # a timestamp after the value
+    (b'vllm:num_requests_running{m="a b",n="{x}"} 4 1700000000000\n', (4, None, None)),  # braces, spaces
+    (b'vllm:num_requests_running{m="\xff"} 5\n', (5, None, None)),  # not UTF-8 in a label: still read
+])
+def test_metrics_at_their_edges(text: bytes, reading: tuple[int, int | None, float | None]) -> None:
+    assert read_metrics(text) == reading
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    (b"vllm:num_requests_waiting 3\n", "no running-requests metric in the answer"),
+    (b"vllm:num_requests_running{a=\"b\"}\n", "vllm:num_requests_running has no value"),
+    (b"vllm:num_requests_running -12345678901234567890\n", "vllm:num_requests_running is -1234567890123456789"),
+    (b"vllm:num_requests_running 1000001\n", "vllm:num_requests_running is 1e+06"),
+])
+def test_metrics_refused_say_why(text: bytes, message: str) -> None:
+    with pytest.raises(ValueError) as refused:
+        read_metrics(text)
+    assert str(refused.value) == message
+
+
+def test_slots_from_one_to_4096() -> None:
+    assert read_slots(b'[{"is_processing": true}]') == (1, 1)
+    assert read_slots(orjson.dumps([{"is_processing": False}] * 4096)) == (0, 4096)
+
+
+@pytest.mark.parametrize(("body", "message"), [
+    (b"[]", "/slots is not a list of 1 to 4096 slots"),
+    (b'[{"id": 0}]', "a slot without a boolean is_processing"),
+])
+def test_slots_refused_say_why(body: bytes, message: str) -> None:
+    with pytest.raises(ValueError) as refused:
+        read_slots(body)
+    assert str(refused.value) == message

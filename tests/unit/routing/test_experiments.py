@@ -13,7 +13,16 @@ import pytest
 
 from labgate.config.schema.experiments import ExperimentConfig, ExperimentsConfig
 from labgate.record import RequestRecord
-from labgate.routing.experiments import Experiment, Experiments
+from labgate.routing.experiments import (
+    SAMPLE_LABEL,
+    Experiment,
+    Experiments,
+    Variant,
+    override,
+    request_tags,
+    uniform,
+    unit_of,
+)
 
 UNITS = 100_000
 
@@ -207,3 +216,98 @@ def test_overrides_copy_the_body() -> None:
         {"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}]}
     assert native is None and r.payload is body  # the adapter translates the changed body
     assert PAYLOAD["messages"][0]["content"] == "old"  # the client's body is untouched
+
+
+# --- the pieces, one at a time -------------------------------------------------------------------
+
+
+def test_a_units_draw_is_pinned_so_an_upgrade_does_not_rebucket_a_running_experiment() -> None:
+    # values of this release's hash and mixer: a change to either moves every unit of every running experiment
+    assert uniform(b"salt", "exp/a", "u:alice") == 0.8810376450319163
+    assert uniform(b"", SAMPLE_LABEL, "k:key-1") == 0.10302320852217182
+
+
+def test_unit_of_names_the_kind_of_unit_it_hashes() -> None:
+    user, header, key, per_request = (experiment({"a": 1, "b": 1}, unit=u)
+                                      for u in ("user", "header:x-s", "key", "request"))
+    assert (user.unit, user.header, header.unit, header.header) == ("user", None, "header", "x-s")
+    with_key = record(key_id="key-1")
+    assert unit_of(user, with_key, {"user": "alice"}, {}) == "u:alice"
+    assert unit_of(user, with_key, {"user": 123}, {}) == "k:key-1"  # not a string: not a user
+    assert unit_of(user, record(), {"user": "x" * 300}, {}) == "u:" + "x" * 256
+    assert unit_of(header, with_key, {}, {"x-s": "s1"}) == "h:s1"
+    assert unit_of(key, with_key, {"user": "alice"}, {}) == "k:key-1"
+    assert unit_of(user, record(), {}, {}) == "req_1"  # no user, no key: the request
+    assert unit_of(per_request, with_key, {"user": "alice"}, {}) == "req_1"
+
+
+def test_request_tags_are_the_header_s_comma_separated_names_and_the_key_s() -> None:
+    assert request_tags({}, None) == frozenset()
+    assert request_tags({"x-labgate-tags": " a b, c ,,d"}, Key(project="lab", team="ml")) == {
+        "a b", "c", "d", "project:lab", "team:ml"}
+    many = ",".join(f"t{i}" for i in range(40))
+    assert request_tags({"x-labgate-tags": many}, None) == {f"t{i}" for i in range(32)}  # the first 32
+
+
+def test_a_system_prompt_replaces_the_system_and_developer_messages() -> None:
+    variant = experiment({"a": 1, "b": 1}).variants[0]
+    prompted = Variant(variant.name, variant.label, None, 1.0, {}, "be brief", variant.code)
+    body = override({"messages": [{"role": "developer", "content": "d"}, {"role": "system", "content": "s"},
+                                  {"role": "user", "content": "hi"}]}, prompted)
+    assert body["messages"] == [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}]
+
+
+def test_reweight_serves_the_given_weights_then_the_configured_ones_again() -> None:
+    exp = experiment({"a": 1, "b": 1})
+    exp.reweight({"b": 2})  # a is missing: weight 0
+    assert (exp.weights, set(assignments(exp, 200))) == ({"b": 2}, {"b"})
+    exp.reweight(None)
+    assert (exp.weights, set(assignments(exp, 200))) == (None, {"a", "b"})
+
+
+def test_active_from_start_until_before_end() -> None:
+    exp = experiment({"a": 1, "b": 1}, start_date="2030-01-01", end_date="2030-02-01")
+    assert exp.start is not None and exp.end is not None
+    assert [exp.active(t) for t in (exp.start - 1, exp.start, exp.end - 1, exp.end)] == [False, True, True, False]
+    assert experiment({"a": 1, "b": 1}).active(0.0)
+
+
+def test_a_wildcard_experiment_takes_any_model_after_the_named_ones() -> None:
+    exps = build({**BASIC, "name": "named", "model": "chat"}, {**BASIC, "name": "any", "model": "*"})
+    assert [e.name for e in exps.experiments] == ["named", "any"]
+    for model, name in (("chat", "named"), ("other", "any")):
+        r = record(model=model, headers={"x-session-id": "s"})
+        exps.assign(r, PAYLOAD, None, None)
+        assert r.experiment == name
+
+
+def test_opting_out_is_the_header_off_in_any_case() -> None:
+    exps = build(BASIC)
+    for value, enrolled in ((" OFF ", None), ("off", None), ("on", "exp")):
+        r = record(headers={"x-labgate-experiment": value, "x-session-id": "s"})
+        exps.assign(r, PAYLOAD, None, None)
+        assert r.experiment == enrolled
+
+
+def test_the_next_experiment_is_tried_when_one_is_outside_its_window_tags_or_sample() -> None:
+    later = {**BASIC, "name": "later", "start_date": "2999-01-01"}
+    tagged = {**BASIC, "name": "tagged", "routing_rule": {"match": {"tags": ["code"]}}}
+    sampled = {**BASIC, "name": "sampled", "routing_rule": {"sample_rate": 0.0}}
+    exps = build(later, tagged, sampled, {**BASIC, "name": "last"})
+    r = record(headers={"x-session-id": "s"})
+    exps.assign(r, PAYLOAD, None, None)
+    assert r.experiment == "last"
+    exact = record(headers={"x-session-id": "s", "x-labgate-tags": "code"})  # tags equal to the rule's: enrolled
+    exps.assign(exact, PAYLOAD, None, None)
+    assert exact.experiment == "tagged"
+
+
+def test_an_experiment_runs_from_its_start_instant_until_before_its_end() -> None:
+    exps = build({**BASIC, "start_date": "2030-01-01", "end_date": "2999-01-01"})
+    start, end = exps.experiments[0].start, exps.experiments[0].end
+    assert start is not None and end is not None
+    for now, enrolled in ((start - 0.001, None), (start, "exp"), (end, None)):
+        r = record(headers={"x-session-id": "s"})
+        r.timestamp = now
+        exps.assign(r, PAYLOAD, None, None)
+        assert r.experiment == enrolled

@@ -75,3 +75,43 @@ def test_anthropic_events_give_their_text_the_blocks_started_and_the_open_one() 
         [start, text_block, delta, stop, tool], [start, thinking], [start, text_block, json_delta],
         [start, b"data: {nope\n\n"], [start, anthropic_event({"type": "message_stop"})],
     )] == [None, None, None, None, None]
+
+
+def test_events_read_back_however_the_reads_grouped_their_lines() -> None:
+    two_in_one = event({"content": "a"}) + b": keepalive\n\n" + event({"content": "b"})
+    no_index = b"data: " + orjson.dumps({"choices": [{"delta": {"content": "c"}}]}) + b"\n\n"
+    assert partial_text([b": keepalive\n" + event({"content": "x"}), two_in_one, no_index]) == "xabc"
+
+
+def test_a_legacy_function_call_cannot_be_continued() -> None:
+    assert partial_text([event({"content": "x"}), event({"function_call": {"name": "f"}})]) is None
+
+
+def test_anthropic_pings_are_skipped_and_anything_but_a_text_delta_stops_the_reading() -> None:
+    start = anthropic_event({"type": "message_start", "message": {}})
+    text_block = anthropic_event({"type": "content_block_start", "index": 0, "content_block": {"type": "text"}})
+    ping = anthropic_event({"type": "ping"})
+
+    def delta(value: object) -> bytes:
+        return anthropic_event({"type": "content_block_delta", "index": 0, "delta": value})
+
+    assert anthropic_partial([start, ping, text_block, delta({"type": "text_delta", "text": "Hi"}), ping]) == \
+        ("Hi", 1, 0)
+    assert [anthropic_partial([start, text_block, d]) for d in (
+        delta({"type": "thinking_delta", "text": "hm"}), delta({"type": "text_delta", "text": 5}), delta(None),
+        b"data: 1\n\n",
+    )] == [None, None, None, None]
+
+
+def test_a_messages_stream_is_rescued_when_its_request_translates_to_the_openai_dialect() -> None:
+    def messages(body: bytes | None) -> RequestRecord:
+        r = RequestRecord("req", "messages")
+        r.payload, r.body = {"model": "m", "messages": []}, body
+        return r
+
+    plain = orjson.dumps({"model": "m", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]})
+    native_only = orjson.dumps({"model": "m", "max_tokens": 10, "container": "c",
+                                "messages": [{"role": "user", "content": "hi"}]})
+    cut = UpstreamConnectionError("cut")
+    assert [Rescue().can_rescue(messages(body), cut) for body in (plain, native_only, b"[]", b"{nope", None)] == [
+        True, False, False, False, False]

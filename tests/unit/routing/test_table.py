@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import pytest
@@ -324,3 +325,57 @@ def test_a_reload_keeps_circuit_and_capacity_state_of_unchanged_providers_only()
     assert (new.deployments["a/m"].health is old.deployments["a/m"].health, new.gates["a"] is old.gates["a"],
             new.deployments["a/m"].gate is old.gates["a"], new.gates["a"].inflight) == (True, True, True, 1)
     assert (new.deployments["b/n"].health.failures, new.gates["b"] is old.gates["b"]) == (0, False)
+
+
+def test_a_deployment_carries_its_providers_settings_and_one_object_serves_every_route_to_it() -> None:
+    providers = {
+        "gpu": {"type": "vllm", "base_url": "http://gpu:8000/v1", "region": "eu", "max_parallel_requests": 4,
+                "engine_load": {}, "models": [{"name": "big", "alias": "b"}]},
+        "spare": {"type": "openai_compatible", "base_url": "http://spare/v1", "failover_only": True, "max_queue": 3,
+                  "max_parallel_requests": 2, "models": ["big"]},
+    }
+    routes = table({"routing": {"prefer_local_under": 0.5}}, providers)
+    gpu = routes.resolve("gpu/big").groups[0].deployments[0]
+    spare = routes.resolve("spare/big").groups[0].deployments[0]
+    assert (gpu.key, gpu.health.key, gpu.region, gpu.failover_only, gpu.local, gpu.capacity) == (
+        "gpu/big", "gpu/big", "eu", False, True, 4)
+    assert (gpu.gate, gpu.engine) == (routes.gates["gpu"], routes.engines["gpu"])
+    assert (routes.engines["gpu"].name, routes.engines["gpu"].url) == ("gpu", "http://gpu:8000/metrics")
+    assert (spare.failover_only, spare.local, spare.engine, spare.region) == (True, False, None, None)
+    assert [(g.limit, g.max_queue, g.spill_at) for g in (routes.gates["gpu"], routes.gates["spare"])] == [
+        (4, 256, 2.0), (2, 3, 1.0)]  # queue.max_queue_size unless the provider's max_queue; × prefer_local_under
+    assert table(None, providers).gates["gpu"].spill_at == 4  # no prefer_local_under: the whole limit
+    assert routes.resolve("b").groups[0].deployments[0] is gpu  # alias, pair and model: one deployment
+    assert routes.resolve("gpu/b").groups[0].deployments[0] is gpu
+    assert routes.resolve("b").name == "b" and routes.resolve("gpu/big").name == "gpu/big"
+    invented = routes.resolve("gpu/other").groups[0].deployments[0]
+    assert routes.resolve("gpu/other").groups[0].deployments[0] is invented  # made once, then found
+    assert (invented.key, invented.gate, invented.engine) == ("gpu/other", routes.gates["gpu"], routes.engines["gpu"])
+
+
+def test_a_route_is_local_first_only_when_its_primary_group_says_so() -> None:
+    routes = table()
+    assert [r.local_first for r in (Route("x", ()), routes.resolve("llama3.1:8b"))] == [False, False]
+
+
+def test_marking_a_region_down_holds_its_circuits_open_and_back_up_closes_them() -> None:
+    providers = {"west": {"type": "openai_compatible", "base_url": "http://w/v1", "region": "us-west-1",
+                          "models": ["m", "n"]},
+                 "east": {"type": "openai_compatible", "base_url": "http://e/v1", "region": "us-east-1",
+                          "models": ["m"]}}
+    routes = table(None, providers)
+    west = [routes.resolve(f"west/{m}").groups[0].deployments[0] for m in ("m", "n")]
+    east = routes.resolve("east/m").groups[0].deployments[0]
+    west[1].health.last_error, west[1].health.failures = "earlier", 2
+    assert routes.mark_region("us-west-1", down=True) == ["west/m", "west/n"]
+    assert [(d.health.open_until, d.health.last_error) for d in west] == [
+        (math.inf, "region 'us-west-1' marked down")] * 2
+    assert (east.health.open_until, east.health.last_error) == (0.0, None)
+    west[0].health.failures = 3  # counted while down (a probe, a request that raced the marking)
+    assert routes.mark_region("us-west-1", down=False) == ["west/m", "west/n"]
+    assert [(d.health.open_until, d.health.failures, d.health.last_error) for d in west] == [
+        (0.0, 0, "region 'us-west-1' marked down")] * 2  # the last error stays as history
+    assert routes.mark_region("nowhere", down=True) == []
+    east.health.last_error = "timeout"
+    assert routes.mark_region("us-east-1", down=False) == ["east/m"]  # up without having been down
+    assert (east.health.open_until, east.health.last_error) == (0.0, "timeout")
