@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -236,3 +237,241 @@ async def test_a_provider_that_fails_to_build_refuses_the_reload(tmp_path: Path,
          "message": "cannot build the runtime: the adapter cannot start"}]
     await reloader.aclose()
     await gateway.runtime.aclose()
+
+
+# --- every section of a diff, and the names to test, on views with sections missing ---------------------------
+
+OLD_ALL = view({"a": {"type": "vllm", "base_url": "http://h:1", "models": ["m1", "m2"]},
+                "z": {"type": "ollama", "models": ["x"]},
+                "off": {"type": "ollama", "status": "inactive", "models": ["o1"]}},
+               {"routing": {"patterns": [{"pattern": "gpt-*", "provider": "a"}, {"pattern": "old-*", "provider": "a"}],
+                            "capabilities": {"vision": ["m1"]},
+                            "load_balancing": {"lb": {"deployments": [{"provider": "a", "model": "m1"}]}},
+                            "exact_matches": {"fast": {"provider": "a", "model": "m1"}}},
+                "fallbacks": {"m1": ["m2"], "gpt-*": ["m1"]}},
+               {"server": {"workers": 1}})
+NEW_ALL = view({"a": {"type": "vllm", "base_url": "http://h:1", "timeout_s": 30,
+                      "models": ["m1", {"name": "m2", "alias": "two"}]},
+                "z": {"type": "ollama", "models": ["x", "x2"]},
+                "off": {"type": "ollama", "status": "inactive", "models": ["o1", "o2"]}},
+               {"routing": {"patterns": [{"pattern": "gpt-*", "provider": "a", "fallback_chain": ["m1"]},
+                                         {"pattern": "new-*", "provider": "z"}],
+                            "capabilities": {"vision": ["m1", "m2"]},
+                            "load_balancing": {"lb": {"deployments": [{"provider": "a", "model": "m1", "weight": 2}]}},
+                            "exact_matches": {"fast": {"provider": "a", "model": "m2"}}},
+                "fallbacks": {"m1": ["x"], "gpt-*": ["x"], "x": ["m2"], "m?": ["x"], "[ab]": ["x"]}},
+               {"server": {"workers": 2}, "resilience": {"max_attempts": 3}})
+
+
+def test_diff_of_every_section() -> None:
+    """A provider whose only change is its models shows the models, not an empty provider line."""
+    assert [str(c) for c in diff(OLD_ALL, NEW_ALL)] == [
+        "~ provider a: timeout_s 60.0 → 30.0",
+        "~ model a/m2: alias null → two",
+        "+ model z/x2",
+        "+ model off/o2",
+        "~ route fast: model m1 → m2",
+        '~ route lb: deployments [{"provider":"a","model":"m1","weight":1.0}] → '
+        '[{"provider":"a","model":"m1","weight":2.0}]',
+        '~ capability vision: ["m1"] → ["m1","m2"]',
+        '~ pattern gpt-*: fallback_chain [] → ["m1"]',
+        "+ pattern new-*",
+        "- pattern old-*",
+        '~ fallback m1: ["m2"] → ["x"]',
+        '~ fallback gpt-*: ["m1"] → ["x"]',
+        "+ fallback x",
+        "+ fallback m?",
+        "+ fallback [ab]",
+        "~ setting server.workers: 1 → 2 (takes effect at restart)",
+        "~ setting resilience.max_attempts: 4 → 3",
+    ]
+    assert diff(NEW_ALL, OLD_ALL)[:3] == [Change("~", "provider", "a", "timeout_s 30.0 → 60.0"),
+                                          Change("~", "model", "a/m2", "alias two → null"),
+                                          Change("-", "model", "z/x2")]
+
+
+def test_changed_routes_skip_inactive_providers_and_glob_fallbacks() -> None:
+    """Every model of a changed provider (by its alias), only the changed models of one whose models changed."""
+    assert changed_routes(OLD_ALL, NEW_ALL) == ["m1", "two", "x2", "fast", "lb", "x"]
+    assert changed_routes(NEW_ALL, OLD_ALL) == ["m1", "m2", "fast", "lb"]
+
+
+def test_diff_and_changed_routes_of_views_with_sections_missing() -> None:
+    """Views are plain data (a replica's, `labgate reload`'s): a missing section is an empty one."""
+    old = {"providers": {"p": {"type": "vllm", "status": "active"}},
+           "gateway": {"logging": {"level": "short"}}}
+    new = {"providers": {"p": {"type": "vllm", "status": "active"},
+                         "q": {"status": "active", "models": [{"name": "q1"}]}},
+           "gateway": {"logging": {"level": "x" * 70}},
+           "ports": {"engine": {"port": 8080}}, "experiments": {"e1": {"traffic": 0.5}}}
+    assert [str(c) for c in diff(old, new)] == [
+        "+ provider q",
+        "~ setting logging.level: short → " + "x" * 57 + "...",
+        "+ port engine",
+        "+ experiment e1",
+    ]
+    assert [str(c) for c in diff(new, {**new, "ports": {"engine": {"port": 8081}},
+                                       "experiments": {"e1": {"traffic": 0.25}}})] == [
+        "~ port engine: port 8080 → 8081", "~ experiment e1: traffic 0.5 → 0.25"]
+    assert changed_routes(old, new) == ["q1"]
+    assert changed_routes({}, {"providers": {"p": {"models": [{"name": "m"}]}}}) == []  # no status: not active
+    assert diff({}, {}) == [] and changed_routes({}, {}) == []
+
+
+def test_view_shows_references_in_every_file_and_masks_by_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A model named by a ${VAR} keeps its shape (diff reads its name); secrets are masked by their key's name."""
+    monkeypatch.setenv("SIM_MODEL", "m1")
+    monkeypatch.setenv("SIM_HOST", "127.0.0.1")
+    write(tmp_path, 'providers:\n  local:\n    type: openai_compatible\n    base_url: http://127.0.0.1:9/v1\n'
+                    '    models: ["${SIM_MODEL}", m2]\n'
+                    '    headers: {X-Session-Token: "", Cookie: abc, PASSWORD: "${SIM_HOST}",'
+                    ' proxy_password_env: PW}\n',
+          'routing:\n  aliases: {chat: "${SIM_MODEL}", plain: m2}\n', 'server: {host: "${SIM_HOST}"}\n')
+    (tmp_path / "ports.yaml").write_text('ports:\n  engine: {port: 8080, host: "${SIM_HOST}"}\n')
+    loaded = load_files(tmp_path)
+    local = loaded.view["providers"]["local"]
+    assert [m["name"] for m in local["models"]] == ["m1", "m2"]
+    assert local["headers"] == {"X-Session-Token": "", "Cookie": "***", "PASSWORD": "${SIM_HOST}",
+                                "proxy_password_env": "PW"}
+    assert loaded.view["mappings"]["routing"]["aliases"] == {"chat": "${SIM_MODEL}", "plain": "m2"}
+    assert loaded.view["gateway"]["server"]["host"] == "${SIM_HOST}"
+    assert loaded.view["ports"]["engine"]["host"] == "${SIM_HOST}"
+    assert loaded.view["experiments"] == {}
+    changed = {**loaded.view, "providers": {"local": {**local, "timeout_s": 1.0}}}
+    assert changed_routes(loaded.view, changed) == ["m1", "m2"]
+    assert [str(c) for c in diff(loaded.view, changed)] == ["~ provider local: timeout_s 60.0 → 1.0"]
+
+
+# --- the audit trail, the admin view, the summary line, and who is told --------------------------------------
+
+SMALL = "providers:\n  p:\n    type: vllm\n    base_url: http://127.0.0.1:9\n    models: [m1]\n"
+
+
+class AuditStore:
+    """What ``audit.record_action`` writes to; ``fail``: it raises instead."""
+
+    def __init__(self, fail: bool = False) -> None:
+        self.rows: list[tuple[Any, ...]] = []
+        self.fail = fail
+
+    async def execute(self, sql: str, params: Any = ()) -> int:
+        if self.fail:
+            raise OSError("audit store down")
+        self.rows.append(tuple(params))
+        return 1
+
+
+class Ring:
+    def __init__(self, store: AuditStore) -> None:
+        self.store = store
+
+
+@pytest.mark.asyncio
+async def test_reloads_other_than_the_apis_are_audited_with_their_trigger_as_actor(tmp_path: Path) -> None:
+    store = AuditStore()
+    loaded = load_files(write(tmp_path, SMALL))
+    gateway = FakeGateway(Runtime.build(loaded.config, keyring=Ring(store)))  # type: ignore[arg-type]
+    reloader = Reloader(gateway, loaded, source=ConfigSource(path=tmp_path))  # type: ignore[arg-type]
+    versions = [loaded.version]
+    for n, trigger in enumerate(("SIGHUP", "watch", "sync", "replay", "api")):
+        write(tmp_path, SMALL.replace("[m1]", f"[m1, m{n + 2}]"))
+        versions.append((await reloader.reload(trigger=trigger)).version)
+    assert await reloader.reload(trigger="SIGHUP") == reloader.last  # unchanged: audited too
+    import orjson
+
+    assert [(actor, action, target, orjson.loads(before), orjson.loads(after))
+            for _, actor, action, target, before, after in store.rows] == [
+        ("signal", "config.reload", None, {"version": versions[0]}, {"version": versions[1], "status": "applied"}),
+        ("watcher", "config.reload", None, {"version": versions[1]}, {"version": versions[2], "status": "applied"}),
+        ("replica", "config.reload", None, {"version": versions[2]}, {"version": versions[3], "status": "applied"}),
+        ("replay", "config.reload", None, {"version": versions[3]}, {"version": versions[4], "status": "applied"}),
+        ("signal", "config.reload", None, {"version": versions[5]}, {"version": versions[5], "status": "unchanged"}),
+    ]  # the API's reload (versions[5]) is recorded by the admin surface, with its caller
+    await reloader.aclose()
+
+
+@pytest.mark.asyncio
+async def test_an_audit_that_fails_is_logged_and_the_reload_stands(tmp_path: Path,
+                                                                   caplog: pytest.LogCaptureFixture) -> None:
+    loaded = load_files(write(tmp_path, SMALL))
+    gateway = FakeGateway(Runtime.build(loaded.config, keyring=Ring(AuditStore(fail=True))))  # type: ignore[arg-type]
+    reloader = Reloader(gateway, loaded, source=ConfigSource(path=tmp_path))  # type: ignore[arg-type]
+    write(tmp_path, SMALL.replace("[m1]", "[m1, m2]"))
+    assert (await reloader.reload(trigger="SIGHUP")).status == "applied"
+    assert [(r.getMessage(), repr(r.exc_info[1]) if r.exc_info else None) for r in caplog.records
+            if r.name == "labgate.config" and r.levelname == "ERROR"] == [
+        ("audit: could not record the SIGHUP reload", "OSError('audit store down')")]
+    caplog.clear()
+    no_ring = Reloader(FakeGateway(Runtime.build(loaded.config)), loaded,  # type: ignore[arg-type]
+                       source=ConfigSource(path=tmp_path))
+    assert (await no_ring.reload(trigger="SIGHUP")).status == "applied"
+    assert [r.getMessage() for r in caplog.records if r.levelname == "ERROR"] == []  # no keys: no audit log
+    await reloader.aclose()
+
+
+@pytest.mark.asyncio
+async def test_describe_and_summary_say_what_serves_and_what_the_last_reload_did(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setattr("labgate.config.reload.time.time", lambda: 1_700_000_000.0)
+    loaded = load_files(write(tmp_path, SMALL))
+    gateway = FakeGateway(Runtime.build(loaded.config))
+    heard: list[tuple[str, str]] = []
+    reloader = Reloader(gateway, loaded, source=ConfigSource(path=tmp_path),  # type: ignore[arg-type]
+                        on_applied=lambda r: heard.append(("siblings", r.status)))
+    reloader.listeners.append(lambda r: heard.append(("listener", r.status)))
+    assert reloader.describe() == {
+        "version": loaded.version, "source": str(tmp_path), "loaded_at": 1_700_000_000.0,
+        "loaded_at_iso": "2023-11-14T22:13:20+00:00", "trigger": "start", "reloads": 0, "reloadable": True,
+        "watch": False, "draining_runtimes": 0, "last_reload": None, "warnings": [], "cluster": None,
+        "config": loaded.view}
+
+    unchanged = await reloader.reload(trigger="test", propagate=True)
+    assert unchanged.summary() == f"config reload (test): unchanged, serving {loaded.version}"
+    write(tmp_path, SMALL.replace("[m1]", "[m1, m2]"), "routing:\n  aliases: {chat: m1}\n")
+    with caplog.at_level(logging.INFO, logger="labgate.config"):
+        applied = await reloader.reload(trigger="test", propagate=True)
+    assert applied.summary() == (f"config reloaded (test): {loaded.version} → {applied.version}, 2 change(s)\n"
+                                 "  + model p/m2\n  + route chat")
+    assert applied.summary() in [r.getMessage() for r in caplog.records if r.levelname == "INFO"]
+    assert heard == [("listener", "applied"), ("siblings", "applied")]  # unchanged: nobody told
+    await reloader.reload(trigger="quiet")  # no propagate: only the listeners
+    assert heard[2:] == []
+    write(tmp_path, SMALL.replace("[m1]", "[m1, m3]"))
+    await reloader.reload(trigger="quiet")
+    assert heard[2:] == [("listener", "applied")]
+    gateway.replicas = type("Replicas", (), {"describe": lambda self: {"peers": 2}})()  # type: ignore[attr-defined]
+    described = reloader.describe()
+    assert (described["reloads"], described["trigger"], described["cluster"], described["version"]) == (
+        2, "quiet", {"peers": 2}, reloader.active.version)
+    assert described["last_reload"] == {
+        "status": "applied", "trigger": "quiet", "version": reloader.active.version,
+        "previous_version": applied.version, "duration_ms": reloader.last.duration_ms,  # type: ignore[union-attr]
+        "changes": [{"op": "+", "section": "model", "name": "p/m3", "detail": ""},
+                    {"op": "-", "section": "model", "name": "p/m2", "detail": ""},
+                    {"op": "-", "section": "route", "name": "chat", "detail": ""}],
+        "errors": [], "warnings": []}
+
+    (tmp_path / "providers.yaml").write_text("providers: [not a mapping")
+    with caplog.at_level(logging.ERROR, logger="labgate.config"):
+        refused = await reloader.reload(trigger="test")
+    assert refused.summary().startswith(f"config reload (test) refused; still serving {reloader.active.version}:\n  ")
+    assert refused.summary() in [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(refused.summary().splitlines()) == 1 + len(refused.problems)
+    await reloader.aclose()
+
+
+def test_the_version_of_a_config_built_in_memory_is_a_digest_of_its_content() -> None:
+    """Providers, mappings and gateway settings make the version; the order they were written in does not."""
+    import re
+
+    from labgate.config.reload import digest
+
+    a = {"type": "vllm", "base_url": "http://127.0.0.1:9", "models": ["m1"]}
+    b = {"type": "ollama", "models": ["x"]}
+    version = digest(config_from({"a": a, "b": b}))
+    assert re.fullmatch(r"sha256:[0-9a-f]{16}", version)
+    assert digest(config_from({"b": b, "a": a})) == version
+    others = {digest(config_from({"a": a})),
+              digest(config_from({"a": a, "b": b}, {"routing": {"aliases": {"c": "m1"}}})),
+              digest(config_from({"a": a, "b": b}, gateway={"resilience": {"max_attempts": 2}}))}
+    assert version not in others and len(others) == 3

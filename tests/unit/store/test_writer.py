@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -261,3 +262,174 @@ def test_the_counters_in_the_prometheus_text_format() -> None:
         "labgate_history_rejected_total": ("counter", {"labgate_history_rejected_total": 1.0}),
         "labgate_history_write_failures_total": ("counter", {"labgate_history_write_failures_total": 3.0}),
         "labgate_history_queued": ("gauge", {"labgate_history_queued": 5.0})}
+
+
+# --- from the config; records that arrive in wire form; purge in chunks; a close that has to cut --------------
+
+
+async def test_the_writer_the_store_config_asks_for(tmp_path: Path) -> None:
+    from labgate.config.schema.store import StoreConfig
+    from labgate.store.process import WriterProcess
+    from labgate.store.writer import history_for
+
+    assert history_for(StoreConfig(capture="none")) is None
+    assert HistoryWriter.from_config(StoreConfig(capture="none")) is None
+    assert isinstance(history_for(StoreConfig(url=str(tmp_path / "p.db"))), WriterProcess)
+    config = StoreConfig(url="h.db", writer="thread", capture="metadata", queue_size=7, batch_size=3,
+                         flush_interval_s=2.0, client_ip=False, retention_days=2)
+    writer = history_for(config, source=str(tmp_path))  # a relative path is the config directory's
+    assert isinstance(writer, HistoryWriter)
+    stats = writer.stats()
+    assert (stats["store"], stats["capture"], stats["queue_size"], writer.keeps_content) == (
+        str(tmp_path / "h.db"), "metadata", 7, False)
+
+
+async def test_a_writer_from_config_keeps_its_settings(tmp_path: Path) -> None:
+    """Batch size, client address, retention: what ``store:`` says reaches the rows and the purge."""
+    from labgate.config.schema.store import StoreConfig
+    from labgate.store.schema import NAMES
+
+    config = StoreConfig(url=str(tmp_path / "h.db"), writer="thread", batch_size=2, client_ip=False,
+                         retention_days=3)
+    writer = HistoryWriter.from_config(config)
+    assert writer is not None
+    store = FakeStore()
+    writer.store = store  # type: ignore[assignment]
+    r = rec(1)
+    r.client_ip = "10.0.0.1"
+    writer.put(r)
+    writer.put(rec(2))
+    writer.put(rec(3))
+    await writer.flush()
+    assert [len(b) for b in store.batches] == [2, 1]
+    assert await writer.purge() == 0
+    ((_, (cutoff,)),) = store.executed
+    import time
+
+    assert abs(cutoff - (time.time() - 3 * 86400)) < 5
+    written: list[Row] = []
+
+    async def keep(rows: Sequence[Row]) -> None:
+        written.extend(rows)
+
+    store.write = keep  # type: ignore[method-assign]
+    writer.put(r)
+    await writer.flush()
+    assert dict(zip(NAMES, written[0], strict=True))["client_ip"] is None
+
+
+async def test_records_in_wire_form_fill_the_queue_up_to_its_bound_then_are_dropped(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """``accept`` (the writer process): what does not fit, counting the batch being retried, is dropped and told."""
+    from labgate.store.capture import wire
+
+    store = FakeStore(fail=lambda rows: True)
+    writer = HistoryWriter(store, queue_size=5, batch_size=2, flush_interval_s=30)
+    changes: list[int] = []
+    writer.on_change = lambda: changes.append(writer.dropped)
+    writer.accept([wire(rec(n), keep_content=False) for n in range(2)])
+    with pytest.raises(ConnectionError):
+        await writer.flush()  # the two are now a batch being retried
+    assert (writer.stats()["queued"], changes) == (2, [])
+    with caplog.at_level(logging.WARNING, logger="labgate.store"):
+        writer.accept([wire(rec(n), keep_content=False) for n in range(2, 7)])
+    assert (writer.dropped, writer.stats()["queued"], changes) == (2, 5, [2])
+    assert [r.getMessage() for r in caplog.records if "queue full" in r.getMessage()] == [
+        "history queue full (5 records): dropped 2 record(s) since the last warning, 2 in total; "
+        "the store is not keeping up (no write error)"]  # flush() raises: only the task records errors
+    writer.accept([])
+    assert changes == [2]  # nothing dropped: nothing to tell
+    store.fail = lambda rows: False
+    await writer.flush()
+    assert store.written == [f"req-{n}" for n in range(5)]
+
+
+async def test_a_batch_of_wire_records_wakes_the_writer() -> None:
+    from labgate.store.capture import wire
+
+    store = FakeStore()
+    writer = HistoryWriter(store, batch_size=3, flush_interval_s=30)
+    await writer.start()
+    await asyncio.sleep(0.02)  # the task waits for a batch
+    writer.accept([wire(rec(n), keep_content=False) for n in range(2)])
+    await asyncio.sleep(0.05)
+    assert store.written == []  # less than a batch: waits for the interval
+    writer.accept([wire(rec(2), keep_content=False)])
+    await asyncio.sleep(0.05)
+    assert store.batches == [["req-0", "req-1", "req-2"]]
+    await writer.close()
+
+
+class PurgingStore(FakeStore):
+    """Deletes ``rows`` old rows, at most a chunk per statement."""
+
+    def __init__(self, rows: int) -> None:
+        super().__init__()
+        self.rows = rows
+
+    async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        await super().execute(sql, params)
+        deleted = min(self.rows, int(sql.rsplit("LIMIT ", 1)[1].rstrip(")")))
+        self.rows -= deleted
+        return deleted
+
+
+async def test_a_purge_deletes_in_chunks_until_a_short_one(caplog: pytest.LogCaptureFixture) -> None:
+    store = PurgingStore(rows=10_003)
+    writer = HistoryWriter(store, retention_days=1.5)
+    with caplog.at_level(logging.INFO, logger="labgate.store"):
+        assert await writer.purge() == 10_003
+    assert [sql.rsplit("LIMIT ", 1)[1] for sql, _ in store.executed] == ["5000)", "5000)", "5000)"]
+    assert (writer.purged, writer.stats()["purged"]) == (10_003, 10_003)
+    assert [r.getMessage() for r in caplog.records] == ["history: purged 10003 record(s) older than 1.5 days"]
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="labgate.store"):
+        assert await writer.purge() == 0
+    assert (writer.purged, caplog.records) == (10_003, [])  # nothing purged: nothing said
+
+
+async def test_close_cuts_a_write_that_hangs_past_its_timeout(caplog: pytest.LogCaptureFixture) -> None:
+    """The task's batch is cancelled at the timeout, kept, and counted as lost; the store is still closed."""
+    store = FakeStore(delay=30)
+    writer = HistoryWriter(store, batch_size=2, flush_interval_s=30)
+    await writer.start()
+    writer.put(rec(1))
+    writer.put(rec(2))
+    await asyncio.sleep(0.02)  # the task is writing them
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await writer.close(timeout=0.2)
+    assert loop.time() - started < 5 and store.closed
+    assert "2 record(s) could not be written before shutdown and are lost" in caplog.text
+    assert writer.stats()["queued"] == 2
+
+
+async def test_close_retries_the_final_flush_with_backoff_until_it_succeeds(monkeypatch: pytest.MonkeyPatch,
+                                                                            caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setattr("labgate.store.writer._BACKOFF_S", (0.01, 0.02))
+    failures = iter([True, True])
+    store = FakeStore(fail=lambda rows: next(failures, False))
+    writer = HistoryWriter(store, batch_size=100, flush_interval_s=30)
+    writer.put(rec(1))  # never started: close writes it all the same
+    with caplog.at_level(logging.WARNING, logger="labgate.store"):
+        await writer.close(timeout=5)
+    assert (store.written, writer.written, writer.failed_writes, store.opened) == (["req-1"], 1, 2, 1)
+    assert [r.getMessage() for r in caplog.records] == [
+        "history: final flush failed on memory: final flush: ConnectionError: write failed"] * 2
+
+
+async def test_a_batch_that_goes_in_row_by_row_once_the_store_is_back_is_written_once(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """Three failed attempts, then the store recovers: every row goes in, none refused, none written twice."""
+    monkeypatch.setattr("labgate.store.writer._BACKOFF_S", (0.01,))
+    failures = iter([True, True, True])
+    store = FakeStore(fail=lambda rows: next(failures, False))
+    writer = HistoryWriter(store, batch_size=2, flush_interval_s=0.01)
+    await writer.start()
+    writer.put(rec(1))
+    writer.put(rec(2))
+    await asyncio.sleep(0.3)
+    assert (store.batches, writer.written, writer.rejected, writer.last_error) == (
+        [["req-1"], ["req-2"]], 2, 0, None)
+    assert "refused" not in caplog.text
+    await writer.close()
