@@ -475,3 +475,128 @@ def test_the_version_of_a_config_built_in_memory_is_a_digest_of_its_content() ->
               digest(config_from({"a": a, "b": b}, {"routing": {"aliases": {"c": "m1"}}})),
               digest(config_from({"a": a, "b": b}, gateway={"resilience": {"max_attempts": 2}}))}
     assert version not in others and len(others) == 3
+
+
+# --- the file watcher, backups that cannot be kept, other sources ------------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_the_watcher_reloads_once_the_files_settle_and_stops_when_watch_is_turned_off(tmp_path: Path) -> None:
+    watching = "config: {watch: true, watch_interval_s: 0.02, debounce_s: 0.05}\n"
+    loaded = load_files(write(tmp_path, SMALL, gateway=watching))
+    gateway = FakeGateway(Runtime.build(loaded.config))
+    reloader = Reloader(gateway, loaded, source=ConfigSource(path=tmp_path))  # type: ignore[arg-type]
+    await reloader.start()
+    assert reloader.describe()["watch"] is True
+    await asyncio.sleep(0.1)
+    assert reloader.reloads == 0  # nothing changed: nothing reloaded
+    write(tmp_path, SMALL.replace("[m1]", "[m1, m2]"), gateway=watching)
+    for _ in range(100):
+        await asyncio.sleep(0.02)
+        if reloader.reloads:
+            break
+    assert (reloader.reloads, reloader.trigger, reloader.last and reloader.last.status) == (1, "watch", "applied")
+    (tmp_path / "providers.yaml").write_text("providers: [not a mapping")  # refused: still watching
+    for _ in range(100):
+        await asyncio.sleep(0.02)
+        if reloader.last and reloader.last.status == "refused":
+            break
+    assert (reloader.last and reloader.last.status, reloader.describe()["watch"]) == ("refused", True)
+    write(tmp_path, SMALL, gateway="config: {watch: false}\n")
+    for _ in range(100):
+        await asyncio.sleep(0.02)
+        if reloader.reloads == 2:
+            break
+    assert (reloader.reloads, reloader.describe()["watch"]) == (2, False)
+    write(tmp_path, SMALL.replace("[m1]", "[m1, m3]"), gateway="config: {watch: false}\n")
+    await asyncio.sleep(0.2)
+    assert reloader.reloads == 2  # not watching any more
+    await reloader.aclose()
+
+
+@pytest.mark.asyncio
+async def test_the_watcher_sees_names_sizes_and_times_of_the_files(tmp_path: Path) -> None:
+    source = ConfigSource(path=write(tmp_path, SMALL))
+    before = source.signature()
+    assert [name for name, _, _ in before] == ["providers.yaml", "model-mappings.yaml", "gateway.yaml"]
+    assert before[0][2] == len(SMALL)
+    (tmp_path / "model-mappings.yaml").unlink()
+    assert [name for name, _, _ in source.signature()] == ["providers.yaml", "gateway.yaml"]
+    assert ConfigSource().signature() == ()
+
+
+@pytest.mark.asyncio
+async def test_a_backup_that_cannot_be_kept_is_warned_about_once(tmp_path: Path,
+                                                                 caplog: pytest.LogCaptureFixture) -> None:
+    blocked = "config: {backup_dir: blocked}\n"
+    (tmp_path / "blocked").write_text("a file where the backups would go")
+    loaded = load_files(write(tmp_path, SMALL, gateway=blocked))
+    reloader = Reloader(FakeGateway(Runtime.build(loaded.config)), loaded,  # type: ignore[arg-type]
+                        source=ConfigSource(path=tmp_path))
+    await reloader.start()
+    write(tmp_path, SMALL.replace("[m1]", "[m1, m2]"), gateway=blocked)
+    assert (await reloader.reload(trigger="test")).status == "applied"
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1  # at start; not again at the reload
+    assert warnings[0].startswith(f"cannot keep a backup of the config in {tmp_path / 'blocked'}: ")
+    write(tmp_path, SMALL, gateway="config: {backup: false}\n")
+    assert (await reloader.reload(trigger="test")).status == "applied"
+    assert not (tmp_path / "backups").exists()  # backups turned off
+
+
+@pytest.mark.asyncio
+async def test_a_source_that_builds_the_config_in_memory_is_reloaded_from_it(caplog: pytest.LogCaptureFixture) -> None:
+    """The built-in default: discovery runs again; a runtime that fails to build is refused under the name "config"."""
+    configs = [config_from({"p": {"type": "vllm", "base_url": "http://127.0.0.1:9", "models": ["m1"]}}),
+               config_from({"p": {"type": "vllm", "base_url": "http://127.0.0.1:9", "models": ["m1", "m2"]}})]
+
+    async def discover() -> Any:
+        return configs.pop(0)
+
+    from labgate.config.reload import loaded_from
+
+    first = loaded_from(configs[0])
+    gateway = FakeGateway(Runtime.build(configs[0]))
+    reloader = Reloader(gateway, first, source=ConfigSource(load=discover))  # type: ignore[arg-type]
+    assert reloader.reloadable and reloader.describe()["source"] == "test"
+    assert (await reloader.reload(trigger="test")).status == "unchanged"
+    applied = await reloader.reload(trigger="test")
+    assert (applied.status, [str(c) for c in applied.changes]) == ("applied", ["+ model p/m2"])
+    assert applied.duration_ms > 0 and reloader.last is applied
+
+    async def broken() -> Any:
+        raise RuntimeError("discovery crashed")
+
+    reloader.source = ConfigSource(load=broken)
+    refused = await reloader.reload(trigger="test")
+    assert (refused.status, [(p.file, p.message) for p in refused.problems]) == (
+        "refused", [("config", "cannot build the runtime: discovery crashed")])
+    assert refused.duration_ms > 0 and reloader.last is refused
+    assert [(r.getMessage(), r.levelname) for r in caplog.records if r.name == "labgate.config"][-1] == (
+        "config reload (test): building the new runtime failed", "ERROR")
+    await reloader.aclose()
+
+
+def test_config_files_that_cannot_be_read_are_a_problem_not_a_traceback(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    from labgate.config import backup
+    from labgate.config.problems import ConfigError, Problem
+
+    write(tmp_path, SMALL)
+    denied = str(tmp_path / "providers.yaml")
+
+    def unreadable(path: Path) -> dict[str, bytes]:
+        raise PermissionError(13, "Permission denied", denied)  # what root cannot be refused in a test
+
+    monkeypatch.setattr(backup, "read_files", unreadable)
+    with pytest.raises(ConfigError) as info:
+        load_files(tmp_path)
+    assert info.value.problems == (Problem(denied, "", "cannot read the file: Permission denied"),)
+
+    def gone(path: Path) -> dict[str, bytes]:
+        raise OSError("the disk went away")  # no file name, no strerror
+
+    monkeypatch.setattr(backup, "read_files", gone)
+    with pytest.raises(ConfigError) as info:
+        load_files(tmp_path)
+    assert info.value.problems == (Problem(str(tmp_path), "", "cannot read the file: the disk went away"),)
