@@ -508,6 +508,10 @@ async def test_the_watcher_reloads_once_the_files_settle_and_stops_when_watch_is
         if reloader.reloads == 2:
             break
     assert (reloader.reloads, reloader.describe()["watch"]) == (2, False)
+    from labgate.config.backup import list_backups
+
+    await asyncio.sleep(0.05)  # the reload that turned watching off finishes (the watcher does not cancel itself)
+    assert list_backups(tmp_path / "backups")[0].version == reloader.active.version
     write(tmp_path, SMALL.replace("[m1]", "[m1, m3]"), gateway="config: {watch: false}\n")
     await asyncio.sleep(0.2)
     assert reloader.reloads == 2  # not watching any more
@@ -600,3 +604,20 @@ def test_config_files_that_cannot_be_read_are_a_problem_not_a_traceback(tmp_path
     with pytest.raises(ConfigError) as info:
         load_files(tmp_path)
     assert info.value.problems == (Problem(str(tmp_path), "", "cannot read the file: the disk went away"),)
+
+
+@pytest.mark.asyncio
+async def test_a_config_with_warnings_applies_and_says_them(tmp_path: Path) -> None:
+    loaded = load_files(write(tmp_path, SMALL))
+    reloader = Reloader(FakeGateway(Runtime.build(loaded.config)), loaded,  # type: ignore[arg-type]
+                        source=ConfigSource(path=tmp_path))
+    write(tmp_path, SMALL.replace("[m1]", "[m1, m1]"))  # listed twice: a warning, not an error
+    applied = await reloader.reload(trigger="test")
+    (warning,) = applied.problems
+    assert (applied.status, warning.severity, warning.message) == ("applied", "warning", "model 'm1' is listed twice")
+    assert (applied.as_dict()["errors"], applied.as_dict()["warnings"]) == ([], [warning.as_dict()])
+    assert applied.summary().splitlines()[1:] == [f"  {warning}"]  # no change: the same model, twice
+    assert reloader.describe()["warnings"] == [warning.as_dict()]
+    unchanged = await reloader.reload(trigger="test")
+    assert (unchanged.status, unchanged.problems) == ("unchanged", (warning,))
+    await reloader.aclose()
