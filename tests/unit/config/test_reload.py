@@ -315,6 +315,12 @@ def test_diff_and_changed_routes_of_views_with_sections_missing() -> None:
         "~ port engine: port 8080 → 8081", "~ experiment e1: traffic 0.5 → 0.25"]
     assert changed_routes(old, new) == ["q1"]
     assert changed_routes({}, {"providers": {"p": {"models": [{"name": "m"}]}}}) == []  # no status: not active
+    everything = {"providers": {"off": {"status": "inactive", "models": [{"name": "o"}]},
+                                "p": {"status": "active", "models": [{"name": "m"}]}},
+                  "mappings": {"routing": {"aliases": {"a": "m"}}, "fallbacks": {"f": ["m"]}}}
+    assert changed_routes({}, everything) == ["m", "a", "f"]
+    assert changed_routes({"mappings": {}}, everything) == ["m", "a", "f"]
+    assert changed_routes(everything, everything) == [] and changed_routes(NEW_ALL, NEW_ALL) == []
     assert diff({}, {}) == [] and changed_routes({}, {}) == []
 
 

@@ -276,7 +276,8 @@ async def test_the_writer_the_store_config_asks_for(tmp_path: Path) -> None:
 
     assert history_for(StoreConfig(capture="none")) is None
     assert HistoryWriter.from_config(StoreConfig(capture="none")) is None
-    assert isinstance(history_for(StoreConfig(url=str(tmp_path / "p.db"))), WriterProcess)
+    process = history_for(StoreConfig(url="p.db"), source=str(tmp_path))  # relative: to the config directory
+    assert isinstance(process, WriterProcess) and process.store.display_url == str(tmp_path / "p.db")
     config = StoreConfig(url="h.db", writer="thread", capture="metadata", queue_size=7, batch_size=3,
                          flush_interval_s=2.0, client_ip=False, retention_days=2)
     writer = history_for(config, source=str(tmp_path))  # a relative path is the config directory's
@@ -318,6 +319,15 @@ async def test_a_writer_from_config_keeps_its_settings(tmp_path: Path) -> None:
     writer.put(r)
     await writer.flush()
     assert dict(zip(NAMES, written[0], strict=True))["client_ip"] is None
+    store = RowStore()
+    writer = HistoryWriter.from_config(StoreConfig(url=str(tmp_path / "h.db"), writer="thread", flush_interval_s=0.02))
+    assert writer is not None
+    writer.store = store  # type: ignore[assignment]
+    await writer.start()
+    writer.put(r)  # far less than a batch (500): written at the interval
+    await asyncio.sleep(0.2)
+    assert [(row["request_id"], row["client_ip"]) for row in store.rows] == [("req-1", "10.0.0.1")]
+    await writer.close()
 
 
 async def test_records_in_wire_form_fill_the_queue_up_to_its_bound_then_are_dropped(
@@ -341,6 +351,8 @@ async def test_records_in_wire_form_fill_the_queue_up_to_its_bound_then_are_drop
         "the store is not keeping up (no write error)"]  # flush() raises: only the task records errors
     writer.accept([])
     assert changes == [2]  # nothing dropped: nothing to tell
+    writer.accept([wire(rec(9), keep_content=False)])
+    assert (writer.dropped, writer.stats()["queued"], changes) == (3, 5, [2, 3])  # full: not even one more
     store.fail = lambda rows: False
     await writer.flush()
     assert store.written == [f"req-{n}" for n in range(5)]
@@ -625,3 +637,32 @@ async def test_the_purge_runs_once_per_period_not_at_every_turn() -> None:
     await asyncio.sleep(0.2)  # ~20 turns of the task
     await writer.close()
     assert len(store.executed) == 1
+
+
+async def test_wire_records_take_the_room_left_in_the_queue_and_keep_the_writers_settings() -> None:
+    from labgate.store.capture import wire
+
+    store = RowStore()
+    writer = HistoryWriter(store, capture="metadata", queue_size=5, batch_size=100)
+    r = rec(1)
+    r.client_ip = "10.0.0.1"
+    writer.accept([wire(r, keep_content=False), wire(rec(2), keep_content=False)])
+    writer.accept([wire(rec(n), keep_content=False) for n in range(3, 9)])  # 3 of 6 fit beside the 2 queued
+    assert (writer.dropped, writer.stats()["queued"]) == (3, 5)
+    await writer.flush()
+    assert [(row["request_id"], row["capture"], row["client_ip"]) for row in store.rows][:2] == [
+        ("req-1", "metadata", "10.0.0.1"), ("req-2", "metadata", None)]
+    assert store.written == ["req-1", "req-2", "req-3", "req-4", "req-5"]
+
+
+async def test_a_store_that_opens_after_failing_clears_the_error_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Readiness reads ``last_error``: once the store opens it is over, before any row is written."""
+    monkeypatch.setattr("labgate.store.writer._BACKOFF_S", (0.01,))
+    store = FakeStore()
+    store.open_fails = 1
+    writer = HistoryWriter(store, flush_interval_s=30)
+    await writer.start()
+    assert writer.last_error == "open: ConnectionRefusedError: store down"
+    await asyncio.sleep(0.1)
+    assert (writer.stats()["ready"], writer.stats()["last_error"], store.batches) == (True, None, [])
+    await writer.close()
