@@ -627,3 +627,19 @@ async def test_a_config_with_warnings_applies_and_says_them(tmp_path: Path) -> N
     unchanged = await reloader.reload(trigger="test")
     assert (unchanged.status, unchanged.problems) == ("unchanged", (warning,))
     await reloader.aclose()
+
+
+def test_the_view_is_plain_json_data_so_a_view_that_travelled_compares_equal(tmp_path: Path) -> None:
+    """What ``GET /admin/config`` sends (and a replica receives) diffs as no change against the view it came from."""
+    import orjson
+
+    (tmp_path / "ports.yaml").write_text("ports:\n  engine: {port: 8080}\n")
+    (tmp_path / "experiments.yaml").write_text(
+        "experiments:\n  - name: e1\n    status: running\n    start_date: 2025-10-21\n"
+        "    variants: [{name: a, model: m1, weight: 1}, {name: b, model: m1, weight: 1}]\n"
+        "    routing_rule: {match: {tags: [code]}}\n")
+    loaded = load_files(write(tmp_path, SMALL.replace("[m1]", "[m1, m2]"), "fallbacks: {m1: [m2]}\n",
+                              "cache: {}\n"))  # the cache's endpoints: a tuple
+    travelled = orjson.loads(orjson.dumps(loaded.view))
+    assert travelled == loaded.view and diff(travelled, loaded.view) == []
+    assert list(loaded.view["experiments"]) == ["e1"] and list(loaded.view["ports"]) == ["engine"]
