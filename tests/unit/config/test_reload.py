@@ -495,13 +495,16 @@ async def test_the_watcher_reloads_once_the_files_settle_and_stops_when_watch_is
     await reloader.start()
     assert reloader.describe()["watch"] is True
     await asyncio.sleep(0.1)
-    assert reloader.reloads == 0  # nothing changed: nothing reloaded
+    assert (reloader.reloads, reloader.last) == (0, None)  # nothing changed: not even tried
     write(tmp_path, SMALL.replace("[m1]", "[m1, m2]"), gateway=watching)
     for _ in range(100):
         await asyncio.sleep(0.02)
         if reloader.reloads:
             break
     assert (reloader.reloads, reloader.trigger, reloader.last and reloader.last.status) == (1, "watch", "applied")
+    applied = reloader.last
+    await asyncio.sleep(0.1)
+    assert reloader.last is applied  # the change was seen once: no reload again for it
     (tmp_path / "providers.yaml").write_text("providers: [not a mapping")  # refused: still watching
     for _ in range(100):
         await asyncio.sleep(0.02)
