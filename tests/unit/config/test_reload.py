@@ -646,3 +646,90 @@ def test_the_view_is_plain_json_data_so_a_view_that_travelled_compares_equal(tmp
     travelled = orjson.loads(orjson.dumps(loaded.view))
     assert travelled == loaded.view and diff(travelled, loaded.view) == []
     assert list(loaded.view["experiments"]) == ["e1"] and list(loaded.view["ports"]) == ["engine"]
+
+
+@pytest.mark.asyncio
+async def test_watching_follows_the_setting_whoever_reloads(tmp_path: Path) -> None:
+    """Off: no watcher at all; turned off by a reload of another trigger: stopped; turned on again: watching again."""
+    off = "config: {watch: false, watch_interval_s: 0.02, debounce_s: 0.02}\n"
+    on = off.replace("false", "true")
+    loaded = load_files(write(tmp_path, SMALL, gateway=off))
+    reloader = Reloader(FakeGateway(Runtime.build(loaded.config)), loaded,  # type: ignore[arg-type]
+                        source=ConfigSource(path=tmp_path))
+    await reloader.start()
+    write(tmp_path, SMALL.replace("[m1]", "[m1, m2]"), gateway=off)
+    await asyncio.sleep(0.2)
+    assert reloader.reloads == 0  # not watching
+    write(tmp_path, SMALL, gateway=on)
+    assert (await reloader.reload(trigger="test")).status == "applied"
+    write(tmp_path, SMALL.replace("[m1]", "[m1, m3]"), gateway=on)
+    for _ in range(100):
+        await asyncio.sleep(0.02)
+        if reloader.reloads == 2:
+            break
+    assert (reloader.reloads, reloader.trigger) == (2, "watch")
+    write(tmp_path, SMALL, gateway=off)
+    assert (await reloader.reload(trigger="test")).status == "applied"  # turned off by another trigger
+    write(tmp_path, SMALL.replace("[m1]", "[m1, m4]"), gateway=off)
+    await asyncio.sleep(0.2)
+    assert (reloader.reloads, reloader.trigger) == (3, "test")
+    write(tmp_path, SMALL, gateway=on)
+    assert (await reloader.reload(trigger="test")).status == "applied"  # on again
+    write(tmp_path, SMALL.replace("[m1]", "[m1, m5]"), gateway=on)
+    for _ in range(100):
+        await asyncio.sleep(0.02)
+        if reloader.reloads == 5:
+            break
+    assert (reloader.reloads, reloader.trigger) == (5, "watch")
+    await reloader.aclose()
+
+
+@pytest.mark.asyncio
+async def test_every_result_says_its_trigger_versions_and_duration(tmp_path: Path) -> None:
+    import time
+
+    from labgate.config.problems import Problem
+    from labgate.telemetry.logs import AccessLog
+
+    access_log = AccessLog(enabled=False)
+    loaded = load_files(write(tmp_path, SMALL))
+    gateway = FakeGateway(Runtime.build(loaded.config))
+    reloader = Reloader(gateway, loaded, source=ConfigSource(path=tmp_path), access_log=access_log)  # type: ignore[arg-type]
+    write(tmp_path, SMALL, "routing:\n  aliases: {a: nope, b: nope}\n")
+    results = []
+    for files in (None, SMALL):
+        if files:
+            write(tmp_path, files.replace("[m1]", "[m1, m2]"))
+        started = time.perf_counter()
+        results.append(await reloader.reload(trigger="test"))
+        elapsed_ms = (time.perf_counter() - started) * 1000
+        duration = results[-1].duration_ms
+        assert 0 < duration <= elapsed_ms and round(duration, 2) == duration
+    refused, applied = results
+    assert (refused.status, refused.trigger, refused.version, refused.previous) == (
+        "refused", "test", loaded.version, loaded.version)
+    assert refused.summary().splitlines() == [
+        f"config reload (test) refused; still serving {loaded.version}:", *(f"  {p}" for p in refused.problems)]
+    assert len(refused.problems) == 2 and applied.status == "applied"
+    assert gateway.runtime.access_log is access_log  # the process's access log, kept across reloads
+    with pytest.raises(Exception) as info:
+        await ConfigSource().read()
+    assert info.value.problems == (  # type: ignore[attr-defined]
+        Problem("(none)", "", "this gateway's config was not loaded from files; there is nothing to reload"),)
+    await reloader.aclose()
+
+
+def test_long_values_are_cut_at_sixty_characters_and_fields_listed_with_commas() -> None:
+    old = {"gateway": {"a": "x" * 60, "b": "y" * 61}, "providers": {"p": {"u": 1, "v": 1, "status": "inactive"}}}
+    new = {"gateway": {"a": "z" * 60, "b": "w" * 61}, "providers": {"p": {"u": 2, "v": 2, "status": "inactive"}}}
+    assert [str(c) for c in diff(old, new)] == [
+        "~ provider p: u 1 → 2, v 1 → 2",
+        f"~ setting a: {'x' * 60} → {'z' * 60}",
+        f"~ setting b: {'y' * 57}... → {'w' * 57}...",
+    ]
+
+
+def test_a_list_item_given_by_reference_is_shown_as_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SIM_ORIGIN", "http://ui.example")
+    loaded = load_files(write(tmp_path, SMALL, gateway="cors: {allow_origins: ['${SIM_ORIGIN}', 'http://b']}\n"))
+    assert loaded.view["gateway"]["cors"]["allow_origins"] == ["${SIM_ORIGIN}", "http://b"]
