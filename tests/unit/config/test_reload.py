@@ -162,7 +162,8 @@ async def test_reloads_keep_a_backup_of_each_config(tmp_path: Path) -> None:
     applied = await reloader.reload(trigger="test")
     from labgate.config.backup import list_backups
 
-    assert [b.version for b in list_backups(tmp_path / "backups")] == [applied.version, loaded.version]
+    assert [(b.version, b.reason) for b in list_backups(tmp_path / "backups")] == [
+        (applied.version, "loaded (test)"), (loaded.version, "loaded (start)")]
     await reloader.aclose()
 
 
@@ -229,7 +230,8 @@ async def test_a_provider_that_fails_to_build_refuses_the_reload(tmp_path: Path,
     monkeypatch.setattr(OpenAICompatibleAdapter, "__init__", refuse)
     write(tmp_path, provider + "  broken:\n    type: vllm\n    base_url: http://127.0.0.1:9\n    models: [m2]\n")
     result = await reloader.reload(trigger="test")
-    assert (result.status, result.version, result.previous) == ("refused", loaded.version, loaded.version)
+    assert (result.status, result.trigger, result.version, result.previous) == (
+        "refused", "test", loaded.version, loaded.version)
     assert result.problems == (Problem(str(tmp_path), "", "cannot build the runtime: the adapter cannot start"),)
     assert gateway.runtime is serving and reloader.active is loaded and reloader.reloads == 0
     assert reloader.describe()["last_reload"]["errors"] == [
@@ -547,9 +549,11 @@ async def test_a_backup_that_cannot_be_kept_is_warned_about_once(tmp_path: Path,
     reloader = Reloader(FakeGateway(Runtime.build(loaded.config)), loaded,  # type: ignore[arg-type]
                         source=ConfigSource(path=tmp_path))
     await reloader.start()
+    assert [r.levelname for r in caplog.records] == ["WARNING"]  # at start already
     write(tmp_path, SMALL.replace("[m1]", "[m1, m2]"), gateway=blocked)
     assert (await reloader.reload(trigger="test")).status == "applied"
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert "[Errno " in warnings[0]  # the cause
     assert len(warnings) == 1  # at start; not again at the reload
     assert warnings[0].startswith(f"cannot keep a backup of the config in {tmp_path / 'blocked'}: ")
     write(tmp_path, SMALL, gateway="config: {backup: false}\n")
@@ -695,6 +699,8 @@ async def test_every_result_says_its_trigger_versions_and_duration(tmp_path: Pat
     loaded = load_files(write(tmp_path, SMALL))
     gateway = FakeGateway(Runtime.build(loaded.config))
     reloader = Reloader(gateway, loaded, source=ConfigSource(path=tmp_path), access_log=access_log)  # type: ignore[arg-type]
+    results = [await reloader.reload(trigger="test")]  # unchanged
+    assert (results[0].status, results[0].duration_ms > 0) == ("unchanged", True)
     write(tmp_path, SMALL, "routing:\n  aliases: {a: nope, b: nope}\n")
     results = []
     for files in (None, SMALL):
