@@ -56,7 +56,9 @@ MODULES: dict[str, list[str]] = {
     "server/http.py": ["tests/unit/server/test_http.py", "tests/security/test_server_*.py"],
     "server/connection.py": ["tests/unit/server/test_http.py", "tests/security/test_server_*.py"],
     "server/framing.py": ["tests/unit/server/test_http.py", "tests/security/test_server_*.py"],
-    "config/reload.py": ["tests/unit/config/test_reload.py"],
+    # the admin config API (diff, changed_routes, describe), the audit trail of reloads, `labgate reload` in process
+    "config/reload.py": ["tests/unit/config/test_reload.py", "tests/unit/server/test_admin_config.py",
+                         "tests/unit/server/test_admin_audit_reloads.py", "tests/security/test_config_entrypoints.py"],
     "store/process.py": ["tests/unit/store/test_process.py"],
     "store/writer.py": ["tests/unit/store/test_writer.py"],
     "server/health.py": ["tests/unit/server/test_health.py", "tests/security/test_pool_health.py"],

@@ -106,7 +106,8 @@ def config_view(config: Config, raw_refs: Mapping[str, Any] | None = None) -> di
 
 
 def _overlay(value: Any, raw: Any) -> Any:
-    if isinstance(raw, str) and "${" in raw:
+    # a scalar only: a model named by reference (``models: ["${M}"]``) is a dict in the view, and keeps its shape
+    if isinstance(raw, str) and "${" in raw and not isinstance(value, dict | list):
         return raw
     if isinstance(value, dict) and isinstance(raw, dict):
         return {k: _overlay(v, raw.get(k)) for k, v in value.items()}

@@ -242,8 +242,8 @@ class HistoryWriter:
             self._task = None
         attempt = 0
         while self._queue or self._pending:
-            try:
-                await self.flush()
+            try:  # a store that hangs (not fails) is cut at the deadline too
+                await asyncio.wait_for(self.flush(), max(deadline - time.monotonic(), 0.0))
             except Exception as exc:
                 self._failed("final flush", exc)
                 wait = _BACKOFF_S[min(attempt, len(_BACKOFF_S) - 1)]
@@ -347,6 +347,8 @@ class HistoryWriter:
                 self.written += 1
         if len(refused) == len(rows):
             raise refused[0][1]  # nothing goes in: the store is down, not the rows bad; keep them
+        if not refused:  # the store came back: every row went in
+            return
         self.rejected += len(refused)
         log.error("history: the store refused %d record(s), e.g. request %s: %s", len(refused),
                   refused[0][0][0], refused[0][1])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -161,7 +162,8 @@ async def test_reloads_keep_a_backup_of_each_config(tmp_path: Path) -> None:
     applied = await reloader.reload(trigger="test")
     from labgate.config.backup import list_backups
 
-    assert [b.version for b in list_backups(tmp_path / "backups")] == [applied.version, loaded.version]
+    assert [(b.version, b.reason) for b in list_backups(tmp_path / "backups")] == [
+        (applied.version, "loaded (test)"), (loaded.version, "loaded (start)")]
     await reloader.aclose()
 
 
@@ -228,7 +230,8 @@ async def test_a_provider_that_fails_to_build_refuses_the_reload(tmp_path: Path,
     monkeypatch.setattr(OpenAICompatibleAdapter, "__init__", refuse)
     write(tmp_path, provider + "  broken:\n    type: vllm\n    base_url: http://127.0.0.1:9\n    models: [m2]\n")
     result = await reloader.reload(trigger="test")
-    assert (result.status, result.version, result.previous) == ("refused", loaded.version, loaded.version)
+    assert (result.status, result.trigger, result.version, result.previous) == (
+        "refused", "test", loaded.version, loaded.version)
     assert result.problems == (Problem(str(tmp_path), "", "cannot build the runtime: the adapter cannot start"),)
     assert gateway.runtime is serving and reloader.active is loaded and reloader.reloads == 0
     assert reloader.describe()["last_reload"]["errors"] == [
@@ -236,3 +239,503 @@ async def test_a_provider_that_fails_to_build_refuses_the_reload(tmp_path: Path,
          "message": "cannot build the runtime: the adapter cannot start"}]
     await reloader.aclose()
     await gateway.runtime.aclose()
+
+
+# --- every section of a diff, and the names to test, on views with sections missing ---------------------------
+
+OLD_ALL = view({"a": {"type": "vllm", "base_url": "http://h:1", "models": ["m1", "m2"]},
+                "z": {"type": "ollama", "models": ["x"]},
+                "off": {"type": "ollama", "status": "inactive", "models": ["o1"]}},
+               {"routing": {"patterns": [{"pattern": "gpt-*", "provider": "a"}, {"pattern": "old-*", "provider": "a"}],
+                            "capabilities": {"vision": ["m1"]},
+                            "load_balancing": {"lb": {"deployments": [{"provider": "a", "model": "m1"}]}},
+                            "exact_matches": {"fast": {"provider": "a", "model": "m1"}}},
+                "fallbacks": {"m1": ["m2"], "gpt-*": ["m1"]}},
+               {"server": {"workers": 1}})
+NEW_ALL = view({"a": {"type": "vllm", "base_url": "http://h:1", "timeout_s": 30,
+                      "models": ["m1", {"name": "m2", "alias": "two"}]},
+                "z": {"type": "ollama", "models": ["x", "x2"]},
+                "off": {"type": "ollama", "status": "inactive", "models": ["o1", "o2"]}},
+               {"routing": {"patterns": [{"pattern": "gpt-*", "provider": "a", "fallback_chain": ["m1"]},
+                                         {"pattern": "new-*", "provider": "z"}],
+                            "capabilities": {"vision": ["m1", "m2"]},
+                            "load_balancing": {"lb": {"deployments": [{"provider": "a", "model": "m1", "weight": 2}]}},
+                            "exact_matches": {"fast": {"provider": "a", "model": "m2"}}},
+                "fallbacks": {"m1": ["x"], "gpt-*": ["x"], "x": ["m2"], "m?": ["x"], "[ab]": ["x"]}},
+               {"server": {"workers": 2}, "resilience": {"max_attempts": 3}})
+
+
+def test_diff_of_every_section() -> None:
+    """A provider whose only change is its models shows the models, not an empty provider line."""
+    assert [str(c) for c in diff(OLD_ALL, NEW_ALL)] == [
+        "~ provider a: timeout_s 60.0 → 30.0",
+        "~ model a/m2: alias null → two",
+        "+ model z/x2",
+        "+ model off/o2",
+        "~ route fast: model m1 → m2",
+        '~ route lb: deployments [{"provider":"a","model":"m1","weight":1.0}] → '
+        '[{"provider":"a","model":"m1","weight":2.0}]',
+        '~ capability vision: ["m1"] → ["m1","m2"]',
+        '~ pattern gpt-*: fallback_chain [] → ["m1"]',
+        "+ pattern new-*",
+        "- pattern old-*",
+        '~ fallback m1: ["m2"] → ["x"]',
+        '~ fallback gpt-*: ["m1"] → ["x"]',
+        "+ fallback x",
+        "+ fallback m?",
+        "+ fallback [ab]",
+        "~ setting server.workers: 1 → 2 (takes effect at restart)",
+        "~ setting resilience.max_attempts: 4 → 3",
+    ]
+    assert diff(NEW_ALL, OLD_ALL)[:3] == [Change("~", "provider", "a", "timeout_s 30.0 → 60.0"),
+                                          Change("~", "model", "a/m2", "alias two → null"),
+                                          Change("-", "model", "z/x2")]
+
+
+def test_changed_routes_skip_inactive_providers_and_glob_fallbacks() -> None:
+    """Every model of a changed provider (by its alias), only the changed models of one whose models changed."""
+    assert changed_routes(OLD_ALL, NEW_ALL) == ["m1", "two", "x2", "fast", "lb", "x"]
+    assert changed_routes(NEW_ALL, OLD_ALL) == ["m1", "m2", "fast", "lb"]
+
+
+def test_diff_and_changed_routes_of_views_with_sections_missing() -> None:
+    """Views are plain data (a replica's, `labgate reload`'s): a missing section is an empty one."""
+    old = {"providers": {"p": {"type": "vllm", "status": "active"}},
+           "gateway": {"logging": {"level": "short"}}}
+    new = {"providers": {"p": {"type": "vllm", "status": "active"},
+                         "q": {"status": "active", "models": [{"name": "q1"}]}},
+           "gateway": {"logging": {"level": "x" * 70}},
+           "ports": {"engine": {"port": 8080}}, "experiments": {"e1": {"traffic": 0.5}}}
+    assert [str(c) for c in diff(old, new)] == [
+        "+ provider q",
+        "~ setting logging.level: short → " + "x" * 57 + "...",
+        "+ port engine",
+        "+ experiment e1",
+    ]
+    assert [str(c) for c in diff(new, {**new, "ports": {"engine": {"port": 8081}},
+                                       "experiments": {"e1": {"traffic": 0.25}}})] == [
+        "~ port engine: port 8080 → 8081", "~ experiment e1: traffic 0.5 → 0.25"]
+    assert changed_routes(old, new) == ["q1"]
+    assert changed_routes({}, {"providers": {"p": {"models": [{"name": "m"}]}}}) == []  # no status: not active
+    everything = {"providers": {"off": {"status": "inactive", "models": [{"name": "o"}]},
+                                "p": {"status": "active", "models": [{"name": "m"}]}},
+                  "mappings": {"routing": {"aliases": {"a": "m"}}, "fallbacks": {"f": ["m"]}}}
+    assert changed_routes({}, everything) == ["m", "a", "f"]
+    assert changed_routes({"mappings": {}}, everything) == ["m", "a", "f"]
+    assert changed_routes(everything, everything) == [] and changed_routes(NEW_ALL, NEW_ALL) == []
+    assert diff({}, {}) == [] and changed_routes({}, {}) == []
+
+
+def test_view_shows_references_in_every_file_and_masks_by_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A model named by a ${VAR} keeps its shape (diff reads its name); secrets are masked by their key's name."""
+    monkeypatch.setenv("SIM_MODEL", "m1")
+    monkeypatch.setenv("SIM_HOST", "127.0.0.1")
+    write(tmp_path, 'providers:\n  local:\n    type: openai_compatible\n    base_url: http://127.0.0.1:9/v1\n'
+                    '    models: ["${SIM_MODEL}", m2]\n'
+                    '    headers: {X-Session-Token: "", Cookie: abc, PASSWORD: "${SIM_HOST}",'
+                    ' proxy_password_env: PW}\n',
+          'routing:\n  aliases: {chat: "${SIM_MODEL}", plain: m2}\n', 'server: {host: "${SIM_HOST}"}\n')
+    (tmp_path / "ports.yaml").write_text('ports:\n  engine: {port: 8080, host: "${SIM_HOST}"}\n')
+    loaded = load_files(tmp_path)
+    local = loaded.view["providers"]["local"]
+    assert [m["name"] for m in local["models"]] == ["m1", "m2"]
+    assert local["headers"] == {"X-Session-Token": "", "Cookie": "***", "PASSWORD": "${SIM_HOST}",
+                                "proxy_password_env": "PW"}
+    assert loaded.view["mappings"]["routing"]["aliases"] == {"chat": "${SIM_MODEL}", "plain": "m2"}
+    assert loaded.view["gateway"]["server"]["host"] == "${SIM_HOST}"
+    assert loaded.view["ports"]["engine"]["host"] == "${SIM_HOST}"
+    assert loaded.view["experiments"] == {}
+    changed = {**loaded.view, "providers": {"local": {**local, "timeout_s": 1.0}}}
+    assert changed_routes(loaded.view, changed) == ["m1", "m2"]
+    assert [str(c) for c in diff(loaded.view, changed)] == ["~ provider local: timeout_s 60.0 → 1.0"]
+
+
+# --- the audit trail, the admin view, the summary line, and who is told --------------------------------------
+
+SMALL = "providers:\n  p:\n    type: vllm\n    base_url: http://127.0.0.1:9\n    models: [m1]\n"
+
+
+class AuditStore:
+    """What ``audit.record_action`` writes to; ``fail``: it raises instead."""
+
+    def __init__(self, fail: bool = False) -> None:
+        self.rows: list[tuple[Any, ...]] = []
+        self.fail = fail
+
+    async def execute(self, sql: str, params: Any = ()) -> int:
+        if self.fail:
+            raise OSError("audit store down")
+        self.rows.append(tuple(params))
+        return 1
+
+
+class Ring:
+    def __init__(self, store: AuditStore) -> None:
+        self.store = store
+
+
+@pytest.mark.asyncio
+async def test_reloads_other_than_the_apis_are_audited_with_their_trigger_as_actor(tmp_path: Path) -> None:
+    store = AuditStore()
+    loaded = load_files(write(tmp_path, SMALL))
+    gateway = FakeGateway(Runtime.build(loaded.config, keyring=Ring(store)))  # type: ignore[arg-type]
+    reloader = Reloader(gateway, loaded, source=ConfigSource(path=tmp_path))  # type: ignore[arg-type]
+    versions = [loaded.version]
+    for n, trigger in enumerate(("SIGHUP", "watch", "sync", "replay", "api")):
+        write(tmp_path, SMALL.replace("[m1]", f"[m1, m{n + 2}]"))
+        versions.append((await reloader.reload(trigger=trigger)).version)
+    assert await reloader.reload(trigger="SIGHUP") == reloader.last  # unchanged: audited too
+    import orjson
+
+    assert [(actor, action, target, orjson.loads(before), orjson.loads(after))
+            for _, actor, action, target, before, after in store.rows] == [
+        ("signal", "config.reload", None, {"version": versions[0]}, {"version": versions[1], "status": "applied"}),
+        ("watcher", "config.reload", None, {"version": versions[1]}, {"version": versions[2], "status": "applied"}),
+        ("replica", "config.reload", None, {"version": versions[2]}, {"version": versions[3], "status": "applied"}),
+        ("replay", "config.reload", None, {"version": versions[3]}, {"version": versions[4], "status": "applied"}),
+        ("signal", "config.reload", None, {"version": versions[5]}, {"version": versions[5], "status": "unchanged"}),
+    ]  # the API's reload (versions[5]) is recorded by the admin surface, with its caller
+    await reloader.aclose()
+
+
+@pytest.mark.asyncio
+async def test_an_audit_that_fails_is_logged_and_the_reload_stands(tmp_path: Path,
+                                                                   caplog: pytest.LogCaptureFixture) -> None:
+    loaded = load_files(write(tmp_path, SMALL))
+    gateway = FakeGateway(Runtime.build(loaded.config, keyring=Ring(AuditStore(fail=True))))  # type: ignore[arg-type]
+    reloader = Reloader(gateway, loaded, source=ConfigSource(path=tmp_path))  # type: ignore[arg-type]
+    write(tmp_path, SMALL.replace("[m1]", "[m1, m2]"))
+    assert (await reloader.reload(trigger="SIGHUP")).status == "applied"
+    assert [(r.getMessage(), repr(r.exc_info[1]) if r.exc_info else None) for r in caplog.records
+            if r.name == "labgate.config" and r.levelname == "ERROR"] == [
+        ("audit: could not record the SIGHUP reload", "OSError('audit store down')")]
+    caplog.clear()
+    no_ring = Reloader(FakeGateway(Runtime.build(loaded.config)), loaded,  # type: ignore[arg-type]
+                       source=ConfigSource(path=tmp_path))
+    assert (await no_ring.reload(trigger="SIGHUP")).status == "applied"
+    assert [r.getMessage() for r in caplog.records if r.levelname == "ERROR"] == []  # no keys: no audit log
+    await reloader.aclose()
+
+
+@pytest.mark.asyncio
+async def test_describe_and_summary_say_what_serves_and_what_the_last_reload_did(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setattr("labgate.config.reload.time.time", lambda: 1_700_000_000.0)
+    loaded = load_files(write(tmp_path, SMALL))
+    gateway = FakeGateway(Runtime.build(loaded.config))
+    heard: list[tuple[str, str]] = []
+    reloader = Reloader(gateway, loaded, source=ConfigSource(path=tmp_path),  # type: ignore[arg-type]
+                        on_applied=lambda r: heard.append(("siblings", r.status)))
+    reloader.listeners.append(lambda r: heard.append(("listener", r.status)))
+    assert reloader.describe() == {
+        "version": loaded.version, "source": str(tmp_path), "loaded_at": 1_700_000_000.0,
+        "loaded_at_iso": "2023-11-14T22:13:20+00:00", "trigger": "start", "reloads": 0, "reloadable": True,
+        "watch": False, "draining_runtimes": 0, "last_reload": None, "warnings": [], "cluster": None,
+        "config": loaded.view}
+
+    unchanged = await reloader.reload(trigger="test", propagate=True)
+    assert unchanged.summary() == f"config reload (test): unchanged, serving {loaded.version}"
+    write(tmp_path, SMALL.replace("[m1]", "[m1, m2]"), "routing:\n  aliases: {chat: m1}\n")
+    with caplog.at_level(logging.INFO, logger="labgate.config"):
+        applied = await reloader.reload(trigger="test", propagate=True)
+    assert applied.summary() == (f"config reloaded (test): {loaded.version} → {applied.version}, 2 change(s)\n"
+                                 "  + model p/m2\n  + route chat")
+    assert applied.summary() in [r.getMessage() for r in caplog.records if r.levelname == "INFO"]
+    assert heard == [("listener", "applied"), ("siblings", "applied")]  # unchanged: nobody told
+    await reloader.reload(trigger="quiet")  # no propagate: only the listeners
+    assert heard[2:] == []
+    write(tmp_path, SMALL.replace("[m1]", "[m1, m3]"))
+    await reloader.reload(trigger="quiet")
+    assert heard[2:] == [("listener", "applied")]
+    gateway.replicas = type("Replicas", (), {"describe": lambda self: {"peers": 2}})()  # type: ignore[attr-defined]
+    described = reloader.describe()
+    assert (described["reloads"], described["trigger"], described["cluster"], described["version"]) == (
+        2, "quiet", {"peers": 2}, reloader.active.version)
+    assert described["last_reload"] == {
+        "status": "applied", "trigger": "quiet", "version": reloader.active.version,
+        "previous_version": applied.version, "duration_ms": reloader.last.duration_ms,  # type: ignore[union-attr]
+        "changes": [{"op": "+", "section": "model", "name": "p/m3", "detail": ""},
+                    {"op": "-", "section": "model", "name": "p/m2", "detail": ""},
+                    {"op": "-", "section": "route", "name": "chat", "detail": ""}],
+        "errors": [], "warnings": []}
+
+    (tmp_path / "providers.yaml").write_text("providers: [not a mapping")
+    with caplog.at_level(logging.ERROR, logger="labgate.config"):
+        refused = await reloader.reload(trigger="test")
+    assert refused.summary().startswith(f"config reload (test) refused; still serving {reloader.active.version}:\n  ")
+    assert refused.summary() in [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(refused.summary().splitlines()) == 1 + len(refused.problems)
+    await reloader.aclose()
+
+
+def test_the_version_of_a_config_built_in_memory_is_a_digest_of_its_content() -> None:
+    """Providers, mappings and gateway settings make the version; the order they were written in does not."""
+    import re
+
+    from labgate.config.reload import digest
+
+    a = {"type": "vllm", "base_url": "http://127.0.0.1:9", "models": ["m1"]}
+    b = {"type": "ollama", "models": ["x"]}
+    version = digest(config_from({"a": a, "b": b}))
+    assert re.fullmatch(r"sha256:[0-9a-f]{16}", version)
+    assert digest(config_from({"b": b, "a": a})) == version
+    others = {digest(config_from({"a": a})),
+              digest(config_from({"a": a, "b": b}, {"routing": {"aliases": {"c": "m1"}}})),
+              digest(config_from({"a": a, "b": b}, gateway={"resilience": {"max_attempts": 2}}))}
+    assert version not in others and len(others) == 3
+
+
+# --- the file watcher, backups that cannot be kept, other sources ------------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_the_watcher_reloads_once_the_files_settle_and_stops_when_watch_is_turned_off(tmp_path: Path) -> None:
+    watching = "config: {watch: true, watch_interval_s: 0.02, debounce_s: 0.05}\n"
+    loaded = load_files(write(tmp_path, SMALL, gateway=watching))
+    gateway = FakeGateway(Runtime.build(loaded.config))
+    reloader = Reloader(gateway, loaded, source=ConfigSource(path=tmp_path))  # type: ignore[arg-type]
+    await reloader.start()
+    assert reloader.describe()["watch"] is True
+    await asyncio.sleep(0.1)
+    assert (reloader.reloads, reloader.last) == (0, None)  # nothing changed: not even tried
+    write(tmp_path, SMALL.replace("[m1]", "[m1, m2]"), gateway=watching)
+    for _ in range(100):
+        await asyncio.sleep(0.02)
+        if reloader.reloads:
+            break
+    assert (reloader.reloads, reloader.trigger, reloader.last and reloader.last.status) == (1, "watch", "applied")
+    applied = reloader.last
+    await asyncio.sleep(0.1)
+    assert reloader.last is applied  # the change was seen once: no reload again for it
+    (tmp_path / "providers.yaml").write_text("providers: [not a mapping")  # refused: still watching
+    for _ in range(100):
+        await asyncio.sleep(0.02)
+        if reloader.last and reloader.last.status == "refused":
+            break
+    assert (reloader.last and reloader.last.status, reloader.describe()["watch"]) == ("refused", True)
+    write(tmp_path, SMALL, gateway="config: {watch: false}\n")
+    for _ in range(100):
+        await asyncio.sleep(0.02)
+        if reloader.reloads == 2:
+            break
+    assert (reloader.reloads, reloader.describe()["watch"]) == (2, False)
+    from labgate.config.backup import list_backups
+
+    await asyncio.sleep(0.05)  # the reload that turned watching off finishes (the watcher does not cancel itself)
+    assert list_backups(tmp_path / "backups")[0].version == reloader.active.version
+    write(tmp_path, SMALL.replace("[m1]", "[m1, m3]"), gateway="config: {watch: false}\n")
+    await asyncio.sleep(0.2)
+    assert reloader.reloads == 2  # not watching any more
+    await reloader.aclose()
+
+
+@pytest.mark.asyncio
+async def test_the_watcher_sees_names_sizes_and_times_of_the_files(tmp_path: Path) -> None:
+    source = ConfigSource(path=write(tmp_path, SMALL))
+    before = source.signature()
+    assert [name for name, _, _ in before] == ["providers.yaml", "model-mappings.yaml", "gateway.yaml"]
+    assert before[0][2] == len(SMALL)
+    (tmp_path / "model-mappings.yaml").unlink()
+    assert [name for name, _, _ in source.signature()] == ["providers.yaml", "gateway.yaml"]
+    assert ConfigSource().signature() == ()
+
+
+@pytest.mark.asyncio
+async def test_a_backup_that_cannot_be_kept_is_warned_about_once(tmp_path: Path,
+                                                                 caplog: pytest.LogCaptureFixture) -> None:
+    blocked = "config: {backup_dir: blocked}\n"
+    (tmp_path / "blocked").write_text("a file where the backups would go")
+    loaded = load_files(write(tmp_path, SMALL, gateway=blocked))
+    reloader = Reloader(FakeGateway(Runtime.build(loaded.config)), loaded,  # type: ignore[arg-type]
+                        source=ConfigSource(path=tmp_path))
+    await reloader.start()
+    assert [r.levelname for r in caplog.records] == ["WARNING"]  # at start already
+    write(tmp_path, SMALL.replace("[m1]", "[m1, m2]"), gateway=blocked)
+    assert (await reloader.reload(trigger="test")).status == "applied"
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert "[Errno " in warnings[0]  # the cause
+    assert len(warnings) == 1  # at start; not again at the reload
+    assert warnings[0].startswith(f"cannot keep a backup of the config in {tmp_path / 'blocked'}: ")
+    write(tmp_path, SMALL, gateway="config: {backup: false}\n")
+    assert (await reloader.reload(trigger="test")).status == "applied"
+    assert not (tmp_path / "backups").exists()  # backups turned off
+
+
+@pytest.mark.asyncio
+async def test_a_source_that_builds_the_config_in_memory_is_reloaded_from_it(caplog: pytest.LogCaptureFixture) -> None:
+    """The built-in default: discovery runs again; a runtime that fails to build is refused under the name "config"."""
+    configs = [config_from({"p": {"type": "vllm", "base_url": "http://127.0.0.1:9", "models": ["m1"]}}),
+               config_from({"p": {"type": "vllm", "base_url": "http://127.0.0.1:9", "models": ["m1", "m2"]}})]
+
+    async def discover() -> Any:
+        return configs.pop(0)
+
+    from labgate.config.reload import loaded_from
+
+    first = loaded_from(configs[0])
+    gateway = FakeGateway(Runtime.build(configs[0]))
+    reloader = Reloader(gateway, first, source=ConfigSource(load=discover))  # type: ignore[arg-type]
+    assert reloader.reloadable and reloader.describe()["source"] == "test"
+    assert (await reloader.reload(trigger="test")).status == "unchanged"
+    applied = await reloader.reload(trigger="test")
+    assert (applied.status, [str(c) for c in applied.changes]) == ("applied", ["+ model p/m2"])
+    assert applied.duration_ms > 0 and reloader.last is applied
+
+    async def broken() -> Any:
+        raise RuntimeError("discovery crashed")
+
+    reloader.source = ConfigSource(load=broken)
+    refused = await reloader.reload(trigger="test")
+    assert (refused.status, [(p.file, p.message) for p in refused.problems]) == (
+        "refused", [("config", "cannot build the runtime: discovery crashed")])
+    assert refused.duration_ms > 0 and reloader.last is refused
+    assert [(r.getMessage(), r.levelname) for r in caplog.records if r.name == "labgate.config"][-1] == (
+        "config reload (test): building the new runtime failed", "ERROR")
+    await reloader.aclose()
+
+
+def test_config_files_that_cannot_be_read_are_a_problem_not_a_traceback(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    from labgate.config import backup
+    from labgate.config.problems import ConfigError, Problem
+
+    write(tmp_path, SMALL)
+    denied = str(tmp_path / "providers.yaml")
+
+    def unreadable(path: Path) -> dict[str, bytes]:
+        raise PermissionError(13, "Permission denied", denied)  # what root cannot be refused in a test
+
+    monkeypatch.setattr(backup, "read_files", unreadable)
+    with pytest.raises(ConfigError) as info:
+        load_files(tmp_path)
+    assert info.value.problems == (Problem(denied, "", "cannot read the file: Permission denied"),)
+
+    def gone(path: Path) -> dict[str, bytes]:
+        raise OSError("the disk went away")  # no file name, no strerror
+
+    monkeypatch.setattr(backup, "read_files", gone)
+    with pytest.raises(ConfigError) as info:
+        load_files(tmp_path)
+    assert info.value.problems == (Problem(str(tmp_path), "", "cannot read the file: the disk went away"),)
+
+
+@pytest.mark.asyncio
+async def test_a_config_with_warnings_applies_and_says_them(tmp_path: Path) -> None:
+    loaded = load_files(write(tmp_path, SMALL))
+    reloader = Reloader(FakeGateway(Runtime.build(loaded.config)), loaded,  # type: ignore[arg-type]
+                        source=ConfigSource(path=tmp_path))
+    write(tmp_path, SMALL.replace("[m1]", "[m1, m1]"))  # listed twice: a warning, not an error
+    applied = await reloader.reload(trigger="test")
+    (warning,) = applied.problems
+    assert (applied.status, warning.severity, warning.message) == ("applied", "warning", "model 'm1' is listed twice")
+    assert (applied.as_dict()["errors"], applied.as_dict()["warnings"]) == ([], [warning.as_dict()])
+    assert applied.summary().splitlines()[1:] == [f"  {warning}"]  # no change: the same model, twice
+    assert reloader.describe()["warnings"] == [warning.as_dict()]
+    unchanged = await reloader.reload(trigger="test")
+    assert (unchanged.status, unchanged.problems) == ("unchanged", (warning,))
+    await reloader.aclose()
+
+
+def test_the_view_is_plain_json_data_so_a_view_that_travelled_compares_equal(tmp_path: Path) -> None:
+    """What ``GET /admin/config`` sends (and a replica receives) diffs as no change against the view it came from."""
+    import orjson
+
+    (tmp_path / "ports.yaml").write_text("ports:\n  engine: {port: 8080}\n")
+    (tmp_path / "experiments.yaml").write_text(
+        "experiments:\n  - name: e1\n    status: running\n    start_date: 2025-10-21\n"
+        "    variants: [{name: a, model: m1, weight: 1}, {name: b, model: m1, weight: 1}]\n"
+        "    routing_rule: {match: {tags: [code]}}\n")
+    loaded = load_files(write(tmp_path, SMALL.replace("[m1]", "[m1, m2]"), "fallbacks: {m1: [m2]}\n",
+                              "cache: {}\n"))  # the cache's endpoints: a tuple
+    travelled = orjson.loads(orjson.dumps(loaded.view))
+    assert travelled == loaded.view and diff(travelled, loaded.view) == []
+    assert list(loaded.view["experiments"]) == ["e1"] and list(loaded.view["ports"]) == ["engine"]
+
+
+@pytest.mark.asyncio
+async def test_watching_follows_the_setting_whoever_reloads(tmp_path: Path) -> None:
+    """Off: no watcher at all; turned off by a reload of another trigger: stopped; turned on again: watching again."""
+    off = "config: {watch: false, watch_interval_s: 0.02, debounce_s: 0.02}\n"
+    on = off.replace("false", "true")
+    loaded = load_files(write(tmp_path, SMALL, gateway=off))
+    reloader = Reloader(FakeGateway(Runtime.build(loaded.config)), loaded,  # type: ignore[arg-type]
+                        source=ConfigSource(path=tmp_path))
+    await reloader.start()
+    write(tmp_path, SMALL.replace("[m1]", "[m1, m2]"), gateway=off)
+    await asyncio.sleep(0.2)
+    assert reloader.reloads == 0  # not watching
+    write(tmp_path, SMALL, gateway=on)
+    assert (await reloader.reload(trigger="test")).status == "applied"
+    write(tmp_path, SMALL.replace("[m1]", "[m1, m3]"), gateway=on)
+    for _ in range(100):
+        await asyncio.sleep(0.02)
+        if reloader.reloads == 2:
+            break
+    assert (reloader.reloads, reloader.trigger) == (2, "watch")
+    write(tmp_path, SMALL, gateway=off)
+    assert (await reloader.reload(trigger="test")).status == "applied"  # turned off by another trigger
+    write(tmp_path, SMALL.replace("[m1]", "[m1, m4]"), gateway=off)
+    await asyncio.sleep(0.2)
+    assert (reloader.reloads, reloader.trigger) == (3, "test")
+    write(tmp_path, SMALL, gateway=on)
+    assert (await reloader.reload(trigger="test")).status == "applied"  # on again
+    write(tmp_path, SMALL.replace("[m1]", "[m1, m5]"), gateway=on)
+    for _ in range(100):
+        await asyncio.sleep(0.02)
+        if reloader.reloads == 5:
+            break
+    assert (reloader.reloads, reloader.trigger) == (5, "watch")
+    await reloader.aclose()
+
+
+@pytest.mark.asyncio
+async def test_every_result_says_its_trigger_versions_and_duration(tmp_path: Path) -> None:
+    import time
+
+    from labgate.config.problems import Problem
+    from labgate.telemetry.logs import AccessLog
+
+    access_log = AccessLog(enabled=False)
+    loaded = load_files(write(tmp_path, SMALL))
+    gateway = FakeGateway(Runtime.build(loaded.config))
+    reloader = Reloader(gateway, loaded, source=ConfigSource(path=tmp_path), access_log=access_log)  # type: ignore[arg-type]
+    results = [await reloader.reload(trigger="test")]  # unchanged
+    assert (results[0].status, results[0].duration_ms > 0) == ("unchanged", True)
+    write(tmp_path, SMALL, "routing:\n  aliases: {a: nope, b: nope}\n")
+    results = []
+    for files in (None, SMALL):
+        if files:
+            write(tmp_path, files.replace("[m1]", "[m1, m2]"))
+        started = time.perf_counter()
+        results.append(await reloader.reload(trigger="test"))
+        elapsed_ms = (time.perf_counter() - started) * 1000
+        duration = results[-1].duration_ms
+        assert 0 < duration <= elapsed_ms and round(duration, 2) == duration
+    refused, applied = results
+    assert (refused.status, refused.trigger, refused.version, refused.previous) == (
+        "refused", "test", loaded.version, loaded.version)
+    assert refused.summary().splitlines() == [
+        f"config reload (test) refused; still serving {loaded.version}:", *(f"  {p}" for p in refused.problems)]
+    assert len(refused.problems) == 2 and applied.status == "applied"
+    assert gateway.runtime.access_log is access_log  # the process's access log, kept across reloads
+    with pytest.raises(Exception) as info:
+        await ConfigSource().read()
+    assert info.value.problems == (  # type: ignore[attr-defined]
+        Problem("(none)", "", "this gateway's config was not loaded from files; there is nothing to reload"),)
+    await reloader.aclose()
+
+
+def test_long_values_are_cut_at_sixty_characters_and_fields_listed_with_commas() -> None:
+    old = {"gateway": {"a": "x" * 60, "b": "y" * 61}, "providers": {"p": {"u": 1, "v": 1, "status": "inactive"}}}
+    new = {"gateway": {"a": "z" * 60, "b": "w" * 61}, "providers": {"p": {"u": 2, "v": 2, "status": "inactive"}}}
+    assert [str(c) for c in diff(old, new)] == [
+        "~ provider p: u 1 → 2, v 1 → 2",
+        f"~ setting a: {'x' * 60} → {'z' * 60}",
+        f"~ setting b: {'y' * 57}... → {'w' * 57}...",
+    ]
+
+
+def test_a_list_item_given_by_reference_is_shown_as_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SIM_ORIGIN", "http://ui.example")
+    loaded = load_files(write(tmp_path, SMALL, gateway="cors: {allow_origins: ['${SIM_ORIGIN}', 'http://b']}\n"))
+    assert loaded.view["gateway"]["cors"]["allow_origins"] == ["${SIM_ORIGIN}", "http://b"]
