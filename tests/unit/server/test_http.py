@@ -827,6 +827,65 @@ async def test_shutdown_cancels_what_outlives_the_grace() -> None:
     assert records == []
 
 
+# --- listening sockets
+
+
+async def served_on(server: HttpServer, port: int) -> Reply:
+    reader, writer = await within(asyncio.open_connection("127.0.0.1", port))
+    writer.write(b"GET /here HTTP/1.1\r\nHost: t\r\n\r\n")
+    reply = await read_reply(reader)
+    writer.close()
+    await within(server.shutdown(1.0))
+    return reply
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def bindable_beside(port: int) -> bool:
+    """Whether another socket that asks for SO_REUSEPORT may bind ``port`` too."""
+    with socket.socket() as sibling:
+        sibling.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        try:
+            sibling.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+@pytest.mark.asyncio
+async def test_start_serves_on_a_socket_bound_beforehand() -> None:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))  # as `labgate serve --workers N` hands each worker the one it bound
+    server = HttpServer(text, error_response=error_response)
+    port = await within(server.start("ignored", 1, sock=sock))
+    assert port == sock.getsockname()[1]
+    assert await served_on(server, port) == text_reply(b"GET /here")
+
+
+@pytest.mark.asyncio
+async def test_start_listens_on_the_port_asked_for() -> None:
+    server = HttpServer(text, error_response=error_response)
+    wanted = free_port()
+    assert await within(server.start("127.0.0.1", wanted)) == wanted
+    assert await served_on(server, wanted) == text_reply(b"GET /here")
+
+
+@pytest.mark.asyncio
+@pytest.mark.skipif(not hasattr(socket, "SO_REUSEPORT"), reason="no SO_REUSEPORT on this platform")
+@pytest.mark.parametrize("reuse_port", [False, True])
+async def test_start_shares_its_port_only_when_asked(reuse_port: bool) -> None:
+    server = HttpServer(text, error_response=error_response)
+    port = await within(server.start("127.0.0.1", 0, **({"reuse_port": True} if reuse_port else {})))
+    try:
+        assert bindable_beside(port) is reuse_port
+    finally:
+        await within(server.shutdown(1.0))
+
+
 # --- limits and half-close (tests/security/test_server_*.py has the hostile cases; these run on uvloop too)
 
 
