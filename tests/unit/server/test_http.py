@@ -886,6 +886,32 @@ async def test_start_shares_its_port_only_when_asked(reuse_port: bool) -> None:
         await within(server.shutdown(1.0))
 
 
+@pytest.mark.asyncio
+async def test_shutdown_does_not_wait_for_ever_on_a_handler_that_ignores_its_cancellation() -> None:
+    stubborn, let_go = asyncio.Event(), asyncio.Event()
+
+    async def handler(request: Request) -> Response:
+        stubborn.set()
+        while True:
+            try:
+                await let_go.wait()
+                return await text(request)
+            except asyncio.CancelledError:
+                continue  # swallowed: only the shutdown's own bound can end the wait
+
+    async with serving(handler) as (server, port):
+        _, writer = await connect(port)
+        writer.write(b"GET /stubborn HTTP/1.1\r\nHost: t\r\n\r\n")
+        await within(stubborn.wait())
+        tasks = server.busy_tasks()
+        try:
+            await within(server.shutdown(0.05))  # grace, cancel, then at most _CANCEL_WAIT_S for the cleanup
+            assert not any(task.done() for task in tasks)
+        finally:
+            let_go.set()  # a failure must not leave the task to hang the loop's teardown
+            await within(asyncio.gather(*tasks))
+
+
 # --- limits and half-close (tests/security/test_server_*.py has the hostile cases; these run on uvloop too)
 
 
