@@ -1051,6 +1051,70 @@ async def test_a_stream_that_reaches_its_declared_length_is_not_read_further() -
         writer.close()
 
 
+@pytest.mark.asyncio
+async def test_an_answer_that_cannot_be_made_is_logged_and_closes_the_connection() -> None:
+    async def handler(request: Request) -> Response:
+        raise RuntimeError("handler broke")
+
+    def broken_errors(exc: LabgateError, headers: Mapping[str, str]) -> Response:
+        raise RuntimeError("renderer broke")
+
+    with captured_logs() as records:
+        server = HttpServer(handler, error_response=broken_errors)
+        port = await within(server.start("127.0.0.1", 0))
+        try:
+            reader, writer = await connect(port)
+            writer.write(b"GET /x HTTP/1.1\r\nHost: t\r\n\r\n")
+            await assert_closed(reader)  # nothing could be written: the connection is unusable
+        finally:
+            await within(server.shutdown(1.0))
+    assert [(r.getMessage(), repr(r.exc_info[1] if r.exc_info else None)) for r in records] == [
+        ("unhandled error answering GET /x", "RuntimeError('handler broke')"),
+        ("failed to answer GET /x", "RuntimeError('renderer broke')")]
+
+
+@pytest.mark.asyncio
+async def test_methods_beyond_the_common_ones_and_bodies_in_pieces_reach_the_handler_as_str_and_bytes() -> None:
+    seen: list[tuple[str, type, bytes]] = []
+
+    async def handler(request: Request) -> Response:
+        seen.append((request.method, type(request.body), request.body))
+        return await text(request)
+
+    async with serving(handler) as (_, port):
+        reader, writer = await connect(port)
+        writer.write(b"PROPFIND /dav HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n")
+        assert await read_reply(reader) == text_reply(b"PROPFIND /dav")
+        writer.write(b"POST /c HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n")
+        await writer.drain()
+        await asyncio.sleep(0.05)  # the body arrives in two pieces
+        writer.write(b"2\r\nde\r\n0\r\n\r\n")
+        assert await read_reply(reader) == text_reply(b"POST /c")
+        writer.close()
+    assert seen == [("PROPFIND", bytes, b""), ("POST", bytes, b"abcde")]
+
+
+@pytest.mark.asyncio
+async def test_the_header_limit_counts_the_target_and_each_field_exactly() -> None:
+    limit = 200
+    async with serving(text, max_header_bytes=limit) as (_, port):
+        # the request target in two packets, then "name" + "value" + 4 (": " and CRLF) per field
+        target = b"/" + b"p" * 99
+        host = len(b"host") + len(b"t") + 4
+        for extra, status in ((0, "200 OK"), (1, "431 Request Header Fields Too Large")):
+            value = b"v" * (limit - len(target) - host - len(b"x-pad") - 4 + extra)
+            reader, writer = await connect(port)
+            writer.write(b"GET " + target[:50])
+            await writer.drain()
+            await asyncio.sleep(0.05)
+            writer.write(target[50:] + b" HTTP/1.1\r\nHost: t\r\nX-Pad: " + value + b"\r\n\r\n")
+            reply = await read_reply(reader)
+            assert reply.status == f"HTTP/1.1 {status}"
+            if extra == 0:
+                assert reply.body == b"GET " + target.decode().encode()  # the whole target, both packets
+            writer.close()
+
+
 # --- one Connection on a fake transport, its timers recorded (what a real socket cannot show deterministically)
 
 
