@@ -462,6 +462,22 @@ def test_http_1_1_without_exactly_one_host_gets_400(head: bytes) -> None:
         assert "Host" in body["error"]["message"]
 
 
+@pytest.mark.parametrize(("head", "status", "message"), [
+    (b"GET / HTTP/1.1\r\n\r\n", 400, "An HTTP/1.1 request must have a Host header."),
+    (b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400, "The request has more than one Host header."),
+    (b"GET / HTTP/2.0\r\nHost: a\r\n\r\n", 505, "HTTP/2.0 is not supported; use HTTP/1.1."),
+    (b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 12345678901234567890\r\n\r\n", 400,
+     "Invalid Content-Length (20 digits)."),
+    # 19 digits is still a length (too large for the limit), not a malformed one
+    (b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1000000000000000000\r\n\r\n", 413,
+     "The request body is 1000000000000000000 bytes; the limit is 1024."),
+])
+def test_framing_errors_say_what_is_wrong(head: bytes, status: int, message: str) -> None:
+    with serving(max_body_bytes=1024) as served:
+        reply = exchange(served, head)
+        assert reply is not None and (reply.status, reply.json()["error"]["message"]) == (status, message)
+
+
 def test_http_1_0_without_host_is_served() -> None:
     with serving() as served:
         reply = exchange(served, b"GET /old HTTP/1.0\r\n\r\n")

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import re
+import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator, Mapping
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ from labgate.errors import (
     RequestError,
     RequestTimeoutError,
 )
+from labgate.server.connection import Connection
 from labgate.server.http import HttpServer, Request, Response, ServerLimits
 
 T = TypeVar("T")
@@ -825,6 +827,91 @@ async def test_shutdown_cancels_what_outlives_the_grace() -> None:
     assert records == []
 
 
+# --- listening sockets
+
+
+async def served_on(server: HttpServer, port: int) -> Reply:
+    reader, writer = await within(asyncio.open_connection("127.0.0.1", port))
+    writer.write(b"GET /here HTTP/1.1\r\nHost: t\r\n\r\n")
+    reply = await read_reply(reader)
+    writer.close()
+    await within(server.shutdown(1.0))
+    return reply
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def bindable_beside(port: int) -> bool:
+    """Whether another socket that asks for SO_REUSEPORT may bind ``port`` too."""
+    with socket.socket() as sibling:
+        sibling.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        try:
+            sibling.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+@pytest.mark.asyncio
+async def test_start_serves_on_a_socket_bound_beforehand() -> None:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))  # as `labgate serve --workers N` hands each worker the one it bound
+    server = HttpServer(text, error_response=error_response)
+    port = await within(server.start("ignored", 1, sock=sock))
+    assert port == sock.getsockname()[1]
+    assert await served_on(server, port) == text_reply(b"GET /here")
+
+
+@pytest.mark.asyncio
+async def test_start_listens_on_the_port_asked_for() -> None:
+    server = HttpServer(text, error_response=error_response)
+    wanted = free_port()
+    assert await within(server.start("127.0.0.1", wanted)) == wanted
+    assert await served_on(server, wanted) == text_reply(b"GET /here")
+
+
+@pytest.mark.asyncio
+@pytest.mark.skipif(not hasattr(socket, "SO_REUSEPORT"), reason="no SO_REUSEPORT on this platform")
+@pytest.mark.parametrize("reuse_port", [False, True])
+async def test_start_shares_its_port_only_when_asked(reuse_port: bool) -> None:
+    server = HttpServer(text, error_response=error_response)
+    port = await within(server.start("127.0.0.1", 0, **({"reuse_port": True} if reuse_port else {})))
+    try:
+        assert bindable_beside(port) is reuse_port
+    finally:
+        await within(server.shutdown(1.0))
+
+
+@pytest.mark.asyncio
+async def test_shutdown_does_not_wait_for_ever_on_a_handler_that_ignores_its_cancellation() -> None:
+    stubborn, let_go = asyncio.Event(), asyncio.Event()
+
+    async def handler(request: Request) -> Response:
+        stubborn.set()
+        while True:
+            try:
+                await let_go.wait()
+                return await text(request)
+            except asyncio.CancelledError:
+                continue  # swallowed: only the shutdown's own bound can end the wait
+
+    async with serving(handler) as (server, port):
+        _, writer = await connect(port)
+        writer.write(b"GET /stubborn HTTP/1.1\r\nHost: t\r\n\r\n")
+        await within(stubborn.wait())
+        tasks = server.busy_tasks()
+        try:
+            await within(server.shutdown(0.05))  # grace, cancel, then at most _CANCEL_WAIT_S for the cleanup
+            assert not any(task.done() for task in tasks)
+        finally:
+            let_go.set()  # a failure must not leave the task to hang the loop's teardown
+            await within(asyncio.gather(*tasks))
+
+
 # --- limits and half-close (tests/security/test_server_*.py has the hostile cases; these run on uvloop too)
 
 
@@ -934,6 +1021,267 @@ async def test_a_close_that_cannot_flush_is_aborted_after_the_write_timeout() ->
     await eventually(lambda: transport.closed)  # the idle timeout closes it
     assert not transport.aborted
     await eventually(lambda: transport.aborted)  # and the bytes it cannot flush do not hold it open
+    connection.connection_lost(None)
+
+
+@pytest.mark.asyncio
+async def test_a_stream_that_reaches_its_declared_length_is_not_read_further() -> None:
+    pulled: list[bytes] = []
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for chunk in (b"ab", b"cd"):
+            pulled.append(chunk)
+            yield chunk
+        pulled.append(b"(waiting)")
+        await asyncio.Event().wait()  # an upstream that sends nothing more: the answer must not wait for it
+        yield b"never"
+
+    async def handler(request: Request) -> Response:
+        if request.path == "/s":
+            return Response(200, [("content-length", "4")], stream=chunks())
+        return await text(request)
+
+    async with serving(handler) as (_, port):
+        reader, writer = await connect(port)
+        writer.write(b"GET /s HTTP/1.1\r\nHost: t\r\n\r\n")
+        assert await read_reply(reader) == Reply("HTTP/1.1 200 OK", [("content-length", "4")], b"abcd")
+        writer.write(b"GET /next HTTP/1.1\r\nHost: t\r\n\r\n")  # the framing held: the connection is reused
+        assert await read_reply(reader) == text_reply(b"GET /next")
+        assert pulled == [b"ab", b"cd"]
+        writer.close()
+
+
+@pytest.mark.asyncio
+async def test_an_answer_that_cannot_be_made_is_logged_and_closes_the_connection() -> None:
+    async def handler(request: Request) -> Response:
+        raise RuntimeError("handler broke")
+
+    def broken_errors(exc: LabgateError, headers: Mapping[str, str]) -> Response:
+        raise RuntimeError("renderer broke")
+
+    with captured_logs() as records:
+        server = HttpServer(handler, error_response=broken_errors)
+        port = await within(server.start("127.0.0.1", 0))
+        try:
+            reader, writer = await connect(port)
+            writer.write(b"GET /x HTTP/1.1\r\nHost: t\r\n\r\n")
+            await assert_closed(reader)  # nothing could be written: the connection is unusable
+        finally:
+            await within(server.shutdown(1.0))
+    assert [(r.getMessage(), repr(r.exc_info[1] if r.exc_info else None)) for r in records] == [
+        ("unhandled error answering GET /x", "RuntimeError('handler broke')"),
+        ("failed to answer GET /x", "RuntimeError('renderer broke')")]
+
+
+@pytest.mark.asyncio
+async def test_methods_beyond_the_common_ones_and_bodies_in_pieces_reach_the_handler_as_str_and_bytes() -> None:
+    seen: list[tuple[str, type, bytes]] = []
+
+    async def handler(request: Request) -> Response:
+        seen.append((request.method, type(request.body), request.body))
+        return await text(request)
+
+    async with serving(handler) as (_, port):
+        reader, writer = await connect(port)
+        writer.write(b"PROPFIND /dav HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n")
+        assert await read_reply(reader) == text_reply(b"PROPFIND /dav")
+        writer.write(b"POST /c HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n")
+        await writer.drain()
+        await asyncio.sleep(0.05)  # the body arrives in two pieces
+        writer.write(b"2\r\nde\r\n0\r\n\r\n")
+        assert await read_reply(reader) == text_reply(b"POST /c")
+        writer.close()
+    assert seen == [("PROPFIND", bytes, b""), ("POST", bytes, b"abcde")]
+
+
+@pytest.mark.asyncio
+async def test_the_header_limit_counts_the_target_and_each_field_exactly() -> None:
+    limit = 200
+    async with serving(text, max_header_bytes=limit) as (_, port):
+        # the request target in two packets, then "name" + "value" + 4 (": " and CRLF) per field
+        target = b"/" + b"p" * 99
+        host = len(b"host") + len(b"t") + 4
+        for extra, status in ((0, "200 OK"), (1, "431 Request Header Fields Too Large")):
+            value = b"v" * (limit - len(target) - host - len(b"x-pad") - 4 + extra)
+            reader, writer = await connect(port)
+            writer.write(b"GET " + target[:50])
+            await writer.drain()
+            await asyncio.sleep(0.05)
+            writer.write(target[50:] + b" HTTP/1.1\r\nHost: t\r\nX-Pad: " + value + b"\r\n\r\n")
+            reply = await read_reply(reader)
+            assert reply.status == f"HTTP/1.1 {status}"
+            if extra == 0:
+                assert reply.body == b"GET " + target.decode().encode()  # the whole target, both packets
+            writer.close()
+
+
+# --- one Connection on a fake transport, its timers recorded (what a real socket cannot show deterministically)
+
+
+class FakeSocket:
+    family = socket.AF_INET
+
+    def __init__(self) -> None:
+        self.error = 0  # SO_ERROR: the reset a client's host sent back
+        self.broken = False
+
+    def setsockopt(self, *_: Any) -> None:
+        pass
+
+    def getsockopt(self, level: int, name: int) -> int:
+        assert (level, name) == (socket.SOL_SOCKET, socket.SO_ERROR)
+        if self.broken:
+            raise OSError("bad file descriptor")
+        return self.error
+
+
+class FakeTransport(asyncio.Transport):
+    """Records what the connection writes; ``closing``/``aborted`` say what it did to the connection."""
+
+    def __init__(self, sock: FakeSocket | None) -> None:
+        super().__init__()
+        self.sock = sock
+        self.written: list[bytes] = []
+        self.closing = self.aborted = False
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return {"peername": ("127.0.0.1", 1), "socket": self.sock}.get(name, default)
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.written.append(bytes(data))
+
+    def is_closing(self) -> bool:
+        return self.closing or self.aborted
+
+    def close(self) -> None:
+        self.closing = True
+
+    def abort(self) -> None:
+        self.aborted = True
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+class Timers:
+    """Stands in for the connection's loop in ``call_later``: the calls are run by hand, in order."""
+
+    def __init__(self) -> None:
+        self.pending: list[tuple[float, Callable[..., None], tuple[Any, ...]]] = []
+
+    def call_later(self, delay: float, callback: Callable[..., None], *args: Any) -> asyncio.TimerHandle:
+        self.pending.append((delay, callback, args))
+        return asyncio.get_running_loop().call_later(3600, lambda: None)  # a handle the connection may cancel
+
+    def run_next(self) -> float:
+        delay, callback, args = self.pending.pop(0)
+        callback(*args)
+        return delay
+
+
+def fake_connection(sock: FakeSocket | None = None) -> tuple[Connection, FakeTransport]:
+    server = HttpServer(text, error_response=error_response)
+    connection, transport = Connection(server), FakeTransport(sock)
+    connection.connection_made(transport)
+    return connection, transport
+
+
+def answering(connection: Connection) -> None:
+    """As if the connection's task were answering a request (only its presence matters here)."""
+    connection.task = asyncio.get_running_loop().create_future()  # type: ignore[assignment]
+
+
+@pytest.mark.asyncio
+async def test_after_a_clients_eof_its_socket_is_checked_for_a_reset_on_a_widening_schedule() -> None:
+    sock = FakeSocket()
+    connection, transport = fake_connection(sock)
+    answering(connection)
+    connection._loop = timers = Timers()  # type: ignore[assignment]
+    assert connection.eof_received() is True  # answer, then close
+    delays = [timers.run_next() for _ in range(8)]
+    assert delays == pytest.approx([0.0, 0.002, 0.018, 0.08, 0.4, 0.5, 2.0, 2.0])
+    assert not transport.aborted
+    sock.error = 104  # ECONNRESET: the client closed its socket, it did not only half-close
+    timers.run_next()
+    assert (transport.aborted, timers.pending) == (True, [])
+    connection.connection_lost(None)
+
+
+@pytest.mark.asyncio
+async def test_the_reset_check_without_a_socket_waits_and_with_a_failing_one_aborts() -> None:
+    connection, transport = fake_connection(None)  # a transport that has no socket to ask
+    answering(connection)
+    connection._loop = timers = Timers()  # type: ignore[assignment]
+    connection.eof_received()
+    timers.run_next()
+    assert (transport.aborted, len(timers.pending)) == (False, 1)
+    connection.connection_lost(None)
+
+    sock = FakeSocket()
+    connection, transport = fake_connection(sock)
+    answering(connection)
+    connection._loop = timers = Timers()  # type: ignore[assignment]
+    connection.eof_received()
+    sock.broken = True
+    timers.run_next()
+    assert (transport.aborted, timers.pending) == (True, [])
+    connection.connection_lost(None)
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("ended", ["answered", "lost"])
+async def test_the_reset_check_stops_once_the_answer_is_done_or_the_connection_lost(ended: str) -> None:
+    sock = FakeSocket()
+    connection, transport = fake_connection(sock)
+    answering(connection)
+    connection._loop = timers = Timers()  # type: ignore[assignment]
+    connection.eof_received()
+    sock.error = 104
+    if ended == "answered":
+        connection.task = None
+    else:
+        connection._lost = True
+    timers.run_next()
+    assert (transport.aborted, timers.pending) == (False, [])
+
+
+@pytest.mark.asyncio
+async def test_writing_resumed_with_no_one_waiting_for_it_is_harmless() -> None:
+    connection, _ = fake_connection(FakeSocket())
+    connection.pause_writing()
+    connection.resume_writing()  # paused and resumed by the transport while no answer was draining
+    connection.pause_writing()
+    drained = asyncio.ensure_future(connection._drain())
+    await asyncio.sleep(0)
+    connection.resume_writing()
+    await within(drained)
+    connection.pause_writing()
+    connection.resume_writing()  # the finished drain left nothing behind to wake
+    connection.connection_lost(None)
+
+
+@pytest.mark.asyncio
+async def test_bytes_arriving_after_the_idle_close_are_not_parsed() -> None:
+    seen: list[str] = []
+
+    async def handler(request: Request) -> Response:
+        seen.append(request.path)
+        return await text(request)
+
+    server = HttpServer(handler, error_response=error_response)
+    connection, transport = Connection(server), FakeTransport(FakeSocket())
+    connection.connection_made(transport)
+    connection.idle_timed_out()
+    assert transport.closing
+    connection.data_received(b"GET /late HTTP/1.1\r\nHost: t\r\n\r\n")  # already on its way when we closed
+    await asyncio.sleep(0.01)
+    assert (connection.task, seen, transport.written) == (None, [], [])
     connection.connection_lost(None)
 
 

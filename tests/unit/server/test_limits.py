@@ -49,7 +49,10 @@ def test_start_warns_when_max_connections_needs_more_descriptors_than_allowed(
     monkeypatch.setattr(resource, "getrlimit", lambda _: (1024, 4096))
     with caplog.at_level(logging.WARNING, logger="labgate.server"):
         http._warn_if_fds_short(512)  # two descriptors each: fits exactly
+        http._warn_if_fds_short(513)  # one connection too many
         http._warn_if_fds_short(4096)
     assert [r.getMessage() for r in caplog.records] == [
+        "server.max_connections is 513 but the file descriptor limit (ulimit -n) is 1024: "
+        "raise the limit or lower max_connections to about 512",
         "server.max_connections is 4096 but the file descriptor limit (ulimit -n) is 1024: "
         "raise the limit or lower max_connections to about 512"]
