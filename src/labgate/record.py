@@ -85,23 +85,26 @@ class RequestRecord:
 
     @property
     def latency_ms(self) -> float | None:
-        return None if self.finished is None else round((self.finished - self.started) * 1000, 3)
+        return None if self.finished is None else int((self.finished - self.started) * 1e6 + 0.5) / 1000
 
     @property
     def ttft_ms(self) -> float | None:
         first = self.first_token or self.first_byte
-        return None if first is None else round((first - self.started) * 1000, 3)
+        return None if first is None else int((first - self.started) * 1e6 + 0.5) / 1000
 
     def as_log(self) -> dict[str, Any]:
         usage, started, finished, failures = self.usage, self.started, self.finished, self.failures
         first = self.first_token or self.first_byte  # latency_ms and ttft_ms, without their calls
+        # to the µs by int(x * 1e6 + 0.5) / 1000, not round(x * 1000, 3): the same value for these
+        # non-negative durations but for a tie (up here, to even there; ~1 in 15,000), and round()
+        # on a float with digits formats and parses it again: ~3x the cost, three times per request
         entry = {
             "request_id": self.request_id, "client_request_id": self.client_request_id,
-            "ts": round(self.timestamp, 3), "endpoint": self.endpoint,
+            "ts": int(self.timestamp * 1000 + 0.5) / 1000, "endpoint": self.endpoint,
             "model": self.model, "stream": self.stream, "provider": self.provider,
             "deployment": self.deployment, "status": self.status, "outcome": self.outcome,
-            "latency_ms": None if finished is None else round((finished - started) * 1000, 3),
-            "ttft_ms": None if first is None else round((first - started) * 1000, 3),
+            "latency_ms": None if finished is None else int((finished - started) * 1e6 + 0.5) / 1000,
+            "ttft_ms": None if first is None else int((first - started) * 1e6 + 0.5) / 1000,
             "prompt_tokens": usage.prompt_tokens if usage else None,
             "completion_tokens": usage.completion_tokens if usage else None,
             "finish_reason": self.finish_reason, "attempts": self.attempts,
