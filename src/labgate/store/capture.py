@@ -128,8 +128,8 @@ def row_from_wire(w: Wire, *, capture: str, client_ip: bool) -> Row:
         outcome,
         error_type,
         error_message,
-        round((finished - started) * 1000, 3) if finished is not None else None,  # as RequestRecord.latency_ms
-        round((first - started) * 1000, 3) if first is not None else None,  # as RequestRecord.ttft_ms
+        int((finished - started) * 1e6 + 0.5) / 1000 if finished is not None else None,  # as RequestRecord.latency_ms
+        int((first - started) * 1e6 + 0.5) / 1000 if first is not None else None,  # as RequestRecord.ttft_ms
         prompt_tokens,
         completion_tokens,
         prompt_tokens + completion_tokens if prompt_tokens is not None else None,
