@@ -51,7 +51,6 @@ if TYPE_CHECKING:
 __all__ = ["NOTHING", "Limiter", "Reservation", "limiter_for"]
 log = logging.getLogger("labgate.limits")
 _PERIODS = {"day": "today", "week": "this week", "month": "this month", "total": "in total"}
-_taken = tuple.__new__  # Taken(...) without the Python frame of a NamedTuple's __new__ (the request path)
 
 
 class Limiter:
@@ -143,8 +142,8 @@ class Limiter:
 
     def _as_charges(self, held: Taken | Reservation) -> Reservation:
         """A reservation as charges (one taken from a plan's cells gets its plan's charges)."""
-        if type(held) is not Taken:
-            return held  # type: ignore[return-value]
+        if isinstance(held, Reservation):  # (a Taken is a plain tuple)
+            return held
         plan, tokens, cost = held
         return self.planner.charges(plan, tokens, cost, time.time())
 
@@ -184,7 +183,7 @@ class Limiter:
             cost = 0.0 if rates is None else prompt * rates[0] + output * rates[1] if type(rates) is tuple else \
                 planner.cost(rates, prompt, output)
             if plan.take(tokens, cost):  # type: ignore[misc]  # compiled on in-process cells
-                record.reservation = _taken(Taken, (plan, tokens, cost))
+                record.reservation = (plan, tokens, cost)  # a Taken
                 return route
             held = planner.charges(plan, tokens, cost, now)  # not taken: the general take says why
         else:
@@ -326,9 +325,9 @@ class Limiter:
         usage = record.usage
         real_tokens = usage.prompt_tokens + usage.completion_tokens if usage is not None else 0
         real_cost = record.cost or 0.0
-        if type(held) is Taken:  # taken from a plan's cells: settled on them
+        if type(held) is tuple:  # a Taken (from a plan's cells, not a Reservation): settled on them
             plan, tokens, cost = held
-            if plan.settle(tokens, cost, real_tokens, real_cost):  # type: ignore[misc]  # a Taken: compiled cells
+            if plan.settle(tokens, cost, real_tokens, real_cost):  # a Taken's plan: compiled cells
                 self._alert_plan(plan)
             return
         settle_now = self._settle_now
