@@ -168,7 +168,8 @@ class Limiter:
         """:meth:`reserve` on in-process counters (``in_process``): the same, without a coroutine; on their
         cells (state/plan.py) when they have them, with the charges only when a take does not fit."""
         if self._cells is not None:
-            key, model, planner, now = record.api_key, record.model or "", self.planner, time.time()
+            key, model = record.api_key, record.model or ""  # (pairs: no tuple built)
+            planner, now = self.planner, time.time()
             plans = planner.plans.get(model)
             plan = None if plans is None else plans.get("" if key is None else key.id)
             if plan is None or plan.key is not key or plan.route is not route or now >= plan.ends:
