@@ -198,7 +198,8 @@ class Planner:
         return _new(Reservation, (tuple(out), plan.tpm_at, plan.caps_at))
 
     def estimate(self, record: RequestRecord) -> tuple[int, int]:
-        """(prompt tokens, answer tokens) a request may use, before it is sent."""
+        """(prompt tokens, answer tokens) a request may use, before it is sent. ``Limiter.reserve_now`` has the
+        same lines inline (tests/unit/state/test_plan.py compares the two paths on random traffic)."""
         payload: Any = record.payload or {}
         out = payload.get("max_completion_tokens") or payload.get("max_tokens")
         if type(out) is not int or out < 0:  # parsed JSON: a bool is no token count
