@@ -8,7 +8,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import ipaddress
-import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
@@ -55,21 +54,21 @@ class Auth:
     def admit(self, presented: str | None) -> tuple[str | None, VirtualKey | None]:
         """An API call: (the key's id for records, the virtual key or None for the master key / no auth)."""
         ring = self.keyring
-        if ring is None or not ring.enforced:  # the master key alone
-            if not self.master:
-                return None, None
-            if presented:  # _matches(), inline: compared against every key, whichever matches
+        keyed = ring is not None and ring.enforced  # virtual keys are checked (else the master key alone)
+        if self.master:
+            if presented:  # _matches(), inline (no call per request): compared against every key, whichever matches
                 candidate, matched = presented.encode(), False
                 for known in self._keys:
                     matched |= hmac.compare_digest(candidate, known)
                 if matched:
                     return self._ids[presented], None
-            return self.check(presented), None  # raises what is wrong
+            if not keyed:
+                return self.check(presented), None  # raises what is wrong
+        elif not keyed:
+            return None, None
         if not presented:
             raise AuthenticationError(_MISSING)
-        if self.master and self._matches(presented):
-            return self._ids[presented], None
-        key = ring.check(presented, time.time())
+        key = ring.check(presented)  # type: ignore[union-attr]  # keyed: a ring; the clock read if the key expires
         if key is None:
             raise AuthenticationError("Incorrect API key provided.")
         return key.id, key

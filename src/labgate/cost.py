@@ -184,7 +184,12 @@ class Prices:
         if rates is None:
             return None
         if rates.per_hour is None:  # priced per token: no time spent to measure
-            return rates.cost(record.usage)
+            usage = record.usage
+            if usage is not None and rates.tier is None and usage.prompt_tokens >= 0 and not (
+                    usage.cached_tokens or usage.cache_write_tokens or usage.reasoning_tokens):
+                # Rates.cost of plain input and output tokens, inline (the common case: no call per request)
+                return usage.prompt_tokens * rates.input + usage.completion_tokens * rates.output
+            return rates.cost(usage)
         return rates.cost(record.usage, None if record.finished is None else record.finished - record.started)
 
     def describe(self) -> dict[str, Any]:

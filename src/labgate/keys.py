@@ -134,12 +134,13 @@ class KeyRing:
         # revoked key's entry leads to no key, or to the revoked one), so nothing here is invalidated.
         self._digests: dict[str, str] = {}
 
-    def check(self, presented: str, now: float) -> VirtualKey | None:
-        """The key for a presented secret; raises for a revoked or expired one; None: not a virtual key."""
-        if not presented.startswith(PREFIX):
-            return None
-        hashed = self._digests.get(presented)
+    def check(self, presented: str, now: float | None = None) -> VirtualKey | None:
+        """The key for a presented secret; raises for a revoked or expired one; None: not a virtual key.
+        ``now``: the wall clock, read only when the key expires (None: read it then)."""
+        hashed = self._digests.get(presented)  # only secrets that named a key (all start with PREFIX)
         if hashed is None:
+            if not presented.startswith(PREFIX):
+                return None
             hashed = digest(presented)
             if hashed in self.by_hash:
                 if len(self._digests) >= DIGEST_MEMO:
@@ -150,7 +151,7 @@ class KeyRing:
             return None
         if key.revoked_at is not None:
             raise AuthenticationError(f"This API key ({key.name!r}) was revoked.", code="key_revoked")
-        if key.expires_at is not None and now >= key.expires_at:
+        if key.expires_at is not None and (time.time() if now is None else now) >= key.expires_at:
             raise AuthenticationError(f"This API key ({key.name!r}) expired.", code="key_expired")
         return key
 

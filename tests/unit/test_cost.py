@@ -100,3 +100,28 @@ def test_where_a_price_comes_from() -> None:
     assert prices.rates("cloud", "gpt-4o") == Rates(1e-6, 1e-6)
     assert prices.rates("cloud", "unlisted-model-zz") is None
     assert prices.rates("nobody", "gpt-4o") is None
+
+
+def test_a_record_costs_what_its_rates_say_whatever_its_usage() -> None:
+    """Prices.price prices plain input/output usage inline (no call per request): for every kind of usage
+    and rates, tiered or with cache and reasoning rates, it must be exactly Rates.cost's figure."""
+    import os
+    import random
+
+    from labgate.record import RequestRecord
+
+    rng = random.Random(int(os.environ.get("LABGATE_FUZZ_SEED", "0")))
+    plain = Rates(1e-6, 3e-6)
+    special = Rates(2e-6, 5e-6, cache_read=1e-7, cache_write=4e-6, reasoning=9e-6)
+    tiered = Rates(1e-6, 2e-6, tier_start=1000, tier=Rates(3e-6, 4e-6))
+    for _ in range(500):
+        rates = rng.choice((plain, special, tiered))
+        prices = Prices({})
+        prices._rates["p/m"] = rates
+        record = RequestRecord("r", "chat")
+        record.deployment, record.provider, record.attempts = "p/m", "p", 1
+        prompt = rng.choice((0, rng.randrange(1, 3000), -rng.randrange(1, 10)))
+        extra = rng.choice((0, 0, rng.randrange(1, 50)))
+        record.usage = Usage(prompt, rng.randrange(0, 900), **{rng.choice(
+            ("cached_tokens", "cache_write_tokens", "reasoning_tokens")): extra})
+        assert prices.price(record) == rates.cost(record.usage)

@@ -139,7 +139,8 @@ class MemoryCounters:
                       f"else:\n  a{i} += s{i}\n  if a{i} - now > SLACK: return False"]
             commit.append(f"r{i}[0] = r{i}[1] = a{i}")
         for i, (cell, limit) in enumerate(tpm):
-            names[f"t{i}"], names[f"l{i}"] = cell, limit
+            # the limit as a float: the same quotients (an int is converted exactly), no conversion per request
+            names[f"t{i}"], names[f"l{i}"] = cell, float(limit)
             check += [f"b{i} = t{i}[0]", f"c = (tokens if tokens < l{i} else l{i}) * MINUTE / l{i}",
                       f"if b{i} < now: b{i} = now + c", f"else:\n  b{i} += c\n  if b{i} - now > SLACK: return False"]
             commit.append(f"t{i}[0] = t{i}[1] = b{i}")

@@ -51,7 +51,6 @@ if TYPE_CHECKING:
 __all__ = ["NOTHING", "Limiter", "Reservation", "limiter_for"]
 log = logging.getLogger("labgate.limits")
 _PERIODS = {"day": "today", "week": "this week", "month": "this month", "total": "in total"}
-_taken = tuple.__new__  # Taken(...) without the Python frame of a NamedTuple's __new__ (the request path)
 
 
 class Limiter:
@@ -143,8 +142,8 @@ class Limiter:
 
     def _as_charges(self, held: Taken | Reservation) -> Reservation:
         """A reservation as charges (one taken from a plan's cells gets its plan's charges)."""
-        if type(held) is not Taken:
-            return held  # type: ignore[return-value]
+        if isinstance(held, Reservation):  # (a Taken is a plain tuple)
+            return held
         plan, tokens, cost = held
         return self.planner.charges(plan, tokens, cost, time.time())
 
@@ -169,17 +168,23 @@ class Limiter:
         """:meth:`reserve` on in-process counters (``in_process``): the same, without a coroutine; on their
         cells (state/plan.py) when they have them, with the charges only when a take does not fit."""
         if self._cells is not None:
-            key, model, planner, now = record.api_key, record.model or "", self.planner, time.time()
+            key, model = record.api_key, record.model or ""  # (pairs: no tuple built)
+            planner, now = self.planner, time.time()
             plans = planner.plans.get(model)
             plan = None if plans is None else plans.get("" if key is None else key.id)
             if plan is None or plan.key is not key or plan.route is not route or now >= plan.ends:
                 plan = planner.compile(model, key, route, now)
-            prompt, output = planner.estimate(record)
+            # Planner.estimate, inline (one Python call less per request)
+            payload: Any = record.payload or {}
+            output = payload.get("max_completion_tokens") or payload.get("max_tokens")
+            if type(output) is not int or output < 0:  # parsed JSON: a bool is no token count
+                output = planner.default_output
+            prompt = len(record.body or b"") // BYTES_PER_TOKEN
             tokens, rates = prompt + output, plan.rates
             cost = 0.0 if rates is None else prompt * rates[0] + output * rates[1] if type(rates) is tuple else \
                 planner.cost(rates, prompt, output)
             if plan.take(tokens, cost):  # type: ignore[misc]  # compiled on in-process cells
-                record.reservation = _taken(Taken, (plan, tokens, cost))
+                record.reservation = (plan, tokens, cost)  # a Taken
                 return route
             held = planner.charges(plan, tokens, cost, now)  # not taken: the general take says why
         else:
@@ -321,9 +326,9 @@ class Limiter:
         usage = record.usage
         real_tokens = usage.prompt_tokens + usage.completion_tokens if usage is not None else 0
         real_cost = record.cost or 0.0
-        if type(held) is Taken:  # taken from a plan's cells: settled on them
+        if type(held) is tuple:  # a Taken (from a plan's cells, not a Reservation): settled on them
             plan, tokens, cost = held
-            if plan.settle(tokens, cost, real_tokens, real_cost):  # type: ignore[misc]  # a Taken: compiled cells
+            if plan.settle(tokens, cost, real_tokens, real_cost):  # a Taken's plan: compiled cells
                 self._alert_plan(plan)
             return
         settle_now = self._settle_now

@@ -25,7 +25,7 @@ from __future__ import annotations
 import fnmatch
 import math
 import re
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeAlias
 
 from labgate.providers.base import Usage
 from labgate.state.base import Charge
@@ -56,14 +56,6 @@ class Reservation(NamedTuple):
 
 
 NOTHING = Reservation((), (), ())  # taken while the backend was away (fail open): nothing to settle
-
-
-class Taken(NamedTuple):
-    """What a request took from a plan's in-process cells: the plan and the estimate it was charged."""
-
-    plan: Plan
-    tokens: int
-    cost: float
 
 
 class Plan:
@@ -206,7 +198,8 @@ class Planner:
         return _new(Reservation, (tuple(out), plan.tpm_at, plan.caps_at))
 
     def estimate(self, record: RequestRecord) -> tuple[int, int]:
-        """(prompt tokens, answer tokens) a request may use, before it is sent."""
+        """(prompt tokens, answer tokens) a request may use, before it is sent. ``Limiter.reserve_now`` has the
+        same lines inline (tests/unit/state/test_plan.py compares the two paths on random traffic)."""
         payload: Any = record.payload or {}
         out = payload.get("max_completion_tokens") or payload.get("max_tokens")
         if type(out) is not int or out < 0:  # parsed JSON: a bool is no token count
@@ -269,3 +262,8 @@ class Planner:
 
 
 _UNKNOWN: Any = object()  # a route not yet in the rates memo
+
+# What a request took from a plan's in-process cells: (the plan, the estimate's tokens, its cost). A plain
+# tuple, built by BUILD_TUPLE with no call on the request path, told from a Reservation (a NamedTuple,
+# another type) by ``type(held) is tuple``.
+Taken: TypeAlias = tuple[Plan, int, float]

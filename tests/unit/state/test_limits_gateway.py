@@ -22,12 +22,12 @@ PRICED = {"input_per_1m": 1_000_000, "output_per_1m": 2_000_000}
 
 
 @asynccontextmanager
-async def gateway(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, **gateway_yaml: Any
-                  ) -> AsyncIterator[tuple[RunningGateway, aiohttp.ClientSession, Simulator]]:
+async def gateway(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *, price: dict[str, float] = PRICED,
+                  **gateway_yaml: Any) -> AsyncIterator[tuple[RunningGateway, aiohttp.ClientSession, Simulator]]:
     monkeypatch.setenv("LABGATE_LIMITS_TEST_MASTER", MASTER)
     async with Simulator(models=["paid", "free"]) as sim, aiohttp.ClientSession() as http:
         providers = {"cloud": {"type": "openai_compatible", "base_url": sim.url + "/v1",
-                               "models": [{"name": "paid", "pricing": PRICED}]},
+                               "models": [{"name": "paid", "pricing": price}]},
                      "local": {"type": "ollama", "base_url": sim.url, "models": ["free"]}}
         config = config_from(providers, gateway={"auth": {"master_key_env": "LABGATE_LIMITS_TEST_MASTER"},
                                                  "store": {"url": str(tmp_path / "h.db"), "capture": "metadata"},
@@ -218,24 +218,23 @@ async def test_budget_alerts_log_count_and_post_once(tmp_path: Path, monkeypatch
 async def test_a_budget_alert_fires_when_the_estimate_was_exact(tmp_path: Path,
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     """Regression: settling skipped the alert check when the reservation's estimate equalled the real cost
-    (nothing to adjust), so a budget passed its thresholds in silence (e.g. output-only prices and max_tokens)."""
-    from labgate.state.plan import Planner
-
+    (nothing to adjust), so a budget passed its thresholds in silence (here: output-only prices and a
+    ``max_tokens`` the answer uses exactly, so every estimate is the real cost)."""
     budgets = {"limits": [{"scope": "model", "name": "paid", "limit_usd": 100, "period": "week"}]}
-    async with gateway(tmp_path, monkeypatch, budgets=budgets) as (running, http, _):
+    output_only = {"input_per_1m": 0, "output_per_1m": 2_000_000}  # $2 per answer token, prompts free
+    async with gateway(tmp_path, monkeypatch, price=output_only, budgets=budgets) as (running, http, _):
         call = caller(running, http)
-        monkeypatch.setattr(Planner, "estimate", lambda self, record: (0, 0))
-        status, body, _ = await call("/v1/chat/completions", chat())  # learn what a request really uses
+        # learn what an answer uses (its estimate, $40, fits the budget; the real cost is settled)
+        status, body, headers = await call("/v1/chat/completions", chat(max_tokens=20))
         assert status == 200
-        usage = body["usage"]
-        exact = (usage["prompt_tokens"], usage["completion_tokens"])
-        monkeypatch.setattr(Planner, "estimate", lambda self, record: exact)
-        spent, status = usage["prompt_tokens"] + 2 * usage["completion_tokens"], 200
-        while status == 200 and spent < 50:
-            status, _, headers = await call("/v1/chat/completions", chat())
-            spent += float(headers["x-labgate-cost"])
+        used = body["usage"]["completion_tokens"]
+        spent, status = float(headers["x-labgate-cost"]), 200
+        assert used < 20 and spent == 2 * used
         limiter = running.gateway.runtime.limiter
         assert limiter is not None
+        while status == 200 and spent < 50:
+            status, _, headers = await call("/v1/chat/completions", chat(max_tokens=used))
+            spent += float(headers["x-labgate-cost"])
         await limiter.drain()
         async with http.get(running.url + "/metrics") as r:
             text = await r.text()

@@ -18,7 +18,6 @@ from labgate.record import RequestRecord
 from labgate.runtime import Runtime
 from labgate.state.counters import PRUNE_EVERY, MemoryCounters
 from labgate.state.limits import Limiter
-from labgate.state.plan import Taken
 from labgate.testing.gateway import config_from
 
 WALL = 1_800_000_000.0  # a fixed wall clock (budget windows) for both limiters
@@ -93,7 +92,7 @@ def test_plan_cells_decide_and_count_as_charges_by_key(steps: list[tuple[str, in
                 pair.append((record, _outcome(limiter, rt, record)))
             (a, got), (b, expected) = pair
             assert got == expected
-            assert type(b.reservation) is not Taken
+            assert type(b.reservation) is not tuple  # charges (a Reservation), not a Taken from cells
             held.append((a, b))
             if finish_now or len(held) > 3:
                 for x, y in held:
@@ -119,7 +118,7 @@ def test_a_prune_drops_the_plans_and_their_cells_stay_exact() -> None:
     again = RequestRecord("r", "chat")
     again.model, again.body, again.payload = "paid", b"x" * 40, {"model": "paid", "max_tokens": 3}
     cells.reserve_now(again, rt.table.resolve("paid"), rt.table)
-    plan = again.reservation.plan
+    plan, _, _ = again.reservation  # a Taken: (plan, tokens, cost)
     assert all(counters._values[c.key] is cell  # type: ignore[attr-defined]
                for c, (cell, _) in zip([c for c in plan.template if c is not None], plan.rpm, strict=True))
 
