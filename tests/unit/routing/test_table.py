@@ -378,6 +378,18 @@ def test_a_deployment_carries_its_providers_settings_and_one_object_serves_every
     assert (invented.key, invented.gate, invented.engine) == ("gpu/other", routes.gates["gpu"], routes.engines["gpu"])
 
 
+def test_releasing_an_attempt_gives_back_its_count_and_its_providers_gate_slot() -> None:
+    providers = {"gpu": {"type": "vllm", "max_parallel_requests": 2, "models": ["big"]},
+                 "free": {"type": "vllm", "models": ["small"]}}
+    routes = table(None, providers)
+    gated, free = (routes.resolve(name).groups[0].deployments[0] for name in ("big", "small"))
+    assert routes.gates["gpu"].try_acquire() and routes.gates["gpu"].try_acquire()
+    gated.health.inflight = free.health.inflight = 2
+    gated.release()
+    free.release()  # no gate: only its count
+    assert (gated.health.inflight, routes.gates["gpu"].inflight, free.health.inflight, free.gate) == (1, 1, 1, None)
+
+
 def test_a_route_is_local_first_only_when_its_primary_group_says_so() -> None:
     routes = table()
     assert [r.local_first for r in (Route("x", ()), routes.resolve("llama3.1:8b"))] == [False, False]
