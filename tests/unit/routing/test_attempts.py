@@ -327,3 +327,54 @@ async def test_a_half_open_deployment_probed_by_another_request_is_passed_over()
     assert (await run([probing, other], second))[1] is other
     assert (len(calls(probing)), second.attempts, second.failures[0].error.code) == (
         1, 1, "no_healthy_deployment")
+
+
+class HandOver:
+    """A queue whose first waiter gets the slot at once, as from a request that just ended; keeps what it was asked."""
+
+    def __init__(self) -> None:
+        self.asked: list[tuple[list[str], RequestRecord, float]] = []
+
+    async def wait(self, busy: list[Deployment], record: RequestRecord, deadline: float) -> Deployment:
+        self.asked.append(([d.key for d in busy], record, deadline))
+        return busy[0]  # the slot handed over: the gate's count stays
+
+
+@pytest.mark.asyncio
+async def test_a_full_deployment_answers_through_the_queue_with_the_request_as_sent() -> None:
+    full = dep("a/m1", REPLY, timeout=5.0)
+    full.gate = Gate(1, max_queue=4)
+    assert full.gate.try_acquire()  # another request holds its one slot
+    failing = dep("b/m2", UpstreamStatusError("upstream answered 503", upstream_status=503))
+    native = {"model": "public", "max_tokens": 5, "messages": []}
+    record, queue, deadline = new_record(), HandOver(), time.monotonic() + 600
+    record.routing = "local"  # local_first planned a local deployment (b); a cloud one answers
+    result = await attempt([full, failing], endpoint="chat", body=BODY, stream=False, deadline=deadline,
+                           circuit=CIRCUIT, record=record, native=native, queue=queue)  # type: ignore[arg-type]
+    assert result == (REPLY, full)
+    assert calls(full) == [("send", Call("chat", BODY, "m1", 5.0, "req-1", native, b""))]
+    assert queue.asked == [(["a/m1"], record, deadline)]
+    assert (record.attempts, record.deployment, record.routing, full.gate.inflight) == (
+        2, "a/m1", "cloud (local failing)", 0)
+
+
+@pytest.mark.asyncio
+async def test_a_deployment_over_prefer_local_under_is_tried_last_under_its_hard_limit_without_queueing() -> None:
+    local = dep("a/m1", REPLY)
+    local.gate = Gate(2, max_queue=4, spill_at=1)
+    assert local.gate.try_acquire()  # at prefer_local_under, under its hard limit
+    failing = dep("b/m2", UpstreamConnectionError("refused"))
+    record, queue = new_record(), HandOver()
+    seen: list[str | None] = []
+    original = failing.adapter.send
+
+    async def send(call: Call) -> Reply:
+        seen.append(record.spill)  # while b is tried, the spill says why a was passed over
+        return await original(call)
+
+    failing.adapter.send = send  # type: ignore[attr-defined]
+    result = await attempt([local, failing], endpoint="chat", body=BODY, stream=False, circuit=CIRCUIT,
+                           deadline=time.monotonic() + 600, record=record, queue=queue)  # type: ignore[arg-type]
+    assert result == (REPLY, local)
+    assert (seen, record.spill, queue.asked, local.gate.inflight) == (
+        ["a/m1 at 1/2 in flight (prefer_local_under)"], None, [], 1)
