@@ -12,6 +12,7 @@ from labgate.errors import (
     AttemptFailure,
     DeploymentBusyError,
     LabgateError,
+    ProviderLimitedError,
     UnsupportedEndpointError,
     UpstreamConnectionError,
     UpstreamDeploymentError,
@@ -378,3 +379,40 @@ async def test_a_deployment_over_prefer_local_under_is_tried_last_under_its_hard
     assert result == (REPLY, local)
     assert (seen, record.spill, queue.asked, local.gate.inflight) == (
         ["a/m1 at 1/2 in flight (prefer_local_under)"], None, [], 1)
+
+
+class Limits:
+    """Provider limits on every provider but ``free``: ``over`` is over its limit; keeps what it was asked."""
+
+    def __init__(self, over: str) -> None:
+        self.providers, self.over, self.log = {"a": None, "b": None, "c": None}, over, []  # type: ignore[var-annotated]
+
+    async def take_provider(self, record: RequestRecord, d: Deployment) -> object:
+        if d.provider == self.over:
+            return ProviderLimitedError(f"{d.provider} is over its rpm", budget=False, retry_after=5.0)
+        self.log.append(("take", d.key))
+        return f"held {d.key}"
+
+    def give_back(self, held: object, *, sent: bool) -> None:
+        self.log.append(("give back", held, sent))
+
+    def keep(self, record: RequestRecord, held: object) -> None:
+        self.log.append(("keep", held))
+
+
+@pytest.mark.asyncio
+async def test_limited_providers_are_sent_the_same_request_and_settle_what_each_attempt_took() -> None:
+    over, failing, answering = (dep("a/m1", REPLY), dep("b/m2", UpstreamConnectionError("refused"), timeout=5.0),
+                                dep("c/m3", REPLY, timeout=5.0))
+    native = {"model": "public", "max_tokens": 5, "messages": []}
+    record, limits = new_record(), Limits(over="a")
+    result = await attempt([over, failing, answering], endpoint="chat", body=BODY, stream=False, circuit=CIRCUIT,
+                           deadline=time.monotonic() + 600, record=record, native=native,
+                           limits=limits, max_attempts=2)  # type: ignore[arg-type]
+    assert result == (REPLY, answering)  # a, passed over for its limit, used none of the two attempts
+    assert [calls(d) for d in (over, failing, answering)] == [
+        [], [("send", Call("chat", BODY, "m2", 5.0, "req-1", native, b""))],
+        [("send", Call("chat", BODY, "m3", 5.0, "req-1", native, b""))]]
+    assert limits.log == [("take", "b/m2"), ("give back", "held b/m2", True), ("take", "c/m3"), ("keep", "held c/m3")]
+    assert [(f.deployment, type(f.error)) for f in record.failures] == [
+        ("a/m1", ProviderLimitedError), ("b/m2", UpstreamConnectionError)]
