@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -26,6 +28,7 @@ from labgate.record import RequestRecord
 from labgate.routing.attempts import attempt
 from labgate.routing.circuit import Circuit, Health
 from labgate.routing.gate import Gate
+from labgate.routing.pace import Pace, Timeouts
 from labgate.routing.table import Deployment
 
 BODY: dict[str, Any] = {"model": "public", "messages": [{"role": "user", "content": "hi"}]}
@@ -416,3 +419,24 @@ async def test_limited_providers_are_sent_the_same_request_and_settle_what_each_
     assert limits.log == [("take", "b/m2"), ("give back", "held b/m2", True), ("take", "c/m3"), ("keep", "held c/m3")]
     assert [(f.deployment, type(f.error)) for f in record.failures] == [
         ("a/m1", ProviderLimitedError), ("b/m2", UpstreamConnectionError)]
+
+
+@pytest.mark.asyncio
+async def test_a_paced_stream_without_a_first_token_in_time_fails_its_attempt() -> None:
+    async def never() -> AsyncIterator[bytes]:
+        await asyncio.Event().wait()  # an upstream that never sends a token
+        yield b""
+
+    async def answer() -> AsyncIterator[bytes]:
+        yield b'data: {"choices": [{"index": 0, "delta": {"content": "hi"}}]}\n\n'
+
+    silent, answering = dep("a/m1", IteratorStream(never())), dep("b/m2", IteratorStream(answer()))
+    record = RequestRecord("req-1", "chat", model="public")
+    pace = Pace(default=Timeouts(), routes={"public": Timeouts(first_token=0.05)})  # this model's own deadline
+    stream, used = await attempt([silent, answering], endpoint="chat", body=BODY, stream=True, circuit=CIRCUIT,
+                                 deadline=time.monotonic() + 600, record=record, pace=pace)  # type: ignore[arg-type]
+    assert used is answering
+    assert [chunk async for chunk in stream] == [b'data: {"choices": [{"index": 0, "delta": {"content": "hi"}}]}\n\n']
+    [failure] = record.failures
+    assert (failure.deployment, type(failure.error), failure.error.message) == (
+        "a/m1", UpstreamTimeoutError, "a/m1 sent no token within 0.05 s (ttft_timeout_s)")
