@@ -353,11 +353,14 @@ async def test_a_full_deployment_answers_through_the_queue_with_the_request_as_s
     native = {"model": "public", "max_tokens": 5, "messages": []}
     record, queue, deadline = new_record(), HandOver(), time.monotonic() + 600
     record.routing = "local"  # local_first planned a local deployment (b); a cloud one answers
+    limits = Limits(over="none")  # both providers limited, neither over: each attempt takes its share
     result = await attempt([full, failing], endpoint="chat", body=BODY, stream=False, deadline=deadline,
-                           circuit=CIRCUIT, record=record, native=native, queue=queue)  # type: ignore[arg-type]
+                           circuit=CIRCUIT, record=record, native=native, queue=queue,
+                           limits=limits)  # type: ignore[arg-type]
     assert result == (REPLY, full)
     assert calls(full) == [("send", Call("chat", BODY, "m1", 5.0, "req-1", native, b""))]
     assert queue.asked == [(["a/m1"], record, deadline)]
+    assert limits.log == [("take", "b/m2"), ("give back", "held b/m2", True), ("take", "a/m1"), ("keep", "held a/m1")]
     assert (record.attempts, record.deployment, record.routing, full.gate.inflight) == (
         2, "a/m1", "cloud (local failing)", 0)
 
