@@ -38,7 +38,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # module (under src/labgate/) -> the test files that are meant to kill its mutants
 MODULES: dict[str, list[str]] = {
-    "routing/attempts.py": ["tests/unit/routing/test_attempts.py", "tests/unit/routing/test_rescue.py"],
+    # test_provider_limits.py: an in-process gateway over simulators, the only caller of _limited/_free/planned
+    "routing/attempts.py": ["tests/unit/routing/test_attempts.py", "tests/unit/routing/test_rescue.py",
+                            "tests/unit/routing/test_provider_limits.py"],
     "routing/balancer.py": ["tests/unit/routing/test_balancer.py", "tests/unit/routing/test_local_first.py"],
     "routing/circuit.py": ["tests/unit/routing/test_circuit.py"],
     "routing/gate.py": ["tests/unit/routing/test_gate.py"],

@@ -211,8 +211,13 @@ def _check_routing(names: Names, mappings: MappingsConfig, file: str) -> Iterato
             yield from _target(names, entry, file, f"{base}.fallback_chain[{i}]", provider_ok=True)
     for capability, models in routing.capabilities.items():
         for i, entry in enumerate(models):
-            yield from _target(names, entry, file, f"routing.capabilities.{capability}[{i}]",
-                               provider_ok=False)
+            path = f"routing.capabilities.{capability}[{i}]"
+            if unalias(routing.aliases, entry).startswith(CAPABILITY_PREFIX):  # compiled one after another:
+                # one listing another would get none of it, or its first group (routing/table.py)
+                yield Problem(file, path, f"{entry!r} is a capability route; name a model or a provider/model "
+                              "pair here")
+            else:
+                yield from _target(names, entry, file, path, provider_ok=False)
     for alias, target in routing.aliases.items():
         if alias in names.served:
             yield Problem(file, f"routing.aliases.{alias}", f"alias {alias!r} hides the model of that name "
@@ -231,6 +236,15 @@ def _check_routing(names: Names, mappings: MappingsConfig, file: str) -> Iterato
         if len(owners) > 1 and public not in routing.load_balancing and public not in routing.exact_matches:
             yield Problem(file, "routing", f"model {public!r} is served by {', '.join(owners)}; "
                           "they are tried in provider priority order", severity="warning")
+
+
+def unalias(aliases: Mapping[str, str], name: str) -> str:
+    """``name``, or the alias's target followed to the end (one step per alias at most: cycles fail at load)."""
+    for _ in range(len(aliases)):
+        if name not in aliases:
+            break
+        name = aliases[name]
+    return name
 
 
 def fallback_edges(mappings: MappingsConfig) -> dict[str, list[str]]:

@@ -11,7 +11,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from labgate.config.checks import CAPABILITY_PREFIX, Names, capabilities
+from labgate.config.checks import CAPABILITY_PREFIX, Names, capabilities, unalias
 from labgate.config.load import Config
 from labgate.config.problems import closest
 from labgate.config.schema.providers import LOCAL_TYPES, ModelConfig, ProviderConfig
@@ -230,12 +230,7 @@ class RouteTable:
                 self.routes[alias] = Route(alias, route.groups)
 
     def _unalias(self, name: str) -> str:
-        aliases = self._mappings.routing.aliases
-        for _ in range(len(aliases)):  # alias → alias: follow to the end (cycles fail at load)
-            if name not in aliases:
-                break
-            name = aliases[name]
-        return name
+        return unalias(self._mappings.routing.aliases, name)
 
     def _same_model(self, provider: str, requested: str) -> str:
         """What "the same model" is called on ``provider``, for a provider-name fallback entry."""

@@ -172,6 +172,17 @@ def test_capability_entries_must_be_models_or_pairs() -> None:
     ]
 
 
+def test_capability_entries_cannot_be_capability_routes() -> None:
+    """Capability routes are compiled one after another: one listing another would get nothing or part of it."""
+    assert check({"routing": {"aliases": {"code": "capability:code_generation", "c2": "code"},
+                              "capabilities": {"aa": ["capability:code_generation", "c2", "coder"]}}}) == [
+        error("routing.capabilities.aa[0]",
+              "'capability:code_generation' is a capability route; name a model or a provider/model pair here"),
+        error("routing.capabilities.aa[1]",
+              "'c2' is a capability route; name a model or a provider/model pair here"),
+    ]
+
+
 def test_alias_to_itself_is_an_error() -> None:
     assert check({"routing": {"aliases": {"coder2": "coder2"}}}) == [
         error("routing.aliases.coder2", "an alias cannot point at itself"),

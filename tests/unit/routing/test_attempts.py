@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -12,6 +14,7 @@ from labgate.errors import (
     AttemptFailure,
     DeploymentBusyError,
     LabgateError,
+    ProviderLimitedError,
     UnsupportedEndpointError,
     UpstreamConnectionError,
     UpstreamDeploymentError,
@@ -25,6 +28,7 @@ from labgate.record import RequestRecord
 from labgate.routing.attempts import attempt
 from labgate.routing.circuit import Circuit, Health
 from labgate.routing.gate import Gate
+from labgate.routing.pace import Pace, Timeouts
 from labgate.routing.table import Deployment
 
 BODY: dict[str, Any] = {"model": "public", "messages": [{"role": "user", "content": "hi"}]}
@@ -327,3 +331,115 @@ async def test_a_half_open_deployment_probed_by_another_request_is_passed_over()
     assert (await run([probing, other], second))[1] is other
     assert (len(calls(probing)), second.attempts, second.failures[0].error.code) == (
         1, 1, "no_healthy_deployment")
+
+
+class HandOver:
+    """A queue whose first waiter gets the slot at once, as from a request that just ended; keeps what it was asked."""
+
+    def __init__(self) -> None:
+        self.asked: list[tuple[list[str], RequestRecord, float]] = []
+
+    async def wait(self, busy: list[Deployment], record: RequestRecord, deadline: float) -> Deployment:
+        self.asked.append(([d.key for d in busy], record, deadline))
+        return busy[0]  # the slot handed over: the gate's count stays
+
+
+@pytest.mark.asyncio
+async def test_a_full_deployment_answers_through_the_queue_with_the_request_as_sent() -> None:
+    full = dep("a/m1", REPLY, timeout=5.0)
+    full.gate = Gate(1, max_queue=4)
+    assert full.gate.try_acquire()  # another request holds its one slot
+    failing = dep("b/m2", UpstreamStatusError("upstream answered 503", upstream_status=503))
+    native = {"model": "public", "max_tokens": 5, "messages": []}
+    record, queue, deadline = new_record(), HandOver(), time.monotonic() + 600
+    record.routing = "local"  # local_first planned a local deployment (b); a cloud one answers
+    limits = Limits(over="none")  # both providers limited, neither over: each attempt takes its share
+    result = await attempt([full, failing], endpoint="chat", body=BODY, stream=False, deadline=deadline,
+                           circuit=CIRCUIT, record=record, native=native, queue=queue,
+                           limits=limits)  # type: ignore[arg-type]
+    assert result == (REPLY, full)
+    assert calls(full) == [("send", Call("chat", BODY, "m1", 5.0, "req-1", native, b""))]
+    assert queue.asked == [(["a/m1"], record, deadline)]
+    assert limits.log == [("take", "b/m2"), ("give back", "held b/m2", True), ("take", "a/m1"), ("keep", "held a/m1")]
+    assert (record.attempts, record.deployment, record.routing, full.gate.inflight) == (
+        2, "a/m1", "cloud (local failing)", 0)
+
+
+@pytest.mark.asyncio
+async def test_a_deployment_over_prefer_local_under_is_tried_last_under_its_hard_limit_without_queueing() -> None:
+    local = dep("a/m1", REPLY)
+    local.gate = Gate(2, max_queue=4, spill_at=1)
+    assert local.gate.try_acquire()  # at prefer_local_under, under its hard limit
+    failing = dep("b/m2", UpstreamConnectionError("refused"))
+    record, queue = new_record(), HandOver()
+    seen: list[str | None] = []
+    original = failing.adapter.send
+
+    async def send(call: Call) -> Reply:
+        seen.append(record.spill)  # while b is tried, the spill says why a was passed over
+        return await original(call)
+
+    failing.adapter.send = send  # type: ignore[attr-defined]
+    result = await attempt([local, failing], endpoint="chat", body=BODY, stream=False, circuit=CIRCUIT,
+                           deadline=time.monotonic() + 600, record=record, queue=queue)  # type: ignore[arg-type]
+    assert result == (REPLY, local)
+    assert (seen, record.spill, queue.asked, local.gate.inflight) == (
+        ["a/m1 at 1/2 in flight (prefer_local_under)"], None, [], 1)
+
+
+class Limits:
+    """Provider limits on every provider but ``free``: ``over`` is over its limit; keeps what it was asked."""
+
+    def __init__(self, over: str) -> None:
+        self.providers, self.over, self.log = {"a": None, "b": None, "c": None}, over, []  # type: ignore[var-annotated]
+
+    async def take_provider(self, record: RequestRecord, d: Deployment) -> object:
+        if d.provider == self.over:
+            return ProviderLimitedError(f"{d.provider} is over its rpm", budget=False, retry_after=5.0)
+        self.log.append(("take", d.key))
+        return f"held {d.key}"
+
+    def give_back(self, held: object, *, sent: bool) -> None:
+        self.log.append(("give back", held, sent))
+
+    def keep(self, record: RequestRecord, held: object) -> None:
+        self.log.append(("keep", held))
+
+
+@pytest.mark.asyncio
+async def test_limited_providers_are_sent_the_same_request_and_settle_what_each_attempt_took() -> None:
+    over, failing, answering = (dep("a/m1", REPLY), dep("b/m2", UpstreamConnectionError("refused"), timeout=5.0),
+                                dep("c/m3", REPLY, timeout=5.0))
+    native = {"model": "public", "max_tokens": 5, "messages": []}
+    record, limits = new_record(), Limits(over="a")
+    result = await attempt([over, failing, answering], endpoint="chat", body=BODY, stream=False, circuit=CIRCUIT,
+                           deadline=time.monotonic() + 600, record=record, native=native,
+                           limits=limits, max_attempts=2)  # type: ignore[arg-type]
+    assert result == (REPLY, answering)  # a, passed over for its limit, used none of the two attempts
+    assert [calls(d) for d in (over, failing, answering)] == [
+        [], [("send", Call("chat", BODY, "m2", 5.0, "req-1", native, b""))],
+        [("send", Call("chat", BODY, "m3", 5.0, "req-1", native, b""))]]
+    assert limits.log == [("take", "b/m2"), ("give back", "held b/m2", True), ("take", "c/m3"), ("keep", "held c/m3")]
+    assert [(f.deployment, type(f.error)) for f in record.failures] == [
+        ("a/m1", ProviderLimitedError), ("b/m2", UpstreamConnectionError)]
+
+
+@pytest.mark.asyncio
+async def test_a_paced_stream_without_a_first_token_in_time_fails_its_attempt() -> None:
+    async def never() -> AsyncIterator[bytes]:
+        await asyncio.Event().wait()  # an upstream that never sends a token
+        yield b""
+
+    async def answer() -> AsyncIterator[bytes]:
+        yield b'data: {"choices": [{"index": 0, "delta": {"content": "hi"}}]}\n\n'
+
+    silent, answering = dep("a/m1", IteratorStream(never())), dep("b/m2", IteratorStream(answer()))
+    record = RequestRecord("req-1", "chat", model="public")
+    pace = Pace(default=Timeouts(), routes={"public": Timeouts(first_token=0.05)})  # this model's own deadline
+    stream, used = await attempt([silent, answering], endpoint="chat", body=BODY, stream=True, circuit=CIRCUIT,
+                                 deadline=time.monotonic() + 600, record=record, pace=pace)  # type: ignore[arg-type]
+    assert used is answering
+    assert [chunk async for chunk in stream] == [b'data: {"choices": [{"index": 0, "delta": {"content": "hi"}}]}\n\n']
+    [failure] = record.failures
+    assert (failure.deployment, type(failure.error), failure.error.message) == (
+        "a/m1", UpstreamTimeoutError, "a/m1 sent no token within 0.05 s (ttft_timeout_s)")

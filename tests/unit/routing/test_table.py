@@ -226,6 +226,30 @@ def test_provider_name_in_a_chain_means_the_same_model_there() -> None:
     assert keys(t.resolve("qwen-7b")) == [["vllm/Qwen/Qwen2.5-7B-Instruct"], ["ollama/Qwen/Qwen2.5-7B-Instruct"]]
 
 
+def test_a_chain_entry_a_pattern_matches_is_that_patterns_provider_with_the_name_as_the_model() -> None:
+    t = table({"routing": {"patterns": [{"pattern": "llama*", "provider": "ollama"},
+                                        {"pattern": "gpt-*", "provider": "openai"}]},
+               "fallbacks": {"coder": ["llama2", "gpt-5", "local-gguf"], "llama3*": ["cpp"]}})
+    # gpt-5: its pattern's provider is inactive, so it contributes nothing
+    assert keys(t.resolve("coder")) == [["ollama/qwen2.5-coder:7b"], ["ollama/llama2"], ["cpp/local-gguf"]]
+    # a provider entry after a name only a pattern routes: the same name on that provider
+    assert keys(t.resolve("llama3-custom")) == [["ollama/llama3-custom"], ["cpp/llama3-custom"]]
+
+
+def test_a_capability_in_a_chain_contributes_every_group_other_entries_one() -> None:
+    t = table({"fallbacks": {"local-gguf": ["capability:code_generation", "llama3.1:8b"]}})
+    assert keys(t.resolve("local-gguf")) == [
+        ["cpp/local-gguf"], ["ollama/qwen2.5-coder:7b"], ["vllm/Qwen/Qwen2.5-7B-Instruct"],
+        ["ollama/llama3.1:8b", "vllm/llama3.1:8b"]]
+
+
+def test_a_name_routed_by_a_pattern_and_its_pair_share_one_deployment() -> None:
+    t = table({"routing": {"patterns": [{"pattern": "llama*", "provider": "ollama"}]}})
+    by_pattern = t.resolve("llama2").groups[0].deployments[0]
+    assert by_pattern.key == "ollama/llama2"
+    assert t.resolve("ollama/llama2").groups[0].deployments[0] is by_pattern  # one circuit, one count
+
+
 # ---------------------------------------------------------------- aliases
 
 
@@ -237,6 +261,7 @@ def test_alias_routes_like_its_target_fallbacks_included() -> None:
         ["ollama/llama3.1:8b"], ["vllm/Qwen/Qwen2.5-7B-Instruct"]]
     assert t.resolve("default").groups == t.resolve("general").groups  # the same group objects
     assert keys(t.resolve("fast")) == [["ollama/llama3.1:8b", "vllm/llama3.1:8b"]]
+    assert [t.resolve(name).name for name in ("default", "fast")] == ["default", "fast"]  # its own name
 
 
 @pytest.mark.parametrize("aliases", [{"a": "b", "b": "coder"}, {"b": "coder", "a": "b"}])
@@ -351,6 +376,18 @@ def test_a_deployment_carries_its_providers_settings_and_one_object_serves_every
     invented = routes.resolve("gpu/other").groups[0].deployments[0]
     assert routes.resolve("gpu/other").groups[0].deployments[0] is invented  # made once, then found
     assert (invented.key, invented.gate, invented.engine) == ("gpu/other", routes.gates["gpu"], routes.engines["gpu"])
+
+
+def test_releasing_an_attempt_gives_back_its_count_and_its_providers_gate_slot() -> None:
+    providers = {"gpu": {"type": "vllm", "max_parallel_requests": 2, "models": ["big"]},
+                 "free": {"type": "vllm", "models": ["small"]}}
+    routes = table(None, providers)
+    gated, free = (routes.resolve(name).groups[0].deployments[0] for name in ("big", "small"))
+    assert routes.gates["gpu"].try_acquire() and routes.gates["gpu"].try_acquire()
+    gated.health.inflight = free.health.inflight = 2
+    gated.release()
+    free.release()  # no gate: only its count
+    assert (gated.health.inflight, routes.gates["gpu"].inflight, free.health.inflight, free.gate) == (1, 1, 1, None)
 
 
 def test_a_route_is_local_first_only_when_its_primary_group_says_so() -> None:
