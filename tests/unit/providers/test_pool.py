@@ -1,0 +1,202 @@
+"""The Pool's bookkeeping, driven directly: slots, the retry's fresh connection, the idle sweep, closing.
+
+Each test holds real connections to a local upstream (no request is needed: a connection the pool
+handed out can be put back). The mutation run of ``providers/pool.py`` (docs/testing.md) led here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import pytest_asyncio
+
+from labgate.errors import DeploymentBusyError, UpstreamConnectionError, UpstreamTimeoutError
+from labgate.providers import pool as pool_module
+from labgate.providers.pool import IDLE_EXPIRY_S, Connection, Pool
+from labgate.testing.hostile import HostileUpstream, Received, Step, echo
+
+pytestmark = pytest.mark.asyncio
+WHERE = "provider 'up'"
+
+
+def script(request: Received) -> list[Step]:
+    return [echo(request)]
+
+
+@pytest_asyncio.fixture
+async def upstream() -> AsyncIterator[HostileUpstream]:
+    async with HostileUpstream(script) as up:
+        yield up
+
+
+def soon(seconds: float = 5.0) -> float:
+    """A deadline far enough not to matter."""
+    return asyncio.get_running_loop().time() + seconds
+
+
+async def until(condition: Any, what: str) -> None:
+    """Wait for ``condition()`` (events of the loop), up to 5 s."""
+    for _ in range(500):
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"never: {what}")
+
+
+async def test_acquire_new_on_a_closed_pool_names_the_provider(upstream: HostileUpstream) -> None:
+    pool = Pool("127.0.0.1", upstream.port, tls=False, where=WHERE)
+    await pool.aclose()
+    with pytest.raises(UpstreamConnectionError) as caught:
+        await pool.acquire_new(soon())
+    assert caught.value.message == "provider 'up': the connection pool is closed"
+
+
+async def test_acquire_new_below_the_limit_opens_a_connection_in_a_new_slot(upstream: HostileUpstream) -> None:
+    pool = Pool("127.0.0.1", upstream.port, tls=False, where=WHERE, limit=3)
+    try:
+        first = await pool.acquire_new(soon())
+        assert pool.open == 1
+        second = await pool.acquire_new(soon())
+        assert pool.open == 2
+        assert first is not second
+        await until(lambda: upstream.accepted == 2, "two connections accepted")
+    finally:
+        await pool.aclose()
+
+
+async def test_acquire_new_at_the_limit_closes_the_oldest_idle_connection_for_its_slot(
+        upstream: HostileUpstream) -> None:
+    pool = Pool("127.0.0.1", upstream.port, tls=False, where=WHERE, limit=2)
+    try:
+        older, newer = await pool.acquire(soon()), await pool.acquire(soon())
+        pool.put(older)
+        pool.put(newer)
+        assert (pool.idle, pool.open) == (2, 2)
+        fresh = await pool.acquire_new(soon(0.5))  # at the limit, not waiting: an idle one gives its slot
+        assert fresh is not older and fresh is not newer
+        await until(lambda: older.lost, "the oldest idle connection closed")
+        assert not newer.lost
+        assert (pool.idle, pool.open) == (1, 2)  # the closed one's slot is the new one's
+        pool.put(fresh)
+        assert (pool.idle, pool.open) == (2, 2)
+        await until(lambda: upstream.accepted == 3, "the new connection accepted")
+    finally:
+        await pool.aclose()
+
+
+async def test_acquire_new_at_the_limit_with_none_idle_waits_until_its_deadline(upstream: HostileUpstream) -> None:
+    pool = Pool("127.0.0.1", upstream.port, tls=False, where=WHERE, limit=1)
+    try:
+        held = await pool.acquire(soon())
+        with pytest.raises(DeploymentBusyError):
+            await asyncio.wait_for(pool.acquire_new(soon(0.05)), 5.0)
+        assert (pool.idle, pool.open) == (0, 1)
+        pool.put(held)
+    finally:
+        await pool.aclose()
+
+
+async def test_acquire_new_connects_within_the_deadline(monkeypatch: pytest.MonkeyPatch) -> None:
+    loop = asyncio.get_running_loop()
+
+    async def never(*args: Any, **kwargs: Any) -> Any:
+        await asyncio.Event().wait()
+
+    monkeypatch.setattr(loop, "create_connection", never)
+    pool = Pool("127.0.0.1", 9, tls=False, where=WHERE)
+    try:
+        with pytest.raises(UpstreamTimeoutError):
+            await asyncio.wait_for(pool.acquire_new(soon(0.05)), 5.0)
+        assert pool.open == 0
+    finally:
+        await pool.aclose()
+
+
+async def test_the_sweep_closes_what_has_been_idle_long_enough_and_comes_back_for_the_rest(
+        upstream: HostileUpstream, monkeypatch: pytest.MonkeyPatch) -> None:
+    pool = Pool("127.0.0.1", upstream.port, tls=False, where=WHERE)
+    loop = asyncio.get_running_loop()
+    try:
+        conns: list[Connection] = [await pool.acquire(soon()) for _ in range(3)]
+        for conn in conns:
+            pool.put(conn)
+        expired, at_the_limit, recent = conns
+        now = loop.time()
+        expired.idle_since = now - IDLE_EXPIRY_S - 1.0
+        at_the_limit.idle_since = now - IDLE_EXPIRY_S  # idle exactly IDLE_EXPIRY_S: expired too
+        recent.idle_since = now - IDLE_EXPIRY_S + 0.05  # 50 ms left
+        monkeypatch.setattr(loop, "time", lambda: now)  # the sweep reads the clock once, now
+        pool._sweep()
+        monkeypatch.undo()
+        assert pool.idle == 1
+        assert expired.transport is not None and expired.transport.is_closing()
+        assert at_the_limit.transport is not None and at_the_limit.transport.is_closing()
+        assert recent.transport is not None and not recent.transport.is_closing()
+        sweeper = pool._sweeper
+        assert sweeper is not None and sweeper.when() == recent.idle_since + IDLE_EXPIRY_S
+        await until(lambda: recent.lost, "the sweep came back and closed the last one")
+        assert (pool.idle, pool.open) == (0, 0)
+        assert pool._sweeper is None  # nothing idle: nothing to come back for
+    finally:
+        await pool.aclose()
+
+
+async def test_the_sweeper_is_started_by_the_first_idle_connection(
+        upstream: HostileUpstream, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(pool_module, "IDLE_EXPIRY_S", 0.05)
+    pool = Pool("127.0.0.1", upstream.port, tls=False, where=WHERE)
+    try:
+        conn = await pool.acquire(soon())
+        assert pool._sweeper is None
+        pool.put(conn)
+        sweeper = pool._sweeper
+        assert sweeper is not None and sweeper.when() == conn.idle_since + 0.05
+        await until(lambda: conn.lost, "an idle connection closed after IDLE_EXPIRY_S")
+        assert (pool.idle, pool.open) == (0, 0)
+    finally:
+        await pool.aclose()
+
+
+@pytest.mark.parametrize("unfit", ["closing", "dirty"])
+async def test_put_neither_pools_nor_hands_over_a_connection_unfit_for_another_request(
+        upstream: HostileUpstream, unfit: str) -> None:
+    """Closing: closed, its loss not yet reported; dirty: unread bytes seen (``ready()``), not yet aborted."""
+    pool = Pool("127.0.0.1", upstream.port, tls=False, where=WHERE, limit=1)
+    try:
+        conn = await pool.acquire(soon())
+        waiter = asyncio.create_task(pool.acquire(soon()))
+        await until(lambda: len(pool._waiters) == 1, "a request waiting for the only slot")
+        if unfit == "closing":
+            conn.close()
+        else:
+            conn._dirty = True
+        pool.put(conn)
+        assert pool.idle == 0
+        assert conn.transport is not None and conn.transport.is_closing()
+        fresh = await asyncio.wait_for(waiter, 5.0)  # the slot, not the connection, went to the waiter
+        assert fresh is not conn and fresh.ready()
+        pool.put(fresh)
+        assert (pool.idle, pool.open) == (1, 1)
+    finally:
+        await pool.aclose()
+
+
+async def test_an_idle_connection_closed_before_its_loss_is_reported_is_not_handed_out(
+        upstream: HostileUpstream) -> None:
+    pool = Pool("127.0.0.1", upstream.port, tls=False, where=WHERE)
+    try:
+        conn = await pool.acquire(soon())
+        pool.put(conn)
+        conn.close()  # closing; connection_lost (which forgets it) comes an iteration later
+        assert pool.idle == 1
+        got = await pool.acquire(soon())
+        assert got is not conn and got.ready()
+        assert (pool.idle, pool.open) == (0, 1)
+        await until(lambda: conn.lost, "the closed connection reported lost")
+        assert pool._all == {got}  # forgotten: not among the connections aclose will fail
+        pool.put(got)
+    finally:
+        await pool.aclose()
