@@ -200,3 +200,80 @@ async def test_an_idle_connection_closed_before_its_loss_is_reported_is_not_hand
         pool.put(got)
     finally:
         await pool.aclose()
+
+
+async def test_a_connection_that_turned_unfit_after_its_hand_over_is_replaced_for_the_waiter(
+        upstream: HostileUpstream) -> None:
+    pool = Pool("127.0.0.1", upstream.port, tls=False, where=WHERE, limit=1)
+    try:
+        conn = await pool.acquire(soon())
+        waiter = asyncio.create_task(pool.acquire(soon()))
+        await until(lambda: len(pool._waiters) == 1, "a request waiting for the only slot")
+        pool.put(conn)  # handed over...
+        conn.close()  # ...and closed before the waiter runs
+        got = await asyncio.wait_for(waiter, 5.0)
+        assert got is not None and got is not conn and got.ready()
+        pool.put(got)
+        assert (pool.idle, pool.open) == (1, 1)
+    finally:
+        await pool.aclose()
+
+
+async def test_a_waiter_given_a_free_slot_connects_within_its_deadline(
+        upstream: HostileUpstream, monkeypatch: pytest.MonkeyPatch) -> None:
+    loop = asyncio.get_running_loop()
+    pool = Pool("127.0.0.1", upstream.port, tls=False, where=WHERE, limit=1)
+    try:
+        conn = await pool.acquire(soon())
+        waiter = asyncio.create_task(pool.acquire(soon(0.3)))
+        await until(lambda: len(pool._waiters) == 1, "a request waiting for the only slot")
+
+        async def never(*args: Any, **kwargs: Any) -> Any:
+            await asyncio.Event().wait()
+
+        monkeypatch.setattr(loop, "create_connection", never)
+        conn.abort()  # its slot passes to the waiter, whose connect never completes
+        with pytest.raises(UpstreamTimeoutError):
+            await asyncio.wait_for(waiter, 5.0)
+        assert pool.open == 0
+    finally:
+        await pool.aclose()
+
+
+async def test_the_pool_connects_to_its_own_host() -> None:
+    """Not the loopback address a missing host resolves to: the upstream listens on 127.0.0.2 only."""
+    accepted = asyncio.Event()
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.set()
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.2", 0)
+    port = server.sockets[0].getsockname()[1]
+    pool = Pool("127.0.0.2", port, tls=False, where=WHERE)
+    try:
+        conn = await pool.acquire(soon())
+        await asyncio.wait_for(accepted.wait(), 5.0)
+        assert conn.transport is not None and conn.transport.get_extra_info("peername")[0] == "127.0.0.2"
+    finally:
+        await pool.aclose()
+        server.close()
+        await server.wait_closed()
+
+
+async def test_a_connection_made_as_the_pool_closes_is_dropped(
+        upstream: HostileUpstream, monkeypatch: pytest.MonkeyPatch) -> None:
+    loop = asyncio.get_running_loop()
+    pool = Pool("127.0.0.1", upstream.port, tls=False, where=WHERE)
+    connect = loop.create_connection
+
+    async def then_close(*args: Any, **kwargs: Any) -> Any:
+        made = await connect(*args, **kwargs)
+        await pool.aclose()  # closed while the connection was being made
+        return made
+
+    monkeypatch.setattr(loop, "create_connection", then_close)
+    with pytest.raises(UpstreamConnectionError) as caught:
+        await asyncio.wait_for(pool.acquire(soon()), 5.0)
+    assert caught.value.message == "provider 'up': the connection pool is closed"
+    await until(lambda: pool.open == 0 and not pool._all, "the connection dropped with its slot")
