@@ -277,3 +277,14 @@ async def test_a_connection_made_as_the_pool_closes_is_dropped(
         await asyncio.wait_for(pool.acquire(soon()), 5.0)
     assert caught.value.message == "provider 'up': the connection pool is closed"
     await until(lambda: pool.open == 0 and not pool._all, "the connection dropped with its slot")
+
+
+async def test_put_does_not_count_a_closing_connection_as_idle(upstream: HostileUpstream) -> None:
+    pool = Pool("127.0.0.1", upstream.port, tls=False, where=WHERE)
+    try:
+        conn = await pool.acquire(soon())
+        conn.close()
+        pool.put(conn)
+        assert (pool.idle, pool._sweeper) == (0, None)
+    finally:
+        await pool.aclose()
