@@ -288,3 +288,52 @@ async def test_put_does_not_count_a_closing_connection_as_idle(upstream: Hostile
         assert (pool.idle, pool._sweeper) == (0, None)
     finally:
         await pool.aclose()
+
+
+async def test_a_connection_handed_over_with_unread_bytes_waiting_is_not_used() -> None:
+    """The bytes reach the socket before the waiter runs, and the loop has not read them: ready()'s poll
+    must see them (used, they would be read as the next request's answer)."""
+    writers: list[asyncio.StreamWriter] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writers.append(writer)
+        await reader.read()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    pool = Pool("127.0.0.1", server.sockets[0].getsockname()[1], tls=False, where=WHERE, limit=1)
+    try:
+        conn = await pool.acquire(soon())
+        await until(lambda: len(writers) == 1, "the upstream has the connection")
+        waiter = asyncio.create_task(pool.acquire(soon()))
+        await until(lambda: len(pool._waiters) == 1, "a request waiting for the only slot")
+        writers[0].write(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nstale")  # sent at once: loopback
+        pool.put(conn)  # handed over in the same step: the waiter runs before the loop reads the bytes
+        got = await asyncio.wait_for(waiter, 5.0)
+        assert got is not conn
+        await until(lambda: conn.lost, "the connection with unread bytes dropped")
+        pool.put(got)
+        assert (pool.idle, pool.open) == (1, 1)
+    finally:
+        await pool.aclose()
+        server.close()
+        for writer in writers:
+            writer.close()
+        await server.wait_closed()
+
+
+async def test_reading_pauses_again_after_a_resume(upstream: HostileUpstream) -> None:
+    pool = Pool("127.0.0.1", upstream.port, tls=False, where=WHERE)
+    try:
+        conn = await pool.acquire(soon())
+        transport = conn.transport
+        assert transport is not None
+        conn.pause()
+        assert not transport.is_reading()
+        conn.resume()
+        assert transport.is_reading()
+        conn.pause()  # a second stream on the connection, read slowly
+        assert not transport.is_reading()
+        conn.resume()
+        pool.put(conn)
+    finally:
+        await pool.aclose()
