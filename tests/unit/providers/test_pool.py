@@ -337,3 +337,34 @@ async def test_reading_pauses_again_after_a_resume(upstream: HostileUpstream) ->
         pool.put(conn)
     finally:
         await pool.aclose()
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_an_exchange_given_up_ends_its_connection_quietly(stream: bool) -> None:
+    """abandon() (the caller cancelled) and cut() (a stream's reader stopped): the connection is aborted and
+    its loss reported to no one, with no error raised inside the loop."""
+    loop = asyncio.get_running_loop()
+    raised: list[dict[str, Any]] = []
+    previous = loop.get_exception_handler()
+    loop.set_exception_handler(lambda _, context: raised.append(context))
+    try:
+        async with HostileUpstream(lambda request: []) as up:  # never answers
+            pool = Pool("127.0.0.1", up.port, tls=False, where=WHERE)
+            try:
+                conn = await pool.acquire(soon())
+                waiter = conn.send(b"GET /x HTTP/1.1\r\nhost: up\r\n\r\n", stream=stream)
+                if stream:
+                    body = conn._stream
+                    assert body is not None
+                    conn.cut(body)
+                else:
+                    conn.abandon(waiter)
+                await asyncio.wait_for(conn.closed, 5.0)
+                await asyncio.sleep(0)
+                assert not waiter.done()  # nobody is told: the caller has gone
+                assert (pool.idle, pool.open) == (0, 0)
+            finally:
+                await pool.aclose()
+    finally:
+        loop.set_exception_handler(previous)
+    assert raised == []
