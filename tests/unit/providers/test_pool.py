@@ -13,7 +13,12 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
-from labgate.errors import DeploymentBusyError, UpstreamConnectionError, UpstreamTimeoutError
+from labgate.errors import (
+    DeploymentBusyError,
+    UpstreamBadResponseError,
+    UpstreamConnectionError,
+    UpstreamTimeoutError,
+)
 from labgate.providers import pool as pool_module
 from labgate.providers.pool import IDLE_EXPIRY_S, Connection, Pool
 from labgate.testing.hostile import HostileUpstream, Received, Step, echo
@@ -368,3 +373,23 @@ async def test_an_exchange_given_up_ends_its_connection_quietly(stream: bool) ->
     finally:
         loop.set_exception_handler(previous)
     assert raised == []
+
+
+async def test_a_parser_callback_that_fails_unexpectedly_is_a_bad_response(
+        upstream: HostileUpstream, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Not one of the limits (those halt with their own error): reported as an answer we could not parse."""
+
+    def broken(self: Connection, name: bytes, value: bytes) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(Connection, "on_header", broken)  # llhttp binds the callbacks as a parser is made
+    pool = Pool("127.0.0.1", upstream.port, tls=False, where=WHERE)
+    try:
+        conn = await pool.acquire(soon())
+        waiter = conn.send(b"POST /x HTTP/1.1\r\nhost: up\r\ncontent-length: 2\r\n\r\n{}", stream=False)
+        with pytest.raises(UpstreamBadResponseError) as caught:
+            await asyncio.wait_for(waiter, 5.0)
+        assert caught.value.message.startswith("provider 'up' sent a response we could not parse (")
+        await asyncio.wait_for(conn.closed, 5.0)
+    finally:
+        await pool.aclose()
