@@ -52,8 +52,13 @@ MODULES: dict[str, list[str]] = {
     "routing/leases.py": ["tests/integration/test_capacity_replicas.py"],
     "routing/rescue.py": ["tests/unit/routing/test_rescue.py", "tests/contract/test_rescue_messages.py"],
     "routing/table.py": ["tests/unit/routing/test_table.py", "tests/unit/routing/test_local_first.py"],
-    "providers/pool.py": ["tests/security/test_pool_*.py", "tests/unit/providers/test_http.py"],
-    "providers/connection.py": ["tests/security/test_pool_*.py", "tests/unit/providers/test_http.py"],
+    # without test_pool_properties.py (hypothesis over response framing: connection.py's, ~11 s a run)
+    "providers/pool.py": ["tests/security/test_pool_lifecycle.py", "tests/security/test_pool_limits.py",
+                          "tests/security/test_pool_desync.py", "tests/security/test_pool_health.py",
+                          "tests/security/test_pool_redaction.py", "tests/unit/providers/test_http.py",
+                          "tests/unit/providers/test_pool.py"],
+    "providers/connection.py": ["tests/security/test_pool_*.py", "tests/unit/providers/test_http.py",
+                                "tests/unit/providers/test_pool.py"],
     "providers/http.py": ["tests/unit/providers/test_http.py", "tests/unit/providers/test_status_mapping.py"],
     # server: the hypothesis properties (test_server_properties.py, ~8 s and a fresh seed each run) are
     # left out of connection.py's and http.py's runs, whose survivors would each pay the whole set

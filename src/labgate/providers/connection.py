@@ -122,12 +122,10 @@ class Connection(asyncio.Protocol):
         """"provider 'x'", for messages."""
         return self._pool.where
 
-    def reusable(self) -> bool:
-        """Clean and connected: llhttp is between messages and nothing unasked-for has arrived."""
-        return not (self._dirty or self.lost or self.transport is None or self.transport.is_closing())
-
     def ready(self) -> bool:
-        """:meth:`reusable`, and nothing waits unread in the socket (one zero-timeout poll): just before reuse."""
+        """Clean and connected (llhttp is between messages, nothing unasked-for has arrived: the test
+        ``Pool.put`` makes inline), and nothing waits unread in the socket (one zero-timeout poll): just
+        before reuse."""
         transport = self.transport
         if self._dirty or self.lost or transport is None or transport.is_closing():
             return False

@@ -169,7 +169,7 @@ class Pool:
 
     def put(self, conn: Connection) -> None:
         """``conn`` finished an exchange and may serve another: to the first waiter, else idle."""
-        transport = conn.transport  # conn.reusable(), inline
+        transport = conn.transport  # clean and connected: the first test of Connection.ready
         if self._closed or conn._dirty or conn.lost or transport is None or transport.is_closing():
             conn.close()
             return
