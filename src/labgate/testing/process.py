@@ -24,6 +24,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 LISTENING = re.compile(r"(?:listening on|gateway on) (http://(\[[^\]]+\]|[^\s:/]+):(\d+))")
 """The line ``labgate serve`` (and ``labgate embeddings serve``) prints once it accepts connections."""
@@ -41,14 +42,14 @@ class Started:
     url: str
     port: int
     said: str
-    stop_timeout_s: float = 10.0
+    stop_timeout_s: float = 30.0
 
     @property
     def returncode(self) -> int | None:
         return self.proc.returncode
 
     def stop(self, timeout_s: float | None = None) -> int:
-        """SIGTERM (once) and wait; the exit status. Raises ``TimeoutExpired`` after killing a child that hangs."""
+        """SIGTERM (once) and wait; the exit status. Fails (:func:`stop`) after killing a child that hangs."""
         return stop((self.proc,), self.stop_timeout_s if timeout_s is None else timeout_s)[0]
 
 
@@ -65,7 +66,8 @@ def spawn(*args: str, env: dict[str, str] | None = None, stdout: int | None = su
 
     With ``log``, stdout and stderr both go to that file (truncated first).
     """
-    full_env = {**os.environ, **(env or {})}
+    # faulthandler: a child that hangs at shutdown prints every thread's stack on SIGABRT (see stop)
+    full_env = {**os.environ, "PYTHONFAULTHANDLER": "1", **(env or {})}
     command = [sys.executable, "-m", "labgate", *args]
     if log is None:
         return subprocess.Popen(command, stdout=stdout, stderr=stderr, env=full_env)
@@ -73,34 +75,52 @@ def spawn(*args: str, env: dict[str, str] | None = None, stdout: int | None = su
         return subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=full_env)
 
 
-def stop(procs: Iterable[subprocess.Popen[bytes]], timeout_s: float = 10.0) -> list[int]:
-    """SIGTERM every child still running, then wait for each; a child past ``timeout_s`` is killed and
-    ``TimeoutExpired`` raised (a hang on shutdown is a failure, not something to wait out)."""
+def stop(procs: Iterable[subprocess.Popen[bytes]], timeout_s: float = 30.0) -> list[int]:
+    """SIGTERM every child still running, then wait for each. A child past ``timeout_s`` gets SIGABRT
+    (its faulthandler prints every thread's stack), is killed, and the test fails with what it printed
+    last (a hang on shutdown is a failure, not something to wait out)."""
     procs = list(procs)
     for proc in procs:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
-    hung: subprocess.TimeoutExpired | None = None
+    hung: list[str] = []
     for proc in procs:
         try:
             proc.wait(timeout_s)
-        except subprocess.TimeoutExpired as exc:
-            proc.kill()
-            proc.wait(10)
-            hung = hung or exc
-    if hung is not None:
-        raise hung
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGABRT)
+            try:
+                proc.wait(5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
+            said = _unread(proc.stderr)[-6000:]
+            hung.append(f"{proc.args!r} still running {timeout_s} s after SIGTERM; it said last:\n{said}")
+    if hung:
+        raise subprocess.SubprocessError("\n\n".join(hung))
     return [proc.returncode for proc in procs]
+
+
+def _unread(stream: IO[bytes] | None) -> str:
+    """What a dead child's stderr pipe still holds, without waiting for its end (a grandchild, such as
+    the demo's simulator, may hold the pipe open)."""
+    if stream is None:
+        return ""
+    os.set_blocking(stream.fileno(), False)
+    try:
+        return (stream.read() or b"").decode(errors="replace")
+    except OSError:
+        return ""
 
 
 @contextmanager
 def labgate(*args: str, env: dict[str, str] | None = None, stdout: int | None = subprocess.DEVNULL,
-            start_timeout_s: float = 20.0, stop_timeout_s: float = 10.0) -> Iterator[Started]:
+            start_timeout_s: float = 20.0, stop_timeout_s: float = 30.0) -> Iterator[Started]:
     """Run ``labgate ARGS``; yield once it prints its listening line; SIGTERM it when the block ends.
 
     A child that exits first, or prints no such line within ``start_timeout_s``, fails the test with
     everything it printed. A child that outlives ``stop_timeout_s`` after SIGTERM is killed and the
-    test fails (``TimeoutExpired``).
+    test fails with its stacks (:func:`stop`).
     """
     proc = spawn(*args, env=env, stdout=stdout)
     assert proc.stderr is not None
@@ -175,5 +195,5 @@ class Fleet:
         return "\n".join(tail(log, chars) for log in self.logs)
 
     def stop(self, timeout_s: float = 30.0) -> None:
-        """SIGTERM all, wait; a process that hangs is killed (and reported by ``TimeoutExpired``)."""
+        """SIGTERM all, wait; a process that hangs is killed and reported (:func:`stop`)."""
         stop(self.procs, timeout_s)

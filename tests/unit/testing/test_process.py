@@ -23,9 +23,19 @@ def test_stop_kills_a_child_that_ignores_sigterm_and_says_so() -> None:
                               "signal.signal(signal.SIGTERM, signal.SIG_IGN)\nprint('ready', flush=True)\n"
                               "time.sleep(60)"], stdout=subprocess.PIPE)
     assert child.stdout is not None and child.stdout.readline() == b"ready\n"
-    with pytest.raises(subprocess.TimeoutExpired):
+    with pytest.raises(subprocess.SubprocessError, match=r"still running 0.5 s after SIGTERM"):
         stop((child,), timeout_s=0.5)
     assert child.returncode is not None  # killed, not left behind
+
+
+def test_a_labgate_child_that_hangs_at_stop_shows_its_stacks(tmp_path: Path) -> None:
+    """SIGABRT before the kill: the child's faulthandler (PYTHONFAULTHANDLER, set by spawn) prints where it hangs."""
+    hang = tmp_path / "sitecustomize.py"
+    hang.write_text("import atexit, time\natexit.register(time.sleep, 60)\n")  # stops, then hangs at exit
+    with pytest.raises(subprocess.SubprocessError, match=r"(?s)still running.*(Thread|Stack)"), \
+            labgate("demo", "--port", "0", "--tokens-per-s", "0", env={"PYTHONPATH": str(tmp_path)},
+                    stop_timeout_s=0.5):
+        pass
 
 
 @pytest.mark.parametrize(("line", "url", "port"), [
