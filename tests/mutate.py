@@ -14,6 +14,7 @@ reported as surviving or as "no tests", never as killed by them.
     python tests/mutate.py providers/pool.py          # run, then print the survivors
     python tests/mutate.py --list                     # the modules and their test files
     python tests/mutate.py --again providers/pool.py  # after adding tests: re-test the survivors
+    python tests/mutate.py server/connection.py --only '*x__respond*'  # only these mutants (fnmatch)
 
 mutmut keeps a verdict once given: a plain second run re-tests only mutants of functions whose code
 changed, and selects the tests to run from its stats (which tests call which function), collected
@@ -25,6 +26,7 @@ tests, which makes mutmut test those again.
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import glob
 import json
 import os
@@ -134,6 +136,8 @@ def main() -> int:
     parser.add_argument("--again", action="store_true",
                         help="re-test the survivors and 'no tests' of the last run, with the current tests")
     parser.add_argument("--children", type=int, default=1, help="mutants tested at once (default 1)")
+    parser.add_argument("--only", nargs="+", default=[], metavar="PATTERN",
+                        help="test only the mutants whose names match (fnmatch, e.g. '*x__respond__mutmut_*')")
     args = parser.parse_args()
     if args.list or not args.module:
         for module, tests in MODULES.items():
@@ -143,7 +147,10 @@ def main() -> int:
         raise SystemExit(f"unknown module {args.module!r}; `--list` shows the known ones")
     scratch = prepare(args.module)
     retest = again(args.module, scratch) if args.again else []
-    if args.again and not retest:
+    if args.only:
+        retest = [name for name in retest if any(fnmatch.fnmatch(name, p) for p in args.only)] if args.again \
+            else list(args.only)
+    if (args.again or args.only) and not retest:
         print(f"{args.module}: nothing left to re-test")
         return 0
     env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
