@@ -16,6 +16,7 @@ from labgate.server.serve import start_gateway
 from labgate.telemetry.logs import AccessLog
 from labgate.testing import Behaviour, Simulator
 from labgate.testing.gateway import config_from
+from labgate.testing.web import serving
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -38,16 +39,11 @@ class FakeMetrics:
     async def running(self) -> AsyncIterator[FakeMetrics]:
         app = web.Application()
         app.router.add_get("/{engine}/metrics", self.handle)
-        runner = web.AppRunner(app)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        self.url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"  # type: ignore[union-attr]
-        try:
-            yield self
-        finally:
-            self.released.set()
-            await runner.cleanup()
+        async with serving(app) as self.url:
+            try:
+                yield self
+            finally:
+                self.released.set()
 
 
 def metrics(running: int, waiting: int = 0, kv: float = 0.1) -> bytes:

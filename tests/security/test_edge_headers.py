@@ -28,6 +28,7 @@ from labgate.server.serve import RunningGateway, start_gateway
 from labgate.telemetry.logs import AccessLog
 from labgate.testing import Behaviour, Simulator, Status
 from labgate.testing.gateway import config_from
+from labgate.testing.web import serving
 
 HOSTILE = ["sim/a\r\nx-injected: 1", "sim/a\nb", "sim/\x00", "sim/\x1b[31mred", "sim/tab\tname", "sim/\u2028",
            "sim/\u202eevil", "sim/\x85", "x" * (MAX_MODEL_CHARS + 1)]
@@ -178,19 +179,14 @@ async def test_a_reply_that_cannot_be_translated_is_recorded_as_the_502_sent() -
 
     app = web.Application()
     app.router.add_post("/v1/chat/completions", bad)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    served = await serve(f"http://127.0.0.1:{port}/v1", ["m1"])
-    try:
-        status, _, body = await post(served.running.port, "/v1/messages", {
-            "model": "m1", "max_tokens": 8, "messages": [{"role": "user", "content": "x"}]})
-        records = await served.records()
-    finally:
-        await served.running.stop(grace=1.0)
-        await runner.cleanup()
+    async with serving(app) as url:
+        served = await serve(f"{url}/v1", ["m1"])
+        try:
+            status, _, body = await post(served.running.port, "/v1/messages", {
+                "model": "m1", "max_tokens": 8, "messages": [{"role": "user", "content": "x"}]})
+            records = await served.records()
+        finally:
+            await served.running.stop(grace=1.0)
     assert (status, body["error"]["type"]) == (502, "api_error")
     assert "without a message" in body["error"]["message"]
     (record,) = records

@@ -13,6 +13,7 @@ from aiohttp import web
 from labgate.config.defaults import Engine, Found, default_config, describe, discover
 from labgate.config.schema.providers import ModelConfig
 from labgate.providers.openai_compat.config import OpenAICompatibleConfig
+from labgate.testing.web import serving
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -35,14 +36,8 @@ async def engine_on_port(handler: Handler) -> AsyncIterator[int]:
     """A tiny HTTP server answering ``GET /v1/models`` on an ephemeral port."""
     app = web.Application()
     app.router.add_get("/v1/models", handler)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    try:
-        yield runner.addresses[0][1]
-    finally:
-        await runner.cleanup()
+    async with serving(app) as url:
+        yield int(url.rsplit(":", 1)[1])
 
 
 def closed_port() -> int:

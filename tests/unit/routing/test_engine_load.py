@@ -16,6 +16,7 @@ from aiohttp import web
 
 from labgate.config.schema.providers import ProviderConfig
 from labgate.routing.engines import EngineLoad, busy, load
+from labgate.testing.web import serving
 
 HANG = 10.0  # a wait this long is a hang: the test fails instead of waiting for it
 
@@ -36,15 +37,8 @@ class Engine:
     async def running(self) -> AsyncIterator[Engine]:
         app = web.Application()
         app.router.add_get("/{tail:.*}", self.handle)
-        runner = web.AppRunner(app)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        self.url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"  # type: ignore[union-attr]
-        try:
+        async with serving(app) as self.url:
             yield self
-        finally:
-            await runner.cleanup()
 
 
 def provider(kind: str = "vllm", **fields: Any) -> ProviderConfig:

@@ -14,6 +14,7 @@ import pytest
 from labgate.server.serve import RunningGateway, start_gateway
 from labgate.testing import Simulator
 from labgate.testing.gateway import config_from
+from labgate.testing.web import serving
 
 pytestmark = pytest.mark.asyncio
 MASTER = "sk-limits-test-0123456789"
@@ -182,14 +183,9 @@ async def test_budget_alerts_log_count_and_post_once(tmp_path: Path, monkeypatch
 
     app = web.Application()
     app.router.add_post("/hook", hook)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    budgets = {"limits": [{"scope": "model", "name": "paid", "limit_usd": 100, "period": "week"}],
-               "alert_thresholds": [0.25, 0.5, 0.8], "alert_webhook": f"http://127.0.0.1:{port}/hook"}
-    try:
+    async with serving(app) as url:
+        budgets = {"limits": [{"scope": "model", "name": "paid", "limit_usd": 100, "period": "week"}],
+                   "alert_thresholds": [0.25, 0.5, 0.8], "alert_webhook": f"{url}/hook"}
         async with gateway(tmp_path, monkeypatch, budgets=budgets, rate_limits={"default_output_tokens": 5}) as (
                 running, http, _):
             call = caller(running, http)
@@ -211,8 +207,6 @@ async def test_budget_alerts_log_count_and_post_once(tmp_path: Path, monkeypatch
             async with http.get(running.url + "/metrics") as r:
                 text = await r.text()
             assert f'labgate_budget_alerts_total{{budget="model:paid",threshold="{max(crossed):g}"}} 1' in text
-    finally:
-        await runner.cleanup()
 
 
 async def test_a_budget_alert_fires_when_the_estimate_was_exact(tmp_path: Path,
