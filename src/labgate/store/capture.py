@@ -17,7 +17,7 @@ from typing import Any
 
 import orjson
 
-from labgate.record import RequestRecord
+from labgate.record import RequestRecord, span_ms
 from labgate.store.base import Row
 
 log = logging.getLogger("labgate.store")
@@ -128,8 +128,8 @@ def row_from_wire(w: Wire, *, capture: str, client_ip: bool) -> Row:
         outcome,
         error_type,
         error_message,
-        int((finished - started) * 1e6 + 0.5) / 1000 if finished is not None else None,  # as RequestRecord.latency_ms
-        int((first - started) * 1e6 + 0.5) / 1000 if first is not None else None,  # as RequestRecord.ttft_ms
+        span_ms(started, finished),
+        span_ms(started, first),
         prompt_tokens,
         completion_tokens,
         prompt_tokens + completion_tokens if prompt_tokens is not None else None,

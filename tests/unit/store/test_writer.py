@@ -16,8 +16,6 @@ from labgate.store.base import Row
 from labgate.store.sqlite import SQLITE
 from labgate.store.writer import HistoryWriter
 
-pytestmark = pytest.mark.asyncio
-
 
 class FakeStore:
     """A store in memory; ``fail`` decides, per write, whether it raises."""
@@ -68,6 +66,7 @@ def rec(n: int) -> RequestRecord:
     return r
 
 
+@pytest.mark.asyncio
 async def test_batches_of_batch_size_in_order_then_close_writes_the_rest() -> None:
     store = FakeStore()
     writer = HistoryWriter(store, batch_size=4, flush_interval_s=30)
@@ -86,6 +85,7 @@ async def test_batches_of_batch_size_in_order_then_close_writes_the_rest() -> No
                               "last_error": None}
 
 
+@pytest.mark.asyncio
 async def test_flush_interval_writes_a_partial_batch() -> None:
     store = FakeStore()
     writer = HistoryWriter(store, batch_size=100, flush_interval_s=0.05)
@@ -96,6 +96,7 @@ async def test_flush_interval_writes_a_partial_batch() -> None:
     await writer.close()
 
 
+@pytest.mark.asyncio
 async def test_a_full_queue_drops_counts_and_warns_once(caplog: pytest.LogCaptureFixture) -> None:
     store = FakeStore()
     writer = HistoryWriter(store, queue_size=3, batch_size=100, flush_interval_s=30)
@@ -112,6 +113,7 @@ async def test_a_full_queue_drops_counts_and_warns_once(caplog: pytest.LogCaptur
     assert store.written == ["req-0", "req-1", "req-2"]
 
 
+@pytest.mark.asyncio
 async def test_a_failed_write_is_retried_without_duplicates(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("labgate.store.writer._BACKOFF_S", (0.01,))
     failures = iter([True, False])
@@ -126,6 +128,7 @@ async def test_a_failed_write_is_retried_without_duplicates(monkeypatch: pytest.
     assert (writer.written, writer.failed_writes, writer.last_error) == (5, 1, None)
 
 
+@pytest.mark.asyncio
 async def test_a_bad_row_is_rejected_after_retries_and_the_rest_written(monkeypatch: pytest.MonkeyPatch,
                                                                         caplog: pytest.LogCaptureFixture) -> None:
     monkeypatch.setattr("labgate.store.writer._BACKOFF_S", (0.01,))
@@ -141,6 +144,7 @@ async def test_a_bad_row_is_rejected_after_retries_and_the_rest_written(monkeypa
     assert "the store refused 1 record(s), e.g. request req-2" in caplog.text
 
 
+@pytest.mark.asyncio
 async def test_a_store_that_is_down_loses_nothing_that_fits_the_queue(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("labgate.store.writer._BACKOFF_S", (0.02,))
     down = True
@@ -159,6 +163,7 @@ async def test_a_store_that_is_down_loses_nothing_that_fits_the_queue(monkeypatc
     await writer.close()
 
 
+@pytest.mark.asyncio
 async def test_close_gives_up_after_its_timeout(caplog: pytest.LogCaptureFixture,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("labgate.store.writer._BACKOFF_S", (0.05,))
@@ -172,6 +177,7 @@ async def test_close_gives_up_after_its_timeout(caplog: pytest.LogCaptureFixture
     assert store.closed
 
 
+@pytest.mark.asyncio
 async def test_close_waits_for_a_batch_in_flight_and_never_writes_it_twice() -> None:
     store = FakeStore(delay=0.1)
     writer = HistoryWriter(store, batch_size=2, flush_interval_s=30)
@@ -184,6 +190,7 @@ async def test_close_waits_for_a_batch_in_flight_and_never_writes_it_twice() -> 
     assert store.written == ["req-1", "req-2", "req-3"]
 
 
+@pytest.mark.asyncio
 async def test_retention_purges_periodically() -> None:
     store = FakeStore()
     writer = HistoryWriter(store, retention_days=2, purge_every_s=0.05, flush_interval_s=0.01)
@@ -198,6 +205,7 @@ async def test_retention_purges_periodically() -> None:
     assert abs(params[0] - (time.time() - 2 * 86400)) < 5
 
 
+@pytest.mark.asyncio
 async def test_no_retention_means_no_purge() -> None:
     store = FakeStore()
     writer = HistoryWriter(store, flush_interval_s=0.01)
@@ -208,6 +216,7 @@ async def test_no_retention_means_no_purge() -> None:
     assert store.executed == []
 
 
+@pytest.mark.asyncio
 async def test_an_unreachable_postgres_does_not_stop_the_gateway(caplog: pytest.LogCaptureFixture) -> None:
     from labgate.store.postgres import PostgresStore
 
@@ -222,6 +231,7 @@ async def test_an_unreachable_postgres_does_not_stop_the_gateway(caplog: pytest.
     assert "1 record(s) could not be written before shutdown and are lost" in caplog.text
 
 
+@pytest.mark.asyncio
 async def test_a_store_that_fails_to_close_is_logged_once_with_its_cause(caplog: pytest.LogCaptureFixture) -> None:
     store = FakeStore()
 
@@ -269,6 +279,7 @@ def test_the_counters_in_the_prometheus_text_format() -> None:
 # --- from the config; records that arrive in wire form; purge in chunks; a close that has to cut --------------
 
 
+@pytest.mark.asyncio
 async def test_the_writer_the_store_config_asks_for(tmp_path: Path) -> None:
     from labgate.config.schema.store import StoreConfig
     from labgate.store.process import WriterProcess
@@ -287,6 +298,7 @@ async def test_the_writer_the_store_config_asks_for(tmp_path: Path) -> None:
         str(tmp_path / "h.db"), "metadata", 7, False)
 
 
+@pytest.mark.asyncio
 async def test_a_writer_from_config_keeps_its_settings(tmp_path: Path) -> None:
     """Batch size, client address, retention: what ``store:`` says reaches the rows and the purge."""
     from labgate.config.schema.store import StoreConfig
@@ -330,6 +342,7 @@ async def test_a_writer_from_config_keeps_its_settings(tmp_path: Path) -> None:
     await writer.close()
 
 
+@pytest.mark.asyncio
 async def test_records_in_wire_form_fill_the_queue_up_to_its_bound_then_are_dropped(
         caplog: pytest.LogCaptureFixture) -> None:
     """``accept`` (the writer process): what does not fit, counting the batch being retried, is dropped and told."""
@@ -358,6 +371,7 @@ async def test_records_in_wire_form_fill_the_queue_up_to_its_bound_then_are_drop
     assert store.written == [f"req-{n}" for n in range(5)]
 
 
+@pytest.mark.asyncio
 async def test_a_batch_of_wire_records_wakes_the_writer() -> None:
     from labgate.store.capture import wire
 
@@ -388,6 +402,7 @@ class PurgingStore(FakeStore):
         return deleted
 
 
+@pytest.mark.asyncio
 async def test_a_purge_deletes_in_chunks_until_a_short_one(caplog: pytest.LogCaptureFixture) -> None:
     store = PurgingStore(rows=10_003)
     writer = HistoryWriter(store, retention_days=1.5)
@@ -402,6 +417,7 @@ async def test_a_purge_deletes_in_chunks_until_a_short_one(caplog: pytest.LogCap
     assert (writer.purged, caplog.records) == (10_003, [])  # nothing purged: nothing said
 
 
+@pytest.mark.asyncio
 async def test_close_cuts_a_write_that_hangs_past_its_timeout(caplog: pytest.LogCaptureFixture) -> None:
     """The task's batch is cancelled at the timeout, kept, and counted as lost; the store is still closed."""
     store = FakeStore(delay=30)
@@ -421,6 +437,7 @@ async def test_close_cuts_a_write_that_hangs_past_its_timeout(caplog: pytest.Log
     await writer.close(timeout=0.1)  # a second close: nothing left to stop
 
 
+@pytest.mark.asyncio
 async def test_close_retries_the_final_flush_with_backoff_until_it_succeeds(monkeypatch: pytest.MonkeyPatch,
                                                                             caplog: pytest.LogCaptureFixture) -> None:
     monkeypatch.setattr("labgate.store.writer._BACKOFF_S", (0.01, 0.02))
@@ -435,6 +452,7 @@ async def test_close_retries_the_final_flush_with_backoff_until_it_succeeds(monk
         "history: final flush failed on memory: final flush: ConnectionError: write failed"] * 2
 
 
+@pytest.mark.asyncio
 async def test_a_batch_that_goes_in_row_by_row_once_the_store_is_back_is_written_once(
         monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     """Three failed attempts, then the store recovers: every row goes in, none refused, none written twice."""
@@ -466,6 +484,7 @@ class RowStore(FakeStore):
         self.rows += [dict(zip(NAMES, row, strict=True)) for row in rows]
 
 
+@pytest.mark.asyncio
 async def test_what_a_row_keeps_follows_the_writers_capture_and_client_ip() -> None:
     def chat(n: int) -> RequestRecord:
         r = rec(n)
@@ -499,6 +518,7 @@ def test_a_full_queue_warns_at_most_every_ten_seconds_with_the_count_since_the_l
         "dropped 4 record(s) since the last warning, 99 in total"]  # at 20.5
 
 
+@pytest.mark.asyncio
 async def test_what_is_put_counts_as_queued_before_it_becomes_a_row() -> None:
     writer = HistoryWriter(FakeStore(), batch_size=3, flush_interval_s=30)
     await writer.start()
@@ -513,6 +533,7 @@ async def test_what_is_put_counts_as_queued_before_it_becomes_a_row() -> None:
     await writer.close()
 
 
+@pytest.mark.asyncio
 async def test_a_batch_that_arrives_during_a_purge_is_written_right_after_it() -> None:
     """The task clears its wake-up before it sleeps: a full batch already queued is written, not left to wait."""
 
@@ -532,6 +553,7 @@ async def test_a_batch_that_arrives_during_a_purge_is_written_right_after_it() -
     await writer.close()
 
 
+@pytest.mark.asyncio
 async def test_a_batch_is_tried_three_times_before_row_by_row_and_the_count_restarts_per_batch(
         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("labgate.store.writer._BACKOFF_S", (0.01,))
@@ -547,6 +569,7 @@ async def test_a_batch_is_tried_three_times_before_row_by_row_and_the_count_rest
     assert store.batches == [["req-1", "req-2"], ["req-3", "req-4"], ["req-5", "req-6"], ["req-7"], ["req-8"]]
 
 
+@pytest.mark.asyncio
 async def test_rows_refused_are_counted_across_batches_and_a_store_down_keeps_its_own_error(
         monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     monkeypatch.setattr("labgate.store.writer._BACKOFF_S", (0.01,))
@@ -571,6 +594,7 @@ async def test_rows_refused_are_counted_across_batches_and_a_store_down_keeps_it
     await down.close(timeout=0.1)
 
 
+@pytest.mark.asyncio
 async def test_close_backs_off_between_final_flushes_and_gives_up_when_the_next_wait_passes_its_timeout(
         monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     """Waits 0.01 s five times, then the sixth wait (the last backoff, 5 s) would pass the 1 s timeout: lost."""
@@ -583,6 +607,7 @@ async def test_close_backs_off_between_final_flushes_and_gives_up_when_the_next_
     assert "history: 1 record(s) could not be written before shutdown and are lost" in caplog.text
 
 
+@pytest.mark.asyncio
 async def test_the_first_final_flush_waits_the_first_backoff(caplog: pytest.LogCaptureFixture) -> None:
     """The real backoffs: 0.5 s fits a 0.9 s timeout (the record is written), the second one (1 s) would not."""
     failures = [True]
@@ -593,6 +618,7 @@ async def test_the_first_final_flush_waits_the_first_backoff(caplog: pytest.LogC
     assert (store.written, writer.failed_writes) == (["req-1"], 1)
 
 
+@pytest.mark.asyncio
 async def test_the_background_task_backs_off_longer_after_each_failure_and_reopens_the_store(
         monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     monkeypatch.setattr("labgate.store.writer._BACKOFF_S", (0.01, 30.0))
@@ -619,6 +645,7 @@ async def test_the_background_task_backs_off_longer_after_each_failure_and_reope
     await writer.close(timeout=1)
 
 
+@pytest.mark.asyncio
 async def test_an_open_that_hangs_at_start_is_cut_at_its_timeout() -> None:
     class Hanging(FakeStore):
         async def open(self) -> None:
@@ -630,6 +657,7 @@ async def test_an_open_that_hangs_at_start_is_cut_at_its_timeout() -> None:
     await writer.close(timeout=0.1)
 
 
+@pytest.mark.asyncio
 async def test_the_purge_runs_once_per_period_not_at_every_turn() -> None:
     store = FakeStore()
     writer = HistoryWriter(store, retention_days=1, flush_interval_s=0.01)  # purge every hour (the default)
@@ -639,6 +667,7 @@ async def test_the_purge_runs_once_per_period_not_at_every_turn() -> None:
     assert len(store.executed) == 1
 
 
+@pytest.mark.asyncio
 async def test_wire_records_take_the_room_left_in_the_queue_and_keep_the_writers_settings() -> None:
     from labgate.store.capture import wire
 
@@ -655,6 +684,7 @@ async def test_wire_records_take_the_room_left_in_the_queue_and_keep_the_writers
     assert store.written == ["req-1", "req-2", "req-3", "req-4", "req-5"]
 
 
+@pytest.mark.asyncio
 async def test_a_store_that_opens_after_failing_clears_the_error_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
     """Readiness reads ``last_error``: once the store opens it is over, before any row is written."""
     monkeypatch.setattr("labgate.store.writer._BACKOFF_S", (0.01,))
