@@ -20,7 +20,7 @@ import orjson
 import pytest
 
 from labgate.testing import Simulator
-from labgate.testing.process import LISTENING, labgate
+from labgate.testing.process import LISTENING, labgate, stop
 
 KEY = "sk-test-master-key-1234567890"
 
@@ -39,7 +39,7 @@ def call(url: str, body: dict[str, Any] | None = None, key: str | None = None) -
     data = orjson.dumps(body) if body is not None else None
     request = urllib.request.Request(url, data=data, headers=headers)
     try:
-        with urllib.request.urlopen(request, timeout=10) as resp:
+        with urllib.request.urlopen(request, timeout=60) as resp:  # a hang guard
             return resp.status, orjson.loads(resp.read())
     except urllib.error.HTTPError as exc:
         return exc.code, orjson.loads(exc.read())
@@ -69,8 +69,7 @@ def test_serve_auth_logs_and_clean_shutdown(config_dir: Path) -> None:
         assert (status, body["error"]["type"]) == (401, "authentication_error")
         status, body = call(url + "/v1/chat/completions", CHAT, key=KEY)
         assert status == 200 and body["choices"][0]["message"]["content"] == " sim1 sim2 sim3 sim4 sim5 sim6 sim7 sim8"
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(10) == 0
+        assert stop((proc,)) == [0]  # SIGTERM; a hang past 30 s fails with the child's stacks
         out = proc.stdout.read() if proc.stdout else b""
     lines = [orjson.loads(line) for line in out.splitlines()]
     assert [(r["status"], r["model"]) for r in lines] == [(401, None), (200, "m1")]
@@ -84,8 +83,7 @@ def test_serve_with_two_workers(config_dir: Path, each_worker: Any) -> None:
         statuses = [call(url + "/v1/chat/completions", CHAT, key=KEY)[0] for _ in range(20)]
         assert statuses == [200] * 20
         workers = each_worker(url, 2, parent=proc.pid, key=KEY)  # two distinct children answered
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(10) == 0
+        assert stop((proc,)) == [0]  # SIGTERM; a hang past 30 s fails with the child's stacks
     for pid in workers:  # and the parent waited for both
         assert not Path(f"/proc/{pid}").exists()
 
@@ -107,7 +105,7 @@ def test_readiness_fails_during_the_sigterm_drain(config_dir: Path) -> None:
         status, body = call(url + "/v1/chat/completions", CHAT, key=KEY)  # still served meanwhile
         assert status == 200 and body["choices"][0]["finish_reason"] == "stop"
         proc.send_signal(signal.SIGKILL)  # the 30 s delay is not waited out
-        proc.wait(10)
+        proc.wait(30)
 
 
 def test_coverage_measures_forked_workers(config_dir: Path, tmp_path: Path, each_worker: Any) -> None:
@@ -189,8 +187,7 @@ def test_default_config_says_what_it_found(upstream: Simulator) -> None:
         status, body = call(url + "/v1/chat/completions", CHAT)  # the found engine serves
         assert status == 200 and body["choices"][0]["message"]["content"] == " sim1 sim2 sim3 sim4 sim5 sim6 sim7 sim8"
     finally:
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(10) == 0
+        assert stop((proc,)) == [0]
     start = banner.index("labgate: no --config given; using the built-in default (local engine discovery).")
     assert banner[start + 1:start + 3] == [
         f"  - ollama          port {closed:<6} not found",

@@ -20,6 +20,7 @@ import pytest
 
 from labgate.testing import Simulator
 from labgate.testing.process import labgate as running
+from labgate.testing.process import stop
 
 KEY = "sk-reload-master-key-0123456789"
 CHAT = {"messages": [{"role": "user", "content": "hello"}]}
@@ -92,8 +93,7 @@ def test_sighup_reloads_and_refuses_an_invalid_config(tmp_path: Path, sims: tupl
         _, _, shown = call(url + "/admin/config")
         assert shown["reloads"] == 1 and shown["trigger"] == "SIGHUP"
         assert [e["path"] for e in shown["last_reload"]["errors"]] == ["routing.aliases.route"]
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(10) == 0
+        assert stop((proc,)) == [0]  # SIGTERM; a hang past 30 s fails with the child's stacks
         err = proc.stderr.read().decode() if proc.stderr else ""
     assert "config reloaded (SIGHUP)" in err and "config reload (SIGHUP) refused" in err
     assert "'mm' is not a known model or provider/model pair (did you mean `m`?)" in err
@@ -131,8 +131,7 @@ def test_every_worker_reloads(tmp_path: Path, sims: tuple[Simulator, Simulator],
         assert sorted((v["reloads"], v["trigger"], v["last_reload"]["status"]) for v in after.values()) == (
             [(1, "SIGHUP", "applied")] * 2 if trigger == "SIGHUP"
             else [(1, "SIGHUP", "applied"), (1, "api", "unchanged")])
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(10) == 0
+        assert stop((proc,)) == [0]  # SIGTERM; a hang past 30 s fails with the child's stacks
 
 
 def test_admin_config_needs_the_master_key_and_masks_secrets(tmp_path: Path,

@@ -115,7 +115,7 @@ def _unread(stream: IO[bytes] | None) -> str:
 
 @contextmanager
 def labgate(*args: str, env: dict[str, str] | None = None, stdout: int | None = subprocess.DEVNULL,
-            start_timeout_s: float = 20.0, stop_timeout_s: float = 30.0) -> Iterator[Started]:
+            start_timeout_s: float = 60.0, stop_timeout_s: float = 30.0) -> Iterator[Started]:
     """Run ``labgate ARGS``; yield once it prints its listening line; SIGTERM it when the block ends.
 
     A child that exits first, or prints no such line within ``start_timeout_s``, fails the test with
@@ -128,12 +128,12 @@ def labgate(*args: str, env: dict[str, str] | None = None, stdout: int | None = 
     deadline = time.monotonic() + start_timeout_s
     try:
         while (match := LISTENING.search(said)) is None:
+            if time.monotonic() > deadline:  # before the next read: a line read late still counts
+                raise StartError(f"no listening line within {start_timeout_s} s in: {said}")
             line = proc.stderr.readline().decode(errors="replace")
             if not line and proc.poll() is not None:
                 raise StartError(f"labgate exited early ({proc.returncode}): {said}")
             said += line
-            if time.monotonic() > deadline:
-                raise StartError(f"no listening line within {start_timeout_s} s in: {said}")
         started = Started(proc, match.group(1), int(match.group(3)), said, stop_timeout_s)
         yield started
     finally:
