@@ -739,3 +739,24 @@ def test_a_list_item_given_by_reference_is_shown_as_written(tmp_path: Path, monk
     monkeypatch.setenv("SIM_ORIGIN", "http://ui.example")
     loaded = load_files(write(tmp_path, SMALL, gateway="cors: {allow_origins: ['${SIM_ORIGIN}', 'http://b']}\n"))
     assert loaded.view["gateway"]["cors"]["allow_origins"] == ["${SIM_ORIGIN}", "http://b"]
+
+
+# --- routes named like secrets, the watcher step by step, closing, durations, backups ---------------------------
+
+
+@pytest.mark.asyncio
+async def test_routes_named_like_secrets_are_shown_and_their_changes_seen(tmp_path: Path) -> None:
+    """Model and route names are no secrets: ``tokenizer`` or ``keyword-X`` are not masked like ``x-api-key``,
+    so the diff and the routes to test see a change of their target."""
+    two = SMALL.replace("[m1]", "[m1, m2]")
+    mappings = "routing:\n  aliases: {tokenizer: m1}\nfallbacks:\n  keyword-X: [m1]\n"
+    loaded = load_files(write(tmp_path, two, mappings))
+    assert (loaded.view["mappings"]["routing"]["aliases"], loaded.view["mappings"]["fallbacks"]) == (
+        {"tokenizer": "m1"}, {"keyword-X": ["m1"]})
+    reloader = Reloader(FakeGateway(Runtime.build(loaded.config)), loaded,  # type: ignore[arg-type]
+                        source=ConfigSource(path=tmp_path))
+    write(tmp_path, two, mappings.replace("m1", "m2"))
+    applied = await reloader.reload(trigger="test")
+    assert [str(c) for c in applied.changes] == ["~ route tokenizer: m1 → m2", '~ fallback keyword-X: ["m1"] → ["m2"]']
+    assert changed_routes(loaded.view, reloader.active.view) == ["tokenizer", "keyword-X"]
+    await reloader.aclose()
