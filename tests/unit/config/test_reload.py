@@ -767,7 +767,6 @@ class ScriptedSource:
     builds a config with one more model (a new version), watching on, as fast as the settings allow."""
 
     path = Path("scripted")  # a path: the watcher runs
-    watching = {"config": {"watch": True, "watch_interval_s": 0.001, "debounce_s": 0.001}}
 
     def __init__(self, script: list[str]) -> None:
         self.script = script
@@ -781,7 +780,7 @@ class ScriptedSource:
     def config(self) -> Any:
         models = ["m1", *(f"m{n + 2}" for n in range(self.reads))]
         return config_from({"p": {"type": "vllm", "base_url": "http://127.0.0.1:9", "models": models}},
-                           gateway=self.watching)
+                           gateway={"config": {"watch": True, "watch_interval_s": 0.001, "debounce_s": 0.001}})
 
     async def read(self) -> Any:
         from labgate.config.reload import loaded_from
