@@ -241,15 +241,18 @@ async def test_gates_are_shared_only_with_a_state_url_and_sharing_on(redis_url: 
 async def test_a_reload_with_the_same_settings_keeps_the_link_and_the_leases_in_flight(redis_url: str,
                                                                                       key: str) -> None:
     namespace = key.split(":")[2]
-    old = Runtime.build(_config(redis_url, namespace))
+    old = Runtime.build(_config(redis_url, namespace, lease_ttl_s=0.3))
     gate = old.table.gates["gpu"]
     assert await gate.take_shared(prefer=False) is True  # a request in flight across the reload
     leases = gate.shared
     assert isinstance(leases, Leases)
-    new = Runtime.build(_config(redis_url, namespace), previous=old)
+    lease = leases.held[0]
+    new = Runtime.build(_config(redis_url, namespace, lease_ttl_s=0.3), previous=old)
     try:
         assert (new.table.gates["gpu"] is gate, gate.shared is leases) == (True, True)
-        await old.aclose()  # the old runtime retires: the link it handed on stays open
+        await old.aclose()  # the old runtime retires: the link and the leases it handed on go on
+        since = _score(redis_url, key, lease) or 0
+        await _until(lambda: (_score(redis_url, key, lease) or 0) > since, "renewed")
         gate.release()  # the request ends: its lease goes
         await _until(lambda: _card(redis_url, key) == 0, "given back")
         assert await gate.take_shared(prefer=False) is True
@@ -298,8 +301,9 @@ async def test_closing_a_runtime_sends_its_releases_first(redis_url: str, key: s
 
 
 @pytest.mark.asyncio
-async def test_a_runtimes_leases_wait_for_a_silent_redis_only_its_timeout_then_fall_back() -> None:
-    """A server that accepts and never answers: the link's ``state.timeout_s`` bounds the wait."""
+async def test_a_runtimes_leases_wait_for_a_silent_redis_its_timeout_then_fall_back() -> None:
+    """A server that accepts and never answers: the link gives up after ``state.timeout_s`` (its own timeout,
+    before the client library's 5 s read timeout), then the slot is taken without a lease."""
     async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.read()  # never answers; returns when the client goes
 
@@ -309,8 +313,10 @@ async def test_a_runtimes_leases_wait_for_a_silent_redis_only_its_timeout_then_f
     runtime = Runtime.build(config)
     gate = runtime.table.gates["gpu"]
     try:
-        assert await asyncio.wait_for(gate.take_shared(prefer=False), 30) is True
+        assert await asyncio.wait_for(gate.take_shared(prefer=False), 60) is True
         assert gate.shared is not None and gate.shared.status() == {"leases_held": 0, "unleased": 1, "fallbacks": 1}
+        status = gate.shared.link.status()
+        assert (status["up"], status["failures"], status["last_error"]) == (False, 1, "TimeoutError")
         gate.release()
     finally:
         await runtime.aclose()
