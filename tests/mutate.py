@@ -51,7 +51,9 @@ MODULES: dict[str, list[str]] = {
     "routing/pace.py": ["tests/unit/routing/test_pace.py", "tests/contract/test_stream_deadlines.py"],
     "routing/engines.py": ["tests/unit/routing/test_engines.py", "tests/unit/routing/test_engine_load.py"],
     "routing/experiments.py": ["tests/unit/routing/test_experiments.py"],
-    "routing/leases.py": ["tests/integration/test_capacity_replicas.py"],
+    # Redis (REDIS_URL): test_capacity_replicas.py's replicas are child processes; its in-process tests and
+    # test_leases_redis.py are the ones that reach leases.py under mutmut
+    "routing/leases.py": ["tests/integration/test_capacity_replicas.py", "tests/integration/test_leases_redis.py"],
     "routing/rescue.py": ["tests/unit/routing/test_rescue.py", "tests/contract/test_rescue_messages.py"],
     "routing/table.py": ["tests/unit/routing/test_table.py", "tests/unit/routing/test_local_first.py"],
     # without test_pool_properties.py (hypothesis over response framing: connection.py's, ~11 s a run)
@@ -70,9 +72,11 @@ MODULES: dict[str, list[str]] = {
                              "tests/security/test_server_memory.py"],
     "server/framing.py": ["tests/unit/server/test_framing.py", "tests/unit/server/test_http.py",
                           "tests/security/test_server_*.py"],
-    # the admin config API (diff, changed_routes, describe), the audit trail of reloads, `labgate reload` in process
+    # the admin config API (diff, changed_routes, describe), the audit trail of reloads, `labgate reload` in process;
+    # test_budget_seed.py: a reload that adds a budget (the limiter's seed)
     "config/reload.py": ["tests/unit/config/test_reload.py", "tests/unit/server/test_admin_config.py",
-                         "tests/unit/server/test_admin_audit_reloads.py", "tests/security/test_config_entrypoints.py"],
+                         "tests/unit/server/test_admin_audit_reloads.py", "tests/security/test_config_entrypoints.py",
+                         "tests/unit/state/test_budget_seed.py"],
     "store/process.py": ["tests/unit/store/test_process.py"],
     "store/writer.py": ["tests/unit/store/test_writer.py"],
     "server/health.py": ["tests/unit/server/test_health.py", "tests/security/test_pool_health.py"],

@@ -153,6 +153,7 @@ async def test_redis_down_falls_back_to_the_per_process_gate() -> None:
         assert [await gate.take_shared(prefer=False) for _ in range(3)] == [True, True, False]  # the local cap
         assert gate.shared.status() == {"leases_held": 0, "unleased": 2, "fallbacks": 2}
         gate.release()
+        assert (gate.inflight, gate.shared.unleased) == (1, 1)
         gate.release()
         assert (gate.inflight, gate.shared.unleased) == (0, 0)
         assert link.status()["up"] is False

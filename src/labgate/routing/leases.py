@@ -166,11 +166,8 @@ class Leases:
 class SharedCapacity:
     """The Redis link the gates of one Runtime take their leases through (``state.url``)."""
 
-    def __init__(self, link: RedisLink, *, namespace: str, ttl_s: float, poll_s: float) -> None:
+    def __init__(self, link: RedisLink) -> None:
         self.link = link
-        self.namespace = namespace
-        self.ttl_s = ttl_s
-        self.poll_s = poll_s
         self.owns_link = True  # a reload with the same settings hands the link on (then the old one keeps it open)
 
     @classmethod
@@ -191,7 +188,7 @@ class SharedCapacity:
             s = config.gateway.state
             link = RedisLink(url, timeout_s=s.timeout_s, retry_s=s.retry_s, max_connections=s.max_connections)
             link.source = source
-        shared = cls(link, namespace=queue.namespace, ttl_s=queue.lease_ttl_s, poll_s=queue.shared_poll_s)
+        shared = cls(link)
         for name, gate in gates.items():
             if gate.shared is None or gate.shared.link is not link:  # kept by a reload on the same link: kept
                 gate.shared = Leases(link, key=f"{KEY_PREFIX}:{queue.namespace}:{name}", ttl_s=queue.lease_ttl_s,

@@ -739,3 +739,168 @@ def test_a_list_item_given_by_reference_is_shown_as_written(tmp_path: Path, monk
     monkeypatch.setenv("SIM_ORIGIN", "http://ui.example")
     loaded = load_files(write(tmp_path, SMALL, gateway="cors: {allow_origins: ['${SIM_ORIGIN}', 'http://b']}\n"))
     assert loaded.view["gateway"]["cors"]["allow_origins"] == ["${SIM_ORIGIN}", "http://b"]
+
+
+# --- routes named like secrets, the watcher step by step, closing, durations, backups ---------------------------
+
+
+@pytest.mark.asyncio
+async def test_routes_named_like_secrets_are_shown_and_their_changes_seen(tmp_path: Path) -> None:
+    """Model and route names are no secrets: ``tokenizer`` or ``keyword-X`` are not masked like ``x-api-key``,
+    so the diff and the routes to test see a change of their target."""
+    two = SMALL.replace("[m1]", "[m1, m2]")
+    mappings = "routing:\n  aliases: {tokenizer: m1}\nfallbacks:\n  keyword-X: [m1]\n"
+    loaded = load_files(write(tmp_path, two, mappings))
+    assert (loaded.view["mappings"]["routing"]["aliases"], loaded.view["mappings"]["fallbacks"]) == (
+        {"tokenizer": "m1"}, {"keyword-X": ["m1"]})
+    reloader = Reloader(FakeGateway(Runtime.build(loaded.config)), loaded,  # type: ignore[arg-type]
+                        source=ConfigSource(path=tmp_path))
+    write(tmp_path, two, mappings.replace("m1", "m2"))
+    applied = await reloader.reload(trigger="test")
+    assert [str(c) for c in applied.changes] == ["~ route tokenizer: m1 → m2", '~ fallback keyword-X: ["m1"] → ["m2"]']
+    assert changed_routes(loaded.view, reloader.active.view) == ["tokenizer", "keyword-X"]
+    await reloader.aclose()
+
+
+class ScriptedSource:
+    """A config source whose files' signature follows ``script`` (then stays at its last value): each read
+    builds a config with one more model (a new version), watching on, as fast as the settings allow."""
+
+    path = Path("scripted")  # a path: the watcher runs
+
+    def __init__(self, script: list[str]) -> None:
+        self.script = script
+        self.polls = 0
+        self.reads = 0
+
+    def signature(self) -> Any:
+        self.polls += 1
+        return self.script[min(self.polls, len(self.script)) - 1]
+
+    def config(self) -> Any:
+        models = ["m1", *(f"m{n + 2}" for n in range(self.reads))]
+        return config_from({"p": {"type": "vllm", "base_url": "http://127.0.0.1:9", "models": models}},
+                           gateway={"config": {"watch": True, "watch_interval_s": 0.001, "debounce_s": 0.001}})
+
+    async def read(self) -> Any:
+        from labgate.config.reload import loaded_from
+
+        self.reads += 1
+        return loaded_from(self.config())
+
+
+async def _polled(source: ScriptedSource, polls: int) -> None:
+    """Wait until the watcher asked for the signature ``polls`` times (30 s: a hang guard only)."""
+    for _ in range(3000):
+        if source.polls >= polls:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"the watcher polled {source.polls} times, not {polls}")
+
+
+@pytest.mark.asyncio
+async def test_the_watcher_reloads_a_change_once_it_has_settled() -> None:
+    """Signatures seen: A at start, A, A (nothing), B (a change: wait), C (still changing), C (settled):
+    one reload, of C, and none for the polls after it."""
+    from labgate.config.reload import loaded_from
+
+    source = ScriptedSource(["A", "A", "A", "B", "C", "C"])
+    first = loaded_from(source.config())
+    reloader = Reloader(FakeGateway(Runtime.build(first.config)), first, source=source)  # type: ignore[arg-type]
+    await reloader.start()
+    await _polled(source, 30)
+    assert (source.reads, reloader.reloads, reloader.trigger) == (1, 1, "watch")
+    assert reloader.last is not None and [str(c) for c in reloader.last.changes] == ["+ model p/m2"]
+    await reloader.aclose()
+
+
+@pytest.mark.asyncio
+async def test_a_watched_reload_that_raises_is_logged_and_watching_goes_on(caplog: pytest.LogCaptureFixture) -> None:
+    """A listener that raises makes ``reload`` raise; the watcher says so with the traceback and goes on."""
+    from labgate.config.reload import loaded_from
+
+    source = ScriptedSource(["A", "B", "B", *["B"] * 10, "C", "C"])
+    first = loaded_from(source.config())
+    reloader = Reloader(FakeGateway(Runtime.build(first.config)), first, source=source)  # type: ignore[arg-type]
+
+    def listener(result: Any) -> None:
+        if reloader.reloads == 1:
+            raise RuntimeError("a listener failed")
+
+    reloader.listeners.append(listener)
+    await reloader.start()
+    await _polled(source, 40)
+    assert (source.reads, reloader.reloads) == (2, 2)
+    failed = [r for r in caplog.records if r.name == "labgate.config" and r.levelname == "ERROR"]
+    assert [(r.getMessage(), r.exc_info and str(r.exc_info[1])) for r in failed] == [
+        ("config reload (watch) failed", "a listener failed")]
+    await reloader.aclose()
+
+
+@pytest.mark.asyncio
+async def test_closing_the_reloader_waits_a_while_for_the_old_runtimes_to_close(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    loaded = load_files(write(tmp_path, SMALL))
+    gateway = FakeGateway(Runtime.build(loaded.config))
+    closed: list[Runtime] = []
+
+    async def aclose(self: Runtime) -> None:
+        closed.append(self)
+
+    monkeypatch.setattr(Runtime, "aclose", aclose)
+    release = asyncio.Event()
+    in_flight = asyncio.create_task(release.wait())
+    reloader = Reloader(gateway, loaded, source=ConfigSource(path=tmp_path))  # type: ignore[arg-type]
+    reloader.in_flight = lambda: {in_flight}
+    old = gateway.runtime
+    write(tmp_path, SMALL.replace("[m1]", "[m1, m2]"))
+    assert (await reloader.reload(trigger="test")).status == "applied"
+    assert (closed, reloader.draining) == ([], 1)
+    asyncio.get_running_loop().call_soon(release.set)  # the last request ends as the server closes
+    await reloader.aclose()
+    assert closed == [old]
+
+
+@pytest.mark.asyncio
+async def test_a_results_duration_is_its_own_time_in_ms_to_two_decimals(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """The reload's clock is scripted (``time`` in the module): 12.3456 ms reads 12.35."""
+    import time
+    from types import SimpleNamespace
+
+    from labgate.config import reload as module
+
+    loaded = load_files(write(tmp_path, SMALL))
+    reloader = Reloader(FakeGateway(Runtime.build(loaded.config)), loaded,  # type: ignore[arg-type]
+                        source=ConfigSource(path=tmp_path))
+    clock = iter([1000.0, 1000.0123456])
+    monkeypatch.setattr(module, "time", SimpleNamespace(time=time.time, perf_counter=lambda: next(clock)))
+    result = await reloader.reload(trigger="test")
+    assert (result.status, result.duration_ms, result.as_dict()["duration_ms"]) == ("unchanged", 12.35, 12.35)
+
+
+@pytest.mark.asyncio
+async def test_the_backup_holds_the_bytes_that_loaded_and_names_their_source(tmp_path: Path) -> None:
+    from labgate.config.backup import list_backups
+
+    loaded = load_files(write(tmp_path, SMALL))
+    write(tmp_path, SMALL.replace("[m1]", "[m1, m2]"))  # changed on disk since it loaded
+    reloader = Reloader(FakeGateway(Runtime.build(loaded.config)), loaded,  # type: ignore[arg-type]
+                        source=ConfigSource(path=tmp_path))
+    await reloader.start()
+    [kept] = list_backups(tmp_path / "backups")
+    assert (kept.version, kept.reason, kept.source) == (loaded.version, "loaded (start)", str(tmp_path))
+    assert (kept.path / "providers.yaml").read_text() == SMALL
+    await reloader.aclose()
+
+
+def test_a_file_gone_between_listing_and_reading_its_time_leaves_the_others_watched(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The listing is faked to name a file deleted right after it was listed (a race otherwise)."""
+    from labgate.config import backup
+
+    write(tmp_path, SMALL)
+    listed = backup.config_files(tmp_path)
+    monkeypatch.setattr(backup, "config_files", lambda path: [path / "ports.yaml", *listed])
+    assert [name for name, _, _ in ConfigSource(path=tmp_path).signature()] == [
+        "providers.yaml", "model-mappings.yaml", "gateway.yaml"]
