@@ -88,9 +88,9 @@ def config_view(config: Config, raw_refs: Mapping[str, Any] | None = None) -> di
     Values that came from the environment show their ``${VAR}`` reference
     (from ``raw_refs``, the files read with references left in); any value
     under a key named like a key, secret, token or password is masked, but
-    not in the mappings: they hold model, route and provider names only, and
-    a route named ``tokenizer`` is no secret (its target masked, a diff would
-    not see it change). Names of variables (``*_env``) are shown: they say
+    not in the mappings and the queue's priorities by route, project and team:
+    they hold names and priorities only, and a route named ``tokenizer`` is no
+    secret (its target masked, a diff would not see it change). Names of variables (``*_env``) are shown: they say
     what to set.
     """
     view: dict[str, Any] = {
@@ -105,7 +105,11 @@ def config_view(config: Config, raw_refs: Mapping[str, Any] | None = None) -> di
                    "mappings": raw_refs.get("mappings"), "gateway": raw_refs.get("gateway"),
                    "ports": (raw_refs.get("ports") or {}).get("ports")}
         view = {k: _overlay(v, sources.get(k)) for k, v in view.items()}
-    return {k: v if k == "mappings" else _mask(v) for k, v in view.items()}
+    masked = {k: v if k == "mappings" else _mask(v) for k, v in view.items()}
+    queue = view["gateway"].get("queue")
+    if isinstance(queue, dict):  # priorities keyed by route, project and team names: names, not secrets
+        masked["gateway"]["queue"].update({k: queue[k] for k in ("routes", "projects", "teams") if k in queue})
+    return masked
 
 
 def _overlay(value: Any, raw: Any) -> Any:

@@ -762,6 +762,23 @@ async def test_routes_named_like_secrets_are_shown_and_their_changes_seen(tmp_pa
     await reloader.aclose()
 
 
+@pytest.mark.asyncio
+async def test_queue_priorities_of_routes_named_like_secrets_are_shown_and_their_changes_seen(tmp_path: Path) -> None:
+    """``gateway.queue.routes``/``projects``/``teams`` are keyed by route, project and team names, and their
+    values are priorities: a route named ``tokenizer`` shows its priority, and a change of it is a change."""
+    queue = "queue:\n  routes: {tokenizer: high}\n  projects: {keyring: low}\n  teams: {secret-santa: critical}\n"
+    loaded = load_files(write(tmp_path, SMALL, gateway=queue))
+    shown = loaded.view["gateway"]["queue"]
+    assert (shown["routes"], shown["projects"], shown["teams"]) == (
+        {"tokenizer": "high"}, {"keyring": "low"}, {"secret-santa": "critical"})
+    reloader = Reloader(FakeGateway(Runtime.build(loaded.config)), loaded,  # type: ignore[arg-type]
+                        source=ConfigSource(path=tmp_path))
+    write(tmp_path, SMALL, gateway=queue.replace("tokenizer: high", "tokenizer: low"))
+    applied = await reloader.reload(trigger="test")
+    assert [str(c) for c in applied.changes] == ["~ setting queue.routes.tokenizer: high → low"]
+    await reloader.aclose()
+
+
 class ScriptedSource:
     """A config source whose files' signature follows ``script`` (then stays at its last value): each read
     builds a config with one more model (a new version), watching on, as fast as the settings allow."""
