@@ -309,6 +309,7 @@ async def test_a_full_gate_is_passed_over_without_an_attempt_and_without_a_queue
     record = new_record()
     _, used = await run([full, second], record)
     assert (used, calls(full), record.attempts, full.gate.inflight) == (second, [], 1, 1)
+    assert record.spill is None  # full, not spilled from: no x-labgate-spill
 
 
 @pytest.mark.asyncio
@@ -512,6 +513,7 @@ async def test_every_path_sends_the_call_as_asked_and_paces_it(queued: bool, lim
     assert [(f.deployment, type(f.error), f.error.message) for f in record.failures] == [
         ("a/m1", UpstreamTimeoutError, "a/m1 sent no token within 0.05 s (ttft_timeout_s)")]
     assert answering.health == Health(inflight=1, last_error="earlier")  # the probe answered: closed again
+    assert record.routing is None  # not a local_first route: no x-labgate-routing
     assert queue is None or queue.asked == [(["a/m1", "b/m2"], record, queue.asked[0][2]),
                                             (["b/m2"], record, queue.asked[0][2])]
     assert limits is None or limits.log == [
@@ -630,6 +632,15 @@ async def test_max_attempts_bounds_the_candidates_tried() -> None:
     error = await failed_with(candidates, record, max_attempts=2)
     assert (type(error), error.message, calls(candidates[2]), record.attempts) == (
         AllAttemptsFailedError, "All 2 attempt(s) failed: a/m1: refused; b/m2: t", [], 2)
+
+
+@pytest.mark.asyncio
+async def test_a_provider_passed_over_for_its_limit_gives_back_one_attempt_only() -> None:
+    candidates = [dep("a/m1", REPLY), dep("b/m2", UpstreamConnectionError("refused")), dep("c/m3", REPLY)]
+    record = new_record()
+    error = await failed_with(candidates, record, limits=Limits(over="a"), max_attempts=1)
+    assert (type(error), [(f.deployment, type(f.error)) for f in record.failures], calls(candidates[2])) == (
+        AllAttemptsFailedError, [("a/m1", ProviderLimitedError), ("b/m2", UpstreamConnectionError)], [])
 
 
 def test_planned_is_max_attempts_unless_a_provider_has_limits() -> None:
