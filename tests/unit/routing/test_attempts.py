@@ -29,7 +29,7 @@ from labgate.record import RequestRecord
 from labgate.routing import attempts
 from labgate.routing.attempts import UNCAPPED, attempt, planned
 from labgate.routing.circuit import Circuit, Health
-from labgate.routing.gate import Gate
+from labgate.routing.gate import Gate, Waiter
 from labgate.routing.pace import Pace, Timeouts
 from labgate.routing.table import Deployment
 from labgate.telemetry.traces import Trace
@@ -500,9 +500,9 @@ async def test_every_path_sends_the_call_as_asked_and_paces_it(queued: bool, lim
             assert d.gate.try_acquire()
     limits = Limits(over="none") if limited else None
     record = RequestRecord("req-1", "chat", model="public")
-    pace = Pace(default=Timeouts(), routes={"public": Timeouts(first_token=0.05)})
+    pace, deadline = Pace(default=Timeouts(), routes={"public": Timeouts(first_token=0.05)}), time.monotonic() + 600
     stream, used = await attempt([silent, answering], endpoint="chat", body=BODY, stream=True, circuit=CIRCUIT,
-                                 deadline=time.monotonic() + 600, record=record, native=native, queue=queue,
+                                 deadline=deadline, record=record, native=native, queue=queue,
                                  limits=limits, pace=pace)  # type: ignore[arg-type]
     assert used is answering
     assert [chunk async for chunk in stream] == [b'data: {"choices": [{"index": 0, "delta": {"content": "hi"}}]}\n\n']
@@ -514,8 +514,7 @@ async def test_every_path_sends_the_call_as_asked_and_paces_it(queued: bool, lim
         ("a/m1", UpstreamTimeoutError, "a/m1 sent no token within 0.05 s (ttft_timeout_s)")]
     assert answering.health == Health(inflight=1, last_error="earlier")  # the probe answered: closed again
     assert record.routing is None  # not a local_first route: no x-labgate-routing
-    assert queue is None or queue.asked == [(["a/m1", "b/m2"], record, queue.asked[0][2]),
-                                            (["b/m2"], record, queue.asked[0][2])]
+    assert queue is None or queue.asked == [(["a/m1", "b/m2"], record, deadline), (["b/m2"], record, deadline)]
     assert limits is None or limits.log == [
         ("take", "a/m1"), ("give back", "held a/m1", True), ("take", "b/m2"), ("keep", "held b/m2")]
     await stream.aclose()
@@ -593,11 +592,13 @@ async def test_a_shared_deployment_full_or_with_a_line_is_no_spill(spill_at: flo
     """Full (no ``prefer_local_under``) or with a request of this replica already in its line, a shared
     deployment is busy, not spilled from: no ``x-labgate-spill``."""
     local, _ = shared("a/m1", REPLY, limit=2, spill_at=spill_at, held=2 - waiting)
-    local.gate.waiting = waiting  # type: ignore[union-attr]
+    line = [Waiter(0, [local.gate]) for _ in range(waiting)]  # type: ignore[list-item]
     cloud, record = dep("b/m2", REPLY), new_record()
     assert await attempt([local, cloud], endpoint="chat", body=BODY, stream=False, circuit=CIRCUIT,
                          deadline=time.monotonic() + 600, record=record) == (REPLY, cloud)  # type: ignore[arg-type]
     assert (record.spill, calls(local)) == (None, [])
+    for waiter in line:
+        waiter.leave()
 
 
 @pytest.mark.asyncio
