@@ -14,6 +14,7 @@ from labgate.errors import (
     AttemptFailure,
     DeploymentBusyError,
     LabgateError,
+    NoHealthyDeploymentError,
     ProviderLimitedError,
     UnsupportedEndpointError,
     UpstreamConnectionError,
@@ -25,11 +26,13 @@ from labgate.errors import (
 )
 from labgate.providers.base import Call, IteratorStream, Reply, Stream
 from labgate.record import RequestRecord
-from labgate.routing.attempts import attempt
+from labgate.routing import attempts
+from labgate.routing.attempts import UNCAPPED, attempt, planned
 from labgate.routing.circuit import Circuit, Health
-from labgate.routing.gate import Gate
+from labgate.routing.gate import Gate, Waiter
 from labgate.routing.pace import Pace, Timeouts
 from labgate.routing.table import Deployment
+from labgate.telemetry.traces import Trace
 
 BODY: dict[str, Any] = {"model": "public", "messages": [{"role": "user", "content": "hi"}]}
 CIRCUIT = Circuit(failure_threshold=3, cooldown_s=30)
@@ -79,6 +82,15 @@ async def run(candidates: list[Deployment], record: RequestRecord, *, endpoint: 
 async def failed(candidates: list[Deployment], record: RequestRecord, **kwargs: Any) -> LabgateError:
     with pytest.raises(LabgateError) as info:
         await run(candidates, record, **kwargs)
+    return info.value
+
+
+async def failed_with(candidates: list[Deployment], record: RequestRecord, *, deadline: float | None = None,
+                      **kwargs: Any) -> LabgateError:
+    """The error of an attempt at a chat reply (``kwargs``: more of ``attempt``'s arguments)."""
+    with pytest.raises(LabgateError) as info:
+        await attempt(candidates, endpoint="chat", body=BODY, stream=False, circuit=CIRCUIT, record=record,
+                      deadline=time.monotonic() + 600 if deadline is None else deadline, **kwargs)
     return info.value
 
 
@@ -297,6 +309,7 @@ async def test_a_full_gate_is_passed_over_without_an_attempt_and_without_a_queue
     record = new_record()
     _, used = await run([full, second], record)
     assert (used, calls(full), record.attempts, full.gate.inflight) == (second, [], 1, 1)
+    assert record.spill is None  # full, not spilled from: no x-labgate-spill
 
 
 @pytest.mark.asyncio
@@ -443,3 +456,301 @@ async def test_a_paced_stream_without_a_first_token_in_time_fails_its_attempt() 
     [failure] = record.failures
     assert (failure.deployment, type(failure.error), failure.error.message) == (
         "a/m1", UpstreamTimeoutError, "a/m1 sent no token within 0.05 s (ttft_timeout_s)")
+
+
+@pytest.mark.asyncio
+async def test_a_request_refused_by_its_upstream_gives_its_provider_limit_back_as_sent() -> None:
+    rejected = UpstreamRejectedError("context length exceeded", status=400, param="messages")
+    first, second, limits = dep("a/m1", rejected), dep("b/m2", REPLY), Limits(over="none")
+    with pytest.raises(UpstreamRejectedError):
+        await attempt([first, second], endpoint="chat", body=BODY, stream=False, circuit=CIRCUIT,
+                      deadline=time.monotonic() + 600, record=new_record(), limits=limits)  # type: ignore[arg-type]
+    assert (limits.log, calls(second)) == ([("take", "a/m1"), ("give back", "held a/m1", True)], [])
+
+
+def silent_then_answering() -> tuple[Deployment, Deployment]:
+    """A deployment whose stream never sends a token, and a half-open one that answers (its probe)."""
+    async def never() -> AsyncIterator[bytes]:
+        await asyncio.Event().wait()
+        yield b""
+
+    async def answer() -> AsyncIterator[bytes]:
+        yield b'data: {"choices": [{"index": 0, "delta": {"content": "hi"}}]}\n\n'
+
+    silent = dep("a/m1", IteratorStream(never()), timeout=10_000.0)
+    answering = dep("b/m2", IteratorStream(answer()), timeout=10_000.0)
+    answering.health.failures, answering.health.open_until = 3, time.monotonic() - 1  # cooled down: probed now
+    answering.health.last_error = "earlier"
+    return silent, answering
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("queued", [False, True], ids=["first pass", "through the queue"])
+@pytest.mark.parametrize("limited", [False, True], ids=["no provider limits", "provider limits"])
+async def test_every_path_sends_the_call_as_asked_and_paces_it(queued: bool, limited: bool) -> None:
+    """Whichever way an attempt goes (first pass or handed a slot by the queue, with provider limits or
+    without), it sends the client's call (native body, stream, at most the time left), paces the stream
+    (the first token in time) and probes a cooled-down circuit."""
+    native = {"model": "public", "max_tokens": 5, "messages": []}
+    silent, answering = silent_then_answering()
+    queue = HandOver() if queued else None
+    if queued:
+        for d in (silent, answering):  # both full: each answers through the queue, in turn
+            d.gate = Gate(1, max_queue=4)
+            assert d.gate.try_acquire()
+    limits = Limits(over="none") if limited else None
+    record = RequestRecord("req-1", "chat", model="public")
+    pace, deadline = Pace(default=Timeouts(), routes={"public": Timeouts(first_token=0.05)}), time.monotonic() + 600
+    stream, used = await attempt([silent, answering], endpoint="chat", body=BODY, stream=True, circuit=CIRCUIT,
+                                 deadline=deadline, record=record, native=native, queue=queue,
+                                 limits=limits, pace=pace)  # type: ignore[arg-type]
+    assert used is answering
+    assert [chunk async for chunk in stream] == [b'data: {"choices": [{"index": 0, "delta": {"content": "hi"}}]}\n\n']
+    sent = [(kind, call._replace(timeout=0.0)) for d in (silent, answering) for kind, call in calls(d)]
+    assert sent == [("stream", Call("chat", BODY, "m1", 0.0, "req-1", native, b"")),
+                    ("stream", Call("chat", BODY, "m2", 0.0, "req-1", native, b""))]
+    assert all(0 < call.timeout <= 600 for d in (silent, answering) for _, call in calls(d))  # the time left
+    assert [(f.deployment, type(f.error), f.error.message) for f in record.failures] == [
+        ("a/m1", UpstreamTimeoutError, "a/m1 sent no token within 0.05 s (ttft_timeout_s)")]
+    assert answering.health == Health(inflight=1, last_error="earlier")  # the probe answered: closed again
+    assert record.routing is None  # not a local_first route: no x-labgate-routing
+    assert queue is None or queue.asked == [(["a/m1", "b/m2"], record, deadline), (["b/m2"], record, deadline)]
+    assert limits is None or limits.log == [
+        ("take", "a/m1"), ("give back", "held a/m1", True), ("take", "b/m2"), ("keep", "held b/m2")]
+    await stream.aclose()
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("limited", [False, True], ids=["no provider limits", "provider limits"])
+async def test_a_deployment_whose_probe_another_request_holds_gives_back_its_slot_and_its_limit(limited: bool) -> None:
+    probing = dep("a/m1", REPLY)
+    probing.gate = Gate(1, max_queue=0)
+    probing.health.failures, probing.health.open_until = 3, time.monotonic() - 1
+    CIRCUIT.claim(probing.health, time.monotonic())  # another request is probing it
+    limits = Limits(over="none") if limited else None
+    record = new_record()
+    error = await failed_with([probing], record, limits=limits)
+    [failure] = error.failures  # type: ignore[attr-defined]
+    assert (failure.deployment, type(failure.error), failure.error.message, failure.error.retry_after) == (
+        "a/m1", NoHealthyDeploymentError, "a/m1 is cooling down: another request is probing it", 1.0)
+    assert (error.status, error.retry_after, calls(probing), record.attempts, probing.gate.inflight) == (  # type: ignore[attr-defined]
+        503, 1.0, [], 0, 0)
+    assert limits is None or limits.log == [("take", "a/m1"), ("give back", "held a/m1", False)]  # never sent
+
+
+class Replicas:
+    """Leases in Redis without Redis: ``held`` slots of the engine taken across replicas; the limits asked."""
+
+    def __init__(self, held: int) -> None:
+        self.held, self.asked = held, []  # type: ignore[var-annotated]
+
+    async def take(self, limit: float) -> bool:
+        self.asked.append(limit)
+        if self.held < limit:
+            self.held += 1
+            return True
+        return False
+
+    def give_back(self) -> None:
+        self.held -= 1
+
+
+def shared(key: str, outcome: Reply | BaseException, *, limit: int, spill_at: float | None,
+           held: int) -> tuple[Deployment, Replicas]:
+    """A deployment whose gate is counted across replicas, ``held`` of its slots taken by the others."""
+    d, replicas = dep(key, outcome), Replicas(held)
+    d.gate = Gate(limit, max_queue=4, spill_at=spill_at)
+    d.gate.shared = replicas  # type: ignore[assignment]
+    return d, replicas
+
+
+@pytest.mark.asyncio
+async def test_a_shared_deployment_over_prefer_local_under_across_replicas_spills_to_the_next() -> None:
+    local, replicas = shared("a/m1", REPLY, limit=2, spill_at=1, held=1)
+    cloud, record = dep("b/m2", REPLY), new_record()
+    assert await attempt([local, cloud], endpoint="chat", body=BODY, stream=False, circuit=CIRCUIT,
+                         deadline=time.monotonic() + 600, record=record, queue=HandOver()) == (REPLY, cloud)  # type: ignore[arg-type]
+    assert (record.spill, replicas.asked, replicas.held, local.gate.inflight, calls(local)) == (  # type: ignore[union-attr]
+        "a/m1 at or over prefer_local_under of 2 across replicas", [1], 1, 0, [])
+
+
+@pytest.mark.asyncio
+async def test_a_shared_deployment_is_tried_last_under_its_hard_limit_across_replicas() -> None:
+    local, replicas = shared("a/m1", REPLY, limit=2, spill_at=1, held=1)
+    failing, record, queue = dep("b/m2", UpstreamConnectionError("refused")), new_record(), HandOver()
+    assert await attempt([local, failing], endpoint="chat", body=BODY, stream=False, circuit=CIRCUIT,
+                         deadline=time.monotonic() + 600, record=record, queue=queue) == (REPLY, local)  # type: ignore[arg-type]
+    # asked against spill_at first, then against the hard limit; the lease given back with the reply
+    assert (record.spill, replicas.asked, replicas.held, local.gate.inflight, queue.asked) == (  # type: ignore[union-attr]
+        None, [1, 2], 1, 0, [])
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(("spill_at", "waiting"), [(None, 0), (1, 1)],
+                         ids=["full across replicas", "a request already waits here"])
+async def test_a_shared_deployment_full_or_with_a_line_is_no_spill(spill_at: float | None, waiting: int) -> None:
+    """Full (no ``prefer_local_under``) or with a request of this replica already in its line, a shared
+    deployment is busy, not spilled from: no ``x-labgate-spill``."""
+    local, _ = shared("a/m1", REPLY, limit=2, spill_at=spill_at, held=2 - waiting)
+    line = [Waiter(0, [local.gate]) for _ in range(waiting)]  # type: ignore[list-item]
+    cloud, record = dep("b/m2", REPLY), new_record()
+    assert await attempt([local, cloud], endpoint="chat", body=BODY, stream=False, circuit=CIRCUIT,
+                         deadline=time.monotonic() + 600, record=record) == (REPLY, cloud)  # type: ignore[arg-type]
+    assert (record.spill, calls(local)) == (None, [])
+    for waiter in line:
+        waiter.leave()
+
+
+@pytest.mark.asyncio
+async def test_each_attempt_is_a_span_of_the_trace_and_sends_its_traceparent() -> None:
+    busy, failing = dep("a/m1", DeploymentBusyError("a busy")), dep("b/m2", UpstreamConnectionError("refused"))
+    ok, record = dep("c/m3", REPLY), new_record()
+    record.trace = Trace(0xABC, 0x99, None, True, None)
+    assert await run([busy, failing, ok], record) == (REPLY, ok)
+    spans = record.trace.attempts
+    assert [(deployment, code, message) for _, deployment, _, _, code, message in spans] == [
+        ("a/m1", "deployment_busy", "a busy"), ("b/m2", "upstream_connection_error", "refused"),
+        ("c/m3", None, None)]
+    assert [call.headers for d in (busy, failing, ok) for _, call in calls(d)] == [
+        f"traceparent: 00-{0xABC:032x}-{span[0]:016x}-01\r\n".encode() for span in spans]
+
+
+@pytest.mark.asyncio
+async def test_an_attempt_that_raises_unexpectedly_ends_its_span_with_the_error() -> None:
+    crashing, record = dep("a/m1", RuntimeError("bug")), new_record()
+    record.trace = Trace(0xABC, 0x99, None, True, None)
+    with pytest.raises(RuntimeError):
+        await run([crashing], record)
+    assert [(deployment, code, message) for _, deployment, _, _, code, message in record.trace.attempts] == [
+        ("a/m1", "RuntimeError", "bug")]
+
+
+@pytest.mark.asyncio
+async def test_max_attempts_bounds_the_candidates_tried() -> None:
+    candidates = [dep("a/m1", UpstreamConnectionError("refused")), dep("b/m2", UpstreamTimeoutError("t")),
+                  dep("c/m3", REPLY)]
+    record = new_record()
+    error = await failed_with(candidates, record, max_attempts=2)
+    assert (type(error), error.message, calls(candidates[2]), record.attempts) == (
+        AllAttemptsFailedError, "All 2 attempt(s) failed: a/m1: refused; b/m2: t", [], 2)
+
+
+@pytest.mark.asyncio
+async def test_a_provider_passed_over_for_its_limit_gives_back_one_attempt_only() -> None:
+    candidates = [dep("a/m1", REPLY), dep("b/m2", UpstreamConnectionError("refused")), dep("c/m3", REPLY)]
+    record = new_record()
+    error = await failed_with(candidates, record, limits=Limits(over="a"), max_attempts=1)
+    assert (type(error), [(f.deployment, type(f.error)) for f in record.failures], calls(candidates[2])) == (
+        AllAttemptsFailedError, [("a/m1", ProviderLimitedError), ("b/m2", UpstreamConnectionError)], [])
+
+
+def test_planned_is_max_attempts_unless_a_provider_has_limits() -> None:
+    """With provider limits a candidate passed over for them uses no attempt: the plan must hold them all."""
+    none = Limits(over="none")
+    none.providers = {}
+    assert (planned(2, None), planned(2, none), planned(2, Limits(over="none"))) == (2, 2, UNCAPPED)
+
+
+@pytest.mark.asyncio
+async def test_a_limiter_without_provider_limits_takes_nothing() -> None:
+    limits, first, record = Limits(over="none"), dep("a/m1", REPLY), new_record()
+    limits.providers = {}  # rate limits on keys only
+    assert await attempt([first], endpoint="chat", body=BODY, stream=False, circuit=CIRCUIT, record=record,
+                         deadline=time.monotonic() + 600, limits=limits) == (REPLY, first)  # type: ignore[arg-type]
+    assert limits.log == []
+
+
+@pytest.mark.asyncio
+async def test_an_attempt_counts_itself_beside_the_streams_already_in_flight() -> None:
+    """``health.inflight`` (the balancer's load, the admin view) counts this attempt with the others."""
+    d = dep("a/m1", REPLY)
+    d.health.inflight = 2  # two streams relayed from it now
+    seen: list[int] = []
+    original = d.adapter.send
+
+    async def send(call: Call) -> Reply:
+        seen.append(d.health.inflight)
+        return await original(call)
+
+    d.adapter.send = send  # type: ignore[attr-defined]
+    await run([d], new_record())
+    assert (seen, d.health.inflight) == ([3], 2)
+
+
+class Clock:
+    """``time.monotonic`` as the attempt loop reads it, held still and moved by hand (at a deadline exactly)."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
+    """The loop's clock only (``attempts.time``): the event loop and everything else keep the real one."""
+    held = Clock()
+    monkeypatch.setattr(attempts, "time", held)
+    return held
+
+
+def out_of_time(record: RequestRecord) -> list[tuple[str, type, str]]:
+    return [(f.deployment, type(f.error), f.error.message) for f in record.failures]
+
+
+@pytest.mark.asyncio
+async def test_an_attempt_at_the_deadline_is_not_made_and_gives_its_slot_back(clock: Clock) -> None:
+    first, record = dep("a/m1", REPLY), new_record()
+    first.gate = Gate(1, max_queue=0)
+    error = await failed_with([first, dep("b/m2", REPLY)], record, deadline=clock.now)
+    assert (type(error), error.status, calls(first), record.attempts, first.gate.inflight) == (
+        AllAttemptsFailedError, 504, [], 0, 0)
+    assert out_of_time(record) == [
+        ("a/m1", UpstreamTimeoutError, "the request's total deadline passed before this attempt")]
+
+
+class LateHandOver(HandOver):
+    """A queue that hands the slot over when the request's deadline has come."""
+
+    def __init__(self, clock: Clock) -> None:
+        super().__init__()
+        self.clock = clock
+
+    async def wait(self, busy: list[Deployment], record: RequestRecord, deadline: float) -> Deployment:
+        self.clock.now = deadline
+        return await super().wait(busy, record, deadline)
+
+
+@pytest.mark.asyncio
+async def test_a_slot_handed_over_at_the_deadline_is_given_back_unused(clock: Clock) -> None:
+    full, other = dep("a/m1", REPLY), dep("b/m2", REPLY)
+    for d in (full, other):
+        d.gate = Gate(1, max_queue=4)
+        assert d.gate.try_acquire()  # other requests hold their one slot
+    record, queue = new_record(), LateHandOver(clock)
+    error = await failed_with([full, other], record, queue=queue, deadline=clock.now + 10)
+    assert (type(error), error.status, calls(full), record.attempts, full.gate.inflight, len(queue.asked)) == (
+        AllAttemptsFailedError, 502, [], 0, 0, 1)
+    assert out_of_time(record) == [
+        ("a/m1", UpstreamTimeoutError, "the request's total deadline passed before this attempt"),
+        ("b/m2", DeploymentBusyError, "provider 'b' is at its max_parallel_requests")]
+
+
+@pytest.mark.asyncio
+async def test_no_queue_wait_once_the_first_pass_used_the_time(clock: Clock) -> None:
+    full = dep("a/m1", REPLY)
+    full.gate = Gate(1, max_queue=4)
+    assert full.gate.try_acquire()
+    slow, record, queue = dep("b/m2", UpstreamTimeoutError("t")), new_record(), HandOver()
+    original = slow.adapter.send
+
+    async def send(call: Call) -> Reply:
+        clock.now += call.timeout  # the attempt used the rest of the time
+        return await original(call)
+
+    slow.adapter.send = send  # type: ignore[attr-defined]
+    error = await failed_with([full, slow], record, queue=queue, deadline=clock.now + 10)
+    assert (type(error), queue.asked, calls(full)) == (AllAttemptsFailedError, [], [])
+    assert out_of_time(record) == [("b/m2", UpstreamTimeoutError, "t"),
+                                   ("a/m1", DeploymentBusyError, "provider 'a' is at its max_parallel_requests")]
