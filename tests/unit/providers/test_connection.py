@@ -10,7 +10,6 @@ mutation run of ``providers/connection.py`` (docs/testing.md) led here.
 from __future__ import annotations
 
 import asyncio
-import socket
 
 import pytest
 
@@ -22,9 +21,7 @@ from labgate.providers.pool import (
     MAX_INTERIM,
     TOO_LARGE,
     Answer,
-    Pool,
 )
-from labgate.testing.hostile import HostileUpstream
 from labgate.testing.scripted import Scripted
 
 pytestmark = pytest.mark.asyncio
@@ -313,15 +310,3 @@ async def test_a_connection_without_a_socket_to_poll_is_ready_when_clean() -> No
     assert answer_of(waiter) == (200, {"content-length": "2"}, b"{}")
     assert up.conn.ready()
 
-
-async def test_connections_to_the_upstream_send_without_delay() -> None:
-    """TCP_NODELAY: a request is written whole in one write and must not wait for an earlier segment's ACK."""
-    async with HostileUpstream(lambda request: []) as upstream:
-        pool = Pool("127.0.0.1", upstream.port, tls=False, where=WHERE)
-        try:
-            conn = await pool.acquire(asyncio.get_running_loop().time() + 5.0)
-            assert conn.transport is not None
-            sock = conn.transport.get_extra_info("socket")
-            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
-        finally:
-            await pool.aclose()
