@@ -57,6 +57,15 @@ def answer_of(waiter: asyncio.Future[Answer]) -> tuple[int, dict[str, str], byte
     return status, headers, body
 
 
+def outcome(up: Scripted, waiter: asyncio.Future[Answer]) -> tuple[object, bool]:
+    """What the caller got (the answer, or the error's message) and whether the connection went back to the pool."""
+    error = waiter.exception()
+    if error is not None:
+        assert isinstance(error, LabgateError), repr(error)
+        return error.message, up.pooled
+    return answer_of(waiter), up.pooled
+
+
 def error_of(waiter: asyncio.Future[Answer]) -> LabgateError:
     error = waiter.exception()
     assert isinstance(error, LabgateError), repr(error)
@@ -80,12 +89,7 @@ async def test_a_header_section_of_exactly_the_byte_limit_is_read_and_one_byte_m
     waiter = up.send()
     lines = {"content-length": "2", **padding(MAX_HEADER_BYTES - 19 + over)}  # content-length: 2 counts 19
     up.feed(HEAD + encoded(lines) + b"\r\n{}")
-    if over:
-        assert error_of(waiter).message == OVER
-        assert not up.pooled
-    else:
-        assert answer_of(waiter) == (200, lines, b"{}")
-        assert up.pooled
+    assert outcome(up, waiter) == ((OVER, False) if over else ((200, lines, b"{}"), True))
 
 
 @pytest.mark.parametrize("over", [0, 1])
@@ -96,12 +100,7 @@ async def test_a_head_still_open_after_the_byte_limit_is_refused(over: int) -> N
     head = HEAD + b"content-length: 2\r\n"
     lines = padding(MAX_HEADER_BYTES + over - len(head))
     up.feed(head + encoded(lines), b"\r\n{}")  # the first read ends with the head still open
-    if over:
-        assert error_of(waiter).message == OVER
-        assert not up.pooled
-    else:
-        assert answer_of(waiter) == (200, {"content-length": "2", **lines}, b"{}")
-        assert up.pooled
+    assert outcome(up, waiter) == ((OVER, False) if over else ((200, {"content-length": "2", **lines}, b"{}"), True))
 
 
 async def test_the_bytes_of_a_head_still_open_add_up_over_reads() -> None:
@@ -109,8 +108,7 @@ async def test_the_bytes_of_a_head_still_open_add_up_over_reads() -> None:
     waiter = up.send()
     start = HEAD + b"x-long: "
     up.feed(start + b"a" * (MAX_HEADER_BYTES // 2 - len(start)), b"a" * (MAX_HEADER_BYTES // 2 + 1))
-    assert error_of(waiter).message == OVER
-    assert not up.pooled
+    assert outcome(up, waiter) == (OVER, False)
 
 
 @pytest.mark.parametrize("trailers", [MAX_HEADER_COUNT - 1, MAX_HEADER_COUNT])
@@ -119,12 +117,9 @@ async def test_trailers_count_against_the_line_limit_with_the_head(trailers: int
     waiter = up.send()
     tail = b"".join(b"x-t%d: v\r\n" % n for n in range(trailers))
     up.feed(HEAD + CHUNKED + b"\r\n2\r\n{}\r\n0\r\n" + tail + b"\r\n")
-    if trailers == MAX_HEADER_COUNT:  # and the head's one line
-        assert error_of(waiter).message == OVER
-        assert not up.pooled
-    else:
-        assert answer_of(waiter) == (200, {"transfer-encoding": "chunked"}, b"{}")  # trailers are not kept
-        assert up.pooled
+    kept = (200, {"transfer-encoding": "chunked"}, b"{}")  # trailers are not kept
+    over = trailers == MAX_HEADER_COUNT  # with the head's one line
+    assert outcome(up, waiter) == ((OVER, False) if over else (kept, True))
 
 
 # --- the status
@@ -136,12 +131,9 @@ async def test_interim_answers_up_to_their_limit_are_skipped(interim: int) -> No
     waiter = up.send()
     hints = b"HTTP/1.1 103 Early Hints\r\nlink: </a.css>; rel=preload\r\n\r\n"
     up.feed(b"HTTP/1.1 100 Continue\r\n\r\n" + hints * (interim - 1) + HEAD + b"content-length: 2\r\n\r\n{}")
-    if interim > MAX_INTERIM:
-        assert error_of(waiter).message == f"{WHERE} sent more than {MAX_INTERIM} interim (1xx) responses"
-        assert not up.pooled
-    else:
-        assert answer_of(waiter) == (200, {"content-length": "2"}, b"{}")
-        assert up.pooled
+    refused = f"{WHERE} sent more than {MAX_INTERIM} interim (1xx) responses"
+    answer = (200, {"content-length": "2"}, b"{}")
+    assert outcome(up, waiter) == ((refused, False) if interim > MAX_INTERIM else (answer, True))
 
 
 async def test_the_final_head_after_an_interim_one_is_counted_afresh() -> None:
@@ -152,8 +144,7 @@ async def test_the_final_head_after_an_interim_one_is_counted_afresh() -> None:
     hints = b"HTTP/1.1 103 Early Hints\r\n" + f"link: {link}\r\n".encode() * 64 + b"\r\n"
     lines = {"content-length": "2", **{f"x-{n}": "v" for n in range(MAX_HEADER_COUNT - 1)}}  # at the line limit
     up.feed(hints + HEAD + encoded(lines) + b"\r\n{}")
-    assert answer_of(waiter) == (200, lines, b"{}")
-    assert up.pooled
+    assert outcome(up, waiter) == ((200, lines, b"{}"), True)
 
 
 @pytest.mark.parametrize("status", [b"099", b"000"])
@@ -175,8 +166,7 @@ async def test_a_3xx_body_is_bounded_as_an_error_body_not_by_max_body() -> None:
     waiter = up.send()
     body = b"x" * 2000
     up.feed(b"HTTP/1.1 300 Multiple Choices\r\ncontent-length: 2000\r\n\r\n" + body)
-    assert answer_of(waiter) == (300, {"content-length": "2000"}, body)
-    assert up.pooled
+    assert outcome(up, waiter) == ((300, {"content-length": "2000"}, body), True)
 
 
 async def test_a_3xx_body_over_the_error_body_cap_is_cut_and_its_connection_dropped() -> None:
@@ -184,8 +174,7 @@ async def test_a_3xx_body_over_the_error_body_cap_is_cut_and_its_connection_drop
     waiter = up.send()
     body = b"x" * (MAX_ERROR_BODY + 10)
     up.feed(b"HTTP/1.1 300 Multiple Choices\r\ncontent-length: %d\r\n\r\n" % len(body) + body)
-    assert answer_of(waiter) == (300, {"content-length": str(len(body))}, body[:MAX_ERROR_BODY])
-    assert not up.pooled
+    assert outcome(up, waiter) == ((300, {"content-length": str(len(body))}, body[:MAX_ERROR_BODY]), False)
 
 
 @pytest.mark.parametrize("stream", [False, True])
@@ -220,12 +209,8 @@ async def test_chunk_framing_between_body_bytes_is_bounded_from_the_head_and_aft
             b"\r\n{}",  # body bytes: counted afresh
             b"\r\n2;" + b"e" * 1000, b"e" * (limit - 1004 + over),  # exactly at the limit (+ over), in two reads
             b"\r\n{}\r\n0\r\n\r\n")
-    if over:
-        assert error_of(waiter).message == FRAMING
-        assert not up.pooled
-    else:
-        assert answer_of(waiter) == (200, {"transfer-encoding": "chunked"}, b"{}{}")
-        assert up.pooled
+    answer = (200, {"transfer-encoding": "chunked"}, b"{}{}")
+    assert outcome(up, waiter) == ((FRAMING, False) if over else (answer, True))
 
 
 @pytest.mark.parametrize("body", [b"", b"hello"])
@@ -235,8 +220,7 @@ async def test_a_head_answer_has_no_body_and_its_connection_is_closed(body: byte
     up = wire()
     waiter = up.send(b"HEAD /x HTTP/1.1\r\nhost: up\r\n\r\n", no_body=True)
     up.feed(HEAD + b"content-length: 5\r\n\r\n" + body)
-    assert answer_of(waiter) == (200, {"content-length": "5"}, b"")
-    assert not up.pooled
+    assert outcome(up, waiter) == ((200, {"content-length": "5"}, b""), False)
 
 
 @pytest.mark.parametrize("stream", [False, True])
@@ -294,12 +278,7 @@ async def test_blank_lines_before_an_answer_count_against_the_head_limit(over: i
     up = wire()
     waiter = up.send()
     up.feed(b"\r\n" * (MAX_HEADER_BYTES // 2) + b"\n" * over, HEAD + b"content-length: 2\r\n\r\n{}")
-    if over:
-        assert error_of(waiter).message == OVER
-        assert not up.pooled
-    else:
-        assert answer_of(waiter) == (200, {"content-length": "2"}, b"{}")
-        assert up.pooled
+    assert outcome(up, waiter) == ((OVER, False) if over else ((200, {"content-length": "2"}, b"{}"), True))
 
 
 async def test_a_connection_without_a_socket_to_poll_is_ready_when_clean() -> None:
