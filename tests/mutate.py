@@ -61,8 +61,9 @@ MODULES: dict[str, list[str]] = {
                           "tests/security/test_pool_desync.py", "tests/security/test_pool_health.py",
                           "tests/security/test_pool_redaction.py", "tests/unit/providers/test_http.py",
                           "tests/unit/providers/test_pool.py"],
-    "providers/connection.py": ["tests/security/test_pool_*.py", "tests/unit/providers/test_http.py",
-                                "tests/unit/providers/test_pool.py"],
+    # test_connection.py: the limits at their exact edges, the connection driven by hand (labgate.testing.scripted)
+    "providers/connection.py": ["tests/unit/providers/test_connection.py", "tests/security/test_pool_*.py",
+                                "tests/unit/providers/test_http.py", "tests/unit/providers/test_pool.py"],
     "providers/http.py": ["tests/unit/providers/test_http.py", "tests/unit/providers/test_status_mapping.py"],
     # server: the hypothesis properties (test_server_properties.py, ~8 s and a fresh seed each run) are
     # left out of connection.py's and http.py's runs, whose survivors would each pay the whole set

@@ -21,7 +21,6 @@ import itertools
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import h11
 import orjson
@@ -31,41 +30,8 @@ from hypothesis import strategies as st
 
 from labgate.errors import LabgateError, UpstreamError
 from labgate.providers.http import HttpPool
-from labgate.providers.pool import Connection, Pool
 from labgate.testing.hostile import HostileUpstream, Received, Step, marked
-
-REQUEST = b"POST /x HTTP/1.1\r\nhost: up\r\ncontent-length: 0\r\n\r\n"
-
-
-# --- a transport we drive by hand
-
-
-class ScriptedTransport(asyncio.Transport):
-    def __init__(self) -> None:
-        super().__init__()
-        self.closing = False
-        self.written: list[bytes] = []
-
-    def write(self, data: bytes | bytearray | memoryview) -> None:
-        self.written.append(bytes(data))
-
-    def is_closing(self) -> bool:
-        return self.closing
-
-    def close(self) -> None:
-        self.closing = True
-
-    def abort(self) -> None:
-        self.closing = True
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return default
-
-    def pause_reading(self) -> None:
-        pass
-
-    def resume_reading(self) -> None:
-        pass
+from labgate.testing.scripted import Scripted
 
 
 @dataclass
@@ -79,18 +45,12 @@ def exchange(segments: Sequence[bytes], *, eof: bool = True) -> Outcome:
     """Send one request on a fresh connection and feed it ``segments``, one read each."""
     loop = asyncio.new_event_loop()
     try:
-        pool = Pool("up", 80, tls=False, where="provider 'up'")
-        conn = Connection(pool, loop)
-        transport = ScriptedTransport()
-        conn.connection_made(transport)
-        pool._open = 1
-        waiter = conn.send(REQUEST, stream=False)
-        for segment in segments:
-            if transport.closing:
-                break
-            conn.data_received(segment)
-        pooled = pool.idle == 1 and not transport.closing
-        if eof and not waiter.done() and not transport.closing:
+        wire = Scripted(loop)
+        waiter = wire.send()
+        wire.feed(*segments)
+        pooled = wire.pooled
+        conn = wire.conn
+        if eof and not waiter.done() and not wire.transport.closing:
             conn.eof_received()
         if not conn.lost:
             conn.connection_lost(None)
@@ -112,7 +72,7 @@ _ODD_REASON = re.compile(rb"(?m)^HTTP/\d\.\d \d{3} [^\r\n]*[\x00-\x08\x0b\x0c\x0
 
 
 def reference(data: bytes) -> tuple[tuple[int, dict[str, str], bytes] | None, bool]:
-    """h11's reading of ``data`` as the answer to REQUEST: (the answer or None, nothing follows it)."""
+    """h11's reading of ``data`` as the answer to ``scripted.REQUEST``: (the answer or None, nothing follows it)."""
     conn = h11.Connection(h11.CLIENT)
     conn.send(h11.Request(method="POST", target="/x", headers=[("host", "up"), ("content-length", "0")]))
     conn.send(h11.EndOfMessage())
