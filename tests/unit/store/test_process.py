@@ -8,15 +8,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import logging
 import marshal
 import os
 import signal
 import sqlite3
+import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import orjson
 import pytest
@@ -25,8 +27,9 @@ from labgate.config.schema.store import StoreConfig
 from labgate.errors import HistoryUnavailableError
 from labgate.providers.base import Usage
 from labgate.record import RequestRecord
+from labgate.store import store_for
 from labgate.store.capture import row_from_wire, wire
-from labgate.store.process import WriterProcess, _Child
+from labgate.store.process import WriterProcess, _Child, _Reports, _serve, main
 from labgate.store.schema import NAMES
 from labgate.store.writer import HistoryWriter, history_for
 
@@ -518,3 +521,276 @@ async def test_a_child_that_dies_during_a_flush_fails_the_flush(tmp_path: Path,
                                                           r"\(code -9\)$"):
             await asyncio.wait_for(flushing, 30)  # a bound for a hang, not a timing
         await wait_for(lambda: writer.stats()["pid"] not in (None, pid), timeout=30)
+
+
+# --- the writer process's own code, run in this process ----------------------------------------------
+#
+# The tests above start real children, which import the package afresh: code that only they run is out of
+# reach of in-process tools (mutation testing, a debugger). These run the child's functions here, on real
+# pipes and a real SQLite file, with the settings a WriterProcess sends, and read what the gateway would.
+
+
+def child_settings(path: Path, **options: Any) -> dict[str, Any]:
+    """The settings a gateway's WriterProcess gives its child (its private ``_settings``: nothing else shows them)."""
+    return orjson.loads(WriterProcess(str(path), **options)._settings)
+
+
+def frame(kind: str, body: Any) -> bytes:
+    """One frame as the gateway writes it: a little-endian length, then the marshalled ``(kind, body)``."""
+    data = marshal.dumps((kind, body))
+    return len(data).to_bytes(4, "little") + data
+
+
+def rows_frame(*numbers: int) -> bytes:
+    return frame("rows", [wire(rec(n), keep_content=False) for n in numbers])
+
+
+def report(path: Path, **changes: Any) -> dict[str, Any]:
+    """The counters a child reports for an SQLite store at ``path`` (a line of its stdout, without extras)."""
+    return {"store": str(path), "capture": "metadata", "writer": "thread", "ready": True, "queued": 0,
+            "queue_size": 20_000, "written": 0, "dropped": 0, "rejected": 0, "failed_writes": 0, "purged": 0,
+            "last_error": None, **changes}
+
+
+def stdout_at(out: Path) -> BinaryIO:
+    """The child's stdout: a file, which never blocks the loop as a full pipe would (the gateway reads it)."""
+    return open(out, "wb")
+
+
+def lines(out: Path) -> list[dict[str, Any]]:
+    return [orjson.loads(line) for line in out.read_bytes().splitlines()]
+
+
+async def serve(settings: dict[str, Any], frames: bytes, out: Path) -> list[dict[str, Any]]:
+    """Run the child's loop on ``frames`` (then end of input, as at a clean stop); the lines it wrote."""
+    read, write = os.pipe()
+    os.write(write, frames)  # well below a pipe's 64 KiB
+    os.close(write)
+    with stdout_at(out) as stdout:
+        await asyncio.wait_for(_serve(settings, os.fdopen(read, "rb", buffering=0), stdout), 30)  # a hang guard
+    return lines(out)
+
+
+@contextlib.asynccontextmanager
+async def serving(settings: dict[str, Any], out: Path) -> AsyncIterator[Any]:
+    """The child's loop with its input left open: yields a function that sends bytes; closes the input at the end."""
+    read, write = os.pipe()
+    with stdout_at(out) as stdout:
+        task = asyncio.create_task(_serve(settings, os.fdopen(read, "rb", buffering=0), stdout))
+        try:
+            yield lambda data: os.write(write, data)
+        finally:
+            os.close(write)
+            await asyncio.wait_for(task, 30)
+
+
+async def reported(out: Path, condition: Any) -> dict[str, Any]:
+    """Wait for a line of the child's output that meets ``condition`` (a hang guard, not a timing)."""
+    deadline = time.monotonic() + 20
+    while True:
+        found = [line for line in lines(out) if condition(line)]
+        if found:
+            return found[0]
+        assert time.monotonic() < deadline, f"no such report in {lines(out)}"
+        await asyncio.sleep(0.01)
+
+
+@pytest.mark.asyncio
+async def test_the_child_writes_the_rows_it_is_sent_and_answers_each_flush(tmp_path: Path) -> None:
+    path, out = tmp_path / "h.db", tmp_path / "out"
+    said = await serve(child_settings(path, queue_size=100), rows_frame(0, 1, 2) + frame("flush", 7)
+                       + rows_frame(3, 4), out)
+    assert rows(path, "request_id, status, client_ip, capture") == [
+        (f"req-{n}", 200 + n % 2, "10.0.0.7", "metadata") for n in range(5)]
+    assert {"report": report(path, queue_size=100, written=3), "flushed": 7} in said
+    assert said[-1] == {"report": report(path, queue_size=100, written=5)}  # after the end of its input
+    assert all(set(line) <= {"report", "flushed"} for line in said)
+
+
+@pytest.mark.asyncio
+async def test_the_child_keeps_the_capture_and_client_address_it_is_given(tmp_path: Path) -> None:
+    path, out = tmp_path / "h.db", tmp_path / "out"
+    sent = frame("rows", [wire(chat_rec(1), keep_content=True)])
+    said = await serve(child_settings(path, capture="full", client_ip=False), sent, out)
+    assert rows(path, "request_id, capture, client_ip, response") == [("req-1", "full", None, "Paris, in confidence.")]
+    assert said[-1] == {"report": report(path, capture="full", written=1)}
+
+
+@pytest.mark.asyncio
+async def test_the_child_drops_and_counts_what_is_past_its_queue(tmp_path: Path) -> None:
+    path, out = tmp_path / "h.db", tmp_path / "out"
+    said = await serve(child_settings(path, queue_size=3), rows_frame(0, 1, 2, 3, 4), out)
+    assert rows(path) == [("req-0",), ("req-1",), ("req-2",)]
+    assert said[-1] == {"report": report(path, queue_size=3, written=3, dropped=2)}
+
+
+@pytest.mark.asyncio
+async def test_the_child_writes_a_full_batch_without_being_asked(tmp_path: Path) -> None:
+    path, out = tmp_path / "h.db", tmp_path / "out"
+    async with serving(child_settings(path, batch_size=2, flush_interval_s=3600.0), out) as send:
+        send(rows_frame(0, 1))
+        assert await reported(out, lambda line: line["report"]["written"] == 2) == {
+            "report": report(path, written=2)}
+
+
+@pytest.mark.asyncio
+async def test_the_child_writes_at_its_flush_interval_without_being_asked(tmp_path: Path) -> None:
+    path, out = tmp_path / "h.db", tmp_path / "out"
+    async with serving(child_settings(path, flush_interval_s=0.01), out) as send:
+        send(rows_frame(0))
+        assert await reported(out, lambda line: line["report"]["written"] == 1) == {
+            "report": report(path, written=1)}
+
+
+@pytest.mark.asyncio
+async def test_the_child_purges_rows_past_the_retention(tmp_path: Path) -> None:
+    path, out = tmp_path / "h.db", tmp_path / "out"
+    await serve(child_settings(path), rows_frame(0, 1), tmp_path / "first")  # timestamps of November 2023
+    async with serving(child_settings(path, retention_days=1.0), out):
+        assert await reported(out, lambda line: line["report"]["purged"] == 2) == {"report": report(path, purged=2)}
+    assert rows(path) == []
+
+
+@pytest.mark.asyncio
+async def test_a_failed_flush_is_answered_with_its_error_and_the_rows_are_written_later(tmp_path: Path) -> None:
+    (tmp_path / "d").write_text("not a directory yet")
+    path, out = tmp_path / "d" / "h.db", tmp_path / "out"
+    async with serving(child_settings(path), out) as send:
+        send(rows_frame(0) + frame("flush", 3))
+        answer = await reported(out, lambda line: "flushed" in line)
+        (tmp_path / "d").unlink()
+        (tmp_path / "d").mkdir()
+    error = answer.pop("error")
+    assert error.startswith("FileExistsError: ")
+    assert answer == {"report": report(path, ready=False, queued=1, last_error=f"open: {error}"), "flushed": 3}
+    assert rows(path) == [("req-0",)]  # written at the end of its input, once the store could open
+    assert lines(out)[-1]["report"]["written"] == 1
+
+
+@pytest.mark.asyncio
+async def test_a_child_whose_gateway_is_gone_still_writes_what_arrived(tmp_path: Path) -> None:
+    path = tmp_path / "h.db"
+    read, write = os.pipe()
+    os.write(write, rows_frame(0, 1) + frame("flush", 1) + rows_frame(2))
+    os.close(write)
+    gone, stdout = os.pipe()
+    os.close(gone)  # nobody reads the reports: writing them fails (EPIPE)
+    with os.fdopen(stdout, "wb", buffering=0) as out:
+        await asyncio.wait_for(_serve(child_settings(path), os.fdopen(read, "rb", buffering=0), out), 30)
+    assert rows(path) == [("req-0",), ("req-1",), ("req-2",)]
+
+
+def test_reports_say_each_change_once_and_every_answer() -> None:
+    """_Reports on a real (unstarted) writer: a line per change of its counters, a line per flush answer."""
+    writer = HistoryWriter(store_for(":memory:"), capture="metadata", queue_size=5)
+    out = io.BytesIO()
+    reports = _Reports(writer, out)
+    reports.send()
+    reports.send()  # nothing changed
+    writer.accept([wire(rec(0), keep_content=False)])
+    reports.send()
+    reports.send(flushed=4)  # an answer, even with nothing changed
+    reports.send(flushed=5, error="OSError: disk full")
+    stats = writer.stats()
+    assert [orjson.loads(line) for line in out.getvalue().splitlines()] == [
+        {"report": {**stats, "queued": 0}}, {"report": stats}, {"report": stats, "flushed": 4},
+        {"report": stats, "flushed": 5, "error": "OSError: disk full"}]
+    assert stats["queued"] == 1
+
+
+def test_reports_stop_once_the_gateway_is_gone() -> None:
+    class Gone(io.BytesIO):
+        def write(self, data: Any) -> int:
+            raise BrokenPipeError(32, "Broken pipe")
+
+    writer = HistoryWriter(store_for(":memory:"))
+    reports = _Reports(writer, Gone())
+    reports.send()  # no exception: the writer keeps writing
+    assert reports.out is None
+    reports.send(flushed=1)
+
+
+@contextlib.contextmanager
+def as_a_writer_process(monkeypatch: pytest.MonkeyPatch, frames: bytes, out: Path) -> Iterator[list[int]]:
+    """This process dressed as a writer process for ``main``: fd 0 a pipe holding ``frames`` (then its end),
+    ``sys.stdout`` a file. What ``main`` changes in the process (signal dispositions, CPU affinity, the
+    ``labgate`` logger) is put back after; ``os.nice`` is recorded, not applied (it cannot be undone)."""
+    read, write = os.pipe()
+    os.write(write, frames)
+    os.close(write)
+    stdin = os.dup(0)
+    os.dup2(read, 0)
+    os.close(read)
+    handlers = {number: signal.getsignal(number) for number in (signal.SIGINT, signal.SIGTERM)}
+    affinity = os.sched_getaffinity(0)
+    logger = logging.getLogger("labgate")
+    handlers_before, level, propagate = logger.handlers[:], logger.level, logger.propagate
+    niced: list[int] = []
+
+    def nice(increment: int) -> int:
+        niced.append(increment)
+        return increment
+
+    monkeypatch.setattr(os, "nice", nice)
+    stdout = open(out, "wb")  # noqa: SIM115 (closed with the wrapper below)
+    monkeypatch.setattr(sys, "stdout", io.TextIOWrapper(stdout))
+    try:
+        yield niced
+    finally:
+        os.dup2(stdin, 0)
+        os.close(stdin)
+        for number, handler in handlers.items():
+            signal.signal(number, handler)
+        os.sched_setaffinity(0, affinity)
+        logger.handlers[:] = handlers_before
+        logger.setLevel(level)
+        logger.propagate = propagate
+        stdout.close()
+
+
+def test_main_runs_the_writer_on_its_stdin_and_stdout_and_stands_aside(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    cpu = min(os.sched_getaffinity(0))
+    path, out = tmp_path / "h.db", tmp_path / "out"
+    settings = {**child_settings(path, cpus=[cpu], nice=5), "log_level": logging.WARNING}
+    with as_a_writer_process(monkeypatch, rows_frame(0) + frame("flush", 2) + rows_frame(1), out) as niced:
+        main([orjson.dumps(settings).decode()])
+        assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == (signal.SIG_IGN,
+                                                                                      signal.SIG_IGN)
+        assert (os.sched_getaffinity(0), niced) == ({cpu}, [5])
+        labgate = logging.getLogger("labgate")
+        assert (labgate.level, labgate.propagate, len(labgate.handlers)) == (logging.WARNING, False, 1)
+    assert rows(path) == [("req-0",), ("req-1",)]
+    said = lines(out)
+    assert {"report": report(path, written=1), "flushed": 2} in said
+    assert said[-1] == {"report": report(path, written=2)}
+
+
+def test_main_without_uvloop_or_options_reads_its_arguments(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    affinity = os.sched_getaffinity(0)
+    path, out = tmp_path / "h.db", tmp_path / "out"
+    settings = child_settings(path)
+    del settings["log_level"]  # from an older gateway: info
+    monkeypatch.setitem(sys.modules, "uvloop", None)  # not installed: asyncio's loop
+    monkeypatch.setattr(sys, "argv", ["labgate.store.process", orjson.dumps(settings).decode()])
+    with as_a_writer_process(monkeypatch, rows_frame(0), out) as niced:
+        main()
+        assert (os.sched_getaffinity(0), niced, logging.getLogger("labgate").level) == (affinity, [], logging.INFO)
+    assert rows(path) == [("req-0",)]
+    assert lines(out)[-1] == {"report": report(path, written=1)}
+
+
+@pytest.mark.parametrize("cpus", [[-1], [100_000]], ids=["negative", "absent"])
+def test_main_goes_on_when_it_cannot_pin_or_lower_itself(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                         cpus: list[int]) -> None:
+    affinity = os.sched_getaffinity(0)
+    path, out = tmp_path / "h.db", tmp_path / "out"
+
+    def refused(increment: int) -> int:
+        raise PermissionError(1, "Operation not permitted")
+
+    with as_a_writer_process(monkeypatch, rows_frame(0), out):
+        monkeypatch.setattr(os, "nice", refused)
+        main([orjson.dumps(child_settings(path, cpus=cpus, nice=5)).decode()])
+        assert os.sched_getaffinity(0) == affinity
+    assert rows(path) == [("req-0",)]
