@@ -347,6 +347,21 @@ async def test_history_for_builds_the_configured_writer(tmp_path: Path) -> None:
     assert rows(path, "request_id, capture, response") == [("req-1", "full", "Paris, in confidence.")]
 
 
+def test_from_config_passes_every_store_setting_on(tmp_path: Path) -> None:
+    """Every ``store:`` key, none at its default: what the child is told (its argument, the private
+    ``_settings``) and the gateway side's batch and send interval (private: only visible as time)."""
+    path = str(tmp_path / "h.db")
+    config = StoreConfig(url=path, capture="full", retention_days=7, queue_size=123, batch_size=45,
+                         flush_interval_s=2.5, client_ip=False, writer_cpus=[0], writer_nice=3, send_interval_s=0.2)
+    writer = WriterProcess.from_config(config, path)
+    assert orjson.loads(writer._settings) == {
+        "url": path, "capture": "full", "queue_size": 123, "batch_size": 45, "flush_interval_s": 2.5,
+        "client_ip": False, "retention_days": 7.0, "cpus": [0], "nice": 3,
+        "log_level": logging.getLogger("labgate").getEffectiveLevel()}
+    assert (writer.capture, writer.keeps_content, writer.queue_size, writer._batch, writer._send_interval) == (
+        "full", True, 123, 45, 0.2)
+
+
 @pytest.mark.asyncio
 async def test_a_record_with_a_huge_int_still_reaches_the_store(tmp_path: Path) -> None:
     """An int beyond 64 bits (which JSON libraries refuse) crosses to the writer; the row keeps the rest."""
