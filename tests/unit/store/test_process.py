@@ -301,6 +301,17 @@ async def test_records_held_by_a_killed_child_are_counted_as_dropped(tmp_path: P
 
 
 @pytest.mark.asyncio
+async def test_killing_a_child_that_is_gone_does_nothing(tmp_path: Path) -> None:
+    """``_Child.kill`` (private: ``close`` calls it when a child outlives its timeout, which may be the moment
+    it exits) on a child that has exited and been reaped."""
+    async with running(WriterProcess(str(tmp_path / "h.db"))) as writer:
+        await writer.flush()
+        child = writer._child
+    assert child is not None and child.exited.done()
+    child.kill()
+
+
+@pytest.mark.asyncio
 async def test_writer_cpus_pins_the_child(tmp_path: Path) -> None:
     if 0 not in os.sched_getaffinity(0):
         pytest.skip("CPU 0 is not available to this process")
@@ -416,6 +427,26 @@ async def test_reopening_the_reader_logs_each_cause_once(tmp_path: Path, monkeyp
 
 
 @pytest.mark.asyncio
+async def test_reopening_the_reader_backs_off_to_the_last_delay(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """The delays asked of ``asyncio.sleep`` are recorded (and not slept): the schedule, not a timing."""
+    monkeypatch.setattr("labgate.store.process._RESTART_BACKOFF_S", (0.25, 0.5, 1.0))
+    delays: list[float] = []
+    real_sleep = asyncio.sleep
+
+    async def sleep(delay: float) -> None:
+        delays.append(delay)
+        await real_sleep(0)
+
+    monkeypatch.setattr(asyncio, "sleep", sleep)
+    writer = WriterProcess(str(tmp_path / "h.db"))
+    writer.store = ReaderStore([ConnectionRefusedError("connection refused")] * 4)  # type: ignore[assignment]
+    await writer._open_reader_later()
+    assert writer.store.opened
+    assert delays == [0.25, 0.5, 1.0, 1.0, 1.0]
+
+
+@pytest.mark.asyncio
 async def test_close_logs_a_failed_restart_and_a_failed_reader_close_once(tmp_path: Path,
                                                                           caplog: pytest.LogCaptureFixture) -> None:
     writer = WriterProcess(str(tmp_path / "h.db"))
@@ -466,6 +497,19 @@ async def test_a_failed_spawn_is_retried(tmp_path: Path, monkeypatch: pytest.Mon
     assert rows(path) == [("req-1",)]
     assert [r.getMessage() for r in caplog.records] == [
         "history: cannot start the writer process: [Errno 11] Resource temporarily unavailable"] * 2
+
+
+@pytest.mark.asyncio
+async def test_restarts_back_off_to_the_last_delay_and_say_when(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                caplog: pytest.LogCaptureFixture) -> None:
+    attempts = failing_spawns(monkeypatch, times=4)
+    monkeypatch.setattr("labgate.store.process._RESTART_BACKOFF_S", (0.001, 0.002, 0.003))
+    with caplog.at_level(logging.INFO, logger="labgate.store"):
+        async with running(WriterProcess(str(tmp_path / "h.db"))) as writer:
+            await asyncio.wait_for(writer.flush(), 30)  # a bound on the retries, not a timing
+    assert len(attempts) == 5
+    assert [r.getMessage() for r in caplog.records if r.levelno == logging.INFO] == [
+        f"history: starting a writer process in {delay} s" for delay in (0.001, 0.002, 0.003, 0.003)]
 
 
 @pytest.mark.asyncio
