@@ -769,11 +769,30 @@ def test_reports_stop_once_the_gateway_is_gone() -> None:
     reports.send(flushed=1)
 
 
+class Calls(list[tuple[str, tuple[Any, ...]]]):
+    """The process-wide calls ``main`` makes (``os.sched_setaffinity``, ``os.nice``), recorded instead of made:
+    applied to the test process they would outlast the test. ``refuse`` makes one raise as the kernel may."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        super().__init__()
+        self.refusals: dict[str, OSError | ValueError] = {}
+        for name in ("sched_setaffinity", "nice"):
+            monkeypatch.setattr(os, name, self.recorder(name))
+
+    def recorder(self, name: str) -> Any:
+        def call(*args: Any) -> None:
+            self.append((name, args))
+            if name in self.refusals:
+                raise self.refusals[name]
+
+        return call
+
+
 @contextlib.contextmanager
-def as_a_writer_process(monkeypatch: pytest.MonkeyPatch, frames: bytes, out: Path) -> Iterator[list[int]]:
+def as_a_writer_process(monkeypatch: pytest.MonkeyPatch, frames: bytes, out: Path) -> Iterator[Calls]:
     """This process dressed as a writer process for ``main``: fd 0 a pipe holding ``frames`` (then its end),
-    ``sys.stdout`` a file. What ``main`` changes in the process (signal dispositions, CPU affinity, the
-    ``labgate`` logger) is put back after; ``os.nice`` is recorded, not applied (it cannot be undone)."""
+    ``sys.stdout`` a file. What ``main`` changes in the process (signal dispositions, the ``labgate``
+    logger) is put back after; its affinity and nice calls are recorded (:class:`Calls`)."""
     read, write = os.pipe()
     os.write(write, frames)
     os.close(write)
@@ -781,26 +800,18 @@ def as_a_writer_process(monkeypatch: pytest.MonkeyPatch, frames: bytes, out: Pat
     os.dup2(read, 0)
     os.close(read)
     handlers = {number: signal.getsignal(number) for number in (signal.SIGINT, signal.SIGTERM)}
-    affinity = os.sched_getaffinity(0)
     logger = logging.getLogger("labgate")
     handlers_before, level, propagate = logger.handlers[:], logger.level, logger.propagate
-    niced: list[int] = []
-
-    def nice(increment: int) -> int:
-        niced.append(increment)
-        return increment
-
-    monkeypatch.setattr(os, "nice", nice)
+    calls = Calls(monkeypatch)
     stdout = open(out, "wb")  # noqa: SIM115 (closed with the wrapper below)
     monkeypatch.setattr(sys, "stdout", io.TextIOWrapper(stdout))
     try:
-        yield niced
+        yield calls
     finally:
         os.dup2(stdin, 0)
         os.close(stdin)
         for number, handler in handlers.items():
             signal.signal(number, handler)
-        os.sched_setaffinity(0, affinity)
         logger.handlers[:] = handlers_before
         logger.setLevel(level)
         logger.propagate = propagate
@@ -809,14 +820,13 @@ def as_a_writer_process(monkeypatch: pytest.MonkeyPatch, frames: bytes, out: Pat
 
 def test_main_runs_the_writer_on_its_stdin_and_stdout_and_stands_aside(tmp_path: Path,
                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    cpu = min(os.sched_getaffinity(0))
     path, out = tmp_path / "h.db", tmp_path / "out"
-    settings = {**child_settings(path, cpus=[cpu], nice=5), "log_level": logging.WARNING}
-    with as_a_writer_process(monkeypatch, rows_frame(0) + frame("flush", 2) + rows_frame(1), out) as niced:
+    settings = {**child_settings(path, cpus=[1, 3], nice=5), "log_level": logging.WARNING}
+    with as_a_writer_process(monkeypatch, rows_frame(0) + frame("flush", 2) + rows_frame(1), out) as calls:
         main([orjson.dumps(settings).decode()])
         assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == (signal.SIG_IGN,
                                                                                       signal.SIG_IGN)
-        assert (os.sched_getaffinity(0), niced) == ({cpu}, [5])
+        assert calls == [("sched_setaffinity", (0, [1, 3])), ("nice", (5,))]
         labgate = logging.getLogger("labgate")
         assert (labgate.level, labgate.propagate, len(labgate.handlers)) == (logging.WARNING, False, 1)
     assert rows(path) == [("req-0",), ("req-1",)]
@@ -826,30 +836,25 @@ def test_main_runs_the_writer_on_its_stdin_and_stdout_and_stands_aside(tmp_path:
 
 
 def test_main_without_uvloop_or_options_reads_its_arguments(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    affinity = os.sched_getaffinity(0)
     path, out = tmp_path / "h.db", tmp_path / "out"
     settings = child_settings(path)
     del settings["log_level"]  # from an older gateway: info
     monkeypatch.setitem(sys.modules, "uvloop", None)  # not installed: asyncio's loop
     monkeypatch.setattr(sys, "argv", ["labgate.store.process", orjson.dumps(settings).decode()])
-    with as_a_writer_process(monkeypatch, rows_frame(0), out) as niced:
+    with as_a_writer_process(monkeypatch, rows_frame(0), out) as calls:
         main()
-        assert (os.sched_getaffinity(0), niced, logging.getLogger("labgate").level) == (affinity, [], logging.INFO)
+        assert (calls, logging.getLogger("labgate").level) == ([], logging.INFO)
     assert rows(path) == [("req-0",)]
     assert lines(out)[-1] == {"report": report(path, written=1)}
 
 
-@pytest.mark.parametrize("cpus", [[-1], [100_000]], ids=["negative", "absent"])
+@pytest.mark.parametrize("refusal", [OSError(22, "Invalid argument"), ValueError("negative CPU number")],
+                         ids=["os-error", "value-error"])
 def test_main_goes_on_when_it_cannot_pin_or_lower_itself(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                         cpus: list[int]) -> None:
-    affinity = os.sched_getaffinity(0)
+                                                         refusal: OSError | ValueError) -> None:
     path, out = tmp_path / "h.db", tmp_path / "out"
-
-    def refused(increment: int) -> int:
-        raise PermissionError(1, "Operation not permitted")
-
-    with as_a_writer_process(monkeypatch, rows_frame(0), out):
-        monkeypatch.setattr(os, "nice", refused)
-        main([orjson.dumps(child_settings(path, cpus=cpus, nice=5)).decode()])
-        assert os.sched_getaffinity(0) == affinity
+    with as_a_writer_process(monkeypatch, rows_frame(0), out) as calls:
+        calls.refusals.update(sched_setaffinity=refusal, nice=PermissionError(1, "Operation not permitted"))
+        main([orjson.dumps(child_settings(path, cpus=[4096], nice=5)).decode()])
+        assert calls == [("sched_setaffinity", (0, [4096])), ("nice", (5,))]
     assert rows(path) == [("req-0",)]
