@@ -162,6 +162,42 @@ async def test_close_right_after_puts_on_a_warm_child(tmp_path: Path) -> None:
     assert rows(path) == [(f"req-{n}",) for n in range(4)]
 
 
+@pytest.mark.asyncio
+async def test_a_lone_record_is_sent_after_the_send_interval(tmp_path: Path) -> None:
+    path = tmp_path / "h.db"
+    async with running(WriterProcess(str(path), flush_interval_s=0.01)) as writer:
+        writer.put(rec(0))  # no flush: only the send timer takes it to the child
+        await wait_for(lambda: writer.stats()["written"] == 1)  # a hang guard, not a timing
+    assert rows(path) == [("req-0",)]
+
+
+@pytest.mark.asyncio
+async def test_a_full_batch_is_sent_at_once(tmp_path: Path) -> None:
+    path = tmp_path / "h.db"
+    async with running(WriterProcess(str(path), batch_size=2, flush_interval_s=0.01, send_interval_s=3600)) as writer:
+        await writer.flush()  # the child is up
+        writer.put(rec(0))
+        writer.put(rec(1))  # the batch is full: sent now, not in an hour
+        await wait_for(lambda: writer.stats()["written"] == 2)  # a hang guard, not a timing
+    assert rows(path) == [("req-0",), ("req-1",)]
+
+
+def test_records_waiting_for_a_child_count_against_the_queue(tmp_path: Path) -> None:
+    writer = WriterProcess(str(tmp_path / "h.db"), queue_size=3)  # not started: no child to send to
+    for n in range(5):
+        writer.put(rec(n))
+    stats = writer.stats()
+    assert (stats["queued"], stats["dropped"], stats["written"]) == (3, 2, 0)
+
+
+@pytest.mark.asyncio
+async def test_flush_after_close_says_the_writer_is_closed(tmp_path: Path) -> None:
+    async with running(WriterProcess(str(tmp_path / "h.db"))) as writer:
+        await writer.flush()
+    with pytest.raises(HistoryUnavailableError, match=r"^the history writer is closed$"):
+        await writer.flush()
+
+
 def test_wire_without_content_leaves_the_text_behind() -> None:
     w = wire(chat_rec(1), keep_content=False)
     payload, reply, chunks, body = w[-4:]
