@@ -691,10 +691,13 @@ async def reported(out: Path, condition: Any) -> dict[str, Any]:
 
 
 @pytest.mark.asyncio
-async def test_the_child_writes_the_rows_it_is_sent_and_answers_each_flush(tmp_path: Path) -> None:
+async def test_the_child_writes_the_rows_it_is_sent_and_answers_each_flush(tmp_path: Path,
+                                                                           caplog: pytest.LogCaptureFixture) -> None:
     path, out = tmp_path / "h.db", tmp_path / "out"
-    said = await serve(child_settings(path, queue_size=100), rows_frame(0, 1, 2) + frame("flush", 7)
-                       + rows_frame(3, 4), out)
+    with caplog.at_level(logging.WARNING):
+            said = await serve(child_settings(path, queue_size=100), rows_frame(0, 1, 2) + frame("flush", 7)
+                           + rows_frame(3, 4), out)
+    assert caplog.records == []  # nothing went wrong, not even in a callback
     assert rows(path, "request_id, status, client_ip, capture") == [
         (f"req-{n}", 200 + n % 2, "10.0.0.7", "metadata") for n in range(5)]
     assert {"report": report(path, queue_size=100, written=3), "flushed": 7} in said
@@ -723,6 +726,8 @@ async def test_the_child_drops_and_counts_what_is_past_its_queue(tmp_path: Path)
 async def test_the_child_writes_a_full_batch_without_being_asked(tmp_path: Path) -> None:
     path, out = tmp_path / "h.db", tmp_path / "out"
     async with serving(child_settings(path, batch_size=2, flush_interval_s=3600.0), out) as send:
+        send(frame("flush", 1))
+        await reported(out, lambda line: "flushed" in line)  # the writer's first pass is over: it waits
         send(rows_frame(0, 1))
         assert await reported(out, lambda line: line["report"]["written"] == 2) == {
             "report": report(path, written=2)}
@@ -732,6 +737,8 @@ async def test_the_child_writes_a_full_batch_without_being_asked(tmp_path: Path)
 async def test_the_child_writes_at_its_flush_interval_without_being_asked(tmp_path: Path) -> None:
     path, out = tmp_path / "h.db", tmp_path / "out"
     async with serving(child_settings(path, flush_interval_s=0.01), out) as send:
+        send(frame("flush", 1))
+        await reported(out, lambda line: "flushed" in line)  # the writer's first pass is over: it waits
         send(rows_frame(0))
         assert await reported(out, lambda line: line["report"]["written"] == 1) == {
             "report": report(path, written=1)}
@@ -827,7 +834,7 @@ class Calls(list[tuple[str, tuple[Any, ...]]]):
 @contextlib.contextmanager
 def as_a_writer_process(monkeypatch: pytest.MonkeyPatch, frames: bytes, out: Path) -> Iterator[Calls]:
     """This process dressed as a writer process for ``main``: fd 0 a pipe holding ``frames`` (then its end),
-    ``sys.stdout`` a file. What ``main`` changes in the process (signal dispositions, the ``labgate``
+    ``sys.stdout`` (and fd 1) a file. What ``main`` changes in the process (signal dispositions, the ``labgate``
     logger) is put back after; its affinity and nice calls are recorded (:class:`Calls`)."""
     read, write = os.pipe()
     os.write(write, frames)
@@ -841,11 +848,15 @@ def as_a_writer_process(monkeypatch: pytest.MonkeyPatch, frames: bytes, out: Pat
     calls = Calls(monkeypatch)
     stdout = open(out, "wb")  # noqa: SIM115 (closed with the wrapper below)
     monkeypatch.setattr(sys, "stdout", io.TextIOWrapper(stdout))
+    fd1 = os.dup(1)
+    os.dup2(stdout.fileno(), 1)  # the same file at the descriptor level, as in a child
     try:
         yield calls
     finally:
         os.dup2(stdin, 0)
         os.close(stdin)
+        os.dup2(fd1, 1)
+        os.close(fd1)
         for number, handler in handlers.items():
             signal.signal(number, handler)
         logger.handlers[:] = handlers_before
