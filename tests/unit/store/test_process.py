@@ -198,6 +198,14 @@ async def test_flush_after_close_says_the_writer_is_closed(tmp_path: Path) -> No
         await writer.flush()
 
 
+@pytest.mark.asyncio
+async def test_a_new_child_counts_nothing(tmp_path: Path) -> None:
+    async with running(WriterProcess(str(tmp_path / "h.db"))) as writer:
+        stats = writer.stats()  # most likely before the child's first report: its counts start at zero
+        assert [stats[name] for name in ("written", "dropped", "rejected", "failed_writes", "purged", "queued")] == [
+            0] * 6
+
+
 def test_wire_without_content_leaves_the_text_behind() -> None:
     w = wire(chat_rec(1), keep_content=False)
     payload, reply, chunks, body = w[-4:]
