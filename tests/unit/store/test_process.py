@@ -33,6 +33,10 @@ from labgate.store.process import WriterProcess, _Child, _Reports, _serve, main
 from labgate.store.schema import NAMES
 from labgate.store.writer import HistoryWriter, history_for
 
+# the suite's own bound (pyproject.toml), kept when `make mutate` asks for 120 s: a mutant that makes a flush
+# wait forever costs a minute, not two
+pytestmark = pytest.mark.timeout(60)
+
 CHAT = {"model": "m1", "messages": [{"role": "user", "content": "What is the SECRET capital of France?"}],
         "temperature": 0.2, "max_tokens": 64, "stream": False}
 REPLY = orjson.dumps({"id": "c1", "object": "chat.completion", "choices": [
