@@ -210,6 +210,29 @@ async def test_a_new_child_counts_nothing(tmp_path: Path) -> None:
             0] * 6
 
 
+@pytest.mark.asyncio
+async def test_the_gateway_reads_the_childs_reports_however_the_pipe_splits_them(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The gateway's side of the reports (``_Child.pipe_data_received``, private) fed what a child writes, cut
+    where a pipe may cut it, with a line that is not JSON; ten records sent to it (``_sent``, private)."""
+    writer = WriterProcess(str(tmp_path / "h.db"))
+    child = _Child(writer)
+    writer._child, writer._sent, writer._in_flight = child, 10, 10
+    line = orjson.dumps({"report": {"ready": True, "written": 3, "dropped": 2, "rejected": 1, "failed_writes": 4,
+                                    "purged": 5, "last_error": "write: OSError: disk full"}}) + b"\n"
+    with caplog.at_level(logging.WARNING, logger="labgate.store"):
+        child.pipe_data_received(1, line[:20])
+        assert writer.stats()["queued"] == 10  # half a line: nothing yet
+        child.pipe_data_received(1, line[20:] + b"Traceback (most recent call last):\n")
+    stats = writer.stats()
+    del stats["store"]
+    assert stats == {"capture": "metadata", "writer": "process", "pid": None, "ready": False, "queued": 4,
+                     "queue_size": 20_000, "written": 3, "dropped": 2, "rejected": 1, "failed_writes": 4,
+                     "purged": 5, "last_error": "write: OSError: disk full", "restarts": 0}
+    assert [r.getMessage() for r in caplog.records] == [
+        "history: unreadable line from the writer process: b'Traceback (most recent call last):'"]
+
+
 def test_wire_without_content_leaves_the_text_behind() -> None:
     w = wire(chat_rec(1), keep_content=False)
     payload, reply, chunks, body = w[-4:]
