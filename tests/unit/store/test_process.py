@@ -347,8 +347,8 @@ async def test_a_killed_child_is_replaced(tmp_path: Path, monkeypatch: pytest.Mo
 
 
 @pytest.mark.asyncio
-async def test_records_held_by_a_killed_child_are_counted_as_dropped(tmp_path: Path,
-                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_records_held_by_a_killed_child_are_counted_as_dropped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                     caplog: pytest.LogCaptureFixture) -> None:
     monkeypatch.setattr("labgate.store.process._RESTART_BACKOFF_S", (0.05,))
     path = tmp_path / "h.db"
     async with running(WriterProcess(str(path), send_interval_s=0.001)) as writer:
@@ -361,8 +361,11 @@ async def test_records_held_by_a_killed_child_are_counted_as_dropped(tmp_path: P
             writer.put(rec(n))
         await asyncio.sleep(0.05)  # sent: in the stopped child's pipe
         assert writer.stats()["queued"] == 5
-        os.kill(pid, signal.SIGKILL)
-        await wait_for(lambda: writer.stats()["restarts"] == 1)
+        with caplog.at_level(logging.ERROR, logger="labgate.store"):
+            os.kill(pid, signal.SIGKILL)
+            await wait_for(lambda: writer.stats()["restarts"] == 1)
+        assert [r.getMessage() for r in caplog.records] == [
+            "history: the writer process exited (code -9) holding 5 record(s), counted as dropped (last error: none)"]
         stats = writer.stats()
         assert (stats["written"], stats["dropped"], stats["queued"]) == (1, 5, 0)
         writer.put(rec(6))
@@ -392,22 +395,47 @@ async def test_writer_cpus_pins_the_child(tmp_path: Path) -> None:
 
 
 @pytest.mark.asyncio
-async def test_flush_raises_when_the_store_cannot_be_opened(tmp_path: Path) -> None:
+async def test_flush_raises_when_the_store_cannot_be_opened(tmp_path: Path,
+                                                            caplog: pytest.LogCaptureFixture) -> None:
     (tmp_path / "file").write_text("not a directory")
     path = tmp_path / "file" / "h.db"
     writer = WriterProcess(str(path))
-    async with running(writer, close_timeout=1.0):
-        writer.put(rec(1))
-        with pytest.raises(HistoryUnavailableError, match="history write failed: FileExistsError"):
-            await writer.flush()
-        stats = writer.stats()
-        assert stats["last_error"].startswith("open: FileExistsError")
-        assert (stats["ready"], stats["written"], stats["queued"]) == (False, 0, 1)
-        started = time.monotonic()
+    with caplog.at_level(logging.ERROR, logger="labgate.store"):
+        async with running(writer, close_timeout=1.0):
+            writer.put(rec(1))
+            with pytest.raises(HistoryUnavailableError, match="history write failed: FileExistsError"):
+                await writer.flush()
+            stats = writer.stats()
+            assert stats["last_error"].startswith("open: FileExistsError")
+            assert (stats["ready"], stats["written"], stats["queued"]) == (False, 0, 1)
+            started = time.monotonic()
+    assert [r.getMessage() for r in caplog.records] == [
+        "history: the writer process did not finish in 1 s; killing it",
+        "history: 1 record(s) could not be written before shutdown and are lost"]
     # the child retries its final write until killed at the timeout; what it held is dropped
     assert time.monotonic() - started < 2.0
     assert (writer.stats()["written"], writer.stats()["dropped"], writer.stats()["queued"]) == (0, 1, 0)
     assert not path.exists()
+
+
+@pytest.mark.asyncio
+async def test_a_child_that_dies_is_logged_with_what_it_held_and_its_last_error(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setattr("labgate.store.process._RESTART_BACKOFF_S", (3600.0,))  # no new child in this test
+    (tmp_path / "file").write_text("not a directory")
+    writer = WriterProcess(str(tmp_path / "file" / "h.db"))
+    with caplog.at_level(logging.ERROR, logger="labgate.store"):
+        async with running(writer):
+            writer.put(rec(1))
+            with pytest.raises(HistoryUnavailableError):
+                await writer.flush()  # the child has reported its error, and holds the record
+            error = writer.stats()["last_error"]
+            os.kill(writer.stats()["pid"], signal.SIGKILL)
+            await wait_for(lambda: writer.stats()["pid"] is None)
+    assert error.startswith("open: FileExistsError: ")
+    assert [r.getMessage() for r in caplog.records] == [
+        f"history: the writer process exited (code -9) holding 1 record(s), counted as dropped (last error: {error})"]
+    assert (writer.stats()["dropped"], writer.stats()["last_error"]) == (1, error)
 
 
 @pytest.mark.asyncio
@@ -598,15 +626,37 @@ async def test_records_still_held_at_close_without_a_child_are_counted_as_droppe
 
 @pytest.mark.asyncio
 async def test_a_reader_that_cannot_open_at_start_is_reopened_in_the_background(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     monkeypatch.setattr("labgate.store.process._RESTART_BACKOFF_S", (0.01,))
     writer = WriterProcess(str(tmp_path / "h.db"))
     reader = ReaderStore([ConnectionRefusedError("connection refused")] * 3)
     writer.store = reader  # type: ignore[assignment]
-    async with running(writer):
-        await writer.flush()  # the child is up and ready; the reader is not, yet
-        await wait_for(lambda: reader.opened, timeout=30)  # three retries 0.01 s apart
-        assert writer.stats()["ready"] is True
+    with caplog.at_level(logging.WARNING, logger="labgate.store"):
+        async with running(writer):
+            await writer.flush()  # the child is up and ready; the reader is not, yet
+            await wait_for(lambda: reader.opened, timeout=30)  # three retries 0.01 s apart
+            assert writer.stats()["ready"] is True
+    assert [r.getMessage() for r in caplog.records] == [
+        "history: cannot open postgresql://db/history for reading yet: connection refused",
+        "history: still cannot open postgresql://db/history for reading (retrying): "
+        "ConnectionRefusedError: connection refused"]
+
+
+class HangingReader(ReaderStore):
+    async def open(self) -> None:
+        await asyncio.Event().wait()
+
+
+@pytest.mark.asyncio
+async def test_a_reader_that_hangs_at_start_does_not_hold_the_gateway(tmp_path: Path) -> None:
+    writer = WriterProcess(str(tmp_path / "h.db"))
+    writer.store = HangingReader([])  # type: ignore[assignment]
+    await asyncio.wait_for(writer.start(open_timeout=0.05), 30)  # a hang guard: start gives up at 0.05 s
+    try:
+        await writer.flush()  # the child writes; reads wait for the reader, retried in the background
+        assert writer.stats()["ready"] is False
+    finally:
+        await writer.close()
 
 
 class Opaque:
