@@ -439,6 +439,17 @@ async def test_a_child_that_dies_is_logged_with_what_it_held_and_its_last_error(
 
 
 @pytest.mark.asyncio
+async def test_the_childs_log_lines_reach_the_gateways_stderr(tmp_path: Path,
+                                                              capfd: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "file").write_text("not a directory")
+    path = tmp_path / "file" / "h.db"
+    async with running(WriterProcess(str(path)), close_timeout=1.0) as writer:
+        with pytest.raises(HistoryUnavailableError):
+            await writer.flush()
+    assert f"history: open failed on {path}: open: FileExistsError" in capfd.readouterr().err
+
+
+@pytest.mark.asyncio
 async def test_history_for_builds_the_configured_writer(tmp_path: Path) -> None:
     path = tmp_path / "h.db"
     assert history_for(StoreConfig(url=str(path), capture="none")) is None
