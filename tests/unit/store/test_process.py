@@ -321,29 +321,49 @@ async def test_a_full_queue_drops_and_counts_without_blocking(tmp_path: Path) ->
 
 
 @pytest.mark.asyncio
-async def test_a_killed_child_is_replaced(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_a_killed_child_is_replaced(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                         caplog: pytest.LogCaptureFixture) -> None:
     monkeypatch.setattr("labgate.store.process._RESTART_BACKOFF_S", (0.05,))
     path = tmp_path / "h.db"
-    async with running(WriterProcess(str(path))) as writer:
-        for n in range(20):
-            writer.put(rec(n))
-        await writer.flush()
-        first = writer.stats()["pid"]
-        os.kill(first, signal.SIGKILL)
-        await wait_for(lambda: writer.stats()["restarts"] == 1)
-        for n in range(20, 30):  # no child yet: kept until the new one starts
-            writer.put(rec(n))
-        await wait_for(lambda: writer.stats()["pid"] is not None)
-        second = writer.stats()["pid"]
-        assert second != first and not alive(first) and alive(second)
-        for n in range(30, 40):
-            writer.put(rec(n))
-        await writer.flush()
-        assert rows(path) == [(f"req-{n}",) for n in range(40)]
-        stats = writer.stats()
-        assert (stats["written"], stats["dropped"], stats["queued"], stats["restarts"]) == (40, 0, 0, 1)
+    with caplog.at_level(logging.ERROR):
+        async with running(WriterProcess(str(path))) as writer:
+            for n in range(20):
+                writer.put(rec(n))
+            await writer.flush()
+            first = writer.stats()["pid"]
+            os.kill(first, signal.SIGKILL)
+            await wait_for(lambda: writer.stats()["restarts"] == 1)
+            for n in range(20, 30):  # no child yet: kept until the new one starts
+                writer.put(rec(n))
+            await wait_for(lambda: writer.stats()["pid"] is not None)
+            second = writer.stats()["pid"]
+            assert second != first and not alive(first) and alive(second)
+            for n in range(30, 40):
+                writer.put(rec(n))
+            await writer.flush()
+            assert rows(path) == [(f"req-{n}",) for n in range(40)]
+            stats = writer.stats()
+            assert (stats["written"], stats["dropped"], stats["queued"], stats["restarts"]) == (40, 0, 0, 1)
+    assert [r.getMessage() for r in caplog.records] == [  # and nothing from asyncio: no callback failed
+        "history: the writer process exited (code -9) holding 0 record(s), counted as dropped (last error: none)"]
     assert not alive(second)
     assert (writer.stats()["written"], writer.stats()["dropped"]) == (40, 0)
+
+
+@pytest.mark.asyncio
+async def test_a_flush_while_closing_says_the_writer_is_closed(tmp_path: Path) -> None:
+    writer = WriterProcess(str(tmp_path / "h.db"))
+    async with running(writer):
+        await writer.flush()
+        pid = writer.stats()["pid"]
+        os.kill(pid, signal.SIGSTOP)  # it cannot finish: the close below waits for it
+        await wait_for(lambda: proc_state(pid) == "T")
+        closing = asyncio.create_task(writer.close())
+        await asyncio.sleep(0)  # the child's input is closed now
+        with pytest.raises(HistoryUnavailableError, match=r"^the history writer is closed$"):
+            await writer.flush()
+        os.kill(pid, signal.SIGCONT)
+        await closing
 
 
 @pytest.mark.asyncio
