@@ -233,6 +233,72 @@ async def test_the_gateway_reads_the_childs_reports_however_the_pipe_splits_them
         "history: unreadable line from the writer process: b'Traceback (most recent call last):'"]
 
 
+class FakeProcess:
+    """The part of asyncio's subprocess transport a ``_Child`` uses, with its stdin pipe's (``writelines``)."""
+
+    def __init__(self) -> None:
+        self.written = bytearray()
+        self.returncode: int | None = None
+        self.closed = False
+
+    def get_pid(self) -> int:
+        return 4242
+
+    def get_pipe_transport(self, fd: int) -> Any:
+        return self if fd == 0 else None
+
+    def get_returncode(self) -> int | None:
+        return self.returncode
+
+    def writelines(self, parts: list[bytes]) -> None:
+        self.written += b"".join(parts)
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def sent_ids(data: bytes | bytearray) -> list[tuple[str, list[str]]]:
+    """The frames a gateway wrote to a child: each one's kind and the request ids of its rows."""
+    frames = []
+    while data:
+        size = int.from_bytes(data[:4], "little")
+        kind, body = marshal.loads(data[4:4 + size])
+        frames.append((kind, [w[0] for w in body]))
+        data = data[4 + size:]
+    return frames
+
+
+@pytest.mark.asyncio
+async def test_a_child_as_asyncio_reports_its_pipes_and_its_exit(tmp_path: Path) -> None:
+    """``_Child`` (private) driven as asyncio drives it, over a fake process: which lost pipe stops the sends
+    (the window between a child closing its input and its exit is too short to hit from outside), and the
+    transport closed once it has exited (nothing else shows it: it would leak the pipes)."""
+    writer = WriterProcess(str(tmp_path / "h.db"))
+    writer._loop = asyncio.get_running_loop()
+    child = _Child(writer)
+    process = FakeProcess()
+    child.connection_made(process)  # type: ignore[arg-type]
+    writer._child = child
+    assert writer.stats()["pid"] == 4242
+    child.pipe_connection_lost(1, None)  # its stdout: sends go on
+    writer.put(rec(0))
+    writer._send()
+    assert (writer.stats()["queued"], sent_ids(process.written)) == (1, [("rows", ["req-0"])])
+    child.pipe_connection_lost(0, None)  # its stdin: what is put now waits for the next child
+    writer.put(rec(1))
+    writer._send()
+    assert (writer.stats()["queued"], sent_ids(process.written)) == (2, [("rows", ["req-0"])])
+    process.returncode = -9
+    child.process_exited()
+    writer.put(rec(2))  # before its exit is settled: nothing is sent to it either
+    writer._send()
+    assert await asyncio.wait_for(child.exited, 30) == -9  # settled on the next turn of the loop
+    assert process.closed
+    stats = writer.stats()
+    assert (stats["pid"], stats["dropped"], stats["queued"]) == (None, 1, 2)  # the one it held; those waiting
+    await writer.close()
+
+
 def test_wire_without_content_leaves_the_text_behind() -> None:
     w = wire(chat_rec(1), keep_content=False)
     payload, reply, chunks, body = w[-4:]
