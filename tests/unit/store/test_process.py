@@ -1,7 +1,9 @@
 """The history writer process: records shipped to a child that writes them to a real SQLite file.
 
-Each test starts real writer processes (``python -m labgate.store.process``)
-and checks, after closing them, that none is left behind.
+Most tests start real writer processes (``python -m labgate.store.process``)
+and check, after closing them, that none is left behind. The child's own code
+(``main``, ``_serve``, ``_Reports``) is also run in this process, on real pipes
+(the last section), where in-process tools such as mutation testing reach it.
 """
 
 from __future__ import annotations
