@@ -188,12 +188,16 @@ async def test_a_full_batch_is_sent_at_once(tmp_path: Path) -> None:
     assert rows(path) == [("req-0",), ("req-1",)]
 
 
-def test_records_waiting_for_a_child_count_against_the_queue(tmp_path: Path) -> None:
+def test_records_waiting_for_a_child_count_against_the_queue(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     writer = WriterProcess(str(tmp_path / "h.db"), queue_size=3)  # not started: no child to send to
-    for n in range(5):
-        writer.put(rec(n))
+    with caplog.at_level(logging.WARNING, logger="labgate.store"):
+        for n in range(5):
+            writer.put(rec(n))
     stats = writer.stats()
     assert (stats["queued"], stats["dropped"], stats["written"]) == (3, 2, 0)
+    assert [r.getMessage() for r in caplog.records] == [  # the next one waits 10 s
+        "history queue full (3 records): dropped 1 record(s) since the last warning, 1 in total; "
+        "the store is not keeping up (no write error)"]
 
 
 @pytest.mark.asyncio
