@@ -563,15 +563,16 @@ async def test_history_for_builds_the_configured_writer(tmp_path: Path) -> None:
     assert rows(path, "request_id, capture, response") == [("req-1", "full", "Paris, in confidence.")]
 
 
-def test_a_writer_left_to_its_defaults(tmp_path: Path) -> None:
-    """The defaults are StoreConfig's: what the child is told (the private ``_settings``), the gateway side's
-    batch and send interval (private: only visible as time), and the stats of a writer not started yet."""
+def test_a_writer_left_to_its_defaults(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The defaults are StoreConfig's: what the child is told (the private ``_settings``; its log level is the
+    ``labgate`` logger's), the gateway side's batch and send interval (private: only visible as time), and the
+    stats of a writer not started yet."""
     path = str(tmp_path / "h.db")
+    caplog.set_level(logging.DEBUG, logger="labgate")  # not the root logger's level
     writer = WriterProcess(path)
     assert orjson.loads(writer._settings) == {
         "url": path, "capture": "metadata", "queue_size": 20_000, "batch_size": 500, "flush_interval_s": 0.5,
-        "client_ip": True, "retention_days": None, "cpus": None, "nice": 0,
-        "log_level": logging.getLogger("labgate").getEffectiveLevel()}
+        "client_ip": True, "retention_days": None, "cpus": None, "nice": 0, "log_level": logging.DEBUG}
     assert (writer.keeps_content, writer._batch, writer._send_interval) == (False, 500, 0.01)
     assert writer.stats() == {"store": path, "capture": "metadata", "writer": "process", "pid": None, "ready": False,
                               "queued": 0, "queue_size": 20_000, "written": 0, "dropped": 0, "rejected": 0,
