@@ -38,7 +38,7 @@ import marshal
 import os
 import signal
 import sys
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, BinaryIO, cast
 
 import orjson
 
@@ -390,25 +390,27 @@ def main(argv: list[str] | None = None) -> None:
     from labgate.telemetry.logs import configure_logging
 
     configure_logging(logging.getLevelName(settings.get("log_level", logging.INFO)).lower())
+    stdin, stdout = os.fdopen(0, "rb", buffering=0), sys.stdout.buffer
     try:
         import uvloop
 
-        uvloop.run(_serve(settings))
+        uvloop.run(_serve(settings, stdin, stdout))
     except ImportError:
-        asyncio.run(_serve(settings))
+        asyncio.run(_serve(settings, stdin, stdout))
 
 
-async def _serve(settings: dict[str, Any]) -> None:
+async def _serve(settings: dict[str, Any], stdin: BinaryIO, stdout: BinaryIO) -> None:
+    """Write the records the gateway sends on ``stdin`` (frames) until it closes; report on ``stdout``."""
     writer = HistoryWriter(store_for(settings["url"]), capture=settings["capture"],
                            queue_size=settings["queue_size"], batch_size=settings["batch_size"],
                            flush_interval_s=settings["flush_interval_s"], client_ip=settings["client_ip"],
                            retention_days=settings["retention_days"])
-    reports = _Reports(writer)
+    reports = _Reports(writer, stdout)
     writer.on_change = reports.send
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader(limit=1 << 20)
     # read at once, while the store opens: what the gateway sends must not wait in its memory (a crash loses that)
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(0, "rb", buffering=0))
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), stdin)
     started = loop.create_task(writer.start())
     started.add_done_callback(lambda _: reports.send())
     while True:
@@ -435,10 +437,10 @@ async def _serve(settings: dict[str, Any]) -> None:
 class _Reports:
     """The writer's counters, one JSON line on stdout each time they change; silent once the gateway is gone."""
 
-    def __init__(self, writer: HistoryWriter) -> None:
+    def __init__(self, writer: HistoryWriter, out: BinaryIO) -> None:
         self.writer = writer
         self.last: dict[str, Any] = {}
-        self.out: Any = sys.stdout.buffer
+        self.out: BinaryIO | None = out
 
     def send(self, **extra: Any) -> None:
         now = self.writer.stats()
