@@ -618,3 +618,17 @@ def test_limits_come_from_the_server_config() -> None:
         third.sendall(b"GET /health HTTP/1.1\r\nHost: t\r\nX: " + b"v" * 2100 + b"\r\n\r\n")
         assert_envelope(read_reply(third), 431, "header_too_large")
         third.close()
+
+
+def test_the_servers_own_answers_name_the_clients_request_id() -> None:
+    async def broken(request: Request) -> Response:
+        raise RuntimeError("broke")
+
+    with captured_logs() as records, serving(broken, max_body_bytes=10) as served:
+        reply = exchange(served, b"GET / HTTP/1.1\r\nHost: t\r\nX-Request-Id: abc-1\r\n\r\n")
+        assert_envelope(reply, 500, "internal_error")
+        assert reply is not None and reply.headers["x-client-request-id"] == "abc-1"
+        reply = exchange(served, b"POST / HTTP/1.1\r\nHost: t\r\nX-Request-Id: abc-2\r\nContent-Length: 11\r\n\r\n")
+        assert_envelope(reply, 413, "request_too_large")
+        assert reply is not None and reply.headers["x-client-request-id"] == "abc-2"
+    assert errors_in(records) == ["unhandled error answering GET /"]

@@ -177,6 +177,24 @@ async def eventually(condition: Callable[[], bool]) -> None:
     await within(poll())
 
 
+class Chunks:
+    """A response stream that is not a generator (nothing but the server closes it) and says when it was."""
+
+    def __init__(self, chunks: list[bytes], log: list[str]) -> None:
+        self.chunks, self.log = chunks, log
+
+    def __aiter__(self) -> Chunks:
+        return self
+
+    async def __anext__(self) -> bytes:
+        if not self.chunks:
+            raise StopAsyncIteration
+        return self.chunks.pop(0)
+
+    async def aclose(self) -> None:
+        self.log.append(f"closed with {len(self.chunks)} left")  # e.g. its upstream connection goes back
+
+
 # --- requests and responses
 
 
@@ -447,6 +465,25 @@ async def test_malformed_request_gets_400_after_the_answers_owed_before_it() -> 
 
 
 @pytest.mark.asyncio
+async def test_a_bug_while_parsing_gets_the_500_envelope_and_is_logged_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A parser callback that fails unexpectedly (here the target's split, broken on purpose)."""
+    import labgate.server.connection
+
+    def broken(url: bytes) -> tuple[str, str]:
+        raise RuntimeError("split broke")
+
+    monkeypatch.setattr(labgate.server.connection, "split_target", broken)
+    with captured_logs() as records:
+        async with serving(text) as (_, port):
+            reader, writer = await connect(port)
+            writer.write(b"GET http://t/x HTTP/1.1\r\nHost: t\r\n\r\n")
+            assert await read_reply(reader) == error_reply(InternalError("internal error"))
+            await assert_closed(reader)
+    assert [(r.levelno, r.getMessage(), repr(r.exc_info[1] if r.exc_info else None)) for r in records] == [
+        (logging.ERROR, "failed to parse a request", "RuntimeError('split broke')")]
+
+
+@pytest.mark.asyncio
 async def test_header_section_over_the_limit_gets_431() -> None:
     too_large = HeaderTooLargeError("The request's header section is too large.")
     async with serving(text, max_header_bytes=1024) as (_, port):
@@ -503,6 +540,50 @@ async def test_invalid_response_headers_get_the_500_envelope() -> None:
     assert [(r.name, r.getMessage()) for r in records] == [("labgate.server", "unhandled error answering GET /")]
 
 
+@pytest.mark.asyncio
+async def test_the_500_envelope_keeps_the_requests_connection_handling() -> None:
+    async def handler(request: Request) -> Response:
+        raise RuntimeError("broke")
+
+    body = error_body(InternalError("internal error"))
+    status = "HTTP/1.1 500 Internal Server Error"
+    with captured_logs():
+        async with serving(handler) as (_, port):
+            reader, writer = await connect(port)
+            writer.write(b"GET /a HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+            assert await read_reply(reader) == Reply(
+                status, [JSON, ("content-length", str(len(body))), ("connection", "close")], body)
+            await assert_closed(reader)
+
+            reader, writer = await connect(port)
+            writer.write(b"GET /b HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+            assert await read_reply(reader) == Reply(
+                status, [JSON, ("content-length", str(len(body))), ("connection", "keep-alive")], body)
+            writer.write(b"HEAD /c HTTP/1.0\r\n\r\n")  # still open; a HEAD's 500 has no body
+            assert await read_reply(reader, method="HEAD") == Reply(
+                status, [JSON, ("content-length", str(len(body))), ("connection", "close")], b"")
+            await assert_closed(reader)
+
+
+@pytest.mark.asyncio
+async def test_a_stream_whose_head_cannot_be_made_is_closed() -> None:
+    closed: list[str] = []
+
+    async def handler(request: Request) -> Response:
+        return Response(200, [("x-bad", "a\r\nb")], stream=Chunks([b"never read"], closed))
+
+    with captured_logs() as records:
+        async with serving(handler) as (_, port):
+            reader, writer = await connect(port)
+            writer.write(b"GET /s HTTP/1.1\r\nHost: t\r\n\r\n")
+            body = error_body(InternalError("internal error"))
+            assert await read_reply(reader) == Reply(
+                "HTTP/1.1 500 Internal Server Error", [JSON, ("content-length", str(len(body)))], body)
+            writer.close()
+    assert (closed, [r.getMessage() for r in records]) == (
+        ["closed with 1 left"], ["unhandled error answering GET /s"])
+
+
 # --- streams
 
 
@@ -534,6 +615,33 @@ async def test_stream_chunks_go_out_as_they_are_produced() -> None:
         writer.write(b"GET /after HTTP/1.1\r\nHost: t\r\n\r\n")
         assert await read_reply(reader) == text_reply(b"GET /after")
         writer.close()
+
+
+@pytest.mark.asyncio
+async def test_a_client_that_half_closes_mid_stream_gets_the_rest_without_an_interim_answer() -> None:
+    """Once the head is out, a 1xx would land inside the body. When the EOF has been taken in is private
+    state (``_stopped``): nothing on the wire says it before the rest of the body."""
+    release = asyncio.Event()
+
+    async def chunks() -> AsyncIterator[bytes]:
+        yield b"data: first\n\n"
+        await release.wait()
+        yield b"data: second\n\n"
+
+    async def handler(request: Request) -> Response:
+        return Response(200, [SSE], stream=chunks())
+
+    async with serving(handler) as (server, port):
+        reader, writer = await connect(port)
+        writer.write(b"GET /s HTTP/1.1\r\nHost: t\r\n\r\n")
+        await within(reader.readuntil(b"\r\n\r\n"))
+        first = b"d\r\ndata: first\n\n\r\n"
+        assert await within(reader.readexactly(len(first))) == first
+        writer.write_eof()
+        (connection,) = server.connections
+        await eventually(lambda: connection._stopped)
+        release.set()
+        assert await within(reader.read()) == b"e\r\ndata: second\n\n\r\n0\r\n\r\n"
 
 
 @pytest.mark.asyncio
@@ -714,6 +822,34 @@ async def test_client_disconnect_while_writes_are_paused_closes_the_iterator() -
             assert not closed.is_set()
             writer.transport.abort()
             await within(closed.wait())
+            await eventually(lambda: server.inflight == 0)
+    assert records == []
+
+
+@pytest.mark.asyncio
+async def test_a_client_that_leaves_after_sending_more_than_its_last_request_is_still_noticed() -> None:
+    """Bytes after a ``Connection: close`` request are dropped unread; reading goes on, so the close is seen."""
+    started, cancelled = asyncio.Event(), asyncio.Event()
+
+    async def handler(request: Request) -> Response:
+        started.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+        return await text(request)
+
+    with captured_logs() as records:
+        async with serving(handler) as (server, port):
+            _, writer = await connect(port)
+            writer.write(b"GET /slow HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+            await within(started.wait())
+            writer.write(b"GET /more HTTP/1.1\r\nHost: t\r\n\r\n")  # a packet of its own, after the last request
+            await within(writer.drain())
+            await asyncio.sleep(0.05)
+            writer.close()
+            await within(cancelled.wait())
             await eventually(lambda: server.inflight == 0)
     assert records == []
 
@@ -1052,6 +1188,26 @@ async def test_a_stream_that_reaches_its_declared_length_is_not_read_further() -
 
 
 @pytest.mark.asyncio
+async def test_every_stream_is_closed_once_its_answer_is_written() -> None:
+    log: list[str] = []
+
+    async def handler(request: Request) -> Response:
+        headers = [("content-length", "4")] if request.path == "/cut" else []
+        return Response(200, headers, stream=Chunks([b"ab", b"cd", b"ef"], log))
+
+    async with serving(handler) as (_, port):
+        reader, writer = await connect(port)
+        writer.write(b"GET /all HTTP/1.1\r\nHost: t\r\n\r\n")
+        assert await read_reply(reader) == Reply("HTTP/1.1 200 OK", [("transfer-encoding", "chunked")], b"abcdef")
+        await eventually(lambda: len(log) == 1)
+        writer.write(b"GET /cut HTTP/1.1\r\nHost: t\r\n\r\n")
+        assert await read_reply(reader) == Reply("HTTP/1.1 200 OK", [("content-length", "4")], b"abcd")
+        await eventually(lambda: len(log) == 2)
+        writer.close()
+    assert log == ["closed with 0 left", "closed with 1 left"]
+
+
+@pytest.mark.asyncio
 async def test_an_answer_that_cannot_be_made_is_logged_and_closes_the_connection() -> None:
     async def handler(request: Request) -> Response:
         raise RuntimeError("handler broke")
@@ -1185,8 +1341,8 @@ class Timers:
         return delay
 
 
-def fake_connection(sock: FakeSocket | None = None) -> tuple[Connection, FakeTransport]:
-    server = HttpServer(text, error_response=error_response)
+def fake_connection(sock: FakeSocket | None = None, **options: Any) -> tuple[Connection, FakeTransport]:
+    server = HttpServer(text, error_response=error_response, **options)
     connection, transport = Connection(server), FakeTransport(sock)
     connection.connection_made(transport)
     return connection, transport
@@ -1282,6 +1438,43 @@ async def test_bytes_arriving_after_the_idle_close_are_not_parsed() -> None:
     connection.data_received(b"GET /late HTTP/1.1\r\nHost: t\r\n\r\n")  # already on its way when we closed
     await asyncio.sleep(0.01)
     assert (connection.task, seen, transport.written) == (None, [], [])
+    connection.connection_lost(None)
+
+
+@pytest.mark.asyncio
+async def test_requests_pipelined_behind_an_answer_whose_connection_went_are_not_handled() -> None:
+    """The transport is aborted while a handler runs (as the reset check does for a client that left);
+    until its ``connection_lost`` arrives, nothing more is handled or written. Only the handler sees it."""
+    seen: list[str] = []
+
+    async def handler(request: Request) -> Response:
+        seen.append(request.path)
+        if request.path == "/1":
+            transport.abort()
+        return await text(request)
+
+    server = HttpServer(handler, error_response=error_response)
+    connection, transport = Connection(server), FakeTransport(FakeSocket())
+    connection.connection_made(transport)
+    connection.data_received(b"".join(b"GET /%d HTTP/1.1\r\nHost: t\r\n\r\n" % i for i in (1, 2, 3)))
+    await eventually(lambda: connection.task is None)
+    assert (seen, transport.written) == (["/1"], [])
+    connection.connection_lost(None)
+
+
+@pytest.mark.asyncio
+async def test_a_header_section_received_in_pieces_may_use_exactly_the_limit() -> None:
+    """The raw bytes of a section still open count from the packet after the one that opened it; whitespace
+    llhttp drops (before a value) counts there, not in the fields, so the raw count alone reaches the limit."""
+    limit = 100
+    connection, transport = fake_connection(FakeSocket(), max_header_bytes=limit)
+    connection.data_received(b"GET /x HTTP/1.1\r\n")
+    piece = b"Host: t\r\nX-Pad:" + b" " * (limit - 16) + b"v"
+    assert len(piece) == limit
+    connection.data_received(piece)
+    connection.data_received(b"\r\n\r\n")
+    await eventually(lambda: bool(transport.written))
+    assert transport.written[0].startswith(b"HTTP/1.1 200 OK\r\n") and transport.written[0].endswith(b"GET /x")
     connection.connection_lost(None)
 
 
