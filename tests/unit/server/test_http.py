@@ -75,7 +75,8 @@ async def serving(handler: Callable[[Request], Awaitable[Response]], *, max_body
                   **options: Any) -> AsyncIterator[tuple[HttpServer, int]]:
     if "limits" in options:
         max_body_bytes = None  # the limits say it
-    server = HttpServer(handler, max_body_bytes=max_body_bytes, error_response=error_response, **options)
+    options.setdefault("error_response", error_response)
+    server = HttpServer(handler, max_body_bytes=max_body_bytes, **options)
     port = await within(server.start("127.0.0.1", 0))
     try:
         yield server, port
@@ -481,6 +482,54 @@ async def test_a_bug_while_parsing_gets_the_500_envelope_and_is_logged_once(monk
             await assert_closed(reader)
     assert [(r.levelno, r.getMessage(), repr(r.exc_info[1] if r.exc_info else None)) for r in records] == [
         (logging.ERROR, "failed to parse a request", "RuntimeError('split broke')")]
+
+
+@pytest.mark.asyncio
+async def test_an_error_renderer_that_returns_a_stream_is_logged_and_the_client_gets_no_answer() -> None:
+    unread: list[str] = []
+
+    def streaming_errors(exc: LabgateError, headers: Mapping[str, str]) -> Response:
+        return Response(exc.status, [JSON], stream=Chunks([error_body(exc)], unread))
+
+    with captured_logs() as records:
+        async with serving(text, error_response=streaming_errors, max_body_bytes=10) as (_, port):
+            reader, writer = await connect(port)
+            writer.write(b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 11\r\n\r\n")
+            with contextlib.suppress(ConnectionResetError):
+                assert await within(reader.read()) == b""
+    assert [(r.levelno, r.getMessage(), repr(r.exc_info[1] if r.exc_info else None)) for r in records] == [
+        (logging.WARNING, "a request from 127.0.0.1 was refused with 413 (server.max_body_bytes)", "None"),
+        (logging.ERROR, "failed to render a 413 error", "TypeError('error_response must return a whole body')")]
+
+
+@pytest.mark.asyncio
+async def test_after_an_error_answer_the_body_still_sent_is_drained_until_the_client_closes() -> None:
+    async with serving(text, max_body_bytes=10) as (server, port):
+        reader, writer = await connect(port)
+        writer.write(b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 1048576\r\n\r\n")
+        assert await read_reply(reader) == error_reply(
+            BodyTooLargeError("The request body is 1048576 bytes; the limit is 10."))
+        assert await within(reader.read()) == b""  # the server half-closed, and reads on
+        for _ in range(16):
+            writer.write(b"x" * 65536)  # the body it had begun to send: taken in, not met with a reset
+            await within(writer.drain())
+        writer.write_eof()
+        await eventually(lambda: not server.connections)
+
+
+@pytest.mark.asyncio
+async def test_a_client_that_stays_after_an_error_answer_is_cut_off_after_the_linger(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import labgate.server.connection
+
+    monkeypatch.setattr(labgate.server.connection, "_LINGER_S", 0.1)
+    async with serving(text, max_body_bytes=10) as (server, port):
+        reader, writer = await connect(port)
+        writer.write(b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 11\r\n\r\n")
+        assert await read_reply(reader) == error_reply(
+            BodyTooLargeError("The request body is 11 bytes; the limit is 10."))
+        assert await within(reader.read()) == b""
+        await eventually(lambda: not server.connections)  # the client never closed its side
 
 
 @pytest.mark.asyncio
