@@ -213,6 +213,18 @@ async def test_get_builds_the_request_and_answers_with_content_length() -> None:
 
 
 @pytest.mark.asyncio
+async def test_header_values_lose_only_blanks_at_their_end() -> None:
+    async with serving(echo) as (_, port):
+        reader, writer = await connect(port)
+        writer.write(b"GET / HTTP/1.1\r\nHost: t\r\nX-A: vX\r\nX-B: v\xa0\r\nX-C: v \t \r\n\r\n")
+        assert await read_reply(reader) == json_reply({
+            "method": "GET", "path": "/", "query": "",
+            "headers": {"host": "t", "x-a": "vX", "x-b": "v\xa0", "x-c": "v"}, "body": "", "client": "127.0.0.1",
+        })
+        writer.close()
+
+
+@pytest.mark.asyncio
 async def test_post_with_aiohttp_reads_the_body() -> None:
     async with serving(echo) as (_, port), aiohttp.ClientSession() as session, session.post(
             f"http://127.0.0.1:{port}/v1/chat/completions", data=b'{"model": "m"}',
@@ -1133,6 +1145,30 @@ async def test_connection_past_the_per_ip_cap_gets_503_and_is_closed() -> None:
 
 
 @pytest.mark.asyncio
+async def test_a_refused_connections_requests_are_not_handled() -> None:
+    seen: list[str] = []
+
+    async def handler(request: Request) -> Response:
+        seen.append(request.path)
+        return await text(request)
+
+    async with serving(handler, limits=ServerLimits(max_body_bytes=1024, max_connections=1)) as (server, port):
+        reader, writer = await connect(port)
+        await eventually(lambda: server.admission.open == 1)
+        refused_reader, refused_writer = await connect(port)
+        refused_writer.write(b"GET /refused HTTP/1.1\r\nHost: t\r\n\r\n")
+        refused_writer.write_eof()
+        assert await read_reply(refused_reader) == error_reply(ConnectionLimitError(
+            "The gateway has too many open connections (server.max_connections = 1); retry later."))
+        await assert_closed(refused_reader)
+        await eventually(lambda: len(server.connections) == 1)
+        writer.write(b"GET /admitted HTTP/1.1\r\nHost: t\r\n\r\n")
+        assert await read_reply(reader) == text_reply(b"GET /admitted")
+        writer.close()
+    assert seen == ["/admitted"]
+
+
+@pytest.mark.asyncio
 async def test_trailer_fields_are_counted_but_not_merged() -> None:
     async with serving(echo) as (_, port):
         reader, writer = await connect(port)
@@ -1331,7 +1367,8 @@ class FakeSocket:
         self.broken = False
 
     def setsockopt(self, *_: Any) -> None:
-        pass
+        if self.broken:
+            raise OSError("connection reset by peer")
 
     def getsockopt(self, level: int, name: int) -> int:
         assert (level, name) == (socket.SOL_SOCKET, socket.SO_ERROR)
@@ -1487,6 +1524,17 @@ async def test_bytes_arriving_after_the_idle_close_are_not_parsed() -> None:
     connection.data_received(b"GET /late HTTP/1.1\r\nHost: t\r\n\r\n")  # already on its way when we closed
     await asyncio.sleep(0.01)
     assert (connection.task, seen, transport.written) == (None, [], [])
+    connection.connection_lost(None)
+
+
+@pytest.mark.asyncio
+async def test_a_socket_that_refuses_its_options_still_serves() -> None:
+    sock = FakeSocket()
+    sock.broken = True  # e.g. the client reset the connection before it was made
+    connection, transport = fake_connection(sock)
+    connection.data_received(b"GET /x HTTP/1.1\r\nHost: t\r\n\r\n")
+    await eventually(lambda: bool(transport.written))
+    assert transport.written[0].startswith(b"HTTP/1.1 200 OK\r\n") and transport.written[0].endswith(b"GET /x")
     connection.connection_lost(None)
 
 
