@@ -603,7 +603,11 @@ async def test_invalid_response_headers_get_the_500_envelope() -> None:
 
 @pytest.mark.asyncio
 async def test_the_500_envelope_keeps_the_requests_connection_handling() -> None:
+    eof_seen = asyncio.Event()
+
     async def handler(request: Request) -> Response:
+        if request.path == "/d":
+            await eof_seen.wait()
         raise RuntimeError("broke")
 
     body = error_body(InternalError("internal error"))
@@ -623,6 +627,15 @@ async def test_the_500_envelope_keeps_the_requests_connection_handling() -> None
             writer.write(b"HEAD /c HTTP/1.0\r\n\r\n")  # still open; a HEAD's 500 has no body
             assert await read_reply(reader, method="HEAD") == Reply(
                 status, [JSON, ("content-length", str(len(body))), ("connection", "close")], b"")
+            await assert_closed(reader)
+
+            reader, writer = await connect(port)
+            writer.write(b"GET /d HTTP/1.1\r\nHost: t\r\n\r\n")
+            writer.write_eof()  # half-closed: no more requests will come
+            assert await within(reader.readexactly(25)) == b"HTTP/1.1 100 Continue\r\n\r\n"  # the probe
+            eof_seen.set()
+            assert await read_reply(reader) == Reply(
+                status, [JSON, ("content-length", str(len(body))), ("connection", "close")], body)
             await assert_closed(reader)
 
 
@@ -985,6 +998,30 @@ async def test_graceful_shutdown_waits_for_the_request_in_flight() -> None:
         await assert_closed(reader)
         await within(shutdown)
         assert server.inflight == 0
+
+
+@pytest.mark.asyncio
+async def test_a_handler_failing_during_the_shutdown_gets_the_500_envelope_and_the_close() -> None:
+    started, release = asyncio.Event(), asyncio.Event()
+
+    async def handler(request: Request) -> Response:
+        started.set()
+        await release.wait()
+        raise RuntimeError("broke")
+
+    body = error_body(InternalError("internal error"))
+    with captured_logs():
+        async with serving(handler) as (server, port):
+            reader, writer = await connect(port)
+            writer.write(b"GET /slow HTTP/1.1\r\nHost: t\r\n\r\n")
+            await within(started.wait())
+            shutdown = asyncio.create_task(server.shutdown(5.0))
+            await eventually(lambda: server.closing)
+            release.set()
+            assert await read_reply(reader) == Reply("HTTP/1.1 500 Internal Server Error", [
+                JSON, ("content-length", str(len(body))), ("connection", "close")], body)
+            await assert_closed(reader)
+            await within(shutdown)
 
 
 @pytest.mark.asyncio
