@@ -264,6 +264,17 @@ def test_reads_paused_behind_a_long_answer_do_not_count_against_the_deadline() -
         assert reply is not None and (reply.status, reply.json()["path"]) == (200, "/partial")
 
 
+def test_the_read_deadline_holds_again_once_pipelined_requests_are_answered() -> None:
+    timeout = 0.5
+    with serving(request_read_timeout=timeout, keepalive_timeout=30.0) as served:
+        sock = served.connect()
+        sock.sendall(b"GET /a HTTP/1.1\r\nHost: t\r\n\r\nGET /b HTTP/1.1\r\nHost: t\r\n\r\n")  # reading paused
+        assert [read_reply(sock).status for _ in range(2)] == [200, 200]  # type: ignore[union-attr]
+        sock.sendall(b"GET /partial HTTP/1.1\r\n")  # and reading resumed: this one is on the clock
+        assert_envelope(read_reply(sock), 408, "request_timeout")
+        assert_closed(sock)
+
+
 # --- connection caps
 
 
@@ -309,17 +320,19 @@ def test_connections_over_max_connections_per_ip_get_503_then_close() -> None:
 
 
 def test_refusals_past_max_refusing_are_closed_without_an_answer(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("labgate.server.connection.MAX_REFUSING", 1)
+    monkeypatch.setattr("labgate.server.connection.MAX_REFUSING", 2)
     with serving(max_connections=1) as served:
         held = served.connect()
         served.eventually(lambda: served.server.admission.open == 1)
-        answered = served.connect()  # refused and answered; left open by the client, so it lingers
-        assert_envelope(read_reply(answered), 503, "too_many_connections")
-        served.eventually(lambda: served.server.admission.refusing == 1)
-        dropped = served.connect()  # a second refusal meanwhile: closed at once
+        answered = [served.connect() for _ in range(2)]  # refused and answered; left open, so they linger
+        for sock in answered:
+            assert_envelope(read_reply(sock), 503, "too_many_connections")
+        served.eventually(lambda: served.server.admission.refusing == 2)
+        dropped = served.connect()  # a third refusal meanwhile: closed at once
         with contextlib.suppress(ConnectionResetError):
             assert read_reply(dropped) is None
-        answered.close()
+        for sock in answered:
+            sock.close()
         served.eventually(lambda: served.server.admission.refusing == 0)
         again = served.connect()
         assert_envelope(read_reply(again), 503, "too_many_connections")

@@ -1564,6 +1564,22 @@ async def test_bytes_arriving_after_the_idle_close_are_not_parsed() -> None:
     connection.connection_lost(None)
 
 
+class UnixTransport(FakeTransport):
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return {"peername": "", "socket": None}.get(name, default)  # an unnamed Unix socket's peer
+
+
+@pytest.mark.asyncio
+async def test_a_connection_without_a_peer_address_is_served_without_a_client() -> None:
+    connection, transport = Connection(HttpServer(echo, error_response=error_response)), UnixTransport(None)
+    connection.connection_made(transport)
+    connection.data_received(b"GET /x HTTP/1.1\r\nHost: t\r\n\r\n")
+    await eventually(lambda: bool(transport.written))
+    assert transport.written[0].endswith(orjson.dumps({
+        "method": "GET", "path": "/x", "query": "", "headers": {"host": "t"}, "body": "", "client": None}))
+    connection.connection_lost(None)
+
+
 @pytest.mark.asyncio
 async def test_a_socket_that_refuses_its_options_still_serves() -> None:
     sock = FakeSocket()
