@@ -971,6 +971,14 @@ async def test_idle_keep_alive_connection_is_closed_after_the_timeout() -> None:
 
 
 @pytest.mark.asyncio
+async def test_a_connection_that_never_sends_a_byte_is_closed_idle_without_an_answer() -> None:
+    limits = ServerLimits(max_body_bytes=1024, request_read_timeout=0.1, keepalive_timeout=0.3)
+    async with serving(text, limits=limits) as (_, port):
+        reader, _ = await connect(port)
+        assert await within(reader.read()) == b""  # no request began: no 408, only the idle close
+
+
+@pytest.mark.asyncio
 async def test_graceful_shutdown_waits_for_the_request_in_flight() -> None:
     started, release = asyncio.Event(), asyncio.Event()
 
@@ -1585,6 +1593,17 @@ async def test_a_socket_that_refuses_its_options_still_serves() -> None:
     sock = FakeSocket()
     sock.broken = True  # e.g. the client reset the connection before it was made
     connection, transport = fake_connection(sock)
+    connection.data_received(b"GET /x HTTP/1.1\r\nHost: t\r\n\r\n")
+    await eventually(lambda: bool(transport.written))
+    assert transport.written[0].startswith(b"HTTP/1.1 200 OK\r\n") and transport.written[0].endswith(b"GET /x")
+    connection.connection_lost(None)
+
+
+@pytest.mark.asyncio
+async def test_blank_lines_before_the_first_request_are_not_a_header_section() -> None:
+    connection, transport = fake_connection(FakeSocket(), max_header_bytes=100)
+    for _ in range(2):
+        connection.data_received(b"\r\n" * 60)  # llhttp skips them: no request has begun
     connection.data_received(b"GET /x HTTP/1.1\r\nHost: t\r\n\r\n")
     await eventually(lambda: bool(transport.written))
     assert transport.written[0].startswith(b"HTTP/1.1 200 OK\r\n") and transport.written[0].endswith(b"GET /x")
