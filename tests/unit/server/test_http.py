@@ -979,6 +979,19 @@ async def test_a_connection_that_never_sends_a_byte_is_closed_idle_without_an_an
 
 
 @pytest.mark.asyncio
+async def test_a_connection_idle_after_an_answer_longer_than_the_timeout_is_closed() -> None:
+    async def handler(request: Request) -> Response:
+        await asyncio.sleep(1.0)  # the timer fires meanwhile and finds nothing to enforce
+        return await text(request)
+
+    async with serving(handler, keepalive_timeout=0.5) as (_, port):
+        reader, writer = await connect(port)
+        writer.write(b"GET /long HTTP/1.1\r\nHost: t\r\n\r\n")
+        assert await read_reply(reader) == text_reply(b"GET /long")
+        await assert_closed(reader)  # idle from then on: closed after the keep-alive timeout
+
+
+@pytest.mark.asyncio
 async def test_graceful_shutdown_waits_for_the_request_in_flight() -> None:
     started, release = asyncio.Event(), asyncio.Event()
 
