@@ -451,6 +451,17 @@ def test_http_1_0_with_transfer_encoding_closes_after_the_message() -> None:
     assert seen == ["/first"]
 
 
+def test_a_malformed_body_of_an_http_1_0_chunked_request_gets_400() -> None:
+    """Its head makes it the connection's last request before its body is read; the body's error is still
+    answered (only bytes after a complete last request go unanswered)."""
+    with serving() as served:
+        sock = served.connect()
+        sock.sendall(b"POST /x HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n")
+        body = assert_envelope(read_reply(sock), 400, "invalid_request")
+        assert body["error"]["message"].startswith("Malformed HTTP request: ")
+        assert_closed(sock)
+
+
 @pytest.mark.parametrize(("coding", "status", "code"), [
     (b"gzip, chunked", 501, "unsupported_framing"),
     (b"identity, chunked", 501, "unsupported_framing"),
