@@ -515,18 +515,38 @@ async def test_an_error_renderer_that_returns_a_stream_is_logged_and_the_client_
 
 
 @pytest.mark.asyncio
-async def test_after_an_error_answer_the_body_still_sent_is_drained_until_the_client_closes() -> None:
-    async with serving(text, max_body_bytes=10) as (server, port):
+@pytest.mark.parametrize("shutting_down", [False, True])
+async def test_after_an_error_answer_the_body_still_sent_is_drained_until_the_client_closes(
+        shutting_down: bool) -> None:
+    """Also while a shutdown waits for another connection's answer: a lingering connection is not idle."""
+    started, release = asyncio.Event(), asyncio.Event()
+
+    async def handler(request: Request) -> Response:
+        started.set()
+        await release.wait()
+        return await text(request)
+
+    async with serving(handler, max_body_bytes=10) as (server, port):
         reader, writer = await connect(port)
         writer.write(b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 1048576\r\n\r\n")
         assert await read_reply(reader) == error_reply(
             BodyTooLargeError("The request body is 1048576 bytes; the limit is 10."))
         assert await within(reader.read()) == b""  # the server half-closed, and reads on
+        if shutting_down:
+            slow_reader, slow_writer = await connect(port)
+            slow_writer.write(b"GET /slow HTTP/1.1\r\nHost: t\r\n\r\n")
+            await within(started.wait())
+            shutdown = asyncio.create_task(server.shutdown(5.0))
+            await eventually(lambda: server.closing)  # idle connections are closed by now
         for _ in range(16):
             writer.write(b"x" * 65536)  # the body it had begun to send: taken in, not met with a reset
             await within(writer.drain())
         writer.write_eof()
-        await eventually(lambda: not server.connections)
+        await eventually(lambda: len(server.connections) == int(shutting_down))  # the slow one stays
+        if shutting_down:
+            release.set()
+            assert await read_reply(slow_reader) == text_reply(b"GET /slow", (("connection", "close"),))
+            await within(shutdown)
 
 
 @pytest.mark.asyncio
