@@ -1644,6 +1644,23 @@ async def test_blank_lines_before_the_first_request_are_not_a_header_section() -
 
 
 @pytest.mark.asyncio
+async def test_body_bytes_in_pieces_larger_than_the_header_limit_are_not_a_header_section() -> None:
+    connection, transport = fake_connection(FakeSocket(), max_header_bytes=100)
+    connection.data_received(b"POST /length HTTP/1.1\r\nHost: t\r\nContent-Length: 600\r\n\r\n")
+    for _ in range(2):
+        connection.data_received(b"x" * 300)
+    await eventually(lambda: len(transport.written) == 1)
+    connection.data_received(b"POST /chunked HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n")
+    for _ in range(2):
+        connection.data_received(b"12c\r\n" + b"x" * 300 + b"\r\n")
+    connection.data_received(b"0\r\n\r\n")
+    await eventually(lambda: len(transport.written) == 2)
+    assert [(w.split(b"\r\n", 1)[0], w.rsplit(b"\r\n", 1)[1]) for w in transport.written] == [
+        (b"HTTP/1.1 200 OK", b"POST /length"), (b"HTTP/1.1 200 OK", b"POST /chunked")]
+    connection.connection_lost(None)
+
+
+@pytest.mark.asyncio
 async def test_requests_pipelined_behind_an_answer_whose_connection_went_are_not_handled() -> None:
     """The transport is aborted while a handler runs (as the reset check does for a client that left);
     until its ``connection_lost`` arrives, nothing more is handled or written. Only the handler sees it."""
