@@ -385,6 +385,17 @@ def test_a_trailer_authorization_is_not_accepted_as_auth_by_the_gateway(monkeypa
             assert reply is not None and reply.status == 200  # the same key as a header is accepted
 
 
+def test_each_size_limit_is_warned_about_on_its_own() -> None:
+    with captured_logs() as records, serving(max_body_bytes=10, max_header_bytes=1024) as served:
+        assert_envelope(exchange(served, b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 11\r\n\r\n"), 413,
+                        "request_too_large")
+        assert_envelope(exchange(served, b"GET / HTTP/1.1\r\nHost: t\r\nX: " + b"v" * 1100 + b"\r\n\r\n"), 431,
+                        "header_too_large")
+    assert warnings_about(records, "was refused") == [  # within one interval, and neither hides the other
+        "a request from 127.0.0.1 was refused with 413 (server.max_body_bytes)",
+        "a request from 127.0.0.1 was refused with 431 (server.max_header_bytes)"]
+
+
 def test_trailer_bytes_count_against_the_header_limit() -> None:
     with captured_logs() as records, serving(max_header_bytes=2048) as served:
         head = b"POST /t HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n1\r\na\r\n0\r\n"

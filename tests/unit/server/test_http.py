@@ -1661,13 +1661,21 @@ async def test_body_bytes_in_pieces_larger_than_the_header_limit_are_not_a_heade
 
 
 @pytest.mark.asyncio
-async def test_requests_pipelined_behind_an_answer_whose_connection_went_are_not_handled() -> None:
-    """The transport is aborted while a handler runs (as the reset check does for a client that left);
+@pytest.mark.parametrize("aborted_in", ["handler", "stream"])
+async def test_requests_pipelined_behind_an_answer_whose_connection_went_are_not_handled(aborted_in: str) -> None:
+    """The transport is aborted while an answer is made (as the reset check does for a client that left);
     until its ``connection_lost`` arrives, nothing more is handled or written. Only the handler sees it."""
     seen: list[str] = []
 
+    async def chunks() -> AsyncIterator[bytes]:
+        yield b"first"
+        transport.abort()
+        yield b"second"
+
     async def handler(request: Request) -> Response:
         seen.append(request.path)
+        if request.path == "/1" and aborted_in == "stream":
+            return Response(200, [], stream=chunks())
         if request.path == "/1":
             transport.abort()
         return await text(request)
@@ -1677,7 +1685,8 @@ async def test_requests_pipelined_behind_an_answer_whose_connection_went_are_not
     connection.connection_made(transport)
     connection.data_received(b"".join(b"GET /%d HTTP/1.1\r\nHost: t\r\n\r\n" % i for i in (1, 2, 3)))
     await eventually(lambda: connection.task is None)
-    assert (seen, transport.written) == (["/1"], [])
+    written = [b"5\r\nfirst\r\n"] if aborted_in == "stream" else []
+    assert (seen, transport.written[1:] if written else transport.written) == (["/1"], written)
     connection.connection_lost(None)
 
 
