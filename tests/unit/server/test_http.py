@@ -565,6 +565,21 @@ async def test_a_client_that_stays_after_an_error_answer_is_cut_off_after_the_li
 
 
 @pytest.mark.asyncio
+async def test_the_shutdown_cuts_off_a_connection_lingering_after_an_error_answer(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import labgate.server.connection
+
+    monkeypatch.setattr(labgate.server.connection, "_LINGER_S", 60.0)  # only the shutdown can end it here
+    async with serving(text, max_body_bytes=10) as (server, port):
+        reader, writer = await connect(port)
+        writer.write(b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 11\r\n\r\n")
+        assert await read_reply(reader) == error_reply(
+            BodyTooLargeError("The request body is 11 bytes; the limit is 10."))
+        await within(server.shutdown(1.0))
+        await eventually(lambda: not server.connections)
+
+
+@pytest.mark.asyncio
 async def test_header_section_over_the_limit_gets_431() -> None:
     too_large = HeaderTooLargeError("The request's header section is too large.")
     async with serving(text, max_header_bytes=1024) as (_, port):
