@@ -1027,6 +1027,32 @@ async def test_a_connection_idle_after_an_answer_longer_than_the_timeout_is_clos
 
 
 @pytest.mark.asyncio
+async def test_a_request_begun_during_a_long_answer_is_on_the_clock() -> None:
+    """Its read deadline runs while the answer before it is made, even once the timer has fired and found
+    nothing to enforce: past it, the rest of its head is not read and it gets its 408."""
+    release = asyncio.Event()
+
+    async def handler(request: Request) -> Response:
+        await release.wait()
+        return await text(request)
+
+    limits = ServerLimits(max_body_bytes=1024, request_read_timeout=0.3, keepalive_timeout=30.0)
+    async with serving(handler, limits=limits) as (_, port):
+        reader, writer = await connect(port)
+        writer.write(b"GET /long HTTP/1.1\r\nHost: t\r\n\r\n")
+        await asyncio.sleep(0.6)  # the timer fires meanwhile, while only the answer is being made
+        writer.write(b"GET /late HTTP/1.1\r\n")
+        await asyncio.sleep(2.0)  # well past the read deadline of /late
+        writer.write(b"Host: t\r\n\r\n")
+        await asyncio.sleep(0.1)
+        release.set()
+        assert await read_reply(reader) == text_reply(b"GET /long")
+        assert await read_reply(reader) == error_reply(
+            RequestTimeoutError("The request's head and body were not received within 0.3s."))
+        await assert_closed(reader)
+
+
+@pytest.mark.asyncio
 async def test_graceful_shutdown_waits_for_the_request_in_flight() -> None:
     started, release = asyncio.Event(), asyncio.Event()
 
@@ -1644,6 +1670,17 @@ async def test_a_socket_that_refuses_its_options_still_serves() -> None:
     connection.data_received(b"GET /x HTTP/1.1\r\nHost: t\r\n\r\n")
     await eventually(lambda: bool(transport.written))
     assert transport.written[0].startswith(b"HTTP/1.1 200 OK\r\n") and transport.written[0].endswith(b"GET /x")
+    connection.connection_lost(None)
+
+
+@pytest.mark.asyncio
+async def test_a_target_of_exactly_the_header_limit_is_accepted() -> None:
+    limit = 100
+    connection, transport = fake_connection(FakeSocket(), max_header_bytes=limit)
+    target = b"/" + b"p" * (limit - 1)
+    connection.data_received(b"GET " + target + b" HTTP/1.0\r\n\r\n")  # HTTP/1.0: no Host, no other field
+    await eventually(lambda: bool(transport.written))
+    assert transport.written[0].startswith(b"HTTP/1.1 200 OK\r\n") and transport.written[0].endswith(target)
     connection.connection_lost(None)
 
 
