@@ -184,7 +184,8 @@ def test_head_sent_a_line_at_a_time_gets_408_at_the_read_deadline() -> None:
         assert_envelope(reply, 408, "request_timeout")
         assert timeout - 0.05 <= elapsed <= timeout + SLACK_S
         assert_closed(sock)
-    assert len(warnings_about(records, "server.request_read_timeout_s")) == 1
+    assert warnings_about(records, "server.request_read_timeout_s") == [
+        "a request from 127.0.0.1 was not complete after 1s (server.request_read_timeout_s): answered 408"]
 
 
 def test_body_trickled_after_a_complete_head_gets_408() -> None:
@@ -263,6 +264,17 @@ def test_reads_paused_behind_a_long_answer_do_not_count_against_the_deadline() -
         assert reply is not None and (reply.status, reply.json()["path"]) == (200, "/partial")
 
 
+def test_the_read_deadline_holds_again_once_pipelined_requests_are_answered() -> None:
+    timeout = 0.5
+    with serving(request_read_timeout=timeout, keepalive_timeout=30.0) as served:
+        sock = served.connect()
+        sock.sendall(b"GET /a HTTP/1.1\r\nHost: t\r\n\r\nGET /b HTTP/1.1\r\nHost: t\r\n\r\n")  # reading paused
+        assert [read_reply(sock).status for _ in range(2)] == [200, 200]  # type: ignore[union-attr]
+        sock.sendall(b"GET /partial HTTP/1.1\r\n")  # and reading resumed: this one is on the clock
+        assert_envelope(read_reply(sock), 408, "request_timeout")
+        assert_closed(sock)
+
+
 # --- connection caps
 
 
@@ -308,17 +320,19 @@ def test_connections_over_max_connections_per_ip_get_503_then_close() -> None:
 
 
 def test_refusals_past_max_refusing_are_closed_without_an_answer(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("labgate.server.connection.MAX_REFUSING", 1)
+    monkeypatch.setattr("labgate.server.connection.MAX_REFUSING", 2)
     with serving(max_connections=1) as served:
         held = served.connect()
         served.eventually(lambda: served.server.admission.open == 1)
-        answered = served.connect()  # refused and answered; left open by the client, so it lingers
-        assert_envelope(read_reply(answered), 503, "too_many_connections")
-        served.eventually(lambda: served.server.admission.refusing == 1)
-        dropped = served.connect()  # a second refusal meanwhile: closed at once
+        answered = [served.connect() for _ in range(2)]  # refused and answered; left open, so they linger
+        for sock in answered:
+            assert_envelope(read_reply(sock), 503, "too_many_connections")
+        served.eventually(lambda: served.server.admission.refusing == 2)
+        dropped = served.connect()  # a third refusal meanwhile: closed at once
         with contextlib.suppress(ConnectionResetError):
             assert read_reply(dropped) is None
-        answered.close()
+        for sock in answered:
+            sock.close()
         served.eventually(lambda: served.server.admission.refusing == 0)
         again = served.connect()
         assert_envelope(read_reply(again), 503, "too_many_connections")
@@ -369,6 +383,17 @@ def test_a_trailer_authorization_is_not_accepted_as_auth_by_the_gateway(monkeypa
             sock.sendall(b"GET /admin/config HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer sk-master-trailer\r\n\r\n")
             reply = read_reply(sock)
             assert reply is not None and reply.status == 200  # the same key as a header is accepted
+
+
+def test_each_size_limit_is_warned_about_on_its_own() -> None:
+    with captured_logs() as records, serving(max_body_bytes=10, max_header_bytes=1024) as served:
+        assert_envelope(exchange(served, b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 11\r\n\r\n"), 413,
+                        "request_too_large")
+        assert_envelope(exchange(served, b"GET / HTTP/1.1\r\nHost: t\r\nX: " + b"v" * 1100 + b"\r\n\r\n"), 431,
+                        "header_too_large")
+    assert warnings_about(records, "was refused") == [  # within one interval, and neither hides the other
+        "a request from 127.0.0.1 was refused with 413 (server.max_body_bytes)",
+        "a request from 127.0.0.1 was refused with 431 (server.max_header_bytes)"]
 
 
 def test_trailer_bytes_count_against_the_header_limit() -> None:
@@ -435,6 +460,17 @@ def test_http_1_0_with_transfer_encoding_closes_after_the_message() -> None:
         assert read_reply(sock) is None
         sock.close()
     assert seen == ["/first"]
+
+
+def test_a_malformed_body_of_an_http_1_0_chunked_request_gets_400() -> None:
+    """Its head makes it the connection's last request before its body is read; the body's error is still
+    answered (only bytes after a complete last request go unanswered)."""
+    with serving() as served:
+        sock = served.connect()
+        sock.sendall(b"POST /x HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n")
+        body = assert_envelope(read_reply(sock), 400, "invalid_request")
+        assert body["error"]["message"].startswith("Malformed HTTP request: ")
+        assert_closed(sock)
 
 
 @pytest.mark.parametrize(("coding", "status", "code"), [
@@ -618,3 +654,17 @@ def test_limits_come_from_the_server_config() -> None:
         third.sendall(b"GET /health HTTP/1.1\r\nHost: t\r\nX: " + b"v" * 2100 + b"\r\n\r\n")
         assert_envelope(read_reply(third), 431, "header_too_large")
         third.close()
+
+
+def test_the_servers_own_answers_name_the_clients_request_id() -> None:
+    async def broken(request: Request) -> Response:
+        raise RuntimeError("broke")
+
+    with captured_logs() as records, serving(broken, max_body_bytes=10) as served:
+        reply = exchange(served, b"GET / HTTP/1.1\r\nHost: t\r\nX-Request-Id: abc-1\r\n\r\n")
+        assert_envelope(reply, 500, "internal_error")
+        assert reply is not None and reply.headers["x-client-request-id"] == "abc-1"
+        reply = exchange(served, b"POST / HTTP/1.1\r\nHost: t\r\nX-Request-Id: abc-2\r\nContent-Length: 11\r\n\r\n")
+        assert_envelope(reply, 413, "request_too_large")
+        assert reply is not None and reply.headers["x-client-request-id"] == "abc-2"
+    assert errors_in(records) == ["unhandled error answering GET /"]

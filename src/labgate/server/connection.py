@@ -218,8 +218,10 @@ class Connection(asyncio.Protocol):
             self.stop_reading(cause)
             return
         except httptools.HttpParserError as exc:
-            # llhttp refuses bytes after a message that closes the connection: nothing to answer
-            self.stop_reading(None if self._last else RequestError(f"Malformed HTTP request: {exc}."))
+            # llhttp refuses bytes after a message that closes the connection: nothing to answer (but an
+            # HTTP/1.0 chunked request is the last from its head on, and its malformed body is answered)
+            last_done = self._last and not self._in_message
+            self.stop_reading(None if last_done else RequestError(f"Malformed HTTP request: {exc}."))
             return
         if self._last:
             self._stopped = True

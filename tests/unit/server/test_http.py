@@ -75,7 +75,8 @@ async def serving(handler: Callable[[Request], Awaitable[Response]], *, max_body
                   **options: Any) -> AsyncIterator[tuple[HttpServer, int]]:
     if "limits" in options:
         max_body_bytes = None  # the limits say it
-    server = HttpServer(handler, max_body_bytes=max_body_bytes, error_response=error_response, **options)
+    options.setdefault("error_response", error_response)
+    server = HttpServer(handler, max_body_bytes=max_body_bytes, **options)
     port = await within(server.start("127.0.0.1", 0))
     try:
         yield server, port
@@ -177,6 +178,24 @@ async def eventually(condition: Callable[[], bool]) -> None:
     await within(poll())
 
 
+class Chunks:
+    """A response stream that is not a generator (nothing but the server closes it) and says when it was."""
+
+    def __init__(self, chunks: list[bytes], log: list[str]) -> None:
+        self.chunks, self.log = chunks, log
+
+    def __aiter__(self) -> Chunks:
+        return self
+
+    async def __anext__(self) -> bytes:
+        if not self.chunks:
+            raise StopAsyncIteration
+        return self.chunks.pop(0)
+
+    async def aclose(self) -> None:
+        self.log.append(f"closed with {len(self.chunks)} left")  # e.g. its upstream connection goes back
+
+
 # --- requests and responses
 
 
@@ -189,6 +208,18 @@ async def test_get_builds_the_request_and_answers_with_content_length() -> None:
         assert await read_reply(reader) == json_reply({
             "method": "GET", "path": "/v1/models", "query": "limit=2&q=a%20b",
             "headers": {"host": "t", "x-multi": "a, b", "user-agent": "ua/1"}, "body": "", "client": "127.0.0.1",
+        })
+        writer.close()
+
+
+@pytest.mark.asyncio
+async def test_header_values_lose_only_blanks_at_their_end() -> None:
+    async with serving(echo) as (_, port):
+        reader, writer = await connect(port)
+        writer.write(b"GET / HTTP/1.1\r\nHost: t\r\nX-A: vX\r\nX-B: v\xa0\r\nX-C: v \t \r\n\r\n")
+        assert await read_reply(reader) == json_reply({
+            "method": "GET", "path": "/", "query": "",
+            "headers": {"host": "t", "x-a": "vX", "x-b": "v\xa0", "x-c": "v"}, "body": "", "client": "127.0.0.1",
         })
         writer.close()
 
@@ -447,6 +478,108 @@ async def test_malformed_request_gets_400_after_the_answers_owed_before_it() -> 
 
 
 @pytest.mark.asyncio
+async def test_a_bug_while_parsing_gets_the_500_envelope_and_is_logged_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A parser callback that fails unexpectedly (here the target's split, broken on purpose)."""
+    import labgate.server.connection
+
+    def broken(url: bytes) -> tuple[str, str]:
+        raise RuntimeError("split broke")
+
+    monkeypatch.setattr(labgate.server.connection, "split_target", broken)
+    with captured_logs() as records:
+        async with serving(text) as (_, port):
+            reader, writer = await connect(port)
+            writer.write(b"GET http://t/x HTTP/1.1\r\nHost: t\r\n\r\n")
+            assert await read_reply(reader) == error_reply(InternalError("internal error"))
+            await assert_closed(reader)
+    assert [(r.levelno, r.getMessage(), repr(r.exc_info[1] if r.exc_info else None)) for r in records] == [
+        (logging.ERROR, "failed to parse a request", "RuntimeError('split broke')")]
+
+
+@pytest.mark.asyncio
+async def test_an_error_renderer_that_returns_a_stream_is_logged_and_the_client_gets_no_answer() -> None:
+    unread: list[str] = []
+
+    def streaming_errors(exc: LabgateError, headers: Mapping[str, str]) -> Response:
+        return Response(exc.status, [JSON], stream=Chunks([error_body(exc)], unread))
+
+    with captured_logs() as records:
+        async with serving(text, error_response=streaming_errors, max_body_bytes=10) as (_, port):
+            reader, writer = await connect(port)
+            writer.write(b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 11\r\n\r\n")
+            with contextlib.suppress(ConnectionResetError):
+                assert await within(reader.read()) == b""
+    assert [(r.levelno, r.getMessage(), repr(r.exc_info[1] if r.exc_info else None)) for r in records] == [
+        (logging.WARNING, "a request from 127.0.0.1 was refused with 413 (server.max_body_bytes)", "None"),
+        (logging.ERROR, "failed to render a 413 error", "TypeError('error_response must return a whole body')")]
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("shutting_down", [False, True])
+async def test_after_an_error_answer_the_body_still_sent_is_drained_until_the_client_closes(
+        shutting_down: bool) -> None:
+    """Also while a shutdown waits for another connection's answer: a lingering connection is not idle."""
+    started, release = asyncio.Event(), asyncio.Event()
+
+    async def handler(request: Request) -> Response:
+        started.set()
+        await release.wait()
+        return await text(request)
+
+    async with serving(handler, max_body_bytes=10) as (server, port):
+        reader, writer = await connect(port)
+        writer.write(b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 1048576\r\n\r\n")
+        assert await read_reply(reader) == error_reply(
+            BodyTooLargeError("The request body is 1048576 bytes; the limit is 10."))
+        assert await within(reader.read()) == b""  # the server half-closed, and reads on
+        if shutting_down:
+            slow_reader, slow_writer = await connect(port)
+            slow_writer.write(b"GET /slow HTTP/1.1\r\nHost: t\r\n\r\n")
+            await within(started.wait())
+            shutdown = asyncio.create_task(server.shutdown(5.0))
+            await eventually(lambda: server.closing)  # idle connections are closed by now
+        for _ in range(16):
+            writer.write(b"x" * 65536)  # the body it had begun to send: taken in, not met with a reset
+            await within(writer.drain())
+        writer.write_eof()
+        await eventually(lambda: len(server.connections) == int(shutting_down))  # the slow one stays
+        if shutting_down:
+            release.set()
+            assert await read_reply(slow_reader) == text_reply(b"GET /slow", (("connection", "close"),))
+            await within(shutdown)
+
+
+@pytest.mark.asyncio
+async def test_a_client_that_stays_after_an_error_answer_is_cut_off_after_the_linger(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import labgate.server.connection
+
+    monkeypatch.setattr(labgate.server.connection, "_LINGER_S", 0.1)
+    async with serving(text, max_body_bytes=10) as (server, port):
+        reader, writer = await connect(port)
+        writer.write(b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 11\r\n\r\n")
+        assert await read_reply(reader) == error_reply(
+            BodyTooLargeError("The request body is 11 bytes; the limit is 10."))
+        assert await within(reader.read()) == b""
+        await eventually(lambda: not server.connections)  # the client never closed its side
+
+
+@pytest.mark.asyncio
+async def test_the_shutdown_cuts_off_a_connection_lingering_after_an_error_answer(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import labgate.server.connection
+
+    monkeypatch.setattr(labgate.server.connection, "_LINGER_S", 60.0)  # only the shutdown can end it here
+    async with serving(text, max_body_bytes=10) as (server, port):
+        reader, writer = await connect(port)
+        writer.write(b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 11\r\n\r\n")
+        assert await read_reply(reader) == error_reply(
+            BodyTooLargeError("The request body is 11 bytes; the limit is 10."))
+        await within(server.shutdown(1.0))
+        await eventually(lambda: not server.connections)
+
+
+@pytest.mark.asyncio
 async def test_header_section_over_the_limit_gets_431() -> None:
     too_large = HeaderTooLargeError("The request's header section is too large.")
     async with serving(text, max_header_bytes=1024) as (_, port):
@@ -503,6 +636,63 @@ async def test_invalid_response_headers_get_the_500_envelope() -> None:
     assert [(r.name, r.getMessage()) for r in records] == [("labgate.server", "unhandled error answering GET /")]
 
 
+@pytest.mark.asyncio
+async def test_the_500_envelope_keeps_the_requests_connection_handling() -> None:
+    eof_seen = asyncio.Event()
+
+    async def handler(request: Request) -> Response:
+        if request.path == "/d":
+            await eof_seen.wait()
+        raise RuntimeError("broke")
+
+    body = error_body(InternalError("internal error"))
+    status = "HTTP/1.1 500 Internal Server Error"
+    with captured_logs():
+        async with serving(handler) as (_, port):
+            reader, writer = await connect(port)
+            writer.write(b"GET /a HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+            assert await read_reply(reader) == Reply(
+                status, [JSON, ("content-length", str(len(body))), ("connection", "close")], body)
+            await assert_closed(reader)
+
+            reader, writer = await connect(port)
+            writer.write(b"GET /b HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+            assert await read_reply(reader) == Reply(
+                status, [JSON, ("content-length", str(len(body))), ("connection", "keep-alive")], body)
+            writer.write(b"HEAD /c HTTP/1.0\r\n\r\n")  # still open; a HEAD's 500 has no body
+            assert await read_reply(reader, method="HEAD") == Reply(
+                status, [JSON, ("content-length", str(len(body))), ("connection", "close")], b"")
+            await assert_closed(reader)
+
+            reader, writer = await connect(port)
+            writer.write(b"GET /d HTTP/1.1\r\nHost: t\r\n\r\n")
+            writer.write_eof()  # half-closed: no more requests will come
+            assert await within(reader.readexactly(25)) == b"HTTP/1.1 100 Continue\r\n\r\n"  # the probe
+            eof_seen.set()
+            assert await read_reply(reader) == Reply(
+                status, [JSON, ("content-length", str(len(body))), ("connection", "close")], body)
+            await assert_closed(reader)
+
+
+@pytest.mark.asyncio
+async def test_a_stream_whose_head_cannot_be_made_is_closed() -> None:
+    closed: list[str] = []
+
+    async def handler(request: Request) -> Response:
+        return Response(200, [("x-bad", "a\r\nb")], stream=Chunks([b"never read"], closed))
+
+    with captured_logs() as records:
+        async with serving(handler) as (_, port):
+            reader, writer = await connect(port)
+            writer.write(b"GET /s HTTP/1.1\r\nHost: t\r\n\r\n")
+            body = error_body(InternalError("internal error"))
+            assert await read_reply(reader) == Reply(
+                "HTTP/1.1 500 Internal Server Error", [JSON, ("content-length", str(len(body)))], body)
+            writer.close()
+    assert (closed, [r.getMessage() for r in records]) == (
+        ["closed with 1 left"], ["unhandled error answering GET /s"])
+
+
 # --- streams
 
 
@@ -534,6 +724,33 @@ async def test_stream_chunks_go_out_as_they_are_produced() -> None:
         writer.write(b"GET /after HTTP/1.1\r\nHost: t\r\n\r\n")
         assert await read_reply(reader) == text_reply(b"GET /after")
         writer.close()
+
+
+@pytest.mark.asyncio
+async def test_a_client_that_half_closes_mid_stream_gets_the_rest_without_an_interim_answer() -> None:
+    """Once the head is out, a 1xx would land inside the body. When the EOF has been taken in is private
+    state (``_stopped``): nothing on the wire says it before the rest of the body."""
+    release = asyncio.Event()
+
+    async def chunks() -> AsyncIterator[bytes]:
+        yield b"data: first\n\n"
+        await release.wait()
+        yield b"data: second\n\n"
+
+    async def handler(request: Request) -> Response:
+        return Response(200, [SSE], stream=chunks())
+
+    async with serving(handler) as (server, port):
+        reader, writer = await connect(port)
+        writer.write(b"GET /s HTTP/1.1\r\nHost: t\r\n\r\n")
+        await within(reader.readuntil(b"\r\n\r\n"))
+        first = b"d\r\ndata: first\n\n\r\n"
+        assert await within(reader.readexactly(len(first))) == first
+        writer.write_eof()
+        (connection,) = server.connections
+        await eventually(lambda: connection._stopped)
+        release.set()
+        assert await within(reader.read()) == b"e\r\ndata: second\n\n\r\n0\r\n\r\n"
 
 
 @pytest.mark.asyncio
@@ -719,6 +936,34 @@ async def test_client_disconnect_while_writes_are_paused_closes_the_iterator() -
 
 
 @pytest.mark.asyncio
+async def test_a_client_that_leaves_after_sending_more_than_its_last_request_is_still_noticed() -> None:
+    """Bytes after a ``Connection: close`` request are dropped unread; reading goes on, so the close is seen."""
+    started, cancelled = asyncio.Event(), asyncio.Event()
+
+    async def handler(request: Request) -> Response:
+        started.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+        return await text(request)
+
+    with captured_logs() as records:
+        async with serving(handler) as (server, port):
+            _, writer = await connect(port)
+            writer.write(b"GET /slow HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+            await within(started.wait())
+            writer.write(b"GET /more HTTP/1.1\r\nHost: t\r\n\r\n")  # a packet of its own, after the last request
+            await within(writer.drain())
+            await asyncio.sleep(0.05)
+            writer.close()
+            await within(cancelled.wait())
+            await eventually(lambda: server.inflight == 0)
+    assert records == []
+
+
+@pytest.mark.asyncio
 async def test_client_disconnect_cancels_a_slow_handler() -> None:
     started, cancelled = asyncio.Event(), asyncio.Event()
 
@@ -761,6 +1006,53 @@ async def test_idle_keep_alive_connection_is_closed_after_the_timeout() -> None:
 
 
 @pytest.mark.asyncio
+async def test_a_connection_that_never_sends_a_byte_is_closed_idle_without_an_answer() -> None:
+    limits = ServerLimits(max_body_bytes=1024, request_read_timeout=0.1, keepalive_timeout=0.3)
+    async with serving(text, limits=limits) as (_, port):
+        reader, _ = await connect(port)
+        assert await within(reader.read()) == b""  # no request began: no 408, only the idle close
+
+
+@pytest.mark.asyncio
+async def test_a_connection_idle_after_an_answer_longer_than_the_timeout_is_closed() -> None:
+    async def handler(request: Request) -> Response:
+        await asyncio.sleep(1.0)  # the timer fires meanwhile and finds nothing to enforce
+        return await text(request)
+
+    async with serving(handler, keepalive_timeout=0.5) as (_, port):
+        reader, writer = await connect(port)
+        writer.write(b"GET /long HTTP/1.1\r\nHost: t\r\n\r\n")
+        assert await read_reply(reader) == text_reply(b"GET /long")
+        await assert_closed(reader)  # idle from then on: closed after the keep-alive timeout
+
+
+@pytest.mark.asyncio
+async def test_a_request_begun_during_a_long_answer_is_on_the_clock() -> None:
+    """Its read deadline runs while the answer before it is made, even once the timer has fired and found
+    nothing to enforce: past it, the rest of its head is not read and it gets its 408."""
+    release = asyncio.Event()
+
+    async def handler(request: Request) -> Response:
+        await release.wait()
+        return await text(request)
+
+    limits = ServerLimits(max_body_bytes=1024, request_read_timeout=0.3, keepalive_timeout=30.0)
+    async with serving(handler, limits=limits) as (_, port):
+        reader, writer = await connect(port)
+        writer.write(b"GET /long HTTP/1.1\r\nHost: t\r\n\r\n")
+        await asyncio.sleep(0.6)  # the timer fires meanwhile, while only the answer is being made
+        writer.write(b"GET /late HTTP/1.1\r\n")
+        await asyncio.sleep(2.0)  # well past the read deadline of /late
+        writer.write(b"Host: t\r\n\r\n")
+        await asyncio.sleep(0.1)
+        release.set()
+        assert await read_reply(reader) == text_reply(b"GET /long")
+        assert await read_reply(reader) == error_reply(
+            RequestTimeoutError("The request's head and body were not received within 0.3s."))
+        await assert_closed(reader)
+
+
+@pytest.mark.asyncio
 async def test_graceful_shutdown_waits_for_the_request_in_flight() -> None:
     started, release = asyncio.Event(), asyncio.Event()
 
@@ -788,6 +1080,30 @@ async def test_graceful_shutdown_waits_for_the_request_in_flight() -> None:
         await assert_closed(reader)
         await within(shutdown)
         assert server.inflight == 0
+
+
+@pytest.mark.asyncio
+async def test_a_handler_failing_during_the_shutdown_gets_the_500_envelope_and_the_close() -> None:
+    started, release = asyncio.Event(), asyncio.Event()
+
+    async def handler(request: Request) -> Response:
+        started.set()
+        await release.wait()
+        raise RuntimeError("broke")
+
+    body = error_body(InternalError("internal error"))
+    with captured_logs():
+        async with serving(handler) as (server, port):
+            reader, writer = await connect(port)
+            writer.write(b"GET /slow HTTP/1.1\r\nHost: t\r\n\r\n")
+            await within(started.wait())
+            shutdown = asyncio.create_task(server.shutdown(5.0))
+            await eventually(lambda: server.closing)
+            release.set()
+            assert await read_reply(reader) == Reply("HTTP/1.1 500 Internal Server Error", [
+                JSON, ("content-length", str(len(body))), ("connection", "close")], body)
+            await assert_closed(reader)
+            await within(shutdown)
 
 
 @pytest.mark.asyncio
@@ -948,6 +1264,30 @@ async def test_connection_past_the_per_ip_cap_gets_503_and_is_closed() -> None:
 
 
 @pytest.mark.asyncio
+async def test_a_refused_connections_requests_are_not_handled() -> None:
+    seen: list[str] = []
+
+    async def handler(request: Request) -> Response:
+        seen.append(request.path)
+        return await text(request)
+
+    async with serving(handler, limits=ServerLimits(max_body_bytes=1024, max_connections=1)) as (server, port):
+        reader, writer = await connect(port)
+        await eventually(lambda: server.admission.open == 1)
+        refused_reader, refused_writer = await connect(port)
+        refused_writer.write(b"GET /refused HTTP/1.1\r\nHost: t\r\n\r\n")
+        refused_writer.write_eof()
+        assert await read_reply(refused_reader) == error_reply(ConnectionLimitError(
+            "The gateway has too many open connections (server.max_connections = 1); retry later."))
+        await assert_closed(refused_reader)
+        await eventually(lambda: len(server.connections) == 1)
+        writer.write(b"GET /admitted HTTP/1.1\r\nHost: t\r\n\r\n")
+        assert await read_reply(reader) == text_reply(b"GET /admitted")
+        writer.close()
+    assert seen == ["/admitted"]
+
+
+@pytest.mark.asyncio
 async def test_trailer_fields_are_counted_but_not_merged() -> None:
     async with serving(echo) as (_, port):
         reader, writer = await connect(port)
@@ -1052,6 +1392,26 @@ async def test_a_stream_that_reaches_its_declared_length_is_not_read_further() -
 
 
 @pytest.mark.asyncio
+async def test_every_stream_is_closed_once_its_answer_is_written() -> None:
+    log: list[str] = []
+
+    async def handler(request: Request) -> Response:
+        headers = [("content-length", "4")] if request.path == "/cut" else []
+        return Response(200, headers, stream=Chunks([b"ab", b"cd", b"ef"], log))
+
+    async with serving(handler) as (_, port):
+        reader, writer = await connect(port)
+        writer.write(b"GET /all HTTP/1.1\r\nHost: t\r\n\r\n")
+        assert await read_reply(reader) == Reply("HTTP/1.1 200 OK", [("transfer-encoding", "chunked")], b"abcdef")
+        await eventually(lambda: len(log) == 1)
+        writer.write(b"GET /cut HTTP/1.1\r\nHost: t\r\n\r\n")
+        assert await read_reply(reader) == Reply("HTTP/1.1 200 OK", [("content-length", "4")], b"abcd")
+        await eventually(lambda: len(log) == 2)
+        writer.close()
+    assert log == ["closed with 0 left", "closed with 1 left"]
+
+
+@pytest.mark.asyncio
 async def test_an_answer_that_cannot_be_made_is_logged_and_closes_the_connection() -> None:
     async def handler(request: Request) -> Response:
         raise RuntimeError("handler broke")
@@ -1126,7 +1486,8 @@ class FakeSocket:
         self.broken = False
 
     def setsockopt(self, *_: Any) -> None:
-        pass
+        if self.broken:
+            raise OSError("connection reset by peer")
 
     def getsockopt(self, level: int, name: int) -> int:
         assert (level, name) == (socket.SOL_SOCKET, socket.SO_ERROR)
@@ -1185,8 +1546,8 @@ class Timers:
         return delay
 
 
-def fake_connection(sock: FakeSocket | None = None) -> tuple[Connection, FakeTransport]:
-    server = HttpServer(text, error_response=error_response)
+def fake_connection(sock: FakeSocket | None = None, **options: Any) -> tuple[Connection, FakeTransport]:
+    server = HttpServer(text, error_response=error_response, **options)
     connection, transport = Connection(server), FakeTransport(sock)
     connection.connection_made(transport)
     return connection, transport
@@ -1282,6 +1643,118 @@ async def test_bytes_arriving_after_the_idle_close_are_not_parsed() -> None:
     connection.data_received(b"GET /late HTTP/1.1\r\nHost: t\r\n\r\n")  # already on its way when we closed
     await asyncio.sleep(0.01)
     assert (connection.task, seen, transport.written) == (None, [], [])
+    connection.connection_lost(None)
+
+
+class UnixTransport(FakeTransport):
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return {"peername": "", "socket": None}.get(name, default)  # an unnamed Unix socket's peer
+
+
+@pytest.mark.asyncio
+async def test_a_connection_without_a_peer_address_is_served_without_a_client() -> None:
+    connection, transport = Connection(HttpServer(echo, error_response=error_response)), UnixTransport(None)
+    connection.connection_made(transport)
+    connection.data_received(b"GET /x HTTP/1.1\r\nHost: t\r\n\r\n")
+    await eventually(lambda: bool(transport.written))
+    assert transport.written[0].endswith(orjson.dumps({
+        "method": "GET", "path": "/x", "query": "", "headers": {"host": "t"}, "body": "", "client": None}))
+    connection.connection_lost(None)
+
+
+@pytest.mark.asyncio
+async def test_a_socket_that_refuses_its_options_still_serves() -> None:
+    sock = FakeSocket()
+    sock.broken = True  # e.g. the client reset the connection before it was made
+    connection, transport = fake_connection(sock)
+    connection.data_received(b"GET /x HTTP/1.1\r\nHost: t\r\n\r\n")
+    await eventually(lambda: bool(transport.written))
+    assert transport.written[0].startswith(b"HTTP/1.1 200 OK\r\n") and transport.written[0].endswith(b"GET /x")
+    connection.connection_lost(None)
+
+
+@pytest.mark.asyncio
+async def test_a_target_of_exactly_the_header_limit_is_accepted() -> None:
+    limit = 100
+    connection, transport = fake_connection(FakeSocket(), max_header_bytes=limit)
+    target = b"/" + b"p" * (limit - 1)
+    connection.data_received(b"GET " + target + b" HTTP/1.0\r\n\r\n")  # HTTP/1.0: no Host, no other field
+    await eventually(lambda: bool(transport.written))
+    assert transport.written[0].startswith(b"HTTP/1.1 200 OK\r\n") and transport.written[0].endswith(target)
+    connection.connection_lost(None)
+
+
+@pytest.mark.asyncio
+async def test_blank_lines_before_the_first_request_are_not_a_header_section() -> None:
+    connection, transport = fake_connection(FakeSocket(), max_header_bytes=100)
+    for _ in range(2):
+        connection.data_received(b"\r\n" * 60)  # llhttp skips them: no request has begun
+    connection.data_received(b"GET /x HTTP/1.1\r\nHost: t\r\n\r\n")
+    await eventually(lambda: bool(transport.written))
+    assert transport.written[0].startswith(b"HTTP/1.1 200 OK\r\n") and transport.written[0].endswith(b"GET /x")
+    connection.connection_lost(None)
+
+
+@pytest.mark.asyncio
+async def test_body_bytes_in_pieces_larger_than_the_header_limit_are_not_a_header_section() -> None:
+    connection, transport = fake_connection(FakeSocket(), max_header_bytes=100)
+    connection.data_received(b"POST /length HTTP/1.1\r\nHost: t\r\nContent-Length: 600\r\n\r\n")
+    for _ in range(2):
+        connection.data_received(b"x" * 300)
+    await eventually(lambda: len(transport.written) == 1)
+    connection.data_received(b"POST /chunked HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n")
+    for _ in range(2):
+        connection.data_received(b"12c\r\n" + b"x" * 300 + b"\r\n")
+    connection.data_received(b"0\r\n\r\n")
+    await eventually(lambda: len(transport.written) == 2)
+    assert [(w.split(b"\r\n", 1)[0], w.rsplit(b"\r\n", 1)[1]) for w in transport.written] == [
+        (b"HTTP/1.1 200 OK", b"POST /length"), (b"HTTP/1.1 200 OK", b"POST /chunked")]
+    connection.connection_lost(None)
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("aborted_in", ["handler", "stream"])
+async def test_requests_pipelined_behind_an_answer_whose_connection_went_are_not_handled(aborted_in: str) -> None:
+    """The transport is aborted while an answer is made (as the reset check does for a client that left);
+    until its ``connection_lost`` arrives, nothing more is handled or written. Only the handler sees it."""
+    seen: list[str] = []
+
+    async def chunks() -> AsyncIterator[bytes]:
+        yield b"first"
+        transport.abort()
+        yield b"second"
+
+    async def handler(request: Request) -> Response:
+        seen.append(request.path)
+        if request.path == "/1" and aborted_in == "stream":
+            return Response(200, [], stream=chunks())
+        if request.path == "/1":
+            transport.abort()
+        return await text(request)
+
+    server = HttpServer(handler, error_response=error_response)
+    connection, transport = Connection(server), FakeTransport(FakeSocket())
+    connection.connection_made(transport)
+    connection.data_received(b"".join(b"GET /%d HTTP/1.1\r\nHost: t\r\n\r\n" % i for i in (1, 2, 3)))
+    await eventually(lambda: connection.task is None)
+    written = [b"5\r\nfirst\r\n"] if aborted_in == "stream" else []
+    assert (seen, transport.written[1:] if written else transport.written) == (["/1"], written)
+    connection.connection_lost(None)
+
+
+@pytest.mark.asyncio
+async def test_a_header_section_received_in_pieces_may_use_exactly_the_limit() -> None:
+    """The raw bytes of a section still open count from the packet after the one that opened it; whitespace
+    llhttp drops (before a value) counts there, not in the fields, so the raw count alone reaches the limit."""
+    limit = 100
+    connection, transport = fake_connection(FakeSocket(), max_header_bytes=limit)
+    connection.data_received(b"GET /x HTTP/1.1\r\n")
+    piece = b"Host: t\r\nX-Pad:" + b" " * (limit - 16) + b"v"
+    assert len(piece) == limit
+    connection.data_received(piece)
+    connection.data_received(b"\r\n\r\n")
+    await eventually(lambda: bool(transport.written))
+    assert transport.written[0].startswith(b"HTTP/1.1 200 OK\r\n") and transport.written[0].endswith(b"GET /x")
     connection.connection_lost(None)
 
 
