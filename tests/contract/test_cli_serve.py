@@ -173,7 +173,8 @@ def test_default_config_says_what_it_found(upstream: Simulator) -> None:
         s.bind(("127.0.0.1", 0))
         closed = s.getsockname()[1]  # nothing listens here once the socket is closed
     proc = subprocess.Popen([sys.executable, "-c", DISCOVERING, str(closed), str(upstream.port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            env={**os.environ, "PYTHONFAULTHANDLER": "1"})  # stacks if it hangs at stop
     assert proc.stderr is not None
     banner: list[str] = []
     try:

@@ -232,6 +232,7 @@ def throwaway_redis() -> Iterator[tuple[int, Any]]:
 
 
 @pytest.mark.asyncio
+@pytest.mark.timeout(180)  # a Redis stopped and started again: slow on a loaded machine, bounded by its steps
 async def test_redis_stopped_and_restarted_mid_test_fails_open(redis_url: str,
                                                                caplog: pytest.LogCaptureFixture) -> None:
     with throwaway_redis() as (port, server):

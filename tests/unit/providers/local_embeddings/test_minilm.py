@@ -27,7 +27,7 @@ FIXED = ["A man is eating food.", "A man is eating a piece of bread.", "The new 
 
 
 async def vectors(adapter: LocalEmbeddingsAdapter, given: object) -> np.ndarray:
-    reply = await adapter.send(Call("embeddings", {"model": MODEL, "input": given}, MODEL, 30.0, "req"))
+    reply = await adapter.send(Call("embeddings", {"model": MODEL, "input": given}, MODEL, 120.0, "req"))  # hang guard
     return np.array([d["embedding"] for d in orjson.loads(reply.body)["data"]], dtype=np.float64)
 
 
