@@ -125,7 +125,7 @@ class LiveGateway:
 
     def record(self, request_id: str) -> dict[str, Any]:
         """One request's record; a stream's is written just after its last byte went out, so wait a little."""
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + 30
         while True:
             found = [r for r in self.records() if r["request_id"] == request_id]
             if found or time.monotonic() > deadline:

@@ -254,7 +254,7 @@ def _queued_pair(url: str, second_parent: str) -> tuple[urllib3.BaseHTTPResponse
     slow.clear()
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
         first = pool.submit(post, url, {"model": "slow/m", "messages": [{"role": "user", "content": "a"}]})
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + 30
         while not slow.requests:
             assert time.monotonic() < deadline
             time.sleep(0.005)

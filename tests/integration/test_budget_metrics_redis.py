@@ -75,7 +75,7 @@ async def test_two_replicas_report_the_spend_they_share(redis_url: str, monkeypa
                 created = await r.json()
             key_id, secret = created["id"], created["key"]
             key_series = f'{{budget="key:{key_id}",scope="key",period="month"}}'
-            deadline = time.monotonic() + 5  # b's key ring refreshes from the shared store every 0.5 s
+            deadline = time.monotonic() + 30  # b's key ring refreshes from the shared store every 0.5 s
             while "labgate_budget_limit_usd" + key_series not in await _scrape(http, b):
                 assert time.monotonic() < deadline, "replica b never saw the new key"
                 await asyncio.sleep(0.1)

@@ -49,7 +49,7 @@ def client(gateway: tuple[RunningGateway, Captured]) -> openai.OpenAI:
 def record_of(gateway: tuple[RunningGateway, Captured], request_id: str) -> dict[str, Any]:
     """The access-log line of one request; a stream's is written just after its last byte went out."""
     running, log = gateway
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + 30
     while True:
         running.gateway.runtime.access_log.flush()
         found = [line for line in log.lines() if line["client_request_id"] == request_id]  # the id sent

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -25,6 +27,8 @@ from labgate.telemetry.group import FOR_SIBLING, WorkerGroup
 from labgate.telemetry.logs import AccessLog
 from labgate.telemetry.metrics import Metrics
 from labgate.telemetry.traces import Tracer
+
+log = logging.getLogger("labgate.server")
 
 
 def error_response(exc: LabgateError, headers: Mapping[str, str]) -> Response:
@@ -54,29 +58,68 @@ class RunningGateway:
 
     async def stop(self, grace: float | None = None) -> None:
         """Turn unready, answer queued requests 503, stop accepting, let in-flight requests finish
-        (up to ``grace`` s), close upstreams, then write the history still queued."""
+        (up to ``grace`` s), close upstreams, then write the history still queued.
+
+        A step still running after ``STOP_WATCH_S`` is named in a warning, and again at each interval
+        (an operator waiting for the process to exit sees what it waits for)."""
         runtime = self.gateway.runtime
         self.gateway.draining = True  # /health/readiness answers 503 from now on
         runtime.drain()  # queued requests: 503 shutting_down at once; in-flight ones go on
-        if runtime.config.gateway.server.drain_delay_s:
-            await asyncio.sleep(runtime.config.gateway.server.drain_delay_s)
-        await self.server.shutdown(runtime.config.gateway.server.shutdown_grace_s if grace is None else grace)
-        if self.gateway.metrics is not None and self.gateway.metrics.group is not None:
-            await self.gateway.metrics.group.stop()
-        if self.gateway.replicas is not None:
-            await self.gateway.replicas.stop()
-        if self.gateway.allocator is not None:
-            await self.gateway.allocator.aclose()
-        if self.reloader is not None:
-            await self.reloader.aclose()  # stop watching; runtimes retired by reloads close now
-        await self.gateway.runtime.aclose()
-        keyring = self.gateway.runtime.auth.keyring
-        if keyring is not None:
-            await keyring.aclose()
-        if self.gateway.history is not None:
-            await self.gateway.history.close()
-        if self.gateway.traces is not None:
-            await asyncio.to_thread(self.gateway.traces.close)  # exports what is queued
+        watch = _StopWatch()
+        try:
+            if runtime.config.gateway.server.drain_delay_s:
+                watch.step = "server.drain_delay_s"
+                await asyncio.sleep(runtime.config.gateway.server.drain_delay_s)
+            watch.step = "in-flight requests"
+            await self.server.shutdown(runtime.config.gateway.server.shutdown_grace_s if grace is None else grace)
+            if self.gateway.metrics is not None and self.gateway.metrics.group is not None:
+                watch.step = "the metrics of the worker group"
+                await self.gateway.metrics.group.stop()
+            if self.gateway.replicas is not None:
+                watch.step = "the replica registry"
+                await self.gateway.replicas.stop()
+            if self.gateway.allocator is not None:
+                watch.step = "the experiment allocator"
+                await self.gateway.allocator.aclose()
+            if self.reloader is not None:
+                watch.step = "the config reloader and retired runtimes"
+                await self.reloader.aclose()  # stop watching; runtimes retired by reloads close now
+            watch.step = "the runtime (upstream connections, shared state)"
+            await self.gateway.runtime.aclose()
+            keyring = self.gateway.runtime.auth.keyring
+            if keyring is not None:
+                watch.step = "the key ring"
+                await keyring.aclose()
+            if self.gateway.history is not None:
+                watch.step = "the history writer"
+                await self.gateway.history.close()
+            if self.gateway.traces is not None:
+                watch.step = "the trace exporter"
+                await asyncio.to_thread(self.gateway.traces.close)  # exports what is queued
+        finally:
+            watch.cancel()
+
+
+STOP_WATCH_S = 10.0
+"""How long a shutdown step runs before :meth:`RunningGateway.stop` names it in a warning."""
+
+
+class _StopWatch:
+    """Warns every ``STOP_WATCH_S`` with the shutdown step still running (``step``)."""
+
+    def __init__(self) -> None:
+        self.step = ""
+        self.started = time.monotonic()
+        self._loop = asyncio.get_running_loop()
+        self._handle = self._loop.call_later(STOP_WATCH_S, self._warn)
+
+    def _warn(self) -> None:
+        log.warning("shutdown: still waiting for %s (%.0f s since the stop began)", self.step,
+                    time.monotonic() - self.started)
+        self._handle = self._loop.call_later(STOP_WATCH_S, self._warn)
+
+    def cancel(self) -> None:
+        self._handle.cancel()
 
 
 async def start_gateway(config: Config, *, host: str | None = None, port: int | None = None,

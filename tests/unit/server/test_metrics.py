@@ -62,7 +62,7 @@ async def test_metrics_count_the_requests_served(sim: Simulator, tmp_path: Path,
                 body = {"model": model, "stream": stream, "messages": [{"role": "user", "content": text}]}
                 async with http.post(running.url + "/v1/chat/completions", json=body, headers=key) as r:
                     await r.read()
-            deadline = time.monotonic() + 5  # a stream's record is written just after its last byte
+            deadline = time.monotonic() + 30  # a stream's record is written just after its last byte
             while True:
                 status, headers, text = await scrape(running, http)
                 families = parse_metrics(text.decode())
