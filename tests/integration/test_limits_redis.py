@@ -145,6 +145,7 @@ async def _post(running: RunningGateway, http: aiohttp.ClientSession) -> tuple[i
 
 
 @pytest.mark.asyncio
+@pytest.mark.timeout(180)  # a Redis stopped and started again: slow on a loaded machine, bounded by its steps
 @pytest.mark.parametrize("mode", ["open", "closed"])
 async def test_redis_stopped_mid_run(own_redis: tuple[str, Any], tmp_path: Path, mode: str) -> None:
     url, (start, stop) = own_redis

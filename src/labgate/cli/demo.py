@@ -57,6 +57,10 @@ async def _demo(args: argparse.Namespace) -> int:
             Simulator(behaviour=pace, models=["sim-claude"]) as cloud:
         running = await start_gateway(demo_config(local.url + "/v1", cloud.url), host=args.host, port=args.port)
         url = running.url
+        stop = asyncio.Event()  # handled before the banner says we listen: a stop signal then is a clean stop
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
         print(f"""labgate demo: gateway on {url} in front of two simulated providers
   local  {local.url}  (OpenAI dialect: sim-llama, sim-coder, sim-embed)
   cloud  {cloud.url}  (Anthropic dialect: sim-claude)
@@ -71,10 +75,6 @@ Try:
 The Lab UI (playground, compare, history, analytics, operations): {url}/ui/
 Or with the openai SDK: OpenAI(base_url="{url}/v1", api_key="demo").
 Ctrl-C stops.""", file=sys.stderr, flush=True)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
         await stop.wait()
         await running.stop(grace=5.0)
     return 0
