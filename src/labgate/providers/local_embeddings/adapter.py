@@ -12,6 +12,7 @@ the same loop is never held up for longer than a small request's tokenization.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import threading
@@ -78,7 +79,7 @@ class LocalEmbeddingsAdapter:
 
     def _loading(self, model: _Model) -> asyncio.Future[Engine]:
         if model.loading is None:
-            model.loading = asyncio.get_running_loop().run_in_executor(self._pool, engine_for, model.key)
+            model.loading = _load_detached(model.key, self.config.nice)
         return model.loading
 
     def _ready(self, model: _Model, engine: Engine) -> Engine:
@@ -209,6 +210,38 @@ def _lower_priority(nice: int) -> None:
             os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + nice))
         except OSError as exc:  # not permitted here: run at the normal priority
             log.warning("embeddings: cannot lower the worker threads' priority: %s", exc)
+
+
+def _load_detached(key: EngineKey, nice: int) -> asyncio.Future[Engine]:
+    """``engine_for(key)`` on a daemon thread of its own, ``nice`` lower, settling a future of the running loop.
+
+    Not on the pool: the interpreter joins pool threads at exit, so a gateway told to stop while a model
+    loads (seconds idle, more than 30 s on a loaded machine) would not exit until the load was done.
+    """
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[Engine] = loop.create_future()
+
+    def settle(engine: Engine | None, exc: BaseException | None) -> None:
+        if future.done():  # cancelled meanwhile
+            return
+        if exc is not None:
+            future.set_exception(exc)
+        else:
+            future.set_result(engine)  # type: ignore[arg-type]
+
+    def load() -> None:
+        _lower_priority(nice)
+        engine: Engine | None = None
+        error: BaseException | None = None
+        try:
+            engine = engine_for(key)
+        except BaseException as exc:  # handed to the waiters, like run_in_executor would
+            error = exc
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nobody waits for it
+            loop.call_soon_threadsafe(settle, engine, error)
+
+    threading.Thread(target=load, name=f"labgate-embed-load-{key.spec.name}", daemon=True).start()
+    return future
 
 
 def _log_failure(future: asyncio.Future[Engine]) -> None:

@@ -304,3 +304,42 @@ def test_built_outside_an_event_loop_it_loads_at_once(tiny_dir: Path, tmp_path: 
         assert len(orjson.loads(reply.body)["data"][0]["embedding"]) == 32
     finally:
         asyncio.run(adapter.aclose())
+
+
+EXITS_DURING_A_LOAD = """
+import asyncio, sys, time
+from labgate.config.load import build_config
+from labgate.providers.local_embeddings import adapter as module
+
+def slow(key):  # a model load that takes (far) longer than the process's life
+    print("loading", flush=True)
+    time.sleep(600)
+
+module.engine_for = slow
+entry = {"type": "local_embeddings", "models": ["bge-tiny"], "weights": {"bge-tiny": {"weights_dir": sys.argv[1]}},
+         "cache_dir": sys.argv[2]}
+config = build_config({"providers": {"providers": {"local": entry}}}, {}, source="test").providers["local"]
+
+async def main():
+    adapter = module.LocalEmbeddingsAdapter(config, name="local")  # load: start
+    while True:
+        await asyncio.sleep(0.01)
+        if adapter._models["bge-tiny"].loading is not None:
+            break
+    await adapter.aclose()
+
+asyncio.run(main())
+print("stopped", flush=True)
+"""
+
+
+def test_a_process_stopping_while_a_model_loads_exits_without_waiting_for_the_load(
+        tiny_dir: Path, tmp_path: Path) -> None:
+    """The load runs on a daemon thread: the interpreter joins pool threads at exit, so a load there held a
+    stopping gateway (SIGTERM) until it was done: more than 30 s beside 4 CPU burners."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", EXITS_DURING_A_LOAD, str(tiny_dir), str(tmp_path / "cache")],
+                          capture_output=True, text=True, timeout=120)  # a hang guard: the load sleeps 600 s
+    assert (done.returncode, done.stdout.split()) == (0, ["loading", "stopped"]), done.stderr
